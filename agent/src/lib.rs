@@ -1,0 +1,2 @@
+//! ferry's agent: daemon, control surface and CLI plumbing.
+#![forbid(unsafe_code)]

@@ -1,0 +1,1 @@
+//! Agent identity: key pair and self-signed certificate, fingerprints.

@@ -1,0 +1,1 @@
+//! A seeded UDP impairment proxy: loss, delay, reorder, duplication, blackhole (link cut).

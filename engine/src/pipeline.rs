@@ -1,0 +1,1 @@
+//! The primary-side pipeline: read → analyse → compress → checksum → ordered batches.

@@ -1,0 +1,1 @@
+//! Bandwidth limits (token buckets) that can change while a transfer runs.

@@ -1,0 +1,1 @@
+//! Extent sources: where changed extents of a protected image come from.

@@ -1,0 +1,1 @@
+//! The standby store: crash-consistent standby images, recovery points, restore.

@@ -1,0 +1,1 @@
+//! Linux file-system calls std does not wrap (hole punching, directory fsync).

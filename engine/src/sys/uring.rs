@@ -1,0 +1,1 @@
+//! Positioned reads and writes through io_uring, with a pread/pwrite fallback.

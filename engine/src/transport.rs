@@ -1,0 +1,1 @@
+//! QUIC endpoints with mutual TLS where peers are trusted by certificate fingerprint.
