@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 
-use crate::types::{AgentId, Codec, Epoch, ExtentHeader, ExtentKind, ImageName, RecoveryPointId, SeqNo};
+use crate::types::{AgentId, Epoch, ExtentHeader, ImageName, RecoveryPointId, SeqNo};
 
 /// Capability bits announced in [`Hello`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -315,7 +315,3 @@ pub enum Message {
     /// See [`ErrorFrame`].
     Error(ErrorFrame),
 }
-
-// Silence unused-import lints until the codec uses these in match arms.
-#[allow(dead_code)]
-fn _kinds(_: ExtentKind, _: Codec) {}
