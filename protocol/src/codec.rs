@@ -289,12 +289,19 @@ impl ExtentBatch {
         out.put_u32_le(self.payload_crc32c);
         out.put_slice(&self.plain_blake3);
         out.put_u32_le(count_u32(self.extents.len()));
-        for extent in &self.extents {
-            out.put_u64_le(extent.offset);
-            out.put_u32_le(extent.length);
-            out.put_u8(extent.kind.code());
-            out.put_u8(extent.codec.code());
-            out.put_u32_le(extent.encoded_len);
+        // Grow once and fill the table in place: one bounds check per extent
+        // instead of five capacity checks.
+        let table_start = out.len();
+        out.resize(table_start + self.extents.len() * EXTENT_HEADER_WIRE_LEN, 0);
+        for (slot, extent) in out[table_start..]
+            .chunks_exact_mut(EXTENT_HEADER_WIRE_LEN)
+            .zip(&self.extents)
+        {
+            slot[0..8].copy_from_slice(&extent.offset.to_le_bytes());
+            slot[8..12].copy_from_slice(&extent.length.to_le_bytes());
+            slot[12] = extent.kind.code();
+            slot[13] = extent.codec.code();
+            slot[14..18].copy_from_slice(&extent.encoded_len.to_le_bytes());
         }
         if with_payload {
             out.put_slice(&self.payload);
@@ -613,13 +620,22 @@ fn parse_batch(r: &mut Reader<'_>) -> Result<(ExtentBatch, usize), DecodeError> 
     let payload_crc32c = r.u32("payload_crc32c")?;
     let plain_blake3 = r.array("plain_blake3")?;
     let count = r.count("extents", MAX_EXTENTS_PER_BATCH, EXTENT_HEADER_WIRE_LEN)?;
+    // count() checked that the whole table is present: take it in one piece
+    // and parse fixed-size records (one bounds check per extent, not five).
+    let table = r.take(count * EXTENT_HEADER_WIRE_LEN, "extents")?;
     let mut extents = Vec::with_capacity(count);
-    for index in 0..count {
-        let offset = r.u64("extents[].offset")?;
-        let length = r.u32("extents[].length")?;
-        let kind_code = r.u8("extents[].kind")?;
-        let codec_code = r.u8("extents[].codec")?;
-        let encoded_len = r.u32("extents[].encoded_len")?;
+    for (index, record) in table.chunks_exact(EXTENT_HEADER_WIRE_LEN).enumerate() {
+        let record: &[u8; EXTENT_HEADER_WIRE_LEN] =
+            record.try_into().map_err(|_| DecodeError::Truncated {
+                // chunks_exact yields exactly EXTENT_HEADER_WIRE_LEN bytes; unreachable.
+                frame: FrameType::ExtentBatch,
+                field: "extents",
+                offset: 0,
+                needed: EXTENT_HEADER_WIRE_LEN,
+                available: record.len(),
+            })?;
+        let [o0, o1, o2, o3, o4, o5, o6, o7, l0, l1, l2, l3, kind_code, codec_code, e0, e1, e2, e3] =
+            *record;
         let kind = ExtentKind::from_code(kind_code).ok_or(DecodeError::UnknownExtentKind {
             index,
             code: kind_code,
@@ -629,11 +645,11 @@ fn parse_batch(r: &mut Reader<'_>) -> Result<(ExtentBatch, usize), DecodeError> 
             code: codec_code,
         })?;
         extents.push(ExtentHeader {
-            offset,
-            length,
+            offset: u64::from_le_bytes([o0, o1, o2, o3, o4, o5, o6, o7]),
+            length: u32::from_le_bytes([l0, l1, l2, l3]),
             kind,
             codec,
-            encoded_len,
+            encoded_len: u32::from_le_bytes([e0, e1, e2, e3]),
         });
     }
     let payload_start = r.pos;
