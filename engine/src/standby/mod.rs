@@ -1,1 +1,134 @@
-//! The standby store: crash-consistent standby images, recovery points, restore.
+//! The standby store: crash-consistent standby images, recovery points,
+//! restore.
+//!
+//! Layout under the store directory `DIR` (details in `engine/DESIGN-standby.md`):
+//! - `images/NAME.raw` — the standby image, byte-identical to the committed
+//!   recovery point whenever no commit is running.
+//! - `images/NAME.ferry/` — `state.json` (committed point + retained
+//!   history), the pending epoch's `epoch-<E>.journal` (and, for full copies,
+//!   `epoch-<E>.staging`), and the history files `undo-<E>.log` / `prev-<E>.raw`.
+//! - `commits/rp-<ID>.intent` — a group commit in progress.
+//! - `store.lock` — held (flock) by the one process using the store.
+//!
+//! Call order: [`StandbyStore::open`] (runs crash recovery) →
+//! [`StandbyStore::open_epoch`] → [`EpochWriter::stage`]… →
+//! [`EpochWriter::sync`] (acknowledge what it returns) → [`EpochWriter::seal`]
+//! → [`StandbyStore::commit`] with every sealed epoch of the recovery point.
+//! All calls block on disk I/O: call them from `spawn_blocking`.
+
+mod error;
+mod failpoint;
+mod journal;
+mod record;
+mod state;
+mod store;
+mod undo;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use ferry_protocol::types::{Epoch, ImageName, RecoveryPointId, SeqNo};
+
+/// A decoded extent as staged (`data` is `Some`, `len == length`, for data
+/// extents only). The codec's type, re-exported so callers need one name.
+pub use crate::codec::DecodedExtent;
+pub use error::{BatchRejection, StoreError};
+pub use failpoint::CrashPoint;
+pub use store::StandbyStore;
+pub use writer::EpochWriter;
+
+/// Settings of a [`StandbyStore`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// Recovery points kept restorable per image (1..=64; default 5).
+    pub retention: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self { retention: 5 }
+    }
+}
+
+/// What the store holds for one image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageState {
+    /// Newest committed epoch (0 = nothing committed yet).
+    pub committed_epoch: Epoch,
+    /// Recovery point the image is at (0 = none).
+    pub recovery_point: RecoveryPointId,
+    /// Size of the committed image in bytes.
+    pub size: u64,
+    /// The epoch being received, if any.
+    pub pending: Option<PendingEpoch>,
+}
+
+/// An epoch that has been opened but not committed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingEpoch {
+    /// The epoch.
+    pub epoch: Epoch,
+    /// Its base (0 = full copy).
+    pub base_epoch: Epoch,
+    /// Highest durable batch (0 = none).
+    pub durable_seq: SeqNo,
+    /// Scan end of that batch: the primary resumes its scan here.
+    pub resume_offset: u64,
+}
+
+/// A verified, decoded batch handed to [`EpochWriter::stage`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StagedBatch {
+    /// Position of the batch in the epoch (1, 2, …).
+    pub seq: SeqNo,
+    /// Once this batch is durable, every change below `scan_end` is durable.
+    pub scan_end: u64,
+    /// The extents, ascending and non-overlapping.
+    pub extents: Vec<DecodedExtent>,
+}
+
+/// Metadata of a recovery point being committed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecoveryPointMeta {
+    /// Recovery point id (must be newer than each image's current one).
+    pub id: RecoveryPointId,
+    /// When the primary took it, ms since the Unix epoch.
+    pub created_unix_ms: u64,
+    /// The source changed while it was read (not crash-consistent).
+    pub fuzzy: bool,
+}
+
+/// A retained recovery point of one image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecoveryPointInfo {
+    /// Recovery point id.
+    pub id: RecoveryPointId,
+    /// Epoch of the image at that point.
+    pub epoch: Epoch,
+    /// When the primary took it, ms since the Unix epoch.
+    pub created_unix_ms: u64,
+    /// Whether the point is fuzzy.
+    pub fuzzy: bool,
+    /// Image size at that point.
+    pub size: u64,
+    /// Whether this is the point the image is at now.
+    pub current: bool,
+}
+
+/// An epoch whose batches are all durable, ready to be committed.
+///
+/// Returned by [`EpochWriter::seal`]; may also be built from a `CommitImage`
+/// message (e.g. after a standby restart), since [`StandbyStore::commit`]
+/// checks every field against the journal on disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SealedEpoch {
+    /// The image.
+    pub image: ImageName,
+    /// The epoch.
+    pub epoch: Epoch,
+    /// Its last batch (0 = no batches).
+    pub last_seq: SeqNo,
+    /// Image size at the recovery point.
+    pub size: u64,
+}

@@ -1,0 +1,1074 @@
+//! Store-level tests: epochs and commits against an in-memory model of each
+//! image, resume, torn tails, crash injection at every commit step, restore
+//! and retention, and the error cases of the API.
+
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use bytes::Bytes;
+use ferry_protocol::message::OpenImage;
+use ferry_protocol::types::{Epoch, ExtentKind, ImageName, RecoveryPointId, SeqNo};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::failpoint::{self, CrashPoint};
+use super::*;
+
+fn name(s: &str) -> ImageName {
+    ImageName::new(s).expect("valid name")
+}
+
+fn open_msg(image: &ImageName, epoch: u64, base: u64, size: u64) -> OpenImage {
+    OpenImage {
+        image: image.clone(),
+        size,
+        block_size: 4096,
+        epoch: Epoch(epoch),
+        base_epoch: Epoch(base),
+    }
+}
+
+fn data(offset: u64, bytes: Vec<u8>) -> DecodedExtent {
+    DecodedExtent {
+        offset,
+        length: bytes.len() as u32,
+        kind: ExtentKind::Data,
+        data: Some(Bytes::from(bytes)),
+    }
+}
+
+fn zero(offset: u64, length: u32) -> DecodedExtent {
+    DecodedExtent {
+        offset,
+        length,
+        kind: ExtentKind::Zero,
+        data: None,
+    }
+}
+
+fn discard(offset: u64, length: u32) -> DecodedExtent {
+    DecodedExtent {
+        offset,
+        length,
+        kind: ExtentKind::Discard,
+        data: None,
+    }
+}
+
+fn random_bytes(rng: &mut ChaCha8Rng, len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    rng.fill(&mut out[..]);
+    out
+}
+
+/// Applies extents to a model of the image.
+fn apply_model(model: &mut Vec<u8>, extents: &[DecodedExtent]) {
+    for e in extents {
+        let start = e.offset as usize;
+        let end = start + e.length as usize;
+        if model.len() < end {
+            model.resize(end, 0);
+        }
+        match &e.data {
+            Some(d) => model[start..end].copy_from_slice(d),
+            None => model[start..end].fill(0),
+        }
+    }
+}
+
+fn rp_meta(id: u64) -> RecoveryPointMeta {
+    RecoveryPointMeta {
+        id: RecoveryPointId(id),
+        created_unix_ms: 1_000 * id,
+        fuzzy: false,
+    }
+}
+
+/// Opens, stages every batch (scan_end = end of its last extent), syncs, seals.
+fn run_epoch(
+    store: &StandbyStore,
+    image: &ImageName,
+    epoch: u64,
+    base: u64,
+    open_size: u64,
+    final_size: u64,
+    batches: &[Vec<DecodedExtent>],
+) -> SealedEpoch {
+    let mut writer = store
+        .open_epoch(&open_msg(image, epoch, base, open_size))
+        .expect("open epoch");
+    for (i, extents) in batches.iter().enumerate() {
+        let scan_end = extents.last().map_or(0, |e| e.offset + u64::from(e.length));
+        let scan_end = scan_end.max(writer.resume_offset());
+        let staged = writer
+            .stage(StagedBatch {
+                seq: SeqNo(i as u64 + 1),
+                scan_end,
+                extents: extents.clone(),
+            })
+            .expect("stage");
+        assert!(staged);
+    }
+    let durable = writer.sync().expect("sync");
+    assert_eq!(durable, SeqNo(batches.len() as u64));
+    writer.seal(durable, final_size).expect("seal")
+}
+
+fn raw_bytes(store: &StandbyStore, image: &ImageName) -> Vec<u8> {
+    fs::read(store.image_path(image)).expect("read image")
+}
+
+fn restored(store: &StandbyStore, image: &ImageName, rp: u64, dir: &Path) -> Vec<u8> {
+    let out = dir.join(format!("restore-{image}-{rp}"));
+    store
+        .restore(image, RecoveryPointId(rp), &out)
+        .expect("restore");
+    let bytes = fs::read(&out).expect("read restored");
+    fs::remove_file(&out).expect("remove restored");
+    bytes
+}
+
+fn store_at(dir: &Path) -> StandbyStore {
+    StandbyStore::open(dir, StoreConfig::default()).expect("open store")
+}
+
+#[test]
+fn full_and_incremental_epochs_restore_and_prune() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out_dir = tempfile::tempdir().expect("tempdir");
+    let store = store_at(dir.path());
+    let img = name("vm1.disk0");
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let mut model = Vec::new();
+    let mut snapshots: Vec<(u64, Vec<u8>)> = Vec::new();
+
+    // Epoch 1: full copy of 1 MiB; a zero extent and an untouched gap.
+    let size1 = 1 << 20;
+    let batches = vec![
+        vec![
+            data(0, random_bytes(&mut rng, 65536)),
+            zero(65536, 65536),
+            data(200_000, random_bytes(&mut rng, 5000)),
+        ],
+        vec![data(500_000, random_bytes(&mut rng, 300_000))],
+    ];
+    for b in &batches {
+        apply_model(&mut model, b);
+    }
+    model.resize(size1 as usize, 0);
+    let sealed = run_epoch(&store, &img, 1, 0, size1, size1, &batches);
+    store.commit(rp_meta(1), vec![sealed]).expect("commit 1");
+    assert_eq!(raw_bytes(&store, &img), model);
+    snapshots.push((1, model.clone()));
+
+    // Epoch 2: incremental with data, zero, discard, growing to 1.5 MiB.
+    let size2 = 3 << 19;
+    let batches = vec![
+        vec![
+            data(10, random_bytes(&mut rng, 100)),
+            discard(4096, 8192),
+            zero(500_000, 1000),
+        ],
+        vec![
+            data(1_000_000, random_bytes(&mut rng, 100_000)),
+            data(1_400_000, random_bytes(&mut rng, 1000)),
+        ],
+    ];
+    for b in &batches {
+        apply_model(&mut model, b);
+    }
+    model.resize(size2 as usize, 0);
+    let sealed = run_epoch(&store, &img, 2, 1, size2, size2, &batches);
+    store.commit(rp_meta(2), vec![sealed]).expect("commit 2");
+    assert_eq!(raw_bytes(&store, &img), model);
+    snapshots.push((2, model.clone()));
+
+    // Epoch 3: shrink to 600 000 bytes with a write near the new end.
+    let size3 = 600_000;
+    let batches = vec![vec![data(599_000, random_bytes(&mut rng, 1000))]];
+    apply_model(&mut model, &batches[0]);
+    model.truncate(size3 as usize);
+    let sealed = run_epoch(&store, &img, 3, 2, size2, size3, &batches);
+    store.commit(rp_meta(3), vec![sealed]).expect("commit 3");
+    assert_eq!(raw_bytes(&store, &img), model);
+    snapshots.push((3, model.clone()));
+
+    // Epoch 4: full resync replacing the image (800 000 bytes).
+    let size4 = 800_000u64;
+    let batches = vec![
+        vec![data(4096, random_bytes(&mut rng, 70_000))],
+        vec![data(700_000, random_bytes(&mut rng, 100_000))],
+    ];
+    model = Vec::new();
+    for b in &batches {
+        apply_model(&mut model, b);
+    }
+    model.resize(size4 as usize, 0);
+    let sealed = run_epoch(&store, &img, 4, 0, size4, size4, &batches);
+    store.commit(rp_meta(4), vec![sealed]).expect("commit 4");
+    assert_eq!(raw_bytes(&store, &img), model);
+    snapshots.push((4, model.clone()));
+
+    // Epochs 5..=7: incremental; an empty epoch in the middle; shrink to 0 at the end.
+    for (epoch, size) in [(5u64, 800_000u64), (6, 800_000), (7, 0)] {
+        let batches = if epoch == 6 {
+            vec![]
+        } else {
+            vec![vec![data(
+                rng.gen_range(0..700_000),
+                random_bytes(&mut rng, 4096),
+            )]]
+        };
+        for b in &batches {
+            apply_model(&mut model, b);
+        }
+        model.resize(size as usize, 0);
+        let sealed = run_epoch(&store, &img, epoch, epoch - 1, 800_000, size, &batches);
+        store
+            .commit(rp_meta(epoch * 10), vec![sealed])
+            .expect("commit");
+        assert_eq!(raw_bytes(&store, &img), model);
+        snapshots.push((epoch * 10, model.clone()));
+    }
+
+    // Retention 5: the oldest two points are gone, the rest restore exactly.
+    let points = store.recovery_points(&img).expect("points");
+    let ids: Vec<u64> = points.iter().map(|p| p.id.get()).collect();
+    assert_eq!(ids, vec![3, 4, 50, 60, 70]);
+    assert!(points.last().expect("current").current);
+    assert_eq!(points[1].size, size4);
+    for (id, expected) in &snapshots[2..] {
+        assert_eq!(
+            &restored(&store, &img, *id, out_dir.path()),
+            expected,
+            "recovery point {id}"
+        );
+    }
+    for pruned in [1u64, 2] {
+        let err = store
+            .restore(&img, RecoveryPointId(pruned), &out_dir.path().join("x"))
+            .expect_err("pruned");
+        assert!(
+            matches!(err, StoreError::UnknownRecoveryPoint { .. }),
+            "{err:?}"
+        );
+    }
+    // History files of pruned points are deleted; needed ones remain.
+    let files: Vec<String> = fs::read_dir(store.image_dir_for_tests(&img))
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    for gone in ["undo-2.log", "undo-3.log", "epoch-7.journal"] {
+        assert!(
+            !files.contains(&gone.to_string()),
+            "{gone} should be pruned: {files:?}"
+        );
+    }
+    for kept in ["prev-4.raw", "undo-5.log", "undo-6.log", "undo-7.log"] {
+        assert!(
+            files.contains(&kept.to_string()),
+            "{kept} missing: {files:?}"
+        );
+    }
+    // Restore refuses an existing target.
+    let existing = out_dir.path().join("exists");
+    fs::write(&existing, b"x").expect("write");
+    assert!(store.restore(&img, RecoveryPointId(70), &existing).is_err());
+    assert_eq!(fs::read(&existing).expect("read"), b"x");
+}
+
+#[test]
+fn reopened_store_keeps_state_and_commits_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = name("a");
+    let mut model = Vec::new();
+    {
+        let store = store_at(dir.path());
+        let batches = vec![vec![data(0, vec![1; 8192])]];
+        apply_model(&mut model, &batches[0]);
+        let sealed = run_epoch(&store, &img, 1, 0, 8192, 8192, &batches);
+        store
+            .commit(rp_meta(1), vec![sealed.clone()])
+            .expect("commit");
+        // Committing the same point again is a no-op.
+        store
+            .commit(rp_meta(1), vec![sealed])
+            .expect("repeat commit");
+    }
+    let store = store_at(dir.path());
+    let state = store.image_state(&img).expect("state").expect("known");
+    assert_eq!(
+        (
+            state.committed_epoch,
+            state.recovery_point,
+            state.size,
+            state.pending
+        ),
+        (Epoch(1), RecoveryPointId(1), 8192, None)
+    );
+    assert_eq!(store.images().expect("images"), vec![img.clone()]);
+    let batches = vec![vec![data(100, vec![2; 10])]];
+    apply_model(&mut model, &batches[0]);
+    let sealed = run_epoch(&store, &img, 2, 1, 8192, 8192, &batches);
+    store.commit(rp_meta(2), vec![sealed]).expect("commit");
+    assert_eq!(raw_bytes(&store, &img), model);
+}
+
+fn resume_case(full: bool) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = name("resume");
+    let size = 1 << 20;
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let mut model = vec![0u8; size as usize];
+    let base = if full { 0 } else { 1 };
+    if !full {
+        let store = store_at(dir.path());
+        let b = vec![vec![data(0, random_bytes(&mut rng, size as usize))]];
+        apply_model(&mut model, &b[0]);
+        let sealed = run_epoch(&store, &img, 1, 0, size, size, &b);
+        store.commit(rp_meta(1), vec![sealed]).expect("commit");
+    }
+    let b1 = vec![data(0, random_bytes(&mut rng, 4096)), zero(4096, 4096)];
+    let b2 = vec![data(100_000, random_bytes(&mut rng, 50_000))];
+    {
+        let store = store_at(dir.path());
+        let mut writer = store
+            .open_epoch(&open_msg(&img, 2, base, size))
+            .expect("open");
+        assert!(writer
+            .stage(StagedBatch {
+                seq: SeqNo(1),
+                scan_end: 50_000,
+                extents: b1.clone()
+            })
+            .expect("stage"));
+        assert!(writer
+            .stage(StagedBatch {
+                seq: SeqNo(2),
+                scan_end: 200_000,
+                extents: b2.clone()
+            })
+            .expect("stage"));
+        assert_eq!(writer.sync().expect("sync"), SeqNo(2));
+        // Duplicate is ignored; a gap is refused.
+        assert!(!writer
+            .stage(StagedBatch {
+                seq: SeqNo(2),
+                scan_end: 200_000,
+                extents: vec![]
+            })
+            .expect("dup"));
+        let err = writer
+            .stage(StagedBatch {
+                seq: SeqNo(4),
+                scan_end: 300_000,
+                extents: vec![],
+            })
+            .expect_err("gap");
+        assert!(
+            matches!(
+                err,
+                StoreError::OutOfOrder {
+                    expected: SeqNo(3),
+                    got: SeqNo(4),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        // Staged but never synced: must not be reported after the writer is gone.
+        let stale = vec![data(300_000, vec![0xEE; 10_000])];
+        assert!(writer
+            .stage(StagedBatch {
+                seq: SeqNo(3),
+                scan_end: 400_000,
+                extents: stale
+            })
+            .expect("stage"));
+        drop(writer);
+        let pending = store
+            .image_state(&img)
+            .expect("state")
+            .expect("known")
+            .pending
+            .expect("pending");
+        assert_eq!(
+            (pending.epoch, pending.durable_seq, pending.resume_offset),
+            (Epoch(2), SeqNo(2), 200_000)
+        );
+        // Same-process resume reports the synced prefix too.
+        let writer = store
+            .open_epoch(&open_msg(&img, 2, base, size))
+            .expect("resume");
+        assert_eq!(
+            (writer.durable_seq(), writer.resume_offset()),
+            (SeqNo(2), 200_000)
+        );
+    }
+    let store = store_at(dir.path());
+    let pending = store
+        .image_state(&img)
+        .expect("state")
+        .expect("known")
+        .pending
+        .expect("pending");
+    assert_eq!(
+        (pending.durable_seq, pending.resume_offset),
+        (SeqNo(2), 200_000)
+    );
+    let mut writer = store
+        .open_epoch(&open_msg(&img, 2, base, size))
+        .expect("resume");
+    assert_eq!(
+        (writer.epoch(), writer.durable_seq(), writer.resume_offset()),
+        (Epoch(2), SeqNo(2), 200_000)
+    );
+    // The resent batch 3 differs from the lost one (here: the range is zero now).
+    let b3 = vec![
+        zero(300_000, 10_000),
+        data(900_000, random_bytes(&mut rng, 1000)),
+    ];
+    assert!(writer
+        .stage(StagedBatch {
+            seq: SeqNo(3),
+            scan_end: size,
+            extents: b3.clone()
+        })
+        .expect("stage"));
+    assert_eq!(writer.sync().expect("sync"), SeqNo(3));
+    let sealed = writer.seal(SeqNo(3), size).expect("seal");
+    store.commit(rp_meta(2), vec![sealed]).expect("commit");
+    for b in [&b1, &b2, &b3] {
+        apply_model(&mut model, b);
+    }
+    assert_eq!(raw_bytes(&store, &img), model);
+}
+
+#[test]
+fn resume_incremental_reports_synced_prefix() {
+    resume_case(false);
+}
+
+#[test]
+fn resume_full_copy_reports_synced_prefix_and_drops_stale_staging() {
+    resume_case(true);
+}
+
+#[test]
+fn torn_or_corrupt_tail_is_cut_on_open() {
+    for damage in ["truncate", "flip"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let img = name("torn");
+        let mut model = vec![0u8; 65536];
+        {
+            let store = store_at(dir.path());
+            let b = vec![vec![data(0, vec![3; 65536])]];
+            apply_model(&mut model, &b[0]);
+            let sealed = run_epoch(&store, &img, 1, 0, 65536, 65536, &b);
+            store.commit(rp_meta(1), vec![sealed]).expect("commit");
+            let mut writer = store
+                .open_epoch(&open_msg(&img, 2, 1, 65536))
+                .expect("open");
+            for seq in 1..=3u64 {
+                let extents = vec![data(seq * 1000, vec![seq as u8; 500])];
+                writer
+                    .stage(StagedBatch {
+                        seq: SeqNo(seq),
+                        scan_end: seq * 2000,
+                        extents,
+                    })
+                    .expect("stage");
+            }
+            writer.sync().expect("sync");
+        }
+        let journal = dir.path().join("images/torn.ferry/epoch-2.journal");
+        let len = fs::metadata(&journal).expect("meta").len();
+        match damage {
+            "truncate" => fs::OpenOptions::new()
+                .write(true)
+                .open(&journal)
+                .expect("open")
+                .set_len(len - 7)
+                .expect("cut"),
+            _ => {
+                let file = fs::OpenOptions::new()
+                    .write(true)
+                    .open(&journal)
+                    .expect("open");
+                file.write_all_at(&[0x55], len - 100).expect("flip");
+            }
+        }
+        let store = store_at(dir.path());
+        let pending = store
+            .image_state(&img)
+            .expect("state")
+            .expect("known")
+            .pending
+            .expect("pending");
+        assert_eq!(
+            (pending.durable_seq, pending.resume_offset),
+            (SeqNo(2), 4000),
+            "{damage}"
+        );
+        assert!(fs::metadata(&journal).expect("meta").len() < len - 7);
+        let mut writer = store
+            .open_epoch(&open_msg(&img, 2, 1, 65536))
+            .expect("resume");
+        let b3 = vec![data(3000, vec![9; 500])];
+        writer
+            .stage(StagedBatch {
+                seq: SeqNo(3),
+                scan_end: 6000,
+                extents: b3.clone(),
+            })
+            .expect("stage");
+        writer.sync().expect("sync");
+        let sealed = writer.seal(SeqNo(3), 65536).expect("seal");
+        store.commit(rp_meta(2), vec![sealed]).expect("commit");
+        apply_model(
+            &mut model,
+            &[data(1000, vec![1; 500]), data(2000, vec![2; 500])],
+        );
+        apply_model(&mut model, &b3);
+        assert_eq!(raw_bytes(&store, &img), model, "{damage}");
+    }
+}
+
+/// Two images committed as one group; state before and after, per image.
+struct GroupFixture {
+    dir: tempfile::TempDir,
+    images: [ImageName; 2],
+    old: [Vec<u8>; 2],
+    new: [Vec<u8>; 2],
+    sealed: Vec<SealedEpoch>,
+}
+
+/// Commits rp 1 (full copies), then prepares epoch 2 of both images:
+/// incremental, or (with `full_second`) a full resync of image 0.
+fn group_fixture(full_second: bool) -> GroupFixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let images = [name("g-a"), name("g-b")];
+    let mut rng = ChaCha8Rng::seed_from_u64(99);
+    let store = store_at(dir.path());
+    let mut old = [Vec::new(), Vec::new()];
+    let mut new = [Vec::new(), Vec::new()];
+    let mut sealed1 = Vec::new();
+    for (i, img) in images.iter().enumerate() {
+        let size = 300_000 + i as u64 * 10_000;
+        let b = vec![vec![data(0, random_bytes(&mut rng, size as usize))]];
+        apply_model(&mut old[i], &b[0]);
+        sealed1.push(run_epoch(&store, img, 1, 0, size, size, &b));
+    }
+    store.commit(rp_meta(1), sealed1).expect("commit 1");
+    let mut sealed = Vec::new();
+    for (i, img) in images.iter().enumerate() {
+        let old_size = old[i].len() as u64;
+        if full_second && i == 0 {
+            let size = 250_000u64;
+            let b = vec![vec![data(1000, random_bytes(&mut rng, 100_000))]];
+            new[i] = Vec::new();
+            apply_model(&mut new[i], &b[0]);
+            new[i].resize(size as usize, 0);
+            sealed.push(run_epoch(&store, img, 2, 0, size, size, &b));
+        } else {
+            let size = old_size + 50_000;
+            let b = vec![
+                vec![
+                    data(5000, random_bytes(&mut rng, 20_000)),
+                    discard(40_960, 16_384),
+                    zero(100_000, 3000),
+                ],
+                vec![data(old_size + 10, random_bytes(&mut rng, 30_000))],
+            ];
+            new[i] = old[i].clone();
+            for batch in &b {
+                apply_model(&mut new[i], batch);
+            }
+            new[i].resize(size as usize, 0);
+            sealed.push(run_epoch(&store, img, 2, 1, size, size, &b));
+        }
+    }
+    drop(store);
+    GroupFixture {
+        dir,
+        images,
+        old,
+        new,
+        sealed,
+    }
+}
+
+fn assert_group_at(store: &StandbyStore, fx: &GroupFixture, new: bool) {
+    for (i, img) in fx.images.iter().enumerate() {
+        let expected = if new { &fx.new[i] } else { &fx.old[i] };
+        assert_eq!(
+            &raw_bytes(store, img),
+            expected,
+            "image {img} should be at the {} point",
+            if new { "new" } else { "old" }
+        );
+        let state = store.image_state(img).expect("state").expect("known");
+        assert_eq!(
+            state.recovery_point,
+            RecoveryPointId(if new { 2 } else { 1 })
+        );
+        assert_eq!(state.size, expected.len() as u64);
+    }
+}
+
+/// After the group is at rp 2, epoch 3 must still commit, and rp 1 restore.
+fn assert_next_epoch_commits(store: &StandbyStore, fx: &GroupFixture) {
+    let out = tempfile::tempdir().expect("tempdir");
+    let mut sealed = Vec::new();
+    let mut expected = Vec::new();
+    for (i, img) in fx.images.iter().enumerate() {
+        let size = fx.new[i].len() as u64;
+        let b = vec![vec![data(0, vec![0xC3; 1000])]];
+        let mut model = fx.new[i].clone();
+        apply_model(&mut model, &b[0]);
+        expected.push(model);
+        sealed.push(run_epoch(store, img, 3, 2, size, size, &b));
+    }
+    store.commit(rp_meta(3), sealed).expect("commit 3");
+    for (i, img) in fx.images.iter().enumerate() {
+        assert_eq!(raw_bytes(store, img), expected[i]);
+        assert_eq!(restored(store, img, 1, out.path()), fx.old[i]);
+        assert_eq!(restored(store, img, 2, out.path()), fx.new[i]);
+    }
+}
+
+fn crash_and_recover(point: CrashPoint, full_second: bool) {
+    let fx = group_fixture(full_second);
+    {
+        let store = store_at(fx.dir.path());
+        failpoint::arm(point);
+        let err = store
+            .commit(rp_meta(2), fx.sealed.clone())
+            .expect_err("injected crash");
+        failpoint::disarm();
+        assert!(
+            matches!(err, StoreError::InjectedCrash { point: p } if p == point),
+            "{err:?}"
+        );
+    }
+    // Every point is after the intent is durable, so recovery rolls forward.
+    let store = store_at(fx.dir.path());
+    assert_group_at(&store, &fx, true);
+    assert!(fs::read_dir(fx.dir.path().join("commits"))
+        .expect("list")
+        .next()
+        .is_none());
+    assert_next_epoch_commits(&store, &fx);
+}
+
+#[test]
+fn crash_after_intent_rolls_group_forward() {
+    crash_and_recover(CrashPoint::AfterIntent, false);
+}
+
+#[test]
+fn crash_after_undo_written_rolls_forward() {
+    crash_and_recover(CrashPoint::AfterUndoWritten, false);
+}
+
+#[test]
+fn crash_after_data_before_fdatasync_rolls_forward() {
+    crash_and_recover(CrashPoint::AfterDataBeforeSync, false);
+}
+
+#[test]
+fn crash_after_data_before_state_rolls_forward() {
+    crash_and_recover(CrashPoint::AfterDataBeforeState, false);
+}
+
+#[test]
+fn crash_after_state_before_cleanup_rolls_forward() {
+    crash_and_recover(CrashPoint::AfterStateBeforeCleanup, false);
+}
+
+#[test]
+fn crash_between_images_of_a_group_rolls_all_forward() {
+    crash_and_recover(CrashPoint::BetweenImages, false);
+}
+
+#[test]
+fn crash_after_full_rename_of_old_image_rolls_forward() {
+    crash_and_recover(CrashPoint::AfterFullRenameOld, true);
+}
+
+#[test]
+fn crash_after_full_install_rolls_forward() {
+    crash_and_recover(CrashPoint::AfterFullRenameNew, true);
+}
+
+/// A torn apply (garbage in the touched ranges, as a power loss in the middle
+/// of writing could leave) is repaired: forward with the intent, back without.
+#[test]
+fn torn_apply_is_rolled_forward_with_intent_and_back_without() {
+    for keep_intent in [true, false] {
+        for full_second in [false, true] {
+            let fx = group_fixture(full_second);
+            let point = if full_second {
+                CrashPoint::AfterFullRenameOld
+            } else {
+                CrashPoint::AfterDataBeforeSync
+            };
+            {
+                let store = store_at(fx.dir.path());
+                failpoint::arm(point);
+                store
+                    .commit(rp_meta(2), fx.sealed.clone())
+                    .expect_err("injected crash");
+                failpoint::disarm();
+                if !full_second {
+                    // Scribble over part of what the epoch touches in image 0.
+                    let file = fs::OpenOptions::new()
+                        .write(true)
+                        .open(store.image_path(&fx.images[0]))
+                        .expect("open");
+                    file.write_all_at(&[0xAA; 7000], 6000).expect("scribble");
+                }
+            }
+            if !keep_intent {
+                for entry in fs::read_dir(fx.dir.path().join("commits")).expect("list") {
+                    fs::remove_file(entry.expect("entry").path()).expect("remove intent");
+                }
+            }
+            let store = store_at(fx.dir.path());
+            assert_group_at(&store, &fx, keep_intent);
+            if keep_intent {
+                assert_next_epoch_commits(&store, &fx);
+            } else {
+                // The epoch stays pending, fully durable, and commits on request.
+                for img in &fx.images {
+                    let pending = store
+                        .image_state(img)
+                        .expect("state")
+                        .expect("known")
+                        .pending
+                        .expect("pending");
+                    assert_eq!(pending.epoch, Epoch(2));
+                }
+                store
+                    .commit(rp_meta(2), fx.sealed.clone())
+                    .expect("commit again");
+                assert_group_at(&store, &fx, true);
+            }
+        }
+    }
+}
+
+#[test]
+fn partial_undo_log_is_discarded_and_rewritten() {
+    let fx = group_fixture(false);
+    {
+        let store = store_at(fx.dir.path());
+        failpoint::arm(CrashPoint::AfterUndoWritten);
+        store
+            .commit(rp_meta(2), fx.sealed.clone())
+            .expect_err("injected crash");
+        failpoint::disarm();
+    }
+    // Make image 0's undo log incomplete, as if the crash came while writing it.
+    let undo = fx.dir.path().join("images/g-a.ferry/undo-2.log");
+    let len = fs::metadata(&undo).expect("meta").len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&undo)
+        .expect("open")
+        .set_len(len / 2)
+        .expect("cut");
+    let store = store_at(fx.dir.path());
+    assert_group_at(&store, &fx, true);
+    assert_next_epoch_commits(&store, &fx);
+}
+
+#[test]
+fn api_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store_at(dir.path());
+    assert!(matches!(
+        StandbyStore::open(dir.path(), StoreConfig::default()),
+        Err(StoreError::Locked { .. })
+    ));
+    assert!(matches!(
+        StandbyStore::open(dir.path(), StoreConfig { retention: 0 }),
+        Err(StoreError::InvalidConfig { .. })
+    ));
+    let img = name("err");
+    // Base epoch 1 on an image with nothing committed.
+    assert!(matches!(
+        store.open_epoch(&open_msg(&img, 1, 1, 100)),
+        Err(StoreError::EpochMismatch {
+            committed: Epoch(0),
+            base: Epoch(1),
+            ..
+        })
+    ));
+    let sealed = run_epoch(
+        &store,
+        &img,
+        1,
+        0,
+        8192,
+        8192,
+        &[vec![data(0, vec![1; 100])]],
+    );
+    store.commit(rp_meta(5), vec![sealed]).expect("commit");
+    assert!(matches!(
+        store.open_epoch(&open_msg(&img, 1, 0, 100)),
+        Err(StoreError::StaleEpoch { .. })
+    ));
+    assert!(matches!(
+        store.open_epoch(&open_msg(&img, 3, 2, 100)),
+        Err(StoreError::EpochMismatch {
+            committed: Epoch(1),
+            base: Epoch(2),
+            ..
+        })
+    ));
+
+    let mut writer = store.open_epoch(&open_msg(&img, 2, 1, 8192)).expect("open");
+    assert!(matches!(
+        store.open_epoch(&open_msg(&img, 2, 1, 8192)),
+        Err(StoreError::Busy { .. })
+    ));
+    let clone = store.clone();
+    let busy = std::thread::spawn(move || {
+        clone.commit(
+            rp_meta(6),
+            vec![SealedEpoch {
+                image: name("err"),
+                epoch: Epoch(2),
+                last_seq: SeqNo(0),
+                size: 8192,
+            }],
+        )
+    })
+    .join()
+    .expect("thread");
+    assert!(matches!(busy, Err(StoreError::Busy { .. })), "{busy:?}");
+
+    let reject =
+        |writer: &mut EpochWriter, extents: Vec<DecodedExtent>, scan_end: u64| -> BatchRejection {
+            match writer.stage(StagedBatch {
+                seq: SeqNo(1),
+                scan_end,
+                extents,
+            }) {
+                Err(StoreError::InvalidBatch { reason, .. }) => reason,
+                other => panic!("expected InvalidBatch, got {other:?}"),
+            }
+        };
+    assert!(matches!(
+        reject(&mut writer, vec![data(8000, vec![0; 200])], 0),
+        BatchRejection::PastEnd { .. }
+    ));
+    assert!(matches!(
+        reject(&mut writer, vec![zero(10, 0)], 0),
+        BatchRejection::EmptyExtent { .. }
+    ));
+    assert!(matches!(
+        reject(
+            &mut writer,
+            vec![data(100, vec![0; 10]), data(105, vec![0; 10])],
+            0
+        ),
+        BatchRejection::Unsorted { .. }
+    ));
+    let short = DecodedExtent {
+        offset: 0,
+        length: 10,
+        kind: ExtentKind::Data,
+        data: Some(Bytes::from_static(b"abc")),
+    };
+    assert!(matches!(
+        reject(&mut writer, vec![short], 0),
+        BatchRejection::DataLength { got: 3, .. }
+    ));
+    let zero_with_data = DecodedExtent {
+        offset: 0,
+        length: 3,
+        kind: ExtentKind::Zero,
+        data: Some(Bytes::from_static(b"abc")),
+    };
+    assert!(matches!(
+        reject(&mut writer, vec![zero_with_data], 0),
+        BatchRejection::UnexpectedData { .. }
+    ));
+    // Rejected batches change nothing: batch 1 is still expected.
+    assert!(writer
+        .stage(StagedBatch {
+            seq: SeqNo(1),
+            scan_end: 500,
+            extents: vec![data(0, vec![5; 10])]
+        })
+        .expect("stage"));
+    assert!(matches!(
+        reject_seq2_backwards(&mut writer),
+        BatchRejection::ScanEndBackwards { .. }
+    ));
+    // Sealing needs the durable seq.
+    assert_eq!(writer.sync().expect("sync"), SeqNo(1));
+    let writer_err = writer.seal(SeqNo(2), 8192).expect_err("seal mismatch");
+    assert!(matches!(writer_err, StoreError::SealMismatch { .. }));
+
+    // Commit checks: unknown epoch, wrong last seq, old recovery point, duplicates.
+    let mut writer = store
+        .open_epoch(&open_msg(&img, 2, 1, 8192))
+        .expect("reopen");
+    assert_eq!(writer.durable_seq(), SeqNo(1));
+    writer.sync().expect("sync");
+    drop(writer);
+    let sealed = |seq| SealedEpoch {
+        image: img.clone(),
+        epoch: Epoch(2),
+        last_seq: SeqNo(seq),
+        size: 8192,
+    };
+    assert!(matches!(
+        store.commit(rp_meta(6), vec![sealed(2)]),
+        Err(StoreError::InvalidCommit { .. })
+    ));
+    assert!(matches!(
+        store.commit(rp_meta(4), vec![sealed(1)]),
+        Err(StoreError::InvalidCommit { .. })
+    ));
+    assert!(matches!(
+        store.commit(rp_meta(6), vec![sealed(1), sealed(1)]),
+        Err(StoreError::InvalidCommit { .. })
+    ));
+    store.commit(rp_meta(6), vec![sealed(1)]).expect("commit");
+
+    // Hashes match the committed bytes; unknown images are reported.
+    let bytes = raw_bytes(&store, &img);
+    let (rp, size, hashes) = store.hash_range(&img, 0, u64::MAX, 4096).expect("hash");
+    assert_eq!((rp, size, hashes.len()), (RecoveryPointId(6), 8192, 2));
+    assert_eq!(hashes[1], *blake3::hash(&bytes[4096..]).as_bytes());
+    assert!(matches!(
+        store.hash_range(&name("nope"), 0, 1, 1),
+        Err(StoreError::UnknownImage { .. })
+    ));
+    assert!(matches!(
+        store.hash_range(&img, 0, 1, 0),
+        Err(StoreError::InvalidRequest { .. })
+    ));
+    assert!(matches!(
+        store.recovery_points(&name("nope")),
+        Err(StoreError::UnknownImage { .. })
+    ));
+    assert_eq!(store.image_state(&name("nope")).expect("state"), None);
+}
+
+fn reject_seq2_backwards(writer: &mut EpochWriter) -> BatchRejection {
+    match writer.stage(StagedBatch {
+        seq: SeqNo(2),
+        scan_end: 100,
+        extents: vec![],
+    }) {
+        Err(StoreError::InvalidBatch { reason, .. }) => reason,
+        other => panic!("expected InvalidBatch, got {other:?}"),
+    }
+}
+
+#[test]
+fn full_copy_rejects_rewrites_below_high_water() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store_at(dir.path());
+    let img = name("hw");
+    let mut writer = store
+        .open_epoch(&open_msg(&img, 1, 0, 1 << 20))
+        .expect("open");
+    writer
+        .stage(StagedBatch {
+            seq: SeqNo(1),
+            scan_end: 8192,
+            extents: vec![data(0, vec![1; 8192])],
+        })
+        .expect("stage");
+    let err = writer
+        .stage(StagedBatch {
+            seq: SeqNo(2),
+            scan_end: 9000,
+            extents: vec![data(4096, vec![2; 10])],
+        })
+        .expect_err("rewrite");
+    assert!(matches!(
+        err,
+        StoreError::InvalidBatch {
+            reason: BatchRejection::BelowHighWater {
+                high_water: 8192,
+                ..
+            },
+            ..
+        }
+    ));
+}
+
+#[test]
+fn new_epoch_discards_other_pending_epoch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store_at(dir.path());
+    let img = name("moved-on");
+    let mut writer = store.open_epoch(&open_msg(&img, 1, 0, 4096)).expect("open");
+    writer
+        .stage(StagedBatch {
+            seq: SeqNo(1),
+            scan_end: 4096,
+            extents: vec![data(0, vec![7; 4096])],
+        })
+        .expect("stage");
+    writer.sync().expect("sync");
+    drop(writer);
+    let writer = store
+        .open_epoch(&open_msg(&img, 5, 0, 4096))
+        .expect("open newer");
+    assert_eq!((writer.epoch(), writer.durable_seq()), (Epoch(5), SeqNo(0)));
+    assert!(!dir
+        .path()
+        .join("images/moved-on.ferry/epoch-1.journal")
+        .exists());
+    let pending = store
+        .image_state(&img)
+        .expect("state")
+        .expect("known")
+        .pending
+        .expect("pending");
+    assert_eq!(pending.epoch, Epoch(5));
+}
+
+#[test]
+fn store_is_shareable_across_threads() {
+    fn assert_traits<T: Clone + Send + Sync + 'static>() {}
+    assert_traits::<StandbyStore>();
+    fn assert_send<T: Send>() {}
+    assert_send::<EpochWriter>();
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store_at(dir.path());
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let img = name(&format!("par{i}"));
+                let payload = vec![i as u8 + 1; 10_000];
+                let sealed = run_epoch(
+                    &store,
+                    &img,
+                    1,
+                    0,
+                    10_000,
+                    10_000,
+                    &[vec![data(0, payload.clone())]],
+                );
+                store.commit(rp_meta(1), vec![sealed]).expect("commit");
+                assert_eq!(raw_bytes(&store, &img), payload);
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("thread");
+    }
+    assert_eq!(store.images().expect("images").len(), 4);
+}
