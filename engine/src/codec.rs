@@ -1,1 +1,933 @@
 //! Encoding of extents into a batch payload (compress, checksum) and its verification on the standby.
+//!
+//! The primary's [`Encoder`] turns the changed extents of one scan chunk into
+//! an [`EncodedChunk`]: each data extent is stored as one zstd frame when that
+//! pays (compressed size ≤ 97 % of plain, [`COMPRESS_KEEP_RATIO_PERCENT`]) or
+//! raw otherwise; the payload gets a CRC-32C and the concatenated plain data a
+//! BLAKE3. The standby's [`Decoder`] checks the CRC first (transport damage →
+//! [`NackReason::PayloadCrc`]), then decodes every extent under strict rules
+//! (exact lengths, one frame per extent, never allocating more than an
+//! extent's declared length → [`NackReason::Decode`]), then checks the BLAKE3
+//! of the decoded data ([`NackReason::PlainBlake3`]). One encoder and one
+//! decoder per thread: they own reusable zstd contexts.
+
+use bytes::Bytes;
+use ferry_protocol::{Codec, ExtentBatch, ExtentHeader, ExtentKind, NackReason};
+
+use crate::source::pool::BufferPool;
+
+/// A data extent is stored compressed only if the frame is at most this
+/// percentage of the plain length.
+pub const COMPRESS_KEEP_RATIO_PERCENT: usize = 97;
+
+/// Default cap on the plain bytes one batch may decode to (the pipeline's
+/// chunks are 4 MiB; this leaves room for larger chunk sizes).
+pub const DEFAULT_MAX_BATCH_PLAIN_BYTES: u64 = 64 << 20;
+
+/// Size of the payload buffers an [`Encoder`] recycles by default.
+pub const DEFAULT_PAYLOAD_BUF_SIZE: usize = 4 << 20;
+
+/// Extents smaller than this are compressed without the incompressibility probe.
+const PROBE_MIN_LEN: usize = 8 * 1024;
+
+/// One extent as a source produced it, before encoding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlainExtent {
+    /// Byte offset in the image.
+    pub offset: u64,
+    /// Length in bytes (> 0).
+    pub length: u32,
+    /// What the extent does to the range.
+    pub kind: ExtentKind,
+    /// The range's bytes: `Some` exactly for [`ExtentKind::Data`], with `length` bytes.
+    pub data: Option<Bytes>,
+}
+
+/// Byte counters of one encoded chunk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChunkStats {
+    /// Bytes of the image the chunk's scan covered.
+    pub bytes_scanned: u64,
+    /// Bytes covered by the chunk's extents (data + zero + discard).
+    pub bytes_changed: u64,
+    /// Bytes of all-zero blocks found in the scanned range (changed or not).
+    pub bytes_zero: u64,
+    /// Plain bytes of the data extents.
+    pub plain_data_bytes: u64,
+    /// Bytes of the encoded payload.
+    pub payload_bytes: u64,
+}
+
+impl ChunkStats {
+    /// Adds another chunk's counters to these.
+    pub fn add(&mut self, other: &ChunkStats) {
+        self.bytes_scanned += other.bytes_scanned;
+        self.bytes_changed += other.bytes_changed;
+        self.bytes_zero += other.bytes_zero;
+        self.plain_data_bytes += other.plain_data_bytes;
+        self.payload_bytes += other.payload_bytes;
+    }
+}
+
+/// One chunk's extents encoded and checksummed, ready to wrap into an
+/// [`ExtentBatch`] (the sender adds image, epoch and sequence number).
+#[derive(Clone, Debug)]
+pub struct EncodedChunk {
+    /// Start of the source range the chunk covers.
+    pub scan_start: u64,
+    /// End of the source range the chunk covers.
+    pub scan_end: u64,
+    /// The extents, ascending and non-overlapping.
+    pub extents: Vec<ExtentHeader>,
+    /// Encoded data of the data extents, in extent order.
+    pub payload: Bytes,
+    /// CRC-32C of `payload`.
+    pub payload_crc32c: u32,
+    /// BLAKE3 of the concatenated plain data of the data extents.
+    pub plain_blake3: [u8; 32],
+    /// Byte counters.
+    pub stats: ChunkStats,
+}
+
+/// Why a chunk could not be encoded: the caller handed inconsistent extents
+/// (a bug in a source, never a property of the data).
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// An extent has length 0.
+    #[error("extent at offset {offset} has length 0")]
+    EmptyExtent {
+        /// Offset of the extent.
+        offset: u64,
+    },
+    /// A data extent carries no bytes.
+    #[error("data extent at offset {offset} carries no bytes")]
+    MissingData {
+        /// Offset of the extent.
+        offset: u64,
+    },
+    /// A zero or discard extent carries bytes.
+    #[error("{kind:?} extent at offset {offset} carries bytes")]
+    UnexpectedData {
+        /// Offset of the extent.
+        offset: u64,
+        /// Its kind.
+        kind: ExtentKind,
+    },
+    /// A data extent's bytes do not match its length.
+    #[error("data extent at offset {offset} declares {length} bytes but carries {actual}")]
+    LengthMismatch {
+        /// Offset of the extent.
+        offset: u64,
+        /// Declared length.
+        length: u32,
+        /// Bytes carried.
+        actual: usize,
+    },
+    /// Extents overlap, are out of order or leave the scanned range.
+    #[error("extent at offset {offset} (length {length}) is out of order or outside the scan range {scan_start}..{scan_end}")]
+    BadPlacement {
+        /// Offset of the extent.
+        offset: u64,
+        /// Its length.
+        length: u32,
+        /// Start of the scan range.
+        scan_start: u64,
+        /// End of the scan range.
+        scan_end: u64,
+    },
+}
+
+/// Compresses and checksums extents; one per worker thread.
+pub struct Encoder {
+    compressor: zstd::bulk::Compressor<'static>,
+    level: i32,
+    payload_pool: BufferPool,
+}
+
+impl std::fmt::Debug for Encoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encoder")
+            .field("level", &self.level)
+            .finish()
+    }
+}
+
+impl Encoder {
+    /// An encoder using zstd `zstd_level` (clamped to zstd's range), with
+    /// its own small pool of payload buffers.
+    pub fn new(zstd_level: i32) -> Self {
+        Self::with_payload_pool(
+            zstd_level,
+            BufferPool::recycling(DEFAULT_PAYLOAD_BUF_SIZE, 2),
+        )
+    }
+
+    /// An encoder whose payloads come from `pool` (shared between workers).
+    /// Payloads larger than the pool's buffers get their own allocation.
+    pub fn with_payload_pool(zstd_level: i32, pool: BufferPool) -> Self {
+        let range = zstd::compression_level_range();
+        let level = zstd_level.clamp(*range.start(), *range.end());
+        // Creating a context fails only when zstd cannot allocate it (the
+        // level is within range), which is an out-of-memory condition the
+        // process cannot survive anyway.
+        let compressor =
+            zstd::bulk::Compressor::new(level).expect("zstd compression context allocation");
+        Self {
+            compressor,
+            level,
+            payload_pool: pool,
+        }
+    }
+
+    /// The zstd level in use.
+    pub fn level(&self) -> i32 {
+        self.level
+    }
+
+    /// Compress each data extent with zstd unless it does not pay (kept raw
+    /// when the frame would exceed 97 % of the plain length, and not even
+    /// tried when a byte-histogram probe says the data looks random), compute
+    /// the CRC-32C of the payload and the BLAKE3 of the concatenated plain
+    /// data. `stats.bytes_zero` is left 0 (the analyser knows it).
+    pub fn encode(
+        &mut self,
+        scan_start: u64,
+        scan_end: u64,
+        extents: &[PlainExtent],
+    ) -> Result<EncodedChunk, CodecError> {
+        let mut plain_total = 0usize;
+        let mut changed = 0u64;
+        let mut previous_end = scan_start;
+        for extent in extents {
+            check_extent(extent, scan_start, scan_end, previous_end)?;
+            previous_end = extent.offset + u64::from(extent.length);
+            changed += u64::from(extent.length);
+            if extent.kind == ExtentKind::Data {
+                plain_total += extent.length as usize;
+            }
+        }
+
+        let mut hasher = blake3::Hasher::new();
+        let mut headers = Vec::with_capacity(extents.len());
+        // The payload never exceeds the plain total: an extent is compressed
+        // only into at most 97 % of its length, otherwise copied.
+        let mut pooled = if plain_total > 0 && plain_total <= self.payload_pool.buf_size() {
+            self.payload_pool.acquire()
+        } else {
+            None
+        };
+        let mut own: Vec<u8> = Vec::new();
+        if pooled.is_none() && plain_total > 0 {
+            own = vec![0u8; plain_total];
+        }
+        let out: &mut [u8] = match pooled.as_mut() {
+            Some(buf) => &mut buf[..],
+            None => &mut own[..],
+        };
+        let mut used = 0usize;
+        for extent in extents {
+            let (codec, encoded_len) = match (&extent.kind, &extent.data) {
+                (ExtentKind::Data, Some(data)) => {
+                    hasher.update(data);
+                    let len = data.len();
+                    let limit = len * COMPRESS_KEEP_RATIO_PERCENT / 100;
+                    let compressed = if limit > 0 && !looks_incompressible(data) {
+                        self.compressor
+                            .compress_to_buffer(&data[..], &mut out[used..used + limit])
+                            .ok()
+                    } else {
+                        None
+                    };
+                    match compressed {
+                        Some(n) if n <= limit => {
+                            used += n;
+                            (Codec::Zstd, n)
+                        }
+                        _ => {
+                            out[used..used + len].copy_from_slice(data);
+                            used += len;
+                            (Codec::Raw, len)
+                        }
+                    }
+                }
+                _ => (Codec::Raw, 0),
+            };
+            headers.push(ExtentHeader {
+                offset: extent.offset,
+                length: extent.length,
+                kind: extent.kind,
+                codec,
+                // encoded_len ≤ length, which is a u32.
+                encoded_len: u32::try_from(encoded_len).unwrap_or(u32::MAX),
+            });
+        }
+
+        let payload = if used == 0 {
+            Bytes::new()
+        } else if let Some(buf) = pooled {
+            if used < buf.len() / 4 {
+                // A small payload would pin a whole pooled buffer while the
+                // sender holds it for retransmission: copy it out instead.
+                Bytes::copy_from_slice(&buf[..used])
+            } else {
+                buf.freeze(used)
+            }
+        } else {
+            own.truncate(used);
+            Bytes::from(own)
+        };
+        let payload_crc32c = crc32c::crc32c(&payload);
+        Ok(EncodedChunk {
+            scan_start,
+            scan_end,
+            extents: headers,
+            stats: ChunkStats {
+                bytes_scanned: scan_end.saturating_sub(scan_start),
+                bytes_changed: changed,
+                bytes_zero: 0,
+                plain_data_bytes: plain_total as u64,
+                payload_bytes: payload.len() as u64,
+            },
+            payload,
+            payload_crc32c,
+            plain_blake3: *hasher.finalize().as_bytes(),
+        })
+    }
+}
+
+fn check_extent(
+    extent: &PlainExtent,
+    scan_start: u64,
+    scan_end: u64,
+    previous_end: u64,
+) -> Result<(), CodecError> {
+    let offset = extent.offset;
+    if extent.length == 0 {
+        return Err(CodecError::EmptyExtent { offset });
+    }
+    let end = offset.checked_add(u64::from(extent.length));
+    if offset < previous_end || end.is_none_or(|end| end > scan_end) {
+        return Err(CodecError::BadPlacement {
+            offset,
+            length: extent.length,
+            scan_start,
+            scan_end,
+        });
+    }
+    match (&extent.kind, &extent.data) {
+        (ExtentKind::Data, None) => Err(CodecError::MissingData { offset }),
+        (ExtentKind::Data, Some(data)) if data.len() != extent.length as usize => {
+            Err(CodecError::LengthMismatch {
+                offset,
+                length: extent.length,
+                actual: data.len(),
+            })
+        }
+        (ExtentKind::Zero | ExtentKind::Discard, Some(_)) => Err(CodecError::UnexpectedData {
+            offset,
+            kind: extent.kind,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Cheap probe for data zstd cannot shrink (already compressed or encrypted):
+/// four 1 KiB windows spread over the extent must each show nearly all 256
+/// byte values with a flat histogram. It costs < 0.1 % of compressing, and a
+/// wrong "incompressible" only loses compression, never correctness. It can
+/// miss redundancy that a histogram does not see (e.g. the same random block
+/// repeated within one extent); that is the price of not trying.
+fn looks_incompressible(data: &[u8]) -> bool {
+    if data.len() < PROBE_MIN_LEN {
+        return false;
+    }
+    const WINDOW: usize = 1024;
+    const WINDOWS: usize = 4;
+    let stride = (data.len() - WINDOW) / (WINDOWS - 1);
+    (0..WINDOWS).all(|i| {
+        let start = i * stride;
+        let mut histogram = [0u16; 256];
+        for &byte in &data[start..start + WINDOW] {
+            histogram[byte as usize] += 1;
+        }
+        let distinct = histogram.iter().filter(|&&count| count > 0).count();
+        let max = histogram.iter().copied().max().unwrap_or(0);
+        // Uniform random bytes: ~252 distinct values, max count ~10-12.
+        distinct >= 240 && max <= 16
+    })
+}
+
+/// One extent after decoding and verification.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecodedExtent {
+    /// Byte offset in the image.
+    pub offset: u64,
+    /// Length in bytes.
+    pub length: u32,
+    /// What the extent does to the range.
+    pub kind: ExtentKind,
+    /// The plain bytes (`length` of them), for data extents only.
+    pub data: Option<Bytes>,
+}
+
+/// Why a received batch was rejected. The standby answers with a `Nack`
+/// carrying [`VerifyError::nack_reason`] and writes nothing of the batch.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The payload does not match its CRC-32C (damaged in transit).
+    #[error("payload CRC-32C mismatch: batch says {expected:#010x}, payload has {actual:#010x}")]
+    PayloadCrc {
+        /// CRC in the batch header.
+        expected: u32,
+        /// CRC of the received payload.
+        actual: u32,
+    },
+    /// The extent list is inconsistent with itself or with the payload.
+    #[error("extent {index} (offset {offset}) is malformed: {reason}")]
+    Malformed {
+        /// Position of the extent in the batch.
+        index: usize,
+        /// Its offset.
+        offset: u64,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The batch would decode to more plain bytes than the decoder accepts.
+    #[error("batch decodes to more than {limit} plain bytes (extent {index} at offset {offset})")]
+    TooLarge {
+        /// Position of the first extent over the limit.
+        index: usize,
+        /// Its offset.
+        offset: u64,
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// A zstd frame is corrupt or decodes to more than its extent's length.
+    #[error("extent {index} (offset {offset}, length {length}) does not decode")]
+    Zstd {
+        /// Position of the extent.
+        index: usize,
+        /// Its offset.
+        offset: u64,
+        /// Its declared plain length.
+        length: u32,
+        /// zstd's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A zstd frame decodes to fewer bytes than its extent's length.
+    #[error("extent {index} (offset {offset}) decodes to {actual} bytes, {length} expected")]
+    ShortFrame {
+        /// Position of the extent.
+        index: usize,
+        /// Its offset.
+        offset: u64,
+        /// Declared plain length.
+        length: u32,
+        /// Decoded length.
+        actual: usize,
+    },
+    /// The decoded data does not match the batch's BLAKE3.
+    #[error("plain-data BLAKE3 mismatch (batch covers {scan_start}..{scan_end})")]
+    PlainBlake3 {
+        /// Start of the batch's scan range.
+        scan_start: u64,
+        /// End of the batch's scan range.
+        scan_end: u64,
+    },
+}
+
+impl VerifyError {
+    /// The `Nack` reason that reports this error to the primary.
+    pub fn nack_reason(&self) -> NackReason {
+        match self {
+            Self::PayloadCrc { .. } => NackReason::PayloadCrc,
+            Self::PlainBlake3 { .. } => NackReason::PlainBlake3,
+            Self::Malformed { .. }
+            | Self::TooLarge { .. }
+            | Self::Zstd { .. }
+            | Self::ShortFrame { .. } => NackReason::Decode,
+        }
+    }
+}
+
+/// Verifies and decodes batches; holds a zstd decompression context.
+pub struct Decoder {
+    decompressor: zstd::bulk::Decompressor<'static>,
+    max_batch_plain_bytes: u64,
+}
+
+impl std::fmt::Debug for Decoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decoder")
+            .field("max_batch_plain_bytes", &self.max_batch_plain_bytes)
+            .finish()
+    }
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Decoder {
+    /// A decoder accepting batches of up to [`DEFAULT_MAX_BATCH_PLAIN_BYTES`] plain bytes.
+    pub fn new() -> Self {
+        Self::with_limit(DEFAULT_MAX_BATCH_PLAIN_BYTES)
+    }
+
+    /// A decoder accepting batches of up to `max_batch_plain_bytes` plain
+    /// bytes (data extents only; zero/discard ranges cost no memory).
+    pub fn with_limit(max_batch_plain_bytes: u64) -> Self {
+        // Fails only when zstd cannot allocate a context: out of memory,
+        // which the process cannot survive anyway.
+        let decompressor =
+            zstd::bulk::Decompressor::new().expect("zstd decompression context allocation");
+        Self {
+            decompressor,
+            max_batch_plain_bytes,
+        }
+    }
+
+    /// Verify crc32c of the payload, decode every data extent (a zstd extent
+    /// must be exactly one frame decoding to exactly `length` bytes; no more
+    /// than `length` bytes are ever allocated for it), verify blake3 of the
+    /// plain data. Raw extents are slices of the payload (no copy).
+    pub fn decode(&mut self, batch: &ExtentBatch) -> Result<Vec<DecodedExtent>, VerifyError> {
+        let actual = crc32c::crc32c(&batch.payload);
+        if actual != batch.payload_crc32c {
+            return Err(VerifyError::PayloadCrc {
+                expected: batch.payload_crc32c,
+                actual,
+            });
+        }
+        self.check_layout(batch)?;
+
+        let mut hasher = blake3::Hasher::new();
+        let mut out = Vec::with_capacity(batch.extents.len());
+        let mut position = 0usize;
+        for (index, header) in batch.extents.iter().enumerate() {
+            let data = match header.kind {
+                ExtentKind::Data => {
+                    let encoded_len = header.encoded_len as usize;
+                    let encoded = batch.payload.slice(position..position + encoded_len);
+                    position += encoded_len;
+                    let plain = match header.codec {
+                        Codec::Raw => encoded,
+                        Codec::Zstd => self.decompress(index, header, &encoded)?,
+                    };
+                    hasher.update(&plain);
+                    Some(plain)
+                }
+                ExtentKind::Zero | ExtentKind::Discard => None,
+            };
+            out.push(DecodedExtent {
+                offset: header.offset,
+                length: header.length,
+                kind: header.kind,
+                data,
+            });
+        }
+        if *hasher.finalize().as_bytes() != batch.plain_blake3 {
+            return Err(VerifyError::PlainBlake3 {
+                scan_start: batch.scan_start,
+                scan_end: batch.scan_end,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Checks everything about the extent list that does not need decoding:
+    /// order, placement, per-kind rules, payload accounting and the size cap.
+    fn check_layout(&self, batch: &ExtentBatch) -> Result<(), VerifyError> {
+        let mut previous_end = batch.scan_start;
+        let mut encoded_total = 0u64;
+        let mut plain_total = 0u64;
+        for (index, header) in batch.extents.iter().enumerate() {
+            let malformed = |reason| VerifyError::Malformed {
+                index,
+                offset: header.offset,
+                reason,
+            };
+            if header.length == 0 {
+                return Err(malformed("length is 0"));
+            }
+            let end = header
+                .offset
+                .checked_add(u64::from(header.length))
+                .ok_or_else(|| malformed("offset + length overflows"))?;
+            if header.offset < previous_end {
+                return Err(malformed(
+                    "overlaps or precedes the previous extent or the scan start",
+                ));
+            }
+            if end > batch.scan_end {
+                return Err(malformed("ends past the batch's scan end"));
+            }
+            previous_end = end;
+            match header.kind {
+                ExtentKind::Data => {
+                    match header.codec {
+                        Codec::Raw if header.encoded_len != header.length => {
+                            return Err(malformed(
+                                "raw extent's encoded length differs from its length",
+                            ))
+                        }
+                        Codec::Zstd if header.encoded_len == 0 => {
+                            return Err(malformed("zstd extent has no encoded bytes"))
+                        }
+                        _ => {}
+                    }
+                    plain_total += u64::from(header.length);
+                    if plain_total > self.max_batch_plain_bytes {
+                        return Err(VerifyError::TooLarge {
+                            index,
+                            offset: header.offset,
+                            limit: self.max_batch_plain_bytes,
+                        });
+                    }
+                }
+                ExtentKind::Zero | ExtentKind::Discard => {
+                    if header.encoded_len != 0 || header.codec != Codec::Raw {
+                        return Err(malformed("zero/discard extent carries payload"));
+                    }
+                }
+            }
+            encoded_total += u64::from(header.encoded_len);
+        }
+        if encoded_total != batch.payload.len() as u64 {
+            return Err(VerifyError::Malformed {
+                index: batch.extents.len(),
+                offset: batch.scan_end,
+                reason: "extents' encoded lengths do not add up to the payload length",
+            });
+        }
+        Ok(())
+    }
+
+    fn decompress(
+        &mut self,
+        index: usize,
+        header: &ExtentHeader,
+        encoded: &[u8],
+    ) -> Result<Bytes, VerifyError> {
+        let length = header.length as usize;
+        // Exactly one frame, nothing after it.
+        match zstd::zstd_safe::find_frame_compressed_size(encoded) {
+            Ok(size) if size == encoded.len() => {}
+            _ => {
+                return Err(VerifyError::Malformed {
+                    index,
+                    offset: header.offset,
+                    reason: "zstd extent is not exactly one frame",
+                })
+            }
+        }
+        // The context writes at most `capacity` bytes and fails with
+        // "destination too small" if the frame holds more: a frame that
+        // inflates beyond `length` never costs more than `length` bytes.
+        let mut plain = Vec::with_capacity(length);
+        let written = self
+            .decompressor
+            .decompress_to_buffer(encoded, &mut plain)
+            .map_err(|source| VerifyError::Zstd {
+                index,
+                offset: header.offset,
+                length: header.length,
+                source,
+            })?;
+        if written != length || plain.len() != length {
+            return Err(VerifyError::ShortFrame {
+                index,
+                offset: header.offset,
+                length: header.length,
+                actual: written,
+            });
+        }
+        Ok(Bytes::from(plain))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_protocol::{Epoch, ImageName, SeqNo};
+    use rand::{RngCore, SeedableRng};
+
+    fn random(len: usize, seed: u64) -> Bytes {
+        let mut data = vec![0u8; len];
+        rand_chacha::ChaCha8Rng::seed_from_u64(seed).fill_bytes(&mut data);
+        Bytes::from(data)
+    }
+
+    fn text(len: usize) -> Bytes {
+        let line = b"2026-11-02T10:00:00Z INFO ferry::engine applied batch seq=42 bytes=4096\n";
+        Bytes::from(line.iter().copied().cycle().take(len).collect::<Vec<u8>>())
+    }
+
+    fn data(offset: u64, bytes: Bytes) -> PlainExtent {
+        PlainExtent {
+            offset,
+            length: bytes.len() as u32,
+            kind: ExtentKind::Data,
+            data: Some(bytes),
+        }
+    }
+
+    fn zero(offset: u64, length: u32) -> PlainExtent {
+        PlainExtent {
+            offset,
+            length,
+            kind: ExtentKind::Zero,
+            data: None,
+        }
+    }
+
+    fn batch(chunk: &EncodedChunk) -> ExtentBatch {
+        ExtentBatch {
+            image: ImageName::new("img").unwrap(),
+            epoch: Epoch(1),
+            seq: SeqNo(1),
+            scan_start: chunk.scan_start,
+            scan_end: chunk.scan_end,
+            payload_crc32c: chunk.payload_crc32c,
+            plain_blake3: chunk.plain_blake3,
+            extents: chunk.extents.clone(),
+            payload: chunk.payload.clone(),
+        }
+    }
+
+    fn sample_extents() -> Vec<PlainExtent> {
+        vec![
+            data(0, random(64 * 1024, 1)),
+            zero(64 * 1024, 8192),
+            data(80 * 1024, text(100 * 1024)),
+            data(200 * 1024, Bytes::from(vec![0u8; 4096])),
+            data(300 * 1024, random(4096, 2)),
+            PlainExtent {
+                offset: 400 * 1024,
+                length: 4096,
+                kind: ExtentKind::Discard,
+                data: None,
+            },
+        ]
+    }
+
+    #[test]
+    fn round_trip_random_zero_and_compressible() {
+        let extents = sample_extents();
+        let mut encoder = Encoder::new(1);
+        let chunk = encoder.encode(0, 1 << 20, &extents).unwrap();
+        assert_eq!(chunk.extents[0].codec, Codec::Raw, "random data stays raw");
+        assert_eq!(chunk.extents[2].codec, Codec::Zstd, "text compresses");
+        assert!(chunk.extents[2].encoded_len < 10 * 1024);
+        assert_eq!(chunk.extents[3].codec, Codec::Zstd, "zero bytes compress");
+        assert_eq!(
+            chunk.extents[4].codec,
+            Codec::Raw,
+            "small random block stays raw"
+        );
+        assert_eq!(chunk.extents[1].encoded_len, 0);
+        assert_eq!(chunk.stats.bytes_changed, (64 + 8 + 100 + 4 + 4 + 4) * 1024);
+        assert_eq!(chunk.stats.plain_data_bytes, (64 + 100 + 4 + 4) * 1024);
+        assert_eq!(chunk.stats.payload_bytes, chunk.payload.len() as u64);
+        assert!(chunk.payload.len() < (64 + 100 + 4 + 4) * 1024);
+
+        let decoded = Decoder::new().decode(&batch(&chunk)).unwrap();
+        assert_eq!(decoded.len(), extents.len());
+        for (plain, out) in extents.iter().zip(&decoded) {
+            assert_eq!(plain.offset, out.offset);
+            assert_eq!(plain.length, out.length);
+            assert_eq!(plain.kind, out.kind);
+            assert_eq!(plain.data, out.data);
+        }
+    }
+
+    #[test]
+    fn empty_chunk_round_trips() {
+        let chunk = Encoder::new(1).encode(4096, 8192, &[]).unwrap();
+        assert!(chunk.payload.is_empty());
+        assert!(Decoder::new().decode(&batch(&chunk)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn large_payload_beyond_pool_buffer_round_trips() {
+        let pool = BufferPool::recycling(64 * 1024, 1);
+        let mut encoder = Encoder::with_payload_pool(1, pool);
+        let extents = vec![
+            data(0, random(300 * 1024, 9)),
+            data(1 << 20, text(200 * 1024)),
+        ];
+        let chunk = encoder.encode(0, 2 << 20, &extents).unwrap();
+        let decoded = Decoder::new().decode(&batch(&chunk)).unwrap();
+        assert_eq!(decoded[0].data, extents[0].data);
+        assert_eq!(decoded[1].data, extents[1].data);
+    }
+
+    #[test]
+    fn inconsistent_extents_are_rejected() {
+        let mut encoder = Encoder::new(1);
+        let overlap = vec![data(0, random(8192, 1)), data(4096, random(4096, 2))];
+        assert!(matches!(
+            encoder.encode(0, 1 << 20, &overlap),
+            Err(CodecError::BadPlacement { .. })
+        ));
+        let outside = vec![data(1 << 20, random(4096, 1))];
+        assert!(matches!(
+            encoder.encode(0, 1 << 20, &outside),
+            Err(CodecError::BadPlacement { .. })
+        ));
+        let missing = vec![PlainExtent {
+            offset: 0,
+            length: 4096,
+            kind: ExtentKind::Data,
+            data: None,
+        }];
+        assert!(matches!(
+            encoder.encode(0, 1 << 20, &missing),
+            Err(CodecError::MissingData { .. })
+        ));
+        let short = vec![PlainExtent {
+            offset: 0,
+            length: 8192,
+            kind: ExtentKind::Data,
+            data: Some(random(4096, 3)),
+        }];
+        assert!(matches!(
+            encoder.encode(0, 1 << 20, &short),
+            Err(CodecError::LengthMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn crc_flip_is_payload_crc() {
+        let chunk = Encoder::new(1)
+            .encode(0, 1 << 20, &sample_extents())
+            .unwrap();
+        let mut bad = batch(&chunk);
+        let mut payload = bad.payload.to_vec();
+        payload[1000] ^= 0x10;
+        bad.payload = Bytes::from(payload);
+        let error = Decoder::new().decode(&bad).unwrap_err();
+        assert_eq!(error.nack_reason(), NackReason::PayloadCrc);
+    }
+
+    #[test]
+    fn tamper_with_recomputed_crc_is_plain_blake3() {
+        let chunk = Encoder::new(1)
+            .encode(0, 1 << 20, &sample_extents())
+            .unwrap();
+        let mut bad = batch(&chunk);
+        let mut payload = bad.payload.to_vec();
+        // Byte 10 lies in the first (raw) extent: decoding still succeeds.
+        payload[10] ^= 0x01;
+        bad.payload = Bytes::from(payload);
+        bad.payload_crc32c = crc32c::crc32c(&bad.payload);
+        let error = Decoder::new().decode(&bad).unwrap_err();
+        assert!(
+            matches!(error, VerifyError::PlainBlake3 { .. }),
+            "{error:?}"
+        );
+        assert_eq!(error.nack_reason(), NackReason::PlainBlake3);
+    }
+
+    #[test]
+    fn zstd_bomb_is_a_decode_error() {
+        // 16 MiB of zeroes in a tiny frame, declared as a 4 KiB extent.
+        let frame = zstd::bulk::compress(&vec![0u8; 16 << 20], 1).unwrap();
+        assert!(frame.len() < 4096);
+        let payload = Bytes::from(frame);
+        let bomb = ExtentBatch {
+            image: ImageName::new("img").unwrap(),
+            epoch: Epoch(1),
+            seq: SeqNo(1),
+            scan_start: 0,
+            scan_end: 4096,
+            payload_crc32c: crc32c::crc32c(&payload),
+            plain_blake3: [0; 32],
+            extents: vec![ExtentHeader {
+                offset: 0,
+                length: 4096,
+                kind: ExtentKind::Data,
+                codec: Codec::Zstd,
+                encoded_len: payload.len() as u32,
+            }],
+            payload,
+        };
+        let error = Decoder::new().decode(&bomb).unwrap_err();
+        assert!(matches!(error, VerifyError::Zstd { .. }), "{error:?}");
+        assert_eq!(error.nack_reason(), NackReason::Decode);
+    }
+
+    #[test]
+    fn short_frame_and_declared_giant_extent_are_decode_errors() {
+        let frame = zstd::bulk::compress(&[7u8; 1000], 1).unwrap();
+        let payload = Bytes::from(frame);
+        let mut short = ExtentBatch {
+            image: ImageName::new("img").unwrap(),
+            epoch: Epoch(1),
+            seq: SeqNo(1),
+            scan_start: 0,
+            scan_end: u64::MAX,
+            payload_crc32c: crc32c::crc32c(&payload),
+            plain_blake3: [0; 32],
+            extents: vec![ExtentHeader {
+                offset: 0,
+                length: 4096,
+                kind: ExtentKind::Data,
+                codec: Codec::Zstd,
+                encoded_len: payload.len() as u32,
+            }],
+            payload,
+        };
+        let error = Decoder::new().decode(&short).unwrap_err();
+        assert!(
+            matches!(error, VerifyError::ShortFrame { actual: 1000, .. }),
+            "{error:?}"
+        );
+        // A 4 GiB extent is refused before any allocation.
+        short.extents[0].length = u32::MAX;
+        let error = Decoder::new().decode(&short).unwrap_err();
+        assert!(matches!(error, VerifyError::TooLarge { .. }), "{error:?}");
+        assert_eq!(error.nack_reason(), NackReason::Decode);
+    }
+
+    #[test]
+    fn malformed_layouts_are_decode_errors() {
+        let chunk = Encoder::new(1)
+            .encode(0, 1 << 20, &sample_extents())
+            .unwrap();
+        let good = batch(&chunk);
+        let mut cases = Vec::new();
+        let mut b = good.clone();
+        b.extents.swap(0, 1);
+        cases.push(b);
+        let mut b = good.clone();
+        b.extents[1].encoded_len = 5;
+        cases.push(b);
+        let mut b = good.clone();
+        b.extents[0].encoded_len -= 1;
+        cases.push(b);
+        let mut b = good.clone();
+        b.scan_end = 300 * 1024;
+        cases.push(b);
+        let mut b = good.clone();
+        b.extents[0].length = 0;
+        cases.push(b);
+        for case in cases {
+            let error = Decoder::new().decode(&case).unwrap_err();
+            assert_eq!(error.nack_reason(), NackReason::Decode, "{error:?}");
+        }
+    }
+
+    #[test]
+    fn probe_flags_random_but_not_text_or_zero() {
+        assert!(looks_incompressible(&random(1 << 20, 5)));
+        assert!(!looks_incompressible(&text(1 << 20)));
+        assert!(!looks_incompressible(&vec![0u8; 1 << 20]));
+        let mut mixed = random(1 << 20, 6).to_vec();
+        mixed[..256 * 1024].fill(0);
+        assert!(!looks_incompressible(&mixed));
+    }
+}

@@ -1,1 +1,785 @@
 //! The primary-side pipeline: read → analyse → compress → checksum → ordered batches.
+//!
+//! Threads and queues (all bounded):
+//!
+//! ```text
+//!            tickets (N)                                       recv() returns a ticket
+//!   ┌────────────────────────────────────────────────────────────────────────┐
+//!   ▼                                                                        │
+//! reader ──work(N)──▶ worker × W ──results(N)──▶ sequencer ──output(N)──▶ recv()
+//! read_next()         analyze() + Encoder        reorder, record()
+//! ```
+//!
+//! - The **reader** takes a ticket before each `read_next`; there are
+//!   `max_chunks_in_flight` (N) tickets and one comes back only when `recv`
+//!   hands a chunk to the caller. At most N chunks therefore exist between
+//!   the image and the caller, whatever the image size: when the caller stops
+//!   calling `recv`, the reader stops within N chunks (back-pressure).
+//! - Read buffers come from a pool capped at N buffers of `chunk_size`;
+//!   a worker drops its chunk's read buffer once the payload is encoded.
+//!   Payload buffers come from a recycling pool (at most N in the pipeline).
+//!   Pipeline memory ≤ 2 × N × chunk_size (48 MiB with the defaults on two
+//!   cores: N = 6, 4 MiB chunks), plus what the caller holds.
+//! - **Workers** run the source's analyser and an [`Encoder`] (own zstd context).
+//! - The **sequencer** restores scan order, calls `source.record` in order
+//!   (before the chunk is delivered, so delivered ⇒ recorded), and forwards.
+//!
+//! The source is shared by the reader and the sequencer behind a mutex; each
+//! holds it only for one `read_next` or `record` call.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+
+use crate::codec::{CodecError, EncodedChunk, Encoder};
+use crate::source::manifest::BLOCK_SIZE;
+use crate::source::pool::{BufferPool, PoolStats};
+use crate::source::{
+    ChunkAnalyzer, ChunkRecord, CyclePlan, ExtentSource, ImageInfo, RawChunk, ScanOutcome,
+    SourceError,
+};
+
+/// Default chunk size: 4 MiB.
+pub const DEFAULT_CHUNK_SIZE: u32 = 4 << 20;
+
+/// Tuning of a [`Pipeline`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PipelineConfig {
+    /// Worker threads (analyse + compress + checksum). Default: available cores.
+    pub workers: usize,
+    /// Bytes of image per chunk, a multiple of 4096. Default 4 MiB.
+    pub chunk_size: u32,
+    /// Chunks between the reader and the caller (the memory cap). Default 2 × workers + 2.
+    pub max_chunks_in_flight: usize,
+    /// zstd level. Default 1.
+    pub zstd_level: i32,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Self {
+            workers,
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            max_chunks_in_flight: 2 * workers + 2,
+            zstd_level: 1,
+        }
+    }
+}
+
+impl PipelineConfig {
+    fn check(&self) -> Result<(), SourceError> {
+        let reason = if self.workers == 0 || self.workers > 256 {
+            "workers must be 1..=256"
+        } else if self.chunk_size == 0 || !self.chunk_size.is_multiple_of(BLOCK_SIZE) {
+            "chunk_size must be a positive multiple of 4096"
+        } else if self.max_chunks_in_flight == 0 || self.max_chunks_in_flight > 4096 {
+            "max_chunks_in_flight must be 1..=4096"
+        } else {
+            return Ok(());
+        };
+        Err(SourceError::InvalidConfig { reason })
+    }
+}
+
+/// Errors delivered by a [`Pipeline`].
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The source failed (read, analyse, record or end of scan).
+    #[error("source failed")]
+    Source(#[source] SourceError),
+    /// A chunk could not be encoded (a source produced inconsistent extents).
+    #[error("encoding chunk {scan_start}..{scan_end} failed")]
+    Codec {
+        /// Start of the chunk.
+        scan_start: u64,
+        /// End of the chunk.
+        scan_end: u64,
+        /// The encoder's error.
+        #[source]
+        source: CodecError,
+    },
+    /// A pipeline thread panicked.
+    #[error("pipeline thread {stage} panicked")]
+    Panicked {
+        /// Which thread.
+        stage: &'static str,
+    },
+    /// `finish` was called before `recv` returned `None`, or after an error;
+    /// the scan was aborted (its progress is kept for a resume).
+    #[error("finish called on a scan that did not complete; it was aborted")]
+    Incomplete,
+}
+
+/// Counters of a running pipeline.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PipelineStats {
+    /// Read-buffer pool counters (its cap is `max_chunks_in_flight`).
+    pub read_buffers: PoolStats,
+    /// Payload-buffer pool counters.
+    pub payload_buffers: PoolStats,
+    /// Chunks the reader produced.
+    pub chunks_read: u64,
+    /// Chunks `recv` returned.
+    pub chunks_delivered: u64,
+}
+
+type SharedSource = Arc<Mutex<Box<dyn ExtentSource>>>;
+type WorkItem = (u64, Result<RawChunk, SourceError>);
+type ResultItem = (u64, Result<(EncodedChunk, ChunkRecord), PipelineError>);
+
+fn lock(source: &SharedSource) -> MutexGuard<'_, Box<dyn ExtentSource>> {
+    // A panic while a thread held the lock is reported through `Panicked`;
+    // the source's on-disk state stays resumable, so keep using it.
+    source
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Shared flags and counters.
+#[derive(Debug, Default)]
+struct Shared {
+    stop: AtomicBool,
+    failed: AtomicBool,
+    chunks_read: AtomicU64,
+}
+
+/// A running scan of one source: see the module docs.
+pub struct Pipeline {
+    source: SharedSource,
+    info: ImageInfo,
+    output: Receiver<Result<EncodedChunk, PipelineError>>,
+    tickets: Sender<()>,
+    read_pool: BufferPool,
+    payload_pool: BufferPool,
+    shared: Arc<Shared>,
+    threads: Vec<(&'static str, JoinHandle<()>)>,
+    ended: AtomicBool,
+    delivered: AtomicU64,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+fn spawn(
+    name: &'static str,
+    body: impl FnOnce() + Send + 'static,
+) -> Result<(&'static str, JoinHandle<()>), SourceError> {
+    std::thread::Builder::new()
+        .name(format!("ferry-{name}"))
+        .spawn(body)
+        .map(|handle| (name, handle))
+        .map_err(|source| SourceError::Io {
+            op: "spawn pipeline thread",
+            path: name.into(),
+            source,
+        })
+}
+
+impl Pipeline {
+    /// Starts threads: 1 reader (source.read_next), N workers (analyze +
+    /// Encoder::encode), results reordered into scan order; `source.record`
+    /// called in order. Bounded queues everywhere. Calls
+    /// `source.begin_cycle(&plan, config.chunk_size)` first; on error the
+    /// source is dropped (its on-disk state stays valid: reopen it).
+    pub fn start(
+        mut source: Box<dyn ExtentSource>,
+        plan: CyclePlan,
+        config: PipelineConfig,
+    ) -> Result<Pipeline, SourceError> {
+        config.check()?;
+        let info = source.begin_cycle(&plan, config.chunk_size)?;
+        let analyzer = source.analyzer();
+        let n = config.max_chunks_in_flight;
+        let chunk = config.chunk_size as usize;
+        let read_pool = BufferPool::bounded(chunk, n);
+        let payload_pool = BufferPool::recycling(chunk, n);
+        let source: SharedSource = Arc::new(Mutex::new(source));
+        let shared = Arc::new(Shared::default());
+
+        let (ticket_tx, ticket_rx) = bounded::<()>(n);
+        for _ in 0..n {
+            // The channel has room for exactly n tickets.
+            let _ = ticket_tx.try_send(());
+        }
+        let (work_tx, work_rx) = bounded::<WorkItem>(n);
+        let (result_tx, result_rx) = bounded::<ResultItem>(n);
+        let (output_tx, output_rx) = bounded::<Result<EncodedChunk, PipelineError>>(n);
+
+        let mut threads = Vec::with_capacity(config.workers + 2);
+        {
+            let source = Arc::clone(&source);
+            let pool = read_pool.clone();
+            let shared = Arc::clone(&shared);
+            threads.push(spawn("reader", move || {
+                reader_loop(source, pool, ticket_rx, work_tx, shared)
+            })?);
+        }
+        for _ in 0..config.workers {
+            let analyzer = Arc::clone(&analyzer);
+            let work_rx = work_rx.clone();
+            let result_tx = result_tx.clone();
+            let encoder = Encoder::with_payload_pool(config.zstd_level, payload_pool.clone());
+            let shared = Arc::clone(&shared);
+            threads.push(spawn("worker", move || {
+                worker_loop(analyzer, encoder, work_rx, result_tx, shared)
+            })?);
+        }
+        drop(work_rx);
+        drop(result_tx);
+        {
+            let source = Arc::clone(&source);
+            let shared = Arc::clone(&shared);
+            let pool = read_pool.clone();
+            threads.push(spawn("sequencer", move || {
+                sequencer_loop(source, result_rx, output_tx, shared, pool)
+            })?);
+        }
+        tracing::debug!(
+            size = info.size,
+            epoch = plan.epoch.get(),
+            base = plan.base_epoch.get(),
+            resume = plan.resume_offset,
+            workers = config.workers,
+            in_flight = n,
+            "pipeline started"
+        );
+        Ok(Pipeline {
+            source,
+            info,
+            output: output_rx,
+            tickets: ticket_tx,
+            read_pool,
+            payload_pool,
+            shared,
+            threads,
+            ended: AtomicBool::new(false),
+            delivered: AtomicU64::new(0),
+        })
+    }
+
+    /// Geometry of the cycle (use this size in `OpenImage` and `CommitImage`).
+    pub fn image_info(&self) -> ImageInfo {
+        self.info
+    }
+
+    /// Next encoded chunk in scan order (blocking). None when the scan is
+    /// complete (or after an error was delivered). Chunks with no extents
+    /// are also returned (for progress/resume accounting). If the caller
+    /// stops calling recv, everything stalls within the memory cap.
+    pub fn recv(&self) -> Option<Result<EncodedChunk, PipelineError>> {
+        if self.ended.load(Ordering::Acquire) {
+            return None;
+        }
+        match self.output.recv() {
+            Ok(item) => {
+                // One ticket per delivered chunk; the channel has room because
+                // every outstanding chunk holds one.
+                let _ = self.tickets.try_send(());
+                self.delivered.fetch_add(1, Ordering::Relaxed);
+                Some(item)
+            }
+            Err(_) => {
+                self.ended.store(true, Ordering::Release);
+                None
+            }
+        }
+    }
+
+    /// Counters (buffer pools, chunks).
+    pub fn stats(&self) -> PipelineStats {
+        PipelineStats {
+            read_buffers: self.read_pool.stats(),
+            payload_buffers: self.payload_pool.stats(),
+            chunks_read: self.shared.chunks_read.load(Ordering::Relaxed),
+            chunks_delivered: self.delivered.load(Ordering::Relaxed),
+        }
+    }
+
+    /// After recv returned None: joins threads, calls source.end_scan(),
+    /// returns the source back. Called earlier or after an error, it aborts
+    /// the scan and returns [`PipelineError::Incomplete`] (the source is then
+    /// dropped; reopen it — use [`Pipeline::abort`] to keep it).
+    pub fn finish(self) -> Result<(Box<dyn ExtentSource>, ScanOutcome), PipelineError> {
+        let complete =
+            self.ended.load(Ordering::Acquire) && !self.shared.failed.load(Ordering::Acquire);
+        if !complete {
+            drop(self.abort());
+            return Err(PipelineError::Incomplete);
+        }
+        let (source, panicked) = self.stop_and_join();
+        if let Some(stage) = panicked {
+            return Err(PipelineError::Panicked { stage });
+        }
+        let mut source = source;
+        let outcome = source.end_scan().map_err(PipelineError::Source)?;
+        Ok((source, outcome))
+    }
+
+    /// Stops early (connection lost etc.): threads exit promptly, source
+    /// returned for a later resume (`abort_scan` was called on it).
+    pub fn abort(self) -> Box<dyn ExtentSource> {
+        let (mut source, _) = self.stop_and_join();
+        source.abort_scan();
+        source
+    }
+
+    fn stop_and_join(self) -> (Box<dyn ExtentSource>, Option<&'static str>) {
+        let Pipeline {
+            source,
+            output,
+            tickets,
+            read_pool,
+            shared,
+            threads,
+            ..
+        } = self;
+        shared.stop.store(true, Ordering::Release);
+        read_pool.close();
+        drop(tickets);
+        drop(output);
+        let mut panicked = None;
+        for (stage, handle) in threads {
+            if handle.join().is_err() {
+                tracing::error!(stage, "pipeline thread panicked");
+                panicked.get_or_insert(stage);
+            }
+        }
+        // Every thread holding a clone has been joined (a panicking thread
+        // drops its clone while unwinding), so this is the last reference.
+        let source = match Arc::try_unwrap(source) {
+            Ok(mutex) => mutex
+                .into_inner()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            Err(_) => unreachable!("all pipeline threads were joined"),
+        };
+        (source, panicked)
+    }
+}
+
+fn reader_loop(
+    source: SharedSource,
+    pool: BufferPool,
+    tickets: Receiver<()>,
+    work: Sender<WorkItem>,
+    shared: Arc<Shared>,
+) {
+    let _span = tracing::debug_span!("pipeline.read").entered();
+    let mut seq = 0u64;
+    loop {
+        if tickets.recv().is_err() || shared.stop.load(Ordering::Acquire) {
+            return;
+        }
+        let next = lock(&source).read_next(&pool);
+        seq += 1;
+        let item = match next {
+            Ok(Some(chunk)) => {
+                shared.chunks_read.fetch_add(1, Ordering::Relaxed);
+                tracing::trace!(start = chunk.scan_start, end = chunk.scan_end, "read");
+                Ok(chunk)
+            }
+            Ok(None) => return,
+            Err(error) => {
+                if shared.stop.load(Ordering::Acquire) {
+                    return;
+                }
+                Err(error)
+            }
+        };
+        let failed = item.is_err();
+        if work.send((seq, item)).is_err() || failed {
+            return;
+        }
+    }
+}
+
+fn worker_loop(
+    analyzer: Arc<dyn ChunkAnalyzer>,
+    mut encoder: Encoder,
+    work: Receiver<WorkItem>,
+    results: Sender<ResultItem>,
+    shared: Arc<Shared>,
+) {
+    let _span = tracing::debug_span!("pipeline.worker").entered();
+    for (seq, item) in work.iter() {
+        if shared.stop.load(Ordering::Acquire) {
+            return;
+        }
+        let result = match item {
+            Err(error) => Err(PipelineError::Source(error)),
+            Ok(raw) => process(&*analyzer, &mut encoder, raw),
+        };
+        if results.send((seq, result)).is_err() {
+            return;
+        }
+    }
+}
+
+/// Analyse and encode one chunk; the chunk's read buffer is released before
+/// this returns (the extents referencing it are dropped here).
+fn process(
+    analyzer: &dyn ChunkAnalyzer,
+    encoder: &mut Encoder,
+    raw: RawChunk,
+) -> Result<(EncodedChunk, ChunkRecord), PipelineError> {
+    let (scan_start, scan_end) = (raw.scan_start, raw.scan_end);
+    let analyzed = analyzer.analyze(raw).map_err(PipelineError::Source)?;
+    let mut encoded = encoder
+        .encode(scan_start, scan_end, &analyzed.extents)
+        .map_err(|source| PipelineError::Codec {
+            scan_start,
+            scan_end,
+            source,
+        })?;
+    encoded.stats.bytes_zero = analyzed.bytes_zero;
+    tracing::trace!(
+        scan_start,
+        scan_end,
+        extents = encoded.extents.len(),
+        plain = encoded.stats.plain_data_bytes,
+        payload = encoded.stats.payload_bytes,
+        "encoded"
+    );
+    Ok((encoded, analyzed.record))
+}
+
+fn sequencer_loop(
+    source: SharedSource,
+    results: Receiver<ResultItem>,
+    output: Sender<Result<EncodedChunk, PipelineError>>,
+    shared: Arc<Shared>,
+    read_pool: BufferPool,
+) {
+    let _span = tracing::debug_span!("pipeline.sequence").entered();
+    let mut pending = BTreeMap::new();
+    let mut next = 1u64;
+    let fail = |shared: &Shared| {
+        shared.failed.store(true, Ordering::Release);
+        shared.stop.store(true, Ordering::Release);
+        read_pool.close();
+    };
+    for (seq, result) in results.iter() {
+        pending.insert(seq, result);
+        while let Some(item) = pending.remove(&next) {
+            next += 1;
+            let delivered = match item {
+                Ok((chunk, record)) => match lock(&source).record(&record) {
+                    Ok(()) => Ok(chunk),
+                    Err(error) => Err(PipelineError::Source(error)),
+                },
+                Err(error) => Err(error),
+            };
+            let failed = delivered.is_err();
+            if failed {
+                fail(&shared);
+            }
+            if output.send(delivered).is_err() || failed {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::Decoder;
+    use crate::source::FileSource;
+    use ferry_protocol::{Epoch, ExtentBatch, ExtentKind, ImageName, SeqNo};
+    use rand::{RngCore, SeedableRng};
+    use std::os::unix::fs::FileExt;
+    use std::path::{Path, PathBuf};
+
+    fn mixed_content(len: usize, seed: u64) -> Vec<u8> {
+        // 64 KiB pieces: random, zero, text, random (50 / 25 / 25).
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut out = vec![0u8; len];
+        let line = b"Nov  2 10:00:00 host kernel: [12345.678] ext4 writeback done\n";
+        for (i, piece) in out.chunks_mut(64 * 1024).enumerate() {
+            match i % 4 {
+                0 | 3 => rng.fill_bytes(piece),
+                1 => {}
+                _ => {
+                    for (j, b) in piece.iter_mut().enumerate() {
+                        *b = line[j % line.len()];
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn batch(chunk: &EncodedChunk, seq: u64) -> ExtentBatch {
+        ExtentBatch {
+            image: ImageName::new("img").unwrap(),
+            epoch: Epoch(1),
+            seq: SeqNo(seq),
+            scan_start: chunk.scan_start,
+            scan_end: chunk.scan_end,
+            payload_crc32c: chunk.payload_crc32c,
+            plain_blake3: chunk.plain_blake3,
+            extents: chunk.extents.clone(),
+            payload: chunk.payload.clone(),
+        }
+    }
+
+    fn setup(content: &[u8]) -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("disk.raw");
+        std::fs::write(&image, content).unwrap();
+        let state = dir.path().join("state");
+        (dir, image, state)
+    }
+
+    fn config(chunk: u32, in_flight: usize) -> PipelineConfig {
+        PipelineConfig {
+            workers: 2,
+            chunk_size: chunk,
+            max_chunks_in_flight: in_flight,
+            zstd_level: 1,
+        }
+    }
+
+    /// Runs a cycle, applies every chunk to `target`, returns the outcome.
+    fn replicate(
+        image: &Path,
+        state: &Path,
+        plan: CyclePlan,
+        target: &mut Vec<u8>,
+    ) -> (ScanOutcome, u64) {
+        let source = FileSource::open(image, state).unwrap();
+        let pipeline = Pipeline::start(Box::new(source), plan, config(1 << 20, 4)).unwrap();
+        let size = pipeline.image_info().size as usize;
+        target.resize(size, 0);
+        let mut decoder = Decoder::new();
+        let mut expected_start = plan.resume_offset;
+        let mut seq = 0;
+        let mut changed = 0;
+        while let Some(chunk) = pipeline.recv() {
+            let chunk = chunk.unwrap();
+            assert_eq!(
+                chunk.scan_start, expected_start,
+                "chunks arrive in scan order"
+            );
+            expected_start = chunk.scan_end;
+            seq += 1;
+            changed += chunk.stats.bytes_changed;
+            for extent in decoder.decode(&batch(&chunk, seq)).unwrap() {
+                let range =
+                    extent.offset as usize..(extent.offset + u64::from(extent.length)) as usize;
+                match extent.kind {
+                    ExtentKind::Data => target[range].copy_from_slice(&extent.data.unwrap()),
+                    ExtentKind::Zero | ExtentKind::Discard => target[range].fill(0),
+                }
+            }
+        }
+        assert_eq!(expected_start, size as u64);
+        let stats = pipeline.stats();
+        assert!(stats.read_buffers.peak_alive <= 4);
+        let (mut source, outcome) = pipeline.finish().unwrap();
+        source.commit_cycle(plan.epoch).unwrap();
+        (outcome, changed)
+    }
+
+    #[test]
+    fn pipeline_over_64_mib_reconstructs_the_file_full_and_incremental() {
+        let mut content = mixed_content(64 << 20, 11);
+        content.truncate((64 << 20) - 1000); // unaligned size
+        let (_dir, image, state) = setup(&content);
+        let mut target = Vec::new();
+        let plan = CyclePlan {
+            epoch: Epoch(1),
+            base_epoch: Epoch(0),
+            resume_offset: 0,
+        };
+        let (outcome, _) = replicate(&image, &state, plan, &mut target);
+        assert!(!outcome.fuzzy);
+        assert!(target == content, "full copy reconstructs the image");
+
+        // Scattered writes, a zeroed range: the incremental reconstructs too.
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&image)
+            .unwrap();
+        for i in 0..50u64 {
+            let offset = (i * 1_299_709) % (60 << 20) / 4096 * 4096;
+            file.write_all_at(&[i as u8 + 1; 4096], offset).unwrap();
+            content[offset as usize..offset as usize + 4096].fill(i as u8 + 1);
+        }
+        file.write_all_at(&vec![0u8; 256 * 1024], 0).unwrap();
+        content[..256 * 1024].fill(0);
+        drop(file);
+        let plan = CyclePlan {
+            epoch: Epoch(2),
+            base_epoch: Epoch(1),
+            resume_offset: 0,
+        };
+        let (_, changed) = replicate(&image, &state, plan, &mut target);
+        assert!(target == content, "incremental reconstructs the image");
+        assert!(
+            changed <= 50 * 4096 + 256 * 1024,
+            "only changed blocks travel: {changed}"
+        );
+    }
+
+    #[test]
+    fn back_pressure_holds_and_abort_returns_a_resumable_source() {
+        let content = mixed_content(16 << 20, 12);
+        let (_dir, image, state) = setup(&content);
+        let source = FileSource::open(&image, &state).unwrap();
+        let plan = CyclePlan {
+            epoch: Epoch(1),
+            base_epoch: Epoch(0),
+            resume_offset: 0,
+        };
+        let pipeline = Pipeline::start(Box::new(source), plan, config(256 * 1024, 3)).unwrap();
+        let first = pipeline.recv().unwrap().unwrap();
+        // Wait (bounded) until the reader is blocked on tickets: it can have
+        // read at most 1 delivered + 3 in flight.
+        for _ in 0..200 {
+            if pipeline.stats().chunks_read >= 4 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let stats = pipeline.stats();
+        assert!(stats.chunks_read <= 4, "{stats:?}");
+        assert!(stats.read_buffers.peak_alive <= 3, "{stats:?}");
+        let second = pipeline.recv().unwrap().unwrap();
+        assert_eq!(second.scan_start, first.scan_end);
+        let source = pipeline.abort();
+        // Delivered chunks are recorded; the in-process resumable offset covers them.
+        let resumable = source.resumable_offset(Epoch(1));
+        assert!(resumable >= second.scan_end, "{resumable}");
+        // Resume from the delivered end and finish.
+        let plan = CyclePlan {
+            resume_offset: second.scan_end,
+            ..plan
+        };
+        let pipeline = Pipeline::start(source, plan, config(256 * 1024, 3)).unwrap();
+        let mut next = second.scan_end;
+        while let Some(chunk) = pipeline.recv() {
+            let chunk = chunk.unwrap();
+            assert_eq!(chunk.scan_start, next);
+            next = chunk.scan_end;
+        }
+        assert_eq!(next, content.len() as u64);
+        let (_, outcome) = pipeline.finish().unwrap();
+        assert!(!outcome.fuzzy);
+    }
+
+    #[test]
+    fn write_between_recv_calls_makes_the_point_fuzzy() {
+        let content = mixed_content(8 << 20, 13);
+        let (_dir, image, state) = setup(&content);
+        let source = FileSource::open(&image, &state).unwrap();
+        let plan = CyclePlan {
+            epoch: Epoch(1),
+            base_epoch: Epoch(0),
+            resume_offset: 0,
+        };
+        let pipeline = Pipeline::start(Box::new(source), plan, config(256 * 1024, 2)).unwrap();
+        let mut count = 0;
+        while let Some(chunk) = pipeline.recv() {
+            chunk.unwrap();
+            count += 1;
+            if count == 2 {
+                let file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&image)
+                    .unwrap();
+                file.write_all_at(b"written during the scan", 7 << 20)
+                    .unwrap();
+            }
+        }
+        let (_, outcome) = pipeline.finish().unwrap();
+        assert!(outcome.fuzzy);
+    }
+
+    #[test]
+    fn memory_stays_bounded_on_a_64_gib_sparse_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("sparse.raw");
+        let file = std::fs::File::create(&image).unwrap();
+        file.set_len(64 << 30).unwrap();
+        // Data scattered over the image so that some chunks must be read.
+        let mut data = vec![0u8; 64 * 1024];
+        rand_chacha::ChaCha8Rng::seed_from_u64(14).fill_bytes(&mut data);
+        for i in 0..64u64 {
+            file.write_all_at(&data, i << 30).unwrap();
+        }
+        drop(file);
+        let source = FileSource::open(&image, &dir.path().join("state")).unwrap();
+        let plan = CyclePlan {
+            epoch: Epoch(1),
+            base_epoch: Epoch(0),
+            resume_offset: 0,
+        };
+        let in_flight = 3;
+        let pipeline = Pipeline::start(Box::new(source), plan, config(1 << 20, in_flight)).unwrap();
+        let mut held = Vec::new();
+        let mut scanned = 0u64;
+        let mut data_bytes = 0u64;
+        while let Some(chunk) = pipeline.recv() {
+            let chunk = chunk.unwrap();
+            scanned += chunk.stats.bytes_scanned;
+            data_bytes += chunk.stats.plain_data_bytes;
+            // Hold a few payloads like a sender waiting for acks.
+            held.push(chunk.payload);
+            if held.len() > 2 {
+                held.remove(0);
+            }
+            let stats = pipeline.stats();
+            assert!(stats.read_buffers.alive <= in_flight, "{stats:?}");
+        }
+        let stats = pipeline.stats();
+        assert_eq!(scanned, 64 << 30);
+        assert_eq!(data_bytes, 64 * 64 * 1024);
+        assert!(stats.read_buffers.peak_alive <= in_flight, "{stats:?}");
+        assert!(
+            stats.payload_buffers.peak_alive <= in_flight + 2,
+            "{stats:?}"
+        );
+        let (_, outcome) = pipeline.finish().unwrap();
+        assert!(!outcome.fuzzy);
+    }
+
+    #[test]
+    fn invalid_config_is_rejected() {
+        let (_dir, image, state) = setup(&[1u8; 4096]);
+        let source = FileSource::open(&image, &state).unwrap();
+        let plan = CyclePlan {
+            epoch: Epoch(1),
+            base_epoch: Epoch(0),
+            resume_offset: 0,
+        };
+        let result = Pipeline::start(Box::new(source), plan, config(1000, 2));
+        assert!(matches!(result, Err(SourceError::InvalidConfig { .. })));
+    }
+
+    #[test]
+    fn finish_before_the_end_is_incomplete() {
+        let content = mixed_content(4 << 20, 15);
+        let (_dir, image, state) = setup(&content);
+        let source = FileSource::open(&image, &state).unwrap();
+        let plan = CyclePlan {
+            epoch: Epoch(1),
+            base_epoch: Epoch(0),
+            resume_offset: 0,
+        };
+        let pipeline = Pipeline::start(Box::new(source), plan, config(256 * 1024, 2)).unwrap();
+        pipeline.recv().unwrap().unwrap();
+        assert!(matches!(pipeline.finish(), Err(PipelineError::Incomplete)));
+        // The progress survived for a new process.
+        let source = FileSource::open(&image, &state).unwrap();
+        assert!(source.resumable_offset(Epoch(1)) >= 256 * 1024);
+    }
+}

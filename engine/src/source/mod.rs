@@ -1,1 +1,277 @@
 //! Extent sources: where changed extents of a protected image come from.
+//!
+//! An [`ExtentSource`] is split along the pipeline's stages so that I/O,
+//! CPU work and bookkeeping run on different threads without the source
+//! knowing about threads:
+//!
+//! 1. [`ExtentSource::begin_cycle`] fixes the epoch, its base and the resume
+//!    point.
+//! 2. [`ExtentSource::read_next`] (one reader thread, sequential) yields
+//!    [`RawChunk`]s in scan order: the bytes of a range, a known hole, or a
+//!    list of extents a diff-capable backend (RBD `diff_iterate2`, a
+//!    journal) already knows changed — read with as many requests in flight
+//!    as the backend likes, as long as chunks come out in order.
+//! 3. [`ExtentSource::analyzer`] hands out a shareable [`ChunkAnalyzer`]
+//!    (N worker threads) that turns a raw chunk into the changed
+//!    [`PlainExtent`]s plus a [`ChunkRecord`] of bookkeeping.
+//! 4. [`ExtentSource::record`] (in scan order, before the chunk is handed to
+//!    the sender) persists the bookkeeping, e.g. the new manifest entries.
+//! 5. [`ExtentSource::end_scan`] reports whether the image changed while it
+//!    was read; [`ExtentSource::commit_cycle`] makes the cycle the base of
+//!    the next one once the standby committed it.
+//!
+//! [`file::FileSource`] implements this for raw image files and block devices.
+
+pub mod file;
+pub mod manifest;
+pub mod pool;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ferry_protocol::Epoch;
+
+use crate::codec::PlainExtent;
+pub use file::FileSource;
+pub use manifest::{BlockHash, ManifestError, BLOCK_SIZE};
+pub use pool::{BufferPool, PoolBuf, PoolStats};
+
+/// Size and change-detection granularity of an image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageInfo {
+    /// Size in bytes.
+    pub size: u64,
+    /// Change-detection block size in bytes.
+    pub block_size: u32,
+}
+
+/// What one replication cycle of an image should do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CyclePlan {
+    /// The epoch being produced (greater than the committed one).
+    pub epoch: Epoch,
+    /// The committed epoch the cycle is relative to; `Epoch(0)` = full copy.
+    pub base_epoch: Epoch,
+    /// Where the scan starts: 0 for a new cycle, or at most
+    /// [`ExtentSource::resumable_offset`] to resume an interrupted one.
+    pub resume_offset: u64,
+}
+
+/// Result of a completed scan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ScanOutcome {
+    /// The image changed (or may have changed) while it was read: the
+    /// recovery point is not crash-consistent.
+    pub fuzzy: bool,
+}
+
+/// What a [`RawChunk`] carries.
+#[derive(Clone, Debug)]
+pub enum ChunkBody {
+    /// The image bytes of `scan_start..scan_end`, exactly that many.
+    Bytes(Bytes),
+    /// The range reads as zeroes (a hole); nothing was read.
+    Hole,
+    /// The changed extents of the range as the backend listed them (data
+    /// extents carry their bytes); ranges not listed are unchanged.
+    Extents(Vec<PlainExtent>),
+}
+
+/// One chunk of the scan as the reader produced it.
+#[derive(Clone, Debug)]
+pub struct RawChunk {
+    /// Start of the covered source range.
+    pub scan_start: u64,
+    /// End of the covered source range.
+    pub scan_end: u64,
+    /// The chunk's content.
+    pub body: ChunkBody,
+    /// Manifest-based sources: the base manifest's hashes of the chunk's
+    /// blocks, starting at `scan_start`; blocks past the end of this vector
+    /// did not exist in the base (or there is no base: full copy).
+    pub base_hashes: Vec<BlockHash>,
+}
+
+/// Bookkeeping of one analysed chunk, persisted in order by [`ExtentSource::record`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChunkRecord {
+    /// Start of the covered source range.
+    pub scan_start: u64,
+    /// End of the covered source range.
+    pub scan_end: u64,
+    /// Manifest-based sources: the new hash of every block of the range.
+    pub hashes: Vec<BlockHash>,
+}
+
+/// A chunk after change detection.
+#[derive(Clone, Debug)]
+pub struct AnalyzedChunk {
+    /// The changed extents, ascending, within the chunk's range, coalesced.
+    pub extents: Vec<PlainExtent>,
+    /// Bytes of all-zero blocks found in the range (changed or not).
+    pub bytes_zero: u64,
+    /// What [`ExtentSource::record`] must persist for this chunk.
+    pub record: ChunkRecord,
+}
+
+/// The CPU stage of a source: pure, thread-safe, runs on many workers.
+pub trait ChunkAnalyzer: Send + Sync {
+    /// Finds the changed extents of `chunk`. Must not depend on other chunks.
+    fn analyze(&self, chunk: RawChunk) -> Result<AnalyzedChunk, SourceError>;
+}
+
+/// A protected image as the pipeline sees it. See the module docs for the
+/// call order.
+///
+/// Failure contract: an `Err` from any method leaves the on-disk state as it
+/// was before the call or in a state that a later [`ExtentSource::begin_cycle`]
+/// resumes from correctly; [`ExtentSource::resumable_offset`] never claims
+/// progress that is not durable (across processes) or recorded (in process).
+pub trait ExtentSource: Send {
+    /// Size and block size the next cycle will use: the in-progress cycle's
+    /// size if one exists, else the image's current size. A following
+    /// [`ExtentSource::begin_cycle`] that starts a new cycle scans exactly the
+    /// size returned by the last call (so `OpenImage`, the scan and
+    /// `CommitImage` agree); if the image changed size in between, that
+    /// cycle is fuzzy.
+    fn info(&self) -> Result<ImageInfo, SourceError>;
+
+    /// Newest epoch whose state is the base for incremental cycles (0 = none).
+    fn committed_epoch(&self) -> Epoch;
+
+    /// Highest offset a resumed scan of `epoch` may start at: every change
+    /// below it was recorded (durably, if recorded by an earlier process).
+    /// 0 when `epoch` is not in progress.
+    fn resumable_offset(&self, epoch: Epoch) -> u64;
+
+    /// Starts or resumes a cycle; `chunk_size` (a multiple of the block
+    /// size) bounds each [`RawChunk`]. Returns the image geometry of the
+    /// cycle, which a resumed cycle keeps from its first start: the sender
+    /// uses this size in `OpenImage` and `CommitImage`.
+    fn begin_cycle(&mut self, plan: &CyclePlan, chunk_size: u32) -> Result<ImageInfo, SourceError>;
+
+    /// The next chunk in scan order, `None` at the end of the scan. Buffers
+    /// come from `pool` (whose buffers hold at least `chunk_size` bytes).
+    fn read_next(&mut self, pool: &BufferPool) -> Result<Option<RawChunk>, SourceError>;
+
+    /// The analyser for the current cycle.
+    fn analyzer(&self) -> Arc<dyn ChunkAnalyzer>;
+
+    /// Persists one chunk's bookkeeping; called in scan order.
+    fn record(&mut self, record: &ChunkRecord) -> Result<(), SourceError>;
+
+    /// Called after the last chunk was recorded: makes the cycle's
+    /// bookkeeping durable and reports whether the image changed meanwhile.
+    fn end_scan(&mut self) -> Result<ScanOutcome, SourceError>;
+
+    /// The scan stopped early (connection lost, shutdown): keep what was
+    /// recorded for a later resume, best effort (errors are logged).
+    fn abort_scan(&mut self);
+
+    /// The standby committed `epoch`: it becomes the base of the next cycle.
+    fn commit_cycle(&mut self, epoch: Epoch) -> Result<(), SourceError>;
+
+    /// Forgets the in-progress cycle (the next one starts from scratch).
+    fn discard_cycle(&mut self) -> Result<(), SourceError>;
+}
+
+/// Errors of extent sources.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// An I/O operation on the image or the state directory failed.
+    #[error("{op} {path}: I/O error")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// File involved.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Reading the image failed.
+    #[error("reading image {path} at offset {offset}")]
+    Read {
+        /// The image.
+        path: PathBuf,
+        /// Offset of the failed read.
+        offset: u64,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A manifest is unusable.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// The state file cannot be parsed or written.
+    #[error("state file {path} is unusable")]
+    State {
+        /// The state file.
+        path: PathBuf,
+        /// Parser error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The image is neither a regular file nor a block device.
+    #[error("{path} is neither a regular file nor a block device")]
+    NotAnImage {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The cycle plan does not fit the source's state.
+    #[error(
+        "cannot start epoch {epoch} on base {base_epoch} (committed epoch {committed}): {reason}"
+    )]
+    BadPlan {
+        /// Requested epoch.
+        epoch: Epoch,
+        /// Requested base.
+        base_epoch: Epoch,
+        /// The source's committed epoch.
+        committed: Epoch,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A resume was requested beyond the recorded progress.
+    #[error("cannot resume epoch {epoch} at {requested}: only {resumable} is recorded")]
+    ResumeBeyondProgress {
+        /// Epoch.
+        epoch: Epoch,
+        /// Requested offset.
+        requested: u64,
+        /// Recorded progress.
+        resumable: u64,
+    },
+    /// A method was called out of order (no cycle, records out of order…).
+    #[error("source misuse: {reason}")]
+    Misuse {
+        /// What was wrong.
+        reason: &'static str,
+    },
+    /// `commit_cycle` for an epoch whose scan is not complete.
+    #[error("epoch {epoch} cannot be committed: {reason}")]
+    NotCommittable {
+        /// Epoch.
+        epoch: Epoch,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A chunk's body does not fit the analyser (a backend bug).
+    #[error("chunk {scan_start}..{scan_end} has a body this analyser does not handle")]
+    UnexpectedChunk {
+        /// Start of the chunk.
+        scan_start: u64,
+        /// End of the chunk.
+        scan_end: u64,
+    },
+    /// Configuration values that cannot work.
+    #[error("invalid configuration: {reason}")]
+    InvalidConfig {
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The read was cancelled because the pipeline is stopping.
+    #[error("scan cancelled")]
+    Cancelled,
+}
