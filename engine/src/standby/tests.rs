@@ -1072,3 +1072,132 @@ fn store_is_shareable_across_threads() {
     }
     assert_eq!(store.images().expect("images").len(), 4);
 }
+
+/// Throughput probe (not a pass/fail test): `cargo test --release -p
+/// ferry-engine --lib standby::tests::throughput_probe -- --ignored --nocapture`.
+/// Set `FERRY_PROBE_DIR` to measure on a particular file system.
+#[test]
+#[ignore = "measurement, run by hand"]
+fn throughput_probe() {
+    use std::time::Instant;
+    let base = std::env::var_os("FERRY_PROBE_DIR").map(std::path::PathBuf::from);
+    let dir = match &base {
+        Some(b) => tempfile::tempdir_in(b).expect("tempdir"),
+        None => tempfile::tempdir().expect("tempdir"),
+    };
+    let store = store_at(dir.path());
+    let img = name("probe");
+    let size: u64 = 256 << 20;
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let pool = Bytes::from(random_bytes(&mut rng, 8 << 20));
+    let mb = |bytes: u64, secs: f64| bytes as f64 / secs / 1e6;
+
+    // Full copy: 64 KiB extents, 4 MiB batches, sync every 16 MiB.
+    let t = Instant::now();
+    let mut writer = store.open_epoch(&open_msg(&img, 1, 0, size)).expect("open");
+    let mut seq = 0u64;
+    let mut off = 0u64;
+    while off < size {
+        let extents: Vec<DecodedExtent> = (0..64)
+            .map(|i| {
+                let o = off + i * 65536;
+                let at = (o % (4 << 20)) as usize;
+                DecodedExtent {
+                    offset: o,
+                    length: 65536,
+                    kind: ExtentKind::Data,
+                    data: Some(pool.slice(at..at + 65536)),
+                }
+            })
+            .collect();
+        off += 64 * 65536;
+        seq += 1;
+        writer
+            .stage(StagedBatch {
+                seq: SeqNo(seq),
+                scan_end: off,
+                extents,
+            })
+            .expect("stage");
+        if seq % 4 == 0 {
+            writer.sync().expect("sync");
+        }
+    }
+    writer.sync().expect("sync");
+    let staged = t.elapsed().as_secs_f64();
+    let sealed = writer.seal(SeqNo(seq), size).expect("seal");
+    let t = Instant::now();
+    store.commit(rp_meta(1), vec![sealed]).expect("commit");
+    let commit = t.elapsed().as_secs_f64();
+    println!(
+        "full copy 256 MiB: stage+sync {:.0} MB/s ({staged:.2} s), commit {:.3} s",
+        mb(size, staged),
+        commit
+    );
+
+    // Incremental: 16384 scattered 4 KiB writes (64 MiB), 256 extents per batch.
+    let mut offsets: Vec<u64> = (0..size / 4096).collect();
+    for i in (1..offsets.len()).rev() {
+        offsets.swap(i, rng.gen_range(0..=i));
+    }
+    let mut chosen: Vec<u64> = offsets[..16384].iter().map(|b| b * 4096).collect();
+    chosen.sort_unstable();
+    let t = Instant::now();
+    let mut writer = store.open_epoch(&open_msg(&img, 2, 1, size)).expect("open");
+    for (i, chunk) in chosen.chunks(256).enumerate() {
+        let extents: Vec<DecodedExtent> = chunk
+            .iter()
+            .map(|&o| {
+                let at = (o % (8 << 20)) as usize & !4095;
+                DecodedExtent {
+                    offset: o,
+                    length: 4096,
+                    kind: ExtentKind::Data,
+                    data: Some(pool.slice(at..at + 4096)),
+                }
+            })
+            .collect();
+        let scan_end = chunk.last().map_or(0, |o| o + 4096);
+        writer
+            .stage(StagedBatch {
+                seq: SeqNo(i as u64 + 1),
+                scan_end,
+                extents,
+            })
+            .expect("stage");
+        if (i + 1) % 16 == 0 {
+            writer.sync().expect("sync");
+        }
+    }
+    let last = writer.sync().expect("sync");
+    let staged = t.elapsed().as_secs_f64();
+    let sealed = writer.seal(last, size).expect("seal");
+    let t = Instant::now();
+    store.commit(rp_meta(2), vec![sealed]).expect("commit");
+    let commit = t.elapsed().as_secs_f64();
+    println!(
+        "incremental 16384 x 4 KiB: stage+sync {:.0} MB/s ({staged:.2} s), commit (undo+apply+fsync) {commit:.2} s = {:.0} MB/s of changes",
+        mb(64 << 20, staged),
+        mb(64 << 20, commit)
+    );
+
+    let t = Instant::now();
+    let (_, _, hashes) = store.hash_range(&img, 0, size, 1 << 20).expect("hash");
+    let hash = t.elapsed().as_secs_f64();
+    println!(
+        "hash_range 256 MiB in {} granules: {:.0} MB/s",
+        hashes.len(),
+        mb(size, hash)
+    );
+
+    let out = dir.path().join("restored");
+    let t = Instant::now();
+    store
+        .restore(&img, RecoveryPointId(1), &out)
+        .expect("restore");
+    let restore = t.elapsed().as_secs_f64();
+    println!(
+        "restore of the previous point (copy 256 MiB + one undo log): {restore:.2} s = {:.0} MB/s",
+        mb(size, restore)
+    );
+}

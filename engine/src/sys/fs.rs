@@ -84,7 +84,7 @@ pub fn zero_range(file: &File, offset: u64, len: u64) -> io::Result<()> {
 }
 
 /// Writes every buffer of `bufs`, back to back, at `offset` (`pwritev`, retried
-/// on short writes and `EINTR`, at most [`IOV_MAX`] buffers per call).
+/// on short writes and `EINTR`, at most `IOV_MAX` (1024) buffers per call).
 pub fn write_all_vectored_at(file: &File, bufs: &[&[u8]], mut offset: u64) -> io::Result<()> {
     let mut index = 0usize;
     let mut skip = 0usize;
