@@ -1,1 +1,7 @@
-//! Protocol drivers: the sender (primary) and receiver (standby) sides of a replication session.
+//! Protocol drivers: the sender (primary) and receiver (standby) sides of a
+//! replication session, plus the framing they share.
+
+pub mod framing;
+pub mod receiver;
+pub mod sender;
+pub mod verify;
