@@ -1,1 +1,192 @@
-fn main() {}
+//! `ferry-agent`: the ferry agent daemon and its offline tools.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use ferry_agent::config::{config_path, AgentConfig, LogFormat, DEFAULT_CONFIG};
+use ferry_agent::units::human_bytes;
+use ferry_engine::identity::Identity;
+use ferry_engine::standby::{StandbyStore, StoreConfig};
+use ferry_protocol::{AgentId, ImageName, RecoveryPointId};
+
+/// ferry agent: keeps standby copies of block images, replicated over QUIC.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create this agent's identity (key pair + certificate) in DIR and print
+    /// its fingerprint as the last line.
+    Init {
+        /// Agent data directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Run the agent: accept replication from trusted primaries into DIR/images.
+    Run {
+        /// Agent data directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// UDP address to listen on (default from config, else 0.0.0.0:7400).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Fingerprint of a peer allowed to connect (repeatable).
+        #[arg(long = "trust", value_name = "FINGERPRINT")]
+        trust: Vec<String>,
+        /// Configuration file (default DIR/config.toml if present).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// List the recovery points of a standby image (agent must be stopped).
+    Points {
+        /// Agent data directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Image name.
+        image: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a standby image as it was at a recovery point into a new file
+    /// (agent must be stopped).
+    Restore {
+        /// Agent data directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Image name.
+        image: String,
+        /// Recovery point id (see `points`).
+        #[arg(long)]
+        rp: u64,
+        /// New file to write (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn parse_fingerprints(list: &[String]) -> Result<Vec<AgentId>> {
+    list.iter()
+        .map(|fp| {
+            AgentId::from_hex(fp).with_context(|| {
+                format!("--trust {fp:?} is not a fingerprint (64 hex digits, as `ferry-agent init` prints)")
+            })
+        })
+        .collect()
+}
+
+fn open_store_offline(
+    dir: &std::path::Path,
+) -> Result<(ferry_agent::daemon::DirLock, StandbyStore)> {
+    let lock = ferry_agent::daemon::lock_dir(dir)?;
+    let config = AgentConfig::load(config_path(dir, None).as_deref())?;
+    let store = StandbyStore::open(
+        dir,
+        StoreConfig {
+            retention: config.retention,
+        },
+    )?;
+    Ok((lock, store))
+}
+
+async fn main_inner(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Init { dir } => {
+            let identity = Identity::create(&dir)?;
+            let config = dir.join("config.toml");
+            if !config.exists() {
+                std::fs::write(&config, DEFAULT_CONFIG)
+                    .with_context(|| format!("writing {}", config.display()))?;
+            }
+            println!(
+                "created agent identity in {}",
+                dir.join("identity").display()
+            );
+            println!("fingerprint:");
+            println!("{}", identity.fingerprint());
+        }
+        Command::Run {
+            dir,
+            listen,
+            trust,
+            config,
+        } => {
+            let cfg = AgentConfig::load(config_path(&dir, config.as_deref()).as_deref())?;
+            ferry_agent::init_logging("info", cfg.log_format == LogFormat::Json);
+            let trust = parse_fingerprints(&trust)?;
+            ferry_agent::daemon::run(dir, listen, trust, config).await?;
+        }
+        Command::Points { dir, image, json } => {
+            let image = ImageName::new(image)?;
+            let (_lock, store) = open_store_offline(&dir)?;
+            let points = store.recovery_points(&image)?;
+            if json {
+                let list: Vec<_> = points
+                    .iter()
+                    .map(|p| {
+                        serde_json::json!({
+                            "recovery_point": p.id.get(), "epoch": p.epoch.get(),
+                            "created_unix_ms": p.created_unix_ms, "fuzzy": p.fuzzy,
+                            "size": p.size, "current": p.current,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(list));
+            } else {
+                for p in points {
+                    println!(
+                        "rp {:>4}  epoch {:>4}  created {}  {:>10}  {}{}",
+                        p.id,
+                        p.epoch,
+                        p.created_unix_ms,
+                        human_bytes(p.size),
+                        if p.fuzzy { "fuzzy " } else { "" },
+                        if p.current { "current" } else { "" }
+                    );
+                }
+            }
+        }
+        Command::Restore {
+            dir,
+            image,
+            rp,
+            out,
+        } => {
+            let image = ImageName::new(image)?;
+            let (_lock, store) = open_store_offline(&dir)?;
+            store.restore(&image, RecoveryPointId(rp), &out)?;
+            println!(
+                "restored {image} at recovery point {rp} to {}",
+                out.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ferry-agent: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(main_inner(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferry-agent: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! The agent's TOML configuration, parsed into validated settings.
+//!
+//! Looked up at `--config FILE`, else `DIR/config.toml` if it exists; every
+//! key is optional. Command-line flags override the file. `SIGHUP` re-reads
+//! the file and applies what can change live (QoS limits, trusted peers).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ferry_engine::pipeline::PipelineConfig;
+use ferry_engine::transport::TransportSettings;
+use ferry_protocol::AgentId;
+use serde::Deserialize;
+
+use crate::units::{parse_bytes, parse_rate, UnitError};
+
+/// Why the configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading config {path}: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("config {path}: {source}")]
+    Parse {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A value is out of range or malformed.
+    #[error("config {path}: {key}: {reason}")]
+    Invalid {
+        /// File (or "command line").
+        path: PathBuf,
+        /// Offending key.
+        key: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    #[serde(default)]
+    trust: Vec<String>,
+    #[serde(default)]
+    qos: RawQos,
+    #[serde(default)]
+    standby: RawStandby,
+    #[serde(default)]
+    transport: RawTransport,
+    #[serde(default)]
+    pipeline: RawPipeline,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQos {
+    receive_limit: Option<String>,
+    send_limit: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStandby {
+    retention: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTransport {
+    max_concurrent_images: Option<u32>,
+    idle_timeout_secs: Option<u64>,
+    stream_window: Option<String>,
+    connection_window: Option<String>,
+    udp_buffer: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPipeline {
+    workers: Option<usize>,
+    zstd_level: Option<i32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<String>,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per event.
+    Json,
+}
+
+/// Validated agent configuration.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// Address to listen on, if configured.
+    pub listen: Option<String>,
+    /// Trusted peer fingerprints.
+    pub trust: Vec<AgentId>,
+    /// Aggregate limit for writes into standby images (bytes/s).
+    pub receive_limit: Option<u64>,
+    /// Sender limit used by `ferry sync` with this directory (bytes/s).
+    pub send_limit: Option<u64>,
+    /// Recovery points kept restorable per standby image.
+    pub retention: usize,
+    /// QUIC settings.
+    pub transport: TransportSettings,
+    /// Pipeline settings.
+    pub pipeline: PipelineConfig,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            trust: Vec::new(),
+            receive_limit: None,
+            send_limit: None,
+            retention: 5,
+            transport: TransportSettings::default(),
+            pipeline: PipelineConfig::default(),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// The config file used for agent directory `dir`: `explicit`, else `DIR/config.toml` if present.
+pub fn config_path(dir: &Path, explicit: Option<&Path>) -> Option<PathBuf> {
+    match explicit {
+        Some(p) => Some(p.to_path_buf()),
+        None => {
+            let default = dir.join("config.toml");
+            default.exists().then_some(default)
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Loads `path` (or the defaults when `None`).
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses TOML text (`path` is only for messages).
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let invalid = |key: &'static str, reason: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            reason,
+        };
+        let unit = |key: &'static str| move |e: UnitError| invalid(key, e.to_string());
+        let mut config = Self {
+            listen: raw.listen,
+            ..Self::default()
+        };
+        for fp in raw.trust {
+            let id = AgentId::from_hex(&fp).ok_or_else(|| {
+                invalid("trust", format!("{fp:?} is not a 64-hex-digit fingerprint"))
+            })?;
+            config.trust.push(id);
+        }
+        if let Some(r) = raw.qos.receive_limit {
+            config.receive_limit = parse_rate(&r).map_err(unit("qos.receive_limit"))?;
+        }
+        if let Some(r) = raw.qos.send_limit {
+            config.send_limit = parse_rate(&r).map_err(unit("qos.send_limit"))?;
+        }
+        if let Some(n) = raw.standby.retention {
+            if !(1..=64).contains(&n) {
+                return Err(invalid(
+                    "standby.retention",
+                    format!("{n} is not in 1..=64"),
+                ));
+            }
+            config.retention = n;
+        }
+        let t = &mut config.transport;
+        if let Some(n) = raw.transport.max_concurrent_images {
+            if !(1..=256).contains(&n) {
+                return Err(invalid(
+                    "transport.max_concurrent_images",
+                    format!("{n} is not in 1..=256"),
+                ));
+            }
+            t.max_concurrent_images = n;
+        }
+        if let Some(s) = raw.transport.idle_timeout_secs {
+            if !(1..=3600).contains(&s) {
+                return Err(invalid(
+                    "transport.idle_timeout_secs",
+                    format!("{s} is not in 1..=3600"),
+                ));
+            }
+            t.idle_timeout = Duration::from_secs(s);
+        }
+        let window = |key: &'static str, v: Option<String>| -> Result<Option<u32>, ConfigError> {
+            match v {
+                None => Ok(None),
+                Some(v) => {
+                    let n = parse_bytes(&v).map_err(|e| invalid(key, e.to_string()))?;
+                    if !(64 * 1024..=1 << 30).contains(&n) {
+                        return Err(invalid(
+                            key,
+                            format!("{n} bytes is not within 64 KiB..=1 GiB"),
+                        ));
+                    }
+                    Ok(Some(n as u32))
+                }
+            }
+        };
+        if let Some(w) = window("transport.stream_window", raw.transport.stream_window)? {
+            t.stream_window = w;
+        }
+        if let Some(w) = window(
+            "transport.connection_window",
+            raw.transport.connection_window,
+        )? {
+            t.connection_window = w;
+            t.send_window = u64::from(w);
+        }
+        if let Some(w) = window("transport.udp_buffer", raw.transport.udp_buffer)? {
+            t.udp_buffer = w as usize;
+        }
+        if let Some(w) = raw.pipeline.workers {
+            if w > 256 {
+                return Err(invalid("pipeline.workers", format!("{w} is more than 256")));
+            }
+            if w > 0 {
+                config.pipeline.workers = w;
+            }
+        }
+        if let Some(level) = raw.pipeline.zstd_level {
+            if !(-7..=19).contains(&level) {
+                return Err(invalid(
+                    "pipeline.zstd_level",
+                    format!("{level} is not in -7..=19"),
+                ));
+            }
+            config.pipeline.zstd_level = level;
+        }
+        config.log_format = match raw.log.format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(invalid(
+                    "log.format",
+                    format!("{other:?} is not text or json"),
+                ))
+            }
+        };
+        Ok(config)
+    }
+}
+
+/// A commented default configuration, written by `ferry-agent init`.
+pub const DEFAULT_CONFIG: &str = r#"# ferry-agent configuration. Every key is optional; flags override it.
+# Reloaded on SIGHUP: qos.* and trust take effect at once.
+
+# listen = "0.0.0.0:7400"
+# Fingerprints of the agents allowed to connect (ferry-agent init prints one).
+# trust = ["3f0c…64 hex digits…"]
+
+[qos]
+# Aggregate limit for everything written into this site's standby images.
+# receive_limit = "unlimited"   # or e.g. "200MB", "1Gbit"
+# Wire limit of `ferry sync` runs that use this directory.
+# send_limit = "unlimited"
+
+[standby]
+# Recovery points kept restorable per standby image.
+# retention = 5
+
+[transport]
+# Images replicated at once over one connection.
+# max_concurrent_images = 5
+# idle_timeout_secs = 10
+# Flow-control windows: size them to bandwidth x round-trip time.
+# stream_window = "16MiB"
+# connection_window = "48MiB"
+# udp_buffer = "4MiB"
+
+[pipeline]
+# workers = 0        # 0 = one per core
+# zstd_level = 1
+
+[log]
+# format = "text"    # or "json"
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_text_parses() {
+        AgentConfig::parse(DEFAULT_CONFIG, Path::new("default")).unwrap();
+    }
+
+    #[test]
+    fn values_are_validated() {
+        let c = AgentConfig::parse(
+            "[qos]\nreceive_limit = \"100M\"\n[standby]\nretention = 3\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(c.receive_limit, Some(100_000_000));
+        assert_eq!(c.retention, 3);
+        let err = AgentConfig::parse("[standby]\nretention = 0\n", Path::new("x")).unwrap_err();
+        assert!(err.to_string().contains("standby.retention"), "{err}");
+        let err = AgentConfig::parse("trust = [\"abc\"]\n", Path::new("x")).unwrap_err();
+        assert!(err.to_string().contains("fingerprint"), "{err}");
+        assert!(AgentConfig::parse("bogus = 1\n", Path::new("x")).is_err());
+    }
+}

@@ -1,0 +1,175 @@
+//! The standby agent process: opens the store, listens for trusted primaries,
+//! and reacts to signals (SIGHUP reloads QoS and trust, SIGTERM/SIGINT stop
+//! gracefully).
+
+use std::fs::{File, OpenOptions};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use ferry_engine::identity::Identity;
+use ferry_engine::qos::RateLimiter;
+use ferry_engine::session::receiver::{serve, ReceiverContext};
+use ferry_engine::standby::{StandbyStore, StoreConfig};
+use ferry_engine::transport::{server_endpoint, TrustStore};
+use ferry_protocol::{AgentId, DEFAULT_MAX_FRAME_LEN};
+use tracing::{info, warn};
+
+use crate::config::{config_path, AgentConfig};
+
+/// Holds the agent directory's lock: one agent (or offline command) per directory.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: File,
+}
+
+/// Takes the exclusive lock of agent directory `dir`.
+pub fn lock_dir(dir: &Path) -> Result<DirLock> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("agent.lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(DirLock { _file: file }),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "{} is in use by another ferry-agent process (lock {} is held)",
+            dir.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
+}
+
+/// A running standby receiver.
+pub struct RunningStandby {
+    /// Address it listens on.
+    pub addr: SocketAddr,
+    /// Its shared state.
+    pub context: Arc<ReceiverContext>,
+    /// Its trusted peers (changeable).
+    pub trust: TrustStore,
+    endpoint: quinn::Endpoint,
+    task: tokio::task::JoinHandle<()>,
+    _lock: DirLock,
+}
+
+impl RunningStandby {
+    /// Stops accepting, closes connections (in-flight batches that were not
+    /// acknowledged are simply resent by the primary later) and waits briefly.
+    pub async fn shutdown(self) {
+        self.endpoint
+            .close(quinn::VarInt::from_u32(0), b"agent shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.endpoint.wait_idle()).await;
+        self.task.abort();
+    }
+}
+
+/// Starts the standby side of an agent in `dir` on `listen`.
+pub async fn start_standby(
+    dir: &Path,
+    listen: SocketAddr,
+    trust: TrustStore,
+    config: &AgentConfig,
+) -> Result<RunningStandby> {
+    let lock = lock_dir(dir)?;
+    let identity = Identity::load(dir)?;
+    let store_dir = dir.to_path_buf();
+    let retention = config.retention;
+    let store = tokio::task::spawn_blocking(move || {
+        StandbyStore::open(&store_dir, StoreConfig { retention })
+    })
+    .await?
+    .with_context(|| format!("opening the standby store in {}", dir.display()))?;
+    let endpoint = server_endpoint(listen, &identity, trust.clone(), &config.transport)?;
+    let addr = endpoint.local_addr()?;
+    let context = ReceiverContext::new(
+        store,
+        RateLimiter::new(config.receive_limit),
+        identity.fingerprint(),
+        DEFAULT_MAX_FRAME_LEN,
+    );
+    let task = tokio::spawn(serve(endpoint.clone(), context.clone()));
+    Ok(RunningStandby {
+        addr,
+        context,
+        trust,
+        endpoint,
+        task,
+        _lock: lock,
+    })
+}
+
+/// `ferry-agent run`: serves until SIGTERM/SIGINT.
+pub async fn run(
+    dir: PathBuf,
+    listen: Option<String>,
+    trust_flags: Vec<AgentId>,
+    explicit_config: Option<PathBuf>,
+) -> Result<()> {
+    let cfg_path = config_path(&dir, explicit_config.as_deref());
+    let config = AgentConfig::load(cfg_path.as_deref())?;
+    let listen = listen
+        .or_else(|| config.listen.clone())
+        .unwrap_or_else(|| "0.0.0.0:7400".to_owned());
+    let listen: SocketAddr = tokio::net::lookup_host(&listen)
+        .await
+        .with_context(|| format!("resolving listen address {listen}"))?
+        .next()
+        .with_context(|| format!("listen address {listen} resolves to nothing"))?;
+    let trust = TrustStore::new(
+        config
+            .trust
+            .iter()
+            .copied()
+            .chain(trust_flags.iter().copied()),
+    );
+    if trust.list().is_empty() {
+        warn!("no trusted peers: every connection will be refused (use --trust FINGERPRINT)");
+    }
+    let standby = start_standby(&dir, listen, trust.clone(), &config).await?;
+    let identity = Identity::load(&dir)?;
+    info!(
+        listen = %standby.addr,
+        fingerprint = %identity.fingerprint(),
+        trusted = trust.list().len(),
+        receive_limit = ?config.receive_limit,
+        "ferry-agent ready"
+    );
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => {
+                match AgentConfig::load(cfg_path.as_deref()) {
+                    Ok(new) => {
+                        standby.context.write_limit.set_rate(new.receive_limit);
+                        for peer in new.trust.iter().chain(trust_flags.iter()) {
+                            trust.insert(*peer);
+                        }
+                        for peer in trust.list() {
+                            if !new.trust.contains(&peer) && !trust_flags.contains(&peer) {
+                                trust.remove(&peer);
+                            }
+                        }
+                        info!(receive_limit = ?new.receive_limit, trusted = trust.list().len(), "configuration reloaded");
+                    }
+                    Err(error) => warn!(%error, "configuration reload failed; keeping the old settings"),
+                }
+            }
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+    info!("shutting down");
+    standby.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,98 @@
+//! Operator-facing addresses: `file:/path` sources and
+//! `quic://HOST:PORT/NAME` standby targets.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+use ferry_protocol::ImageName;
+
+/// Why an address could not be understood.
+#[derive(Debug, thiserror::Error)]
+pub enum UriError {
+    /// The source is not of a supported kind.
+    #[error(
+        "unsupported source {0:?}: use file:/path/to/image.raw (a raw image file or block device)"
+    )]
+    UnsupportedSource(String),
+    /// The target is not `quic://HOST:PORT/NAME`.
+    #[error("bad target {input:?}: {reason} (expected quic://HOST:PORT/NAME)")]
+    BadTarget {
+        /// What was given.
+        input: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Where changed extents come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceUri {
+    /// A raw image file or block device.
+    File(PathBuf),
+}
+
+impl SourceUri {
+    /// Parses `file:/path` (a bare absolute or relative path is taken as a file too).
+    pub fn parse(input: &str) -> Result<Self, UriError> {
+        if let Some(path) = input.strip_prefix("file://") {
+            return Ok(Self::File(PathBuf::from(path)));
+        }
+        if let Some(path) = input.strip_prefix("file:") {
+            return Ok(Self::File(PathBuf::from(path)));
+        }
+        if input.contains("://") || input.starts_with("rbd:") {
+            return Err(UriError::UnsupportedSource(input.to_owned()));
+        }
+        Ok(Self::File(PathBuf::from(input)))
+    }
+}
+
+/// A standby image: agent address plus image name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetUri {
+    /// The standby agent's UDP address.
+    pub addr: SocketAddr,
+    /// The image's name on the standby.
+    pub image: ImageName,
+}
+
+impl TargetUri {
+    /// Parses `quic://HOST:PORT/NAME`.
+    pub fn parse(input: &str) -> Result<Self, UriError> {
+        let bad = |reason: &str| UriError::BadTarget {
+            input: input.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let rest = input
+            .strip_prefix("quic://")
+            .ok_or_else(|| bad("missing quic:// prefix"))?;
+        let (host_port, name) = rest.split_once('/').ok_or_else(|| bad("missing /NAME"))?;
+        let image = ImageName::new(name).map_err(|e| bad(&e.to_string()))?;
+        let addr = host_port
+            .to_socket_addrs()
+            .map_err(|e| bad(&format!("cannot resolve {host_port}: {e}")))?
+            .next()
+            .ok_or_else(|| bad("host resolves to no address"))?;
+        Ok(Self { addr, image })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sources_and_targets() {
+        assert_eq!(
+            SourceUri::parse("file:/data/vm1.raw").unwrap(),
+            SourceUri::File("/data/vm1.raw".into())
+        );
+        assert!(SourceUri::parse("rbd:pool/img").is_err());
+        let t = TargetUri::parse("quic://127.0.0.1:7400/vm1").unwrap();
+        assert_eq!(t.addr, "127.0.0.1:7400".parse().unwrap());
+        assert_eq!(t.image.as_str(), "vm1");
+        assert!(TargetUri::parse("quic://127.0.0.1:7400/../etc").is_err());
+        assert!(TargetUri::parse("quic://127.0.0.1:7400").is_err());
+        assert!(TargetUri::parse("tcp://127.0.0.1:7400/x").is_err());
+    }
+}
