@@ -1,1 +1,305 @@
-//! Helpers for ferry end-to-end tests.
+//! Helpers for ferry's end-to-end tests: locate the built binaries, start
+//! and kill real `ferry-agent` processes, run `ferry` commands, compare images.
+//!
+//! Agents are separate processes talking real QUIC on loopback; nothing here
+//! mocks the transport or the store.
+
+use std::fs::File;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Directory holding the workspace's built binaries (`target/<profile>`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test-binary>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// Path of a workspace binary. `cargo test` does not build another
+/// package's binaries, so the test command builds them first
+/// (`cargo build --workspace --bins`, as scripts/test.sh does).
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins --features ferry-e2e/failpoints` first (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// Runs `ferry-agent init --dir DIR` and returns the fingerprint (last line).
+pub fn init_agent(dir: &Path) -> String {
+    let out = Command::new(bin("ferry-agent"))
+        .args(["init", "--dir"])
+        .arg(dir)
+        .output()
+        .expect("running ferry-agent init");
+    assert!(
+        out.status.success(),
+        "init failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).expect("utf-8 output");
+    let last = stdout
+        .lines()
+        .last()
+        .expect("init prints a fingerprint")
+        .trim()
+        .to_owned();
+    assert_eq!(last.len(), 64, "fingerprint line: {last:?}");
+    last
+}
+
+/// A running `ferry-agent run` process.
+pub struct Agent {
+    /// Its data directory.
+    pub dir: PathBuf,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its fingerprint.
+    pub fingerprint: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Agent {
+    /// Starts an agent in `dir` (already initialised) trusting `trust`.
+    pub fn start(dir: &Path, fingerprint: &str, trust: &[&str]) -> Agent {
+        Self::start_with(dir, fingerprint, trust, &[])
+    }
+
+    /// Same, with extra environment variables (e.g. FAILPOINTS).
+    pub fn start_with(
+        dir: &Path,
+        fingerprint: &str,
+        trust: &[&str],
+        env: &[(&str, &str)],
+    ) -> Agent {
+        let log = dir.join(format!(
+            "agent-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
+        let log_file = File::create(&log).expect("agent log file");
+        let mut cmd = Command::new(bin("ferry-agent"));
+        cmd.args(["run", "--dir"])
+            .arg(dir)
+            .args(["--listen", "127.0.0.1:0"]);
+        for t in trust {
+            cmd.args(["--trust", t]);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.env("RUST_LOG", "info");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log_file))
+            .spawn()
+            .expect("starting ferry-agent");
+        let mut agent = Agent {
+            dir: dir.to_path_buf(),
+            addr: "0.0.0.0:0".parse().expect("literal address"),
+            fingerprint: fingerprint.to_owned(),
+            child: Some(child),
+            log,
+        };
+        agent.addr = agent.wait_ready();
+        agent
+    }
+
+    fn wait_ready(&mut self) -> SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = self.log_text();
+            if let Some(line) = text.lines().find(|l| l.contains("ferry-agent ready")) {
+                let addr = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("listen="))
+                    .expect("ready line names the listen address");
+                return addr.parse().expect("listen address parses");
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("ferry-agent exited with {status} before it was ready:\n{text}");
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ferry-agent not ready after 30 s:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Everything the agent logged so far.
+    pub fn log_text(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut f) = File::open(&self.log) {
+            let _ = f.read_to_string(&mut text);
+        }
+        text
+    }
+
+    /// `quic://ADDR/NAME` for an image on this agent (or via `via`).
+    pub fn target(&self, image: &str) -> String {
+        format!("quic://{}/{image}", self.addr)
+    }
+
+    /// The standby copy of `image`.
+    pub fn image_path(&self, image: &str) -> PathBuf {
+        self.dir.join("images").join(format!("{image}.raw"))
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, signal: i32) {
+        let pid = self.pid() as i32;
+        // SAFETY-free: libc::kill has no memory-safety preconditions, but it is
+        // an FFI call; tests are allowed to use it through a small wrapper.
+        kill(pid, signal);
+    }
+
+    /// SIGKILLs the agent and waits for it to die.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERMs the agent and waits for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill(child.id() as i32, libc::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+#[allow(unsafe_code)]
+fn kill(pid: i32, signal: i32) {
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+    unsafe {
+        libc::kill(pid, signal);
+    }
+}
+
+/// Runs `ferry ARGS…` and returns its output.
+pub fn ferry(args: &[&str]) -> Output {
+    Command::new(bin("ferry"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running ferry")
+}
+
+/// Starts `ferry ARGS…` in the background.
+pub fn ferry_spawn(args: &[&str]) -> Child {
+    Command::new(bin("ferry"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting ferry")
+}
+
+/// Runs `ferry sync … --json` and returns the parsed report (panics on failure).
+pub fn sync_json(
+    dir: &Path,
+    source: &Path,
+    target: &str,
+    peer: &str,
+    extra: &[&str],
+) -> serde_json::Value {
+    let src = format!("file:{}", source.display());
+    let dir_s = dir.display().to_string();
+    let mut args = vec![
+        "sync", "--dir", &dir_s, &src, target, "--peer", peer, "--json",
+    ];
+    args.extend_from_slice(extra);
+    let out = ferry(&args);
+    assert!(
+        out.status.success(),
+        "ferry sync failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("sync --json prints one JSON object")
+}
+
+/// BLAKE3 of a file's contents.
+pub fn hash_file(path: &Path) -> String {
+    ferry_agent::imagegen::file_hash(path).expect("hashing file")
+}
+
+/// A primary and a standby directory, initialised, with the standby running.
+pub struct Pair {
+    /// Holds the temporary directories.
+    pub tmp: tempfile::TempDir,
+    /// Primary agent directory.
+    pub primary_dir: PathBuf,
+    /// Primary fingerprint.
+    pub primary_fp: String,
+    /// Running standby agent.
+    pub standby: Agent,
+}
+
+impl Pair {
+    /// Sets up a pair; `standby_config` (TOML) is written to the standby's config if given.
+    pub fn new(standby_config: Option<&str>) -> Pair {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let primary_dir = tmp.path().join("primary");
+        let standby_dir = tmp.path().join("standby");
+        let primary_fp = init_agent(&primary_dir);
+        let standby_fp = init_agent(&standby_dir);
+        if let Some(cfg) = standby_config {
+            std::fs::write(standby_dir.join("config.toml"), cfg).expect("write config");
+        }
+        let standby = Agent::start(&standby_dir, &standby_fp, &[&primary_fp]);
+        Pair {
+            tmp,
+            primary_dir,
+            primary_fp,
+            standby,
+        }
+    }
+
+    /// A path in the pair's temporary directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+}

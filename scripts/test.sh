@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs what ferry's tests need on a fresh Debian 12 machine and runs
+# every test: formatting, lints, unit, property, end-to-end (real agents,
+# real QUIC on loopback) and the fuzz-corpus replays.
+#
+# Usage: scripts/test.sh            (CI runs exactly this via .ci/run)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n==> %s\n' "$*"; }
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+# System packages: a C toolchain for zstd/ring/blake3's C and assembly,
+# pkg-config, and iproute2 for tests that build network namespaces.
+need=()
+command -v cc >/dev/null 2>&1 || need+=(build-essential)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+if [ "${#need[@]}" -gt 0 ]; then
+  log "installing ${need[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo not found: install Rust (rustup) first" >&2
+  exit 2
+fi
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+
+log "cargo clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets --features ferry-e2e/failpoints -- -D warnings
+
+log "building binaries (with fail points for the crash tests)"
+cargo build --workspace --bins --features ferry-e2e/failpoints
+
+log "cargo test"
+cargo test --workspace --features ferry-e2e/failpoints -- --test-threads 2
