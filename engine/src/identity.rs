@@ -30,7 +30,9 @@ pub enum IdentityError {
         source: std::io::Error,
     },
     /// `init` found an identity already there and will not overwrite it.
-    #[error("an identity already exists in {dir} (fingerprint {fingerprint}); refusing to overwrite it")]
+    #[error(
+        "an identity already exists in {dir} (fingerprint {fingerprint}); refusing to overwrite it"
+    )]
     AlreadyExists {
         /// The identity directory.
         dir: PathBuf,
@@ -155,11 +157,12 @@ impl Identity {
         }
         let cert_bytes = read(&cert_path)?;
         let key_bytes = read(&key_path)?;
-        let cert = CertificateDer::from_pem_slice(&cert_bytes).map_err(|e| IdentityError::BadPem {
-            path: cert_path.clone(),
-            what: "certificate",
-            reason: e.to_string(),
-        })?;
+        let cert =
+            CertificateDer::from_pem_slice(&cert_bytes).map_err(|e| IdentityError::BadPem {
+                path: cert_path.clone(),
+                what: "certificate",
+                reason: e.to_string(),
+            })?;
         let key = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|e| IdentityError::BadPem {
             path: key_path.clone(),
             what: "private key",
@@ -248,7 +251,10 @@ mod tests {
         let key = dir.path().join("identity/key.pem");
         fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
         let err = Identity::load(dir.path()).unwrap_err();
-        assert!(matches!(err, IdentityError::InsecureKey { mode: 0o644, .. }), "{err}");
+        assert!(
+            matches!(err, IdentityError::InsecureKey { mode: 0o644, .. }),
+            "{err}"
+        );
     }
 
     #[test]

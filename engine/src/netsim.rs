@@ -199,7 +199,12 @@ async fn run(listen: Arc<UdpSocket>, target: SocketAddr, shared: Arc<Shared>) {
                     Ok(mut map) => map.insert(client, sock.clone()),
                     Err(p) => p.into_inner().insert(client, sock.clone()),
                 };
-                tokio::spawn(relay_back(sock.clone(), listen.clone(), client, shared.clone()));
+                tokio::spawn(relay_back(
+                    sock.clone(),
+                    listen.clone(),
+                    client,
+                    shared.clone(),
+                ));
                 sock
             }
         };
@@ -249,9 +254,14 @@ mod tests {
     #[tokio::test]
     async fn relays_both_ways_and_blackhole_cuts_the_link() {
         let target = echo_server().await;
-        let proxy = UdpProxy::start("127.0.0.1:0".parse().unwrap(), target, 7, Impairment::default())
-            .await
-            .unwrap();
+        let proxy = UdpProxy::start(
+            "127.0.0.1:0".parse().unwrap(),
+            target,
+            7,
+            Impairment::default(),
+        )
+        .await
+        .unwrap();
         let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         client.send_to(b"ping", proxy.listen_addr()).await.unwrap();
         let mut buf = [0u8; 16];
@@ -282,7 +292,9 @@ mod tests {
                 dropped: AtomicU64::new(0),
                 duplicated: AtomicU64::new(0),
             };
-            (0..200).map(|_| shared.fate().is_empty()).collect::<Vec<_>>()
+            (0..200)
+                .map(|_| shared.fate().is_empty())
+                .collect::<Vec<_>>()
         };
         assert_eq!(pattern(42), pattern(42));
         assert_ne!(pattern(42), pattern(43));

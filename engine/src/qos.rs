@@ -183,12 +183,19 @@ mod tests {
     fn bucket_starts_empty_and_refills_at_rate() {
         let limiter = RateLimiter::new(Some(1_000_000));
         let t0 = Instant::now();
-        assert!(limiter.try_take(100_000, t0).is_some(), "empty bucket must make the caller wait");
+        assert!(
+            limiter.try_take(100_000, t0).is_some(),
+            "empty bucket must make the caller wait"
+        );
         // After 0.2 s, 200 kB have accrued but the burst cap is 50 kB... the
         // request (100 kB) itself raises the cap so a large batch can pass.
-        assert!(limiter.try_take(100_000, t0 + Duration::from_millis(200)).is_none());
+        assert!(limiter
+            .try_take(100_000, t0 + Duration::from_millis(200))
+            .is_none());
         // Immediately after, the bucket is short again.
-        assert!(limiter.try_take(100_000, t0 + Duration::from_millis(201)).is_some());
+        assert!(limiter
+            .try_take(100_000, t0 + Duration::from_millis(201))
+            .is_some());
     }
 
     #[test]
@@ -208,8 +215,14 @@ mod tests {
             }
         }
         let elapsed = now.duration_since(t0).as_secs_f64();
-        assert!(sent as f64 <= rate as f64 * elapsed + batch as f64, "sent {sent} in {elapsed}s");
-        assert!(sent as f64 >= rate as f64 * elapsed * 0.9, "too slow: {sent} in {elapsed}s");
+        assert!(
+            sent as f64 <= rate as f64 * elapsed + batch as f64,
+            "sent {sent} in {elapsed}s"
+        );
+        assert!(
+            sent as f64 >= rate as f64 * elapsed * 0.9,
+            "too slow: {sent} in {elapsed}s"
+        );
     }
 
     #[test]
@@ -220,7 +233,9 @@ mod tests {
         limiter.set_rate(None);
         assert!(limiter.try_take(10_000, t0).is_none());
         limiter.set_rate(Some(1_000_000_000));
-        assert!(limiter.try_take(10_000, t0 + Duration::from_millis(1)).is_none());
+        assert!(limiter
+            .try_take(10_000, t0 + Duration::from_millis(1))
+            .is_none());
     }
 
     #[test]

@@ -178,7 +178,10 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn bind_socket(addr: SocketAddr, settings: &TransportSettings) -> Result<UdpSocket, TransportError> {
+fn bind_socket(
+    addr: SocketAddr,
+    settings: &TransportSettings,
+) -> Result<UdpSocket, TransportError> {
     let err = |source| TransportError::Bind { addr, source };
     let domain = if addr.is_ipv4() {
         socket2::Domain::IPV4
@@ -443,8 +446,8 @@ mod tests {
         } else {
             TrustStore::default()
         };
-        let server = server_endpoint("127.0.0.1:0".parse().unwrap(), &server_id, trust, &settings)
-            .unwrap();
+        let server =
+            server_endpoint("127.0.0.1:0".parse().unwrap(), &server_id, trust, &settings).unwrap();
         let addr = server.local_addr().unwrap();
         let accept = tokio::spawn(async move {
             let incoming = server.accept().await.unwrap();
@@ -502,6 +505,9 @@ mod tests {
     #[tokio::test]
     async fn wrong_server_fingerprint_is_refused() {
         let err = handshake(true, false).await.unwrap_err();
-        assert!(err.contains("fingerprint") || err.contains("refused"), "{err}");
+        assert!(
+            err.contains("fingerprint") || err.contains("refused"),
+            "{err}"
+        );
     }
 }
