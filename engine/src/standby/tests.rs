@@ -1119,7 +1119,7 @@ fn throughput_probe() {
                 extents,
             })
             .expect("stage");
-        if seq % 4 == 0 {
+        if seq.is_multiple_of(4) {
             writer.sync().expect("sync");
         }
     }
