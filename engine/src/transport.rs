@@ -285,33 +285,38 @@ pub fn explain_connection_error(
     source: quinn::ConnectionError,
     own: AgentId,
 ) -> TransportError {
-    if let quinn::ConnectionError::TransportError(ref t) = source {
-        let text = t.to_string();
-        if text.contains("BadCertificate")
-            || text.contains("bad certificate")
-            || text.contains("UnknownCA")
-            || text.contains("unknown CA")
-            || text.contains("ApplicationVerificationFailure")
-            || text.contains("invalid peer certificate")
-            || text.contains("CertificateRequired")
-        {
-            return TransportError::Refused {
-                addr,
-                reason: format!(
-                    "TLS handshake refused ({text}). Either the agent at {addr} does not trust this \
-                     agent's fingerprint {own} (start it with `--trust {own}`), or its certificate \
-                     is not the one given with --peer"
-                ),
-            };
+    let detail = match &source {
+        quinn::ConnectionError::TransportError(t) => Some(t.to_string()),
+        quinn::ConnectionError::ConnectionClosed(close) => {
+            Some(String::from_utf8_lossy(&close.reason).into_owned())
         }
+        _ => None,
+    };
+    let refused = detail.as_deref().is_some_and(|text| {
+        [
+            "BadCertificate",
+            "bad certificate",
+            "UnknownCA",
+            "unknown CA",
+            "ApplicationVerificationFailure",
+            "invalid peer certificate",
+            "CertificateRequired",
+            "certificate",
+        ]
+        .iter()
+        .any(|needle| text.contains(needle))
+    });
+    match detail {
+        Some(text) if refused => TransportError::Refused {
+            addr,
+            reason: format!(
+                "TLS handshake refused ({text}). Either the agent at {addr} does not trust this \
+                 agent's fingerprint {own} (start it with `--trust {own}`), or its certificate \
+                 is not the one given with --peer"
+            ),
+        },
+        _ => TransportError::Connection { addr, source },
     }
-    if let quinn::ConnectionError::ConnectionClosed(ref close) = source {
-        let reason = String::from_utf8_lossy(&close.reason).into_owned();
-        if reason.contains("certificate") {
-            return TransportError::Refused { addr, reason };
-        }
-    }
-    TransportError::Connection { addr, source }
 }
 
 /// Fingerprint of the certificate a connected peer presented.

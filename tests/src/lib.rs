@@ -67,6 +67,7 @@ pub struct Agent {
     pub fingerprint: String,
     child: Option<Child>,
     log: PathBuf,
+    trust: Vec<String>,
 }
 
 impl Agent {
@@ -82,6 +83,32 @@ impl Agent {
         trust: &[&str],
         env: &[(&str, &str)],
     ) -> Agent {
+        Self::spawn(dir, fingerprint, trust, env, "127.0.0.1:0")
+    }
+
+    /// Kills the agent (SIGKILL) if it runs and starts it again on the same
+    /// address, with `env`.
+    pub fn restart(&mut self, env: &[(&str, &str)]) {
+        self.kill9();
+        let trust: Vec<String> = self.trust.clone();
+        let trust: Vec<&str> = trust.iter().map(String::as_str).collect();
+        let listen = self.addr.to_string();
+        let mut fresh = Self::spawn(&self.dir, &self.fingerprint, &trust, env, &listen);
+        assert_eq!(
+            fresh.addr, self.addr,
+            "restarted agent must keep its address"
+        );
+        self.child = fresh.child.take();
+        self.log = fresh.log.clone();
+    }
+
+    fn spawn(
+        dir: &Path,
+        fingerprint: &str,
+        trust: &[&str],
+        env: &[(&str, &str)],
+        listen: &str,
+    ) -> Agent {
         let log = dir.join(format!(
             "agent-{}.log",
             std::time::SystemTime::now()
@@ -93,7 +120,7 @@ impl Agent {
         let mut cmd = Command::new(bin("ferry-agent"));
         cmd.args(["run", "--dir"])
             .arg(dir)
-            .args(["--listen", "127.0.0.1:0"]);
+            .args(["--listen", listen]);
         for t in trust {
             cmd.args(["--trust", t]);
         }
@@ -113,6 +140,7 @@ impl Agent {
             fingerprint: fingerprint.to_owned(),
             child: Some(child),
             log,
+            trust: trust.iter().map(|t| t.to_string()).collect(),
         };
         agent.addr = agent.wait_ready();
         agent

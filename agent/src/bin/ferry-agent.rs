@@ -172,6 +172,9 @@ async fn main_inner(cli: Cli) -> Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Fail points are compiled in only with the `failpoints` feature (tests);
+    // otherwise this reads nothing and does nothing.
+    let _fail_scenario = fail::FailScenario::setup();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

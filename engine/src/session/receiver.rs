@@ -176,8 +176,12 @@ async fn handle_connection(conn: quinn::Connection, ctx: Arc<ReceiverContext>) {
     let mut control_writer = FrameWriter::new(send, ctx.max_frame_len);
     if let Err(error) = handshake(&mut control_reader, &mut control_writer, &ctx).await {
         warn!(%remote, %error, "hello failed");
-        let _ = control_writer.send(&Message::Error(error.to_frame())).await;
+        let frame = error.to_frame();
+        let _ = control_writer.send(&Message::Error(frame.clone())).await;
         control_writer.finish();
+        // Let the Error frame reach the peer before the connection goes away.
+        let _ = tokio::time::timeout(Duration::from_secs(2), control_writer.stopped()).await;
+        conn.close(quinn::VarInt::from_u32(1), frame.message.as_bytes());
         return;
     }
     // Image streams.

@@ -704,27 +704,68 @@ pub async fn sync_image(
             size: info.size,
         }],
     };
-    // Wait until the image stream is closed by the standby (its writer parked).
+    // Wait until the image stream is closed by the standby (its writer parked),
+    // then commit. A link lost during the commit is re-established and the
+    // standby asked whether the point is already committed.
     while let Ok(Some(frame)) = stream.reader.next().await {
         if let Message::Error(e) = frame {
             return Err(e.into());
         }
     }
-    link.control_writer.send(&Message::Commit(commit)).await?;
-    match next_or_lost(
-        &mut link.control_reader,
-        &link.connection,
-        target.addr,
-        &identity,
-    )
-    .await?
-    {
-        Message::Committed(c) if c.recovery_point == recovery_point => {}
-        Message::Error(e) => return Err(e.into()),
-        other => {
-            return Err(SyncError::Protocol(format!(
-                "expected Committed, got {other:?}"
-            )))
+    let deadline = Instant::now() + options.reconnect_for;
+    let mut reconnect = false;
+    loop {
+        let attempt = async {
+            if reconnect {
+                link = open_link(&endpoint, &target, &identity, &options).await?;
+                link.control_writer
+                    .send(&Message::ResumeQuery(ResumeQuery { image: target.image.clone(), epoch }))
+                    .await?;
+                let answer = match next_or_lost(&mut link.control_reader, &link.connection, target.addr, &identity).await? {
+                    Message::ResumeAnswer(a) => a,
+                    Message::Error(e) => return Err(e.into()),
+                    other => return Err(SyncError::Protocol(format!("expected ResumeAnswer, got {other:?}"))),
+                };
+                if answer.committed_epoch == epoch {
+                    return Ok(());
+                }
+                let mut again = open_image_stream(&link, &open, &target, &identity, &options).await?;
+                if again.answer.durable_seq != last_seq {
+                    return Err(SyncError::Protocol(format!(
+                        "before committing, the standby holds batch {} of epoch {epoch} durably, but batch {last_seq} was acknowledged",
+                        again.answer.durable_seq
+                    )));
+                }
+                again.writer.finish();
+                while let Ok(Some(_)) = again.reader.next().await {}
+            }
+            link.control_writer.send(&Message::Commit(commit.clone())).await?;
+            match next_or_lost(&mut link.control_reader, &link.connection, target.addr, &identity).await? {
+                Message::Committed(c) if c.recovery_point == recovery_point => Ok(()),
+                Message::Error(e) => Err(e.into()),
+                other => Err(SyncError::Protocol(format!("expected Committed, got {other:?}"))),
+            }
+        }
+        .await;
+        match attempt {
+            Ok(()) => break,
+            Err(e)
+                if (is_link_error(&e)
+                    || matches!(
+                        e,
+                        SyncError::Peer {
+                            code: ferry_protocol::ErrorCode::Busy,
+                            ..
+                        }
+                    ))
+                    && Instant::now() < deadline =>
+            {
+                warn!(image = %target.image, error = %e, "link lost while committing; reconnecting");
+                transfer.report.reconnects += 1;
+                reconnect = true;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e),
         }
     }
     source.commit_cycle(epoch)?;

@@ -60,9 +60,37 @@ pub(crate) fn hit(point: CrashPoint) -> Result<(), StoreError> {
     })
 }
 
-/// No-op outside tests.
+impl CrashPoint {
+    /// Name of the point for the `fail` crate (`FAILPOINTS=name=action`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::AfterIntent => "standby::after-intent",
+            Self::AfterUndoWritten => "standby::after-undo-written",
+            Self::AfterDataBeforeSync => "standby::after-data-before-sync",
+            Self::AfterDataBeforeState => "standby::after-data-before-state",
+            Self::AfterFullRenameOld => "standby::after-full-rename-old",
+            Self::AfterFullRenameNew => "standby::after-full-rename-new",
+            Self::AfterStateBeforeCleanup => "standby::after-state-before-cleanup",
+            Self::BetweenImages => "standby::between-images",
+        }
+    }
+}
+
+/// Outside unit tests: with the `failpoints` feature, a `fail` crate point
+/// named [`CrashPoint::name`] (configured by the `FAILPOINTS` environment
+/// variable, e.g. `standby::after-data-before-sync=sleep(5000)`), so an
+/// end-to-end test can hold a real agent at that step and SIGKILL it there.
+/// Without the feature, nothing.
 #[cfg(not(test))]
 #[inline(always)]
-pub(crate) fn hit(_point: CrashPoint) -> Result<(), StoreError> {
+pub(crate) fn hit(point: CrashPoint) -> Result<(), StoreError> {
+    #[cfg(feature = "failpoints")]
+    {
+        if fail::list().iter().any(|(name, _)| name == point.name()) {
+            tracing::info!(point = point.name(), "fail point reached");
+        }
+        fail::fail_point!(point.name());
+    }
+    let _ = point;
     Ok(())
 }
