@@ -782,4 +782,161 @@ mod tests {
         let source = FileSource::open(&image, &state).unwrap();
         assert!(source.resumable_offset(Epoch(1)) >= 256 * 1024);
     }
+
+    /// CPU seconds (user + system) of this process so far, from /proc.
+    fn cpu_seconds() -> f64 {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+        // Fields after the command name (which is in parentheses).
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        ticks as f64 / 100.0
+    }
+
+    struct Run {
+        seconds: f64,
+        cpu: f64,
+        stats: crate::codec::ChunkStats,
+        backend: &'static str,
+    }
+
+    fn timed_cycle(
+        image: &Path,
+        state: &Path,
+        plan: CyclePlan,
+        config: PipelineConfig,
+        force_pread: bool,
+    ) -> Run {
+        let options = crate::source::file::FileSourceOptions {
+            force_pread,
+            ..Default::default()
+        };
+        let source = FileSource::open_with(image, state, options).unwrap();
+        let backend = source.read_backend();
+        let cpu0 = cpu_seconds();
+        let t0 = std::time::Instant::now();
+        let pipeline = Pipeline::start(Box::new(source), plan, config).unwrap();
+        let mut stats = crate::codec::ChunkStats::default();
+        while let Some(chunk) = pipeline.recv() {
+            stats.add(&chunk.unwrap().stats);
+        }
+        let (mut source, _) = pipeline.finish().unwrap();
+        let seconds = t0.elapsed().as_secs_f64();
+        let cpu = cpu_seconds() - cpu0;
+        source.commit_cycle(plan.epoch).unwrap();
+        Run {
+            seconds,
+            cpu,
+            stats,
+            backend,
+        }
+    }
+
+    /// Release-build throughput on a 1 GiB mixed image (50 % random, 25 %
+    /// zero, 25 % text), with single-core stage baselines measured in the
+    /// same run. `cargo test --release -p ferry-engine --lib -- --ignored
+    /// --nocapture bench_pipeline_1gib`
+    #[test]
+    #[ignore = "benchmark: run in release with --ignored --nocapture"]
+    fn bench_pipeline_1gib() {
+        const SIZE: usize = 1 << 30;
+        let dir = tempfile::tempdir_in(
+            std::env::var("FERRY_BENCH_DIR").unwrap_or_else(|_| "/tmp".into()),
+        )
+        .unwrap();
+        let image = dir.path().join("mixed.raw");
+        let content = mixed_content(SIZE, 42);
+        std::fs::write(&image, &content).unwrap();
+        let mb = |bytes: f64, secs: f64| bytes / secs / 1e6;
+
+        // Baselines, one core, 4 MiB pieces; rates per wall second and per
+        // CPU second (the machine may be shared: CPU rates are steadier).
+        let rate = |t: std::time::Instant, cpu0: f64| {
+            let secs = t.elapsed().as_secs_f64();
+            (mb(SIZE as f64, secs), mb(SIZE as f64, cpu_seconds() - cpu0))
+        };
+        let (t, c) = (std::time::Instant::now(), cpu_seconds());
+        let mut sink = 0u8;
+        for piece in content.chunks(4 << 20) {
+            sink ^= blake3::hash(piece).as_bytes()[0];
+        }
+        let blake3_rate = rate(t, c);
+        let (t, c) = (std::time::Instant::now(), cpu_seconds());
+        let mut compressor = zstd::bulk::Compressor::new(1).unwrap();
+        let mut out = vec![0u8; zstd::zstd_safe::compress_bound(4 << 20)];
+        for piece in content.chunks(4 << 20) {
+            sink ^= compressor.compress_to_buffer(piece, &mut out[..]).unwrap() as u8;
+        }
+        let zstd_rate = rate(t, c);
+        let file = std::fs::File::open(&image).unwrap();
+        let mut buf = vec![0u8; 4 << 20];
+        let mut read_rates = Vec::new();
+        for force in [false, true] {
+            let mut reader = crate::sys::uring::BlockReader::with_shape(Default::default(), force);
+            let (t, c) = (std::time::Instant::now(), cpu_seconds());
+            let mut offset = 0;
+            while offset < SIZE as u64 {
+                offset += reader.read_at(&file, offset, &mut buf).unwrap() as u64;
+            }
+            read_rates.push((reader.backend(), rate(t, c)));
+        }
+        drop(content);
+        println!("baselines, 1 core, MB/s per wall-s / per CPU-s: blake3 {:.0}/{:.0}, zstd-1 mix {:.0}/{:.0}, \
+                  page-cache read {} {:.0}/{:.0}, {} {:.0}/{:.0} (sink {sink})",
+            blake3_rate.0, blake3_rate.1, zstd_rate.0, zstd_rate.1,
+            read_rates[0].0, read_rates[0].1.0, read_rates[0].1.1,
+            read_rates[1].0, read_rates[1].1.0, read_rates[1].1.1);
+
+        for (run, (label, level, force_pread)) in [
+            ("level 1", 1, false),
+            ("level -1", -1, false),
+            ("level 1, pread", 1, true),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let state = dir.path().join(format!("state-{run}"));
+            let config = PipelineConfig {
+                zstd_level: level,
+                ..PipelineConfig::default()
+            };
+            let full = timed_cycle(
+                &image,
+                &state,
+                CyclePlan {
+                    epoch: Epoch(1),
+                    base_epoch: Epoch(0),
+                    resume_offset: 0,
+                },
+                config,
+                force_pread,
+            );
+            let incr = timed_cycle(
+                &image,
+                &state,
+                CyclePlan {
+                    epoch: Epoch(2),
+                    base_epoch: Epoch(1),
+                    resume_offset: 0,
+                },
+                config,
+                force_pread,
+            );
+            for (kind, run) in [("full", &full), ("incremental (no change)", &incr)] {
+                println!(
+                    "{label:>15} [{}] {kind:>24}: {:.0} MB/s wall, {:.2} s, {:.2} CPU-s ({:.2} CPU-s/GB), payload {} MB of {} MB plain, {} MB changed",
+                    run.backend,
+                    mb(SIZE as f64, run.seconds),
+                    run.seconds,
+                    run.cpu,
+                    run.cpu / (SIZE as f64 / 1e9),
+                    run.stats.payload_bytes / 1_000_000,
+                    run.stats.plain_data_bytes / 1_000_000,
+                    run.stats.bytes_changed / 1_000_000,
+                );
+            }
+            assert_eq!(full.stats.bytes_scanned, SIZE as u64);
+            assert_eq!(incr.stats.bytes_changed, 0);
+        }
+    }
 }
