@@ -510,7 +510,7 @@ pub async fn sync_image(
     };
 
     // The pipeline is blocking; a thread forwards its chunks to this task.
-    let pipeline = Pipeline::start(source, plan, options.pipeline.clone())?;
+    let pipeline = Pipeline::start(source, plan, options.pipeline)?;
     let (chunk_tx, mut chunk_rx) = mpsc::channel::<Result<EncodedChunk, PipelineError>>(2);
     let forwarder = tokio::task::spawn_blocking(move || {
         while let Some(item) = pipeline.recv() {
