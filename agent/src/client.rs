@@ -51,7 +51,7 @@ pub struct SyncRequest<'a> {
 fn options_from(config: &AgentConfig) -> SyncOptions {
     SyncOptions {
         transport: config.transport.clone(),
-        pipeline: config.pipeline.clone(),
+        pipeline: config.pipeline,
         limiter: RateLimiter::new(config.send_limit),
         ..SyncOptions::default()
     }

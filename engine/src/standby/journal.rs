@@ -21,6 +21,7 @@ use ferry_protocol::types::{Epoch, ExtentKind, SeqNo};
 use super::record::{self, BodyCursor, Next, RecordHeader, RecordReader, HEADER_LEN};
 use super::StoreError;
 use crate::sys::fs::{write_all_vectored_at, zero_range};
+use crate::sys::uring::BlockWriter;
 
 /// Journal magic.
 pub(crate) const MAGIC: u32 = u32::from_le_bytes(*b"FRJL");
@@ -292,9 +293,17 @@ fn parse_table(body: &[u8], full: bool, size: u64) -> Result<Vec<ExtentEntry>, &
     Ok(extents)
 }
 
+thread_local! {
+    /// One io_uring writer per thread (stager threads, commit threads): the
+    /// ring is set up once and reused; it falls back to pwrite where io_uring
+    /// is unavailable.
+    static IMAGE_WRITER: std::cell::RefCell<BlockWriter> = std::cell::RefCell::new(BlockWriter::new());
+}
+
 /// Writes a run of extents to `target`: data extents from `data` (each
-/// extent's bytes in order), zero/discard extents as holes. Adjacent data
-/// extents go out in one `pwritev`.
+/// extent's bytes in order) through io_uring with several writes in flight,
+/// zero/discard extents as holes. Extents of one call never overlap; pending
+/// data writes complete before a hole is punched, so order is kept anyway.
 pub(crate) fn write_extents(
     target: &File,
     target_path: &Path,
@@ -302,15 +311,13 @@ pub(crate) fn write_extents(
     data: &[&[u8]],
 ) -> Result<(), StoreError> {
     let mut data_iter = data.iter();
-    let mut run: Vec<&[u8]> = Vec::new();
-    let mut run_start = 0u64;
-    let mut run_end = 0u64;
-    let flush = |run: &mut Vec<&[u8]>, start: u64| -> Result<(), StoreError> {
-        if !run.is_empty() {
-            // io_uring (sys::uring) could issue these writes asynchronously.
-            write_all_vectored_at(target, run, start)
+    let mut pending: Vec<(u64, &[u8])> = Vec::new();
+    let flush = |pending: &mut Vec<(u64, &[u8])>| -> Result<(), StoreError> {
+        if !pending.is_empty() {
+            IMAGE_WRITER
+                .with(|writer| writer.borrow_mut().write_all_at(target, pending))
                 .map_err(|e| StoreError::io("write image data", target_path, e))?;
-            run.clear();
+            pending.clear();
         }
         Ok(())
     };
@@ -320,21 +327,16 @@ pub(crate) fn write_extents(
                 let Some(bytes) = data_iter.next() else {
                     return Err(StoreError::corrupt(target_path, "data extent without data"));
                 };
-                if run.is_empty() || run_end != extent.offset {
-                    flush(&mut run, run_start)?;
-                    run_start = extent.offset;
-                }
-                run.push(bytes);
-                run_end = extent.end();
+                pending.push((extent.offset, bytes));
             }
             ExtentKind::Zero | ExtentKind::Discard => {
-                flush(&mut run, run_start)?;
+                flush(&mut pending)?;
                 zero_range(target, extent.offset, u64::from(extent.length))
                     .map_err(|e| StoreError::io("punch hole in image", target_path, e))?;
             }
         }
     }
-    flush(&mut run, run_start)
+    flush(&mut pending)
 }
 
 /// Replays every indexed batch of an incremental journal onto `target`
