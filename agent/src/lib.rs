@@ -10,6 +10,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod diffcmd;
 pub mod imagegen;
 pub mod units;
 pub mod uri;

@@ -11,6 +11,8 @@
 //! - [`session`]: the sender and receiver protocol drivers.
 //! - [`qos`]: run-time adjustable bandwidth limits.
 //! - [`netsim`]: a seeded UDP impairment proxy (link cuts, loss, delay) for demos and tests.
+//! - [`rbddiff`]: Ceph `rbd diff` v1/v2 and `rbd image v2` streams: parser, writer,
+//!   export of raw files, atomic import into raw files.
 //! - [`sys`]: the only place with `unsafe` (io_uring, fallocate).
 #![deny(unsafe_code)]
 
@@ -20,6 +22,7 @@ pub mod identity;
 pub mod netsim;
 pub mod pipeline;
 pub mod qos;
+pub mod rbddiff;
 pub mod session;
 pub mod source;
 pub mod standby;

@@ -57,6 +57,63 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write SOURCE (file:/a.raw) as an rbd diff (the `rbd export-diff`
+    /// format) to PATH or `-` (stdout).
+    ExportDiff {
+        /// file:/path/to/image.raw (rbd:POOL/IMAGE[@SNAP] needs the librbd backend).
+        source: String,
+        /// Output file (must not exist) or `-` for stdout.
+        path: String,
+        /// Snapshot to start from (rbd: sources only; files have no snapshots).
+        #[arg(long)]
+        from_snap: Option<String>,
+        /// Export only what differs from this older copy of the image.
+        #[arg(long)]
+        from_file: Option<PathBuf>,
+        /// Snapshot name written as the diff's start (`f` record); use with --from-file.
+        #[arg(long)]
+        from_snap_name: Option<String>,
+        /// Snapshot name written as the diff's end (`t` record).
+        #[arg(long)]
+        to_snap_name: Option<String>,
+        /// 1: `rbd diff v1` (default); 2: an `rbd image v2` stream as written
+        /// by `rbd export --export-format 2`.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+        export_format: u8,
+        /// Ceph cluster name (rbd: only).
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Ceph configuration file (rbd: only).
+        #[arg(long)]
+        conf: Option<PathBuf>,
+        /// Print a JSON report on stderr.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply an rbd diff (`rbd export-diff` output, or `rbd export
+    /// --export-format 2`) from PATH or `-` (stdin) to TARGET, atomically:
+    /// on any error the target is left exactly as it was.
+    ImportDiff {
+        /// Diff file or `-` for stdin (spooled next to the target).
+        path: String,
+        /// file:/path/to/image.raw, created if missing (rbd: needs the librbd backend).
+        target: String,
+        /// Apply even if TARGET.ferry-snap does not name the diff's from-snapshot.
+        #[arg(long)]
+        no_snap_check: bool,
+        /// Fail instead of creating a missing target.
+        #[arg(long)]
+        no_create: bool,
+        /// Ceph cluster name (rbd: only).
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Ceph configuration file (rbd: only).
+        #[arg(long)]
+        conf: Option<PathBuf>,
+        /// Print a JSON report on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Start a primary and a standby on loopback and show replication, resume
     /// after a link cut, verification and restore.
     Demo {
@@ -158,6 +215,59 @@ async fn main_inner(cli: Cli) -> Result<ExitCode> {
             } else {
                 ExitCode::from(1)
             })
+        }
+        Command::ExportDiff {
+            source,
+            path,
+            from_snap,
+            from_file,
+            from_snap_name,
+            to_snap_name,
+            export_format,
+            cluster: _,
+            conf: _,
+            json,
+        } => {
+            use ferry_agent::diffcmd;
+            let report = diffcmd::export_diff(&diffcmd::ExportArgs {
+                source,
+                output: path,
+                from_snap,
+                from_file,
+                from_snap_name,
+                to_snap_name,
+                image_v2: export_format == 2,
+            })?;
+            // stdout may carry the diff itself, so the report goes to stderr.
+            if json {
+                eprintln!("{}", serde_json::to_string(&report)?);
+            } else {
+                eprintln!("{}", diffcmd::export_summary(&report));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ImportDiff {
+            path,
+            target,
+            no_snap_check,
+            no_create,
+            cluster: _,
+            conf: _,
+            json,
+        } => {
+            use ferry_agent::diffcmd;
+            let report = diffcmd::import_diff(&diffcmd::ImportArgs {
+                input: path,
+                target,
+                no_snap_check,
+                no_create,
+            })?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{}", diffcmd::import_summary(&report));
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Demo { size, keep } => {
             let size = ferry_agent::units::parse_bytes(&size)?;

@@ -1,0 +1,1 @@
+//! Unit tests of the rbd diff parser, writer, export and import.
