@@ -25,11 +25,12 @@ pub fn parse_rate(input: &str) -> Result<Option<u64>, UnitError> {
     if matches!(lower.as_str(), "unlimited" | "none" | "off" | "0") {
         return Ok(None);
     }
-    let stripped = lower
-        .strip_suffix("/s")
-        .or_else(|| lower.strip_suffix("ps"))
-        .unwrap_or(&lower);
-    parse(stripped, "a rate").map(Some)
+    // "Gbps" is gigabits per second; "MB/s" and "M" are bytes per second.
+    let normalized = match lower.strip_suffix("bps") {
+        Some(prefix) => format!("{prefix}bit"),
+        None => lower.strip_suffix("/s").unwrap_or(&lower).to_owned(),
+    };
+    parse(&normalized, "a rate").map(Some)
 }
 
 fn parse(input: &str, what: &'static str) -> Result<u64, UnitError> {
