@@ -10,12 +10,12 @@ use anyhow::{bail, Context, Result};
 use ferry_engine::identity::Identity;
 use ferry_engine::qos::RateLimiter;
 use ferry_engine::session::sender::{
-    sync_image, SyncOptions, SyncProgress, SyncReport, SyncTarget,
+    sync_group, GroupReport, ImageJob, SyncOptions, SyncProgress, SyncTarget,
 };
 use ferry_engine::session::verify::{verify_image, VerifyReport};
 use ferry_engine::source::file::FileSource;
 use ferry_protocol::{AgentId, ImageName};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use tokio::sync::watch;
 use tracing::info;
 
@@ -34,10 +34,9 @@ pub fn source_state_dir(dir: &Path, peer: AgentId, image: &ImageName) -> PathBuf
 pub struct SyncRequest<'a> {
     /// The primary agent directory (identity, config, source state).
     pub dir: &'a Path,
-    /// What to replicate.
-    pub source: &'a SourceUri,
-    /// Where to.
-    pub target: &'a TargetUri,
+    /// What to replicate where: one pair, or several images of one group
+    /// (all on the same standby agent, committed as one recovery point).
+    pub pairs: &'a [(SourceUri, TargetUri)],
     /// The standby agent's fingerprint.
     pub peer: AgentId,
     /// `--bwlimit`, overriding the config's send limit (`Some(None)` = unlimited).
@@ -57,9 +56,20 @@ fn options_from(config: &AgentConfig) -> SyncOptions {
     }
 }
 
-/// Runs one replication cycle; returns when the recovery point is committed.
-pub async fn sync(request: SyncRequest<'_>) -> Result<SyncReport> {
-    let SourceUri::File(path) = request.source;
+/// Runs one replication cycle of every pair; returns when the (group)
+/// recovery point is committed.
+pub async fn sync(request: SyncRequest<'_>) -> Result<GroupReport> {
+    let Some((_, first_target)) = request.pairs.first() else {
+        bail!("nothing to replicate: give SOURCE TARGET");
+    };
+    let addr = first_target.addr;
+    if let Some((_, other)) = request.pairs.iter().find(|(_, t)| t.addr != addr) {
+        bail!(
+            "all images of one sync must go to the same standby agent: {} and {} differ",
+            addr,
+            other.addr
+        );
+    }
     let identity = Identity::load(request.dir)?;
     let cfg_path = config_path(request.dir, None);
     let config = AgentConfig::load(cfg_path.as_deref())?;
@@ -70,26 +80,41 @@ pub async fn sync(request: SyncRequest<'_>) -> Result<SyncReport> {
     if let Some(tweak) = request.tweak {
         tweak(&mut options);
     }
-    let state_dir = source_state_dir(request.dir, request.peer, &request.target.image);
-    std::fs::create_dir_all(&state_dir)
-        .with_context(|| format!("creating {}", state_dir.display()))?;
-    let lock_path = state_dir.join("sync.lock");
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("opening {}", lock_path.display()))?;
-    if lock.try_lock().is_err() {
-        bail!(
-            "another `ferry sync` of {} to {} is running (lock {} is held)",
-            path.display(),
-            request.target.image,
-            lock_path.display()
-        );
+
+    let mut jobs = Vec::with_capacity(request.pairs.len());
+    let mut locks = Vec::with_capacity(request.pairs.len());
+    let mut progress_rx = Vec::new();
+    for (source, target) in request.pairs {
+        let SourceUri::File(path) = source;
+        let state_dir = source_state_dir(request.dir, request.peer, &target.image);
+        std::fs::create_dir_all(&state_dir)
+            .with_context(|| format!("creating {}", state_dir.display()))?;
+        let lock_path = state_dir.join("sync.lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("opening {}", lock_path.display()))?;
+        if lock.try_lock().is_err() {
+            bail!(
+                "another `ferry sync` of {} to {} is running (lock {} is held)",
+                path.display(),
+                target.image,
+                lock_path.display()
+            );
+        }
+        locks.push(lock);
+        let source = FileSource::open(path, &state_dir)
+            .with_context(|| format!("opening source {}", path.display()))?;
+        let (tx, rx) = watch::channel(SyncProgress::default());
+        progress_rx.push(rx);
+        jobs.push(ImageJob {
+            source: Box::new(source),
+            image: target.image.clone(),
+            progress: tx,
+        });
     }
-    let source = FileSource::open(path, &state_dir)
-        .with_context(|| format!("opening source {}", path.display()))?;
 
     // SIGHUP re-reads the config's send limit while the sync runs.
     let limiter = options.limiter.clone();
@@ -110,32 +135,37 @@ pub async fn sync(request: SyncRequest<'_>) -> Result<SyncReport> {
         }
     });
 
-    let (progress_tx, progress_rx) = watch::channel(SyncProgress::default());
-    let bar = request
-        .progress_bar
-        .then(|| spawn_progress_bar(progress_rx));
-    let target = SyncTarget {
-        addr: request.target.addr,
-        peer: request.peer,
-        image: request.target.image.clone(),
-    };
-    let result = sync_image(Box::new(source), target, identity, options, progress_tx).await;
+    let bars = request.progress_bar.then(|| {
+        let multi = MultiProgress::new();
+        let tasks: Vec<_> = progress_rx
+            .into_iter()
+            .zip(request.pairs.iter())
+            .map(|(rx, (_, t))| spawn_progress_bar(&multi, t.image.to_string(), rx))
+            .collect();
+        (multi, tasks)
+    });
+    let result = sync_group(jobs, addr, request.peer, identity, options).await;
     reload.abort();
-    if let Some((bar, task)) = bar {
-        task.abort();
-        bar.finish_and_clear();
+    if let Some((multi, tasks)) = bars {
+        for (bar, task) in tasks {
+            task.abort();
+            bar.finish_and_clear();
+        }
+        let _ = multi.clear();
     }
-    drop(lock);
+    drop(locks);
     Ok(result?)
 }
 
 fn spawn_progress_bar(
+    multi: &MultiProgress,
+    name: String,
     mut progress: watch::Receiver<SyncProgress>,
 ) -> (ProgressBar, tokio::task::JoinHandle<()>) {
-    let bar = ProgressBar::new(0);
+    let bar = multi.add(ProgressBar::new(0));
     bar.set_style(
         ProgressStyle::with_template(
-            "{spinner} {msg:12} [{bar:30}] {bytes}/{total_bytes} scanned  {prefix}",
+            "{spinner} {msg:20} [{bar:30}] {bytes}/{total_bytes} scanned  {prefix}",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> "),
@@ -147,7 +177,7 @@ fn spawn_progress_bar(
             let p = progress.borrow().clone();
             handle.set_length(p.image_size);
             handle.set_position(p.bytes_scanned);
-            handle.set_message(p.phase);
+            handle.set_message(format!("{name} {}", p.phase));
             handle.set_prefix(format!(
                 "sent {}  {}/s  reconnects {}",
                 crate::units::human_bytes(p.bytes_sent),

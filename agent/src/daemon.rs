@@ -68,7 +68,12 @@ impl RunningStandby {
         self.endpoint
             .close(quinn::VarInt::from_u32(0), b"agent shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(5), self.endpoint.wait_idle()).await;
-        self.task.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+        // Stager threads finish their last fsync and drop the store.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while Arc::strong_count(&self.context) > 1 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 

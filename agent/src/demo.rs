@@ -20,6 +20,22 @@ use crate::imagegen;
 use crate::units::human_bytes;
 use crate::uri::{SourceUri, TargetUri};
 
+/// The report of the single image of a one-image sync, with the group's
+/// recovery point and reconnects.
+fn image_report(
+    group: ferry_engine::session::sender::GroupReport,
+) -> Result<ferry_engine::session::sender::SyncReport> {
+    let mut report = group
+        .images
+        .into_iter()
+        .next()
+        .context("sync reported no image")?;
+    report.recovery_point = group.recovery_point;
+    report.reconnects = group.reconnects;
+    report.seconds = group.seconds;
+    Ok(report)
+}
+
 /// Runs the demo in `work` (a fresh directory) with an image of `size` bytes.
 pub async fn run(work: &Path, size: u64) -> Result<()> {
     let primary_dir = work.join("primary");
@@ -73,17 +89,17 @@ pub async fn run(work: &Path, size: u64) -> Result<()> {
         o.transport.idle_timeout = Duration::from_secs(2);
         o.reconnect_for = Duration::from_secs(60);
     };
+    let pairs = [(source.clone(), target.clone())];
     let request = || SyncRequest {
         dir: &primary_dir,
-        source: &source,
-        target: &target,
+        pairs: &pairs,
         peer: standby.fingerprint(),
         bwlimit: None,
         progress_bar: false,
         tweak: Some(&tweak),
     };
 
-    let first = client::sync(request()).await?;
+    let first = image_report(client::sync(request()).await?)?;
     let first_hash = imagegen::file_hash(&image)?;
     println!(
         "4. full sync: scanned {}, {} zero (never sent), {} of data sent as {} on the wire, {:.2}s ({}/s) → recovery point {}",
@@ -98,7 +114,7 @@ pub async fn run(work: &Path, size: u64) -> Result<()> {
 
     let written = imagegen::scattered_writes(&image, 2_000, 7)?;
     imagegen::write_text(&image, size / 3, 4 * 1024 * 1024, 8)?;
-    let second = client::sync(request()).await?;
+    let second = image_report(client::sync(request()).await?)?;
     println!(
         "5. wrote 2000 scattered 4 KiB blocks ({}) and 4 MiB of log text; incremental sync found {} changed and sent {} ({:.2} wire bytes per changed byte) in {:.2}s",
         human_bytes(written),
@@ -123,10 +139,10 @@ pub async fn run(work: &Path, size: u64) -> Result<()> {
                 o.transport.idle_timeout = Duration::from_secs(2);
                 o.reconnect_for = Duration::from_secs(60);
             };
+            let pairs = [(source, target)];
             client::sync(SyncRequest {
                 dir: &dir,
-                source: &source,
-                target: &target,
+                pairs: &pairs,
                 peer,
                 bwlimit: Some(Some(20_000_000)),
                 progress_bar: false,
@@ -141,7 +157,7 @@ pub async fn run(work: &Path, size: u64) -> Result<()> {
     tokio::time::sleep(Duration::from_secs(4)).await;
     proxy.set_blackhole(false);
     println!("   link restored");
-    let third = sync_task.await.context("sync task")??;
+    let third = image_report(sync_task.await.context("sync task")??)?;
     println!(
         "   sync resumed and committed recovery point {}: {} reconnect(s), {} batches sent, {} resent (unacknowledged when the link died), {} changed, {:.2}s",
         third.recovery_point,

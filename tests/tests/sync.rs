@@ -301,3 +301,88 @@ fn untrusted_primary_and_wrong_standby_fingerprint_are_refused() {
     // Nothing was written for either attempt.
     assert!(!pair.standby.image_path("x").exists());
 }
+
+#[test]
+fn several_images_over_one_connection_commit_one_recovery_point() {
+    let mut pair = Pair::new(None);
+    // Two image streams at a time: the third waits for a slot.
+    std::fs::write(
+        pair.primary_dir.join("config.toml"),
+        "[transport]\nmax_concurrent_images = 2\n",
+    )
+    .unwrap();
+    let names = ["disk0", "disk1", "disk2"];
+    let images: Vec<_> = names
+        .iter()
+        .map(|n| pair.path(&format!("{n}.raw")))
+        .collect();
+    for (i, path) in images.iter().enumerate() {
+        imagegen::make_image(path, (8 + 4 * i as u64) * MIB, 80 + i as u64).unwrap();
+    }
+    let dir_s = pair.primary_dir.display().to_string();
+    let run = |pair: &Pair| {
+        let mut args: Vec<String> = vec!["sync".into(), "--dir".into(), dir_s.clone()];
+        for (name, path) in names.iter().zip(&images) {
+            args.push(format!("file:{}", path.display()));
+            args.push(pair.standby.target(name));
+        }
+        args.extend([
+            "--peer".into(),
+            pair.standby.fingerprint.clone(),
+            "--json".into(),
+        ]);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = ferry(&refs);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let first = run(&pair);
+    assert_eq!(first["images"].as_array().unwrap().len(), 3, "{first}");
+    for (name, path) in names.iter().zip(&images) {
+        assert_eq!(hash_file(path), hash_file(&pair.standby.image_path(name)));
+    }
+    imagegen::scattered_writes(&images[1], 50, 90).unwrap();
+    let second = run(&pair);
+    assert!(second["recovery_point"].as_u64() > first["recovery_point"].as_u64());
+    // Only disk1 changed, but every image is part of the new point.
+    let changed: Vec<u64> = second["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["bytes_changed"].as_u64().unwrap())
+        .collect();
+    assert_eq!(changed.iter().filter(|c| **c > 0).count(), 1, "{second}");
+    for (name, path) in names.iter().zip(&images) {
+        assert_eq!(hash_file(path), hash_file(&pair.standby.image_path(name)));
+    }
+    // Every image's current recovery point is the group's.
+    pair.standby.stop();
+    for name in names {
+        let out = std::process::Command::new(ferry_e2e::bin("ferry-agent"))
+            .args(["points", "--dir"])
+            .arg(&pair.standby.dir)
+            .args([name, "--json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let points: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let current = points
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["current"] == true)
+            .unwrap();
+        assert_eq!(
+            current["recovery_point"], second["recovery_point"],
+            "{name}: {points}"
+        );
+    }
+}

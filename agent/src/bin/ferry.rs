@@ -29,6 +29,10 @@ enum Command {
         source: String,
         /// Where: quic://HOST:PORT/NAME.
         target: String,
+        /// More SOURCE TARGET pairs: all images are replicated over one
+        /// connection and committed together as one recovery point.
+        #[arg(value_name = "SOURCE TARGET")]
+        more: Vec<String>,
         /// The standby agent's certificate fingerprint.
         #[arg(long)]
         peer: String,
@@ -139,19 +143,24 @@ async fn main_inner(cli: Cli) -> Result<ExitCode> {
             dir,
             source,
             target,
+            more,
             peer: fp,
             bwlimit,
             json,
         } => {
-            let source = SourceUri::parse(&source)?;
-            let target = TargetUri::parse(&target)?;
+            if more.len() % 2 != 0 {
+                anyhow::bail!("extra arguments must come in SOURCE TARGET pairs");
+            }
+            let mut pairs = vec![(SourceUri::parse(&source)?, TargetUri::parse(&target)?)];
+            for pair in more.chunks(2) {
+                pairs.push((SourceUri::parse(&pair[0])?, TargetUri::parse(&pair[1])?));
+            }
             let bwlimit = bwlimit
                 .map(|b| ferry_agent::units::parse_rate(&b))
                 .transpose()?;
-            let report = ferry_agent::client::sync(ferry_agent::client::SyncRequest {
+            let group = ferry_agent::client::sync(ferry_agent::client::SyncRequest {
                 dir: &dir,
-                source: &source,
-                target: &target,
+                pairs: &pairs,
                 peer: peer(&fp)?,
                 bwlimit,
                 progress_bar: !json && std::io::stderr().is_terminal(),
@@ -159,20 +168,44 @@ async fn main_inner(cli: Cli) -> Result<ExitCode> {
             })
             .await?;
             if json {
-                println!("{}", serde_json::to_string(&report)?);
+                if group.images.len() == 1 {
+                    // One image: its report, with the recovery point and totals.
+                    let mut report = group.images[0].clone();
+                    report.recovery_point = group.recovery_point;
+                    report.reconnects = group.reconnects;
+                    report.seconds = group.seconds;
+                    println!("{}", serde_json::to_string(&report)?);
+                } else {
+                    println!("{}", serde_json::to_string(&group)?);
+                }
             } else {
                 use ferry_agent::units::human_bytes;
+                for report in &group.images {
+                    println!(
+                        "{}: scanned {}, changed {}, zero {}, sent {}{}",
+                        report.image,
+                        human_bytes(report.bytes_scanned),
+                        human_bytes(report.bytes_changed),
+                        human_bytes(report.bytes_zero),
+                        human_bytes(report.bytes_sent),
+                        if report.fuzzy {
+                            " (fuzzy: the source changed while it was read)"
+                        } else {
+                            ""
+                        },
+                    );
+                }
                 println!(
-                    "committed recovery point {} of {}: scanned {}, changed {}, zero {}, sent {} in {:.2}s{}{}",
-                    report.recovery_point,
-                    report.image,
-                    human_bytes(report.bytes_scanned),
-                    human_bytes(report.bytes_changed),
-                    human_bytes(report.bytes_zero),
-                    human_bytes(report.bytes_sent),
-                    report.seconds,
-                    if report.fuzzy { " (fuzzy: the source changed while it was read)" } else { "" },
-                    if report.reconnects > 0 { format!(", {} reconnects", report.reconnects) } else { String::new() },
+                    "committed recovery point {} ({} image{}) in {:.2}s{}",
+                    group.recovery_point,
+                    group.images.len(),
+                    if group.images.len() == 1 { "" } else { "s" },
+                    group.seconds,
+                    if group.reconnects > 0 {
+                        format!(", {} reconnects", group.reconnects)
+                    } else {
+                        String::new()
+                    },
                 );
             }
             Ok(ExitCode::SUCCESS)

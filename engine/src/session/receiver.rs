@@ -141,11 +141,13 @@ fn store_error_code(e: &StoreError) -> ErrorCode {
     }
 }
 
-/// Accepts connections on `endpoint` until it is closed.
+/// Accepts connections on `endpoint` until it is closed, then ends every
+/// connection task it started (so the store is released when this returns).
 pub async fn serve(endpoint: quinn::Endpoint, ctx: Arc<ReceiverContext>) {
+    let mut connections = tokio::task::JoinSet::new();
     while let Some(incoming) = endpoint.accept().await {
         let ctx = ctx.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let remote = incoming.remote_address();
             match incoming.await {
                 Ok(conn) => handle_connection(conn, ctx).await,
@@ -154,7 +156,10 @@ pub async fn serve(endpoint: quinn::Endpoint, ctx: Arc<ReceiverContext>) {
                 }
             }
         });
+        // Reap finished connection tasks as we go.
+        while connections.try_join_next().is_some() {}
     }
+    connections.shutdown().await;
 }
 
 type Parked = Arc<Mutex<HashMap<ImageName, EpochWriter>>>;

@@ -286,20 +286,20 @@ struct ImageStream {
     answer: ResumeAnswer,
 }
 
-async fn open_image_stream(
-    link: &Link,
+async fn open_image_stream_on(
+    connection: &quinn::Connection,
     open: &OpenImage,
     target: &SyncTarget,
     identity: &Identity,
     options: &SyncOptions,
 ) -> Result<ImageStream, SyncError> {
-    let (send, recv) = link.connection.open_bi().await.map_err(|source| {
+    let (send, recv) = connection.open_bi().await.map_err(|source| {
         transport::explain_connection_error(target.addr, source, identity.fingerprint())
     })?;
     let mut writer = FrameWriter::new(send, options.max_frame_len);
     let mut reader = FrameReader::new(recv, options.max_frame_len);
     writer.send(&Message::OpenImage(open.clone())).await?;
-    match next_or_lost(&mut reader, &link.connection, target.addr, identity).await? {
+    match next_or_lost(&mut reader, connection, target.addr, identity).await? {
         Message::ResumeAnswer(answer)
             if answer.image == open.image && answer.epoch == open.epoch =>
         {
@@ -416,124 +416,491 @@ fn plan_epoch(
     }
 }
 
+/// One image of a group sync: where its changes come from and its name on
+/// the standby.
+pub struct ImageJob {
+    /// The source of the image's changes.
+    pub source: Box<dyn ExtentSource>,
+    /// Name on the standby.
+    pub image: ImageName,
+    /// Where this image's live progress is published.
+    pub progress: watch::Sender<SyncProgress>,
+}
+
+/// What a completed group sync did.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct GroupReport {
+    /// The recovery point committed on the standby (covers every image).
+    pub recovery_point: u64,
+    /// Per image.
+    pub images: Vec<SyncReport>,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+    /// Any image changed while it was read.
+    pub fuzzy: bool,
+    /// Connections re-established.
+    pub reconnects: u32,
+}
+
+/// The connection to the standby, shared by every image of a group sync,
+/// re-established (once, by whichever image notices first) when it fails.
+struct Links {
+    endpoint: quinn::Endpoint,
+    target_addr: SocketAddr,
+    peer: AgentId,
+    identity: Identity,
+    options: SyncOptions,
+    state: tokio::sync::Mutex<LinkState>,
+    reconnects: std::sync::atomic::AtomicU32,
+}
+
+struct LinkState {
+    generation: u64,
+    link: Link,
+}
+
+impl Links {
+    fn target(&self, image: &ImageName) -> SyncTarget {
+        SyncTarget {
+            addr: self.target_addr,
+            peer: self.peer,
+            image: image.clone(),
+        }
+    }
+
+    async fn current(&self) -> (u64, quinn::Connection) {
+        let state = self.state.lock().await;
+        (state.generation, state.link.connection.clone())
+    }
+
+    /// Replaces the connection of generation `failed` (unless another image
+    /// already did) and returns the current one.
+    async fn reconnect(
+        &self,
+        failed: u64,
+        why: &SyncError,
+    ) -> Result<(u64, quinn::Connection), SyncError> {
+        let mut state = self.state.lock().await;
+        if state.generation != failed {
+            return Ok((state.generation, state.link.connection.clone()));
+        }
+        warn!(addr = %self.target_addr, error = %why, "link lost; reconnecting");
+        let deadline = Instant::now() + self.options.reconnect_for;
+        let mut delay = Duration::from_millis(200);
+        let mut last = why.to_string();
+        loop {
+            if Instant::now() >= deadline {
+                return Err(SyncError::LinkLost {
+                    addr: self.target_addr,
+                    seconds: self.options.reconnect_for.as_secs(),
+                    last,
+                });
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+            let probe = SyncTarget {
+                addr: self.target_addr,
+                peer: self.peer,
+                image: ImageName::new("probe").map_err(|e| SyncError::Protocol(e.to_string()))?,
+            };
+            match open_link(&self.endpoint, &probe, &self.identity, &self.options).await {
+                Ok(link) => {
+                    state
+                        .link
+                        .connection
+                        .close(quinn::VarInt::from_u32(0), b"replaced");
+                    state.link = link;
+                    state.generation += 1;
+                    self.reconnects
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    info!(addr = %self.target_addr, generation = state.generation, "reconnected");
+                    return Ok((state.generation, state.link.connection.clone()));
+                }
+                Err(e) if is_retryable(&e) => last = e.to_string(),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One request/answer on the control stream of the current connection.
+    async fn ask(&self, request: &Message) -> Result<(u64, Message), SyncError> {
+        let mut state = self.state.lock().await;
+        let generation = state.generation;
+        let LinkState { link, .. } = &mut *state;
+        link.control_writer.send(request).await?;
+        let answer = next_or_lost(
+            &mut link.control_reader,
+            &link.connection,
+            self.target_addr,
+            &self.identity,
+        )
+        .await?;
+        Ok((generation, answer))
+    }
+}
+
+fn is_retryable(e: &SyncError) -> bool {
+    is_link_error(e)
+        || matches!(
+            e,
+            SyncError::Peer {
+                code: ferry_protocol::ErrorCode::Busy,
+                ..
+            }
+        )
+}
+
+/// What one image's transfer hands to the group commit.
+struct Transferred {
+    source: Box<dyn ExtentSource>,
+    open: OpenImage,
+    last_seq: SeqNo,
+    fuzzy: bool,
+    /// Connection generation on which the image's writer is parked.
+    parked_on: u64,
+    report: SyncReport,
+}
+
+/// An image whose epoch has been planned against the standby.
+struct Planned {
+    job: ImageJob,
+    open: OpenImage,
+}
+
 /// Replicates one cycle of `source` to the standby and commits it as a
 /// recovery point. Progress is published on `progress`.
 pub async fn sync_image(
-    mut source: Box<dyn ExtentSource>,
+    source: Box<dyn ExtentSource>,
     target: SyncTarget,
     identity: Identity,
     options: SyncOptions,
     progress: watch::Sender<SyncProgress>,
 ) -> Result<SyncReport, SyncError> {
-    let started = Instant::now();
-    let info = source.info()?;
-    let endpoint = transport::client_endpoint(target.addr, &options.transport)?;
-    let mut link = open_link(&endpoint, &target, &identity, &options).await?;
-
-    // Ask the standby where it stands (no side effects on its state).
-    let source_committed = source.committed_epoch();
-    link.control_writer
-        .send(&Message::ResumeQuery(ResumeQuery {
-            image: target.image.clone(),
-            epoch: source_committed.next(),
-        }))
-        .await?;
-    let probe_answer = match next_or_lost(
-        &mut link.control_reader,
-        &link.connection,
-        target.addr,
-        &identity,
-    )
-    .await?
-    {
-        Message::ResumeAnswer(a) if a.image == target.image => a,
-        Message::Error(e) => return Err(e.into()),
-        other => {
-            return Err(SyncError::Protocol(format!(
-                "expected ResumeAnswer, got {other:?}"
-            )))
-        }
-    };
-    let scan_complete = source.resumable_offset(source_committed.next()) >= info.size;
-    let (epoch, base_epoch, commit_first) = plan_epoch(
-        source_committed,
-        probe_answer.committed_epoch,
-        scan_complete,
-    );
-    if commit_first {
-        source.commit_cycle(base_epoch)?;
-        info!(image = %target.image, epoch = %base_epoch, "the standby had already committed our last epoch; recorded it");
-    }
-    let open = OpenImage {
+    let job = ImageJob {
+        source,
         image: target.image.clone(),
-        size: info.size,
-        block_size: info.block_size,
-        epoch,
-        base_epoch,
+        progress,
     };
-    let mut stream = open_image_stream(&link, &open, &target, &identity, &options).await?;
+    let mut group = sync_group(vec![job], target.addr, target.peer, identity, options).await?;
+    let mut report = group
+        .images
+        .pop()
+        .ok_or_else(|| SyncError::Protocol("group sync returned no image".into()))?;
+    report.recovery_point = group.recovery_point;
+    report.reconnects = group.reconnects;
+    report.seconds = group.seconds;
+    Ok(report)
+}
+
+/// Replicates one cycle of every image in `jobs` over one connection (up to
+/// `max_concurrent_images` at once) and commits them together as one
+/// recovery point: the standby applies it only when every image is complete,
+/// and atomically across images.
+pub async fn sync_group(
+    jobs: Vec<ImageJob>,
+    addr: SocketAddr,
+    peer: AgentId,
+    identity: Identity,
+    options: SyncOptions,
+) -> Result<GroupReport, SyncError> {
+    let started = Instant::now();
+    if jobs.is_empty() {
+        return Err(SyncError::Protocol(
+            "a group sync needs at least one image".into(),
+        ));
+    }
+    let mut names = std::collections::HashSet::new();
+    for job in &jobs {
+        if !names.insert(job.image.clone()) {
+            return Err(SyncError::Protocol(format!(
+                "image {} appears twice in one group",
+                job.image
+            )));
+        }
+    }
+    let endpoint = transport::client_endpoint(addr, &options.transport)?;
+    let first_target = SyncTarget {
+        addr,
+        peer,
+        image: jobs[0].image.clone(),
+    };
+    let link = open_link(&endpoint, &first_target, &identity, &options).await?;
+    let links = std::sync::Arc::new(Links {
+        endpoint: endpoint.clone(),
+        target_addr: addr,
+        peer,
+        identity,
+        options: options.clone(),
+        state: tokio::sync::Mutex::new(LinkState {
+            generation: 0,
+            link,
+        }),
+        reconnects: std::sync::atomic::AtomicU32::new(0),
+    });
+
+    // Plan every image's epoch against what the standby holds.
+    let mut planned = Vec::with_capacity(jobs.len());
+    for mut job in jobs {
+        let info = job.source.info()?;
+        let source_committed = job.source.committed_epoch();
+        let (_, answer) = links
+            .ask(&Message::ResumeQuery(ResumeQuery {
+                image: job.image.clone(),
+                epoch: source_committed.next(),
+            }))
+            .await?;
+        let answer = match answer {
+            Message::ResumeAnswer(a) if a.image == job.image => a,
+            Message::Error(e) => return Err(e.into()),
+            other => {
+                return Err(SyncError::Protocol(format!(
+                    "expected ResumeAnswer, got {other:?}"
+                )))
+            }
+        };
+        let scan_complete = job.source.resumable_offset(source_committed.next()) >= info.size;
+        let (epoch, base_epoch, commit_first) =
+            plan_epoch(source_committed, answer.committed_epoch, scan_complete);
+        if commit_first {
+            job.source.commit_cycle(base_epoch)?;
+            info!(image = %job.image, epoch = %base_epoch, "the standby had already committed our last epoch; recorded it");
+        }
+        let open = OpenImage {
+            image: job.image.clone(),
+            size: info.size,
+            block_size: info.block_size,
+            epoch,
+            base_epoch,
+        };
+        planned.push(Planned { job, open });
+    }
+
+    // Transfer, at most max_concurrent_images at once.
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(
+        options.transport.max_concurrent_images.max(1) as usize,
+    ));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, plan) in planned.into_iter().enumerate() {
+        let links = links.clone();
+        let slots = slots.clone();
+        tasks.spawn(async move {
+            let _slot = slots.acquire_owned().await;
+            (index, transfer_image(&links, plan).await)
+        });
+    }
+    let mut done: Vec<Option<Transferred>> = Vec::new();
+    let mut failure = None;
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((index, Ok(t))) => {
+                if done.len() <= index {
+                    done.resize_with(index + 1, || None);
+                }
+                done[index] = Some(t);
+            }
+            Ok((_, Err(e))) => {
+                if failure.is_none() {
+                    failure = Some(e);
+                    tasks.abort_all();
+                }
+            }
+            Err(e) if e.is_cancelled() => {}
+            Err(e) => {
+                failure.get_or_insert(SyncError::Protocol(format!("image task failed: {e}")));
+            }
+        }
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let mut done: Vec<Transferred> = done.into_iter().flatten().collect();
+
+    // Commit every image as one recovery point.
+    let recovery_point =
+        RecoveryPointId(unix_ms().max(done.iter().map(|t| t.open.epoch.get()).max().unwrap_or(1)));
+    let fuzzy = done.iter().any(|t| t.fuzzy);
+    let commit = Commit {
+        recovery_point,
+        created_unix_ms: unix_ms(),
+        fuzzy,
+        images: done
+            .iter()
+            .map(|t| CommitImage {
+                image: t.open.image.clone(),
+                epoch: t.open.epoch,
+                last_seq: t.last_seq,
+                size: t.open.size,
+            })
+            .collect(),
+    };
+    commit_group(&links, &commit, &mut done).await?;
+    let mut report = GroupReport {
+        recovery_point: recovery_point.get(),
+        fuzzy,
+        ..GroupReport::default()
+    };
+    for t in done {
+        let Transferred {
+            mut source,
+            open,
+            report: mut image_report,
+            ..
+        } = t;
+        source.commit_cycle(open.epoch)?;
+        image_report.recovery_point = recovery_point.get();
+        report.images.push(image_report);
+    }
+    {
+        let mut state = links.state.lock().await;
+        let link = &mut state.link;
+        for r in &mut report.images {
+            r.udp_bytes = link.connection.stats().udp_tx.bytes;
+        }
+        link.control_writer.finish();
+        link.connection.close(quinn::VarInt::from_u32(0), b"done");
+    }
+    report.reconnects = links.reconnects.load(std::sync::atomic::Ordering::Relaxed);
+    report.seconds = started.elapsed().as_secs_f64();
+    endpoint.wait_idle().await;
+    Ok(report)
+}
+
+/// Sends `commit`, re-parking images on a new connection and asking whether
+/// the point was already committed when the link fails meanwhile.
+async fn commit_group(
+    links: &Links,
+    commit: &Commit,
+    done: &mut [Transferred],
+) -> Result<(), SyncError> {
+    let deadline = Instant::now() + links.options.reconnect_for;
+    let recovery_point = commit.recovery_point;
+    loop {
+        let (generation, _) = links.current().await;
+        let attempt = async {
+            let (first_image, first_epoch) = (done[0].open.image.clone(), done[0].open.epoch);
+            if done.iter().any(|t| t.parked_on != generation) {
+                // The standby may already have committed before the link broke.
+                let query = ResumeQuery { image: first_image, epoch: first_epoch };
+                let (_, answer) = links.ask(&Message::ResumeQuery(query)).await?;
+                if let Message::ResumeAnswer(a) = answer {
+                    if a.committed_epoch == first_epoch {
+                        return Ok(true);
+                    }
+                }
+            }
+            for t in done.iter_mut() {
+                if t.parked_on == generation {
+                    continue;
+                }
+                let (gen_now, connection) = links.current().await;
+                let target = links.target(&t.open.image);
+                let mut again = open_image_stream_on(&connection, &t.open, &target, &links.identity, &links.options).await?;
+                if again.answer.durable_seq != t.last_seq {
+                    return Err(SyncError::Protocol(format!(
+                        "before committing, the standby holds batch {} of {} epoch {} durably, but batch {} was acknowledged",
+                        again.answer.durable_seq, t.open.image, t.open.epoch, t.last_seq
+                    )));
+                }
+                again.writer.finish();
+                while let Ok(Some(_)) = again.reader.next().await {}
+                t.parked_on = gen_now;
+            }
+            match links.ask(&Message::Commit(commit.clone())).await?.1 {
+                Message::Committed(c) if c.recovery_point == recovery_point => Ok(true),
+                Message::Error(e) => Err(e.into()),
+                other => Err(SyncError::Protocol(format!("expected Committed, got {other:?}"))),
+            }
+        }
+        .await;
+        match attempt {
+            Ok(_) => return Ok(()),
+            Err(e) if is_retryable(&e) && Instant::now() < deadline => {
+                links.reconnect(generation, &e).await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Runs one image's epoch: pipeline → batches → acks, across reconnects.
+/// Returns when every batch is durable on the standby and its writer is
+/// parked for the commit.
+async fn transfer_image(links: &Links, plan: Planned) -> Result<Transferred, SyncError> {
+    let Planned { job, open } = plan;
+    let ImageJob {
+        source,
+        image,
+        progress,
+    } = job;
+    let target = links.target(&image);
+    let (mut generation, connection) = links.current().await;
+    let mut stream =
+        match open_image_stream_on(&connection, &open, &target, &links.identity, &links.options)
+            .await
+        {
+            Ok(s) => s,
+            Err(e) if is_retryable(&e) => {
+                let (g, c) = links.reconnect(generation, &e).await?;
+                generation = g;
+                open_image_stream_on(&c, &open, &target, &links.identity, &links.options).await?
+            }
+            Err(e) => return Err(e),
+        };
     let resume_offset = stream
         .answer
         .resume_offset
-        .min(source.resumable_offset(epoch));
+        .min(source.resumable_offset(open.epoch));
     let durable_at_start = stream.answer.durable_seq;
     if resume_offset > 0 {
-        info!(image = %target.image, %epoch, resume_offset, durable_seq = %durable_at_start, "resuming an interrupted epoch");
+        info!(%image, epoch = %open.epoch, resume_offset, durable_seq = %durable_at_start, "resuming an interrupted epoch");
     }
     let plan = CyclePlan {
-        epoch,
-        base_epoch,
+        epoch: open.epoch,
+        base_epoch: open.base_epoch,
         resume_offset,
     };
-
+    let info_size = open.size;
     let mut transfer = Transfer {
         unacked: VecDeque::new(),
         unacked_bytes: 0,
         next_seq: durable_at_start.next(),
         durable_seq: durable_at_start,
         report: SyncReport {
-            image: target.image.to_string(),
-            epoch: epoch.get(),
-            base_epoch: base_epoch.get(),
-            image_size: info.size,
+            image: image.to_string(),
+            epoch: open.epoch.get(),
+            base_epoch: open.base_epoch.get(),
+            image_size: info_size,
             resumed_at: resume_offset,
             ..SyncReport::default()
         },
         meter: RateMeter::new(Instant::now()),
         progress: SyncProgress {
-            image_size: info.size,
+            image_size: info_size,
             resumed_at: resume_offset,
             bytes_scanned: resume_offset,
             phase: "sending",
             ..SyncProgress::default()
         },
     };
-
-    // The pipeline is blocking; a thread forwards its chunks to this task.
+    let options = &links.options;
     let pipeline = Pipeline::start(source, plan, options.pipeline)?;
     let (chunk_tx, mut chunk_rx) = mpsc::channel::<Result<EncodedChunk, PipelineError>>(2);
     let forwarder = tokio::task::spawn_blocking(move || {
         while let Some(item) = pipeline.recv() {
             if chunk_tx.blocking_send(item).is_err() {
-                return (pipeline, false);
+                return pipeline;
             }
         }
-        (pipeline, true)
+        pipeline
     });
 
     let mut pipeline_done = false;
     let mut pending_empty_since: u64 = resume_offset;
-    let mut last_scan_end = resume_offset;
-    let mut stream_finished = false;
-    let outcome: Result<(), SyncError> = 'session: loop {
-        let result: Result<bool, SyncError> = async {
+    let outcome: Result<(), SyncError> = loop {
+        let result: Result<(), SyncError> = async {
             loop {
                 if pipeline_done && transfer.unacked.is_empty() {
-                    if !stream_finished {
-                        stream.writer.finish();
-                        stream_finished = true;
-                    }
-                    return Ok(true);
+                    return Ok(());
                 }
                 let can_send = !pipeline_done && transfer.unacked_bytes < options.max_unacked_bytes;
                 tokio::select! {
@@ -545,9 +912,10 @@ pub async fn sync_image(
                             transfer.report.bytes_plain_data += chunk.stats.plain_data_bytes;
                             transfer.progress.bytes_scanned = chunk.scan_end;
                             transfer.progress.bytes_changed = transfer.report.bytes_changed;
-                            last_scan_end = chunk.scan_end;
-                            let empty = chunk.extents.is_empty();
-                            if empty && chunk.scan_end - pending_empty_since < options.empty_batch_every && chunk.scan_end < info.size {
+                            if chunk.extents.is_empty()
+                                && chunk.scan_end - pending_empty_since < options.empty_batch_every
+                                && chunk.scan_end < info_size
+                            {
                                 continue;
                             }
                             pending_empty_since = chunk.scan_end;
@@ -555,8 +923,8 @@ pub async fn sync_image(
                             transfer.next_seq = seq.next();
                             let item = InFlight {
                                 batch: ExtentBatch {
-                                    image: target.image.clone(),
-                                    epoch,
+                                    image: image.clone(),
+                                    epoch: open.epoch,
                                     seq,
                                     scan_start: chunk.scan_start,
                                     scan_end: chunk.scan_end,
@@ -569,14 +937,13 @@ pub async fn sync_image(
                             transfer.send_new(&mut stream.writer, &options.limiter, item).await?;
                         }
                         Some(Err(e)) => return Err(e.into()),
-                        None => { pipeline_done = true; }
+                        None => pipeline_done = true,
                     },
                     frame = stream.reader.next() => match frame {
                         Ok(Some(Message::Ack(ack))) => transfer.on_ack(ack.durable_seq),
                         Ok(Some(Message::Nack(nack))) => {
-                            warn!(image = %target.image, seq = %nack.seq, reason = ?nack.reason, "standby rejected a batch; resending from it");
-                            let from = transfer.unacked.iter().position(|f| f.batch.seq == nack.seq);
-                            let Some(from) = from else {
+                            warn!(%image, seq = %nack.seq, reason = ?nack.reason, "standby rejected a batch; resending from it");
+                            let Some(from) = transfer.unacked.iter().position(|f| f.batch.seq == nack.seq) else {
                                 return Err(SyncError::Protocol(format!("Nack for batch {} which is not in flight", nack.seq)));
                             };
                             for i in from..transfer.unacked.len() {
@@ -595,189 +962,110 @@ pub async fn sync_image(
         }
         .await;
         match result {
-            Ok(_) => break 'session Ok(()),
-            Err(e) if is_link_error(&e) => {
-                warn!(image = %target.image, error = %e, "link lost; reconnecting");
+            Ok(()) => break Ok(()),
+            Err(e) if is_retryable(&e) => {
                 transfer.progress.phase = "reconnecting";
                 let _ = progress.send(transfer.progress.clone());
-                let deadline = Instant::now() + options.reconnect_for;
-                let mut last = e.to_string();
-                let mut delay = Duration::from_millis(200);
-                loop {
-                    if Instant::now() >= deadline {
-                        break 'session Err(SyncError::LinkLost {
-                            addr: target.addr,
-                            seconds: options.reconnect_for.as_secs(),
-                            last,
-                        });
-                    }
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                    let attempt = async {
-                        let new_link = open_link(&endpoint, &target, &identity, &options).await?;
-                        let new_stream =
-                            open_image_stream(&new_link, &open, &target, &identity, &options)
-                                .await?;
-                        Ok::<_, SyncError>((new_link, new_stream))
-                    }
-                    .await;
-                    match attempt {
-                        Ok((new_link, new_stream)) => {
-                            link.connection
-                                .close(quinn::VarInt::from_u32(0), b"replaced");
-                            link = new_link;
-                            stream = new_stream;
-                            stream_finished = false;
-                            transfer.report.reconnects += 1;
-                            transfer.progress.reconnects += 1;
-                            transfer.progress.phase = "sending";
-                            let durable = stream.answer.durable_seq;
-                            if durable < transfer.durable_seq {
-                                break 'session Err(SyncError::Protocol(format!(
-                                    "the standby acknowledged batch {} as durable but now holds only {}",
-                                    transfer.durable_seq, durable
-                                )));
-                            }
-                            transfer.on_ack(durable);
-                            info!(image = %target.image, durable_seq = %durable, unacked = transfer.unacked.len(), "reconnected; resending unacknowledged batches");
-                            let mut resend = Ok(());
-                            for i in 0..transfer.unacked.len() {
-                                if let Err(e) = transfer
-                                    .send_queued(&mut stream.writer, i, &options.limiter, true)
-                                    .await
-                                {
-                                    resend = Err(e);
-                                    break;
-                                }
-                            }
-                            match resend {
-                                Ok(()) => break,
-                                Err(e) => last = e.to_string(),
-                            }
-                        }
-                        Err(e)
-                            if is_link_error(&e)
-                                || matches!(
-                                    e,
-                                    SyncError::Peer {
-                                        code: ferry_protocol::ErrorCode::Busy,
-                                        ..
-                                    }
-                                ) =>
+                // Re-open the epoch on a new connection; the standby reports
+                // what is durable and only the rest is sent again.
+                let reopened = async {
+                    let mut failed = generation;
+                    let mut last = e;
+                    let deadline = Instant::now() + options.reconnect_for;
+                    loop {
+                        let (g, c) = links.reconnect(failed, &last).await?;
+                        match open_image_stream_on(&c, &open, &target, &links.identity, options)
+                            .await
                         {
-                            last = e.to_string();
+                            Ok(s) => return Ok::<_, SyncError>((g, s)),
+                            Err(e) if is_retryable(&e) && Instant::now() < deadline => {
+                                failed = g;
+                                last = e;
+                            }
+                            Err(e) => return Err(e),
                         }
-                        Err(e) => break 'session Err(e),
                     }
                 }
+                .await;
+                let (g, new_stream) = match reopened {
+                    Ok(x) => x,
+                    Err(e) => break Err(e),
+                };
+                generation = g;
+                stream = new_stream;
+                transfer.report.reconnects += 1;
+                transfer.progress.reconnects += 1;
+                transfer.progress.phase = "sending";
+                let durable = stream.answer.durable_seq;
+                if durable < transfer.durable_seq {
+                    break Err(SyncError::Protocol(format!(
+                        "the standby acknowledged batch {} as durable but now holds only {}",
+                        transfer.durable_seq, durable
+                    )));
+                }
+                transfer.on_ack(durable);
+                info!(%image, durable_seq = %durable, unacked = transfer.unacked.len(), "resending unacknowledged batches");
+                let mut resend = Ok(());
+                for i in 0..transfer.unacked.len() {
+                    if let Err(e) = transfer
+                        .send_queued(&mut stream.writer, i, &options.limiter, true)
+                        .await
+                    {
+                        resend = Err(e);
+                        break;
+                    }
+                }
+                if let Err(e) = resend {
+                    if !is_retryable(&e) {
+                        break Err(e);
+                    }
+                    // Another loss during the resend: the loop reconnects again.
+                    warn!(%image, error = %e, "link lost again while resending");
+                }
             }
-            Err(e) => break 'session Err(e),
+            Err(e) => break Err(e),
         }
     };
     if let Err(e) = outcome {
         drop(chunk_rx);
-        if let Ok((pipeline, _)) = forwarder.await {
+        if let Ok(pipeline) = forwarder.await {
             let _ = pipeline.abort();
         }
         return Err(e);
     }
-    let _ = last_scan_end;
-    let (pipeline, _) = forwarder
+    let pipeline = forwarder
         .await
         .map_err(|e| SyncError::Protocol(format!("pipeline forwarder failed: {e}")))?;
-    let (mut source, outcome) = pipeline.finish()?;
-    transfer.report.fuzzy = outcome.fuzzy;
+    let (source, scan) = pipeline.finish()?;
+    transfer.report.fuzzy = scan.fuzzy;
     let last_seq = SeqNo(transfer.next_seq.get() - 1);
-
-    // Commit the recovery point on the control stream.
+    // End the stream; the standby parks the writer for the commit.
     transfer.progress.phase = "committing";
     let _ = progress.send(transfer.progress.clone());
-    let recovery_point = RecoveryPointId(epoch.get());
-    let commit = Commit {
-        recovery_point,
-        created_unix_ms: unix_ms(),
-        fuzzy: outcome.fuzzy,
-        images: vec![CommitImage {
-            image: target.image.clone(),
-            epoch,
-            last_seq,
-            size: info.size,
-        }],
-    };
-    // Wait until the image stream is closed by the standby (its writer parked),
-    // then commit. A link lost during the commit is re-established and the
-    // standby asked whether the point is already committed.
-    while let Ok(Some(frame)) = stream.reader.next().await {
-        if let Message::Error(e) = frame {
-            return Err(e.into());
-        }
-    }
-    let deadline = Instant::now() + options.reconnect_for;
-    let mut reconnect = false;
+    stream.writer.finish();
+    let mut parked_on = generation;
     loop {
-        let attempt = async {
-            if reconnect {
-                link = open_link(&endpoint, &target, &identity, &options).await?;
-                link.control_writer
-                    .send(&Message::ResumeQuery(ResumeQuery { image: target.image.clone(), epoch }))
-                    .await?;
-                let answer = match next_or_lost(&mut link.control_reader, &link.connection, target.addr, &identity).await? {
-                    Message::ResumeAnswer(a) => a,
-                    Message::Error(e) => return Err(e.into()),
-                    other => return Err(SyncError::Protocol(format!("expected ResumeAnswer, got {other:?}"))),
-                };
-                if answer.committed_epoch == epoch {
-                    return Ok(());
-                }
-                let mut again = open_image_stream(&link, &open, &target, &identity, &options).await?;
-                if again.answer.durable_seq != last_seq {
-                    return Err(SyncError::Protocol(format!(
-                        "before committing, the standby holds batch {} of epoch {epoch} durably, but batch {last_seq} was acknowledged",
-                        again.answer.durable_seq
-                    )));
-                }
-                again.writer.finish();
-                while let Ok(Some(_)) = again.reader.next().await {}
+        match stream.reader.next().await {
+            Ok(Some(Message::Error(e))) => return Err(e.into()),
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(_) => {
+                // The link died after the last ack: the commit re-parks it.
+                parked_on = u64::MAX;
+                break;
             }
-            link.control_writer.send(&Message::Commit(commit.clone())).await?;
-            match next_or_lost(&mut link.control_reader, &link.connection, target.addr, &identity).await? {
-                Message::Committed(c) if c.recovery_point == recovery_point => Ok(()),
-                Message::Error(e) => Err(e.into()),
-                other => Err(SyncError::Protocol(format!("expected Committed, got {other:?}"))),
-            }
-        }
-        .await;
-        match attempt {
-            Ok(()) => break,
-            Err(e)
-                if (is_link_error(&e)
-                    || matches!(
-                        e,
-                        SyncError::Peer {
-                            code: ferry_protocol::ErrorCode::Busy,
-                            ..
-                        }
-                    ))
-                    && Instant::now() < deadline =>
-            {
-                warn!(image = %target.image, error = %e, "link lost while committing; reconnecting");
-                transfer.report.reconnects += 1;
-                reconnect = true;
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => return Err(e),
         }
     }
-    source.commit_cycle(epoch)?;
-    transfer.report.recovery_point = recovery_point.get();
-    transfer.report.udp_bytes = link.connection.stats().udp_tx.bytes;
-    transfer.report.seconds = started.elapsed().as_secs_f64();
     transfer.progress.phase = "committed";
     let _ = progress.send(transfer.progress.clone());
-    link.control_writer.finish();
-    link.connection.close(quinn::VarInt::from_u32(0), b"done");
-    endpoint.wait_idle().await;
-    Ok(transfer.report)
+    Ok(Transferred {
+        source,
+        open,
+        last_seq,
+        fuzzy: scan.fuzzy,
+        parked_on,
+        report: transfer.report,
+    })
 }
 
 #[cfg(test)]
