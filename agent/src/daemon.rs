@@ -151,8 +151,28 @@ pub async fn run(
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut progress_tick = tokio::time::interval(Duration::from_secs(10));
+    let mut last_staged: std::collections::HashMap<ferry_protocol::ImageName, u64> =
+        std::collections::HashMap::new();
     loop {
         tokio::select! {
+            _ = progress_tick.tick() => {
+                // One line per image that received data since the last tick.
+                for (image, activity) in standby.context.activity() {
+                    let before = last_staged.insert(image.clone(), activity.bytes_staged);
+                    if before != Some(activity.bytes_staged) {
+                        info!(
+                            %image,
+                            epoch = %activity.epoch,
+                            durable_seq = %activity.durable_seq,
+                            bytes_staged = activity.bytes_staged,
+                            rate = activity.rate,
+                            nacks = activity.nacks,
+                            "receiving"
+                        );
+                    }
+                }
+            }
             _ = hangup.recv() => {
                 match AgentConfig::load(cfg_path.as_deref()) {
                     Ok(new) => {

@@ -601,6 +601,7 @@ fn stage_loop(
     let sync_and_ack = |w: &mut EpochWriter, unsynced: &mut u64| -> Result<(), ServeError> {
         let durable = w.sync()?;
         *unsynced = 0;
+        ctx.update_activity(&image, |a| a.durable_seq = durable);
         let _ = output.send(StagerOutput::Ack(durable));
         Ok(())
     };
