@@ -487,7 +487,7 @@ impl Drop for LabImage {
         let spec = self.spec();
         let run = |args: &[&str]| {
             let _ = Command::new("rbd")
-                .args(["--cluster", "site-a", "--no-progress"])
+                .args(["--cluster", "site-a"])
                 .args(args)
                 .output();
         };

@@ -33,7 +33,9 @@ pub mod writer;
 
 pub use parser::{Event, Format, ImageProperty, ParseError, Parser, Step};
 pub use reader::{Piece, ReadError, Reader};
-pub use writer::{write_image_v2_header, DiffWriter, ImageProperties, WriteError};
+pub use writer::{
+    write_image_v2_header, write_image_v2_header_raw, DiffWriter, ImageProperties, WriteError,
+};
 
 /// `rbd export-diff` banner (diff format v1).
 pub const BANNER_DIFF_V1: &[u8] = b"rbd diff v1\n";

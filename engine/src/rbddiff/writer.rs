@@ -9,7 +9,7 @@
 
 use std::io::{self, Write};
 
-use super::parser::Format;
+use super::parser::{Format, ImageProperty};
 use super::{tag, BANNER_DIFF_V1, BANNER_DIFF_V2, BANNER_IMAGE_DIFFS_V2, BANNER_IMAGE_V2};
 use super::{MAX_META_RECORD, MAX_SNAP_NAME};
 
@@ -75,34 +75,59 @@ pub fn write_image_v2_header<W: Write>(
     props: &ImageProperties,
     diff_count: u64,
 ) -> Result<u64, WriteError> {
+    let mut list = vec![
+        ImageProperty::Order(props.order),
+        ImageProperty::Features(props.features),
+        ImageProperty::StripeUnit(props.stripe_unit),
+        ImageProperty::StripeCount(props.stripe_count),
+    ];
+    for (key, value) in &props.meta {
+        list.push(ImageProperty::Meta {
+            key: key.clone(),
+            value: value.clone(),
+        });
+    }
+    write_image_v2_header_raw(out, &list, diff_count)
+}
+
+/// Like [`write_image_v2_header`], but writes exactly the property records
+/// given, in that order (for re-encoding a parsed stream).
+pub fn write_image_v2_header_raw<W: Write>(
+    out: &mut W,
+    props: &[ImageProperty],
+    diff_count: u64,
+) -> Result<u64, WriteError> {
     let mut bytes = Vec::with_capacity(128);
     bytes.extend_from_slice(BANNER_IMAGE_V2);
-    for (t, value) in [
-        (tag::IMAGE_ORDER, props.order),
-        (tag::IMAGE_FEATURES, props.features),
-        (tag::IMAGE_STRIPE_UNIT, props.stripe_unit),
-        (tag::IMAGE_STRIPE_COUNT, props.stripe_count),
-    ] {
+    for prop in props {
+        let (t, value) = match prop {
+            ImageProperty::Order(v) => (tag::IMAGE_ORDER, *v),
+            ImageProperty::Features(v) => (tag::IMAGE_FEATURES, *v),
+            ImageProperty::StripeUnit(v) => (tag::IMAGE_STRIPE_UNIT, *v),
+            ImageProperty::StripeCount(v) => (tag::IMAGE_STRIPE_COUNT, *v),
+            ImageProperty::Meta { key, value } => {
+                let len = 8 + key.len() as u64 + value.len() as u64;
+                let (Ok(klen), Ok(vlen)) = (u32::try_from(key.len()), u32::try_from(value.len()))
+                else {
+                    return Err(invalid("image metadata key or value longer than 4 GiB"));
+                };
+                if len > MAX_META_RECORD {
+                    return Err(invalid(format!(
+                        "image metadata {key:?} is longer than 1 MiB"
+                    )));
+                }
+                bytes.push(tag::IMAGE_META);
+                bytes.extend_from_slice(&len.to_le_bytes());
+                bytes.extend_from_slice(&klen.to_le_bytes());
+                bytes.extend_from_slice(key.as_bytes());
+                bytes.extend_from_slice(&vlen.to_le_bytes());
+                bytes.extend_from_slice(value.as_bytes());
+                continue;
+            }
+        };
         bytes.push(t);
         bytes.extend_from_slice(&8u64.to_le_bytes());
         bytes.extend_from_slice(&value.to_le_bytes());
-    }
-    for (key, value) in &props.meta {
-        let len = 8 + key.len() as u64 + value.len() as u64;
-        let (Ok(klen), Ok(vlen)) = (u32::try_from(key.len()), u32::try_from(value.len())) else {
-            return Err(invalid("image metadata key or value longer than 4 GiB"));
-        };
-        if len > MAX_META_RECORD {
-            return Err(invalid(format!(
-                "image metadata {key:?} is longer than 1 MiB"
-            )));
-        }
-        bytes.push(tag::IMAGE_META);
-        bytes.extend_from_slice(&len.to_le_bytes());
-        bytes.extend_from_slice(&klen.to_le_bytes());
-        bytes.extend_from_slice(key.as_bytes());
-        bytes.extend_from_slice(&vlen.to_le_bytes());
-        bytes.extend_from_slice(value.as_bytes());
     }
     bytes.push(tag::IMAGE_END);
     bytes.extend_from_slice(BANNER_IMAGE_DIFFS_V2);
