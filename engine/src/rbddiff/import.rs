@@ -309,14 +309,17 @@ pub fn import_diff(
             (f, target.to_path_buf())
         }
         None if opts.create => {
+            // Truncate only once locked: another import may be using it.
             let f = OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create(true)
-                .truncate(true)
+                .truncate(false)
                 .open(&new_path)
                 .map_err(io_err("creating target", &new_path))?;
             lock(&f, &new_path)?;
+            f.set_len(0)
+                .map_err(io_err("truncating new target", &new_path))?;
             new_guard.0 = Some(new_path.clone());
             report.created = true;
             (f, new_path.clone())
