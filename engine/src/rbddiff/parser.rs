@@ -570,25 +570,14 @@ impl Parser {
                     };
                 }
                 State::DiffsBanner => {
-                    let start = self.pos - self.scratch.len() as u64;
-                    if !self.fill(input, at, BANNER_IMAGE_DIFFS_V2.len()) {
-                        if !BANNER_IMAGE_DIFFS_V2.starts_with(&self.scratch) {
-                            return Err(ParseError::BadInnerBanner {
-                                offset: start,
-                                expected: "rbd image diffs v2\n",
-                                found: escape(&self.scratch),
-                            });
-                        }
+                    if !self.inner_banner(
+                        input,
+                        at,
+                        BANNER_IMAGE_DIFFS_V2,
+                        "rbd image diffs v2\n",
+                    )? {
                         return Ok(None);
                     }
-                    if self.scratch != BANNER_IMAGE_DIFFS_V2 {
-                        return Err(ParseError::BadInnerBanner {
-                            offset: start,
-                            expected: "rbd image diffs v2\n",
-                            found: escape(&self.scratch),
-                        });
-                    }
-                    self.scratch.clear();
                     self.state = State::DiffCount;
                 }
                 State::DiffCount => {
@@ -614,25 +603,9 @@ impl Parser {
                     }
                 }
                 State::DiffBanner => {
-                    let start = self.pos - self.scratch.len() as u64;
-                    if !self.fill(input, at, BANNER_DIFF_V2.len()) {
-                        if !BANNER_DIFF_V2.starts_with(&self.scratch) {
-                            return Err(ParseError::BadInnerBanner {
-                                offset: start,
-                                expected: "rbd diff v2\n",
-                                found: escape(&self.scratch),
-                            });
-                        }
+                    if !self.inner_banner(input, at, BANNER_DIFF_V2, "rbd diff v2\n")? {
                         return Ok(None);
                     }
-                    if self.scratch != BANNER_DIFF_V2 {
-                        return Err(ParseError::BadInnerBanner {
-                            offset: start,
-                            expected: "rbd diff v2\n",
-                            found: escape(&self.scratch),
-                        });
-                    }
-                    self.scratch.clear();
                     self.state = State::StartDiff;
                 }
                 State::StartDiff => {
@@ -780,6 +753,35 @@ impl Parser {
                 }
             }
         }
+    }
+
+    /// Reads a banner inside an image v2 stream byte by byte, so a wrong
+    /// byte fails at once (and the error does not depend on chunking).
+    /// True once the whole banner has been read.
+    fn inner_banner(
+        &mut self,
+        input: &[u8],
+        at: &mut usize,
+        banner: &[u8],
+        expected: &'static str,
+    ) -> Result<bool, ParseError> {
+        while self.scratch.len() < banner.len() {
+            if *at == input.len() {
+                return Ok(false);
+            }
+            self.scratch.push(input[*at]);
+            *at += 1;
+            self.pos += 1;
+            if !banner.starts_with(&self.scratch) {
+                return Err(ParseError::BadInnerBanner {
+                    offset: self.pos - self.scratch.len() as u64,
+                    expected,
+                    found: escape(&self.scratch),
+                });
+            }
+        }
+        self.scratch.clear();
+        Ok(true)
     }
 
     /// Checks the ordering rules for a known diff record and picks the state
