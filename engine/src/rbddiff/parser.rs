@@ -252,12 +252,10 @@ pub enum ParseError {
         reason: &'static str,
     },
     /// Bytes after the end of the stream.
-    #[error("{count} unexpected byte(s) at offset {offset}, after the end of the stream")]
+    #[error("unexpected bytes at offset {offset}, after the end of the stream")]
     TrailingBytes {
         /// Where they start.
         offset: u64,
-        /// How many were seen in the failing call (at least).
-        count: usize,
     },
 }
 
@@ -439,10 +437,7 @@ impl Parser {
             match self.state {
                 State::Done => {
                     if *at < input.len() {
-                        return Err(ParseError::TrailingBytes {
-                            offset: self.pos,
-                            count: input.len() - *at,
-                        });
+                        return Err(ParseError::TrailingBytes { offset: self.pos });
                     }
                     return Ok(None);
                 }
