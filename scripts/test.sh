@@ -41,3 +41,19 @@ cargo build --workspace --bins --features ferry-e2e/failpoints
 
 log "cargo test"
 cargo test --workspace --features ferry-e2e/failpoints -- --test-threads 2
+
+# Fuzz targets: CI builds them and runs each briefly on its committed
+# corpus (longer runs: see README). cargo-fuzz is installed if missing.
+if [ "${FERRY_SKIP_FUZZ:-0}" != "1" ]; then
+  if ! command -v cargo-fuzz >/dev/null 2>&1; then
+    log "installing cargo-fuzz"
+    cargo install cargo-fuzz --locked --quiet
+  fi
+  for target in $(cd fuzz && cargo fuzz list 2>/dev/null); do
+    log "fuzzing ${target} for 30 s"
+    (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "${target}" -- -max_total_time=30 -rss_limit_mb=2048 >/dev/null 2>"/tmp/ferry-fuzz-${target}.log") \
+      || { tail -n 40 "/tmp/ferry-fuzz-${target}.log"; echo "fuzz target ${target} failed" >&2; exit 1; }
+    grep -E "^(#[0-9]+: cov|Done)" "/tmp/ferry-fuzz-${target}.log" | tail -n 1 || true
+  done
+fi
+echo "all checks passed"
