@@ -51,9 +51,13 @@ if [ "${FERRY_SKIP_FUZZ:-0}" != "1" ]; then
   fi
   for target in $(cd fuzz && cargo fuzz list 2>/dev/null); do
     log "fuzzing ${target} for 30 s"
-    (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "${target}" -- -max_total_time=30 -rss_limit_mb=2048 >/dev/null 2>"/tmp/ferry-fuzz-${target}.log") \
+    # Fuzz a copy of the corpus: libFuzzer adds what it finds to its corpus dir.
+    work_corpus=$(mktemp -d)
+    cp -r "fuzz/corpus/${target}/." "${work_corpus}/" 2>/dev/null || true
+    (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "${target}" "${work_corpus}" -- -max_total_time=30 -rss_limit_mb=2048 >/dev/null 2>"/tmp/ferry-fuzz-${target}.log") \
       || { tail -n 40 "/tmp/ferry-fuzz-${target}.log"; echo "fuzz target ${target} failed" >&2; exit 1; }
     grep -E "^(#[0-9]+: cov|Done)" "/tmp/ferry-fuzz-${target}.log" | tail -n 1 || true
+    rm -rf "${work_corpus}"
   done
 fi
 echo "all checks passed"
