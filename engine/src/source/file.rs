@@ -40,7 +40,7 @@ use super::{
     RawChunk, ScanOutcome, SourceError,
 };
 use crate::codec::PlainExtent;
-use crate::sys::uring::{next_data_offset, BlockReader, IoShape};
+use crate::sys::uring::{next_data_offset, next_hole_offset, BlockReader, IoShape};
 
 /// The partial manifest is made durable at least this often (bytes of scan).
 pub const SYNC_INTERVAL: u64 = 256 << 20;
@@ -670,14 +670,36 @@ impl ExtentSource for FileSource {
                 return Err(SourceError::Cancelled);
             };
             let len = (end - start) as usize;
-            let n = reader
-                .read_at(image, start, &mut buf[..len])
-                .map_err(read_error(start))?;
-            if n < len {
-                tracing::warn!(image = %image_path.display(), offset = start + n as u64,
-                    "image ended before its recorded size: the scan is fuzzy");
-                buf[n..len].fill(0);
-                cycle.short_read = true;
+            // Read only the data segments of the chunk; its holes read as
+            // zeroes without touching the file (a sparse image with scattered
+            // data would otherwise read gigabytes of holes).
+            let mut pos = data_at.unwrap_or(start).clamp(start, end);
+            buf[..(pos - start) as usize].fill(0);
+            while pos < end {
+                let data_end = next_hole_offset(image, pos)
+                    .map_err(read_error(pos))?
+                    .unwrap_or(end)
+                    .clamp(pos, end);
+                let (from, to) = ((pos - start) as usize, (data_end - start) as usize);
+                let n = reader
+                    .read_at(image, pos, &mut buf[from..to])
+                    .map_err(read_error(pos))?;
+                if n < to - from {
+                    tracing::warn!(image = %image_path.display(), offset = pos + n as u64,
+                        "image ended before its recorded size: the scan is fuzzy");
+                    buf[from + n..len].fill(0);
+                    cycle.short_read = true;
+                    break;
+                }
+                if data_end >= end {
+                    break;
+                }
+                let next_data = next_data_offset(image, data_end)
+                    .map_err(read_error(data_end))?
+                    .unwrap_or(end)
+                    .clamp(data_end, end);
+                buf[to..(next_data - start) as usize].fill(0);
+                pos = next_data;
             }
             ChunkBody::Bytes(buf.freeze(len))
         };

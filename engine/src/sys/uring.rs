@@ -547,20 +547,39 @@ fn uring_write(
 /// information report everything as data; a file system or device that
 /// rejects `SEEK_DATA` (`EINVAL`) yields `Ok(Some(offset))`, i.e. "read it".
 pub fn next_data_offset(file: &File, offset: u64) -> io::Result<Option<u64>> {
+    // Where SEEK_DATA is unsupported everything counts as data.
+    seek_whence(file, offset, libc::SEEK_DATA, Some(offset))
+}
+
+/// Start of the first hole at or after `offset` (`lseek(SEEK_HOLE)`; the end
+/// of the file counts as a hole). `None` when `offset` is past the end, or
+/// when the file system cannot tell (then the caller reads everything).
+pub fn next_hole_offset(file: &File, offset: u64) -> io::Result<Option<u64>> {
+    seek_whence(file, offset, libc::SEEK_HOLE, None)
+}
+
+/// `lseek(offset, whence)`; ENXIO (past the end) is `None`, an unsupported
+/// whence gives `unsupported`.
+fn seek_whence(
+    file: &File,
+    offset: u64,
+    whence: libc::c_int,
+    unsupported: Option<u64>,
+) -> io::Result<Option<u64>> {
     let Ok(signed) = i64::try_from(offset) else {
         return Ok(None);
     };
     // SAFETY: lseek has no memory-safety preconditions; the fd is valid for
     // the duration of the call because `file` is borrowed. Moving the file
     // position does not matter: every access in this crate is positioned.
-    let result = unsafe { libc::lseek(file.as_raw_fd(), signed, libc::SEEK_DATA) };
+    let result = unsafe { libc::lseek(file.as_raw_fd(), signed, whence) };
     if result >= 0 {
         return Ok(Some(result as u64));
     }
     let error = io::Error::last_os_error();
     match error.raw_os_error() {
         Some(code) if code == libc::ENXIO => Ok(None),
-        Some(code) if code == libc::EINVAL || code == libc::EOPNOTSUPP => Ok(Some(offset)),
+        Some(code) if code == libc::EINVAL || code == libc::EOPNOTSUPP => Ok(unsupported),
         _ => Err(error),
     }
 }
