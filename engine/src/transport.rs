@@ -326,6 +326,12 @@ pub fn peer_fingerprint(connection: &quinn::Connection) -> Option<AgentId> {
     certs.first().map(|cert| fingerprint_of(cert))
 }
 
+/// Both verifiers refuse TLS 1.2 outright (the configs allow only 1.3; this
+/// is the second lock on that door).
+fn refuse_tls12() -> Result<HandshakeSignatureValid, rustls::Error> {
+    Err(rustls::Error::General("TLS 1.2 is not allowed".into()))
+}
+
 /// Client side: accept exactly one server certificate, by fingerprint.
 #[derive(Debug)]
 struct PinnedServerVerifier {
@@ -360,7 +366,7 @@ impl ServerCertVerifier for PinnedServerVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("TLS 1.2 is not allowed".into()))
+        refuse_tls12()
     }
 
     fn verify_tls13_signature(
@@ -412,7 +418,7 @@ impl ClientCertVerifier for TrustedClientVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("TLS 1.2 is not allowed".into()))
+        refuse_tls12()
     }
 
     fn verify_tls13_signature(
