@@ -405,20 +405,7 @@ async fn serve_control(
 }
 
 fn frame_name(message: &Message) -> &'static str {
-    match message {
-        Message::Hello(_) => "Hello",
-        Message::OpenImage(_) => "OpenImage",
-        Message::ResumeQuery(_) => "ResumeQuery",
-        Message::ResumeAnswer(_) => "ResumeAnswer",
-        Message::ExtentBatch(_) => "ExtentBatch",
-        Message::Commit(_) => "Commit",
-        Message::Committed(_) => "Committed",
-        Message::Ack(_) => "Ack",
-        Message::Nack(_) => "Nack",
-        Message::HashRequest(_) => "HashRequest",
-        Message::HashAnswer(_) => "HashAnswer",
-        Message::Error(_) => "Error",
-    }
+    message.frame_type().name()
 }
 
 /// Opens the epoch, taking the image over from a stale connection if needed.
