@@ -70,6 +70,9 @@ pub async fn run(work: &Path, size: u64) -> Result<()> {
         agent.addr,
         proxy.listen_addr()
     );
+    println!(
+        "   (the simulator is a user-space relay and caps throughput; benches/RESULTS.md has direct numbers)"
+    );
 
     let started = Instant::now();
     imagegen::make_image(&image, size, 42)?;
