@@ -292,16 +292,15 @@ pub fn explain_connection_error(
         }
         _ => None,
     };
+    // rustls/quinn spell certificate refusals in several ways ("BadCertificate",
+    // "invalid peer certificate: UnknownCA", "ApplicationVerificationFailure").
     let refused = detail.as_deref().is_some_and(|text| {
+        let text = text.to_ascii_lowercase();
         [
-            "BadCertificate",
-            "bad certificate",
-            "UnknownCA",
-            "unknown CA",
-            "ApplicationVerificationFailure",
-            "invalid peer certificate",
-            "CertificateRequired",
             "certificate",
+            "unknownca",
+            "unknown ca",
+            "applicationverificationfailure",
         ]
         .iter()
         .any(|needle| text.contains(needle))

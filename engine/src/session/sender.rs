@@ -122,7 +122,8 @@ pub struct SyncReport {
     pub bytes_sent: u64,
     /// Frame bytes on the wire (payload + headers).
     pub frame_bytes: u64,
-    /// UDP bytes sent by QUIC (all overheads included).
+    /// UDP bytes sent by QUIC (all overheads included); in a group sync
+    /// only the group report has it (the connection is shared).
     pub udp_bytes: u64,
     /// Batches sent (first time).
     pub batches: u64,
@@ -207,27 +208,20 @@ struct Link {
 
 async fn open_link(
     endpoint: &quinn::Endpoint,
-    target: &SyncTarget,
+    addr: SocketAddr,
+    peer: AgentId,
     identity: &Identity,
     options: &SyncOptions,
 ) -> Result<Link, SyncError> {
-    let connection = transport::connect(
-        endpoint,
-        target.addr,
-        identity,
-        target.peer,
-        &options.transport,
-    )
-    .await?;
+    let connection = transport::connect(endpoint, addr, identity, peer, &options.transport).await?;
     let (send, recv) = connection.open_bi().await.map_err(|source| {
-        transport::explain_connection_error(target.addr, source, identity.fingerprint())
+        transport::explain_connection_error(addr, source, identity.fingerprint())
     })?;
     let mut control_writer = FrameWriter::new(send, options.max_frame_len);
     let mut control_reader = FrameReader::new(recv, options.max_frame_len);
     let ours = local_hello(identity.fingerprint());
     control_writer.send(&Message::Hello(ours.clone())).await?;
-    let theirs = match next_or_lost(&mut control_reader, &connection, target.addr, identity).await?
-    {
+    let theirs = match next_or_lost(&mut control_reader, &connection, addr, identity).await? {
         Message::Hello(h) => h,
         Message::Error(e) => return Err(e.into()),
         other => {
@@ -237,10 +231,10 @@ async fn open_link(
         }
     };
     negotiate(&ours, &theirs).map_err(|e| SyncError::Protocol(e.to_string()))?;
-    if theirs.agent_id != target.peer {
+    if theirs.agent_id != peer {
         return Err(SyncError::Protocol(format!(
             "the standby's Hello names agent {} but its certificate is {}",
-            theirs.agent_id, target.peer
+            theirs.agent_id, peer
         )));
     }
     Ok(Link {
@@ -440,6 +434,8 @@ pub struct GroupReport {
     pub fuzzy: bool,
     /// Connections re-established.
     pub reconnects: u32,
+    /// UDP bytes sent on the shared connection (all images, all overheads).
+    pub udp_bytes: u64,
 }
 
 /// The connection to the standby, shared by every image of a group sync,
@@ -498,12 +494,15 @@ impl Links {
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(2));
-            let probe = SyncTarget {
-                addr: self.target_addr,
-                peer: self.peer,
-                image: ImageName::new("probe").map_err(|e| SyncError::Protocol(e.to_string()))?,
-            };
-            match open_link(&self.endpoint, &probe, &self.identity, &self.options).await {
+            match open_link(
+                &self.endpoint,
+                self.target_addr,
+                self.peer,
+                &self.identity,
+                &self.options,
+            )
+            .await
+            {
                 Ok(link) => {
                     state
                         .link
@@ -619,12 +618,7 @@ pub async fn sync_group(
         }
     }
     let endpoint = transport::client_endpoint(addr, &options.transport)?;
-    let first_target = SyncTarget {
-        addr,
-        peer,
-        image: jobs[0].image.clone(),
-    };
-    let link = open_link(&endpoint, &first_target, &identity, &options).await?;
+    let link = open_link(&endpoint, addr, peer, &identity, &options).await?;
     let links = std::sync::Arc::new(Links {
         endpoint: endpoint.clone(),
         target_addr: addr,
@@ -753,8 +747,9 @@ pub async fn sync_group(
     {
         let mut state = links.state.lock().await;
         let link = &mut state.link;
-        for r in &mut report.images {
-            r.udp_bytes = link.connection.stats().udp_tx.bytes;
+        report.udp_bytes = link.connection.stats().udp_tx.bytes;
+        if let [only] = report.images.as_mut_slice() {
+            only.udp_bytes = report.udp_bytes;
         }
         link.control_writer.finish();
         link.connection.close(quinn::VarInt::from_u32(0), b"done");
