@@ -157,59 +157,87 @@ fn split(total: usize, piece_size: usize) -> Vec<Piece> {
     pieces
 }
 
-/// Reads large ranges of a file with several reads in flight.
-///
-/// Failure contract: an `Err` means the range could not be read; the buffer
-/// contents are then unspecified. A short count means the file ended.
-pub struct BlockReader {
+/// The ring (or its absence: the positioned-syscall fallback) and the I/O
+/// shape shared by [`BlockReader`] and [`BlockWriter`].
+struct Ring {
     ring: Option<IoUring>,
     shape: IoShape,
 }
 
-impl std::fmt::Debug for BlockReader {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BlockReader")
-            .field("backend", &self.backend())
-            .field("shape", &self.shape)
-            .finish()
-    }
-}
-
-impl Default for BlockReader {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl BlockReader {
-    /// A reader with the default shape, on io_uring when available.
-    pub fn new() -> Self {
-        Self::with_shape(IoShape::default(), false)
-    }
-
-    /// A reader with an explicit shape; `force_pread` skips io_uring.
-    pub fn with_shape(shape: IoShape, force_pread: bool) -> Self {
+impl Ring {
+    fn new(shape: IoShape, force_fallback: bool) -> Self {
         let shape = shape.sanitized();
         Self {
-            ring: try_ring(shape, force_pread),
+            ring: try_ring(shape, force_fallback),
             shape,
         }
     }
 
-    /// The backend in use.
-    pub fn io_backend(&self) -> IoBackend {
+    fn backend(&self) -> IoBackend {
         if self.ring.is_some() {
             IoBackend::IoUring
         } else {
             IoBackend::Pread
         }
     }
+}
 
-    /// Name of the backend in use: `"io_uring"` or `"pread"`.
-    pub fn backend(&self) -> &'static str {
-        self.io_backend().name()
-    }
+/// Constructors, backend queries, `Debug` and `Default` of a type holding a
+/// [`Ring`] in its `io` field.
+macro_rules! ring_holder {
+    ($name:ident, $what:literal, $force_doc:literal) => {
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($name))
+                    .field("backend", &self.backend())
+                    .field("shape", &self.io.shape)
+                    .finish()
+            }
+        }
 
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl $name {
+            #[doc = concat!($what, " with the default shape, on io_uring when available.")]
+            pub fn new() -> Self {
+                Self::with_shape(IoShape::default(), false)
+            }
+
+            #[doc = concat!($what, " with an explicit shape; ", $force_doc, ".")]
+            pub fn with_shape(shape: IoShape, force_fallback: bool) -> Self {
+                Self {
+                    io: Ring::new(shape, force_fallback),
+                }
+            }
+
+            /// The backend in use.
+            pub fn io_backend(&self) -> IoBackend {
+                self.io.backend()
+            }
+
+            /// Name of the backend in use: `"io_uring"` or `"pread"` (positioned syscalls).
+            pub fn backend(&self) -> &'static str {
+                self.io.backend().name()
+            }
+        }
+    };
+}
+
+/// Reads large ranges of a file with several reads in flight.
+///
+/// Failure contract: an `Err` means the range could not be read; the buffer
+/// contents are then unspecified. A short count means the file ended.
+pub struct BlockReader {
+    io: Ring,
+}
+
+ring_holder!(BlockReader, "A reader", "`force_pread` skips io_uring");
+
+impl BlockReader {
     /// Fills `buf` from `file` at `offset`, returning how many bytes were
     /// read: `buf.len()` unless the file ends first (then the count of the
     /// bytes before the end). Interrupted and partial reads are retried.
@@ -217,8 +245,8 @@ impl BlockReader {
         if buf.is_empty() {
             return Ok(0);
         }
-        match self.ring.as_mut() {
-            Some(ring) => uring_read(ring, self.shape, file, offset, buf),
+        match self.io.ring.as_mut() {
+            Some(ring) => uring_read(ring, self.io.shape, file, offset, buf),
             None => pread_full(file, offset, buf),
         }
     }
@@ -347,59 +375,17 @@ fn uring_read(
 /// the writes may have reached the file and others not; the caller must treat
 /// the whole batch as not written.
 pub struct BlockWriter {
-    ring: Option<IoUring>,
-    shape: IoShape,
+    io: Ring,
 }
 
-impl std::fmt::Debug for BlockWriter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BlockWriter")
-            .field("backend", &self.backend())
-            .field("shape", &self.shape)
-            .finish()
-    }
-}
-
-impl Default for BlockWriter {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+ring_holder!(BlockWriter, "A writer", "`force_pwrite` skips io_uring");
 
 impl BlockWriter {
-    /// A writer with the default shape, on io_uring when available.
-    pub fn new() -> Self {
-        Self::with_shape(IoShape::default(), false)
-    }
-
-    /// A writer with an explicit shape; `force_pwrite` skips io_uring.
-    pub fn with_shape(shape: IoShape, force_pwrite: bool) -> Self {
-        let shape = shape.sanitized();
-        Self {
-            ring: try_ring(shape, force_pwrite),
-            shape,
-        }
-    }
-
-    /// The backend in use.
-    pub fn io_backend(&self) -> IoBackend {
-        if self.ring.is_some() {
-            IoBackend::IoUring
-        } else {
-            IoBackend::Pread
-        }
-    }
-
-    /// Name of the backend in use: `"io_uring"` or `"pread"` (pwrite).
-    pub fn backend(&self) -> &'static str {
-        self.io_backend().name()
-    }
-
     /// Writes every `(offset, bytes)` pair completely. Writes may complete in
     /// any order; overlapping ranges therefore give an unspecified result.
     pub fn write_all_at(&mut self, file: &File, writes: &[(u64, &[u8])]) -> io::Result<()> {
-        match self.ring.as_mut() {
-            Some(ring) => uring_write(ring, self.shape, file, writes),
+        match self.io.ring.as_mut() {
+            Some(ring) => uring_write(ring, self.io.shape, file, writes),
             None => {
                 for (offset, bytes) in writes {
                     file.write_all_at(bytes, *offset)?;
@@ -412,7 +398,7 @@ impl BlockWriter {
     /// `fdatasync(2)`: makes the file's data (and the metadata needed to read
     /// it back) durable.
     pub fn sync_data(&mut self, file: &File) -> io::Result<()> {
-        let Some(ring) = self.ring.as_mut() else {
+        let Some(ring) = self.io.ring.as_mut() else {
             return file.sync_data();
         };
         let entry = opcode::Fsync::new(types::Fd(file.as_raw_fd()))
