@@ -36,7 +36,9 @@ use std::path::{Path, PathBuf};
 
 use super::parser::{Event, Format};
 use super::reader::{ReadError, Reader};
-use super::undo::{self, is_block_device, target_len, zero_fill, UndoError, UndoWriter};
+use super::undo::{
+    self, is_block_device, target_len, with_suffix, zero_fill, UndoError, UndoWriter,
+};
 use crate::sys::fs::{sync_dir, try_lock_exclusive};
 
 /// Zero detection granularity when applying write payloads to a file:
@@ -196,12 +198,6 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Imp
         path: path.to_path_buf(),
         source,
     }
-}
-
-fn with_suffix(target: &Path, suffix: &str) -> PathBuf {
-    let mut name = target.as_os_str().to_os_string();
-    name.push(suffix);
-    PathBuf::from(name)
 }
 
 /// `TARGET.ferry-snap`: the snapshot the target is at (see the module docs).

@@ -66,7 +66,8 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Und
     }
 }
 
-fn with_suffix(target: &Path, suffix: &str) -> PathBuf {
+/// `target` with `suffix` appended to its file name (`vm.raw` → `vm.raw.ferry-undo`).
+pub(crate) fn with_suffix(target: &Path, suffix: &str) -> PathBuf {
     let mut name = target.as_os_str().to_os_string();
     name.push(suffix);
     PathBuf::from(name)
