@@ -63,6 +63,17 @@ struct RawConfig {
     pipeline: RawPipeline,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    ceph: RawCeph,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCeph {
+    cluster: Option<String>,
+    conf: Option<PathBuf>,
+    client_id: Option<String>,
+    coalesce_gap: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -76,6 +87,8 @@ struct RawQos {
 #[serde(deny_unknown_fields)]
 struct RawStandby {
     retention: Option<usize>,
+    backend: Option<String>,
+    rbd_pool: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -110,6 +123,19 @@ pub enum LogFormat {
     Json,
 }
 
+/// Where this agent keeps standby images.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StandbyBackend {
+    /// Raw files under the agent directory (`images/NAME.raw`).
+    Files,
+    /// Images of an RBD pool (named as the primary names them); recovery
+    /// points are RBD snapshots.
+    Rbd {
+        /// The pool.
+        pool: String,
+    },
+}
+
 /// Validated agent configuration.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
@@ -129,6 +155,13 @@ pub struct AgentConfig {
     pub pipeline: PipelineConfig,
     /// Log format.
     pub log_format: LogFormat,
+    /// Where standby images live.
+    pub standby_backend: StandbyBackend,
+    /// The Ceph cluster of `rbd:` images and of an RBD standby.
+    pub ceph: ferry_engine::rbd::ClusterSpec,
+    /// RBD sources: bridge gaps up to this many bytes between changed
+    /// extents of one object (`None`: derived from the send limit).
+    pub coalesce_gap: Option<u32>,
 }
 
 impl Default for AgentConfig {
@@ -142,6 +175,9 @@ impl Default for AgentConfig {
             transport: TransportSettings::default(),
             pipeline: PipelineConfig::default(),
             log_format: LogFormat::Text,
+            standby_backend: StandbyBackend::Files,
+            ceph: ferry_engine::rbd::ClusterSpec::default(),
+            coalesce_gap: None,
         }
     }
 }
@@ -271,6 +307,39 @@ impl AgentConfig {
             }
             config.pipeline.zstd_level = level;
         }
+        config.standby_backend = match (raw.standby.backend.as_deref(), raw.standby.rbd_pool) {
+            (None | Some("files"), None) => StandbyBackend::Files,
+            (None | Some("files"), Some(_)) => {
+                return Err(invalid(
+                    "standby.rbd_pool",
+                    "set only with backend = \"rbd\"".into(),
+                ))
+            }
+            (Some("rbd"), pool) => StandbyBackend::Rbd {
+                pool: pool.unwrap_or_else(|| "rbd".to_owned()),
+            },
+            (Some(other), _) => {
+                return Err(invalid(
+                    "standby.backend",
+                    format!("{other:?} is not files or rbd"),
+                ))
+            }
+        };
+        config.ceph = ferry_engine::rbd::ClusterSpec {
+            cluster: raw.ceph.cluster,
+            conf: raw.ceph.conf,
+            client_id: raw.ceph.client_id,
+        };
+        if let Some(gap) = raw.ceph.coalesce_gap {
+            let n = parse_bytes(&gap).map_err(unit("ceph.coalesce_gap"))?;
+            if n > 4 << 20 {
+                return Err(invalid(
+                    "ceph.coalesce_gap",
+                    format!("{n} bytes is more than an object (4 MiB)"),
+                ));
+            }
+            config.coalesce_gap = Some(n as u32);
+        }
         config.log_format = match raw.log.format.as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
@@ -302,6 +371,21 @@ pub const DEFAULT_CONFIG: &str = r#"# ferry-agent configuration. Every key is op
 [standby]
 # Recovery points kept restorable per standby image.
 # retention = 5
+# Where standby images live: "files" (DIR/images/NAME.raw) or "rbd" (images of
+# an RBD pool, recovery points as RBD snapshots ferry-rp-ID).
+# backend = "files"
+# rbd_pool = "rbd"
+
+[ceph]
+# The cluster of rbd: sources and of an RBD standby (librbd is loaded at run
+# time; install librbd1). Defaults: /etc/ceph/ceph.conf, client.admin.
+# cluster = "ceph"
+# conf = "/etc/ceph/ceph.conf"
+# client_id = "admin"
+# RBD sources read (and send) changed extents of one object closer than this
+# as one request: fewer OSD operations on both sites, a few more bytes on the
+# wire. Default: 64 KiB, or (send limit x 0.2 ms) when a send limit is set.
+# coalesce_gap = "32KiB"
 
 [transport]
 # Images replicated at once over one connection.
@@ -343,5 +427,15 @@ mod tests {
         let err = AgentConfig::parse("trust = [\"abc\"]\n", Path::new("x")).unwrap_err();
         assert!(err.to_string().contains("fingerprint"), "{err}");
         assert!(AgentConfig::parse("bogus = 1\n", Path::new("x")).is_err());
+        let c = AgentConfig::parse(
+            "[standby]\nbackend = \"rbd\"\nrbd_pool = \"dr\"\n[ceph]\ncluster = \"site-b\"\ncoalesce_gap = \"16KiB\"\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(c.standby_backend, StandbyBackend::Rbd { pool: "dr".into() });
+        assert_eq!(c.ceph.cluster.as_deref(), Some("site-b"));
+        assert_eq!(c.coalesce_gap, Some(16 * 1024));
+        assert!(AgentConfig::parse("[standby]\nbackend = \"nfs\"\n", Path::new("x")).is_err());
+        assert!(AgentConfig::parse("[standby]\nrbd_pool = \"x\"\n", Path::new("x")).is_err());
     }
 }

@@ -11,13 +11,14 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use ferry_engine::identity::Identity;
 use ferry_engine::qos::RateLimiter;
+use ferry_engine::rbd::sink::{RbdStandby, RbdStandbyConfig};
 use ferry_engine::session::receiver::{serve, ReceiverContext};
-use ferry_engine::standby::{StandbyStore, StoreConfig};
+use ferry_engine::standby::{Standby, StandbyStore, StoreConfig, StoreError};
 use ferry_engine::transport::{server_endpoint, TrustStore};
 use ferry_protocol::{AgentId, DEFAULT_MAX_FRAME_LEN};
 use tracing::{info, warn};
 
-use crate::config::{config_path, AgentConfig};
+use crate::config::{config_path, AgentConfig, StandbyBackend};
 
 /// Holds the agent directory's lock: one agent (or offline command) per directory.
 #[derive(Debug)]
@@ -77,6 +78,32 @@ impl RunningStandby {
     }
 }
 
+/// Opens the standby store of agent directory `dir` with the configured
+/// backend (runs crash recovery).
+pub async fn open_standby(dir: &Path, config: &AgentConfig) -> Result<Standby> {
+    let store_dir = dir.to_path_buf();
+    let retention = config.retention;
+    let backend = config.standby_backend.clone();
+    let cluster = config.ceph.clone();
+    let store = tokio::task::spawn_blocking(move || -> Result<Standby, StoreError> {
+        Ok(match backend {
+            StandbyBackend::Files => {
+                StandbyStore::open(&store_dir, StoreConfig { retention })?.into()
+            }
+            StandbyBackend::Rbd { pool } => RbdStandby::open(&RbdStandbyConfig {
+                cluster,
+                pool,
+                dir: store_dir.join("rbd-standby"),
+                retention,
+            })?
+            .into(),
+        })
+    })
+    .await?
+    .with_context(|| format!("opening the standby store of {}", dir.display()))?;
+    Ok(store)
+}
+
 /// Starts the standby side of an agent in `dir` on `listen`.
 pub async fn start_standby(
     dir: &Path,
@@ -86,13 +113,7 @@ pub async fn start_standby(
 ) -> Result<RunningStandby> {
     let lock = lock_dir(dir)?;
     let identity = Identity::load(dir)?;
-    let store_dir = dir.to_path_buf();
-    let retention = config.retention;
-    let store = tokio::task::spawn_blocking(move || {
-        StandbyStore::open(&store_dir, StoreConfig { retention })
-    })
-    .await?
-    .with_context(|| format!("opening the standby store in {}", dir.display()))?;
+    let store = open_standby(dir, config).await?;
     let endpoint = server_endpoint(listen, &identity, trust.clone(), &config.transport)?;
     let addr = endpoint.local_addr()?;
     let context = ReceiverContext::new(

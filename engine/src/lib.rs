@@ -22,6 +22,7 @@ pub mod identity;
 pub mod netsim;
 pub mod pipeline;
 pub mod qos;
+pub mod rbd;
 pub mod rbddiff;
 pub mod session;
 pub mod source;

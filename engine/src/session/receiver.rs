@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 use crate::codec::Decoder;
 use crate::qos::{RateLimiter, RateMeter};
 use crate::session::framing::{FrameReader, FrameWriter, FramingError};
-use crate::standby::{EpochWriter, RecoveryPointMeta, StagedBatch, StandbyStore, StoreError};
+use crate::standby::{EpochSink, RecoveryPointMeta, StagedBatch, Standby, StoreError};
 use crate::transport::peer_fingerprint;
 
 /// Unsynced bytes after which the stager fsyncs even if more batches wait.
@@ -52,7 +52,7 @@ pub struct ImageActivity {
 /// Shared state of a standby agent's receiver.
 pub struct ReceiverContext {
     /// The durable store of standby images.
-    pub store: StandbyStore,
+    pub store: Standby,
     /// Aggregate limit for everything written into standby images.
     pub write_limit: RateLimiter,
     /// This agent's identity.
@@ -69,7 +69,7 @@ pub struct ReceiverContext {
 impl ReceiverContext {
     /// A receiver storing into `store`.
     pub fn new(
-        store: StandbyStore,
+        store: Standby,
         write_limit: RateLimiter,
         agent_id: AgentId,
         max_frame_len: usize,
@@ -162,7 +162,7 @@ pub async fn serve(endpoint: quinn::Endpoint, ctx: Arc<ReceiverContext>) {
     connections.shutdown().await;
 }
 
-type Parked = Arc<Mutex<HashMap<ImageName, EpochWriter>>>;
+type Parked = Arc<Mutex<HashMap<ImageName, EpochSink>>>;
 
 async fn handle_connection(conn: quinn::Connection, ctx: Arc<ReceiverContext>) {
     let remote = conn.remote_address();
@@ -414,7 +414,7 @@ async fn open_epoch_taking_over(
     open: &OpenImage,
     conn_id: u64,
     conn: &quinn::Connection,
-) -> Result<EpochWriter, ServeError> {
+) -> Result<EpochSink, ServeError> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let store = ctx.store.clone();
@@ -573,7 +573,7 @@ async fn serve_image_stream(
 /// acknowledge only durable batches. At the end of the stream the writer is
 /// parked for the commit that follows.
 fn stage_loop(
-    mut epoch_writer: EpochWriter,
+    mut epoch_writer: EpochSink,
     mut input: mpsc::Receiver<StagerInput>,
     output: mpsc::UnboundedSender<StagerOutput>,
     ctx: &ReceiverContext,
@@ -585,7 +585,7 @@ fn stage_loop(
     let mut meter = RateMeter::new(Instant::now());
     let image = loop_image_name(&epoch_writer);
     let epoch = epoch_writer.epoch();
-    let sync_and_ack = |w: &mut EpochWriter, unsynced: &mut u64| -> Result<(), ServeError> {
+    let sync_and_ack = |w: &mut EpochSink, unsynced: &mut u64| -> Result<(), ServeError> {
         let durable = w.sync()?;
         *unsynced = 0;
         ctx.update_activity(&image, |a| a.durable_seq = durable);
@@ -666,6 +666,6 @@ fn stage_loop(
     }
 }
 
-fn loop_image_name(writer: &EpochWriter) -> ImageName {
+fn loop_image_name(writer: &EpochSink) -> ImageName {
     writer.image().clone()
 }

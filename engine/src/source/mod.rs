@@ -274,4 +274,7 @@ pub enum SourceError {
     /// The read was cancelled because the pipeline is stopping.
     #[error("scan cancelled")]
     Cancelled,
+    /// The RBD backend failed.
+    #[error(transparent)]
+    Rbd(Box<crate::rbd::RbdError>),
 }

@@ -36,6 +36,15 @@ pub enum StoreError {
         #[source]
         source: io::Error,
     },
+    /// A Ceph (librados/librbd) call of an RBD standby failed.
+    #[error("RBD standby: {context}")]
+    Ceph {
+        /// What the store was doing, and on which image.
+        context: String,
+        /// The failed call.
+        #[source]
+        source: crate::sys::librbd::CephError,
+    },
     /// Another epoch writer or store operation holds the image.
     #[error("image {image} is busy: another writer holds it")]
     Busy {

@@ -16,6 +16,7 @@
 //! → [`StandbyStore::commit`] with every sealed epoch of the recovery point.
 //! All calls block on disk I/O: call them from `spawn_blocking`.
 
+mod backend;
 mod error;
 mod failpoint;
 mod journal;
@@ -33,9 +34,12 @@ use ferry_protocol::types::{Epoch, ImageName, RecoveryPointId, SeqNo};
 /// A decoded extent as staged (`data` is `Some`, `len == length`, for data
 /// extents only). The codec's type, re-exported so callers need one name.
 pub use crate::codec::DecodedExtent;
+pub use backend::{EpochSink, Standby};
 pub use error::{BatchRejection, StoreError};
 pub use failpoint::CrashPoint;
+pub(crate) use state::{read_checksummed, write_checksummed};
 pub use store::StandbyStore;
+pub(crate) use writer::check_extents;
 pub use writer::EpochWriter;
 
 /// Settings of a [`StandbyStore`].

@@ -18,7 +18,7 @@ use ferry_protocol::types::{Epoch, ExtentKind, ImageName, SeqNo};
 use super::journal::{self, encode_table, ExtentEntry, JournalIndex, EXTENT_ENTRY_LEN};
 use super::record::{RecordHeader, HEADER_LEN, MAX_BODY_LEN};
 use super::store::{lock, Slot};
-use super::{BatchRejection, PendingEpoch, SealedEpoch, StagedBatch, StoreError};
+use super::{BatchRejection, DecodedExtent, PendingEpoch, SealedEpoch, StagedBatch, StoreError};
 use crate::sys::fs::write_all_vectored_at;
 
 /// Writes the batches of one pending epoch. At most one exists per image;
@@ -141,49 +141,8 @@ impl EpochWriter {
 
     fn check_batch(&self, batch: &StagedBatch) -> Result<(), BatchRejection> {
         let full = self.staging.is_some();
-        let mut previous_end: Option<u64> = None;
-        let mut data_bytes = 0u64;
-        for extent in &batch.extents {
-            let offset = extent.offset;
-            if extent.length == 0 {
-                return Err(BatchRejection::EmptyExtent { offset });
-            }
-            let end = offset
-                .checked_add(u64::from(extent.length))
-                .filter(|end| *end <= self.size)
-                .ok_or(BatchRejection::PastEnd {
-                    offset,
-                    length: extent.length,
-                    size: self.size,
-                })?;
-            if let Some(previous_end) = previous_end.filter(|p| offset < *p) {
-                return Err(BatchRejection::Unsorted {
-                    offset,
-                    previous_end,
-                });
-            }
-            if full && offset < self.high_water {
-                return Err(BatchRejection::BelowHighWater {
-                    offset,
-                    high_water: self.high_water,
-                });
-            }
-            match (extent.kind, &extent.data) {
-                (ExtentKind::Data, Some(data)) if data.len() == extent.length as usize => {
-                    data_bytes += u64::from(extent.length);
-                }
-                (ExtentKind::Data, data) => {
-                    return Err(BatchRejection::DataLength {
-                        offset,
-                        expected: extent.length,
-                        got: data.as_ref().map_or(0, |d| d.len()),
-                    })
-                }
-                (_, Some(_)) => return Err(BatchRejection::UnexpectedData { offset }),
-                (_, None) => {}
-            }
-            previous_end = Some(end);
-        }
+        let high_water = full.then_some(self.high_water);
+        let data_bytes = check_extents(&batch.extents, self.size, high_water)?;
         if batch.scan_end < self.staged_scan_end {
             return Err(BatchRejection::ScanEndBackwards {
                 scan_end: batch.scan_end,
@@ -382,4 +341,56 @@ impl Drop for EpochWriter {
         }
         lock(&self.slot.meta).writer_active = false;
     }
+}
+
+/// Checks a batch's extents against an image of `size` bytes: non-empty,
+/// inside the image, ascending without overlap, data lengths that match, and
+/// (full copies, `high_water`) nothing below what is already staged. Returns
+/// the batch's data bytes.
+pub(crate) fn check_extents(
+    extents: &[DecodedExtent],
+    size: u64,
+    high_water: Option<u64>,
+) -> Result<u64, BatchRejection> {
+    let mut previous_end: Option<u64> = None;
+    let mut data_bytes = 0u64;
+    for extent in extents {
+        let offset = extent.offset;
+        if extent.length == 0 {
+            return Err(BatchRejection::EmptyExtent { offset });
+        }
+        let end = offset
+            .checked_add(u64::from(extent.length))
+            .filter(|end| *end <= size)
+            .ok_or(BatchRejection::PastEnd {
+                offset,
+                length: extent.length,
+                size,
+            })?;
+        if let Some(previous_end) = previous_end.filter(|p| offset < *p) {
+            return Err(BatchRejection::Unsorted {
+                offset,
+                previous_end,
+            });
+        }
+        if let Some(high_water) = high_water.filter(|h| offset < *h) {
+            return Err(BatchRejection::BelowHighWater { offset, high_water });
+        }
+        match (extent.kind, &extent.data) {
+            (ExtentKind::Data, Some(data)) if data.len() == extent.length as usize => {
+                data_bytes += u64::from(extent.length);
+            }
+            (ExtentKind::Data, data) => {
+                return Err(BatchRejection::DataLength {
+                    offset,
+                    expected: extent.length,
+                    got: data.as_ref().map_or(0, |d| d.len()),
+                })
+            }
+            (_, Some(_)) => return Err(BatchRejection::UnexpectedData { offset }),
+            (_, None) => {}
+        }
+        previous_end = Some(end);
+    }
+    Ok(data_bytes)
 }

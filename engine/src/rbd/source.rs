@@ -1,0 +1,760 @@
+//! [`RbdSource`]: the changed extents of an RBD image, read from ferry-owned
+//! snapshots.
+//!
+//! A cycle reads one *capture*: a snapshot `ferry.<TAG>.<unix-ms>` taken when
+//! the cycle starts (or earlier, for a whole group at once by
+//! [`super::group::capture_group`]). The extents listed by
+//! `rbd_diff_iterate2(from = committed snapshot)` on the capture are exactly
+//! what the standby lacks. Because a snapshot never changes, a cycle is never
+//! fuzzy and an interrupted cycle can resume at *any* offset without
+//! re-reading what the standby already holds.
+//!
+//! Snapshots kept per (peer, target): the committed one (the next cycle's
+//! base, which the standby still needs) and at most one capture in progress.
+//! Everything else carrying this source's tag is removed after a commit.
+//!
+//! State (`rbd-source.json` in the state directory, checksummed and replaced
+//! atomically): committed epoch and snapshot, the capture, the cycle.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ferry_protocol::{Epoch, ExtentKind};
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info, warn};
+
+use super::{open_pool, unix_ms, ClusterSpec, RbdError, RbdSpec};
+use crate::codec::PlainExtent;
+use crate::source::{
+    AnalyzedChunk, BufferPool, ChunkAnalyzer, ChunkBody, ChunkRecord, CyclePlan, ExtentSource,
+    ImageInfo, RawChunk, ScanOutcome, SourceError,
+};
+use crate::standby::{read_checksummed, write_checksummed};
+use crate::sys::librbd::{Aio, Image, Pool};
+
+/// Change-detection granularity reported to the pipeline.
+const BLOCK_SIZE: u32 = 4096;
+/// How much of the image one `rbd_diff_iterate2` call lists.
+const LIST_WINDOW: u64 = 1 << 30;
+const STATE_FILE: &str = "rbd-source.json";
+const STATE_FORMAT: u32 = 1;
+
+/// Tuning of an [`RbdSource`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RbdSourceOptions {
+    /// Changed extents of one object closer than this are read and sent as
+    /// one extent (the unchanged bytes between them travel too). Each
+    /// request costs the OSDs an operation on both sites (~0.2 ms here);
+    /// each gap byte costs wire time, so on a slow link use a small value
+    /// (`gap ≈ op cost × link rate`: 2 KiB at 100 Mbit/s, 25 KiB at 1 Gbit/s).
+    pub coalesce_gap: u32,
+    /// Chunks whose reads are in flight at once (each at most one chunk).
+    pub chunks_in_flight: usize,
+}
+
+impl Default for RbdSourceOptions {
+    fn default() -> Self {
+        Self {
+            coalesce_gap: 32 * 1024,
+            chunks_in_flight: 8,
+        }
+    }
+}
+
+impl RbdSourceOptions {
+    /// The gap worth bridging for a link of `bytes_per_second` (unlimited =
+    /// `None`), assuming a 0.2 ms OSD operation; at most 64 KiB.
+    pub fn gap_for_link(bytes_per_second: Option<u64>) -> u32 {
+        const OP_SECONDS_INV: u64 = 5_000; // 1 / 0.2 ms
+        const MAX_GAP: u64 = 64 * 1024;
+        let gap = bytes_per_second.map_or(MAX_GAP, |r| (r / OP_SECONDS_INV).min(MAX_GAP));
+        u32::try_from(gap).unwrap_or(u32::MAX)
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+struct SnapRef {
+    epoch: u64,
+    snap: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct Capture {
+    pub(crate) snap: String,
+    pub(crate) size: u64,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct CycleRef {
+    epoch: u64,
+    base_epoch: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct SourceState {
+    format: u32,
+    image: String,
+    committed: Option<SnapRef>,
+    capture: Option<Capture>,
+    cycle: Option<CycleRef>,
+}
+
+enum PendingOp {
+    Data { offset: u64, len: u32, aio: Aio },
+    Zero { offset: u64, len: u32 },
+}
+
+struct PendingChunk {
+    scan_start: u64,
+    scan_end: u64,
+    ops: Vec<PendingOp>,
+}
+
+struct ActiveCycle {
+    snap_image: Arc<Image>,
+    base_snap: Option<String>,
+    size: u64,
+    chunk_size: u64,
+    /// Start of the next chunk to plan.
+    cursor: u64,
+    /// Listed extents not yet planned: (offset, len, exists).
+    listed: VecDeque<(u64, u64, bool)>,
+    /// Everything below this has been listed.
+    listed_until: u64,
+    in_flight: VecDeque<PendingChunk>,
+}
+
+/// An RBD image as a replication source.
+pub struct RbdSource {
+    spec: RbdSpec,
+    tag: String,
+    state_dir: PathBuf,
+    head: Arc<Image>,
+    pool: Arc<Pool>,
+    state: SourceState,
+    options: RbdSourceOptions,
+    cycle: Option<ActiveCycle>,
+}
+
+fn state_error(e: RbdError) -> SourceError {
+    SourceError::Rbd(Box::new(e))
+}
+
+impl RbdSource {
+    /// Opens `spec` (no snapshot part) on `cluster`, with its bookkeeping in
+    /// `state_dir`. `tag` names this replication (peer and target) in the
+    /// snapshot names, so two replications of one image never touch each
+    /// other's snapshots.
+    pub fn open(
+        cluster: &ClusterSpec,
+        spec: &RbdSpec,
+        state_dir: &Path,
+        tag: &str,
+        options: RbdSourceOptions,
+    ) -> Result<Self, SourceError> {
+        if spec.snap.is_some() {
+            return Err(state_error(RbdError::Unsupported {
+                image: spec.to_string(),
+                reason: "replicate an image, not a snapshot (ferry takes its own snapshots)".into(),
+            }));
+        }
+        if tag.is_empty()
+            || !tag
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(SourceError::InvalidConfig {
+                reason: "snapshot tag must be non-empty [A-Za-z0-9_-]",
+            });
+        }
+        std::fs::create_dir_all(state_dir).map_err(|source| SourceError::Io {
+            op: "create state directory",
+            path: state_dir.to_path_buf(),
+            source,
+        })?;
+        let pool = open_pool(cluster, &spec.pool).map_err(state_error)?;
+        let head = Arc::new(pool.open(&spec.image).map_err(|e| state_error(e.into()))?);
+        let path = state_dir.join(STATE_FILE);
+        let state =
+            match read_checksummed::<SourceState>(&path).map_err(|e| state_error(e.into()))? {
+                Some(s) if s.format == STATE_FORMAT && s.image == spec.to_string() => s,
+                Some(s) => {
+                    return Err(state_error(RbdError::Unsupported {
+                        image: spec.to_string(),
+                        reason: format!(
+                            "state file {} belongs to {} (format {})",
+                            path.display(),
+                            s.image,
+                            s.format
+                        ),
+                    }))
+                }
+                None => SourceState {
+                    format: STATE_FORMAT,
+                    image: spec.to_string(),
+                    committed: None,
+                    capture: None,
+                    cycle: None,
+                },
+            };
+        let mut source = Self {
+            spec: spec.clone(),
+            tag: tag.to_owned(),
+            state_dir: state_dir.to_path_buf(),
+            head,
+            pool,
+            state,
+            options,
+            cycle: None,
+        };
+        source.reconcile()?;
+        Ok(source)
+    }
+
+    /// The image address.
+    pub fn spec(&self) -> &RbdSpec {
+        &self.spec
+    }
+
+    /// The writable handle of the image (snapshots, locks).
+    pub(crate) fn head(&self) -> &Arc<Image> {
+        &self.head
+    }
+
+    /// Snapshot name prefix of this replication.
+    fn prefix(&self) -> String {
+        format!("ferry.{}.", self.tag)
+    }
+
+    /// A fresh capture name for `instant_ms`.
+    pub(crate) fn capture_name(&self, instant_ms: u64) -> String {
+        format!("{}{instant_ms}", self.prefix())
+    }
+
+    /// The capture waiting to be replicated, if any.
+    pub fn capture(&self) -> Option<&str> {
+        self.state.capture.as_ref().map(|c| c.snap.as_str())
+    }
+
+    fn save(&mut self, state: SourceState) -> Result<(), SourceError> {
+        write_checksummed(&self.state_dir.join(STATE_FILE), &state)
+            .map_err(|e| state_error(e.into()))?;
+        self.state = state;
+        Ok(())
+    }
+
+    /// Records `snap` (already created on the image) as the capture.
+    pub(crate) fn adopt_capture(&mut self, snap: String) -> Result<(), SourceError> {
+        let size = self.snap_size(&snap)?;
+        let mut state = self.state.clone();
+        state.capture = Some(Capture { snap, size });
+        state.cycle = None;
+        self.save(state)
+    }
+
+    fn snap_size(&self, snap: &str) -> Result<u64, SourceError> {
+        let snaps = self.head.snapshots().map_err(|e| state_error(e.into()))?;
+        snaps
+            .iter()
+            .find(|s| s.name == snap)
+            .map(|s| s.size)
+            .ok_or_else(|| {
+                state_error(RbdError::MissingSnapshot {
+                    image: self.spec.to_string(),
+                    snap: snap.to_owned(),
+                    reason: "just created",
+                })
+            })
+    }
+
+    /// Forgets the capture and removes its snapshot.
+    pub(crate) fn drop_capture(&mut self) -> Result<(), SourceError> {
+        let Some(capture) = self.state.capture.clone() else {
+            return Ok(());
+        };
+        let mut state = self.state.clone();
+        state.capture = None;
+        state.cycle = None;
+        self.save(state)?;
+        self.remove_snap(&capture.snap);
+        Ok(())
+    }
+
+    fn remove_snap(&self, snap: &str) {
+        match self.head.snap_remove(snap) {
+            Ok(()) => debug!(image = %self.spec, snap, "removed snapshot"),
+            Err(e) if e.is_not_found() => {}
+            Err(error) => {
+                warn!(image = %self.spec, snap, %error, "could not remove a ferry snapshot; it will be retried after the next commit")
+            }
+        }
+    }
+
+    /// Checks the snapshots the state names and removes stray ones.
+    fn reconcile(&mut self) -> Result<(), SourceError> {
+        let snaps = self.head.snapshots().map_err(|e| state_error(e.into()))?;
+        let has = |name: &str| snaps.iter().any(|s| s.name == name);
+        let mut state = self.state.clone();
+        if let Some(c) = &state.committed {
+            if !has(&c.snap) {
+                warn!(image = %self.spec, snap = %c.snap, "the committed ferry snapshot is gone; the next cycle is a full copy");
+                state.committed = None;
+            }
+        }
+        if let Some(c) = &state.capture {
+            if !has(&c.snap) {
+                warn!(image = %self.spec, snap = %c.snap, "the capture snapshot is gone; a new one will be taken");
+                state.capture = None;
+                state.cycle = None;
+            }
+        }
+        if state != self.state {
+            self.save(state)?;
+        }
+        self.sweep();
+        Ok(())
+    }
+
+    /// Removes snapshots with this replication's tag that the state does not name.
+    fn sweep(&self) {
+        let Ok(snaps) = self.head.snapshots() else {
+            return;
+        };
+        let prefix = self.prefix();
+        let keep = |name: &str| {
+            self.state
+                .committed
+                .as_ref()
+                .is_some_and(|c| c.snap == name)
+                || self.state.capture.as_ref().is_some_and(|c| c.snap == name)
+        };
+        for snap in snaps
+            .iter()
+            .filter(|s| s.name.starts_with(&prefix) && !keep(&s.name))
+        {
+            self.remove_snap(&snap.name);
+        }
+    }
+
+    /// Plans the next chunk and starts its reads.
+    fn plan_chunk(&self, cycle: &mut ActiveCycle) -> Result<Option<PendingChunk>, SourceError> {
+        if cycle.cursor >= cycle.size {
+            return Ok(None);
+        }
+        let scan_start = cycle.cursor;
+        let scan_end = ((scan_start / cycle.chunk_size + 1) * cycle.chunk_size).min(cycle.size);
+        while cycle.listed_until < scan_end {
+            let from = cycle.listed_until;
+            let len = LIST_WINDOW.min(cycle.size - from);
+            let listed = &mut cycle.listed;
+            cycle
+                .snap_image
+                .diff_iterate(
+                    cycle.base_snap.as_deref(),
+                    from,
+                    len,
+                    cycle.base_snap.is_none(),
+                    &mut |offset, len, exists| {
+                        listed.push_back((offset, len, exists));
+                        true
+                    },
+                )
+                .map_err(|e| state_error(e.into()))?;
+            cycle.listed_until = from + len;
+        }
+        // Take the listed extents of [scan_start, scan_end), splitting at the end.
+        let mut pieces: Vec<(u64, u64, bool)> = Vec::new();
+        while let Some(&(offset, len, exists)) = cycle.listed.front() {
+            let end = offset + len;
+            if end <= scan_start {
+                cycle.listed.pop_front();
+                continue;
+            }
+            if offset >= scan_end {
+                break;
+            }
+            let start = offset.max(scan_start);
+            let stop = end.min(scan_end);
+            pieces.push((start, stop - start, exists));
+            if end <= scan_end {
+                cycle.listed.pop_front();
+            } else {
+                break;
+            }
+        }
+        let mut ops = Vec::new();
+        for (offset, len, exists) in coalesce(&pieces, u64::from(self.options.coalesce_gap)) {
+            let len32 = u32::try_from(len).map_err(|_| SourceError::Misuse {
+                reason: "an extent longer than a chunk",
+            })?;
+            if exists {
+                let aio = cycle
+                    .snap_image
+                    .aio_read(offset, len32 as usize)
+                    .map_err(|e| state_error(e.into()))?;
+                ops.push(PendingOp::Data {
+                    offset,
+                    len: len32,
+                    aio,
+                });
+            } else {
+                ops.push(PendingOp::Zero { offset, len: len32 });
+            }
+        }
+        cycle.cursor = scan_end;
+        Ok(Some(PendingChunk {
+            scan_start,
+            scan_end,
+            ops,
+        }))
+    }
+}
+
+/// Merges data extents whose gap is at most `gap` (within one list, which
+/// never crosses a chunk). Zero extents are kept apart; a zero extent between
+/// two data extents stops the merge (its bytes must become zero).
+fn coalesce(pieces: &[(u64, u64, bool)], gap: u64) -> Vec<(u64, u64, bool)> {
+    let mut out: Vec<(u64, u64, bool)> = Vec::with_capacity(pieces.len());
+    for &(offset, len, exists) in pieces {
+        if let Some(last) = out.last_mut() {
+            let last_end = last.0 + last.1;
+            let adjacent_same = last_end == offset && last.2 == exists;
+            let bridgeable = exists && last.2 && offset >= last_end && offset - last_end <= gap;
+            if adjacent_same || bridgeable {
+                last.1 = offset + len - last.0;
+                continue;
+            }
+        }
+        out.push((offset, len, exists));
+    }
+    out
+}
+
+impl ExtentSource for RbdSource {
+    fn info(&self) -> Result<ImageInfo, SourceError> {
+        let size = match &self.state.capture {
+            Some(c) => c.size,
+            None => self.head.size().map_err(|e| state_error(e.into()))?,
+        };
+        Ok(ImageInfo {
+            size,
+            block_size: BLOCK_SIZE,
+        })
+    }
+
+    fn committed_epoch(&self) -> Epoch {
+        Epoch(self.state.committed.as_ref().map_or(0, |c| c.epoch))
+    }
+
+    fn resumable_offset(&self, epoch: Epoch) -> u64 {
+        // The capture never changes: every offset of its cycle is resumable.
+        match (&self.state.cycle, &self.state.capture) {
+            (Some(c), Some(capture)) if c.epoch == epoch.get() => capture.size,
+            _ => 0,
+        }
+    }
+
+    fn begin_cycle(&mut self, plan: &CyclePlan, chunk_size: u32) -> Result<ImageInfo, SourceError> {
+        let committed = self.committed_epoch();
+        let base_snap = if plan.base_epoch == Epoch(0) {
+            None
+        } else {
+            match &self.state.committed {
+                Some(c) if c.epoch == plan.base_epoch.get() => Some(c.snap.clone()),
+                _ => {
+                    return Err(SourceError::BadPlan {
+                        epoch: plan.epoch,
+                        base_epoch: plan.base_epoch,
+                        committed,
+                        reason: "no snapshot of that base epoch",
+                    })
+                }
+            }
+        };
+        if plan.epoch <= committed {
+            return Err(SourceError::BadPlan {
+                epoch: plan.epoch,
+                base_epoch: plan.base_epoch,
+                committed,
+                reason: "epoch is not newer than the committed one",
+            });
+        }
+        // A capture started for another epoch is stale: take a fresh one.
+        if let Some(c) = self.state.cycle {
+            if c.epoch != plan.epoch.get() || c.base_epoch != plan.base_epoch.get() {
+                info!(image = %self.spec, old_epoch = c.epoch, epoch = %plan.epoch, "dropping the capture of an abandoned cycle");
+                self.drop_capture()?;
+            }
+        }
+        if plan.resume_offset > 0 && self.state.cycle.is_none() {
+            return Err(SourceError::ResumeBeyondProgress {
+                epoch: plan.epoch,
+                requested: plan.resume_offset,
+                resumable: 0,
+            });
+        }
+        if self.state.capture.is_none() {
+            let name = self.capture_name(unix_ms());
+            self.head
+                .snap_create(&name)
+                .map_err(|e| state_error(e.into()))?;
+            self.adopt_capture(name)?;
+        }
+        let Some(capture) = self.state.capture.clone() else {
+            return Err(SourceError::Misuse {
+                reason: "capture vanished while starting a cycle",
+            });
+        };
+        let mut state = self.state.clone();
+        state.cycle = Some(CycleRef {
+            epoch: plan.epoch.get(),
+            base_epoch: plan.base_epoch.get(),
+        });
+        self.save(state)?;
+        let snap_image = Arc::new(
+            self.pool
+                .open_read_only(&self.spec.image, Some(&capture.snap))
+                .map_err(|e| state_error(e.into()))?,
+        );
+        let chunk_size = u64::from(chunk_size.max(BLOCK_SIZE));
+        let resume = plan.resume_offset.min(capture.size);
+        info!(image = %self.spec, epoch = %plan.epoch, base = ?base_snap, capture = %capture.snap, resume, "reading RBD capture");
+        self.cycle = Some(ActiveCycle {
+            snap_image,
+            base_snap,
+            size: capture.size,
+            chunk_size,
+            cursor: resume,
+            listed: VecDeque::new(),
+            listed_until: resume,
+            in_flight: VecDeque::new(),
+        });
+        Ok(ImageInfo {
+            size: capture.size,
+            block_size: BLOCK_SIZE,
+        })
+    }
+
+    fn read_next(&mut self, _pool: &BufferPool) -> Result<Option<RawChunk>, SourceError> {
+        let Some(mut cycle) = self.cycle.take() else {
+            return Err(SourceError::Misuse {
+                reason: "read_next without begin_cycle",
+            });
+        };
+        let result = (|| {
+            while cycle.in_flight.len() < self.options.chunks_in_flight.max(1) {
+                match self.plan_chunk(&mut cycle)? {
+                    Some(chunk) => cycle.in_flight.push_back(chunk),
+                    None => break,
+                }
+            }
+            let Some(chunk) = cycle.in_flight.pop_front() else {
+                return Ok(None);
+            };
+            let mut extents = Vec::with_capacity(chunk.ops.len());
+            for op in chunk.ops {
+                match op {
+                    PendingOp::Data { offset, len, aio } => {
+                        let data: Bytes = aio
+                            .wait()
+                            .map_err(|e| state_error(e.into()))?
+                            .unwrap_or_default();
+                        extents.push(PlainExtent {
+                            offset,
+                            length: len,
+                            kind: ExtentKind::Data,
+                            data: Some(data),
+                        });
+                    }
+                    PendingOp::Zero { offset, len } => extents.push(PlainExtent {
+                        offset,
+                        length: len,
+                        kind: ExtentKind::Zero,
+                        data: None,
+                    }),
+                }
+            }
+            Ok(Some(RawChunk {
+                scan_start: chunk.scan_start,
+                scan_end: chunk.scan_end,
+                body: ChunkBody::Extents(extents),
+                base_hashes: Vec::new(),
+            }))
+        })();
+        self.cycle = Some(cycle);
+        result
+    }
+
+    fn analyzer(&self) -> Arc<dyn ChunkAnalyzer> {
+        Arc::new(RbdAnalyzer)
+    }
+
+    fn record(&mut self, _record: &ChunkRecord) -> Result<(), SourceError> {
+        Ok(())
+    }
+
+    fn end_scan(&mut self) -> Result<ScanOutcome, SourceError> {
+        self.cycle = None;
+        Ok(ScanOutcome { fuzzy: false })
+    }
+
+    fn abort_scan(&mut self) {
+        // Dropping the in-flight reads waits for them; the capture stays.
+        self.cycle = None;
+    }
+
+    fn commit_cycle(&mut self, epoch: Epoch) -> Result<(), SourceError> {
+        let (Some(cycle), Some(capture)) = (self.state.cycle, self.state.capture.clone()) else {
+            return Err(SourceError::NotCommittable {
+                epoch,
+                reason: "no cycle of this image is in progress",
+            });
+        };
+        if cycle.epoch != epoch.get() {
+            return Err(SourceError::NotCommittable {
+                epoch,
+                reason: "another epoch is in progress",
+            });
+        }
+        let mut state = self.state.clone();
+        state.committed = Some(SnapRef {
+            epoch: epoch.get(),
+            snap: capture.snap,
+        });
+        state.capture = None;
+        state.cycle = None;
+        self.save(state)?;
+        self.cycle = None;
+        // The standby now holds `epoch`: only its snapshot is still needed.
+        self.sweep();
+        Ok(())
+    }
+
+    fn discard_cycle(&mut self) -> Result<(), SourceError> {
+        self.cycle = None;
+        self.drop_capture()
+    }
+}
+
+/// Turns all-zero data extents into zero extents (they need no bytes on the
+/// wire); everything else passes through.
+struct RbdAnalyzer;
+
+impl ChunkAnalyzer for RbdAnalyzer {
+    fn analyze(&self, chunk: RawChunk) -> Result<AnalyzedChunk, SourceError> {
+        let ChunkBody::Extents(listed) = chunk.body else {
+            return Err(SourceError::UnexpectedChunk {
+                scan_start: chunk.scan_start,
+                scan_end: chunk.scan_end,
+            });
+        };
+        let mut extents: Vec<PlainExtent> = Vec::with_capacity(listed.len());
+        let mut bytes_zero = 0u64;
+        for mut extent in listed {
+            if extent.kind == ExtentKind::Data
+                && extent.data.as_deref().is_some_and(crate::rbddiff::is_zero)
+            {
+                extent.kind = ExtentKind::Zero;
+                extent.data = None;
+            }
+            if extent.kind != ExtentKind::Data {
+                bytes_zero += u64::from(extent.length);
+            }
+            match extents.last_mut() {
+                Some(last)
+                    if last.kind == ExtentKind::Zero
+                        && extent.kind == ExtentKind::Zero
+                        && last.offset + u64::from(last.length) == extent.offset =>
+                {
+                    last.length += extent.length;
+                }
+                _ => extents.push(extent),
+            }
+        }
+        Ok(AnalyzedChunk {
+            extents,
+            bytes_zero,
+            record: ChunkRecord {
+                scan_start: chunk.scan_start,
+                scan_end: chunk.scan_end,
+                hashes: Vec::new(),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coalesces_close_data_extents_only() {
+        let pieces = [
+            (0, 4096, true),
+            (8192, 4096, true),     // gap 4 KiB: merged
+            (200_000, 4096, true),  // far: separate
+            (204_096, 4096, false), // zero, adjacent: separate kind
+            (208_192, 4096, true),  // after a zero: not merged across it
+        ];
+        let out = coalesce(&pieces, 16 * 1024);
+        assert_eq!(
+            out,
+            vec![
+                (0, 12288, true),
+                (200_000, 4096, true),
+                (204_096, 4096, false),
+                (208_192, 4096, true)
+            ]
+        );
+        assert_eq!(coalesce(&pieces, 0).len(), 5);
+    }
+
+    #[test]
+    fn gap_follows_link_rate() {
+        assert_eq!(RbdSourceOptions::gap_for_link(None), 64 * 1024);
+        assert_eq!(RbdSourceOptions::gap_for_link(Some(12_500_000)), 2_500);
+        assert_eq!(
+            RbdSourceOptions::gap_for_link(Some(10_000_000_000)),
+            64 * 1024
+        );
+    }
+
+    #[test]
+    fn analyzer_turns_zero_data_into_zero_extents() {
+        let chunk = RawChunk {
+            scan_start: 0,
+            scan_end: 16384,
+            body: ChunkBody::Extents(vec![
+                PlainExtent {
+                    offset: 0,
+                    length: 4096,
+                    kind: ExtentKind::Data,
+                    data: Some(Bytes::from(vec![0u8; 4096])),
+                },
+                PlainExtent {
+                    offset: 4096,
+                    length: 4096,
+                    kind: ExtentKind::Zero,
+                    data: None,
+                },
+                PlainExtent {
+                    offset: 8192,
+                    length: 4096,
+                    kind: ExtentKind::Data,
+                    data: Some(Bytes::from(vec![7u8; 4096])),
+                },
+            ]),
+            base_hashes: Vec::new(),
+        };
+        let out = RbdAnalyzer.analyze(chunk).unwrap();
+        assert_eq!(out.extents.len(), 2);
+        assert_eq!(
+            (out.extents[0].kind, out.extents[0].length),
+            (ExtentKind::Zero, 8192)
+        );
+        assert_eq!(out.extents[1].kind, ExtentKind::Data);
+        assert_eq!(out.bytes_zero, 8192);
+    }
+}
