@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod demo;
 pub mod diffcmd;
 pub mod imagegen;
+pub mod schedule;
 pub mod units;
 pub mod uri;
 
