@@ -9,11 +9,15 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use ferry_engine::identity::Identity;
 use ferry_engine::qos::RateLimiter;
+use ferry_engine::rbd::group::capture_group;
+use ferry_engine::rbd::source::{RbdSource, RbdSourceOptions};
+use ferry_engine::rbd::ClusterSpec;
 use ferry_engine::session::sender::{
     sync_group, GroupReport, ImageJob, SyncOptions, SyncProgress, SyncTarget,
 };
-use ferry_engine::session::verify::{verify_image, VerifyReport};
+use ferry_engine::session::verify::{verify_image, VerifyReport, VerifySource};
 use ferry_engine::source::file::FileSource;
+use ferry_engine::source::ExtentSource;
 use ferry_protocol::{AgentId, ImageName};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use tokio::sync::watch;
@@ -45,6 +49,8 @@ pub struct SyncRequest<'a> {
     pub progress_bar: bool,
     /// Adjust options before the run (tests and the demo shorten timeouts).
     pub tweak: Option<&'a (dyn Fn(&mut SyncOptions) + Sync)>,
+    /// Cluster of `rbd:` sources (default: the config's `[ceph]`).
+    pub cluster: Option<ClusterSpec>,
 }
 
 fn options_from(config: &AgentConfig) -> SyncOptions {
@@ -81,11 +87,17 @@ pub async fn sync(request: SyncRequest<'_>) -> Result<GroupReport> {
         tweak(&mut options);
     }
 
-    let mut jobs = Vec::with_capacity(request.pairs.len());
+    let mut sources: Vec<Box<dyn ExtentSource>> = Vec::with_capacity(request.pairs.len());
+    let mut rbd_sources: Vec<(usize, RbdSource)> = Vec::new();
     let mut locks = Vec::with_capacity(request.pairs.len());
-    let mut progress_rx = Vec::new();
-    for (source, target) in request.pairs {
-        let SourceUri::File(path) = source;
+    let cluster = request
+        .cluster
+        .clone()
+        .unwrap_or_else(|| config.ceph.clone());
+    let coalesce_gap = config
+        .coalesce_gap
+        .unwrap_or_else(|| RbdSourceOptions::gap_for_link(options.limiter.rate()));
+    for (index, (source, target)) in request.pairs.iter().enumerate() {
         let state_dir = source_state_dir(request.dir, request.peer, &target.image);
         std::fs::create_dir_all(&state_dir)
             .with_context(|| format!("creating {}", state_dir.display()))?;
@@ -98,19 +110,51 @@ pub async fn sync(request: SyncRequest<'_>) -> Result<GroupReport> {
             .with_context(|| format!("opening {}", lock_path.display()))?;
         if lock.try_lock().is_err() {
             bail!(
-                "another `ferry sync` of {} to {} is running (lock {} is held)",
-                path.display(),
+                "another `ferry sync` of {source} to {} is running (lock {} is held)",
                 target.image,
                 lock_path.display()
             );
         }
         locks.push(lock);
-        let source = FileSource::open(path, &state_dir)
-            .with_context(|| format!("opening source {}", path.display()))?;
+        match source {
+            SourceUri::File(path) => {
+                let source = FileSource::open(path, &state_dir)
+                    .with_context(|| format!("opening source {}", path.display()))?;
+                sources.push(Box::new(source));
+            }
+            SourceUri::Rbd(spec) => {
+                let tag = format!("{}-{}", &request.peer.to_hex()[..16], target.image);
+                let rbd_options = RbdSourceOptions {
+                    coalesce_gap,
+                    ..RbdSourceOptions::default()
+                };
+                let rbd = tokio::task::block_in_place(|| {
+                    RbdSource::open(&cluster, spec, &state_dir, &tag, rbd_options)
+                })
+                .with_context(|| format!("opening source {source}"))?;
+                rbd_sources.push((index, rbd));
+            }
+        }
+    }
+    // The RBD images of one sync are captured at one instant.
+    if !rbd_sources.is_empty() {
+        let mut refs: Vec<&mut RbdSource> = rbd_sources.iter_mut().map(|(_, s)| s).collect();
+        let fresh = tokio::task::block_in_place(|| capture_group(&mut refs))
+            .context("taking the recovery point's RBD snapshots")?;
+        if !fresh {
+            info!("resuming the RBD capture of an interrupted sync");
+        }
+    }
+    for (index, rbd) in rbd_sources {
+        sources.insert(index, Box::new(rbd));
+    }
+    let mut jobs = Vec::with_capacity(sources.len());
+    let mut progress_rx = Vec::new();
+    for (source, (_, target)) in sources.into_iter().zip(request.pairs.iter()) {
         let (tx, rx) = watch::channel(SyncProgress::default());
         progress_rx.push(rx);
         jobs.push(ImageJob {
-            source: Box::new(source),
+            source,
             image: target.image.clone(),
             progress: tx,
         });
@@ -196,14 +240,23 @@ pub async fn verify(
     target: &TargetUri,
     peer: AgentId,
 ) -> Result<VerifyReport> {
-    let SourceUri::File(path) = source;
     let identity = Identity::load(dir)?;
     let config = AgentConfig::load(config_path(dir, None).as_deref())?;
+    let local = match source {
+        SourceUri::File(path) => VerifySource::file(path)?,
+        SourceUri::Rbd(spec) => {
+            let state_dir = source_state_dir(dir, peer, &target.image);
+            tokio::task::block_in_place(|| {
+                RbdSource::open_committed(&config.ceph, spec, &state_dir)
+            })
+            .with_context(|| format!("opening the last replicated snapshot of {source}"))?
+        }
+    };
     let options = options_from(&config);
     let target = SyncTarget {
         addr: target.addr,
         peer,
         image: target.image.clone(),
     };
-    Ok(verify_image(path, target, identity, options).await?)
+    Ok(verify_image(local, target, identity, options).await?)
 }

@@ -100,6 +100,7 @@ pub async fn run(work: &Path, size: u64) -> Result<()> {
         bwlimit: None,
         progress_bar: false,
         tweak: Some(&tweak),
+        cluster: None,
     };
 
     let first = image_report(client::sync(request()).await?)?;
@@ -150,6 +151,7 @@ pub async fn run(work: &Path, size: u64) -> Result<()> {
                 bwlimit: Some(Some(20_000_000)),
                 progress_bar: false,
                 tweak: Some(&tweak),
+                cluster: None,
             })
             .await
         })

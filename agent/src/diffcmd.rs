@@ -1,10 +1,12 @@
 //! `ferry export-diff` and `ferry import-diff`: rbd diff interop for raw
-//! image files (`file:`); `rbd:` images come with the librbd backend.
+//! image files (`file:`) and RBD images (`rbd:POOL/IMAGE[@SNAP]`).
 
 use std::fs::OpenOptions;
 use std::io::{self, BufWriter};
 use std::path::{Path, PathBuf};
 
+use ferry_engine::rbd::diff::{export_rbd, import_rbd, RbdImportOptions};
+use ferry_engine::rbd::{ClusterSpec, RbdSpec};
 use ferry_engine::rbddiff::export::{self, ExportFormat, ExportOptions, ExportReport};
 use ferry_engine::rbddiff::import::{self, DiffInput, ImportOptions, ImportReport};
 
@@ -13,7 +15,7 @@ use ferry_engine::rbddiff::import::{self, DiffInput, ImportOptions, ImportReport
 pub enum ImageSpec {
     /// A raw image file or block device.
     File(PathBuf),
-    /// An RBD image (`rbd:POOL/IMAGE[@SNAP]`), not supported yet.
+    /// An RBD image (`rbd:POOL/IMAGE[@SNAP]`).
     Rbd {
         /// Pool.
         pool: String,
@@ -35,12 +37,6 @@ pub enum DiffCmdError {
         /// What is wrong.
         reason: &'static str,
     },
-    /// `rbd:` images need the librbd backend.
-    #[error("{spec}: rbd: images are not supported yet: the librbd backend is a separate step (use `rbd export-diff`/`rbd import-diff` with a file or pipe for now)")]
-    RbdNotSupported {
-        /// The address given.
-        spec: String,
-    },
     /// Options that do not apply.
     #[error("{0}")]
     Usage(String),
@@ -61,6 +57,9 @@ pub enum DiffCmdError {
     /// Import failed.
     #[error(transparent)]
     Import(#[from] import::ImportError),
+    /// Export from or import into an RBD image failed.
+    #[error(transparent)]
+    Rbd(#[from] ferry_engine::rbd::diff::RbdDiffError),
 }
 
 impl ImageSpec {
@@ -104,15 +103,6 @@ impl ImageSpec {
         }
         Ok(Self::File(PathBuf::from(path)))
     }
-
-    fn file(self, input: &str) -> Result<PathBuf, DiffCmdError> {
-        match self {
-            Self::File(p) => Ok(p),
-            Self::Rbd { .. } => Err(DiffCmdError::RbdNotSupported {
-                spec: input.to_owned(),
-            }),
-        }
-    }
 }
 
 /// Arguments of `ferry export-diff`.
@@ -132,16 +122,41 @@ pub struct ExportArgs {
     pub to_snap_name: Option<String>,
     /// `--export-format 2`: write an `rbd image v2` stream.
     pub image_v2: bool,
+    /// Cluster of `rbd:` sources.
+    pub cluster: ClusterSpec,
 }
 
 /// Runs `ferry export-diff`.
 pub fn export_diff(args: &ExportArgs) -> Result<ExportReport, DiffCmdError> {
     let source = ImageSpec::parse(&args.source)?;
-    if let ImageSpec::Rbd { .. } = source {
-        return Err(DiffCmdError::RbdNotSupported {
-            spec: args.source.clone(),
-        });
-    }
+    let format = if args.image_v2 {
+        ExportFormat::ImageV2
+    } else {
+        ExportFormat::DiffV1
+    };
+    let path = match source {
+        ImageSpec::File(path) => path,
+        ImageSpec::Rbd { pool, image, snap } => {
+            if args.from_file.is_some()
+                || args.from_snap_name.is_some()
+                || args.to_snap_name.is_some()
+            {
+                return Err(DiffCmdError::Usage(
+                    "--from-file/--from-snap-name/--to-snap-name are for file sources; an rbd: source names its snapshots (--from-snap S, SOURCE@SNAP)".into(),
+                ));
+            }
+            let spec = RbdSpec { pool, image, snap };
+            return with_output(&args.output, |out| {
+                Ok(export_rbd(
+                    &args.cluster,
+                    &spec,
+                    args.from_snap.as_deref(),
+                    format,
+                    out,
+                )?)
+            });
+        }
+    };
     if let Some(snap) = &args.from_snap {
         return Err(DiffCmdError::Usage(format!(
             "--from-snap {snap:?}: a file source has no snapshots; use --from-file OLD.raw to \
@@ -153,24 +168,35 @@ pub fn export_diff(args: &ExportArgs) -> Result<ExportReport, DiffCmdError> {
             "--from-snap-name labels a diff against --from-file; without --from-file the whole image is exported".into(),
         ));
     }
-    let path = source.file(&args.source)?;
     let opts = ExportOptions {
         from_file: args.from_file.clone(),
         from_snap: args.from_snap_name.clone(),
         to_snap: args.to_snap_name.clone(),
-        format: if args.image_v2 {
-            ExportFormat::ImageV2
-        } else {
-            ExportFormat::DiffV1
-        },
+        format,
     };
-    if args.output == "-" {
+    with_output(&args.output, |out| {
+        Ok(export::export_diff(&path, &opts, out)?)
+    })
+}
+
+/// Runs `export` into stdout (`-`) or a new file that is removed again if
+/// the export fails (like rbd, never overwriting).
+fn with_output(
+    output: &str,
+    export: impl FnOnce(&mut dyn io::Write) -> Result<ExportReport, DiffCmdError>,
+) -> Result<ExportReport, DiffCmdError> {
+    if output == "-" {
         let stdout = io::stdout();
-        let out = BufWriter::with_capacity(1 << 20, stdout.lock());
-        return Ok(export::export_diff(&path, &opts, out)?);
+        let mut out = BufWriter::with_capacity(1 << 20, stdout.lock());
+        let report = export(&mut out)?;
+        io::Write::flush(&mut out).map_err(|source| DiffCmdError::Io {
+            op: "writing",
+            path: PathBuf::from("-"),
+            source,
+        })?;
+        return Ok(report);
     }
-    // Like rbd: never overwrite, and remove a partial output on failure.
-    let out_path = Path::new(&args.output);
+    let out_path = Path::new(output);
     let file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -180,8 +206,16 @@ pub fn export_diff(args: &ExportArgs) -> Result<ExportReport, DiffCmdError> {
             path: out_path.to_path_buf(),
             source,
         })?;
-    let result = export::export_diff(&path, &opts, BufWriter::with_capacity(1 << 20, &file))
-        .map_err(DiffCmdError::from)
+    let mut out = BufWriter::with_capacity(1 << 20, &file);
+    let result = export(&mut out)
+        .and_then(|report| {
+            io::Write::flush(&mut out).map_err(|source| DiffCmdError::Io {
+                op: "writing",
+                path: out_path.to_path_buf(),
+                source,
+            })?;
+            Ok(report)
+        })
         .and_then(|report| {
             file.sync_all().map_err(|source| DiffCmdError::Io {
                 op: "fsyncing",
@@ -207,11 +241,39 @@ pub struct ImportArgs {
     pub no_snap_check: bool,
     /// `--no-create`.
     pub no_create: bool,
+    /// Cluster of `rbd:` targets.
+    pub cluster: ClusterSpec,
 }
 
 /// Runs `ferry import-diff`.
 pub fn import_diff(args: &ImportArgs) -> Result<ImportReport, DiffCmdError> {
-    let target = ImageSpec::parse(&args.target)?.file(&args.target)?;
+    let target = match ImageSpec::parse(&args.target)? {
+        ImageSpec::File(path) => path,
+        ImageSpec::Rbd { pool, image, snap } => {
+            let spec = RbdSpec { pool, image, snap };
+            let options = RbdImportOptions {
+                check_snapshots: !args.no_snap_check,
+                create: !args.no_create,
+            };
+            if args.input == "-" {
+                let stdin = io::stdin();
+                let mut lock = stdin.lock();
+                return Ok(import_rbd(&args.cluster, &spec, &mut lock, "-", options)?);
+            }
+            let mut file = std::fs::File::open(&args.input).map_err(|source| DiffCmdError::Io {
+                op: "opening",
+                path: PathBuf::from(&args.input),
+                source,
+            })?;
+            return Ok(import_rbd(
+                &args.cluster,
+                &spec,
+                &mut file,
+                &args.input,
+                options,
+            )?);
+        }
+    };
     let opts = ImportOptions {
         check_snapshots: !args.no_snap_check,
         create: !args.no_create,
@@ -296,21 +358,15 @@ mod tests {
     }
 
     #[test]
-    fn rbd_targets_are_a_clear_error() {
-        let err = import_diff(&ImportArgs {
-            input: "/nonexistent".into(),
-            target: "rbd:rbd/vol1".into(),
-            ..ImportArgs::default()
-        })
-        .unwrap_err();
-        assert!(err.to_string().contains("not supported yet"), "{err}");
+    fn rbd_sources_refuse_file_only_options() {
         let err = export_diff(&ExportArgs {
             source: "rbd:rbd/vol1@s1".into(),
             output: "-".into(),
+            from_file: Some("/x.raw".into()),
             ..ExportArgs::default()
         })
         .unwrap_err();
-        assert!(err.to_string().contains("librbd backend"), "{err}");
+        assert!(err.to_string().contains("file sources"), "{err}");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Operator-facing addresses: `file:/path` sources and
+//! Operator-facing addresses: `file:/path` and `rbd:POOL/IMAGE` sources and
 //! `quic://HOST:PORT/NAME` standby targets.
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -11,9 +11,12 @@ use ferry_protocol::ImageName;
 pub enum UriError {
     /// The source is not of a supported kind.
     #[error(
-        "unsupported source {0:?}: use file:/path/to/image.raw (a raw image file or block device)"
+        "unsupported source {0:?}: use file:/path/to/image.raw (a raw image file or block device) or rbd:POOL/IMAGE"
     )]
     UnsupportedSource(String),
+    /// An `rbd:` source that does not parse.
+    #[error(transparent)]
+    Rbd(#[from] ferry_engine::rbd::RbdError),
     /// The target is not `quic://HOST:PORT/NAME`.
     #[error("bad target {input:?}: {reason} (expected quic://HOST:PORT/NAME)")]
     BadTarget {
@@ -29,11 +32,32 @@ pub enum UriError {
 pub enum SourceUri {
     /// A raw image file or block device.
     File(PathBuf),
+    /// An RBD image (`rbd:POOL/IMAGE`).
+    Rbd(ferry_engine::rbd::RbdSpec),
+}
+
+impl std::fmt::Display for SourceUri {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(path) => write!(f, "file:{}", path.display()),
+            Self::Rbd(spec) => write!(f, "rbd:{spec}"),
+        }
+    }
 }
 
 impl SourceUri {
-    /// Parses `file:/path` (a bare absolute or relative path is taken as a file too).
+    /// Parses `file:/path` (a bare absolute or relative path is taken as a
+    /// file too) or `rbd:POOL/IMAGE`.
     pub fn parse(input: &str) -> Result<Self, UriError> {
+        if let Some(spec) = input.strip_prefix("rbd:") {
+            let spec = ferry_engine::rbd::RbdSpec::parse(spec)?;
+            if spec.snap.is_some() {
+                return Err(UriError::UnsupportedSource(format!(
+                    "{input} (replicate the image; ferry takes its own snapshots)"
+                )));
+            }
+            return Ok(Self::Rbd(spec));
+        }
         if let Some(path) = input.strip_prefix("file://") {
             return Ok(Self::File(PathBuf::from(path)));
         }
@@ -87,7 +111,14 @@ mod tests {
             SourceUri::parse("file:/data/vm1.raw").unwrap(),
             SourceUri::File("/data/vm1.raw".into())
         );
-        assert!(SourceUri::parse("rbd:pool/img").is_err());
+        match SourceUri::parse("rbd:pool/img").unwrap() {
+            SourceUri::Rbd(spec) => {
+                assert_eq!((spec.pool.as_str(), spec.image.as_str()), ("pool", "img"))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(SourceUri::parse("rbd:pool/img@snap").is_err());
+        assert!(SourceUri::parse("rbd:img").is_err());
         let t = TargetUri::parse("quic://127.0.0.1:7400/vm1").unwrap();
         assert_eq!(t.addr, "127.0.0.1:7400".parse().unwrap());
         assert_eq!(t.image.as_str(), "vm1");

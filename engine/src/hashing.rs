@@ -6,6 +6,24 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 
+/// Something hashable by offset: a file, or an RBD image/snapshot.
+pub trait ReadAt: Send + Sync {
+    /// Reads exactly `buf.len()` bytes at `offset`.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+}
+
+impl ReadAt for File {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        FileExt::read_exact_at(self, buf, offset)
+    }
+}
+
+impl ReadAt for crate::sys::librbd::Image {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.read_at(offset, buf).map_err(io::Error::other)
+    }
+}
+
 /// Largest read issued while hashing one granule.
 const READ_CHUNK: usize = 1 << 20;
 
@@ -15,8 +33,8 @@ const READ_CHUNK: usize = 1 << 20;
 ///
 /// Errors: `InvalidInput` when `granularity` is 0; `UnexpectedEof` when the
 /// file is shorter than `file_size`; any read error.
-pub fn hash_granules(
-    file: &File,
+pub fn hash_granules<R: ReadAt + ?Sized>(
+    file: &R,
     file_size: u64,
     offset: u64,
     length: u64,

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use ferry_agent::config::{config_path, AgentConfig, LogFormat, DEFAULT_CONFIG};
 use ferry_agent::units::human_bytes;
 use ferry_engine::identity::Identity;
-use ferry_engine::standby::{StandbyStore, StoreConfig};
+use ferry_engine::standby::Standby;
 use ferry_protocol::{AgentId, ImageName, RecoveryPointId};
 
 /// ferry agent: keeps standby copies of block images, replicated over QUIC.
@@ -54,8 +54,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Write a standby image as it was at a recovery point into a new file
-    /// (agent must be stopped).
+    /// Write a standby image as it was at a recovery point into a new file,
+    /// or (RBD standby) a new standalone image of the standby pool (agent
+    /// must be stopped).
     Restore {
         /// Agent data directory.
         #[arg(long)]
@@ -65,9 +66,19 @@ enum Command {
         /// Recovery point id (see `points`).
         #[arg(long)]
         rp: u64,
-        /// New file to write (must not exist).
+        /// New file to write (must not exist); with an RBD standby, the new
+        /// image's name (or rbd:POOL/NAME with the standby pool).
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Return a standby image whose epoch was interrupted (an RBD image
+    /// torn mid-apply) to its last recovery point (agent must be stopped).
+    Rollback {
+        /// Agent data directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Image name.
+        image: String,
     },
 }
 
@@ -81,17 +92,12 @@ fn parse_fingerprints(list: &[String]) -> Result<Vec<AgentId>> {
         .collect()
 }
 
-fn open_store_offline(
+async fn open_store_offline(
     dir: &std::path::Path,
-) -> Result<(ferry_agent::daemon::DirLock, StandbyStore)> {
+) -> Result<(ferry_agent::daemon::DirLock, Standby)> {
     let lock = ferry_agent::daemon::lock_dir(dir)?;
     let config = AgentConfig::load(config_path(dir, None).as_deref())?;
-    let store = StandbyStore::open(
-        dir,
-        StoreConfig {
-            retention: config.retention,
-        },
-    )?;
+    let store = ferry_agent::daemon::open_standby(dir, &config).await?;
     Ok((lock, store))
 }
 
@@ -124,7 +130,7 @@ async fn main_inner(cli: Cli) -> Result<()> {
         }
         Command::Points { dir, image, json } => {
             let image = ImageName::new(image)?;
-            let (_lock, store) = open_store_offline(&dir)?;
+            let (_lock, store) = open_store_offline(&dir).await?;
             let points = store.recovery_points(&image)?;
             if json {
                 let list: Vec<_> = points
@@ -159,12 +165,46 @@ async fn main_inner(cli: Cli) -> Result<()> {
             out,
         } => {
             let image = ImageName::new(image)?;
-            let (_lock, store) = open_store_offline(&dir)?;
-            store.restore(&image, RecoveryPointId(rp), &out)?;
+            let (_lock, store) = open_store_offline(&dir).await?;
+            match &store {
+                Standby::Files(files) => files.restore(&image, RecoveryPointId(rp), &out)?,
+                Standby::Rbd(rbd) => {
+                    let name = out.to_string_lossy();
+                    let name = match name.strip_prefix("rbd:") {
+                        Some(spec) => {
+                            let spec = ferry_engine::rbd::RbdSpec::parse(spec)?;
+                            anyhow::ensure!(
+                                spec.pool == rbd.pool_name() && spec.snap.is_none(),
+                                "restore writes into the standby pool {}: give --out NAME or rbd:{}/NAME",
+                                rbd.pool_name(),
+                                rbd.pool_name()
+                            );
+                            spec.image
+                        }
+                        None => name.into_owned(),
+                    };
+                    rbd.restore(&image, RecoveryPointId(rp), &name)?;
+                }
+            }
             println!(
                 "restored {image} at recovery point {rp} to {}",
                 out.display()
             );
+        }
+        Command::Rollback { dir, image } => {
+            let image = ImageName::new(image)?;
+            let (_lock, store) = open_store_offline(&dir).await?;
+            let torn = match &store {
+                // The file store applies an epoch only at commit, behind an
+                // undo log: its images are never torn.
+                Standby::Files(_) => false,
+                Standby::Rbd(rbd) => rbd.rollback(&image)?,
+            };
+            if torn {
+                println!("{image}: rolled back to its last recovery point");
+            } else {
+                println!("{image}: already at its last recovery point");
+            }
         }
     }
     Ok(())

@@ -43,6 +43,13 @@ enum Command {
         /// Print one JSON object with the result on stdout.
         #[arg(long)]
         json: bool,
+        /// Ceph cluster name of rbd: sources (selects /etc/ceph/NAME.conf;
+        /// default from DIR/config.toml [ceph], else "ceph").
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Ceph configuration file of rbd: sources.
+        #[arg(long)]
+        conf: Option<PathBuf>,
     },
     /// Prove the standby equals SOURCE by exchanging hashes (no data copied);
     /// exits 0 when equal, 1 when they differ.
@@ -147,6 +154,8 @@ async fn main_inner(cli: Cli) -> Result<ExitCode> {
             peer: fp,
             bwlimit,
             json,
+            cluster,
+            conf,
         } => {
             if more.len() % 2 != 0 {
                 anyhow::bail!("extra arguments must come in SOURCE TARGET pairs");
@@ -165,6 +174,7 @@ async fn main_inner(cli: Cli) -> Result<ExitCode> {
                 bwlimit,
                 progress_bar: !json && std::io::stderr().is_terminal(),
                 tweak: None,
+                cluster: cluster_override(&dir, cluster, conf)?,
             })
             .await?;
             if json {
@@ -257,8 +267,8 @@ async fn main_inner(cli: Cli) -> Result<ExitCode> {
             from_snap_name,
             to_snap_name,
             export_format,
-            cluster: _,
-            conf: _,
+            cluster,
+            conf,
             json,
         } => {
             use ferry_agent::diffcmd;
@@ -270,6 +280,11 @@ async fn main_inner(cli: Cli) -> Result<ExitCode> {
                 from_snap_name,
                 to_snap_name,
                 image_v2: export_format == 2,
+                cluster: ferry_engine::rbd::ClusterSpec {
+                    cluster,
+                    conf,
+                    client_id: None,
+                },
             })?;
             // stdout may carry the diff itself, so the report goes to stderr.
             if json {
@@ -284,8 +299,8 @@ async fn main_inner(cli: Cli) -> Result<ExitCode> {
             target,
             no_snap_check,
             no_create,
-            cluster: _,
-            conf: _,
+            cluster,
+            conf,
             json,
         } => {
             use ferry_agent::diffcmd;
@@ -294,6 +309,11 @@ async fn main_inner(cli: Cli) -> Result<ExitCode> {
                 target,
                 no_snap_check,
                 no_create,
+                cluster: ferry_engine::rbd::ClusterSpec {
+                    cluster,
+                    conf,
+                    client_id: None,
+                },
             })?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
@@ -321,9 +341,31 @@ async fn main_inner(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// `--cluster`/`--conf` applied over the `[ceph]` section of DIR/config.toml.
+fn cluster_override(
+    dir: &std::path::Path,
+    cluster: Option<String>,
+    conf: Option<PathBuf>,
+) -> Result<Option<ferry_engine::rbd::ClusterSpec>> {
+    if cluster.is_none() && conf.is_none() {
+        return Ok(None);
+    }
+    let config = ferry_agent::config::AgentConfig::load(
+        ferry_agent::config::config_path(dir, None).as_deref(),
+    )?;
+    let mut spec = config.ceph;
+    if cluster.is_some() {
+        spec.cluster = cluster;
+        spec.conf = None;
+    }
+    if conf.is_some() {
+        spec.conf = conf;
+    }
+    Ok(Some(spec))
+}
+
 fn source_name(source: &SourceUri) -> String {
-    let SourceUri::File(path) = source;
-    path.display().to_string()
+    source.to_string()
 }
 
 fn main() -> ExitCode {

@@ -18,6 +18,7 @@
 //! librbd is loaded at run time ([`crate::sys::librbd`]); nothing here needs
 //! Ceph's libraries until an `rbd:` address is used.
 
+pub mod diff;
 pub mod group;
 pub mod sink;
 pub mod source;

@@ -213,6 +213,36 @@ impl RbdSource {
         Ok(source)
     }
 
+    /// The committed snapshot of the replication whose state is in
+    /// `state_dir`, opened read-only for hashing (`ferry verify`). Reads the
+    /// state only; touches no snapshot, so it is safe while a sync runs.
+    pub fn open_committed(
+        cluster: &ClusterSpec,
+        spec: &RbdSpec,
+        state_dir: &Path,
+    ) -> Result<crate::session::verify::VerifySource, SourceError> {
+        let path = state_dir.join(STATE_FILE);
+        let state = read_checksummed::<SourceState>(&path)
+            .map_err(|e| state_error(e.into()))?
+            .filter(|s| s.format == STATE_FORMAT && s.image == spec.to_string());
+        let Some(committed) = state.and_then(|s| s.committed) else {
+            return Err(SourceError::NotCommittable {
+                epoch: Epoch(0),
+                reason: "nothing of this image has been replicated to that standby yet",
+            });
+        };
+        let pool = open_pool(cluster, &spec.pool).map_err(state_error)?;
+        let image = pool
+            .open_read_only(&spec.image, Some(&committed.snap))
+            .map_err(|e| state_error(e.into()))?;
+        let size = image.size().map_err(|e| state_error(e.into()))?;
+        Ok(crate::session::verify::VerifySource {
+            reader: Arc::new(image),
+            size,
+            name: format!("{spec}@{}", committed.snap),
+        })
+    }
+
     /// The image address.
     pub fn spec(&self) -> &RbdSpec {
         &self.spec

@@ -97,7 +97,7 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Exp
 }
 
 /// Counts bytes passing through to the output.
-struct Counting<W> {
+pub(crate) struct Counting<W> {
     inner: W,
     count: u64,
 }
@@ -167,14 +167,58 @@ impl Image {
 }
 
 /// Emits records, merging adjacent zero ranges.
-struct Emitter<W: Write> {
+pub(crate) struct Emitter<W: Write> {
     w: DiffWriter<Counting<W>>,
     zero: Option<(u64, u64)>,
     report: ExportReport,
 }
 
 impl<W: Write> Emitter<W> {
-    fn zero(&mut self, start: u64, end: u64) -> Result<(), ExportError> {
+    /// Writes the stream's header records (banner, image v2 header, `f`,
+    /// `t`, `s`) for an image of `size` bytes.
+    pub(crate) fn start(out: W, opts: &ExportOptions, size: u64) -> Result<Self, ExportError> {
+        let mut counting = Counting {
+            inner: out,
+            count: 0,
+        };
+        let format = match opts.format {
+            ExportFormat::DiffV1 => Format::DiffV1,
+            ExportFormat::ImageV2 => {
+                write_image_v2_header(&mut counting, &ImageProperties::default(), 1)?;
+                Format::DiffV2
+            }
+        };
+        let mut w = DiffWriter::new(counting, format)?;
+        if let Some(f) = &opts.from_snap {
+            w.from_snap(f)?;
+        }
+        if let Some(t) = &opts.to_snap {
+            w.to_snap(t)?;
+            if format == Format::DiffV2 {
+                w.protected(false)?;
+            }
+        }
+        w.size(size)?;
+        Ok(Self {
+            w,
+            zero: None,
+            report: ExportReport {
+                size,
+                ..ExportReport::default()
+            },
+        })
+    }
+
+    /// Ends the stream; returns what was written.
+    pub(crate) fn finish(mut self) -> Result<ExportReport, ExportError> {
+        self.flush_zero()?;
+        let mut report = self.report;
+        let counting = self.w.end()?;
+        report.stream_bytes = counting.count;
+        Ok(report)
+    }
+
+    pub(crate) fn zero(&mut self, start: u64, end: u64) -> Result<(), ExportError> {
         match &mut self.zero {
             Some((_, e)) if *e == start => *e = end,
             _ => {
@@ -185,7 +229,7 @@ impl<W: Write> Emitter<W> {
         Ok(())
     }
 
-    fn flush_zero(&mut self) -> Result<(), ExportError> {
+    pub(crate) fn flush_zero(&mut self) -> Result<(), ExportError> {
         if let Some((s, e)) = self.zero.take() {
             self.w.zero(s, e - s)?;
             self.report.records += 1;
@@ -194,7 +238,7 @@ impl<W: Write> Emitter<W> {
         Ok(())
     }
 
-    fn data(&mut self, offset: u64, bytes: &[u8]) -> Result<(), ExportError> {
+    pub(crate) fn data(&mut self, offset: u64, bytes: &[u8]) -> Result<(), ExportError> {
         self.flush_zero()?;
         self.w.write(offset, bytes)?;
         self.report.records += 1;
@@ -218,36 +262,7 @@ pub fn export_diff<W: Write>(
     }
     let new = Image::open(source)?;
     let old = opts.from_file.as_deref().map(Image::open).transpose()?;
-    let mut counting = Counting {
-        inner: out,
-        count: 0,
-    };
-    let format = match opts.format {
-        ExportFormat::DiffV1 => Format::DiffV1,
-        ExportFormat::ImageV2 => {
-            write_image_v2_header(&mut counting, &ImageProperties::default(), 1)?;
-            Format::DiffV2
-        }
-    };
-    let mut w = DiffWriter::new(counting, format)?;
-    if let Some(f) = &opts.from_snap {
-        w.from_snap(f)?;
-    }
-    if let Some(t) = &opts.to_snap {
-        w.to_snap(t)?;
-        if format == Format::DiffV2 {
-            w.protected(false)?;
-        }
-    }
-    w.size(new.size)?;
-    let mut em = Emitter {
-        w,
-        zero: None,
-        report: ExportReport {
-            size: new.size,
-            ..ExportReport::default()
-        },
-    };
+    let mut em = Emitter::start(out, opts, new.size)?;
     // Buffers are allocated only for the chunk size actually needed.
     let chunk_len = CHUNK.min(new.size.max(BLOCK)) as usize;
     let mut buf_new = vec![0u8; chunk_len];
@@ -309,9 +324,5 @@ pub fn export_diff<W: Write>(
         }
         pos = chunk_end;
     }
-    em.flush_zero()?;
-    let mut report = em.report;
-    let counting = em.w.end()?;
-    report.stream_bytes = counting.count;
-    Ok(report)
+    em.finish()
 }

@@ -7,11 +7,12 @@
 
 use std::io::{Seek, SeekFrom};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use ferry_protocol::{HashRequest, ImageName, Message};
 
-use crate::hashing::hash_granules;
+use crate::hashing::{hash_granules, ReadAt};
 use crate::identity::Identity;
 use crate::session::framing::FrameReader;
 use crate::session::sender::{SyncError, SyncOptions, SyncTarget};
@@ -70,33 +71,53 @@ async fn remote_hashes(
     }
 }
 
+/// The source side of a verification: something to hash and its size.
+#[derive(Clone)]
+pub struct VerifySource {
+    /// The bytes.
+    pub reader: Arc<dyn ReadAt>,
+    /// How many of them.
+    pub size: u64,
+    /// Name for messages.
+    pub name: String,
+}
+
+impl VerifySource {
+    /// The file or block device at `path`.
+    pub fn file(path: &Path) -> Result<Self, SyncError> {
+        let mut f = std::fs::File::open(path)
+            .map_err(|e| SyncError::Protocol(format!("opening {}: {e}", path.display())))?;
+        let size = f
+            .seek(SeekFrom::End(0))
+            .map_err(|e| SyncError::Protocol(format!("sizing {}: {e}", path.display())))?;
+        Ok(Self {
+            reader: Arc::new(f),
+            size,
+            name: path.display().to_string(),
+        })
+    }
+}
+
 fn local_hashes(
-    path: &Path,
+    source: &VerifySource,
     size: u64,
     offset: u64,
     length: u64,
     granularity: u32,
 ) -> Result<Vec<[u8; 32]>, SyncError> {
-    let file = std::fs::File::open(path)
-        .map_err(|e| SyncError::Protocol(format!("opening {}: {e}", path.display())))?;
-    hash_granules(&file, size, offset, length, granularity)
-        .map_err(|e| SyncError::Protocol(format!("reading {}: {e}", path.display())))
+    hash_granules(source.reader.as_ref(), size, offset, length, granularity)
+        .map_err(|e| SyncError::Protocol(format!("reading {}: {e}", source.name)))
 }
 
-/// Compares the file at `source_path` with the standby's copy of `target.image`.
+/// Compares `source` with the standby's copy of `target.image`.
 pub async fn verify_image(
-    source_path: &Path,
+    source: VerifySource,
     target: SyncTarget,
     identity: Identity,
     options: SyncOptions,
 ) -> Result<VerifyReport, SyncError> {
     let started = Instant::now();
-    let source_size = {
-        let mut f = std::fs::File::open(source_path)
-            .map_err(|e| SyncError::Protocol(format!("opening {}: {e}", source_path.display())))?;
-        f.seek(SeekFrom::End(0))
-            .map_err(|e| SyncError::Protocol(format!("sizing {}: {e}", source_path.display())))?
-    };
+    let source_size = source.size;
     let endpoint = transport::client_endpoint(target.addr, &options.transport)?;
     let connection = transport::connect(
         &endpoint,
@@ -140,9 +161,9 @@ pub async fn verify_image(
     let span = MAX_GRANULES * u64::from(COARSE_GRANULE);
     while offset < common {
         let length = span.min(common - offset);
-        let path = source_path.to_path_buf();
+        let src = source.clone();
         let local = tokio::task::spawn_blocking(move || {
-            local_hashes(&path, common, offset, length, COARSE_GRANULE)
+            local_hashes(&src, common, offset, length, COARSE_GRANULE)
         });
         let (rp, _, remote) = remote_hashes(
             &mut reader,
@@ -185,9 +206,9 @@ pub async fn verify_image(
     };
     for coarse in differing_coarse {
         let length = u64::from(COARSE_GRANULE).min(common - coarse);
-        let path = source_path.to_path_buf();
+        let src = source.clone();
         let local = tokio::task::spawn_blocking(move || {
-            local_hashes(&path, common, coarse, length, FINE_GRANULE)
+            local_hashes(&src, common, coarse, length, FINE_GRANULE)
         });
         let (_, _, remote) = remote_hashes(
             &mut reader,
