@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod diffcmd;
