@@ -345,7 +345,10 @@ fn apply<R: Read>(
             Event::Zero { offset, length } => {
                 let end = (offset + length).min(size);
                 if end > offset {
-                    in_flight.push_back(image.aio_discard(offset, end - offset).map_err(ceph)?);
+                    // Not aio_discard: librbd skips partial-object discards
+                    // (rbd_skip_partial_discard), which would leave old data.
+                    let len = usize::try_from(end - offset).unwrap_or(usize::MAX);
+                    in_flight.push_back(image.aio_write_zeroes(offset, len).map_err(ceph)?);
                 }
                 report.records += 1;
                 report.bytes_zeroed += length;

@@ -33,7 +33,7 @@ use crate::standby::{
     RecoveryPointInfo, RecoveryPointMeta, SealedEpoch, StagedBatch, StoreError,
 };
 use crate::sys::fs::sync_dir;
-use crate::sys::librbd::{Aio, CephError, CreateOptions, Image, Pool};
+use crate::sys::librbd::{Aio, CephError, CreateOptions, Image, Pool, FEATURE_EXCLUSIVE_LOCK};
 
 const FORMAT: u32 = 1;
 /// Bytes of writes in flight per image before `stage` waits for the oldest.
@@ -235,10 +235,35 @@ impl RbdStandby {
         write_checksummed(&self.record_path(&image), record)
     }
 
+    /// Opens a standby image for writing and takes its exclusive lock. The
+    /// standby images belong to this store (its `store.lock` is held, and no
+    /// other handle of this process writes the image now: writers are
+    /// exclusive per image), so a lock held by another client is a killed
+    /// predecessor's: it is broken (that client blocklisted) rather than
+    /// waited for until its watch times out.
     fn open_image(&self, image: &ImageName) -> Result<Arc<Image>, StoreError> {
-        Ok(Arc::new(self.inner.pool.open(image.as_str()).map_err(
-            ceph(format!("opening {}/{image}", self.pool_name())),
-        )?))
+        let ctx = format!("{}/{image}", self.pool_name());
+        let handle = Arc::new(
+            self.inner
+                .pool
+                .open(image.as_str())
+                .map_err(ceph(format!("opening {ctx}")))?,
+        );
+        let features = handle
+            .features()
+            .map_err(ceph(format!("features of {ctx}")))?;
+        if features & FEATURE_EXCLUSIVE_LOCK != 0 {
+            let broken = handle
+                .break_foreign_locks()
+                .map_err(ceph(format!("breaking stale locks of {ctx}")))?;
+            if broken > 0 {
+                warn!(image = %ctx, broken, "broke the exclusive lock of a previous (killed) client");
+            }
+            handle
+                .lock_exclusive()
+                .map_err(ceph(format!("locking {ctx}")))?;
+        }
+        Ok(handle)
     }
 
     /// The images the store holds.
@@ -730,7 +755,7 @@ fn zero_all(handle: &Arc<Image>, size: u64) -> Result<(), CephError> {
     let mut pos = 0;
     while pos < size {
         let len = STEP.min(size - pos);
-        ops.push(handle.aio_discard(pos, len)?);
+        ops.push(handle.aio_write_zeroes(pos, len as usize)?);
         pos += len;
     }
     for op in ops {
@@ -837,7 +862,11 @@ impl RbdEpochWriter {
                 (ExtentKind::Zero, _) => self
                     .handle
                     .aio_write_zeroes(extent.offset, extent.length as usize),
-                (ExtentKind::Discard, _) => self.handle.aio_discard(extent.offset, len),
+                // librbd may skip parts of a discard (rbd_skip_partial_discard);
+                // write_zeroes guarantees the range reads as zeroes.
+                (ExtentKind::Discard, _) => self
+                    .handle
+                    .aio_write_zeroes(extent.offset, extent.length as usize),
                 (ExtentKind::Data, None) => continue, // rejected by check_extents
             };
             let op = match started {

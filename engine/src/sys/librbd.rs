@@ -206,6 +206,9 @@ api! {
     rbd: rbd_copy3: fn(ImageT, IoctxT, *const c_char, OptionsT) -> c_int;
     rbd: rbd_lock_acquire: fn(ImageT, c_int) -> c_int;
     rbd: rbd_lock_release: fn(ImageT) -> c_int;
+    rbd: rbd_lock_get_owners: fn(ImageT, *mut c_int, *mut *mut c_char, *mut usize) -> c_int;
+    rbd: rbd_lock_get_owners_cleanup: fn(*mut *mut c_char, usize);
+    rbd: rbd_lock_break: fn(ImageT, c_int, *const c_char) -> c_int;
 }
 
 struct Loaded {
@@ -831,6 +834,48 @@ impl Image {
         // SAFETY: open handle.
         let rc = unsafe { (self.api().rbd_lock_acquire)(self.handle, LOCK_MODE_EXCLUSIVE) };
         self.check(rc, "rbd_lock_acquire")
+    }
+
+    /// Breaks the exclusive lock of every other client (blocklisting it, so
+    /// a client that only looks dead can never write again). For images
+    /// this process alone may write, e.g. after the previous owner was
+    /// killed and its watch has not yet timed out.
+    pub fn break_foreign_locks(&self) -> Result<usize, CephError> {
+        let mut owners: Vec<*mut c_char> = vec![std::ptr::null_mut(); 8];
+        let mut count = owners.len();
+        let mut mode: c_int = 0;
+        // SAFETY: `owners` has room for `count` pointers; librbd fills at
+        // most that many (or returns -ERANGE) and we free them with the
+        // matching cleanup call below.
+        let rc = unsafe {
+            (self.api().rbd_lock_get_owners)(
+                self.handle,
+                &mut mode,
+                owners.as_mut_ptr(),
+                &mut count,
+            )
+        };
+        if rc == -libc::ENOENT {
+            return Ok(0);
+        }
+        self.check(rc, "rbd_lock_get_owners")?;
+        let count = count.min(owners.len());
+        let names: Vec<CString> = owners[..count]
+            .iter()
+            .filter(|p| !p.is_null())
+            // SAFETY: librbd wrote NUL-terminated strings, valid until cleanup.
+            .map(|p| unsafe { CStr::from_ptr(*p) }.to_owned())
+            .collect();
+        // SAFETY: frees exactly the `count` strings librbd allocated.
+        unsafe { (self.api().rbd_lock_get_owners_cleanup)(owners.as_mut_ptr(), count) };
+        for owner in &names {
+            // SAFETY: open handle; owner is a NUL-terminated string.
+            let rc = unsafe { (self.api().rbd_lock_break)(self.handle, mode, owner.as_ptr()) };
+            if rc < 0 && rc != -libc::ENOENT {
+                self.check(rc, "rbd_lock_break")?;
+            }
+        }
+        Ok(names.len())
     }
 
     /// Releases a lock taken with [`Image::lock_exclusive`].

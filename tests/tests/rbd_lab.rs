@@ -1,0 +1,565 @@
+//! RBD replication between the two lab clusters (`scripts/ceph-lab.sh up`;
+//! runs only with `FERRY_CEPH_LAB=1`, which `scripts/test.sh` sets after
+//! bringing the lab up): full and incremental sync of an RBD image from
+//! site-a to a standby agent whose images live in site-b's pool, checked by
+//! hashing both sides at the recovery point; SIGKILL of the standby
+//! mid-apply; a three-image group recovery point with a write-order check;
+//! restore into a new image; `ferry export-diff`/`import-diff` on `rbd:`
+//! images against the real `rbd` tool.
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use ferry_e2e::{bin, ferry, ferry_spawn, hash_file, Pair};
+
+const STANDBY_RBD: &str =
+    "[standby]\nbackend = \"rbd\"\nrbd_pool = \"rbd\"\n[ceph]\ncluster = \"site-b\"\n";
+
+fn lab() -> bool {
+    if std::env::var("FERRY_CEPH_LAB").as_deref() == Ok("1") {
+        true
+    } else {
+        println!("skipped: set FERRY_CEPH_LAB=1 with scripts/ceph-lab.sh up");
+        false
+    }
+}
+
+fn ok(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `rbd --cluster SITE ARGS`, panicking on failure.
+fn rbd(site: &str, args: &[&str]) -> Output {
+    let quiet: &[&str] = if ["export", "import", "export-diff", "import-diff"].contains(&args[0]) {
+        &["--no-progress"]
+    } else {
+        &[]
+    };
+    let out = Command::new("rbd")
+        .args(["--cluster", site])
+        .args(quiet)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running rbd");
+    ok(&out, &format!("rbd --cluster {site} {}", args.join(" ")));
+    out
+}
+
+/// Runs python3-rbd `body` with `img` open on SITE's pool `rbd`.
+fn pyrbd(site: &str, image: &str, body: &str) {
+    let script = format!(
+        "import rados, rbd, random\n\
+         c = rados.Rados(clustername='{site}', conffile='/etc/ceph/{site}.conf')\n\
+         c.connect()\n\
+         io = c.open_ioctx('rbd')\n\
+         img = rbd.Image(io, '{image}')\n\
+         {body}\n\
+         img.close(); io.close(); c.shutdown()\n"
+    );
+    let out = Command::new("/usr/bin/python3")
+        .args(["-c", &script])
+        .output()
+        .expect("running python3");
+    ok(&out, "python3-rbd");
+}
+
+/// Seeded random writes of 4 KiB..64 KiB over the whole image.
+fn scribble(site: &str, image: &str, seed: u64, writes: u32) {
+    pyrbd(
+        site,
+        image,
+        &format!(
+            "r = random.Random({seed})\n\
+             size = img.size()\n\
+             for i in range({writes}):\n\
+             \x20   n = r.choice([4096, 16384, 65536])\n\
+             \x20   img.write(r.randbytes(n), r.randrange(0, size - n) // 4096 * 4096)"
+        ),
+    );
+}
+
+/// BLAKE3 of an image (or snapshot) of SITE, through `rbd export`.
+fn image_hash(site: &str, spec: &str, scratch: &Path) -> String {
+    let file = scratch.join(format!("export-{}", std::process::id()));
+    let _ = std::fs::remove_file(&file);
+    rbd(site, &["export", spec, &file.display().to_string()]);
+    let hash = hash_file(&file);
+    let _ = std::fs::remove_file(&file);
+    hash
+}
+
+/// Lab images removed (with their snapshots) on drop, on both sites.
+struct LabImages(Vec<String>);
+
+impl LabImages {
+    fn new(tag: &str, count: usize) -> LabImages {
+        LabImages(
+            (0..count)
+                .map(|i| format!("ferry-t-{tag}{i}-{}", std::process::id()))
+                .collect(),
+        )
+    }
+}
+
+impl Drop for LabImages {
+    fn drop(&mut self) {
+        for site in ["site-a", "site-b"] {
+            let out = Command::new("rbd")
+                .args(["--cluster", site, "ls", "rbd"])
+                .output();
+            let Ok(out) = out else { continue };
+            let listed = String::from_utf8_lossy(&out.stdout).to_string();
+            for name in listed.lines() {
+                if self.0.iter().any(|n| name.starts_with(n.as_str())) {
+                    let spec = format!("rbd/{name}");
+                    for args in [vec!["snap", "purge", &spec], vec!["rm", &spec]] {
+                        let _ = Command::new("rbd")
+                            .args(["--cluster", site, "--no-progress"])
+                            .args(&args)
+                            .output();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A primary directory pointed at site-a and a running standby that keeps
+/// its images in site-b.
+fn rbd_pair() -> Pair {
+    let pair = Pair::new(Some(STANDBY_RBD));
+    std::fs::write(
+        pair.primary_dir.join("config.toml"),
+        "[ceph]\ncluster = \"site-a\"\n",
+    )
+    .expect("primary config");
+    pair
+}
+
+fn sync_rbd(pair: &Pair, images: &[&str], extra: &[&str]) -> serde_json::Value {
+    let dir = pair.primary_dir.display().to_string();
+    let mut args: Vec<String> = vec!["sync".into(), "--dir".into(), dir];
+    for image in images {
+        args.push(format!("rbd:rbd/{image}"));
+        args.push(pair.standby.target(image));
+    }
+    args.extend([
+        "--peer".into(),
+        pair.standby.fingerprint.clone(),
+        "--json".into(),
+    ]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = ferry(&refs);
+    ok(&out, "ferry sync");
+    serde_json::from_slice(&out.stdout).expect("sync --json prints JSON")
+}
+
+fn verify_rbd(pair: &Pair, image: &str) -> Output {
+    ferry(&[
+        "verify",
+        "--dir",
+        &pair.primary_dir.display().to_string(),
+        &format!("rbd:rbd/{image}"),
+        &pair.standby.target(image),
+        "--peer",
+        &pair.standby.fingerprint,
+    ])
+}
+
+fn standby_dir(pair: &Pair) -> String {
+    pair.standby.dir.display().to_string()
+}
+
+#[test]
+fn lab_full_then_incremental_rbd_replication() {
+    if !lab() {
+        return;
+    }
+    let images = LabImages::new("inc", 1);
+    let img = images.0[0].as_str();
+    let pair = rbd_pair();
+    rbd(
+        "site-a",
+        &["create", &format!("rbd/{img}"), "--size", "128"],
+    );
+    scribble("site-a", img, 1, 300);
+
+    let full = sync_rbd(&pair, &[img], &[]);
+    assert_eq!(full["base_epoch"], 0, "first sync is a full copy: {full}");
+    let rp1 = full["recovery_point"].as_u64().expect("rp");
+    let source_at_rp1 = image_hash("site-a", &format!("rbd/{img}"), pair.tmp.path());
+    assert_eq!(
+        image_hash(
+            "site-b",
+            &format!("rbd/{img}@ferry-rp-{rp1}"),
+            pair.tmp.path()
+        ),
+        source_at_rp1,
+        "standby snapshot equals the source at the recovery point"
+    );
+    ok(&verify_rbd(&pair, img), "ferry verify after the full sync");
+
+    // Scattered writes, a discard and growth: an incremental cycle.
+    scribble("site-a", img, 2, 100);
+    pyrbd(
+        "site-a",
+        img,
+        "img.discard(8 << 20, 4 << 20)\nimg.resize(160 << 20)\nimg.write(b'z' * 8192, 150 << 20)",
+    );
+    let inc = sync_rbd(&pair, &[img], &[]);
+    assert_ne!(inc["base_epoch"], 0, "second sync is incremental: {inc}");
+    let changed = inc["bytes_changed"].as_u64().expect("bytes_changed");
+    assert!(
+        changed < 40 << 20,
+        "an incremental cycle reads what changed, not the image: {changed} bytes"
+    );
+    let rp2 = inc["recovery_point"].as_u64().expect("rp");
+    assert_eq!(
+        image_hash(
+            "site-b",
+            &format!("rbd/{img}@ferry-rp-{rp2}"),
+            pair.tmp.path()
+        ),
+        image_hash("site-a", &format!("rbd/{img}"), pair.tmp.path()),
+    );
+    // The older point is still there and still equal to the older source.
+    assert_eq!(
+        image_hash(
+            "site-b",
+            &format!("rbd/{img}@ferry-rp-{rp1}"),
+            pair.tmp.path()
+        ),
+        source_at_rp1
+    );
+    ok(
+        &verify_rbd(&pair, img),
+        "ferry verify after the incremental sync",
+    );
+    // Only the committed ferry snapshot stays on the primary.
+    let snaps = String::from_utf8(rbd("site-a", &["snap", "ls", &format!("rbd/{img}")]).stdout)
+        .expect("utf-8");
+    assert_eq!(snaps.matches("ferry.").count(), 1, "{snaps}");
+}
+
+#[test]
+fn lab_standby_killed_mid_apply_rolls_back_to_the_last_recovery_point() {
+    if !lab() {
+        return;
+    }
+    let images = LabImages::new("kill", 1);
+    let img = images.0[0].as_str();
+    let mut pair = rbd_pair();
+    rbd(
+        "site-a",
+        &["create", &format!("rbd/{img}"), "--size", "128"],
+    );
+    scribble("site-a", img, 3, 200);
+    let rp1 = sync_rbd(&pair, &[img], &[])["recovery_point"]
+        .as_u64()
+        .expect("rp");
+    let at_rp1 = image_hash("site-a", &format!("rbd/{img}"), pair.tmp.path());
+
+    // Many changes, sent slowly, and the standby killed while applying them.
+    scribble("site-a", img, 4, 1500);
+    let dir = pair.primary_dir.display().to_string();
+    let source = format!("rbd:rbd/{img}");
+    let target = pair.standby.target(img);
+    let mut sync: Child = ferry_spawn(&[
+        "sync",
+        "--dir",
+        &dir,
+        &source,
+        &target,
+        "--peer",
+        &pair.standby.fingerprint,
+        "--bwlimit",
+        "4M",
+        "--json",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !pair.standby.log_text().contains("receiving epoch") {
+        assert!(
+            Instant::now() < deadline,
+            "the standby never started receiving"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    pair.standby.kill9();
+    let _ = sync.kill();
+    let _ = sync.wait();
+
+    // The recovery point's snapshot is intact…
+    assert_eq!(
+        image_hash(
+            "site-b",
+            &format!("rbd/{img}@ferry-rp-{rp1}"),
+            pair.tmp.path()
+        ),
+        at_rp1
+    );
+    // …the head is torn (part of the new epoch applied)…
+    let head = image_hash("site-b", &format!("rbd/{img}"), pair.tmp.path());
+    assert_ne!(
+        head, at_rp1,
+        "the kill came before anything was applied; the test proves nothing"
+    );
+    // …and rolls back to it.
+    let out = Command::new(bin("ferry-agent"))
+        .args(["rollback", "--dir", &standby_dir(&pair), img])
+        .output()
+        .expect("ferry-agent rollback");
+    ok(&out, "ferry-agent rollback");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("rolled back"));
+    assert_eq!(
+        image_hash("site-b", &format!("rbd/{img}"), pair.tmp.path()),
+        at_rp1
+    );
+
+    // The agent comes back and the next sync completes the cycle.
+    pair.standby.restart(&[]);
+    let report = sync_rbd(&pair, &[img], &[]);
+    let rp2 = report["recovery_point"].as_u64().expect("rp");
+    assert!(rp2 > rp1);
+    ok(
+        &verify_rbd(&pair, img),
+        "ferry verify after the resumed sync",
+    );
+}
+
+#[test]
+fn lab_group_recovery_point_keeps_write_order_across_images() {
+    if !lab() {
+        return;
+    }
+    let images = LabImages::new("grp", 3);
+    let names: Vec<&str> = images.0.iter().map(String::as_str).collect();
+    let pair = rbd_pair();
+    for name in &names {
+        rbd(
+            "site-a",
+            &["create", &format!("rbd/{name}"), "--size", "16"],
+        );
+    }
+    // A writer that, in each round i, writes i to image 0, then (after that
+    // write completed) to image 1, then to image 2.
+    let script = format!(
+        "import rados, rbd, struct, sys\n\
+         c = rados.Rados(clustername='site-a', conffile='/etc/ceph/site-a.conf')\n\
+         c.connect()\n\
+         io = c.open_ioctx('rbd')\n\
+         imgs = [rbd.Image(io, n) for n in {names:?}]\n\
+         i = 0\n\
+         while True:\n\
+         \x20   i += 1\n\
+         \x20   block = struct.pack('<Q', i) * 512\n\
+         \x20   for img in imgs:\n\
+         \x20       img.write(block, 0)\n"
+    );
+    let mut writer = Command::new("/usr/bin/python3")
+        .args(["-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the writer");
+    std::thread::sleep(Duration::from_secs(2));
+    let mut points = Vec::new();
+    for _ in 0..3 {
+        let report = sync_rbd(&pair, &names, &[]);
+        points.push(report["recovery_point"].as_u64().expect("rp"));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let _ = writer.kill();
+    let _ = writer.wait();
+
+    let read_counter = |name: &str, rp: u64| -> u64 {
+        let file = pair.path(&format!("{name}-{rp}.raw"));
+        rbd(
+            "site-b",
+            &[
+                "export",
+                &format!("rbd/{name}@ferry-rp-{rp}"),
+                &file.display().to_string(),
+            ],
+        );
+        let bytes = std::fs::read(&file).expect("exported image");
+        u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"))
+    };
+    let mut progressed = false;
+    for rp in points {
+        let counters: Vec<u64> = names.iter().map(|n| read_counter(n, rp)).collect();
+        assert!(
+            counters[0] >= counters[1] && counters[1] >= counters[2],
+            "recovery point {rp} holds a later write without an earlier one: {counters:?}"
+        );
+        assert!(
+            counters[0] - counters[2] <= 1,
+            "one round at most in flight: {counters:?}"
+        );
+        progressed |= counters[2] > 0;
+    }
+    assert!(progressed, "the writer never ran during the syncs");
+}
+
+#[test]
+fn lab_restore_recovery_point_into_a_new_image() {
+    if !lab() {
+        return;
+    }
+    let images = LabImages::new("rst", 1);
+    let img = images.0[0].as_str();
+    let mut pair = rbd_pair();
+    rbd("site-a", &["create", &format!("rbd/{img}"), "--size", "32"]);
+    scribble("site-a", img, 5, 100);
+    let rp1 = sync_rbd(&pair, &[img], &[])["recovery_point"]
+        .as_u64()
+        .expect("rp");
+    let at_rp1 = image_hash("site-a", &format!("rbd/{img}"), pair.tmp.path());
+    scribble("site-a", img, 6, 100);
+    sync_rbd(&pair, &[img], &[]);
+
+    pair.standby.stop();
+    let restored = format!("{img}-restored");
+    let out = Command::new(bin("ferry-agent"))
+        .args([
+            "restore",
+            "--dir",
+            &standby_dir(&pair),
+            img,
+            "--rp",
+            &rp1.to_string(),
+            "--out",
+            &restored,
+        ])
+        .output()
+        .expect("ferry-agent restore");
+    ok(&out, "ferry-agent restore");
+    assert_eq!(
+        image_hash("site-b", &format!("rbd/{restored}"), pair.tmp.path()),
+        at_rp1
+    );
+    let info = String::from_utf8(rbd("site-b", &["info", &format!("rbd/{restored}")]).stdout)
+        .expect("utf-8");
+    assert!(
+        !info.contains("parent:"),
+        "restored image is standalone: {info}"
+    );
+    // An unknown recovery point is refused.
+    let out = Command::new(bin("ferry-agent"))
+        .args([
+            "restore",
+            "--dir",
+            &standby_dir(&pair),
+            img,
+            "--rp",
+            "1",
+            "--out",
+            "nope",
+        ])
+        .output()
+        .expect("ferry-agent restore");
+    assert!(!out.status.success());
+}
+
+#[test]
+fn lab_rbd_diff_streams_between_rbd_images_both_ways() {
+    if !lab() {
+        return;
+    }
+    let images = LabImages::new("dif", 3);
+    let (src, via_ferry, via_rbd) = (&images.0[0], &images.0[1], &images.0[2]);
+    let tmp = tempfile::tempdir().expect("tmp");
+    rbd("site-a", &["create", &format!("rbd/{src}"), "--size", "24"]);
+    scribble("site-a", src, 7, 60);
+    rbd("site-a", &["snap", "create", &format!("rbd/{src}@s1")]);
+    // Zero/discard records and growth between the snapshots.
+    pyrbd("site-a", src, "img.discard(4 << 20, 4 << 20)\nimg.discard(0, 65536)\nimg.resize(40 << 20)\nimg.write(b'q' * 9000, 33 << 20)");
+    rbd("site-a", &["snap", "create", &format!("rbd/{src}@s2")]);
+    let ferry_bin = bin("ferry").display().to_string();
+    for (from, to) in [(None, "s1"), (Some("s1"), "s2")] {
+        // rbd export-diff | ferry import-diff rbd:
+        let from_arg = from.map_or(String::new(), |f| format!("--from-snap {f}"));
+        let sh = format!(
+            "rbd --cluster site-a --no-progress export-diff {from_arg} rbd/{src}@{to} - | \
+             {ferry_bin} import-diff --cluster site-b - rbd:rbd/{via_ferry}"
+        );
+        ok(
+            &Command::new("sh").args(["-c", &sh]).output().expect("sh"),
+            &sh,
+        );
+        // ferry export-diff rbd: | rbd import-diff
+        let sh = format!(
+            "{ferry_bin} export-diff --cluster site-a {from_arg} rbd:rbd/{src}@{to} - | \
+             rbd --cluster site-b --no-progress import-diff - rbd/{via_rbd}"
+        );
+        if from.is_none() {
+            rbd(
+                "site-b",
+                &["create", &format!("rbd/{via_rbd}"), "--size", "1"],
+            );
+        }
+        ok(
+            &Command::new("sh").args(["-c", &sh]).output().expect("sh"),
+            &sh,
+        );
+        let want = image_hash("site-a", &format!("rbd/{src}@{to}"), tmp.path());
+        for copy in [via_ferry, via_rbd] {
+            assert_eq!(
+                image_hash("site-b", &format!("rbd/{copy}@{to}"), tmp.path()),
+                want,
+                "{copy}@{to}"
+            );
+        }
+    }
+    // A truncated stream leaves the RBD target exactly as it was.
+    pyrbd("site-a", src, "img.write(b'x' * (1 << 20), 1 << 20)");
+    rbd("site-a", &["snap", "create", &format!("rbd/{src}@s3")]);
+    let diff = tmp.path().join("s3.diff");
+    rbd(
+        "site-a",
+        &[
+            "export-diff",
+            "--from-snap",
+            "s2",
+            &format!("rbd/{src}@s3"),
+            &diff.display().to_string(),
+        ],
+    );
+    let bytes = std::fs::read(&diff).expect("diff");
+    let cut = tmp.path().join("cut.diff");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).expect("write");
+    let before = image_hash("site-b", &format!("rbd/{via_ferry}"), tmp.path());
+    let out = ferry(&[
+        "import-diff",
+        "--cluster",
+        "site-b",
+        &cut.display().to_string(),
+        &format!("rbd:rbd/{via_ferry}"),
+    ]);
+    assert!(!out.status.success(), "a truncated diff must fail");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("left as it was"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        image_hash("site-b", &format!("rbd/{via_ferry}"), tmp.path()),
+        before
+    );
+    let snaps =
+        String::from_utf8(rbd("site-b", &["snap", "ls", &format!("rbd/{via_ferry}")]).stdout)
+            .expect("utf-8");
+    assert!(
+        !snaps.contains("s3") && !snaps.contains("ferry-import-undo"),
+        "{snaps}"
+    );
+}
