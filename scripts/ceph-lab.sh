@@ -20,7 +20,7 @@ TIMEOUT="${FERRY_CEPH_LAB_TIMEOUT:-180}"
 OSD_SIZE="${FERRY_CEPH_LAB_OSD_SIZE:-24G}"
 SITES=(site-a site-b)
 # jq parses the JSON output of ceph/rbd; it is not part of Ceph.
-PACKAGES=(ceph-mon ceph-mgr ceph-osd ceph-common rbd-mirror librbd-dev librados-dev jq)
+PACKAGES=(ceph-mon ceph-mgr ceph-osd ceph-common rbd-mirror librbd-dev librados-dev python3-rbd jq)
 # Health checks that may be present while we still call a cluster usable. Empty by default:
 # the configuration below silences the ones a one-OSD loopback lab always triggers
 # (POOL_NO_REDUNDANCY, MON_DISK_LOW, AUTH_INSECURE_GLOBAL_ID_RECLAIM_ALLOWED, TOO_FEW_OSDS).

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Installs what ferry's tests need on a fresh Debian 12 machine and runs
 # every test: formatting, lints, unit, property, end-to-end (real agents,
-# real QUIC on loopback) and the fuzz-corpus replays.
+# real QUIC on loopback), the RBD tests against two real Ceph clusters
+# (scripts/ceph-lab.sh, started here and stopped again if this script
+# started it) and the fuzz-corpus replays.
 #
 # Usage: scripts/test.sh            (CI runs exactly this via .ci/run)
+#        FERRY_SKIP_CEPH=1 scripts/test.sh   skips the Ceph lab and its tests
+#        FERRY_SKIP_FUZZ=1 scripts/test.sh   skips the 30 s fuzz runs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,8 +43,31 @@ cargo clippy --workspace --all-targets --features ferry-e2e/failpoints -- -D war
 log "building binaries (with fail points for the crash tests)"
 cargo build --workspace --bins --features ferry-e2e/failpoints
 
+# The two-site Ceph lab for the rbd: tests (installs Ceph Pacific and
+# python3-rbd when missing; ~40 s to start, ~1 GiB of memory). `status`
+# exits 0 only when both clusters are healthy; a lab someone else started is
+# used and left running.
+lab_started_here=0
+if [ "${FERRY_SKIP_CEPH:-0}" != "1" ]; then
+  if ! scripts/ceph-lab.sh status >/dev/null 2>&1; then
+    log "starting the Ceph lab (scripts/ceph-lab.sh up)"
+    $SUDO scripts/ceph-lab.sh up
+    lab_started_here=1
+  fi
+  export FERRY_CEPH_LAB=1
+fi
+stop_lab() {
+  if [ "$lab_started_here" = 1 ]; then
+    log "stopping the Ceph lab"
+    $SUDO scripts/ceph-lab.sh down --purge || true
+  fi
+}
+trap stop_lab EXIT
+
 log "cargo test"
 cargo test --workspace --features ferry-e2e/failpoints -- --test-threads 2
+stop_lab
+lab_started_here=0
 
 # Fuzz targets: CI builds them and runs each briefly on its committed
 # corpus (longer runs: see README). cargo-fuzz is installed if missing.
