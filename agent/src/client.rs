@@ -16,6 +16,7 @@ use ferry_engine::session::sender::{
     sync_group, GroupReport, ImageJob, SyncOptions, SyncProgress, SyncTarget,
 };
 use ferry_engine::session::verify::{verify_image, VerifyReport, VerifySource};
+use ferry_engine::source::diffstream::DiffSource;
 use ferry_engine::source::file::FileSource;
 use ferry_engine::source::ExtentSource;
 use ferry_protocol::{AgentId, ImageName};
@@ -120,6 +121,11 @@ pub async fn sync(request: SyncRequest<'_>) -> Result<GroupReport> {
             SourceUri::File(path) => {
                 let source = FileSource::open(path, &state_dir)
                     .with_context(|| format!("opening source {}", path.display()))?;
+                sources.push(Box::new(source));
+            }
+            SourceUri::Diff(diff_dir) => {
+                let source = DiffSource::open(diff_dir, &state_dir)
+                    .with_context(|| format!("opening source {}", diff_dir.display()))?;
                 sources.push(Box::new(source));
             }
             SourceUri::Rbd(spec) => {
@@ -244,6 +250,9 @@ pub async fn verify(
     let config = AgentConfig::load(config_path(dir, None).as_deref())?;
     let local = match source {
         SourceUri::File(path) => VerifySource::file(path)?,
+        SourceUri::Diff(_) => bail!(
+            "{source}: a diff series has no image to hash; verify the image the diffs were exported from"
+        ),
         SourceUri::Rbd(spec) => {
             let state_dir = source_state_dir(dir, peer, &target.image);
             tokio::task::block_in_place(|| {

@@ -11,7 +11,7 @@ use ferry_protocol::ImageName;
 pub enum UriError {
     /// The source is not of a supported kind.
     #[error(
-        "unsupported source {0:?}: use file:/path/to/image.raw (a raw image file or block device) or rbd:POOL/IMAGE"
+        "unsupported source {0:?}: use file:/path/to/image.raw (a raw image file or block device), rbd:POOL/IMAGE or diff:DIR (rbd export-diff files)"
     )]
     UnsupportedSource(String),
     /// An `rbd:` source that does not parse.
@@ -34,6 +34,8 @@ pub enum SourceUri {
     File(PathBuf),
     /// An RBD image (`rbd:POOL/IMAGE`).
     Rbd(ferry_engine::rbd::RbdSpec),
+    /// A directory of `rbd export-diff` files applied in name order (`diff:DIR`).
+    Diff(PathBuf),
 }
 
 impl std::fmt::Display for SourceUri {
@@ -41,6 +43,7 @@ impl std::fmt::Display for SourceUri {
         match self {
             Self::File(path) => write!(f, "file:{}", path.display()),
             Self::Rbd(spec) => write!(f, "rbd:{spec}"),
+            Self::Diff(dir) => write!(f, "diff:{}", dir.display()),
         }
     }
 }
@@ -49,6 +52,9 @@ impl SourceUri {
     /// Parses `file:/path` (a bare absolute or relative path is taken as a
     /// file too) or `rbd:POOL/IMAGE`.
     pub fn parse(input: &str) -> Result<Self, UriError> {
+        if let Some(dir) = input.strip_prefix("diff:") {
+            return Ok(Self::Diff(PathBuf::from(dir)));
+        }
         if let Some(spec) = input.strip_prefix("rbd:") {
             let spec = ferry_engine::rbd::RbdSpec::parse(spec)?;
             if spec.snap.is_some() {
@@ -119,6 +125,10 @@ mod tests {
         }
         assert!(SourceUri::parse("rbd:pool/img@snap").is_err());
         assert!(SourceUri::parse("rbd:img").is_err());
+        assert_eq!(
+            SourceUri::parse("diff:/spool/vm1").unwrap(),
+            SourceUri::Diff("/spool/vm1".into())
+        );
         let t = TargetUri::parse("quic://127.0.0.1:7400/vm1").unwrap();
         assert_eq!(t.addr, "127.0.0.1:7400".parse().unwrap());
         assert_eq!(t.image.as_str(), "vm1");

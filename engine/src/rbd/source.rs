@@ -28,8 +28,8 @@ use tracing::{debug, info, warn};
 use super::{open_pool, unix_ms, ClusterSpec, RbdError, RbdSpec};
 use crate::codec::PlainExtent;
 use crate::source::{
-    AnalyzedChunk, BufferPool, ChunkAnalyzer, ChunkBody, ChunkRecord, CyclePlan, ExtentSource,
-    ImageInfo, RawChunk, ScanOutcome, SourceError,
+    BufferPool, ChunkAnalyzer, ChunkBody, ChunkRecord, CyclePlan, ExtentSource, ImageInfo,
+    ListedExtentsAnalyzer, RawChunk, ScanOutcome, SourceError,
 };
 use crate::standby::{read_checksummed, write_checksummed};
 use crate::sys::librbd::{Aio, Image, Pool};
@@ -618,7 +618,7 @@ impl ExtentSource for RbdSource {
     }
 
     fn analyzer(&self) -> Arc<dyn ChunkAnalyzer> {
-        Arc::new(RbdAnalyzer)
+        Arc::new(ListedExtentsAnalyzer)
     }
 
     fn record(&mut self, _record: &ChunkRecord) -> Result<(), SourceError> {
@@ -665,53 +665,6 @@ impl ExtentSource for RbdSource {
     fn discard_cycle(&mut self) -> Result<(), SourceError> {
         self.cycle = None;
         self.drop_capture()
-    }
-}
-
-/// Turns all-zero data extents into zero extents (they need no bytes on the
-/// wire); everything else passes through.
-struct RbdAnalyzer;
-
-impl ChunkAnalyzer for RbdAnalyzer {
-    fn analyze(&self, chunk: RawChunk) -> Result<AnalyzedChunk, SourceError> {
-        let ChunkBody::Extents(listed) = chunk.body else {
-            return Err(SourceError::UnexpectedChunk {
-                scan_start: chunk.scan_start,
-                scan_end: chunk.scan_end,
-            });
-        };
-        let mut extents: Vec<PlainExtent> = Vec::with_capacity(listed.len());
-        let mut bytes_zero = 0u64;
-        for mut extent in listed {
-            if extent.kind == ExtentKind::Data
-                && extent.data.as_deref().is_some_and(crate::rbddiff::is_zero)
-            {
-                extent.kind = ExtentKind::Zero;
-                extent.data = None;
-            }
-            if extent.kind != ExtentKind::Data {
-                bytes_zero += u64::from(extent.length);
-            }
-            match extents.last_mut() {
-                Some(last)
-                    if last.kind == ExtentKind::Zero
-                        && extent.kind == ExtentKind::Zero
-                        && last.offset + u64::from(last.length) == extent.offset =>
-                {
-                    last.length += extent.length;
-                }
-                _ => extents.push(extent),
-            }
-        }
-        Ok(AnalyzedChunk {
-            extents,
-            bytes_zero,
-            record: ChunkRecord {
-                scan_start: chunk.scan_start,
-                scan_end: chunk.scan_end,
-                hashes: Vec::new(),
-            },
-        })
     }
 }
 
@@ -778,7 +731,7 @@ mod tests {
             ]),
             base_hashes: Vec::new(),
         };
-        let out = RbdAnalyzer.analyze(chunk).unwrap();
+        let out = ListedExtentsAnalyzer.analyze(chunk).unwrap();
         assert_eq!(out.extents.len(), 2);
         assert_eq!(
             (out.extents[0].kind, out.extents[0].length),

@@ -22,6 +22,7 @@
 //!
 //! [`file::FileSource`] implements this for raw image files and block devices.
 
+pub mod diffstream;
 pub mod file;
 pub mod manifest;
 pub mod pool;
@@ -30,7 +31,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use ferry_protocol::Epoch;
+use ferry_protocol::{Epoch, ExtentKind};
 
 use crate::codec::PlainExtent;
 pub use file::FileSource;
@@ -176,6 +177,54 @@ pub trait ExtentSource: Send {
     fn discard_cycle(&mut self) -> Result<(), SourceError>;
 }
 
+/// The analyser of sources that list their changed extents (RBD snapshot
+/// diffs, diff streams): all-zero data extents become zero extents (they
+/// need no bytes on the wire); everything else passes through.
+pub struct ListedExtentsAnalyzer;
+
+impl ChunkAnalyzer for ListedExtentsAnalyzer {
+    fn analyze(&self, chunk: RawChunk) -> Result<AnalyzedChunk, SourceError> {
+        let ChunkBody::Extents(listed) = chunk.body else {
+            return Err(SourceError::UnexpectedChunk {
+                scan_start: chunk.scan_start,
+                scan_end: chunk.scan_end,
+            });
+        };
+        let mut extents: Vec<PlainExtent> = Vec::with_capacity(listed.len());
+        let mut bytes_zero = 0u64;
+        for mut extent in listed {
+            if extent.kind == ExtentKind::Data
+                && extent.data.as_deref().is_some_and(crate::rbddiff::is_zero)
+            {
+                extent.kind = ExtentKind::Zero;
+                extent.data = None;
+            }
+            if extent.kind != ExtentKind::Data {
+                bytes_zero += u64::from(extent.length);
+            }
+            match extents.last_mut() {
+                Some(last)
+                    if last.kind == ExtentKind::Zero
+                        && extent.kind == ExtentKind::Zero
+                        && last.offset + u64::from(last.length) == extent.offset =>
+                {
+                    last.length += extent.length;
+                }
+                _ => extents.push(extent),
+            }
+        }
+        Ok(AnalyzedChunk {
+            extents,
+            bytes_zero,
+            record: ChunkRecord {
+                scan_start: chunk.scan_start,
+                scan_end: chunk.scan_end,
+                hashes: Vec::new(),
+            },
+        })
+    }
+}
+
 /// Errors of extent sources.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -274,6 +323,17 @@ pub enum SourceError {
     /// The read was cancelled because the pipeline is stopping.
     #[error("scan cancelled")]
     Cancelled,
+    /// A diff file of a `diff:` source cannot be sent.
+    #[error("diff {path}: {reason}")]
+    BadDiff {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Bookkeeping shared with the standby store (checksummed state files) failed.
+    #[error(transparent)]
+    Store(Box<crate::standby::StoreError>),
     /// The RBD backend failed.
     #[error(transparent)]
     Rbd(Box<crate::rbd::RbdError>),
