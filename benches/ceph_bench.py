@@ -6,7 +6,7 @@ rbd-mirror, result summaries, and the ferry-vs-peers report of rbd-bench.sh. Run
 """
 import glob, json, os, random, resource, statistics, subprocess, sys, threading, time
 
-LAB_DIR = os.environ["LAB_DIR"]
+LAB_DIR = os.environ.get("LAB_DIR", "/var/lib/ferry-ceph-lab")
 HZ = os.sysconf("SC_CLK_TCK")
 
 
@@ -521,10 +521,13 @@ def rbdreport(res, wire_tsv, bench_txt, meta_json):
             target(None, f"{name} CPU-s/GB vs peers: not measured")
     if missing:
         print()
-        print(f"Jobs not measured in this run: {', '.join(sorted(set(missing)))}")
+        print(f"Jobs not measured in this run: {', '.join(sorted(set(missing)))}. The peer targets "
+              f"above compare with the {len(peers_f)} full / {len(peers_i)} incremental peers that "
+              f"ran, out of {len(FULL_PEERS)} / {len(INCR_PEERS)}.")
     print()
+    partial = " (incomplete: not every peer ran)" if missing else ""
     print(f"Summary: {res_lines.count('PASS')} PASS, {res_lines.count('MISS')} MISS, "
-          f"{sum(1 for x in res_lines if x.startswith('N/A'))} not measured.")
+          f"{sum(1 for x in res_lines if x.startswith('N/A'))} not measured{partial}.")
 
 
 if __name__ == "__main__":
