@@ -563,3 +563,64 @@ fn lab_rbd_diff_streams_between_rbd_images_both_ways() {
         "{snaps}"
     );
 }
+
+#[test]
+fn lab_rbd_diff_of_an_image_larger_than_memory_streams_in_bounded_memory() {
+    if !lab() {
+        return;
+    }
+    let images = LabImages::new("big", 2);
+    let (src, dst) = (&images.0[0], &images.0[1]);
+    // 40 GiB (more than this machine's memory), thin: three written ranges.
+    rbd(
+        "site-a",
+        &["create", &format!("rbd/{src}"), "--size", "40960"],
+    );
+    pyrbd(
+        "site-a",
+        src,
+        "r = random.Random(9)\nfor off in (0, 17 << 30, (40 << 30) - (1 << 20)):\n    img.write(r.randbytes(1 << 20), off)",
+    );
+    rbd("site-a", &["snap", "create", &format!("rbd/{src}@s1")]);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let rss = tmp.path().join("rss");
+    let ferry_bin = bin("ferry").display().to_string();
+    let sh = format!(
+        "/usr/bin/time -f 'export-rss %M' -a -o {rss} {ferry_bin} export-diff --cluster site-a rbd:rbd/{src}@s1 - | \
+         /usr/bin/time -f 'import-rss %M' -a -o {rss} {ferry_bin} import-diff --cluster site-b - rbd:rbd/{dst}",
+        rss = rss.display()
+    );
+    ok(
+        &Command::new("sh").args(["-c", &sh]).output().expect("sh"),
+        &sh,
+    );
+    let text = std::fs::read_to_string(&rss).expect("rss file");
+    for line in text.lines() {
+        let kib: u64 = line
+            .split_whitespace()
+            .last()
+            .and_then(|v| v.parse().ok())
+            .expect("rss value");
+        assert!(
+            kib < 256 * 1024,
+            "{line} KiB: memory must not grow with the image"
+        );
+    }
+    assert_eq!(text.lines().count(), 2, "{text}");
+    // Same size and the same bytes where data was written (and a hole where not).
+    let read = |site: &str, image: &str| -> String {
+        let file = tmp.path().join(format!("{site}-{image}.txt"));
+        pyrbd(
+            site,
+            image,
+            &format!(
+                "import hashlib\nh = hashlib.sha256()\nh.update(str(img.size()).encode())\n\
+                 for off in (0, 17 << 30, (40 << 30) - (1 << 20), 5 << 30):\n    h.update(img.read(off, 1 << 20))\n\
+                 open('{}', 'w').write(h.hexdigest())",
+                file.display()
+            ),
+        );
+        std::fs::read_to_string(&file).expect("digest")
+    };
+    assert_eq!(read("site-a", src), read("site-b", dst));
+}

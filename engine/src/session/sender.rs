@@ -602,6 +602,34 @@ pub async fn sync_group(
     identity: Identity,
     options: SyncOptions,
 ) -> Result<GroupReport, SyncError> {
+    let own = identity.fingerprint();
+    sync_group_inner(jobs, addr, peer, identity, options)
+        .await
+        .map_err(|e| explain_refusal(e, addr, own))
+}
+
+/// In TLS 1.3 the client finishes its handshake before the server has
+/// checked the client's certificate, so a standby that does not trust us is
+/// often first noticed as a lost stream: say why it was lost.
+fn explain_refusal(error: SyncError, addr: SocketAddr, own: AgentId) -> SyncError {
+    let lost = match &error {
+        SyncError::Framing(FramingError::Write(quinn::WriteError::ConnectionLost(c)))
+        | SyncError::Framing(FramingError::Read(quinn::ReadError::ConnectionLost(c))) => c.clone(),
+        _ => return error,
+    };
+    match transport::explain_connection_error(addr, lost, own) {
+        refused @ TransportError::Refused { .. } => SyncError::Transport(refused),
+        _ => error,
+    }
+}
+
+async fn sync_group_inner(
+    jobs: Vec<ImageJob>,
+    addr: SocketAddr,
+    peer: AgentId,
+    identity: Identity,
+    options: SyncOptions,
+) -> Result<GroupReport, SyncError> {
     let started = Instant::now();
     if jobs.is_empty() {
         return Err(SyncError::Protocol(

@@ -325,9 +325,13 @@ impl Cluster {
         };
         check(rc, "rados_conf_read_file", || describe.clone())?;
         // Fail fast instead of librados' default 300 s when a cluster is down.
+        // No librbd cache: ferry streams whole extents with its own requests
+        // in flight and flushes before it acknowledges, so a writeback cache
+        // only adds a copy (and its 24 MiB dirty limit throttles streaming).
         for (key, value) in [
             ("client_mount_timeout", "30"),
             ("rados_mon_op_timeout", "60"),
+            ("rbd_cache", "false"),
         ] {
             let (k, v) = (cstring("option", key)?, cstring("option", value)?);
             // SAFETY: handle valid and unconnected; strings NUL-terminated.
