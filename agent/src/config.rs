@@ -384,7 +384,7 @@ pub const DEFAULT_CONFIG: &str = r#"# ferry-agent configuration. Every key is op
 # client_id = "admin"
 # RBD sources read (and send) changed extents of one object closer than this
 # as one request: fewer OSD operations on both sites, a few more bytes on the
-# wire. Default: 64 KiB, or (send limit x 0.2 ms) when a send limit is set.
+# wire. Default: 16 KiB, or (send limit x 0.2 ms) when a send limit is set.
 # coalesce_gap = "32KiB"
 
 [transport]

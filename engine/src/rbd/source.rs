@@ -48,7 +48,10 @@ pub struct RbdSourceOptions {
     /// one extent (the unchanged bytes between them travel too). Each
     /// request costs the OSDs an operation on both sites (~0.2 ms here);
     /// each gap byte costs wire time, so on a slow link use a small value
-    /// (`gap ≈ op cost × link rate`: 2 KiB at 100 Mbit/s, 25 KiB at 1 Gbit/s).
+    /// (`gap ≈ op cost × link rate`: 2.5 KiB at 100 Mbit/s), and at most 16
+    /// KiB: on the lab's 2 GiB benchmark 16 KiB used the least CPU overall
+    /// (1.35 wire bytes per changed byte) while 64 KiB sent 3.7 per changed
+    /// byte for no gain in time (benches/RESULTS.md).
     pub coalesce_gap: u32,
     /// Chunks whose reads are in flight at once (each at most one chunk).
     pub chunks_in_flight: usize,
@@ -57,7 +60,7 @@ pub struct RbdSourceOptions {
 impl Default for RbdSourceOptions {
     fn default() -> Self {
         Self {
-            coalesce_gap: 32 * 1024,
+            coalesce_gap: 16 * 1024,
             chunks_in_flight: 8,
         }
     }
@@ -65,10 +68,10 @@ impl Default for RbdSourceOptions {
 
 impl RbdSourceOptions {
     /// The gap worth bridging for a link of `bytes_per_second` (unlimited =
-    /// `None`), assuming a 0.2 ms OSD operation; at most 64 KiB.
+    /// `None`), assuming a 0.2 ms OSD operation; at most 16 KiB.
     pub fn gap_for_link(bytes_per_second: Option<u64>) -> u32 {
         const OP_SECONDS_INV: u64 = 5_000; // 1 / 0.2 ms
-        const MAX_GAP: u64 = 64 * 1024;
+        const MAX_GAP: u64 = 16 * 1024;
         let gap = bytes_per_second.map_or(MAX_GAP, |r| (r / OP_SECONDS_INV).min(MAX_GAP));
         u32::try_from(gap).unwrap_or(u32::MAX)
     }
