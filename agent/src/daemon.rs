@@ -1,5 +1,6 @@
-//! The standby agent process: opens the store, listens for trusted primaries,
-//! and reacts to signals (SIGHUP reloads QoS and trust, SIGTERM/SIGINT stop
+//! The agent process: opens the store, listens for trusted primaries,
+//! runs the control plane (orchestrator, operator and peer APIs), and reacts
+//! to signals (SIGHUP reloads QoS and trust, SIGTERM/SIGINT stop
 //! gracefully).
 
 use std::fs::{File, OpenOptions};
@@ -18,7 +19,9 @@ use ferry_engine::transport::{server_endpoint, TrustStore};
 use ferry_protocol::{AgentId, DEFAULT_MAX_FRAME_LEN};
 use tracing::{info, warn};
 
+use crate::api;
 use crate::config::{config_path, AgentConfig, StandbyBackend};
+use crate::orchestrator::{Orchestrator, OrchestratorConfig};
 
 /// Holds the agent directory's lock: one agent (or offline command) per directory.
 #[derive(Debug)]
@@ -157,13 +160,15 @@ pub async fn run(
             .copied()
             .chain(trust_flags.iter().copied()),
     );
-    if trust.list().is_empty() {
-        warn!("no trusted peers: every connection will be refused (use --trust FINGERPRINT)");
-    }
     let standby = start_standby(&dir, listen, trust.clone(), &config).await?;
     let identity = Identity::load(&dir)?;
+    let control = start_control(&dir, &standby, &trust, &config, &identity).await?;
+    if trust.list().is_empty() {
+        warn!("no trusted peers: replication from other agents is refused until a service is paired (ferry service key / create) or --trust FINGERPRINT is given");
+    }
     info!(
         listen = %standby.addr,
+        api = %control.api_addr,
         fingerprint = %identity.fingerprint(),
         trusted = trust.list().len(),
         receive_limit = ?config.receive_limit,
@@ -198,11 +203,12 @@ pub async fn run(
                 match AgentConfig::load(cfg_path.as_deref()) {
                     Ok(new) => {
                         standby.context.write_limit.set_rate(new.receive_limit);
-                        for peer in new.trust.iter().chain(trust_flags.iter()) {
+                        let paired = control.orch.paired_peers();
+                        for peer in new.trust.iter().chain(trust_flags.iter()).chain(paired.iter()) {
                             trust.insert(*peer);
                         }
                         for peer in trust.list() {
-                            if !new.trust.contains(&peer) && !trust_flags.contains(&peer) {
+                            if !new.trust.contains(&peer) && !trust_flags.contains(&peer) && !paired.contains(&peer) {
                                 trust.remove(&peer);
                             }
                         }
@@ -216,6 +222,70 @@ pub async fn run(
         }
     }
     info!("shutting down");
+    control.orch.shutdown().await;
     standby.shutdown().await;
     Ok(())
+}
+
+/// The control plane of a running agent: orchestrator, operator API and
+/// peer API.
+pub struct RunningControl {
+    /// The orchestrator.
+    pub orch: Arc<Orchestrator>,
+    /// Where the operator API listens.
+    pub api_addr: SocketAddr,
+}
+
+/// Starts the orchestrator, the peer API (mutual TLS on TCP at the QUIC
+/// address) and the operator API (`[api] listen`, address written to
+/// `DIR/api.addr`), then finishes interrupted operations and resumes
+/// replication in the background.
+pub async fn start_control(
+    dir: &Path,
+    standby: &RunningStandby,
+    trust: &TrustStore,
+    config: &AgentConfig,
+    identity: &Identity,
+) -> Result<RunningControl> {
+    let token = api::ensure_token(dir)?;
+    let orch = Orchestrator::open(OrchestratorConfig {
+        dir: dir.to_path_buf(),
+        quic_addr: standby.addr,
+        trust: trust.clone(),
+        receiver: standby.context.clone(),
+        send_limit: config.send_limit,
+    })?;
+    let peer_listener =
+        api::tls::TlsListener::bind(standby.addr, api::tls::server_config(identity)?).await?;
+    let peer_app =
+        api::peer_router(orch.clone()).into_make_service_with_connect_info::<api::tls::PeerAddr>();
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(peer_listener, peer_app).await {
+            warn!(%error, "peer API stopped");
+        }
+    });
+    let api_listen: SocketAddr = tokio::net::lookup_host(&config.api_listen)
+        .await
+        .with_context(|| format!("resolving [api] listen {}", config.api_listen))?
+        .next()
+        .with_context(|| format!("[api] listen {} resolves to nothing", config.api_listen))?;
+    let tcp = tokio::net::TcpListener::bind(api_listen)
+        .await
+        .with_context(|| format!("binding the API on {api_listen}"))?;
+    let api_addr = tcp.local_addr()?;
+    api::write_addr(dir, api_addr)?;
+    orch.set_api_addr(api_addr);
+    let app = api::operator_router(orch.clone(), token);
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(tcp, app).await {
+            warn!(%error, "operator API stopped");
+        }
+    });
+    let recovering = orch.clone();
+    tokio::spawn(async move {
+        if let Err(error) = recovering.recover_and_resume().await {
+            warn!(%error, "recovering interrupted operations failed");
+        }
+    });
+    Ok(RunningControl { orch, api_addr })
 }

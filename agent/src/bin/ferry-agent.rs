@@ -21,8 +21,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create this agent's identity (key pair + certificate) in DIR and print
-    /// its fingerprint as the last line.
+    /// Create this agent's identity (key pair + certificate) and API token
+    /// (DIR/api.token) in DIR and print its fingerprint as the last line.
     Init {
         /// Agent data directory.
         #[arg(long)]
@@ -110,9 +110,14 @@ async fn main_inner(cli: Cli) -> Result<()> {
                 std::fs::write(&config, DEFAULT_CONFIG)
                     .with_context(|| format!("writing {}", config.display()))?;
             }
+            ferry_agent::api::ensure_token(&dir)?;
             println!(
                 "created agent identity in {}",
                 dir.join("identity").display()
+            );
+            println!(
+                "API token in {} (mode 0600)",
+                dir.join(ferry_agent::api::TOKEN_FILE).display()
             );
             println!("fingerprint:");
             println!("{}", identity.fingerprint());
