@@ -142,9 +142,13 @@ pub async fn run(
     listen: Option<String>,
     trust_flags: Vec<AgentId>,
     explicit_config: Option<PathBuf>,
+    api_listen: Option<String>,
 ) -> Result<()> {
     let cfg_path = config_path(&dir, explicit_config.as_deref());
-    let config = AgentConfig::load(cfg_path.as_deref())?;
+    let mut config = AgentConfig::load(cfg_path.as_deref())?;
+    if let Some(api) = api_listen {
+        config.api_listen = api;
+    }
     let listen = listen
         .or_else(|| config.listen.clone())
         .unwrap_or_else(|| "0.0.0.0:7400".to_owned());
@@ -160,9 +164,9 @@ pub async fn run(
             .copied()
             .chain(trust_flags.iter().copied()),
     );
-    let standby = start_standby(&dir, listen, trust.clone(), &config).await?;
+    let (standby, peer_tcp) = start_standby_with_peer_port(&dir, listen, &trust, &config).await?;
     let identity = Identity::load(&dir)?;
-    let control = start_control(&dir, &standby, &trust, &config, &identity).await?;
+    let control = start_control(&dir, &standby, peer_tcp, &trust, &config, &identity).await?;
     if trust.list().is_empty() {
         warn!("no trusted peers: replication from other agents is refused until a service is paired (ferry service key / create) or --trust FINGERPRINT is given");
     }
@@ -227,6 +231,51 @@ pub async fn run(
     Ok(())
 }
 
+/// Starts the standby receiver on `listen` (UDP) and binds the peer API's
+/// TCP listener on the same port. With port 0 both must get the same free
+/// port: a TCP port is picked first and the QUIC endpoint bound to that
+/// number, retrying while the UDP port happens to be taken.
+pub async fn start_standby_with_peer_port(
+    dir: &Path,
+    listen: SocketAddr,
+    trust: &TrustStore,
+    config: &AgentConfig,
+) -> Result<(RunningStandby, std::net::TcpListener)> {
+    if listen.port() != 0 {
+        let standby = start_standby(dir, listen, trust.clone(), config).await?;
+        let tcp = std::net::TcpListener::bind(standby.addr)
+            .with_context(|| format!("binding the peer API on TCP {}", standby.addr))?;
+        return Ok((standby, tcp));
+    }
+    let mut attempt = 0;
+    loop {
+        let tcp = std::net::TcpListener::bind(SocketAddr::new(listen.ip(), 0))
+            .with_context(|| format!("binding the peer API on TCP {}", listen.ip()))?;
+        let port = tcp.local_addr()?.port();
+        match start_standby(
+            dir,
+            SocketAddr::new(listen.ip(), port),
+            trust.clone(),
+            config,
+        )
+        .await
+        {
+            Ok(standby) => return Ok((standby, tcp)),
+            Err(e) if attempt < 20 && is_bind_error(&e) => attempt += 1,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn is_bind_error(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<ferry_engine::transport::TransportError>(),
+            Some(ferry_engine::transport::TransportError::Bind { .. })
+        )
+    })
+}
+
 /// The control plane of a running agent: orchestrator, operator API and
 /// peer API.
 pub struct RunningControl {
@@ -243,6 +292,7 @@ pub struct RunningControl {
 pub async fn start_control(
     dir: &Path,
     standby: &RunningStandby,
+    peer_tcp: std::net::TcpListener,
     trust: &TrustStore,
     config: &AgentConfig,
     identity: &Identity,
@@ -256,7 +306,7 @@ pub async fn start_control(
         send_limit: config.send_limit,
     })?;
     let peer_listener =
-        api::tls::TlsListener::bind(standby.addr, api::tls::server_config(identity)?).await?;
+        api::tls::TlsListener::from_std(peer_tcp, api::tls::server_config(identity)?)?;
     let peer_app =
         api::peer_router(orch.clone()).into_make_service_with_connect_info::<api::tls::PeerAddr>();
     tokio::spawn(async move {

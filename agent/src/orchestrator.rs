@@ -59,6 +59,8 @@ use crate::uri::{SourceUri, TargetUri};
 pub const SYNC_PAUSE: Duration = Duration::from_millis(500);
 /// Pause after a failed cycle (link down…) before the next attempt.
 const RETRY_PAUSE: Duration = Duration::from_secs(2);
+/// Failed cycles in a row after which a recovery-point request fails.
+const CYCLE_ATTEMPTS: u32 = 3;
 /// Timeout of one peer API call.
 const PEER_TIMEOUT: Duration = Duration::from_secs(15);
 /// Validity of a service key unless asked otherwise.
@@ -1422,12 +1424,13 @@ impl Orchestrator {
         gid: GroupId,
         mut rx: mpsc::Receiver<oneshot::Sender<Result<u64, String>>>,
     ) {
-        let mut waiting: Vec<oneshot::Sender<Result<u64, String>>> = Vec::new();
+        // (reply, failed cycles so far) of each manual-recovery-point request.
+        let mut waiting: Vec<(oneshot::Sender<Result<u64, String>>, u32)> = Vec::new();
         loop {
             // Requests that arrived before this cycle starts are answered
             // by it: it captures every write acknowledged before them.
             while let Ok(w) = rx.try_recv() {
-                waiting.push(w);
+                waiting.push((w, 0));
             }
             let started = Timestamp::now();
             self.set_progress(gid, |p| {
@@ -1449,7 +1452,7 @@ impl Orchestrator {
                             r.bytes_remaining = 0;
                         }
                     });
-                    for w in waiting.drain(..) {
+                    for (w, _) in waiting.drain(..) {
                         let _ = w.send(Ok(done.engine_rp));
                     }
                     SYNC_PAUSE
@@ -1462,15 +1465,24 @@ impl Orchestrator {
                         p.last_error = Some(text.clone());
                         p.rate = 0;
                     });
-                    for w in waiting.drain(..) {
-                        let _ = w.send(Err(text.clone()));
+                    // A request fails only after several cycles in a row
+                    // failed (a single refused cycle, e.g. the first after
+                    // a crash, is retried).
+                    let mut still = Vec::new();
+                    for (w, failures) in waiting.drain(..) {
+                        if failures + 1 >= CYCLE_ATTEMPTS {
+                            let _ = w.send(Err(text.clone()));
+                        } else {
+                            still.push((w, failures + 1));
+                        }
                     }
+                    waiting = still;
                     RETRY_PAUSE
                 }
             };
             tokio::select! {
                 w = rx.recv() => match w {
-                    Some(w) => waiting.push(w),
+                    Some(w) => waiting.push((w, 0)),
                     None => return,
                 },
                 _ = tokio::time::sleep(pause) => {}

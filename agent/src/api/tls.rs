@@ -141,6 +141,28 @@ impl TlsListener {
         let tcp = TcpListener::bind(addr)
             .await
             .map_err(|source| TlsError::Bind { addr, source })?;
+        Self::start(tcp, addr, config)
+    }
+
+    /// Starts accepting on an already bound listener.
+    pub fn from_std(
+        tcp: std::net::TcpListener,
+        config: rustls::ServerConfig,
+    ) -> Result<Self, TlsError> {
+        let addr = tcp
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let bind = |source| TlsError::Bind { addr, source };
+        tcp.set_nonblocking(true).map_err(bind)?;
+        let tcp = TcpListener::from_std(tcp).map_err(bind)?;
+        Self::start(tcp, addr, config)
+    }
+
+    fn start(
+        tcp: TcpListener,
+        addr: SocketAddr,
+        config: rustls::ServerConfig,
+    ) -> Result<Self, TlsError> {
         let local = tcp
             .local_addr()
             .map_err(|source| TlsError::Bind { addr, source })?;

@@ -42,6 +42,10 @@ enum Command {
         /// Configuration file (default DIR/config.toml if present).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// TCP address of the operator API (default from config, else
+        /// 127.0.0.1:7480; port 0 picks a free one, see DIR/api.addr).
+        #[arg(long)]
+        api_listen: Option<String>,
     },
     /// List the recovery points of a standby image (agent must be stopped).
     Points {
@@ -127,11 +131,12 @@ async fn main_inner(cli: Cli) -> Result<()> {
             listen,
             trust,
             config,
+            api_listen,
         } => {
             let cfg = AgentConfig::load(config_path(&dir, config.as_deref()).as_deref())?;
             ferry_agent::init_logging("info", cfg.log_format == LogFormat::Json);
             let trust = parse_fingerprints(&trust)?;
-            ferry_agent::daemon::run(dir, listen, trust, config).await?;
+            ferry_agent::daemon::run(dir, listen, trust, config, api_listen).await?;
         }
         Command::Points { dir, image, json } => {
             let image = ImageName::new(image)?;
