@@ -243,6 +243,28 @@ pub enum GroupCmd {
         #[arg(long)]
         wait: bool,
     },
+    /// (standby / new primary) Restore one resource at a recovery point
+    /// into a new image.
+    Restore {
+        /// How to reach the agent.
+        #[command(flatten)]
+        conn: Conn,
+        /// Group name or id.
+        name: String,
+        /// The resource's source URI (as on the primary).
+        #[arg(long)]
+        resource: String,
+        /// Recovery point name.
+        #[arg(long)]
+        rp: String,
+        /// New file (absolute path, must not exist) or, with an RBD
+        /// standby, a new image name in the standby pool.
+        #[arg(long)]
+        out: String,
+        /// Wait for the operation.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Delete a group (and its standby group).
     Delete {
         /// How to reach the agent.
@@ -691,6 +713,23 @@ pub async fn run(cmd: ControlCommand, outer: &Conn) -> Result<ExitCode> {
             GroupCmd::Stop { conn, name, wait } => {
                 Api::new(&conn.or(outer))?
                     .op(Method::POST, &format!("/v1/groups/{name}/stop"), None, wait)
+                    .await?
+            }
+            GroupCmd::Restore {
+                conn,
+                name,
+                resource,
+                rp,
+                out,
+                wait,
+            } => {
+                Api::new(&conn.or(outer))?
+                    .op(
+                        Method::POST,
+                        &format!("/v1/groups/{name}/restore"),
+                        Some(json!({ "resource": resource, "recovery_point": rp, "out": out })),
+                        wait,
+                    )
                     .await?
             }
             GroupCmd::Delete { conn, name, wait } => {

@@ -207,6 +207,7 @@ pub async fn run(
                 match AgentConfig::load(cfg_path.as_deref()) {
                     Ok(new) => {
                         standby.context.write_limit.set_rate(new.receive_limit);
+                        control.orch.reapply_qos();
                         let paired = control.orch.paired_peers();
                         for peer in new.trust.iter().chain(trust_flags.iter()).chain(paired.iter()) {
                             trust.insert(*peer);

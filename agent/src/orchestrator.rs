@@ -1300,6 +1300,14 @@ impl Orchestrator {
         self.send_limit.set_rate(q.send_limit);
     }
 
+    /// Re-applies QoS persisted by `set_qos` (after a config reload, which
+    /// set the config file's limits): the API's settings win.
+    pub fn reapply_qos(&self) {
+        if let Some(q) = self.load_qos() {
+            self.apply_qos(&q);
+        }
+    }
+
     /// Current QoS.
     pub fn qos(&self) -> Qos {
         Qos {
@@ -1744,6 +1752,77 @@ impl Orchestrator {
         self.db(|s| s.finish_operation(op.id, OpResult::Succeeded))?;
         info!(group = %g.name, "standby group deleted at the primary's request");
         Ok(())
+    }
+
+    /// Manual restore (standby or new primary): writes one resource as it
+    /// was at a complete recovery point into a **new** image — a file path
+    /// (files backend) or an image name of the standby pool (RBD backend).
+    /// Journaled; runs in the background.
+    pub fn restore(
+        self: &Arc<Self>,
+        key: &str,
+        resource: &str,
+        rp: &str,
+        out: &str,
+    ) -> CtlResult<Operation> {
+        let g = self.group(key)?;
+        let uri = SourceUri::parse(resource)
+            .map(|s| s.to_string())
+            .unwrap_or_else(|_| resource.to_owned());
+        let res = self
+            .db(|s| s.resources(g.id))?
+            .into_iter()
+            .find(|r| r.uri == uri)
+            .ok_or_else(|| StoreError::ResourceNotInGroup {
+                uri: uri.clone(),
+                group: g.name.clone(),
+            })?;
+        let point = self.db(|s| s.recovery_point_by_name(g.id, rp))?;
+        let image = ImageName::new(res.standby_target.clone())
+            .map_err(|e| CtlError::BadRequest(e.to_string()))?;
+        let out_path = PathBuf::from(out);
+        if matches!(
+            self.receiver.store,
+            ferry_engine::standby::Standby::Files(_)
+        ) && (out_path.exists() || !out_path.is_absolute())
+        {
+            return Err(CtlError::BadRequest(format!(
+                "restore writes a new image: {out} must be an absolute path that does not exist"
+            )));
+        }
+        let op = self.db(|s| {
+            s.begin_checked(
+                g.id,
+                &OpRequest::Restore {
+                    rp_name: point.name.clone(),
+                    rp_state: point.state,
+                },
+                &json!({ "resource": uri, "recovery_point": point.name, "out": out }),
+            )
+        })?;
+        let receiver = self.receiver.clone();
+        let out = out.to_owned();
+        let engine_rp = ferry_protocol::RecoveryPointId(point.engine_rp);
+        self.run_op(op.id, async move {
+            tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+                match &receiver.store {
+                    ferry_engine::standby::Standby::Files(files) => {
+                        files.restore(&image, engine_rp, Path::new(&out))?
+                    }
+                    ferry_engine::standby::Standby::Rbd(rbd) => {
+                        rbd.restore(&image, engine_rp, &out)?
+                    }
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| internal("the restore task")(e.into()))?
+            .map_err(internal(format!(
+                "restoring {uri} at recovery point '{}'",
+                point.name
+            )))
+        });
+        Ok(op)
     }
 
     /// Engine recovery points of the standby images of a group (standby side).

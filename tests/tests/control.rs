@@ -176,6 +176,36 @@ fn pair_protect_replicate_stop_delete() {
     assert!(progress["cycles"].as_u64().unwrap() >= 1, "{status}");
     assert!(progress["rpo_lag_secs"].as_f64().is_some(), "{status}");
 
+    // A second recovery point, then deleting the first: gone on both sides.
+    ok(a, &["rp", "create", "g1", "--name", "rp2", "--wait"]);
+    ok(a, &["rp", "delete", "g1", "rp1", "--wait"]);
+    for dir in [a, b] {
+        let names: Vec<Value> = ok(dir, &["rp", "list", "g1"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|rp| rp["name"].clone())
+            .collect();
+        assert_eq!(names, vec![Value::from("rp2")]);
+    }
+    // Manual restore on the standby: vm1 as it was at rp2, into a new file.
+    let restored = s.path("restored.raw");
+    let out = restored.display().to_string();
+    let args = [
+        "group",
+        "restore",
+        "g1",
+        "--resource",
+        &u1,
+        "--rp",
+        "rp2",
+        "--out",
+        &out,
+    ];
+    refused(a, &args, "only on a standby group");
+    ok(b, &[&args[..], &["--wait"]].concat());
+    assert_eq!(hash_file(&img1), hash_file(&restored));
+
     ok(a, &["group", "stop", "g1", "--wait"]);
     assert_eq!(group_state(a, "g1"), "mapped");
     assert_eq!(group_state(b, "g1"), "mapped");
@@ -335,4 +365,55 @@ fn agent_killed_while_starting_sync_comes_back_consistent() {
     assert_eq!(ok(&b, &["rp", "list", "g1"])[0]["name"], "after-restart");
     ok(&a, &["group", "stop", "g1", "--wait"]);
     assert_eq!(hash_file(&img), hash_file(&s.b.image_path("g1-big")));
+}
+
+#[test]
+fn bound_policy_fires_its_latest_slot_once() {
+    let s = paired();
+    let (a, b) = (s.a_dir(), s.b_dir());
+    let img = s.path("p.raw");
+    imagegen::make_image(&img, 2 * MIB, 5).unwrap();
+    let u = format!("file:{}", img.display());
+    ok(a, &["group", "create", "g1", "--wait"]);
+    ok(a, &["group", "add", "g1", &u, "--wait"]);
+    ok(a, &["group", "start", "g1", "--wait"]);
+    // Effective since long ago: today's 00:00 UTC slot has passed and is
+    // fired once, at once (older missed slots are skipped, not fired).
+    ok(
+        a,
+        &[
+            "policy",
+            "create",
+            "nightly",
+            "--schedule",
+            "daily 00:00",
+            "--tz",
+            "UTC",
+            "--from",
+            "2020-01-01T00:00:00Z",
+        ],
+    );
+    ok(a, &["policy", "bind", "g1", "nightly", "--retention", "2"]);
+    // Bound policies cannot be deleted.
+    refused(a, &["policy", "delete", "nightly"], "bound to group");
+    wait_for("the policy recovery point on the standby", || {
+        ok(b, &["rp", "list", "g1"])
+            .as_array()
+            .is_some_and(|l| !l.is_empty())
+    });
+    let rps = ok(a, &["rp", "list", "g1"]);
+    assert_eq!(rps.as_array().unwrap().len(), 1, "{rps}");
+    assert_eq!(rps[0]["kind"], "policy");
+    assert!(rps[0]["name"].as_str().unwrap().starts_with("nightly-"));
+    // A few scheduler ticks later it has not fired the same slot again.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(ok(a, &["rp", "list", "g1"]).as_array().unwrap().len(), 1);
+    // A second binding is refused; unbind then delete works.
+    refused(
+        a,
+        &["policy", "bind", "g1", "nightly", "--retention", "1"],
+        "no policy bound",
+    );
+    ok(a, &["policy", "unbind", "g1"]);
+    ok(a, &["policy", "delete", "nightly"]);
 }

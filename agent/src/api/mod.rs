@@ -232,6 +232,7 @@ pub const OPERATOR_ROUTES: &[&str] = &[
     "/v1/groups/{group}/recovery-points/{rp}",
     "/v1/groups/{group}/standby-points",
     "/v1/groups/{group}/policy",
+    "/v1/groups/{group}/restore",
     "/v1/resources",
     "/v1/policies",
     "/v1/policies/{policy}",
@@ -281,12 +282,13 @@ pub fn operator_router(orch: Arc<Orchestrator>, token: String) -> Router {
         .route(r[13], axum::routing::delete(delete_rp))
         .route(r[14], get(standby_points))
         .route(r[15], axum::routing::put(bind_policy).delete(unbind_policy))
-        .route(r[16], get(list_resources))
-        .route(r[17], get(list_policies).post(create_policy))
-        .route(r[18], get(show_policy).delete(delete_policy))
-        .route(r[19], get(list_operations))
-        .route(r[20], get(show_operation))
-        .route(r[21], get(get_qos).put(set_qos))
+        .route(r[16], post(restore))
+        .route(r[17], get(list_resources))
+        .route(r[18], get(list_policies).post(create_policy))
+        .route(r[19], get(show_policy).delete(delete_policy))
+        .route(r[20], get(list_operations))
+        .route(r[21], get(show_operation))
+        .route(r[22], get(get_qos).put(set_qos))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route(r[0], get(health))
@@ -477,6 +479,24 @@ async fn bind_policy(
 
 async fn unbind_policy(State(s): State<AppState>, UrlPath(name): UrlPath<String>) -> ApiResult {
     ok(json!({ "operation": s.orch.unbind_policy(&name)? }))
+}
+
+#[derive(Deserialize)]
+struct RestoreBody {
+    resource: String,
+    recovery_point: String,
+    out: String,
+}
+
+async fn restore(
+    State(s): State<AppState>,
+    UrlPath(name): UrlPath<String>,
+    Json(b): Json<RestoreBody>,
+) -> ApiResult {
+    accepted(
+        s.orch
+            .restore(&name, &b.resource, &b.recovery_point, &b.out)?,
+    )
 }
 
 async fn list_resources(State(s): State<AppState>) -> ApiResult {
