@@ -305,6 +305,27 @@ fn refused_operations_fail_with_the_reason_and_change_nothing() {
             .len(),
         0
     );
+    // Re-configure the service's endpoint: the connection test fails while
+    // it points nowhere, and works again once it is set back.
+    let svc = ok(a, &["service", "list"]);
+    let endpoint = svc[0]["remote_endpoint"].as_str().unwrap().to_owned();
+    ok(
+        a,
+        &[
+            "service",
+            "update",
+            "dr",
+            "--remote-endpoint",
+            "127.0.0.1:9",
+        ],
+    );
+    let out = run(a, &["service", "verify", "dr"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    ok(
+        a,
+        &["service", "update", "dr", "--remote-endpoint", &endpoint],
+    );
+    ok(a, &["service", "verify", "dr"]);
     // Wrong token: refused with a non-zero exit; health needs none.
     let addr = std::fs::read_to_string(a.join("api.addr")).unwrap();
     let url = format!("http://{}", addr.trim());
@@ -315,6 +336,42 @@ fn refused_operations_fail_with_the_reason_and_change_nothing() {
         "{}",
         text(&out)
     );
+    let addr: std::net::SocketAddr = addr.trim().parse().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let get = |path: &str| {
+        rt.block_on(ferry_agent::api::http::call(
+            &ferry_agent::api::http::Target::Plain(addr),
+            ferry_agent::api::http::Method::GET,
+            path,
+            None,
+            None,
+            Duration::from_secs(10),
+        ))
+        .unwrap()
+    };
+    assert_eq!(get("/v1/health").status, 200);
+    assert_eq!(get("/v1/groups").status, 401);
+}
+
+#[test]
+fn group_created_while_the_standby_is_down_fails_mapping_and_can_be_deleted() {
+    let mut s = paired();
+    let a = s.a_dir().to_path_buf();
+    s.b.kill9();
+    let out = run(&a, &["group", "create", "g1", "--wait"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot reach the peer"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(group_state(&a, "g1"), "mapping_failed");
+    refused(&a, &["group", "start", "g1"], "allowed only in mapped");
+    ok(&a, &["group", "delete", "g1", "--wait"]);
+    assert_eq!(ok(&a, &["group", "list"]).as_array().unwrap().len(), 0);
 }
 
 #[test]
