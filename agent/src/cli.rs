@@ -265,6 +265,22 @@ pub enum GroupCmd {
         #[arg(long)]
         wait: bool,
     },
+    /// (standby) Unplanned failover: materialise every resource at a
+    /// recovery point (default: the latest group recovery point held) into
+    /// DIR/failover/GROUP/; the group becomes a new primary.
+    Failover {
+        /// How to reach the agent.
+        #[command(flatten)]
+        conn: Conn,
+        /// Group name or id.
+        name: String,
+        /// Recovery point name (default: latest synced data).
+        #[arg(long)]
+        rp: Option<String>,
+        /// Wait for the operation.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Delete a group (and its standby group).
     Delete {
         /// How to reach the agent.
@@ -728,6 +744,21 @@ pub async fn run(cmd: ControlCommand, outer: &Conn) -> Result<ExitCode> {
                         Method::POST,
                         &format!("/v1/groups/{name}/restore"),
                         Some(json!({ "resource": resource, "recovery_point": rp, "out": out })),
+                        wait,
+                    )
+                    .await?
+            }
+            GroupCmd::Failover {
+                conn,
+                name,
+                rp,
+                wait,
+            } => {
+                Api::new(&conn.or(outer))?
+                    .op(
+                        Method::POST,
+                        &format!("/v1/groups/{name}/failover"),
+                        Some(json!({ "recovery_point": rp })),
                         wait,
                     )
                     .await?

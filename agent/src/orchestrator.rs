@@ -1587,6 +1587,24 @@ impl Orchestrator {
         Ok(g)
     }
 
+    /// A standby group the primary may still change (not failed over).
+    fn peer_mapped_group(&self, caller: AgentId, id: i64) -> CtlResult<Group> {
+        let g = self.peer_group(caller, id)?;
+        if g.new_primary || g.state.is_transitional() {
+            return Err(CtlError::BadRequest(format!(
+                "group '{}' is {}{} here; the mapping no longer accepts changes from the primary",
+                g.name,
+                g.state,
+                if g.new_primary {
+                    " (a new primary)"
+                } else {
+                    ""
+                }
+            )));
+        }
+        Ok(g)
+    }
+
     /// Peer: create (idempotently) and map the standby group of a primary.
     pub fn peer_create_group(&self, caller: AgentId, req: &PeerGroupRequest) -> CtlResult<Group> {
         let svc = self.service_of_peer(caller)?;
@@ -1622,7 +1640,7 @@ impl Orchestrator {
         id: i64,
         resources: &[NewResource],
     ) -> CtlResult<()> {
-        let g = self.peer_group(caller, id)?;
+        let g = self.peer_mapped_group(caller, id)?;
         let have = self.db(|s| s.resources(g.id))?;
         let new: Vec<NewResource> = resources
             .iter()
@@ -1643,7 +1661,7 @@ impl Orchestrator {
         id: i64,
         uris: &[String],
     ) -> CtlResult<()> {
-        let g = self.peer_group(caller, id)?;
+        let g = self.peer_mapped_group(caller, id)?;
         let have = self.db(|s| s.resources(g.id))?;
         let refs: Vec<&str> = uris
             .iter()
@@ -1656,7 +1674,7 @@ impl Orchestrator {
 
     /// Peer: the primary started (true) or stopped (false) replication.
     pub fn peer_set_syncing(&self, caller: AgentId, id: i64, syncing: bool) -> CtlResult<Group> {
-        let g = self.peer_group(caller, id)?;
+        let g = self.peer_mapped_group(caller, id)?;
         let (from, to, res) = if syncing {
             (
                 GroupState::Mapped,
@@ -1698,7 +1716,7 @@ impl Orchestrator {
         id: i64,
         new: &NewRecoveryPoint,
     ) -> CtlResult<RecoveryPoint> {
-        let g = self.peer_group(caller, id)?;
+        let g = self.peer_mapped_group(caller, id)?;
         if let Ok(rp) = self.db(|s| s.recovery_point_by_name(g.id, &new.name)) {
             return Ok(rp);
         }
@@ -1825,6 +1843,88 @@ impl Orchestrator {
         Ok(op)
     }
 
+    /// Unplanned failover (standby, also while the primary is unreachable):
+    /// every resource is materialised, as it was at the chosen recovery
+    /// point (or the latest group recovery point all its standby images
+    /// hold), into a new file `DIR/failover/GROUP/IMAGE.raw` (files backend)
+    /// — never the replicated image itself, so a primary that is still
+    /// alive cannot overwrite the failed-over data. The group becomes a new
+    /// primary (`failed_over`); after a failover to a chosen recovery point
+    /// the others become unusable.
+    pub fn failover(self: &Arc<Self>, key: &str, rp: Option<&str>) -> CtlResult<Operation> {
+        let g = self.group(key)?;
+        let point = rp
+            .map(|name| self.db(|s| s.recovery_point_by_name(g.id, name)))
+            .transpose()?;
+        let to = match &point {
+            Some(p) => crate::control::FailoverTarget::RecoveryPoint {
+                name: p.name.clone(),
+                state: p.state,
+            },
+            None => crate::control::FailoverTarget::Latest,
+        };
+        let ferry_engine::standby::Standby::Files(_) = &self.receiver.store else {
+            return Err(CtlError::BadRequest(
+                "failover is implemented for the files standby backend only".into(),
+            ));
+        };
+        let req = OpRequest::Failover { to };
+        // The allowed-state table first (begin_checked re-checks atomically).
+        crate::control::check(&req, &self.db(|s| s.group_view(g.id))?)
+            .map_err(StoreError::Refused)?;
+        let resources = self.db(|s| s.resources(g.id))?;
+        let out_dir = self.dir.join("failover").join(&g.name);
+        if out_dir.exists() {
+            return Err(CtlError::BadRequest(format!(
+                "{} exists; move it away first",
+                out_dir.display()
+            )));
+        }
+        let op = self.db(|s| {
+            s.begin_checked(
+                g.id,
+                &req,
+                &json!({ "recovery_point": rp, "out_dir": out_dir }),
+            )
+        })?;
+        let me = self.clone();
+        self.run_op(op.id, async move {
+            let receiver = me.receiver.clone();
+            let images: Vec<ImageName> = resources
+                .iter()
+                .map(|r| ImageName::new(r.standby_target.clone()))
+                .collect::<Result<_, _>>()
+                .map_err(|e| CtlError::BadRequest(e.to_string()))?;
+            let engine_rp = match &point {
+                Some(p) => p.engine_rp,
+                None => latest_common_point(&receiver, &images)?,
+            };
+            let dir = out_dir.clone();
+            tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+                std::fs::create_dir_all(&dir)?;
+                if let ferry_engine::standby::Standby::Files(files) = &receiver.store {
+                    for image in &images {
+                        let out = dir.join(format!("{image}.raw"));
+                        files.restore(image, ferry_protocol::RecoveryPointId(engine_rp), &out)?;
+                    }
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| internal("the failover task")(e.into()))?
+            .map_err(internal(format!(
+                "materialising group '{}' at engine recovery point {engine_rp}",
+                g.name
+            )))?;
+            if let Some(p) = &point {
+                me.db(|s| s.mark_recovery_points_unusable(g.id, Some(p.id)))?;
+            }
+            info!(group = %g.name, engine_rp, dir = %out_dir.display(), "failed over");
+            Ok(())
+        });
+        Ok(op)
+    }
+
     /// Engine recovery points of the standby images of a group (standby side).
     pub fn standby_engine_points(&self, key: &str) -> CtlResult<Value> {
         let g = self.group(key)?;
@@ -1843,6 +1943,30 @@ impl Orchestrator {
         }
         Ok(Value::Object(out))
     }
+}
+
+/// The newest engine recovery point every image holds (a group recovery
+/// point: one id across the group's images).
+fn latest_common_point(receiver: &ReceiverContext, images: &[ImageName]) -> CtlResult<u64> {
+    let mut common: Option<Vec<u64>> = None;
+    for image in images {
+        let ids: Vec<u64> = receiver
+            .store
+            .recovery_points(image)
+            .map_err(|e| internal(format!("listing recovery points of {image}"))(e.into()))?
+            .iter()
+            .map(|p| p.id.get())
+            .collect();
+        common = Some(match common {
+            None => ids,
+            Some(c) => c.into_iter().filter(|id| ids.contains(id)).collect(),
+        });
+    }
+    common.and_then(|c| c.into_iter().max()).ok_or_else(|| {
+        CtlError::BadRequest(
+            "the standby holds no group recovery point common to all resources".into(),
+        )
+    })
 }
 
 /// Body of `POST /v1/peer/pair`.

@@ -474,3 +474,66 @@ fn bound_policy_fires_its_latest_slot_once() {
     ok(a, &["policy", "unbind", "g1"]);
     ok(a, &["policy", "delete", "nightly"]);
 }
+
+#[test]
+fn failover_to_a_chosen_recovery_point_while_the_primary_is_down() {
+    let mut s = paired();
+    let a = s.a_dir().to_path_buf();
+    let b = s.b_dir().to_path_buf();
+    let img1 = s.path("vm1.raw");
+    let img2 = s.path("vm2.raw");
+    imagegen::make_image(&img1, 4 * MIB, 6).unwrap();
+    imagegen::make_image(&img2, 2 * MIB, 7).unwrap();
+    let u1 = format!("file:{}", img1.display());
+    let u2 = format!("file:{}", img2.display());
+    ok(&a, &["group", "create", "g1", "--wait"]);
+    ok(&a, &["group", "add", "g1", &u1, &u2, "--wait"]);
+    ok(&a, &["group", "start", "g1", "--wait"]);
+    ok(&a, &["rp", "create", "g1", "--name", "r1", "--wait"]);
+    let (h1, h2) = (hash_file(&img1), hash_file(&img2));
+    imagegen::scattered_writes(&img1, 50, 8).unwrap();
+    assert_ne!(hash_file(&img1), h1);
+    ok(&a, &["rp", "create", "g1", "--name", "r2", "--wait"]);
+    // The primary site is lost.
+    s.a.kill9();
+    refused(&b, &["group", "start", "g1"], "only on a primary group");
+    let op = ok(&b, &["group", "failover", "g1", "--rp", "r1", "--wait"]);
+    assert_eq!(op["state"]["state"], "succeeded", "{op}");
+    let g = ok(&b, &["group", "show", "g1"]);
+    assert_eq!(g["group"]["state"], "failed_over");
+    assert_eq!(g["group"]["new_primary"], true);
+    let out = b.join("failover").join("g1");
+    assert_eq!(hash_file(&out.join("g1-vm1.raw")), h1);
+    assert_eq!(hash_file(&out.join("g1-vm2.raw")), h2);
+    let rps = ok(&b, &["rp", "list", "g1"]);
+    let state_of = |name: &str| {
+        rps.as_array()
+            .unwrap()
+            .iter()
+            .find(|rp| rp["name"] == name)
+            .map(|rp| rp["state"].clone())
+    };
+    assert_eq!(state_of("r1"), Some(Value::from("complete")));
+    assert_eq!(state_of("r2"), Some(Value::from("unusable")));
+    // Once only; a new primary cannot start sync; restore still works.
+    refused(&b, &["group", "failover", "g1"], "allowed once");
+    refused(&b, &["group", "start", "g1"], "only on a primary group");
+    let restored = s.path("r.raw").display().to_string();
+    ok(
+        &b,
+        &[
+            "group",
+            "restore",
+            "g1",
+            "--resource",
+            &u2,
+            "--rp",
+            "r1",
+            "--out",
+            &restored,
+            "--wait",
+        ],
+    );
+    assert_eq!(hash_file(Path::new(&restored)), h2);
+    ok(&b, &["group", "delete", "g1", "--wait"]);
+}

@@ -233,6 +233,7 @@ pub const OPERATOR_ROUTES: &[&str] = &[
     "/v1/groups/{group}/standby-points",
     "/v1/groups/{group}/policy",
     "/v1/groups/{group}/restore",
+    "/v1/groups/{group}/failover",
     "/v1/resources",
     "/v1/policies",
     "/v1/policies/{policy}",
@@ -283,12 +284,13 @@ pub fn operator_router(orch: Arc<Orchestrator>, token: String) -> Router {
         .route(r[14], get(standby_points))
         .route(r[15], axum::routing::put(bind_policy).delete(unbind_policy))
         .route(r[16], post(restore))
-        .route(r[17], get(list_resources))
-        .route(r[18], get(list_policies).post(create_policy))
-        .route(r[19], get(show_policy).delete(delete_policy))
-        .route(r[20], get(list_operations))
-        .route(r[21], get(show_operation))
-        .route(r[22], get(get_qos).put(set_qos))
+        .route(r[17], post(failover))
+        .route(r[18], get(list_resources))
+        .route(r[19], get(list_policies).post(create_policy))
+        .route(r[20], get(show_policy).delete(delete_policy))
+        .route(r[21], get(list_operations))
+        .route(r[22], get(show_operation))
+        .route(r[23], get(get_qos).put(set_qos))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route(r[0], get(health))
@@ -497,6 +499,19 @@ async fn restore(
         s.orch
             .restore(&name, &b.resource, &b.recovery_point, &b.out)?,
     )
+}
+
+#[derive(Deserialize)]
+struct FailoverBody {
+    recovery_point: Option<String>,
+}
+
+async fn failover(
+    State(s): State<AppState>,
+    UrlPath(name): UrlPath<String>,
+    Json(b): Json<FailoverBody>,
+) -> ApiResult {
+    accepted(s.orch.failover(&name, b.recovery_point.as_deref())?)
 }
 
 async fn list_resources(State(s): State<AppState>) -> ApiResult {
