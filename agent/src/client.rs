@@ -52,7 +52,13 @@ pub struct SyncRequest<'a> {
     pub tweak: Option<&'a (dyn Fn(&mut SyncOptions) + Sync)>,
     /// Cluster of `rbd:` sources (default: the config's `[ceph]`).
     pub cluster: Option<ClusterSpec>,
+    /// Called with (pair index, progress) whenever an image's progress
+    /// changes (the agent's orchestrator publishes it on its API).
+    pub progress: Option<ProgressSink>,
 }
+
+/// Receives live per-image progress of a sync: (pair index, progress).
+pub type ProgressSink = std::sync::Arc<dyn Fn(usize, &SyncProgress) + Send + Sync>;
 
 fn options_from(config: &AgentConfig) -> SyncOptions {
     SyncOptions {
@@ -185,16 +191,37 @@ pub async fn sync(request: SyncRequest<'_>) -> Result<GroupReport> {
         }
     });
 
+    let bar_rx = progress_rx.clone();
     let bars = request.progress_bar.then(|| {
         let multi = MultiProgress::new();
-        let tasks: Vec<_> = progress_rx
+        let tasks: Vec<_> = bar_rx
             .into_iter()
             .zip(request.pairs.iter())
             .map(|(rx, (_, t))| spawn_progress_bar(&multi, t.image.to_string(), rx))
             .collect();
         (multi, tasks)
     });
+    let observers: Vec<_> = match &request.progress {
+        Some(sink) => progress_rx
+            .iter()
+            .enumerate()
+            .map(|(index, rx)| {
+                let mut rx = rx.clone();
+                let sink = sink.clone();
+                tokio::spawn(async move {
+                    while rx.changed().await.is_ok() {
+                        let p = rx.borrow_and_update().clone();
+                        sink(index, &p);
+                    }
+                })
+            })
+            .collect(),
+        None => Vec::new(),
+    };
     let result = sync_group(jobs, addr, request.peer, identity, options).await;
+    for task in observers {
+        task.abort();
+    }
     reload.abort();
     if let Some((multi, tasks)) = bars {
         for (bar, task) in tasks {

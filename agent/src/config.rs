@@ -65,7 +65,18 @@ struct RawConfig {
     log: RawLog,
     #[serde(default)]
     ceph: RawCeph,
+    #[serde(default)]
+    api: RawApi,
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    listen: Option<String>,
+}
+
+/// Default address of the agent's HTTP API (loopback only).
+pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:7480";
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -162,6 +173,9 @@ pub struct AgentConfig {
     /// RBD sources: bridge gaps up to this many bytes between changed
     /// extents of one object (`None`: derived from the send limit).
     pub coalesce_gap: Option<u32>,
+    /// Where the operator HTTP API listens (`[api] listen`, default
+    /// [`DEFAULT_API_LISTEN`]).
+    pub api_listen: String,
 }
 
 impl Default for AgentConfig {
@@ -178,6 +192,7 @@ impl Default for AgentConfig {
             standby_backend: StandbyBackend::Files,
             ceph: ferry_engine::rbd::ClusterSpec::default(),
             coalesce_gap: None,
+            api_listen: DEFAULT_API_LISTEN.to_owned(),
         }
     }
 }
@@ -220,6 +235,10 @@ impl AgentConfig {
         let unit = |key: &'static str| move |e: UnitError| invalid(key, e.to_string());
         let mut config = Self {
             listen: raw.listen,
+            api_listen: raw
+                .api
+                .listen
+                .unwrap_or_else(|| DEFAULT_API_LISTEN.to_owned()),
             ..Self::default()
         };
         for fp in raw.trust {
@@ -386,6 +405,11 @@ pub const DEFAULT_CONFIG: &str = r#"# ferry-agent configuration. Every key is op
 # as one request: fewer OSD operations on both sites, a few more bytes on the
 # wire. Default: 16 KiB, or (send limit x 0.2 ms) when a send limit is set.
 # coalesce_gap = "32KiB"
+
+[api]
+# The operator HTTP API (token in DIR/api.token). Keep it on loopback; the
+# agent-to-agent API is served over mutual TLS on the QUIC listen port (TCP).
+# listen = "127.0.0.1:7480"
 
 [transport]
 # Images replicated at once over one connection.

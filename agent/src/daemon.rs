@@ -1,5 +1,6 @@
-//! The standby agent process: opens the store, listens for trusted primaries,
-//! and reacts to signals (SIGHUP reloads QoS and trust, SIGTERM/SIGINT stop
+//! The agent process: opens the store, listens for trusted primaries,
+//! runs the control plane (orchestrator, operator and peer APIs), and reacts
+//! to signals (SIGHUP reloads QoS and trust, SIGTERM/SIGINT stop
 //! gracefully).
 
 use std::fs::{File, OpenOptions};
@@ -18,7 +19,9 @@ use ferry_engine::transport::{server_endpoint, TrustStore};
 use ferry_protocol::{AgentId, DEFAULT_MAX_FRAME_LEN};
 use tracing::{info, warn};
 
+use crate::api;
 use crate::config::{config_path, AgentConfig, StandbyBackend};
+use crate::orchestrator::{Orchestrator, OrchestratorConfig};
 
 /// Holds the agent directory's lock: one agent (or offline command) per directory.
 #[derive(Debug)]
@@ -139,9 +142,13 @@ pub async fn run(
     listen: Option<String>,
     trust_flags: Vec<AgentId>,
     explicit_config: Option<PathBuf>,
+    api_listen: Option<String>,
 ) -> Result<()> {
     let cfg_path = config_path(&dir, explicit_config.as_deref());
-    let config = AgentConfig::load(cfg_path.as_deref())?;
+    let mut config = AgentConfig::load(cfg_path.as_deref())?;
+    if let Some(api) = api_listen {
+        config.api_listen = api;
+    }
     let listen = listen
         .or_else(|| config.listen.clone())
         .unwrap_or_else(|| "0.0.0.0:7400".to_owned());
@@ -157,13 +164,15 @@ pub async fn run(
             .copied()
             .chain(trust_flags.iter().copied()),
     );
-    if trust.list().is_empty() {
-        warn!("no trusted peers: every connection will be refused (use --trust FINGERPRINT)");
-    }
-    let standby = start_standby(&dir, listen, trust.clone(), &config).await?;
+    let (standby, peer_tcp) = start_standby_with_peer_port(&dir, listen, &trust, &config).await?;
     let identity = Identity::load(&dir)?;
+    let control = start_control(&dir, &standby, peer_tcp, &trust, &config, &identity).await?;
+    if trust.list().is_empty() {
+        warn!("no trusted peers: replication from other agents is refused until a service is paired (ferry service key / create) or --trust FINGERPRINT is given");
+    }
     info!(
         listen = %standby.addr,
+        api = %control.api_addr,
         fingerprint = %identity.fingerprint(),
         trusted = trust.list().len(),
         receive_limit = ?config.receive_limit,
@@ -198,11 +207,13 @@ pub async fn run(
                 match AgentConfig::load(cfg_path.as_deref()) {
                     Ok(new) => {
                         standby.context.write_limit.set_rate(new.receive_limit);
-                        for peer in new.trust.iter().chain(trust_flags.iter()) {
+                        control.orch.reapply_qos();
+                        let paired = control.orch.paired_peers();
+                        for peer in new.trust.iter().chain(trust_flags.iter()).chain(paired.iter()) {
                             trust.insert(*peer);
                         }
                         for peer in trust.list() {
-                            if !new.trust.contains(&peer) && !trust_flags.contains(&peer) {
+                            if !new.trust.contains(&peer) && !trust_flags.contains(&peer) && !paired.contains(&peer) {
                                 trust.remove(&peer);
                             }
                         }
@@ -216,6 +227,116 @@ pub async fn run(
         }
     }
     info!("shutting down");
+    control.orch.shutdown().await;
     standby.shutdown().await;
     Ok(())
+}
+
+/// Starts the standby receiver on `listen` (UDP) and binds the peer API's
+/// TCP listener on the same port. With port 0 both must get the same free
+/// port: a TCP port is picked first and the QUIC endpoint bound to that
+/// number, retrying while the UDP port happens to be taken.
+pub async fn start_standby_with_peer_port(
+    dir: &Path,
+    listen: SocketAddr,
+    trust: &TrustStore,
+    config: &AgentConfig,
+) -> Result<(RunningStandby, std::net::TcpListener)> {
+    if listen.port() != 0 {
+        let standby = start_standby(dir, listen, trust.clone(), config).await?;
+        let tcp = std::net::TcpListener::bind(standby.addr)
+            .with_context(|| format!("binding the peer API on TCP {}", standby.addr))?;
+        return Ok((standby, tcp));
+    }
+    let mut attempt = 0;
+    loop {
+        let tcp = std::net::TcpListener::bind(SocketAddr::new(listen.ip(), 0))
+            .with_context(|| format!("binding the peer API on TCP {}", listen.ip()))?;
+        let port = tcp.local_addr()?.port();
+        match start_standby(
+            dir,
+            SocketAddr::new(listen.ip(), port),
+            trust.clone(),
+            config,
+        )
+        .await
+        {
+            Ok(standby) => return Ok((standby, tcp)),
+            Err(e) if attempt < 20 && is_bind_error(&e) => attempt += 1,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn is_bind_error(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<ferry_engine::transport::TransportError>(),
+            Some(ferry_engine::transport::TransportError::Bind { .. })
+        )
+    })
+}
+
+/// The control plane of a running agent: orchestrator, operator API and
+/// peer API.
+pub struct RunningControl {
+    /// The orchestrator.
+    pub orch: Arc<Orchestrator>,
+    /// Where the operator API listens.
+    pub api_addr: SocketAddr,
+}
+
+/// Starts the orchestrator, the peer API (mutual TLS on TCP at the QUIC
+/// address) and the operator API (`[api] listen`, address written to
+/// `DIR/api.addr`), then finishes interrupted operations and resumes
+/// replication in the background.
+pub async fn start_control(
+    dir: &Path,
+    standby: &RunningStandby,
+    peer_tcp: std::net::TcpListener,
+    trust: &TrustStore,
+    config: &AgentConfig,
+    identity: &Identity,
+) -> Result<RunningControl> {
+    let token = api::ensure_token(dir)?;
+    let orch = Orchestrator::open(OrchestratorConfig {
+        dir: dir.to_path_buf(),
+        quic_addr: standby.addr,
+        trust: trust.clone(),
+        receiver: standby.context.clone(),
+        send_limit: config.send_limit,
+    })?;
+    let peer_listener =
+        api::tls::TlsListener::from_std(peer_tcp, api::tls::server_config(identity)?)?;
+    let peer_app =
+        api::peer_router(orch.clone()).into_make_service_with_connect_info::<api::tls::PeerAddr>();
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(peer_listener, peer_app).await {
+            warn!(%error, "peer API stopped");
+        }
+    });
+    let api_listen: SocketAddr = tokio::net::lookup_host(&config.api_listen)
+        .await
+        .with_context(|| format!("resolving [api] listen {}", config.api_listen))?
+        .next()
+        .with_context(|| format!("[api] listen {} resolves to nothing", config.api_listen))?;
+    let tcp = tokio::net::TcpListener::bind(api_listen)
+        .await
+        .with_context(|| format!("binding the API on {api_listen}"))?;
+    let api_addr = tcp.local_addr()?;
+    api::write_addr(dir, api_addr)?;
+    orch.set_api_addr(api_addr);
+    let app = api::operator_router(orch.clone(), token);
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(tcp, app).await {
+            warn!(%error, "operator API stopped");
+        }
+    });
+    let recovering = orch.clone();
+    tokio::spawn(async move {
+        if let Err(error) = recovering.recover_and_resume().await {
+            warn!(%error, "recovering interrupted operations failed");
+        }
+    });
+    Ok(RunningControl { orch, api_addr })
 }

@@ -101,6 +101,7 @@ pub async fn run(work: &Path, size: u64) -> Result<()> {
         progress_bar: false,
         tweak: Some(&tweak),
         cluster: None,
+        progress: None,
     };
 
     let first = image_report(client::sync(request()).await?)?;
@@ -152,6 +153,7 @@ pub async fn run(work: &Path, size: u64) -> Result<()> {
                 progress_bar: false,
                 tweak: Some(&tweak),
                 cluster: None,
+                progress: None,
             })
             .await
         })

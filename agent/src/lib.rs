@@ -6,6 +6,8 @@
 //! `src/bin/`, behaviour here.
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod control;
@@ -13,6 +15,7 @@ pub mod daemon;
 pub mod demo;
 pub mod diffcmd;
 pub mod imagegen;
+pub mod orchestrator;
 pub mod schedule;
 pub mod units;
 pub mod uri;

@@ -120,7 +120,10 @@ impl Agent {
         let mut cmd = Command::new(bin("ferry-agent"));
         cmd.args(["run", "--dir"])
             .arg(dir)
-            .args(["--listen", listen]);
+            .args(["--listen", listen])
+            // Many agents run at once: each takes a free port for its
+            // operator API (written to DIR/api.addr).
+            .args(["--api-listen", "127.0.0.1:0"]);
         for t in trust {
             cmd.args(["--trust", t]);
         }

@@ -21,8 +21,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create this agent's identity (key pair + certificate) in DIR and print
-    /// its fingerprint as the last line.
+    /// Create this agent's identity (key pair + certificate) and API token
+    /// (DIR/api.token) in DIR and print its fingerprint as the last line.
     Init {
         /// Agent data directory.
         #[arg(long)]
@@ -42,6 +42,10 @@ enum Command {
         /// Configuration file (default DIR/config.toml if present).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// TCP address of the operator API (default from config, else
+        /// 127.0.0.1:7480; port 0 picks a free one, see DIR/api.addr).
+        #[arg(long)]
+        api_listen: Option<String>,
     },
     /// List the recovery points of a standby image (agent must be stopped).
     Points {
@@ -110,9 +114,14 @@ async fn main_inner(cli: Cli) -> Result<()> {
                 std::fs::write(&config, DEFAULT_CONFIG)
                     .with_context(|| format!("writing {}", config.display()))?;
             }
+            ferry_agent::api::ensure_token(&dir)?;
             println!(
                 "created agent identity in {}",
                 dir.join("identity").display()
+            );
+            println!(
+                "API token in {} (mode 0600)",
+                dir.join(ferry_agent::api::TOKEN_FILE).display()
             );
             println!("fingerprint:");
             println!("{}", identity.fingerprint());
@@ -122,11 +131,12 @@ async fn main_inner(cli: Cli) -> Result<()> {
             listen,
             trust,
             config,
+            api_listen,
         } => {
             let cfg = AgentConfig::load(config_path(&dir, config.as_deref()).as_deref())?;
             ferry_agent::init_logging("info", cfg.log_format == LogFormat::Json);
             let trust = parse_fingerprints(&trust)?;
-            ferry_agent::daemon::run(dir, listen, trust, config).await?;
+            ferry_agent::daemon::run(dir, listen, trust, config, api_listen).await?;
         }
         Command::Points { dir, image, json } => {
             let image = ImageName::new(image)?;

@@ -1,4 +1,5 @@
-//! `ferry`: the operator CLI — replicate, verify, demo.
+//! `ferry`: the operator CLI — protection groups and services (through the
+//! agent's API), replicate, verify, demo.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -13,12 +14,19 @@ use ferry_protocol::AgentId;
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
+    /// How to reach the agent (control commands): --dir DIR, or --agent URL --token T.
+    #[command(flatten)]
+    conn: ferry_agent::cli::Conn,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Control commands (service, group, rp, policy, qos, status, op): a
+    /// client of the agent's HTTP API.
+    #[command(flatten)]
+    Control(ferry_agent::cli::ControlCommand),
     /// Run one replication cycle of SOURCE to a standby agent; exits 0 only
     /// when the recovery point is committed on the standby.
     Sync {
@@ -146,6 +154,7 @@ fn peer(fp: &str) -> Result<AgentId> {
 /// Exit codes: 0 ok, 1 verify found differences, 2 error.
 async fn main_inner(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Control(cmd) => ferry_agent::cli::run(cmd, &cli.conn).await,
         Command::Sync {
             dir,
             source,
@@ -175,6 +184,7 @@ async fn main_inner(cli: Cli) -> Result<ExitCode> {
                 progress_bar: !json && std::io::stderr().is_terminal(),
                 tweak: None,
                 cluster: cluster_override(&dir, cluster, conf)?,
+                progress: None,
             })
             .await?;
             if json {

@@ -184,6 +184,12 @@ pub enum StoreError {
         /// The groups bound to it.
         groups: Vec<String>,
     },
+    /// A pairing secret cannot be used.
+    #[error("pairing refused: {reason}")]
+    PairingSecret {
+        /// Why (unknown, used, expired).
+        reason: String,
+    },
     /// A rule of the allowed-state table refused the change.
     #[error(transparent)]
     Refused(#[from] Refusal),

@@ -116,6 +116,15 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE recovery_points ADD COLUMN pending_remote_delete INTEGER NOT NULL DEFAULT 0
         CHECK (pending_remote_delete IN (0, 1));
     "#,
+    // v3: one-time pairing secrets issued by `ferry service key` (only their
+    // BLAKE3 hash is kept; a secret pairs once, before it expires).
+    r#"
+    CREATE TABLE pairing_secrets (
+        secret_hash TEXT PRIMARY KEY,
+        expires_at  INTEGER NOT NULL,
+        used_at     INTEGER
+    ) STRICT;
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -1460,6 +1469,66 @@ impl Store {
         Ok(rps)
     }
 
+    // -------------------------------------------------------- pairing secrets
+
+    /// Records a one-time pairing secret (by its hash) valid until `expires`.
+    pub fn create_pairing_secret(
+        &mut self,
+        secret_hash: &str,
+        expires: Timestamp,
+    ) -> StoreResult<()> {
+        let tx = self.write(|| "record a pairing secret".into())?;
+        tx.execute(
+            "INSERT INTO pairing_secrets (secret_hash, expires_at) VALUES (?1, ?2)",
+            params![secret_hash, expires],
+        )
+        .ctx(|| "insert pairing secret".into())?;
+        tx.commit().ctx(|| "commit pairing secret".into())
+    }
+
+    /// Uses up a pairing secret: succeeds once, if it exists and `now` is
+    /// before its expiry; otherwise [`StoreError::PairingSecret`] says why.
+    pub fn consume_pairing_secret(&mut self, secret_hash: &str, now: Timestamp) -> StoreResult<()> {
+        let tx = self.write(|| "use a pairing secret".into())?;
+        let row: Option<(Timestamp, Option<Timestamp>)> = tx
+            .query_row(
+                "SELECT expires_at, used_at FROM pairing_secrets WHERE secret_hash = ?1",
+                [secret_hash],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .ctx(|| "read pairing secret".into())?;
+        let reason = match row {
+            None => Some("the service key's secret is unknown to this agent"),
+            Some((_, Some(_))) => Some("the service key was already used"),
+            Some((expires, None)) if expires <= now => Some("the service key has expired"),
+            Some(_) => None,
+        };
+        if let Some(reason) = reason {
+            return Err(StoreError::PairingSecret {
+                reason: reason.to_owned(),
+            });
+        }
+        tx.execute(
+            "UPDATE pairing_secrets SET used_at = ?2 WHERE secret_hash = ?1",
+            params![secret_hash, now],
+        )
+        .ctx(|| "mark pairing secret used".into())?;
+        tx.commit().ctx(|| "commit use of pairing secret".into())
+    }
+
+    /// The newest `limit` journal entries, newest first.
+    pub fn recent_operations(&self, limit: usize) -> StoreResult<Vec<Operation>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        query_all(
+            &self.conn,
+            &format!("SELECT {OP_COLS} FROM operations ORDER BY id DESC LIMIT ?1"),
+            [limit],
+            op_row,
+            || "list operations".into(),
+        )
+    }
+
     #[cfg(test)]
     fn connection(&mut self) -> &mut Connection {
         &mut self.conn
@@ -2427,7 +2496,7 @@ mod tests {
                 .is_err());
         }
         let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.schema_version().unwrap(), 2);
+        assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
         let g = store.group_by_name("g1").unwrap();
         assert_eq!(
             (g.state, g.migrated, g.new_primary),
@@ -2448,7 +2517,7 @@ mod tests {
         // Opening again is a no-op.
         assert_eq!(
             Store::open(dir.path()).unwrap().schema_version().unwrap(),
-            2
+            SCHEMA_VERSION
         );
     }
 
@@ -2482,7 +2551,7 @@ mod tests {
                 err,
                 StoreError::TooNew {
                     found: 99,
-                    supported: 2,
+                    supported: SCHEMA_VERSION,
                     ..
                 }
             ),
@@ -2533,5 +2602,41 @@ mod tests {
         assert_eq!(op.group_id, None);
         let done = store.finish_operation(op.id, OpResult::Succeeded).unwrap();
         assert_eq!(done.state, OpState::Succeeded);
+    }
+
+    #[test]
+    fn pairing_secrets_work_once_and_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        store.create_pairing_secret("h1", Timestamp(1_000)).unwrap();
+        store.create_pairing_secret("h2", Timestamp(1_000)).unwrap();
+        let reason = |e: StoreError| match e {
+            StoreError::PairingSecret { reason } => reason,
+            other => panic!("{other}"),
+        };
+        assert!(reason(
+            store
+                .consume_pairing_secret("nope", Timestamp(5))
+                .unwrap_err()
+        )
+        .contains("unknown"));
+        store.consume_pairing_secret("h1", Timestamp(999)).unwrap();
+        assert!(reason(
+            store
+                .consume_pairing_secret("h1", Timestamp(999))
+                .unwrap_err()
+        )
+        .contains("already used"));
+        assert!(reason(
+            store
+                .consume_pairing_secret("h2", Timestamp(1_000))
+                .unwrap_err()
+        )
+        .contains("expired"));
+        // Survives a reopen.
+        drop(store);
+        let mut store = Store::open(dir.path()).unwrap();
+        assert!(store.consume_pairing_secret("h1", Timestamp(1)).is_err());
+        assert!(store.recent_operations(10).unwrap().is_empty());
     }
 }

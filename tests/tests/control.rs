@@ -1,0 +1,539 @@
+//! End-to-end tests of the control shim: two real agents on loopback, driven
+//! only through the `ferry` CLI (a client of each agent's HTTP API): service
+//! pairing, a protection group's life cycle with group recovery points on
+//! both sides, refusals (non-zero exit, reason, nothing changed), and an
+//! agent SIGKILLed while it starts replicating.
+
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use ferry_agent::imagegen;
+use ferry_e2e::{ferry, hash_file, init_agent, Agent};
+use serde_json::Value;
+
+const MIB: u64 = 1024 * 1024;
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    let d = dir.display().to_string();
+    let mut all = vec!["--dir", d.as_str()];
+    all.extend_from_slice(args);
+    ferry(&all)
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Runs a control command with --json; it must succeed.
+fn ok(dir: &Path, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let out = run(dir, &all);
+    assert!(
+        out.status.success(),
+        "ferry {args:?} failed: {}",
+        text(&out)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)))
+}
+
+/// Runs a control command that must be refused (exit 1) with `reason` in stderr.
+fn refused(dir: &Path, args: &[&str], reason: &str) {
+    let out = run(dir, args);
+    assert_eq!(out.status.code(), Some(1), "ferry {args:?}: {}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(reason),
+        "ferry {args:?} should say {reason:?}: {}",
+        text(&out)
+    );
+}
+
+struct Sites {
+    tmp: tempfile::TempDir,
+    a: Agent,
+    b: Agent,
+}
+
+impl Sites {
+    fn a_dir(&self) -> &Path {
+        &self.a.dir
+    }
+    fn b_dir(&self) -> &Path {
+        &self.b.dir
+    }
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.tmp.path().join(name)
+    }
+}
+
+/// Two agents that trust nobody, then paired through a service key.
+fn paired() -> Sites {
+    let tmp = tempfile::tempdir().unwrap();
+    let a_dir = tmp.path().join("a");
+    let b_dir = tmp.path().join("b");
+    let a_fp = init_agent(&a_dir);
+    let b_fp = init_agent(&b_dir);
+    assert!(a_dir.join("api.token").exists());
+    let a = Agent::start(&a_dir, &a_fp, &[]);
+    let b = Agent::start(&b_dir, &b_fp, &[]);
+    let out = run(&b_dir, &["service", "key"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let key = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(key.trim().lines().count(), 1, "one line: {key}");
+    let svc = ok(&a_dir, &["service", "create", "--key", key.trim()]);
+    assert_eq!(svc["remote_fingerprint"], b_fp);
+    // The key is one-time.
+    let again = run(
+        &a_dir,
+        &["service", "create", "--key", key.trim(), "--name", "x"],
+    );
+    assert!(!again.status.success(), "{}", text(&again));
+    let b_services = ok(&b_dir, &["service", "list"]);
+    assert_eq!(b_services[0]["remote_fingerprint"], a_fp);
+    let verify = ok(&a_dir, &["service", "verify", "dr"]);
+    assert_eq!(verify["ok"], true);
+    Sites { tmp, a, b }
+}
+
+fn group_state(dir: &Path, group: &str) -> String {
+    ok(dir, &["group", "show", group])["group"]["state"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn pair_protect_replicate_stop_delete() {
+    let s = paired();
+    let (a, b) = (s.a_dir(), s.b_dir());
+    let img1 = s.path("vm1.raw");
+    let img2 = s.path("vm2.raw");
+    imagegen::make_image(&img1, 16 * MIB, 1).unwrap();
+    imagegen::make_image(&img2, 8 * MIB, 2).unwrap();
+    let u1 = format!("file:{}", img1.display());
+    let u2 = format!("file:{}", img2.display());
+
+    let op = ok(a, &["group", "create", "g1", "--wait"]);
+    assert_eq!(op["state"]["state"], "succeeded", "{op}");
+    assert_eq!(group_state(a, "g1"), "mapped");
+    // The standby group was created and mapped on B.
+    let bg = ok(b, &["group", "show", "g1"]);
+    assert_eq!(bg["group"]["role"], "standby");
+    assert_eq!(bg["group"]["state"], "mapped");
+
+    ok(a, &["group", "add", "g1", &u1, &u2, "--wait"]);
+    let res = ok(a, &["group", "show", "g1"])["resources"].clone();
+    assert_eq!(res.as_array().unwrap().len(), 2);
+    assert_eq!(res[0]["size_bytes"], 16 * MIB);
+    assert_eq!(
+        ok(b, &["group", "show", "g1"])["resources"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    ok(a, &["group", "start", "g1", "--wait"]);
+    assert_eq!(group_state(a, "g1"), "syncing");
+    assert_eq!(group_state(b, "g1"), "syncing");
+
+    let op = ok(a, &["rp", "create", "g1", "--name", "rp1", "--wait"]);
+    assert_eq!(op["state"]["state"], "succeeded", "{op}");
+    let rps_a = ok(a, &["rp", "list", "g1"]);
+    let rps_b = ok(b, &["rp", "list", "g1"]);
+    assert_eq!(rps_a[0]["name"], "rp1");
+    assert_eq!(rps_a[0]["state"], "complete");
+    assert_eq!(rps_b[0]["name"], "rp1");
+    assert_eq!(rps_b[0]["state"], "complete");
+    assert_eq!(rps_a[0]["engine_rp"], rps_b[0]["engine_rp"]);
+    // Both standby images hold that group recovery point.
+    let points = ferry_json_get(b, "/v1/groups/g1/standby-points");
+    for image in ["g1-vm1", "g1-vm2"] {
+        let ids = points[image].as_array().unwrap();
+        assert!(
+            ids.contains(&rps_a[0]["engine_rp"]),
+            "{image} lacks the recovery point: {points}"
+        );
+    }
+    // Live progress with an RPO.
+    let status = ok(a, &["status"]);
+    let progress = &status["groups"][0]["progress"];
+    assert!(progress["cycles"].as_u64().unwrap() >= 1, "{status}");
+    assert!(progress["rpo_lag_secs"].as_f64().is_some(), "{status}");
+
+    // A second recovery point, then deleting the first: gone on both sides.
+    ok(a, &["rp", "create", "g1", "--name", "rp2", "--wait"]);
+    ok(a, &["rp", "delete", "g1", "rp1", "--wait"]);
+    for dir in [a, b] {
+        let names: Vec<Value> = ok(dir, &["rp", "list", "g1"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|rp| rp["name"].clone())
+            .collect();
+        assert_eq!(names, vec![Value::from("rp2")]);
+    }
+    // Manual restore on the standby: vm1 as it was at rp2, into a new file.
+    let restored = s.path("restored.raw");
+    let out = restored.display().to_string();
+    let args = [
+        "group",
+        "restore",
+        "g1",
+        "--resource",
+        &u1,
+        "--rp",
+        "rp2",
+        "--out",
+        &out,
+    ];
+    refused(a, &args, "only on a standby group");
+    ok(b, &[&args[..], &["--wait"]].concat());
+    assert_eq!(hash_file(&img1), hash_file(&restored));
+
+    ok(a, &["group", "stop", "g1", "--wait"]);
+    assert_eq!(group_state(a, "g1"), "mapped");
+    assert_eq!(group_state(b, "g1"), "mapped");
+    assert_eq!(ok(b, &["rp", "list", "g1"]).as_array().unwrap().len(), 0);
+    // Nothing writes to the sources: the standby copies are identical.
+    assert_eq!(hash_file(&img1), hash_file(&s.b.image_path("g1-vm1")));
+    assert_eq!(hash_file(&img2), hash_file(&s.b.image_path("g1-vm2")));
+
+    ok(a, &["group", "delete", "g1", "--wait"]);
+    assert_eq!(ok(a, &["group", "list"]).as_array().unwrap().len(), 0);
+    assert_eq!(ok(b, &["group", "list"]).as_array().unwrap().len(), 0);
+    ok(a, &["service", "delete", "dr"]);
+}
+
+/// GET on an agent's operator API with its token (through `ferry`'s
+/// library client, the same code the CLI uses).
+fn ferry_json_get(dir: &Path, path: &str) -> Value {
+    let conn = ferry_agent::cli::Conn {
+        dir: Some(dir.to_path_buf()),
+        ..Default::default()
+    };
+    let (addr, token) = ferry_agent::cli::resolve_conn(&conn).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let reply = rt
+        .block_on(ferry_agent::api::http::call(
+            &ferry_agent::api::http::Target::Plain(addr),
+            ferry_agent::api::http::Method::GET,
+            path,
+            Some(&token),
+            None,
+            Duration::from_secs(10),
+        ))
+        .unwrap();
+    assert!(reply.ok(), "{path}: {} {}", reply.status, reply.body);
+    reply.body
+}
+
+#[test]
+fn refused_operations_fail_with_the_reason_and_change_nothing() {
+    let s = paired();
+    let a = s.a_dir();
+    ok(a, &["group", "create", "g1", "--wait"]);
+    // start sync needs a resource.
+    refused(a, &["group", "start", "g1"], "at least one resource");
+    // a recovery point needs a syncing group.
+    refused(
+        a,
+        &["rp", "create", "g1", "--name", "x"],
+        "allowed only in syncing",
+    );
+    // stop sync is not allowed in mapped.
+    refused(a, &["group", "stop", "g1"], "group 'g1' is mapped");
+    // the service is in use.
+    refused(a, &["service", "delete", "dr"], "used by group");
+    // a retention outside 1..=5.
+    ok(
+        a,
+        &[
+            "policy",
+            "create",
+            "daily",
+            "--schedule",
+            "daily 02:00",
+            "--tz",
+            "Europe/Berlin",
+        ],
+    );
+    refused(
+        a,
+        &["policy", "bind", "g1", "daily", "--retention", "9"],
+        "retention 9",
+    );
+    // A source already in a group cannot join another.
+    let img = s.path("v.raw");
+    imagegen::make_image(&img, MIB, 3).unwrap();
+    let u = format!("file:{}", img.display());
+    ok(a, &["group", "add", "g1", &u, "--wait"]);
+    ok(a, &["group", "create", "g2", "--wait"]);
+    refused(a, &["group", "add", "g2", &u], "already in group 'g1'");
+    // JSON carries the refusal's rule and state.
+    let out = run(a, &["--json", "group", "stop", "g1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let body: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(body["refusal"]["state"], "mapped", "{body}");
+    assert_eq!(body["refusal"]["reason"], "wrong_state", "{body}");
+    // Nothing changed.
+    assert_eq!(group_state(a, "g1"), "mapped");
+    assert_eq!(group_state(a, "g2"), "mapped");
+    assert_eq!(ok(a, &["rp", "list", "g1"]).as_array().unwrap().len(), 0);
+    assert_eq!(
+        ok(a, &["group", "show", "g2"])["resources"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    // Re-configure the service's endpoint: the connection test fails while
+    // it points nowhere, and works again once it is set back.
+    let svc = ok(a, &["service", "list"]);
+    let endpoint = svc[0]["remote_endpoint"].as_str().unwrap().to_owned();
+    ok(
+        a,
+        &[
+            "service",
+            "update",
+            "dr",
+            "--remote-endpoint",
+            "127.0.0.1:9",
+        ],
+    );
+    let out = run(a, &["service", "verify", "dr"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    ok(
+        a,
+        &["service", "update", "dr", "--remote-endpoint", &endpoint],
+    );
+    ok(a, &["service", "verify", "dr"]);
+    // Wrong token: refused with a non-zero exit; health needs none.
+    let addr = std::fs::read_to_string(a.join("api.addr")).unwrap();
+    let url = format!("http://{}", addr.trim());
+    let out = ferry(&["--agent", &url, "--token", "wrong", "group", "list"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("401"),
+        "{}",
+        text(&out)
+    );
+    let addr: std::net::SocketAddr = addr.trim().parse().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let get = |path: &str| {
+        rt.block_on(ferry_agent::api::http::call(
+            &ferry_agent::api::http::Target::Plain(addr),
+            ferry_agent::api::http::Method::GET,
+            path,
+            None,
+            None,
+            Duration::from_secs(10),
+        ))
+        .unwrap()
+    };
+    assert_eq!(get("/v1/health").status, 200);
+    assert_eq!(get("/v1/groups").status, 401);
+}
+
+#[test]
+fn group_created_while_the_standby_is_down_fails_mapping_and_can_be_deleted() {
+    let mut s = paired();
+    let a = s.a_dir().to_path_buf();
+    s.b.kill9();
+    let out = run(&a, &["group", "create", "g1", "--wait"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot reach the peer"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(group_state(&a, "g1"), "mapping_failed");
+    refused(&a, &["group", "start", "g1"], "allowed only in mapped");
+    ok(&a, &["group", "delete", "g1", "--wait"]);
+    assert_eq!(ok(&a, &["group", "list"]).as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn agent_killed_while_starting_sync_comes_back_consistent() {
+    let mut s = paired();
+    let a = s.a_dir().to_path_buf();
+    let b = s.b_dir().to_path_buf();
+    let img = s.path("big.raw");
+    imagegen::make_image(&img, 96 * MIB, 4).unwrap();
+    let u = format!("file:{}", img.display());
+    ok(&a, &["group", "create", "g1", "--wait"]);
+    ok(&a, &["group", "add", "g1", &u, "--wait"]);
+    // A send limit (applied at run time, persisted) keeps the initial
+    // full copy running for a few seconds.
+    let qos = ok(&a, &["qos", "set", "--send", "20M"]);
+    assert_eq!(qos["send_limit"], 20_000_000);
+    // Start (without waiting) and SIGKILL the primary agent during the
+    // initial full copy.
+    let started = ok(&a, &["group", "start", "g1"]);
+    assert_eq!(started["operation"]["kind"], "start_sync");
+    wait_for("the initial full copy", || {
+        ok(&a, &["group", "show", "g1"])["resources"][0]["state"] == "initial_sync"
+    });
+    refused(&a, &["group", "stop", "g1"], "initial full sync");
+    s.a.restart(&[]);
+    assert_eq!(ok(&a, &["qos", "show"])["send_limit"], 20_000_000);
+    ok(&a, &["qos", "set", "--send", "unlimited"]);
+
+    // No operation is left running; the group is syncing on both sides.
+    wait_for("the interrupted start sync to finish", || {
+        let ops = ok(&a, &["op", &started["operation"]["id"].to_string()]);
+        ops["state"]["state"] != "running"
+    });
+    let ops = ferry_json_get(&a, "/v1/operations");
+    for op in ops.as_array().unwrap() {
+        assert_ne!(op["state"]["state"], "running", "{op}");
+    }
+    assert_eq!(group_state(&a, "g1"), "syncing");
+    assert_eq!(group_state(&b, "g1"), "syncing");
+    wait_for("the initial copy to complete after the restart", || {
+        ok(&a, &["group", "show", "g1"])["resources"][0]["state"] == "syncing"
+    });
+    // Replication resumed: a recovery point can be taken and is on both sides.
+    ok(
+        &a,
+        &["rp", "create", "g1", "--name", "after-restart", "--wait"],
+    );
+    assert_eq!(ok(&b, &["rp", "list", "g1"])[0]["name"], "after-restart");
+    ok(&a, &["group", "stop", "g1", "--wait"]);
+    assert_eq!(hash_file(&img), hash_file(&s.b.image_path("g1-big")));
+}
+
+#[test]
+fn bound_policy_fires_its_latest_slot_once() {
+    let s = paired();
+    let (a, b) = (s.a_dir(), s.b_dir());
+    let img = s.path("p.raw");
+    imagegen::make_image(&img, 2 * MIB, 5).unwrap();
+    let u = format!("file:{}", img.display());
+    ok(a, &["group", "create", "g1", "--wait"]);
+    ok(a, &["group", "add", "g1", &u, "--wait"]);
+    ok(a, &["group", "start", "g1", "--wait"]);
+    // Effective since long ago: today's 00:00 UTC slot has passed and is
+    // fired once, at once (older missed slots are skipped, not fired).
+    ok(
+        a,
+        &[
+            "policy",
+            "create",
+            "nightly",
+            "--schedule",
+            "daily 00:00",
+            "--tz",
+            "UTC",
+            "--from",
+            "2020-01-01T00:00:00Z",
+        ],
+    );
+    ok(a, &["policy", "bind", "g1", "nightly", "--retention", "2"]);
+    // Bound policies cannot be deleted.
+    refused(a, &["policy", "delete", "nightly"], "bound to group");
+    wait_for("the policy recovery point on the standby", || {
+        ok(b, &["rp", "list", "g1"])
+            .as_array()
+            .is_some_and(|l| !l.is_empty())
+    });
+    let rps = ok(a, &["rp", "list", "g1"]);
+    assert_eq!(rps.as_array().unwrap().len(), 1, "{rps}");
+    assert_eq!(rps[0]["kind"], "policy");
+    assert!(rps[0]["name"].as_str().unwrap().starts_with("nightly-"));
+    // A few scheduler ticks later it has not fired the same slot again.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(ok(a, &["rp", "list", "g1"]).as_array().unwrap().len(), 1);
+    // A second binding is refused; unbind then delete works.
+    refused(
+        a,
+        &["policy", "bind", "g1", "nightly", "--retention", "1"],
+        "no policy bound",
+    );
+    ok(a, &["policy", "unbind", "g1"]);
+    ok(a, &["policy", "delete", "nightly"]);
+}
+
+#[test]
+fn failover_to_a_chosen_recovery_point_while_the_primary_is_down() {
+    let mut s = paired();
+    let a = s.a_dir().to_path_buf();
+    let b = s.b_dir().to_path_buf();
+    let img1 = s.path("vm1.raw");
+    let img2 = s.path("vm2.raw");
+    imagegen::make_image(&img1, 4 * MIB, 6).unwrap();
+    imagegen::make_image(&img2, 2 * MIB, 7).unwrap();
+    let u1 = format!("file:{}", img1.display());
+    let u2 = format!("file:{}", img2.display());
+    ok(&a, &["group", "create", "g1", "--wait"]);
+    ok(&a, &["group", "add", "g1", &u1, &u2, "--wait"]);
+    ok(&a, &["group", "start", "g1", "--wait"]);
+    ok(&a, &["rp", "create", "g1", "--name", "r1", "--wait"]);
+    let (h1, h2) = (hash_file(&img1), hash_file(&img2));
+    imagegen::scattered_writes(&img1, 50, 8).unwrap();
+    assert_ne!(hash_file(&img1), h1);
+    ok(&a, &["rp", "create", "g1", "--name", "r2", "--wait"]);
+    // The primary site is lost.
+    s.a.kill9();
+    refused(&b, &["group", "start", "g1"], "only on a primary group");
+    let op = ok(&b, &["group", "failover", "g1", "--rp", "r1", "--wait"]);
+    assert_eq!(op["state"]["state"], "succeeded", "{op}");
+    let g = ok(&b, &["group", "show", "g1"]);
+    assert_eq!(g["group"]["state"], "failed_over");
+    assert_eq!(g["group"]["new_primary"], true);
+    let out = b.join("failover").join("g1");
+    assert_eq!(hash_file(&out.join("g1-vm1.raw")), h1);
+    assert_eq!(hash_file(&out.join("g1-vm2.raw")), h2);
+    let rps = ok(&b, &["rp", "list", "g1"]);
+    let state_of = |name: &str| {
+        rps.as_array()
+            .unwrap()
+            .iter()
+            .find(|rp| rp["name"] == name)
+            .map(|rp| rp["state"].clone())
+    };
+    assert_eq!(state_of("r1"), Some(Value::from("complete")));
+    assert_eq!(state_of("r2"), Some(Value::from("unusable")));
+    // Once only; a new primary cannot start sync; restore still works.
+    refused(&b, &["group", "failover", "g1"], "allowed once");
+    refused(&b, &["group", "start", "g1"], "only on a primary group");
+    let restored = s.path("r.raw").display().to_string();
+    ok(
+        &b,
+        &[
+            "group",
+            "restore",
+            "g1",
+            "--resource",
+            &u2,
+            "--rp",
+            "r1",
+            "--out",
+            &restored,
+            "--wait",
+        ],
+    );
+    assert_eq!(hash_file(Path::new(&restored)), h2);
+    ok(&b, &["group", "delete", "g1", "--wait"]);
+}
