@@ -923,6 +923,7 @@ impl Orchestrator {
             .into_iter()
             .filter(|r| match SourceUri::parse(&r.uri) {
                 Ok(SourceUri::File(p)) => !p.exists(),
+                Ok(SourceUri::Diff(dir)) => !dir.is_dir(),
                 Ok(SourceUri::Rbd(_)) => false,
                 Err(_) => true,
             })
@@ -2029,8 +2030,8 @@ fn source_size(source: &SourceUri) -> CtlResult<u64> {
             f.seek(std::io::SeekFrom::End(0))
                 .map_err(|e| CtlError::BadRequest(format!("cannot size {}: {e}", path.display())))
         }
-        // Sized by the RBD source at the first sync.
-        SourceUri::Rbd(_) => Ok(0),
+        // Sized by the source at the first sync.
+        SourceUri::Rbd(_) | SourceUri::Diff(_) => Ok(0),
     }
 }
 
@@ -2042,6 +2043,10 @@ fn standby_name(group: &str, source: &SourceUri, taken: &mut Vec<String>) -> Str
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "image".into()),
         SourceUri::Rbd(spec) => format!("{}", spec).replace('/', "-"),
+        SourceUri::Diff(dir) => dir
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "diffs".into()),
     };
     let clean: String = format!("{group}-{stem}")
         .chars()
