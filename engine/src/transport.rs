@@ -205,10 +205,7 @@ pub fn server_endpoint(
     settings: &TransportSettings,
 ) -> Result<quinn::Endpoint, TransportError> {
     let provider = provider();
-    let verifier = Arc::new(TrustedClientVerifier {
-        trust,
-        algorithms: provider.signature_verification_algorithms,
-    });
+    let verifier = TrustedClientVerifier::new(Some(trust));
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
@@ -257,10 +254,7 @@ pub async fn connect(
     settings: &TransportSettings,
 ) -> Result<quinn::Connection, TransportError> {
     let provider = provider();
-    let verifier = Arc::new(PinnedServerVerifier {
-        expected: expected_peer,
-        algorithms: provider.signature_verification_algorithms,
-    });
+    let verifier = PinnedServerVerifier::new(expected_peer);
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
@@ -332,10 +326,21 @@ fn refuse_tls12() -> Result<HandshakeSignatureValid, rustls::Error> {
 }
 
 /// Client side: accept exactly one server certificate, by fingerprint.
+/// Shared with the agent's TLS peer API.
 #[derive(Debug)]
-struct PinnedServerVerifier {
+pub struct PinnedServerVerifier {
     expected: AgentId,
     algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl PinnedServerVerifier {
+    /// Accepts only a server certificate of fingerprint `expected`.
+    pub fn new(expected: AgentId) -> Arc<Self> {
+        Arc::new(Self {
+            expected,
+            algorithms: provider().signature_verification_algorithms,
+        })
+    }
 }
 
 impl ServerCertVerifier for PinnedServerVerifier {
@@ -353,7 +358,7 @@ impl ServerCertVerifier for PinnedServerVerifier {
         } else {
             tracing::warn!(expected = %self.expected, got = %got, "standby presented an unexpected certificate");
             Err(rustls::Error::General(format!(
-                "the agent presented certificate fingerprint {got}, but --peer says {}",
+                "the agent presented certificate fingerprint {got}, but {} was expected (--peer, or the paired service)",
                 self.expected
             )))
         }
@@ -382,11 +387,24 @@ impl ServerCertVerifier for PinnedServerVerifier {
     }
 }
 
-/// Server side: accept clients whose fingerprint is in the trust store.
+/// Server side: accept clients whose fingerprint is in the trust store
+/// (`trust: None`: any client certificate whose handshake signature
+/// verifies; the caller checks the fingerprint per request, as the agent's
+/// peer API does for pairing).
 #[derive(Debug)]
-struct TrustedClientVerifier {
-    trust: TrustStore,
+pub struct TrustedClientVerifier {
+    trust: Option<TrustStore>,
     algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl TrustedClientVerifier {
+    /// A verifier for `trust` (see the type's docs for `None`).
+    pub fn new(trust: Option<TrustStore>) -> Arc<Self> {
+        Arc::new(Self {
+            trust,
+            algorithms: provider().signature_verification_algorithms,
+        })
+    }
 }
 
 impl ClientCertVerifier for TrustedClientVerifier {
@@ -401,7 +419,7 @@ impl ClientCertVerifier for TrustedClientVerifier {
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let got = fingerprint_of(end_entity);
-        if self.trust.contains(&got) {
+        if self.trust.as_ref().is_none_or(|t| t.contains(&got)) {
             Ok(ClientCertVerified::assertion())
         } else {
             tracing::warn!(peer = %got, "refusing a peer whose certificate fingerprint is not trusted");
