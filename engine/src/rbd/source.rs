@@ -699,11 +699,11 @@ mod tests {
 
     #[test]
     fn gap_follows_link_rate() {
-        assert_eq!(RbdSourceOptions::gap_for_link(None), 64 * 1024);
+        assert_eq!(RbdSourceOptions::gap_for_link(None), 16 * 1024);
         assert_eq!(RbdSourceOptions::gap_for_link(Some(12_500_000)), 2_500);
         assert_eq!(
             RbdSourceOptions::gap_for_link(Some(10_000_000_000)),
-            64 * 1024
+            16 * 1024
         );
     }
 
