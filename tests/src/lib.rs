@@ -4,6 +4,8 @@
 //! Agents are separate processes talking real QUIC on loopback; nothing here
 //! mocks the transport or the store.
 
+pub mod lab;
+
 use std::fs::File;
 use std::io::Read;
 use std::net::SocketAddr;

@@ -465,52 +465,18 @@ fn three_gib_sparse_image_in_bounded_memory() {
 // ---------------------------------------------------------------------------
 // Interop with the real rbd tool (Ceph lab).
 
-const LAB_SKIP: &str = "skipped: set FERRY_CEPH_LAB=1 with scripts/ceph-lab.sh up";
-
 fn lab() -> bool {
-    if std::env::var("FERRY_CEPH_LAB").as_deref() == Ok("1") {
-        true
-    } else {
-        println!("{LAB_SKIP}");
-        false
-    }
+    ferry_e2e::lab::enabled()
 }
 
-/// Runs `rbd --cluster site-a ARGS`, panicking on failure.
+/// `rbd --cluster site-a ARGS`, panicking on failure.
 fn rbd(args: &[&str]) -> Output {
-    // `snap protect` is the one subcommand used here without --no-progress.
-    let quiet: &[&str] = if args.starts_with(&["snap", "protect"]) {
-        &[]
-    } else {
-        &["--no-progress"]
-    };
-    let out = Command::new("rbd")
-        .args(["--cluster", "site-a"])
-        .args(quiet)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("running rbd");
-    ok(&out, &format!("rbd {}", args.join(" ")));
-    out
+    ferry_e2e::lab::rbd("site-a", args)
 }
 
 /// Runs a librbd operation through python3-rbd on site-a's `rbd` pool.
 fn pyrbd(image: &str, body: &str) {
-    let script = format!(
-        "import rados, rbd\n\
-         c = rados.Rados(clustername='site-a', conffile='/etc/ceph/site-a.conf')\n\
-         c.connect()\n\
-         io = c.open_ioctx('rbd')\n\
-         img = rbd.Image(io, '{image}')\n\
-         {body}\n\
-         img.close(); io.close(); c.shutdown()\n"
-    );
-    let out = Command::new("/usr/bin/python3")
-        .args(["-c", &script])
-        .output()
-        .expect("running python3");
-    ok(&out, "python3-rbd");
+    ferry_e2e::lab::pyrbd("site-a", image, body)
 }
 
 /// Removes a lab image with all its snapshots.

@@ -16,59 +16,10 @@ use ferry_e2e::{bin, ferry, ferry_spawn, hash_file, Pair};
 const STANDBY_RBD: &str =
     "[standby]\nbackend = \"rbd\"\nrbd_pool = \"rbd\"\n[ceph]\ncluster = \"site-b\"\n";
 
+use ferry_e2e::lab::{assert_ok as ok, pyrbd, rbd};
+
 fn lab() -> bool {
-    if std::env::var("FERRY_CEPH_LAB").as_deref() == Ok("1") {
-        true
-    } else {
-        println!("skipped: set FERRY_CEPH_LAB=1 with scripts/ceph-lab.sh up");
-        false
-    }
-}
-
-fn ok(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// `rbd --cluster SITE ARGS`, panicking on failure.
-fn rbd(site: &str, args: &[&str]) -> Output {
-    let quiet: &[&str] = if ["export", "import", "export-diff", "import-diff"].contains(&args[0]) {
-        &["--no-progress"]
-    } else {
-        &[]
-    };
-    let out = Command::new("rbd")
-        .args(["--cluster", site])
-        .args(quiet)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("running rbd");
-    ok(&out, &format!("rbd --cluster {site} {}", args.join(" ")));
-    out
-}
-
-/// Runs python3-rbd `body` with `img` open on SITE's pool `rbd`.
-fn pyrbd(site: &str, image: &str, body: &str) {
-    let script = format!(
-        "import rados, rbd, random\n\
-         c = rados.Rados(clustername='{site}', conffile='/etc/ceph/{site}.conf')\n\
-         c.connect()\n\
-         io = c.open_ioctx('rbd')\n\
-         img = rbd.Image(io, '{image}')\n\
-         {body}\n\
-         img.close(); io.close(); c.shutdown()\n"
-    );
-    let out = Command::new("/usr/bin/python3")
-        .args(["-c", &script])
-        .output()
-        .expect("running python3");
-    ok(&out, "python3-rbd");
+    ferry_e2e::lab::enabled()
 }
 
 /// Seeded random writes of 4 KiB..64 KiB over the whole image.
