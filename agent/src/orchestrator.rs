@@ -936,16 +936,22 @@ impl Orchestrator {
         Ok(op)
     }
 
-    async fn start_sync_steps(self: &Arc<Self>, g: &Group) -> CtlResult<()> {
+    /// Tells the standby group that replication starts or stops.
+    async fn set_remote_syncing(self: &Arc<Self>, g: &Group, syncing: bool) -> CtlResult<()> {
         let svc = self.db(|s| s.service(g.service_id))?;
         let remote = remote_id(g)?;
         self.peer(
             &svc,
             Method::POST,
             &format!("/v1/peer/groups/{remote}/sync"),
-            Some(&json!({ "syncing": true })),
+            Some(&json!({ "syncing": syncing })),
         )
         .await?;
+        Ok(())
+    }
+
+    async fn start_sync_steps(self: &Arc<Self>, g: &Group) -> CtlResult<()> {
+        self.set_remote_syncing(g, true).await?;
         for r in self.db(|s| s.resources(g.id))? {
             if r.state != ResourceState::Syncing {
                 self.db(|s| s.set_resource_state(&r.uri, ResourceState::InitialSync))?;
@@ -967,15 +973,7 @@ impl Orchestrator {
 
     async fn stop_sync_steps(self: &Arc<Self>, g: &Group) -> CtlResult<()> {
         self.stop_loop(g.id).await;
-        let svc = self.db(|s| s.service(g.service_id))?;
-        let remote = remote_id(g)?;
-        self.peer(
-            &svc,
-            Method::POST,
-            &format!("/v1/peer/groups/{remote}/sync"),
-            Some(&json!({ "syncing": false })),
-        )
-        .await?;
+        self.set_remote_syncing(g, false).await?;
         for r in self.db(|s| s.resources(g.id))? {
             self.db(|s| s.set_resource_state(&r.uri, ResourceState::Ready))?;
         }

@@ -29,7 +29,7 @@ use tracing::{info, warn};
 
 use super::{open_pool, ClusterSpec};
 use crate::standby::{
-    check_extents, read_checksummed, write_checksummed, ImageState, PendingEpoch,
+    check_extents, check_open, read_checksummed, write_checksummed, ImageState, PendingEpoch,
     RecoveryPointInfo, RecoveryPointMeta, SealedEpoch, StagedBatch, StoreError,
 };
 use crate::sys::fs::sync_dir;
@@ -316,40 +316,27 @@ impl RbdStandby {
             pending: None,
         });
         let committed = record.committed();
-        if open.epoch <= committed {
-            return Err(StoreError::StaleEpoch {
-                image: image.clone(),
-                committed,
-                epoch: open.epoch,
-            });
-        }
-        if open.base_epoch != Epoch(0) && open.base_epoch != committed {
-            return Err(StoreError::EpochMismatch {
-                image: image.clone(),
-                committed,
-                base: open.base_epoch,
-            });
-        }
+        check_open(open, committed)?;
         let ctx = format!("{}/{image}", self.pool_name());
-        let exists = match self.inner.pool.open(image.as_str()) {
-            Ok(_) => true,
-            Err(e) if e.is_not_found() => false,
-            Err(e) => return Err(ceph(format!("opening {ctx}"))(e)),
-        };
-        if !exists {
-            if committed != Epoch(0) {
-                return Err(StoreError::Corrupt {
-                    path: self.record_path(image),
-                    reason: format!("records recovery points but RBD image {ctx} is gone"),
-                });
+        // One open (with the lock) when the image exists; create it first if not.
+        let (handle, exists) = match self.open_image(image) {
+            Ok(handle) => (handle, true),
+            Err(StoreError::Ceph { source, .. }) if source.is_not_found() => {
+                if committed != Epoch(0) {
+                    return Err(StoreError::Corrupt {
+                        path: self.record_path(image),
+                        reason: format!("records recovery points but RBD image {ctx} is gone"),
+                    });
+                }
+                self.inner
+                    .pool
+                    .create_image(image.as_str(), open.size, CreateOptions::default())
+                    .map_err(ceph(format!("creating {ctx}")))?;
+                info!(image = %ctx, size = open.size, "created standby RBD image");
+                (self.open_image(image)?, false)
             }
-            self.inner
-                .pool
-                .create_image(image.as_str(), open.size, CreateOptions::default())
-                .map_err(ceph(format!("creating {ctx}")))?;
-            info!(image = %ctx, size = open.size, "created standby RBD image");
-        }
-        let handle = self.open_image(image)?;
+            Err(e) => return Err(e),
+        };
         let resumed = match record.pending {
             Some(p)
                 if p.epoch == open.epoch.get()

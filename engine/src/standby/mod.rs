@@ -42,6 +42,30 @@ pub use store::StandbyStore;
 pub(crate) use writer::check_extents;
 pub use writer::EpochWriter;
 
+/// Checks that `open` may start on an image whose committed epoch is
+/// `committed`: the epoch is newer, and the base is 0 (full copy) or the
+/// committed epoch. Shared by both standby backends.
+pub(crate) fn check_open(
+    open: &ferry_protocol::message::OpenImage,
+    committed: Epoch,
+) -> Result<(), StoreError> {
+    if open.epoch <= committed {
+        return Err(StoreError::StaleEpoch {
+            image: open.image.clone(),
+            committed,
+            epoch: open.epoch,
+        });
+    }
+    if open.base_epoch != Epoch(0) && open.base_epoch != committed {
+        return Err(StoreError::EpochMismatch {
+            image: open.image.clone(),
+            committed,
+            base: open.base_epoch,
+        });
+    }
+    Ok(())
+}
+
 /// Settings of a [`StandbyStore`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StoreConfig {

@@ -246,20 +246,7 @@ impl StandbyStore {
             .as_ref()
             .and_then(ImageStateFile::current)
             .map_or(Epoch(0), HistoryEntry::epoch);
-        if open.epoch <= committed {
-            return Err(StoreError::StaleEpoch {
-                image: image.clone(),
-                committed,
-                epoch: open.epoch,
-            });
-        }
-        if open.base_epoch != Epoch(0) && open.base_epoch != committed {
-            return Err(StoreError::EpochMismatch {
-                image: image.clone(),
-                committed,
-                base: open.base_epoch,
-            });
-        }
+        super::check_open(open, committed)?;
         let dir = self.inner.image_dir(image);
         if !exists(&dir)? {
             fs::create_dir(&dir).map_err(|e| StoreError::io("create image directory", &dir, e))?;
