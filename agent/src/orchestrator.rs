@@ -65,6 +65,8 @@ const CYCLE_ATTEMPTS: u32 = 3;
 const PEER_TIMEOUT: Duration = Duration::from_secs(15);
 /// Validity of a service key unless asked otherwise.
 pub const DEFAULT_KEY_TTL: Duration = Duration::from_secs(3600);
+/// How long a store operation waits for an image a closing writer holds.
+const STORE_BUSY_WAIT: Duration = Duration::from_secs(10);
 /// How often the policy scheduler and deferred deletions run.
 const TICK: Duration = Duration::from_secs(1);
 /// Prefix of an encoded service key.
@@ -202,8 +204,17 @@ struct CycleDone {
     engine_rp: u64,
 }
 
+/// A named recovery point asked of a group's replication loop: the next
+/// cycle that starts after the request, registered (and pinned on the
+/// standby) before any later cycle can run.
+struct RpRequest {
+    name: String,
+    kind: RpKind,
+    reply: oneshot::Sender<Result<RecoveryPoint, String>>,
+}
+
 struct SyncLoop {
-    cycle_now: mpsc::Sender<oneshot::Sender<Result<u64, String>>>,
+    cycle_now: mpsc::Sender<RpRequest>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -1060,21 +1071,43 @@ impl Orchestrator {
         })?;
         let me = self.clone();
         self.run_op(op.id, async move {
-            let engine_rp = me.cycle_now(g.id).await?;
-            let rp = me.db(|s| {
-                s.create_recovery_point(
-                    g.id,
-                    &NewRecoveryPoint {
-                        name: name.clone(),
-                        engine_rp,
-                        kind,
-                    },
-                )
-            })?;
-            let svc = me.db(|s| s.service(g.service_id))?;
-            let remote = remote_id(&g)?;
-            let body = json!({ "name": name, "engine_rp": engine_rp, "kind": kind });
-            if let Err(e) = me
+            let rp = me.cycle_now(g.id, name, kind).await?;
+            info!(group = %g.name, rp = %rp.name, engine_rp = rp.engine_rp, "recovery point created");
+            Ok(())
+        });
+        Ok(op)
+    }
+
+    /// Records the group recovery point `engine_rp` (just committed by the
+    /// group's loop) as the named point here and on the standby, which pins
+    /// it in its store so retention never prunes it. Called by the loop
+    /// before its next cycle; the standby call is retried while the link
+    /// is down. On failure nothing is left recorded here.
+    async fn register_rp(
+        &self,
+        gid: GroupId,
+        name: &str,
+        kind: RpKind,
+        engine_rp: u64,
+    ) -> CtlResult<RecoveryPoint> {
+        let g = self.db(|s| s.group(gid))?;
+        let rp = self.db(|s| {
+            s.create_recovery_point(
+                gid,
+                &NewRecoveryPoint {
+                    name: name.to_owned(),
+                    engine_rp,
+                    kind,
+                },
+            )
+        })?;
+        let svc = self.db(|s| s.service(g.service_id))?;
+        let remote = remote_id(&g)?;
+        let body = json!({ "name": name, "engine_rp": engine_rp, "kind": kind });
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self
                 .peer(
                     &svc,
                     Method::POST,
@@ -1083,14 +1116,18 @@ impl Orchestrator {
                 )
                 .await
             {
-                me.db(|s| s.delete_recovery_point(rp.id))?;
-                return Err(e);
+                Ok(_) => break,
+                Err(e) if attempt < CYCLE_ATTEMPTS => {
+                    warn!(group = %g.name, rp = %name, error = %error_chain(&e), "standby did not record the recovery point; retrying");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Err(e) => {
+                    self.db(|s| s.delete_recovery_point(rp.id))?;
+                    return Err(e);
+                }
             }
-            me.db(|s| s.set_recovery_point_state(rp.id, RpState::Creating, RpState::Complete))?;
-            info!(group = %g.name, rp = %name, engine_rp, "recovery point created");
-            Ok(())
-        });
-        Ok(op)
+        }
+        self.db(|s| s.set_recovery_point_state(rp.id, RpState::Creating, RpState::Complete))
     }
 
     /// Deletes a recovery point here and on the standby (deferred while the
@@ -1407,16 +1444,24 @@ impl Orchestrator {
         }
     }
 
-    async fn cycle_now(&self, gid: GroupId) -> CtlResult<u64> {
+    async fn cycle_now(
+        &self,
+        gid: GroupId,
+        name: String,
+        kind: RpKind,
+    ) -> CtlResult<RecoveryPoint> {
         let sender = lock(&self.syncs).get(&gid).map(|l| l.cycle_now.clone());
         let Some(sender) = sender else {
             return Err(CtlError::BadRequest(
                 "the group does not replicate on this agent".into(),
             ));
         };
-        let (tx, rx) = oneshot::channel();
+        let (reply, rx) = oneshot::channel();
         let closed = || CtlError::BadRequest("replication of the group stopped".into());
-        sender.send(tx).await.map_err(|_| closed())?;
+        sender
+            .send(RpRequest { name, kind, reply })
+            .await
+            .map_err(|_| closed())?;
         match rx.await.map_err(|_| closed())? {
             Ok(rp) => Ok(rp),
             Err(reason) => Err(CtlError::Internal {
@@ -1426,13 +1471,9 @@ impl Orchestrator {
         }
     }
 
-    async fn sync_loop(
-        self: Arc<Self>,
-        gid: GroupId,
-        mut rx: mpsc::Receiver<oneshot::Sender<Result<u64, String>>>,
-    ) {
-        // (reply, failed cycles so far) of each manual-recovery-point request.
-        let mut waiting: Vec<(oneshot::Sender<Result<u64, String>>, u32)> = Vec::new();
+    async fn sync_loop(self: Arc<Self>, gid: GroupId, mut rx: mpsc::Receiver<RpRequest>) {
+        // (request, failed cycles so far) of each recovery-point request.
+        let mut waiting: Vec<(RpRequest, u32)> = Vec::new();
         loop {
             // Requests that arrived before this cycle starts are answered
             // by it: it captures every write acknowledged before them.
@@ -1459,8 +1500,14 @@ impl Orchestrator {
                             r.bytes_remaining = 0;
                         }
                     });
+                    // Named before the next cycle: the standby pins the
+                    // point before its retention could prune it.
                     for (w, _) in waiting.drain(..) {
-                        let _ = w.send(Ok(done.engine_rp));
+                        let result = self
+                            .register_rp(gid, &w.name, w.kind, done.engine_rp)
+                            .await
+                            .map_err(|e| error_chain(&e));
+                        let _ = w.reply.send(result);
                     }
                     SYNC_PAUSE
                 }
@@ -1478,7 +1525,7 @@ impl Orchestrator {
                     let mut still = Vec::new();
                     for (w, failures) in waiting.drain(..) {
                         if failures + 1 >= CYCLE_ATTEMPTS {
-                            let _ = w.send(Err(text.clone()));
+                            let _ = w.reply.send(Err(text.clone()));
                         } else {
                             still.push((w, failures + 1));
                         }
@@ -1654,25 +1701,96 @@ impl Orchestrator {
     }
 
     /// Peer: drop resources of a standby group.
-    pub fn peer_remove_resources(
+    pub async fn peer_remove_resources(
         &self,
         caller: AgentId,
         id: i64,
         uris: &[String],
     ) -> CtlResult<()> {
         let g = self.peer_mapped_group(caller, id)?;
-        let have = self.db(|s| s.resources(g.id))?;
-        let refs: Vec<&str> = uris
-            .iter()
-            .map(String::as_str)
-            .filter(|u| have.iter().any(|h| h.uri == *u))
+        let gone: Vec<Resource> = self
+            .db(|s| s.resources(g.id))?
+            .into_iter()
+            .filter(|h| uris.contains(&h.uri))
             .collect();
+        // The copies first: a failure leaves the resources listed, and the
+        // primary's retry finds them again.
+        self.remove_standby_images(&gone).await?;
+        let refs: Vec<&str> = gone.iter().map(|r| r.uri.as_str()).collect();
         self.db(|s| s.remove_resources(g.id, &refs))?;
         Ok(())
     }
 
+    /// Runs `f` on the standby store off the async runtime. An image still
+    /// held by the writer of a cycle the primary just aborted is waited
+    /// for (the receiver drops it when the connection closes).
+    async fn on_store<T, F>(&self, what: String, f: F) -> CtlResult<T>
+    where
+        T: Send + 'static,
+        F: Fn(&ferry_engine::standby::Standby) -> Result<T, ferry_engine::standby::StoreError>
+            + Send
+            + 'static,
+    {
+        let receiver = self.receiver.clone();
+        let mut waited = Duration::ZERO;
+        loop {
+            let r = receiver.clone();
+            let f = &f;
+            let result = tokio::task::block_in_place(|| f(&r.store));
+            match result {
+                Err(ferry_engine::standby::StoreError::Busy { .. }) if waited < STORE_BUSY_WAIT => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    waited += Duration::from_millis(100);
+                }
+                other => return other.map_err(|e| internal(what)(e.into())),
+            }
+        }
+    }
+
+    /// Deletes the standby copies of `resources` from the standby store
+    /// (absent ones are fine).
+    async fn remove_standby_images(&self, resources: &[Resource]) -> CtlResult<()> {
+        for r in resources {
+            let image = ImageName::new(r.standby_target.clone())
+                .map_err(|e| CtlError::BadRequest(e.to_string()))?;
+            self.on_store(format!("removing standby image {image}"), move |st| {
+                st.remove_image(&image)
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Pins (or unpins) engine recovery point `engine_rp` on the standby
+    /// copy of every resource of group `gid`.
+    async fn pin_standby_point(&self, gid: GroupId, engine_rp: u64, pin: bool) -> CtlResult<()> {
+        for r in self.db(|s| s.resources(gid))? {
+            let image = ImageName::new(r.standby_target.clone())
+                .map_err(|e| CtlError::BadRequest(e.to_string()))?;
+            let rp = ferry_protocol::RecoveryPointId(engine_rp);
+            let what = format!(
+                "{} recovery point {engine_rp} of {image}",
+                if pin { "pinning" } else { "unpinning" }
+            );
+            self.on_store(what, move |st| {
+                if pin {
+                    st.pin(&image, rp)
+                } else {
+                    st.unpin(&image, rp)
+                }
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Peer: the primary started (true) or stopped (false) replication.
-    pub fn peer_set_syncing(&self, caller: AgentId, id: i64, syncing: bool) -> CtlResult<Group> {
+    pub async fn peer_set_syncing(
+        &self,
+        caller: AgentId,
+        id: i64,
+        syncing: bool,
+    ) -> CtlResult<Group> {
         let g = self.peer_mapped_group(caller, id)?;
         let (from, to, res) = if syncing {
             (
@@ -1701,15 +1819,19 @@ impl Orchestrator {
             self.db(|s| s.set_resource_state(&r.uri, res))?;
         }
         if !syncing {
+            // Stop sync deletes the standby's replicated data and recovery
+            // points (a repeated call finds nothing left to delete).
             for rp in self.db(|s| s.recovery_points(g.id))? {
                 self.db(|s| s.delete_recovery_point(rp.id))?;
             }
+            let resources = self.db(|s| s.resources(g.id))?;
+            self.remove_standby_images(&resources).await?;
         }
         self.db(|s| s.group(g.id))
     }
 
     /// Peer: record a complete group recovery point on the standby.
-    pub fn peer_add_recovery_point(
+    pub async fn peer_add_recovery_point(
         &self,
         caller: AgentId,
         id: i64,
@@ -1719,12 +1841,14 @@ impl Orchestrator {
         if let Ok(rp) = self.db(|s| s.recovery_point_by_name(g.id, &new.name)) {
             return Ok(rp);
         }
+        // Pinned before it is recorded: a recorded point is restorable.
+        self.pin_standby_point(g.id, new.engine_rp, true).await?;
         let rp = self.db(|s| s.create_recovery_point(g.id, new))?;
         self.db(|s| s.set_recovery_point_state(rp.id, RpState::Creating, RpState::Complete))
     }
 
     /// Peer: delete a recovery point of a standby group (absent = done).
-    pub fn peer_delete_recovery_point(
+    pub async fn peer_delete_recovery_point(
         &self,
         caller: AgentId,
         id: i64,
@@ -1737,6 +1861,7 @@ impl Orchestrator {
         }
         match self.db(|s| s.recovery_point_by_name(g.id, name)) {
             Ok(rp) => {
+                self.pin_standby_point(g.id, rp.engine_rp, false).await?;
                 self.db(|s| s.delete_recovery_point(rp.id))?;
                 Ok(())
             }
@@ -1746,7 +1871,7 @@ impl Orchestrator {
     }
 
     /// Peer: delete a standby group (absent = done), journaled here.
-    pub fn peer_delete_group(&self, caller: AgentId, id: i64) -> CtlResult<()> {
+    pub async fn peer_delete_group(&self, caller: AgentId, id: i64) -> CtlResult<()> {
         let g = match self.peer_group(caller, id) {
             Ok(g) => g,
             Err(CtlError::Store(StoreError::NotFound { .. })) => return Ok(()),
@@ -1766,6 +1891,11 @@ impl Orchestrator {
             on_failure: GroupState::DeleteFailed,
         };
         let op = self.db(|s| s.begin_operation(g.id, &t, &json!({ "by": "primary" })))?;
+        let resources = self.db(|s| s.resources(g.id))?;
+        if let Err(e) = self.remove_standby_images(&resources).await {
+            self.db(|s| s.finish_operation(op.id, OpResult::Failed(error_chain(&e))))?;
+            return Err(e);
+        }
         self.db(|s| s.finish_operation(op.id, OpResult::Succeeded))?;
         info!(group = %g.name, "standby group deleted at the primary's request");
         Ok(())

@@ -176,6 +176,40 @@ fn pair_protect_replicate_stop_delete() {
     assert!(progress["cycles"].as_u64().unwrap() >= 1, "{status}");
     assert!(progress["rpo_lag_secs"].as_f64().is_some(), "{status}");
 
+    // Continuous replication commits a point per cycle; the standby keeps 5.
+    // A named point is pinned: it outlives many more cycles than that.
+    let rp1_vm1 = hash_file(&img1);
+    imagegen::scattered_writes(&img1, 40, 11).unwrap();
+    let cycles = |dir: &Path| {
+        ok(dir, &["status"])["groups"][0]["progress"]["cycles"]
+            .as_u64()
+            .unwrap()
+    };
+    let start = cycles(a);
+    wait_for("eight more cycles", || cycles(a) >= start + 8);
+    let pinned_copy = s.path("rp1-vm1.raw");
+    let out = pinned_copy.display().to_string();
+    ok(
+        b,
+        &[
+            "group",
+            "restore",
+            "g1",
+            "--resource",
+            &u1,
+            "--rp",
+            "rp1",
+            "--out",
+            &out,
+            "--wait",
+        ],
+    );
+    assert_eq!(
+        hash_file(&pinned_copy),
+        rp1_vm1,
+        "rp1 restored after its engine point aged out"
+    );
+
     // A second recovery point, then deleting the first: gone on both sides.
     ok(a, &["rp", "create", "g1", "--name", "rp2", "--wait"]);
     ok(a, &["rp", "delete", "g1", "rp1", "--wait"]);
@@ -206,13 +240,23 @@ fn pair_protect_replicate_stop_delete() {
     ok(b, &[&args[..], &["--wait"]].concat());
     assert_eq!(hash_file(&img1), hash_file(&restored));
 
+    // Nothing writes to the sources now: once a cycle that started after
+    // the last write is done, the standby copies are identical.
+    ok(a, &["rp", "create", "g1", "--name", "rp3", "--wait"]);
+    assert_eq!(hash_file(&img1), hash_file(&s.b.image_path("g1-vm1")));
+    assert_eq!(hash_file(&img2), hash_file(&s.b.image_path("g1-vm2")));
     ok(a, &["group", "stop", "g1", "--wait"]);
     assert_eq!(group_state(a, "g1"), "mapped");
     assert_eq!(group_state(b, "g1"), "mapped");
     assert_eq!(ok(b, &["rp", "list", "g1"]).as_array().unwrap().len(), 0);
-    // Nothing writes to the sources: the standby copies are identical.
+    // Stop sync deletes the standby's replicated data.
+    assert!(!s.b.image_path("g1-vm1").exists());
+    assert!(!s.b.image_path("g1-vm2").exists());
+    // Starting again copies everything anew.
+    ok(a, &["group", "start", "g1", "--wait"]);
+    ok(a, &["rp", "create", "g1", "--name", "again", "--wait"]);
     assert_eq!(hash_file(&img1), hash_file(&s.b.image_path("g1-vm1")));
-    assert_eq!(hash_file(&img2), hash_file(&s.b.image_path("g1-vm2")));
+    ok(a, &["group", "stop", "g1", "--wait"]);
 
     ok(a, &["group", "delete", "g1", "--wait"]);
     assert_eq!(ok(a, &["group", "list"]).as_array().unwrap().len(), 0);
@@ -420,8 +464,9 @@ fn agent_killed_while_starting_sync_comes_back_consistent() {
         &["rp", "create", "g1", "--name", "after-restart", "--wait"],
     );
     assert_eq!(ok(&b, &["rp", "list", "g1"])[0]["name"], "after-restart");
-    ok(&a, &["group", "stop", "g1", "--wait"]);
     assert_eq!(hash_file(&img), hash_file(&s.b.image_path("g1-big")));
+    ok(&a, &["group", "stop", "g1", "--wait"]);
+    assert!(!s.b.image_path("g1-big").exists());
 }
 
 #[test]

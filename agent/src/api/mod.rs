@@ -630,7 +630,7 @@ async fn peer_delete_group(
     UrlPath(id): UrlPath<i64>,
 ) -> ApiResult {
     trusted(&o, &peer)?;
-    o.peer_delete_group(peer.fingerprint, id)?;
+    o.peer_delete_group(peer.fingerprint, id).await?;
     ok(json!({ "deleted": id }))
 }
 
@@ -655,7 +655,8 @@ async fn peer_remove_resources(
     UrlPath(id): UrlPath<i64>,
     Json(b): Json<UrisBody>,
 ) -> ApiResult {
-    o.peer_remove_resources(peer.fingerprint, id, &b.uris)?;
+    o.peer_remove_resources(peer.fingerprint, id, &b.uris)
+        .await?;
     ok(json!({ "removed": b.uris.len() }))
 }
 
@@ -670,7 +671,7 @@ async fn peer_sync(
     UrlPath(id): UrlPath<i64>,
     Json(b): Json<SyncBody>,
 ) -> ApiResult {
-    let g = o.peer_set_syncing(peer.fingerprint, id, b.syncing)?;
+    let g = o.peer_set_syncing(peer.fingerprint, id, b.syncing).await?;
     ok(json!({ "state": g.state }))
 }
 
@@ -680,7 +681,7 @@ async fn peer_add_rp(
     UrlPath(id): UrlPath<i64>,
     Json(b): Json<NewRecoveryPoint>,
 ) -> ApiResult {
-    ok(o.peer_add_recovery_point(peer.fingerprint, id, &b)?)
+    ok(o.peer_add_recovery_point(peer.fingerprint, id, &b).await?)
 }
 
 async fn peer_delete_rp(
@@ -688,7 +689,8 @@ async fn peer_delete_rp(
     ConnectInfo(peer): Peer,
     UrlPath((id, rp)): UrlPath<(i64, String)>,
 ) -> ApiResult {
-    o.peer_delete_recovery_point(peer.fingerprint, id, &rp)?;
+    o.peer_delete_recovery_point(peer.fingerprint, id, &rp)
+        .await?;
     ok(json!({ "deleted": rp }))
 }
 

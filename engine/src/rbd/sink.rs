@@ -81,11 +81,26 @@ struct ImageRecord {
     /// Oldest first; the last is the point the image is at.
     history: Vec<PointRecord>,
     pending: Option<PendingRecord>,
+    /// Points whose snapshot is kept beyond the retention (see `pin`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pinned: Vec<PointRecord>,
 }
 
 impl ImageRecord {
     fn committed(&self) -> Epoch {
         Epoch(self.history.last().map_or(0, |p| p.epoch))
+    }
+
+    /// Every restorable point: retained and pinned, oldest first.
+    fn points(&self) -> Vec<&PointRecord> {
+        let mut all: Vec<&PointRecord> = self
+            .pinned
+            .iter()
+            .filter(|p| !self.history.iter().any(|h| h.rp == p.rp))
+            .chain(&self.history)
+            .collect();
+        all.sort_by_key(|p| p.rp);
+        all
     }
 }
 
@@ -314,6 +329,7 @@ impl RbdStandby {
             image: image.to_string(),
             history: Vec::new(),
             pending: None,
+            pinned: Vec::new(),
         });
         let committed = record.committed();
         check_open(open, committed)?;
@@ -565,7 +581,11 @@ impl RbdStandby {
             });
             record.pending = None;
             let excess = record.history.len().saturating_sub(self.inner.retention);
-            let dropped: Vec<PointRecord> = record.history.drain(..excess).collect();
+            let dropped: Vec<PointRecord> = record
+                .history
+                .drain(..excess)
+                .filter(|old| !record.pinned.iter().any(|p| p.rp == old.rp))
+                .collect();
             self.save(&record)?;
             for old in dropped {
                 let old_snap = snap_name(old.rp);
@@ -613,18 +633,17 @@ impl RbdStandby {
         let record = self.load(image)?.ok_or_else(|| StoreError::UnknownImage {
             image: image.clone(),
         })?;
-        let last = record.history.len().saturating_sub(1);
+        let current = record.history.last().map(|p| p.rp);
         Ok(record
-            .history
-            .iter()
-            .enumerate()
-            .map(|(i, p)| RecoveryPointInfo {
+            .points()
+            .into_iter()
+            .map(|p| RecoveryPointInfo {
                 id: RecoveryPointId(p.rp),
                 epoch: Epoch(p.epoch),
                 created_unix_ms: p.created_unix_ms,
                 fuzzy: p.fuzzy,
                 size: p.size,
-                current: i == last,
+                current: Some(p.rp) == current,
             })
             .collect())
     }
@@ -641,7 +660,7 @@ impl RbdStandby {
         let record = self.load(image)?.ok_or_else(|| StoreError::UnknownImage {
             image: image.clone(),
         })?;
-        if !record.history.iter().any(|p| p.rp == rp.get()) {
+        if !record.points().iter().any(|p| p.rp == rp.get()) {
             return Err(StoreError::UnknownRecoveryPoint {
                 image: image.clone(),
                 recovery_point: rp,
@@ -661,6 +680,102 @@ impl RbdStandby {
                 self.pool_name()
             )))?;
         info!(from = %ctx, to = %format!("{}/{dest}", self.pool_name()), "restored recovery point");
+        Ok(())
+    }
+
+    /// Keeps recovery point `rp` of `image` (its snapshot) until
+    /// [`Self::unpin`], whatever the retention. Idempotent; `rp` must still
+    /// be retained.
+    pub fn pin(&self, image: &ImageName, rp: RecoveryPointId) -> Result<(), StoreError> {
+        let slot = self.slot(image);
+        let _op = lock(&slot.op);
+        let mut record = self.load(image)?.ok_or_else(|| StoreError::UnknownImage {
+            image: image.clone(),
+        })?;
+        if record.pinned.iter().any(|p| p.rp == rp.get()) {
+            return Ok(());
+        }
+        let point = record
+            .history
+            .iter()
+            .find(|p| p.rp == rp.get())
+            .cloned()
+            .ok_or_else(|| StoreError::UnknownRecoveryPoint {
+                image: image.clone(),
+                recovery_point: rp,
+            })?;
+        record.pinned.push(point);
+        self.save(&record)?;
+        info!(image = %image, rp = rp.get(), "recovery point pinned");
+        Ok(())
+    }
+
+    /// Lets recovery point `rp` of `image` go: its snapshot is removed unless
+    /// the retention still holds it. Unknown images and points that are not
+    /// pinned are not an error.
+    pub fn unpin(&self, image: &ImageName, rp: RecoveryPointId) -> Result<(), StoreError> {
+        let slot = self.slot(image);
+        let _op = lock(&slot.op);
+        let Some(mut record) = self.load(image)? else {
+            return Ok(());
+        };
+        let before = record.pinned.len();
+        record.pinned.retain(|p| p.rp != rp.get());
+        if record.pinned.len() == before {
+            return Ok(());
+        }
+        self.save(&record)?;
+        if !record.history.iter().any(|p| p.rp == rp.get()) {
+            let snap = snap_name(rp.get());
+            let handle = self.open_image(image)?;
+            match handle.snap_remove(&snap) {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => {
+                    return Err(ceph(format!(
+                        "removing {}/{image}@{snap}",
+                        self.pool_name()
+                    ))(e))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes `image` from the pool with every recovery point snapshot, and
+    /// its bookkeeping. Refused while a writer is open on it; an unknown
+    /// image is not an error. The record goes first, so a crash part-way
+    /// leaves an image the store no longer lists.
+    pub fn remove_image(&self, image: &ImageName) -> Result<(), StoreError> {
+        let slot = self.slot(image);
+        let _op = lock(&slot.op);
+        if *lock(&slot.writer_active) {
+            return Err(StoreError::Busy {
+                image: image.clone(),
+            });
+        }
+        remove_file(&self.record_path(image))?;
+        let ctx = format!("{}/{image}", self.pool_name());
+        let handle = match self.open_image(image) {
+            Ok(handle) => handle,
+            Err(StoreError::Ceph { source, .. }) if source.is_not_found() => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for snap in handle
+            .snapshots()
+            .map_err(ceph(format!("listing snapshots of {ctx}")))?
+        {
+            handle
+                .snap_remove(&snap.name)
+                .map_err(ceph(format!("removing {ctx}@{}", snap.name)))?;
+        }
+        drop(handle);
+        match self.inner.pool.remove_image(image.as_str()) {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(ceph(format!("removing {ctx}"))(e)),
+        }
+        info!(image = %ctx, "standby image removed");
         Ok(())
     }
 

@@ -92,6 +92,21 @@ impl Standby {
     ) -> Result<(RecoveryPointId, u64, Vec<[u8; 32]>), StoreError> {
         both!(self, s => s.hash_range(image, offset, length, granularity))
     }
+
+    /// Keeps a recovery point restorable beyond the retention.
+    pub fn pin(&self, image: &ImageName, rp: RecoveryPointId) -> Result<(), StoreError> {
+        both!(self, s => s.pin(image, rp))
+    }
+
+    /// Lets a pinned recovery point go.
+    pub fn unpin(&self, image: &ImageName, rp: RecoveryPointId) -> Result<(), StoreError> {
+        both!(self, s => s.unpin(image, rp))
+    }
+
+    /// Deletes an image and everything kept of it.
+    pub fn remove_image(&self, image: &ImageName) -> Result<(), StoreError> {
+        both!(self, s => s.remove_image(image))
+    }
 }
 
 impl EpochSink {

@@ -75,6 +75,10 @@ pub(crate) struct ImageStateFile {
     pub image: String,
     /// Retained recovery points, oldest first.
     pub history: Vec<HistoryEntry>,
+    /// Points kept beyond the retention, each with a copy
+    /// `pinned-<RP>.raw` (see `StandbyStore::pin`); `transition` is unused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pinned: Vec<HistoryEntry>,
 }
 
 impl ImageStateFile {
@@ -219,6 +223,7 @@ mod tests {
         ImageStateFile {
             format: FORMAT,
             image: "vm-1.disk".into(),
+            pinned: Vec::new(),
             history: vec![HistoryEntry {
                 recovery_point: 3,
                 epoch: 2,

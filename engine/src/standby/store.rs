@@ -71,6 +71,8 @@ enum ImageFile {
     Staging(u64),
     Undo(u64),
     Prev(u64),
+    /// `pinned-<RP>.raw`: a kept copy of the image at recovery point RP.
+    Pinned(u64),
     Tmp,
 }
 
@@ -92,6 +94,12 @@ fn classify(name: &str) -> Option<ImageFile> {
         .and_then(|r| r.strip_suffix(".log"))
     {
         return number(n).map(ImageFile::Undo);
+    }
+    if let Some(n) = name
+        .strip_prefix("pinned-")
+        .and_then(|r| r.strip_suffix(".raw"))
+    {
+        return number(n).map(ImageFile::Pinned);
     }
     if let Some(n) = name
         .strip_prefix("prev-")
@@ -624,7 +632,7 @@ impl StandbyStore {
             self.apply_incremental(image, target, &index, old_size)?;
             Transition::Undo
         };
-        let mut history = state.map(|s| s.history).unwrap_or_default();
+        let (mut history, pinned) = state.map(|s| (s.history, s.pinned)).unwrap_or_default();
         history.push(HistoryEntry {
             recovery_point: rp.id.get(),
             epoch: target.epoch,
@@ -641,6 +649,7 @@ impl StandbyStore {
             format: state::FORMAT,
             image: image.as_str().to_owned(),
             history,
+            pinned,
         };
         write_checksummed(&self.inner.state(image), &new_state)?;
         failpoint::hit(CrashPoint::AfterStateBeforeCleanup)?;
@@ -785,6 +794,9 @@ impl StandbyStore {
                 ImageFile::Undo(e) | ImageFile::Prev(e) => {
                     e <= committed && !needed.contains(&kind)
                 }
+                // A copy the state does not list is left over from a pin
+                // interrupted before its state update.
+                ImageFile::Pinned(rp) => !state.pinned.iter().any(|p| p.recovery_point == rp),
                 ImageFile::Tmp => false,
             };
             if remove {
@@ -887,6 +899,8 @@ impl StandbyStore {
                 ImageFile::Tmp => true,
                 ImageFile::Journal(e) | ImageFile::Staging(e) => Some(e) != pending,
                 ImageFile::Undo(e) | ImageFile::Prev(e) => e > committed,
+                // Unlisted copies go in cleanup_after_commit below.
+                ImageFile::Pinned(_) => false,
             };
             if remove {
                 remove_if_exists(path)?;
@@ -992,20 +1006,28 @@ impl StandbyStore {
         let Some(state) = self.load_state(image)? else {
             return Ok(Vec::new());
         };
-        let last = state.history.len().saturating_sub(1);
-        Ok(state
-            .history
+        let current = state.current().map(HistoryEntry::recovery_point);
+        let mut points: Vec<RecoveryPointInfo> = state
+            .pinned
             .iter()
-            .enumerate()
-            .map(|(i, h)| RecoveryPointInfo {
+            .filter(|p| {
+                !state
+                    .history
+                    .iter()
+                    .any(|h| h.recovery_point == p.recovery_point)
+            })
+            .chain(&state.history)
+            .map(|h| RecoveryPointInfo {
                 id: h.recovery_point(),
                 epoch: h.epoch(),
                 created_unix_ms: h.created_unix_ms,
                 fuzzy: h.fuzzy,
                 size: h.size,
-                current: i == last,
+                current: Some(h.recovery_point()) == current,
             })
-            .collect())
+            .collect();
+        points.sort_by_key(|p| p.id);
+        Ok(points)
     }
 
     /// Writes the image as it was at recovery point `rp` to the new file
@@ -1027,11 +1049,31 @@ impl StandbyStore {
             recovery_point: rp,
         };
         let state = self.load_state(image)?.ok_or_else(unknown)?;
+        self.restore_locked(image, &state, rp, out)
+    }
+
+    /// [`Self::restore`] with the slot's operation lock held.
+    fn restore_locked(
+        &self,
+        image: &ImageName,
+        state: &ImageStateFile,
+        rp: RecoveryPointId,
+        out: &Path,
+    ) -> Result<(), StoreError> {
+        let unknown = || StoreError::UnknownRecoveryPoint {
+            image: image.clone(),
+            recovery_point: rp,
+        };
         let history = &state.history;
-        let k = history
-            .iter()
-            .position(|h| h.recovery_point() == rp)
-            .ok_or_else(unknown)?;
+        let Some(k) = history.iter().position(|h| h.recovery_point() == rp) else {
+            // Not in the history: a pinned copy, or unknown.
+            let pinned = state
+                .pinned
+                .iter()
+                .find(|p| p.recovery_point() == rp)
+                .ok_or_else(unknown)?;
+            return self.write_out(&self.inner.pinned(image, rp), &[], pinned.size, out);
+        };
         // Start from the closest full-copy predecessor above k, or the image.
         let full_at = (k + 1..history.len()).find(|&j| history[j].transition == Transition::Full);
         let source = match full_at {
@@ -1054,6 +1096,19 @@ impl StandbyStore {
         }
         let _span =
             tracing::info_span!("standby_restore", image = %image, recovery_point = %rp).entered();
+        self.write_out(&source, &logs, history[k].size, out)
+    }
+
+    /// Copies the committed-image file `source` sparsely into the new file
+    /// `out`, applies `logs` in order, checks the result is `size` bytes and
+    /// makes it durable. On error `out` is removed.
+    fn write_out(
+        &self,
+        source: &Path,
+        logs: &[(PathBuf, undo::UndoLog)],
+        size: u64,
+        out: &Path,
+    ) -> Result<(), StoreError> {
         let out_file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -1061,20 +1116,19 @@ impl StandbyStore {
             .open(out)
             .map_err(|e| StoreError::io("create restore target", out, e))?;
         let result = (|| {
-            let src = File::open(&source)
-                .map_err(|e| StoreError::io("open restore source", &source, e))?;
-            copy_sparse(&src, &source, &out_file, out)?;
-            for (path, log) in &logs {
+            let src =
+                File::open(source).map_err(|e| StoreError::io("open restore source", source, e))?;
+            copy_sparse(&src, source, &out_file, out)?;
+            for (path, log) in logs {
                 undo::apply(log, path, &out_file, out)?;
             }
-            let size = history[k].size;
             let len = out_file
                 .metadata()
                 .map_err(|e| StoreError::io("stat restore target", out, e))?
                 .len();
             if len != size {
                 return Err(StoreError::corrupt(
-                    &source,
+                    source,
                     format!("restored image is {len} bytes, recovery point says {size}"),
                 ));
             }
@@ -1130,6 +1184,154 @@ impl StandbyStore {
         let hashes = hash_granules(&file, current.size, offset, length, granularity)
             .map_err(|e| StoreError::io("hash image", &raw, e))?;
         Ok((current.recovery_point(), current.size, hashes))
+    }
+
+    /// Keeps recovery point `rp` of `image` restorable until [`Self::unpin`],
+    /// whatever the retention: the image as it was at `rp` is copied
+    /// (sparsely) to `pinned-<RP>.raw` and listed in the state file. Costs a
+    /// copy of the image's allocated bytes per pinned point (the RBD backend
+    /// keeps a snapshot instead). Idempotent; `rp` must still be retained.
+    pub fn pin(&self, image: &ImageName, rp: RecoveryPointId) -> Result<(), StoreError> {
+        let slot = self
+            .known_slot(image)?
+            .ok_or_else(|| StoreError::UnknownImage {
+                image: image.clone(),
+            })?;
+        let _op = lock(&slot.op);
+        let unknown = || StoreError::UnknownRecoveryPoint {
+            image: image.clone(),
+            recovery_point: rp,
+        };
+        let mut state = self.load_state(image)?.ok_or_else(unknown)?;
+        if state.pinned.iter().any(|p| p.recovery_point() == rp) {
+            return Ok(());
+        }
+        let entry = state
+            .history
+            .iter()
+            .find(|h| h.recovery_point() == rp)
+            .cloned()
+            .ok_or_else(unknown)?;
+        let path = self.inner.pinned(image, rp);
+        let tmp = path.with_extension("raw.tmp");
+        remove_if_exists(&tmp)?;
+        self.restore_locked(image, &state, rp, &tmp)?;
+        fs::rename(&tmp, &path).map_err(|e| StoreError::io("install pinned copy", &tmp, e))?;
+        let dir = self.inner.image_dir(image);
+        sync_dir(&dir).map_err(|e| StoreError::io("fsync directory", &dir, e))?;
+        state.pinned.push(entry);
+        write_checksummed(&self.inner.state(image), &state)?;
+        tracing::info!(image = %image, recovery_point = %rp, "recovery point pinned");
+        Ok(())
+    }
+
+    /// Lets recovery point `rp` of `image` go: its pinned copy is deleted
+    /// (the point stays restorable while the retention still holds it).
+    /// Unknown images and points that are not pinned are not an error.
+    pub fn unpin(&self, image: &ImageName, rp: RecoveryPointId) -> Result<(), StoreError> {
+        let Some(slot) = self.known_slot(image)? else {
+            return Ok(());
+        };
+        let _op = lock(&slot.op);
+        let Some(mut state) = self.load_state(image)? else {
+            return Ok(());
+        };
+        let before = state.pinned.len();
+        state.pinned.retain(|p| p.recovery_point() != rp);
+        if state.pinned.len() != before {
+            write_checksummed(&self.inner.state(image), &state)?;
+        }
+        remove_if_exists(&self.inner.pinned(image, rp))
+    }
+
+    /// Deletes `image` and everything the store keeps of it (history, pinned
+    /// copies, a pending epoch). Refused while a writer is open on it. An
+    /// unknown image is not an error. The state file goes first, so a crash
+    /// part-way leaves an image the store no longer lists.
+    pub fn remove_image(&self, image: &ImageName) -> Result<(), StoreError> {
+        let Some(slot) = self.existing_slot(image) else {
+            return Ok(());
+        };
+        let _op = lock(&slot.op);
+        if lock(&slot.meta).writer_active {
+            return Err(StoreError::Busy {
+                image: image.clone(),
+            });
+        }
+        let dir = self.inner.image_dir(image);
+        remove_if_exists(&self.inner.state(image))?;
+        if exists(&dir)? {
+            sync_dir(&dir).map_err(|e| StoreError::io("fsync directory", &dir, e))?;
+            fs::remove_dir_all(&dir)
+                .map_err(|e| StoreError::io("remove image directory", &dir, e))?;
+        }
+        remove_if_exists(&self.inner.raw(image))?;
+        sync_dir(&self.inner.images)
+            .map_err(|e| StoreError::io("fsync directory", &self.inner.images, e))?;
+        lock(&slot.meta).pending = None;
+        tracing::info!(image = %image, "standby image removed");
+        Ok(())
+    }
+
+    /// Installs a copy of the file `source` as `image` committed at `epoch`
+    /// and recovery point `rp` — the standby side of a role swap, where the
+    /// old primary's volume already equals what the new primary holds, so
+    /// replication back starts incrementally. Refused when the store already
+    /// has anything committed or pending for `image`.
+    pub fn adopt(
+        &self,
+        image: &ImageName,
+        source: &Path,
+        epoch: Epoch,
+        rp: RecoveryPointId,
+        created_unix_ms: u64,
+    ) -> Result<(), StoreError> {
+        if epoch == Epoch(0) || rp.get() == 0 {
+            return Err(StoreError::InvalidRequest {
+                reason: "adopt needs a non-zero epoch and recovery point".into(),
+            });
+        }
+        let slot = self.slot(image);
+        let _op = lock(&slot.op);
+        let meta_busy = {
+            let meta = lock(&slot.meta);
+            meta.writer_active || meta.pending.is_some()
+        };
+        if meta_busy || self.load_state(image)?.is_some() {
+            return Err(StoreError::InvalidRequest {
+                reason: format!("{image} already has data on this standby; remove it first"),
+            });
+        }
+        let dir = self.inner.image_dir(image);
+        if !exists(&dir)? {
+            fs::create_dir(&dir).map_err(|e| StoreError::io("create image directory", &dir, e))?;
+        }
+        let raw = self.inner.raw(image);
+        let tmp = raw.with_extension("raw.tmp");
+        remove_if_exists(&tmp)?;
+        let size = fs::metadata(source)
+            .map_err(|e| StoreError::io("stat adopted image", source, e))?
+            .len();
+        self.write_out(source, &[], size, &tmp)?;
+        fs::rename(&tmp, &raw).map_err(|e| StoreError::io("install adopted image", &tmp, e))?;
+        sync_dir(&self.inner.images)
+            .map_err(|e| StoreError::io("fsync directory", &self.inner.images, e))?;
+        let state = ImageStateFile {
+            format: state::FORMAT,
+            image: image.as_str().to_owned(),
+            history: vec![HistoryEntry {
+                recovery_point: rp.get(),
+                epoch: epoch.0,
+                created_unix_ms,
+                fuzzy: false,
+                size,
+                transition: Transition::Initial,
+            }],
+            pinned: Vec::new(),
+        };
+        write_checksummed(&self.inner.state(image), &state)?;
+        tracing::info!(image = %image, epoch = epoch.0, recovery_point = %rp, size, "image adopted");
+        Ok(())
     }
 
     fn slot(&self, image: &ImageName) -> Arc<Slot> {
@@ -1203,6 +1405,9 @@ impl Inner {
     }
     fn prev(&self, image: &ImageName, epoch: Epoch) -> PathBuf {
         self.image_dir(image).join(format!("prev-{epoch}.raw"))
+    }
+    fn pinned(&self, image: &ImageName, rp: RecoveryPointId) -> PathBuf {
+        self.image_dir(image).join(format!("pinned-{rp}.raw"))
     }
     fn intent(&self, rp: RecoveryPointId, nonce: u32) -> PathBuf {
         self.commits.join(format!("rp-{rp}-{nonce:08x}.intent"))

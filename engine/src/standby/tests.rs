@@ -1201,3 +1201,115 @@ fn throughput_probe() {
         mb(size, restore)
     );
 }
+
+#[test]
+fn pinned_point_outlives_retention_until_unpinned() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out_dir = tempfile::tempdir().expect("tempdir");
+    let store = StandbyStore::open(dir.path(), StoreConfig { retention: 2 }).expect("open");
+    let img = name("pinned");
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let size = 1u64 << 20;
+    let mut model = vec![0u8; size as usize];
+    let mut at_rp = Vec::new();
+    for epoch in 1..=6u64 {
+        let batch = vec![data(epoch * 4096, random_bytes(&mut rng, 10_000))];
+        apply_model(&mut model, &batch);
+        let base = epoch - 1;
+        let sealed = run_epoch(&store, &img, epoch, base, size, size, &[batch]);
+        store.commit(rp_meta(epoch), vec![sealed]).expect("commit");
+        at_rp.push(model.clone());
+        if epoch == 2 {
+            store.pin(&img, RecoveryPointId(2)).expect("pin");
+            store
+                .pin(&img, RecoveryPointId(2))
+                .expect("pin is idempotent");
+        }
+    }
+    let ids: Vec<u64> = store
+        .recovery_points(&img)
+        .expect("points")
+        .iter()
+        .map(|p| p.id.get())
+        .collect();
+    assert_eq!(ids, vec![2, 5, 6], "retention 2 plus the pinned point");
+    assert_eq!(restored(&store, &img, 2, out_dir.path()), at_rp[1]);
+    assert!(matches!(
+        store.pin(&img, RecoveryPointId(1)),
+        Err(StoreError::UnknownRecoveryPoint { .. })
+    ));
+    // The pin survives a reopen; an orphan copy (pin interrupted before its
+    // state update) is removed by the next commit.
+    drop(store);
+    let store = StandbyStore::open(dir.path(), StoreConfig { retention: 2 }).expect("reopen");
+    assert_eq!(restored(&store, &img, 2, out_dir.path()), at_rp[1]);
+    let orphan = store.image_dir_for_tests(&img).join("pinned-99.raw");
+    fs::write(&orphan, b"x").expect("orphan");
+    let batch = vec![data(0, random_bytes(&mut rng, 100))];
+    let sealed = run_epoch(&store, &img, 7, 6, size, size, &[batch]);
+    store.commit(rp_meta(7), vec![sealed]).expect("commit 7");
+    assert!(!orphan.exists(), "unlisted pinned copy removed");
+    store.unpin(&img, RecoveryPointId(2)).expect("unpin");
+    store.unpin(&img, RecoveryPointId(2)).expect("unpin twice");
+    let ids: Vec<u64> = store
+        .recovery_points(&img)
+        .expect("points")
+        .iter()
+        .map(|p| p.id.get())
+        .collect();
+    assert_eq!(ids, vec![6, 7]);
+    assert!(!store
+        .image_dir_for_tests(&img)
+        .join("pinned-2.raw")
+        .exists());
+}
+
+#[test]
+fn removed_image_is_gone_and_adopted_image_continues_incrementally() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out_dir = tempfile::tempdir().expect("tempdir");
+    let store = store_at(dir.path());
+    let img = name("moved");
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    let size = 256u64 << 10;
+    let batch = vec![data(0, random_bytes(&mut rng, 8192))];
+    let sealed = run_epoch(&store, &img, 1, 0, size, size, &[batch]);
+    store.commit(rp_meta(1), vec![sealed]).expect("commit");
+    // A writer blocks removal.
+    let writer = store.open_epoch(&open_msg(&img, 2, 1, size)).expect("open");
+    assert!(matches!(
+        store.remove_image(&img),
+        Err(StoreError::Busy { .. })
+    ));
+    drop(writer);
+    store.remove_image(&img).expect("remove");
+    store.remove_image(&img).expect("remove twice");
+    assert!(store.images().expect("images").is_empty());
+    assert!(!store.image_path(&img).exists());
+    assert!(store.image_state(&img).expect("state").is_none());
+
+    // Adopt a volume as epoch 9 / RP 40, then an increment on base 9 applies.
+    let volume = out_dir.path().join("volume.raw");
+    let mut model = random_bytes(&mut rng, size as usize);
+    fs::write(&volume, &model).expect("volume");
+    store
+        .adopt(&img, &volume, Epoch(9), RecoveryPointId(40), 40_000)
+        .expect("adopt");
+    assert!(matches!(
+        store.adopt(&img, &volume, Epoch(9), RecoveryPointId(40), 40_000),
+        Err(StoreError::InvalidRequest { .. })
+    ));
+    let state = store.image_state(&img).expect("state").expect("known");
+    assert_eq!((state.committed_epoch, state.size), (Epoch(9), size));
+    let batch = vec![data(4096, random_bytes(&mut rng, 4096))];
+    apply_model(&mut model, &batch);
+    let sealed = run_epoch(&store, &img, 10, 9, size, size, &[batch]);
+    store
+        .commit(rp_meta(41), vec![sealed])
+        .expect("commit on adopted");
+    assert_eq!(raw_bytes(&store, &img), model);
+    assert_eq!(
+        restored(&store, &img, 40, out_dir.path()),
+        fs::read(&volume).expect("volume")
+    );
+}
