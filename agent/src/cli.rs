@@ -243,6 +243,19 @@ pub enum GroupCmd {
         #[arg(long)]
         wait: bool,
     },
+    /// (primary) Planned migration: final sync of everything written before
+    /// the command (quiesce the volumes first), checksums compared, then the
+    /// roles swap; start sync on the new primary to replicate back.
+    Migrate {
+        /// How to reach the agent.
+        #[command(flatten)]
+        conn: Conn,
+        /// Group name or id.
+        name: String,
+        /// Wait for the operation.
+        #[arg(long)]
+        wait: bool,
+    },
     /// (standby / new primary) Restore one resource at a recovery point
     /// into a new image.
     Restore {
@@ -729,6 +742,11 @@ pub async fn run(cmd: ControlCommand, outer: &Conn) -> Result<ExitCode> {
             GroupCmd::Stop { conn, name, wait } => {
                 Api::new(&conn.or(outer))?
                     .op(Method::POST, &format!("/v1/groups/{name}/stop"), None, wait)
+                    .await?
+            }
+            GroupCmd::Migrate { conn, name, wait } => {
+                Api::new(&conn.or(outer))?
+                    .op(Method::POST, &format!("/v1/groups/{name}/migrate"), None, wait)
                     .await?
             }
             GroupCmd::Restore {

@@ -582,3 +582,140 @@ fn failover_to_a_chosen_recovery_point_while_the_primary_is_down() {
     assert_eq!(hash_file(Path::new(&restored)), h2);
     ok(&b, &["group", "delete", "g1", "--wait"]);
 }
+
+/// Transitions of the history entries a files standby keeps for `image`
+/// (`initial`, `undo` = incremental, `full`).
+fn standby_transitions(agent: &Agent, image: &str) -> Vec<String> {
+    let state = agent
+        .image_path(image)
+        .with_extension("ferry")
+        .join("state.json");
+    let text = std::fs::read_to_string(&state).unwrap();
+    let json = text.split_once('\n').unwrap().1;
+    let v: Value = serde_json::from_str(json).unwrap();
+    v["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["transition"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn life_cycle_with_planned_migration_and_replication_back() {
+    let mut s = paired();
+    let a = s.a_dir().to_path_buf();
+    let b = s.b_dir().to_path_buf();
+    let img1 = s.path("vm1.raw");
+    let img2 = s.path("vm2.raw");
+    imagegen::make_image(&img1, 8 * MIB, 21).unwrap();
+    imagegen::make_image(&img2, 4 * MIB, 22).unwrap();
+    let u1 = format!("file:{}", img1.display());
+    let u2 = format!("file:{}", img2.display());
+    ok(&a, &["group", "create", "g1", "--wait"]);
+    ok(&a, &["group", "add", "g1", &u1, &u2, "--wait"]);
+    ok(
+        &a,
+        &[
+            "policy",
+            "create",
+            "nightly",
+            "--schedule",
+            "daily 02:00",
+            "--tz",
+            "UTC",
+        ],
+    );
+    ok(&a, &["policy", "bind", "g1", "nightly", "--retention", "2"]);
+    ok(&a, &["group", "start", "g1", "--wait"]);
+    ok(&a, &["rp", "create", "g1", "--name", "before", "--wait"]);
+    refused(&a, &["group", "migrate", "g1"], "policy unbound first");
+    ok(&a, &["policy", "unbind", "g1"]);
+    refused(&b, &["group", "migrate", "g1"], "only on a primary group");
+
+    // Writes after the last recovery point, then the volumes are quiesced
+    // and the group migrates: the final sync carries them.
+    imagegen::scattered_writes(&img1, 30, 23).unwrap();
+    let (h1, h2) = (hash_file(&img1), hash_file(&img2));
+    let op = ok(&a, &["group", "migrate", "g1", "--wait"]);
+    assert_eq!(op["state"]["state"], "succeeded", "{op}");
+    let ga = ok(&a, &["group", "show", "g1"]);
+    let gb = ok(&b, &["group", "show", "g1"]);
+    assert_eq!(
+        (ga["group"]["role"].as_str(), ga["group"]["state"].as_str()),
+        (Some("standby"), Some("mapped")),
+        "{ga}"
+    );
+    assert_eq!(
+        (gb["group"]["role"].as_str(), gb["group"]["state"].as_str()),
+        (Some("primary"), Some("mapped")),
+        "{gb}"
+    );
+    // Both sides name the resources by the new primary's volumes.
+    let vol1 = b.join("volumes").join("g1").join("g1-vm1.raw");
+    let vol2 = b.join("volumes").join("g1").join("g1-vm2.raw");
+    let new_u1 = format!("file:{}", vol1.display());
+    for g in [&ga, &gb] {
+        let uris: Vec<&str> = g["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["uri"].as_str().unwrap())
+            .collect();
+        assert!(uris.contains(&new_u1.as_str()), "{g}");
+    }
+    assert_eq!(hash_file(&vol1), h1);
+    assert_eq!(hash_file(&vol2), h2);
+    // The old primary's volumes became its standby copies (no transfer).
+    assert_eq!(hash_file(&s.a.image_path("g1-vm1")), h1);
+    assert_eq!(standby_transitions(&s.a, "g1-vm1"), vec!["initial"]);
+    // Recovery points of the old direction are unusable on both sides.
+    for dir in [&a, &b] {
+        let rps = ok(dir, &["rp", "list", "g1"]);
+        assert_eq!(rps[0]["state"], "unusable", "{rps}");
+    }
+
+    // Replicate back: the new primary's first cycle is incremental.
+    imagegen::scattered_writes(&vol1, 20, 24).unwrap();
+    refused(&a, &["group", "start", "g1"], "only on a primary group");
+    ok(&b, &["group", "start", "g1", "--wait"]);
+    ok(&b, &["rp", "create", "g1", "--name", "back", "--wait"]);
+    assert_eq!(hash_file(&s.a.image_path("g1-vm1")), hash_file(&vol1));
+    assert_eq!(hash_file(&s.a.image_path("g1-vm2")), h2);
+    let transitions = standby_transitions(&s.a, "g1-vm1");
+    assert!(
+        transitions.iter().all(|t| t != "full"),
+        "replication back resent a whole image: {transitions:?}"
+    );
+    let back_vm1 = hash_file(&vol1);
+
+    // The new primary's site is lost: the old primary (now standby) fails
+    // over to the named point and restores one volume from it.
+    imagegen::scattered_writes(&vol1, 10, 25).unwrap();
+    s.b.kill9();
+    let op = ok(&a, &["group", "failover", "g1", "--rp", "back", "--wait"]);
+    assert_eq!(op["state"]["state"], "succeeded", "{op}");
+    let out = a.join("failover").join("g1");
+    assert_eq!(hash_file(&out.join("g1-vm1.raw")), back_vm1);
+    assert_eq!(hash_file(&out.join("g1-vm2.raw")), h2);
+    let restored = s.path("back-vm2.raw").display().to_string();
+    let new_u2 = format!("file:{}", vol2.display());
+    ok(
+        &a,
+        &[
+            "group",
+            "restore",
+            "g1",
+            "--resource",
+            &new_u2,
+            "--rp",
+            "back",
+            "--out",
+            &restored,
+            "--wait",
+        ],
+    );
+    assert_eq!(hash_file(Path::new(&restored)), h2);
+    ok(&a, &["group", "delete", "g1", "--wait"]);
+    assert_eq!(ok(&a, &["group", "list"]).as_array().unwrap().len(), 0);
+}

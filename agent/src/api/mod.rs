@@ -32,7 +32,7 @@ use serde_json::{json, Value};
 
 use crate::control::{NewRecoveryPoint, NewResource, OperationId, StoreError};
 use crate::orchestrator::{
-    CtlError, Orchestrator, PairRequest, PeerGroupRequest, Qos, DEFAULT_KEY_TTL,
+    CtlError, MigrateStep, Orchestrator, PairRequest, PeerGroupRequest, Qos, DEFAULT_KEY_TTL,
 };
 
 /// File holding the operator API token in the agent directory.
@@ -240,6 +240,7 @@ pub const OPERATOR_ROUTES: &[&str] = &[
     "/v1/operations",
     "/v1/operations/{id}",
     "/v1/qos",
+    "/v1/groups/{group}/migrate",
 ];
 
 /// The peer API's routes.
@@ -253,6 +254,7 @@ pub const PEER_ROUTES: &[&str] = &[
     "/v1/peer/groups/{id}/sync",
     "/v1/peer/groups/{id}/recovery-points",
     "/v1/peer/groups/{id}/recovery-points/{rp}",
+    "/v1/peer/groups/{id}/migrate",
 ];
 
 /// The operator API router.
@@ -291,6 +293,7 @@ pub fn operator_router(orch: Arc<Orchestrator>, token: String) -> Router {
         .route(r[21], get(list_operations))
         .route(r[22], get(show_operation))
         .route(r[23], get(get_qos).put(set_qos))
+        .route(r[24], post(migrate))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route(r[0], get(health))
@@ -514,6 +517,10 @@ async fn failover(
     accepted(s.orch.failover(&name, b.recovery_point.as_deref())?)
 }
 
+async fn migrate(State(s): State<AppState>, UrlPath(name): UrlPath<String>) -> ApiResult {
+    accepted(s.orch.migrate(&name)?)
+}
+
 async fn list_resources(State(s): State<AppState>) -> ApiResult {
     ok(s.orch.resources()?)
 }
@@ -593,6 +600,7 @@ pub fn peer_router(orch: Arc<Orchestrator>) -> Router {
         .route(r[6], post(peer_sync))
         .route(r[7], post(peer_add_rp))
         .route(r[8], axum::routing::delete(peer_delete_rp))
+        .route(r[9], post(peer_migrate))
         .with_state(orch)
 }
 
@@ -692,6 +700,15 @@ async fn peer_delete_rp(
     o.peer_delete_recovery_point(peer.fingerprint, id, &rp)
         .await?;
     ok(json!({ "deleted": rp }))
+}
+
+async fn peer_migrate(
+    State(o): State<Arc<Orchestrator>>,
+    ConnectInfo(peer): Peer,
+    UrlPath(id): UrlPath<i64>,
+    Json(b): Json<MigrateStep>,
+) -> ApiResult {
+    ok(o.peer_migrate_step(peer.fingerprint, id, &b).await?)
 }
 
 #[cfg(test)]

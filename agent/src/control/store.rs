@@ -1028,7 +1028,34 @@ impl Store {
         op_id: OperationId,
         result: OpResult,
     ) -> StoreResult<Operation> {
+        self.finish_operation_renaming(op_id, result, &[])
+    }
+
+    /// [`Self::finish_operation`] that also gives resources new URIs
+    /// (`(old, new)` pairs) in the same transaction: a planned migration's
+    /// role swap, after which each side names a resource by the new
+    /// primary's source URI.
+    pub fn finish_operation_renaming(
+        &mut self,
+        op_id: OperationId,
+        result: OpResult,
+        renames: &[(String, String)],
+    ) -> StoreResult<Operation> {
         let tx = self.write(|| format!("finish operation {op_id}"))?;
+        for (old, new) in renames {
+            let n = tx
+                .execute(
+                    "UPDATE resources SET uri = ?2 WHERE uri = ?1",
+                    params![old, new],
+                )
+                .ctx(|| format!("rename resource {old} to {new}"))?;
+            if n == 0 && get_resource(&tx, new).is_err() {
+                return Err(StoreError::NotFound {
+                    what: "resource",
+                    key: old.clone(),
+                });
+            }
+        }
         let op = get_operation(&tx, op_id)?;
         if op.state != OpState::Running {
             return Err(StoreError::OperationFinished {

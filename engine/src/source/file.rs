@@ -219,6 +219,61 @@ impl FileSource {
         Ok(source)
     }
 
+    /// Records that the standby already holds `image` exactly as it is now,
+    /// committed at `epoch`: writes the manifest of the file's current
+    /// contents as the committed base in `state_dir` (replacing whatever
+    /// was there), so the next cycle sends only blocks that change after
+    /// this call. Used when roles swap in a planned migration (the standby
+    /// side adopts the same bytes at the same epoch). The caller makes sure
+    /// nothing writes to the image meanwhile.
+    pub fn seed(image: &Path, state_dir: &Path, epoch: Epoch) -> Result<(), SourceError> {
+        if epoch.get() == 0 {
+            return Err(SourceError::Misuse {
+                reason: "a seeded base needs a non-zero epoch",
+            });
+        }
+        let mut source = Self::open(image, state_dir)?;
+        let size = source.image_size()?;
+        let path = source.manifest_path(epoch.get());
+        let tmp = source.partial_path(epoch.get());
+        let manifest = Manifest::create(
+            &tmp,
+            ManifestHeader {
+                block_size: BLOCK_SIZE,
+                image_size: size,
+                epoch,
+            },
+        )?;
+        const STEP: usize = 1 << 20;
+        let mut buf = vec![0u8; STEP];
+        let mut hashes = Vec::with_capacity(STEP / BLOCK_SIZE as usize);
+        let mut offset = 0u64;
+        while offset < size {
+            let len = usize::try_from(size - offset).unwrap_or(STEP).min(STEP);
+            let chunk = &mut buf[..len];
+            std::os::unix::fs::FileExt::read_exact_at(&source.image, chunk, offset)
+                .map_err(io_error("read image", image))?;
+            hashes.clear();
+            hashes.extend(chunk.chunks(BLOCK_SIZE as usize).map(BlockHash::of_block));
+            manifest.write_entries(offset / u64::from(BLOCK_SIZE), &hashes)?;
+            offset += len as u64;
+        }
+        manifest.sync()?;
+        drop(manifest);
+        fs::rename(&tmp, &path).map_err(io_error("rename manifest", &tmp))?;
+        sync_dir(state_dir)?;
+        let old = source.state.committed_epoch;
+        source.store_state(PersistedState {
+            committed_epoch: epoch.get(),
+            committed_size: size,
+            ..PersistedState::default()
+        })?;
+        if old != 0 && old != epoch.get() {
+            remove_if_exists(&source.manifest_path(old))?;
+        }
+        source.sweep()
+    }
+
     /// Name of the read backend (`"io_uring"` or `"pread"`).
     pub fn read_backend(&self) -> &'static str {
         self.reader.backend()
@@ -1109,6 +1164,30 @@ mod tests {
         source.commit_cycle(Epoch(1)).unwrap();
         assert_eq!(source.committed_epoch(), Epoch(1));
         assert!(fx.state.join("manifest-1.bin").exists());
+    }
+
+    #[test]
+    fn seeded_base_makes_the_next_cycle_incremental() {
+        let mut content = random(200 * 1024 + 10, 9);
+        content[0..4096].fill(0);
+        let fx = Fixture::new(&content);
+        // An earlier life of the state dir (epoch 1) is replaced.
+        let mut source = fx.open();
+        run_cycle(&mut source, 1, 0);
+        source.commit_cycle(Epoch(1)).unwrap();
+        drop(source);
+        FileSource::seed(&fx.image, &fx.state, Epoch(7)).unwrap();
+        assert!(!fx.state.join("manifest-1.bin").exists());
+        fx.write_at(100 * 1024, &[5u8; 10]);
+        let mut source = fx.open();
+        assert_eq!(source.committed_epoch(), Epoch(7));
+        let (extents, _, _) = run_cycle(&mut source, 8, 7);
+        assert_eq!(simple(&extents), vec![(100 * 1024, 4096, ExtentKind::Data)]);
+        source.commit_cycle(Epoch(8)).unwrap();
+        assert!(matches!(
+            FileSource::seed(&fx.image, &fx.state, Epoch(0)),
+            Err(SourceError::Misuse { .. })
+        ));
     }
 
     #[test]
