@@ -419,6 +419,29 @@ impl Orchestrator {
         if let Err(error) = self.propagate_deletions().await {
             warn!(%error, "propagating recovery point deletions");
         }
+        if let Err(error) = self.propagate_stops().await {
+            warn!(%error, "propagating stopped syncs");
+        }
+    }
+
+    /// Tells standbys about stop syncs made while they were unreachable.
+    async fn propagate_stops(self: &Arc<Self>) -> CtlResult<()> {
+        for gid in self.db(|s| s.groups_pending_remote_stop())? {
+            let g = self.db(|s| s.group(gid))?;
+            if g.role != Role::Primary || g.state != GroupState::Mapped {
+                // Started again (or changed role) since: nothing to deliver.
+                self.db(|s| s.set_pending_remote_stop(gid, false))?;
+                continue;
+            }
+            match self.set_remote_syncing(&g, false).await {
+                Ok(()) => {
+                    self.db(|s| s.set_pending_remote_stop(gid, false))?;
+                    info!(group = %g.name, "the standby heard of the stop sync made while it was unreachable");
+                }
+                Err(e) => tracing::debug!(group = %g.name, error = %e, "stop sync still deferred"),
+            }
+        }
+        Ok(())
     }
 
     // -------------------------------------------------------------- peers
@@ -972,6 +995,7 @@ impl Orchestrator {
 
     async fn start_sync_steps(self: &Arc<Self>, g: &Group) -> CtlResult<()> {
         self.set_remote_syncing(g, true).await?;
+        self.db(|s| s.set_pending_remote_stop(g.id, false))?;
         for r in self.db(|s| s.resources(g.id))? {
             if r.state != ResourceState::Syncing {
                 self.db(|s| s.set_resource_state(&r.uri, ResourceState::InitialSync))?;
@@ -993,7 +1017,18 @@ impl Orchestrator {
 
     async fn stop_sync_steps(self: &Arc<Self>, g: &Group) -> CtlResult<()> {
         self.stop_loop(g.id).await;
-        self.set_remote_syncing(g, false).await?;
+        match self.set_remote_syncing(g, false).await {
+            Ok(()) => {}
+            // Link down: the stop stands here; the standby hears of it when
+            // the link is back (dr-semantics "Link loss").
+            Err(CtlError::Peer {
+                source: Some(_), ..
+            }) => {
+                warn!(group = %g.name, "standby unreachable: it hears of the stop sync when the link is back");
+                self.db(|s| s.set_pending_remote_stop(g.id, true))?;
+            }
+            Err(e) => return Err(e),
+        }
         for r in self.db(|s| s.resources(g.id))? {
             self.db(|s| s.set_resource_state(&r.uri, ResourceState::Ready))?;
         }

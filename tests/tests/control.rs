@@ -719,3 +719,52 @@ fn life_cycle_with_planned_migration_and_replication_back() {
     ok(&a, &["group", "delete", "g1", "--wait"]);
     assert_eq!(ok(&a, &["group", "list"]).as_array().unwrap().len(), 0);
 }
+
+#[test]
+fn standby_unreachable_stop_and_deletion_are_deferred_and_migration_retried() {
+    let mut s = paired();
+    let a = s.a_dir().to_path_buf();
+    let b = s.b_dir().to_path_buf();
+    let img = s.path("vm.raw");
+    imagegen::make_image(&img, 4 * MIB, 31).unwrap();
+    let u = format!("file:{}", img.display());
+    ok(&a, &["group", "create", "g1", "--wait"]);
+    ok(&a, &["group", "add", "g1", &u, "--wait"]);
+    ok(&a, &["group", "start", "g1", "--wait"]);
+    ok(&a, &["rp", "create", "g1", "--name", "r1", "--wait"]);
+    ok(&a, &["rp", "create", "g1", "--name", "r2", "--wait"]);
+
+    // The standby site goes away: deleting a recovery point and stopping
+    // sync both succeed on the primary; the standby hears of them later.
+    s.b.kill9();
+    ok(&a, &["rp", "delete", "g1", "r1", "--wait"]);
+    let op = ok(&a, &["group", "stop", "g1", "--wait"]);
+    assert_eq!(op["state"]["state"], "succeeded", "{op}");
+    assert_eq!(group_state(&a, "g1"), "mapped");
+    assert!(
+        s.b.image_path("g1-vm").exists(),
+        "B was down: copy untouched"
+    );
+    s.b.restart(&[]);
+    wait_for("the standby to hear of the stop", || {
+        group_state(&b, "g1") == "mapped"
+    });
+    assert_eq!(ok(&b, &["rp", "list", "g1"]).as_array().unwrap().len(), 0);
+    assert!(!s.b.image_path("g1-vm").exists(), "stop deletes the copy");
+
+    // Planned migration while the standby is down fails and changes
+    // nothing there; retried once it is back, it completes.
+    ok(&a, &["group", "start", "g1", "--wait"]);
+    ok(&a, &["rp", "create", "g1", "--name", "r3", "--wait"]);
+    s.b.kill9();
+    let out = run(&a, &["group", "migrate", "g1", "--wait"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(group_state(&a, "g1"), "migration_failed");
+    s.b.restart(&[]);
+    assert_eq!(group_state(&b, "g1"), "syncing");
+    let op = ok(&a, &["group", "migrate", "g1", "--wait"]);
+    assert_eq!(op["state"]["state"], "succeeded", "{op}");
+    assert_eq!(ok(&b, &["group", "show", "g1"])["group"]["role"], "primary");
+    let vol = b.join("volumes").join("g1").join("g1-vm.raw");
+    assert_eq!(hash_file(&vol), hash_file(&img));
+}

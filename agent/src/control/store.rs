@@ -125,6 +125,12 @@ const MIGRATIONS: &[&str] = &[
         used_at     INTEGER
     ) STRICT;
     "#,
+    // v4: a primary group remembers a stop sync the standby has not heard of
+    // yet (the link was down); it is delivered when the link is back.
+    r#"
+    ALTER TABLE protection_groups ADD COLUMN pending_remote_stop INTEGER NOT NULL DEFAULT 0
+        CHECK (pending_remote_stop IN (0, 1));
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -1429,6 +1435,38 @@ impl Store {
         tx.commit()
             .ctx(|| format!("commit flag of recovery point '{}'", rp.name))?;
         Ok(rp)
+    }
+
+    /// Remembers (or forgets) that the standby has not heard of this
+    /// primary group's stop sync yet.
+    pub fn set_pending_remote_stop(&mut self, id: GroupId, pending: bool) -> StoreResult<()> {
+        let tx = self.write(|| format!("flag group {id}"))?;
+        let n = tx
+            .execute(
+                "UPDATE protection_groups SET pending_remote_stop = ?2 WHERE id = ?1",
+                params![id, pending],
+            )
+            .ctx(|| format!("flag group {id}"))?;
+        if n == 0 {
+            return Err(StoreError::NotFound {
+                what: "group",
+                key: id.to_string(),
+            });
+        }
+        tx.commit().ctx(|| format!("commit flag of group {id}"))
+    }
+
+    /// Groups whose stop sync the standby has not heard of yet.
+    pub fn groups_pending_remote_stop(&self) -> StoreResult<Vec<GroupId>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id FROM protection_groups WHERE pending_remote_stop = 1 ORDER BY id")
+            .ctx(|| "list groups with a pending stop".to_owned())?;
+        let rows = stmt
+            .query_map([], |row| row.get::<_, i64>(0))
+            .ctx(|| "list groups with a pending stop".to_owned())?;
+        rows.map(|r| r.map(GroupId).ctx(|| "read a group id".to_owned()))
+            .collect()
     }
 
     /// Removes a recovery point's record (once its data is gone); returns it.
