@@ -2078,7 +2078,7 @@ impl Orchestrator {
     }
 
     /// Peer: record resources of a standby group.
-    pub fn peer_add_resources(
+    pub async fn peer_add_resources(
         &self,
         caller: AgentId,
         id: i64,
@@ -2091,6 +2091,17 @@ impl Orchestrator {
             .filter(|r| !have.iter().any(|h| h.uri == r.uri))
             .cloned()
             .collect();
+        // A placeholder of the same size per resource (dr-semantics: "on
+        // add, the standby creates a placeholder image"), before recording.
+        for r in &new {
+            let image = ImageName::new(r.standby_target.clone())
+                .map_err(|e| CtlError::BadRequest(e.to_string()))?;
+            let size = r.size_bytes;
+            self.on_store(format!("creating placeholder {image}"), move |st| {
+                st.create_placeholder(&image, size)
+            })
+            .await?;
+        }
         self.db(|s| s.add_resources(g.id, &new))?;
         for r in &new {
             self.db(|s| s.set_resource_state(&r.uri, ResourceState::Ready))?;
@@ -2374,6 +2385,7 @@ impl Orchestrator {
     /// every resource is materialised, as it was at the chosen recovery
     /// point (or the latest group recovery point all its standby images
     /// hold), into a new file `DIR/failover/GROUP/IMAGE.raw` (files backend)
+    /// or a new image `failover-IMAGE` of the standby pool (RBD backend)
     /// — never the replicated image itself, so a primary that is still
     /// alive cannot overwrite the failed-over data. The group becomes a new
     /// primary (`failed_over`); after a failover to a chosen recovery point
@@ -2390,18 +2402,17 @@ impl Orchestrator {
             },
             None => crate::control::FailoverTarget::Latest,
         };
-        let ferry_engine::standby::Standby::Files(_) = &self.receiver.store else {
-            return Err(CtlError::BadRequest(
-                "failover is implemented for the files standby backend only".into(),
-            ));
-        };
         let req = OpRequest::Failover { to };
         // The allowed-state table first (begin_checked re-checks atomically).
         crate::control::check(&req, &self.db(|s| s.group_view(g.id))?)
             .map_err(StoreError::Refused)?;
         let resources = self.db(|s| s.resources(g.id))?;
         let out_dir = self.dir.join("failover").join(&g.name);
-        if out_dir.exists() {
+        let files = matches!(
+            self.receiver.store,
+            ferry_engine::standby::Standby::Files(_)
+        );
+        if files && out_dir.exists() {
             return Err(CtlError::BadRequest(format!(
                 "{} exists; move it away first",
                 out_dir.display()
@@ -2428,11 +2439,18 @@ impl Orchestrator {
             };
             let dir = out_dir.clone();
             tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-                std::fs::create_dir_all(&dir)?;
-                if let ferry_engine::standby::Standby::Files(files) = &receiver.store {
-                    for image in &images {
-                        let out = dir.join(format!("{image}.raw"));
-                        files.restore(image, ferry_protocol::RecoveryPointId(engine_rp), &out)?;
+                let rp = ferry_protocol::RecoveryPointId(engine_rp);
+                match &receiver.store {
+                    ferry_engine::standby::Standby::Files(files) => {
+                        std::fs::create_dir_all(&dir)?;
+                        for image in &images {
+                            files.restore(image, rp, &dir.join(format!("{image}.raw")))?;
+                        }
+                    }
+                    ferry_engine::standby::Standby::Rbd(rbd) => {
+                        for image in &images {
+                            rbd.restore(image, rp, &format!("failover-{image}"))?;
+                        }
                     }
                 }
                 Ok(())

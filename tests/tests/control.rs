@@ -148,6 +148,14 @@ fn pair_protect_replicate_stop_delete() {
         2
     );
 
+    // The standby made placeholders of the same size.
+    let placeholder = std::fs::metadata(s.b.image_path("g1-vm1")).unwrap();
+    assert_eq!(placeholder.len(), 16 * MIB);
+    // Removing a resource removes its standby copy.
+    ok(a, &["group", "remove", "g1", &u2, "--wait"]);
+    assert!(!s.b.image_path("g1-vm2").exists());
+    ok(a, &["group", "add", "g1", &u2, "--wait"]);
+
     ok(a, &["group", "start", "g1", "--wait"]);
     assert_eq!(group_state(a, "g1"), "syncing");
     assert_eq!(group_state(b, "g1"), "syncing");

@@ -653,7 +653,8 @@ async fn peer_add_resources(
     UrlPath(id): UrlPath<i64>,
     Json(b): Json<PeerResources>,
 ) -> ApiResult {
-    o.peer_add_resources(peer.fingerprint, id, &b.resources)?;
+    o.peer_add_resources(peer.fingerprint, id, &b.resources)
+        .await?;
     ok(json!({ "added": b.resources.len() }))
 }
 

@@ -683,6 +683,36 @@ impl RbdStandby {
         Ok(())
     }
 
+    /// Creates `image` in the pool as an empty placeholder of `size` bytes
+    /// (a resource was added to a protected group; its first sync fills
+    /// it). An image the store already knows is left alone.
+    pub fn create_placeholder(&self, image: &ImageName, size: u64) -> Result<(), StoreError> {
+        let slot = self.slot(image);
+        let _op = lock(&slot.op);
+        if self.load(image)?.is_some() {
+            return Ok(());
+        }
+        let ctx = format!("{}/{image}", self.pool_name());
+        match self
+            .inner
+            .pool
+            .create_image(image.as_str(), size, CreateOptions::default())
+        {
+            Ok(()) => {}
+            Err(e) if e.is_exists() => {}
+            Err(e) => return Err(ceph(format!("creating {ctx}"))(e)),
+        }
+        self.save(&ImageRecord {
+            format: FORMAT,
+            image: image.to_string(),
+            history: Vec::new(),
+            pending: None,
+            pinned: Vec::new(),
+        })?;
+        info!(image = %ctx, size, "created placeholder standby image");
+        Ok(())
+    }
+
     /// Keeps recovery point `rp` of `image` (its snapshot) until
     /// [`Self::unpin`], whatever the retention. Idempotent; `rp` must still
     /// be retained.

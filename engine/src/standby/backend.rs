@@ -103,6 +103,11 @@ impl Standby {
         both!(self, s => s.unpin(image, rp))
     }
 
+    /// Creates an empty placeholder image (nothing committed).
+    pub fn create_placeholder(&self, image: &ImageName, size: u64) -> Result<(), StoreError> {
+        both!(self, s => s.create_placeholder(image, size))
+    }
+
     /// Deletes an image and everything kept of it.
     pub fn remove_image(&self, image: &ImageName) -> Result<(), StoreError> {
         both!(self, s => s.remove_image(image))

@@ -1186,6 +1186,34 @@ impl StandbyStore {
         Ok((current.recovery_point(), current.size, hashes))
     }
 
+    /// Creates `image` as an empty (sparse) placeholder of `size` bytes with
+    /// nothing committed: a resource was added to a protected group, and its
+    /// first sync (a full copy) replaces it. An image the store already
+    /// knows is left alone.
+    pub fn create_placeholder(&self, image: &ImageName, size: u64) -> Result<(), StoreError> {
+        let slot = self.slot(image);
+        let _op = lock(&slot.op);
+        let dir = self.inner.image_dir(image);
+        if exists(&dir)? {
+            return Ok(());
+        }
+        let raw = self.inner.raw(image);
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&raw)
+            .map_err(|e| StoreError::io("create placeholder", &raw, e))?;
+        file.set_len(size)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| StoreError::io("size placeholder", &raw, e))?;
+        fs::create_dir(&dir).map_err(|e| StoreError::io("create image directory", &dir, e))?;
+        sync_dir(&self.inner.images)
+            .map_err(|e| StoreError::io("fsync directory", &self.inner.images, e))?;
+        tracing::info!(image = %image, size, "placeholder image created");
+        Ok(())
+    }
+
     /// Keeps recovery point `rp` of `image` restorable until [`Self::unpin`],
     /// whatever the retention: the image as it was at `rp` is copied
     /// (sparsely) to `pinned-<RP>.raw` and listed in the state file. Costs a

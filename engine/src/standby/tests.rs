@@ -1313,3 +1313,30 @@ fn removed_image_is_gone_and_adopted_image_continues_incrementally() {
         fs::read(&volume).expect("volume")
     );
 }
+
+#[test]
+fn placeholder_is_listed_empty_and_replaced_by_the_first_full_copy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store_at(dir.path());
+    let img = name("placeholder");
+    let size = 512u64 << 10;
+    store.create_placeholder(&img, size).expect("placeholder");
+    store.create_placeholder(&img, size).expect("idempotent");
+    assert_eq!(store.images().expect("images"), vec![img.clone()]);
+    let state = store.image_state(&img).expect("state").expect("known");
+    assert_eq!(state.committed_epoch, Epoch(0));
+    assert_eq!(
+        fs::metadata(store.image_path(&img)).expect("raw").len(),
+        size
+    );
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let mut model = vec![0u8; size as usize];
+    let batch = vec![data(8192, random_bytes(&mut rng, 5000))];
+    apply_model(&mut model, &batch);
+    let sealed = run_epoch(&store, &img, 1, 0, size, size, &[batch]);
+    store.commit(rp_meta(1), vec![sealed]).expect("commit");
+    assert_eq!(raw_bytes(&store, &img), model);
+    drop(store);
+    let store = store_at(dir.path());
+    assert_eq!(raw_bytes(&store, &img), model);
+}
