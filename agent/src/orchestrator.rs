@@ -1054,6 +1054,12 @@ impl Orchestrator {
         self.run_op(op.id, async move {
             if g.role == Role::Primary {
                 me.delete_remote_group(&g).await?;
+            } else {
+                // A standby group (failed over, or never mapped) takes its
+                // replicated copies with it; failover and restore outputs
+                // are separate images and stay.
+                let resources = me.db(|s| s.resources(g.id))?;
+                me.remove_standby_images(&resources).await?;
             }
             Ok(())
         });

@@ -2,7 +2,10 @@
 //! only through the `ferry` CLI (a client of each agent's HTTP API): service
 //! pairing, a protection group's life cycle with group recovery points on
 //! both sides, refusals (non-zero exit, reason, nothing changed), and an
-//! agent SIGKILLed while it starts replicating.
+//! agent SIGKILLed while it starts replicating; planned migration and
+//! replication back; operations while the standby is unreachable; and (with
+//! the Ceph lab, `FERRY_CEPH_LAB=1`) a group of RBD images with pinned
+//! recovery points and failover on an RBD standby.
 
 use std::path::Path;
 use std::process::Output;
@@ -75,11 +78,21 @@ impl Sites {
 
 /// Two agents that trust nobody, then paired through a service key.
 fn paired() -> Sites {
+    paired_with(None, None)
+}
+
+/// [`paired`] with a config.toml for A and/or B.
+fn paired_with(a_config: Option<&str>, b_config: Option<&str>) -> Sites {
     let tmp = tempfile::tempdir().unwrap();
     let a_dir = tmp.path().join("a");
     let b_dir = tmp.path().join("b");
     let a_fp = init_agent(&a_dir);
     let b_fp = init_agent(&b_dir);
+    for (dir, config) in [(&a_dir, a_config), (&b_dir, b_config)] {
+        if let Some(config) = config {
+            std::fs::write(dir.join("config.toml"), config).unwrap();
+        }
+    }
     assert!(a_dir.join("api.token").exists());
     let a = Agent::start(&a_dir, &a_fp, &[]);
     let b = Agent::start(&b_dir, &b_fp, &[]);
@@ -775,4 +788,98 @@ fn standby_unreachable_stop_and_deletion_are_deferred_and_migration_retried() {
     assert_eq!(ok(&b, &["group", "show", "g1"])["group"]["role"], "primary");
     let vol = b.join("volumes").join("g1").join("g1-vm.raw");
     assert_eq!(hash_file(&vol), hash_file(&img));
+}
+
+/// A group of two RBD images (site-a) protected to an RBD standby (site-b):
+/// placeholders on add, a named recovery point pinned beyond the store's
+/// retention, failover into new images, all checked by hash.
+#[test]
+fn lab_rbd_group_pins_points_and_fails_over_into_new_images() {
+    use ferry_e2e::lab::{self, rbd};
+    if !lab::enabled() {
+        return;
+    }
+    let tag = format!("ctl{}", std::process::id());
+    let images: Vec<String> = (0..2).map(|i| format!("ferry-t-{tag}-{i}")).collect();
+    for image in &images {
+        rbd(
+            "site-a",
+            &["create", "--size", "16", &format!("rbd/{image}")],
+        );
+        lab::pyrbd(
+            "site-a",
+            image,
+            "r = random.Random(1)\nfor i in range(64):\n    img.write(r.randbytes(4096), r.randrange(0, 4096) * 4096)",
+        );
+    }
+    let mut s = paired_with(
+        Some("[ceph]\ncluster = \"site-a\"\n"),
+        Some("[standby]\nbackend = \"rbd\"\nrbd_pool = \"rbd\"\n[ceph]\ncluster = \"site-b\"\n"),
+    );
+    let a = s.a_dir().to_path_buf();
+    let b = s.b_dir().to_path_buf();
+    let uris: Vec<String> = images.iter().map(|i| format!("rbd:rbd/{i}")).collect();
+    ok(&a, &["group", "create", "g1", "--wait"]);
+    let mut add = vec!["group", "add", "g1"];
+    add.extend(uris.iter().map(String::as_str));
+    add.push("--wait");
+    ok(&a, &add);
+    let standby_names: Vec<String> = ok(&b, &["group", "show", "g1"])["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["standby_target"].as_str().unwrap().to_owned())
+        .collect();
+    let listed = String::from_utf8_lossy(&rbd("site-b", &["ls", "rbd"]).stdout).to_string();
+    for name in &standby_names {
+        assert!(
+            listed.lines().any(|l| l == name),
+            "no placeholder {name}: {listed}"
+        );
+    }
+    ok(&a, &["group", "start", "g1", "--wait"]);
+    ok(&a, &["rp", "create", "g1", "--name", "r1", "--wait"]);
+    let scratch = s.path("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let export_hash = |site: &str, spec: &str| {
+        let file = scratch.join("export.raw");
+        let _ = std::fs::remove_file(&file);
+        rbd(site, &["export", spec, &file.display().to_string()]);
+        hash_file(&file)
+    };
+    let at_r1: Vec<String> = images
+        .iter()
+        .map(|i| export_hash("site-a", &format!("rbd/{i}")))
+        .collect();
+    lab::pyrbd("site-a", &images[0], "img.write(b'x' * 8192, 0)");
+    let cycles = |dir: &Path| {
+        ok(dir, &["status"])["groups"][0]["progress"]["cycles"]
+            .as_u64()
+            .unwrap()
+    };
+    let start = cycles(&a);
+    wait_for("seven more cycles", || cycles(&a) >= start + 7);
+    s.a.kill9();
+    let op = ok(&b, &["group", "failover", "g1", "--rp", "r1", "--wait"]);
+    assert_eq!(op["state"]["state"], "succeeded", "{op}");
+    for (name, want) in standby_names.iter().zip(&at_r1) {
+        let got = export_hash("site-b", &format!("rbd/failover-{name}"));
+        assert_eq!(&got, want, "failover-{name} is not the image at r1");
+    }
+    // Clean up both pools.
+    ok(&b, &["group", "delete", "g1", "--wait"]);
+    for (site, names) in [("site-a", &images), ("site-b", &standby_names)] {
+        for name in names
+            .iter()
+            .flat_map(|n| [n.clone(), format!("failover-{n}")])
+        {
+            let spec = format!("rbd/{name}");
+            let _ = std::process::Command::new("rbd")
+                .args(["--cluster", site, "--no-progress", "snap", "purge", &spec])
+                .output();
+            let _ = std::process::Command::new("rbd")
+                .args(["--cluster", site, "--no-progress", "rm", &spec])
+                .output();
+        }
+    }
 }
