@@ -399,10 +399,20 @@ impl Orchestrator {
                 OpResult::RolledBack
             }
             OpKind::CreateRecoveryPoint => {
+                // The standby may have recorded (and pinned) the point just
+                // before the kill: delete it there too, deferred like any
+                // deletion (absent there counts as deleted).
                 if let Some(name) = op.params.get("name").and_then(Value::as_str) {
                     if let Ok(rp) = self.db(|s| s.recovery_point_by_name(gid, name)) {
                         if rp.state == RpState::Creating {
-                            self.db(|s| s.delete_recovery_point(rp.id))?;
+                            self.db(|s| {
+                                s.set_recovery_point_state(
+                                    rp.id,
+                                    RpState::Creating,
+                                    RpState::Deleting,
+                                )
+                            })?;
+                            self.db(|s| s.set_pending_remote_delete(rp.id, true))?;
                         }
                     }
                 }
