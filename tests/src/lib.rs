@@ -175,6 +175,73 @@ impl Agent {
         }
     }
 
+    /// Like [`Agent::restart`], but an agent that exits before it is ready
+    /// is an `Err` with its log instead of a panic.
+    pub fn try_restart(&mut self, env: &[(&str, &str)]) -> Result<(), String> {
+        self.kill9();
+        let trust: Vec<String> = self.trust.clone();
+        let trust: Vec<&str> = trust.iter().map(String::as_str).collect();
+        let listen = self.addr.to_string();
+        let dir = self.dir.clone();
+        let fingerprint = self.fingerprint.clone();
+        let started =
+            std::panic::catch_unwind(|| Self::spawn(&dir, &fingerprint, &trust, env, &listen));
+        match started {
+            Ok(mut fresh) => {
+                self.child = fresh.child.take();
+                self.log = fresh.log.clone();
+                Ok(())
+            }
+            Err(panic) => Err(panic
+                .downcast_ref::<String>()
+                .cloned()
+                .unwrap_or_else(|| "agent failed to start".to_owned())),
+        }
+    }
+
+    /// Starts the (stopped) agent again in the foreground expecting it to
+    /// refuse to run: returns what it printed once it exited non-zero
+    /// (panics if it became ready or is still running after 20 s).
+    pub fn start_expecting_refusal(&self) -> String {
+        let mut cmd = Command::new(bin("ferry-agent"));
+        cmd.args(["run", "--dir"])
+            .arg(&self.dir)
+            .args(["--listen", &self.addr.to_string()])
+            .args(["--api-listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "info");
+        for t in &self.trust {
+            cmd.args(["--trust", t]);
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting ferry-agent");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                let out = child.wait_with_output().expect("agent output");
+                let text = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                assert!(!out.status.success(), "agent exited 0:\n{text}");
+                return text;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let out = child.wait_with_output().expect("agent output");
+                panic!(
+                    "agent kept running on damaged state:\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Everything the agent logged so far.
     pub fn log_text(&self) -> String {
         let mut text = String::new();

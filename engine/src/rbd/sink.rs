@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::{open_pool, ClusterSpec};
+use crate::standby::failpoint::{self, CrashPoint};
 use crate::standby::{
     check_extents, check_open, read_checksummed, write_checksummed, ImageState, PendingEpoch,
     RecoveryPointInfo, RecoveryPointMeta, SealedEpoch, StagedBatch, StoreError,
@@ -538,6 +539,7 @@ impl RbdStandby {
         };
         let path = self.intent_path(intent.rp);
         write_checksummed(&path, &intent)?;
+        failpoint::hit(CrashPoint::AfterIntent)?;
         self.apply_intent(&intent)?;
         remove_file(&path)
     }
@@ -562,7 +564,9 @@ impl RbdStandby {
                     .resize(entry.size)
                     .map_err(ceph(format!("resizing {ctx}")))?;
             }
+            failpoint::hit(CrashPoint::AfterDataBeforeSync)?;
             handle.flush().map_err(ceph(format!("flushing {ctx}")))?;
+            failpoint::hit(CrashPoint::AfterDataBeforeState)?;
             let snap = snap_name(intent.rp);
             if !handle
                 .snap_exists(&snap)

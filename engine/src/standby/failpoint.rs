@@ -76,6 +76,18 @@ impl CrashPoint {
     }
 }
 
+/// An injected full disk: with the `failpoints` feature and
+/// `FAILPOINTS=standby::disk-full=return`, every journal write fails with
+/// ENOSPC, as on a full file system. Without the feature, nothing.
+#[inline(always)]
+pub(crate) fn disk_full() -> std::io::Result<()> {
+    #[cfg(all(feature = "failpoints", not(test)))]
+    fail::fail_point!("standby::disk-full", |_| Err(
+        std::io::Error::from_raw_os_error(libc::ENOSPC)
+    ));
+    Ok(())
+}
+
 /// Outside unit tests: with the `failpoints` feature, a `fail` crate point
 /// named [`CrashPoint::name`] (configured by the `FAILPOINTS` environment
 /// variable, e.g. `standby::after-data-before-sync=sleep(5000)`), so an

@@ -18,7 +18,7 @@
 
 mod backend;
 mod error;
-mod failpoint;
+pub(crate) mod failpoint;
 mod journal;
 mod record;
 mod state;

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use ferry_protocol::message::OpenImage;
 use ferry_protocol::types::{Epoch, ExtentKind, ImageName, SeqNo};
 
+use super::failpoint;
 use super::journal::{self, encode_table, ExtentEntry, JournalIndex, EXTENT_ENTRY_LEN};
 use super::record::{RecordHeader, HEADER_LEN, MAX_BODY_LEN};
 use super::store::{lock, Slot};
@@ -236,7 +237,9 @@ impl EpochWriter {
             iov.push(&encoded);
             iov.extend_from_slice(&parts);
             // io_uring (sys::uring) could replace this pwritev.
-            if let Err(e) = write_all_vectored_at(&self.journal, &iov, self.written_len) {
+            let written = failpoint::disk_full()
+                .and_then(|()| write_all_vectored_at(&self.journal, &iov, self.written_len));
+            if let Err(e) = written {
                 self.cut_journal_back();
                 return Err(StoreError::io("write journal", &self.journal_path, e));
             }
@@ -281,9 +284,10 @@ impl EpochWriter {
                 self.poisoned = true;
                 return Err(StoreError::io("fdatasync staging", staging_path, e));
             }
-            if let Err(e) =
+            let written = failpoint::disk_full().and_then(|()| {
                 write_all_vectored_at(&self.journal, &[&self.unsynced_records], self.written_len)
-            {
+            });
+            if let Err(e) = written {
                 self.poisoned = true;
                 return Err(StoreError::io("write journal", &self.journal_path, e));
             }

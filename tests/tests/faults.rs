@@ -1,0 +1,505 @@
+//! Fault-injection harness: a primary (`ferry sync` processes) and a standby
+//! agent (a real `ferry-agent` process) replicate a two-image group over real
+//! QUIC through a seeded UDP impairment proxy while randomized faults hit
+//! them, one per scenario, all drawn from one seed:
+//! - SIGKILL of the standby held at a named step of its commit protocol
+//!   (`FAILPOINTS`, e.g. after data, before fsync; after data, before the
+//!   state record), or of the primary at a random moment mid-transfer;
+//! - link faults: a blackhole (cut) for a random time mid-sync, or loss,
+//!   jitter (reordering) and duplication;
+//! - a full disk on the standby (an injected ENOSPC on journal writes);
+//! - bytes flipped at rest in a standby image, in a standby image's
+//!   `state.json`, or in the journal of a pending epoch.
+//!
+//! After every scenario: the standby images equal, by hash, one group
+//! recovery point the primary committed (never a mix of two, never torn);
+//! a clean sync then brings them to the sources exactly; a flip at rest is
+//! detected and reported (verify fails, the agent refuses damaged state, a
+//! damaged journal tail is cut and logged and its data re-fetched) — never
+//! replicated or repaired silently.
+//!
+//! `FERRY_FAULT_SEED` (default 1) and `FERRY_FAULT_SCENARIOS` (default 100)
+//! select the run; the seed and each scenario are printed, so a failure
+//! replays with the same seed. The long run is the ignored test
+//! `fault_scenarios_long` (1000 scenarios, a random seed unless given).
+//! Needs the `failpoints` feature (scripts/test.sh enables it).
+#![cfg(feature = "failpoints")]
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Output};
+use std::time::{Duration, Instant};
+
+use ferry_agent::imagegen;
+use ferry_e2e::{ferry, ferry_spawn, hash_file, Pair};
+use ferry_engine::netsim::{Impairment, UdpProxy};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const MIB: u64 = 1024 * 1024;
+
+/// Commit steps a standby can be held at (both backends hit them).
+const COMMIT_POINTS: &[&str] = &[
+    "standby::after-intent",
+    "standby::after-undo-written",
+    "standby::after-data-before-sync",
+    "standby::after-data-before-state",
+    "standby::after-state-before-cleanup",
+    "standby::between-images",
+];
+
+#[derive(Debug, Clone)]
+enum Fault {
+    Clean,
+    KillStandbyAt(&'static str),
+    KillPrimaryAfter(Duration),
+    Blackhole { after: Duration, cut: Duration },
+    Lossy(Impairment),
+    DiskFull,
+    FlipStandbyImage,
+    FlipStandbyState,
+    FlipJournal(Duration),
+}
+
+struct World {
+    pair: Pair,
+    runtime: tokio::runtime::Runtime,
+    proxy: UdpProxy,
+    sources: Vec<PathBuf>,
+    names: Vec<String>,
+    /// Image hashes of every group recovery point committed so far.
+    committed: Vec<Vec<String>>,
+    rng: ChaCha8Rng,
+    seed: u64,
+}
+
+impl World {
+    fn new(seed: u64) -> World {
+        let pair = Pair::new(None);
+        // A short idle timeout makes a blackhole a real disconnect + resume.
+        std::fs::write(
+            pair.primary_dir.join("config.toml"),
+            "[transport]\nidle_timeout_secs = 2\n",
+        )
+        .unwrap();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let proxy = runtime
+            .block_on(UdpProxy::start(
+                "127.0.0.1:0".parse().unwrap(),
+                pair.standby.addr,
+                seed,
+                Impairment::default(),
+            ))
+            .unwrap();
+        let names = vec!["boot".to_owned(), "data".to_owned()];
+        let sizes = [3 * MIB, 5 * MIB + 123];
+        let sources: Vec<PathBuf> = names
+            .iter()
+            .zip(sizes)
+            .enumerate()
+            .map(|(i, (n, size))| {
+                let p = pair.path(&format!("{n}.raw"));
+                imagegen::make_image(&p, size, seed.wrapping_add(i as u64)).unwrap();
+                p
+            })
+            .collect();
+        let mut w = World {
+            pair,
+            runtime,
+            proxy,
+            sources,
+            names,
+            committed: Vec::new(),
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            seed,
+        };
+        w.sync_ok("initial full copy");
+        w
+    }
+
+    fn sync_args(&self, extra: &[&str]) -> Vec<String> {
+        let mut args = vec![
+            "sync".to_owned(),
+            "--dir".to_owned(),
+            self.pair.primary_dir.display().to_string(),
+        ];
+        for (src, name) in self.sources.iter().zip(&self.names) {
+            args.push(format!("file:{}", src.display()));
+            args.push(format!("quic://{}/{name}", self.proxy.listen_addr()));
+        }
+        args.extend([
+            "--peer".to_owned(),
+            self.pair.standby.fingerprint.clone(),
+            "--json".to_owned(),
+        ]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    }
+
+    fn run_sync(&self, extra: &[&str]) -> Output {
+        let args = self.sync_args(extra);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        ferry(&refs)
+    }
+
+    fn spawn_sync(&self, extra: &[&str]) -> Child {
+        let args = self.sync_args(extra);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        ferry_spawn(&refs)
+    }
+
+    fn source_hashes(&self) -> Vec<String> {
+        self.sources.iter().map(|p| hash_file(p)).collect()
+    }
+
+    fn standby_hashes(&self) -> Vec<String> {
+        self.names
+            .iter()
+            .map(|n| hash_file(&self.pair.standby.image_path(n)))
+            .collect()
+    }
+
+    fn ctx(&self, what: &str) -> String {
+        format!("seed {} — {what}", self.seed)
+    }
+
+    /// The standby holds one committed group recovery point, or `pending`
+    /// (the point being committed when the fault hit).
+    fn assert_at_a_recovery_point(&self, pending: &[String], what: &str) {
+        let now = self.standby_hashes();
+        assert!(
+            now == pending || self.committed.contains(&now),
+            "{}: standby is not at a complete group recovery point",
+            self.ctx(what)
+        );
+    }
+
+    /// A clean sync (retried: the first cycle after some faults may be
+    /// refused once) that must leave the standby equal to the sources.
+    fn sync_ok(&mut self, what: &str) {
+        let mut last = None;
+        for _ in 0..3 {
+            let out = self.run_sync(&[]);
+            if out.status.success() {
+                let want = self.source_hashes();
+                assert_eq!(
+                    self.standby_hashes(),
+                    want,
+                    "{}: clean sync left the standby different from the sources",
+                    self.ctx(what)
+                );
+                self.committed.push(want);
+                return;
+            }
+            last = Some(out);
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let out = last.expect("three attempts");
+        panic!(
+            "{}: a clean sync after the fault failed three times:\n{}",
+            self.ctx(what),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn wait_for_log(&self, needle: &str, child: &mut Child) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.pair.standby.log_text().contains(needle) {
+                return true;
+            }
+            if let Ok(Some(_)) = child.try_wait() {
+                // The sync finished without passing that step.
+                return self.pair.standby.log_text().contains(needle);
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn change_sources(&mut self, force: bool) {
+        for (i, src) in self.sources.clone().iter().enumerate() {
+            if force || self.rng.gen_bool(0.7) {
+                let count = self.rng.gen_range(1..200);
+                let seed = self.rng.gen::<u64>() ^ i as u64;
+                imagegen::scattered_writes(src, count, seed).unwrap();
+            }
+        }
+    }
+
+    fn pick_fault(&mut self) -> Fault {
+        match self.rng.gen_range(0..100) {
+            0..=9 => Fault::Clean,
+            10..=34 => {
+                Fault::KillStandbyAt(COMMIT_POINTS[self.rng.gen_range(0..COMMIT_POINTS.len())])
+            }
+            35..=49 => Fault::KillPrimaryAfter(Duration::from_millis(self.rng.gen_range(0..400))),
+            50..=57 => Fault::Blackhole {
+                after: Duration::from_millis(self.rng.gen_range(0..300)),
+                cut: Duration::from_millis(self.rng.gen_range(500..3500)),
+            },
+            58..=67 => Fault::Lossy(Impairment {
+                loss: self.rng.gen_range(0.01..0.25),
+                delay: Duration::from_millis(self.rng.gen_range(0..5)),
+                jitter: Duration::from_millis(self.rng.gen_range(0..10)),
+                duplicate: self.rng.gen_range(0.0..0.1),
+            }),
+            68..=77 => Fault::DiskFull,
+            78..=85 => Fault::FlipStandbyImage,
+            86..=92 => Fault::FlipStandbyState,
+            _ => Fault::FlipJournal(Duration::from_millis(self.rng.gen_range(50..300))),
+        }
+    }
+
+    fn scenario(&mut self, n: usize) {
+        let fault = self.pick_fault();
+        let what = format!("scenario {n}: {fault:?}");
+        println!("{}", self.ctx(&what));
+        let force_changes = matches!(fault, Fault::DiskFull | Fault::FlipJournal(_));
+        self.change_sources(force_changes);
+        let pending = self.source_hashes();
+        match fault.clone() {
+            Fault::Clean => {}
+            Fault::KillStandbyAt(point) => {
+                let failpoints = format!("{point}=sleep(20000)");
+                self.pair
+                    .standby
+                    .restart(&[("FAILPOINTS", failpoints.as_str())]);
+                let mut child = self.spawn_sync(&[]);
+                if self.wait_for_log(&format!("point=\"{point}\""), &mut child) {
+                    self.pair.standby.kill9();
+                }
+                self.pair.standby.restart(&[]);
+                self.assert_at_a_recovery_point(&pending, &what);
+                // The interrupted sync reconnects and completes, or failed
+                // cleanly; either way nothing is torn.
+                let _ = child.wait_with_output();
+                self.assert_at_a_recovery_point(&pending, &what);
+            }
+            Fault::KillPrimaryAfter(after) => {
+                let mut child = self.spawn_sync(&[]);
+                std::thread::sleep(after);
+                let _ = child.kill();
+                let _ = child.wait();
+                self.assert_at_a_recovery_point(&pending, &what);
+            }
+            Fault::Blackhole { after, cut } => {
+                let child = self.spawn_sync(&[]);
+                std::thread::sleep(after);
+                self.proxy.set_blackhole(true);
+                std::thread::sleep(cut);
+                self.proxy.set_blackhole(false);
+                let out = child.wait_with_output().unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}: sync across a {cut:?} cut failed:\n{}",
+                    self.ctx(&what),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                self.assert_at_a_recovery_point(&pending, &what);
+            }
+            Fault::Lossy(impairment) => {
+                self.proxy.set_impairment(impairment);
+                let out = self.run_sync(&[]);
+                self.proxy.set_impairment(Impairment::default());
+                assert!(
+                    out.status.success(),
+                    "{}: sync over a lossy link failed:\n{}",
+                    self.ctx(&what),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                self.assert_at_a_recovery_point(&pending, &what);
+            }
+            Fault::DiskFull => {
+                self.pair
+                    .standby
+                    .restart(&[("FAILPOINTS", "standby::disk-full=return")]);
+                let out = self.run_sync(&[]);
+                let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+                assert!(
+                    !out.status.success(),
+                    "{}: sync into a full disk reported success",
+                    self.ctx(&what)
+                );
+                assert!(
+                    stderr.to_lowercase().contains("no space left on device"),
+                    "{}: the primary was not told the standby's disk is full:\n{stderr}",
+                    self.ctx(&what)
+                );
+                self.pair.standby.restart(&[]);
+                self.assert_at_a_recovery_point(&pending, &what);
+            }
+            Fault::FlipStandbyImage => {
+                self.sync_ok(&what);
+                let i = self.rng.gen_range(0..self.names.len());
+                let path = self.pair.standby.image_path(&self.names[i]);
+                let len = std::fs::metadata(&path).unwrap().len();
+                let at = self.rng.gen_range(0..len);
+                let old = flip_byte(&path, at);
+                let out = ferry(&[
+                    "verify",
+                    "--dir",
+                    &self.pair.primary_dir.display().to_string(),
+                    &format!("file:{}", self.sources[i].display()),
+                    &format!("quic://{}/{}", self.proxy.listen_addr(), self.names[i]),
+                    "--peer",
+                    &self.pair.standby.fingerprint,
+                ]);
+                assert!(
+                    !out.status.success(),
+                    "{}: verify did not detect a flipped byte at {at} of {}",
+                    self.ctx(&what),
+                    path.display()
+                );
+                put_byte(&path, at, old);
+            }
+            Fault::FlipStandbyState => {
+                self.sync_ok(&what);
+                let i = self.rng.gen_range(0..self.names.len());
+                let state = self
+                    .pair
+                    .standby
+                    .image_path(&self.names[i])
+                    .with_extension("ferry")
+                    .join("state.json");
+                self.pair.standby.kill9();
+                let text = std::fs::read(&state).unwrap();
+                let body = text.iter().position(|b| *b == b'\n').unwrap() + 1;
+                let at = self.rng.gen_range(body as u64..text.len() as u64);
+                let old = flip_byte(&state, at);
+                let refused = self.pair.standby.start_expecting_refusal();
+                assert!(
+                    refused.contains("state.json"),
+                    "{}: the refusal does not name the damaged file:\n{refused}",
+                    self.ctx(&what)
+                );
+                put_byte(&state, at, old);
+                self.pair.standby.restart(&[]);
+            }
+            Fault::FlipJournal(after) => {
+                let mut child = self.spawn_sync(&["--bwlimit", "8M"]);
+                std::thread::sleep(after);
+                let _ = child.kill();
+                let _ = child.wait();
+                self.pair.standby.kill9();
+                let journals = find_journals(&self.pair.standby.dir.join("images"));
+                let mut flipped = None;
+                if let Some(journal) = journals.first() {
+                    let len = std::fs::metadata(journal).unwrap().len();
+                    if len > 64 {
+                        let at = self.rng.gen_range(64..len);
+                        flipped = Some((journal.clone(), at, flip_byte(journal, at)));
+                    }
+                }
+                let Some((journal, at, old)) = flipped else {
+                    self.pair.standby.restart(&[]);
+                    self.sync_ok(&what);
+                    return;
+                };
+                // Two honest outcomes: a pending epoch's damaged tail is cut
+                // and logged (its batches are fetched again), or — when a
+                // commit intent needs the damaged records — the agent
+                // refuses to start and names the journal. Never silence.
+                match self.pair.standby.try_restart(&[]) {
+                    Ok(()) => {
+                        let log = self.pair.standby.log_text();
+                        assert!(
+                            log.contains("WARN"),
+                            "{}: a damaged journal was not reported:\n{log}",
+                            self.ctx(&what)
+                        );
+                        self.assert_at_a_recovery_point(&pending, &what);
+                    }
+                    Err(refusal) => {
+                        let name = journal.file_name().unwrap().to_string_lossy().to_string();
+                        assert!(
+                            refusal.contains(&name) && refusal.contains("corrupt"),
+                            "{}: the refusal does not name the damaged journal:\n{refusal}",
+                            self.ctx(&what)
+                        );
+                        println!(
+                            "  agent refused its damaged journal {name}; repaired by the harness"
+                        );
+                        put_byte(&journal, at, old);
+                        self.pair.standby.restart(&[]);
+                        self.assert_at_a_recovery_point(&pending, &what);
+                    }
+                }
+            }
+        }
+        self.sync_ok(&what);
+    }
+}
+
+fn flip_byte(path: &Path, at: u64) -> u8 {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[b[0] ^ 0x5a], at).unwrap();
+    f.sync_all().unwrap();
+    b[0]
+}
+
+fn put_byte(path: &Path, at: u64, value: u8) {
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(&[value], at).unwrap();
+    f.sync_all().unwrap();
+}
+
+fn find_journals(images: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for dir in std::fs::read_dir(images).into_iter().flatten().flatten() {
+        for f in std::fs::read_dir(dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if f.path().extension().is_some_and(|e| e == "journal") {
+                out.push(f.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+fn run(default_scenarios: u64, default_seed: u64) {
+    let seed = env_u64("FERRY_FAULT_SEED").unwrap_or(default_seed);
+    let scenarios = env_u64("FERRY_FAULT_SCENARIOS").unwrap_or(default_scenarios);
+    println!("fault harness: seed {seed}, {scenarios} scenarios (replay: FERRY_FAULT_SEED={seed})");
+    let started = Instant::now();
+    let mut world = World::new(seed);
+    for n in 1..=scenarios as usize {
+        world.scenario(n);
+    }
+    println!(
+        "fault harness: seed {seed}: {scenarios} scenarios passed in {:.0} s, {} recovery points committed",
+        started.elapsed().as_secs_f64(),
+        world.committed.len()
+    );
+}
+
+#[test]
+fn fault_scenarios_short() {
+    run(100, 1);
+}
+
+#[test]
+#[ignore = "long run: cargo test --features ferry-e2e/failpoints -p ferry-e2e --test faults -- --ignored"]
+fn fault_scenarios_long() {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(7);
+    run(1000, seed);
+}
