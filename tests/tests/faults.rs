@@ -63,7 +63,8 @@ enum Fault {
 
 struct World {
     pair: Pair,
-    runtime: tokio::runtime::Runtime,
+    /// Runs the proxy's tasks (kept alive for the world's life).
+    _runtime: tokio::runtime::Runtime,
     proxy: UdpProxy,
     sources: Vec<PathBuf>,
     names: Vec<String>,
@@ -105,7 +106,7 @@ impl World {
             .collect();
         let mut w = World {
             pair,
-            runtime,
+            _runtime: runtime,
             proxy,
             sources,
             names,
