@@ -183,7 +183,7 @@ impl World {
     /// A clean sync (retried: the first cycle after some faults may be
     /// refused once) that must leave the standby equal to the sources.
     fn sync_ok(&mut self, what: &str) {
-        let mut last = None;
+        let mut last: Option<Output> = None;
         for _ in 0..3 {
             let out = self.run_sync(&[]);
             if out.status.success() {
