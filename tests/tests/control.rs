@@ -115,6 +115,28 @@ fn paired_with(a_config: Option<&str>, b_config: Option<&str>) -> Sites {
     Sites { tmp, a, b }
 }
 
+/// Makes one image per `(file name, size, seed)` on site A, protects them
+/// as group g1 and starts replication; returns the images and their URIs.
+fn protect_g1(s: &Sites, images: &[(&str, u64, u64)]) -> Vec<(std::path::PathBuf, String)> {
+    let made: Vec<(std::path::PathBuf, String)> = images
+        .iter()
+        .map(|(name, size, seed)| {
+            let path = s.path(name);
+            imagegen::make_image(&path, *size, *seed).unwrap();
+            let uri = format!("file:{}", path.display());
+            (path, uri)
+        })
+        .collect();
+    let a = s.a_dir();
+    ok(a, &["group", "create", "g1", "--wait"]);
+    let mut add = vec!["group", "add", "g1"];
+    add.extend(made.iter().map(|(_, u)| u.as_str()));
+    add.push("--wait");
+    ok(a, &add);
+    ok(a, &["group", "start", "g1", "--wait"]);
+    made
+}
+
 fn group_state(dir: &Path, group: &str) -> String {
     ok(dir, &["group", "show", group])["group"]["state"]
         .as_str()
@@ -546,15 +568,8 @@ fn failover_to_a_chosen_recovery_point_while_the_primary_is_down() {
     let mut s = paired();
     let a = s.a_dir().to_path_buf();
     let b = s.b_dir().to_path_buf();
-    let img1 = s.path("vm1.raw");
-    let img2 = s.path("vm2.raw");
-    imagegen::make_image(&img1, 4 * MIB, 6).unwrap();
-    imagegen::make_image(&img2, 2 * MIB, 7).unwrap();
-    let u1 = format!("file:{}", img1.display());
-    let u2 = format!("file:{}", img2.display());
-    ok(&a, &["group", "create", "g1", "--wait"]);
-    ok(&a, &["group", "add", "g1", &u1, &u2, "--wait"]);
-    ok(&a, &["group", "start", "g1", "--wait"]);
+    let made = protect_g1(&s, &[("vm1.raw", 4 * MIB, 6), ("vm2.raw", 2 * MIB, 7)]);
+    let (img1, img2, u2) = (made[0].0.clone(), made[1].0.clone(), made[1].1.clone());
     ok(&a, &["rp", "create", "g1", "--name", "r1", "--wait"]);
     let (h1, h2) = (hash_file(&img1), hash_file(&img2));
     imagegen::scattered_writes(&img1, 50, 8).unwrap();
@@ -746,12 +761,7 @@ fn standby_unreachable_stop_and_deletion_are_deferred_and_migration_retried() {
     let mut s = paired();
     let a = s.a_dir().to_path_buf();
     let b = s.b_dir().to_path_buf();
-    let img = s.path("vm.raw");
-    imagegen::make_image(&img, 4 * MIB, 31).unwrap();
-    let u = format!("file:{}", img.display());
-    ok(&a, &["group", "create", "g1", "--wait"]);
-    ok(&a, &["group", "add", "g1", &u, "--wait"]);
-    ok(&a, &["group", "start", "g1", "--wait"]);
+    let img = protect_g1(&s, &[("vm.raw", 4 * MIB, 31)])[0].0.clone();
     ok(&a, &["rp", "create", "g1", "--name", "r1", "--wait"]);
     ok(&a, &["rp", "create", "g1", "--name", "r2", "--wait"]);
 
@@ -912,12 +922,7 @@ fn primary_killed_during_recovery_point_and_migration_comes_back_consistent() {
     let mut s = paired();
     let a = s.a_dir().to_path_buf();
     let b = s.b_dir().to_path_buf();
-    let img = s.path("vm.raw");
-    imagegen::make_image(&img, 64 * MIB, 41).unwrap();
-    let u = format!("file:{}", img.display());
-    ok(&a, &["group", "create", "g1", "--wait"]);
-    ok(&a, &["group", "add", "g1", &u, "--wait"]);
-    ok(&a, &["group", "start", "g1", "--wait"]);
+    let img = protect_g1(&s, &[("vm.raw", 64 * MIB, 41)])[0].0.clone();
     ok(&a, &["rp", "create", "g1", "--name", "kept", "--wait"]);
 
     // SIGKILL right after a recovery point was requested: whatever step it

@@ -1038,18 +1038,33 @@ impl StandbyStore {
         rp: RecoveryPointId,
         out: &Path,
     ) -> Result<(), StoreError> {
+        self.with_committed_state(image, rp, |state| {
+            self.restore_locked(image, state, rp, out)
+        })
+    }
+
+    /// Runs `f` on the state of a known image that has committed something,
+    /// with the image's operation lock held (about recovery point `rp`: its
+    /// absence is `UnknownRecoveryPoint`).
+    fn with_committed_state<T>(
+        &self,
+        image: &ImageName,
+        rp: RecoveryPointId,
+        f: impl FnOnce(&mut ImageStateFile) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let slot = self
             .known_slot(image)?
             .ok_or_else(|| StoreError::UnknownImage {
                 image: image.clone(),
             })?;
         let _op = lock(&slot.op);
-        let unknown = || StoreError::UnknownRecoveryPoint {
-            image: image.clone(),
-            recovery_point: rp,
-        };
-        let state = self.load_state(image)?.ok_or_else(unknown)?;
-        self.restore_locked(image, &state, rp, out)
+        let mut state =
+            self.load_state(image)?
+                .ok_or_else(|| StoreError::UnknownRecoveryPoint {
+                    image: image.clone(),
+                    recovery_point: rp,
+                })?;
+        f(&mut state)
     }
 
     /// [`Self::restore`] with the slot's operation lock held.
@@ -1220,17 +1235,15 @@ impl StandbyStore {
     /// copy of the image's allocated bytes per pinned point (the RBD backend
     /// keeps a snapshot instead). Idempotent; `rp` must still be retained.
     pub fn pin(&self, image: &ImageName, rp: RecoveryPointId) -> Result<(), StoreError> {
-        let slot = self
-            .known_slot(image)?
-            .ok_or_else(|| StoreError::UnknownImage {
-                image: image.clone(),
-            })?;
-        let _op = lock(&slot.op);
-        let unknown = || StoreError::UnknownRecoveryPoint {
-            image: image.clone(),
-            recovery_point: rp,
-        };
-        let mut state = self.load_state(image)?.ok_or_else(unknown)?;
+        self.with_committed_state(image, rp, |state| self.pin_locked(image, state, rp))
+    }
+
+    fn pin_locked(
+        &self,
+        image: &ImageName,
+        state: &mut ImageStateFile,
+        rp: RecoveryPointId,
+    ) -> Result<(), StoreError> {
         if state.pinned.iter().any(|p| p.recovery_point() == rp) {
             return Ok(());
         }
@@ -1239,16 +1252,19 @@ impl StandbyStore {
             .iter()
             .find(|h| h.recovery_point() == rp)
             .cloned()
-            .ok_or_else(unknown)?;
+            .ok_or_else(|| StoreError::UnknownRecoveryPoint {
+                image: image.clone(),
+                recovery_point: rp,
+            })?;
         let path = self.inner.pinned(image, rp);
         let tmp = path.with_extension("raw.tmp");
         remove_if_exists(&tmp)?;
-        self.restore_locked(image, &state, rp, &tmp)?;
+        self.restore_locked(image, state, rp, &tmp)?;
         fs::rename(&tmp, &path).map_err(|e| StoreError::io("install pinned copy", &tmp, e))?;
         let dir = self.inner.image_dir(image);
         sync_dir(&dir).map_err(|e| StoreError::io("fsync directory", &dir, e))?;
         state.pinned.push(entry);
-        write_checksummed(&self.inner.state(image), &state)?;
+        write_checksummed(&self.inner.state(image), &*state)?;
         tracing::info!(image = %image, recovery_point = %rp, "recovery point pinned");
         Ok(())
     }
