@@ -206,6 +206,31 @@ struct Link {
     control_writer: FrameWriter,
 }
 
+/// The first connection of a sync. Silence (a handshake that times out: the
+/// link is down or the standby is restarting) is retried for
+/// `reconnect_for`, like a link lost later; an answer that refuses us (wrong
+/// peer, untrusted certificate) fails at once.
+async fn first_link(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    peer: AgentId,
+    identity: &Identity,
+    options: &SyncOptions,
+) -> Result<Link, SyncError> {
+    let deadline = Instant::now() + options.reconnect_for;
+    loop {
+        match open_link(endpoint, addr, peer, identity, options).await {
+            Err(SyncError::Transport(TransportError::Connection {
+                source: quinn::ConnectionError::TimedOut,
+                ..
+            })) if Instant::now() < deadline => {
+                warn!(addr = %addr, "no answer from the standby; trying again");
+            }
+            other => return other,
+        }
+    }
+}
+
 async fn open_link(
     endpoint: &quinn::Endpoint,
     addr: SocketAddr,
@@ -646,7 +671,7 @@ async fn sync_group_inner(
         }
     }
     let endpoint = transport::client_endpoint(addr, &options.transport)?;
-    let link = open_link(&endpoint, addr, peer, &identity, &options).await?;
+    let link = first_link(&endpoint, addr, peer, &identity, &options).await?;
     let links = std::sync::Arc::new(Links {
         endpoint: endpoint.clone(),
         target_addr: addr,
