@@ -220,11 +220,14 @@ async fn first_link(
     let deadline = Instant::now() + options.reconnect_for;
     loop {
         match open_link(endpoint, addr, peer, identity, options).await {
+            // Silence, or a stateless reset (the standby lost our
+            // half-open connection: restart, packet loss in the handshake).
             Err(SyncError::Transport(TransportError::Connection {
-                source: quinn::ConnectionError::TimedOut,
+                source: quinn::ConnectionError::TimedOut | quinn::ConnectionError::Reset,
                 ..
             })) if Instant::now() < deadline => {
-                warn!(addr = %addr, "no answer from the standby; trying again");
+                warn!(addr = %addr, "no usable answer from the standby; trying again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
             other => return other,
         }
@@ -547,6 +550,21 @@ impl Links {
     }
 
     /// One request/answer on the control stream of the current connection.
+    /// [`Self::ask`] across link losses: the question is asked again on a
+    /// new connection (questions are idempotent: resume queries).
+    async fn ask_across_reconnects(&self, request: &Message) -> Result<Message, SyncError> {
+        loop {
+            let generation = self.state.lock().await.generation;
+            match self.ask(request).await {
+                Ok((_, answer)) => return Ok(answer),
+                Err(e) if is_link_error(&e) => {
+                    self.reconnect(generation, &e).await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     async fn ask(&self, request: &Message) -> Result<(u64, Message), SyncError> {
         let mut state = self.state.lock().await;
         let generation = state.generation;
@@ -690,8 +708,8 @@ async fn sync_group_inner(
     for mut job in jobs {
         let info = job.source.info()?;
         let source_committed = job.source.committed_epoch();
-        let (_, answer) = links
-            .ask(&Message::ResumeQuery(ResumeQuery {
+        let answer = links
+            .ask_across_reconnects(&Message::ResumeQuery(ResumeQuery {
                 image: job.image.clone(),
                 epoch: source_committed.next(),
             }))
