@@ -171,13 +171,24 @@ impl World {
 
     /// The standby holds one committed group recovery point, or `pending`
     /// (the point being committed when the fault hit).
+    /// A live standby may be applying a commit whose Commit message the
+    /// killed primary sent just before it died (its intent is durable: the
+    /// images are restorable to the new point and reach it in moments), so
+    /// the images are hashed until they match, for at most 10 s.
     fn assert_at_a_recovery_point(&self, pending: &[String], what: &str) {
-        let now = self.standby_hashes();
-        assert!(
-            now == pending || self.committed.contains(&now),
-            "{}: standby is not at a complete group recovery point",
-            self.ctx(what)
-        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = self.standby_hashes();
+            if now == pending || self.committed.contains(&now) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: standby is not at a complete group recovery point",
+                self.ctx(what)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// A clean sync (retried: the first cycle after some faults may be
