@@ -15,8 +15,9 @@
 //! recovery point the primary committed (never a mix of two, never torn);
 //! a clean sync then brings them to the sources exactly; a flip at rest is
 //! detected and reported (verify fails, the agent refuses damaged state, a
-//! damaged journal tail is cut and logged and its data re-fetched) — never
-//! replicated or repaired silently.
+//! damaged journal tail is cut and logged and its data re-fetched, a journal
+//! recovery no longer needs is deleted unread) — never replicated or
+//! repaired silently.
 //!
 //! `FERRY_FAULT_SEED` (default 1) and `FERRY_FAULT_SCENARIOS` (default 100)
 //! select the run; the seed and each scenario are printed, so a failure
