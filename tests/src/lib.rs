@@ -156,11 +156,7 @@ impl Agent {
         loop {
             let text = self.log_text();
             if let Some(line) = text.lines().find(|l| l.contains("ferry-agent ready")) {
-                let addr = line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("listen="))
-                    .expect("ready line names the listen address");
-                return addr.parse().expect("listen address parses");
+                return ready_line_listen(line);
             }
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
@@ -300,6 +296,24 @@ impl Agent {
             }
         }
     }
+}
+
+/// The listen address named by the agent's "ferry-agent ready" log line,
+/// in text (`listen=ADDR`) or JSON (`"listen":"ADDR"`) format.
+pub fn ready_line_listen(line: &str) -> SocketAddr {
+    let addr = if line.trim_start().starts_with('{') {
+        let event: serde_json::Value = serde_json::from_str(line).expect("a JSON log line parses");
+        event["fields"]["listen"]
+            .as_str()
+            .expect("ready event has a listen field")
+            .to_owned()
+    } else {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix("listen="))
+            .expect("ready line names the listen address")
+            .to_owned()
+    };
+    addr.parse().expect("listen address parses")
 }
 
 impl Drop for Agent {
