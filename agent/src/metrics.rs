@@ -126,8 +126,12 @@ pub struct GroupLive {
     pub group: String,
     /// Seconds since the newest instant whose writes the standby holds.
     pub rpo_lag_seconds: Option<f64>,
-    /// Recovery points of the group known to the control store.
+    /// Named recovery points (manual and policy) of the group in the
+    /// control store.
     pub recovery_points: u64,
+    /// Engine id of the last group recovery point committed on the standby
+    /// by this agent's replication loop.
+    pub last_recovery_point: Option<u64>,
     /// Whether the group's replication loop runs here.
     pub replicating: bool,
     /// Per image.
@@ -231,9 +235,21 @@ impl prometheus_client::collector::Collector for LiveCollector {
         gauge_family(
             &mut encoder,
             "ferry_recovery_points",
-            "Recovery points of the group in the control store",
+            "Named (manual and policy) recovery points of the group",
             None,
             &points,
+        )?;
+        let last: Vec<_> = live
+            .groups
+            .iter()
+            .filter_map(|g| g.last_recovery_point.map(|id| (group(g), id as i64)))
+            .collect();
+        gauge_family(
+            &mut encoder,
+            "ferry_last_recovery_point",
+            "Id of the last group recovery point committed on the standby (one per cycle)",
+            None,
+            &last,
         )?;
         let replicating: Vec<_> = live
             .groups
@@ -609,6 +625,7 @@ mod tests {
                 group: "g1".into(),
                 rpo_lag_seconds: Some(1.5),
                 recovery_points: 2,
+                last_recovery_point: Some(41),
                 replicating: true,
                 images: vec![ImageLive {
                     image: "db".into(),
@@ -639,6 +656,7 @@ mod tests {
             "ferry_remaining_bytes{group=\"g1\",image=\"db\"} 100",
             "ferry_quic_cwnd_bytes{group=\"g1\",image=\"db\"} 12000",
             "ferry_recovery_points{group=\"g1\"} 2",
+            "ferry_last_recovery_point{group=\"g1\"} 41",
             "ferry_applied_bytes_total 99",
         ] {
             assert!(text.contains(line), "missing {line:?} in:\n{text}");

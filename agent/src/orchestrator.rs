@@ -2585,6 +2585,7 @@ impl LiveSource for Orchestrator {
                 GroupLive {
                     group: g.name.clone(),
                     rpo_lag_seconds: progress.as_ref().and_then(|p| p.rpo_lag_secs),
+                    last_recovery_point: progress.as_ref().and_then(|p| p.last_recovery_point),
                     recovery_points,
                     replicating: replicating.contains(&g.id),
                     images: progress

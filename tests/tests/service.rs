@@ -417,6 +417,7 @@ fn metrics_endpoint_reports_a_real_replication() {
     assert!(a.contains_key(&format!("ferry_quic_lost_packets{{{img}}}")));
     assert!(a.contains_key(&format!("ferry_remaining_bytes{{{img}}}")));
     assert!(a.contains_key("ferry_recovery_points{group=\"g1\"}"));
+    assert!(get(&a, &a_text, "ferry_last_recovery_point{group=\"g1\"}") > 0.0);
     // The standby side counts what it applied.
     let (b_text, b) = scrape(&s.b.dir);
     assert!(get(&b, &b_text, "ferry_applied_bytes_total") > 0.0);
