@@ -292,6 +292,31 @@ fn unhealthy_agent_withholds_the_watchdog_ping() {
     assert!(wait_exit(&mut child).success());
 }
 
+#[test]
+fn journald_format_starts_with_or_without_a_journal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a");
+    init_agent(&dir);
+    std::fs::write(dir.join("config.toml"), "[log]\nformat = \"journald\"\n").unwrap();
+    let mut notify = NotifySocket::new();
+    let mut child = spawn_notified(&dir, &notify, &[]);
+    notify.wait_for("READY=1", &mut child);
+    signal(&child, libc::SIGTERM);
+    notify.wait_for("STOPPING=1", &mut child);
+    assert!(wait_exit(&mut child).success());
+    let log = std::fs::read_to_string(dir.join("agent.log")).unwrap();
+    if Path::new("/run/systemd/journal/socket").exists() {
+        // Events went to the journal, not to stderr.
+        assert!(!log.contains("ferry-agent ready"), "{log}");
+    } else {
+        assert!(
+            log.contains("no journal socket; logging text to stderr"),
+            "{log}"
+        );
+        assert!(log.contains("ferry-agent ready"), "{log}");
+    }
+}
+
 // ------------------------------------------------------------ two sites
 
 struct Sites {
