@@ -211,13 +211,15 @@ pub async fn run(
         receive_limit = ?config.receive_limit,
         "ferry-agent ready"
     );
-    let status = format!(
-        "replicating on {}, API on {}, {} trusted peer(s)",
-        standby.addr,
-        control.api_addr,
-        trust.list().len()
-    );
-    notifier.ready(&status);
+    let status = || {
+        format!(
+            "QUIC on {}, API on {}, {} trusted peer(s)",
+            standby.addr,
+            control.api_addr,
+            trust.list().len()
+        )
+    };
+    notifier.ready(&status());
     // The watchdog is fed from this loop, after a health check: if the loop
     // wedges, or the engine behind it does, the pings stop and systemd
     // restarts the agent. Without WatchdogSec= the tick never fires.
@@ -258,7 +260,7 @@ pub async fn run(
                     Ok(()) => {
                         if withheld {
                             info!("healthy again; feeding the watchdog");
-                            notifier.status(&status);
+                            notifier.status(&status());
                             withheld = false;
                         }
                         notifier.watchdog();
@@ -289,7 +291,7 @@ pub async fn run(
                     }
                     Err(error) => warn!(%error, "configuration reload failed; keeping the old settings"),
                 }
-                notifier.reloaded(&status);
+                notifier.reloaded(&status());
             }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,

@@ -544,6 +544,56 @@ fn json_logs_carry_structured_fields_and_no_secrets() {
     let _ = &s.tmp;
 }
 
+/// Waits (60 s at most) until g1's running cycle on `dir` has sent data.
+fn wait_mid_transfer(dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let show = run_ok(dir, &["group", "show", "g1"]);
+        let sent = show["progress"]["resources"][0]["bytes_sent"]
+            .as_u64()
+            .unwrap_or(0);
+        let remaining = show["progress"]["resources"][0]["bytes_remaining"]
+            .as_u64()
+            .unwrap_or(0);
+        if sent > 0 && remaining > 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no transfer in progress: {show}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sigterm_mid_transfer_exits_cleanly_and_loses_nothing() {
+    // A send limit stretches each cycle so a SIGTERM lands mid-transfer.
+    let mut s = replicating("[qos]\nsend_limit = \"8MB\"\n");
+    let source = s.tmp.path().join("vm1.raw");
+    let standby_copy = s.b.image_path("g1-vm1");
+    let converge = |s: &Sites, name: &str| {
+        run_ok(&s.a.dir, &["rp", "create", "g1", "--name", name, "--wait"]);
+        assert_eq!(
+            ferry_e2e::hash_file(&source),
+            ferry_e2e::hash_file(&standby_copy),
+            "standby copy differs from the source after {name}"
+        );
+    };
+    // The standby stops while batches arrive.
+    imagegen::make_image(&source, 24 * MIB, 8).unwrap();
+    wait_mid_transfer(&s.a.dir);
+    let status = s.b.terminate().expect("standby exits after SIGTERM");
+    assert!(status.success(), "standby exited with {status}");
+    assert!(s.b.log_text().contains("shutting down"));
+    s.b.restart(&[]);
+    converge(&s, "after-standby-stop");
+    // The primary stops while it sends.
+    imagegen::make_image(&source, 24 * MIB, 9).unwrap();
+    wait_mid_transfer(&s.a.dir);
+    let status = s.a.terminate().expect("primary exits after SIGTERM");
+    assert!(status.success(), "primary exited with {status}");
+    s.a.restart(&[]);
+    converge(&s, "after-primary-stop");
+}
+
 #[test]
 fn sighup_reloads_the_configuration_and_keeps_it_when_broken() {
     let tmp = tempfile::tempdir().unwrap();
