@@ -65,7 +65,6 @@ fn unit_files_pass_systemd_analyze_verify() {
             "ProtectSystem=strict",
             "NoNewPrivileges=yes",
             "User=ferry",
-            "SupplementaryGroups=ceph",
             "ExecReload=/bin/kill -HUP $MAINPID",
         ] {
             assert!(text.contains(key), "{unit} lacks {key}");
@@ -73,6 +72,8 @@ fn unit_files_pass_systemd_analyze_verify() {
         let local = text.replace("/usr/bin/ferry-agent", &agent.display().to_string());
         std::fs::write(tmp.path().join(unit), &local).unwrap();
     }
+    let postinst = std::fs::read_to_string(repo_root().join("contrib/debian/postinst")).unwrap();
+    assert!(postinst.contains("adduser --quiet ferry ceph"), "ferry joins group ceph");
     std::fs::copy(
         tmp.path().join("ferry-agent@.service"),
         tmp.path().join("ferry-agent@site-a.service"),
