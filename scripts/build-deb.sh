@@ -19,7 +19,7 @@ echo "==> building release binaries"
 cargo build --release -p ferry-agent --bins
 
 # Generated assets (paths named in agent/Cargo.toml [package.metadata.deb]).
-assets=$root/target/assets
+assets=$target/release/assets
 rm -rf "$assets"
 mkdir -p "$assets/completions" "$assets/man"
 for bin in ferry ferry-agent; do
@@ -28,6 +28,7 @@ for bin in ferry ferry-agent; do
   "$target/release/$bin" gen-completions fish >"$assets/completions/$bin.fish"
   "$target/release/$bin" gen-man "$assets/man" >/dev/null
 done
+gzip -9n "$assets"/man/*.1
 # The default configuration is the one `ferry-agent init` writes.
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -35,5 +36,7 @@ trap 'rm -rf "$tmp"' EXIT
 cp "$tmp/agent/config.toml" "$assets/agent.toml"
 
 echo "==> cargo deb"
-cargo deb -p ferry-agent --no-build "$@"
+# Stripped: the release profile keeps debug info for benchmarks and
+# backtraces, which would make the package ~10x larger.
+cargo deb -p ferry-agent --no-build --strip "$@"
 ls -l "$target"/debian/*.deb
