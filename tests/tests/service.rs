@@ -73,7 +73,10 @@ fn unit_files_pass_systemd_analyze_verify() {
         std::fs::write(tmp.path().join(unit), &local).unwrap();
     }
     let postinst = std::fs::read_to_string(repo_root().join("contrib/debian/postinst")).unwrap();
-    assert!(postinst.contains("adduser --quiet ferry ceph"), "ferry joins group ceph");
+    assert!(
+        postinst.contains("adduser --quiet ferry ceph"),
+        "ferry joins group ceph"
+    );
     std::fs::copy(
         tmp.path().join("ferry-agent@.service"),
         tmp.path().join("ferry-agent@site-a.service"),
