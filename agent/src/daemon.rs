@@ -79,13 +79,21 @@ impl RunningStandby {
     /// Stops accepting, closes connections (in-flight batches that were not
     /// acknowledged are simply resent by the primary later) and waits briefly.
     pub async fn shutdown(self) {
+        self.shutdown_shared(0).await;
+    }
+
+    /// [`RunningStandby::shutdown`] when `others` long-lived owners (the
+    /// orchestrator) keep a handle on the receiver: waits for the stager
+    /// threads only, not for those owners.
+    pub async fn shutdown_shared(self, others: usize) {
         self.endpoint
             .close(quinn::VarInt::from_u32(0), b"agent shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(5), self.endpoint.wait_idle()).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
         // Stager threads finish their last fsync and drop the store.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while Arc::strong_count(&self.context) > 1 && std::time::Instant::now() < deadline {
+        while Arc::strong_count(&self.context) > 1 + others && std::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -300,7 +308,9 @@ pub async fn run(
     info!("shutting down");
     notifier.stopping();
     control.orch.shutdown().await;
-    standby.shutdown().await;
+    // The orchestrator keeps its handle on the receiver until the process
+    // ends; waiting for it would only add the full timeout to every stop.
+    standby.shutdown_shared(1).await;
     Ok(())
 }
 
