@@ -17,11 +17,15 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 # System packages: a C toolchain for zstd/ring/blake3's C and assembly,
-# pkg-config, and iproute2 for tests that build network namespaces.
+# pkg-config, iproute2 for tests that build network namespaces, systemd
+# (systemd-analyze) and man-db for the service tests.
 need=()
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+# systemd-analyze verifies the units; man renders the generated man pages.
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+command -v man >/dev/null 2>&1 || need+=(man-db)
 if [ "${#need[@]}" -gt 0 ]; then
   log "installing ${need[*]}"
   $SUDO apt-get update -qq

@@ -67,6 +67,14 @@ struct RawConfig {
     ceph: RawCeph,
     #[serde(default)]
     api: RawApi,
+    #[serde(default)]
+    metrics: RawMetrics,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -132,6 +140,8 @@ pub enum LogFormat {
     Text,
     /// One JSON object per event.
     Json,
+    /// Structured entries in the systemd journal.
+    Journald,
 }
 
 /// Where this agent keeps standby images.
@@ -176,6 +186,9 @@ pub struct AgentConfig {
     /// Where the operator HTTP API listens (`[api] listen`, default
     /// [`DEFAULT_API_LISTEN`]).
     pub api_listen: String,
+    /// Where the Prometheus endpoint listens (`[metrics] listen`; `None`:
+    /// no endpoint).
+    pub metrics_listen: Option<String>,
 }
 
 impl Default for AgentConfig {
@@ -193,6 +206,7 @@ impl Default for AgentConfig {
             ceph: ferry_engine::rbd::ClusterSpec::default(),
             coalesce_gap: None,
             api_listen: DEFAULT_API_LISTEN.to_owned(),
+            metrics_listen: None,
         }
     }
 }
@@ -239,6 +253,7 @@ impl AgentConfig {
                 .api
                 .listen
                 .unwrap_or_else(|| DEFAULT_API_LISTEN.to_owned()),
+            metrics_listen: raw.metrics.listen,
             ..Self::default()
         };
         for fp in raw.trust {
@@ -362,10 +377,11 @@ impl AgentConfig {
         config.log_format = match raw.log.format.as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
+            Some("journald") => LogFormat::Journald,
             Some(other) => {
                 return Err(invalid(
                     "log.format",
-                    format!("{other:?} is not text or json"),
+                    format!("{other:?} is not text, json or journald"),
                 ))
             }
         };
@@ -411,6 +427,11 @@ pub const DEFAULT_CONFIG: &str = r#"# ferry-agent configuration. Every key is op
 # agent-to-agent API is served over mutual TLS on the QUIC listen port (TCP).
 # listen = "127.0.0.1:7480"
 
+[metrics]
+# A Prometheus endpoint (GET /metrics; address also in DIR/metrics.addr).
+# Off unless set; keep it on loopback or a management network.
+# listen = "127.0.0.1:9477"
+
 [transport]
 # Images replicated at once over one connection.
 # max_concurrent_images = 5
@@ -425,7 +446,7 @@ pub const DEFAULT_CONFIG: &str = r#"# ferry-agent configuration. Every key is op
 # zstd_level = 1
 
 [log]
-# format = "text"    # or "json"
+# format = "text"    # or "json", or "journald" (under systemd)
 "#;
 
 #[cfg(test)]
@@ -461,5 +482,13 @@ mod tests {
         assert_eq!(c.coalesce_gap, Some(16 * 1024));
         assert!(AgentConfig::parse("[standby]\nbackend = \"nfs\"\n", Path::new("x")).is_err());
         assert!(AgentConfig::parse("[standby]\nrbd_pool = \"x\"\n", Path::new("x")).is_err());
+        let c = AgentConfig::parse(
+            "[metrics]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"journald\"\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(c.metrics_listen.as_deref(), Some("127.0.0.1:0"));
+        assert_eq!(c.log_format, LogFormat::Journald);
+        assert!(AgentConfig::parse("[log]\nformat = \"xml\"\n", Path::new("x")).is_err());
     }
 }

@@ -1,7 +1,10 @@
 //! The agent process: opens the store, listens for trusted primaries,
 //! runs the control plane (orchestrator, operator and peer APIs), and reacts
 //! to signals (SIGHUP reloads QoS and trust, SIGTERM/SIGINT stop
-//! gracefully).
+//! gracefully). Under systemd it reports readiness (after the store is open
+//! and every listener bound), feeds the watchdog from its main loop while
+//! the engine is healthy, and reports reloads and the stop (see
+//! [`crate::service`]).
 
 use std::fs::{File, OpenOptions};
 use std::net::SocketAddr;
@@ -21,7 +24,9 @@ use tracing::{info, warn};
 
 use crate::api;
 use crate::config::{config_path, AgentConfig, StandbyBackend};
+use crate::metrics::Metrics;
 use crate::orchestrator::{Orchestrator, OrchestratorConfig};
+use crate::service::{check_health, Notifier};
 
 /// Holds the agent directory's lock: one agent (or offline command) per directory.
 #[derive(Debug)]
@@ -66,16 +71,29 @@ pub struct RunningStandby {
 }
 
 impl RunningStandby {
+    /// Whether the accept loop still runs.
+    pub fn is_serving(&self) -> bool {
+        !self.task.is_finished()
+    }
+
     /// Stops accepting, closes connections (in-flight batches that were not
     /// acknowledged are simply resent by the primary later) and waits briefly.
     pub async fn shutdown(self) {
+        self.shutdown_shared(0).await;
+    }
+
+    /// [`RunningStandby::shutdown`] when `others` long-lived owners (the
+    /// orchestrator) keep a handle on the receiver: waits for the stager
+    /// threads only, not for those owners.
+    pub async fn shutdown_shared(self, others: usize) {
         self.endpoint
             .close(quinn::VarInt::from_u32(0), b"agent shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(5), self.endpoint.wait_idle()).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
         // Stager threads finish their last fsync and drop the store.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while Arc::strong_count(&self.context) > 1 && std::time::Instant::now() < deadline {
+        while Arc::strong_count(&self.context) > 1 + others && std::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -164,9 +182,31 @@ pub async fn run(
             .copied()
             .chain(trust_flags.iter().copied()),
     );
+    let notifier = Notifier::from_env();
+    let metrics = Arc::new(Metrics::new());
     let (standby, peer_tcp) = start_standby_with_peer_port(&dir, listen, &trust, &config).await?;
     let identity = Identity::load(&dir)?;
-    let control = start_control(&dir, &standby, peer_tcp, &trust, &config, &identity).await?;
+    let control = start_control(
+        &dir,
+        &standby,
+        peer_tcp,
+        &trust,
+        &config,
+        &identity,
+        metrics.clone(),
+    )
+    .await?;
+    let metrics_addr = match &config.metrics_listen {
+        Some(listen) => {
+            let addr: SocketAddr = tokio::net::lookup_host(listen)
+                .await
+                .with_context(|| format!("resolving [metrics] listen {listen}"))?
+                .next()
+                .with_context(|| format!("[metrics] listen {listen} resolves to nothing"))?;
+            Some(crate::metrics::serve(&dir, addr, metrics.clone()).await?)
+        }
+        None => None,
+    };
     if trust.list().is_empty() {
         warn!("no trusted peers: replication from other agents is refused until a service is paired (ferry service key / create) or --trust FINGERPRINT is given");
     }
@@ -175,9 +215,27 @@ pub async fn run(
         api = %control.api_addr,
         fingerprint = %identity.fingerprint(),
         trusted = trust.list().len(),
+        metrics = ?metrics_addr,
         receive_limit = ?config.receive_limit,
         "ferry-agent ready"
     );
+    let status = || {
+        format!(
+            "QUIC on {}, API on {}, {} trusted peer(s)",
+            standby.addr,
+            control.api_addr,
+            trust.list().len()
+        )
+    };
+    notifier.ready(&status());
+    // The watchdog is fed from this loop, after a health check: if the loop
+    // wedges, or the engine behind it does, the pings stop and systemd
+    // restarts the agent. Without WatchdogSec= the tick never fires.
+    let ping_interval = notifier.watchdog_ping_interval();
+    let mut watchdog_tick =
+        tokio::time::interval(ping_interval.unwrap_or(Duration::from_secs(3600)));
+    watchdog_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut withheld = false;
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
@@ -203,7 +261,27 @@ pub async fn run(
                     }
                 }
             }
+            _ = watchdog_tick.tick(), if ping_interval.is_some() => {
+                let orch = control.orch.clone();
+                let deadline = ping_interval.unwrap_or(Duration::from_secs(1));
+                match check_health(standby.is_serving(), move || { let _ = orch.probe_store(); }, deadline).await {
+                    Ok(()) => {
+                        if withheld {
+                            info!("healthy again; feeding the watchdog");
+                            notifier.status(&status());
+                            withheld = false;
+                        }
+                        notifier.watchdog();
+                    }
+                    Err(reason) => {
+                        warn!(%reason, "unhealthy: withholding the watchdog ping (systemd restarts the agent if this lasts)");
+                        notifier.status(&format!("unhealthy: {reason}; watchdog withheld"));
+                        withheld = true;
+                    }
+                }
+            }
             _ = hangup.recv() => {
+                notifier.reloading();
                 match AgentConfig::load(cfg_path.as_deref()) {
                     Ok(new) => {
                         standby.context.write_limit.set_rate(new.receive_limit);
@@ -221,14 +299,18 @@ pub async fn run(
                     }
                     Err(error) => warn!(%error, "configuration reload failed; keeping the old settings"),
                 }
+                notifier.reloaded(&status());
             }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         }
     }
     info!("shutting down");
+    notifier.stopping();
     control.orch.shutdown().await;
-    standby.shutdown().await;
+    // The orchestrator keeps its handle on the receiver until the process
+    // ends; waiting for it would only add the full timeout to every stop.
+    standby.shutdown_shared(1).await;
     Ok(())
 }
 
@@ -297,6 +379,7 @@ pub async fn start_control(
     trust: &TrustStore,
     config: &AgentConfig,
     identity: &Identity,
+    metrics: Arc<Metrics>,
 ) -> Result<RunningControl> {
     let token = api::ensure_token(dir)?;
     let orch = Orchestrator::open(OrchestratorConfig {
@@ -305,6 +388,7 @@ pub async fn start_control(
         trust: trust.clone(),
         receiver: standby.context.clone(),
         send_limit: config.send_limit,
+        metrics,
     })?;
     let peer_listener =
         api::tls::TlsListener::from_std(peer_tcp, api::tls::server_config(identity)?)?;

@@ -14,23 +14,14 @@ pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod diffcmd;
+pub mod docgen;
 pub mod imagegen;
+pub mod logging;
+pub mod metrics;
 pub mod orchestrator;
 pub mod schedule;
+pub mod service;
 pub mod units;
 pub mod uri;
 
-/// Sets up logging to stderr: `RUST_LOG` wins, else `default_level`.
-pub fn init_logging(default_level: &str, json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if json {
-        let _ = builder.json().try_init();
-    } else {
-        let _ = builder.try_init();
-    }
-}
+pub use logging::init_logging;

@@ -52,6 +52,7 @@ use crate::control::{
     ResourceKind, ResourceState, Retention, Role, RpKind, RpState, Service, Store, StoreError,
     Timestamp, Transition,
 };
+use crate::metrics::{ErrorKind, GroupLive, ImageLive, LiveSnapshot, LiveSource, Metrics};
 use crate::schedule::PolicySchedule;
 use crate::uri::{SourceUri, TargetUri};
 
@@ -174,6 +175,12 @@ pub struct ResourceProgress {
     pub rate: u64,
     /// Phase of the current cycle.
     pub phase: String,
+    /// QUIC smoothed round-trip time to the standby, ms (once sending).
+    pub rtt_ms: Option<f64>,
+    /// QUIC congestion window, bytes (once sending).
+    pub cwnd: Option<u64>,
+    /// Packets lost on the current QUIC connection (once sending).
+    pub lost_packets: Option<u64>,
 }
 
 /// Live replication progress of one group (primary side).
@@ -202,6 +209,7 @@ pub struct GroupProgress {
 
 struct CycleDone {
     engine_rp: u64,
+    report: ferry_engine::session::sender::GroupReport,
 }
 
 /// A named recovery point asked of a group's replication loop: the next
@@ -230,6 +238,8 @@ pub struct OrchestratorConfig {
     pub receiver: Arc<ReceiverContext>,
     /// Initial send limit.
     pub send_limit: Option<u64>,
+    /// Where cycle results are counted (served by `[metrics] listen`).
+    pub metrics: Arc<Metrics>,
 }
 
 /// The control plane of one agent (see the module doc).
@@ -245,6 +255,7 @@ pub struct Orchestrator {
     syncs: Mutex<HashMap<GroupId, SyncLoop>>,
     progress: Mutex<HashMap<GroupId, GroupProgress>>,
     api_addr: Mutex<Option<SocketAddr>>,
+    metrics: Arc<Metrics>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -290,7 +301,10 @@ impl Orchestrator {
             syncs: Mutex::new(HashMap::new()),
             progress: Mutex::new(HashMap::new()),
             api_addr: Mutex::new(None),
+            metrics: cfg.metrics,
         });
+        let live: Arc<dyn LiveSource> = orch.clone();
+        orch.metrics.attach(Arc::downgrade(&live));
         if let Some(q) = orch.load_qos() {
             orch.apply_qos(&q);
         }
@@ -1093,6 +1107,12 @@ impl Orchestrator {
 
     // ---------------------------------------------------- recovery points
 
+    /// Takes the control store's lock and reads from it (the watchdog's
+    /// health probe: a store wedged on a hung disk never answers).
+    pub fn probe_store(&self) -> CtlResult<()> {
+        self.db(|s| s.groups()).map(|_| ())
+    }
+
     /// Recovery points of a group.
     pub fn recovery_points(&self, key: &str) -> CtlResult<Vec<RecoveryPoint>> {
         let g = self.group(key)?;
@@ -1544,9 +1564,22 @@ impl Orchestrator {
             self.set_progress(gid, |p| {
                 p.state = "replicating".into();
             });
-            let result = self.run_cycle(gid).await;
+            let name = self
+                .db(|s| s.group(gid))
+                .map(|g| g.name)
+                .unwrap_or_else(|_| gid.to_string());
+            let span = tracing::info_span!("cycle", group = %name, peer = tracing::field::Empty);
+            let result = tracing::Instrument::instrument(self.run_cycle(gid), span).await;
             let pause = match &result {
                 Ok(done) => {
+                    self.metrics.record_cycle(&name, &done.report);
+                    let changed: u64 = done.report.images.iter().map(|r| r.bytes_changed).sum();
+                    let sent: u64 = done.report.images.iter().map(|r| r.bytes_sent).sum();
+                    if changed > 0 {
+                        info!(group = %name, recovery_point = done.engine_rp, bytes_changed = changed, bytes_sent = sent, seconds = done.report.seconds, "replication cycle committed");
+                    } else {
+                        tracing::debug!(group = %name, recovery_point = done.engine_rp, "replication cycle committed (no changes)");
+                    }
                     self.set_progress(gid, |p| {
                         p.state = "waiting".into();
                         p.cycles += 1;
@@ -1573,7 +1606,9 @@ impl Orchestrator {
                 }
                 Err(e) => {
                     let text = error_chain(e);
-                    warn!(group = %gid, error = %text, "replication cycle failed; retrying");
+                    let kind = error_kind(e);
+                    self.metrics.record_failure(&name, kind);
+                    warn!(group = %name, kind = kind.as_str(), error = %text, "replication cycle failed; retrying");
                     self.set_progress(gid, |p| {
                         p.state = "retrying".into();
                         p.last_error = Some(text.clone());
@@ -1617,6 +1652,7 @@ impl Orchestrator {
         if resources.is_empty() {
             return Err(CtlError::BadRequest("the group has no resources".into()));
         }
+        tracing::Span::current().record("peer", tracing::field::display(svc.remote_fingerprint));
         let addr = Self::resolve(&svc.remote_endpoint).await?;
         let mut pairs = Vec::with_capacity(resources.len());
         for r in &resources {
@@ -1644,6 +1680,11 @@ impl Orchestrator {
             if let Some(me) = me.upgrade() {
                 me.set_progress(gid, |p| {
                     if let Some(r) = p.resources.get_mut(index) {
+                        if let Some(path) = sp.connection {
+                            r.rtt_ms = Some(path.rtt.as_secs_f64() * 1000.0);
+                            r.cwnd = Some(path.cwnd);
+                            r.lost_packets = Some(path.lost_packets);
+                        }
                         r.bytes_total = sp.image_size;
                         r.bytes_remaining = sp.image_size.saturating_sub(sp.bytes_scanned);
                         r.bytes_sent = sp.bytes_sent;
@@ -1676,6 +1717,7 @@ impl Orchestrator {
         }
         Ok(CycleDone {
             engine_rp: report.recovery_point,
+            report,
         })
     }
 
@@ -2508,6 +2550,75 @@ impl Orchestrator {
 
 /// The newest engine recovery point every image holds (a group recovery
 /// point: one id across the group's images).
+/// The `kind` label a failed cycle is counted under.
+fn error_kind(e: &CtlError) -> ErrorKind {
+    use ferry_engine::session::sender::SyncError;
+    match e {
+        CtlError::Store(_) => ErrorKind::Store,
+        CtlError::BadRequest(_) => ErrorKind::Config,
+        CtlError::Peer { .. } | CtlError::Forbidden { .. } => ErrorKind::Peer,
+        CtlError::Internal { source, .. } => source
+            .chain()
+            .find_map(|c| c.downcast_ref::<SyncError>())
+            .map_or(ErrorKind::Other, |sync| match sync {
+                SyncError::Transport(_) => ErrorKind::Transport,
+                SyncError::LinkLost { .. } => ErrorKind::LinkLost,
+                SyncError::Framing(_) | SyncError::Peer { .. } | SyncError::Protocol(_) => {
+                    ErrorKind::Peer
+                }
+                SyncError::Source(_) | SyncError::Pipeline(_) => ErrorKind::Source,
+            }),
+    }
+}
+
+impl LiveSource for Orchestrator {
+    fn live(&self) -> LiveSnapshot {
+        let groups = self.groups().unwrap_or_default();
+        let replicating: Vec<GroupId> = lock(&self.syncs).keys().copied().collect();
+        let groups = groups
+            .into_iter()
+            .map(|g| {
+                let progress = self.progress_of(g.id);
+                let recovery_points = self
+                    .db(|s| s.recovery_points(g.id))
+                    .map_or(0, |r| r.len() as u64);
+                GroupLive {
+                    group: g.name.clone(),
+                    rpo_lag_seconds: progress.as_ref().and_then(|p| p.rpo_lag_secs),
+                    last_recovery_point: progress.as_ref().and_then(|p| p.last_recovery_point),
+                    recovery_points,
+                    replicating: replicating.contains(&g.id),
+                    images: progress
+                        .map(|p| {
+                            p.resources
+                                .into_iter()
+                                .map(|r| ImageLive {
+                                    image: r.image,
+                                    remaining_bytes: r.bytes_remaining,
+                                    rate: r.rate,
+                                    rtt_seconds: r.rtt_ms.map(|ms| ms / 1000.0),
+                                    cwnd_bytes: r.cwnd,
+                                    lost_packets: r.lost_packets,
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                }
+            })
+            .collect();
+        LiveSnapshot {
+            groups,
+            standby: self.receiver.counters(),
+            standby_images: self
+                .receiver
+                .activity()
+                .into_iter()
+                .map(|(image, a)| (image.to_string(), a.rate))
+                .collect(),
+        }
+    }
+}
+
 fn latest_common_point(receiver: &ReceiverContext, images: &[ImageName]) -> CtlResult<u64> {
     let mut common: Option<Vec<u64>> = None;
     for image in images {

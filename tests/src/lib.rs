@@ -156,11 +156,7 @@ impl Agent {
         loop {
             let text = self.log_text();
             if let Some(line) = text.lines().find(|l| l.contains("ferry-agent ready")) {
-                let addr = line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("listen="))
-                    .expect("ready line names the listen address");
-                return addr.parse().expect("listen address parses");
+                return ready_line_listen(line);
             }
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
@@ -282,6 +278,25 @@ impl Agent {
         }
     }
 
+    /// SIGTERMs the agent and returns how it exited (`None`: still running
+    /// after 30 s, then SIGKILLed).
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        kill(child.id() as i32, libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// SIGTERMs the agent and waits for a clean exit.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -300,6 +315,24 @@ impl Agent {
             }
         }
     }
+}
+
+/// The listen address named by the agent's "ferry-agent ready" log line,
+/// in text (`listen=ADDR`) or JSON (`"listen":"ADDR"`) format.
+pub fn ready_line_listen(line: &str) -> SocketAddr {
+    let addr = if line.trim_start().starts_with('{') {
+        let event: serde_json::Value = serde_json::from_str(line).expect("a JSON log line parses");
+        event["fields"]["listen"]
+            .as_str()
+            .expect("ready event has a listen field")
+            .to_owned()
+    } else {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix("listen="))
+            .expect("ready line names the listen address")
+            .to_owned()
+    };
+    addr.parse().expect("listen address parses")
 }
 
 impl Drop for Agent {

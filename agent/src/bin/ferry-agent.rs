@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
-use ferry_agent::config::{config_path, AgentConfig, LogFormat, DEFAULT_CONFIG};
+use clap::{CommandFactory, Parser, Subcommand};
+use ferry_agent::config::{config_path, AgentConfig, DEFAULT_CONFIG};
 use ferry_agent::units::human_bytes;
 use ferry_engine::identity::Identity;
 use ferry_engine::standby::Standby;
@@ -13,7 +13,7 @@ use ferry_protocol::{AgentId, ImageName, RecoveryPointId};
 
 /// ferry agent: keeps standby copies of block images, replicated over QUIC.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(name = "ferry-agent", version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -27,6 +27,10 @@ enum Command {
         /// Agent data directory.
         #[arg(long)]
         dir: PathBuf,
+        /// Succeed without changes when DIR already holds an identity (for
+        /// package install scripts); the fingerprint is printed either way.
+        #[arg(long)]
+        if_missing: bool,
     },
     /// Run the agent: accept replication from trusted primaries into DIR/images.
     Run {
@@ -75,6 +79,16 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Print the shell completion script for SHELL on stdout.
+    GenCompletions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: ferry_agent::docgen::Shell,
+    },
+    /// Write man pages (ferry-agent.1 and one per subcommand) into DIR.
+    GenMan {
+        /// Output directory (created if missing).
+        dir: PathBuf,
+    },
     /// Return a standby image whose epoch was interrupted (an RBD image
     /// torn mid-apply) to its last recovery point (agent must be stopped).
     Rollback {
@@ -107,8 +121,21 @@ async fn open_store_offline(
 
 async fn main_inner(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Init { dir } => {
-            let identity = Identity::create(&dir)?;
+        Command::Init { dir, if_missing } => {
+            let identity = match Identity::create(&dir) {
+                Err(ferry_engine::identity::IdentityError::AlreadyExists { .. }) if if_missing => {
+                    let identity = Identity::load(&dir)?;
+                    ferry_agent::api::ensure_token(&dir)?;
+                    println!(
+                        "identity already present in {}",
+                        dir.join("identity").display()
+                    );
+                    println!("fingerprint:");
+                    println!("{}", identity.fingerprint());
+                    return Ok(());
+                }
+                other => other?,
+            };
             let config = dir.join("config.toml");
             if !config.exists() {
                 std::fs::write(&config, DEFAULT_CONFIG)
@@ -134,7 +161,7 @@ async fn main_inner(cli: Cli) -> Result<()> {
             api_listen,
         } => {
             let cfg = AgentConfig::load(config_path(&dir, config.as_deref()).as_deref())?;
-            ferry_agent::init_logging("info", cfg.log_format == LogFormat::Json);
+            ferry_agent::init_logging("info", cfg.log_format);
             let trust = parse_fingerprints(&trust)?;
             ferry_agent::daemon::run(dir, listen, trust, config, api_listen).await?;
         }
@@ -200,6 +227,14 @@ async fn main_inner(cli: Cli) -> Result<()> {
                 "restored {image} at recovery point {rp} to {}",
                 out.display()
             );
+        }
+        Command::GenCompletions { shell } => {
+            ferry_agent::docgen::write_completions(Cli::command(), shell, &mut std::io::stdout());
+        }
+        Command::GenMan { dir } => {
+            for page in ferry_agent::docgen::write_man_pages(Cli::command(), &dir)? {
+                println!("{}", page.display());
+            }
         }
         Command::Rollback { dir, image } => {
             let image = ImageName::new(image)?;

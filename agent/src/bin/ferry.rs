@@ -6,13 +6,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use ferry_agent::uri::{SourceUri, TargetUri};
 use ferry_protocol::AgentId;
 
 /// ferry: disaster-recovery replication of block images.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(name = "ferry", version, about)]
 struct Cli {
     /// How to reach the agent (control commands): --dir DIR, or --agent URL --token T.
     #[command(flatten)]
@@ -132,6 +132,16 @@ enum Command {
         /// Print a JSON report on stdout.
         #[arg(long)]
         json: bool,
+    },
+    /// Print the shell completion script for SHELL on stdout.
+    GenCompletions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: ferry_agent::docgen::Shell,
+    },
+    /// Write man pages (ferry.1 and one per subcommand) into DIR.
+    GenMan {
+        /// Output directory (created if missing).
+        dir: PathBuf,
     },
     /// Start a primary and a standby on loopback and show replication, resume
     /// after a link cut, verification and restore.
@@ -332,6 +342,16 @@ async fn main_inner(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::GenCompletions { shell } => {
+            ferry_agent::docgen::write_completions(Cli::command(), shell, &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::GenMan { dir } => {
+            for page in ferry_agent::docgen::write_man_pages(Cli::command(), &dir)? {
+                println!("{}", page.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo { size, keep } => {
             let size = ferry_agent::units::parse_bytes(&size)?;
             let temp;
@@ -380,7 +400,7 @@ fn source_name(source: &SourceUri) -> String {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    ferry_agent::init_logging("warn", false);
+    ferry_agent::init_logging("warn", ferry_agent::config::LogFormat::Text);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -49,6 +49,30 @@ pub struct ImageActivity {
     pub nacks: u64,
 }
 
+/// Totals of a receiver since it started (for metrics; never reset).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReceiverCounters {
+    /// Payload bytes of accepted batches as they came off the wire.
+    pub bytes_received: u64,
+    /// Plain data bytes staged durably into standby images.
+    pub bytes_applied: u64,
+    /// Extents staged (data and zeroed ranges).
+    pub extents: u64,
+    /// Batches rejected and asked for again.
+    pub nacks: u64,
+    /// Recovery points committed.
+    pub commits: u64,
+}
+
+#[derive(Default)]
+struct Totals {
+    bytes_received: AtomicU64,
+    bytes_applied: AtomicU64,
+    extents: AtomicU64,
+    nacks: AtomicU64,
+    commits: AtomicU64,
+}
+
 /// Shared state of a standby agent's receiver.
 pub struct ReceiverContext {
     /// The durable store of standby images.
@@ -64,6 +88,7 @@ pub struct ReceiverContext {
     /// over from a connection whose link died silently.
     holders: Mutex<HashMap<ImageName, (u64, quinn::Connection)>>,
     next_connection: AtomicU64,
+    totals: Totals,
 }
 
 impl ReceiverContext {
@@ -82,12 +107,25 @@ impl ReceiverContext {
             activity: Mutex::default(),
             holders: Mutex::default(),
             next_connection: AtomicU64::new(1),
+            totals: Totals::default(),
         })
     }
 
     /// A snapshot of what every image is doing.
     pub fn activity(&self) -> HashMap<ImageName, ImageActivity> {
         lock(&self.activity).clone()
+    }
+
+    /// Totals since the receiver started.
+    pub fn counters(&self) -> ReceiverCounters {
+        let t = &self.totals;
+        ReceiverCounters {
+            bytes_received: t.bytes_received.load(Ordering::Relaxed),
+            bytes_applied: t.bytes_applied.load(Ordering::Relaxed),
+            extents: t.extents.load(Ordering::Relaxed),
+            nacks: t.nacks.load(Ordering::Relaxed),
+            commits: t.commits.load(Ordering::Relaxed),
+        }
     }
 
     fn update_activity(&self, image: &ImageName, f: impl FnOnce(&mut ImageActivity)) {
@@ -325,6 +363,7 @@ async fn serve_control(
                 let store = ctx.store.clone();
                 let started = Instant::now();
                 tokio::task::spawn_blocking(move || store.commit(meta, sealed)).await??;
+                ctx.totals.commits.fetch_add(1, Ordering::Relaxed);
                 info!(
                     recovery_point = %commit.recovery_point,
                     images = commit.images.len(),
@@ -627,7 +666,14 @@ fn stage_loop(
                             scan_end: batch.scan_end,
                             extents,
                         };
+                        let extent_count = staged.extents.len() as u64;
                         epoch_writer.stage(staged)?;
+                        let totals = &ctx.totals;
+                        totals
+                            .bytes_received
+                            .fetch_add(batch.payload.len() as u64, Ordering::Relaxed);
+                        totals.bytes_applied.fetch_add(plain, Ordering::Relaxed);
+                        totals.extents.fetch_add(extent_count, Ordering::Relaxed);
                         expected = expected.next();
                         unsynced += plain.max(1);
                         meter.record(plain, Instant::now());
@@ -643,6 +689,7 @@ fn stage_loop(
                     Err(error) => {
                         warn!(%image, %epoch, seq = %batch.seq, %error, "rejected a batch; asking for it again");
                         ctx.update_activity(&image, |a| a.nacks += 1);
+                        ctx.totals.nacks.fetch_add(1, Ordering::Relaxed);
                         let _ = output.send(StagerOutput::Nack(Nack {
                             image: image.clone(),
                             epoch,

@@ -95,6 +95,38 @@ pub struct SyncProgress {
     pub durable_seq: SeqNo,
     /// What the sync is doing.
     pub phase: &'static str,
+    /// The QUIC path to the standby as last seen (`None` before the first
+    /// batch).
+    pub connection: Option<PathSnapshot>,
+}
+
+/// QUIC path statistics of the connection an image is sent on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PathSnapshot {
+    /// Smoothed round-trip time.
+    pub rtt: Duration,
+    /// Congestion window, bytes.
+    pub cwnd: u64,
+    /// Packets declared lost on this connection.
+    pub lost_packets: u64,
+    /// Packets sent on this connection.
+    pub sent_packets: u64,
+    /// Congestion events (loss or ECN) on this connection.
+    pub congestion_events: u64,
+}
+
+impl PathSnapshot {
+    /// Reads the current path statistics of `connection`.
+    pub fn of(connection: &quinn::Connection) -> Self {
+        let path = connection.stats().path;
+        Self {
+            rtt: path.rtt,
+            cwnd: path.cwnd,
+            lost_packets: path.lost_packets,
+            sent_packets: path.sent_packets,
+            congestion_events: path.congestion_events,
+        }
+    }
 }
 
 /// What a completed sync did.
@@ -116,6 +148,8 @@ pub struct SyncReport {
     pub bytes_changed: u64,
     /// All-zero bytes found while scanning.
     pub bytes_zero: u64,
+    /// Extents sent (data and zeroed ranges, first sends only).
+    pub extents: u64,
     /// Plain bytes of changed data.
     pub bytes_plain_data: u64,
     /// Payload bytes on the wire (after compression), including resends.
@@ -899,7 +933,7 @@ async fn transfer_image(links: &Links, plan: Planned) -> Result<Transferred, Syn
         progress,
     } = job;
     let target = links.target(&image);
-    let (mut generation, connection) = links.current().await;
+    let (mut generation, mut connection) = links.current().await;
     let mut stream =
         match open_image_stream_on(&connection, &open, &target, &links.identity, &links.options)
             .await
@@ -908,7 +942,10 @@ async fn transfer_image(links: &Links, plan: Planned) -> Result<Transferred, Syn
             Err(e) if is_retryable(&e) => {
                 let (g, c) = links.reconnect(generation, &e).await?;
                 generation = g;
-                open_image_stream_on(&c, &open, &target, &links.identity, &links.options).await?
+                let s = open_image_stream_on(&c, &open, &target, &links.identity, &links.options)
+                    .await?;
+                connection = c;
+                s
             }
             Err(e) => return Err(e),
         };
@@ -985,6 +1022,7 @@ async fn transfer_image(links: &Links, plan: Planned) -> Result<Transferred, Syn
                                 continue;
                             }
                             pending_empty_since = chunk.scan_end;
+                            transfer.report.extents += chunk.extents.len() as u64;
                             let seq = transfer.next_seq;
                             transfer.next_seq = seq.next();
                             let item = InFlight {
@@ -1023,6 +1061,7 @@ async fn transfer_image(links: &Links, plan: Planned) -> Result<Transferred, Syn
                     },
                 }
                 transfer.progress.rate = transfer.meter.rate(Instant::now());
+                transfer.progress.connection = Some(PathSnapshot::of(&connection));
                 let _ = progress.send(transfer.progress.clone());
             }
         }
@@ -1043,7 +1082,7 @@ async fn transfer_image(links: &Links, plan: Planned) -> Result<Transferred, Syn
                         match open_image_stream_on(&c, &open, &target, &links.identity, options)
                             .await
                         {
-                            Ok(s) => return Ok::<_, SyncError>((g, s)),
+                            Ok(s) => return Ok::<_, SyncError>((g, s, c)),
                             Err(e) if is_retryable(&e) && Instant::now() < deadline => {
                                 failed = g;
                                 last = e;
@@ -1053,12 +1092,13 @@ async fn transfer_image(links: &Links, plan: Planned) -> Result<Transferred, Syn
                     }
                 }
                 .await;
-                let (g, new_stream) = match reopened {
+                let (g, new_stream, new_connection) = match reopened {
                     Ok(x) => x,
                     Err(e) => break Err(e),
                 };
                 generation = g;
                 stream = new_stream;
+                connection = new_connection;
                 transfer.report.reconnects += 1;
                 transfer.progress.reconnects += 1;
                 transfer.progress.phase = "sending";
