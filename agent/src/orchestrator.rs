@@ -23,6 +23,8 @@
 //!   peer step; the others are rolled back / failed with the reason
 //!   "interrupted by an agent restart". Groups in `syncing` resume replicating.
 
+mod rbd_migration;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -1696,18 +1698,8 @@ impl Orchestrator {
         let g = self.group(key)?;
         let resources = self.db(|s| s.resources(g.id))?;
         let split_vms = self.split_vms(&g, &resources)?;
-        if !matches!(
-            self.receiver.store,
-            ferry_engine::standby::Standby::Files(_)
-        ) || resources
-            .iter()
-            .any(|r| !matches!(SourceUri::parse(&r.uri), Ok(SourceUri::File(_))))
-        {
-            return Err(CtlError::BadRequest(
-                "planned migration is implemented for file: volumes and the files standby backend"
-                    .into(),
-            ));
-        }
+        rbd_migration::migration_kind(&self.receiver.store, &resources, "primary")
+            .map_err(CtlError::BadRequest)?;
         let op =
             self.db(|s| s.begin_checked(g.id, &OpRequest::Migrate { split_vms }, &json!({})))?;
         let me = self.clone();
@@ -1779,6 +1771,27 @@ impl Orchestrator {
             )
             .await?
         };
+        let kind = rbd_migration::migration_kind(&self.receiver.store, &resources, "primary")
+            .map_err(CtlError::BadRequest)?;
+        if kind == rbd_migration::MigrationKind::Rbd {
+            let peer = self.db(|s| s.service(g.service_id))?.remote_fingerprint;
+            let renames = match self.verify_and_adopt_rbd(g, peer, &resources, &plan).await {
+                Ok(renames) => renames,
+                Err((e, abort)) => {
+                    if abort && !plan.completed {
+                        let _ = self.peer_migrate(g, &MigrateStep::Abort).await;
+                    }
+                    return Err(e);
+                }
+            };
+            if !plan.completed {
+                self.peer_migrate(g, &MigrateStep::Commit).await?;
+            }
+            self.db(|s| s.mark_recovery_points_unusable(g.id, None))?;
+            self.forget_rbd_sources(peer, &resources).await;
+            info!(group = %g.name, "planned migration done; this site is now the standby");
+            return Ok(renames);
+        }
         // Verify: the new volumes equal the (quiesced) sources here.
         let mut checked = Vec::with_capacity(resources.len());
         for r in &resources {
@@ -1896,6 +1909,12 @@ impl Orchestrator {
                         }
                         .into());
                     }
+                    let resources = self.db(|s| s.resources(g.id))?;
+                    rbd_migration::migration_kind(&self.receiver.store, &resources, "standby")
+                        .map_err(CtlError::BadRequest)?;
+                    if g.state == GroupState::Syncing {
+                        self.reset_rbd_volumes(&g)?;
+                    }
                     let t = Transition {
                         op: OpKind::Migrate,
                         from: g.state,
@@ -1914,9 +1933,20 @@ impl Orchestrator {
             }
             MigrateStep::Prepare { engine_rp } => {
                 running()?;
-                let plan = self
-                    .materialise_for_migration(&g, caller, *engine_rp)
-                    .await?;
+                let resources = self.db(|s| s.resources(g.id))?;
+                let kind =
+                    rbd_migration::migration_kind(&self.receiver.store, &resources, "standby")
+                        .map_err(CtlError::BadRequest)?;
+                let plan = match kind {
+                    rbd_migration::MigrationKind::Files => {
+                        self.materialise_for_migration(&g, caller, *engine_rp)
+                            .await?
+                    }
+                    rbd_migration::MigrationKind::Rbd => {
+                        self.materialise_rbd_for_migration(&g, caller, *engine_rp)
+                            .await?
+                    }
+                };
                 let bytes = serde_json::to_vec_pretty(&plan)
                     .map_err(|e| internal("encoding the migration plan")(e.into()))?;
                 write_durably(&plan_path.with_extension("tmp"), &plan_path, &bytes)
@@ -1949,6 +1979,9 @@ impl Orchestrator {
             }
             MigrateStep::Abort => {
                 if let Ok(op) = running() {
+                    if matches!(self.receiver.store, ferry_engine::standby::Standby::Rbd(_)) {
+                        self.remove_rbd_volumes(&g).await?;
+                    }
                     let dir = self.dir.join("volumes").join(&g.name);
                     let _ = std::fs::remove_dir_all(&dir);
                     self.db(|s| s.finish_operation(op.id, OpResult::RolledBack))?;
