@@ -1686,12 +1686,14 @@ impl Orchestrator {
     /// Planned migration (primary; the operator has quiesced the volumes):
     /// stops continuous replication, runs a final cycle (everything written
     /// before the command), has the standby write each image as it is at
-    /// that recovery point into a new volume `DIR/volumes/GROUP/IMAGE.raw`
-    /// and checks its BLAKE3 against the source here, installs each source
-    /// here as the standby copy at the same epoch, then the roles swap:
-    /// both sides `mapped`, resources named by the new primary's volumes,
-    /// and the new primary's first sync is incremental (only blocks written
-    /// after the swap cross the link). Files backend. A retry after a
+    /// that recovery point into a new volume (`DIR/volumes/GROUP/IMAGE.raw`,
+    /// or a new RBD image: see [`rbd_migration`]) and checks its BLAKE3
+    /// against the source here, installs each source here as the standby
+    /// copy at the same epoch, then the roles swap: both sides `mapped`,
+    /// resources named by the new primary's volumes, and the new primary's
+    /// first sync is incremental (only blocks written after the swap cross
+    /// the link). `file:` volumes need the files backend on both agents,
+    /// `rbd:` volumes the RBD backend on both. A retry after a
     /// failure or restart (`migration_failed`) picks up where the standby
     /// is, including a standby that already completed its side.
     pub fn migrate(self: &Arc<Self>, key: &str) -> CtlResult<Operation> {
