@@ -1106,6 +1106,111 @@ fn lab_rbd_group_migrates_and_replicates_back_incrementally() {
     ok(&b, &["group", "delete", "g1", "--wait"]);
 }
 
+/// SIGKILL of the old primary during an RBD planned migration, restart,
+/// retry if it failed: the migration completes, the new volume holds the
+/// quiesced source, and no earlier attempt's image is left on either side.
+#[test]
+fn lab_rbd_migration_killed_and_retried_completes() {
+    use ferry_e2e::lab::{self, rbd};
+    if !lab::enabled() {
+        return;
+    }
+    let tag = format!("kmig{}", std::process::id());
+    let image = format!("ferry-t-{tag}-0");
+    let _cleanup = RbdCleanup(tag.clone());
+    rbd(
+        "site-a",
+        &["create", "--size", "32", &format!("rbd/{image}")],
+    );
+    lab::pyrbd(
+        "site-a",
+        &image,
+        "r = random.Random(7)\nfor i in range(1024):\n    img.write(r.randbytes(4096), r.randrange(0, 8192) * 4096)",
+    );
+    let config = |site: &str| {
+        format!("[standby]\nbackend = \"rbd\"\nrbd_pool = \"rbd\"\n[ceph]\ncluster = \"{site}\"\n")
+    };
+    let mut s = paired_with(Some(&config("site-a")), Some(&config("site-b")));
+    let a = s.a_dir().to_path_buf();
+    let b = s.b_dir().to_path_buf();
+    let uri = format!("rbd:rbd/{image}");
+    ok(&a, &["group", "create", "g1", "--wait"]);
+    ok(&a, &["group", "add", "g1", &uri, "--wait"]);
+    ok(&a, &["group", "start", "g1", "--wait"]);
+    ok(&a, &["rp", "create", "g1", "--name", "r1", "--wait"]);
+    lab::pyrbd("site-a", &image, "img.write(b'k' * 65536, 5 * 1048576)");
+    let scratch = s.path("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let export_hash = |site: &str, spec: &str| {
+        let file = scratch.join("export.raw");
+        let _ = std::fs::remove_file(&file);
+        rbd(site, &["export", spec, &file.display().to_string()]);
+        hash_file(&file)
+    };
+    let want = export_hash("site-a", &format!("rbd/{image}"));
+
+    let op = ok(&a, &["group", "migrate", "g1"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    s.a.restart(&[]);
+    wait_op_finished(&a, &op);
+    let interrupted = group_state(&a, "g1") == "migration_failed";
+    println!("migration interrupted by the kill: {interrupted}");
+    if interrupted {
+        let op = ok(&a, &["group", "migrate", "g1", "--wait"]);
+        assert_eq!(op["state"]["state"], "succeeded", "{op}");
+    }
+    let ga = ok(&a, &["group", "show", "g1"]);
+    let gb = ok(&b, &["group", "show", "g1"]);
+    assert_eq!(
+        (ga["group"]["role"].as_str(), ga["group"]["state"].as_str()),
+        (Some("standby"), Some("mapped")),
+        "{ga}"
+    );
+    assert_eq!(gb["group"]["role"], "primary", "{gb}");
+    let r = &gb["resources"][0];
+    let standby = r["standby_target"].as_str().unwrap().to_owned();
+    let new = r["uri"]
+        .as_str()
+        .and_then(|u| u.strip_prefix("rbd:rbd/"))
+        .unwrap_or_else(|| panic!("the new volume is not in rbd/: {gb}"))
+        .to_owned();
+    assert_eq!(export_hash("site-b", &format!("rbd/{new}")), want);
+    assert_eq!(export_hash("site-a", &format!("rbd/{standby}")), want);
+    let ours = |site: &str| {
+        let mut names: Vec<String> = String::from_utf8_lossy(&rbd(site, &["ls", "rbd"]).stdout)
+            .lines()
+            .filter(|l| l.contains(tag.as_str()))
+            .map(str::to_owned)
+            .collect();
+        names.sort();
+        names
+    };
+    let mut on_a = vec![image.clone(), standby.clone()];
+    on_a.sort();
+    assert_eq!(ours("site-a"), on_a, "site-a keeps the source and its copy");
+    assert_eq!(
+        ours("site-b"),
+        vec![new.clone()],
+        "site-b keeps the new volume only"
+    );
+    // The old source keeps no ferry snapshot.
+    let snaps =
+        String::from_utf8_lossy(&rbd("site-a", &["snap", "ls", &format!("rbd/{image}")]).stdout)
+            .to_string();
+    assert!(!snaps.contains("ferry"), "{snaps}");
+
+    // Replicating back works from the migrated state.
+    lab::pyrbd("site-b", &new, "img.write(b'z' * 4096, 0)");
+    ok(&b, &["group", "start", "g1", "--wait"]);
+    ok(&b, &["rp", "create", "g1", "--name", "back", "--wait"]);
+    assert_eq!(
+        export_hash("site-a", &format!("rbd/{standby}")),
+        export_hash("site-b", &format!("rbd/{new}"))
+    );
+    ok(&b, &["group", "stop", "g1", "--wait"]);
+    ok(&b, &["group", "delete", "g1", "--wait"]);
+}
+
 /// Names of a group's recovery points on one agent, sorted.
 fn rp_names(dir: &Path, group: &str) -> Vec<String> {
     let mut names: Vec<String> = ok(dir, &["rp", "list", group])
