@@ -1976,6 +1976,11 @@ impl Orchestrator {
                 self.remove_standby_images(&resources).await?;
                 self.db(|s| s.mark_recovery_points_unusable(g.id, None))?;
                 self.db(|s| s.finish_operation_renaming(op.id, OpResult::Succeeded, &renames))?;
+                // The new RBD volumes are the group's now: no later abort
+                // may take them for an attempt's leftovers.
+                if let Err(error) = self.reset_rbd_volumes(&g) {
+                    warn!(group = %g.name, %error, "cannot forget the migration's volume list");
+                }
                 info!(group = %g.name, "planned migration done; this site is now the primary");
                 Ok(plan)
             }

@@ -905,7 +905,7 @@ fn lab_rbd_group_pins_points_and_fails_over_into_new_images() {
 }
 
 /// Removes (with their snapshots) every image of pool `rbd` on both lab
-/// clusters whose name contains the tag, when dropped.
+/// clusters whose name contains `ferry-t-TAG-`, when dropped.
 struct RbdCleanup(String);
 
 impl Drop for RbdCleanup {
@@ -917,9 +917,10 @@ impl Drop for RbdCleanup {
             else {
                 continue;
             };
+            let mark = format!("ferry-t-{}-", self.0);
             for name in String::from_utf8_lossy(&out.stdout)
                 .lines()
-                .filter(|l| l.contains(self.0.as_str()))
+                .filter(|l| l.contains(mark.as_str()))
             {
                 let spec = format!("rbd/{name}");
                 let _ = std::process::Command::new("rbd")
@@ -943,7 +944,7 @@ fn lab_rbd_group_migrates_and_replicates_back_incrementally() {
     if !lab::enabled() {
         return;
     }
-    let tag = format!("mig{}", std::process::id());
+    let tag = format!("rmig{}", std::process::id());
     let images: Vec<String> = (0..2).map(|i| format!("ferry-t-{tag}-{i}")).collect();
     // Every image of the test on either cluster goes at the end, passed or not.
     let _cleanup = RbdCleanup(tag.clone());
@@ -1179,7 +1180,7 @@ fn lab_rbd_migration_killed_and_retried_completes() {
     let ours = |site: &str| {
         let mut names: Vec<String> = String::from_utf8_lossy(&rbd(site, &["ls", "rbd"]).stdout)
             .lines()
-            .filter(|l| l.contains(tag.as_str()))
+            .filter(|l| l.contains(&format!("ferry-t-{tag}-")))
             .map(str::to_owned)
             .collect();
         names.sort();
