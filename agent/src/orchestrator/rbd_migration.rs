@@ -406,3 +406,44 @@ impl Orchestrator {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::{GroupId, ResourceKind, ResourceState};
+
+    fn resource(uri: &str) -> Resource {
+        Resource {
+            uri: uri.into(),
+            kind: ResourceKind::Volume,
+            size_bytes: 0,
+            group_id: GroupId(1),
+            standby_target: "g1-x".into(),
+            state: ResourceState::Syncing,
+        }
+    }
+
+    #[test]
+    fn migration_kind_needs_one_kind_matching_the_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let files: Standby = ferry_engine::standby::StandbyStore::open(
+            dir.path(),
+            ferry_engine::standby::StoreConfig::default(),
+        )
+        .unwrap()
+        .into();
+        let f = resource("file:/v/a.raw");
+        let r = resource("rbd:rbd/a");
+        assert_eq!(
+            migration_kind(&files, &[f.clone()], "primary"),
+            Ok(MigrationKind::Files)
+        );
+        let err = migration_kind(&files, &[r.clone()], "standby").unwrap_err();
+        assert!(
+            err.contains("rbd standby backend") && err.contains("the standby uses the files"),
+            "{err}"
+        );
+        let err = migration_kind(&files, &[f, r], "primary").unwrap_err();
+        assert!(err.contains("one kind"), "{err}");
+    }
+}
