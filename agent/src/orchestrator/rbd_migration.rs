@@ -435,10 +435,10 @@ mod tests {
         let f = resource("file:/v/a.raw");
         let r = resource("rbd:rbd/a");
         assert_eq!(
-            migration_kind(&files, &[f.clone()], "primary"),
+            migration_kind(&files, std::slice::from_ref(&f), "primary"),
             Ok(MigrationKind::Files)
         );
-        let err = migration_kind(&files, &[r.clone()], "standby").unwrap_err();
+        let err = migration_kind(&files, std::slice::from_ref(&r), "standby").unwrap_err();
         assert!(
             err.contains("rbd standby backend") && err.contains("the standby uses the files"),
             "{err}"
