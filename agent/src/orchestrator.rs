@@ -1773,6 +1773,10 @@ impl Orchestrator {
             )
             .await?
         };
+        // Fault injection (tests): the standby prepared, this side stops.
+        fail::fail_point!("migrate::after-prepare", |_| Err(CtlError::BadRequest(
+            "injected failure after the standby prepared the migration".into()
+        )));
         let kind = rbd_migration::migration_kind(&self.receiver.store, &resources, "primary")
             .map_err(CtlError::BadRequest)?;
         if kind == rbd_migration::MigrationKind::Rbd {

@@ -1107,8 +1107,9 @@ fn lab_rbd_group_migrates_and_replicates_back_incrementally() {
     ok(&b, &["group", "delete", "g1", "--wait"]);
 }
 
-/// SIGKILL of the old primary during an RBD planned migration, restart,
-/// retry if it failed: the migration completes, the new volume holds the
+/// An RBD planned migration that fails after the standby prepared (injected),
+/// then a retry killed (SIGKILL of the old primary) part-way, restarted and
+/// retried if it failed: the migration completes, the new volume holds the
 /// quiesced source, and no earlier attempt's image is left on either side.
 #[test]
 fn lab_rbd_migration_killed_and_retried_completes() {
@@ -1148,8 +1149,27 @@ fn lab_rbd_migration_killed_and_retried_completes() {
         rbd(site, &["export", spec, &file.display().to_string()]);
         hash_file(&file)
     };
+    // A first attempt fails after the standby prepared its new volume
+    // (injected); the group stays migration_failed with that volume on
+    // site-b, to be replaced by the retry's.
+    s.a.restart(&[("FAILPOINTS", "migrate::after-prepare=1*return")]);
+    let out = run(&a, &["group", "migrate", "g1", "--wait"]);
+    assert!(
+        !out.status.success(),
+        "the injected failure was not reported"
+    );
+    assert_eq!(group_state(&a, "g1"), "migration_failed");
+    let prepared: Vec<String> = String::from_utf8_lossy(&rbd("site-b", &["ls", "rbd"]).stdout)
+        .lines()
+        .filter(|l| l.contains(&format!("ferry-t-{tag}-")) && l.contains("-m"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(prepared.len(), 1, "site-b: {prepared:?}");
+    // Written before the retry: its final sync carries it.
+    lab::pyrbd("site-a", &image, "img.write(b'l' * 4096, 9 * 1048576)");
     let want = export_hash("site-a", &format!("rbd/{image}"));
 
+    // The retry is killed part-way and retried again if it failed.
     let op = ok(&a, &["group", "migrate", "g1"]);
     std::thread::sleep(Duration::from_millis(1500));
     s.a.restart(&[]);
