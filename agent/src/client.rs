@@ -35,6 +35,12 @@ pub fn source_state_dir(dir: &Path, peer: AgentId, image: &ImageName) -> PathBuf
         .join(image.as_str())
 }
 
+/// The tag in the names of the snapshots an `rbd:` source takes for
+/// replicating to `image` on agent `peer`.
+pub fn rbd_tag(peer: AgentId, image: &ImageName) -> String {
+    format!("{}-{image}", &peer.to_hex()[..16])
+}
+
 /// Settings for one `ferry sync` run.
 pub struct SyncRequest<'a> {
     /// The primary agent directory (identity, config, source state).
@@ -135,7 +141,7 @@ pub async fn sync(request: SyncRequest<'_>) -> Result<GroupReport> {
                 sources.push(Box::new(source));
             }
             SourceUri::Rbd(spec) => {
-                let tag = format!("{}-{}", &request.peer.to_hex()[..16], target.image);
+                let tag = rbd_tag(request.peer, &target.image);
                 let rbd_options = RbdSourceOptions {
                     coalesce_gap,
                     ..RbdSourceOptions::default()

@@ -23,6 +23,8 @@
 //!   peer step; the others are rolled back / failed with the reason
 //!   "interrupted by an agent restart". Groups in `syncing` resume replicating.
 
+mod rbd_migration;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -1726,30 +1728,22 @@ impl Orchestrator {
     /// Planned migration (primary; the operator has quiesced the volumes):
     /// stops continuous replication, runs a final cycle (everything written
     /// before the command), has the standby write each image as it is at
-    /// that recovery point into a new volume `DIR/volumes/GROUP/IMAGE.raw`
-    /// and checks its BLAKE3 against the source here, installs each source
-    /// here as the standby copy at the same epoch, then the roles swap:
-    /// both sides `mapped`, resources named by the new primary's volumes,
-    /// and the new primary's first sync is incremental (only blocks written
-    /// after the swap cross the link). Files backend. A retry after a
+    /// that recovery point into a new volume (`DIR/volumes/GROUP/IMAGE.raw`,
+    /// or a new RBD image: see [`rbd_migration`]) and checks its BLAKE3
+    /// against the source here, installs each source here as the standby
+    /// copy at the same epoch, then the roles swap: both sides `mapped`,
+    /// resources named by the new primary's volumes, and the new primary's
+    /// first sync is incremental (only blocks written after the swap cross
+    /// the link). `file:` volumes need the files backend on both agents,
+    /// `rbd:` volumes the RBD backend on both. A retry after a
     /// failure or restart (`migration_failed`) picks up where the standby
     /// is, including a standby that already completed its side.
     pub fn migrate(self: &Arc<Self>, key: &str) -> CtlResult<Operation> {
         let g = self.group(key)?;
         let resources = self.db(|s| s.resources(g.id))?;
         let split_vms = self.split_vms(&g, &resources)?;
-        if !matches!(
-            self.receiver.store,
-            ferry_engine::standby::Standby::Files(_)
-        ) || resources
-            .iter()
-            .any(|r| !matches!(SourceUri::parse(&r.uri), Ok(SourceUri::File(_))))
-        {
-            return Err(CtlError::BadRequest(
-                "planned migration is implemented for file: volumes and the files standby backend"
-                    .into(),
-            ));
-        }
+        rbd_migration::migration_kind(&self.receiver.store, &resources, "primary")
+            .map_err(CtlError::BadRequest)?;
         let op =
             self.db(|s| s.begin_checked(g.id, &OpRequest::Migrate { split_vms }, &json!({})))?;
         let me = self.clone();
@@ -1821,6 +1815,31 @@ impl Orchestrator {
             )
             .await?
         };
+        // Fault injection (tests): the standby prepared, this side stops.
+        fail::fail_point!("migrate::after-prepare", |_| Err(CtlError::BadRequest(
+            "injected failure after the standby prepared the migration".into()
+        )));
+        let kind = rbd_migration::migration_kind(&self.receiver.store, &resources, "primary")
+            .map_err(CtlError::BadRequest)?;
+        if kind == rbd_migration::MigrationKind::Rbd {
+            let peer = self.db(|s| s.service(g.service_id))?.remote_fingerprint;
+            let renames = match self.verify_and_adopt_rbd(g, peer, &resources, &plan).await {
+                Ok(renames) => renames,
+                Err((e, abort)) => {
+                    if abort && !plan.completed {
+                        let _ = self.peer_migrate(g, &MigrateStep::Abort).await;
+                    }
+                    return Err(e);
+                }
+            };
+            if !plan.completed {
+                self.peer_migrate(g, &MigrateStep::Commit).await?;
+            }
+            self.db(|s| s.mark_recovery_points_unusable(g.id, None))?;
+            self.forget_rbd_sources(peer, &resources).await;
+            info!(group = %g.name, "planned migration done; this site is now the standby");
+            return Ok(renames);
+        }
         // Verify: the new volumes equal the (quiesced) sources here.
         let mut checked = Vec::with_capacity(resources.len());
         for r in &resources {
@@ -1938,6 +1957,12 @@ impl Orchestrator {
                         }
                         .into());
                     }
+                    let resources = self.db(|s| s.resources(g.id))?;
+                    rbd_migration::migration_kind(&self.receiver.store, &resources, "standby")
+                        .map_err(CtlError::BadRequest)?;
+                    if g.state == GroupState::Syncing {
+                        self.reset_rbd_volumes(&g)?;
+                    }
                     let t = Transition {
                         op: OpKind::Migrate,
                         from: g.state,
@@ -1956,9 +1981,20 @@ impl Orchestrator {
             }
             MigrateStep::Prepare { engine_rp } => {
                 running()?;
-                let plan = self
-                    .materialise_for_migration(&g, caller, *engine_rp)
-                    .await?;
+                let resources = self.db(|s| s.resources(g.id))?;
+                let kind =
+                    rbd_migration::migration_kind(&self.receiver.store, &resources, "standby")
+                        .map_err(CtlError::BadRequest)?;
+                let plan = match kind {
+                    rbd_migration::MigrationKind::Files => {
+                        self.materialise_for_migration(&g, caller, *engine_rp)
+                            .await?
+                    }
+                    rbd_migration::MigrationKind::Rbd => {
+                        self.materialise_rbd_for_migration(&g, caller, *engine_rp)
+                            .await?
+                    }
+                };
                 let bytes = serde_json::to_vec_pretty(&plan)
                     .map_err(|e| internal("encoding the migration plan")(e.into()))?;
                 write_durably(&plan_path.with_extension("tmp"), &plan_path, &bytes)
@@ -1986,11 +2022,19 @@ impl Orchestrator {
                 self.remove_standby_images(&resources).await?;
                 self.db(|s| s.mark_recovery_points_unusable(g.id, None))?;
                 self.db(|s| s.finish_operation_renaming(op.id, OpResult::Succeeded, &renames))?;
+                // The new RBD volumes are the group's now: no later abort
+                // may take them for an attempt's leftovers.
+                if let Err(error) = self.reset_rbd_volumes(&g) {
+                    warn!(group = %g.name, %error, "cannot forget the migration's volume list");
+                }
                 info!(group = %g.name, "planned migration done; this site is now the primary");
                 Ok(plan)
             }
             MigrateStep::Abort => {
                 if let Ok(op) = running() {
+                    if matches!(self.receiver.store, ferry_engine::standby::Standby::Rbd(_)) {
+                        self.remove_rbd_volumes(&g).await?;
+                    }
                     let dir = self.dir.join("volumes").join(&g.name);
                     let _ = std::fs::remove_dir_all(&dir);
                     self.db(|s| s.finish_operation(op.id, OpResult::RolledBack))?;

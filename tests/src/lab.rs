@@ -29,8 +29,8 @@ pub fn assert_ok(out: &Output, what: &str) {
 /// except for the subcommands that reject it (`ls`, `info`, `snap ls`,
 /// `snap protect`).
 pub fn rbd(site: &str, args: &[&str]) -> Output {
-    let rejects_no_progress =
-        matches!(args, ["ls", ..] | ["info", ..]) || matches!(args, ["snap", "ls" | "protect", ..]);
+    let rejects_no_progress = matches!(args, ["ls", ..] | ["info", ..] | ["diff", ..])
+        || matches!(args, ["snap", "ls" | "protect", ..]);
     let quiet: &[&str] = if rejects_no_progress {
         &[]
     } else {

@@ -904,6 +904,334 @@ fn lab_rbd_group_pins_points_and_fails_over_into_new_images() {
     }
 }
 
+/// Removes (with their snapshots) every image of pool `rbd` on both lab
+/// clusters whose name contains `ferry-t-TAG-`, when dropped.
+struct RbdCleanup(String);
+
+impl Drop for RbdCleanup {
+    fn drop(&mut self) {
+        for site in ["site-a", "site-b"] {
+            let Ok(out) = std::process::Command::new("rbd")
+                .args(["--cluster", site, "ls", "rbd"])
+                .output()
+            else {
+                continue;
+            };
+            let mark = format!("ferry-t-{}-", self.0);
+            for name in String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.contains(mark.as_str()))
+            {
+                let spec = format!("rbd/{name}");
+                let _ = std::process::Command::new("rbd")
+                    .args(["--cluster", site, "--no-progress", "snap", "purge", &spec])
+                    .output();
+                let _ = std::process::Command::new("rbd")
+                    .args(["--cluster", site, "--no-progress", "rm", &spec])
+                    .output();
+            }
+        }
+    }
+}
+
+/// A group of two RBD images (site-a) migrates to its RBD standby (site-b):
+/// the new primary's volumes are new images equal to the quiesced sources,
+/// the old sources become site-a's standby copies without a transfer, and
+/// replicating back sends only what was written after the swap.
+#[test]
+fn lab_rbd_group_migrates_and_replicates_back_incrementally() {
+    use ferry_e2e::lab::{self, rbd};
+    if !lab::enabled() {
+        return;
+    }
+    let tag = format!("rmig{}", std::process::id());
+    let images: Vec<String> = (0..2).map(|i| format!("ferry-t-{tag}-{i}")).collect();
+    // Every image of the test on either cluster goes at the end, passed or not.
+    let _cleanup = RbdCleanup(tag.clone());
+    for (seed, image) in images.iter().enumerate() {
+        rbd(
+            "site-a",
+            &["create", "--size", "16", &format!("rbd/{image}")],
+        );
+        lab::pyrbd(
+            "site-a",
+            image,
+            &format!(
+                "r = random.Random({seed})\nfor i in range(512):\n    img.write(r.randbytes(4096), r.randrange(0, 4096) * 4096)"
+            ),
+        );
+    }
+    // Both agents keep standby copies in RBD (the old primary's sources
+    // become its copies).
+    let config = |site: &str| {
+        format!(
+            "[standby]\nbackend = \"rbd\"\nrbd_pool = \"rbd\"\nretention = 8\n[ceph]\ncluster = \"{site}\"\n"
+        )
+    };
+    let s = paired_with(Some(&config("site-a")), Some(&config("site-b")));
+    let a = s.a_dir().to_path_buf();
+    let b = s.b_dir().to_path_buf();
+    let uris: Vec<String> = images.iter().map(|i| format!("rbd:rbd/{i}")).collect();
+    ok(&a, &["group", "create", "g1", "--wait"]);
+    let mut add = vec!["group", "add", "g1"];
+    add.extend(uris.iter().map(String::as_str));
+    add.push("--wait");
+    ok(&a, &add);
+    ok(&a, &["group", "start", "g1", "--wait"]);
+    ok(&a, &["rp", "create", "g1", "--name", "r1", "--wait"]);
+    let scratch = s.path("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let export_hash = |site: &str, spec: &str| {
+        let file = scratch.join("export.raw");
+        let _ = std::fs::remove_file(&file);
+        rbd(site, &["export", spec, &file.display().to_string()]);
+        hash_file(&file)
+    };
+    // Written after the last recovery point, then quiesced: the final sync
+    // of the migration carries it.
+    lab::pyrbd("site-a", &images[0], "img.write(b'q' * 12288, 3 * 1048576)");
+    let quiesced: Vec<String> = images
+        .iter()
+        .map(|i| export_hash("site-a", &format!("rbd/{i}")))
+        .collect();
+    let op = ok(&a, &["group", "migrate", "g1", "--wait"]);
+    assert_eq!(op["state"]["state"], "succeeded", "{op}");
+    let ga = ok(&a, &["group", "show", "g1"]);
+    let gb = ok(&b, &["group", "show", "g1"]);
+    assert_eq!(
+        (ga["group"]["role"].as_str(), ga["group"]["state"].as_str()),
+        (Some("standby"), Some("mapped")),
+        "{ga}"
+    );
+    assert_eq!(
+        (gb["group"]["role"].as_str(), gb["group"]["state"].as_str()),
+        (Some("primary"), Some("mapped")),
+        "{gb}"
+    );
+    // (standby name, new primary image) per source, in the sources' order.
+    let resources = gb["resources"].as_array().unwrap();
+    assert_eq!(resources.len(), 2, "{gb}");
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for image in &images {
+        let target = resources
+            .iter()
+            .find(|r| {
+                r["standby_target"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with(image.as_str())
+            })
+            .unwrap_or_else(|| panic!("no resource for {image}: {gb}"));
+        let uri = target["uri"].as_str().unwrap();
+        let new = uri
+            .strip_prefix("rbd:rbd/")
+            .unwrap_or_else(|| panic!("the new primary's volume {uri} is not in rbd/"));
+        assert_ne!(new, image.as_str(), "{gb}");
+        let uris_a: Vec<&str> = ga["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["uri"].as_str().unwrap())
+            .collect();
+        assert!(uris_a.contains(&uri), "both sides name {uri}: {ga}");
+        pairs.push((
+            target["standby_target"].as_str().unwrap().to_owned(),
+            new.to_owned(),
+        ));
+    }
+    for ((standby, new), want) in pairs.iter().zip(&quiesced) {
+        assert_eq!(
+            &export_hash("site-b", &format!("rbd/{new}")),
+            want,
+            "new primary volume {new}"
+        );
+        assert_eq!(
+            &export_hash("site-a", &format!("rbd/{standby}")),
+            want,
+            "site-a's standby copy {standby}"
+        );
+        // What changes on the copy from here on is what replicating back
+        // writes into it.
+        rbd(
+            "site-a",
+            &["snap", "create", &format!("rbd/{standby}@probe")],
+        );
+    }
+    for dir in [&a, &b] {
+        let rps = ok(dir, &["rp", "list", "g1"]);
+        assert_eq!(rps[0]["state"], "unusable", "{rps}");
+    }
+
+    // Replicate back from the new primary.
+    lab::pyrbd("site-b", &pairs[0].1, "img.write(b'y' * 8192, 40960)");
+    refused(&a, &["group", "start", "g1"], "only on a primary group");
+    ok(&b, &["group", "start", "g1", "--wait"]);
+    ok(&b, &["rp", "create", "g1", "--name", "back", "--wait"]);
+    for (standby, new) in &pairs {
+        assert_eq!(
+            export_hash("site-a", &format!("rbd/{standby}")),
+            export_hash("site-b", &format!("rbd/{new}")),
+            "site-a's copy {standby} after replicating back"
+        );
+        let diff = rbd(
+            "site-a",
+            &[
+                "diff",
+                "--from-snap",
+                "probe",
+                &format!("rbd/{standby}"),
+                "--format",
+                "json",
+            ],
+        );
+        let extents: Value = serde_json::from_slice(&diff.stdout).unwrap();
+        let changed: u64 = extents
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["length"].as_u64().unwrap())
+            .sum();
+        // A full resync rewrites ~2 MiB of data per image (and zeroes the
+        // rest first); incremental touches the 8 KiB written on site-b.
+        assert!(
+            changed <= 64 * 1024,
+            "replicating back rewrote {changed} bytes of {standby}: {extents}"
+        );
+    }
+    assert_eq!(
+        export_hash("site-a", &format!("rbd/{}", pairs[1].0)),
+        quiesced[1]
+    );
+
+    ok(&b, &["group", "stop", "g1", "--wait"]);
+    ok(&b, &["group", "delete", "g1", "--wait"]);
+}
+
+/// An RBD planned migration that fails after the standby prepared (injected),
+/// then a retry killed (SIGKILL of the old primary) part-way, restarted and
+/// retried if it failed: the migration completes, the new volume holds the
+/// quiesced source, and no earlier attempt's image is left on either side.
+#[test]
+fn lab_rbd_migration_killed_and_retried_completes() {
+    use ferry_e2e::lab::{self, rbd};
+    if !lab::enabled() {
+        return;
+    }
+    let tag = format!("kmig{}", std::process::id());
+    let image = format!("ferry-t-{tag}-0");
+    let _cleanup = RbdCleanup(tag.clone());
+    rbd(
+        "site-a",
+        &["create", "--size", "32", &format!("rbd/{image}")],
+    );
+    lab::pyrbd(
+        "site-a",
+        &image,
+        "r = random.Random(7)\nfor i in range(1024):\n    img.write(r.randbytes(4096), r.randrange(0, 8192) * 4096)",
+    );
+    let config = |site: &str| {
+        format!("[standby]\nbackend = \"rbd\"\nrbd_pool = \"rbd\"\n[ceph]\ncluster = \"{site}\"\n")
+    };
+    let mut s = paired_with(Some(&config("site-a")), Some(&config("site-b")));
+    let a = s.a_dir().to_path_buf();
+    let b = s.b_dir().to_path_buf();
+    let uri = format!("rbd:rbd/{image}");
+    ok(&a, &["group", "create", "g1", "--wait"]);
+    ok(&a, &["group", "add", "g1", &uri, "--wait"]);
+    ok(&a, &["group", "start", "g1", "--wait"]);
+    ok(&a, &["rp", "create", "g1", "--name", "r1", "--wait"]);
+    lab::pyrbd("site-a", &image, "img.write(b'k' * 65536, 5 * 1048576)");
+    let scratch = s.path("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let export_hash = |site: &str, spec: &str| {
+        let file = scratch.join("export.raw");
+        let _ = std::fs::remove_file(&file);
+        rbd(site, &["export", spec, &file.display().to_string()]);
+        hash_file(&file)
+    };
+    // A first attempt fails after the standby prepared its new volume
+    // (injected); the group stays migration_failed with that volume on
+    // site-b, to be replaced by the retry's.
+    s.a.restart(&[("FAILPOINTS", "migrate::after-prepare=1*return")]);
+    let out = run(&a, &["group", "migrate", "g1", "--wait"]);
+    assert!(
+        !out.status.success(),
+        "the injected failure was not reported"
+    );
+    assert_eq!(group_state(&a, "g1"), "migration_failed");
+    let prepared: Vec<String> = String::from_utf8_lossy(&rbd("site-b", &["ls", "rbd"]).stdout)
+        .lines()
+        .filter(|l| l.contains(&format!("ferry-t-{tag}-")) && l.contains("-m"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(prepared.len(), 1, "site-b: {prepared:?}");
+    // Written before the retry: its final sync carries it.
+    lab::pyrbd("site-a", &image, "img.write(b'l' * 4096, 9 * 1048576)");
+    let want = export_hash("site-a", &format!("rbd/{image}"));
+
+    // The retry is killed part-way and retried again if it failed.
+    let op = ok(&a, &["group", "migrate", "g1"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    s.a.restart(&[]);
+    wait_op_finished(&a, &op);
+    let interrupted = group_state(&a, "g1") == "migration_failed";
+    println!("migration interrupted by the kill: {interrupted}");
+    if interrupted {
+        let op = ok(&a, &["group", "migrate", "g1", "--wait"]);
+        assert_eq!(op["state"]["state"], "succeeded", "{op}");
+    }
+    let ga = ok(&a, &["group", "show", "g1"]);
+    let gb = ok(&b, &["group", "show", "g1"]);
+    assert_eq!(
+        (ga["group"]["role"].as_str(), ga["group"]["state"].as_str()),
+        (Some("standby"), Some("mapped")),
+        "{ga}"
+    );
+    assert_eq!(gb["group"]["role"], "primary", "{gb}");
+    let r = &gb["resources"][0];
+    let standby = r["standby_target"].as_str().unwrap().to_owned();
+    let new = r["uri"]
+        .as_str()
+        .and_then(|u| u.strip_prefix("rbd:rbd/"))
+        .unwrap_or_else(|| panic!("the new volume is not in rbd/: {gb}"))
+        .to_owned();
+    assert_eq!(export_hash("site-b", &format!("rbd/{new}")), want);
+    assert_eq!(export_hash("site-a", &format!("rbd/{standby}")), want);
+    let ours = |site: &str| {
+        let mut names: Vec<String> = String::from_utf8_lossy(&rbd(site, &["ls", "rbd"]).stdout)
+            .lines()
+            .filter(|l| l.contains(&format!("ferry-t-{tag}-")))
+            .map(str::to_owned)
+            .collect();
+        names.sort();
+        names
+    };
+    let mut on_a = vec![image.clone(), standby.clone()];
+    on_a.sort();
+    assert_eq!(ours("site-a"), on_a, "site-a keeps the source and its copy");
+    assert_eq!(
+        ours("site-b"),
+        vec![new.clone()],
+        "site-b keeps the new volume only"
+    );
+    // The old source keeps no ferry snapshot.
+    let snaps =
+        String::from_utf8_lossy(&rbd("site-a", &["snap", "ls", &format!("rbd/{image}")]).stdout)
+            .to_string();
+    assert!(!snaps.contains("ferry"), "{snaps}");
+
+    // Replicating back works from the migrated state.
+    lab::pyrbd("site-b", &new, "img.write(b'z' * 4096, 0)");
+    ok(&b, &["group", "start", "g1", "--wait"]);
+    ok(&b, &["rp", "create", "g1", "--name", "back", "--wait"]);
+    assert_eq!(
+        export_hash("site-a", &format!("rbd/{standby}")),
+        export_hash("site-b", &format!("rbd/{new}"))
+    );
+    ok(&b, &["group", "stop", "g1", "--wait"]);
+    ok(&b, &["group", "delete", "g1", "--wait"]);
+}
+
 /// Names of a group's recovery points on one agent, sorted.
 fn rp_names(dir: &Path, group: &str) -> Vec<String> {
     let mut names: Vec<String> = ok(dir, &["rp", "list", group])

@@ -687,6 +687,161 @@ impl RbdStandby {
         Ok(())
     }
 
+    /// Installs a copy of `source` (an image at a snapshot, on `cluster`) as
+    /// standby image `image` whose only recovery point is `rp` at `epoch`:
+    /// the old primary of a planned migration keeps its volumes, as they
+    /// were replicated at `epoch`, as the copies for the reversed direction,
+    /// so that replication back starts from `epoch` instead of a full copy.
+    /// The copy stays inside the cluster (nothing crosses the link).
+    ///
+    /// Restartable: the record is written (empty) before the copy, so an
+    /// interrupted attempt is recognised and redone; an image already
+    /// adopted at (`rp`, `epoch`) is left alone. Refused when the pool
+    /// holds an image of that name that this store does not know, or the
+    /// store holds other data for it.
+    pub fn adopt(
+        &self,
+        image: &ImageName,
+        cluster: &ClusterSpec,
+        source: &super::RbdSpec,
+        epoch: Epoch,
+        rp: RecoveryPointId,
+        created_unix_ms: u64,
+    ) -> Result<(), StoreError> {
+        if epoch == Epoch(0) || rp.get() == 0 {
+            return Err(StoreError::InvalidRequest {
+                reason: "adopt needs a non-zero epoch and recovery point".into(),
+            });
+        }
+        let Some(snap) = source.snap.as_deref() else {
+            return Err(StoreError::InvalidRequest {
+                reason: format!("adopting {source}: name the snapshot to copy"),
+            });
+        };
+        let slot = self.slot(image);
+        let _op = lock(&slot.op);
+        if *lock(&slot.writer_active) {
+            return Err(StoreError::Busy {
+                image: image.clone(),
+            });
+        }
+        let ctx = format!("{}/{image}", self.pool_name());
+        match self.load(image)? {
+            Some(r)
+                if r.pending.is_none()
+                    && r.history.len() == 1
+                    && r.history[0].rp == rp.get()
+                    && r.history[0].epoch == epoch.get() =>
+            {
+                return Ok(());
+            }
+            Some(r) if r.history.is_empty() && r.pending.is_none() => {
+                // An interrupted adoption (or a placeholder): start over.
+                self.remove_pool_image(image.as_str())?;
+            }
+            Some(_) => {
+                return Err(StoreError::InvalidRequest {
+                    reason: format!("{image} already has data on this standby; remove it first"),
+                })
+            }
+            None => {
+                if self.volume_exists(image.as_str())? {
+                    return Err(StoreError::InvalidRequest {
+                        reason: format!(
+                            "RBD image {ctx} exists but is not a standby image of this agent; \
+                             rename or remove it"
+                        ),
+                    });
+                }
+            }
+        }
+        self.save(&ImageRecord {
+            format: FORMAT,
+            image: image.to_string(),
+            history: Vec::new(),
+            pending: None,
+            pinned: Vec::new(),
+        })?;
+        let from = super::open_pool(cluster, &source.pool)
+            .map_err(|e| StoreError::InvalidRequest {
+                reason: format!("opening pool {} for {source}: {e}", source.pool),
+            })?
+            .open_read_only(&source.image, Some(snap))
+            .map_err(ceph(format!("opening {source}")))?;
+        from.copy_to(&self.inner.pool, image.as_str(), CreateOptions::default())
+            .map_err(ceph(format!("copying {source} to {ctx}")))?;
+        let handle = self.open_image(image)?;
+        let size = handle.size().map_err(ceph(format!("size of {ctx}")))?;
+        let rp_snap = snap_name(rp.get());
+        handle
+            .snap_create(&rp_snap)
+            .map_err(ceph(format!("snapshotting {ctx}@{rp_snap}")))?;
+        drop(handle);
+        self.save(&ImageRecord {
+            format: FORMAT,
+            image: image.to_string(),
+            history: vec![PointRecord {
+                rp: rp.get(),
+                epoch: epoch.get(),
+                created_unix_ms,
+                fuzzy: false,
+                size,
+            }],
+            pending: None,
+            pinned: Vec::new(),
+        })?;
+        info!(image = %ctx, from = %source, %epoch, rp = rp.get(), size, "image adopted");
+        Ok(())
+    }
+
+    /// Whether the pool holds an RBD image `name` (standby image or not).
+    pub fn volume_exists(&self, name: &str) -> Result<bool, StoreError> {
+        match self.inner.pool.open_read_only(name, None) {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(ceph(format!("opening {}/{name}", self.pool_name()))(e)),
+        }
+    }
+
+    /// Deletes RBD image `name` of the pool with all its snapshots; for
+    /// images made next to the standby images (a planned migration's new
+    /// volumes), refused for the store's own images (see
+    /// [`Self::remove_image`]). An absent image is not an error.
+    pub fn remove_volume(&self, name: &str) -> Result<(), StoreError> {
+        if let Ok(image) = ImageName::new(name) {
+            if self.load(&image)?.is_some() {
+                return Err(StoreError::InvalidRequest {
+                    reason: format!("{name} is a standby image of this agent"),
+                });
+            }
+        }
+        self.remove_pool_image(name)
+    }
+
+    /// Removes RBD image `name` and its snapshots; absent is fine.
+    fn remove_pool_image(&self, name: &str) -> Result<(), StoreError> {
+        let ctx = format!("{}/{name}", self.pool_name());
+        let handle = match self.inner.pool.open(name) {
+            Ok(handle) => handle,
+            Err(e) if e.is_not_found() => return Ok(()),
+            Err(e) => return Err(ceph(format!("opening {ctx}"))(e)),
+        };
+        for snap in handle
+            .snapshots()
+            .map_err(ceph(format!("listing snapshots of {ctx}")))?
+        {
+            handle
+                .snap_remove(&snap.name)
+                .map_err(ceph(format!("removing {ctx}@{}", snap.name)))?;
+        }
+        drop(handle);
+        match self.inner.pool.remove_image(name) {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(ceph(format!("removing {ctx}"))(e)),
+        }
+    }
+
     /// Creates `image` in the pool as an empty placeholder of `size` bytes
     /// (a resource was added to a protected group; its first sync fills
     /// it). An image the store already knows is left alone.
