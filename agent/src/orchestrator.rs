@@ -709,6 +709,37 @@ impl Orchestrator {
             })
     }
 
+    /// Whether `caller` may write (and query) standby image `image` over
+    /// QUIC: only if a group of the service that pairs this agent with
+    /// `caller`, standby here, lists the image as a resource's standby
+    /// target (a primary group's targets name images on the peer). Fails
+    /// closed: an unpaired caller, an image of another service's group, an
+    /// unknown image or a store error all refuse.
+    pub fn check_image_owner(&self, caller: AgentId, image: &str) -> CtlResult<()> {
+        let svc = self.service_of_peer(caller)?;
+        let forbidden = |reason: String| CtlError::Forbidden {
+            fingerprint: caller,
+            reason,
+        };
+        for g in self
+            .groups()?
+            .into_iter()
+            .filter(|g| g.service_id == svc.id && g.role == Role::Standby)
+        {
+            if self
+                .db(|s| s.resources(g.id))?
+                .iter()
+                .any(|r| r.standby_target == image)
+            {
+                return Ok(());
+            }
+        }
+        Err(forbidden(format!(
+            "no group of service '{}' owns image {image}",
+            svc.name
+        )))
+    }
+
     // ------------------------------------------------------------- groups
 
     /// A group by name or id.
@@ -2107,6 +2138,25 @@ impl Orchestrator {
             .filter(|r| !have.iter().any(|h| h.uri == r.uri))
             .cloned()
             .collect();
+        // An image belongs to one group: a peer may not claim (and so gain
+        // write access to) an image another group already owns here.
+        let mut taken = Vec::new();
+        for other in self.groups()? {
+            if other.role == Role::Standby && other.id != g.id {
+                taken.extend(self.db(|s| s.resources(other.id))?);
+            }
+        }
+        for r in &new {
+            if let Some(owner) = taken.iter().find(|t| t.standby_target == r.standby_target) {
+                return Err(CtlError::Forbidden {
+                    fingerprint: caller,
+                    reason: format!(
+                        "image {} already belongs to another group (resource {})",
+                        r.standby_target, owner.uri
+                    ),
+                });
+            }
+        }
         // A placeholder of the same size per resource (dr-semantics: "on
         // add, the standby creates a placeholder image"), before recording.
         for r in &new {

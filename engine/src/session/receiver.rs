@@ -49,6 +49,30 @@ pub struct ImageActivity {
     pub nacks: u64,
 }
 
+/// Decides which standby images a connected primary may open, query or
+/// hash. The receiver asks before it touches the store for an image and
+/// refuses the stream (Error `Unauthorized`) when the answer is no.
+///
+/// Implementations must fail closed: an unknown peer, an image no group of
+/// the peer's service owns, or a lookup that fails all answer `Err`.
+pub trait ImageAuthorizer: Send + Sync {
+    /// `Ok(())` if `peer` may write and read `image`; otherwise why not.
+    fn authorize(&self, peer: AgentId, image: &ImageName) -> Result<(), String>;
+}
+
+/// An authorizer that refuses everything (the fail-closed default).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DenyAll;
+
+impl ImageAuthorizer for DenyAll {
+    fn authorize(&self, peer: AgentId, image: &ImageName) -> Result<(), String> {
+        Err(format!(
+            "no image authorizer is configured; {image} is refused to {}",
+            peer.to_hex()
+        ))
+    }
+}
+
 /// Shared state of a standby agent's receiver.
 pub struct ReceiverContext {
     /// The durable store of standby images.
@@ -64,15 +88,18 @@ pub struct ReceiverContext {
     /// over from a connection whose link died silently.
     holders: Mutex<HashMap<ImageName, (u64, quinn::Connection)>>,
     next_connection: AtomicU64,
+    authorizer: Arc<dyn ImageAuthorizer>,
 }
 
 impl ReceiverContext {
-    /// A receiver storing into `store`.
+    /// A receiver storing into `store`; `authorizer` decides which images
+    /// each connected peer may touch.
     pub fn new(
         store: Standby,
         write_limit: RateLimiter,
         agent_id: AgentId,
         max_frame_len: usize,
+        authorizer: Arc<dyn ImageAuthorizer>,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
@@ -82,6 +109,25 @@ impl ReceiverContext {
             activity: Mutex::default(),
             holders: Mutex::default(),
             next_connection: AtomicU64::new(1),
+            authorizer,
+        })
+    }
+
+    /// Asks the authorizer whether `peer` may touch `image`; a connection
+    /// without a peer certificate is refused.
+    fn authorize(&self, peer: Option<AgentId>, image: &ImageName) -> Result<(), ServeError> {
+        let Some(peer) = peer else {
+            return Err(ServeError::Refuse {
+                code: ErrorCode::NotPermitted,
+                message: format!("{image}: the connection carries no peer certificate"),
+            });
+        };
+        self.authorizer.authorize(peer, image).map_err(|reason| {
+            warn!(peer = %peer.to_hex(), %image, %reason, "refused access to an image");
+            ServeError::Refuse {
+                code: ErrorCode::NotPermitted,
+                message: format!("image {image} is not writable by this peer: {reason}"),
+            }
         })
     }
 
@@ -136,7 +182,7 @@ fn store_error_code(e: &StoreError) -> ErrorCode {
         StoreError::UnknownImage { .. } | StoreError::UnknownRecoveryPoint { .. } => {
             ErrorCode::UnknownImage
         }
-        StoreError::InvalidBatch { .. } => ErrorCode::Malformed,
+        StoreError::InvalidBatch { .. } | StoreError::InvalidRequest { .. } => ErrorCode::Malformed,
         _ => ErrorCode::Storage,
     }
 }
@@ -203,7 +249,8 @@ async fn handle_connection(conn: quinn::Connection, ctx: Arc<ReceiverContext>) {
                     let mut writer = FrameWriter::new(send, ctx.max_frame_len);
                     let reader = FrameReader::new(recv, ctx.max_frame_len);
                     if let Err(error) =
-                        serve_image_stream(reader, &mut writer, &ctx, &parked, conn_id, &conn).await
+                        serve_image_stream(reader, &mut writer, &ctx, &parked, conn_id, &conn, peer)
+                            .await
                     {
                         if is_closed_by_peer(&conn) {
                             debug!(%error, "image stream ended with its connection");
@@ -217,7 +264,14 @@ async fn handle_connection(conn: quinn::Connection, ctx: Arc<ReceiverContext>) {
             }
         })
     };
-    if let Err(error) = serve_control(&mut control_reader, &mut control_writer, &ctx, &parked).await
+    if let Err(error) = serve_control(
+        &mut control_reader,
+        &mut control_writer,
+        &ctx,
+        &parked,
+        peer,
+    )
+    .await
     {
         if is_closed_by_peer(&conn) {
             debug!(%remote, %error, "primary closed the connection");
@@ -225,8 +279,14 @@ async fn handle_connection(conn: quinn::Connection, ctx: Arc<ReceiverContext>) {
             warn!(%remote, %error, "control stream failed");
         }
         let _ = control_writer.send(&Message::Error(error.to_frame())).await;
+        control_writer.finish();
+        // The connection goes away when this task returns; without waiting,
+        // the Error frame could be discarded before it reaches the peer,
+        // which would then see only a closed connection and no reason.
+        let _ = tokio::time::timeout(Duration::from_secs(2), control_writer.stopped()).await;
+    } else {
+        control_writer.finish();
     }
-    control_writer.finish();
     streams.abort();
     // Writers of this connection are released (their staged data is durable
     // and found again by the next open_epoch).
@@ -284,6 +344,7 @@ async fn serve_control(
     writer: &mut FrameWriter,
     ctx: &Arc<ReceiverContext>,
     parked: &Parked,
+    peer: Option<AgentId>,
 ) -> Result<(), ServeError> {
     while let Some(message) = reader.next().await? {
         match message {
@@ -339,6 +400,7 @@ async fn serve_control(
                     .await?;
             }
             Message::ResumeQuery(query) => {
+                ctx.authorize(peer, &query.image)?;
                 let store = ctx.store.clone();
                 let image = query.image.clone();
                 let state =
@@ -373,6 +435,7 @@ async fn serve_control(
                         ),
                     });
                 }
+                ctx.authorize(peer, &request.image)?;
                 let store = ctx.store.clone();
                 let req = request.clone();
                 let (rp, size, hashes) = tokio::task::spawn_blocking(move || {
@@ -462,6 +525,7 @@ async fn serve_image_stream(
     parked: &Parked,
     conn_id: u64,
     conn: &quinn::Connection,
+    peer: Option<AgentId>,
 ) -> Result<(), ServeError> {
     let open = match reader.next().await? {
         Some(Message::OpenImage(open)) => open,
@@ -476,6 +540,8 @@ async fn serve_image_stream(
         }
         None => return Ok(()),
     };
+    // Before anything touches the store: may this peer write this image?
+    ctx.authorize(peer, &open.image)?;
     let image = open.image.clone();
     let epoch = open.epoch;
     // A parked writer from this same connection (re-opened stream) is released first.
