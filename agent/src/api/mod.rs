@@ -54,11 +54,28 @@ pub enum ApiFileError {
         #[source]
         source: std::io::Error,
     },
+    /// The token file can be read by other users: anyone who reads it may
+    /// drive the agent, so the agent refuses to use it.
+    #[error("API token {path} has mode {mode:o}: it must not be readable by group or others (chmod 600 it)")]
+    InsecureToken {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
 }
 
 /// Creates `DIR/api.token` (mode 0600) unless it exists; returns the token.
+/// An existing token file readable by group or others is refused.
 pub fn ensure_token(dir: &Path) -> Result<String, ApiFileError> {
+    use std::os::unix::fs::PermissionsExt;
     let path = dir.join(TOKEN_FILE);
+    if let Ok(meta) = std::fs::metadata(&path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(ApiFileError::InsecureToken { path, mode });
+        }
+    }
     if let Ok(text) = std::fs::read_to_string(&path) {
         let t = text.trim().to_owned();
         if !t.is_empty() {
@@ -201,6 +218,13 @@ async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Respon
         .and_then(|v| v.strip_prefix("Bearer "));
     let good = given.is_some_and(|t| constant_time_eq(t.as_bytes(), state.token.as_bytes()));
     if !good {
+        // Never log what was presented: a wrong token may be a near miss.
+        tracing::warn!(
+            method = %req.method(),
+            path = %req.uri().path(),
+            presented = given.is_some(),
+            "refused an operator API call without a valid token"
+        );
         return (
             StatusCode::UNAUTHORIZED,
             Json(json!({ "error": "missing or wrong API token (Authorization: Bearer TOKEN from DIR/api.token)" })),
@@ -745,6 +769,24 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(read_token(dir.path()).unwrap(), t1);
+    }
+
+    #[test]
+    fn group_or_world_readable_token_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        ensure_token(dir.path()).unwrap();
+        let path = dir.path().join(TOKEN_FILE);
+        for mode in [0o640, 0o604, 0o644] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = ensure_token(dir.path()).unwrap_err();
+            assert!(
+                matches!(err, ApiFileError::InsecureToken { mode: m, .. } if m == mode),
+                "{err}"
+            );
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(ensure_token(dir.path()).is_ok());
     }
 
     #[test]
