@@ -17,6 +17,7 @@ pub mod diffcmd;
 pub mod imagegen;
 pub mod orchestrator;
 pub mod schedule;
+pub mod service_key;
 pub mod units;
 pub mod uri;
 

@@ -29,7 +29,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use base64::Engine as _;
 use ferry_engine::identity::Identity;
 use ferry_engine::qos::RateLimiter;
 use ferry_engine::session::receiver::ReceiverContext;
@@ -69,8 +68,6 @@ pub const DEFAULT_KEY_TTL: Duration = Duration::from_secs(3600);
 const STORE_BUSY_WAIT: Duration = Duration::from_secs(10);
 /// How often the policy scheduler and deferred deletions run.
 const TICK: Duration = Duration::from_secs(1);
-/// Prefix of an encoded service key.
-const KEY_PREFIX: &str = "ferry1.";
 
 /// Why a control request failed.
 #[derive(Debug, thiserror::Error)]
@@ -115,43 +112,8 @@ pub enum CtlError {
 /// Shorthand.
 pub type CtlResult<T> = Result<T, CtlError>;
 
-/// A service key as issued by `ferry service key` (encoded as
-/// `ferry1.` + base64url of this JSON).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ServiceKey {
-    /// The issuing (standby) agent's endpoint: QUIC on UDP, peer API on TCP.
-    pub endpoint: String,
-    /// Its certificate fingerprint (hex).
-    pub fingerprint: String,
-    /// One-time secret (hex, 32 bytes).
-    pub secret: String,
-    /// Expiry.
-    pub expires_at: Timestamp,
-}
-
-impl ServiceKey {
-    /// The one-line form.
-    pub fn encode(&self) -> String {
-        let json = serde_json::to_vec(self).unwrap_or_default();
-        format!(
-            "{KEY_PREFIX}{}",
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
-        )
-    }
-
-    /// Parses the one-line form.
-    pub fn decode(text: &str) -> CtlResult<ServiceKey> {
-        let bad = |why: &str| CtlError::BadRequest(format!("not a ferry service key: {why}"));
-        let body = text
-            .trim()
-            .strip_prefix(KEY_PREFIX)
-            .ok_or_else(|| bad("it does not start with 'ferry1.'"))?;
-        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(body)
-            .map_err(|_| bad("bad base64url"))?;
-        serde_json::from_slice(&json).map_err(|_| bad("bad contents"))
-    }
-}
+pub use crate::api::bodies::{MigrateStep, PairRequest, PeerGroupRequest, Qos};
+pub use crate::service_key::{ServiceKey, ServiceKeyError};
 
 fn hash_secret(secret: &str) -> String {
     blake3::hash(secret.as_bytes()).to_hex().to_string()
@@ -257,15 +219,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 fn internal(what: impl Into<String>) -> impl FnOnce(anyhow::Error) -> CtlError {
     let what = what.into();
     move |source| CtlError::Internal { what, source }
-}
-
-/// QoS settings (bytes/s; `None` = unlimited).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Qos {
-    /// Limit of everything written into this site's standby images.
-    pub receive_limit: Option<u64>,
-    /// Limit of this agent's replication traffic as a primary.
-    pub send_limit: Option<u64>,
 }
 
 impl Orchestrator {
@@ -568,7 +521,7 @@ impl Orchestrator {
         key: &str,
         local_endpoint: Option<String>,
     ) -> CtlResult<Service> {
-        let key = ServiceKey::decode(key)?;
+        let key = ServiceKey::decode(key).map_err(|e| CtlError::BadRequest(e.to_string()))?;
         if key.expires_at <= Timestamp::now() {
             return Err(CtlError::BadRequest("the service key has expired".into()));
         }
@@ -2580,39 +2533,6 @@ fn latest_common_point(receiver: &ReceiverContext, images: &[ImageName]) -> CtlR
     })
 }
 
-/// Body of `POST /v1/peer/pair`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PairRequest {
-    /// The one-time secret of the service key.
-    pub secret: String,
-    /// The service's name (the same on both agents).
-    pub name: String,
-    /// The caller's endpoint (QUIC + peer API).
-    pub endpoint: String,
-    /// The endpoint the caller used to reach us (from the key).
-    pub your_endpoint: String,
-}
-
-/// Body of `POST /v1/peer/groups/{id}/migrate`: one step of a planned
-/// migration, driven by the primary.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(tag = "step", rename_all = "snake_case")]
-pub enum MigrateStep {
-    /// The standby group enters `migrating` (journaled); answers a
-    /// completed plan if the standby already finished its side.
-    Begin,
-    /// Write every image at the final sync's recovery point into a new
-    /// volume, seeded as the base for replicating back; answers the plan.
-    Prepare {
-        /// The final sync's group recovery point.
-        engine_rp: u64,
-    },
-    /// Swap roles: the standby group becomes the primary.
-    Commit,
-    /// Give up: new volumes removed, the group back to where it was.
-    Abort,
-}
-
 /// What the standby made of each image for a planned migration.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct MigrationPlan {
@@ -2640,17 +2560,6 @@ pub struct MigratedImage {
     pub size: u64,
     /// BLAKE3 of the new volume.
     pub blake3: String,
-}
-
-/// Body of `POST /v1/peer/groups`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PeerGroupRequest {
-    /// Group name (the same on both agents).
-    pub name: String,
-    /// The primary group's id on the primary agent.
-    pub primary_group_id: i64,
-    /// Remote project/tenant.
-    pub remote_project: String,
 }
 
 fn remote_id(g: &Group) -> CtlResult<i64> {
@@ -2749,22 +2658,6 @@ pub fn is_finished(op: &Operation) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn service_key_round_trips_and_rejects_garbage() {
-        let key = ServiceKey {
-            endpoint: "10.0.0.2:7400".into(),
-            fingerprint: "ab".repeat(32),
-            secret: "cd".repeat(32),
-            expires_at: Timestamp(12345),
-        };
-        let text = key.encode();
-        assert!(text.starts_with("ferry1."));
-        assert!(!text.contains(char::is_whitespace));
-        assert_eq!(ServiceKey::decode(&text).unwrap(), key);
-        assert!(ServiceKey::decode("ferry1.!!!").is_err());
-        assert!(ServiceKey::decode(&text[1..]).is_err());
-    }
 
     #[test]
     fn standby_names_are_valid_and_unique() {
