@@ -23,10 +23,10 @@ use ferry_protocol::{
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::codec::Decoder;
 use crate::qos::{RateLimiter, RateMeter};
 use crate::session::framing::{FrameReader, FrameWriter, FramingError};
-use crate::standby::{EpochSink, RecoveryPointMeta, StagedBatch, Standby, StoreError};
+use crate::session::machine::{FrameMachine, MachineError, Step};
+use crate::standby::{EpochSink, RecoveryPointMeta, Standby, StoreError};
 use crate::transport::peer_fingerprint;
 
 /// Unsynced bytes after which the stager fsyncs even if more batches wait.
@@ -159,6 +159,15 @@ enum ServeError {
     Store(#[from] StoreError),
     #[error("worker thread failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+}
+
+impl From<MachineError> for ServeError {
+    fn from(e: MachineError) -> Self {
+        match e {
+            MachineError::Refuse { code, message } => ServeError::Refuse { code, message },
+            MachineError::Store(e) => ServeError::Store(e),
+        }
+    }
 }
 
 impl ServeError {
@@ -584,21 +593,14 @@ async fn serve_image_stream(
     let result: Result<(), ServeError> = loop {
         tokio::select! {
             frame = reader.next(), if reading => match frame {
-                Ok(Some(Message::ExtentBatch(batch))) => {
-                    if batch.image != image || batch.epoch != epoch {
-                        break Err(ServeError::Refuse {
-                            code: ErrorCode::OutOfOrder,
-                            message: format!("batch for {} epoch {} on the stream of {image} epoch {epoch}", batch.image, batch.epoch),
-                        });
+                Ok(Some(message)) => match FrameMachine::accept_frame(&image, epoch, message) {
+                    Ok(batch) => {
+                        if in_tx.send(StagerInput::Batch(Box::new(batch))).await.is_err() {
+                            reading = false;
+                        }
                     }
-                    if in_tx.send(StagerInput::Batch(Box::new(batch))).await.is_err() {
-                        reading = false;
-                    }
-                }
-                Ok(Some(other)) => break Err(ServeError::Refuse {
-                    code: ErrorCode::OutOfOrder,
-                    message: format!("unexpected {} on an image stream", frame_name(&other)),
-                }),
+                    Err(e) => break Err(e.into()),
+                },
                 Ok(None) => {
                     reading = false;
                     let _ = in_tx.send(StagerInput::End).await;
@@ -639,20 +641,19 @@ async fn serve_image_stream(
 /// acknowledge only durable batches. At the end of the stream the writer is
 /// parked for the commit that follows.
 fn stage_loop(
-    mut epoch_writer: EpochSink,
+    epoch_writer: EpochSink,
     mut input: mpsc::Receiver<StagerInput>,
     output: mpsc::UnboundedSender<StagerOutput>,
     ctx: &ReceiverContext,
     parked: &Parked,
 ) -> Result<(), ServeError> {
-    let mut decoder = Decoder::new();
-    let mut expected = epoch_writer.durable_seq().next();
+    let mut machine = FrameMachine::new(epoch_writer);
     let mut unsynced: u64 = 0;
     let mut meter = RateMeter::new(Instant::now());
-    let image = loop_image_name(&epoch_writer);
-    let epoch = epoch_writer.epoch();
-    let sync_and_ack = |w: &mut EpochSink, unsynced: &mut u64| -> Result<(), ServeError> {
-        let durable = w.sync()?;
+    let image = machine.image().clone();
+    let epoch = machine.epoch();
+    let sync_and_ack = |m: &mut FrameMachine, unsynced: &mut u64| -> Result<(), ServeError> {
+        let durable = m.sync()?;
         *unsynced = 0;
         ctx.update_activity(&image, |a| a.durable_seq = durable);
         let _ = output.send(StagerOutput::Ack(durable));
@@ -663,7 +664,7 @@ fn stage_loop(
             match input.try_recv() {
                 Ok(item) => Some(item),
                 Err(mpsc::error::TryRecvError::Empty) => {
-                    sync_and_ack(&mut epoch_writer, &mut unsynced)?;
+                    sync_and_ack(&mut machine, &mut unsynced)?;
                     input.blocking_recv()
                 }
                 Err(mpsc::error::TryRecvError::Disconnected) => None,
@@ -673,28 +674,13 @@ fn stage_loop(
         };
         match next {
             Some(StagerInput::Batch(batch)) => {
-                if batch.seq < expected {
-                    continue; // a resent batch that is already staged
+                if batch.seq == machine.expected() {
+                    // Only a batch that will be decoded costs write budget.
+                    let declared = FrameMachine::declared_plain(&batch);
+                    ctx.write_limit.acquire_blocking(declared.max(1));
                 }
-                if batch.seq > expected {
-                    continue; // waiting for the resend of a rejected batch (go-back-N)
-                }
-                let plain: u64 = batch
-                    .extents
-                    .iter()
-                    .filter(|e| e.kind == ferry_protocol::ExtentKind::Data)
-                    .map(|e| u64::from(e.length))
-                    .sum();
-                ctx.write_limit.acquire_blocking(plain.max(1));
-                match decoder.decode(&batch) {
-                    Ok(extents) => {
-                        let staged = StagedBatch {
-                            seq: batch.seq,
-                            scan_end: batch.scan_end,
-                            extents,
-                        };
-                        epoch_writer.stage(staged)?;
-                        expected = expected.next();
+                match machine.on_batch(&batch)? {
+                    Step::Staged { plain, .. } => {
                         unsynced += plain.max(1);
                         meter.record(plain, Instant::now());
                         let rate = meter.rate(Instant::now());
@@ -703,35 +689,27 @@ fn stage_loop(
                             a.rate = rate;
                         });
                         if unsynced >= GROUP_SYNC_BYTES {
-                            sync_and_ack(&mut epoch_writer, &mut unsynced)?;
+                            sync_and_ack(&mut machine, &mut unsynced)?;
                         }
                     }
-                    Err(error) => {
-                        warn!(%image, %epoch, seq = %batch.seq, %error, "rejected a batch; asking for it again");
+                    Step::Duplicate(_) | Step::AheadOfGap(_) => {}
+                    Step::Nack { nack, detail } => {
+                        warn!(%image, %epoch, seq = %batch.seq, error = %detail, "rejected a batch; asking for it again");
                         ctx.update_activity(&image, |a| a.nacks += 1);
-                        let _ = output.send(StagerOutput::Nack(Nack {
-                            image: image.clone(),
-                            epoch,
-                            seq: batch.seq,
-                            reason: error.nack_reason(),
-                        }));
+                        let _ = output.send(StagerOutput::Nack(nack));
                     }
                 }
             }
             Some(StagerInput::End) | None => {
-                let durable = epoch_writer.sync()?;
+                let durable = machine.sync()?;
                 ctx.update_activity(&image, |a| a.durable_seq = durable);
                 let end_of_stream = matches!(next, Some(StagerInput::End));
                 if end_of_stream {
-                    lock(parked).insert(image.clone(), epoch_writer);
+                    lock(parked).insert(image.clone(), machine.into_writer());
                 }
                 let _ = output.send(StagerOutput::Ack(durable));
                 return Ok(());
             }
         }
     }
-}
-
-fn loop_image_name(writer: &EpochSink) -> ImageName {
-    writer.image().clone()
 }
