@@ -20,9 +20,12 @@ mod service_key;
 #[path = "../../agent/src/uri.rs"]
 mod uri;
 
+#[path = "../../agent/src/api/bodies.rs"]
+mod bodies;
+
+// bodies.rs is `crate::api::bodies` in the agent; the check names it so.
 mod api {
-    #[path = "../../../agent/src/api/bodies.rs"]
-    pub mod bodies;
+    pub use crate::bodies;
 }
 
 #[path = "../../tests/tests/common/api_bodies_check.rs"]
