@@ -21,7 +21,7 @@ mod service_key;
 mod uri;
 
 #[path = "../../agent/src/api/bodies.rs"]
-mod bodies;
+pub mod bodies;
 
 // bodies.rs is `crate::api::bodies` in the agent; the check names it so.
 mod api {

@@ -294,13 +294,19 @@ pub fn check_request_body(route: BodyRoute, body: &[u8]) -> Result<(), BodyError
         }
     };
     match route {
-        BodyRoute::ServiceKey => drop(parse::<KeyBody>(route, body)?),
+        BodyRoute::ServiceKey => {
+            parse::<KeyBody>(route, body)?;
+        }
         BodyRoute::CreateService => {
             let b: CreateServiceBody = parse(route, body)?;
             ServiceKey::decode(&b.key).map_err(|e| field("key")(e.to_string()))?;
         }
-        BodyRoute::UpdateService => drop(parse::<UpdateServiceBody>(route, body)?),
-        BodyRoute::CreateGroup => drop(parse::<CreateGroupBody>(route, body)?),
+        BodyRoute::UpdateService => {
+            parse::<UpdateServiceBody>(route, body)?;
+        }
+        BodyRoute::CreateGroup => {
+            parse::<CreateGroupBody>(route, body)?;
+        }
         BodyRoute::AddResources => {
             let b: AddBody = parse(route, body)?;
             for uri in &b.uris {
@@ -308,20 +314,34 @@ pub fn check_request_body(route: BodyRoute, body: &[u8]) -> Result<(), BodyError
             }
         }
         BodyRoute::RemoveResources | BodyRoute::PeerRemoveResources => {
-            drop(parse::<UrisBody>(route, body)?)
+            parse::<UrisBody>(route, body)?;
         }
-        BodyRoute::CreateRecoveryPoint => drop(parse::<RpBody>(route, body)?),
-        BodyRoute::BindPolicy => drop(parse::<BindBody>(route, body)?),
-        BodyRoute::Restore => drop(parse::<RestoreBody>(route, body)?),
-        BodyRoute::Failover => drop(parse::<FailoverBody>(route, body)?),
+        BodyRoute::CreateRecoveryPoint => {
+            parse::<RpBody>(route, body)?;
+        }
+        BodyRoute::BindPolicy => {
+            parse::<BindBody>(route, body)?;
+        }
+        BodyRoute::Restore => {
+            parse::<RestoreBody>(route, body)?;
+        }
+        BodyRoute::Failover => {
+            parse::<FailoverBody>(route, body)?;
+        }
         BodyRoute::CreatePolicy => {
             let b: PolicyBody = parse(route, body)?;
             serde_json::from_value::<PolicySchedule>(b.schedule)
                 .map_err(|e| field("schedule")(e.to_string()))?;
         }
-        BodyRoute::SetQos => drop(parse::<Qos>(route, body)?),
-        BodyRoute::PeerPair => drop(parse::<PairRequest>(route, body)?),
-        BodyRoute::PeerCreateGroup => drop(parse::<PeerGroupRequest>(route, body)?),
+        BodyRoute::SetQos => {
+            parse::<Qos>(route, body)?;
+        }
+        BodyRoute::PeerPair => {
+            parse::<PairRequest>(route, body)?;
+        }
+        BodyRoute::PeerCreateGroup => {
+            parse::<PeerGroupRequest>(route, body)?;
+        }
         BodyRoute::PeerAddResources => {
             let b: PeerResources = parse(route, body)?;
             for r in &b.resources {
@@ -329,9 +349,15 @@ pub fn check_request_body(route: BodyRoute, body: &[u8]) -> Result<(), BodyError
                     .map_err(|e| field("standby_target")(e.to_string()))?;
             }
         }
-        BodyRoute::PeerSync => drop(parse::<SyncBody>(route, body)?),
-        BodyRoute::PeerAddRecoveryPoint => drop(parse::<NewRecoveryPoint>(route, body)?),
-        BodyRoute::PeerMigrate => drop(parse::<MigrateStep>(route, body)?),
+        BodyRoute::PeerSync => {
+            parse::<SyncBody>(route, body)?;
+        }
+        BodyRoute::PeerAddRecoveryPoint => {
+            parse::<NewRecoveryPoint>(route, body)?;
+        }
+        BodyRoute::PeerMigrate => {
+            parse::<MigrateStep>(route, body)?;
+        }
     }
     Ok(())
 }

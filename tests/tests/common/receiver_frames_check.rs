@@ -279,7 +279,7 @@ pub fn check(data: &[u8]) {
             // A resend of an older batch, or a batch past a gap.
             4 => {
                 let delta = u64::from(input.u8() % 4);
-                let seq = if input.u8() % 2 == 0 {
+                let seq = if input.u8().is_multiple_of(2) {
                     m.expected().get().saturating_sub(delta + 1).max(1)
                 } else {
                     m.expected().get() + delta + 1
@@ -315,7 +315,7 @@ pub fn check(data: &[u8]) {
             // Commit (after the end of the stream), sometimes with an
             // impossible size.
             _ => {
-                let absurd = input.u8() % 4 == 0;
+                let absurd = input.u8().is_multiple_of(4);
                 let m = machine.take().expect("checked above");
                 let mut writer = m.into_writer();
                 let durable = writer.sync().expect("fsync before the commit");
