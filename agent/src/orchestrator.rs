@@ -587,7 +587,13 @@ impl Orchestrator {
                 "agent {caller} is already paired with this agent"
             )));
         }
-        self.db(|s| s.consume_pairing_secret(&hash_secret(&req.secret), Timestamp::now()))?;
+        if let Err(error) =
+            self.db(|s| s.consume_pairing_secret(&hash_secret(&req.secret), Timestamp::now()))
+        {
+            // The secret itself is never logged.
+            warn!(peer = %caller, %error, "refused a pairing request");
+            return Err(error);
+        }
         let svc = self.db(|s| {
             s.create_service(&NewService {
                 name: req.name.clone(),

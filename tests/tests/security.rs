@@ -293,6 +293,15 @@ fn expired_and_replayed_service_keys_are_refused() {
         "{}",
         text(&out)
     );
+    let b_log = std::fs::read_dir(&b_dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+        .collect::<String>();
+    assert!(b_log.contains("refused a pairing request"), "{b_log}");
+    // (An expired key is refused by the primary before it calls the standby.)
+    assert!(b_log.contains("already used"), "{b_log}");
     assert_eq!(
         ok(&a_dir, &["service", "list"]).as_array().unwrap().len(),
         1
@@ -485,9 +494,20 @@ async fn zstd_bomb_and_impossible_sizes_are_refused_and_never_written() {
         bytes.iter().all(|b| *b == 0),
         "bomb bytes reached the image"
     );
-    // Still serving.
+    // An image size no file can have is refused at OpenImage, before any
+    // file is created.
     let (_endpoint, conn) = try_connect(&t.agent, &t.client).await.unwrap();
     let _control = hello(&conn, &t.client).await;
+    let (send, recv) = conn.open_bi().await.unwrap();
+    let mut w = FrameWriter::new(send, DEFAULT_MAX_FRAME_LEN);
+    let mut r = FrameReader::new(recv, DEFAULT_MAX_FRAME_LEN);
+    w.send(&Message::OpenImage(open_image("huge", u64::MAX)))
+        .await
+        .unwrap();
+    let why = expect_error(next(&mut r).await, ErrorCode::Malformed);
+    assert!(why.contains("size"), "{why}");
+    assert!(!t.agent.image_path("huge").exists());
+    assert!(!t.agent.dir.join("images").join("huge").exists());
 }
 
 // ------------------------------------------------------------ operator API
