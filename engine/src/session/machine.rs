@@ -177,3 +177,105 @@ impl FrameMachine {
         self.writer
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::{Bytes, BytesMut};
+    use ferry_protocol::{NackReason, OpenImage};
+
+    use super::*;
+    use crate::codec::{Encoder, PlainExtent};
+    use crate::standby::{StandbyStore, StoreConfig};
+
+    fn batch(image: &ImageName, seq: u64, offset: u64, fill: u8) -> ExtentBatch {
+        let chunk = Encoder::new(1)
+            .encode(
+                offset,
+                offset + 4096,
+                &[PlainExtent {
+                    offset,
+                    length: 4096,
+                    kind: ExtentKind::Data,
+                    data: Some(Bytes::from(vec![fill; 4096])),
+                }],
+            )
+            .expect("encode");
+        ExtentBatch {
+            image: image.clone(),
+            epoch: Epoch(1),
+            seq: SeqNo(seq),
+            scan_start: offset,
+            scan_end: offset + 4096,
+            payload_crc32c: chunk.payload_crc32c,
+            plain_blake3: chunk.plain_blake3,
+            extents: chunk.extents,
+            payload: chunk.payload,
+        }
+    }
+
+    #[test]
+    fn go_back_n_stages_only_the_next_verified_batch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = StandbyStore::open(dir.path(), StoreConfig::default()).expect("store");
+        let image = ImageName::new("m").expect("name");
+        let writer = store
+            .open_epoch(&OpenImage {
+                image: image.clone(),
+                size: 65536,
+                block_size: 4096,
+                epoch: Epoch(1),
+                base_epoch: Epoch(0),
+            })
+            .expect("open");
+        let mut m = FrameMachine::new(EpochSink::Files(writer));
+        let b1 = batch(&image, 1, 0, 1);
+        assert_eq!(
+            m.on_batch(&b1).expect("b1"),
+            Step::Staged {
+                seq: SeqNo(1),
+                plain: 4096
+            }
+        );
+        // A damaged batch 2 is asked for again; 3 behind it waits; a resend
+        // of 1 is ignored.
+        let mut damaged = batch(&image, 2, 4096, 2);
+        let mut payload = BytesMut::from(&damaged.payload[..]);
+        payload[0] ^= 1;
+        damaged.payload = payload.freeze();
+        match m.on_batch(&damaged).expect("damaged") {
+            Step::Nack { nack, .. } => {
+                assert_eq!(nack.seq, SeqNo(2));
+                assert_eq!(nack.reason, NackReason::PayloadCrc);
+            }
+            other => panic!("expected a Nack, got {other:?}"),
+        }
+        let b3 = batch(&image, 3, 8192, 3);
+        assert_eq!(m.on_batch(&b3).expect("b3"), Step::AheadOfGap(SeqNo(3)));
+        assert_eq!(
+            m.on_batch(&b1).expect("b1 again"),
+            Step::Duplicate(SeqNo(1))
+        );
+        assert_eq!(m.expected(), SeqNo(2));
+        // The resend is staged, then 3; only a sync makes them acknowledgeable.
+        assert!(matches!(
+            m.on_batch(&batch(&image, 2, 4096, 2)).expect("b2"),
+            Step::Staged { .. }
+        ));
+        assert!(matches!(m.on_batch(&b3).expect("b3"), Step::Staged { .. }));
+        assert_eq!(m.sync().expect("sync"), SeqNo(3));
+        // A frame for another image, or not a batch, ends the stream.
+        let other = ImageName::new("other").expect("name");
+        assert!(FrameMachine::accept_frame(
+            &image,
+            Epoch(1),
+            Message::ExtentBatch(batch(&other, 4, 12288, 4))
+        )
+        .is_err());
+        assert!(FrameMachine::accept_frame(
+            &image,
+            Epoch(2),
+            Message::ExtentBatch(batch(&image, 4, 12288, 4))
+        )
+        .is_err());
+    }
+}
