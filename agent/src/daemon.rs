@@ -6,20 +6,21 @@
 //! the engine is healthy, and reports reloads and the stop (see
 //! [`crate::service`]).
 
+use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use ferry_engine::identity::Identity;
 use ferry_engine::qos::RateLimiter;
 use ferry_engine::rbd::sink::{RbdStandby, RbdStandbyConfig};
-use ferry_engine::session::receiver::{serve, ReceiverContext};
+use ferry_engine::session::receiver::{serve, ImageAuthorizer, ReceiverContext};
 use ferry_engine::standby::{Standby, StandbyStore, StoreConfig, StoreError};
 use ferry_engine::transport::{server_endpoint, TrustStore};
-use ferry_protocol::{AgentId, DEFAULT_MAX_FRAME_LEN};
+use ferry_protocol::{AgentId, ImageName, DEFAULT_MAX_FRAME_LEN};
 use tracing::{info, warn};
 
 use crate::api;
@@ -57,6 +58,62 @@ pub fn lock_dir(dir: &Path) -> Result<DirLock> {
     }
 }
 
+/// Whether `caller` may write standby image `image`: peers the operator
+/// trusted explicitly (`trust` in the config, `--trust`) may write any
+/// image (that is what `ferry sync` to a bare agent needs); a peer trusted
+/// only through a paired service may write only the images of that
+/// service's standby groups ([`Orchestrator::check_image_owner`]). Fails
+/// closed: before the orchestrator runs, a service peer is refused.
+pub fn check_image_owner(
+    operator_trust: &HashSet<AgentId>,
+    orch: Option<&Orchestrator>,
+    caller: AgentId,
+    image: &ImageName,
+) -> Result<(), String> {
+    if operator_trust.contains(&caller) {
+        return Ok(());
+    }
+    let Some(orch) = orch else {
+        return Err("the control plane is not running yet".into());
+    };
+    orch.check_image_owner(caller, image.as_str())
+        .map_err(|e| e.to_string())
+}
+
+/// The receiver's [`ImageAuthorizer`] of a running agent.
+#[derive(Default)]
+pub struct AgentAuthorizer {
+    operator_trust: RwLock<HashSet<AgentId>>,
+    orch: OnceLock<Weak<Orchestrator>>,
+}
+
+impl AgentAuthorizer {
+    /// Replaces the explicitly trusted peers (start-up, `SIGHUP`).
+    pub fn set_operator_trust(&self, peers: impl IntoIterator<Item = AgentId>) {
+        let set = peers.into_iter().collect();
+        match self.operator_trust.write() {
+            Ok(mut g) => *g = set,
+            Err(p) => *p.into_inner() = set,
+        }
+    }
+
+    /// Connects the orchestrator (service pairings and group ownership).
+    pub fn set_orchestrator(&self, orch: &Arc<Orchestrator>) {
+        let _ = self.orch.set(Arc::downgrade(orch));
+    }
+}
+
+impl ImageAuthorizer for AgentAuthorizer {
+    fn authorize(&self, peer: AgentId, image: &ImageName) -> Result<(), String> {
+        let orch = self.orch.get().and_then(Weak::upgrade);
+        let trust = match self.operator_trust.read() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        check_image_owner(&trust, orch.as_deref(), peer, image)
+    }
+}
+
 /// A running standby receiver.
 pub struct RunningStandby {
     /// Address it listens on.
@@ -65,6 +122,8 @@ pub struct RunningStandby {
     pub context: Arc<ReceiverContext>,
     /// Its trusted peers (changeable).
     pub trust: TrustStore,
+    /// Which images each trusted peer may write.
+    pub authorizer: Arc<AgentAuthorizer>,
     endpoint: quinn::Endpoint,
     task: tokio::task::JoinHandle<()>,
     _lock: DirLock,
@@ -125,7 +184,9 @@ pub async fn open_standby(dir: &Path, config: &AgentConfig) -> Result<Standby> {
     Ok(store)
 }
 
-/// Starts the standby side of an agent in `dir` on `listen`.
+/// Starts the standby side of an agent in `dir` on `listen`. The peers in
+/// `trust` at this moment are the operator's explicit trust (they may write
+/// any image); peers added later (paired services) only their groups' images.
 pub async fn start_standby(
     dir: &Path,
     listen: SocketAddr,
@@ -137,17 +198,21 @@ pub async fn start_standby(
     let store = open_standby(dir, config).await?;
     let endpoint = server_endpoint(listen, &identity, trust.clone(), &config.transport)?;
     let addr = endpoint.local_addr()?;
+    let authorizer = Arc::new(AgentAuthorizer::default());
+    authorizer.set_operator_trust(trust.list());
     let context = ReceiverContext::new(
         store,
         RateLimiter::new(config.receive_limit),
         identity.fingerprint(),
         DEFAULT_MAX_FRAME_LEN,
+        authorizer.clone(),
     );
     let task = tokio::spawn(serve(endpoint.clone(), context.clone()));
     Ok(RunningStandby {
         addr,
         context,
         trust,
+        authorizer,
         endpoint,
         task,
         _lock: lock,
@@ -285,6 +350,9 @@ pub async fn run(
                 match AgentConfig::load(cfg_path.as_deref()) {
                     Ok(new) => {
                         standby.context.write_limit.set_rate(new.receive_limit);
+                        standby.authorizer.set_operator_trust(
+                            new.trust.iter().chain(trust_flags.iter()).copied(),
+                        );
                         control.orch.reapply_qos();
                         let paired = control.orch.paired_peers();
                         for peer in new.trust.iter().chain(trust_flags.iter()).chain(paired.iter()) {
@@ -410,6 +478,7 @@ pub async fn start_control(
     let api_addr = tcp.local_addr()?;
     api::write_addr(dir, api_addr)?;
     orch.set_api_addr(api_addr);
+    standby.authorizer.set_orchestrator(&orch);
     let app = api::operator_router(orch.clone(), token);
     tokio::spawn(async move {
         if let Err(error) = axum::serve(tcp, app).await {

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod orchestrator;
 pub mod schedule;
 pub mod service;
+pub mod service_key;
 pub mod units;
 pub mod uri;
 

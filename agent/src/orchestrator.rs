@@ -31,7 +31,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use base64::Engine as _;
 use ferry_engine::identity::Identity;
 use ferry_engine::qos::RateLimiter;
 use ferry_engine::session::receiver::ReceiverContext;
@@ -72,8 +71,6 @@ pub const DEFAULT_KEY_TTL: Duration = Duration::from_secs(3600);
 const STORE_BUSY_WAIT: Duration = Duration::from_secs(10);
 /// How often the policy scheduler and deferred deletions run.
 const TICK: Duration = Duration::from_secs(1);
-/// Prefix of an encoded service key.
-const KEY_PREFIX: &str = "ferry1.";
 
 /// Why a control request failed.
 #[derive(Debug, thiserror::Error)]
@@ -118,43 +115,8 @@ pub enum CtlError {
 /// Shorthand.
 pub type CtlResult<T> = Result<T, CtlError>;
 
-/// A service key as issued by `ferry service key` (encoded as
-/// `ferry1.` + base64url of this JSON).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ServiceKey {
-    /// The issuing (standby) agent's endpoint: QUIC on UDP, peer API on TCP.
-    pub endpoint: String,
-    /// Its certificate fingerprint (hex).
-    pub fingerprint: String,
-    /// One-time secret (hex, 32 bytes).
-    pub secret: String,
-    /// Expiry.
-    pub expires_at: Timestamp,
-}
-
-impl ServiceKey {
-    /// The one-line form.
-    pub fn encode(&self) -> String {
-        let json = serde_json::to_vec(self).unwrap_or_default();
-        format!(
-            "{KEY_PREFIX}{}",
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
-        )
-    }
-
-    /// Parses the one-line form.
-    pub fn decode(text: &str) -> CtlResult<ServiceKey> {
-        let bad = |why: &str| CtlError::BadRequest(format!("not a ferry service key: {why}"));
-        let body = text
-            .trim()
-            .strip_prefix(KEY_PREFIX)
-            .ok_or_else(|| bad("it does not start with 'ferry1.'"))?;
-        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(body)
-            .map_err(|_| bad("bad base64url"))?;
-        serde_json::from_slice(&json).map_err(|_| bad("bad contents"))
-    }
-}
+pub use crate::api::bodies::{MigrateStep, PairRequest, PeerGroupRequest, Qos};
+pub use crate::service_key::{ServiceKey, ServiceKeyError};
 
 fn hash_secret(secret: &str) -> String {
     blake3::hash(secret.as_bytes()).to_hex().to_string()
@@ -270,15 +232,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 fn internal(what: impl Into<String>) -> impl FnOnce(anyhow::Error) -> CtlError {
     let what = what.into();
     move |source| CtlError::Internal { what, source }
-}
-
-/// QoS settings (bytes/s; `None` = unlimited).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Qos {
-    /// Limit of everything written into this site's standby images.
-    pub receive_limit: Option<u64>,
-    /// Limit of this agent's replication traffic as a primary.
-    pub send_limit: Option<u64>,
 }
 
 impl Orchestrator {
@@ -584,7 +537,7 @@ impl Orchestrator {
         key: &str,
         local_endpoint: Option<String>,
     ) -> CtlResult<Service> {
-        let key = ServiceKey::decode(key)?;
+        let key = ServiceKey::decode(key).map_err(|e| CtlError::BadRequest(e.to_string()))?;
         if key.expires_at <= Timestamp::now() {
             return Err(CtlError::BadRequest("the service key has expired".into()));
         }
@@ -650,7 +603,13 @@ impl Orchestrator {
                 "agent {caller} is already paired with this agent"
             )));
         }
-        self.db(|s| s.consume_pairing_secret(&hash_secret(&req.secret), Timestamp::now()))?;
+        if let Err(error) =
+            self.db(|s| s.consume_pairing_secret(&hash_secret(&req.secret), Timestamp::now()))
+        {
+            // The secret itself is never logged.
+            warn!(peer = %caller, %error, "refused a pairing request");
+            return Err(error);
+        }
         let svc = self.db(|s| {
             s.create_service(&NewService {
                 name: req.name.clone(),
@@ -723,6 +682,37 @@ impl Orchestrator {
                 fingerprint: caller,
                 reason: "no service connects this agent to it".into(),
             })
+    }
+
+    /// Whether `caller` may write (and query) standby image `image` over
+    /// QUIC: only if a group of the service that pairs this agent with
+    /// `caller`, standby here, lists the image as a resource's standby
+    /// target (a primary group's targets name images on the peer). Fails
+    /// closed: an unpaired caller, an image of another service's group, an
+    /// unknown image or a store error all refuse.
+    pub fn check_image_owner(&self, caller: AgentId, image: &str) -> CtlResult<()> {
+        let svc = self.service_of_peer(caller)?;
+        let forbidden = |reason: String| CtlError::Forbidden {
+            fingerprint: caller,
+            reason,
+        };
+        for g in self
+            .groups()?
+            .into_iter()
+            .filter(|g| g.service_id == svc.id && g.role == Role::Standby)
+        {
+            if self
+                .db(|s| s.resources(g.id))?
+                .iter()
+                .any(|r| r.standby_target == image)
+            {
+                return Ok(());
+            }
+        }
+        Err(forbidden(format!(
+            "no group of service '{}' owns image {image}",
+            svc.name
+        )))
     }
 
     // ------------------------------------------------------------- groups
@@ -2193,6 +2183,25 @@ impl Orchestrator {
             .filter(|r| !have.iter().any(|h| h.uri == r.uri))
             .cloned()
             .collect();
+        // An image belongs to one group: a peer may not claim (and so gain
+        // write access to) an image another group already owns here.
+        let mut taken = Vec::new();
+        for other in self.groups()? {
+            if other.role == Role::Standby && other.id != g.id {
+                taken.extend(self.db(|s| s.resources(other.id))?);
+            }
+        }
+        for r in &new {
+            if let Some(owner) = taken.iter().find(|t| t.standby_target == r.standby_target) {
+                return Err(CtlError::Forbidden {
+                    fingerprint: caller,
+                    reason: format!(
+                        "image {} already belongs to another group (resource {})",
+                        r.standby_target, owner.uri
+                    ),
+                });
+            }
+        }
         // A placeholder of the same size per resource (dr-semantics: "on
         // add, the standby creates a placeholder image"), before recording.
         for r in &new {
@@ -2685,39 +2694,6 @@ fn latest_common_point(receiver: &ReceiverContext, images: &[ImageName]) -> CtlR
     })
 }
 
-/// Body of `POST /v1/peer/pair`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PairRequest {
-    /// The one-time secret of the service key.
-    pub secret: String,
-    /// The service's name (the same on both agents).
-    pub name: String,
-    /// The caller's endpoint (QUIC + peer API).
-    pub endpoint: String,
-    /// The endpoint the caller used to reach us (from the key).
-    pub your_endpoint: String,
-}
-
-/// Body of `POST /v1/peer/groups/{id}/migrate`: one step of a planned
-/// migration, driven by the primary.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(tag = "step", rename_all = "snake_case")]
-pub enum MigrateStep {
-    /// The standby group enters `migrating` (journaled); answers a
-    /// completed plan if the standby already finished its side.
-    Begin,
-    /// Write every image at the final sync's recovery point into a new
-    /// volume, seeded as the base for replicating back; answers the plan.
-    Prepare {
-        /// The final sync's group recovery point.
-        engine_rp: u64,
-    },
-    /// Swap roles: the standby group becomes the primary.
-    Commit,
-    /// Give up: new volumes removed, the group back to where it was.
-    Abort,
-}
-
 /// What the standby made of each image for a planned migration.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct MigrationPlan {
@@ -2745,17 +2721,6 @@ pub struct MigratedImage {
     pub size: u64,
     /// BLAKE3 of the new volume.
     pub blake3: String,
-}
-
-/// Body of `POST /v1/peer/groups`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PeerGroupRequest {
-    /// Group name (the same on both agents).
-    pub name: String,
-    /// The primary group's id on the primary agent.
-    pub primary_group_id: i64,
-    /// Remote project/tenant.
-    pub remote_project: String,
 }
 
 fn remote_id(g: &Group) -> CtlResult<i64> {
@@ -2854,22 +2819,6 @@ pub fn is_finished(op: &Operation) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn service_key_round_trips_and_rejects_garbage() {
-        let key = ServiceKey {
-            endpoint: "10.0.0.2:7400".into(),
-            fingerprint: "ab".repeat(32),
-            secret: "cd".repeat(32),
-            expires_at: Timestamp(12345),
-        };
-        let text = key.encode();
-        assert!(text.starts_with("ferry1."));
-        assert!(!text.contains(char::is_whitespace));
-        assert_eq!(ServiceKey::decode(&text).unwrap(), key);
-        assert!(ServiceKey::decode("ferry1.!!!").is_err());
-        assert!(ServiceKey::decode(&text[1..]).is_err());
-    }
 
     #[test]
     fn standby_names_are_valid_and_unique() {

@@ -43,9 +43,14 @@ use jiff::tz::{AmbiguousOffset, TimeZone};
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
+// Explicit paths: the fuzz crate compiles this file directly (`#[path]`),
+// where implicit child-module lookup would start from the wrong directory.
+#[path = "schedule/recurrence.rs"]
 mod recurrence;
+#[path = "schedule/retention.rs"]
 mod retention;
 #[cfg(test)]
+#[path = "schedule/tests.rs"]
 mod tests;
 
 pub use recurrence::{MonthDaySet, Schedule, WallTime, WeekdaySet};

@@ -12,6 +12,7 @@
 //! table, `"refusal": {op, subject, role, state, reason, rule, context}`
 //! with HTTP 409; nothing is changed by a refused request.
 
+pub mod bodies;
 pub mod http;
 pub mod tls;
 
@@ -30,9 +31,13 @@ use rand::RngCore;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::control::{NewRecoveryPoint, NewResource, OperationId, StoreError};
+use crate::control::{NewRecoveryPoint, OperationId, StoreError};
 use crate::orchestrator::{
     CtlError, MigrateStep, Orchestrator, PairRequest, PeerGroupRequest, Qos, DEFAULT_KEY_TTL,
+};
+use bodies::{
+    AddBody, BindBody, CreateGroupBody, CreateServiceBody, FailoverBody, KeyBody, PeerResources,
+    PolicyBody, RestoreBody, RpBody, SyncBody, UpdateServiceBody, UrisBody,
 };
 
 /// File holding the operator API token in the agent directory.
@@ -54,11 +59,28 @@ pub enum ApiFileError {
         #[source]
         source: std::io::Error,
     },
+    /// The token file can be read by other users: anyone who reads it may
+    /// drive the agent, so the agent refuses to use it.
+    #[error("API token {path} has mode {mode:o}: it must not be readable by group or others (chmod 600 it)")]
+    InsecureToken {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
 }
 
 /// Creates `DIR/api.token` (mode 0600) unless it exists; returns the token.
+/// An existing token file readable by group or others is refused.
 pub fn ensure_token(dir: &Path) -> Result<String, ApiFileError> {
+    use std::os::unix::fs::PermissionsExt;
     let path = dir.join(TOKEN_FILE);
+    if let Ok(meta) = std::fs::metadata(&path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(ApiFileError::InsecureToken { path, mode });
+        }
+    }
     if let Ok(text) = std::fs::read_to_string(&path) {
         let t = text.trim().to_owned();
         if !t.is_empty() {
@@ -201,6 +223,13 @@ async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Respon
         .and_then(|v| v.strip_prefix("Bearer "));
     let good = given.is_some_and(|t| constant_time_eq(t.as_bytes(), state.token.as_bytes()));
     if !good {
+        // Never log what was presented: a wrong token may be a near miss.
+        tracing::warn!(
+            method = %req.method(),
+            path = %req.uri().path(),
+            presented = given.is_some(),
+            "refused an operator API call without a valid token"
+        );
         return (
             StatusCode::UNAUTHORIZED,
             Json(json!({ "error": "missing or wrong API token (Authorization: Bearer TOKEN from DIR/api.token)" })),
@@ -309,12 +338,6 @@ async fn status(State(s): State<AppState>) -> ApiResult {
     ok(s.orch.status()?)
 }
 
-#[derive(Deserialize)]
-struct KeyBody {
-    endpoint: Option<String>,
-    ttl_secs: Option<u64>,
-}
-
 async fn service_key(State(s): State<AppState>, Json(b): Json<KeyBody>) -> ApiResult {
     let ttl = b
         .ttl_secs
@@ -330,13 +353,6 @@ async fn list_services(State(s): State<AppState>) -> ApiResult {
     ok(s.orch.services()?)
 }
 
-#[derive(Deserialize)]
-struct CreateServiceBody {
-    name: String,
-    key: String,
-    local_endpoint: Option<String>,
-}
-
 async fn create_service(State(s): State<AppState>, Json(b): Json<CreateServiceBody>) -> ApiResult {
     let svc = s
         .orch
@@ -347,12 +363,6 @@ async fn create_service(State(s): State<AppState>, Json(b): Json<CreateServiceBo
 
 async fn show_service(State(s): State<AppState>, UrlPath(name): UrlPath<String>) -> ApiResult {
     ok(s.orch.service(&name)?)
-}
-
-#[derive(Deserialize)]
-struct UpdateServiceBody {
-    local_endpoint: Option<String>,
-    remote_endpoint: Option<String>,
 }
 
 async fn update_service(
@@ -377,14 +387,6 @@ async fn list_groups(State(s): State<AppState>) -> ApiResult {
     ok(s.orch.groups()?)
 }
 
-#[derive(Deserialize)]
-struct CreateGroupBody {
-    name: String,
-    service: Option<String>,
-    #[serde(default)]
-    remote_project: String,
-}
-
 async fn create_group(State(s): State<AppState>, Json(b): Json<CreateGroupBody>) -> ApiResult {
     accepted(
         s.orch
@@ -405,23 +407,12 @@ async fn group_resources(State(s): State<AppState>, UrlPath(name): UrlPath<Strin
     ok(detail.get("resources").cloned().unwrap_or(Value::Null))
 }
 
-#[derive(Deserialize)]
-struct AddBody {
-    uris: Vec<String>,
-    vm: Option<String>,
-}
-
 async fn add_resources(
     State(s): State<AppState>,
     UrlPath(name): UrlPath<String>,
     Json(b): Json<AddBody>,
 ) -> ApiResult {
     accepted(s.orch.add_resources(&name, &b.uris, b.vm.as_deref())?)
-}
-
-#[derive(Deserialize)]
-struct UrisBody {
-    uris: Vec<String>,
 }
 
 async fn remove_resources(
@@ -444,11 +435,6 @@ async fn list_rps(State(s): State<AppState>, UrlPath(name): UrlPath<String>) -> 
     ok(s.orch.recovery_points(&name)?)
 }
 
-#[derive(Deserialize)]
-struct RpBody {
-    name: Option<String>,
-}
-
 async fn create_rp(
     State(s): State<AppState>,
     UrlPath(name): UrlPath<String>,
@@ -468,12 +454,6 @@ async fn standby_points(State(s): State<AppState>, UrlPath(name): UrlPath<String
     ok(s.orch.standby_engine_points(&name)?)
 }
 
-#[derive(Deserialize)]
-struct BindBody {
-    policy: String,
-    retention: u8,
-}
-
 async fn bind_policy(
     State(s): State<AppState>,
     UrlPath(name): UrlPath<String>,
@@ -486,13 +466,6 @@ async fn unbind_policy(State(s): State<AppState>, UrlPath(name): UrlPath<String>
     ok(json!({ "operation": s.orch.unbind_policy(&name)? }))
 }
 
-#[derive(Deserialize)]
-struct RestoreBody {
-    resource: String,
-    recovery_point: String,
-    out: String,
-}
-
 async fn restore(
     State(s): State<AppState>,
     UrlPath(name): UrlPath<String>,
@@ -502,11 +475,6 @@ async fn restore(
         s.orch
             .restore(&name, &b.resource, &b.recovery_point, &b.out)?,
     )
-}
-
-#[derive(Deserialize)]
-struct FailoverBody {
-    recovery_point: Option<String>,
 }
 
 async fn failover(
@@ -527,12 +495,6 @@ async fn list_resources(State(s): State<AppState>) -> ApiResult {
 
 async fn list_policies(State(s): State<AppState>) -> ApiResult {
     ok(s.orch.policies()?)
-}
-
-#[derive(Deserialize)]
-struct PolicyBody {
-    name: String,
-    schedule: Value,
 }
 
 async fn create_policy(State(s): State<AppState>, Json(b): Json<PolicyBody>) -> ApiResult {
@@ -642,11 +604,6 @@ async fn peer_delete_group(
     ok(json!({ "deleted": id }))
 }
 
-#[derive(Deserialize)]
-struct PeerResources {
-    resources: Vec<NewResource>,
-}
-
 async fn peer_add_resources(
     State(o): State<Arc<Orchestrator>>,
     ConnectInfo(peer): Peer,
@@ -667,11 +624,6 @@ async fn peer_remove_resources(
     o.peer_remove_resources(peer.fingerprint, id, &b.uris)
         .await?;
     ok(json!({ "removed": b.uris.len() }))
-}
-
-#[derive(Deserialize)]
-struct SyncBody {
-    syncing: bool,
 }
 
 async fn peer_sync(
@@ -745,6 +697,24 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(read_token(dir.path()).unwrap(), t1);
+    }
+
+    #[test]
+    fn group_or_world_readable_token_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        ensure_token(dir.path()).unwrap();
+        let path = dir.path().join(TOKEN_FILE);
+        for mode in [0o640, 0o604, 0o644] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = ensure_token(dir.path()).unwrap_err();
+            assert!(
+                matches!(err, ApiFileError::InsecureToken { mode: m, .. } if m == mode),
+                "{err}"
+            );
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(ensure_token(dir.path()).is_ok());
     }
 
     #[test]

@@ -1232,6 +1232,7 @@ impl RbdEpochWriter {
                 epoch: self.epoch(),
             });
         }
+        crate::standby::check_size(&format!("seal {} epoch {}", self.image, self.epoch()), size)?;
         if last_seq != self.durable_seq() || self.staged_seq != self.durable_seq() {
             return Err(StoreError::SealMismatch {
                 image: self.image.clone(),

@@ -2,6 +2,7 @@
 //! replication session, plus the framing they share.
 
 pub mod framing;
+pub mod machine;
 pub mod receiver;
 pub mod sender;
 pub mod verify;

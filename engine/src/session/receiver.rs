@@ -23,10 +23,10 @@ use ferry_protocol::{
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::codec::Decoder;
 use crate::qos::{RateLimiter, RateMeter};
 use crate::session::framing::{FrameReader, FrameWriter, FramingError};
-use crate::standby::{EpochSink, RecoveryPointMeta, StagedBatch, Standby, StoreError};
+use crate::session::machine::{FrameMachine, MachineError, Step};
+use crate::standby::{EpochSink, RecoveryPointMeta, Standby, StoreError};
 use crate::transport::peer_fingerprint;
 
 /// Unsynced bytes after which the stager fsyncs even if more batches wait.
@@ -73,6 +73,30 @@ struct Totals {
     commits: AtomicU64,
 }
 
+/// Decides which standby images a connected primary may open, query or
+/// hash. The receiver asks before it touches the store for an image and
+/// refuses the stream (Error `Unauthorized`) when the answer is no.
+///
+/// Implementations must fail closed: an unknown peer, an image no group of
+/// the peer's service owns, or a lookup that fails all answer `Err`.
+pub trait ImageAuthorizer: Send + Sync {
+    /// `Ok(())` if `peer` may write and read `image`; otherwise why not.
+    fn authorize(&self, peer: AgentId, image: &ImageName) -> Result<(), String>;
+}
+
+/// An authorizer that refuses everything (the fail-closed default).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DenyAll;
+
+impl ImageAuthorizer for DenyAll {
+    fn authorize(&self, peer: AgentId, image: &ImageName) -> Result<(), String> {
+        Err(format!(
+            "no image authorizer is configured; {image} is refused to {}",
+            peer.to_hex()
+        ))
+    }
+}
+
 /// Shared state of a standby agent's receiver.
 pub struct ReceiverContext {
     /// The durable store of standby images.
@@ -89,15 +113,18 @@ pub struct ReceiverContext {
     holders: Mutex<HashMap<ImageName, (u64, quinn::Connection)>>,
     next_connection: AtomicU64,
     totals: Totals,
+    authorizer: Arc<dyn ImageAuthorizer>,
 }
 
 impl ReceiverContext {
-    /// A receiver storing into `store`.
+    /// A receiver storing into `store`; `authorizer` decides which images
+    /// each connected peer may touch.
     pub fn new(
         store: Standby,
         write_limit: RateLimiter,
         agent_id: AgentId,
         max_frame_len: usize,
+        authorizer: Arc<dyn ImageAuthorizer>,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
@@ -108,6 +135,25 @@ impl ReceiverContext {
             holders: Mutex::default(),
             next_connection: AtomicU64::new(1),
             totals: Totals::default(),
+            authorizer,
+        })
+    }
+
+    /// Asks the authorizer whether `peer` may touch `image`; a connection
+    /// without a peer certificate is refused.
+    fn authorize(&self, peer: Option<AgentId>, image: &ImageName) -> Result<(), ServeError> {
+        let Some(peer) = peer else {
+            return Err(ServeError::Refuse {
+                code: ErrorCode::NotPermitted,
+                message: format!("{image}: the connection carries no peer certificate"),
+            });
+        };
+        self.authorizer.authorize(peer, image).map_err(|reason| {
+            warn!(peer = %peer.to_hex(), %image, %reason, "refused access to an image");
+            ServeError::Refuse {
+                code: ErrorCode::NotPermitted,
+                message: format!("image {image} is not writable by this peer: {reason}"),
+            }
         })
     }
 
@@ -153,6 +199,15 @@ enum ServeError {
     Join(#[from] tokio::task::JoinError),
 }
 
+impl From<MachineError> for ServeError {
+    fn from(e: MachineError) -> Self {
+        match e {
+            MachineError::Refuse { code, message } => ServeError::Refuse { code, message },
+            MachineError::Store(e) => ServeError::Store(e),
+        }
+    }
+}
+
 impl ServeError {
     fn to_frame(&self) -> ErrorFrame {
         let (code, message) = match self {
@@ -174,7 +229,7 @@ fn store_error_code(e: &StoreError) -> ErrorCode {
         StoreError::UnknownImage { .. } | StoreError::UnknownRecoveryPoint { .. } => {
             ErrorCode::UnknownImage
         }
-        StoreError::InvalidBatch { .. } => ErrorCode::Malformed,
+        StoreError::InvalidBatch { .. } | StoreError::InvalidRequest { .. } => ErrorCode::Malformed,
         _ => ErrorCode::Storage,
     }
 }
@@ -241,7 +296,8 @@ async fn handle_connection(conn: quinn::Connection, ctx: Arc<ReceiverContext>) {
                     let mut writer = FrameWriter::new(send, ctx.max_frame_len);
                     let reader = FrameReader::new(recv, ctx.max_frame_len);
                     if let Err(error) =
-                        serve_image_stream(reader, &mut writer, &ctx, &parked, conn_id, &conn).await
+                        serve_image_stream(reader, &mut writer, &ctx, &parked, conn_id, &conn, peer)
+                            .await
                     {
                         if is_closed_by_peer(&conn) {
                             debug!(%error, "image stream ended with its connection");
@@ -255,7 +311,14 @@ async fn handle_connection(conn: quinn::Connection, ctx: Arc<ReceiverContext>) {
             }
         })
     };
-    if let Err(error) = serve_control(&mut control_reader, &mut control_writer, &ctx, &parked).await
+    if let Err(error) = serve_control(
+        &mut control_reader,
+        &mut control_writer,
+        &ctx,
+        &parked,
+        peer,
+    )
+    .await
     {
         if is_closed_by_peer(&conn) {
             debug!(%remote, %error, "primary closed the connection");
@@ -263,8 +326,14 @@ async fn handle_connection(conn: quinn::Connection, ctx: Arc<ReceiverContext>) {
             warn!(%remote, %error, "control stream failed");
         }
         let _ = control_writer.send(&Message::Error(error.to_frame())).await;
+        control_writer.finish();
+        // The connection goes away when this task returns; without waiting,
+        // the Error frame could be discarded before it reaches the peer,
+        // which would then see only a closed connection and no reason.
+        let _ = tokio::time::timeout(Duration::from_secs(2), control_writer.stopped()).await;
+    } else {
+        control_writer.finish();
     }
-    control_writer.finish();
     streams.abort();
     // Writers of this connection are released (their staged data is durable
     // and found again by the next open_epoch).
@@ -322,6 +391,7 @@ async fn serve_control(
     writer: &mut FrameWriter,
     ctx: &Arc<ReceiverContext>,
     parked: &Parked,
+    peer: Option<AgentId>,
 ) -> Result<(), ServeError> {
     while let Some(message) = reader.next().await? {
         match message {
@@ -378,6 +448,7 @@ async fn serve_control(
                     .await?;
             }
             Message::ResumeQuery(query) => {
+                ctx.authorize(peer, &query.image)?;
                 let store = ctx.store.clone();
                 let image = query.image.clone();
                 let state =
@@ -412,6 +483,7 @@ async fn serve_control(
                         ),
                     });
                 }
+                ctx.authorize(peer, &request.image)?;
                 let store = ctx.store.clone();
                 let req = request.clone();
                 let (rp, size, hashes) = tokio::task::spawn_blocking(move || {
@@ -501,6 +573,7 @@ async fn serve_image_stream(
     parked: &Parked,
     conn_id: u64,
     conn: &quinn::Connection,
+    peer: Option<AgentId>,
 ) -> Result<(), ServeError> {
     let open = match reader.next().await? {
         Some(Message::OpenImage(open)) => open,
@@ -515,6 +588,8 @@ async fn serve_image_stream(
         }
         None => return Ok(()),
     };
+    // Before anything touches the store: may this peer write this image?
+    ctx.authorize(peer, &open.image)?;
     let image = open.image.clone();
     let epoch = open.epoch;
     // A parked writer from this same connection (re-opened stream) is released first.
@@ -557,21 +632,14 @@ async fn serve_image_stream(
     let result: Result<(), ServeError> = loop {
         tokio::select! {
             frame = reader.next(), if reading => match frame {
-                Ok(Some(Message::ExtentBatch(batch))) => {
-                    if batch.image != image || batch.epoch != epoch {
-                        break Err(ServeError::Refuse {
-                            code: ErrorCode::OutOfOrder,
-                            message: format!("batch for {} epoch {} on the stream of {image} epoch {epoch}", batch.image, batch.epoch),
-                        });
+                Ok(Some(message)) => match FrameMachine::accept_frame(&image, epoch, message) {
+                    Ok(batch) => {
+                        if in_tx.send(StagerInput::Batch(Box::new(batch))).await.is_err() {
+                            reading = false;
+                        }
                     }
-                    if in_tx.send(StagerInput::Batch(Box::new(batch))).await.is_err() {
-                        reading = false;
-                    }
-                }
-                Ok(Some(other)) => break Err(ServeError::Refuse {
-                    code: ErrorCode::OutOfOrder,
-                    message: format!("unexpected {} on an image stream", frame_name(&other)),
-                }),
+                    Err(e) => break Err(e.into()),
+                },
                 Ok(None) => {
                     reading = false;
                     let _ = in_tx.send(StagerInput::End).await;
@@ -612,20 +680,19 @@ async fn serve_image_stream(
 /// acknowledge only durable batches. At the end of the stream the writer is
 /// parked for the commit that follows.
 fn stage_loop(
-    mut epoch_writer: EpochSink,
+    epoch_writer: EpochSink,
     mut input: mpsc::Receiver<StagerInput>,
     output: mpsc::UnboundedSender<StagerOutput>,
     ctx: &ReceiverContext,
     parked: &Parked,
 ) -> Result<(), ServeError> {
-    let mut decoder = Decoder::new();
-    let mut expected = epoch_writer.durable_seq().next();
+    let mut machine = FrameMachine::new(epoch_writer);
     let mut unsynced: u64 = 0;
     let mut meter = RateMeter::new(Instant::now());
-    let image = loop_image_name(&epoch_writer);
-    let epoch = epoch_writer.epoch();
-    let sync_and_ack = |w: &mut EpochSink, unsynced: &mut u64| -> Result<(), ServeError> {
-        let durable = w.sync()?;
+    let image = machine.image().clone();
+    let epoch = machine.epoch();
+    let sync_and_ack = |m: &mut FrameMachine, unsynced: &mut u64| -> Result<(), ServeError> {
+        let durable = m.sync()?;
         *unsynced = 0;
         ctx.update_activity(&image, |a| a.durable_seq = durable);
         let _ = output.send(StagerOutput::Ack(durable));
@@ -636,7 +703,7 @@ fn stage_loop(
             match input.try_recv() {
                 Ok(item) => Some(item),
                 Err(mpsc::error::TryRecvError::Empty) => {
-                    sync_and_ack(&mut epoch_writer, &mut unsynced)?;
+                    sync_and_ack(&mut machine, &mut unsynced)?;
                     input.blocking_recv()
                 }
                 Err(mpsc::error::TryRecvError::Disconnected) => None,
@@ -646,35 +713,21 @@ fn stage_loop(
         };
         match next {
             Some(StagerInput::Batch(batch)) => {
-                if batch.seq < expected {
-                    continue; // a resent batch that is already staged
+                if batch.seq == machine.expected() {
+                    // Only a batch that will be decoded costs write budget.
+                    let declared = FrameMachine::declared_plain(&batch);
+                    ctx.write_limit.acquire_blocking(declared.max(1));
                 }
-                if batch.seq > expected {
-                    continue; // waiting for the resend of a rejected batch (go-back-N)
-                }
-                let plain: u64 = batch
-                    .extents
-                    .iter()
-                    .filter(|e| e.kind == ferry_protocol::ExtentKind::Data)
-                    .map(|e| u64::from(e.length))
-                    .sum();
-                ctx.write_limit.acquire_blocking(plain.max(1));
-                match decoder.decode(&batch) {
-                    Ok(extents) => {
-                        let staged = StagedBatch {
-                            seq: batch.seq,
-                            scan_end: batch.scan_end,
-                            extents,
-                        };
-                        let extent_count = staged.extents.len() as u64;
-                        epoch_writer.stage(staged)?;
+                match machine.on_batch(&batch)? {
+                    Step::Staged { plain, .. } => {
                         let totals = &ctx.totals;
                         totals
                             .bytes_received
                             .fetch_add(batch.payload.len() as u64, Ordering::Relaxed);
                         totals.bytes_applied.fetch_add(plain, Ordering::Relaxed);
-                        totals.extents.fetch_add(extent_count, Ordering::Relaxed);
-                        expected = expected.next();
+                        totals
+                            .extents
+                            .fetch_add(batch.extents.len() as u64, Ordering::Relaxed);
                         unsynced += plain.max(1);
                         meter.record(plain, Instant::now());
                         let rate = meter.rate(Instant::now());
@@ -683,36 +736,28 @@ fn stage_loop(
                             a.rate = rate;
                         });
                         if unsynced >= GROUP_SYNC_BYTES {
-                            sync_and_ack(&mut epoch_writer, &mut unsynced)?;
+                            sync_and_ack(&mut machine, &mut unsynced)?;
                         }
                     }
-                    Err(error) => {
-                        warn!(%image, %epoch, seq = %batch.seq, %error, "rejected a batch; asking for it again");
+                    Step::Duplicate(_) | Step::AheadOfGap(_) => {}
+                    Step::Nack { nack, detail } => {
+                        warn!(%image, %epoch, seq = %batch.seq, error = %detail, "rejected a batch; asking for it again");
                         ctx.update_activity(&image, |a| a.nacks += 1);
                         ctx.totals.nacks.fetch_add(1, Ordering::Relaxed);
-                        let _ = output.send(StagerOutput::Nack(Nack {
-                            image: image.clone(),
-                            epoch,
-                            seq: batch.seq,
-                            reason: error.nack_reason(),
-                        }));
+                        let _ = output.send(StagerOutput::Nack(nack));
                     }
                 }
             }
             Some(StagerInput::End) | None => {
-                let durable = epoch_writer.sync()?;
+                let durable = machine.sync()?;
                 ctx.update_activity(&image, |a| a.durable_seq = durable);
                 let end_of_stream = matches!(next, Some(StagerInput::End));
                 if end_of_stream {
-                    lock(parked).insert(image.clone(), epoch_writer);
+                    lock(parked).insert(image.clone(), machine.into_writer());
                 }
                 let _ = output.send(StagerOutput::Ack(durable));
                 return Ok(());
             }
         }
     }
-}
-
-fn loop_image_name(writer: &EpochSink) -> ImageName {
-    writer.image().clone()
 }

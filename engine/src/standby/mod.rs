@@ -45,10 +45,32 @@ pub use writer::EpochWriter;
 /// Checks that `open` may start on an image whose committed epoch is
 /// `committed`: the epoch is newer, and the base is 0 (full copy) or the
 /// committed epoch. Shared by both standby backends.
+/// Largest image a standby accepts (1 PiB). A size above it is refused at
+/// `OpenImage` and at seal time, before anything is written: such a size
+/// cannot be given to `set_len` (a file offset is an `i64`) and, recorded in
+/// a commit, would make every replay of that commit fail.
+pub const MAX_IMAGE_SIZE: u64 = 1 << 50;
+
+/// Refuses an image size above [`MAX_IMAGE_SIZE`].
+pub(crate) fn check_size(what: &str, size: u64) -> Result<(), StoreError> {
+    if size > MAX_IMAGE_SIZE {
+        return Err(StoreError::InvalidRequest {
+            reason: format!(
+                "{what}: image size {size} is larger than the {MAX_IMAGE_SIZE}-byte limit"
+            ),
+        });
+    }
+    Ok(())
+}
+
 pub(crate) fn check_open(
     open: &ferry_protocol::message::OpenImage,
     committed: Epoch,
 ) -> Result<(), StoreError> {
+    check_size(
+        &format!("open {} epoch {}", open.image, open.epoch),
+        open.size,
+    )?;
     if open.epoch <= committed {
         return Err(StoreError::StaleEpoch {
             image: open.image.clone(),

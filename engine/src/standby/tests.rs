@@ -1340,3 +1340,50 @@ fn placeholder_is_listed_empty_and_replaced_by_the_first_full_copy() {
     let store = store_at(dir.path());
     assert_eq!(raw_bytes(&store, &img), model);
 }
+
+/// Regression: a Commit naming an image size no file can have (a hostile or
+/// buggy primary) must be refused before anything is recorded; before the
+/// fix the commit record was written, the commit failed at `set_len`, and
+/// every reopen replayed the record and failed: the standby was bricked.
+#[test]
+fn commit_with_an_impossible_size_is_refused_and_the_store_reopens() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = name("a");
+    {
+        let store = store_at(dir.path());
+        let batches = vec![vec![data(0, vec![7; 8192])]];
+        let sealed = run_epoch(&store, &img, 1, 0, 8192, 8192, &batches);
+        store.commit(rp_meta(1), vec![sealed]).expect("commit");
+    }
+    for (epoch, size) in [(2, u64::MAX), (3, 1 << 63), (4, MAX_IMAGE_SIZE + 1)] {
+        {
+            let store = store_at(dir.path());
+            let mut writer = store
+                .open_epoch(&open_msg(&img, epoch, 1, 8192))
+                .expect("open epoch");
+            let durable = writer.sync().expect("sync");
+            match writer.seal(durable, size) {
+                Err(StoreError::InvalidRequest { reason }) => {
+                    assert!(reason.contains("size"), "{reason}")
+                }
+                Err(other) => panic!("size {size}: unexpected error {other}"),
+                Ok(sealed) => {
+                    let result = store.commit(rp_meta(epoch), vec![sealed]);
+                    panic!("size {size} was sealed (commit: {result:?})");
+                }
+            }
+        }
+        // The store reopens and still holds the last good point.
+        let store = store_at(dir.path());
+        let state = store.image_state(&img).expect("state").expect("known");
+        assert_eq!(state.committed_epoch, Epoch(1));
+        assert_eq!(raw_bytes(&store, &img), vec![7; 8192]);
+    }
+    // A huge open is refused the same way, before any file grows.
+    let store = store_at(dir.path());
+    assert!(matches!(
+        store.open_epoch(&open_msg(&img, 5, 1, u64::MAX)),
+        Err(StoreError::InvalidRequest { .. })
+    ));
+    assert_eq!(raw_bytes(&store, &img), vec![7; 8192]);
+}

@@ -311,6 +311,7 @@ impl EpochWriter {
         if self.poisoned {
             return Err(self.poisoned_error());
         }
+        super::check_size(&format!("seal {} epoch {}", self.image, self.epoch), size)?;
         if last_seq != self.durable_seq || self.staged_seq != self.durable_seq {
             return Err(StoreError::SealMismatch {
                 image: self.image.clone(),
