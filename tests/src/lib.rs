@@ -4,6 +4,7 @@
 //! Agents are separate processes talking real QUIC on loopback; nothing here
 //! mocks the transport or the store.
 
+pub mod cli;
 pub mod lab;
 
 use std::fs::File;

@@ -8,43 +8,14 @@
 //! recovery points and failover on an RBD standby.
 
 use std::path::Path;
-use std::process::Output;
 use std::time::{Duration, Instant};
 
 use ferry_agent::imagegen;
+use ferry_e2e::cli::{ok, run, text};
 use ferry_e2e::{ferry, hash_file, init_agent, Agent};
 use serde_json::Value;
 
 const MIB: u64 = 1024 * 1024;
-
-fn run(dir: &Path, args: &[&str]) -> Output {
-    let d = dir.display().to_string();
-    let mut all = vec!["--dir", d.as_str()];
-    all.extend_from_slice(args);
-    ferry(&all)
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// Runs a control command with --json; it must succeed.
-fn ok(dir: &Path, args: &[&str]) -> Value {
-    let mut all = args.to_vec();
-    all.push("--json");
-    let out = run(dir, &all);
-    assert!(
-        out.status.success(),
-        "ferry {args:?} failed: {}",
-        text(&out)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)))
-}
 
 /// Runs a control command that must be refused (exit 1) with `reason` in stderr.
 fn refused(dir: &Path, args: &[&str], reason: &str) {

@@ -11,12 +11,13 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use ferry_agent::imagegen;
-use ferry_e2e::{bin, ferry, init_agent, Agent};
+use ferry_e2e::cli::{ok, run, text};
+use ferry_e2e::{bin, init_agent, Agent};
 use ferry_engine::identity::Identity;
 use ferry_engine::session::framing::{FrameReader, FrameWriter};
 use ferry_engine::session::receiver::local_hello;
@@ -25,35 +26,10 @@ use ferry_protocol::{
     AgentId, Codec, Commit, CommitImage, Epoch, ErrorCode, ExtentBatch, ExtentHeader, ExtentKind,
     HashRequest, ImageName, Message, OpenImage, RecoveryPointId, SeqNo, DEFAULT_MAX_FRAME_LEN,
 };
-use serde_json::Value;
 
 const MIB: u64 = 1024 * 1024;
 
 // ------------------------------------------------------------------ helpers
-
-fn run(dir: &Path, args: &[&str]) -> Output {
-    let d = dir.display().to_string();
-    let mut all = vec!["--dir", d.as_str()];
-    all.extend_from_slice(args);
-    ferry(&all)
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn ok(dir: &Path, args: &[&str]) -> Value {
-    let mut all = args.to_vec();
-    all.push("--json");
-    let out = run(dir, &all);
-    assert!(out.status.success(), "ferry {args:?}: {}", text(&out));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)))
-}
 
 /// Every file under `dir` (recursively) with its length and BLAKE3, so a
 /// refused request can be shown to have written nothing.

@@ -12,10 +12,11 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ferry_agent::imagegen;
+use ferry_e2e::cli::{ok, text};
 use ferry_e2e::{bin, ferry, init_agent, Agent};
 use serde_json::Value;
 
@@ -26,15 +27,6 @@ fn repo_root() -> PathBuf {
         .parent()
         .expect("tests/ lives in the workspace")
         .to_path_buf()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn tool_present(tool: &str) -> bool {
@@ -330,16 +322,6 @@ struct Sites {
     key: String,
 }
 
-fn run_ok(dir: &Path, args: &[&str]) -> Value {
-    let d = dir.display().to_string();
-    let mut all = vec!["--dir", d.as_str()];
-    all.extend_from_slice(args);
-    all.push("--json");
-    let out = ferry(&all);
-    assert!(out.status.success(), "ferry {args:?}: {}", text(&out));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)))
-}
-
 /// Two agents with `config` each, paired; g1 protects one 8 MiB image and
 /// has completed at least one replication cycle.
 fn replicating(config: &str) -> Sites {
@@ -356,16 +338,16 @@ fn replicating(config: &str) -> Sites {
     let out = ferry(&["--dir", &d, "service", "key"]);
     assert!(out.status.success(), "{}", text(&out));
     let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    run_ok(&a_dir, &["service", "create", "--key", &key]);
+    ok(&a_dir, &["service", "create", "--key", &key]);
     let image = tmp.path().join("vm1.raw");
     imagegen::make_image(&image, 8 * MIB, 7).unwrap();
     let uri = format!("file:{}", image.display());
-    run_ok(&a_dir, &["group", "create", "g1", "--wait"]);
-    run_ok(&a_dir, &["group", "add", "g1", &uri, "--wait"]);
-    run_ok(&a_dir, &["group", "start", "g1", "--wait"]);
+    ok(&a_dir, &["group", "create", "g1", "--wait"]);
+    ok(&a_dir, &["group", "add", "g1", &uri, "--wait"]);
+    ok(&a_dir, &["group", "start", "g1", "--wait"]);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let show = run_ok(&a_dir, &["group", "show", "g1"]);
+        let show = ok(&a_dir, &["group", "show", "g1"]);
         if show["progress"]["cycles"].as_u64().unwrap_or(0) >= 1 {
             break;
         }
@@ -552,7 +534,7 @@ fn json_logs_carry_structured_fields_and_no_secrets() {
 fn wait_mid_transfer(dir: &Path) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let show = run_ok(dir, &["group", "show", "g1"]);
+        let show = ok(dir, &["group", "show", "g1"]);
         let sent = show["progress"]["resources"][0]["bytes_sent"]
             .as_u64()
             .unwrap_or(0);
@@ -574,7 +556,7 @@ fn sigterm_mid_transfer_exits_cleanly_and_loses_nothing() {
     let source = s.tmp.path().join("vm1.raw");
     let standby_copy = s.b.image_path("g1-vm1");
     let converge = |s: &Sites, name: &str| {
-        run_ok(&s.a.dir, &["rp", "create", "g1", "--name", name, "--wait"]);
+        ok(&s.a.dir, &["rp", "create", "g1", "--name", name, "--wait"]);
         assert_eq!(
             ferry_e2e::hash_file(&source),
             ferry_e2e::hash_file(&standby_copy),
