@@ -944,27 +944,8 @@ impl RbdStandby {
             });
         }
         remove_file(&self.record_path(image))?;
-        let ctx = format!("{}/{image}", self.pool_name());
-        let handle = match self.open_image(image) {
-            Ok(handle) => handle,
-            Err(StoreError::Ceph { source, .. }) if source.is_not_found() => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        for snap in handle
-            .snapshots()
-            .map_err(ceph(format!("listing snapshots of {ctx}")))?
-        {
-            handle
-                .snap_remove(&snap.name)
-                .map_err(ceph(format!("removing {ctx}@{}", snap.name)))?;
-        }
-        drop(handle);
-        match self.inner.pool.remove_image(image.as_str()) {
-            Ok(()) => {}
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(ceph(format!("removing {ctx}"))(e)),
-        }
-        info!(image = %ctx, "standby image removed");
+        self.remove_pool_image(image.as_str())?;
+        info!(image = %format!("{}/{image}", self.pool_name()), "standby image removed");
         Ok(())
     }
 
