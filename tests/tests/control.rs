@@ -652,18 +652,7 @@ fn life_cycle_with_planned_migration_and_replication_back() {
     let (h1, h2) = (hash_file(&img1), hash_file(&img2));
     let op = ok(&a, &["group", "migrate", "g1", "--wait"]);
     assert_eq!(op["state"]["state"], "succeeded", "{op}");
-    let ga = ok(&a, &["group", "show", "g1"]);
-    let gb = ok(&b, &["group", "show", "g1"]);
-    assert_eq!(
-        (ga["group"]["role"].as_str(), ga["group"]["state"].as_str()),
-        (Some("standby"), Some("mapped")),
-        "{ga}"
-    );
-    assert_eq!(
-        (gb["group"]["role"].as_str(), gb["group"]["state"].as_str()),
-        (Some("primary"), Some("mapped")),
-        "{gb}"
-    );
+    let (ga, gb) = assert_roles_swapped(&a, &b);
     // Both sides name the resources by the new primary's volumes.
     let vol1 = b.join("volumes").join("g1").join("g1-vm1.raw");
     let vol2 = b.join("volumes").join("g1").join("g1-vm2.raw");
@@ -967,18 +956,7 @@ fn lab_rbd_group_migrates_and_replicates_back_incrementally() {
         .collect();
     let op = ok(&a, &["group", "migrate", "g1", "--wait"]);
     assert_eq!(op["state"]["state"], "succeeded", "{op}");
-    let ga = ok(&a, &["group", "show", "g1"]);
-    let gb = ok(&b, &["group", "show", "g1"]);
-    assert_eq!(
-        (ga["group"]["role"].as_str(), ga["group"]["state"].as_str()),
-        (Some("standby"), Some("mapped")),
-        "{ga}"
-    );
-    assert_eq!(
-        (gb["group"]["role"].as_str(), gb["group"]["state"].as_str()),
-        (Some("primary"), Some("mapped")),
-        "{gb}"
-    );
+    let (ga, gb) = assert_roles_swapped(&a, &b);
     // (standby name, new primary image) per source, in the sources' order.
     let resources = gb["resources"].as_array().unwrap();
     assert_eq!(resources.len(), 2, "{gb}");
@@ -1203,6 +1181,24 @@ fn lab_rbd_migration_killed_and_retried_completes() {
     ok(&b, &["group", "delete", "g1", "--wait"]);
 }
 
+/// After a planned migration of g1: site A's group is a mapped standby and
+/// site B's a mapped primary. Returns both sides' `group show`.
+fn assert_roles_swapped(a: &Path, b: &Path) -> (Value, Value) {
+    let ga = ok(a, &["group", "show", "g1"]);
+    let gb = ok(b, &["group", "show", "g1"]);
+    assert_eq!(
+        (ga["group"]["role"].as_str(), ga["group"]["state"].as_str()),
+        (Some("standby"), Some("mapped")),
+        "{ga}"
+    );
+    assert_eq!(
+        (gb["group"]["role"].as_str(), gb["group"]["state"].as_str()),
+        (Some("primary"), Some("mapped")),
+        "{gb}"
+    );
+    (ga, gb)
+}
+
 /// Names of a group's recovery points on one agent, sorted.
 fn rp_names(dir: &Path, group: &str) -> Vec<String> {
     let mut names: Vec<String> = ok(dir, &["rp", "list", group])
@@ -1258,10 +1254,7 @@ fn primary_killed_during_recovery_point_and_migration_comes_back_consistent() {
         let op = ok(&a, &["group", "migrate", "g1", "--wait"]);
         assert_eq!(op["state"]["state"], "succeeded", "{op}");
     }
-    let ga = ok(&a, &["group", "show", "g1"]);
-    assert_eq!(ga["group"]["role"], "standby", "{ga}");
-    assert_eq!(ga["group"]["state"], "mapped", "{ga}");
-    assert_eq!(ok(&b, &["group", "show", "g1"])["group"]["role"], "primary");
+    assert_roles_swapped(&a, &b);
     let vol = b.join("volumes").join("g1").join("g1-vm.raw");
     assert_eq!(hash_file(&vol), want);
     assert_eq!(hash_file(&s.a.image_path("g1-vm")), want);
