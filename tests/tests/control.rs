@@ -816,13 +816,7 @@ fn lab_rbd_group_pins_points_and_fails_over_into_new_images() {
     ok(&a, &["group", "start", "g1", "--wait"]);
     ok(&a, &["rp", "create", "g1", "--name", "r1", "--wait"]);
     let scratch = s.path("scratch");
-    std::fs::create_dir_all(&scratch).unwrap();
-    let export_hash = |site: &str, spec: &str| {
-        let file = scratch.join("export.raw");
-        let _ = std::fs::remove_file(&file);
-        rbd(site, &["export", spec, &file.display().to_string()]);
-        hash_file(&file)
-    };
+    let export_hash = |site: &str, spec: &str| rbd_export_hash(&scratch, site, spec);
     let at_r1: Vec<String> = images
         .iter()
         .map(|i| export_hash("site-a", &format!("rbd/{i}")))
@@ -940,13 +934,7 @@ fn lab_rbd_group_migrates_and_replicates_back_incrementally() {
     ok(&a, &["group", "start", "g1", "--wait"]);
     ok(&a, &["rp", "create", "g1", "--name", "r1", "--wait"]);
     let scratch = s.path("scratch");
-    std::fs::create_dir_all(&scratch).unwrap();
-    let export_hash = |site: &str, spec: &str| {
-        let file = scratch.join("export.raw");
-        let _ = std::fs::remove_file(&file);
-        rbd(site, &["export", spec, &file.display().to_string()]);
-        hash_file(&file)
-    };
+    let export_hash = |site: &str, spec: &str| rbd_export_hash(&scratch, site, spec);
     // Written after the last recovery point, then quiesced: the final sync
     // of the migration carries it.
     lab::pyrbd("site-a", &images[0], "img.write(b'q' * 12288, 3 * 1048576)");
@@ -1091,13 +1079,7 @@ fn lab_rbd_migration_killed_and_retried_completes() {
     ok(&a, &["rp", "create", "g1", "--name", "r1", "--wait"]);
     lab::pyrbd("site-a", &image, "img.write(b'k' * 65536, 5 * 1048576)");
     let scratch = s.path("scratch");
-    std::fs::create_dir_all(&scratch).unwrap();
-    let export_hash = |site: &str, spec: &str| {
-        let file = scratch.join("export.raw");
-        let _ = std::fs::remove_file(&file);
-        rbd(site, &["export", spec, &file.display().to_string()]);
-        hash_file(&file)
-    };
+    let export_hash = |site: &str, spec: &str| rbd_export_hash(&scratch, site, spec);
     // A first attempt fails after the standby prepared its new volume
     // (injected); the group stays migration_failed with that volume on
     // site-b, to be replaced by the retry's.
@@ -1197,6 +1179,16 @@ fn assert_roles_swapped(a: &Path, b: &Path) -> (Value, Value) {
         "{gb}"
     );
     (ga, gb)
+}
+
+/// BLAKE3 of RBD image `spec` on cluster `site`, exported through `rbd
+/// export` into `scratch` (created if missing).
+fn rbd_export_hash(scratch: &Path, site: &str, spec: &str) -> String {
+    std::fs::create_dir_all(scratch).unwrap();
+    let file = scratch.join("export.raw");
+    let _ = std::fs::remove_file(&file);
+    ferry_e2e::lab::rbd(site, &["export", spec, &file.display().to_string()]);
+    hash_file(&file)
 }
 
 /// Names of a group's recovery points on one agent, sorted.

@@ -88,6 +88,17 @@ struct ImageRecord {
 }
 
 impl ImageRecord {
+    /// The record of an image with nothing committed, pending or pinned.
+    fn empty(image: &ImageName) -> ImageRecord {
+        ImageRecord {
+            format: FORMAT,
+            image: image.to_string(),
+            history: Vec::new(),
+            pending: None,
+            pinned: Vec::new(),
+        }
+    }
+
     fn committed(&self) -> Epoch {
         Epoch(self.history.last().map_or(0, |p| p.epoch))
     }
@@ -325,13 +336,9 @@ impl RbdStandby {
                 image: image.clone(),
             });
         }
-        let mut record = self.load(image)?.unwrap_or(ImageRecord {
-            format: FORMAT,
-            image: image.to_string(),
-            history: Vec::new(),
-            pending: None,
-            pinned: Vec::new(),
-        });
+        let mut record = self
+            .load(image)?
+            .unwrap_or_else(|| ImageRecord::empty(image));
         let committed = record.committed();
         check_open(open, committed)?;
         let ctx = format!("{}/{image}", self.pool_name());
@@ -755,13 +762,7 @@ impl RbdStandby {
                 }
             }
         }
-        self.save(&ImageRecord {
-            format: FORMAT,
-            image: image.to_string(),
-            history: Vec::new(),
-            pending: None,
-            pinned: Vec::new(),
-        })?;
+        self.save(&ImageRecord::empty(image))?;
         let from = super::open_pool(cluster, &source.pool)
             .map_err(|e| StoreError::InvalidRequest {
                 reason: format!("opening pool {} for {source}: {e}", source.pool),
@@ -861,13 +862,7 @@ impl RbdStandby {
             Err(e) if e.is_exists() => {}
             Err(e) => return Err(ceph(format!("creating {ctx}"))(e)),
         }
-        self.save(&ImageRecord {
-            format: FORMAT,
-            image: image.to_string(),
-            history: Vec::new(),
-            pending: None,
-            pinned: Vec::new(),
-        })?;
+        self.save(&ImageRecord::empty(image))?;
         info!(image = %ctx, size, "created placeholder standby image");
         Ok(())
     }
