@@ -489,6 +489,28 @@ impl StandbyStore {
         result
     }
 
+    /// Creates a sparse probe file of `size` bytes next to the image and
+    /// removes it again: fails with the filesystem's own error (EFBIG, "File
+    /// too large") when the image could not be grown to `size`.
+    fn check_size_fits(&self, image: &ImageName, size: u64) -> Result<(), StoreError> {
+        let probe = self.inner.image_dir(image).join("size-probe.tmp");
+        let result = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&probe)
+            .and_then(|file| file.set_len(size));
+        let removed = remove_if_exists(&probe);
+        result.map_err(|e| {
+            StoreError::io(
+                "check the filesystem can hold the new image size",
+                &probe,
+                e,
+            )
+        })?;
+        removed
+    }
+
     /// Checks one image of a commit against the disk; `None` when that image
     /// is already at the recovery point.
     fn plan_image(
@@ -563,6 +585,14 @@ impl StandbyStore {
                 &self.inner.staging(image, sealed.epoch),
                 "staging file of a full-copy epoch is missing",
             ));
+        }
+        if !index.is_full() && sealed.size > current.map_or(0, |c| c.size) {
+            // A full copy sized its staging file when it opened; an
+            // incremental epoch grows the image only while the commit is
+            // applied, after the intent is durable. A size the filesystem
+            // cannot hold (ext4 stops at 16 TiB) would then fail every
+            // roll-forward and brick the store: prove it fits first.
+            self.check_size_fits(image, sealed.size)?;
         }
         Ok(Some(PlannedImage {
             image: image.clone(),

@@ -1387,3 +1387,47 @@ fn commit_with_an_impossible_size_is_refused_and_the_store_reopens() {
     ));
     assert_eq!(raw_bytes(&store, &img), vec![7; 8192]);
 }
+
+/// A size under [`MAX_IMAGE_SIZE`] that the filesystem still cannot hold
+/// (ext4's per-file limit is 16 TiB with 4 KiB blocks; XFS and btrfs take
+/// it, sparse). Whichever way the filesystem answers, the standby must stay
+/// openable at a complete recovery point: either the commit fails and the
+/// last good point remains, or it succeeds and the new point is complete.
+#[test]
+fn commit_larger_than_the_filesystem_allows_leaves_an_openable_store() {
+    const SIZE: u64 = 20 << 40; // 20 TiB: above ext4's limit, below the cap.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = name("a");
+    {
+        let store = store_at(dir.path());
+        let batches = vec![vec![data(0, vec![7; 8192])]];
+        let sealed = run_epoch(&store, &img, 1, 0, 8192, 8192, &batches);
+        store.commit(rp_meta(1), vec![sealed]).expect("commit");
+    }
+    let grown = {
+        let store = store_at(dir.path());
+        let batches = vec![vec![data(8192, vec![9; 4096])]];
+        let sealed = run_epoch(&store, &img, 2, 1, SIZE, SIZE, &batches);
+        store.commit(rp_meta(2), vec![sealed])
+    };
+    // Reopened (as after a restart): never bricked by the recorded commit.
+    let store = store_at(dir.path());
+    let state = store.image_state(&img).expect("state").expect("known");
+    match grown {
+        Err(e) => {
+            assert_eq!(state.committed_epoch, Epoch(1), "failed commit: {e}");
+            assert_eq!(raw_bytes(&store, &img), vec![7; 8192]);
+        }
+        Ok(_) => {
+            assert_eq!(state.committed_epoch, Epoch(2));
+            let raw = store.image_path(&img);
+            assert_eq!(std::fs::metadata(&raw).expect("stat").len(), SIZE);
+        }
+    }
+    // The store still takes a new epoch (3: it replaces a failed pending 2).
+    let batches = vec![vec![data(0, vec![5; 4096])]];
+    let base = state.committed_epoch.get();
+    let size = if base == 2 { SIZE } else { 8192 };
+    let sealed = run_epoch(&store, &img, 3, base, size, size, &batches);
+    store.commit(rp_meta(3), vec![sealed]).expect("next commit");
+}
