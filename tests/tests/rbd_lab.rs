@@ -201,6 +201,76 @@ fn lab_full_then_incremental_rbd_replication() {
     assert_eq!(snaps.matches("ferry.").count(), 1, "{snaps}");
 }
 
+/// Regression (found by the fault harness's RBD mode): a primary killed
+/// while the standby was still committing its recovery point reconnected,
+/// and the new connection's open rolled the same commit intent forward on
+/// a second thread; its image handle tried to break the live commit's
+/// exclusive lock and every sync failed with "breaking stale locks" until
+/// the first commit ended. A new sync must wait for the live commit.
+#[test]
+#[cfg(feature = "failpoints")]
+fn lab_sync_arriving_during_a_commit_waits_for_it() {
+    if !lab() {
+        return;
+    }
+    let images = LabImages::new("race", 2);
+    let mut pair = rbd_pair();
+    for img in &images.0 {
+        rbd("site-a", &["create", &format!("rbd/{img}"), "--size", "16"]);
+        scribble("site-a", img, 5, 50);
+    }
+    let names: Vec<&str> = images.0.iter().map(String::as_str).collect();
+    let rp1 = sync_rbd(&pair, &names, &[])["recovery_point"]
+        .as_u64()
+        .expect("rp");
+    for img in &images.0 {
+        scribble("site-a", img, 6, 50);
+    }
+    // The standby's commit stalls (once) after the first image's data.
+    pair.standby.restart(&[(
+        "FAILPOINTS",
+        "standby::after-data-before-state=1*sleep(4000)",
+    )]);
+    let dir = pair.primary_dir.display().to_string();
+    let mut args: Vec<String> = vec!["sync".into(), "--dir".into(), dir];
+    for img in &names {
+        args.push(format!("rbd:rbd/{img}"));
+        args.push(pair.standby.target(img));
+    }
+    args.extend(["--peer".into(), pair.standby.fingerprint.clone()]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut first: Child = ferry_spawn(&refs);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !pair
+        .standby
+        .log_text()
+        .contains("point=\"standby::after-data-before-state\"")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the standby never reached its commit"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The primary dies mid-commit; a new one connects at once.
+    let _ = first.kill();
+    let _ = first.wait();
+    let report = sync_rbd(&pair, &names, &[]);
+    let rp2 = report["recovery_point"].as_u64().expect("rp");
+    assert!(rp2 > rp1, "{report}");
+    for img in &names {
+        ok(
+            &verify_rbd(&pair, img),
+            "ferry verify after the commit race",
+        );
+    }
+    assert!(
+        !pair.standby.log_text().contains("breaking stale locks"),
+        "{}",
+        pair.standby.log_text()
+    );
+}
+
 #[test]
 fn lab_standby_killed_mid_apply_rolls_back_to_the_last_recovery_point() {
     if !lab() {

@@ -15,7 +15,7 @@
 //!
 //! Local bookkeeping, under the store directory: `images/NAME.json`
 //! (checksummed: retained recovery points, pending epoch and its durable
-//! progress), `commits/rp-ID.json` (intents), `store.lock`.
+//! progress), `commits/rp-ID-NONCE.json` (intents), `store.lock`.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
@@ -230,8 +230,15 @@ impl RbdStandby {
         self.inner.dir.join("images").join(format!("{image}.json"))
     }
 
+    /// Unique per commit: two groups may commit the same recovery point id
+    /// (ids are the primary's milliseconds) at once, and one intent must not
+    /// replace the other's.
     fn intent_path(&self, rp: u64) -> PathBuf {
-        self.inner.dir.join("commits").join(format!("rp-{rp}.json"))
+        let nonce: u64 = rand::random();
+        self.inner
+            .dir
+            .join("commits")
+            .join(format!("rp-{rp}-{nonce:016x}.json"))
     }
 
     fn slot(&self, image: &ImageName) -> Arc<Slot> {
@@ -613,7 +620,12 @@ impl RbdStandby {
         Ok(())
     }
 
-    /// Rolls forward every commit whose intent is on disk.
+    /// Rolls forward every commit whose intent is on disk. A commit running
+    /// on another thread holds its images' slots until its intent is gone:
+    /// the slots are taken here too (sorted, as `commit` takes them) and the
+    /// intent read again under them, so a live commit is waited for, never
+    /// applied twice at once (two writers of one image, the second breaking
+    /// the first's exclusive lock).
     fn finish_intents(&self) -> Result<(), StoreError> {
         let dir = self.inner.dir.join("commits");
         let mut paths = Vec::new();
@@ -625,6 +637,22 @@ impl RbdStandby {
         }
         paths.sort();
         for path in paths {
+            let Some(intent) = read_checksummed::<Intent>(&path)? else {
+                continue;
+            };
+            let mut names = Vec::with_capacity(intent.images.len());
+            for entry in &intent.images {
+                names.push(ImageName::new(&entry.image).map_err(|e| {
+                    StoreError::InvalidRequest {
+                        reason: e.to_string(),
+                    }
+                })?);
+            }
+            names.sort();
+            names.dedup();
+            let slots: Vec<Arc<Slot>> = names.iter().map(|n| self.slot(n)).collect();
+            let _guards: Vec<_> = slots.iter().map(|s| lock(&s.op)).collect();
+            // The commit that wrote it may have finished while we waited.
             let Some(intent) = read_checksummed::<Intent>(&path)? else {
                 continue;
             };
