@@ -19,6 +19,15 @@
 //! recovery no longer needs is deleted unread) — never replicated or
 //! repaired silently.
 //!
+//! The same scenarios run against an RBD standby (images in the lab's site-b
+//! pool, `lab_fault_scenarios_rbd_standby`, with `FERRY_CEPH_LAB=1`): the
+//! standby's recovery point is then its newest `ferry-rp-<ID>` snapshot
+//! (the image head is torn while an epoch is pending, by design), read with
+//! `rbd export`; the kill points are the ones the RBD sink has; the flips
+//! at rest are a byte written into the standby head by another client,
+//! which `ferry verify` must report once a point has taken it in; the
+//! journal and state-file flips and the full disk are files-store faults.
+//!
 //! `FERRY_FAULT_SEED` (default 1) and `FERRY_FAULT_SCENARIOS` (default 100)
 //! select the run; the seed and each scenario are printed, so a failure
 //! replays with the same seed. The long run is the ignored test
@@ -32,6 +41,7 @@ use std::process::{Child, Output};
 use std::time::{Duration, Instant};
 
 use ferry_agent::imagegen;
+use ferry_e2e::lab::{pyrbd, rbd};
 use ferry_e2e::{ferry, ferry_spawn, hash_file, Pair};
 use ferry_engine::netsim::{Impairment, UdpProxy};
 use rand::{Rng, SeedableRng};
@@ -48,6 +58,26 @@ const COMMIT_POINTS: &[&str] = &[
     "standby::after-state-before-cleanup",
     "standby::between-images",
 ];
+
+/// Commit steps the RBD standby sink has (it applies epochs in place and
+/// snapshots at commit: no undo log, no per-image rename).
+const RBD_COMMIT_POINTS: &[&str] = &[
+    "standby::after-intent",
+    "standby::after-data-before-sync",
+    "standby::after-data-before-state",
+];
+
+const STANDBY_RBD: &str =
+    "[standby]\nbackend = \"rbd\"\nrbd_pool = \"rbd\"\n[ceph]\ncluster = \"site-b\"\n";
+
+/// Where the standby agent keeps its images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    /// The files store under the agent's directory.
+    Files,
+    /// An RBD pool of the lab's site-b cluster.
+    Rbd,
+}
 
 #[derive(Debug, Clone)]
 enum Fault {
@@ -77,11 +107,32 @@ struct World {
     /// issue: a primary killed mid full copy resumes below the standby's
     /// high-water mark and is refused once), with their first error.
     refused_once: Vec<String>,
+    backend: Backend,
+    /// RBD mode: removes the standby's images from site-b (declared last:
+    /// dropped after the agent is gone).
+    _rbd_images: Option<SiteBImages>,
+}
+
+/// The harness's standby images in site-b's pool, removed on drop.
+struct SiteBImages(Vec<String>);
+
+impl Drop for SiteBImages {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let spec = format!("rbd/{name}");
+            for args in [vec!["snap", "purge", &spec], vec!["rm", &spec]] {
+                let _ = std::process::Command::new("rbd")
+                    .args(["--cluster", "site-b", "--no-progress"])
+                    .args(&args)
+                    .output();
+            }
+        }
+    }
 }
 
 impl World {
-    fn new(seed: u64) -> World {
-        let pair = Pair::new(None);
+    fn new(seed: u64, backend: Backend) -> World {
+        let pair = Pair::new((backend == Backend::Rbd).then_some(STANDBY_RBD));
         // A short idle timeout makes a blackhole a real disconnect + resume.
         std::fs::write(
             pair.primary_dir.join("config.toml"),
@@ -97,7 +148,14 @@ impl World {
                 Impairment::default(),
             ))
             .unwrap();
-        let names = vec!["boot".to_owned(), "data".to_owned()];
+        let names: Vec<String> = match backend {
+            Backend::Files => vec!["boot".to_owned(), "data".to_owned()],
+            // Unique in the shared lab pool.
+            Backend::Rbd => ["boot", "data"]
+                .iter()
+                .map(|n| format!("ferry-fh-{}-{seed}-{n}", std::process::id()))
+                .collect(),
+        };
         let sizes = [3 * MIB, 5 * MIB + 123];
         let sources: Vec<PathBuf> = names
             .iter()
@@ -119,7 +177,12 @@ impl World {
             rng: ChaCha8Rng::seed_from_u64(seed),
             seed,
             refused_once: Vec::new(),
+            backend,
+            _rbd_images: None,
         };
+        if backend == Backend::Rbd {
+            w._rbd_images = Some(SiteBImages(w.names.clone()));
+        }
         w.sync_ok("initial full copy");
         w
     }
@@ -159,11 +222,43 @@ impl World {
         self.sources.iter().map(|p| hash_file(p)).collect()
     }
 
+    /// The standby's current recovery point, one hash per image. Files: the
+    /// images themselves. RBD: each image's newest `ferry-rp-<ID>` snapshot;
+    /// images whose newest points differ (a group commit in flight) give a
+    /// marker no committed point equals.
     fn standby_hashes(&self) -> Vec<String> {
-        self.names
-            .iter()
-            .map(|n| hash_file(&self.pair.standby.image_path(n)))
-            .collect()
+        match self.backend {
+            Backend::Files => self
+                .names
+                .iter()
+                .map(|n| hash_file(&self.pair.standby.image_path(n)))
+                .collect(),
+            Backend::Rbd => {
+                let points: Vec<Option<u64>> =
+                    self.names.iter().map(|n| newest_rbd_point(n)).collect();
+                if points.iter().any(|p| *p != points[0]) {
+                    return vec![format!("images at different points: {points:?}")];
+                }
+                self.names
+                    .iter()
+                    .zip(&points)
+                    .map(|(n, p)| match p {
+                        Some(rp) => self.export_hash(&format!("rbd/{n}@ferry-rp-{rp}")),
+                        None => "no recovery point".to_owned(),
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// BLAKE3 of an RBD image or snapshot of site-b, through `rbd export`.
+    fn export_hash(&self, spec: &str) -> String {
+        let file = self.pair.path("export.raw");
+        let _ = std::fs::remove_file(&file);
+        rbd("site-b", &["export", spec, &file.display().to_string()]);
+        let hash = hash_file(&file);
+        let _ = std::fs::remove_file(&file);
+        hash
     }
 
     fn ctx(&self, what: &str) -> String {
@@ -218,10 +313,13 @@ impl World {
             std::thread::sleep(Duration::from_millis(300));
         }
         let out = last.expect("three attempts");
+        let log = self.pair.standby.log_text();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
         panic!(
-            "{}: a clean sync after the fault failed three times:\n{}",
+            "{}: a clean sync after the fault failed three times:\n{}\nstandby log (last lines):\n{}",
             self.ctx(what),
-            String::from_utf8_lossy(&out.stderr)
+            String::from_utf8_lossy(&out.stderr),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         );
     }
 
@@ -253,6 +351,24 @@ impl World {
     }
 
     fn pick_fault(&mut self) -> Fault {
+        let fault = self.pick_any_fault();
+        if self.backend == Backend::Files {
+            return fault;
+        }
+        match fault {
+            // The RBD sink's own kill points; the files-store faults become
+            // kills at a random moment.
+            Fault::KillStandbyAt(_) => Fault::KillStandbyAt(
+                RBD_COMMIT_POINTS[self.rng.gen_range(0..RBD_COMMIT_POINTS.len())],
+            ),
+            Fault::DiskFull | Fault::FlipStandbyState | Fault::FlipJournal(_) => {
+                Fault::KillPrimaryAfter(Duration::from_millis(self.rng.gen_range(0..400)))
+            }
+            other => other,
+        }
+    }
+
+    fn pick_any_fault(&mut self) -> Fault {
         match self.rng.gen_range(0..100) {
             0..=9 => Fault::Clean,
             10..=34 => {
@@ -353,6 +469,10 @@ impl World {
                 );
                 self.pair.standby.restart(&[]);
                 self.assert_at_a_recovery_point(&pending, &what);
+            }
+            Fault::FlipStandbyImage if self.backend == Backend::Rbd => {
+                self.sync_ok(&what);
+                self.flip_rbd_head(&what);
             }
             Fault::FlipStandbyImage => {
                 self.sync_ok(&what);
@@ -467,6 +587,79 @@ impl World {
     }
 }
 
+impl World {
+    /// RBD: another client writes one byte into a standby image head. The
+    /// committed snapshot stays intact (verify passes), the next point takes
+    /// the byte in (the sink applies epochs in place), and `ferry verify`
+    /// must then report it; the harness puts the byte back and syncs again.
+    fn flip_rbd_head(&mut self, what: &str) {
+        let i = self.rng.gen_range(0..self.names.len());
+        let size = std::fs::metadata(&self.sources[i]).unwrap().len();
+        let at = self.rng.gen_range(0..size);
+        let name = self.names[i].clone();
+        pyrbd(
+            "site-b",
+            &name,
+            &format!(
+                "old = img.read({at}, 1)\nimg.write(bytes([old[0] ^ 0x5a]), {at})\nimg.flush()"
+            ),
+        );
+        let verify = || {
+            ferry(&[
+                "verify",
+                "--dir",
+                &self.pair.primary_dir.display().to_string(),
+                &format!("file:{}", self.sources[i].display()),
+                &format!("quic://{}/{}", self.proxy.listen_addr(), name),
+                "--peer",
+                &self.pair.standby.fingerprint,
+            ])
+        };
+        let before = verify();
+        assert!(
+            before.status.success(),
+            "{}: the committed snapshot changed with the head:\n{}",
+            self.ctx(what),
+            String::from_utf8_lossy(&before.stderr)
+        );
+        // A cycle with no source change: the new point holds the flip.
+        let out = self.run_sync(&[]);
+        assert!(
+            out.status.success(),
+            "{}: sync after the flip failed:\n{}",
+            self.ctx(what),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let after = verify();
+        assert!(
+            !after.status.success(),
+            "{}: verify did not report a byte flipped at {at} of the standby head {name}",
+            self.ctx(what)
+        );
+        pyrbd(
+            "site-b",
+            &name,
+            &format!(
+                "old = img.read({at}, 1)\nimg.write(bytes([old[0] ^ 0x5a]), {at})\nimg.flush()"
+            ),
+        );
+    }
+}
+
+/// The newest `ferry-rp-<ID>` snapshot of a site-b image.
+fn newest_rbd_point(name: &str) -> Option<u64> {
+    let out = rbd(
+        "site-b",
+        &["snap", "ls", &format!("rbd/{name}"), "--format", "json"],
+    );
+    let snaps: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    snaps
+        .as_array()?
+        .iter()
+        .filter_map(|s| s["name"].as_str()?.strip_prefix("ferry-rp-")?.parse().ok())
+        .max()
+}
+
 fn flip_byte(path: &Path, at: u64) -> u8 {
     let f = std::fs::OpenOptions::new()
         .read(true)
@@ -507,12 +700,12 @@ fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
-fn run(default_scenarios: u64, default_seed: u64) {
+fn run(default_scenarios: u64, default_seed: u64, backend: Backend) {
     let seed = env_u64("FERRY_FAULT_SEED").unwrap_or(default_seed);
     let scenarios = env_u64("FERRY_FAULT_SCENARIOS").unwrap_or(default_scenarios);
-    println!("fault harness: seed {seed}, {scenarios} scenarios (replay: FERRY_FAULT_SEED={seed})");
+    println!("fault harness ({backend:?} standby): seed {seed}, {scenarios} scenarios (replay: FERRY_FAULT_SEED={seed})");
     let started = Instant::now();
-    let mut world = World::new(seed);
+    let mut world = World::new(seed, backend);
     for n in 1..=scenarios as usize {
         world.scenario(n);
     }
@@ -529,7 +722,17 @@ fn run(default_scenarios: u64, default_seed: u64) {
 
 #[test]
 fn fault_scenarios_short() {
-    run(100, 1);
+    run(100, 1, Backend::Files);
+}
+
+/// The same scenarios against an RBD standby in the lab's site-b (25 by
+/// default, ~4 min: each check exports the images with `rbd`).
+#[test]
+fn lab_fault_scenarios_rbd_standby() {
+    if !ferry_e2e::lab::enabled() {
+        return;
+    }
+    run(25, 1, Backend::Rbd);
 }
 
 #[test]
@@ -539,5 +742,5 @@ fn fault_scenarios_long() {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(7);
-    run(1000, seed);
+    run(1000, seed, Backend::Files);
 }
