@@ -17,7 +17,7 @@ use ferry_engine::session::sender::{
 };
 use ferry_engine::session::verify::{verify_image, VerifyReport, VerifySource};
 use ferry_engine::source::diffstream::DiffSource;
-use ferry_engine::source::file::FileSource;
+use ferry_engine::source::file::{FileSource, FileSourceOptions};
 use ferry_engine::source::ExtentSource;
 use ferry_protocol::{AgentId, ImageName};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -61,6 +61,9 @@ pub struct SyncRequest<'a> {
     /// Called with (pair index, progress) whenever an image's progress
     /// changes (the agent's orchestrator publishes it on its API).
     pub progress: Option<ProgressSink>,
+    /// Replicate blocks of `file:` sources that changed at rest instead of
+    /// refusing the cycle (also `[source] accept_changes_at_rest`).
+    pub accept_changes_at_rest: bool,
 }
 
 /// Receives live per-image progress of a sync: (pair index, progress).
@@ -131,7 +134,12 @@ pub async fn sync(request: SyncRequest<'_>) -> Result<GroupReport> {
         locks.push(lock);
         match source {
             SourceUri::File(path) => {
-                let source = FileSource::open(path, &state_dir)
+                let file_options = FileSourceOptions {
+                    accept_changes_at_rest: request.accept_changes_at_rest
+                        || config.accept_changes_at_rest,
+                    ..FileSourceOptions::default()
+                };
+                let source = FileSource::open_with(path, &state_dir, file_options)
                     .with_context(|| format!("opening source {}", path.display()))?;
                 sources.push(Box::new(source));
             }

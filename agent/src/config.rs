@@ -69,6 +69,14 @@ struct RawConfig {
     api: RawApi,
     #[serde(default)]
     metrics: RawMetrics,
+    #[serde(default)]
+    source: RawSource,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    accept_changes_at_rest: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -189,6 +197,9 @@ pub struct AgentConfig {
     /// Where the Prometheus endpoint listens (`[metrics] listen`; `None`:
     /// no endpoint).
     pub metrics_listen: Option<String>,
+    /// `[source] accept_changes_at_rest`: replicate blocks of file sources
+    /// that changed although nothing wrote them (default: refuse the cycle).
+    pub accept_changes_at_rest: bool,
 }
 
 impl Default for AgentConfig {
@@ -207,6 +218,7 @@ impl Default for AgentConfig {
             coalesce_gap: None,
             api_listen: DEFAULT_API_LISTEN.to_owned(),
             metrics_listen: None,
+            accept_changes_at_rest: false,
         }
     }
 }
@@ -359,6 +371,7 @@ impl AgentConfig {
                 ))
             }
         };
+        config.accept_changes_at_rest = raw.source.accept_changes_at_rest.unwrap_or(false);
         config.ceph = ferry_engine::rbd::ClusterSpec {
             cluster: raw.ceph.cluster,
             conf: raw.ceph.conf,
@@ -421,6 +434,13 @@ pub const DEFAULT_CONFIG: &str = r#"# ferry-agent configuration. Every key is op
 # as one request: fewer OSD operations on both sites, a few more bytes on the
 # wire. Default: 16 KiB, or (send limit x 0.2 ms) when a send limit is set.
 # coalesce_gap = "32KiB"
+
+[source]
+# A file: source whose blocks differ from the last recovery point although
+# nothing wrote it since (timestamps / device write counters unchanged) is
+# refused as possible corruption at rest: the standby keeps its good copy.
+# Set true (for one cycle, then remove) to replicate such a change anyway.
+# accept_changes_at_rest = false
 
 [api]
 # The operator HTTP API (token in DIR/api.token). Keep it on loopback; the

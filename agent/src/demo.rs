@@ -102,6 +102,7 @@ pub async fn run(work: &Path, size: u64) -> Result<()> {
         tweak: Some(&tweak),
         cluster: None,
         progress: None,
+        accept_changes_at_rest: false,
     };
 
     let first = image_report(client::sync(request()).await?)?;
@@ -154,6 +155,7 @@ pub async fn run(work: &Path, size: u64) -> Result<()> {
                 tweak: Some(&tweak),
                 cluster: None,
                 progress: None,
+                accept_changes_at_rest: false,
             })
             .await
         })

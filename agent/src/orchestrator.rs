@@ -1699,6 +1699,7 @@ impl Orchestrator {
             tweak: Some(&tweak),
             cluster: None,
             progress: Some(sink),
+            accept_changes_at_rest: false,
         })
         .await
         .map_err(internal(format!("replicating group '{}'", g.name)))?;

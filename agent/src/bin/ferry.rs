@@ -58,6 +58,11 @@ enum Command {
         /// Ceph configuration file of rbd: sources.
         #[arg(long)]
         conf: Option<PathBuf>,
+        /// Replicate blocks of file: sources that changed although nothing
+        /// wrote them since the last recovery point (normally refused as
+        /// possible corruption at rest), for this run.
+        #[arg(long)]
+        accept_changes_at_rest: bool,
     },
     /// Prove the standby equals SOURCE by exchanging hashes (no data copied);
     /// exits 0 when equal, 1 when they differ.
@@ -175,6 +180,7 @@ async fn main_inner(cli: Cli) -> Result<ExitCode> {
             json,
             cluster,
             conf,
+            accept_changes_at_rest,
         } => {
             if more.len() % 2 != 0 {
                 anyhow::bail!("extra arguments must come in SOURCE TARGET pairs");
@@ -195,6 +201,7 @@ async fn main_inner(cli: Cli) -> Result<ExitCode> {
                 tweak: None,
                 cluster: cluster_override(&dir, cluster, conf)?,
                 progress: None,
+                accept_changes_at_rest,
             })
             .await?;
             if json {

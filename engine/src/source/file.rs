@@ -18,9 +18,22 @@
 //!
 //! Fuzzy detection: a fingerprint taken before the first read is persisted
 //! with the cycle and compared after the last: regular files use (device,
-//! inode, size, mtime ns, ctime ns); block devices the "sectors written"
-//! counter of `/sys/dev/block/MAJ:MIN/stat`; without either the point is
-//! fuzzy. A read that ends early (the file shrank) also makes it fuzzy.
+//! inode, size, mtime ns, ctime ns); block devices the "sectors written" and
+//! "sectors discarded" counters of `/sys/dev/block/MAJ:MIN/stat`; without
+//! either the point is fuzzy. A read that ends early (the file shrank) also
+//! makes it fuzzy.
+//!
+//! Changes at rest: when a committed cycle was quiet (not fuzzy) and its
+//! fingerprint had settled (a file's ctime at least [`SETTLE_NS`] old when
+//! it was taken: ctime ticks coarsely), that fingerprint is kept. If the
+//! next incremental cycle starts from the very same fingerprint — nothing
+//! wrote the image through the kernel since — yet blocks differ from the
+//! base manifest, the bytes changed at rest (media corruption, a write that
+//! bypassed the device): [`ExtentSource::end_scan`] refuses with
+//! [`SourceError::ChangedAtRest`] rather than replicate them over the
+//! standby's good copy, and keeps refusing that cycle until the operator
+//! accepts it ([`FileSourceOptions::accept_changes_at_rest`]), which is
+//! then logged as a warning.
 
 use std::cell::Cell;
 use std::fs::{self, File, OpenOptions};
@@ -28,6 +41,7 @@ use std::io::{self, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use ferry_protocol::{Epoch, ExtentKind};
@@ -41,6 +55,12 @@ use super::{
 };
 use crate::codec::PlainExtent;
 use crate::sys::uring::{next_data_offset, next_hole_offset, BlockReader, IoShape};
+
+/// A file's fingerprint counts as settled (usable for the at-rest check)
+/// when its ctime was at least this old when it was taken: the kernel's
+/// timestamps tick at jiffy granularity, so a write in the same tick as the
+/// fingerprint could leave it unchanged.
+const SETTLE_NS: i64 = 2_000_000_000;
 
 /// The partial manifest is made durable at least this often (bytes of scan).
 pub const SYNC_INTERVAL: u64 = 256 << 20;
@@ -66,8 +86,33 @@ enum Fingerprint {
         mtime_ns: i64,
         ctime_ns: i64,
     },
-    /// Block device: the kernel's count of sectors written.
-    BlockDevice { rdev: u64, sectors_written: u64 },
+    /// Block device: the kernel's counts of sectors written and discarded.
+    BlockDevice {
+        rdev: u64,
+        sectors_written: u64,
+        #[serde(default)]
+        sectors_discarded: u64,
+    },
+}
+
+impl Fingerprint {
+    /// Whether nothing can have changed the image in the same clock tick
+    /// as this fingerprint was taken at `taken_ns` (wall clock).
+    fn settled_at(&self, taken_ns: i64) -> bool {
+        match self {
+            Fingerprint::File { ctime_ns, .. } => taken_ns.saturating_sub(*ctime_ns) >= SETTLE_NS,
+            // Exact counters, bumped as each request completes.
+            Fingerprint::BlockDevice { .. } => true,
+        }
+    }
+}
+
+/// Blocks found changed although nothing wrote the image (see the module
+/// docs), persisted with the cycle so that a retry refuses again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct AtRest {
+    bytes: u64,
+    first_offset: u64,
 }
 
 /// A cycle as persisted in the state file.
@@ -84,6 +129,13 @@ struct InProgress {
     fuzzy_seen: bool,
     /// The scan reached the end and the whole manifest is durable.
     scan_complete: bool,
+    /// The post-scan fingerprint, when the scan was quiet and it had settled:
+    /// becomes [`PersistedState::quiet_fingerprint`] at commit.
+    #[serde(default)]
+    settled: Option<Fingerprint>,
+    /// This cycle found changes at rest (refused until accepted).
+    #[serde(default)]
+    at_rest: Option<AtRest>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,6 +144,9 @@ struct PersistedState {
     committed_epoch: u64,
     committed_size: u64,
     in_progress: Option<InProgress>,
+    /// The settled fingerprint of the committed cycle, if it was quiet.
+    #[serde(default)]
+    quiet_fingerprint: Option<Fingerprint>,
 }
 
 impl Default for PersistedState {
@@ -101,6 +156,7 @@ impl Default for PersistedState {
             committed_epoch: 0,
             committed_size: 0,
             in_progress: None,
+            quiet_fingerprint: None,
         }
     }
 }
@@ -125,6 +181,10 @@ struct Cycle {
     short_read: bool,
     /// Between begin_cycle and end_scan/abort_scan.
     scanning: bool,
+    /// Bytes of blocks this process found different from a base entry,
+    /// and the first of them.
+    base_changed_bytes: u64,
+    first_base_change: Option<u64>,
 }
 
 /// Options of a [`FileSource`].
@@ -134,6 +194,9 @@ pub struct FileSourceOptions {
     pub io: IoShape,
     /// Use `pread` even where io_uring works.
     pub force_pread: bool,
+    /// Replicate blocks that changed at rest (see the module docs) instead
+    /// of refusing the cycle; logged as a warning.
+    pub accept_changes_at_rest: bool,
 }
 
 /// A raw image file or block device with manifest-based change detection.
@@ -149,6 +212,7 @@ pub struct FileSource {
     cycle: Option<Cycle>,
     /// The size the last `info()` reported; a new cycle scans exactly this.
     pinned_size: Cell<Option<u64>>,
+    accept_changes_at_rest: bool,
 }
 
 fn io_error(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SourceError {
@@ -168,6 +232,23 @@ fn sync_dir(dir: &Path) -> Result<(), SourceError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_error("sync directory", dir))
+}
+
+/// The kernel's I/O counters of block device MAJ:MIN: from
+/// `/sys/dev/block/MAJ:MIN/stat`, or (where that directory is empty, as in
+/// some containers) from the `/sys/class/block/*` entry whose `dev` names it.
+fn block_device_stat(major: u64, minor: u64) -> Option<String> {
+    if let Ok(text) = fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/stat")) {
+        return Some(text);
+    }
+    let wanted = format!("{major}:{minor}");
+    fs::read_dir("/sys/class/block")
+        .ok()?
+        .flatten()
+        .find(|entry| {
+            fs::read_to_string(entry.path().join("dev")).is_ok_and(|dev| dev.trim() == wanted)
+        })
+        .and_then(|entry| fs::read_to_string(entry.path().join("stat")).ok())
 }
 
 /// Linux `dev_t` → (major, minor), as glibc's `gnu_dev_major/minor`.
@@ -212,6 +293,7 @@ impl FileSource {
             base: None,
             cycle: None,
             pinned_size: Cell::new(None),
+            accept_changes_at_rest: options.accept_changes_at_rest,
         };
         source.state = source.load_state()?;
         source.reconcile()?;
@@ -437,13 +519,18 @@ impl FileSource {
         if self.block_device {
             let rdev = meta.rdev();
             let (major, minor) = split_dev(rdev);
-            let text = fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/stat")).ok()?;
+            let text = block_device_stat(major, minor)?;
             // Fields: reads, read merges, sectors read, read ticks, writes,
-            // write merges, sectors written, ...
-            let sectors_written = text.split_whitespace().nth(6)?.parse().ok()?;
+            // write merges, sectors written, write ticks, in flight, io
+            // ticks, queue time, discards, discard merges, sectors
+            // discarded (4.18+), ...
+            let fields: Vec<&str> = text.split_whitespace().collect();
+            let sectors_written = fields.get(6)?.parse().ok()?;
+            let sectors_discarded = fields.get(13).and_then(|f| f.parse().ok()).unwrap_or(0);
             Some(Fingerprint::BlockDevice {
                 rdev,
                 sectors_written,
+                sectors_discarded,
             })
         } else {
             let nanos =
@@ -515,6 +602,8 @@ impl FileSource {
             fingerprint,
             fuzzy_seen: resized,
             scan_complete: false,
+            settled: None,
+            at_rest: None,
         });
         self.store_state(next)?;
         self.cycle = Some(Cycle {
@@ -529,6 +618,8 @@ impl FileSource {
             clean_from: 0,
             short_read: false,
             scanning: true,
+            base_changed_bytes: 0,
+            first_base_change: None,
         });
         Ok(ImageInfo {
             size,
@@ -585,6 +676,8 @@ impl FileSource {
                     clean_from: size,
                     short_read: false,
                     scanning: false,
+                    base_changed_bytes: 0,
+                    first_base_change: None,
                 }
             }
         };
@@ -817,6 +910,10 @@ impl ExtentSource for FileSource {
                 cycle.clean_from = cycle.clean_from.max(record.scan_end);
             }
         }
+        cycle.base_changed_bytes += record.base_changed_bytes;
+        if cycle.first_base_change.is_none() {
+            cycle.first_base_change = record.first_base_change;
+        }
         cycle.recorded = record.scan_end;
         if cycle.recorded - cycle.synced >= SYNC_INTERVAL {
             self.sync_progress()?;
@@ -837,9 +934,15 @@ impl ExtentSource for FileSource {
         }
         cycle.partial.sync()?;
         let epoch = cycle.epoch.get();
+        let incremental = cycle.base_epoch != Epoch(0);
         let short_read = cycle.short_read;
         let size = cycle.size;
+        let changed = (cycle.base_changed_bytes, cycle.first_base_change);
         let now = self.fingerprint();
+        let taken_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        let quiet_since_commit = self.state.quiet_fingerprint.clone();
         let mut next = self.state.clone();
         let Some(ip) = next.in_progress.as_mut().filter(|ip| ip.epoch == epoch) else {
             return Err(SourceError::Misuse {
@@ -848,6 +951,43 @@ impl ExtentSource for FileSource {
         };
         let fuzzy =
             short_read || ip.fuzzy_seen || ip.fingerprint.is_none() || ip.fingerprint != now;
+        if let (false, true, (bytes, Some(first_offset))) = (fuzzy, incremental, changed) {
+            if quiet_since_commit.is_some() && quiet_since_commit == ip.fingerprint {
+                ip.at_rest.get_or_insert(AtRest {
+                    bytes,
+                    first_offset,
+                });
+            }
+        }
+        if let Some(at_rest) = ip.at_rest.clone() {
+            if !self.accept_changes_at_rest {
+                // Persist the finding (a retry must refuse again) and the
+                // synced manifest (a retry resumes at the end and refuses at
+                // once), not a completed scan: the cycle cannot commit.
+                let finding = ip.at_rest.clone();
+                let mut keep = self.state.clone();
+                if let Some(p) = keep.in_progress.as_mut() {
+                    p.at_rest = finding;
+                    p.durable_offset = size;
+                }
+                self.store_state(keep)?;
+                if let Some(cycle) = self.cycle.as_mut() {
+                    cycle.synced = size;
+                }
+                return Err(SourceError::ChangedAtRest {
+                    path: self.image_path.clone(),
+                    bytes: at_rest.bytes,
+                    first_offset: at_rest.first_offset,
+                });
+            }
+            tracing::warn!(image = %self.image_path.display(), bytes = at_rest.bytes,
+                first_offset = at_rest.first_offset,
+                "replicating blocks that changed at rest, as the operator accepted");
+        }
+        ip.settled = match &now {
+            Some(print) if !fuzzy && print.settled_at(taken_ns) => now.clone(),
+            _ => None,
+        };
         ip.durable_offset = size;
         ip.fuzzy_seen = fuzzy;
         ip.scan_complete = true;
@@ -915,6 +1055,7 @@ impl ExtentSource for FileSource {
         let mut next = self.state.clone();
         next.committed_epoch = epoch.get();
         next.committed_size = ip.image_size;
+        next.quiet_fingerprint = ip.settled.clone();
         next.in_progress = None;
         self.store_state(next)?;
         self.open_base();
@@ -1006,10 +1147,18 @@ impl ChunkAnalyzer for FileAnalyzer {
                 data: bytes,
             });
         };
+        let mut base_changed_bytes = 0u64;
+        let mut first_base_change = None;
         for (index, hash) in hashes.iter().enumerate() {
             let index = index as u64;
             let changed = match base_hashes.get(index as usize) {
-                Some(base) => base != hash,
+                Some(base) if base != hash => {
+                    let offset = scan_start + index * bs;
+                    base_changed_bytes += bs.min(scan_end - offset);
+                    first_base_change.get_or_insert(offset);
+                    true
+                }
+                Some(_) => false,
                 // Not in the base (full copy, or the image grew): the
                 // standby's range reads as zero, so only data is a change.
                 None => !hash.is_zero_marker(),
@@ -1045,6 +1194,8 @@ impl ChunkAnalyzer for FileAnalyzer {
                 scan_start,
                 scan_end,
                 hashes,
+                base_changed_bytes,
+                first_base_change,
             },
         })
     }

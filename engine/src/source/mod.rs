@@ -103,6 +103,11 @@ pub struct ChunkRecord {
     pub scan_end: u64,
     /// Manifest-based sources: the new hash of every block of the range.
     pub hashes: Vec<BlockHash>,
+    /// Manifest-based sources: bytes of the blocks whose hash differs from
+    /// their base entry (blocks past the base's end are not counted).
+    pub base_changed_bytes: u64,
+    /// The first such block's offset.
+    pub first_base_change: Option<u64>,
 }
 
 /// A chunk after change detection.
@@ -220,6 +225,8 @@ impl ChunkAnalyzer for ListedExtentsAnalyzer {
                 scan_start: chunk.scan_start,
                 scan_end: chunk.scan_end,
                 hashes: Vec::new(),
+                base_changed_bytes: 0,
+                first_base_change: None,
             },
         })
     }
@@ -297,6 +304,25 @@ pub enum SourceError {
     Misuse {
         /// What was wrong.
         reason: &'static str,
+    },
+    /// Blocks differ from the committed base although nothing wrote the
+    /// image since that point (see `file` module docs): refused so the
+    /// standby keeps its copy.
+    #[error(
+        "{path}: {bytes} bytes changed at rest, first at offset {first_offset}: the image \
+         differs from the last recovery point although nothing wrote it since (its \
+         timestamps or write counters are unchanged). Check the storage for corruption \
+         before replicating; the standby still holds the last good copy. If the change is \
+         intended (a write that bypassed the kernel), accept it once with \
+         `ferry sync --accept-changes-at-rest` or `[source] accept_changes_at_rest = true`"
+    )]
+    ChangedAtRest {
+        /// The image.
+        path: PathBuf,
+        /// Bytes of the blocks that changed.
+        bytes: u64,
+        /// The first of them.
+        first_offset: u64,
     },
     /// `commit_cycle` for an epoch whose scan is not complete.
     #[error("epoch {epoch} cannot be committed: {reason}")]

@@ -1,0 +1,139 @@
+//! Changes at rest in a source: blocks that differ from the last recovery
+//! point although nothing wrote the device since (its kernel write and
+//! discard counters are unchanged). Here a loop device's backing file is
+//! written directly, as media corruption or a write that bypassed the
+//! device would change it. `ferry sync` must refuse such a cycle (the
+//! standby keeps its good copy, a retry refuses again), replicate ordinary
+//! writes through the device as usual, and replicate the change only when
+//! the operator accepts it. Needs root and loop devices (`losetup`); skipped
+//! with a message otherwise.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use ferry_agent::imagegen;
+use ferry_e2e::{ferry, hash_file, Pair};
+
+const MIB: u64 = 1024 * 1024;
+
+/// A loop device over a file, detached on drop.
+struct LoopDevice(PathBuf);
+
+impl LoopDevice {
+    fn attach(backing: &Path) -> Option<LoopDevice> {
+        let out = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(backing)
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            println!(
+                "skipped: losetup failed (needs root and loop devices): {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return None;
+        }
+        let dev = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        Some(LoopDevice(PathBuf::from(dev)))
+    }
+
+    /// Drops the device's page cache, so reads see the backing file.
+    fn flush_buffers(&self) {
+        let out = Command::new("blockdev")
+            .arg("--flushbufs")
+            .arg(&self.0)
+            .output()
+            .expect("running blockdev");
+        assert!(out.status.success(), "blockdev --flushbufs failed");
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.0).output();
+    }
+}
+
+fn write_at(path: &Path, offset: u64, bytes: &[u8]) {
+    let f = OpenOptions::new().write(true).open(path).expect("open");
+    f.write_all_at(bytes, offset).expect("write");
+    f.sync_all().expect("fsync");
+}
+
+fn sync(pair: &Pair, device: &Path, extra: &[&str]) -> Output {
+    let dir = pair.primary_dir.display().to_string();
+    let source = format!("file:{}", device.display());
+    let target = pair.standby.target("disk");
+    let mut args = vec![
+        "sync",
+        "--dir",
+        &dir,
+        &source,
+        &target,
+        "--peer",
+        &pair.standby.fingerprint,
+    ];
+    args.extend_from_slice(extra);
+    ferry(&args)
+}
+
+fn assert_ok(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn change_at_rest_is_refused_until_accepted() {
+    let pair = Pair::new(None);
+    let backing = pair.path("disk.img");
+    imagegen::make_image(&backing, 8 * MIB, 31).expect("image");
+    let Some(device) = LoopDevice::attach(&backing) else {
+        return;
+    };
+    let standby = pair.standby.image_path("disk");
+
+    assert_ok(&sync(&pair, &device.0, &[]), "full sync");
+    assert_eq!(hash_file(&standby), hash_file(&backing));
+
+    // An ordinary write through the device replicates as usual.
+    write_at(&device.0, 64 * 1024, &[0xab; 4096]);
+    assert_ok(&sync(&pair, &device.0, &[]), "sync of a written block");
+    device.flush_buffers();
+    assert_eq!(hash_file(&standby), hash_file(&backing));
+    let good = hash_file(&standby);
+
+    // A change that bypasses the device: its counters do not move.
+    write_at(&backing, MIB, &[0x5a; 4096]);
+    device.flush_buffers();
+    for attempt in ["first", "second"] {
+        let out = sync(&pair, &device.0, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{attempt} sync replicated a change at rest:\n{stderr}"
+        );
+        assert!(
+            stderr.contains("changed at rest") && stderr.contains("offset 1048576"),
+            "{attempt} refusal does not say what and where:\n{stderr}"
+        );
+        assert_eq!(
+            hash_file(&standby),
+            good,
+            "the standby's copy changed after the {attempt} refusal"
+        );
+    }
+
+    // Accepted by the operator: replicated.
+    assert_ok(
+        &sync(&pair, &device.0, &["--accept-changes-at-rest"]),
+        "accepted sync",
+    );
+    assert_eq!(hash_file(&standby), hash_file(&backing));
+    // And the next quiet cycle is an ordinary one again.
+    assert_ok(&sync(&pair, &device.0, &[]), "sync after acceptance");
+}
