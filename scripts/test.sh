@@ -26,6 +26,9 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)
 # systemd-analyze verifies the units; man renders the generated man pages.
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v man >/dev/null 2>&1 || need+=(man-db)
+# losetup / blockdev: the at-rest test drives a loop device.
+command -v losetup >/dev/null 2>&1 || need+=(mount)
+command -v blockdev >/dev/null 2>&1 || need+=(util-linux)
 if [ "${#need[@]}" -gt 0 ]; then
   log "installing ${need[*]}"
   $SUDO apt-get update -qq
