@@ -5,7 +5,8 @@
 //! device would change it. `ferry sync` must refuse such a cycle (the
 //! standby keeps its good copy, a retry refuses again), replicate ordinary
 //! writes through the device as usual, and replicate the change only when
-//! the operator accepts it. Needs root and loop devices (`losetup`); skipped
+//! the operator accepts it; a buffered write not yet written back (the
+//! counters have not moved) is an ordinary change. Needs root and loop devices (`losetup`); skipped
 //! with a message otherwise.
 
 use std::fs::OpenOptions;
@@ -136,4 +137,16 @@ fn change_at_rest_is_refused_until_accepted() {
     assert_eq!(hash_file(&standby), hash_file(&backing));
     // And the next quiet cycle is an ordinary one again.
     assert_ok(&sync(&pair, &device.0, &[]), "sync after acceptance");
+
+    // A buffered write still in the device's page cache (no fsync, and the
+    // writer keeps the device open: its last close would write it back; the
+    // counters have not moved yet) is an ordinary change, not one at rest.
+    let writer = OpenOptions::new()
+        .write(true)
+        .open(&device.0)
+        .expect("open device");
+    writer.write_all_at(&[0x77; 8192], 2 * MIB).expect("write");
+    assert_ok(&sync(&pair, &device.0, &[]), "sync of a buffered write");
+    assert_eq!(hash_file(&standby), hash_file(&device.0));
+    drop(writer);
 }

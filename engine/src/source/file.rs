@@ -517,6 +517,11 @@ impl FileSource {
     fn fingerprint(&self) -> Option<Fingerprint> {
         let meta = self.image.metadata().ok()?;
         if self.block_device {
+            // The counters move when writes reach the device, not when they
+            // enter its page cache, where a scan already sees them: write
+            // the dirty pages out first, or a buffered write could look
+            // like a change at rest (or escape fuzzy detection).
+            self.image.sync_all().ok()?;
             let rdev = meta.rdev();
             let (major, minor) = split_dev(rdev);
             let text = block_device_stat(major, minor)?;
