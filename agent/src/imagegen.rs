@@ -3,7 +3,7 @@
 //! the tests and the benchmarks.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -105,8 +105,9 @@ pub fn make_image(path: &Path, size: u64, seed: u64) -> std::io::Result<()> {
 /// Overwrites `count` randomly placed, 4 KiB-aligned 4 KiB blocks with random
 /// data; returns the bytes written.
 pub fn scattered_writes(path: &Path, count: u64, seed: u64) -> std::io::Result<u64> {
-    let file = OpenOptions::new().write(true).open(path)?;
-    let size = file.metadata()?.len();
+    let mut file = OpenOptions::new().write(true).open(path)?;
+    // Seeking to the end sizes block devices too (their st_size is 0).
+    let size = file.seek(SeekFrom::End(0))?;
     let blocks = size / 4096;
     if blocks == 0 {
         return Ok(0);

@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod lab;
+pub mod loopdev;
 
 use std::fs::File;
 use std::io::Read;

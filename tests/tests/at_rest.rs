@@ -11,51 +11,14 @@
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 
 use ferry_agent::imagegen;
+use ferry_e2e::loopdev::LoopDevice;
 use ferry_e2e::{ferry, hash_file, Pair};
 
 const MIB: u64 = 1024 * 1024;
-
-/// A loop device over a file, detached on drop.
-struct LoopDevice(PathBuf);
-
-impl LoopDevice {
-    fn attach(backing: &Path) -> Option<LoopDevice> {
-        let out = Command::new("losetup")
-            .args(["--find", "--show"])
-            .arg(backing)
-            .output()
-            .ok()?;
-        if !out.status.success() {
-            println!(
-                "skipped: losetup failed (needs root and loop devices): {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-            return None;
-        }
-        let dev = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        Some(LoopDevice(PathBuf::from(dev)))
-    }
-
-    /// Drops the device's page cache, so reads see the backing file.
-    fn flush_buffers(&self) {
-        let out = Command::new("blockdev")
-            .arg("--flushbufs")
-            .arg(&self.0)
-            .output()
-            .expect("running blockdev");
-        assert!(out.status.success(), "blockdev --flushbufs failed");
-    }
-}
-
-impl Drop for LoopDevice {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.0).output();
-    }
-}
 
 fn write_at(path: &Path, offset: u64, bytes: &[u8]) {
     let f = OpenOptions::new().write(true).open(path).expect("open");
@@ -94,6 +57,7 @@ fn change_at_rest_is_refused_until_accepted() {
     let backing = pair.path("disk.img");
     imagegen::make_image(&backing, 8 * MIB, 31).expect("image");
     let Some(device) = LoopDevice::attach(&backing) else {
+        println!("skipped: no loop device");
         return;
     };
     let standby = pair.standby.image_path("disk");

@@ -9,7 +9,12 @@
 //!   jitter (reordering) and duplication;
 //! - a full disk on the standby (an injected ENOSPC on journal writes);
 //! - bytes flipped at rest in a standby image, in a standby image's
-//!   `state.json`, or in the journal of a pending epoch.
+//!   `state.json`, or in the journal of a pending epoch; and in a source:
+//!   where loop devices can be used (root), the first source is a loop
+//!   device whose backing file the harness writes directly, a change the
+//!   device's counters do not see — `ferry sync` must refuse it as a change
+//!   at rest, leave the standby as it was, and replicate it only when
+//!   accepted (`--accept-changes-at-rest`).
 //!
 //! After every scenario: the standby images equal, by hash, one group
 //! recovery point the primary committed (never a mix of two, never torn);
@@ -42,6 +47,7 @@ use std::time::{Duration, Instant};
 
 use ferry_agent::imagegen;
 use ferry_e2e::lab::{pyrbd, rbd};
+use ferry_e2e::loopdev::LoopDevice;
 use ferry_e2e::{ferry, ferry_spawn, hash_file, Pair};
 use ferry_engine::netsim::{Impairment, UdpProxy};
 use rand::{Rng, SeedableRng};
@@ -82,6 +88,7 @@ enum Backend {
 #[derive(Debug, Clone)]
 enum Fault {
     Clean,
+    FlipSource,
     KillStandbyAt(&'static str),
     KillPrimaryAfter(Duration),
     Blackhole { after: Duration, cut: Duration },
@@ -108,6 +115,9 @@ struct World {
     /// high-water mark and is refused once), with their first error.
     refused_once: Vec<String>,
     backend: Backend,
+    /// The loop device `sources[0]` is, over its backing file (when loop
+    /// devices can be used).
+    source_device: Option<(LoopDevice, PathBuf)>,
     /// RBD mode: removes the standby's images from site-b (declared last:
     /// dropped after the agent is gone).
     _rbd_images: Option<SiteBImages>,
@@ -178,8 +188,23 @@ impl World {
             seed,
             refused_once: Vec::new(),
             backend,
+            source_device: None,
             _rbd_images: None,
         };
+        // The first source (3 MiB: a whole number of sectors) as a block
+        // device, for changes at rest.
+        match LoopDevice::attach(&w.sources[0]) {
+            Some(device) => {
+                println!(
+                    "source {} is loop device {}",
+                    w.names[0],
+                    device.0.display()
+                );
+                let backing = std::mem::replace(&mut w.sources[0], device.0.clone());
+                w.source_device = Some((device, backing));
+            }
+            None => println!("no loop device: FlipSource scenarios run as Clean"),
+        }
         if backend == Backend::Rbd {
             w._rbd_images = Some(SiteBImages(w.names.clone()));
         }
@@ -370,7 +395,8 @@ impl World {
 
     fn pick_any_fault(&mut self) -> Fault {
         match self.rng.gen_range(0..100) {
-            0..=9 => Fault::Clean,
+            0..=4 => Fault::Clean,
+            5..=9 => Fault::FlipSource,
             10..=34 => {
                 Fault::KillStandbyAt(COMMIT_POINTS[self.rng.gen_range(0..COMMIT_POINTS.len())])
             }
@@ -396,11 +422,19 @@ impl World {
         let fault = self.pick_fault();
         let what = format!("scenario {n}: {fault:?}");
         println!("{}", self.ctx(&what));
+        let fault = match fault {
+            Fault::FlipSource if self.source_device.is_none() => Fault::Clean,
+            other => other,
+        };
         let force_changes = matches!(fault, Fault::DiskFull | Fault::FlipJournal(_));
         self.change_sources(force_changes);
         let pending = self.source_hashes();
         match fault.clone() {
             Fault::Clean => {}
+            Fault::FlipSource => {
+                self.sync_ok(&what);
+                self.flip_source(&what);
+            }
             Fault::KillStandbyAt(point) => {
                 let failpoints = format!("{point}=sleep(20000)");
                 self.pair
@@ -588,13 +622,59 @@ impl World {
 }
 
 impl World {
+    /// A byte of the first source's backing file flipped behind the loop
+    /// device: refused twice as a change at rest with the standby left at
+    /// its point, then replicated once accepted.
+    fn flip_source(&mut self, what: &str) {
+        let Some((device, backing)) = &self.source_device else {
+            return;
+        };
+        let len = std::fs::metadata(backing).unwrap().len();
+        let at = self.rng.gen_range(0..len);
+        flip_byte(backing, at);
+        device.flush_buffers();
+        let before = self.standby_hashes();
+        for attempt in ["first", "second"] {
+            let out = self.run_sync(&[]);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success() && stderr.contains("changed at rest"),
+                "{}: the {attempt} sync after a flip at {at} of the source did not refuse it as a change at rest:\n{stderr}",
+                self.ctx(what)
+            );
+            assert_eq!(
+                self.standby_hashes(),
+                before,
+                "{}: the standby changed after the {attempt} refusal",
+                self.ctx(what)
+            );
+        }
+        let out = self.run_sync(&["--accept-changes-at-rest"]);
+        assert!(
+            out.status.success(),
+            "{}: the accepted sync failed:\n{}",
+            self.ctx(what),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let now = self.source_hashes();
+        assert_eq!(
+            self.standby_hashes(),
+            now,
+            "{}: the accepted change did not reach the standby",
+            self.ctx(what)
+        );
+        self.committed.push(now);
+    }
+
     /// RBD: another client writes one byte into a standby image head. The
     /// committed snapshot stays intact (verify passes), the next point takes
     /// the byte in (the sink applies epochs in place), and `ferry verify`
     /// must then report it; the harness puts the byte back and syncs again.
     fn flip_rbd_head(&mut self, what: &str) {
         let i = self.rng.gen_range(0..self.names.len());
-        let size = std::fs::metadata(&self.sources[i]).unwrap().len();
+        let size = std::fs::File::open(&self.sources[i])
+            .and_then(|mut f| std::io::Seek::seek(&mut f, std::io::SeekFrom::End(0)))
+            .unwrap();
         let at = self.rng.gen_range(0..size);
         let name = self.names[i].clone();
         pyrbd(
