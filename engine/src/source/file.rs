@@ -824,6 +824,13 @@ impl ExtentSource for FileSource {
         Ok(())
     }
 
+    fn make_durable(&mut self) -> Result<(), SourceError> {
+        match self.cycle.as_ref() {
+            Some(cycle) if cycle.scanning && cycle.recorded > cycle.synced => self.sync_progress(),
+            _ => Ok(()),
+        }
+    }
+
     fn end_scan(&mut self) -> Result<ScanOutcome, SourceError> {
         let Some(cycle) = self.cycle.as_ref().filter(|c| c.scanning) else {
             return Err(SourceError::Misuse {
