@@ -922,30 +922,85 @@ async fn commit_group(
     }
 }
 
+/// Opens the image stream of `open` on the current connection (on a new
+/// one if that fails with a link error or Busy).
+async fn open_stream(
+    links: &Links,
+    open: &OpenImage,
+    target: &SyncTarget,
+) -> Result<(u64, quinn::Connection, ImageStream), SyncError> {
+    let (generation, connection) = links.current().await;
+    match open_image_stream_on(&connection, open, target, &links.identity, &links.options).await {
+        Ok(s) => Ok((generation, connection, s)),
+        Err(e) if is_retryable(&e) => {
+            let (g, c) = links.reconnect(generation, &e).await?;
+            let s = open_image_stream_on(&c, open, target, &links.identity, &links.options).await?;
+            Ok((g, c, s))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The standby refused to open `open.epoch`. If that is because it has
+/// meanwhile committed that very epoch — an earlier `ferry sync` process
+/// sent the Commit and was killed before its source recorded it, and the
+/// standby applied the Commit after this process's planning query — the
+/// source records the commit (its scan of the epoch is complete and durable:
+/// a Commit is only sent after the scan ended) and the image moves on to the
+/// next epoch, relative to it. Returns that next epoch, or `None` when the
+/// refusal has another cause.
+async fn roll_forward(
+    links: &Links,
+    source: &mut dyn ExtentSource,
+    open: &OpenImage,
+) -> Result<Option<OpenImage>, SyncError> {
+    let answer = links
+        .ask_across_reconnects(&Message::ResumeQuery(ResumeQuery {
+            image: open.image.clone(),
+            epoch: open.epoch,
+        }))
+        .await?;
+    let committed = match answer {
+        Message::ResumeAnswer(a) if a.image == open.image => a.committed_epoch,
+        _ => return Ok(None),
+    };
+    if committed != open.epoch || source.resumable_offset(open.epoch) < open.size {
+        return Ok(None);
+    }
+    source.commit_cycle(open.epoch)?;
+    info!(image = %open.image, epoch = %open.epoch, "the standby committed our last epoch while this sync started; recorded it and moving on");
+    let info = source.info()?;
+    Ok(Some(OpenImage {
+        image: open.image.clone(),
+        size: info.size,
+        block_size: info.block_size,
+        epoch: open.epoch.next(),
+        base_epoch: open.epoch,
+    }))
+}
+
 /// Runs one image's epoch: pipeline → batches → acks, across reconnects.
 /// Returns when every batch is durable on the standby and its writer is
 /// parked for the commit.
 async fn transfer_image(links: &Links, plan: Planned) -> Result<Transferred, SyncError> {
-    let Planned { job, open } = plan;
+    let Planned { job, mut open } = plan;
     let ImageJob {
-        source,
+        mut source,
         image,
         progress,
     } = job;
     let target = links.target(&image);
-    let (mut generation, mut connection) = links.current().await;
-    let mut stream =
-        match open_image_stream_on(&connection, &open, &target, &links.identity, &links.options)
-            .await
-        {
-            Ok(s) => s,
-            Err(e) if is_retryable(&e) => {
-                let (g, c) = links.reconnect(generation, &e).await?;
-                generation = g;
-                let s = open_image_stream_on(&c, &open, &target, &links.identity, &links.options)
-                    .await?;
-                connection = c;
-                s
+    let (mut generation, mut connection, mut stream) =
+        match open_stream(links, &open, &target).await {
+            Ok(opened) => opened,
+            Err(refused @ SyncError::Peer { .. }) => {
+                match roll_forward(links, &mut *source, &open).await? {
+                    Some(next) => {
+                        open = next;
+                        open_stream(links, &open, &target).await?
+                    }
+                    None => return Err(refused),
+                }
             }
             Err(e) => return Err(e),
         };
@@ -1015,11 +1070,20 @@ async fn transfer_image(links: &Links, plan: Planned) -> Result<Transferred, Syn
                             transfer.report.bytes_plain_data += chunk.stats.plain_data_bytes;
                             transfer.progress.bytes_scanned = chunk.scan_end;
                             transfer.progress.bytes_changed = transfer.report.bytes_changed;
+                            // Only chunks the source made durable may move the
+                            // standby's resume offset: a new process must be
+                            // able to resume wherever the standby is.
                             if chunk.extents.is_empty()
-                                && chunk.scan_end - pending_empty_since < options.empty_batch_every
                                 && chunk.scan_end < info_size
+                                && (!chunk.durable
+                                    || chunk.scan_end - pending_empty_since < options.empty_batch_every)
                             {
                                 continue;
+                            }
+                            if !chunk.durable {
+                                return Err(SyncError::Source(SourceError::Misuse {
+                                    reason: "the pipeline delivered a chunk with changes before the source made it durable",
+                                }));
                             }
                             pending_empty_since = chunk.scan_end;
                             transfer.report.extents += chunk.extents.len() as u64;
