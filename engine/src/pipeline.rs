@@ -23,6 +23,16 @@
 //! - **Workers** run the source's analyser and an [`Encoder`] (own zstd context).
 //! - The **sequencer** restores scan order, calls `source.record` in order
 //!   (before the chunk is delivered, so delivered ⇒ recorded), and forwards.
+//!   A chunk the sender may report to the standby (one with changes, the
+//!   last one, an unchanged one every [`EMPTY_DURABLE_EVERY`] bytes) is held
+//!   until `source.make_durable` ran, and delivered with
+//!   [`EncodedChunk::durable`] set (delivered as durable ⇒ a new process can
+//!   resume after it). One sync covers every chunk held: the sequencer keeps
+//!   collecting while the caller still has at least half the output queue to
+//!   work on and another result is sure to arrive (some chunk is neither
+//!   held, queued nor waiting out of order), else it syncs and delivers — so
+//!   a slow caller (the network) gets a sync every few chunks, a fast one no
+//!   wait beyond one sync.
 //!
 //! The source is shared by the reader and the sequencer behind a mutex; each
 //! holds it only for one `read_next` or `record` call.

@@ -6,7 +6,23 @@
 //!
 //! Resume rule: within one process a lost connection is re-established and
 //! only unacknowledged batches are sent again. A new process resumes the same
-//! epoch at `min(standby resume offset, source resumable offset)`.
+//! epoch at `min(standby resume offset, source resumable offset)`, which is
+//! the standby's offset: only chunks the pipeline delivered as durable
+//! ([`EncodedChunk::durable`]: the source made its bookkeeping through their
+//! end durable first) become batches, so the standby never holds durably a
+//! batch beyond what the source can resume from, and a `ferry sync` killed at
+//! any moment is resumed without a refusal. Below the resume offset the
+//! source's manifest describes exactly what the standby received; above it
+//! nothing of the killed attempt is durable on the standby (its resume cuts
+//! the journal and staging tails past the last durable batch).
+//!
+//! A process killed after sending its Commit leaves a standby that commits
+//! the epoch while the source has not recorded it. Planning sees that and
+//! commits the source's cycle first; if the standby applies the Commit only
+//! after the planning query, its refusal of the same epoch number is
+//! answered the same way (`roll_forward`): the source's scan of that epoch
+//! is complete (a Commit is only sent after it), so its cycle is committed
+//! and the image moves on to the next epoch.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
