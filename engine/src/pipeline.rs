@@ -28,11 +28,11 @@
 //!   until `source.make_durable` ran, and delivered with
 //!   [`EncodedChunk::durable`] set (delivered as durable ⇒ a new process can
 //!   resume after it). One sync covers every chunk held: the sequencer keeps
-//!   collecting while the caller still has at least half the output queue to
-//!   work on and another result is sure to arrive (some chunk is neither
-//!   held, queued nor waiting out of order), else it syncs and delivers — so
-//!   a slow caller (the network) gets a sync every few chunks, a fast one no
-//!   wait beyond one sync.
+//!   collecting while the caller still has a delivered chunk to work on and
+//!   another result is sure to arrive (some chunk is neither held, queued nor
+//!   waiting out of order), else it syncs and delivers — so a slow caller
+//!   (the network) gets a sync every few chunks, a fast one no wait beyond
+//!   one sync.
 //!
 //! The source is shared by the reader and the sequencer behind a mutex; each
 //! holds it only for one `read_next` or `record` call.
@@ -507,13 +507,12 @@ impl Sequencer {
     }
 
     /// Whether to go on collecting chunks before making them durable: the
-    /// caller still has delivered chunks to work on, and another result is
+    /// caller still has a delivered chunk to work on, and another result is
     /// sure to come (some chunk is neither held, nor delivered, nor parked
     /// out of order: it is being read or analysed, or its ticket is free).
     fn keep_collecting(&self, out_of_order: usize) -> bool {
         let queued = self.output.len();
-        queued >= (self.in_flight / 2).max(1)
-            && self.held.len() + queued + out_of_order < self.in_flight
+        queued > 0 && self.held.len() + queued + out_of_order < self.in_flight
     }
 
     /// Makes every held chunk durable (one `make_durable` for all) and
