@@ -48,6 +48,28 @@ fn journals(standby_dir: &Path) -> Vec<PathBuf> {
 /// second sync must succeed at once, resume above 0 and leave the standby
 /// equal to the source.
 fn kill_mid_transfer_then_resync(pair: &Pair, image: &Path, name: &str) {
+    kill_mid_transfer(pair, image, name);
+    let report = sync_json(
+        &pair.primary_dir,
+        image,
+        &pair.standby.target(name),
+        &pair.standby.fingerprint,
+        &[],
+    );
+    assert!(
+        report["resumed_at"].as_u64().unwrap() > 0,
+        "the second sync did not resume the interrupted epoch: {report}"
+    );
+    assert_eq!(
+        hash_file(image),
+        hash_file(&pair.standby.image_path(name)),
+        "standby differs from the source after the resumed sync"
+    );
+}
+
+/// Starts a slow sync and SIGKILLs it once the standby holds several of its
+/// batches durably.
+fn kill_mid_transfer(pair: &Pair, image: &Path, name: &str) {
     let target = pair.standby.target(name);
     let dir_s = pair.primary_dir.display().to_string();
     let src = format!("file:{}", image.display());
@@ -90,24 +112,6 @@ fn kill_mid_transfer_then_resync(pair: &Pair, image: &Path, name: &str) {
     );
     child.kill().unwrap();
     child.wait().unwrap();
-
-    // The next sync must not be refused (sync_json panics on failure).
-    let report = sync_json(
-        &pair.primary_dir,
-        image,
-        &target,
-        &pair.standby.fingerprint,
-        &[],
-    );
-    assert!(
-        report["resumed_at"].as_u64().unwrap() > 0,
-        "the second sync did not resume the interrupted epoch: {report}"
-    );
-    assert_eq!(
-        hash_file(image),
-        hash_file(&pair.standby.image_path(name)),
-        "standby differs from the source after the resumed sync"
-    );
 }
 
 #[test]
@@ -134,6 +138,51 @@ fn primary_killed_mid_incremental_resumes_at_the_standby_offset() {
     // Every block changes: the incremental epoch sends the whole image.
     random_image(&image, 48 * MIB, 3);
     kill_mid_transfer_then_resync(&pair, &image, "incr");
+}
+
+/// A source whose durable progress record lags what the standby holds (as
+/// a version that synced it only every 256 MiB left it) cannot resume where
+/// the standby is: the sync starts the epoch again under the next number
+/// instead of resuming lower and being refused.
+#[test]
+fn a_lagging_source_progress_record_restarts_the_epoch() {
+    let pair = Pair::new(None);
+    let image = pair.path("lag.raw");
+    random_image(&image, 48 * MIB, 7);
+    kill_mid_transfer(&pair, &image, "lag");
+    let mut states = Vec::new();
+    let mut dirs = vec![pair.primary_dir.join("sources")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.file_name().is_some_and(|n| n == "state.json") {
+                states.push(path);
+            }
+        }
+    }
+    assert_eq!(states.len(), 1, "{states:?}");
+    let mut state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&states[0]).unwrap()).unwrap();
+    assert_eq!(state["in_progress"]["epoch"], 1, "{state}");
+    state["in_progress"]["durable_offset"] = 0.into();
+    std::fs::write(&states[0], serde_json::to_vec(&state).unwrap()).unwrap();
+
+    let report = sync_json(
+        &pair.primary_dir,
+        &image,
+        &pair.standby.target("lag"),
+        &pair.standby.fingerprint,
+        &[],
+    );
+    assert_eq!(report["resumed_at"], 0, "{report}");
+    assert_eq!(report["epoch"], 2, "{report}");
+    assert_eq!(
+        hash_file(&image),
+        hash_file(&pair.standby.image_path("lag")),
+        "standby differs from the source"
+    );
 }
 
 /// The standby is held (fail point) right after the commit intent of a

@@ -774,8 +774,18 @@ async fn sync_group_inner(
             }
         };
         let scan_complete = job.source.resumable_offset(source_committed.next()) >= info.size;
-        let (epoch, base_epoch, commit_first) =
+        let (mut epoch, base_epoch, commit_first) =
             plan_epoch(source_committed, answer.committed_epoch, scan_complete);
+        if epoch == answer.epoch && answer.resume_offset > job.source.resumable_offset(epoch) {
+            // The standby holds more of this epoch than the source can resume
+            // from (a progress record from a version that synced it less
+            // often): resuming lower would be refused. Start the epoch again
+            // under the next number; the standby discards the pending one.
+            warn!(image = %job.image, %epoch, standby_offset = answer.resume_offset,
+                source_offset = job.source.resumable_offset(epoch),
+                "the source cannot resume where the standby is; starting the epoch again");
+            epoch = epoch.next();
+        }
         if commit_first {
             job.source.commit_cycle(base_epoch)?;
             info!(image = %job.image, epoch = %base_epoch, "the standby had already committed our last epoch; recorded it");
