@@ -14,7 +14,10 @@
 //! any moment is resumed without a refusal. Below the resume offset the
 //! source's manifest describes exactly what the standby received; above it
 //! nothing of the killed attempt is durable on the standby (its resume cuts
-//! the journal and staging tails past the last durable batch).
+//! the journal and staging tails past the last durable batch). A source
+//! whose progress record still lags the standby (left by a version that
+//! synced it less often) is not resumed below it: planning starts the epoch
+//! again under the next number, and the standby discards the pending one.
 //!
 //! A process killed after sending its Commit leaves a standby that commits
 //! the epoch while the source has not recorded it. Planning sees that and
