@@ -87,6 +87,11 @@ pub struct EncodedChunk {
     pub plain_blake3: [u8; 32],
     /// Byte counters.
     pub stats: ChunkStats,
+    /// The source made its bookkeeping of everything up to `scan_end`
+    /// durable before the chunk was delivered ([`crate::pipeline`] sets
+    /// it): a new process can resume at `scan_end`. Only such chunks may
+    /// move the standby's resume offset (be sent as a batch).
+    pub durable: bool,
 }
 
 /// Why a chunk could not be encoded: the caller handed inconsistent extents
@@ -290,6 +295,7 @@ impl Encoder {
             },
             payload,
             payload_crc32c,
+            durable: false,
             plain_blake3: *hasher.finalize().as_bytes(),
         })
     }

@@ -23,6 +23,16 @@
 //! - **Workers** run the source's analyser and an [`Encoder`] (own zstd context).
 //! - The **sequencer** restores scan order, calls `source.record` in order
 //!   (before the chunk is delivered, so delivered ⇒ recorded), and forwards.
+//!   A chunk the sender may report to the standby (one with changes, the
+//!   last one, an unchanged one every [`EMPTY_DURABLE_EVERY`] bytes) is held
+//!   until `source.make_durable` ran, and delivered with
+//!   [`EncodedChunk::durable`] set (delivered as durable ⇒ a new process can
+//!   resume after it). One sync covers every chunk held: the sequencer keeps
+//!   collecting while the caller still has a delivered chunk to work on and
+//!   another result is sure to arrive (some chunk is neither held, queued nor
+//!   waiting out of order), else it syncs and delivers — so a slow caller
+//!   (the network) gets a sync every few chunks, a fast one no wait beyond
+//!   one sync.
 //!
 //! The source is shared by the reader and the sequencer behind a mutex; each
 //! holds it only for one `read_next` or `record` call.
@@ -240,7 +250,7 @@ impl Pipeline {
             let shared = Arc::clone(&shared);
             let pool = read_pool.clone();
             threads.push(spawn("sequencer", move || {
-                sequencer_loop(source, result_rx, output_tx, shared, pool)
+                sequencer_loop(source, result_rx, output_tx, shared, pool, n, info.size)
             })?);
         }
         tracing::debug!(
@@ -451,38 +461,155 @@ fn process(
     Ok((encoded, analyzed.record))
 }
 
+/// A chunk without extents is made durable (and may then be reported to the
+/// standby as an empty batch) once this many scan bytes passed since the last
+/// durable chunk.
+pub const EMPTY_DURABLE_EVERY: u64 = 256 << 20;
+
+/// The sequencer's side of the pipeline: restores scan order, records each
+/// chunk, and makes recorded chunks durable in batches before delivering
+/// them (see the module docs).
+struct Sequencer {
+    source: SharedSource,
+    output: Sender<Result<EncodedChunk, PipelineError>>,
+    /// Chunks that may exist between the reader and the caller.
+    in_flight: usize,
+    image_size: u64,
+    /// Recorded chunks not delivered yet, in scan order; the first one
+    /// needs to be made durable before delivery.
+    held: Vec<EncodedChunk>,
+    /// End of the last chunk made durable (start of the scan at first).
+    durable_end: Option<u64>,
+}
+
+impl Sequencer {
+    /// The sender may report `chunk` to the standby: it must be durable first.
+    fn needs_durable(&self, chunk: &EncodedChunk) -> bool {
+        !chunk.extents.is_empty()
+            || chunk.scan_end >= self.image_size
+            || chunk
+                .scan_end
+                .saturating_sub(self.durable_end.unwrap_or(chunk.scan_start))
+                >= EMPTY_DURABLE_EVERY
+    }
+
+    /// Takes a recorded chunk: delivered at once when nothing waits for
+    /// durability, else held. Returns false when the caller is gone.
+    fn push(&mut self, chunk: EncodedChunk) -> bool {
+        if self.durable_end.is_none() {
+            self.durable_end = Some(chunk.scan_start);
+        }
+        if self.held.is_empty() && !self.needs_durable(&chunk) {
+            return self.output.send(Ok(chunk)).is_ok();
+        }
+        self.held.push(chunk);
+        true
+    }
+
+    /// Whether to go on collecting chunks before making them durable: the
+    /// caller still has a delivered chunk to work on, and another result is
+    /// sure to come (some chunk is neither held, nor delivered, nor parked
+    /// out of order: it is being read or analysed, or its ticket is free).
+    fn keep_collecting(&self, out_of_order: usize) -> bool {
+        let queued = self.output.len();
+        queued > 0 && self.held.len() + queued + out_of_order < self.in_flight
+    }
+
+    /// Makes every held chunk durable (one `make_durable` for all) and
+    /// delivers them. Returns false when the caller is gone or it failed
+    /// (the failure was delivered).
+    fn flush(&mut self) -> Result<bool, PipelineError> {
+        if self.held.is_empty() {
+            return Ok(true);
+        }
+        lock(&self.source)
+            .make_durable()
+            .map_err(PipelineError::Source)?;
+        if let Some(last) = self.held.last() {
+            self.durable_end = Some(last.scan_end);
+        }
+        for mut chunk in self.held.drain(..) {
+            chunk.durable = true;
+            if self.output.send(Ok(chunk)).is_err() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
 fn sequencer_loop(
     source: SharedSource,
     results: Receiver<ResultItem>,
     output: Sender<Result<EncodedChunk, PipelineError>>,
     shared: Arc<Shared>,
     read_pool: BufferPool,
+    in_flight: usize,
+    image_size: u64,
 ) {
     let _span = tracing::debug_span!("pipeline.sequence").entered();
+    let mut seq = Sequencer {
+        source,
+        output,
+        in_flight,
+        image_size,
+        held: Vec::new(),
+        durable_end: None,
+    };
     let mut pending = BTreeMap::new();
     let mut next = 1u64;
-    let fail = |shared: &Shared| {
+    let fail = |shared: &Shared, seq: &Sequencer, error: PipelineError| {
         shared.failed.store(true, Ordering::Release);
         shared.stop.store(true, Ordering::Release);
         read_pool.close();
+        // Held chunks are not durable: they are dropped, never delivered.
+        let _ = seq.output.send(Err(error));
     };
-    for (seq, result) in results.iter() {
-        pending.insert(seq, result);
+    loop {
+        let received = if seq.held.is_empty() || seq.keep_collecting(pending.len()) {
+            results.recv().ok()
+        } else {
+            match results.try_recv() {
+                Ok(item) => Some(item),
+                Err(crossbeam_channel::TryRecvError::Empty) => {
+                    // The caller would wait, or nothing more can arrive
+                    // before it takes a chunk: deliver what is held.
+                    match seq.flush() {
+                        Ok(true) => continue,
+                        Ok(false) => return,
+                        Err(error) => return fail(&shared, &seq, error),
+                    }
+                }
+                Err(crossbeam_channel::TryRecvError::Disconnected) => None,
+            }
+        };
+        let Some((n, result)) = received else {
+            // The scan ended (or stopped): deliver the rest.
+            if shared.stop.load(Ordering::Acquire) {
+                return;
+            }
+            if let Err(error) = seq.flush() {
+                fail(&shared, &seq, error);
+            }
+            return;
+        };
+        pending.insert(n, result);
         while let Some(item) = pending.remove(&next) {
             next += 1;
-            let delivered = match item {
-                Ok((chunk, record)) => match lock(&source).record(&record) {
+            let recorded = match item {
+                Ok((chunk, record)) => match lock(&seq.source).record(&record) {
                     Ok(()) => Ok(chunk),
                     Err(error) => Err(PipelineError::Source(error)),
                 },
                 Err(error) => Err(error),
             };
-            let failed = delivered.is_err();
-            if failed {
-                fail(&shared);
-            }
-            if output.send(delivered).is_err() || failed {
-                return;
+            match recorded {
+                Ok(chunk) => {
+                    if !seq.push(chunk) {
+                        return;
+                    }
+                }
+                Err(error) => return fail(&shared, &seq, error),
             }
         }
     }
@@ -628,6 +755,81 @@ mod tests {
             changed <= 50 * 4096 + 256 * 1024,
             "only changed blocks travel: {changed}"
         );
+    }
+
+    /// What a new process would read as the durable scan offset.
+    fn durable_offset_on_disk(state: &Path) -> u64 {
+        let text = std::fs::read(state.join("state.json")).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&text).unwrap();
+        value["in_progress"]["durable_offset"].as_u64().unwrap()
+    }
+
+    #[test]
+    fn every_chunk_with_changes_is_durable_on_disk_before_delivery() {
+        // Fast and slow consumers, several in-flight limits (1 and 2 are
+        // the edge cases of collecting chunks before a sync).
+        for (in_flight, pause_ms) in [(1, 0), (2, 0), (4, 0), (4, 3), (8, 0), (8, 2)] {
+            let content = mixed_content(8 << 20, 31);
+            let (_dir, image, state) = setup(&content);
+            let source = FileSource::open(&image, &state).unwrap();
+            let plan = CyclePlan {
+                epoch: Epoch(1),
+                base_epoch: Epoch(0),
+                resume_offset: 0,
+            };
+            let pipeline =
+                Pipeline::start(Box::new(source), plan, config(256 * 1024, in_flight)).unwrap();
+            let mut with_changes = 0;
+            while let Some(chunk) = pipeline.recv() {
+                let chunk = chunk.unwrap();
+                if !chunk.extents.is_empty() {
+                    with_changes += 1;
+                    assert!(chunk.durable, "chunk {} not durable", chunk.scan_start);
+                }
+                if chunk.durable {
+                    let on_disk = durable_offset_on_disk(&state);
+                    assert!(
+                        on_disk >= chunk.scan_end,
+                        "in flight {in_flight}: chunk ..{} delivered as durable, disk says {on_disk}",
+                        chunk.scan_end
+                    );
+                }
+                std::thread::sleep(std::time::Duration::from_millis(pause_ms));
+            }
+            assert!(with_changes > 8, "the test image must have changes");
+            pipeline.finish().unwrap();
+        }
+    }
+
+    #[test]
+    fn unchanged_chunks_are_delivered_without_waiting_for_durability() {
+        let content = mixed_content(8 << 20, 32);
+        let (_dir, image, state) = setup(&content);
+        let mut standby = Vec::new();
+        let full = CyclePlan {
+            epoch: Epoch(1),
+            base_epoch: Epoch(0),
+            resume_offset: 0,
+        };
+        replicate(&image, &state, full, &mut standby);
+        let source = FileSource::open(&image, &state).unwrap();
+        let plan = CyclePlan {
+            epoch: Epoch(2),
+            base_epoch: Epoch(1),
+            resume_offset: 0,
+        };
+        let size = content.len() as u64;
+        let pipeline = Pipeline::start(Box::new(source), plan, config(256 * 1024, 4)).unwrap();
+        let mut delivered = 0;
+        while let Some(chunk) = pipeline.recv() {
+            let chunk = chunk.unwrap();
+            assert!(chunk.extents.is_empty());
+            // Only the last chunk (the sender reports it) must be durable.
+            assert_eq!(chunk.durable, chunk.scan_end == size, "{}", chunk.scan_end);
+            delivered += 1;
+        }
+        assert!(delivered > 8);
+        pipeline.finish().unwrap();
     }
 
     #[test]

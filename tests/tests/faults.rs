@@ -18,7 +18,8 @@
 //!
 //! After every scenario: the standby images equal, by hash, one group
 //! recovery point the primary committed (never a mix of two, never torn);
-//! a clean sync then brings them to the sources exactly; a flip at rest is
+//! a clean sync then succeeds on its first try (never refused) and brings
+//! them to the sources exactly; a flip at rest is
 //! detected and reported (verify fails, the agent refuses damaged state, a
 //! damaged journal tail is cut and logged and its data re-fetched, a journal
 //! recovery no longer needs is deleted unread) — never replicated or
@@ -110,10 +111,6 @@ struct World {
     committed: Vec<Vec<String>>,
     rng: ChaCha8Rng,
     seed: u64,
-    /// Clean syncs that were refused once before succeeding (known engine
-    /// issue: a primary killed mid full copy resumes below the standby's
-    /// high-water mark and is refused once), with their first error.
-    refused_once: Vec<String>,
     backend: Backend,
     /// The loop device `sources[0]` is, over its backing file (when loop
     /// devices can be used).
@@ -186,7 +183,6 @@ impl World {
             committed: Vec::new(),
             rng: ChaCha8Rng::seed_from_u64(seed),
             seed,
-            refused_once: Vec::new(),
             backend,
             source_device: None,
             _rbd_images: None,
@@ -312,40 +308,29 @@ impl World {
         }
     }
 
-    /// A clean sync (retried: the first cycle after some faults may be
-    /// refused once) that must leave the standby equal to the sources.
+    /// A clean sync that must succeed on its first try (a primary killed at
+    /// any moment, a standby killed or refused, a damaged journal: the next
+    /// sync resumes or rolls forward, it is never refused) and leave the
+    /// standby equal to the sources.
     fn sync_ok(&mut self, what: &str) {
-        let mut last: Option<Output> = None;
-        for _ in 0..3 {
-            let out = self.run_sync(&[]);
-            if out.status.success() {
-                let want = self.source_hashes();
-                assert_eq!(
-                    self.standby_hashes(),
-                    want,
-                    "{}: clean sync left the standby different from the sources",
-                    self.ctx(what)
-                );
-                self.committed.push(want);
-                if let Some(first) = &last {
-                    let error = String::from_utf8_lossy(&first.stderr).trim().to_owned();
-                    println!("  clean sync needed a retry: {error}");
-                    self.refused_once.push(format!("{what}: {error}"));
-                }
-                return;
-            }
-            last = Some(out);
-            std::thread::sleep(Duration::from_millis(300));
-        }
-        let out = last.expect("three attempts");
+        let out = self.run_sync(&[]);
         let log = self.pair.standby.log_text();
         let tail: Vec<&str> = log.lines().rev().take(40).collect();
-        panic!(
-            "{}: a clean sync after the fault failed three times:\n{}\nstandby log (last lines):\n{}",
+        assert!(
+            out.status.success(),
+            "{}: the clean sync after the fault failed:\n{}\nstandby log (last lines):\n{}",
             self.ctx(what),
             String::from_utf8_lossy(&out.stderr),
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         );
+        let want = self.source_hashes();
+        assert_eq!(
+            self.standby_hashes(),
+            want,
+            "{}: clean sync left the standby different from the sources",
+            self.ctx(what)
+        );
+        self.committed.push(want);
     }
 
     fn wait_for_log(&self, needle: &str, child: &mut Child) -> bool {
@@ -790,14 +775,10 @@ fn run(default_scenarios: u64, default_seed: u64, backend: Backend) {
         world.scenario(n);
     }
     println!(
-        "fault harness: seed {seed}: {scenarios} scenarios passed in {:.0} s, {} recovery points committed, {} clean syncs needed a retry",
+        "fault harness: seed {seed}: {scenarios} scenarios passed in {:.0} s, {} recovery points committed, no clean sync refused",
         started.elapsed().as_secs_f64(),
         world.committed.len(),
-        world.refused_once.len()
     );
-    for r in &world.refused_once {
-        println!("  retry: {r}");
-    }
 }
 
 #[test]

@@ -6,7 +6,26 @@
 //!
 //! Resume rule: within one process a lost connection is re-established and
 //! only unacknowledged batches are sent again. A new process resumes the same
-//! epoch at `min(standby resume offset, source resumable offset)`.
+//! epoch at `min(standby resume offset, source resumable offset)`, which is
+//! the standby's offset: only chunks the pipeline delivered as durable
+//! ([`EncodedChunk::durable`]: the source made its bookkeeping through their
+//! end durable first) become batches, so the standby never holds durably a
+//! batch beyond what the source can resume from, and a `ferry sync` killed at
+//! any moment is resumed without a refusal. Below the resume offset the
+//! source's manifest describes exactly what the standby received; above it
+//! nothing of the killed attempt is durable on the standby (its resume cuts
+//! the journal and staging tails past the last durable batch). A source
+//! whose progress record still lags the standby (left by a version that
+//! synced it less often) is not resumed below it: planning starts the epoch
+//! again under the next number, and the standby discards the pending one.
+//!
+//! A process killed after sending its Commit leaves a standby that commits
+//! the epoch while the source has not recorded it. Planning sees that and
+//! commits the source's cycle first; if the standby applies the Commit only
+//! after the planning query, its refusal of the same epoch number is
+//! answered the same way (`roll_forward`): the source's scan of that epoch
+//! is complete (a Commit is only sent after it), so its cycle is committed
+//! and the image moves on to the next epoch.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -758,8 +777,18 @@ async fn sync_group_inner(
             }
         };
         let scan_complete = job.source.resumable_offset(source_committed.next()) >= info.size;
-        let (epoch, base_epoch, commit_first) =
+        let (mut epoch, base_epoch, commit_first) =
             plan_epoch(source_committed, answer.committed_epoch, scan_complete);
+        if epoch == answer.epoch && answer.resume_offset > job.source.resumable_offset(epoch) {
+            // The standby holds more of this epoch than the source can resume
+            // from (a progress record from a version that synced it less
+            // often): resuming lower would be refused. Start the epoch again
+            // under the next number; the standby discards the pending one.
+            warn!(image = %job.image, %epoch, standby_offset = answer.resume_offset,
+                source_offset = job.source.resumable_offset(epoch),
+                "the source cannot resume where the standby is; starting the epoch again");
+            epoch = epoch.next();
+        }
         if commit_first {
             job.source.commit_cycle(base_epoch)?;
             info!(image = %job.image, epoch = %base_epoch, "the standby had already committed our last epoch; recorded it");
@@ -922,30 +951,85 @@ async fn commit_group(
     }
 }
 
+/// Opens the image stream of `open` on the current connection (on a new
+/// one if that fails with a link error or Busy).
+async fn open_stream(
+    links: &Links,
+    open: &OpenImage,
+    target: &SyncTarget,
+) -> Result<(u64, quinn::Connection, ImageStream), SyncError> {
+    let (generation, connection) = links.current().await;
+    match open_image_stream_on(&connection, open, target, &links.identity, &links.options).await {
+        Ok(s) => Ok((generation, connection, s)),
+        Err(e) if is_retryable(&e) => {
+            let (g, c) = links.reconnect(generation, &e).await?;
+            let s = open_image_stream_on(&c, open, target, &links.identity, &links.options).await?;
+            Ok((g, c, s))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The standby refused to open `open.epoch`. If that is because it has
+/// meanwhile committed that very epoch — an earlier `ferry sync` process
+/// sent the Commit and was killed before its source recorded it, and the
+/// standby applied the Commit after this process's planning query — the
+/// source records the commit (its scan of the epoch is complete and durable:
+/// a Commit is only sent after the scan ended) and the image moves on to the
+/// next epoch, relative to it. Returns that next epoch, or `None` when the
+/// refusal has another cause.
+async fn roll_forward(
+    links: &Links,
+    source: &mut dyn ExtentSource,
+    open: &OpenImage,
+) -> Result<Option<OpenImage>, SyncError> {
+    let answer = links
+        .ask_across_reconnects(&Message::ResumeQuery(ResumeQuery {
+            image: open.image.clone(),
+            epoch: open.epoch,
+        }))
+        .await?;
+    let committed = match answer {
+        Message::ResumeAnswer(a) if a.image == open.image => a.committed_epoch,
+        _ => return Ok(None),
+    };
+    if committed != open.epoch || source.resumable_offset(open.epoch) < open.size {
+        return Ok(None);
+    }
+    source.commit_cycle(open.epoch)?;
+    info!(image = %open.image, epoch = %open.epoch, "the standby committed our last epoch while this sync started; recorded it and moving on");
+    let info = source.info()?;
+    Ok(Some(OpenImage {
+        image: open.image.clone(),
+        size: info.size,
+        block_size: info.block_size,
+        epoch: open.epoch.next(),
+        base_epoch: open.epoch,
+    }))
+}
+
 /// Runs one image's epoch: pipeline → batches → acks, across reconnects.
 /// Returns when every batch is durable on the standby and its writer is
 /// parked for the commit.
 async fn transfer_image(links: &Links, plan: Planned) -> Result<Transferred, SyncError> {
-    let Planned { job, open } = plan;
+    let Planned { job, mut open } = plan;
     let ImageJob {
-        source,
+        mut source,
         image,
         progress,
     } = job;
     let target = links.target(&image);
-    let (mut generation, mut connection) = links.current().await;
-    let mut stream =
-        match open_image_stream_on(&connection, &open, &target, &links.identity, &links.options)
-            .await
-        {
-            Ok(s) => s,
-            Err(e) if is_retryable(&e) => {
-                let (g, c) = links.reconnect(generation, &e).await?;
-                generation = g;
-                let s = open_image_stream_on(&c, &open, &target, &links.identity, &links.options)
-                    .await?;
-                connection = c;
-                s
+    let (mut generation, mut connection, mut stream) =
+        match open_stream(links, &open, &target).await {
+            Ok(opened) => opened,
+            Err(refused @ SyncError::Peer { .. }) => {
+                match roll_forward(links, &mut *source, &open).await? {
+                    Some(next) => {
+                        open = next;
+                        open_stream(links, &open, &target).await?
+                    }
+                    None => return Err(refused),
+                }
             }
             Err(e) => return Err(e),
         };
@@ -1015,11 +1099,20 @@ async fn transfer_image(links: &Links, plan: Planned) -> Result<Transferred, Syn
                             transfer.report.bytes_plain_data += chunk.stats.plain_data_bytes;
                             transfer.progress.bytes_scanned = chunk.scan_end;
                             transfer.progress.bytes_changed = transfer.report.bytes_changed;
+                            // Only chunks the source made durable may move the
+                            // standby's resume offset: a new process must be
+                            // able to resume wherever the standby is.
                             if chunk.extents.is_empty()
-                                && chunk.scan_end - pending_empty_since < options.empty_batch_every
                                 && chunk.scan_end < info_size
+                                && (!chunk.durable
+                                    || chunk.scan_end - pending_empty_since < options.empty_batch_every)
                             {
                                 continue;
+                            }
+                            if !chunk.durable {
+                                return Err(SyncError::Source(SourceError::Misuse {
+                                    reason: "the pipeline delivered a chunk with changes before the source made it durable",
+                                }));
                             }
                             pending_empty_since = chunk.scan_end;
                             transfer.report.extents += chunk.extents.len() as u64;

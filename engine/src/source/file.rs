@@ -10,10 +10,16 @@
 //!   `E`; renamed to `.bin` by [`ExtentSource::commit_cycle`].
 //!
 //! Resume rule: the partial manifest is fdatasynced and its durable offset
-//! recorded in `state.json` at least every [`SYNC_INTERVAL`] bytes of scan and
-//! at the end of the scan; [`ExtentSource::resumable_offset`] reports that
-//! offset to a new process, and the full recorded progress to the process that
-//! recorded it. A resume at offset `R` first lowers the durable offset to `R`,
+//! recorded in `state.json` by [`ExtentSource::make_durable`], which the
+//! pipeline calls (batched: one sync for several chunks) before it hands the
+//! sender any chunk the sender may report to the standby — every chunk with
+//! changes, the last one, and an unchanged one every
+//! [`crate::pipeline::EMPTY_DURABLE_EVERY`] bytes — and at least every
+//! [`SYNC_INTERVAL`] bytes of scan and at the end of the scan. So a new
+//! process's [`ExtentSource::resumable_offset`] (the durable offset; the
+//! process that recorded it gets the full recorded progress) is never below
+//! what the standby holds durably, and the sender resumes at the standby's
+//! offset. A resume at offset `R` first lowers the durable offset to `R`,
 //! because entries past `R` will be rewritten from a new read.
 //!
 //! Fuzzy detection: a fingerprint taken before the first read is persisted
@@ -924,6 +930,13 @@ impl ExtentSource for FileSource {
             self.sync_progress()?;
         }
         Ok(())
+    }
+
+    fn make_durable(&mut self) -> Result<(), SourceError> {
+        match self.cycle.as_ref() {
+            Some(cycle) if cycle.scanning && cycle.recorded > cycle.synced => self.sync_progress(),
+            _ => Ok(()),
+        }
     }
 
     fn end_scan(&mut self) -> Result<ScanOutcome, SourceError> {

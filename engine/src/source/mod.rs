@@ -15,7 +15,9 @@
 //!    (N worker threads) that turns a raw chunk into the changed
 //!    [`PlainExtent`]s plus a [`ChunkRecord`] of bookkeeping.
 //! 4. [`ExtentSource::record`] (in scan order, before the chunk is handed to
-//!    the sender) persists the bookkeeping, e.g. the new manifest entries.
+//!    the sender) persists the bookkeeping, e.g. the new manifest entries;
+//!    [`ExtentSource::make_durable`] (batched, before a chunk the sender may
+//!    report to the standby is handed over) makes it durable.
 //! 5. [`ExtentSource::end_scan`] reports whether the image changed while it
 //!    was read; [`ExtentSource::commit_cycle`] makes the cycle the base of
 //!    the next one once the standby committed it.
@@ -166,6 +168,16 @@ pub trait ExtentSource: Send {
 
     /// Persists one chunk's bookkeeping; called in scan order.
     fn record(&mut self, record: &ChunkRecord) -> Result<(), SourceError>;
+
+    /// Makes everything [`ExtentSource::record`]ed so far durable, so that
+    /// [`ExtentSource::resumable_offset`] in a new process covers it. The
+    /// pipeline calls it before it delivers a chunk the sender may report to
+    /// the standby: the standby then never holds durably a batch beyond what
+    /// a new primary process can resume from. Sources whose every offset is
+    /// resumable (immutable snapshots, diff files) keep the default.
+    fn make_durable(&mut self) -> Result<(), SourceError> {
+        Ok(())
+    }
 
     /// Called after the last chunk was recorded: makes the cycle's
     /// bookkeeping durable and reports whether the image changed meanwhile.
