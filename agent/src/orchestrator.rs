@@ -2305,12 +2305,25 @@ impl Orchestrator {
     }
 
     /// Peer: the primary started (true) or stopped (false) replication.
+    ///
+    /// A stop for a group that is gone here, or that failed over here (a
+    /// new primary, whose data the old primary no longer controls), is done
+    /// without changing anything (`None`, or the group as it is): the old
+    /// primary that comes back after a failover can then stop and delete its
+    /// own group.
     pub async fn peer_set_syncing(
         &self,
         caller: AgentId,
         id: i64,
         syncing: bool,
-    ) -> CtlResult<Group> {
+    ) -> CtlResult<Option<Group>> {
+        if !syncing {
+            match self.peer_group(caller, id) {
+                Err(CtlError::Store(StoreError::NotFound { .. })) => return Ok(None),
+                Ok(g) if g.new_primary => return Ok(Some(g)),
+                _ => {}
+            }
+        }
         let g = self.peer_mapped_group(caller, id)?;
         let (from, to, res) = if syncing {
             (
@@ -2347,7 +2360,7 @@ impl Orchestrator {
             let resources = self.db(|s| s.resources(g.id))?;
             self.remove_standby_images(&resources).await?;
         }
-        self.db(|s| s.group(g.id))
+        self.db(|s| s.group(g.id)).map(Some)
     }
 
     /// Peer: record a complete group recovery point on the standby.
@@ -2398,10 +2411,11 @@ impl Orchestrator {
             Err(e) => return Err(e),
         };
         if g.new_primary {
-            return Err(CtlError::BadRequest(format!(
-                "group '{}' failed over here; it is not deleted from the old primary",
-                g.name
-            )));
+            // dr-semantics: deleting the primary group deletes its standby
+            // group, "not after S failed over": the old primary's delete
+            // succeeds there and leaves this new primary alone.
+            info!(group = %g.name, "the old primary deleted its group; this new primary stays");
+            return Ok(());
         }
         let t = Transition {
             op: OpKind::DeleteGroup,

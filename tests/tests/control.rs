@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ferry_agent::imagegen;
-use ferry_e2e::cli::{ok, run, text};
+use ferry_e2e::cli::{get as ferry_json_get, ok, run, text};
 use ferry_e2e::{ferry, hash_file, init_agent, Agent};
 use serde_json::Value;
 
@@ -282,32 +282,6 @@ fn pair_protect_replicate_stop_delete() {
     assert_eq!(ok(a, &["group", "list"]).as_array().unwrap().len(), 0);
     assert_eq!(ok(b, &["group", "list"]).as_array().unwrap().len(), 0);
     ok(a, &["service", "delete", "dr"]);
-}
-
-/// GET on an agent's operator API with its token (through `ferry`'s
-/// library client, the same code the CLI uses).
-fn ferry_json_get(dir: &Path, path: &str) -> Value {
-    let conn = ferry_agent::cli::Conn {
-        dir: Some(dir.to_path_buf()),
-        ..Default::default()
-    };
-    let (addr, token) = ferry_agent::cli::resolve_conn(&conn).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let reply = rt
-        .block_on(ferry_agent::api::http::call(
-            &ferry_agent::api::http::Target::Plain(addr),
-            ferry_agent::api::http::Method::GET,
-            path,
-            Some(&token),
-            None,
-            Duration::from_secs(10),
-        ))
-        .unwrap();
-    assert!(reply.ok(), "{path}: {} {}", reply.status, reply.body);
-    reply.body
 }
 
 #[test]
@@ -594,6 +568,37 @@ fn failover_to_a_chosen_recovery_point_while_the_primary_is_down() {
     );
     assert_eq!(hash_file(Path::new(&restored)), h2);
     ok(&b, &["group", "delete", "g1", "--wait"]);
+}
+
+/// The old primary comes back after its standby failed over: it can stop
+/// and delete its group (dr-semantics: deleting P deletes S "not after S
+/// failed over"), and the new primary keeps its group and failover copies.
+/// Before the fix both were refused by the peer, leaving the old primary's
+/// group stuck in `stop_sync_failed` (found by the control fault harness).
+#[test]
+fn old_primary_back_after_failover_stops_and_deletes_its_group() {
+    let mut s = paired();
+    let a = s.a_dir().to_path_buf();
+    let b = s.b_dir().to_path_buf();
+    let img = protect_g1(&s, &[("vm.raw", 2 * MIB, 51)])[0].0.clone();
+    ok(&a, &["rp", "create", "g1", "--name", "r1", "--wait"]);
+    let want = hash_file(&img);
+    s.a.kill9();
+    ok(&b, &["group", "failover", "g1", "--wait"]);
+    let copy = b.join("failover").join("g1").join("g1-vm.raw");
+    assert_eq!(hash_file(&copy), want);
+    s.a.restart(&[]);
+    let op = ok(&a, &["group", "stop", "g1", "--wait"]);
+    assert_eq!(op["state"]["state"], "succeeded", "{op}");
+    assert_eq!(group_state(&a, "g1"), "mapped");
+    ok(&a, &["group", "delete", "g1", "--wait"]);
+    assert_eq!(ok(&a, &["group", "list"]).as_array().unwrap().len(), 0);
+    let g = ok(&b, &["group", "show", "g1"]);
+    assert_eq!(g["group"]["state"], "failed_over", "{g}");
+    assert_eq!(g["group"]["new_primary"], true, "{g}");
+    assert_eq!(hash_file(&copy), want, "the failover copy is untouched");
+    ok(&b, &["group", "delete", "g1", "--wait"]);
+    assert_eq!(hash_file(&copy), want, "failover outputs outlive the group");
 }
 
 /// Transitions of the history entries a files standby keeps for `image`

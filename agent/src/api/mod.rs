@@ -633,7 +633,7 @@ async fn peer_sync(
     Json(b): Json<SyncBody>,
 ) -> ApiResult {
     let g = o.peer_set_syncing(peer.fingerprint, id, b.syncing).await?;
-    ok(json!({ "state": g.state }))
+    ok(json!({ "state": g.map(|g| g.state) }))
 }
 
 async fn peer_add_rp(
