@@ -18,7 +18,8 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 # System packages: a C toolchain for zstd/ring/blake3's C and assembly,
 # pkg-config, iproute2 for tests that build network namespaces, systemd
-# (systemd-analyze) and man-db for the service tests.
+# (systemd-analyze) and man-db for the service tests, faketime for the
+# control fault harness.
 need=()
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
@@ -26,6 +27,8 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)
 # systemd-analyze verifies the units; man renders the generated man pages.
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v man >/dev/null 2>&1 || need+=(man-db)
+# libfaketime moves the agents' wall clock in the control fault harness.
+[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || need+=(faketime)
 if [ "${#need[@]}" -gt 0 ]; then
   log "installing ${need[*]}"
   $SUDO apt-get update -qq

@@ -2538,10 +2538,20 @@ impl Orchestrator {
             ferry_engine::standby::Standby::Files(_)
         );
         if files && out_dir.exists() {
-            return Err(CtlError::BadRequest(format!(
-                "{} exists; move it away first",
-                out_dir.display()
-            )));
+            if g.state != GroupState::FailoverFailed {
+                return Err(CtlError::BadRequest(format!(
+                    "{} exists; move it away first",
+                    out_dir.display()
+                )));
+            }
+            // A retry: what is there is the failed attempt's partial output.
+            warn!(group = %g.name, dir = %out_dir.display(), "retrying a failed failover: replacing the failed attempt's copies");
+            std::fs::remove_dir_all(&out_dir).map_err(|e| {
+                internal(format!(
+                    "removing the failed failover's copies in {}",
+                    out_dir.display()
+                ))(e.into())
+            })?;
         }
         let op = self.db(|s| {
             s.begin_checked(
@@ -2570,6 +2580,8 @@ impl Orchestrator {
                         std::fs::create_dir_all(&dir)?;
                         for image in &images {
                             files.restore(image, rp, &dir.join(format!("{image}.raw")))?;
+                            // Fault injection (tests): hold or stop between images.
+                            fail::fail_point!("failover::after-image");
                         }
                     }
                     ferry_engine::standby::Standby::Rbd(rbd) => {

@@ -601,6 +601,42 @@ fn old_primary_back_after_failover_stops_and_deletes_its_group() {
     assert_eq!(hash_file(&copy), want, "failover outputs outlive the group");
 }
 
+/// The standby is SIGKILLed in the middle of a failover (held after its
+/// first image by a fail point): after the restart the failover is
+/// `failover_failed`, and a retry replaces the partial copies and completes
+/// with both images at the chosen point. Before the fix the retry was
+/// refused (failover was allowed only from `syncing`), leaving a standby
+/// that could never fail over (found by the control fault harness).
+#[cfg(feature = "failpoints")]
+#[test]
+fn failover_interrupted_by_a_standby_kill_is_retried() {
+    let mut s = paired();
+    let a = s.a_dir().to_path_buf();
+    let b = s.b_dir().to_path_buf();
+    let made = protect_g1(&s, &[("vm1.raw", 2 * MIB, 61), ("vm2.raw", 2 * MIB, 62)]);
+    ok(&a, &["rp", "create", "g1", "--name", "r1", "--wait"]);
+    let want: Vec<String> = made.iter().map(|(p, _)| hash_file(p)).collect();
+    s.a.kill9();
+    s.b.restart(&[("FAILPOINTS", "failover::after-image=sleep(20000)")]);
+    let op = ok(&b, &["group", "failover", "g1", "--rp", "r1"]);
+    let out = b.join("failover").join("g1");
+    wait_for("the first failover copy", || {
+        out.read_dir().is_ok_and(|mut d| d.next().is_some())
+    });
+    s.b.restart(&[]);
+    let done = wait_op_finished(&b, &op);
+    assert_eq!(done["state"]["state"], "failed", "{done}");
+    assert_eq!(group_state(&b, "g1"), "failover_failed");
+    let op = ok(&b, &["group", "failover", "g1", "--rp", "r1", "--wait"]);
+    assert_eq!(op["state"]["state"], "succeeded", "{op}");
+    let g = ok(&b, &["group", "show", "g1"]);
+    assert_eq!(g["group"]["state"], "failed_over", "{g}");
+    assert_eq!(g["group"]["new_primary"], true, "{g}");
+    assert_eq!(hash_file(&out.join("g1-vm1.raw")), want[0]);
+    assert_eq!(hash_file(&out.join("g1-vm2.raw")), want[1]);
+    refused(&b, &["group", "failover", "g1"], "allowed once");
+}
+
 /// Transitions of the history entries a files standby keeps for `image`
 /// (`initial`, `undo` = incremental, `full`).
 fn standby_transitions(agent: &Agent, image: &str) -> Vec<String> {

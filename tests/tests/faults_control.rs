@@ -33,7 +33,7 @@
 //! the quiesced sources; failover copies equal the chosen point.
 //!
 //! `FERRY_CTL_FAULT_SEED` (default 1) and `FERRY_CTL_FAULT_SCENARIOS`
-//! (default 30) select the run; the seed and every scenario are printed, so
+//! (default 40) select the run; the seed and every scenario are printed, so
 //! a failure replays with the same seed. The long run is the ignored test
 //! `control_fault_scenarios_long` (200 scenarios, a time-based seed unless
 //! given).
@@ -394,11 +394,11 @@ impl World {
                 days: rng.gen_range(1..=3),
             },
             57..=63 => Scenario::ClockWithinSlot,
-            64..=87 => Scenario::Migrate(kill(rng, 1500)),
+            64..=87 => Scenario::Migrate(kill(rng, 600)),
             _ => Scenario::Failover {
                 to_point: rng.gen_bool(0.5),
                 kill_after: if rng.gen_bool(0.8) {
-                    Some(Duration::from_millis(rng.gen_range(0..300)))
+                    Some(Duration::from_millis(rng.gen_range(0..120)))
                 } else {
                     None
                 },
@@ -959,7 +959,7 @@ fn run_harness(default_scenarios: u64, default_seed: u64) {
 
 #[test]
 fn control_fault_scenarios_short() {
-    run_harness(30, 1);
+    run_harness(40, 1);
 }
 
 #[test]
