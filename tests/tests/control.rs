@@ -606,7 +606,8 @@ fn old_primary_back_after_failover_stops_and_deletes_its_group() {
 /// `failover_failed`, and a retry replaces the partial copies and completes
 /// with both images at the chosen point. Before the fix the retry was
 /// refused (failover was allowed only from `syncing`), leaving a standby
-/// that could never fail over (found by the control fault harness).
+/// that could never fail over (found writing the control fault harness's
+/// retry step; the harness now retries failovers it interrupts).
 #[cfg(feature = "failpoints")]
 #[test]
 fn failover_interrupted_by_a_standby_kill_is_retried() {

@@ -11,6 +11,9 @@
 //! - a planned migration with either agent SIGKILLed a random moment after
 //!   it was requested, restarted and the migration retried while it is
 //!   `migration_failed`; replication then runs the other way;
+//! - a link cut both ways (a blackhole in the seeded UDP proxies each agent
+//!   reaches the other through) for up to 5 s instead of a kill, in any of
+//!   the above;
 //! - an unplanned failover on the standby (to the latest data or to a
 //!   chosen recovery point) with the primary down, the standby SIGKILLed a
 //!   random moment into it, restarted and the failover retried; the world is
@@ -39,12 +42,14 @@
 //! given).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ferry_agent::imagegen;
 use ferry_e2e::cli::{get, ok, run, text};
 use ferry_e2e::{hash_file, init_agent, Agent};
+use ferry_engine::netsim::{Impairment, UdpProxy};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
@@ -79,11 +84,13 @@ impl Side {
     }
 }
 
-/// Which agent is SIGKILLed, and how long after the request.
+/// What hits an operation, `after` it was requested.
 #[derive(Debug, Clone, Copy)]
-struct Kill {
-    primary: bool,
-    after: Duration,
+enum Kill {
+    /// SIGKILL of the primary or the standby agent, restarted at once.
+    Agent { primary: bool, after: Duration },
+    /// The link cut both ways (blackhole) for `cut`.
+    Link { after: Duration, cut: Duration },
 }
 
 #[derive(Debug, Clone)]
@@ -132,6 +139,55 @@ struct World {
     /// Every policy point name of this group seen so far.
     policy_seen: BTreeSet<String>,
     stats: BTreeMap<&'static str, u64>,
+    /// Seeded UDP proxies each agent's peer reaches it through (A's, B's),
+    /// for link cuts.
+    proxies: Vec<UdpProxy>,
+    /// The TCP side of each proxy (the peer API is HTTPS on the QUIC port
+    /// number), cut together with the UDP side.
+    tcp_proxies: Vec<TcpProxy>,
+    /// Runs the proxies' tasks.
+    runtime: tokio::runtime::Runtime,
+}
+
+/// Forwards TCP connections from a port to `target`; while cut, drops every
+/// open connection and closes new ones at once.
+struct TcpProxy {
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl TcpProxy {
+    fn start(rt: &tokio::runtime::Runtime, listen: SocketAddr, target: SocketAddr) -> TcpProxy {
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind(listen))
+            .expect("binding the TCP proxy beside the UDP one");
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (c, list) = (cut.clone(), conns.clone());
+        rt.spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if c.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                list.lock().expect("proxy list").push(task.abort_handle());
+            }
+        });
+        TcpProxy { cut, conns }
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, std::sync::atomic::Ordering::SeqCst);
+        if cut {
+            for conn in self.conns.lock().expect("proxy list").drain(..) {
+                conn.abort();
+            }
+        }
+    }
 }
 
 fn real_now_ms() -> i64 {
@@ -184,6 +240,9 @@ impl World {
             last_fired: None,
             policy_seen: BTreeSet::new(),
             stats: BTreeMap::new(),
+            proxies: Vec::new(),
+            tcp_proxies: Vec::new(),
+            runtime: tokio::runtime::Runtime::new().expect("a tokio runtime"),
             tmp,
         };
         let dirs = [world.tmp.path().join("a"), world.tmp.path().join("b")];
@@ -191,12 +250,46 @@ impl World {
         let env = world.env();
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         for (dir, fp) in dirs.iter().zip(&fps) {
+            // A short idle timeout makes a link cut a real disconnect.
+            std::fs::write(
+                dir.join("config.toml"),
+                "[transport]\nidle_timeout_secs = 2\n",
+            )
+            .expect("config.toml");
             world.agents.push(Agent::start_with(dir, fp, &[], &env));
         }
         let out = run(&dirs[1], &["service", "key"]);
         assert!(out.status.success(), "{}", text(&out));
         let key = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         ok(&dirs[0], &["service", "create", "--key", &key]);
+        // Each side reaches the other through a proxy (agents keep their
+        // addresses across restarts, so the proxies stay valid).
+        for (i, agent) in world.agents.iter().enumerate() {
+            let proxy = world
+                .runtime
+                .block_on(UdpProxy::start(
+                    "127.0.0.1:0".parse().expect("literal address"),
+                    agent.addr,
+                    seed.wrapping_add(i as u64),
+                    Impairment::default(),
+                ))
+                .expect("starting a UDP proxy");
+            let tcp = TcpProxy::start(&world.runtime, proxy.listen_addr(), agent.addr);
+            world.proxies.push(proxy);
+            world.tcp_proxies.push(tcp);
+        }
+        for (dir, other) in [(&dirs[0], 1), (&dirs[1], 0)] {
+            let name = ok(dir, &["service", "list"])[0]["name"]
+                .as_str()
+                .expect("a service name")
+                .to_owned();
+            let via = world.proxies[other].listen_addr().to_string();
+            ok(
+                dir,
+                &["service", "update", &name, "--remote-endpoint", &via],
+            );
+            ok(dir, &["service", "verify", &name]);
+        }
         let images: Vec<String> = [("vm1.raw", 3 * MIB), ("vm2.raw", 2 * MIB + 4096)]
             .iter()
             .enumerate()
@@ -237,11 +330,31 @@ impl World {
         self.agents[side.index()].restart(&env);
     }
 
-    fn kill_side(&self, kill: Kill) -> Side {
-        if kill.primary {
-            self.primary
-        } else {
-            self.primary.other()
+    /// Waits, then kills and restarts an agent or cuts the link for a while.
+    fn hit(&mut self, kill: Option<Kill>) {
+        match kill {
+            None => {}
+            Some(Kill::Agent { primary, after }) => {
+                std::thread::sleep(after);
+                let side = if primary {
+                    self.primary
+                } else {
+                    self.primary.other()
+                };
+                self.restart(side);
+            }
+            Some(Kill::Link { after, cut }) => {
+                std::thread::sleep(after);
+                for (udp, tcp) in self.proxies.iter().zip(&self.tcp_proxies) {
+                    udp.set_blackhole(true);
+                    tcp.set_cut(true);
+                }
+                std::thread::sleep(cut);
+                for (udp, tcp) in self.proxies.iter().zip(&self.tcp_proxies) {
+                    udp.set_blackhole(false);
+                    tcp.set_cut(false);
+                }
+            }
         }
     }
 
@@ -374,13 +487,17 @@ impl World {
 
     fn pick(&mut self) -> Scenario {
         let kill = |rng: &mut ChaCha8Rng, max_ms: u64| -> Option<Kill> {
-            if rng.gen_bool(0.2) {
-                None
-            } else {
-                Some(Kill {
+            let after = Duration::from_millis(rng.gen_range(0..max_ms));
+            match rng.gen_range(0..100) {
+                0..=14 => None,
+                15..=34 => Some(Kill::Link {
+                    after,
+                    cut: Duration::from_millis(rng.gen_range(500..5000)),
+                }),
+                _ => Some(Kill::Agent {
                     primary: rng.gen_bool(0.5),
-                    after: Duration::from_millis(rng.gen_range(0..max_ms)),
-                })
+                    after,
+                }),
             }
         };
         let rng = &mut self.rng;
@@ -477,10 +594,7 @@ impl World {
         let hashes = self.source_hashes();
         let name = format!("m{n}");
         let op = ok(&p, &["rp", "create", &g, "--name", &name]);
-        if let Some(kill) = kill {
-            std::thread::sleep(kill.after);
-            self.restart(self.kill_side(kill));
-        }
+        self.hit(kill);
         let done = wait_op_finished(&p, &op);
         let outcome = done["state"]["state"].as_str().unwrap_or("?").to_owned();
         println!("  recovery point {name}: {outcome}");
@@ -603,10 +717,7 @@ impl World {
         // Across exactly `slots` slots: the newest of them fires, once.
         let landing = slot_at_or_before(now, tod) + slots * DAY_MS + self.landing_ms();
         self.set_clock(landing);
-        if let Some(kill) = kill {
-            std::thread::sleep(kill.after);
-            self.restart(self.kill_side(kill));
-        }
+        self.hit(kill);
         let due = self.due_slot();
         assert!(
             due.is_some(),
@@ -671,10 +782,7 @@ impl World {
         let quiesced = self.source_hashes();
         let names: Vec<String> = self.resources().into_iter().map(|(_, n)| n).collect();
         let op = ok(&old_p, &["group", "migrate", &g]);
-        if let Some(kill) = kill {
-            std::thread::sleep(kill.after);
-            self.restart(self.kill_side(kill));
-        }
+        self.hit(kill);
         let done = wait_op_finished(&old_p, &op);
         println!(
             "  migration: {}",
