@@ -22,6 +22,11 @@
 //!   `create_group` operations are finished by repeating their (idempotent)
 //!   peer step; the others are rolled back / failed with the reason
 //!   "interrupted by an agent restart". Groups in `syncing` resume replicating.
+//!   An interrupted failover leaves the group `failover_failed`, from which
+//!   it may be retried.
+//! - After a failover the new primary answers the old primary's stop sync
+//!   and group delete as done, changing nothing: the old primary can clean
+//!   up its own group and never touches the new primary's.
 
 mod rbd_migration;
 
