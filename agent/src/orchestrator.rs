@@ -223,6 +223,9 @@ pub struct Orchestrator {
     send_limit: RateLimiter,
     syncs: Mutex<HashMap<GroupId, SyncLoop>>,
     progress: Mutex<HashMap<GroupId, GroupProgress>>,
+    /// Per group, the newest engine recovery point the standby is known to
+    /// hold: new points are numbered above it even if the clock stepped back.
+    rp_floor: Mutex<HashMap<GroupId, u64>>,
     api_addr: Mutex<Option<SocketAddr>>,
     metrics: Arc<Metrics>,
 }
@@ -260,6 +263,7 @@ impl Orchestrator {
             send_limit: RateLimiter::new(cfg.send_limit),
             syncs: Mutex::new(HashMap::new()),
             progress: Mutex::new(HashMap::new()),
+            rp_floor: Mutex::new(HashMap::new()),
             api_addr: Mutex::new(None),
             metrics: cfg.metrics,
         });
@@ -1569,6 +1573,7 @@ impl Orchestrator {
             let result = tracing::Instrument::instrument(self.run_cycle(gid), span).await;
             let pause = match &result {
                 Ok(done) => {
+                    self.raise_rp_floor(gid, done.engine_rp);
                     self.metrics.record_cycle(&name, &done.report);
                     let changed: u64 = done.report.images.iter().map(|r| r.bytes_changed).sum();
                     let sent: u64 = done.report.images.iter().map(|r| r.bytes_sent).sum();
@@ -1606,6 +1611,12 @@ impl Orchestrator {
                     let kind = error_kind(e);
                     self.metrics.record_failure(&name, kind);
                     warn!(group = %name, kind = kind.as_str(), error = %text, "replication cycle failed; retrying");
+                    // The standby may hold a point numbered above this
+                    // clock (stepped back, or this agent restarted): number
+                    // the next one above it.
+                    if let Ok(newest) = self.remote_newest_point(gid).await {
+                        self.raise_rp_floor(gid, newest);
+                    }
                     self.set_progress(gid, |p| {
                         p.state = "retrying".into();
                         p.last_error = Some(text.clone());
@@ -1634,6 +1645,44 @@ impl Orchestrator {
                 _ = tokio::time::sleep(pause) => {}
             }
         }
+    }
+
+    fn raise_rp_floor(&self, gid: GroupId, rp: u64) {
+        let mut floors = lock(&self.rp_floor);
+        let floor = floors.entry(gid).or_default();
+        *floor = (*floor).max(rp);
+    }
+
+    /// The newest engine recovery point any standby image of the group holds.
+    async fn remote_newest_point(&self, gid: GroupId) -> CtlResult<u64> {
+        let g = self.db(|s| s.group(gid))?;
+        let svc = self.db(|s| s.service(g.service_id))?;
+        let remote = remote_id(&g)?;
+        let reply = self
+            .peer(
+                &svc,
+                Method::GET,
+                &format!("/v1/peer/groups/{remote}/newest-point"),
+                None,
+            )
+            .await?;
+        Ok(reply["newest"].as_u64().unwrap_or(0))
+    }
+
+    /// Peer: the newest engine recovery point any standby image of the
+    /// group holds (0: none).
+    pub fn peer_newest_point(&self, caller: AgentId, id: i64) -> CtlResult<u64> {
+        let g = self.peer_group(caller, id)?;
+        let mut newest = 0;
+        for r in self.db(|s| s.resources(g.id))? {
+            let Ok(image) = ImageName::new(r.standby_target.clone()) else {
+                continue;
+            };
+            if let Ok(points) = self.receiver.store.recovery_points(&image) {
+                newest = points.iter().map(|p| p.id.get()).fold(newest, u64::max);
+            }
+        }
+        Ok(newest)
     }
 
     fn set_progress(&self, gid: GroupId, f: impl FnOnce(&mut GroupProgress)) {
@@ -1694,7 +1743,11 @@ impl Orchestrator {
             }
         });
         let limiter = self.send_limit.clone();
-        let tweak = move |o: &mut SyncOptions| o.limiter = limiter.clone();
+        let floor = lock(&self.rp_floor).get(&gid).copied().unwrap_or(0);
+        let tweak = move |o: &mut SyncOptions| {
+            o.limiter = limiter.clone();
+            o.min_recovery_point = floor;
+        };
         let report = client::sync(SyncRequest {
             dir: &self.dir,
             pairs: &pairs,
