@@ -181,6 +181,14 @@ struct CycleDone {
     report: ferry_engine::session::sender::GroupReport,
 }
 
+impl CycleDone {
+    /// Whether every image was scanned in this cycle (none resumed an
+    /// epoch interrupted earlier, whose scan predates the cycle).
+    fn fresh(&self) -> bool {
+        self.report.images.iter().all(|r| r.resumed_at == 0)
+    }
+}
+
 /// A named recovery point asked of a group's replication loop: the next
 /// cycle that starts after the request, registered (and pinned on the
 /// standby) before any later cycle can run.
@@ -1573,7 +1581,6 @@ impl Orchestrator {
             let result = tracing::Instrument::instrument(self.run_cycle(gid), span).await;
             let pause = match &result {
                 Ok(done) => {
-                    self.raise_rp_floor(gid, done.engine_rp);
                     self.metrics.record_cycle(&name, &done.report);
                     let changed: u64 = done.report.images.iter().map(|r| r.bytes_changed).sum();
                     let sent: u64 = done.report.images.iter().map(|r| r.bytes_sent).sum();
@@ -1596,8 +1603,17 @@ impl Orchestrator {
                         }
                     });
                     // Named before the next cycle: the standby pins the
-                    // point before its retention could prune it.
-                    for (w, _) in waiting.drain(..) {
+                    // point before its retention could prune it. A cycle that
+                    // resumed an interrupted epoch scanned (part of) its
+                    // sources before the requests came: it cannot hold every
+                    // write acknowledged before them, the next cycle does.
+                    let waiters = if done.fresh() {
+                        std::mem::take(&mut waiting)
+                    } else {
+                        info!(group = %name, recovery_point = done.engine_rp, "the cycle resumed an interrupted epoch; recovery point requests wait for the next one");
+                        Vec::new()
+                    };
+                    for (w, _) in waiters {
                         let result = self
                             .register_rp(gid, &w.name, w.kind, done.engine_rp)
                             .await
@@ -1611,12 +1627,6 @@ impl Orchestrator {
                     let kind = error_kind(e);
                     self.metrics.record_failure(&name, kind);
                     warn!(group = %name, kind = kind.as_str(), error = %text, "replication cycle failed; retrying");
-                    // The standby may hold a point numbered above this
-                    // clock (stepped back, or this agent restarted): number
-                    // the next one above it.
-                    if let Ok(newest) = self.remote_newest_point(gid).await {
-                        self.raise_rp_floor(gid, newest);
-                    }
                     self.set_progress(gid, |p| {
                         p.state = "retrying".into();
                         p.last_error = Some(text.clone());
@@ -1691,7 +1701,24 @@ impl Orchestrator {
         f(p);
     }
 
+    /// One replication cycle (the loop's, or a migration's final sync).
     async fn run_cycle(self: &Arc<Self>, gid: GroupId) -> CtlResult<CycleDone> {
+        let result = self.run_cycle_once(gid).await;
+        match &result {
+            Ok(done) => self.raise_rp_floor(gid, done.engine_rp),
+            // The standby may hold a point numbered above this clock
+            // (stepped back while this agent was down, or before it knew):
+            // the next cycle numbers its point above it.
+            Err(_) => {
+                if let Ok(newest) = self.remote_newest_point(gid).await {
+                    self.raise_rp_floor(gid, newest);
+                }
+            }
+        }
+        result
+    }
+
+    async fn run_cycle_once(self: &Arc<Self>, gid: GroupId) -> CtlResult<CycleDone> {
         let g = self.db(|s| s.group(gid))?;
         let svc = self.db(|s| s.service(g.service_id))?;
         let resources = self.db(|s| s.resources(gid))?;
@@ -1846,7 +1873,13 @@ impl Orchestrator {
             let done = loop {
                 attempt += 1;
                 match self.run_cycle(g.id).await {
-                    Ok(done) => break done,
+                    // "Everything written before the command": not a cycle
+                    // that resumed an epoch scanned before it.
+                    Ok(done) if done.fresh() => break done,
+                    Ok(done) => {
+                        info!(group = %g.name, engine_rp = done.engine_rp, "the final sync resumed an interrupted epoch; syncing again");
+                        attempt -= 1;
+                    }
                     Err(e) if attempt < CYCLE_ATTEMPTS => {
                         warn!(group = %g.name, error = %error_chain(&e), "final sync failed; retrying");
                         tokio::time::sleep(RETRY_PAUSE).await;

@@ -1086,8 +1086,9 @@ fn run_harness(default_scenarios: u64, default_seed: u64) {
 /// was refused ("recovery point is not newer than the committed …") and
 /// replication stalled until the clock caught up (found by this harness,
 /// seed 20261203, scenario 15). Now the primary numbers new points above the
-/// standby's newest: a recovery point after the step completes and the
-/// standby follows the sources.
+/// standby's newest: a recovery point after the step completes, the
+/// standby follows the sources, and so does a migration's final sync after
+/// the primary restarted.
 #[test]
 fn clock_stepped_back_does_not_stall_replication() {
     let mut world = World::new(7);
@@ -1103,6 +1104,19 @@ fn clock_stepped_back_does_not_stall_replication() {
     let op = ok(&p, &["rp", "create", &g, "--name", "after", "--wait"]);
     assert_eq!(op["state"]["state"], "succeeded", "{op}");
     world.check("a recovery point after the clock stepped back");
+    // The primary restarted (what it knew of the standby's points is gone),
+    // the clock still behind: a planned migration's final sync completes too
+    // (seed 20261203, scenario 16, before the floor covered that sync).
+    world.restart(world.primary);
+    world.write_sources();
+    let want = world.source_hashes();
+    let op = ok(&p, &["group", "migrate", &g, "--wait"]);
+    assert_eq!(op["state"]["state"], "succeeded", "{op}");
+    world.primary = world.primary.other();
+    assert_eq!(world.source_hashes(), want, "the new primary's volumes");
+    let p = world.p();
+    ok(&p, &["group", "start", &g, "--wait"]);
+    world.check("replicating back after the migration");
 }
 
 #[test]
