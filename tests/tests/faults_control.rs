@@ -714,10 +714,12 @@ impl World {
         self.write_sources();
         let now = self.faked_now_ms();
         let tod = self.policy_def().tod_ms;
-        // Across exactly `slots` slots after both the clock and the last
-        // fired slot (the clock may have been stepped back before it): the
-        // newest of them fires, once.
-        let base = slot_at_or_before(now, tod).max(self.last_fired.unwrap_or(i64::MIN));
+        // Across exactly `slots` slots after the clock, the last fired slot
+        // and the policy's start (the clock may have been stepped back
+        // before either): the newest of them fires, once.
+        let base = slot_at_or_before(now, tod)
+            .max(self.last_fired.unwrap_or(i64::MIN))
+            .max(slot_at_or_before(self.policy_def().from_ms, tod));
         let landing = base + slots * DAY_MS + self.landing_ms();
         self.set_clock(landing);
         self.hit(kill);
