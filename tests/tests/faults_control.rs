@@ -562,7 +562,9 @@ impl World {
         self.check(&what);
     }
 
-    /// Somewhere between 1 h and 22 h after a slot: far from slot edges.
+    /// Somewhere between 1 h and 22 h after a slot: far from slot edges (a
+    /// run would need two hours of real time between two clock settings
+    /// for the real clock to reach the next slot on its own).
     fn landing_ms(&mut self) -> i64 {
         self.rng.gen_range(HOUR_MS..22 * HOUR_MS)
     }
