@@ -1211,7 +1211,14 @@ impl Orchestrator {
                     tokio::time::sleep(RETRY_PAUSE).await;
                 }
                 Err(e) => {
-                    self.db(|s| s.delete_recovery_point(rp.id))?;
+                    // The standby may have recorded (and pinned) the point
+                    // while its answer was lost: delete it there too,
+                    // deferred like any deletion (absent there counts as
+                    // deleted), instead of forgetting it here only.
+                    self.db(|s| {
+                        s.set_recovery_point_state(rp.id, RpState::Creating, RpState::Deleting)
+                    })?;
+                    self.db(|s| s.set_pending_remote_delete(rp.id, true))?;
                     return Err(e);
                 }
             }
@@ -2462,13 +2469,22 @@ impl Orchestrator {
         new: &NewRecoveryPoint,
     ) -> CtlResult<RecoveryPoint> {
         let g = self.peer_mapped_group(caller, id)?;
-        if let Ok(rp) = self.db(|s| s.recovery_point_by_name(g.id, &new.name)) {
-            return Ok(rp);
-        }
-        // Pinned before it is recorded: a recorded point is restorable.
-        self.pin_standby_point(g.id, new.engine_rp, true).await?;
-        let rp = self.db(|s| s.create_recovery_point(g.id, new))?;
-        self.db(|s| s.set_recovery_point_state(rp.id, RpState::Creating, RpState::Complete))
+        let recorded = match self.db(|s| s.recovery_point_by_name(g.id, &new.name)) {
+            Ok(rp) => rp,
+            Err(_) => {
+                // Pinned before it is recorded: a recorded point is restorable.
+                self.pin_standby_point(g.id, new.engine_rp, true).await?;
+                let rp = self.db(|s| s.create_recovery_point(g.id, new))?;
+                self.db(|s| {
+                    s.set_recovery_point_state(rp.id, RpState::Creating, RpState::Complete)
+                })?
+            }
+        };
+        // Fault injection (tests): recorded here, the answer is lost.
+        fail::fail_point!("rp::standby-answer-lost", |_| Err(CtlError::BadRequest(
+            "injected: the answer to the primary is lost".into()
+        )));
+        Ok(recorded)
     }
 
     /// Peer: delete a recovery point of a standby group (absent = done).

@@ -638,6 +638,31 @@ fn failover_interrupted_by_a_standby_kill_is_retried() {
     refused(&b, &["group", "failover", "g1"], "allowed once");
 }
 
+/// The standby records a recovery point but its answers never reach the
+/// primary (injected; in the harness a link cut longer than the retries):
+/// the primary's request fails, and the point the standby recorded is
+/// deleted there too instead of staying behind, pinned, unknown to the
+/// primary (found by the control fault harness, seed 1796272720, scenario
+/// 102).
+#[cfg(feature = "failpoints")]
+#[test]
+fn recovery_point_whose_answer_is_lost_is_not_left_on_the_standby() {
+    let mut s = paired();
+    let a = s.a_dir().to_path_buf();
+    let b = s.b_dir().to_path_buf();
+    protect_g1(&s, &[("vm.raw", 2 * MIB, 71)]);
+    s.b.restart(&[("FAILPOINTS", "rp::standby-answer-lost=return")]);
+    let out = run(&a, &["rp", "create", "g1", "--name", "lost", "--wait"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    wait_for("the lost point gone on both sides", || {
+        rp_names(&a, "g1").is_empty() && rp_names(&b, "g1").is_empty()
+    });
+    s.b.restart(&[]);
+    ok(&a, &["rp", "create", "g1", "--name", "kept", "--wait"]);
+    assert_eq!(rp_names(&a, "g1"), vec!["kept".to_owned()]);
+    assert_eq!(rp_names(&b, "g1"), vec!["kept".to_owned()]);
+}
+
 /// Transitions of the history entries a files standby keeps for `image`
 /// (`initial`, `undo` = incremental, `full`).
 fn standby_transitions(agent: &Agent, image: &str) -> Vec<String> {

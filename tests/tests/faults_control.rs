@@ -995,15 +995,20 @@ impl World {
                 == ("primary", "syncing", "standby", "syncing")
         });
         // Both sides list the same recovery points; every complete point
-        // on the standby is complete on the primary.
+        // on the standby is complete on the primary (a deletion deferred
+        // while the link was down settles first).
         wait_for(
             &format!("{ctx}: both sides to list the same recovery points"),
             || {
                 let (a, b) = (self.rp_names(&p), self.rp_names(&s));
-                if a != b {
+                let settling = self
+                    .rps(&p)
+                    .iter()
+                    .any(|rp| rp["state"] == "deleting" || rp["state"] == "creating");
+                if a != b || settling {
                     println!("  recovery points: primary {a:?}, standby {b:?}");
                 }
-                a == b
+                a == b && !settling
             },
         );
         let primary_complete: BTreeSet<String> = self
