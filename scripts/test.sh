@@ -18,7 +18,8 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 # System packages: a C toolchain for zstd/ring/blake3's C and assembly,
 # pkg-config, iproute2 for tests that build network namespaces, systemd
-# (systemd-analyze) and man-db for the service tests.
+# (systemd-analyze) and man-db for the service tests, faketime for the
+# control fault harness.
 need=()
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
@@ -29,6 +30,8 @@ command -v man >/dev/null 2>&1 || need+=(man-db)
 # losetup / blockdev: the at-rest test drives a loop device.
 command -v losetup >/dev/null 2>&1 || need+=(mount)
 command -v blockdev >/dev/null 2>&1 || need+=(util-linux)
+# libfaketime moves the agents' wall clock in the control fault harness.
+[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || need+=(faketime)
 if [ "${#need[@]}" -gt 0 ]; then
   log "installing ${need[*]}"
   $SUDO apt-get update -qq

@@ -22,6 +22,11 @@
 //!   `create_group` operations are finished by repeating their (idempotent)
 //!   peer step; the others are rolled back / failed with the reason
 //!   "interrupted by an agent restart". Groups in `syncing` resume replicating.
+//!   An interrupted failover leaves the group `failover_failed`, from which
+//!   it may be retried.
+//! - After a failover the new primary answers the old primary's stop sync
+//!   and group delete as done, changing nothing: the old primary can clean
+//!   up its own group and never touches the new primary's.
 
 mod rbd_migration;
 
@@ -176,6 +181,14 @@ struct CycleDone {
     report: ferry_engine::session::sender::GroupReport,
 }
 
+impl CycleDone {
+    /// Whether every image was scanned in this cycle (none resumed an
+    /// epoch interrupted earlier, whose scan predates the cycle).
+    fn fresh(&self) -> bool {
+        self.report.images.iter().all(|r| r.resumed_at == 0)
+    }
+}
+
 /// A named recovery point asked of a group's replication loop: the next
 /// cycle that starts after the request, registered (and pinned on the
 /// standby) before any later cycle can run.
@@ -218,6 +231,9 @@ pub struct Orchestrator {
     send_limit: RateLimiter,
     syncs: Mutex<HashMap<GroupId, SyncLoop>>,
     progress: Mutex<HashMap<GroupId, GroupProgress>>,
+    /// Per group, the newest engine recovery point the standby is known to
+    /// hold: new points are numbered above it even if the clock stepped back.
+    rp_floor: Mutex<HashMap<GroupId, u64>>,
     api_addr: Mutex<Option<SocketAddr>>,
     metrics: Arc<Metrics>,
 }
@@ -255,6 +271,7 @@ impl Orchestrator {
             send_limit: RateLimiter::new(cfg.send_limit),
             syncs: Mutex::new(HashMap::new()),
             progress: Mutex::new(HashMap::new()),
+            rp_floor: Mutex::new(HashMap::new()),
             api_addr: Mutex::new(None),
             metrics: cfg.metrics,
         });
@@ -1194,7 +1211,14 @@ impl Orchestrator {
                     tokio::time::sleep(RETRY_PAUSE).await;
                 }
                 Err(e) => {
-                    self.db(|s| s.delete_recovery_point(rp.id))?;
+                    // The standby may have recorded (and pinned) the point
+                    // while its answer was lost: delete it there too,
+                    // deferred like any deletion (absent there counts as
+                    // deleted), instead of forgetting it here only.
+                    self.db(|s| {
+                        s.set_recovery_point_state(rp.id, RpState::Creating, RpState::Deleting)
+                    })?;
+                    self.db(|s| s.set_pending_remote_delete(rp.id, true))?;
                     return Err(e);
                 }
             }
@@ -1586,8 +1610,17 @@ impl Orchestrator {
                         }
                     });
                     // Named before the next cycle: the standby pins the
-                    // point before its retention could prune it.
-                    for (w, _) in waiting.drain(..) {
+                    // point before its retention could prune it. A cycle that
+                    // resumed an interrupted epoch scanned (part of) its
+                    // sources before the requests came: it cannot hold every
+                    // write acknowledged before them, the next cycle does.
+                    let waiters = if done.fresh() {
+                        std::mem::take(&mut waiting)
+                    } else {
+                        info!(group = %name, recovery_point = done.engine_rp, "the cycle resumed an interrupted epoch; recovery point requests wait for the next one");
+                        Vec::new()
+                    };
+                    for (w, _) in waiters {
                         let result = self
                             .register_rp(gid, &w.name, w.kind, done.engine_rp)
                             .await
@@ -1631,13 +1664,68 @@ impl Orchestrator {
         }
     }
 
+    fn raise_rp_floor(&self, gid: GroupId, rp: u64) {
+        let mut floors = lock(&self.rp_floor);
+        let floor = floors.entry(gid).or_default();
+        *floor = (*floor).max(rp);
+    }
+
+    /// The newest engine recovery point any standby image of the group holds.
+    async fn remote_newest_point(&self, gid: GroupId) -> CtlResult<u64> {
+        let g = self.db(|s| s.group(gid))?;
+        let svc = self.db(|s| s.service(g.service_id))?;
+        let remote = remote_id(&g)?;
+        let reply = self
+            .peer(
+                &svc,
+                Method::GET,
+                &format!("/v1/peer/groups/{remote}/newest-point"),
+                None,
+            )
+            .await?;
+        Ok(reply["newest"].as_u64().unwrap_or(0))
+    }
+
+    /// Peer: the newest engine recovery point any standby image of the
+    /// group holds (0: none).
+    pub fn peer_newest_point(&self, caller: AgentId, id: i64) -> CtlResult<u64> {
+        let g = self.peer_group(caller, id)?;
+        let mut newest = 0;
+        for r in self.db(|s| s.resources(g.id))? {
+            let Ok(image) = ImageName::new(r.standby_target.clone()) else {
+                continue;
+            };
+            if let Ok(points) = self.receiver.store.recovery_points(&image) {
+                newest = points.iter().map(|p| p.id.get()).fold(newest, u64::max);
+            }
+        }
+        Ok(newest)
+    }
+
     fn set_progress(&self, gid: GroupId, f: impl FnOnce(&mut GroupProgress)) {
         let mut all = lock(&self.progress);
         let p = all.entry(gid).or_default();
         f(p);
     }
 
+    /// One replication cycle (the loop's, or a migration's final sync).
     async fn run_cycle(self: &Arc<Self>, gid: GroupId) -> CtlResult<CycleDone> {
+        let result = self.run_cycle_once(gid).await;
+        match &result {
+            Ok(done) => self.raise_rp_floor(gid, done.engine_rp),
+            // The standby may hold a point numbered above this clock
+            // (stepped back while this agent was down, or before it knew):
+            // the next cycle numbers its point above it.
+            Err(_) => {
+                if let Ok(newest) = self.remote_newest_point(gid).await {
+                    self.raise_rp_floor(gid, newest);
+                }
+            }
+        }
+        result
+    }
+
+    async fn run_cycle_once(self: &Arc<Self>, gid: GroupId) -> CtlResult<CycleDone> {
         let g = self.db(|s| s.group(gid))?;
         let svc = self.db(|s| s.service(g.service_id))?;
         let resources = self.db(|s| s.resources(gid))?;
@@ -1689,7 +1777,11 @@ impl Orchestrator {
             }
         });
         let limiter = self.send_limit.clone();
-        let tweak = move |o: &mut SyncOptions| o.limiter = limiter.clone();
+        let floor = lock(&self.rp_floor).get(&gid).copied().unwrap_or(0);
+        let tweak = move |o: &mut SyncOptions| {
+            o.limiter = limiter.clone();
+            o.min_recovery_point = floor;
+        };
         let report = client::sync(SyncRequest {
             dir: &self.dir,
             pairs: &pairs,
@@ -1789,7 +1881,13 @@ impl Orchestrator {
             let done = loop {
                 attempt += 1;
                 match self.run_cycle(g.id).await {
-                    Ok(done) => break done,
+                    // "Everything written before the command": not a cycle
+                    // that resumed an epoch scanned before it.
+                    Ok(done) if done.fresh() => break done,
+                    Ok(done) => {
+                        info!(group = %g.name, engine_rp = done.engine_rp, "the final sync resumed an interrupted epoch; syncing again");
+                        attempt -= 1;
+                    }
                     Err(e) if attempt < CYCLE_ATTEMPTS => {
                         warn!(group = %g.name, error = %error_chain(&e), "final sync failed; retrying");
                         tokio::time::sleep(RETRY_PAUSE).await;
@@ -2306,12 +2404,25 @@ impl Orchestrator {
     }
 
     /// Peer: the primary started (true) or stopped (false) replication.
+    ///
+    /// A stop for a group that is gone here, or that failed over here (a
+    /// new primary, whose data the old primary no longer controls), is done
+    /// without changing anything (`None`, or the group as it is): the old
+    /// primary that comes back after a failover can then stop and delete its
+    /// own group.
     pub async fn peer_set_syncing(
         &self,
         caller: AgentId,
         id: i64,
         syncing: bool,
-    ) -> CtlResult<Group> {
+    ) -> CtlResult<Option<Group>> {
+        if !syncing {
+            match self.peer_group(caller, id) {
+                Err(CtlError::Store(StoreError::NotFound { .. })) => return Ok(None),
+                Ok(g) if g.new_primary => return Ok(Some(g)),
+                _ => {}
+            }
+        }
         let g = self.peer_mapped_group(caller, id)?;
         let (from, to, res) = if syncing {
             (
@@ -2348,7 +2459,7 @@ impl Orchestrator {
             let resources = self.db(|s| s.resources(g.id))?;
             self.remove_standby_images(&resources).await?;
         }
-        self.db(|s| s.group(g.id))
+        self.db(|s| s.group(g.id)).map(Some)
     }
 
     /// Peer: record a complete group recovery point on the standby.
@@ -2359,13 +2470,22 @@ impl Orchestrator {
         new: &NewRecoveryPoint,
     ) -> CtlResult<RecoveryPoint> {
         let g = self.peer_mapped_group(caller, id)?;
-        if let Ok(rp) = self.db(|s| s.recovery_point_by_name(g.id, &new.name)) {
-            return Ok(rp);
-        }
-        // Pinned before it is recorded: a recorded point is restorable.
-        self.pin_standby_point(g.id, new.engine_rp, true).await?;
-        let rp = self.db(|s| s.create_recovery_point(g.id, new))?;
-        self.db(|s| s.set_recovery_point_state(rp.id, RpState::Creating, RpState::Complete))
+        let recorded = match self.db(|s| s.recovery_point_by_name(g.id, &new.name)) {
+            Ok(rp) => rp,
+            Err(_) => {
+                // Pinned before it is recorded: a recorded point is restorable.
+                self.pin_standby_point(g.id, new.engine_rp, true).await?;
+                let rp = self.db(|s| s.create_recovery_point(g.id, new))?;
+                self.db(|s| {
+                    s.set_recovery_point_state(rp.id, RpState::Creating, RpState::Complete)
+                })?
+            }
+        };
+        // Fault injection (tests): recorded here, the answer is lost.
+        fail::fail_point!("rp::standby-answer-lost", |_| Err(CtlError::BadRequest(
+            "injected: the answer to the primary is lost".into()
+        )));
+        Ok(recorded)
     }
 
     /// Peer: delete a recovery point of a standby group (absent = done).
@@ -2399,10 +2519,11 @@ impl Orchestrator {
             Err(e) => return Err(e),
         };
         if g.new_primary {
-            return Err(CtlError::BadRequest(format!(
-                "group '{}' failed over here; it is not deleted from the old primary",
-                g.name
-            )));
+            // dr-semantics: deleting the primary group deletes its standby
+            // group, "not after S failed over": the old primary's delete
+            // succeeds there and leaves this new primary alone.
+            info!(group = %g.name, "the old primary deleted its group; this new primary stays");
+            return Ok(());
         }
         let t = Transition {
             op: OpKind::DeleteGroup,
@@ -2525,10 +2646,20 @@ impl Orchestrator {
             ferry_engine::standby::Standby::Files(_)
         );
         if files && out_dir.exists() {
-            return Err(CtlError::BadRequest(format!(
-                "{} exists; move it away first",
-                out_dir.display()
-            )));
+            if g.state != GroupState::FailoverFailed {
+                return Err(CtlError::BadRequest(format!(
+                    "{} exists; move it away first",
+                    out_dir.display()
+                )));
+            }
+            // A retry: what is there is the failed attempt's partial output.
+            warn!(group = %g.name, dir = %out_dir.display(), "retrying a failed failover: replacing the failed attempt's copies");
+            std::fs::remove_dir_all(&out_dir).map_err(|e| {
+                internal(format!(
+                    "removing the failed failover's copies in {}",
+                    out_dir.display()
+                ))(e.into())
+            })?;
         }
         let op = self.db(|s| {
             s.begin_checked(
@@ -2557,6 +2688,8 @@ impl Orchestrator {
                         std::fs::create_dir_all(&dir)?;
                         for image in &images {
                             files.restore(image, rp, &dir.join(format!("{image}.raw")))?;
+                            // Fault injection (tests): hold or stop between images.
+                            fail::fail_point!("failover::after-image");
                         }
                     }
                     ferry_engine::standby::Standby::Rbd(rbd) => {

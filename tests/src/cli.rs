@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::process::Output;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -38,4 +39,30 @@ pub fn ok(dir: &Path, args: &[&str]) -> Value {
         text(&out)
     );
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)))
+}
+
+/// GET on an agent's operator API with its token (through `ferry`'s
+/// library client, the same code the CLI uses); the reply must be a success.
+pub fn get(dir: &Path, path: &str) -> Value {
+    let conn = ferry_agent::cli::Conn {
+        dir: Some(dir.to_path_buf()),
+        ..Default::default()
+    };
+    let (addr, token) = ferry_agent::cli::resolve_conn(&conn).expect("agent API address and token");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let reply = rt
+        .block_on(ferry_agent::api::http::call(
+            &ferry_agent::api::http::Target::Plain(addr),
+            ferry_agent::api::http::Method::GET,
+            path,
+            Some(&token),
+            None,
+            Duration::from_secs(10),
+        ))
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    assert!(reply.ok(), "{path}: {} {}", reply.status, reply.body);
+    reply.body
 }

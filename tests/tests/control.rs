@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ferry_agent::imagegen;
-use ferry_e2e::cli::{ok, run, text};
+use ferry_e2e::cli::{get as ferry_json_get, ok, run, text};
 use ferry_e2e::{ferry, hash_file, init_agent, Agent};
 use serde_json::Value;
 
@@ -282,32 +282,6 @@ fn pair_protect_replicate_stop_delete() {
     assert_eq!(ok(a, &["group", "list"]).as_array().unwrap().len(), 0);
     assert_eq!(ok(b, &["group", "list"]).as_array().unwrap().len(), 0);
     ok(a, &["service", "delete", "dr"]);
-}
-
-/// GET on an agent's operator API with its token (through `ferry`'s
-/// library client, the same code the CLI uses).
-fn ferry_json_get(dir: &Path, path: &str) -> Value {
-    let conn = ferry_agent::cli::Conn {
-        dir: Some(dir.to_path_buf()),
-        ..Default::default()
-    };
-    let (addr, token) = ferry_agent::cli::resolve_conn(&conn).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let reply = rt
-        .block_on(ferry_agent::api::http::call(
-            &ferry_agent::api::http::Target::Plain(addr),
-            ferry_agent::api::http::Method::GET,
-            path,
-            Some(&token),
-            None,
-            Duration::from_secs(10),
-        ))
-        .unwrap();
-    assert!(reply.ok(), "{path}: {} {}", reply.status, reply.body);
-    reply.body
 }
 
 #[test]
@@ -594,6 +568,99 @@ fn failover_to_a_chosen_recovery_point_while_the_primary_is_down() {
     );
     assert_eq!(hash_file(Path::new(&restored)), h2);
     ok(&b, &["group", "delete", "g1", "--wait"]);
+}
+
+/// The old primary comes back after its standby failed over: it can stop
+/// and delete its group (dr-semantics: deleting P deletes S "not after S
+/// failed over"), and the new primary keeps its group and failover copies.
+/// Before the fix both were refused by the peer, leaving the old primary's
+/// group stuck in `stop_sync_failed` (found by the control fault harness).
+#[test]
+fn old_primary_back_after_failover_stops_and_deletes_its_group() {
+    let mut s = paired();
+    let a = s.a_dir().to_path_buf();
+    let b = s.b_dir().to_path_buf();
+    let img = protect_g1(&s, &[("vm.raw", 2 * MIB, 51)])[0].0.clone();
+    ok(&a, &["rp", "create", "g1", "--name", "r1", "--wait"]);
+    let want = hash_file(&img);
+    s.a.kill9();
+    ok(&b, &["group", "failover", "g1", "--wait"]);
+    let copy = b.join("failover").join("g1").join("g1-vm.raw");
+    assert_eq!(hash_file(&copy), want);
+    s.a.restart(&[]);
+    let op = ok(&a, &["group", "stop", "g1", "--wait"]);
+    assert_eq!(op["state"]["state"], "succeeded", "{op}");
+    assert_eq!(group_state(&a, "g1"), "mapped");
+    ok(&a, &["group", "delete", "g1", "--wait"]);
+    assert_eq!(ok(&a, &["group", "list"]).as_array().unwrap().len(), 0);
+    let g = ok(&b, &["group", "show", "g1"]);
+    assert_eq!(g["group"]["state"], "failed_over", "{g}");
+    assert_eq!(g["group"]["new_primary"], true, "{g}");
+    assert_eq!(hash_file(&copy), want, "the failover copy is untouched");
+    ok(&b, &["group", "delete", "g1", "--wait"]);
+    assert_eq!(hash_file(&copy), want, "failover outputs outlive the group");
+}
+
+/// The standby is SIGKILLed in the middle of a failover (held after its
+/// first image by a fail point): after the restart the failover is
+/// `failover_failed`, and a retry replaces the partial copies and completes
+/// with both images at the chosen point. Before the fix the retry was
+/// refused (failover was allowed only from `syncing`), leaving a standby
+/// that could never fail over (found writing the control fault harness's
+/// retry step; the harness now retries failovers it interrupts).
+#[cfg(feature = "failpoints")]
+#[test]
+fn failover_interrupted_by_a_standby_kill_is_retried() {
+    let mut s = paired();
+    let a = s.a_dir().to_path_buf();
+    let b = s.b_dir().to_path_buf();
+    let made = protect_g1(&s, &[("vm1.raw", 2 * MIB, 61), ("vm2.raw", 2 * MIB, 62)]);
+    ok(&a, &["rp", "create", "g1", "--name", "r1", "--wait"]);
+    let want: Vec<String> = made.iter().map(|(p, _)| hash_file(p)).collect();
+    s.a.kill9();
+    s.b.restart(&[("FAILPOINTS", "failover::after-image=sleep(20000)")]);
+    let op = ok(&b, &["group", "failover", "g1", "--rp", "r1"]);
+    let out = b.join("failover").join("g1");
+    wait_for("the first failover copy", || {
+        out.read_dir().is_ok_and(|mut d| d.next().is_some())
+    });
+    s.b.restart(&[]);
+    let done = wait_op_finished(&b, &op);
+    assert_eq!(done["state"]["state"], "failed", "{done}");
+    assert_eq!(group_state(&b, "g1"), "failover_failed");
+    let op = ok(&b, &["group", "failover", "g1", "--rp", "r1", "--wait"]);
+    assert_eq!(op["state"]["state"], "succeeded", "{op}");
+    let g = ok(&b, &["group", "show", "g1"]);
+    assert_eq!(g["group"]["state"], "failed_over", "{g}");
+    assert_eq!(g["group"]["new_primary"], true, "{g}");
+    assert_eq!(hash_file(&out.join("g1-vm1.raw")), want[0]);
+    assert_eq!(hash_file(&out.join("g1-vm2.raw")), want[1]);
+    refused(&b, &["group", "failover", "g1"], "allowed once");
+}
+
+/// The standby records a recovery point but its answers never reach the
+/// primary (injected; in the harness a link cut longer than the retries):
+/// the primary's request fails, and the point the standby recorded is
+/// deleted there too instead of staying behind, pinned, unknown to the
+/// primary (found by the control fault harness, seed 1796272720, scenario
+/// 102).
+#[cfg(feature = "failpoints")]
+#[test]
+fn recovery_point_whose_answer_is_lost_is_not_left_on_the_standby() {
+    let mut s = paired();
+    let a = s.a_dir().to_path_buf();
+    let b = s.b_dir().to_path_buf();
+    protect_g1(&s, &[("vm.raw", 2 * MIB, 71)]);
+    s.b.restart(&[("FAILPOINTS", "rp::standby-answer-lost=return")]);
+    let out = run(&a, &["rp", "create", "g1", "--name", "lost", "--wait"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    wait_for("the lost point gone on both sides", || {
+        rp_names(&a, "g1").is_empty() && rp_names(&b, "g1").is_empty()
+    });
+    s.b.restart(&[]);
+    ok(&a, &["rp", "create", "g1", "--name", "kept", "--wait"]);
+    assert_eq!(rp_names(&a, "g1"), vec!["kept".to_owned()]);
+    assert_eq!(rp_names(&b, "g1"), vec!["kept".to_owned()]);
 }
 
 /// Transitions of the history entries a files standby keeps for `image`

@@ -284,6 +284,7 @@ pub const PEER_ROUTES: &[&str] = &[
     "/v1/peer/groups/{id}/recovery-points",
     "/v1/peer/groups/{id}/recovery-points/{rp}",
     "/v1/peer/groups/{id}/migrate",
+    "/v1/peer/groups/{id}/newest-point",
 ];
 
 /// The operator API router.
@@ -563,6 +564,7 @@ pub fn peer_router(orch: Arc<Orchestrator>) -> Router {
         .route(r[7], post(peer_add_rp))
         .route(r[8], axum::routing::delete(peer_delete_rp))
         .route(r[9], post(peer_migrate))
+        .route(r[10], get(peer_newest_point))
         .with_state(orch)
 }
 
@@ -626,6 +628,14 @@ async fn peer_remove_resources(
     ok(json!({ "removed": b.uris.len() }))
 }
 
+async fn peer_newest_point(
+    State(o): State<Arc<Orchestrator>>,
+    ConnectInfo(peer): Peer,
+    UrlPath(id): UrlPath<i64>,
+) -> ApiResult {
+    ok(json!({ "newest": o.peer_newest_point(peer.fingerprint, id)? }))
+}
+
 async fn peer_sync(
     State(o): State<Arc<Orchestrator>>,
     ConnectInfo(peer): Peer,
@@ -633,7 +643,7 @@ async fn peer_sync(
     Json(b): Json<SyncBody>,
 ) -> ApiResult {
     let g = o.peer_set_syncing(peer.fingerprint, id, b.syncing).await?;
-    ok(json!({ "state": g.state }))
+    ok(json!({ "state": g.map(|g| g.state) }))
 }
 
 async fn peer_add_rp(

@@ -568,7 +568,9 @@ pub fn check(op: &OpRequest, group: &GroupView) -> Result<Transition, Refusal> {
                 "unplanned failover is allowed once; the group is already a new primary",
                 format!("group '{}' failed over", g.name),
             )?;
-            c.state_in(&[S::Syncing])?;
+            // A failed (or interrupted) failover may be retried: the standby
+            // copies are untouched by it.
+            c.state_in(&[S::Syncing, S::FailoverFailed])?;
             if let FailoverTarget::RecoveryPoint { name, state } = to {
                 c.precondition(
                     *state == RpState::Complete,
@@ -708,7 +710,7 @@ mod tests {
                 &["mapped", "syncing", "stop_sync_failed", "migration_failed"]
             }
             ("migrate", Role::Primary) => &["syncing", "migration_failed"],
-            ("failover", Role::Standby) if !new_primary => &["syncing"],
+            ("failover", Role::Standby) if !new_primary => &["syncing", "failover_failed"],
             ("restore", Role::Standby) => &["syncing", "failed_over", "failover_failed"],
             ("delete_group", Role::Primary) => &[
                 "mapped",
@@ -1149,6 +1151,16 @@ mod tests {
         for bad in [RpState::Creating, RpState::Deleting, RpState::Unusable] {
             refused(to_rp(bad), &s);
         }
+        // A failed or interrupted failover is retried from failover_failed.
+        let failed = view(Role::Standby, false, GroupState::FailoverFailed);
+        assert!(check(&to_rp(RpState::Complete), &failed).is_ok());
+        assert!(check(
+            &OpRequest::Failover {
+                to: FailoverTarget::Latest
+            },
+            &failed
+        )
+        .is_ok());
         let np = view(Role::Standby, true, GroupState::FailedOver);
         let restore = |rp_state| OpRequest::Restore {
             rp_name: "rp1".into(),

@@ -75,6 +75,11 @@ pub struct SyncOptions {
     /// An unchanged stretch of this many source bytes is still reported to
     /// the standby (an empty batch), so a resume does not rescan it.
     pub empty_batch_every: u64,
+    /// Recovery point ids are wall-clock milliseconds; a new one is at least
+    /// this + 1. The caller passes the newest point it knows the standby
+    /// committed, so a clock stepped back behind it does not make every
+    /// commit "not newer than the committed" one.
+    pub min_recovery_point: u64,
 }
 
 impl Default for SyncOptions {
@@ -87,6 +92,7 @@ impl Default for SyncOptions {
             reconnect_for: Duration::from_secs(120),
             max_frame_len: ferry_protocol::DEFAULT_MAX_FRAME_LEN,
             empty_batch_every: 256 * 1024 * 1024,
+            min_recovery_point: 0,
         }
     }
 }
@@ -844,8 +850,11 @@ async fn sync_group_inner(
     let mut done: Vec<Transferred> = done.into_iter().flatten().collect();
 
     // Commit every image as one recovery point.
-    let recovery_point =
-        RecoveryPointId(unix_ms().max(done.iter().map(|t| t.open.epoch.get()).max().unwrap_or(1)));
+    let recovery_point = RecoveryPointId(
+        unix_ms()
+            .max(done.iter().map(|t| t.open.epoch.get()).max().unwrap_or(1))
+            .max(options.min_recovery_point.saturating_add(1)),
+    );
     let fuzzy = done.iter().any(|t| t.fuzzy);
     let commit = Commit {
         recovery_point,
