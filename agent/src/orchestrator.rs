@@ -713,10 +713,21 @@ impl Orchestrator {
             fingerprint: caller,
             reason,
         };
+        // A standby group failing over or failed over no longer takes the
+        // old primary's replication: its images hold the recovery points a
+        // new primary restores from ("mapping broken"), which new cycles
+        // would replace and prune.
+        let replicating = |g: &Group| {
+            !g.new_primary
+                && !matches!(
+                    g.state,
+                    GroupState::FailingOver | GroupState::FailedOver | GroupState::FailoverFailed
+                )
+        };
         for g in self
             .groups()?
             .into_iter()
-            .filter(|g| g.service_id == svc.id && g.role == Role::Standby)
+            .filter(|g| g.service_id == svc.id && g.role == Role::Standby && replicating(g))
         {
             if self
                 .db(|s| s.resources(g.id))?
@@ -1716,13 +1727,33 @@ impl Orchestrator {
             // The standby may hold a point numbered above this clock
             // (stepped back while this agent was down, or before it knew):
             // the next cycle numbers its point above it.
+            // A standby holding a point of the group also ends the initial
+            // full sync a killed primary never recorded (the standby may
+            // have failed over since: no later cycle will complete, and
+            // stop sync would be refused for good).
             Err(_) => {
                 if let Ok(newest) = self.remote_newest_point(gid).await {
                     self.raise_rp_floor(gid, newest);
+                    if newest > 0 {
+                        if let Err(e) = self.end_initial_sync(gid) {
+                            warn!(error = %e, "could not record the end of the initial sync");
+                        }
+                    }
                 }
             }
         }
         result
+    }
+
+    /// The standby holds a complete recovery point of the group: its
+    /// resources are past their initial full sync.
+    fn end_initial_sync(&self, gid: GroupId) -> CtlResult<()> {
+        for r in self.db(|s| s.resources(gid))? {
+            if r.state == ResourceState::InitialSync {
+                self.db(|s| s.set_resource_state(&r.uri, ResourceState::Syncing))?;
+            }
+        }
+        Ok(())
     }
 
     async fn run_cycle_once(self: &Arc<Self>, gid: GroupId) -> CtlResult<CycleDone> {
@@ -1795,11 +1826,10 @@ impl Orchestrator {
         })
         .await
         .map_err(internal(format!("replicating group '{}'", g.name)))?;
-        for r in resources {
-            if r.state == ResourceState::InitialSync {
-                self.db(|s| s.set_resource_state(&r.uri, ResourceState::Syncing))?;
-            }
-        }
+        fail::fail_point!("cycle::after-commit-before-state", |_| Err(
+            CtlError::BadRequest("fail point cycle::after-commit-before-state".into())
+        ));
+        self.end_initial_sync(gid)?;
         Ok(CycleDone {
             engine_rp: report.recovery_point,
             report,

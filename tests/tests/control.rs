@@ -601,6 +601,48 @@ fn old_primary_back_after_failover_stops_and_deletes_its_group() {
     assert_eq!(hash_file(&copy), want, "failover outputs outlive the group");
 }
 
+/// The primary is SIGKILLed after the standby committed the group's first
+/// point but before the primary recorded that its resources left their
+/// initial full sync; the standby then fails over. Back up, the old primary
+/// must still be able to stop and delete its group: before the fix stop sync
+/// was refused for good ("refused while a resource is in its initial full
+/// sync": no later cycle could complete against the failed-over standby).
+/// Found by the control fault harness (seed 1796272720, scenario 26).
+#[cfg(feature = "failpoints")]
+#[test]
+fn old_primary_killed_before_recording_its_first_cycle_stops_after_failover() {
+    let mut s = paired();
+    let a = s.a_dir().to_path_buf();
+    let b = s.b_dir().to_path_buf();
+    s.a.restart(&[(
+        "FAILPOINTS",
+        "cycle::after-commit-before-state=sleep(60000)",
+    )]);
+    protect_g1(&s, &[("vm.raw", 2 * MIB, 81)]);
+    let state =
+        s.b.image_path("g1-vm")
+            .with_extension("ferry")
+            .join("state.json");
+    wait_for("the standby's first recovery point", || {
+        state.exists() && !standby_transitions(&s.b, "g1-vm").is_empty()
+    });
+    let res = ok(&a, &["group", "show", "g1"])["resources"].clone();
+    assert_eq!(res[0]["state"], "initial_sync", "{res}");
+    s.a.kill9();
+    ok(&b, &["group", "failover", "g1", "--wait"]);
+    s.a.restart(&[]);
+    wait_for("stop sync accepted on the old primary", || {
+        run(&a, &["group", "stop", "g1", "--wait"]).status.success()
+    });
+    assert_eq!(group_state(&a, "g1"), "mapped");
+    ok(&a, &["group", "delete", "g1", "--wait"]);
+    let g = ok(&b, &["group", "show", "g1"]);
+    assert_eq!(g["group"]["state"], "failed_over", "{g}");
+    // The old primary's restarted loop was refused: the new primary's
+    // replicated images kept the one point it failed over from.
+    assert_eq!(standby_transitions(&s.b, "g1-vm").len(), 1);
+}
+
 /// The standby is SIGKILLed in the middle of a failover (held after its
 /// first image by a fail point): after the restart the failover is
 /// `failover_failed`, and a retry replaces the partial copies and completes
