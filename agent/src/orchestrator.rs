@@ -2691,6 +2691,31 @@ impl Orchestrator {
                 ))(e.into())
             })?;
         }
+        if let ferry_engine::standby::Standby::Rbd(rbd) = &self.receiver.store {
+            // The same rule for the RBD images `failover-IMAGE`: a first
+            // attempt never takes over an image someone else made; a retry
+            // replaces what the failed attempt made (it could not have
+            // started if any had existed before it).
+            for r in &resources {
+                let name = format!("failover-{}", r.standby_target);
+                let exists = rbd
+                    .volume_exists(&name)
+                    .map_err(|e| internal(format!("looking up RBD image {name}"))(e.into()))?;
+                if !exists {
+                    continue;
+                }
+                if g.state != GroupState::FailoverFailed {
+                    return Err(CtlError::BadRequest(format!(
+                        "RBD image {}/{name} exists; move it away first",
+                        rbd.pool_name()
+                    )));
+                }
+                warn!(group = %g.name, image = %name, "retrying a failed failover: replacing the failed attempt's copy");
+                rbd.remove_volume(&name).map_err(|e| {
+                    internal(format!("removing the failed failover's RBD image {name}"))(e.into())
+                })?;
+            }
+        }
         let op = self.db(|s| {
             s.begin_checked(
                 g.id,
@@ -2725,6 +2750,7 @@ impl Orchestrator {
                     ferry_engine::standby::Standby::Rbd(rbd) => {
                         for image in &images {
                             rbd.restore(image, rp, &format!("failover-{image}"))?;
+                            fail::fail_point!("failover::after-image");
                         }
                     }
                 }

@@ -943,6 +943,33 @@ fn lab_rbd_group_pins_points_and_fails_over_into_new_images() {
         cycles(&a) >= start + 4
     });
     s.a.kill9();
+    // An image in the way of the failover, made by someone else: refused,
+    // left alone.
+    let in_the_way = format!("rbd/failover-{}", standby_names[0]);
+    rbd("site-b", &["create", "--size", "1", &in_the_way]);
+    let out = run(&b, &["group", "failover", "g1", "--rp", "r1"]);
+    assert!(
+        !out.status.success() && text(&out).contains("exists; move it away first"),
+        "{}",
+        text(&out)
+    );
+    rbd("site-b", &["info", &in_the_way]);
+    rbd("site-b", &["rm", &in_the_way]);
+    if cfg!(feature = "failpoints") {
+        // The standby killed after its first failover image: the retry
+        // replaces what the failed attempt made.
+        s.b.restart(&[("FAILPOINTS", "failover::after-image=sleep(20000)")]);
+        let op = ok(&b, &["group", "failover", "g1", "--rp", "r1"]);
+        wait_for("the first failover image", || {
+            String::from_utf8_lossy(&rbd("site-b", &["ls", "rbd"]).stdout)
+                .lines()
+                .any(|l| l == format!("failover-{}", standby_names[0]))
+        });
+        s.b.restart(&[]);
+        let done = wait_op_finished(&b, &op);
+        assert_eq!(done["state"]["state"], "failed", "{done}");
+        assert_eq!(group_state(&b, "g1"), "failover_failed");
+    }
     let op = ok(&b, &["group", "failover", "g1", "--rp", "r1", "--wait"]);
     assert_eq!(op["state"]["state"], "succeeded", "{op}");
     for (name, want) in standby_names.iter().zip(&at_r1) {
