@@ -371,6 +371,56 @@ pub fn ferry_spawn(args: &[&str]) -> Child {
         .expect("starting ferry")
 }
 
+/// The arguments of `ferry sync --dir DIR file:SOURCE TARGET --peer PEER
+/// --json EXTRA…`.
+pub fn sync_args(
+    dir: &Path,
+    source: &Path,
+    target: &str,
+    peer: &str,
+    extra: &[&str],
+) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "sync".into(),
+        "--dir".into(),
+        dir.display().to_string(),
+        format!("file:{}", source.display()),
+        target.into(),
+        "--peer".into(),
+        peer.into(),
+        "--json".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// Starts `ferry sync … --json` (see [`sync_args`]) in the background.
+pub fn sync_spawn(dir: &Path, source: &Path, target: &str, peer: &str, extra: &[&str]) -> Child {
+    let args = sync_args(dir, source, target, peer, extra);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    ferry_spawn(&refs)
+}
+
+/// Every pending-epoch journal (`*.journal`) under a files standby agent's
+/// image directories (`DIR/images/*/`), sorted.
+pub fn standby_journals(standby_dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let images = standby_dir.join("images");
+    for dir in std::fs::read_dir(images).into_iter().flatten().flatten() {
+        for f in std::fs::read_dir(dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if f.path().extension().is_some_and(|e| e == "journal") {
+                out.push(f.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 /// Runs `ferry sync … --json` and returns the parsed report (panics on failure).
 pub fn sync_json(
     dir: &Path,
@@ -379,13 +429,9 @@ pub fn sync_json(
     peer: &str,
     extra: &[&str],
 ) -> serde_json::Value {
-    let src = format!("file:{}", source.display());
-    let dir_s = dir.display().to_string();
-    let mut args = vec![
-        "sync", "--dir", &dir_s, &src, target, "--peer", peer, "--json",
-    ];
-    args.extend_from_slice(extra);
-    let out = ferry(&args);
+    let args = sync_args(dir, source, target, peer, extra);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = ferry(&refs);
     assert!(
         out.status.success(),
         "ferry sync failed ({}):\nstdout: {}\nstderr: {}",

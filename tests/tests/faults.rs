@@ -49,7 +49,7 @@ use std::time::{Duration, Instant};
 use ferry_agent::imagegen;
 use ferry_e2e::lab::{pyrbd, rbd};
 use ferry_e2e::loopdev::LoopDevice;
-use ferry_e2e::{ferry, ferry_spawn, hash_file, Pair};
+use ferry_e2e::{ferry, ferry_spawn, hash_file, standby_journals, Pair};
 use ferry_engine::netsim::{Impairment, UdpProxy};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -546,7 +546,7 @@ impl World {
                 let _ = child.kill();
                 let _ = child.wait();
                 self.pair.standby.kill9();
-                let journals = find_journals(&self.pair.standby.dir.join("images"));
+                let journals = standby_journals(&self.pair.standby.dir);
                 let mut flipped = None;
                 if let Some(journal) = journals.first() {
                     let len = std::fs::metadata(journal).unwrap().len();
@@ -742,23 +742,6 @@ fn put_byte(path: &Path, at: u64, value: u8) {
     let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
     f.write_all_at(&[value], at).unwrap();
     f.sync_all().unwrap();
-}
-
-fn find_journals(images: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for dir in std::fs::read_dir(images).into_iter().flatten().flatten() {
-        for f in std::fs::read_dir(dir.path())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            if f.path().extension().is_some_and(|e| e == "journal") {
-                out.push(f.path());
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 fn env_u64(name: &str) -> Option<u64> {

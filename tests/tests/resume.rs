@@ -7,10 +7,10 @@
 //! that the standby committed the epoch (roll the source forward) instead of
 //! being refused with "epoch N is not newer than committed epoch N".
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ferry_e2e::{ferry_spawn, hash_file, sync_json, Pair};
+use ferry_e2e::{hash_file, standby_journals, sync_json, sync_spawn, Pair};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -23,24 +23,6 @@ fn random_image(path: &Path, size: u64, seed: u64) {
     let mut data = vec![0u8; size as usize];
     rng.fill_bytes(&mut data);
     std::fs::write(path, data).unwrap();
-}
-
-/// Every pending-epoch journal under the standby's image directories.
-fn journals(standby_dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let images = standby_dir.join("images");
-    for dir in std::fs::read_dir(images).into_iter().flatten().flatten() {
-        for f in std::fs::read_dir(dir.path())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            if f.path().extension().is_some_and(|e| e == "journal") {
-                out.push(f.path());
-            }
-        }
-    }
-    out
 }
 
 /// Starts a slow sync, waits until the standby's pending journal has
@@ -71,26 +53,19 @@ fn kill_mid_transfer_then_resync(pair: &Pair, image: &Path, name: &str) {
 /// batches durably.
 fn kill_mid_transfer(pair: &Pair, image: &Path, name: &str) {
     let target = pair.standby.target(name);
-    let dir_s = pair.primary_dir.display().to_string();
-    let src = format!("file:{}", image.display());
-    let mut child = ferry_spawn(&[
-        "sync",
-        "--dir",
-        &dir_s,
-        &src,
+    let mut child = sync_spawn(
+        &pair.primary_dir,
+        image,
         &target,
-        "--peer",
         &pair.standby.fingerprint,
-        "--json",
-        "--bwlimit",
-        "8M",
-    ]);
+        &["--bwlimit", "8M"],
+    );
     // Batches durable on the standby (the journal's open record is 64
     // bytes, each batch record at least 57), well before the end of the
     // 48 MiB image.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let len: u64 = journals(&pair.standby.dir)
+        let len: u64 = standby_journals(&pair.standby.dir)
             .iter()
             .filter_map(|j| std::fs::metadata(j).ok())
             .map(|m| m.len())
@@ -197,8 +172,6 @@ fn primary_killed_after_sending_commit_rolls_forward() {
     let image = pair.path("rp.raw");
     random_image(&image, 8 * MIB, 4);
     let target = pair.standby.target("rp");
-    let dir_s = pair.primary_dir.display().to_string();
-    let src = format!("file:{}", image.display());
     sync_json(
         &pair.primary_dir,
         &image,
@@ -210,16 +183,13 @@ fn primary_killed_after_sending_commit_rolls_forward() {
     let held = hash_file(&image);
     pair.standby
         .restart(&[("FAILPOINTS", "standby::after-intent=sleep(4000)")]);
-    let mut child = ferry_spawn(&[
-        "sync",
-        "--dir",
-        &dir_s,
-        &src,
+    let mut child = sync_spawn(
+        &pair.primary_dir,
+        &image,
         &target,
-        "--peer",
         &pair.standby.fingerprint,
-        "--json",
-    ]);
+        &[],
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     while !pair
         .standby

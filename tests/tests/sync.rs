@@ -150,20 +150,13 @@ fn link_cut_mid_sync_resumes_without_resending_acknowledged_data() {
         ))
         .unwrap();
     let target = format!("quic://{}/cut", proxy.listen_addr());
-    let src = format!("file:{}", image.display());
-    let dir_s = pair.primary_dir.display().to_string();
-    let child = ferry_e2e::ferry_spawn(&[
-        "sync",
-        "--dir",
-        &dir_s,
-        &src,
+    let child = ferry_e2e::sync_spawn(
+        &pair.primary_dir,
+        &image,
         &target,
-        "--peer",
         &pair.standby.fingerprint,
-        "--json",
-        "--bwlimit",
-        "25M",
-    ]);
+        &["--bwlimit", "25M"],
+    );
     std::thread::sleep(Duration::from_millis(2500));
     proxy.set_blackhole(true);
     std::thread::sleep(Duration::from_secs(4));
