@@ -982,13 +982,8 @@ impl ExtentSource for FileSource {
                 // Persist the finding (a retry must refuse again) and the
                 // synced manifest (a retry resumes at the end and refuses at
                 // once), not a completed scan: the cycle cannot commit.
-                let finding = ip.at_rest.clone();
-                let mut keep = self.state.clone();
-                if let Some(p) = keep.in_progress.as_mut() {
-                    p.at_rest = finding;
-                    p.durable_offset = size;
-                }
-                self.store_state(keep)?;
+                ip.durable_offset = size;
+                self.store_state(next)?;
                 if let Some(cycle) = self.cycle.as_mut() {
                     cycle.synced = size;
                 }
