@@ -2682,15 +2682,12 @@ impl Orchestrator {
                     out_dir.display()
                 )));
             }
-            // A retry: what is there is the failed attempt's partial output.
+            // A retry: what is there is the failed attempt's partial output,
+            // removed by the operation below.
             warn!(group = %g.name, dir = %out_dir.display(), "retrying a failed failover: replacing the failed attempt's copies");
-            std::fs::remove_dir_all(&out_dir).map_err(|e| {
-                internal(format!(
-                    "removing the failed failover's copies in {}",
-                    out_dir.display()
-                ))(e.into())
-            })?;
         }
+        let replace_out_dir = files && out_dir.exists();
+        let mut replace_images = Vec::new();
         if let ferry_engine::standby::Standby::Rbd(rbd) = &self.receiver.store {
             // The same rule for the RBD images `failover-IMAGE`: a first
             // attempt never takes over an image someone else made; a retry
@@ -2711,9 +2708,7 @@ impl Orchestrator {
                     )));
                 }
                 warn!(group = %g.name, image = %name, "retrying a failed failover: replacing the failed attempt's copy");
-                rbd.remove_volume(&name).map_err(|e| {
-                    internal(format!("removing the failed failover's RBD image {name}"))(e.into())
-                })?;
+                replace_images.push(name);
             }
         }
         let op = self.db(|s| {
@@ -2738,6 +2733,29 @@ impl Orchestrator {
             let dir = out_dir.clone();
             tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
                 let rp = ferry_protocol::RecoveryPointId(engine_rp);
+                // A retry first removes what the failed attempt made. On
+                // RBD this can wait for a killed agent's watch on a
+                // half-made image to expire, so it is done here, off the
+                // API's workers.
+                if replace_out_dir {
+                    match std::fs::remove_dir_all(&dir) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            return Err(anyhow::Error::new(e).context(format!(
+                                "removing the failed failover's copies in {}",
+                                dir.display()
+                            )))
+                        }
+                        _ => {}
+                    }
+                }
+                if let ferry_engine::standby::Standby::Rbd(rbd) = &receiver.store {
+                    for name in &replace_images {
+                        rbd.remove_volume(name).map_err(|e| {
+                            anyhow::Error::new(e)
+                                .context(format!("removing the failed failover's RBD image {name}"))
+                        })?;
+                    }
+                }
                 match &receiver.store {
                     ferry_engine::standby::Standby::Files(files) => {
                         std::fs::create_dir_all(&dir)?;

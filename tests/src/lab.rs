@@ -29,7 +29,7 @@ pub fn assert_ok(out: &Output, what: &str) {
 /// except for the subcommands that reject it (`ls`, `info`, `snap ls`,
 /// `snap protect`).
 pub fn rbd(site: &str, args: &[&str]) -> Output {
-    let rejects_no_progress = matches!(args, ["ls", ..] | ["info", ..] | ["diff", ..])
+    let rejects_no_progress = matches!(args, ["ls" | "info" | "diff" | "status", ..])
         || matches!(args, ["snap", "ls" | "protect", ..]);
     let quiet: &[&str] = if rejects_no_progress {
         &[]

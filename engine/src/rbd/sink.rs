@@ -21,6 +21,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use ferry_protocol::message::OpenImage;
 use ferry_protocol::types::{Epoch, ExtentKind, ImageName, RecoveryPointId, SeqNo};
@@ -43,6 +44,9 @@ const MAX_IN_FLIGHT_BYTES: u64 = 64 << 20;
 const MAX_IN_FLIGHT_OPS: usize = 512;
 /// Most hashes one `hash_range` call computes.
 const MAX_HASHES_PER_CALL: u64 = 1 << 20;
+/// How long removing an image waits for watchers to go away: a killed
+/// client's watch lasts `osd_client_watch_timeout` (30 s by default).
+const STALE_WATCH_WAIT: Duration = Duration::from_secs(60);
 
 /// Where an [`RbdStandby`] keeps images and bookkeeping.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -359,12 +363,9 @@ impl RbdStandby {
                         reason: format!("records recovery points but RBD image {ctx} is gone"),
                     });
                 }
-                self.inner
-                    .pool
-                    .create_image(image.as_str(), open.size, CreateOptions::default())
-                    .map_err(ceph(format!("creating {ctx}")))?;
+                let existed = self.create_pool_image(image.as_str(), open.size)?;
                 info!(image = %ctx, size = open.size, "created standby RBD image");
-                (self.open_image(image)?, false)
+                (self.open_image(image)?, existed)
             }
             Err(e) => return Err(e),
         };
@@ -824,12 +825,14 @@ impl RbdStandby {
     }
 
     /// Whether the pool holds an RBD image `name` (standby image or not).
+    /// An image whose creation was interrupted (listed, but without a
+    /// header to open) counts: it is in the way of creating one.
     pub fn volume_exists(&self, name: &str) -> Result<bool, StoreError> {
-        match self.inner.pool.open_read_only(name, None) {
-            Ok(_) => Ok(true),
-            Err(e) if e.is_not_found() => Ok(false),
-            Err(e) => Err(ceph(format!("opening {}/{name}", self.pool_name()))(e)),
-        }
+        let names = self.inner.pool.list_images().map_err(ceph(format!(
+            "listing the images of pool {}",
+            self.pool_name()
+        )))?;
+        Ok(names.iter().any(|n| n == name))
     }
 
     /// Deletes RBD image `name` of the pool with all its snapshots; for
@@ -847,27 +850,79 @@ impl RbdStandby {
         self.remove_pool_image(name)
     }
 
+    /// Creates RBD image `name` of `size` bytes; `Ok(true)` when an image
+    /// that opens was already there. An image whose creation was
+    /// interrupted before its header was written (a killed process: listed,
+    /// cannot be opened, holds nothing) is removed and made again.
+    fn create_pool_image(&self, name: &str, size: u64) -> Result<bool, StoreError> {
+        let ctx = format!("{}/{name}", self.pool_name());
+        let create = || {
+            self.inner
+                .pool
+                .create_image(name, size, CreateOptions::default())
+        };
+        match create() {
+            Ok(()) => return Ok(false),
+            Err(e) if e.is_exists() => {}
+            Err(e) => return Err(ceph(format!("creating {ctx}"))(e)),
+        }
+        match self.inner.pool.open_read_only(name, None) {
+            Ok(_) => return Ok(true),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(ceph(format!("opening {ctx}"))(e)),
+        }
+        warn!(image = %ctx, "removing an image whose creation was interrupted (no header) to make it again");
+        self.remove_pool_image(name)?;
+        create().map_err(ceph(format!("creating {ctx}")))?;
+        Ok(false)
+    }
+
     /// Removes RBD image `name` and its snapshots; absent is fine.
     fn remove_pool_image(&self, name: &str) -> Result<(), StoreError> {
         let ctx = format!("{}/{name}", self.pool_name());
-        let handle = match self.inner.pool.open(name) {
-            Ok(handle) => handle,
-            Err(e) if e.is_not_found() => return Ok(()),
+        match self.inner.pool.open(name) {
+            Ok(handle) => {
+                for snap in handle
+                    .snapshots()
+                    .map_err(ceph(format!("listing snapshots of {ctx}")))?
+                {
+                    handle
+                        .snap_remove(&snap.name)
+                        .map_err(ceph(format!("removing {ctx}@{}", snap.name)))?;
+                }
+            }
+            // Absent, or its creation was interrupted before the header was
+            // written (listed but unopenable): `rbd_remove` below tells the
+            // two apart and cleans up the second.
+            Err(e) if e.is_not_found() => {}
             Err(e) => return Err(ceph(format!("opening {ctx}"))(e)),
-        };
-        for snap in handle
-            .snapshots()
-            .map_err(ceph(format!("listing snapshots of {ctx}")))?
-        {
-            handle
-                .snap_remove(&snap.name)
-                .map_err(ceph(format!("removing {ctx}@{}", snap.name)))?;
         }
-        drop(handle);
-        match self.inner.pool.remove_image(name) {
-            Ok(()) => Ok(()),
-            Err(e) if e.is_not_found() => Ok(()),
-            Err(e) => Err(ceph(format!("removing {ctx}"))(e)),
+        // `rbd_remove` refuses an image that still has watchers. A process
+        // killed while it had the image open (an interrupted failover or
+        // migration copy) keeps its watch until the OSDs time it out
+        // (`osd_client_watch_timeout`, 30 s by default): wait that out
+        // rather than failing the retry that came to clean up after it.
+        let deadline = Instant::now() + STALE_WATCH_WAIT;
+        let mut warned = false;
+        loop {
+            match self.inner.pool.remove_image(name) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_not_found() => return Ok(()),
+                Err(e) if e.is_busy() && Instant::now() < deadline => {
+                    if !warned {
+                        warn!(image = %ctx, wait_s = STALE_WATCH_WAIT.as_secs(), "image still has watchers; waiting for a killed client's watch to expire");
+                        warned = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(e) if e.is_busy() => {
+                    return Err(ceph(format!(
+                        "removing {ctx} (it still has watchers after {} s: a client has it                          open, see `rbd status {ctx}`)",
+                        STALE_WATCH_WAIT.as_secs()
+                    ))(e))
+                }
+                Err(e) => return Err(ceph(format!("removing {ctx}"))(e)),
+            }
         }
     }
 
@@ -881,15 +936,8 @@ impl RbdStandby {
             return Ok(());
         }
         let ctx = format!("{}/{image}", self.pool_name());
-        match self
-            .inner
-            .pool
-            .create_image(image.as_str(), size, CreateOptions::default())
-        {
-            Ok(()) => {}
-            Err(e) if e.is_exists() => {}
-            Err(e) => return Err(ceph(format!("creating {ctx}"))(e)),
-        }
+        // Already there: made by an attempt killed before its record below.
+        self.create_pool_image(image.as_str(), size)?;
         self.save(&ImageRecord::empty(image))?;
         info!(image = %ctx, size, "created placeholder standby image");
         Ok(())

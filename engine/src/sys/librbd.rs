@@ -58,6 +58,46 @@ struct SnapInfoC {
     name: *const c_char,
 }
 
+/// `rbd_snap_group_namespace_t`.
+#[repr(C)]
+struct GroupSnapNamespaceC {
+    group_pool: i64,
+    group_name: *mut c_char,
+    group_snap_name: *mut c_char,
+}
+
+/// `rbd_group_info_t`.
+#[repr(C)]
+struct GroupInfoC {
+    name: *mut c_char,
+    pool: i64,
+}
+
+/// `rbd_group_image_info_t`.
+#[repr(C)]
+struct GroupImageInfoC {
+    name: *mut c_char,
+    pool: i64,
+    state: c_int,
+}
+
+const SNAP_NAMESPACE_TYPE_GROUP: c_int = 1;
+const SNAP_CREATE_IGNORE_QUIESCE_ERROR: u32 = 1 << 1;
+/// Prefix of the per-image snapshot names of group snapshots (librbd's
+/// `.group.<POOL>_<GROUP-ID>_<GROUP-SNAP-ID>`); such a snapshot lives in the
+/// group namespace and is opened by id, not by name.
+pub const GROUP_SNAP_PREFIX: &str = ".group.";
+
+fn owned_c_string(p: *const c_char) -> String {
+    if p.is_null() {
+        String::new()
+    } else {
+        // SAFETY: callers pass NUL-terminated strings librbd filled in,
+        // before the matching cleanup call.
+        unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+    }
+}
+
 /// Why a librados/librbd call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CephError {
@@ -107,6 +147,12 @@ impl CephError {
     /// Whether the call failed with `EEXIST`.
     pub fn is_exists(&self) -> bool {
         self.errno() == Some(libc::EEXIST)
+    }
+
+    /// Whether the call failed with `EBUSY` (for `rbd_remove`: the image
+    /// still has watchers).
+    pub fn is_busy(&self) -> bool {
+        self.errno() == Some(libc::EBUSY)
     }
 }
 
@@ -174,6 +220,7 @@ api! {
     rados: rados_shutdown: fn(RadosT);
     rados: rados_ioctx_create: fn(RadosT, *const c_char, *mut IoctxT) -> c_int;
     rados: rados_ioctx_destroy: fn(IoctxT);
+    rados: rados_pool_reverse_lookup: fn(RadosT, i64, *mut c_char, usize) -> c_int;
     rbd: rbd_open: fn(IoctxT, *const c_char, *mut ImageT, *const c_char) -> c_int;
     rbd: rbd_open_read_only: fn(IoctxT, *const c_char, *mut ImageT, *const c_char) -> c_int;
     rbd: rbd_close: fn(ImageT) -> c_int;
@@ -185,6 +232,21 @@ api! {
     rbd: rbd_image_options_set_uint64: fn(OptionsT, c_int, u64) -> c_int;
     rbd: rbd_create4: fn(IoctxT, *const c_char, u64, OptionsT) -> c_int;
     rbd: rbd_remove: fn(IoctxT, *const c_char) -> c_int;
+    rbd: rbd_list: fn(IoctxT, *mut c_char, *mut usize) -> c_int;
+    rbd: rbd_snap_set_by_id: fn(ImageT, u64) -> c_int;
+    rbd: rbd_snap_get_namespace_type: fn(ImageT, u64, *mut c_int) -> c_int;
+    rbd: rbd_snap_get_group_namespace: fn(ImageT, u64, *mut GroupSnapNamespaceC, usize) -> c_int;
+    rbd: rbd_snap_group_namespace_cleanup: fn(*mut GroupSnapNamespaceC, usize) -> c_int;
+    rbd: rbd_get_group: fn(ImageT, *mut GroupInfoC, usize) -> c_int;
+    rbd: rbd_group_info_cleanup: fn(*mut GroupInfoC, usize) -> c_int;
+    rbd: rbd_group_create: fn(IoctxT, *const c_char) -> c_int;
+    rbd: rbd_group_remove: fn(IoctxT, *const c_char) -> c_int;
+    rbd: rbd_group_image_add: fn(IoctxT, *const c_char, IoctxT, *const c_char) -> c_int;
+    rbd: rbd_group_image_remove: fn(IoctxT, *const c_char, IoctxT, *const c_char) -> c_int;
+    rbd: rbd_group_image_list: fn(IoctxT, *const c_char, *mut GroupImageInfoC, usize, *mut usize) -> c_int;
+    rbd: rbd_group_image_list_cleanup: fn(*mut GroupImageInfoC, usize, usize) -> c_int;
+    rbd: rbd_group_snap_create2: fn(IoctxT, *const c_char, *const c_char, u32) -> c_int;
+    rbd: rbd_group_snap_remove: fn(IoctxT, *const c_char, *const c_char) -> c_int;
     rbd: rbd_resize: fn(ImageT, u64) -> c_int;
     rbd: rbd_snap_exists: fn(ImageT, *const c_char, *mut bool) -> c_int;
     rbd: rbd_snap_create: fn(ImageT, *const c_char) -> c_int;
@@ -475,6 +537,200 @@ impl Pool {
         check(rc, "rbd_remove", || self.target(name))
     }
 
+    /// Names of the pool's images, as its image directory lists them:
+    /// including an image whose creation was interrupted before its header
+    /// was written (it cannot be opened, but `rbd_remove` removes it).
+    pub fn list_images(&self) -> Result<Vec<String>, CephError> {
+        let mut capacity: usize = 4096;
+        loop {
+            let mut buf = vec![0u8; capacity];
+            let mut size = capacity;
+            // SAFETY: `buf` has room for `size` bytes; librbd writes the
+            // NUL-separated names into at most that many, or returns -ERANGE
+            // with the size it needs in `size`.
+            let rc = unsafe {
+                (self.cluster.api.rbd_list)(self.ioctx, buf.as_mut_ptr().cast(), &mut size)
+            };
+            if rc == -libc::ERANGE {
+                capacity = size.max(capacity * 2);
+                continue;
+            }
+            check(rc, "rbd_list", || self.target(""))?;
+            let used = usize::try_from(rc).unwrap_or(0).min(buf.len());
+            return Ok(buf[..used]
+                .split(|&b| b == 0)
+                .filter(|name| !name.is_empty())
+                .map(|name| String::from_utf8_lossy(name).into_owned())
+                .collect());
+        }
+    }
+
+    /// Another pool of the same cluster, by pool id.
+    pub fn pool_by_id(&self, id: i64) -> Result<Arc<Pool>, CephError> {
+        let mut buf = vec![0u8; 256];
+        // SAFETY: connected cluster handle; `buf` has room for `len` bytes.
+        let rc = unsafe {
+            (self.cluster.api.rados_pool_reverse_lookup)(
+                self.cluster.handle,
+                id,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        check(rc, "rados_pool_reverse_lookup", || format!("pool id {id}"))?;
+        let name = CStr::from_bytes_until_nul(&buf)
+            .map(|c| c.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.cluster.pool(&name)
+    }
+
+    /// Creates RBD group `name` in this pool; an existing one is fine.
+    pub fn group_create(&self, name: &str) -> Result<(), CephError> {
+        let c_name = cstring("group", name)?;
+        // SAFETY: valid ioctx and name.
+        let rc = unsafe { (self.cluster.api.rbd_group_create)(self.ioctx, c_name.as_ptr()) };
+        if rc == -libc::EEXIST {
+            return Ok(());
+        }
+        check(rc, "rbd_group_create", || self.target(name))
+    }
+
+    /// Removes RBD group `name` (its snapshots go, its images stay); an
+    /// absent one is fine.
+    pub fn group_remove(&self, name: &str) -> Result<(), CephError> {
+        let c_name = cstring("group", name)?;
+        // SAFETY: valid ioctx and name.
+        let rc = unsafe { (self.cluster.api.rbd_group_remove)(self.ioctx, c_name.as_ptr()) };
+        if rc == -libc::ENOENT {
+            return Ok(());
+        }
+        check(rc, "rbd_group_remove", || self.target(name))
+    }
+
+    /// Adds image `image` of pool `image_pool` to group `group` of this pool.
+    pub fn group_image_add(
+        &self,
+        group: &str,
+        image_pool: &Pool,
+        image: &str,
+    ) -> Result<(), CephError> {
+        let (c_group, c_image) = (cstring("group", group)?, cstring("image", image)?);
+        // SAFETY: valid ioctxs and names.
+        let rc = unsafe {
+            (self.cluster.api.rbd_group_image_add)(
+                self.ioctx,
+                c_group.as_ptr(),
+                image_pool.ioctx,
+                c_image.as_ptr(),
+            )
+        };
+        check(rc, "rbd_group_image_add", || {
+            format!("{} + {}", self.target(group), image_pool.target(image))
+        })
+    }
+
+    /// Removes image `image` of pool `image_pool` from group `group` of
+    /// this pool (librbd removes the image's snapshots of that group).
+    pub fn group_image_remove(
+        &self,
+        group: &str,
+        image_pool: &Pool,
+        image: &str,
+    ) -> Result<(), CephError> {
+        let (c_group, c_image) = (cstring("group", group)?, cstring("image", image)?);
+        // SAFETY: valid ioctxs and names.
+        let rc = unsafe {
+            (self.cluster.api.rbd_group_image_remove)(
+                self.ioctx,
+                c_group.as_ptr(),
+                image_pool.ioctx,
+                c_image.as_ptr(),
+            )
+        };
+        check(rc, "rbd_group_image_remove", || {
+            format!("{} - {}", self.target(group), image_pool.target(image))
+        })
+    }
+
+    /// How many images group `group` of this pool holds.
+    pub fn group_image_count(&self, group: &str) -> Result<usize, CephError> {
+        let c_group = cstring("group", group)?;
+        let mut capacity = 32usize;
+        loop {
+            let mut buf: Vec<GroupImageInfoC> = (0..capacity)
+                .map(|_| GroupImageInfoC {
+                    name: std::ptr::null_mut(),
+                    pool: 0,
+                    state: 0,
+                })
+                .collect();
+            let mut count = capacity;
+            // SAFETY: `buf` has room for `count` entries of the size passed;
+            // librbd fills at most that many or returns -ERANGE with the
+            // number it needs in `count`.
+            let rc = unsafe {
+                (self.cluster.api.rbd_group_image_list)(
+                    self.ioctx,
+                    c_group.as_ptr(),
+                    buf.as_mut_ptr(),
+                    std::mem::size_of::<GroupImageInfoC>(),
+                    &mut count,
+                )
+            };
+            if rc == -libc::ERANGE {
+                capacity = count.max(capacity * 2);
+                continue;
+            }
+            check(rc, "rbd_group_image_list", || self.target(group))?;
+            let count = count.min(buf.len());
+            // SAFETY: frees the `count` entries librbd filled.
+            unsafe {
+                (self.cluster.api.rbd_group_image_list_cleanup)(
+                    buf.as_mut_ptr(),
+                    std::mem::size_of::<GroupImageInfoC>(),
+                    count,
+                )
+            };
+            return Ok(count);
+        }
+    }
+
+    /// Takes snapshot `snap` of every image of group `group` (of this pool)
+    /// at one instant: librbd takes each image's exclusive lock while
+    /// telling other clients' lock requests to retry (their writes wait; they
+    /// do not fail), then snapshots them all. Quiesce-hook failures of
+    /// other clients are ignored: the snapshot is crash-consistent anyway.
+    pub fn group_snap_create(&self, group: &str, snap: &str) -> Result<(), CephError> {
+        let (c_group, c_snap) = (cstring("group", group)?, cstring("snapshot", snap)?);
+        // SAFETY: valid ioctx and names.
+        let rc = unsafe {
+            (self.cluster.api.rbd_group_snap_create2)(
+                self.ioctx,
+                c_group.as_ptr(),
+                c_snap.as_ptr(),
+                SNAP_CREATE_IGNORE_QUIESCE_ERROR,
+            )
+        };
+        check(rc, "rbd_group_snap_create2", || {
+            format!("{}@{snap}", self.target(group))
+        })
+    }
+
+    /// Removes snapshot `snap` of group `group`; an absent one is fine.
+    pub fn group_snap_remove(&self, group: &str, snap: &str) -> Result<(), CephError> {
+        let (c_group, c_snap) = (cstring("group", group)?, cstring("snapshot", snap)?);
+        // SAFETY: valid ioctx and names.
+        let rc = unsafe {
+            (self.cluster.api.rbd_group_snap_remove)(self.ioctx, c_group.as_ptr(), c_snap.as_ptr())
+        };
+        if rc == -libc::ENOENT {
+            return Ok(());
+        }
+        check(rc, "rbd_group_snap_remove", || {
+            format!("{}@{snap}", self.target(group))
+        })
+    }
+
     /// Opens image `name` for writing (at its head).
     pub fn open(self: &Arc<Self>, name: &str) -> Result<Image, CephError> {
         self.open_impl(name, None, false)
@@ -497,6 +753,24 @@ impl Pool {
     ) -> Result<Image, CephError> {
         let api = self.cluster.api;
         let c_name = cstring("image", name)?;
+        if let Some(group_snap) = snap.filter(|s| s.starts_with(GROUP_SNAP_PREFIX)) {
+            // Not reachable by name (that looks in the user namespace):
+            // open the head and move the handle to the snapshot's id.
+            let mut image = self.open_impl(name, None, read_only)?;
+            let id = image
+                .snapshots()?
+                .into_iter()
+                .find(|s| s.name == group_snap)
+                .map(|s| s.id)
+                .ok_or_else(|| CephError::Call {
+                    op: "rbd_snap_list",
+                    target: format!("{}@{group_snap}", self.target(name)),
+                    source: std::io::Error::from_raw_os_error(libc::ENOENT),
+                })?;
+            image.set_snap_by_id(id)?;
+            image.spec = format!("{}@{group_snap}", self.target(name));
+            return Ok(image);
+        }
         let c_snap = match snap {
             Some(s) => Some(cstring("snapshot", s)?),
             None => None,
@@ -880,6 +1154,59 @@ impl Image {
             }
         }
         Ok(names.len())
+    }
+
+    /// Moves this handle to snapshot `id` (of any namespace).
+    pub fn set_snap_by_id(&self, id: u64) -> Result<(), CephError> {
+        // SAFETY: open handle.
+        let rc = unsafe { (self.api().rbd_snap_set_by_id)(self.handle, id) };
+        self.check(rc, "rbd_snap_set_by_id")
+    }
+
+    /// For a snapshot of a group snapshot: (group pool id, group name,
+    /// group snapshot name); `None` for snapshots of other namespaces.
+    pub fn snap_group(&self, id: u64) -> Result<Option<(i64, String, String)>, CephError> {
+        let mut kind: c_int = 0;
+        // SAFETY: open handle and out-pointer.
+        let rc = unsafe { (self.api().rbd_snap_get_namespace_type)(self.handle, id, &mut kind) };
+        self.check(rc, "rbd_snap_get_namespace_type")?;
+        if kind != SNAP_NAMESPACE_TYPE_GROUP {
+            return Ok(None);
+        }
+        let mut ns = GroupSnapNamespaceC {
+            group_pool: 0,
+            group_name: std::ptr::null_mut(),
+            group_snap_name: std::ptr::null_mut(),
+        };
+        let size = std::mem::size_of::<GroupSnapNamespaceC>();
+        // SAFETY: open handle; `ns` is the struct librbd fills.
+        let rc =
+            unsafe { (self.api().rbd_snap_get_group_namespace)(self.handle, id, &mut ns, size) };
+        self.check(rc, "rbd_snap_get_group_namespace")?;
+        let out = (
+            ns.group_pool,
+            owned_c_string(ns.group_name),
+            owned_c_string(ns.group_snap_name),
+        );
+        // SAFETY: frees the strings librbd allocated in `ns`.
+        unsafe { (self.api().rbd_snap_group_namespace_cleanup)(&mut ns, size) };
+        Ok(Some(out))
+    }
+
+    /// The RBD group this image belongs to: (pool id, name), if any.
+    pub fn group(&self) -> Result<Option<(i64, String)>, CephError> {
+        let mut info = GroupInfoC {
+            name: std::ptr::null_mut(),
+            pool: -1,
+        };
+        let size = std::mem::size_of::<GroupInfoC>();
+        // SAFETY: open handle; `info` is the struct librbd fills.
+        let rc = unsafe { (self.api().rbd_get_group)(self.handle, &mut info, size) };
+        self.check(rc, "rbd_get_group")?;
+        let out = (info.pool, owned_c_string(info.name));
+        // SAFETY: frees the name librbd allocated in `info`.
+        unsafe { (self.api().rbd_group_info_cleanup)(&mut info, size) };
+        Ok((out.0 >= 0 && !out.1.is_empty()).then_some(out))
     }
 
     /// Releases a lock taken with [`Image::lock_exclusive`].
