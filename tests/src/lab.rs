@@ -30,7 +30,7 @@ pub fn assert_ok(out: &Output, what: &str) {
 /// `snap protect`).
 pub fn rbd(site: &str, args: &[&str]) -> Output {
     let rejects_no_progress = matches!(args, ["ls" | "info" | "diff" | "status", ..])
-        || matches!(args, ["snap", "ls" | "protect", ..]);
+        || matches!(args, ["snap", "ls" | "protect", ..] | ["group", ..]);
     let quiet: &[&str] = if rejects_no_progress {
         &[]
     } else {

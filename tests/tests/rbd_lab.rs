@@ -4,7 +4,9 @@
 //! site-a to a standby agent whose images live in site-b's pool, checked by
 //! hashing both sides at the recovery point; SIGKILL of the standby
 //! mid-apply; a three-image group recovery point with a write-order check;
-//! restore into a new image; `ferry export-diff`/`import-diff` on `rbd:`
+//! restore into a new image; the RBD group a multi-image capture uses
+//! (writers never fail, membership changes stay incremental); removing
+//! images a killed client left half-made; `ferry export-diff`/`import-diff` on `rbd:`
 //! images against the real `rbd` tool.
 
 use std::path::Path;
@@ -399,6 +401,15 @@ fn lab_group_recovery_point_keeps_write_order_across_images() {
         points.push(report["recovery_point"].as_u64().expect("rp"));
         std::thread::sleep(Duration::from_millis(300));
     }
+    // The captures must not fail the application's writes: ferry first
+    // took the images' exclusive locks with rbd_lock_acquire, which makes
+    // librbd answer other writers "read-only" (EROFS) for the capture.
+    if let Some(status) = writer.try_wait().expect("writer status") {
+        let mut err = String::new();
+        use std::io::Read;
+        let _ = writer.stderr.take().map(|mut e| e.read_to_string(&mut err));
+        panic!("the writer died during the captures ({status}): {err}");
+    }
     let _ = writer.kill();
     let _ = writer.wait();
 
@@ -429,6 +440,19 @@ fn lab_group_recovery_point_keeps_write_order_across_images() {
         progressed |= counters[2] > 0;
     }
     assert!(progressed, "the writer never ran during the syncs");
+    // The images are in ferry's RBD group while replicated; ending the
+    // replication takes them out and removes the group.
+    let group_of = |name: &str| {
+        let info = rbd("site-a", &["info", &format!("rbd/{name}")]);
+        String::from_utf8_lossy(&info.stdout)
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("group: ").map(str::to_owned))
+    };
+    let group = group_of(names[0]).expect("the images are in ferry's RBD group");
+    assert!(group.contains("ferry-"), "{group}");
+    for name in &names {
+        assert_eq!(group_of(name).as_deref(), Some(group.as_str()));
+    }
 }
 
 #[test]
@@ -749,4 +773,114 @@ fn lab_removing_images_a_killed_client_left_half_made() {
         .remove_volume(&watched)
         .expect("the removal waits out the dead watch");
     assert!(!store.volume_exists(&watched).expect("exists"));
+}
+
+/// The RBD group ferry keeps a multi-image capture's images in follows the
+/// group's membership: adding an image moves the others into a new group
+/// without a full copy of them (their diff base is a user snapshot), the
+/// standby equals the sources at every point, `ferry verify` reads the
+/// committed group snapshots, and the old group goes once nothing names its
+/// snapshots.
+#[test]
+fn lab_group_membership_change_stays_incremental_and_cleans_up() {
+    if !lab() {
+        return;
+    }
+    let images = LabImages::new("mem", 3);
+    let names: Vec<&str> = images.0.iter().map(String::as_str).collect();
+    let pair = rbd_pair();
+    for (i, name) in names.iter().enumerate() {
+        rbd(
+            "site-a",
+            &["create", &format!("rbd/{name}"), "--size", "32"],
+        );
+        scribble("site-a", name, 10 + i as u64, 80);
+    }
+    let group_of = |name: &str| {
+        let info = rbd("site-a", &["info", &format!("rbd/{name}")]);
+        String::from_utf8_lossy(&info.stdout)
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("group: ").map(str::to_owned))
+    };
+    let groups = || {
+        String::from_utf8_lossy(&rbd("site-a", &["group", "ls", "rbd"]).stdout)
+            .lines()
+            .filter(|l| l.starts_with("ferry-"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let check_points = |report: &serde_json::Value, members: &[&str]| {
+        let rp = report["recovery_point"].as_u64().expect("rp");
+        for name in members {
+            assert_eq!(
+                image_hash(
+                    "site-b",
+                    &format!("rbd/{name}@ferry-rp-{rp}"),
+                    pair.tmp.path()
+                ),
+                image_hash("site-a", &format!("rbd/{name}"), pair.tmp.path()),
+                "{name} at {rp}"
+            );
+            ok(&verify_rbd(&pair, name), "ferry verify");
+        }
+    };
+    let base_epochs = |report: &serde_json::Value| -> Vec<u64> {
+        report["images"]
+            .as_array()
+            .expect("images")
+            .iter()
+            .map(|i| i["base_epoch"].as_u64().expect("base_epoch"))
+            .collect()
+    };
+
+    let two = &names[..2];
+    let full = sync_rbd(&pair, two, &[]);
+    check_points(&full, two);
+    for name in two {
+        scribble("site-a", name, 20, 10);
+    }
+    let inc = sync_rbd(&pair, two, &[]);
+    assert!(base_epochs(&inc).iter().all(|&e| e > 0), "{inc}");
+    check_points(&inc, two);
+    let first_group = group_of(two[0]).expect("in ferry's group");
+    assert_eq!(group_of(two[1]).as_deref(), Some(first_group.as_str()));
+    // Only this replication's newest group snapshot and the one before it.
+    let group_snaps = rbd("site-a", &["group", "snap", "ls", &first_group]);
+    let group_snaps = String::from_utf8_lossy(&group_snaps.stdout).into_owned();
+    assert!(
+        (1..=2).contains(&group_snaps.matches("ferry.").count()),
+        "{group_snaps}"
+    );
+
+    // A third image joins: a new group; the first two stay incremental.
+    for name in two {
+        scribble("site-a", name, 30, 10);
+    }
+    let joined = sync_rbd(&pair, &names, &[]);
+    assert!(
+        base_epochs(&joined)[..2].iter().all(|&e| e > 0),
+        "moving to a new group must not cost a full copy: {joined}"
+    );
+    check_points(&joined, &names);
+    let second_group = group_of(names[0]).expect("in ferry's group");
+    assert_ne!(second_group, first_group);
+    for name in &names {
+        assert_eq!(group_of(name).as_deref(), Some(second_group.as_str()));
+    }
+    // The next capture finds nothing naming the old group's snapshots.
+    let again = sync_rbd(&pair, &names, &[]);
+    check_points(&again, &names);
+    let left = groups();
+    let old = first_group.trim_start_matches("rbd/");
+    assert!(!left.iter().any(|g| g == old), "{left:?}");
+    assert_eq!(
+        left.iter().filter(|g| second_group.ends_with(*g)).count(),
+        1,
+        "{left:?}"
+    );
+
+    // One image synced on its own leaves the group.
+    let alone = sync_rbd(&pair, &names[..1], &[]);
+    check_points(&alone, &names[..1]);
+    assert_eq!(group_of(names[0]), None);
 }

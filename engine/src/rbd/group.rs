@@ -1,27 +1,53 @@
 //! Group captures: snapshots of several RBD images taken at one instant.
 //!
-//! Every image's exclusive lock is taken (in a fixed order), which makes
-//! other librbd clients finish their in-flight writes and hold new ones;
-//! then every image is snapshotted and the locks are released. A write
-//! that completed before the capture is in it; a write issued after another
-//! image's write completed can only be missing from the capture if that
-//! earlier write is missing too — the property a crash-consistent group
-//! recovery point needs. (RBD group snapshots, `rbd_group_snap_create`, do
-//! the same internally, but their snapshots live in the group namespace,
-//! which `rbd_diff_iterate2` cannot name as a base; so ferry takes user
-//! snapshots under the same quiesce.) This needs the exclusive-lock feature
-//! on every image of a multi-image group.
+//! The images of a multi-image capture are members of an RBD group that
+//! ferry manages, `ferry-<HASH of the image specs>`, and the instant is an
+//! RBD group snapshot (`rbd_group_snap_create`). librbd takes every image's
+//! exclusive lock for it while answering other clients' lock requests with
+//! "busy, retry": their writes wait a moment and then go on. (Taking the
+//! locks through `rbd_lock_acquire` instead, as ferry first did, answers
+//! them "read-only": the protected VMs' writes *fail* with EROFS for the
+//! whole capture — seen in the lab.) A write that completed before the
+//! capture is in it; a write issued after another image's write completed
+//! can only be missing from the capture if that earlier write is missing
+//! too — the property a crash-consistent group recovery point needs. This
+//! needs the exclusive-lock feature on every image of a multi-image group.
+//!
+//! `rbd_diff_iterate2` can only start from a user snapshot, so just before
+//! the group snapshot each image also gets a user snapshot; it becomes that
+//! image's next diff base (see `Capture::base` in [`super::source`]). An
+//! image in an RBD group that ferry did not make is refused; an image moved
+//! between ferry groups (the group's membership changed) leaves the old one,
+//! which is removed once empty. A single image is snapshotted on its own and
+//! leaves any ferry group it was in.
 //!
 //! A capture that a cycle already started reading is reused when every image
 //! of the group has the same one (resuming an interrupted group sync), and
 //! retaken for all images otherwise.
 
-use tracing::info;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use tracing::{info, warn};
 
 use super::source::RbdSource;
 use super::{unix_ms, RbdError};
 use crate::source::SourceError;
-use crate::sys::librbd::FEATURE_EXCLUSIVE_LOCK;
+use crate::sys::librbd::{CephError, Image, Pool, FEATURE_EXCLUSIVE_LOCK, GROUP_SNAP_PREFIX};
+
+/// Name prefix of the RBD groups ferry makes.
+pub const FERRY_GROUP_PREFIX: &str = "ferry-";
+
+fn rbd(e: CephError) -> SourceError {
+    SourceError::Rbd(Box::new(RbdError::Ceph(e)))
+}
+
+fn short_hash<'a>(parts: impl Iterator<Item = &'a str>) -> String {
+    let mut sorted: Vec<&str> = parts.collect();
+    sorted.sort_unstable();
+    let digest = blake3::hash(sorted.join("\n").as_bytes());
+    digest.to_hex()[..16].to_owned()
+}
 
 /// Makes every source hold a capture of one instant; returns whether new
 /// snapshots were taken.
@@ -39,48 +65,235 @@ pub fn capture_group(sources: &mut [&mut RbdSource]) -> Result<bool, SourceError
     for source in sources.iter_mut() {
         source.drop_capture()?;
     }
-    let rbd = |e: crate::sys::librbd::CephError| SourceError::Rbd(Box::new(RbdError::Ceph(e)));
-    if sources.len() > 1 {
-        for source in sources.iter() {
-            let features = source.head().features().map_err(rbd)?;
-            if features & FEATURE_EXCLUSIVE_LOCK == 0 {
-                return Err(SourceError::Rbd(Box::new(RbdError::Unsupported {
-                    image: source.spec().to_string(),
-                    reason: "a group recovery point over several images needs the exclusive-lock feature on each (rbd feature enable POOL/IMAGE exclusive-lock)".into(),
-                })));
-            }
+    let instant = unix_ms();
+    if sources.len() == 1 {
+        let source = &mut sources[0];
+        leave_ferry_group(source.pool(), source.head(), &source.spec().image, None)?;
+        remove_unreferenced_group_snaps(sources, None)?;
+        let source = &mut sources[0];
+        let name = source.capture_name(instant);
+        source.head().snap_create(&name).map_err(rbd)?;
+        source.adopt_capture(name, None)?;
+        info!(image = %source.spec(), instant, "captured a recovery point");
+        return Ok(true);
+    }
+    for source in sources.iter() {
+        let features = source.head().features().map_err(rbd)?;
+        if features & FEATURE_EXCLUSIVE_LOCK == 0 {
+            return Err(SourceError::Rbd(Box::new(RbdError::Unsupported {
+                image: source.spec().to_string(),
+                reason: "a group recovery point over several images needs the exclusive-lock feature on each (rbd feature enable POOL/IMAGE exclusive-lock)".into(),
+            })));
         }
     }
-    let instant = unix_ms();
     let mut order: Vec<usize> = (0..sources.len()).collect();
     order.sort_by_key(|&i| sources[i].spec().to_string());
-    let mut locked = Vec::new();
-    let result = (|| {
-        if sources.len() > 1 {
-            for &i in &order {
-                sources[i].head().lock_exclusive().map_err(rbd)?;
-                locked.push(i);
-            }
+    let specs: Vec<String> = sources.iter().map(|s| s.spec().to_string()).collect();
+    let group = format!(
+        "{FERRY_GROUP_PREFIX}{}",
+        short_hash(specs.iter().map(String::as_str))
+    );
+    let snap_prefix = format!("ferry.{}.", short_hash(sources.iter().map(|s| s.tag())));
+    let group_pool = sources[order[0]].pool().clone();
+    group_pool.group_create(&group).map_err(rbd)?;
+    for source in sources.iter() {
+        let joined = leave_ferry_group(
+            source.pool(),
+            source.head(),
+            &source.spec().image,
+            Some(&group),
+        )?;
+        if !joined {
+            group_pool
+                .group_image_add(&group, source.pool(), &source.spec().image)
+                .map_err(rbd)?;
+            info!(image = %source.spec(), group = %group, "added the image to ferry's RBD group");
         }
-        let mut names = Vec::with_capacity(sources.len());
+    }
+    remove_unreferenced_group_snaps(sources, Some((&group, &snap_prefix)))?;
+
+    // Each image's next diff base first, then the instant itself.
+    let mut bases: Vec<(usize, String)> = Vec::with_capacity(sources.len());
+    let group_snap = format!("{snap_prefix}{instant}");
+    let result = (|| {
         for &i in &order {
             let name = sources[i].capture_name(instant);
             sources[i].head().snap_create(&name).map_err(rbd)?;
-            names.push((i, name));
+            bases.push((i, name));
         }
-        Ok::<_, SourceError>(names)
+        group_pool
+            .group_snap_create(&group, &group_snap)
+            .map_err(rbd)?;
+        let mut views = Vec::with_capacity(sources.len());
+        for &i in &order {
+            let view = image_snap_of(sources[i].head(), &group, &group_snap)?;
+            views.push((i, view));
+        }
+        Ok::<_, SourceError>(views)
     })();
-    for &i in locked.iter().rev() {
-        if let Err(error) = sources[i].head().lock_release() {
-            tracing::warn!(image = %sources[i].spec(), %error, "releasing the exclusive lock failed; librbd releases it when the handle closes");
+    let views = match result {
+        Ok(views) => views,
+        Err(e) => {
+            if let Err(error) = group_pool.group_snap_remove(&group, &group_snap) {
+                warn!(%group, snap = %group_snap, %error, "could not remove a failed group snapshot; the next capture retries");
+            }
+            for (i, name) in &bases {
+                if let Err(error) = sources[*i].head().snap_remove(name) {
+                    warn!(image = %sources[*i].spec(), snap = %name, %error, "could not remove a failed capture's snapshot; the next commit's sweep retries");
+                }
+            }
+            return Err(e);
         }
-    }
-    for (i, name) in result? {
-        sources[i].adopt_capture(name)?;
+    };
+    for (i, view) in views {
+        let base = bases
+            .iter()
+            .find(|(j, _)| *j == i)
+            .map(|(_, name)| name.clone());
+        sources[i].adopt_capture(view, base)?;
     }
     info!(
         images = sources.len(),
+        group = %group,
+        snap = %group_snap,
         instant, "captured a group recovery point"
     );
     Ok(true)
+}
+
+/// The name of `image`'s snapshot of group snapshot `group@group_snap`.
+fn image_snap_of(image: &Image, group: &str, group_snap: &str) -> Result<String, SourceError> {
+    for snap in image.snapshots().map_err(rbd)? {
+        if !snap.name.starts_with(GROUP_SNAP_PREFIX) {
+            continue;
+        }
+        if let Some((_, g, s)) = image.snap_group(snap.id).map_err(rbd)? {
+            if g == group && s == group_snap {
+                return Ok(snap.name);
+            }
+        }
+    }
+    Err(SourceError::Rbd(Box::new(RbdError::Unsupported {
+        image: group.to_owned(),
+        reason: format!("group snapshot {group_snap} made no snapshot of an image of the group"),
+    })))
+}
+
+/// Removes the group snapshots of ferry groups on these images that no
+/// source's state names: this replication's earlier ones in `current`
+/// (group, snapshot-name prefix), and any in another ferry group the images
+/// were in before (the group's membership changed). Such an old group goes
+/// once no image is in it and nothing here names its snapshots.
+fn remove_unreferenced_group_snaps(
+    sources: &[&mut RbdSource],
+    current: Option<(&str, &str)>,
+) -> Result<(), SourceError> {
+    use std::collections::BTreeMap;
+    type GroupKey = (i64, String);
+    let mut referenced: BTreeMap<GroupKey, BTreeSet<String>> = BTreeMap::new();
+    let mut unnamed: BTreeMap<GroupKey, BTreeSet<String>> = BTreeMap::new();
+    for source in sources {
+        for snap in source.head().snapshots().map_err(rbd)? {
+            if !snap.name.starts_with(GROUP_SNAP_PREFIX) {
+                continue;
+            }
+            let Some((pool_id, g, s)) = source.head().snap_group(snap.id).map_err(rbd)? else {
+                continue;
+            };
+            if !g.starts_with(FERRY_GROUP_PREFIX) {
+                continue;
+            }
+            let named =
+                source.committed_snap() == Some(&snap.name) || source.capture() == Some(&snap.name);
+            let key = (pool_id, g);
+            if named {
+                referenced.entry(key).or_default().insert(s);
+                continue;
+            }
+            match current {
+                Some((group, prefix)) if key.1 == group && !s.starts_with(prefix) => {}
+                _ => {
+                    unnamed.entry(key).or_default().insert(s);
+                }
+            }
+        }
+    }
+    let pool = sources.first().map(|s| s.pool().clone());
+    let Some(pool) = pool else {
+        return Ok(());
+    };
+    for ((pool_id, group), snaps) in &unnamed {
+        let group_pool = pool.pool_by_id(*pool_id).map_err(rbd)?;
+        let named = referenced.get(&(*pool_id, group.clone()));
+        for snap in snaps {
+            if named.is_some_and(|n| n.contains(snap)) {
+                continue;
+            }
+            group_pool.group_snap_remove(group, snap).map_err(rbd)?;
+        }
+        let old = current.is_none_or(|(g, _)| g != group);
+        if old && named.is_none() && group_pool.group_image_count(group).map_err(rbd)? == 0 {
+            group_pool.group_remove(group).map_err(rbd)?;
+            info!(%group, "removed an empty ferry RBD group");
+        }
+    }
+    Ok(())
+}
+
+/// Takes `image` (of `pool`) out of any ferry RBD group other than `keep`;
+/// returns whether the image is in `keep`. The group's snapshots stay
+/// (the image's state may still name one); they go with the group's
+/// cleanup. An image in an RBD group ferry did not make is refused.
+pub(crate) fn leave_ferry_group(
+    pool: &Arc<Pool>,
+    image: &Image,
+    name: &str,
+    keep: Option<&str>,
+) -> Result<bool, SourceError> {
+    let Some((group_pool_id, current)) = image.group().map_err(rbd)? else {
+        return Ok(false);
+    };
+    if keep == Some(current.as_str()) {
+        return Ok(true);
+    }
+    if !current.starts_with(FERRY_GROUP_PREFIX) {
+        return Err(SourceError::Rbd(Box::new(RbdError::Unsupported {
+            image: format!("{}/{name}", pool.name()),
+            reason: format!(
+                "the image is in RBD group {current}, which ferry did not make; an image can be \
+                 in one group only and ferry keeps the images of a protection group in its own \
+                 (rbd group image remove GROUP {}/{name})",
+                pool.name()
+            ),
+        })));
+    }
+    let group_pool = pool.pool_by_id(group_pool_id).map_err(rbd)?;
+    group_pool
+        .group_image_remove(&current, pool, name)
+        .map_err(rbd)?;
+    info!(image = %format!("{}/{name}", pool.name()), group = %current, "removed the image from a ferry RBD group it no longer shares");
+    Ok(false)
+}
+
+/// Ends `image`'s membership of a ferry RBD group (its replication ends):
+/// removes it from the group, and the group once it is empty (with every
+/// snapshot of it).
+pub(crate) fn forget_ferry_group(
+    pool: &Arc<Pool>,
+    image: &Image,
+    name: &str,
+) -> Result<(), SourceError> {
+    let Some((group_pool_id, current)) = image.group().map_err(rbd)? else {
+        return Ok(());
+    };
+    if !current.starts_with(FERRY_GROUP_PREFIX) {
+        return Ok(());
+    }
+    leave_ferry_group(pool, image, name, None)?;
+    let group_pool = pool.pool_by_id(group_pool_id).map_err(rbd)?;
+    if group_pool.group_image_count(&current).map_err(rbd)? == 0 {
+        group_pool.group_remove(&current).map_err(rbd)?;
+        info!(group = %current, "removed an empty ferry RBD group");
+    }
+    Ok(())
 }

@@ -32,7 +32,7 @@ use crate::source::{
     ListedExtentsAnalyzer, RawChunk, ScanOutcome, SourceError,
 };
 use crate::standby::{read_checksummed, write_checksummed};
-use crate::sys::librbd::{Aio, Image, Pool};
+use crate::sys::librbd::{Aio, Image, Pool, GROUP_SNAP_PREFIX};
 
 /// Change-detection granularity reported to the pipeline.
 const BLOCK_SIZE: u32 = 4096;
@@ -80,13 +80,34 @@ impl RbdSourceOptions {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 struct SnapRef {
     epoch: u64,
+    /// What the standby holds at `epoch`.
     snap: String,
+    /// When `snap` is a group snapshot: the user snapshot taken just before
+    /// it, the next cycle's diff base (see [`Capture::base`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    base: Option<String>,
+}
+
+impl SnapRef {
+    /// The snapshot the next cycle's diff starts from.
+    fn diff_base(&self) -> &str {
+        self.base.as_deref().unwrap_or(&self.snap)
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub(crate) struct Capture {
+    /// The snapshot the cycle reads (a user snapshot, or the image's
+    /// snapshot of a group snapshot, `.group.…`, opened by id).
     pub(crate) snap: String,
     pub(crate) size: u64,
+    /// For a group snapshot: a user snapshot of this image taken just
+    /// before it. `rbd_diff_iterate2` can only start from a user snapshot,
+    /// so it becomes the next cycle's base; everything written after it is
+    /// listed then, a superset of what was written after the group
+    /// snapshot (the few writes in between are sent twice, harmlessly).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) base: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -303,6 +324,7 @@ impl RbdSource {
                 committed: Some(SnapRef {
                     epoch: epoch.get(),
                     snap: snap.clone(),
+                    base: None,
                 }),
                 capture: None,
                 cycle: None,
@@ -332,9 +354,17 @@ impl RbdSource {
         let head = pool.open(&spec.image).map_err(|e| state_error(e.into()))?;
         let snaps = state
             .committed
-            .map(|c| c.snap)
             .into_iter()
-            .chain(state.capture.map(|c| c.snap));
+            .flat_map(|c| [Some(c.snap), c.base])
+            .chain(
+                state
+                    .capture
+                    .into_iter()
+                    .flat_map(|c| [Some(c.snap), c.base]),
+            )
+            .flatten()
+            // Group snapshots go with the image's group membership below.
+            .filter(|snap| !snap.starts_with(GROUP_SNAP_PREFIX));
         for snap in snaps {
             match head.snap_remove(&snap) {
                 Ok(()) => {}
@@ -342,6 +372,7 @@ impl RbdSource {
                 Err(e) => return Err(state_error(e.into())),
             }
         }
+        super::group::forget_ferry_group(&pool, &head, &spec.image)?;
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -361,6 +392,21 @@ impl RbdSource {
     /// The writable handle of the image (snapshots, locks).
     pub(crate) fn head(&self) -> &Arc<Image> {
         &self.head
+    }
+
+    /// The image's pool.
+    pub(crate) fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// This replication's tag (peer and target).
+    pub(crate) fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// The snapshot the standby holds, if any.
+    pub(crate) fn committed_snap(&self) -> Option<&str> {
+        self.state.committed.as_ref().map(|c| c.snap.as_str())
     }
 
     /// Snapshot name prefix of this replication.
@@ -385,11 +431,17 @@ impl RbdSource {
         Ok(())
     }
 
-    /// Records `snap` (already created on the image) as the capture.
-    pub(crate) fn adopt_capture(&mut self, snap: String) -> Result<(), SourceError> {
+    /// Records `snap` (already created on the image) as the capture, with
+    /// the user snapshot taken just before it when `snap` is a group
+    /// snapshot.
+    pub(crate) fn adopt_capture(
+        &mut self,
+        snap: String,
+        base: Option<String>,
+    ) -> Result<(), SourceError> {
         let size = self.snap_size(&snap)?;
         let mut state = self.state.clone();
-        state.capture = Some(Capture { snap, size });
+        state.capture = Some(Capture { snap, size, base });
         state.cycle = None;
         self.save(state)
     }
@@ -419,10 +471,18 @@ impl RbdSource {
         state.cycle = None;
         self.save(state)?;
         self.remove_snap(&capture.snap);
+        if let Some(base) = &capture.base {
+            self.remove_snap(base);
+        }
         Ok(())
     }
 
+    /// Removes a user snapshot of this replication; group snapshots are
+    /// removed through their group ([`super::group::capture_group`]).
     fn remove_snap(&self, snap: &str) {
+        if snap.starts_with(GROUP_SNAP_PREFIX) {
+            return;
+        }
         match self.head.snap_remove(snap) {
             Ok(()) => debug!(image = %self.spec, snap, "removed snapshot"),
             Err(e) if e.is_not_found() => {}
@@ -438,13 +498,13 @@ impl RbdSource {
         let has = |name: &str| snaps.iter().any(|s| s.name == name);
         let mut state = self.state.clone();
         if let Some(c) = &state.committed {
-            if !has(&c.snap) {
+            if !has(&c.snap) || !has(c.diff_base()) {
                 warn!(image = %self.spec, snap = %c.snap, "the committed ferry snapshot is gone; the next cycle is a full copy");
                 state.committed = None;
             }
         }
         if let Some(c) = &state.capture {
-            if !has(&c.snap) {
+            if !has(&c.snap) || c.base.as_deref().is_some_and(|b| !has(b)) {
                 warn!(image = %self.spec, snap = %c.snap, "the capture snapshot is gone; a new one will be taken");
                 state.capture = None;
                 state.cycle = None;
@@ -467,8 +527,12 @@ impl RbdSource {
             self.state
                 .committed
                 .as_ref()
-                .is_some_and(|c| c.snap == name)
-                || self.state.capture.as_ref().is_some_and(|c| c.snap == name)
+                .is_some_and(|c| c.snap == name || c.base.as_deref() == Some(name))
+                || self
+                    .state
+                    .capture
+                    .as_ref()
+                    .is_some_and(|c| c.snap == name || c.base.as_deref() == Some(name))
         };
         for snap in snaps
             .iter()
@@ -602,7 +666,7 @@ impl ExtentSource for RbdSource {
             None
         } else {
             match &self.state.committed {
-                Some(c) if c.epoch == plan.base_epoch.get() => Some(c.snap.clone()),
+                Some(c) if c.epoch == plan.base_epoch.get() => Some(c.diff_base().to_owned()),
                 _ => {
                     return Err(SourceError::BadPlan {
                         epoch: plan.epoch,
@@ -640,7 +704,7 @@ impl ExtentSource for RbdSource {
             self.head
                 .snap_create(&name)
                 .map_err(|e| state_error(e.into()))?;
-            self.adopt_capture(name)?;
+            self.adopt_capture(name, None)?;
         }
         let Some(capture) = self.state.capture.clone() else {
             return Err(SourceError::Misuse {
@@ -762,6 +826,7 @@ impl ExtentSource for RbdSource {
         state.committed = Some(SnapRef {
             epoch: epoch.get(),
             snap: capture.snap,
+            base: capture.base,
         });
         state.capture = None;
         state.cycle = None;
