@@ -883,4 +883,40 @@ fn lab_group_membership_change_stays_incremental_and_cleans_up() {
     let alone = sync_rbd(&pair, &names[..1], &[]);
     check_points(&alone, &names[..1]);
     assert_eq!(group_of(names[0]), None);
+
+    // An image in the operator's own RBD group: replicated alone as it is;
+    // refused, with the way out, in a multi-image capture.
+    let theirs = format!("rbd/opgrp-{}", std::process::id());
+    rbd("site-a", &["group", "create", &theirs]);
+    let spec0 = format!("rbd/{}", names[0]);
+    rbd("site-a", &["group", "image", "add", &theirs, &spec0]);
+    let alone = sync_rbd(&pair, &names[..1], &[]);
+    check_points(&alone, &names[..1]);
+    assert_eq!(group_of(names[0]).as_deref(), Some(theirs.as_str()));
+    let ferry_groups = groups();
+    let mut args = vec![
+        "sync".to_owned(),
+        "--dir".to_owned(),
+        pair.primary_dir.display().to_string(),
+    ];
+    for name in &names[..2] {
+        args.push(format!("rbd:rbd/{name}"));
+        args.push(pair.standby.target(name));
+    }
+    args.extend(["--peer".to_owned(), pair.standby.fingerprint.clone()]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let refused = ferry(&refs);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&refused.stdout),
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(
+        !refused.status.success() && said.contains("which ferry did not make"),
+        "{said}"
+    );
+    assert_eq!(group_of(names[0]).as_deref(), Some(theirs.as_str()));
+    assert_eq!(groups(), ferry_groups, "nothing made for a refused capture");
+    rbd("site-a", &["group", "image", "remove", &theirs, &spec0]);
+    rbd("site-a", &["group", "rm", &theirs]);
 }

@@ -94,6 +94,19 @@ pub fn capture_group(sources: &mut [&mut RbdSource]) -> Result<bool, SourceError
         short_hash(specs.iter().map(String::as_str))
     );
     let snap_prefix = format!("ferry.{}.", short_hash(sources.iter().map(|s| s.tag())));
+    // Refuse images in someone else's group before making anything.
+    for source in sources.iter() {
+        if let Some((_, current)) = source.head().group().map_err(rbd)? {
+            if !current.starts_with(FERRY_GROUP_PREFIX) {
+                leave_ferry_group(
+                    source.pool(),
+                    source.head(),
+                    &source.spec().image,
+                    Some(&group),
+                )?;
+            }
+        }
+    }
     let group_pool = sources[order[0]].pool().clone();
     group_pool.group_create(&group).map_err(rbd)?;
     for source in sources.iter() {
@@ -243,7 +256,8 @@ fn remove_unreferenced_group_snaps(
 /// Takes `image` (of `pool`) out of any ferry RBD group other than `keep`;
 /// returns whether the image is in `keep`. The group's snapshots stay
 /// (the image's state may still name one); they go with the group's
-/// cleanup. An image in an RBD group ferry did not make is refused.
+/// cleanup. An image in an RBD group ferry did not make is left there, and
+/// refused when `keep` asks for ferry's group.
 pub(crate) fn leave_ferry_group(
     pool: &Arc<Pool>,
     image: &Image,
@@ -257,6 +271,10 @@ pub(crate) fn leave_ferry_group(
         return Ok(true);
     }
     if !current.starts_with(FERRY_GROUP_PREFIX) {
+        if keep.is_none() {
+            // Not ferry's, and no group is needed: leave it alone.
+            return Ok(false);
+        }
         return Err(SourceError::Rbd(Box::new(RbdError::Unsupported {
             image: format!("{}/{name}", pool.name()),
             reason: format!(
