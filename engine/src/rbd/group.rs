@@ -18,8 +18,9 @@
 //! image's next diff base (see `Capture::base` in [`super::source`]). An
 //! image in an RBD group that ferry did not make is refused; an image moved
 //! between ferry groups (the group's membership changed) leaves the old one,
-//! which is removed once empty. A single image is snapshotted on its own and
-//! leaves any ferry group it was in.
+//! whose snapshots go once no image's state names them, and the group once
+//! it is also empty. A single image is snapshotted on its own and leaves any
+//! ferry group it was in (an RBD group ferry did not make is left alone).
 //!
 //! A capture that a cycle already started reading is reused when every image
 //! of the group has the same one (resuming an interrupted group sync), and

@@ -614,41 +614,44 @@ impl Pool {
         image_pool: &Pool,
         image: &str,
     ) -> Result<(), CephError> {
-        let (c_group, c_image) = (cstring("group", group)?, cstring("image", image)?);
-        // SAFETY: valid ioctxs and names.
-        let rc = unsafe {
-            (self.cluster.api.rbd_group_image_add)(
-                self.ioctx,
-                c_group.as_ptr(),
-                image_pool.ioctx,
-                c_image.as_ptr(),
-            )
-        };
-        check(rc, "rbd_group_image_add", || {
-            format!("{} + {}", self.target(group), image_pool.target(image))
-        })
+        let call = self.cluster.api.rbd_group_image_add;
+        self.group_image_call(call, "rbd_group_image_add", group, image_pool, image)
     }
 
     /// Removes image `image` of pool `image_pool` from group `group` of
-    /// this pool (librbd removes the image's snapshots of that group).
+    /// this pool. The image keeps its snapshots of the group's snapshots
+    /// (librbd removes them with the group snapshot or the group).
     pub fn group_image_remove(
         &self,
         group: &str,
         image_pool: &Pool,
         image: &str,
     ) -> Result<(), CephError> {
+        let call = self.cluster.api.rbd_group_image_remove;
+        self.group_image_call(call, "rbd_group_image_remove", group, image_pool, image)
+    }
+
+    fn group_image_call(
+        &self,
+        call: unsafe extern "C" fn(IoctxT, *const c_char, IoctxT, *const c_char) -> c_int,
+        op: &'static str,
+        group: &str,
+        image_pool: &Pool,
+        image: &str,
+    ) -> Result<(), CephError> {
         let (c_group, c_image) = (cstring("group", group)?, cstring("image", image)?);
-        // SAFETY: valid ioctxs and names.
+        // SAFETY: `call` is rbd_group_image_add or _remove; valid ioctxs and
+        // NUL-terminated names.
         let rc = unsafe {
-            (self.cluster.api.rbd_group_image_remove)(
+            call(
                 self.ioctx,
                 c_group.as_ptr(),
                 image_pool.ioctx,
                 c_image.as_ptr(),
             )
         };
-        check(rc, "rbd_group_image_remove", || {
-            format!("{} - {}", self.target(group), image_pool.target(image))
+        check(rc, op, || {
+            format!("{} / {}", self.target(group), image_pool.target(image))
         })
     }
 
