@@ -35,7 +35,9 @@ use crate::standby::{
     RecoveryPointInfo, RecoveryPointMeta, SealedEpoch, StagedBatch, StoreError,
 };
 use crate::sys::fs::sync_dir;
-use crate::sys::librbd::{Aio, CephError, CreateOptions, Image, Pool, FEATURE_EXCLUSIVE_LOCK};
+use crate::sys::librbd::{
+    Aio, CephError, CreateOptions, Image, Pool, FEATURE_EXCLUSIVE_LOCK, GROUP_SNAP_PREFIX,
+};
 
 const FORMAT: u32 = 1;
 /// Bytes of writes in flight per image before `stage` waits for the oldest.
@@ -886,9 +888,16 @@ impl RbdStandby {
                     .snapshots()
                     .map_err(ceph(format!("listing snapshots of {ctx}")))?
                 {
-                    handle
-                        .snap_remove(&snap.name)
-                        .map_err(ceph(format!("removing {ctx}@{}", snap.name)))?;
+                    // A group snapshot's image snapshot is not reachable by
+                    // name; `rbd_remove` refuses a group member anyway.
+                    if snap.name.starts_with(GROUP_SNAP_PREFIX) {
+                        continue;
+                    }
+                    match handle.snap_remove(&snap.name) {
+                        Ok(()) => {}
+                        Err(e) if e.is_not_found() => {}
+                        Err(e) => return Err(ceph(format!("removing {ctx}@{}", snap.name))(e)),
+                    }
                 }
             }
             // Absent, or its creation was interrupted before the header was
@@ -917,7 +926,8 @@ impl RbdStandby {
                 }
                 Err(e) if e.is_busy() => {
                     return Err(ceph(format!(
-                        "removing {ctx} (it still has watchers after {} s: a client has it                          open, see `rbd status {ctx}`)",
+                        "removing {ctx} (it still has watchers after {} s: a client has it \
+                         open, see `rbd status {ctx}`)",
                         STALE_WATCH_WAIT.as_secs()
                     ))(e))
                 }
