@@ -69,7 +69,8 @@ pub fn capture_group(sources: &mut [&mut RbdSource]) -> Result<bool, SourceError
     let instant = unix_ms();
     if sources.len() == 1 {
         let source = &mut sources[0];
-        leave_ferry_group(source.pool(), source.head(), &source.spec().image, None)?;
+        let membership = source.head().group().map_err(rbd)?;
+        leave_ferry_group(source.pool(), membership, &source.spec().image, None)?;
         remove_unreferenced_group_snaps(sources, None)?;
         let source = &mut sources[0];
         let name = source.capture_name(instant);
@@ -95,25 +96,25 @@ pub fn capture_group(sources: &mut [&mut RbdSource]) -> Result<bool, SourceError
         short_hash(specs.iter().map(String::as_str))
     );
     let snap_prefix = format!("ferry.{}.", short_hash(sources.iter().map(|s| s.tag())));
-    // Refuse images in someone else's group before making anything.
-    for source in sources.iter() {
-        if let Some((_, current)) = source.head().group().map_err(rbd)? {
+    // Each image's group, looked up once; someone else's is refused before
+    // anything is made.
+    let memberships = sources
+        .iter()
+        .map(|s| s.head().group().map_err(rbd))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (source, membership) in sources.iter().zip(&memberships) {
+        if let Some((_, current)) = membership {
             if !current.starts_with(FERRY_GROUP_PREFIX) {
-                leave_ferry_group(
-                    source.pool(),
-                    source.head(),
-                    &source.spec().image,
-                    Some(&group),
-                )?;
+                return Err(foreign_group(source.pool(), &source.spec().image, current));
             }
         }
     }
     let group_pool = sources[order[0]].pool().clone();
     group_pool.group_create(&group).map_err(rbd)?;
-    for source in sources.iter() {
+    for (source, membership) in sources.iter().zip(memberships) {
         let joined = leave_ferry_group(
             source.pool(),
-            source.head(),
+            membership,
             &source.spec().image,
             Some(&group),
         )?;
@@ -254,18 +255,19 @@ fn remove_unreferenced_group_snaps(
     Ok(())
 }
 
-/// Takes `image` (of `pool`) out of any ferry RBD group other than `keep`;
+/// Takes image `name` (of `pool`, in group `membership`: pool id and name,
+/// from [`Image::group`]) out of any ferry RBD group other than `keep`;
 /// returns whether the image is in `keep`. The group's snapshots stay
 /// (the image's state may still name one); they go with the group's
 /// cleanup. An image in an RBD group ferry did not make is left there, and
 /// refused when `keep` asks for ferry's group.
 pub(crate) fn leave_ferry_group(
     pool: &Arc<Pool>,
-    image: &Image,
+    membership: Option<(i64, String)>,
     name: &str,
     keep: Option<&str>,
 ) -> Result<bool, SourceError> {
-    let Some((group_pool_id, current)) = image.group().map_err(rbd)? else {
+    let Some((group_pool_id, current)) = membership else {
         return Ok(false);
     };
     if keep == Some(current.as_str()) {
@@ -276,15 +278,7 @@ pub(crate) fn leave_ferry_group(
             // Not ferry's, and no group is needed: leave it alone.
             return Ok(false);
         }
-        return Err(SourceError::Rbd(Box::new(RbdError::Unsupported {
-            image: format!("{}/{name}", pool.name()),
-            reason: format!(
-                "the image is in RBD group {current}, which ferry did not make; an image can be \
-                 in one group only and ferry keeps the images of a protection group in its own \
-                 (rbd group image remove GROUP {}/{name})",
-                pool.name()
-            ),
-        })));
+        return Err(foreign_group(pool, name, &current));
     }
     let group_pool = pool.pool_by_id(group_pool_id).map_err(rbd)?;
     group_pool
@@ -292,6 +286,20 @@ pub(crate) fn leave_ferry_group(
         .map_err(rbd)?;
     info!(image = %format!("{}/{name}", pool.name()), group = %current, "removed the image from a ferry RBD group it no longer shares");
     Ok(false)
+}
+
+/// The refusal of image `name` (of `pool`), a member of RBD group
+/// `current` that ferry did not make, for a multi-image capture.
+fn foreign_group(pool: &Pool, name: &str, current: &str) -> SourceError {
+    SourceError::Rbd(Box::new(RbdError::Unsupported {
+        image: format!("{}/{name}", pool.name()),
+        reason: format!(
+            "the image is in RBD group {current}, which ferry did not make; an image can be \
+             in one group only and ferry keeps the images of a protection group in its own \
+             (rbd group image remove GROUP {}/{name})",
+            pool.name()
+        ),
+    }))
 }
 
 /// Ends `image`'s membership of a ferry RBD group (its replication ends):
@@ -302,13 +310,14 @@ pub(crate) fn forget_ferry_group(
     image: &Image,
     name: &str,
 ) -> Result<(), SourceError> {
-    let Some((group_pool_id, current)) = image.group().map_err(rbd)? else {
+    let membership = image.group().map_err(rbd)?;
+    let Some((group_pool_id, current)) = membership.clone() else {
         return Ok(());
     };
     if !current.starts_with(FERRY_GROUP_PREFIX) {
         return Ok(());
     }
-    leave_ferry_group(pool, image, name, None)?;
+    leave_ferry_group(pool, membership, name, None)?;
     let group_pool = pool.pool_by_id(group_pool_id).map_err(rbd)?;
     if group_pool.group_image_count(&current).map_err(rbd)? == 0 {
         group_pool.group_remove(&current).map_err(rbd)?;
