@@ -13,6 +13,7 @@
 //! - [`netsim`]: a seeded UDP impairment proxy (link cuts, loss, delay) for demos and tests.
 //! - [`rbddiff`]: Ceph `rbd diff` v1/v2 and `rbd image v2` streams: parser, writer,
 //!   export of raw files, atomic import into raw files.
+//! - [`testpoint`]: named hold points end-to-end fault tests hold a process at.
 //! - [`sys`]: the only place with `unsafe` (io_uring, fallocate).
 #![deny(unsafe_code)]
 
@@ -28,4 +29,5 @@ pub mod session;
 pub mod source;
 pub mod standby;
 pub mod sys;
+pub mod testpoint;
 pub mod transport;
