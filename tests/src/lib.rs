@@ -6,7 +6,9 @@
 
 pub mod cli;
 pub mod lab;
+pub mod landing;
 pub mod loopdev;
+pub mod prereq;
 
 use std::fs::File;
 use std::io::Read;
@@ -273,10 +275,17 @@ impl Agent {
     }
 
     /// SIGKILLs the agent and waits for it to die.
-    pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+    /// SIGKILLs the agent; true if it was still running then (a kill that
+    /// landed on a live process, not on one that had already exited).
+    pub fn kill9(&mut self) -> bool {
+        match self.child.take() {
+            Some(mut child) => {
+                let was_running = matches!(child.try_wait(), Ok(None));
+                let _ = child.kill();
+                let _ = child.wait();
+                was_running
+            }
+            None => false,
         }
     }
 

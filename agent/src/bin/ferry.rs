@@ -408,6 +408,9 @@ fn source_name(source: &SourceUri) -> String {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     ferry_agent::init_logging("warn", ferry_agent::config::LogFormat::Text);
+    // Fail points are compiled in only with the `failpoints` feature (tests);
+    // otherwise this reads nothing and does nothing.
+    let _fail_scenario = fail::FailScenario::setup();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -443,7 +443,10 @@ impl Transfer {
         self.unacked.push_back(item);
         self.report.batches += 1;
         self.send_queued(writer, self.unacked.len() - 1, limiter, false)
-            .await
+            .await?;
+        // Fault tests: hold or pause the primary with data on the wire.
+        crate::testpoint::reach("sender::after-batch");
+        Ok(())
     }
 
     /// Sends the queued batch at `index` (again, when `resend`).
@@ -870,7 +873,12 @@ async fn sync_group_inner(
             })
             .collect(),
     };
+    // Fault tests: every batch is durable on the standby, no Commit sent.
+    crate::testpoint::reach("sender::before-commit");
     commit_group(&links, &commit, &mut done).await?;
+    // Fault tests: the standby committed, the source has not recorded it
+    // (the next sync must roll it forward).
+    crate::testpoint::reach("sender::after-commit");
     let mut report = GroupReport {
         recovery_point: recovery_point.get(),
         fuzzy,
