@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod lab;
 pub mod loopdev;
+pub mod prereq;
 
 use std::fs::File;
 use std::io::Read;
