@@ -19,6 +19,15 @@ mod api {
         pub use ferry_agent::api::bodies::*;
     }
 }
+mod control {
+    pub use ferry_agent::control::*;
+}
+mod schedule {
+    pub use ferry_agent::schedule::*;
+}
+mod uri {
+    pub use ferry_agent::uri::*;
+}
 
 #[path = "common/api_bodies_check.rs"]
 mod api_bodies_check;
