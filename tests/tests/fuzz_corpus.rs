@@ -3,6 +3,9 @@
 //! reproducers (`fuzz/regressions/<target>/`) through the same properties
 //! the fuzz targets check, against the real `ferry_agent` modules — so a
 //! regression fails a plain `cargo test`, without cargo-fuzz or nightly.
+//! The properties include documented limits and round trips of accepted
+//! inputs (`common/config_check.rs`, `common/api_bodies_check.rs`), so the
+//! corpus files that once broke them stay regression tests.
 
 use std::path::{Path, PathBuf};
 
