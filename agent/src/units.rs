@@ -1,5 +1,10 @@
 //! Parsing of byte sizes and rates as operators write them ("100M", "1.5GiB",
 //! "800Mbit", "unlimited").
+//!
+//! A rate is unlimited (`None`) or at least 1 byte/s: any way of writing
+//! zero ("0", "0.0", "0M") means unlimited, and a positive rate that rounds
+//! to 0 bytes/s ("0.4") is refused rather than stored as a limit of 0 (found
+//! by the `config` fuzz target's limits property).
 
 /// Why a size or rate could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -17,8 +22,9 @@ pub fn parse_bytes(input: &str) -> Result<u64, UnitError> {
     parse(input, "a byte count")
 }
 
-/// Parses a rate in bytes per second; `unlimited`, `none`, `0` → `None`.
-/// A trailing "/s" or "ps" is accepted.
+/// Parses a rate in bytes per second; `unlimited`, `none`, `off` or zero
+/// (however written) → `None`; otherwise at least 1 byte/s (a positive rate
+/// below 0.5 byte/s is an error). A trailing "/s" or "ps" is accepted.
 pub fn parse_rate(input: &str) -> Result<Option<u64>, UnitError> {
     let trimmed = input.trim();
     let lower = trimmed.to_ascii_lowercase();
@@ -30,10 +36,26 @@ pub fn parse_rate(input: &str) -> Result<Option<u64>, UnitError> {
         Some(prefix) => format!("{prefix}bit"),
         None => lower.strip_suffix("/s").unwrap_or(&lower).to_owned(),
     };
-    parse(&normalized, "a rate").map(Some)
+    let bytes = parse_exact(&normalized, "a rate")?;
+    if bytes == 0.0 {
+        return Ok(None);
+    }
+    match bytes.round() as u64 {
+        0 => Err(UnitError {
+            input: normalized,
+            what: "a rate",
+            reason: "below 1 byte/s (write 0 or unlimited for no limit)",
+        }),
+        n => Ok(Some(n)),
+    }
 }
 
 fn parse(input: &str, what: &'static str) -> Result<u64, UnitError> {
+    Ok(parse_exact(input, what)?.round() as u64)
+}
+
+/// The bytes `input` names, not yet rounded.
+fn parse_exact(input: &str, what: &'static str) -> Result<f64, UnitError> {
     let err = |reason| UnitError {
         input: input.to_owned(),
         what,
@@ -72,7 +94,7 @@ fn parse(input: &str, what: &'static str) -> Result<u64, UnitError> {
     if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
         return Err(err("out of range"));
     }
-    Ok(bytes.round() as u64)
+    Ok(bytes)
 }
 
 /// Formats bytes for humans ("1.50 GiB").
@@ -108,5 +130,24 @@ mod tests {
         assert!(parse_rate("fast").is_err());
         assert!(parse_bytes("12Q").is_err());
         assert!(parse_bytes("").is_err());
+    }
+
+    /// Regression (the `config` fuzz target's limits property): "0.0" and
+    /// "0.4" were accepted as a limit of `Some(0)` bytes/s, a value the
+    /// documentation does not have (0 means unlimited, and the limiter
+    /// treats 0 so). Zero however written is unlimited; a positive rate
+    /// rounding to 0 is refused.
+    #[test]
+    fn a_rate_is_unlimited_or_at_least_one_byte_per_second() {
+        for zero in ["0", "0.0", "00", "0M", "0MB/s", "0Gbps", "0.000KiB"] {
+            assert_eq!(parse_rate(zero).unwrap(), None, "{zero}");
+        }
+        for tiny in ["0.4", "0.1B/s", "3bit"] {
+            let err = parse_rate(tiny).unwrap_err();
+            assert!(err.to_string().contains("below 1 byte/s"), "{tiny}: {err}");
+        }
+        assert_eq!(parse_rate("0.5").unwrap(), Some(1));
+        assert_eq!(parse_rate("8bit").unwrap(), Some(1));
+        assert_eq!(parse_rate("1").unwrap(), Some(1));
     }
 }

@@ -1,17 +1,25 @@
 //! Helpers for the tests that run against the two-site Ceph lab
 //! (`scripts/ceph-lab.sh up`, enabled with `FERRY_CEPH_LAB=1`): the `rbd`
 //! tool and python3-rbd writers on either site.
+//!
+//! The lab is a prerequisite in the sense of [`crate::prereq`]: lab tests
+//! are `#[ignore]`d for a plain `cargo test` and start with
+//! `if !lab::enabled() { return; }`, which fails the test under CI or
+//! `FERRY_REQUIRE_ALL=1` (as `scripts/test.sh` runs them) when
+//! `FERRY_CEPH_LAB=1` is not set.
 
 use std::process::{Command, Output, Stdio};
 
-/// Whether the lab tests are enabled; prints why a test is skipped if not.
+/// Whether the lab is there (`FERRY_CEPH_LAB=1`), through
+/// [`crate::prereq::require`]: when it is not, panics under CI or
+/// `FERRY_REQUIRE_ALL=1`, else prints why the test is skipped and returns
+/// `false`.
 pub fn enabled() -> bool {
-    if std::env::var("FERRY_CEPH_LAB").as_deref() == Ok("1") {
-        true
-    } else {
-        println!("skipped: set FERRY_CEPH_LAB=1 with scripts/ceph-lab.sh up");
-        false
-    }
+    crate::prereq::require(
+        std::env::var("FERRY_CEPH_LAB").as_deref() == Ok("1"),
+        "the two-site Ceph lab (run `scripts/ceph-lab.sh up` as root, then set \
+         FERRY_CEPH_LAB=1; or FERRY_SKIP_CEPH=1 scripts/test.sh leaves the lab tests out)",
+    )
 }
 
 /// Panics with the output of `out` unless it succeeded.

@@ -2,7 +2,9 @@
 //! and kill real `ferry-agent` processes, run `ferry` commands, compare images.
 //!
 //! Agents are separate processes talking real QUIC on loopback; nothing here
-//! mocks the transport or the store.
+//! mocks the transport or the store. Tests that need something outside the
+//! workspace (Ceph lab, loop devices, system tools) check it with
+//! [`prereq::require`], which fails them under CI or `FERRY_REQUIRE_ALL=1`.
 
 pub mod cli;
 pub mod lab;

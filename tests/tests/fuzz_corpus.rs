@@ -3,6 +3,9 @@
 //! reproducers (`fuzz/regressions/<target>/`) through the same properties
 //! the fuzz targets check, against the real `ferry_agent` modules — so a
 //! regression fails a plain `cargo test`, without cargo-fuzz or nightly.
+//! The properties include documented limits and round trips of accepted
+//! inputs (`common/config_check.rs`, `common/api_bodies_check.rs`), so the
+//! corpus files that once broke them stay regression tests.
 
 use std::path::{Path, PathBuf};
 
@@ -18,6 +21,15 @@ mod api {
     pub mod bodies {
         pub use ferry_agent::api::bodies::*;
     }
+}
+mod control {
+    pub use ferry_agent::control::*;
+}
+mod schedule {
+    pub use ferry_agent::schedule::*;
+}
+mod uri {
+    pub use ferry_agent::uri::*;
 }
 
 #[path = "common/api_bodies_check.rs"]

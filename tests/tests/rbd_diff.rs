@@ -1,8 +1,10 @@
 //! `ferry export-diff` / `ferry import-diff` as real processes: golden bytes
 //! from the format spec, round trips through files and pipes, malformed
 //! input leaving the target byte-identical, bounded memory on a 3 GiB
-//! sparse image, and (only with `FERRY_CEPH_LAB=1` and `scripts/ceph-lab.sh
-//! up`) interop with the real `rbd` tool in both directions.
+//! sparse image, and interop with the real `rbd` tool in both directions
+//! (the `lab_` tests: `#[ignore]`d for a plain `cargo test`, run by
+//! `scripts/test.sh` with the Ceph lab up; under CI or `FERRY_REQUIRE_ALL=1`
+//! they fail without `FERRY_CEPH_LAB=1` instead of passing untested).
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -514,6 +516,7 @@ fn rbd_export(spec: &str, to: &Path) {
 }
 
 #[test]
+#[ignore = "needs the Ceph lab (FERRY_CEPH_LAB=1); scripts/test.sh runs it"]
 fn lab_rbd_export_diff_applies_with_ferry_import_diff() {
     if !lab() {
         return;
@@ -600,6 +603,7 @@ fn lab_rbd_export_diff_applies_with_ferry_import_diff() {
 }
 
 #[test]
+#[ignore = "needs the Ceph lab (FERRY_CEPH_LAB=1); scripts/test.sh runs it"]
 fn lab_ferry_export_diff_applies_with_rbd_import_diff() {
     if !lab() {
         return;
@@ -720,6 +724,7 @@ fn lab_ferry_export_diff_applies_with_rbd_import_diff() {
 }
 
 #[test]
+#[ignore = "needs the Ceph lab (FERRY_CEPH_LAB=1); scripts/test.sh runs it"]
 fn lab_large_image_streams_through_a_pipe_in_bounded_memory() {
     if !lab() {
         return;

@@ -5,7 +5,8 @@
 //! `Json` extractor is `serde_json::from_slice`), and the orchestrator then
 //! validates their fields with the functions [`check_request_body`] calls
 //! (`SourceUri::parse`, `ServiceKey::decode`, `ImageName::new`, the policy
-//! schedule's deserialiser). [`check_request_body`] runs the same steps
+//! schedule's deserialiser, `Retention::new` for a policy binding's
+//! retention, which the allowed-state rules apply). [`check_request_body`] runs the same steps
 //! without touching state, so the `api_bodies` fuzz target and the corpus
 //! replay test exercise what a hostile caller reaches. Pure parsing: no
 //! I/O, no async; the fuzz crate compiles this file without the agent.
@@ -13,7 +14,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::control::{NewRecoveryPoint, NewResource};
+use crate::control::{NewRecoveryPoint, NewResource, Retention};
 use crate::schedule::PolicySchedule;
 use crate::service_key::ServiceKey;
 use crate::uri::SourceUri;
@@ -320,7 +321,8 @@ pub fn check_request_body(route: BodyRoute, body: &[u8]) -> Result<(), BodyError
             parse::<RpBody>(route, body)?;
         }
         BodyRoute::BindPolicy => {
-            parse::<BindBody>(route, body)?;
+            let b: BindBody = parse(route, body)?;
+            Retention::new(b.retention).map_err(|e| field("retention")(e.to_string()))?;
         }
         BodyRoute::Restore => {
             parse::<RestoreBody>(route, body)?;
@@ -402,6 +404,19 @@ mod tests {
                 R::PeerAddResources,
                 r#"{"resources":[{"uri":"file:/x","kind":{"type":"volume"},"size_bytes":1,"standby_target":"../x"}]}"#,
                 "standby_target",
+            ),
+            // Regression (the api_bodies fuzz target's limits property): a
+            // retention outside the documented 1..=5 passed this check
+            // (the allowed-state rules refused it later, with a 409).
+            (
+                R::BindPolicy,
+                r#"{"policy":"p","retention":0}"#,
+                "retention",
+            ),
+            (
+                R::BindPolicy,
+                r#"{"policy":"p","retention":6}"#,
+                "retention",
             ),
         ] {
             let err = check_request_body(route, body.as_bytes()).unwrap_err();

@@ -4,6 +4,12 @@
 //! stage ceilings measured in the same run and with plain-copy baselines,
 //! each figure with its target and PASS/MISS.
 //!
+//! The run fails (non-zero exit, no tables) when a standby copy differs
+//! from its source after a sync, or when `ferry sync --json` lacks a report
+//! field the figures use (named in the error; never read as 0). Per-core
+//! figures use the detected core count (`available_parallelism`), printed
+//! with the machine.
+//!
 //! ```text
 //! cargo build --release
 //! cargo run --release -p ferry-benches --bin e2e -- [--size 2GiB] [--dir /path] [--json]
@@ -33,6 +39,36 @@ const WALL_TARGET: f64 = 0.70;
 const FRAMING_TARGET: f64 = 0.02;
 const WIRE_TARGET: f64 = 3.0;
 const SCATTERED_WRITES: u64 = ceilings::SCATTERED_BLOCKS;
+
+/// Integer fields of the `ferry sync --json` report that the budget and the
+/// tables use; a report without one of them fails the run.
+const REPORT_FIELDS: [&str; 8] = [
+    "bytes_scanned",
+    "bytes_zero",
+    "bytes_changed",
+    "bytes_plain_data",
+    "bytes_sent",
+    "frame_bytes",
+    "udp_bytes",
+    "batches",
+];
+
+/// The integer `name` of a sync report, or an error naming it.
+fn report_u64(report: &Value, name: &str) -> Result<u64> {
+    match report.get(name) {
+        Some(v) => v.as_u64().with_context(|| {
+            format!("ferry sync --json report field {name:?} is not a non-negative integer: {v}")
+        }),
+        None => bail!("ferry sync --json report lacks the field {name:?}: {report}"),
+    }
+}
+
+/// Cores this machine offers the run (the per-core figures' divisor).
+fn cores() -> Result<usize> {
+    Ok(std::thread::available_parallelism()
+        .context("detecting the number of cores (available_parallelism)")?
+        .get())
+}
 
 struct Args {
     size: u64,
@@ -343,6 +379,12 @@ impl Rates {
 struct Phase {
     name: &'static str,
     report: Value,
+    /// [`REPORT_FIELDS`] of `report`, each present (checked by `sync`).
+    fields: std::collections::BTreeMap<&'static str, u64>,
+    /// `seconds` of the report.
+    report_seconds: f64,
+    /// Cores of the machine.
+    cores: usize,
     wall: f64,
     image_size: u64,
     ferry_cpu: f64,
@@ -351,12 +393,15 @@ struct Phase {
     ferry_rss_sampled: u64,
     agent_rss: u64,
     budget: Vec<(&'static str, f64)>,
-    equal: bool,
 }
 
 impl Phase {
+    /// A report field; only [`REPORT_FIELDS`] (checked present) may be asked.
     fn field(&self, name: &str) -> u64 {
-        self.report.get(name).and_then(Value::as_u64).unwrap_or(0)
+        *self
+            .fields
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} is not in REPORT_FIELDS"))
     }
     fn cpu(&self) -> f64 {
         self.ferry_cpu + self.agent_cpu
@@ -370,9 +415,14 @@ impl Phase {
     fn mb_s(&self) -> f64 {
         self.image_size as f64 / 1e6 / self.wall
     }
-    /// Wall throughput (MB/s of image) that the stage budget × 1.3 allows on 2 cores.
+    /// Wall throughput (MB/s of image) that the stage budget × 1.3 allows
+    /// on this machine's cores.
     fn allowed_mb_s(&self) -> f64 {
-        self.image_size as f64 / 1e6 / (CPU_RATIO_TARGET * self.budget_total() / 2.0)
+        self.image_size as f64 / 1e6 / (CPU_RATIO_TARGET * self.budget_total() / self.cores as f64)
+    }
+    /// CPU / wall / cores.
+    fn core_utilisation(&self) -> f64 {
+        self.cpu() / self.wall / self.cores as f64
     }
     fn framing(&self) -> f64 {
         let sent = self.field("bytes_sent");
@@ -408,7 +458,8 @@ impl Phase {
             "budget_cpu_s_per_gb": self.budget_total() / gb(self.image_size),
             "budget_items": self.budget.iter().map(|(k, v)| json!({"stage": k, "cpu_s": v})).collect::<Vec<_>>(),
             "cpu_ratio": self.cpu_ratio(),
-            "core_utilisation": self.cpu() / self.wall / 2.0,
+            "cores": self.cores,
+            "core_utilisation": self.core_utilisation(),
             "allowed_mb_per_s": self.allowed_mb_s(),
             "ferry_peak_rss": self.ferry_rss,
             "ferry_peak_rss_sampled": self.ferry_rss_sampled,
@@ -417,7 +468,7 @@ impl Phase {
             "udp_overhead": self.udp_overhead(),
             "frame_bytes_per_changed_byte": self.wire_per_changed("frame_bytes"),
             "udp_bytes_per_changed_byte": self.wire_per_changed("udp_bytes"),
-            "standby_equals_source": self.equal,
+            "standby_equals_source": true,
             "sync_report": self.report,
         })
     }
@@ -431,6 +482,7 @@ struct Ferry<'a> {
     peer: String,
     rates: &'a Rates,
     logs: PathBuf,
+    cores: usize,
 }
 
 impl Ferry<'_> {
@@ -461,7 +513,17 @@ impl Ferry<'_> {
                 .context("ferry sync --json printed no JSON object")?,
         )
         .with_context(|| format!("parsing ferry sync output {:?}", run.stdout))?;
-        let f = |k: &str| report.get(k).and_then(Value::as_u64).unwrap_or(0);
+        let mut fields = std::collections::BTreeMap::new();
+        for name in REPORT_FIELDS {
+            fields.insert(name, report_u64(&report, name)?);
+        }
+        let report_seconds = report
+            .get("seconds")
+            .and_then(Value::as_f64)
+            .with_context(|| {
+                format!("ferry sync --json report lacks the number \"seconds\": {report}")
+            })?;
+        let f = |k: &str| fields[k];
         let bytes = PhaseBytes {
             read,
             nonzero_scanned: f("bytes_scanned").saturating_sub(f("bytes_zero")),
@@ -473,10 +535,21 @@ impl Ferry<'_> {
             .standby_dir
             .join("images")
             .join(format!("{image_name}.raw"));
-        let equal = file_hash(image)? == file_hash(&standby)?;
+        let (source_hash, standby_hash) = (file_hash(image)?, file_hash(&standby)?);
+        if source_hash != standby_hash {
+            bail!(
+                "after the {name} sync the standby copy {} differs from the source {}: \
+                 BLAKE3 {standby_hash} != {source_hash}",
+                standby.display(),
+                image.display()
+            );
+        }
         Ok(Phase {
             name,
             report,
+            fields,
+            report_seconds,
+            cores: self.cores,
             wall: run.wall.as_secs_f64(),
             image_size,
             ferry_cpu: run.cpu.as_secs_f64(),
@@ -485,7 +558,6 @@ impl Ferry<'_> {
             ferry_rss_sampled: run.sampled_rss,
             agent_rss,
             budget: self.rates.budget(&bytes, name.contains("incremental")),
-            equal,
         })
     }
 }
@@ -591,6 +663,7 @@ fn make_sparse_image(path: &Path, size: u64, data: u64, seed: u64) -> Result<()>
 fn main() -> Result<()> {
     let args = parse_args()?;
     let bin = bin_dir()?;
+    let cores = cores()?;
     let base = match &args.dir {
         Some(d) => {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
@@ -613,6 +686,9 @@ fn main() -> Result<()> {
 
     // 1. The image.
     let image = root.join("image.raw");
+    say(&format!(
+        "{cores} cores detected (per-core figures divide by it)"
+    ));
     say(&format!("making a {} MiB mixed image", mib(args.size)));
     let t = Instant::now();
     make_image(&image, args.size, args.seed)
@@ -668,6 +744,7 @@ fn main() -> Result<()> {
         peer: standby_fp,
         rates: &rates,
         logs: logs.clone(),
+        cores,
     };
     let mut phases = Vec::new();
     say("ferry: full sync");
@@ -756,7 +833,7 @@ fn machine() -> Value {
         .unwrap_or_default()
         .trim()
         .to_owned();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cores = cores().unwrap_or(0);
     json!({"cpu": model, "kernel": kernel, "cores": cores})
 }
 
@@ -822,14 +899,13 @@ fn print_tables(
     for p in phases.iter().chain(sparse) {
         println!("\n## ferry {} sync\n", p.name);
         println!(
-            "changed {:.1} MiB, plain data {:.1} MiB, payload {:.1} MiB, frames {:.1} MiB, UDP {:.1} MiB, batches {}, standby == source: {}",
+            "changed {:.1} MiB, plain data {:.1} MiB, payload {:.1} MiB, frames {:.1} MiB, UDP {:.1} MiB, batches {}, standby == source: yes (BLAKE3, checked)",
             mib(p.field("bytes_changed")),
             mib(p.field("bytes_plain_data")),
             mib(p.field("bytes_sent")),
             mib(p.field("frame_bytes")),
             mib(p.field("udp_bytes")),
             p.field("batches"),
-            p.equal
         );
         let budget: Vec<String> = p
             .budget
@@ -845,11 +921,7 @@ fn print_tables(
         println!("|---|---:|---:|---|");
         println!(
             "| wall s (ferry sync process; report says {:.2}) | {:.2} | | |",
-            p.report
-                .get("seconds")
-                .and_then(Value::as_f64)
-                .unwrap_or(0.0),
-            p.wall
+            p.report_seconds, p.wall
         );
         let allowed = p.allowed_mb_s();
         println!(
@@ -878,8 +950,9 @@ fn print_tables(
             verdict(p.cpu_ratio() <= CPU_RATIO_TARGET)
         );
         println!(
-            "| core utilisation (CPU / wall / 2) | {:.0} % | | |",
-            100.0 * p.cpu() / p.wall / 2.0
+            "| core utilisation (CPU / wall / {} cores) | {:.0} % | | |",
+            p.cores,
+            100.0 * p.core_utilisation()
         );
         println!(
             "| peak RSS ferry sync (wait4; 20 ms samples {:.0}) MiB | {:.0} | ≤ 256 | {} |",
