@@ -7,6 +7,8 @@
 pub mod cli;
 pub mod lab;
 pub mod loopdev;
+#[cfg(feature = "failpoints")]
+pub mod power_loss;
 
 use std::fs::File;
 use std::io::Read;

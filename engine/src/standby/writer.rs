@@ -256,6 +256,9 @@ impl EpochWriter {
         if let Some(end) = entries.iter().map(ExtentEntry::end).max() {
             self.high_water = self.high_water.max(end);
         }
+        // Lets a fault test hold the receiver with a batch written but not
+        // yet synced (e.g. to cut the power mid-journal).
+        crate::testpoint::reach("standby::batch-staged");
         Ok(true)
     }
 
