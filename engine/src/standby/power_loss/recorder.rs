@@ -8,7 +8,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use super::log::{read_records, Piece, Record, KEPT, OLD_BYTES, RECORDS};
+use super::log::{parent, read_records, Piece, Record, KEPT, OLD_BYTES, RECORDS};
 use super::PowerLossError;
 
 /// Bytes of a file read at a time while saving old contents.
@@ -31,6 +31,9 @@ struct State {
     old_len: u64,
     /// Records in the log so far (the next record's number).
     count: u64,
+    /// Kept files not yet needed by no roll-back: record number, the
+    /// directories whose fsync the name change still waits for, the file.
+    kept: Vec<(u64, Vec<PathBuf>, PathBuf)>,
 }
 
 fn absolute(path: &Path) -> io::Result<PathBuf> {
@@ -85,6 +88,7 @@ impl Recorder {
                 old_bytes,
                 old_len,
                 count,
+                kept: Vec::new(),
             }),
         })
     }
@@ -155,12 +159,41 @@ impl Recorder {
     }
 
     /// After an fsync of directory `dir`, started at `upto`, completed.
+    /// Kept files whose name change this made durable are deleted (no
+    /// roll-back can need them), so a long recording does not pile up
+    /// every removed journal.
     pub(crate) fn dir_synced(&self, dir: &Path, upto: u64) -> io::Result<()> {
-        let record = Record::DirSynced {
-            dir: absolute(dir)?,
-            upto,
-        };
-        append(&mut self.lock(), &record)
+        let dir = absolute(dir)?;
+        let mut state = self.lock();
+        append(
+            &mut state,
+            &Record::DirSynced {
+                dir: dir.clone(),
+                upto,
+            },
+        )?;
+        let mut done = Vec::new();
+        state.kept.retain_mut(|(n, waiting, kept)| {
+            if *n < upto {
+                waiting.retain(|w| *w != dir);
+            }
+            if waiting.is_empty() {
+                done.push(std::mem::take(kept));
+                false
+            } else {
+                true
+            }
+        });
+        drop(state);
+        for kept in done {
+            let meta = fs::symlink_metadata(&kept)?;
+            if meta.is_dir() {
+                fs::remove_dir_all(&kept)?;
+            } else {
+                fs::remove_file(&kept)?;
+            }
+        }
+        Ok(())
     }
 
     /// Before the name `path` (which does not exist) is created.
@@ -179,7 +212,14 @@ impl Recorder {
         let mut state = self.lock();
         let kept = if exists(&to)? {
             let kept = self.kept_path(&state, &to);
-            fs::hard_link(&to, &kept)?;
+            // A copy where a hard link cannot be made (another file system).
+            if fs::hard_link(&to, &kept).is_err() {
+                fs::copy(&to, &kept)?;
+            }
+            let mut waiting = vec![parent(&from).to_path_buf(), parent(&to).to_path_buf()];
+            waiting.dedup();
+            let n = state.count;
+            state.kept.push((n, waiting, kept.clone()));
             Some(kept)
         } else {
             None
@@ -200,7 +240,7 @@ impl Recorder {
     pub(crate) fn remove(&self, path: &Path) -> io::Result<()> {
         let path = absolute(path)?;
         let mut state = self.lock();
-        fs::symlink_metadata(&path)?;
+        let meta = fs::symlink_metadata(&path)?;
         let kept = self.kept_path(&state, &path);
         append(
             &mut state,
@@ -209,7 +249,26 @@ impl Recorder {
                 kept: kept.clone(),
             },
         )?;
-        fs::rename(&path, &kept)
+        match fs::rename(&path, &kept) {
+            Ok(()) => {
+                let n = state.count - 1;
+                state
+                    .kept
+                    .push((n, vec![parent(&path).to_path_buf()], kept));
+                Ok(())
+            }
+            // The log is on another file system: remove for real; the
+            // record's missing kept file makes the roll-back skip it (the
+            // removal then counts as durable).
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                if meta.is_dir() {
+                    fs::remove_dir_all(&path)
+                } else {
+                    fs::remove_file(&path)
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn kept_path(&self, state: &State, path: &Path) -> PathBuf {

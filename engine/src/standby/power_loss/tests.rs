@@ -180,3 +180,29 @@ fn a_restarted_process_appends_and_a_cut_last_record_is_ignored() {
     assert_eq!(fs::read(&a).expect("read"), b"synced");
     assert_eq!(report.data_rolled_back, 1, "{report:?}");
 }
+
+#[test]
+fn kept_files_go_once_their_name_change_is_durable() {
+    let s = setup();
+    let _rec = record_on_this_thread(&s.log).expect("record");
+    let kept = s.log.join(super::log::KEPT);
+    let count = || fs::read_dir(&kept).expect("list").count();
+    let a = s.dir.join("a");
+    let b = s.dir.join("b");
+    let d = s.dir.join("d");
+    durable_file(&a, b"a");
+    durable_file(&b, b"b");
+    durable_file(&d, b"d");
+    store_io::remove_file(&a).expect("remove");
+    store_io::rename(&b, &s.dir.join("c")).expect("rename");
+    store_io::rename(&d, &s.dir.join("c")).expect("replace");
+    // The removed file and the replaced one are kept until a directory
+    // fsync makes their loss durable.
+    assert_eq!(count(), 2);
+    store_io::sync_dir(&s.dir).expect("fsync dir");
+    assert_eq!(count(), 0);
+    let report = simulate(&s.log).expect("simulate");
+    assert_eq!(report.names_rolled_back, 0, "{report:?}");
+    assert_eq!(fs::read(s.dir.join("c")).expect("read"), b"d");
+    assert!(!a.exists() && !b.exists() && !d.exists());
+}
