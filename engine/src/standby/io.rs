@@ -35,6 +35,9 @@ mod off {
         pub(super) fn before_write(&self, _: &File, _: &Path, _: u64, _: u64) -> io::Result<()> {
             match *self {}
         }
+        pub(super) fn before_zero(&self, _: &File, _: &Path, _: u64, _: u64) -> io::Result<()> {
+            match *self {}
+        }
         pub(super) fn before_set_len(&self, _: &File, _: &Path, _: u64) -> io::Result<()> {
             match *self {}
         }
@@ -159,7 +162,7 @@ pub(crate) fn write_blocks(
 /// Makes `[offset, offset + len)` read as zeroes without changing the size.
 pub(crate) fn zero_range(file: &File, path: &Path, offset: u64, len: u64) -> io::Result<()> {
     if let Some(rec) = recorder() {
-        rec.before_write(file, path, offset, len)?;
+        rec.before_zero(file, path, offset, len)?;
     }
     sysfs::zero_range(file, offset, len)
 }

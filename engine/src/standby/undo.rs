@@ -172,6 +172,7 @@ pub(crate) fn write(
     let records = log.records;
     log.push(KIND_END, records, old_size, &[])?;
     log.flush()?;
+    super::failpoint::hit(super::failpoint::CrashPoint::UndoBeforeSync)?;
     store_io::sync_all(&file, path).map_err(|e| StoreError::io("fsync undo log", path, e))
 }
 

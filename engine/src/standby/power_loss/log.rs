@@ -45,7 +45,9 @@ pub(crate) struct Piece {
 pub(crate) enum Record {
     /// File `(dev, ino)` (then at `path`) is about to change in
     /// `[offset, offset + len)` or in size; it was `old_size` bytes long and
-    /// held `pieces` (zero elsewhere) in the part of that range below `old_size`.
+    /// held `pieces` (zero elsewhere) in the part of that range below
+    /// `old_size`. `write`: the change writes new bytes into the range (not
+    /// a hole punch or a size change).
     Data {
         dev: u64,
         ino: u64,
@@ -54,6 +56,8 @@ pub(crate) enum Record {
         len: u64,
         old_size: u64,
         pieces: Vec<Piece>,
+        #[serde(default)]
+        write: bool,
     },
     /// An fsync/fdatasync of file `(dev, ino)` completed; it covers that
     /// file's data records numbered below `upto` (logged when it started).

@@ -23,9 +23,15 @@
 //! rolls back *all* unsynced changes: the worst case, not one of the many
 //! intermediate outcomes.
 //!
-//! Not modelled: torn sectors or torn writes inside a synced range; reordering
-//! of unsynced writes against each other (partial survival of unsynced
-//! data); lost or lying flushes (a completed fsync is trusted); metadata-only
+//! [`simulate_with`] models milder cuts too ([`Cut`]): some unsynced writes
+//! reach the disk in any order ([`Writeback`], per write call: the last of
+//! each file, or a seeded random subset), and name changes may all survive
+//! (as on ext4, where any fsync commits the journal holding them). These
+//! catch a "commit record" written without an fsync barrier after the data
+//! it vouches for.
+//!
+//! Not modelled: torn sectors or torn writes inside a synced range; partial
+//! survival inside one write call (page by page); lost or lying flushes (a completed fsync is trusted); metadata-only
 //! effects such as timestamps and allocation; a concurrent write and fsync of
 //! the same file from two threads (the store never does that: a sync covers
 //! the records logged before it started); files changed outside the store's
@@ -40,7 +46,7 @@ mod recorder;
 mod simulate;
 
 pub use error::PowerLossError;
-pub use simulate::{simulate, Report};
+pub use simulate::{simulate, simulate_with, Cut, Report, Writeback};
 
 pub(crate) use recorder::Recorder;
 

@@ -97,13 +97,35 @@ impl Recorder {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Before `[offset, offset + len)` of `file` is written or zeroed.
+    /// Before `[offset, offset + len)` of `file` is written.
     pub(crate) fn before_write(
         &self,
         file: &File,
         path: &Path,
         offset: u64,
         len: u64,
+    ) -> io::Result<()> {
+        self.before_range(file, path, offset, len, true)
+    }
+
+    /// Before `[offset, offset + len)` of `file` is zeroed (hole punch).
+    pub(crate) fn before_zero(
+        &self,
+        file: &File,
+        path: &Path,
+        offset: u64,
+        len: u64,
+    ) -> io::Result<()> {
+        self.before_range(file, path, offset, len, false)
+    }
+
+    fn before_range(
+        &self,
+        file: &File,
+        path: &Path,
+        offset: u64,
+        len: u64,
+        write: bool,
     ) -> io::Result<()> {
         let meta = file.metadata()?;
         let old_size = meta.len();
@@ -118,6 +140,7 @@ impl Recorder {
             len,
             old_size,
             pieces,
+            write,
         };
         append(&mut state, &record)
     }
@@ -137,6 +160,7 @@ impl Recorder {
             len: old_size - offset,
             old_size,
             pieces,
+            write: false,
         };
         append(&mut state, &record)
     }

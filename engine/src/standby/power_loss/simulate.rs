@@ -10,6 +10,48 @@ use std::path::{Path, PathBuf};
 use super::log::{parent, read_records, Piece, Record, KEPT, OLD_BYTES, RECORDS};
 use super::PowerLossError;
 
+/// Which unsynced data writes a simulated power cut lets reach the disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Writeback {
+    /// None: every write no fsync covered is lost (the worst case for
+    /// losing data).
+    #[default]
+    Nothing,
+    /// Per file, only its last unsynced change, if it is a write: it reached
+    /// the disk before every earlier unsynced write of the file (reordered
+    /// writeback; the file grows to hold it, earlier appended ranges read as
+    /// zero). Catches a "commit record" written without an fsync barrier
+    /// after the data it vouches for.
+    LastWriteFirst,
+    /// Each unsynced write independently, with probability 1/2 (drawn from
+    /// `seed` and the record's number): writeback in any order.
+    Random {
+        /// Selects the draw; the same seed gives the same outcome.
+        seed: u64,
+    },
+}
+
+/// How a simulated power cut treats unsynced changes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cut {
+    /// Which unsynced writes reach the disk.
+    pub writeback: Writeback,
+    /// Keep every name change (creations, renames, removals), synced or not:
+    /// e.g. ext4, where any fsync on the file system commits the journal
+    /// holding them. Default: they are lost unless their directory was
+    /// fsynced (strict POSIX).
+    pub keep_names: bool,
+}
+
+/// Whether unsynced write `n` reaches the disk under [`Writeback::Random`].
+fn coin(seed: u64, n: u64) -> bool {
+    // splitmix64 of the seed and the record number.
+    let mut z = seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)) & 1 == 1
+}
+
 /// What [`simulate`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Report {
@@ -21,6 +63,8 @@ pub struct Report {
     pub names_rolled_back: usize,
     /// Data changes of files that no longer exist anywhere (nothing to do).
     pub data_of_gone_files: usize,
+    /// Unsynced writes that reached the disk ([`Writeback`]).
+    pub data_kept: usize,
     /// Files the roll-back touched, each once, sorted.
     pub files: Vec<PathBuf>,
 }
@@ -32,6 +76,11 @@ pub struct Report {
 /// files. The log is emptied afterwards, so a restarted process records
 /// afresh into the same directory. An empty or missing log is no error.
 pub fn simulate(dir: &Path) -> Result<Report, PowerLossError> {
+    simulate_with(dir, Cut::default())
+}
+
+/// [`simulate`], with `cut` choosing which unsynced changes survive.
+pub fn simulate_with(dir: &Path, cut: Cut) -> Result<Report, PowerLossError> {
     let records = read_records(dir)?;
     let mut data_upto: HashMap<(u64, u64), u64> = HashMap::new();
     let mut dir_upto: HashMap<&Path, u64> = HashMap::new();
@@ -59,7 +108,10 @@ pub fn simulate(dir: &Path) -> Result<Report, PowerLossError> {
     let mut touched = std::collections::BTreeSet::new();
 
     // Data first: it follows the inode wherever its name is now, so undoing
-    // data and names are independent.
+    // data and names are independent. Walking newest first, the first
+    // uncovered record met for a file is its last unsynced change.
+    let mut seen: std::collections::HashSet<(u64, u64)> = std::collections::HashSet::new();
+    let mut kept: Vec<(PathBuf, u64, Vec<u8>)> = Vec::new();
     for (n, record) in records.iter().enumerate().rev() {
         let Record::Data {
             dev,
@@ -68,6 +120,7 @@ pub fn simulate(dir: &Path) -> Result<Report, PowerLossError> {
             len,
             old_size,
             pieces,
+            write,
             ..
         } = record
         else {
@@ -83,12 +136,37 @@ pub fn simulate(dir: &Path) -> Result<Report, PowerLossError> {
             report.data_of_gone_files += 1;
             continue;
         };
+        let last = seen.insert((*dev, *ino));
+        let survives = match cut.writeback {
+            Writeback::Nothing => false,
+            Writeback::LastWriteFirst => last,
+            Writeback::Random { seed } => coin(seed, n as u64),
+        };
+        // Its bytes as it wrote them: every newer change is undone already.
+        if survives && *write {
+            kept.push((path.clone(), *offset, read_at(path, *offset, *len)?));
+        }
         undo_data(path, &old_path, *offset, *len, *old_size, pieces)?;
         report.data_rolled_back += 1;
         touched.insert(path.clone());
     }
+    // Oldest first, so a newer surviving write wins where they overlap.
+    for (path, offset, bytes) in kept.into_iter().rev() {
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| PowerLossError::io("open", &path, e))?;
+        file.write_all_at(&bytes, offset)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| PowerLossError::io("keep the last write of", &path, e))?;
+        report.data_rolled_back -= 1;
+        report.data_kept += 1;
+    }
 
     for (n, record) in records.iter().enumerate().rev() {
+        if cut.keep_names {
+            break;
+        }
         let n = n as u64;
         let undone = match record {
             Record::Created { path, dir } if !name_covered(n, path) => {
@@ -217,6 +295,18 @@ fn scan(
         }
     }
     Ok(())
+}
+
+/// The `len` bytes at `offset` of `path`.
+fn read_at(path: &Path, offset: u64, len: u64) -> Result<Vec<u8>, PowerLossError> {
+    let file = File::open(path).map_err(|e| PowerLossError::io("open", path, e))?;
+    let n = usize::try_from(len).map_err(|_| {
+        PowerLossError::io("write too large", path, io::ErrorKind::InvalidData.into())
+    })?;
+    let mut buf = vec![0u8; n];
+    file.read_exact_at(&mut buf, offset)
+        .map_err(|e| PowerLossError::io("read the last write of", path, e))?;
+    Ok(buf)
 }
 
 /// Puts back `old_size` and the old contents of `[offset, offset + len)`.

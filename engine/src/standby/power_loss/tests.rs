@@ -206,3 +206,62 @@ fn kept_files_go_once_their_name_change_is_durable() {
     assert_eq!(fs::read(s.dir.join("c")).expect("read"), b"d");
     assert!(!a.exists() && !b.exists() && !d.exists());
 }
+
+#[test]
+fn reordered_writeback_keeps_only_the_last_unsynced_write_of_each_file() {
+    let s = setup();
+    let _rec = record_on_this_thread(&s.log).expect("record");
+    let a = s.dir.join("a");
+    durable_file(&a, b"0123456789");
+    let f = store_io::open(&a, Create::No).expect("open");
+    store_io::write_all_at(&f, &a, b"AB", 2).expect("overwrite");
+    store_io::write_all_at(&f, &a, b"records", 10).expect("append");
+    store_io::write_all_at(&f, &a, b"END", 17).expect("append the end");
+    drop(f);
+    let cut = super::Cut {
+        writeback: super::Writeback::LastWriteFirst,
+        keep_names: false,
+    };
+    let report = super::simulate_with(&s.log, cut).expect("simulate");
+    // The end reached the disk, the bytes before it did not.
+    assert_eq!(fs::read(&a).expect("read"), b"0123456789\0\0\0\0\0\0\0END");
+    assert_eq!(
+        (report.data_kept, report.data_rolled_back),
+        (1, 2),
+        "{report:?}"
+    );
+}
+
+#[test]
+fn random_writeback_keeps_a_seeded_subset_and_names_can_be_kept() {
+    let mut outcomes = std::collections::BTreeSet::new();
+    for seed in 0..16 {
+        let s = setup();
+        let _rec = record_on_this_thread(&s.log).expect("record");
+        let a = s.dir.join("a");
+        let f = store_io::open(&a, Create::New).expect("create");
+        for (i, piece) in [b"aa", b"bb", b"cc"].iter().enumerate() {
+            store_io::write_all_at(&f, &a, *piece, 2 * i as u64).expect("write");
+        }
+        // Overlapping: where both survive, the newer one wins.
+        store_io::write_all_at(&f, &a, b"X", 1).expect("write");
+        drop(f);
+        let cut = super::Cut {
+            writeback: super::Writeback::Random { seed },
+            keep_names: true,
+        };
+        let report = super::simulate_with(&s.log, cut).expect("simulate");
+        let bytes = fs::read(&a).expect("the name is kept");
+        assert_eq!(report.data_kept + report.data_rolled_back, 4, "{report:?}");
+        outcomes.insert(bytes);
+    }
+    assert!(outcomes.len() > 4, "{outcomes:?}");
+    for bytes in &outcomes {
+        for (i, (byte, new)) in bytes.iter().zip(b"aXbbcc").enumerate() {
+            assert!(
+                *byte == 0 || *byte == *new || (i == 1 && *byte == b'a'),
+                "{bytes:?}"
+            );
+        }
+    }
+}
