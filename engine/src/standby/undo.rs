@@ -12,7 +12,11 @@
 //! - `END` (last): `a` = number of DATA/ZERO records, `b` = old size; no body.
 //!
 //! The log is complete only when it ends in a valid `END` record; it is
-//! fsynced (and its directory entry too) before the image is modified.
+//! fsynced (and its directory entry too) before the image is modified. The
+//! records before `END` are fdatasynced before `END` is written: a power cut
+//! may write pages back in any order, and an `END` that reached the disk
+//! while a record before it did not would make a log that was never
+//! complete read as a damaged complete one, which recovery refuses.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -170,6 +174,8 @@ pub(crate) fn write(
         }
     }
     let records = log.records;
+    log.flush()?;
+    store_io::sync_data(&file, path).map_err(|e| StoreError::io("fdatasync undo log", path, e))?;
     log.push(KIND_END, records, old_size, &[])?;
     log.flush()?;
     super::failpoint::hit(super::failpoint::CrashPoint::UndoBeforeSync)?;
