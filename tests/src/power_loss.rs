@@ -31,7 +31,7 @@
 
 use std::path::Path;
 
-pub use ferry_engine::standby::power_loss::{Report, LOG_ENV};
+pub use ferry_engine::standby::power_loss::{Cut, Report, Writeback, LOG_ENV};
 
 /// The environment variable (name, value) that makes a `failpoints` agent
 /// record into the power-loss log in `dir` (created on first use).
@@ -40,10 +40,18 @@ pub fn env_for(dir: &Path) -> (&'static str, String) {
 }
 
 /// Rolls back every change recorded in `dir` that no completed fsync
-/// covered; call it only after the recording agent was killed and reaped.
-/// Panics (with the log's error) when the log cannot be rolled back.
+/// covered (the worst case); call it only after the recording agent was
+/// killed and reaped. Panics (with the log's error) when the log cannot be
+/// rolled back.
 pub fn simulate(dir: &Path) -> Report {
-    match ferry_engine::standby::power_loss::simulate(dir) {
+    simulate_with(dir, Cut::default())
+}
+
+/// [`simulate`] with a milder cut: `cut.writeback` lets some unsynced writes
+/// reach the disk (e.g. `Writeback::Random { seed }`), `cut.keep_names`
+/// keeps unsynced creations, renames and removals (as on ext4).
+pub fn simulate_with(dir: &Path, cut: Cut) -> Report {
+    match ferry_engine::standby::power_loss::simulate_with(dir, cut) {
         Ok(report) => report,
         Err(e) => panic!("power-loss simulation in {} failed: {e}", dir.display()),
     }

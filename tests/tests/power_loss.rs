@@ -218,6 +218,11 @@ fn power_cut_after_intent() {
 }
 
 #[test]
+fn power_cut_undo_before_sync() {
+    power_cut_at("standby::undo-before-sync", false);
+}
+
+#[test]
 fn power_cut_after_undo_written() {
     power_cut_at("standby::after-undo-written", false);
 }
