@@ -9,7 +9,10 @@
 //! whole group the same one; a clean sync then succeeds on its first try
 //! and brings the standby to the sources; a power cut after that clean
 //! sync loses nothing. Each case asserts its fault landed (the point was
-//! reached before the kill) and that the layer recorded and rolled back.
+//! reached before the kill) and that the layer recorded. Most cuts are the
+//! worst case (every unsynced change lost); `milder_power_cuts_*` keep a
+//! random part of the unsynced writes and every name change, leaving torn
+//! images and undo logs for recovery to handle.
 //! Needs the `failpoints` feature.
 #![cfg(feature = "failpoints")]
 
