@@ -10,6 +10,8 @@ pub mod cli;
 pub mod lab;
 pub mod landing;
 pub mod loopdev;
+#[cfg(feature = "failpoints")]
+pub mod power_loss;
 pub mod prereq;
 
 use std::fs::File;

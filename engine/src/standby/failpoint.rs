@@ -13,6 +13,9 @@ use super::StoreError;
 pub enum CrashPoint {
     /// The group's intent file is durable; no image has been touched.
     AfterIntent,
+    /// Incremental: the undo log is written (its END record too) but not
+    /// yet fsynced; the image is untouched.
+    UndoBeforeSync,
     /// Incremental: the undo log is complete and durable; the image is untouched.
     AfterUndoWritten,
     /// Incremental: the journal has been applied to the image, not yet fsynced.
@@ -65,6 +68,7 @@ impl CrashPoint {
     pub const fn name(self) -> &'static str {
         match self {
             Self::AfterIntent => "standby::after-intent",
+            Self::UndoBeforeSync => "standby::undo-before-sync",
             Self::AfterUndoWritten => "standby::after-undo-written",
             Self::AfterDataBeforeSync => "standby::after-data-before-sync",
             Self::AfterDataBeforeState => "standby::after-data-before-state",

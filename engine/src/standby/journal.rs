@@ -18,9 +18,9 @@ use std::path::Path;
 
 use ferry_protocol::types::{Epoch, ExtentKind, SeqNo};
 
+use super::io as store_io;
 use super::record::{self, BodyCursor, Next, RecordHeader, RecordReader, HEADER_LEN};
 use super::StoreError;
-use crate::sys::fs::{write_all_vectored_at, zero_range};
 use crate::sys::uring::BlockWriter;
 
 /// Journal magic.
@@ -150,10 +150,9 @@ pub(crate) fn write_open_record(
     body.extend_from_slice(&block_size.to_le_bytes());
     // The open record is read before the nonce is known, so it uses nonce 0.
     let header = RecordHeader::for_body(KIND_OPEN, epoch.get(), base.get(), 0, &[&body]);
-    write_all_vectored_at(file, &[&header.encode(MAGIC, 0), &body], 0)
+    store_io::write_all_vectored_at(file, path, &[&header.encode(MAGIC, 0), &body], 0)
         .map_err(|e| StoreError::io("write journal", path, e))?;
-    file.sync_all()
-        .map_err(|e| StoreError::io("fsync journal", path, e))?;
+    store_io::sync_all(file, path).map_err(|e| StoreError::io("fsync journal", path, e))?;
     Ok((nonce, (HEADER_LEN + body.len()) as u64))
 }
 
@@ -315,7 +314,9 @@ pub(crate) fn write_extents(
     let flush = |pending: &mut Vec<(u64, &[u8])>| -> Result<(), StoreError> {
         if !pending.is_empty() {
             IMAGE_WRITER
-                .with(|writer| writer.borrow_mut().write_all_at(target, pending))
+                .with(|writer| {
+                    store_io::write_blocks(&mut writer.borrow_mut(), target, target_path, pending)
+                })
                 .map_err(|e| StoreError::io("write image data", target_path, e))?;
             pending.clear();
         }
@@ -331,7 +332,7 @@ pub(crate) fn write_extents(
             }
             ExtentKind::Zero | ExtentKind::Discard => {
                 flush(&mut pending)?;
-                zero_range(target, extent.offset, u64::from(extent.length))
+                store_io::zero_range(target, target_path, extent.offset, u64::from(extent.length))
                     .map_err(|e| StoreError::io("punch hole in image", target_path, e))?;
             }
         }
@@ -416,8 +417,12 @@ mod tests {
     ) -> u64 {
         let table = encode_table(extents.iter().copied());
         let header = RecordHeader::for_body(KIND_BATCH, seq, seq * 100, nonce, &[&table, data]);
-        write_all_vectored_at(file, &[&header.encode(MAGIC, nonce), &table, data], at)
-            .expect("write");
+        crate::sys::fs::write_all_vectored_at(
+            file,
+            &[&header.encode(MAGIC, nonce), &table, data],
+            at,
+        )
+        .expect("write");
         at + (HEADER_LEN + table.len() + data.len()) as u64
     }
 

@@ -19,7 +19,10 @@
 mod backend;
 mod error;
 pub(crate) mod failpoint;
+mod io;
 mod journal;
+#[cfg(any(test, feature = "failpoints"))]
+pub mod power_loss;
 mod record;
 mod state;
 mod store;

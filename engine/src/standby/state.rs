@@ -7,16 +7,16 @@
 //! fsync the directory), so a reader sees the old or the new version; a CRC
 //! mismatch therefore means real damage and is reported as `Corrupt`.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs::{self, File};
+use std::io;
 use std::path::Path;
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use ferry_protocol::types::{Epoch, ImageName, RecoveryPointId, SeqNo};
 
+use super::io::{self as store_io, Create};
 use super::StoreError;
-use crate::sys::fs::sync_dir;
 
 const PREFIX: &[u8] = b"FERRY1 ";
 
@@ -145,22 +145,16 @@ pub(crate) fn write_checksummed<T: Serialize>(path: &Path, value: &T) -> Result<
     tmp_name.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp_name);
     let crc = crc32c::crc32c(&json);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
+    let file = store_io::open(&tmp, Create::Truncate)
         .map_err(|e| StoreError::io("create state tmp", &tmp, e))?;
     let header = format!("FERRY1 {crc:08x}\n");
-    file.write_all(header.as_bytes())
-        .and_then(|()| file.write_all(&json))
+    store_io::write_all_vectored_at(&file, &tmp, &[header.as_bytes(), &json], 0)
         .map_err(|e| StoreError::io("write state tmp", &tmp, e))?;
-    file.sync_all()
-        .map_err(|e| StoreError::io("fsync state tmp", &tmp, e))?;
+    store_io::sync_all(&file, &tmp).map_err(|e| StoreError::io("fsync state tmp", &tmp, e))?;
     drop(file);
-    fs::rename(&tmp, path).map_err(|e| StoreError::io("rename state", path, e))?;
+    store_io::rename(&tmp, path).map_err(|e| StoreError::io("rename state", path, e))?;
     let dir = path.parent().unwrap_or(Path::new("."));
-    sync_dir(dir).map_err(|e| StoreError::io("fsync directory", dir, e))
+    store_io::sync_dir(dir).map_err(|e| StoreError::io("fsync directory", dir, e))
 }
 
 /// Reads and checks a file written by [`write_checksummed`]; `Ok(None)` when
@@ -190,7 +184,7 @@ pub(crate) fn read_checksummed<T: DeserializeOwned>(path: &Path) -> Result<Optio
 
 /// Removes `path`, treating "already gone" as success.
 pub(crate) fn remove_if_exists(path: &Path) -> Result<(), StoreError> {
-    match fs::remove_file(path) {
+    match store_io::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(StoreError::io("remove file", path, e)),
@@ -208,11 +202,7 @@ pub(crate) fn exists(path: &Path) -> Result<bool, StoreError> {
 
 /// Opens `path` for reading and writing.
 pub(crate) fn open_rw(path: &Path, op: &'static str) -> Result<File, StoreError> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(|e| StoreError::io(op, path, e))
+    store_io::open(path, Create::No).map_err(|e| StoreError::io(op, path, e))
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use ferry_protocol::message::OpenImage;
 use ferry_protocol::types::{Epoch, ImageName, RecoveryPointId};
 
 use super::failpoint::{self, CrashPoint};
+use super::io::{self as store_io, sync_dir, Create};
 use super::journal::{self, JournalIndex};
 use super::state::{
     self, exists, open_rw, read_checksummed, remove_if_exists, write_checksummed, HistoryEntry,
@@ -29,7 +30,7 @@ use super::{
     StoreError,
 };
 use crate::hashing::hash_granules;
-use crate::sys::fs::{seek_data, seek_hole, sync_dir, try_lock_exclusive};
+use crate::sys::fs::{seek_data, seek_hole, try_lock_exclusive};
 
 /// Most hashes one `hash_range` call returns.
 pub const MAX_HASHES_PER_CALL: u64 = 1 << 20;
@@ -151,7 +152,8 @@ impl StandbyStore {
         let commits = dir.join("commits");
         for sub in [&images, &commits] {
             if !exists(sub)? {
-                fs::create_dir_all(sub).map_err(|e| StoreError::io("create directory", sub, e))?;
+                store_io::create_dir_all(sub)
+                    .map_err(|e| StoreError::io("create directory", sub, e))?;
                 sync_dir(dir).map_err(|e| StoreError::io("fsync directory", dir, e))?;
             }
         }
@@ -257,7 +259,8 @@ impl StandbyStore {
         super::check_open(open, committed)?;
         let dir = self.inner.image_dir(image);
         if !exists(&dir)? {
-            fs::create_dir(&dir).map_err(|e| StoreError::io("create image directory", &dir, e))?;
+            store_io::create_dir(&dir)
+                .map_err(|e| StoreError::io("create image directory", &dir, e))?;
             sync_dir(&self.inner.images)
                 .map_err(|e| StoreError::io("fsync directory", &self.inner.images, e))?;
         }
@@ -329,10 +332,9 @@ impl StandbyStore {
             // Anything above the durable high-water mark may be data of batches
             // that never became durable: cut it off, then restore the size.
             let keep = index.high_water().min(open.size);
-            staging
-                .set_len(keep)
-                .and_then(|()| staging.set_len(open.size))
-                .and_then(|()| staging.sync_all())
+            store_io::set_len(&staging, &staging_path, keep)
+                .and_then(|()| store_io::set_len(&staging, &staging_path, open.size))
+                .and_then(|()| store_io::sync_all(&staging, &staging_path))
                 .map_err(|e| StoreError::io("reset staging tail", &staging_path, e))?;
             Some((staging, staging_path))
         } else {
@@ -352,12 +354,7 @@ impl StandbyStore {
     fn create_epoch_files(&self, open: &OpenImage) -> Result<WriterFiles, StoreError> {
         let image = &open.image;
         let path = self.inner.journal(image, open.epoch);
-        let journal = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
+        let journal = store_io::open(&path, Create::Truncate)
             .map_err(|e| StoreError::io("create journal", &path, e))?;
         let (nonce, journal_len) = journal::write_open_record(
             &journal,
@@ -369,15 +366,9 @@ impl StandbyStore {
         )?;
         let staging = if open.base_epoch == Epoch(0) {
             let staging_path = self.inner.staging(image, open.epoch);
-            let staging = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&staging_path)
+            let staging = store_io::open(&staging_path, Create::Truncate)
                 .map_err(|e| StoreError::io("create staging", &staging_path, e))?;
-            staging
-                .set_len(open.size)
+            store_io::set_len(&staging, &staging_path, open.size)
                 .map_err(|e| StoreError::io("size staging", &staging_path, e))?;
             Some((staging, staging_path))
         } else {
@@ -494,12 +485,8 @@ impl StandbyStore {
     /// too large") when the image could not be grown to `size`.
     fn check_size_fits(&self, image: &ImageName, size: u64) -> Result<(), StoreError> {
         let probe = self.inner.image_dir(image).join("size-probe.tmp");
-        let result = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&probe)
-            .and_then(|file| file.set_len(size));
+        let result = store_io::open(&probe, Create::Truncate)
+            .and_then(|file| store_io::set_len(&file, &probe, size));
         let removed = remove_if_exists(&probe);
         result.map_err(|e| {
             StoreError::io(
@@ -711,19 +698,18 @@ impl StandbyStore {
             // Everything above the durable high-water mark reads as zero (it
             // can only hold data of batches that never became durable).
             let keep = index.high_water().min(target.size);
-            staging
-                .set_len(keep)
-                .and_then(|()| staging.set_len(target.size))
-                .and_then(|()| staging.sync_all())
+            store_io::set_len(&staging, &staging_path, keep)
+                .and_then(|()| store_io::set_len(&staging, &staging_path, target.size))
+                .and_then(|()| store_io::sync_all(&staging, &staging_path))
                 .map_err(|e| StoreError::io("size staging", &staging_path, e))?;
             drop(staging);
             if committed > Epoch(0) && exists(&raw)? {
-                fs::rename(&raw, &prev)
+                store_io::rename(&raw, &prev)
                     .map_err(|e| StoreError::io("move old image into history", &raw, e))?;
                 sync_both()?;
             }
             failpoint::hit(CrashPoint::AfterFullRenameOld)?;
-            fs::rename(&staging_path, &raw)
+            store_io::rename(&staging_path, &raw)
                 .map_err(|e| StoreError::io("install staged image", &staging_path, e))?;
             sync_both()?;
             failpoint::hit(CrashPoint::AfterFullRenameNew)?;
@@ -787,10 +773,10 @@ impl StandbyStore {
         let journal = File::open(&journal_path)
             .map_err(|e| StoreError::io("open journal", &journal_path, e))?;
         journal::replay(index, &journal, &journal_path, &raw, &raw_path)?;
-        raw.set_len(target.size)
+        store_io::set_len(&raw, &raw_path, target.size)
             .map_err(|e| StoreError::io("set image size", &raw_path, e))?;
         failpoint::hit(CrashPoint::AfterDataBeforeSync)?;
-        raw.sync_all()
+        store_io::sync_all(&raw, &raw_path)
             .map_err(|e| StoreError::io("fsync image", &raw_path, e))?;
         failpoint::hit(CrashPoint::AfterDataBeforeState)
     }
@@ -982,7 +968,7 @@ impl StandbyStore {
                 tracing::warn!(image = %image, epoch = %epoch, "commit without intent: rolling the image back");
                 let file = open_rw(&raw, "open image")?;
                 undo::apply(&log, &undo_path, &file, &raw)?;
-                file.sync_all()
+                store_io::sync_all(&file, &raw)
                     .map_err(|e| StoreError::io("fsync image", &raw, e))?;
                 remove_if_exists(&undo_path)?;
             }
@@ -1002,18 +988,18 @@ impl StandbyStore {
         if exists(&prev)? {
             tracing::warn!(image = %image, epoch = %epoch, "full-copy commit without intent: restoring the old image");
             if exists(&raw)? && !exists(&staging)? {
-                fs::rename(&raw, &staging)
+                store_io::rename(&raw, &staging)
                     .map_err(|e| StoreError::io("move image back to staging", &raw, e))?;
             }
             if !exists(&raw)? {
-                fs::rename(&prev, &raw)
+                store_io::rename(&prev, &raw)
                     .map_err(|e| StoreError::io("restore old image", &prev, e))?;
             }
             moved = true;
         } else if !exists(&staging)? && exists(&raw)? && self.load_state(image)?.is_none() && full()
         {
             // First full copy installed without intent: nothing was committed before.
-            fs::rename(&raw, &staging)
+            store_io::rename(&raw, &staging)
                 .map_err(|e| StoreError::io("move image back to staging", &raw, e))?;
             moved = true;
         }
@@ -1154,11 +1140,7 @@ impl StandbyStore {
         size: u64,
         out: &Path,
     ) -> Result<(), StoreError> {
-        let out_file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(out)
+        let out_file = store_io::open(out, Create::New)
             .map_err(|e| StoreError::io("create restore target", out, e))?;
         let result = (|| {
             let src =
@@ -1177,8 +1159,7 @@ impl StandbyStore {
                     format!("restored image is {len} bytes, recovery point says {size}"),
                 ));
             }
-            out_file
-                .sync_all()
+            store_io::sync_all(&out_file, out)
                 .map_err(|e| StoreError::io("fsync restore target", out, e))?;
             let parent = out
                 .parent()
@@ -1187,7 +1168,7 @@ impl StandbyStore {
             sync_dir(parent).map_err(|e| StoreError::io("fsync directory", parent, e))
         })();
         if result.is_err() {
-            let _ = fs::remove_file(out);
+            let _ = store_io::remove_file(out);
         }
         result
     }
@@ -1243,16 +1224,13 @@ impl StandbyStore {
             return Ok(());
         }
         let raw = self.inner.raw(image);
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&raw)
+        let file = store_io::open(&raw, Create::Keep)
             .map_err(|e| StoreError::io("create placeholder", &raw, e))?;
-        file.set_len(size)
-            .and_then(|()| file.sync_all())
+        store_io::set_len(&file, &raw, size)
+            .and_then(|()| store_io::sync_all(&file, &raw))
             .map_err(|e| StoreError::io("size placeholder", &raw, e))?;
-        fs::create_dir(&dir).map_err(|e| StoreError::io("create image directory", &dir, e))?;
+        store_io::create_dir(&dir)
+            .map_err(|e| StoreError::io("create image directory", &dir, e))?;
         sync_dir(&self.inner.images)
             .map_err(|e| StoreError::io("fsync directory", &self.inner.images, e))?;
         tracing::info!(image = %image, size, "placeholder image created");
@@ -1290,7 +1268,8 @@ impl StandbyStore {
         let tmp = path.with_extension("raw.tmp");
         remove_if_exists(&tmp)?;
         self.restore_locked(image, state, rp, &tmp)?;
-        fs::rename(&tmp, &path).map_err(|e| StoreError::io("install pinned copy", &tmp, e))?;
+        store_io::rename(&tmp, &path)
+            .map_err(|e| StoreError::io("install pinned copy", &tmp, e))?;
         let dir = self.inner.image_dir(image);
         sync_dir(&dir).map_err(|e| StoreError::io("fsync directory", &dir, e))?;
         state.pinned.push(entry);
@@ -1336,7 +1315,7 @@ impl StandbyStore {
         remove_if_exists(&self.inner.state(image))?;
         if exists(&dir)? {
             sync_dir(&dir).map_err(|e| StoreError::io("fsync directory", &dir, e))?;
-            fs::remove_dir_all(&dir)
+            store_io::remove_dir_all(&dir)
                 .map_err(|e| StoreError::io("remove image directory", &dir, e))?;
         }
         remove_if_exists(&self.inner.raw(image))?;
@@ -1378,7 +1357,8 @@ impl StandbyStore {
         }
         let dir = self.inner.image_dir(image);
         if !exists(&dir)? {
-            fs::create_dir(&dir).map_err(|e| StoreError::io("create image directory", &dir, e))?;
+            store_io::create_dir(&dir)
+                .map_err(|e| StoreError::io("create image directory", &dir, e))?;
         }
         let raw = self.inner.raw(image);
         let tmp = raw.with_extension("raw.tmp");
@@ -1387,7 +1367,8 @@ impl StandbyStore {
             .map_err(|e| StoreError::io("stat adopted image", source, e))?
             .len();
         self.write_out(source, &[], size, &tmp)?;
-        fs::rename(&tmp, &raw).map_err(|e| StoreError::io("install adopted image", &tmp, e))?;
+        store_io::rename(&tmp, &raw)
+            .map_err(|e| StoreError::io("install adopted image", &tmp, e))?;
         sync_dir(&self.inner.images)
             .map_err(|e| StoreError::io("fsync directory", &self.inner.images, e))?;
         let state = ImageStateFile {
@@ -1517,9 +1498,8 @@ fn cut_torn_tail(journal: &File, path: &Path, index: &JournalIndex) -> Result<()
         if let Some((offset, reason)) = index.tail {
             tracing::warn!(journal = %path.display(), offset, reason, "cutting torn journal tail");
         }
-        journal
-            .set_len(index.valid_len)
-            .and_then(|()| journal.sync_all())
+        store_io::set_len(journal, path, index.valid_len)
+            .and_then(|()| store_io::sync_all(journal, path))
             .map_err(|e| StoreError::io("truncate journal", path, e))?;
     }
     Ok(())
@@ -1566,7 +1546,7 @@ fn copy_sparse(src: &File, src_path: &Path, dst: &File, dst_path: &Path) -> Resu
                 while run_end < n && !is_zero(&chunk[run_end..(run_end + COPY_BLOCK).min(n)]) {
                     run_end = (run_end + COPY_BLOCK).min(n);
                 }
-                dst.write_all_at(&chunk[block..run_end], at + block as u64)
+                store_io::write_all_at(dst, dst_path, &chunk[block..run_end], at + block as u64)
                     .map_err(|e| StoreError::io("write restore target", dst_path, e))?;
                 block = run_end;
             }
@@ -1574,7 +1554,7 @@ fn copy_sparse(src: &File, src_path: &Path, dst: &File, dst_path: &Path) -> Resu
         }
         pos = data_end.max(pos + 1);
     }
-    dst.set_len(len)
+    store_io::set_len(dst, dst_path, len)
         .map_err(|e| StoreError::io("size restore target", dst_path, e))
 }
 

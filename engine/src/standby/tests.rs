@@ -1431,3 +1431,5 @@ fn commit_larger_than_the_filesystem_allows_leaves_an_openable_store() {
     let sealed = run_epoch(&store, &img, 3, base, size, size, &batches);
     store.commit(rp_meta(3), vec![sealed]).expect("next commit");
 }
+
+mod power_loss_cases;

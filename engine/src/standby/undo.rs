@@ -12,18 +12,22 @@
 //! - `END` (last): `a` = number of DATA/ZERO records, `b` = old size; no body.
 //!
 //! The log is complete only when it ends in a valid `END` record; it is
-//! fsynced (and its directory entry too) before the image is modified.
+//! fsynced (and its directory entry too) before the image is modified. The
+//! records before `END` are fdatasynced before `END` is written: a power cut
+//! may write pages back in any order, and an `END` that reached the disk
+//! while a record before it did not would make a log that was never
+//! complete read as a damaged complete one, which recovery refuses.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use ferry_protocol::types::Epoch;
 
+use super::io::{self as store_io, Create};
 use super::journal::{read_range, JournalIndex};
 use super::record::{self, BodyCursor, Next, RecordHeader, RecordReader, HEADER_LEN};
 use super::StoreError;
-use crate::sys::fs::{write_all_vectored_at, zero_range};
 
 /// Undo log magic.
 const MAGIC: u32 = u32::from_le_bytes(*b"FRUL");
@@ -101,7 +105,7 @@ impl LogWriter<'_> {
     }
 
     fn flush(&mut self) -> Result<(), StoreError> {
-        write_all_vectored_at(self.file, &[&self.buf], self.pos)
+        store_io::write_all_vectored_at(self.file, self.path, &[&self.buf], self.pos)
             .map_err(|e| StoreError::io("write undo log", self.path, e))?;
         self.pos += self.buf.len() as u64;
         self.buf.clear();
@@ -121,12 +125,7 @@ pub(crate) fn write(
     old_size: u64,
     ranges: &[(u64, u64)],
 ) -> Result<(), StoreError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
+    let file = store_io::open(path, Create::Truncate)
         .map_err(|e| StoreError::io("create undo log", path, e))?;
     let nonce: u64 = rand::random();
     let mut first = Vec::with_capacity(20);
@@ -175,10 +174,12 @@ pub(crate) fn write(
         }
     }
     let records = log.records;
+    log.flush()?;
+    store_io::sync_data(&file, path).map_err(|e| StoreError::io("fdatasync undo log", path, e))?;
     log.push(KIND_END, records, old_size, &[])?;
     log.flush()?;
-    file.sync_all()
-        .map_err(|e| StoreError::io("fsync undo log", path, e))
+    super::failpoint::hit(super::failpoint::CrashPoint::UndoBeforeSync)?;
+    store_io::sync_all(&file, path).map_err(|e| StoreError::io("fsync undo log", path, e))
 }
 
 fn emit(
@@ -334,16 +335,14 @@ pub(crate) fn apply(
                         format!("record at {offset} changed since it was checked"),
                     ));
                 }
-                target
-                    .write_all_at(&buf, header.a)
+                store_io::write_all_at(target, target_path, &buf, header.a)
                     .map_err(|e| StoreError::io("write image data", target_path, e))?;
             }
-            _ => zero_range(target, header.a, header.b)
+            _ => store_io::zero_range(target, target_path, header.a, header.b)
                 .map_err(|e| StoreError::io("punch hole in image", target_path, e))?,
         }
     }
-    target
-        .set_len(log.old_size)
+    store_io::set_len(target, target_path, log.old_size)
         .map_err(|e| StoreError::io("set image size", target_path, e))
 }
 
@@ -352,6 +351,7 @@ mod tests {
     use super::*;
     use crate::standby::journal::{BatchInfo, ExtentEntry};
     use ferry_protocol::types::{ExtentKind, SeqNo};
+    use std::fs::OpenOptions;
 
     fn index_with(extents: Vec<ExtentEntry>) -> JournalIndex {
         JournalIndex {

@@ -16,11 +16,11 @@ use ferry_protocol::message::OpenImage;
 use ferry_protocol::types::{Epoch, ExtentKind, ImageName, SeqNo};
 
 use super::failpoint;
+use super::io as store_io;
 use super::journal::{self, encode_table, ExtentEntry, JournalIndex, EXTENT_ENTRY_LEN};
 use super::record::{RecordHeader, HEADER_LEN, MAX_BODY_LEN};
 use super::store::{lock, Slot};
 use super::{BatchRejection, DecodedExtent, PendingEpoch, SealedEpoch, StagedBatch, StoreError};
-use crate::sys::fs::write_all_vectored_at;
 
 /// Writes the batches of one pending epoch. At most one exists per image;
 /// dropping it releases the image (and forgets batches staged but not synced).
@@ -237,8 +237,14 @@ impl EpochWriter {
             iov.push(&encoded);
             iov.extend_from_slice(&parts);
             // io_uring (sys::uring) could replace this pwritev.
-            let written = failpoint::disk_full()
-                .and_then(|()| write_all_vectored_at(&self.journal, &iov, self.written_len));
+            let written = failpoint::disk_full().and_then(|()| {
+                store_io::write_all_vectored_at(
+                    &self.journal,
+                    &self.journal_path,
+                    &iov,
+                    self.written_len,
+                )
+            });
             if let Err(e) = written {
                 self.cut_journal_back();
                 return Err(StoreError::io("write journal", &self.journal_path, e));
@@ -250,6 +256,9 @@ impl EpochWriter {
         if let Some(end) = entries.iter().map(ExtentEntry::end).max() {
             self.high_water = self.high_water.max(end);
         }
+        // Lets a fault test hold the receiver with a batch written but not
+        // yet synced (e.g. to cut the power mid-journal).
+        crate::testpoint::reach("standby::batch-staged");
         Ok(true)
     }
 
@@ -257,10 +266,8 @@ impl EpochWriter {
     /// writer if that is not possible (a later record could otherwise follow
     /// garbage that a crash might leave looking valid).
     fn cut_journal_back(&mut self) {
-        let cut = self
-            .journal
-            .set_len(self.written_len)
-            .and_then(|()| self.journal.sync_all());
+        let cut = store_io::set_len(&self.journal, &self.journal_path, self.written_len)
+            .and_then(|()| store_io::sync_all(&self.journal, &self.journal_path));
         if let Err(e) = cut {
             tracing::warn!(image = %self.image, epoch = %self.epoch, error = %e, "cannot cut journal back after a failed write");
             self.poisoned = true;
@@ -280,12 +287,17 @@ impl EpochWriter {
         }
         let _span = tracing::debug_span!("standby_sync", image = %self.image, epoch = %self.epoch, seq = %self.staged_seq).entered();
         if let Some((staging, staging_path)) = &self.staging {
-            if let Err(e) = staging.sync_data() {
+            if let Err(e) = store_io::sync_data(staging, staging_path) {
                 self.poisoned = true;
                 return Err(StoreError::io("fdatasync staging", staging_path, e));
             }
             let written = failpoint::disk_full().and_then(|()| {
-                write_all_vectored_at(&self.journal, &[&self.unsynced_records], self.written_len)
+                store_io::write_all_vectored_at(
+                    &self.journal,
+                    &self.journal_path,
+                    &[&self.unsynced_records],
+                    self.written_len,
+                )
             });
             if let Err(e) = written {
                 self.poisoned = true;
@@ -294,7 +306,7 @@ impl EpochWriter {
             self.written_len += self.unsynced_records.len() as u64;
             self.unsynced_records.clear();
         }
-        if let Err(e) = self.journal.sync_data() {
+        if let Err(e) = store_io::sync_data(&self.journal, &self.journal_path) {
             self.poisoned = true;
             return Err(StoreError::io("fdatasync journal", &self.journal_path, e));
         }
@@ -335,10 +347,8 @@ impl Drop for EpochWriter {
         // Forget unsynced records so a later writer appends right after the
         // durable prefix (and a resumed epoch reports only what was synced).
         if self.poisoned || self.written_len > self.synced_len {
-            let cut = self
-                .journal
-                .set_len(self.synced_len)
-                .and_then(|()| self.journal.sync_all());
+            let cut = store_io::set_len(&self.journal, &self.journal_path, self.synced_len)
+                .and_then(|()| store_io::sync_all(&self.journal, &self.journal_path));
             if let Err(e) = cut {
                 tracing::warn!(image = %self.image, epoch = %self.epoch, error = %e,
                     "cannot cut unsynced journal records; the next open rescans the journal");
