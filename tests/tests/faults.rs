@@ -68,6 +68,7 @@ use ferry_agent::imagegen;
 use ferry_e2e::lab::rbd;
 use ferry_e2e::landing::{reached_line, Running, Tally};
 use ferry_e2e::loopdev::LoopDevice;
+use ferry_e2e::power_loss::{self, Cut, Writeback};
 use ferry_e2e::prereq::require;
 use ferry_e2e::{bin, ferry, hash_file, Pair};
 use ferry_engine::netsim::{Impairment, UdpProxy};
@@ -121,6 +122,19 @@ struct World {
     _rbd_images: Option<SiteBImages>,
     /// Faults drawn and landed, per kind.
     tally: Tally,
+    /// Files mode: the standby's power-loss log; every SIGKILL of the
+    /// standby is then a power cut (unsynced changes rolled back).
+    power_log: Option<PathBuf>,
+    /// Power cuts simulated and what they rolled back.
+    power_cuts: PowerCuts,
+}
+
+/// Totals of the simulated power cuts.
+#[derive(Debug, Default)]
+struct PowerCuts {
+    cuts: u64,
+    data_rolled_back: u64,
+    names_rolled_back: u64,
 }
 
 /// The harness's standby images in site-b's pool, removed on drop.
@@ -190,6 +204,8 @@ impl World {
             source_device: None,
             _rbd_images: None,
             tally: Tally::default(),
+            power_log: None,
+            power_cuts: PowerCuts::default(),
         };
         // The first source (3 MiB: a whole number of sectors) as a block
         // device, for changes at rest.
@@ -213,6 +229,11 @@ impl World {
         }
         if backend == Backend::Rbd {
             w._rbd_images = Some(SiteBImages(w.names.clone()));
+        } else {
+            // From here on the standby records every change it makes, so a
+            // kill can be a power cut.
+            w.power_log = Some(w.pair.path("power-loss"));
+            w.restart_standby("");
         }
         w.sync_ok("initial full copy");
         w
@@ -374,6 +395,60 @@ impl World {
         self.committed.push(want);
     }
 
+    /// SIGKILLs the standby; in files mode that is a power cut too: every
+    /// change no completed fsync covered is rolled back, in the worst case
+    /// (all lost, names by strict POSIX) or, one time in two, a milder cut
+    /// drawn from the seed (unsynced writes reordered or half written back,
+    /// unsynced names kept as on ext4). True if the standby was running.
+    fn kill_standby(&mut self) -> bool {
+        let was_running = self.pair.standby.kill9();
+        let Some(log) = self.power_log.clone() else {
+            return was_running;
+        };
+        let cut = match self.rng.gen_range(0..4) {
+            0 | 1 => Cut::default(),
+            2 => Cut {
+                writeback: Writeback::LastWriteFirst,
+                keep_names: self.rng.gen_bool(0.5),
+            },
+            _ => Cut {
+                writeback: Writeback::Random {
+                    seed: self.rng.gen(),
+                },
+                keep_names: self.rng.gen_bool(0.5),
+            },
+        };
+        let report = power_loss::simulate_with(&log, cut);
+        self.power_cuts.cuts += 1;
+        self.power_cuts.data_rolled_back += report.data_rolled_back as u64;
+        self.power_cuts.names_rolled_back += report.names_rolled_back as u64;
+        if report.data_rolled_back + report.names_rolled_back > 0 {
+            println!(
+                "  power cut ({cut:?}): {} writes and {} name changes rolled back",
+                report.data_rolled_back, report.names_rolled_back
+            );
+        }
+        was_running
+    }
+
+    /// Restarts the standby (a kill, a power cut in files mode) with
+    /// `failpoints` (empty: none), recording for the next power cut.
+    fn restart_standby(&mut self, failpoints: &str) {
+        self.kill_standby();
+        let env = self.standby_env(failpoints);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        self.pair.standby.restart(&env);
+    }
+
+    /// The standby's environment: `FAILPOINTS` and the power-loss log.
+    fn standby_env(&self, failpoints: &str) -> Vec<(&'static str, String)> {
+        let mut env = vec![("FAILPOINTS", failpoints.to_owned())];
+        if let Some(log) = &self.power_log {
+            env.push(power_loss::env_for(log));
+        }
+        env
+    }
+
     /// Waits until the standby logs that it reached hold point `point` while
     /// `sync` still runs (the sync is waiting on the held standby).
     fn standby_reached(&self, point: &str, sync: &mut Running) -> bool {
@@ -485,12 +560,10 @@ impl World {
     fn kill_standby_at(&mut self, point: &'static str, pending: &[String], what: &str) -> bool {
         // Held for a minute: the harness kills it within moments.
         let failpoints = format!("{point}=sleep(60000)");
-        self.pair
-            .standby
-            .restart(&[("FAILPOINTS", failpoints.as_str())]);
+        self.restart_standby(&failpoints);
         let mut sync = self.spawn_sync(&[], "");
-        let landed = self.standby_reached(point, &mut sync) && self.pair.standby.kill9();
-        self.pair.standby.restart(&[]);
+        let landed = self.standby_reached(point, &mut sync) && self.kill_standby();
+        self.restart_standby("");
         self.assert_standby_after(false, pending, what);
         // The interrupted sync reconnects and completes, or fails cleanly;
         // either way nothing is torn.
@@ -557,9 +630,7 @@ impl World {
     /// ENOSPC on the standby's journal writes: the sync must fail and say
     /// so (which is the evidence that the fault landed).
     fn disk_full(&mut self, pending: &[String], what: &str) -> bool {
-        self.pair
-            .standby
-            .restart(&[("FAILPOINTS", "standby::disk-full=return")]);
+        self.restart_standby("standby::disk-full=return");
         let out = self.run_sync(&[]);
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
         assert!(
@@ -572,7 +643,7 @@ impl World {
             "{}: the primary was not told the standby's disk is full:\n{stderr}",
             self.ctx(what)
         );
-        self.pair.standby.restart(&[]);
+        self.restart_standby("");
         self.assert_standby_after(false, pending, what);
         true
     }
@@ -606,9 +677,12 @@ fn run(default_scenarios: u64, default_seed: u64, backend: Backend) {
         world.scenario(n);
     }
     println!(
-        "fault harness ({backend:?} standby): seed {seed}: {scenarios} scenarios in {:.0} s, {} recovery points committed, no clean sync refused; faults drawn and landed:\n{}",
+        "fault harness ({backend:?} standby): seed {seed}: {scenarios} scenarios in {:.0} s, {} recovery points committed, no clean sync refused; {} standby kills were power cuts ({} writes, {} name changes rolled back); faults drawn and landed:\n{}",
         started.elapsed().as_secs_f64(),
         world.committed.len(),
+        world.power_cuts.cuts,
+        world.power_cuts.data_rolled_back,
+        world.power_cuts.names_rolled_back,
         world.tally.summary()
     );
     let mut exempt = vec!["clean (no fault)"];

@@ -54,7 +54,7 @@ impl World {
             .image_path(&self.names[i])
             .with_extension("ferry")
             .join("state.json");
-        self.pair.standby.kill9();
+        self.kill_standby();
         let text = std::fs::read(&state).unwrap();
         let body = text.iter().position(|b| *b == b'\n').unwrap() + 1;
         let at = self.rng.gen_range(body as u64..text.len() as u64);
@@ -66,7 +66,7 @@ impl World {
             self.ctx(what)
         );
         put_byte(&state, at, old);
-        self.pair.standby.restart(&[]);
+        self.restart_standby("");
         true
     }
 
@@ -84,19 +84,21 @@ impl World {
         let reached = sync.wait_for_stderr(&reached_line(hold.point()), PATIENCE);
         sync.kill();
         drop(sync);
-        self.pair.standby.kill9();
+        self.kill_standby();
         let journal = standby_journals(&self.pair.standby.dir)
             .into_iter()
             .find(|j| std::fs::metadata(j).is_ok_and(|m| m.len() > 64));
         let (Some(journal), true) = (journal, reached) else {
-            self.pair.standby.restart(&[]);
+            self.restart_standby("");
             self.assert_standby_after(false, pending, what);
             return false;
         };
         let len = std::fs::metadata(&journal).unwrap().len();
         let at = self.rng.gen_range(64..len);
         let old = flip_byte(&journal, at);
-        match self.pair.standby.try_restart(&[]) {
+        let env = self.standby_env("");
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        match self.pair.standby.try_restart(&env) {
             Ok(()) => {
                 let log = self.pair.standby.log_text();
                 if journal.exists() {
@@ -121,7 +123,7 @@ impl World {
                 );
                 println!("  agent refused its damaged journal {name}; repaired by the harness");
                 put_byte(&journal, at, old);
-                self.pair.standby.restart(&[]);
+                self.restart_standby("");
             }
         }
         self.assert_standby_after(false, pending, what);

@@ -10,6 +10,7 @@ use ferry_engine::netsim::Impairment;
 pub const COMMIT_POINTS: &[&str] = &[
     "standby::after-intent",
     "standby::after-undo-written",
+    "standby::undo-before-sync",
     "standby::after-data-before-sync",
     "standby::after-data-before-state",
     "standby::after-state-before-cleanup",
