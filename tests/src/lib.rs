@@ -99,17 +99,39 @@ impl Agent {
     /// Kills the agent (SIGKILL) if it runs and starts it again on the same
     /// address, with `env`.
     pub fn restart(&mut self, env: &[(&str, &str)]) {
+        if let Err(log) = self.try_restart(env) {
+            panic!("ferry-agent exited before it was ready:\n{log}");
+        }
+    }
+
+    /// Like [`Agent::restart`], but an agent that exits before it is ready
+    /// is an `Err` with its log instead of a panic. While the agent was
+    /// down, another process of a busy test machine may have been given its
+    /// port as an ephemeral one: a start refused with "Address already in
+    /// use" is tried again for up to 60 s (a production agent's port is
+    /// its own; this is a test-machine collision, not a fault under test).
+    pub fn try_restart(&mut self, env: &[(&str, &str)]) -> Result<(), String> {
         self.kill9();
         let trust: Vec<String> = self.trust.clone();
         let trust: Vec<&str> = trust.iter().map(String::as_str).collect();
         let listen = self.addr.to_string();
-        let mut fresh = Self::spawn(&self.dir, &self.fingerprint, &trust, env, &listen);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut fresh = loop {
+            match Self::try_spawn(&self.dir, &self.fingerprint, &trust, env, &listen) {
+                Ok(fresh) => break fresh,
+                Err(log) if log.contains("Address already in use") && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                Err(log) => return Err(log),
+            }
+        };
         assert_eq!(
             fresh.addr, self.addr,
             "restarted agent must keep its address"
         );
         self.child = fresh.child.take();
         self.log = fresh.log.clone();
+        Ok(())
     }
 
     fn spawn(
@@ -119,6 +141,20 @@ impl Agent {
         env: &[(&str, &str)],
         listen: &str,
     ) -> Agent {
+        match Self::try_spawn(dir, fingerprint, trust, env, listen) {
+            Ok(agent) => agent,
+            Err(log) => panic!("ferry-agent exited before it was ready:\n{log}"),
+        }
+    }
+
+    /// Starts an agent; `Err` with its log if it exits before it is ready.
+    fn try_spawn(
+        dir: &Path,
+        fingerprint: &str,
+        trust: &[&str],
+        env: &[(&str, &str)],
+        listen: &str,
+    ) -> Result<Agent, String> {
         let log = dir.join(format!(
             "agent-{}.log",
             std::time::SystemTime::now()
@@ -155,20 +191,22 @@ impl Agent {
             log,
             trust: trust.iter().map(|t| t.to_string()).collect(),
         };
-        agent.addr = agent.wait_ready();
-        agent
+        agent.addr = agent.wait_ready()?;
+        Ok(agent)
     }
 
-    fn wait_ready(&mut self) -> SocketAddr {
+    /// The address the agent listens on once it logs that it is ready;
+    /// `Err` with its log if it exits first.
+    fn wait_ready(&mut self) -> Result<SocketAddr, String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let text = self.log_text();
             if let Some(line) = text.lines().find(|l| l.contains("ferry-agent ready")) {
-                return ready_line_listen(line);
+                return Ok(ready_line_listen(line));
             }
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
-                    panic!("ferry-agent exited with {status} before it was ready:\n{text}");
+                    return Err(format!("ferry-agent exited with {status}:\n{text}"));
                 }
             }
             assert!(
@@ -176,30 +214,6 @@ impl Agent {
                 "ferry-agent not ready after 30 s:\n{text}"
             );
             std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Like [`Agent::restart`], but an agent that exits before it is ready
-    /// is an `Err` with its log instead of a panic.
-    pub fn try_restart(&mut self, env: &[(&str, &str)]) -> Result<(), String> {
-        self.kill9();
-        let trust: Vec<String> = self.trust.clone();
-        let trust: Vec<&str> = trust.iter().map(String::as_str).collect();
-        let listen = self.addr.to_string();
-        let dir = self.dir.clone();
-        let fingerprint = self.fingerprint.clone();
-        let started =
-            std::panic::catch_unwind(|| Self::spawn(&dir, &fingerprint, &trust, env, &listen));
-        match started {
-            Ok(mut fresh) => {
-                self.child = fresh.child.take();
-                self.log = fresh.log.clone();
-                Ok(())
-            }
-            Err(panic) => Err(panic
-                .downcast_ref::<String>()
-                .cloned()
-                .unwrap_or_else(|| "agent failed to start".to_owned())),
         }
     }
 
