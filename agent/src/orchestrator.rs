@@ -1692,8 +1692,9 @@ impl Orchestrator {
         *floor = (*floor).max(rp);
     }
 
-    /// The newest engine recovery point any standby image of the group holds.
-    async fn remote_newest_point(&self, gid: GroupId) -> CtlResult<u64> {
+    /// The newest engine recovery point any standby image of the group
+    /// holds; `None` when the standby has no such group any more.
+    async fn remote_newest_point(&self, gid: GroupId) -> CtlResult<Option<u64>> {
         let g = self.db(|s| s.group(gid))?;
         let svc = self.db(|s| s.service(g.service_id))?;
         let remote = remote_id(&g)?;
@@ -1705,13 +1706,21 @@ impl Orchestrator {
                 None,
             )
             .await?;
-        Ok(reply["newest"].as_u64().unwrap_or(0))
+        if reply["gone"] == true {
+            return Ok(None);
+        }
+        Ok(Some(reply["newest"].as_u64().unwrap_or(0)))
     }
 
     /// Peer: the newest engine recovery point any standby image of the
-    /// group holds (0: none).
-    pub fn peer_newest_point(&self, caller: AgentId, id: i64) -> CtlResult<u64> {
-        let g = self.peer_group(caller, id)?;
+    /// group holds (0: none); `None` when this agent has no such group (it
+    /// was deleted here).
+    pub fn peer_newest_point(&self, caller: AgentId, id: i64) -> CtlResult<Option<u64>> {
+        let g = match self.peer_group(caller, id) {
+            Ok(g) => g,
+            Err(CtlError::Store(StoreError::NotFound { .. })) => return Ok(None),
+            Err(e) => return Err(e),
+        };
         let mut newest = 0;
         for r in self.db(|s| s.resources(g.id))? {
             let Ok(image) = ImageName::new(r.standby_target.clone()) else {
@@ -1721,7 +1730,7 @@ impl Orchestrator {
                 newest = points.iter().map(|p| p.id.get()).fold(newest, u64::max);
             }
         }
-        Ok(newest)
+        Ok(Some(newest))
     }
 
     fn set_progress(&self, gid: GroupId, f: impl FnOnce(&mut GroupProgress)) {
@@ -1741,14 +1750,25 @@ impl Orchestrator {
             // A standby holding a point of the group also ends the initial
             // full sync a killed primary never recorded (the standby may
             // have failed over since: no later cycle will complete, and
-            // stop sync would be refused for good).
+            // stop sync would be refused for good). So does a standby that
+            // has no such group any more (it failed over, then deleted its
+            // group): there is nothing left to sync into, and this side
+            // must still be able to stop and delete its group.
             Err(_) => {
-                if let Ok(newest) = self.remote_newest_point(gid).await {
-                    self.raise_rp_floor(gid, newest);
-                    if newest > 0 {
-                        if let Err(e) = self.end_initial_sync(gid) {
-                            warn!(error = %e, "could not record the end of the initial sync");
-                        }
+                let ended = match self.remote_newest_point(gid).await {
+                    Ok(Some(newest)) => {
+                        self.raise_rp_floor(gid, newest);
+                        newest > 0
+                    }
+                    Ok(None) => {
+                        warn!(group = %gid, "the standby has no such group any more; the initial sync ends here");
+                        true
+                    }
+                    Err(_) => false,
+                };
+                if ended {
+                    if let Err(e) = self.end_initial_sync(gid) {
+                        warn!(error = %e, "could not record the end of the initial sync");
                     }
                 }
             }
@@ -1837,6 +1857,7 @@ impl Orchestrator {
         })
         .await
         .map_err(internal(format!("replicating group '{}'", g.name)))?;
+        hold::reach("cycle::committed");
         fail::fail_point!("cycle::after-commit-before-state", |_| Err(
             CtlError::BadRequest("fail point cycle::after-commit-before-state".into())
         ));

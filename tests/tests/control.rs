@@ -718,6 +718,39 @@ fn recovery_point_whose_answer_is_lost_is_not_left_on_the_standby() {
     assert_eq!(rp_names(&b, "g1"), vec!["kept".to_owned()]);
 }
 
+/// An old primary killed after the standby committed its first full sync
+/// but before it recorded the end of its initial sync, whose standby then
+/// failed over and deleted its group, can still stop and delete its own
+/// group. Its stop sync was refused for good ("a resource is in its initial
+/// full sync"): the end of the initial sync was only recorded when the
+/// standby still had the group (found by the control fault harness, seed 3,
+/// scenario 37).
+#[cfg(feature = "failpoints")]
+#[test]
+fn old_primary_killed_in_its_initial_sync_can_stop_after_the_standby_deleted_its_group() {
+    let mut s = paired();
+    let a = s.a_dir().to_path_buf();
+    let b = s.b_dir().to_path_buf();
+    let point = "cycle::committed";
+    s.a.restart(&[("FAILPOINTS", &hold_point::hold(point, 0))]);
+    protect_g1(&s, &[("vm1.raw", 2 * MIB, 81), ("vm2.raw", MIB, 82)]);
+    assert!(
+        hold_point::wait_reached(&s.a, point, Duration::from_secs(60), || true),
+        "the first cycle never reached {point}"
+    );
+    s.a.kill9();
+    let op = ok(&b, &["group", "failover", "g1", "--wait"]);
+    assert_eq!(op["state"]["state"], "succeeded", "{op}");
+    ok(&b, &["group", "delete", "g1", "--wait"]);
+    s.a.restart(&[]);
+    // Its first cycle fails (the standby has no such group): the initial
+    // sync ends there, and stop sync is no longer refused.
+    wait_for("stop sync accepted on the old primary", || {
+        run(&a, &["group", "stop", "g1", "--wait"]).status.success()
+    });
+    ok(&a, &["group", "delete", "g1", "--wait"]);
+}
+
 /// Transitions of the history entries a files standby keeps for `image`
 /// (`initial`, `undo` = incremental, `full`).
 fn standby_transitions(agent: &Agent, image: &str) -> Vec<String> {

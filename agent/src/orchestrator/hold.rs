@@ -29,7 +29,10 @@
 //!   commit, the replicated copies gone, the operation not finished),
 //!   `migrate::standby-committed` (finished, the answer not sent);
 //! - failover (the standby): `failover::before-images`,
-//!   `failover::after-image` (once per image).
+//!   `failover::after-image` (once per image);
+//! - any replication cycle, primary: `cycle::committed` (the standby
+//!   committed the cycle, this side has not recorded the end of an initial
+//!   sync yet).
 
 /// Evaluates hold point `name` from async code. A held point parks the
 /// calling thread: on a multi-thread runtime (the agent's) the runtime
