@@ -51,6 +51,9 @@
 //! volumes equal the quiesced sources; failover copies equal the chosen
 //! point.
 //!
+//! The policy scenarios live in `common/control_policy.rs`, the failover in
+//! `common/control_failover.rs`.
+//!
 //! `FERRY_CTL_FAULT_SEED` (default 1) and `FERRY_CTL_FAULT_SCENARIOS`
 //! (default 40) select the run; the seed and every scenario are printed, so
 //! a failure replays with the same seed. The long run is the ignored test
@@ -69,8 +72,12 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
 
+#[path = "common/control_failover.rs"]
+mod control_failover;
 #[path = "common/control_faults.rs"]
 mod control_faults;
+#[path = "common/control_policy.rs"]
+mod control_policy;
 #[path = "common/fault_tally.rs"]
 mod fault_tally;
 #[path = "common/hold_point.rs"]
@@ -612,153 +619,6 @@ impl World {
         }
     }
 
-    // ---------------------------------------------------------- policy
-
-    fn policy_def(&self) -> PolicyDef {
-        self.policy_on[self.primary.index()].expect("a policy on the primary")
-    }
-
-    /// The policy is bound to the group on the primary (created there first
-    /// if needed; the group's policy points are deleted first, as binding
-    /// requires).
-    fn ensure_policy(&mut self, what: &str) {
-        if self.policy_bound {
-            return;
-        }
-        let p = self.p();
-        let g = self.group.clone();
-        for rp in self.rps(&p) {
-            if rp["kind"] == "policy" {
-                let name = rp["name"].as_str().unwrap_or("?").to_owned();
-                ok(&p, &["rp", "delete", &g, &name, "--wait"]);
-            }
-        }
-        if self.policy_on[self.primary.index()].is_none() {
-            let now = self.faked_now_ms();
-            // The next slot is 6 h away.
-            let tod_ms = (now + 6 * HOUR_MS).rem_euclid(DAY_MS) / 60_000 * 60_000;
-            let schedule = format!(
-                "daily {:02}:{:02}",
-                tod_ms / HOUR_MS,
-                (tod_ms % HOUR_MS) / 60_000
-            );
-            let from = rfc3339(now);
-            ok(
-                &p,
-                &[
-                    "policy",
-                    "create",
-                    POLICY,
-                    "--schedule",
-                    &schedule,
-                    "--tz",
-                    "UTC",
-                    "--from",
-                    &from,
-                ],
-            );
-            self.policy_on[self.primary.index()] = Some(PolicyDef {
-                tod_ms,
-                from_ms: now,
-            });
-        }
-        ok(&p, &["policy", "bind", &g, POLICY, "--retention", "5"]);
-        self.policy_bound = true;
-        self.last_fired = None;
-        self.policy_seen = self.policy_names();
-        // Binding may make a slot due at once (a policy created long ago).
-        let due = self.due_slot();
-        self.expect_policy_outcome(due, what);
-    }
-
-    /// The slot the scheduler must fire now, if any: the newest slot at or
-    /// before the clock, after the effective start and after the last fired.
-    fn due_slot(&self) -> Option<i64> {
-        let def = self.policy_def();
-        let slot = slot_at_or_before(self.faked_now_ms(), def.tod_ms);
-        let after_last = self.last_fired.is_none_or(|l| slot > l);
-        (slot >= def.from_ms && after_last).then_some(slot)
-    }
-
-    fn clock_forward(&mut self, slots: i64, fault: Option<Fault>, what: &str) {
-        self.ensure_policy(what);
-        self.write_sources();
-        let now = self.faked_now_ms();
-        let tod = self.policy_def().tod_ms;
-        // Across exactly `slots` slots after the clock, the last fired slot
-        // and the policy's start (the clock may have been stepped back
-        // before either): the newest of them fires, once.
-        let base = slot_at_or_before(now, tod)
-            .max(self.last_fired.unwrap_or(i64::MIN))
-            .max(slot_at_or_before(self.policy_def().from_ms, tod));
-        let landing = base + slots * DAY_MS + self.landing_ms();
-        if let Some(f) = &fault {
-            self.arm(f);
-        }
-        let primary = self.primary;
-        let lost_before = self.log_count(primary, STANDBY_DID_NOT_RECORD);
-        self.set_clock(landing);
-        let due = self.due_slot();
-        let Some(slot) = due else {
-            panic!("{}: a forward jump makes a slot due", self.ctx(what));
-        };
-        if let Some(f) = fault {
-            // The point is in flight until it is complete on the primary.
-            let name = format!("{POLICY}-{slot}");
-            let p = self.p();
-            let pending = |w: &World| {
-                !w.rps(&p)
-                    .iter()
-                    .any(|rp| rp["name"] == name.as_str() && rp["state"] == "complete")
-            };
-            if self.land(&f, pending) {
-                self.assert_rp_interrupted(&f, lost_before, None, what);
-            }
-        }
-        self.expect_policy_outcome(due, what);
-    }
-
-    /// Waits for the policy point of `due` (complete on both sides) or, with
-    /// none due, gives the scheduler a few ticks; then no other policy point
-    /// may have appeared.
-    fn expect_policy_outcome(&mut self, due: Option<i64>, what: &str) {
-        let p = self.p();
-        let s = self.s();
-        let expected: BTreeSet<String> =
-            due.iter().map(|slot| format!("{POLICY}-{slot}")).collect();
-        match due {
-            Some(slot) => {
-                let name = format!("{POLICY}-{slot}");
-                for dir in [&p, &s] {
-                    wait_for(&format!("policy point {name} on {}", dir.display()), || {
-                        self.rps(dir)
-                            .iter()
-                            .any(|rp| rp["name"] == name.as_str() && rp["state"] == "complete")
-                    });
-                }
-                self.bump("policy points fired");
-            }
-            None => self.bump("clock changes that fire nothing"),
-        }
-        // Several scheduler ticks (1 s) after the clock file's cache (1 s).
-        std::thread::sleep(Duration::from_secs(4));
-        let new: BTreeSet<String> = self
-            .policy_names()
-            .difference(&self.policy_seen)
-            .cloned()
-            .collect();
-        assert_eq!(
-            new,
-            expected,
-            "{}: policy points that appeared (expected exactly the newest due slot, once)",
-            self.ctx(what)
-        );
-        self.policy_seen.extend(new);
-        if let Some(slot) = due {
-            self.last_fired = Some(slot);
-        }
-    }
-
     // ------------------------------------------------------- migration
 
     fn migrate(&mut self, fault: Option<Fault>, what: &str) {
@@ -844,139 +704,6 @@ impl World {
         );
         let p = self.p();
         ok(&p, &["group", "start", &g, "--wait"]);
-    }
-
-    // -------------------------------------------------------- failover
-
-    fn failover(&mut self, to_point: bool, fault: Option<Fault>, what: &str) {
-        let g = self.group.clone();
-        let s = self.s();
-        let standby_side = self.primary.other();
-        let complete: Vec<String> = self
-            .rps(&s)
-            .iter()
-            .filter(|rp| rp["state"] == "complete")
-            .filter_map(|rp| rp["name"].as_str().map(str::to_owned))
-            .filter(|name| self.committed.contains_key(name))
-            .collect();
-        let point = if to_point && !complete.is_empty() {
-            Some(complete[self.rng.gen_range(0..complete.len())].clone())
-        } else {
-            None
-        };
-        // Latest synced data: the check after the previous scenario saw the
-        // standby equal to the (unchanged since) sources.
-        let expected = match &point {
-            Some(name) => self.committed[name].clone(),
-            None => self.source_hashes(),
-        };
-        let resources = self.resources();
-        let names: Vec<String> = resources.iter().map(|(_, n)| n.clone()).collect();
-        let uris: Vec<String> = resources.iter().map(|(u, _)| u.clone()).collect();
-        println!(
-            "  failover to {}",
-            point.as_deref().unwrap_or("the latest data")
-        );
-        // The primary site is lost.
-        self.agents[self.primary.index()].kill9();
-        let mut args = vec!["group", "failover", g.as_str()];
-        if let Some(name) = &point {
-            args.extend(["--rp", name.as_str()]);
-        }
-        if let Some(f) = &fault {
-            self.arm(f);
-        }
-        let op = ok(&s, &args);
-        let landed = fault.is_some_and(|f| self.land(&f, |w| w.op_running(standby_side, &op)));
-        let done = wait_op_finished(&s, &op);
-        println!(
-            "  failover: {}",
-            done["state"]["state"].as_str().unwrap_or("?")
-        );
-        if done["state"]["state"] != "succeeded" {
-            self.bump("failovers interrupted");
-        }
-        if let Some(f) = fault.filter(|_| landed) {
-            assert_eq!(
-                (
-                    done["state"]["state"].as_str(),
-                    self.role_state(&s).1.as_str()
-                ),
-                (Some("failed"), "failover_failed"),
-                "{}: killed the standby at {} but the failover was not interrupted: {done}",
-                self.ctx(what),
-                f.point
-            );
-            self.assert_restart_finished_op(standby_side, &self.ctx(what));
-        }
-        let mut retries = 0;
-        loop {
-            let (_, state, _) = self.role_state(&s);
-            if state == "failed_over" {
-                break;
-            }
-            retries += 1;
-            assert!(
-                retries <= 3,
-                "{}: failover still not done after 3 retries (state {state}): {done}",
-                self.ctx(what)
-            );
-            self.bump("failovers retried");
-            args.push("--wait");
-            let out = run(&s, &args);
-            args.pop();
-            println!("  retry {retries}: {}", text(&out).replace('\n', " | "));
-        }
-        let (role, state, new_primary) = self.role_state(&s);
-        assert!(
-            new_primary && state == "failed_over",
-            "{}: after failover: role {role}, state {state}, new primary {new_primary}",
-            self.ctx(what)
-        );
-        let out_dir = s.join("failover").join(&g);
-        let got: Vec<String> = names
-            .iter()
-            .map(|n| hash_file(&out_dir.join(format!("{n}.raw"))))
-            .collect();
-        assert_eq!(
-            got,
-            expected,
-            "{}: failover copies differ from {}",
-            self.ctx(what),
-            point.as_deref().unwrap_or("the latest data")
-        );
-        self.bump("failovers");
-
-        // Rebuild: the old primary comes back; the failed-over group goes,
-        // the primary stops and deletes its group, and protects its sources
-        // again as a new group.
-        self.restart(self.primary);
-        let p = self.p();
-        // Either order: the new primary's group may be gone or still there
-        // when the old primary stops and deletes its own.
-        let new_primary_first = self.rng.gen_bool(0.5);
-        if new_primary_first {
-            ok(&s, &["group", "delete", &g, "--wait"]);
-        }
-        ok(&p, &["group", "stop", &g, "--wait"]);
-        ok(&p, &["group", "delete", &g, "--wait"]);
-        if !new_primary_first {
-            assert_eq!(
-                self.role_state(&s).1,
-                "failed_over",
-                "{}: the old primary's delete left the new primary alone",
-                self.ctx(what)
-            );
-            ok(&s, &["group", "delete", &g, "--wait"]);
-        }
-        std::fs::remove_dir_all(&out_dir).expect("removing the failover copies");
-        self.generation += 1;
-        self.group = format!("g{}", self.generation);
-        self.committed.clear();
-        self.policy_bound = false;
-        self.last_fired = None;
-        self.policy_seen.clear();
-        self.protect(&uris);
     }
 
     // ----------------------------------------------------------- checks
