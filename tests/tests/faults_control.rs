@@ -56,7 +56,9 @@
 //!
 //! `FERRY_CTL_FAULT_SEED` (default 1) and `FERRY_CTL_FAULT_SCENARIOS`
 //! (default 40) select the run; the seed and every scenario are printed, so
-//! a failure replays with the same seed. The long run is the ignored test
+//! a failure replays with the same seed (each scenario draws from its own
+//! generator, seeded by the seed and its number, so the same scenarios and
+//! faults come back whatever the timing did). The long run is the ignored test
 //! `control_fault_scenarios_long` (200 scenarios, a time-based seed unless
 //! given).
 
@@ -469,6 +471,15 @@ impl World {
     }
 
     fn scenario(&mut self, n: usize) {
+        // Each scenario draws from its own generator (seed, n): what it is
+        // and where its fault lands do not depend on how earlier scenarios
+        // went (a timing-dependent outcome would shift every later draw),
+        // so the printed replay line replays the same scenarios.
+        self.rng = ChaCha8Rng::seed_from_u64(
+            self.seed
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .wrapping_add(n as u64),
+        );
         let scenario = self.pick();
         let what = format!("scenario {n}: {scenario:?}");
         println!("{}", self.ctx(&what));
