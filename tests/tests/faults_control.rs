@@ -257,17 +257,27 @@ impl World {
         ok(&dirs[0], &["service", "create", "--key", &key]);
         // Each side reaches the other through a proxy (agents keep their
         // addresses across restarts, so the proxies stay valid).
+        // The TCP side takes the UDP proxy's port number: another process
+        // (tests run in parallel) may hold it for TCP; take another port then.
         for (i, agent) in world.agents.iter().enumerate() {
-            let proxy = world
-                .runtime
-                .block_on(UdpProxy::start(
-                    "127.0.0.1:0".parse().expect("literal address"),
-                    agent.addr,
-                    seed.wrapping_add(i as u64),
-                    Impairment::default(),
-                ))
-                .expect("starting a UDP proxy");
-            let tcp = TcpProxy::start(&world.runtime, proxy.listen_addr(), agent.addr);
+            let mut attempts = 0;
+            let (proxy, tcp) = loop {
+                attempts += 1;
+                let proxy = world
+                    .runtime
+                    .block_on(UdpProxy::start(
+                        "127.0.0.1:0".parse().expect("literal address"),
+                        agent.addr,
+                        seed.wrapping_add(i as u64),
+                        Impairment::default(),
+                    ))
+                    .expect("starting a UDP proxy");
+                match TcpProxy::start(&world.runtime, proxy.listen_addr(), agent.addr) {
+                    Ok(tcp) => break (proxy, tcp),
+                    Err(e) if attempts < 20 => println!("TCP proxy port taken ({e}); another"),
+                    Err(e) => panic!("binding the TCP proxy beside the UDP one: {e}"),
+                }
+            };
             world.proxies.push(proxy);
             world.tcp_proxies.push(tcp);
         }

@@ -12,10 +12,14 @@ pub struct TcpProxy {
 }
 
 impl TcpProxy {
-    pub fn start(rt: &tokio::runtime::Runtime, listen: SocketAddr, target: SocketAddr) -> TcpProxy {
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind(listen))
-            .expect("binding the TCP proxy beside the UDP one");
+    /// Starts forwarding from `listen`; fails if that TCP port is taken
+    /// (it is a UDP proxy's port number, free for TCP only by luck).
+    pub fn start(
+        rt: &tokio::runtime::Runtime,
+        listen: SocketAddr,
+        target: SocketAddr,
+    ) -> std::io::Result<TcpProxy> {
+        let listener = rt.block_on(tokio::net::TcpListener::bind(listen))?;
         let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (c, list) = (cut.clone(), conns.clone());
@@ -32,7 +36,7 @@ impl TcpProxy {
                 list.lock().expect("proxy list").push(task.abort_handle());
             }
         });
-        TcpProxy { cut, conns }
+        Ok(TcpProxy { cut, conns })
     }
 
     pub fn set_cut(&self, cut: bool) {
