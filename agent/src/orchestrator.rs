@@ -28,6 +28,7 @@
 //!   and group delete as done, changing nothing: the old primary can clean
 //!   up its own group and never touches the new primary's.
 
+mod hold;
 mod rbd_migration;
 
 use std::collections::HashMap;
@@ -1204,6 +1205,7 @@ impl Orchestrator {
         let svc = self.db(|s| s.service(g.service_id))?;
         let remote = remote_id(&g)?;
         let body = json!({ "name": name, "engine_rp": engine_rp, "kind": kind });
+        hold::reach("rp::before-register");
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -1216,7 +1218,10 @@ impl Orchestrator {
                 )
                 .await
             {
-                Ok(_) => break,
+                Ok(_) => {
+                    hold::reach("rp::after-register");
+                    break;
+                }
                 Err(e) if attempt < CYCLE_ATTEMPTS => {
                     warn!(group = %g.name, rp = %name, error = %error_chain(&e), "standby did not record the recovery point; retrying");
                     tokio::time::sleep(RETRY_PAUSE).await;
@@ -1375,7 +1380,10 @@ impl Orchestrator {
                 continue;
             }
             match self.create_rp_with(g.clone(), name, RpKind::Policy) {
-                Ok(op) => info!(group = %g.name, op = %op.id, "policy recovery point started"),
+                Ok(op) => {
+                    info!(group = %g.name, op = %op.id, "policy recovery point started");
+                    hold::reach("policy::started");
+                }
                 Err(e) => {
                     tracing::debug!(group = %g.name, error = %e, "policy recovery point not started")
                 }
@@ -1587,6 +1595,9 @@ impl Orchestrator {
             while let Ok(w) = rx.try_recv() {
                 waiting.push((w, 0));
             }
+            if !waiting.is_empty() {
+                hold::reach("rp::before-cycle");
+            }
             let started = Timestamp::now();
             self.set_progress(gid, |p| {
                 p.state = "replicating".into();
@@ -1681,8 +1692,9 @@ impl Orchestrator {
         *floor = (*floor).max(rp);
     }
 
-    /// The newest engine recovery point any standby image of the group holds.
-    async fn remote_newest_point(&self, gid: GroupId) -> CtlResult<u64> {
+    /// The newest engine recovery point any standby image of the group
+    /// holds; `None` when the standby has no such group any more.
+    async fn remote_newest_point(&self, gid: GroupId) -> CtlResult<Option<u64>> {
         let g = self.db(|s| s.group(gid))?;
         let svc = self.db(|s| s.service(g.service_id))?;
         let remote = remote_id(&g)?;
@@ -1694,13 +1706,21 @@ impl Orchestrator {
                 None,
             )
             .await?;
-        Ok(reply["newest"].as_u64().unwrap_or(0))
+        if reply["gone"] == true {
+            return Ok(None);
+        }
+        Ok(Some(reply["newest"].as_u64().unwrap_or(0)))
     }
 
     /// Peer: the newest engine recovery point any standby image of the
-    /// group holds (0: none).
-    pub fn peer_newest_point(&self, caller: AgentId, id: i64) -> CtlResult<u64> {
-        let g = self.peer_group(caller, id)?;
+    /// group holds (0: none); `None` when this agent has no such group (it
+    /// was deleted here).
+    pub fn peer_newest_point(&self, caller: AgentId, id: i64) -> CtlResult<Option<u64>> {
+        let g = match self.peer_group(caller, id) {
+            Ok(g) => g,
+            Err(CtlError::Store(StoreError::NotFound { .. })) => return Ok(None),
+            Err(e) => return Err(e),
+        };
         let mut newest = 0;
         for r in self.db(|s| s.resources(g.id))? {
             let Ok(image) = ImageName::new(r.standby_target.clone()) else {
@@ -1710,7 +1730,7 @@ impl Orchestrator {
                 newest = points.iter().map(|p| p.id.get()).fold(newest, u64::max);
             }
         }
-        Ok(newest)
+        Ok(Some(newest))
     }
 
     fn set_progress(&self, gid: GroupId, f: impl FnOnce(&mut GroupProgress)) {
@@ -1730,14 +1750,25 @@ impl Orchestrator {
             // A standby holding a point of the group also ends the initial
             // full sync a killed primary never recorded (the standby may
             // have failed over since: no later cycle will complete, and
-            // stop sync would be refused for good).
+            // stop sync would be refused for good). So does a standby that
+            // has no such group any more (it failed over, then deleted its
+            // group): there is nothing left to sync into, and this side
+            // must still be able to stop and delete its group.
             Err(_) => {
-                if let Ok(newest) = self.remote_newest_point(gid).await {
-                    self.raise_rp_floor(gid, newest);
-                    if newest > 0 {
-                        if let Err(e) = self.end_initial_sync(gid) {
-                            warn!(error = %e, "could not record the end of the initial sync");
-                        }
+                let ended = match self.remote_newest_point(gid).await {
+                    Ok(Some(newest)) => {
+                        self.raise_rp_floor(gid, newest);
+                        newest > 0
+                    }
+                    Ok(None) => {
+                        warn!(group = %gid, "the standby has no such group any more; the initial sync ends here");
+                        true
+                    }
+                    Err(_) => false,
+                };
+                if ended {
+                    if let Err(e) = self.end_initial_sync(gid) {
+                        warn!(error = %e, "could not record the end of the initial sync");
                     }
                 }
             }
@@ -1826,6 +1857,7 @@ impl Orchestrator {
         })
         .await
         .map_err(internal(format!("replicating group '{}'", g.name)))?;
+        hold::reach("cycle::committed");
         fail::fail_point!("cycle::after-commit-before-state", |_| Err(
             CtlError::BadRequest("fail point cycle::after-commit-before-state".into())
         ));
@@ -1907,6 +1939,7 @@ impl Orchestrator {
             info!(group = %g.name, "the standby already completed the migration; finishing here");
             begun
         } else {
+            hold::reach("migrate::after-begin");
             let mut attempt = 0;
             let done = loop {
                 attempt += 1;
@@ -1926,6 +1959,7 @@ impl Orchestrator {
                 }
             };
             info!(group = %g.name, engine_rp = done.engine_rp, "final sync of the migration done");
+            hold::reach("migrate::after-final-sync");
             self.peer_migrate(
                 g,
                 &MigrateStep::Prepare {
@@ -1934,6 +1968,7 @@ impl Orchestrator {
             )
             .await?
         };
+        hold::reach("migrate::prepared");
         // Fault injection (tests): the standby prepared, this side stops.
         fail::fail_point!("migrate::after-prepare", |_| Err(CtlError::BadRequest(
             "injected failure after the standby prepared the migration".into()
@@ -1951,9 +1986,11 @@ impl Orchestrator {
                     return Err(e);
                 }
             };
+            hold::reach("migrate::before-commit");
             if !plan.completed {
                 self.peer_migrate(g, &MigrateStep::Commit).await?;
             }
+            hold::reach("migrate::after-commit");
             self.db(|s| s.mark_recovery_points_unusable(g.id, None))?;
             self.forget_rbd_sources(peer, &resources).await;
             info!(group = %g.name, "planned migration done; this site is now the standby");
@@ -2012,9 +2049,11 @@ impl Orchestrator {
             )
             .await?;
         }
+        hold::reach("migrate::before-commit");
         if !plan.completed {
             self.peer_migrate(g, &MigrateStep::Commit).await?;
         }
+        hold::reach("migrate::after-commit");
         self.db(|s| s.mark_recovery_points_unusable(g.id, None))?;
         info!(group = %g.name, "planned migration done; this site is now the standby");
         Ok(checked
@@ -2095,6 +2134,7 @@ impl Orchestrator {
                         on_failure: GroupState::MigrationFailed,
                     };
                     self.db(|s| s.begin_operation(g.id, &t, &json!({ "by": "primary" })))?;
+                    hold::reach("migrate::standby-begun");
                 }
                 Ok(MigrationPlan::default())
             }
@@ -2118,6 +2158,7 @@ impl Orchestrator {
                     .map_err(|e| internal("encoding the migration plan")(e.into()))?;
                 write_durably(&plan_path.with_extension("tmp"), &plan_path, &bytes)
                     .map_err(|e| internal(format!("writing {}", plan_path.display()))(e.into()))?;
+                hold::reach("migrate::standby-prepared");
                 Ok(plan)
             }
             MigrateStep::Commit => {
@@ -2139,6 +2180,7 @@ impl Orchestrator {
                 // The replicated copies are not needed any more: the new
                 // volumes hold the same bytes.
                 self.remove_standby_images(&resources).await?;
+                hold::reach("migrate::standby-images-removed");
                 self.db(|s| s.mark_recovery_points_unusable(g.id, None))?;
                 self.db(|s| s.finish_operation_renaming(op.id, OpResult::Succeeded, &renames))?;
                 // The new RBD volumes are the group's now: no later abort
@@ -2147,6 +2189,7 @@ impl Orchestrator {
                     warn!(group = %g.name, %error, "cannot forget the migration's volume list");
                 }
                 info!(group = %g.name, "planned migration done; this site is now the primary");
+                hold::reach("migrate::standby-committed");
                 Ok(plan)
             }
             MigrateStep::Abort => {
@@ -2511,6 +2554,7 @@ impl Orchestrator {
                 })?
             }
         };
+        hold::reach("rp::standby-recorded");
         // Fault injection (tests): recorded here, the answer is lost.
         fail::fail_point!("rp::standby-answer-lost", |_| Err(CtlError::BadRequest(
             "injected: the answer to the primary is lost".into()
@@ -2756,19 +2800,20 @@ impl Orchestrator {
                         })?;
                     }
                 }
+                ferry_engine::testpoint::reach("failover::before-images");
                 match &receiver.store {
                     ferry_engine::standby::Standby::Files(files) => {
                         std::fs::create_dir_all(&dir)?;
                         for image in &images {
                             files.restore(image, rp, &dir.join(format!("{image}.raw")))?;
                             // Fault injection (tests): hold or stop between images.
-                            fail::fail_point!("failover::after-image");
+                            ferry_engine::testpoint::reach("failover::after-image");
                         }
                     }
                     ferry_engine::standby::Standby::Rbd(rbd) => {
                         for image in &images {
                             rbd.restore(image, rp, &format!("failover-{image}"))?;
-                            fail::fail_point!("failover::after-image");
+                            ferry_engine::testpoint::reach("failover::after-image");
                         }
                     }
                 }

@@ -6,6 +6,13 @@
 //! replication back; operations while the standby is unreachable; and (with
 //! the Ceph lab, `FERRY_CEPH_LAB=1`) a group of RBD images with pinned
 //! recovery points and failover on an RBD standby.
+//!
+//! The kill tests (feature `failpoints`) do not kill at a random moment:
+//! the agent is armed to hold at a named step of the operation
+//! (`agent/src/orchestrator/hold.rs`), killed once it logged that step
+//! reached (`common/hold_point.rs`), and the test checks the kill really
+//! interrupted the operation (a recovery point rolled back, a migration
+//! `migration_failed`, a failover `failover_failed`) before the retry.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -14,6 +21,12 @@ use ferry_agent::imagegen;
 use ferry_e2e::cli::{get as ferry_json_get, ok, run, text};
 use ferry_e2e::{ferry, hash_file, init_agent, Agent};
 use serde_json::Value;
+
+// Shared with the control fault harness, which uses all of it.
+#[cfg(feature = "failpoints")]
+#[allow(dead_code)]
+#[path = "common/hold_point.rs"]
+mod hold_point;
 
 const MIB: u64 = 1024 * 1024;
 
@@ -705,6 +718,39 @@ fn recovery_point_whose_answer_is_lost_is_not_left_on_the_standby() {
     assert_eq!(rp_names(&b, "g1"), vec!["kept".to_owned()]);
 }
 
+/// An old primary killed after the standby committed its first full sync
+/// but before it recorded the end of its initial sync, whose standby then
+/// failed over and deleted its group, can still stop and delete its own
+/// group. Its stop sync was refused for good ("a resource is in its initial
+/// full sync"): the end of the initial sync was only recorded when the
+/// standby still had the group (found by the control fault harness, seed 3,
+/// scenario 37).
+#[cfg(feature = "failpoints")]
+#[test]
+fn old_primary_killed_in_its_initial_sync_can_stop_after_the_standby_deleted_its_group() {
+    let mut s = paired();
+    let a = s.a_dir().to_path_buf();
+    let b = s.b_dir().to_path_buf();
+    let point = "cycle::committed";
+    s.a.restart(&[("FAILPOINTS", &hold_point::hold(point, 0))]);
+    protect_g1(&s, &[("vm1.raw", 2 * MIB, 81), ("vm2.raw", MIB, 82)]);
+    assert!(
+        hold_point::wait_reached(&s.a, point, Duration::from_secs(60), || true),
+        "the first cycle never reached {point}"
+    );
+    s.a.kill9();
+    let op = ok(&b, &["group", "failover", "g1", "--wait"]);
+    assert_eq!(op["state"]["state"], "succeeded", "{op}");
+    ok(&b, &["group", "delete", "g1", "--wait"]);
+    s.a.restart(&[]);
+    // Its first cycle fails (the standby has no such group): the initial
+    // sync ends there, and stop sync is no longer refused.
+    wait_for("stop sync accepted on the old primary", || {
+        run(&a, &["group", "stop", "g1", "--wait"]).status.success()
+    });
+    ok(&a, &["group", "delete", "g1", "--wait"]);
+}
+
 /// Transitions of the history entries a files standby keeps for `image`
 /// (`initial`, `undo` = incremental, `full`).
 fn standby_transitions(agent: &Agent, image: &str) -> Vec<String> {
@@ -1183,9 +1229,11 @@ fn lab_rbd_group_migrates_and_replicates_back_incrementally() {
 }
 
 /// An RBD planned migration that fails after the standby prepared (injected),
-/// then a retry killed (SIGKILL of the old primary) part-way, restarted and
-/// retried if it failed: the migration completes, the new volume holds the
-/// quiesced source, and no earlier attempt's image is left on either side.
+/// then a retry killed (SIGKILL of the old primary) held after the standby
+/// prepared again, which must leave it `migration_failed`, then retried:
+/// the migration completes, the new volume holds the quiesced source, and
+/// no earlier attempt's image is left on either side.
+#[cfg(feature = "failpoints")]
 #[test]
 #[ignore = "needs the Ceph lab (FERRY_CEPH_LAB=1); scripts/test.sh runs it"]
 fn lab_rbd_migration_killed_and_retried_completes() {
@@ -1239,17 +1287,11 @@ fn lab_rbd_migration_killed_and_retried_completes() {
     lab::pyrbd("site-a", &image, "img.write(b'l' * 4096, 9 * 1048576)");
     let want = export_hash("site-a", &format!("rbd/{image}"));
 
-    // The retry is killed part-way and retried again if it failed.
-    let op = ok(&a, &["group", "migrate", "g1"]);
-    std::thread::sleep(Duration::from_millis(1500));
-    s.a.restart(&[]);
-    wait_op_finished(&a, &op);
-    let interrupted = group_state(&a, "g1") == "migration_failed";
-    println!("migration interrupted by the kill: {interrupted}");
-    if interrupted {
-        let op = ok(&a, &["group", "migrate", "g1", "--wait"]);
-        assert_eq!(op["state"]["state"], "succeeded", "{op}");
-    }
+    // The retry is killed once the standby prepared its volume again, and
+    // retried.
+    migration_killed_at(&mut s.a, "migrate::prepared", Duration::from_secs(300));
+    let op = ok(&a, &["group", "migrate", "g1", "--wait"]);
+    assert_eq!(op["state"]["state"], "succeeded", "{op}");
     let ga = ok(&a, &["group", "show", "g1"]);
     let gb = ok(&b, &["group", "show", "g1"]);
     assert_eq!(
@@ -1300,6 +1342,33 @@ fn lab_rbd_migration_killed_and_retried_completes() {
     );
     ok(&b, &["group", "stop", "g1", "--wait"]);
     ok(&b, &["group", "delete", "g1", "--wait"]);
+}
+
+/// Restarts `agent` (the primary of g1) armed to hold at `point`, starts a
+/// planned migration of g1 there, SIGKILLs the agent once it logged the
+/// point reached (the migration still running), restarts it disarmed and
+/// checks that the kill interrupted the migration: the operation failed and
+/// the group is `migration_failed`.
+#[cfg(feature = "failpoints")]
+fn migration_killed_at(agent: &mut Agent, point: &str, patience: Duration) {
+    agent.restart(&[("FAILPOINTS", &hold_point::hold(point, 0))]);
+    let dir = agent.dir.clone();
+    let op = ok(&dir, &["group", "migrate", "g1"]);
+    let id = op["operation"]["id"].to_string();
+    let running = || ok(&dir, &["op", &id])["state"]["state"] == "running";
+    assert!(
+        hold_point::wait_reached(agent, point, patience, running),
+        "the migration never reached {point}:\n{}",
+        agent.log_text()
+    );
+    assert!(running(), "the migration ended while held at {point}");
+    agent.restart(&[]);
+    let done = wait_op_finished(&dir, &op);
+    assert_eq!(
+        done["state"]["state"], "failed",
+        "killed at {point}: {done}"
+    );
+    assert_eq!(group_state(&dir, "g1"), "migration_failed");
 }
 
 /// After a planned migration of g1: site A's group is a mapped standby and
@@ -1353,6 +1422,13 @@ fn wait_op_finished(dir: &Path, op: &Value) -> Value {
     last
 }
 
+/// The primary SIGKILLed while it holds at a step of a recovery point (the
+/// standby recorded and pinned it, not complete here yet) and of a planned
+/// migration (the final sync done, the standby not asked to prepare): each
+/// kill interrupts its operation (rolled back; `migration_failed`), both
+/// sides agree on the recovery points, and the retried migration completes
+/// with the new primary holding the quiesced volume.
+#[cfg(feature = "failpoints")]
 #[test]
 fn primary_killed_during_recovery_point_and_migration_comes_back_consistent() {
     let mut s = paired();
@@ -1361,30 +1437,28 @@ fn primary_killed_during_recovery_point_and_migration_comes_back_consistent() {
     let img = protect_g1(&s, &[("vm.raw", 64 * MIB, 41)])[0].0.clone();
     ok(&a, &["rp", "create", "g1", "--name", "kept", "--wait"]);
 
-    // SIGKILL right after a recovery point was requested: whatever step it
-    // reached, both sides end with the same recovery points.
+    let point = "rp::after-register";
+    s.a.restart(&[("FAILPOINTS", &hold_point::hold(point, 0))]);
     let op = ok(&a, &["rp", "create", "g1", "--name", "torn"]);
+    assert!(
+        hold_point::wait_reached(&s.a, point, Duration::from_secs(60), || true),
+        "the recovery point never reached {point}"
+    );
     s.a.restart(&[]);
     let done = wait_op_finished(&a, &op);
-    assert_ne!(done["state"]["state"], "failed", "{done}");
-    wait_for("both sides to agree on the recovery points", || {
-        rp_names(&a, "g1") == rp_names(&b, "g1")
+    assert_eq!(done["state"]["state"], "rolled_back", "{done}");
+    wait_for("both sides to drop the torn point", || {
+        rp_names(&a, "g1") == vec!["kept".to_owned()] && rp_names(&b, "g1") == rp_names(&a, "g1")
     });
-    assert!(rp_names(&a, "g1").contains(&"kept".to_owned()));
 
-    // SIGKILL during a planned migration, restart, retry if it failed: the
-    // migration completes and the new primary holds the quiesced volume.
     let want = hash_file(&img);
-    let op = ok(&a, &["group", "migrate", "g1"]);
-    std::thread::sleep(Duration::from_millis(300));
-    s.a.restart(&[]);
-    wait_op_finished(&a, &op);
-    let interrupted = group_state(&a, "g1") == "migration_failed";
-    println!("migration interrupted by the kill: {interrupted}");
-    if interrupted {
-        let op = ok(&a, &["group", "migrate", "g1", "--wait"]);
-        assert_eq!(op["state"]["state"], "succeeded", "{op}");
-    }
+    migration_killed_at(
+        &mut s.a,
+        "migrate::after-final-sync",
+        Duration::from_secs(60),
+    );
+    let op = ok(&a, &["group", "migrate", "g1", "--wait"]);
+    assert_eq!(op["state"]["state"], "succeeded", "{op}");
     assert_roles_swapped(&a, &b);
     let vol = b.join("volumes").join("g1").join("g1-vm.raw");
     assert_eq!(hash_file(&vol), want);

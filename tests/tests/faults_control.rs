@@ -2,22 +2,37 @@
 //! processes (files backend) paired over real QUIC on loopback protect one
 //! group of two small images while randomized scenarios, all drawn from one
 //! seed, hit the control operations:
-//! - a manual recovery point, with the primary or the standby SIGKILLed a
-//!   random moment after it was requested (then restarted);
+//! - a manual recovery point, with the primary or the standby SIGKILLed
+//!   during it (then restarted);
 //! - a policy recovery point made due by a **clock jump** forward across k
-//!   daily slots, with an agent SIGKILLed around the firing; clock jumps
-//!   back (nothing fires, no slot fires twice) and forward within a slot
-//!   (nothing fires);
-//! - a planned migration with either agent SIGKILLed a random moment after
-//!   it was requested, restarted and the migration retried while it is
-//!   `migration_failed`; replication then runs the other way;
+//!   daily slots, with an agent SIGKILLed while it is being made; clock
+//!   jumps back (nothing fires, no slot fires twice) and forward within a
+//!   slot (nothing fires);
+//! - a planned migration with either agent SIGKILLed during it, restarted
+//!   and the migration retried while it is `migration_failed`; replication
+//!   then runs the other way;
 //! - a link cut both ways (a blackhole in the seeded UDP proxies each agent
-//!   reaches the other through) for up to 5 s instead of a kill, in any of
+//!   reaches the other through) for 2 to 6 s instead of a kill, in any of
 //!   the above;
 //! - an unplanned failover on the standby (to the latest data or to a
-//!   chosen recovery point) with the primary down, the standby SIGKILLed a
-//!   random moment into it, restarted and the failover retried; the world is
-//!   then rebuilt as a new group, as the README's walk-through does.
+//!   chosen recovery point) with the primary down, the standby SIGKILLed
+//!   during it, restarted and the failover retried; the world is then
+//!   rebuilt as a new group, as the README's walk-through does.
+//!
+//! Every fault is placed, not timed (`common/control_faults.rs`): the
+//! scenario draws a hold point of its operation on the side it hits (a
+//! real step: the final sync done, the standby prepared, between failover
+//! images, …), arms it on that agent, starts the operation and kills or
+//! cuts only once the agent logged the point reached and the operation
+//! still runs. A fault whose point was not reached is tallied as drawn,
+//! not landed. A kill that landed must have interrupted the operation:
+//! a killed primary finishes it as interrupted at restart (a recovery point
+//! does not succeed), a killed standby leaves the primary's request to
+//! record the point unanswered, a migration ends `migration_failed` and a
+//! failover `failover_failed` before their retry. At the end the tallies
+//! (drawn/landed per kind) are printed, and a kind drawn at least 3 times
+//! that landed less than 80 % of the time fails the run
+//! (`common/fault_tally.rs`).
 //!
 //! The clock is real: both agents run with libfaketime preloaded
 //! (`FAKETIME_TIMESTAMP_FILE` names a per-run file holding the offset in
@@ -31,18 +46,23 @@
 //! standby images equal the primary's sources by hash; every policy point
 //! that appeared is the one the clock made due (the newest due slot, once).
 //! Scenario-specific checks: a recovery point that succeeded restores, on
-//! the standby, to the hashes taken when it was requested; a migration ends
-//! with the roles swapped exactly once and the new primary's volumes equal
-//! the quiesced sources; failover copies equal the chosen point.
+//! the standby, every image to its hash taken when it was requested; a
+//! migration ends with the roles swapped exactly once and the new primary's
+//! volumes equal the quiesced sources; failover copies equal the chosen
+//! point.
+//!
+//! The policy scenarios live in `common/control_policy.rs`, the failover in
+//! `common/control_failover.rs`.
 //!
 //! `FERRY_CTL_FAULT_SEED` (default 1) and `FERRY_CTL_FAULT_SCENARIOS`
 //! (default 40) select the run; the seed and every scenario are printed, so
-//! a failure replays with the same seed. The long run is the ignored test
+//! a failure replays with the same seed (each scenario draws from its own
+//! generator, seeded by the seed and its number, so the same scenarios and
+//! faults come back whatever the timing did). The long run is the ignored test
 //! `control_fault_scenarios_long` (200 scenarios, a time-based seed unless
 //! given).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -54,12 +74,32 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
 
+#[path = "common/control_failover.rs"]
+mod control_failover;
+#[path = "common/control_faults.rs"]
+mod control_faults;
+#[path = "common/control_policy.rs"]
+mod control_policy;
+#[path = "common/fault_tally.rs"]
+mod fault_tally;
+#[path = "common/hold_point.rs"]
+mod hold_point;
+#[path = "common/tcp_proxy.rs"]
+mod tcp_proxy;
+
+use control_faults::{Fault, On, Op};
+use fault_tally::Tallies;
+use tcp_proxy::TcpProxy;
+
 const MIB: u64 = 1024 * 1024;
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 24 * HOUR_MS;
 /// How long anything the harness waits for may take (a busy 2-core machine).
 const PATIENCE: Duration = Duration::from_secs(120);
+/// What a primary logs when the standby did not answer its request to
+/// record a recovery point.
+const STANDBY_DID_NOT_RECORD: &str = "standby did not record the recovery point";
 /// The policy every primary gets when a policy scenario needs one.
 const POLICY: &str = "pol";
 
@@ -84,30 +124,21 @@ impl Side {
     }
 }
 
-/// What hits an operation, `after` it was requested.
-#[derive(Debug, Clone, Copy)]
-enum Kill {
-    /// SIGKILL of the primary or the standby agent, restarted at once.
-    Agent { primary: bool, after: Duration },
-    /// The link cut both ways (blackhole) for `cut`.
-    Link { after: Duration, cut: Duration },
-}
-
 #[derive(Debug, Clone)]
 enum Scenario {
-    ManualPoint(Option<Kill>),
+    ManualPoint(Option<Fault>),
     ClockForward {
         slots: i64,
-        kill: Option<Kill>,
+        fault: Option<Fault>,
     },
     ClockBack {
         days: i64,
     },
     ClockWithinSlot,
-    Migrate(Option<Kill>),
+    Migrate(Option<Fault>),
     Failover {
         to_point: bool,
-        kill_after: Option<Duration>,
+        fault: Option<Fault>,
     },
 }
 
@@ -139,6 +170,8 @@ struct World {
     /// Every policy point name of this group seen so far.
     policy_seen: BTreeSet<String>,
     stats: BTreeMap<&'static str, u64>,
+    /// Faults drawn and landed, per kind.
+    tallies: Tallies,
     /// Seeded UDP proxies each agent's peer reaches it through (A's, B's),
     /// for link cuts.
     proxies: Vec<UdpProxy>,
@@ -147,47 +180,6 @@ struct World {
     tcp_proxies: Vec<TcpProxy>,
     /// Runs the proxies' tasks.
     runtime: tokio::runtime::Runtime,
-}
-
-/// Forwards TCP connections from a port to `target`; while cut, drops every
-/// open connection and closes new ones at once.
-struct TcpProxy {
-    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
-}
-
-impl TcpProxy {
-    fn start(rt: &tokio::runtime::Runtime, listen: SocketAddr, target: SocketAddr) -> TcpProxy {
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind(listen))
-            .expect("binding the TCP proxy beside the UDP one");
-        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (c, list) = (cut.clone(), conns.clone());
-        rt.spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if c.load(std::sync::atomic::Ordering::SeqCst) {
-                    continue;
-                }
-                let task = tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-                list.lock().expect("proxy list").push(task.abort_handle());
-            }
-        });
-        TcpProxy { cut, conns }
-    }
-
-    fn set_cut(&self, cut: bool) {
-        self.cut.store(cut, std::sync::atomic::Ordering::SeqCst);
-        if cut {
-            for conn in self.conns.lock().expect("proxy list").drain(..) {
-                conn.abort();
-            }
-        }
-    }
 }
 
 fn real_now_ms() -> i64 {
@@ -240,6 +232,7 @@ impl World {
             last_fired: None,
             policy_seen: BTreeSet::new(),
             stats: BTreeMap::new(),
+            tallies: Tallies::default(),
             proxies: Vec::new(),
             tcp_proxies: Vec::new(),
             runtime: tokio::runtime::Runtime::new().expect("a tokio runtime"),
@@ -264,17 +257,27 @@ impl World {
         ok(&dirs[0], &["service", "create", "--key", &key]);
         // Each side reaches the other through a proxy (agents keep their
         // addresses across restarts, so the proxies stay valid).
+        // The TCP side takes the UDP proxy's port number: another process
+        // (tests run in parallel) may hold it for TCP; take another port then.
         for (i, agent) in world.agents.iter().enumerate() {
-            let proxy = world
-                .runtime
-                .block_on(UdpProxy::start(
-                    "127.0.0.1:0".parse().expect("literal address"),
-                    agent.addr,
-                    seed.wrapping_add(i as u64),
-                    Impairment::default(),
-                ))
-                .expect("starting a UDP proxy");
-            let tcp = TcpProxy::start(&world.runtime, proxy.listen_addr(), agent.addr);
+            let mut attempts = 0;
+            let (proxy, tcp) = loop {
+                attempts += 1;
+                let proxy = world
+                    .runtime
+                    .block_on(UdpProxy::start(
+                        "127.0.0.1:0".parse().expect("literal address"),
+                        agent.addr,
+                        seed.wrapping_add(i as u64),
+                        Impairment::default(),
+                    ))
+                    .expect("starting a UDP proxy");
+                match TcpProxy::start(&world.runtime, proxy.listen_addr(), agent.addr) {
+                    Ok(tcp) => break (proxy, tcp),
+                    Err(e) if attempts < 20 => println!("TCP proxy port taken ({e}); another"),
+                    Err(e) => panic!("binding the TCP proxy beside the UDP one: {e}"),
+                }
+            };
             world.proxies.push(proxy);
             world.tcp_proxies.push(tcp);
         }
@@ -328,34 +331,6 @@ impl World {
         let env = self.env();
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         self.agents[side.index()].restart(&env);
-    }
-
-    /// Waits, then kills and restarts an agent or cuts the link for a while.
-    fn hit(&mut self, kill: Option<Kill>) {
-        match kill {
-            None => {}
-            Some(Kill::Agent { primary, after }) => {
-                std::thread::sleep(after);
-                let side = if primary {
-                    self.primary
-                } else {
-                    self.primary.other()
-                };
-                self.restart(side);
-            }
-            Some(Kill::Link { after, cut }) => {
-                std::thread::sleep(after);
-                for (udp, tcp) in self.proxies.iter().zip(&self.tcp_proxies) {
-                    udp.set_blackhole(true);
-                    tcp.set_cut(true);
-                }
-                std::thread::sleep(cut);
-                for (udp, tcp) in self.proxies.iter().zip(&self.tcp_proxies) {
-                    udp.set_blackhole(false);
-                    tcp.set_cut(false);
-                }
-            }
-        }
     }
 
     fn bump(&mut self, what: &'static str) {
@@ -486,50 +461,41 @@ impl World {
     }
 
     fn pick(&mut self) -> Scenario {
-        let kill = |rng: &mut ChaCha8Rng, max_ms: u64| -> Option<Kill> {
-            let after = Duration::from_millis(rng.gen_range(0..max_ms));
-            match rng.gen_range(0..100) {
-                0..=14 => None,
-                15..=34 => Some(Kill::Link {
-                    after,
-                    cut: Duration::from_millis(rng.gen_range(500..5000)),
-                }),
-                _ => Some(Kill::Agent {
-                    primary: rng.gen_bool(0.5),
-                    after,
-                }),
-            }
-        };
         let rng = &mut self.rng;
         match rng.gen_range(0..100) {
-            0..=29 => Scenario::ManualPoint(kill(rng, 600)),
+            0..=29 => Scenario::ManualPoint(Fault::draw(rng, Op::Manual)),
             30..=49 => Scenario::ClockForward {
                 slots: rng.gen_range(1..=4),
-                kill: kill(rng, 2500),
+                fault: Fault::draw(rng, Op::Policy),
             },
             50..=56 => Scenario::ClockBack {
                 days: rng.gen_range(1..=3),
             },
             57..=63 => Scenario::ClockWithinSlot,
-            64..=87 => Scenario::Migrate(kill(rng, 600)),
+            64..=87 => Scenario::Migrate(Fault::draw(rng, Op::Migrate)),
             _ => Scenario::Failover {
                 to_point: rng.gen_bool(0.5),
-                kill_after: if rng.gen_bool(0.8) {
-                    Some(Duration::from_millis(rng.gen_range(0..120)))
-                } else {
-                    None
-                },
+                fault: Fault::draw(rng, Op::Failover),
             },
         }
     }
 
     fn scenario(&mut self, n: usize) {
+        // Each scenario draws from its own generator (seed, n): what it is
+        // and where its fault lands do not depend on how earlier scenarios
+        // went (a timing-dependent outcome would shift every later draw),
+        // so the printed replay line replays the same scenarios.
+        self.rng = ChaCha8Rng::seed_from_u64(
+            self.seed
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .wrapping_add(n as u64),
+        );
         let scenario = self.pick();
         let what = format!("scenario {n}: {scenario:?}");
         println!("{}", self.ctx(&what));
         match scenario {
-            Scenario::ManualPoint(kill) => self.manual_point(n, kill, &what),
-            Scenario::ClockForward { slots, kill } => self.clock_forward(slots, kill, &what),
+            Scenario::ManualPoint(fault) => self.manual_point(n, fault, &what),
+            Scenario::ClockForward { slots, fault } => self.clock_forward(slots, fault, &what),
             Scenario::ClockBack { days } => {
                 self.ensure_policy(&what);
                 let now = self.faked_now_ms();
@@ -553,11 +519,8 @@ impl World {
                 let due = self.due_slot();
                 self.expect_policy_outcome(due, &what);
             }
-            Scenario::Migrate(kill) => self.migrate(kill, &what),
-            Scenario::Failover {
-                to_point,
-                kill_after,
-            } => self.failover(to_point, kill_after, &what),
+            Scenario::Migrate(fault) => self.migrate(fault, &what),
+            Scenario::Failover { to_point, fault } => self.failover(to_point, fault, &what),
         }
         self.check(&what);
     }
@@ -571,7 +534,7 @@ impl World {
 
     // ---------------------------------------------------------- manual
 
-    fn manual_point(&mut self, n: usize, kill: Option<Kill>, what: &str) {
+    fn manual_point(&mut self, n: usize, fault: Option<Fault>, what: &str) {
         let p = self.p();
         let g = self.group.clone();
         // At most 5 manual points: drop the oldest first.
@@ -592,14 +555,22 @@ impl World {
             ok(&p, &["rp", "delete", &g, &name, "--wait"]);
             self.committed.remove(&name);
         }
+        if let Some(f) = &fault {
+            self.arm(f);
+        }
         self.write_sources();
         let hashes = self.source_hashes();
         let name = format!("m{n}");
+        let primary = self.primary;
+        let lost_before = self.log_count(primary, STANDBY_DID_NOT_RECORD);
         let op = ok(&p, &["rp", "create", &g, "--name", &name]);
-        self.hit(kill);
+        let landed = fault.is_some_and(|f| self.land(&f, |w| w.op_running(primary, &op)));
         let done = wait_op_finished(&p, &op);
         let outcome = done["state"]["state"].as_str().unwrap_or("?").to_owned();
         println!("  recovery point {name}: {outcome}");
+        if let Some(f) = fault.filter(|_| landed) {
+            self.assert_rp_interrupted(&f, lost_before, Some(&outcome), what);
+        }
         if outcome == "succeeded" {
             self.bump("manual points made");
             self.committed.insert(name.clone(), hashes.clone());
@@ -613,171 +584,65 @@ impl World {
                         .any(|rp| rp["name"] == name.as_str() && rp["state"] == "complete")
                 });
             }
-            let (uri, _) = self.resources()[0].clone();
-            let out = self.tmp.path().join("restored.raw");
-            let _ = std::fs::remove_file(&out);
-            let out_s = out.display().to_string();
-            ok(
-                &s,
-                &[
-                    "group",
-                    "restore",
-                    &g,
-                    "--resource",
-                    &uri,
-                    "--rp",
-                    &name,
-                    "--out",
-                    &out_s,
-                    "--wait",
-                ],
-            );
-            assert_eq!(
-                hash_file(&out),
-                hashes[0],
-                "{}: restore of {name} differs from the source when it was requested",
-                self.ctx(what)
-            );
+            // Every resource (image) of the group, in standby-name order
+            // as the hashes were taken.
+            for (i, (uri, image)) in self.resources().into_iter().enumerate() {
+                let out = self.tmp.path().join("restored.raw");
+                let _ = std::fs::remove_file(&out);
+                let out_s = out.display().to_string();
+                let args = ["group", "restore", &g, "--resource", &uri, "--rp", &name];
+                let mut args = args.to_vec();
+                args.extend(["--out", &out_s, "--wait"]);
+                ok(&s, &args);
+                assert_eq!(
+                    hash_file(&out),
+                    hashes[i],
+                    "{}: restore of {image} at {name} differs from its source when it was requested",
+                    self.ctx(what)
+                );
+            }
         } else {
             self.bump("manual points interrupted");
         }
     }
 
-    // ---------------------------------------------------------- policy
-
-    fn policy_def(&self) -> PolicyDef {
-        self.policy_on[self.primary.index()].expect("a policy on the primary")
-    }
-
-    /// The policy is bound to the group on the primary (created there first
-    /// if needed; the group's policy points are deleted first, as binding
-    /// requires).
-    fn ensure_policy(&mut self, what: &str) {
-        if self.policy_bound {
+    /// A kill that landed in a recovery point (manual or policy) really
+    /// interrupted it: a killed primary finished the operation as
+    /// interrupted when it restarted, and it did not succeed; a killed
+    /// standby never answered the primary's request to record the point
+    /// (the primary logged that, and retried).
+    fn assert_rp_interrupted(
+        &self,
+        fault: &Fault,
+        lost_before: usize,
+        outcome: Option<&str>,
+        what: &str,
+    ) {
+        if !fault.kills() {
             return;
         }
-        let p = self.p();
-        let g = self.group.clone();
-        for rp in self.rps(&p) {
-            if rp["kind"] == "policy" {
-                let name = rp["name"].as_str().unwrap_or("?").to_owned();
-                ok(&p, &["rp", "delete", &g, &name, "--wait"]);
-            }
-        }
-        if self.policy_on[self.primary.index()].is_none() {
-            let now = self.faked_now_ms();
-            // The next slot is 6 h away.
-            let tod_ms = (now + 6 * HOUR_MS).rem_euclid(DAY_MS) / 60_000 * 60_000;
-            let schedule = format!(
-                "daily {:02}:{:02}",
-                tod_ms / HOUR_MS,
-                (tod_ms % HOUR_MS) / 60_000
-            );
-            let from = rfc3339(now);
-            ok(
-                &p,
-                &[
-                    "policy",
-                    "create",
-                    POLICY,
-                    "--schedule",
-                    &schedule,
-                    "--tz",
-                    "UTC",
-                    "--from",
-                    &from,
-                ],
-            );
-            self.policy_on[self.primary.index()] = Some(PolicyDef {
-                tod_ms,
-                from_ms: now,
-            });
-        }
-        ok(&p, &["policy", "bind", &g, POLICY, "--retention", "5"]);
-        self.policy_bound = true;
-        self.last_fired = None;
-        self.policy_seen = self.policy_names();
-        // Binding may make a slot due at once (a policy created long ago).
-        let due = self.due_slot();
-        self.expect_policy_outcome(due, what);
-    }
-
-    /// The slot the scheduler must fire now, if any: the newest slot at or
-    /// before the clock, after the effective start and after the last fired.
-    fn due_slot(&self) -> Option<i64> {
-        let def = self.policy_def();
-        let slot = slot_at_or_before(self.faked_now_ms(), def.tod_ms);
-        let after_last = self.last_fired.is_none_or(|l| slot > l);
-        (slot >= def.from_ms && after_last).then_some(slot)
-    }
-
-    fn clock_forward(&mut self, slots: i64, kill: Option<Kill>, what: &str) {
-        self.ensure_policy(what);
-        self.write_sources();
-        let now = self.faked_now_ms();
-        let tod = self.policy_def().tod_ms;
-        // Across exactly `slots` slots after the clock, the last fired slot
-        // and the policy's start (the clock may have been stepped back
-        // before either): the newest of them fires, once.
-        let base = slot_at_or_before(now, tod)
-            .max(self.last_fired.unwrap_or(i64::MIN))
-            .max(slot_at_or_before(self.policy_def().from_ms, tod));
-        let landing = base + slots * DAY_MS + self.landing_ms();
-        self.set_clock(landing);
-        self.hit(kill);
-        let due = self.due_slot();
-        assert!(
-            due.is_some(),
-            "{}: a forward jump makes a slot due",
-            self.ctx(what)
-        );
-        self.expect_policy_outcome(due, what);
-    }
-
-    /// Waits for the policy point of `due` (complete on both sides) or, with
-    /// none due, gives the scheduler a few ticks; then no other policy point
-    /// may have appeared.
-    fn expect_policy_outcome(&mut self, due: Option<i64>, what: &str) {
-        let p = self.p();
-        let s = self.s();
-        let expected: BTreeSet<String> =
-            due.iter().map(|slot| format!("{POLICY}-{slot}")).collect();
-        match due {
-            Some(slot) => {
-                let name = format!("{POLICY}-{slot}");
-                for dir in [&p, &s] {
-                    wait_for(&format!("policy point {name} on {}", dir.display()), || {
-                        self.rps(dir)
-                            .iter()
-                            .any(|rp| rp["name"] == name.as_str() && rp["state"] == "complete")
-                    });
+        let ctx = self.ctx(what);
+        match fault.on {
+            On::Primary => {
+                self.assert_restart_finished_op(self.primary, &ctx);
+                if let Some(outcome) = outcome {
+                    assert_ne!(
+                        outcome, "succeeded",
+                        "{ctx}: the primary was killed at {} but the point succeeded",
+                        fault.point
+                    );
                 }
-                self.bump("policy points fired");
             }
-            None => self.bump("clock changes that fire nothing"),
-        }
-        // Several scheduler ticks (1 s) after the clock file's cache (1 s).
-        std::thread::sleep(Duration::from_secs(4));
-        let new: BTreeSet<String> = self
-            .policy_names()
-            .difference(&self.policy_seen)
-            .cloned()
-            .collect();
-        assert_eq!(
-            new,
-            expected,
-            "{}: policy points that appeared (expected exactly the newest due slot, once)",
-            self.ctx(what)
-        );
-        self.policy_seen.extend(new);
-        if let Some(slot) = due {
-            self.last_fired = Some(slot);
+            On::Standby => wait_for(
+                &format!("{ctx}: the primary to see the killed standby's answer lost"),
+                || self.log_count(self.primary, STANDBY_DID_NOT_RECORD) > lost_before,
+            ),
         }
     }
 
     // ------------------------------------------------------- migration
 
-    fn migrate(&mut self, kill: Option<Kill>, what: &str) {
+    fn migrate(&mut self, fault: Option<Fault>, what: &str) {
         let old_p = self.p();
         let old_s = self.s();
         let g = self.group.clone();
@@ -788,8 +653,12 @@ impl World {
         self.write_sources();
         let quiesced = self.source_hashes();
         let names: Vec<String> = self.resources().into_iter().map(|(_, n)| n).collect();
+        if let Some(f) = &fault {
+            self.arm(f);
+        }
+        let primary = self.primary;
         let op = ok(&old_p, &["group", "migrate", &g]);
-        self.hit(kill);
+        let landed = fault.is_some_and(|f| self.land(&f, |w| w.op_running(primary, &op)));
         let done = wait_op_finished(&old_p, &op);
         println!(
             "  migration: {}",
@@ -797,6 +666,24 @@ impl World {
         );
         if done["state"]["state"] != "succeeded" {
             self.bump("migrations interrupted");
+        }
+        if let Some(f) = fault.filter(|f| landed && f.kills()) {
+            // Killed at a step of the migration on either side: the old
+            // primary's attempt failed, to be retried.
+            assert_eq!(
+                (
+                    done["state"]["state"].as_str(),
+                    self.role_state(&old_p).1.as_str()
+                ),
+                (Some("failed"), "migration_failed"),
+                "{}: killed the {:?} at {} but the migration was not interrupted: {done}",
+                self.ctx(what),
+                f.on,
+                f.point
+            );
+            if f.on == On::Primary {
+                self.assert_restart_finished_op(primary, &self.ctx(what));
+            }
         }
         let mut retries = 0;
         while self.role_state(&old_p).1 == "migration_failed" {
@@ -838,126 +725,6 @@ impl World {
         );
         let p = self.p();
         ok(&p, &["group", "start", &g, "--wait"]);
-    }
-
-    // -------------------------------------------------------- failover
-
-    fn failover(&mut self, to_point: bool, kill_after: Option<Duration>, what: &str) {
-        let g = self.group.clone();
-        let s = self.s();
-        let standby_side = self.primary.other();
-        let complete: Vec<String> = self
-            .rps(&s)
-            .iter()
-            .filter(|rp| rp["state"] == "complete")
-            .filter_map(|rp| rp["name"].as_str().map(str::to_owned))
-            .filter(|name| self.committed.contains_key(name))
-            .collect();
-        let point = if to_point && !complete.is_empty() {
-            Some(complete[self.rng.gen_range(0..complete.len())].clone())
-        } else {
-            None
-        };
-        // Latest synced data: the check after the previous scenario saw the
-        // standby equal to the (unchanged since) sources.
-        let expected = match &point {
-            Some(name) => self.committed[name].clone(),
-            None => self.source_hashes(),
-        };
-        let resources = self.resources();
-        let names: Vec<String> = resources.iter().map(|(_, n)| n.clone()).collect();
-        let uris: Vec<String> = resources.iter().map(|(u, _)| u.clone()).collect();
-        println!(
-            "  failover to {}",
-            point.as_deref().unwrap_or("the latest data")
-        );
-        // The primary site is lost.
-        self.agents[self.primary.index()].kill9();
-        let mut args = vec!["group", "failover", g.as_str()];
-        if let Some(name) = &point {
-            args.extend(["--rp", name.as_str()]);
-        }
-        let op = ok(&s, &args);
-        if let Some(after) = kill_after {
-            std::thread::sleep(after);
-            self.restart(standby_side);
-        }
-        let done = wait_op_finished(&s, &op);
-        println!(
-            "  failover: {}",
-            done["state"]["state"].as_str().unwrap_or("?")
-        );
-        if done["state"]["state"] != "succeeded" {
-            self.bump("failovers interrupted");
-        }
-        let mut retries = 0;
-        loop {
-            let (_, state, _) = self.role_state(&s);
-            if state == "failed_over" {
-                break;
-            }
-            retries += 1;
-            assert!(
-                retries <= 3,
-                "{}: failover still not done after 3 retries (state {state}): {done}",
-                self.ctx(what)
-            );
-            self.bump("failovers retried");
-            args.push("--wait");
-            let out = run(&s, &args);
-            args.pop();
-            println!("  retry {retries}: {}", text(&out).replace('\n', " | "));
-        }
-        let (role, state, new_primary) = self.role_state(&s);
-        assert!(
-            new_primary && state == "failed_over",
-            "{}: after failover: role {role}, state {state}, new primary {new_primary}",
-            self.ctx(what)
-        );
-        let out_dir = s.join("failover").join(&g);
-        let got: Vec<String> = names
-            .iter()
-            .map(|n| hash_file(&out_dir.join(format!("{n}.raw"))))
-            .collect();
-        assert_eq!(
-            got,
-            expected,
-            "{}: failover copies differ from {}",
-            self.ctx(what),
-            point.as_deref().unwrap_or("the latest data")
-        );
-        self.bump("failovers");
-
-        // Rebuild: the old primary comes back; the failed-over group goes,
-        // the primary stops and deletes its group, and protects its sources
-        // again as a new group.
-        self.restart(self.primary);
-        let p = self.p();
-        // Either order: the new primary's group may be gone or still there
-        // when the old primary stops and deletes its own.
-        let new_primary_first = self.rng.gen_bool(0.5);
-        if new_primary_first {
-            ok(&s, &["group", "delete", &g, "--wait"]);
-        }
-        ok(&p, &["group", "stop", &g, "--wait"]);
-        ok(&p, &["group", "delete", &g, "--wait"]);
-        if !new_primary_first {
-            assert_eq!(
-                self.role_state(&s).1,
-                "failed_over",
-                "{}: the old primary's delete left the new primary alone",
-                self.ctx(what)
-            );
-            ok(&s, &["group", "delete", &g, "--wait"]);
-        }
-        std::fs::remove_dir_all(&out_dir).expect("removing the failover copies");
-        self.generation += 1;
-        self.group = format!("g{}", self.generation);
-        self.committed.clear();
-        self.policy_bound = false;
-        self.last_fired = None;
-        self.policy_seen.clear();
-        self.protect(&uris);
     }
 
     // ----------------------------------------------------------- checks
@@ -1084,9 +851,18 @@ fn run_harness(default_scenarios: u64, default_seed: u64) {
         }
     }
     println!(
-        "control fault harness: seed {seed}: {scenarios} scenarios passed in {:.0} s: {:?}",
+        "control fault harness: seed {seed}: {scenarios} scenarios passed in {:.0} s: {:?}\nfaults drawn and landed, per kind:\n{}",
         started.elapsed().as_secs_f64(),
-        world.stats
+        world.stats,
+        world.tallies.report()
+    );
+    let short = world.tallies.below_minimum();
+    assert!(
+        short.is_empty(),
+        "seed {seed} (replay: FERRY_CTL_FAULT_SEED={seed}): faults that did not land often enough \
+         (at least {} % of those drawn {} times or more must land): {short:?}",
+        fault_tally::MIN_LANDING_PERCENT,
+        fault_tally::MIN_DRAWN
     );
 }
 

@@ -633,7 +633,10 @@ async fn peer_newest_point(
     ConnectInfo(peer): Peer,
     UrlPath(id): UrlPath<i64>,
 ) -> ApiResult {
-    ok(json!({ "newest": o.peer_newest_point(peer.fingerprint, id)? }))
+    match o.peer_newest_point(peer.fingerprint, id)? {
+        Some(newest) => ok(json!({ "newest": newest })),
+        None => ok(json!({ "newest": 0, "gone": true })),
+    }
 }
 
 async fn peer_sync(

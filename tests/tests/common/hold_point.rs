@@ -1,0 +1,58 @@
+//! Proof that a fault landed where a test meant it: the agent, started with
+//! `FAILPOINTS=NAME=...return(hold)` (or `return(MS)`), logs `fail point
+//! reached` with `point="NAME"` when one of its operations gets to that step
+//! (`ferry_engine::testpoint`, the agent's hold points in
+//! `agent/src/orchestrator/hold.rs`); the test waits for that line before it
+//! kills the agent or cuts the link.
+
+use std::time::{Duration, Instant};
+
+use ferry_e2e::Agent;
+
+/// `FAILPOINTS` that holds the `skip + 1`-th hit of `point` until the agent
+/// is killed.
+pub fn hold(point: &str, skip: u32) -> String {
+    actions(point, skip, "return(hold)")
+}
+
+/// `FAILPOINTS` that pauses the `skip + 1`-th hit of `point` for `ms` and
+/// goes on (later hits pass).
+pub fn pause(point: &str, skip: u32, ms: u64) -> String {
+    actions(point, skip, &format!("return({ms})"))
+}
+
+fn actions(point: &str, skip: u32, action: &str) -> String {
+    if skip == 0 {
+        format!("{point}=1*{action}")
+    } else {
+        format!("{point}={skip}*off->1*{action}")
+    }
+}
+
+/// Whether `log` (an agent's log so far) says `point` was reached.
+pub fn reached(log: &str, point: &str) -> bool {
+    let quoted = format!("\"{point}\"");
+    log.lines()
+        .any(|l| l.contains("fail point reached") && l.contains(&quoted))
+}
+
+/// Waits until `agent` logs that it reached `point` (true), or `going` says
+/// the operation is over without it or `patience` ran out (false).
+pub fn wait_reached(
+    agent: &Agent,
+    point: &str,
+    patience: Duration,
+    mut going: impl FnMut() -> bool,
+) -> bool {
+    let deadline = Instant::now() + patience;
+    loop {
+        if reached(&agent.log_text(), point) {
+            return true;
+        }
+        if Instant::now() >= deadline || !going() {
+            // One last look: the point may have been logged meanwhile.
+            return reached(&agent.log_text(), point);
+        }
+        std::thread::sleep(Duration::from_millis(150));
+    }
+}
