@@ -124,6 +124,33 @@ pub fn reached_line(point: &str) -> String {
     format!("point=\"{point}\"")
 }
 
+/// Whether `log` (a process's log so far) says `point` was reached.
+pub fn reached(log: &str, point: &str) -> bool {
+    let needle = reached_line(point);
+    log.lines()
+        .any(|l| l.contains("fail point reached") && l.contains(&needle))
+}
+
+/// `FAILPOINTS` that holds the `skip + 1`-th hit of `point` until the
+/// process is killed (earlier and later hits pass).
+pub fn hold_failpoints(point: &str, skip: u32) -> String {
+    failpoints(point, skip, "return(hold)")
+}
+
+/// `FAILPOINTS` that pauses the `skip + 1`-th hit of `point` for `ms` and
+/// goes on (earlier and later hits pass).
+pub fn pause_failpoints(point: &str, skip: u32, ms: u64) -> String {
+    failpoints(point, skip, &format!("return({ms})"))
+}
+
+fn failpoints(point: &str, skip: u32, action: &str) -> String {
+    if skip == 0 {
+        format!("{point}=1*{action}")
+    } else {
+        format!("{point}={skip}*off->1*{action}")
+    }
+}
+
 #[derive(Debug, Default, Clone, Copy)]
 struct Count {
     drawn: u64,
@@ -146,6 +173,14 @@ impl Tally {
     /// checked).
     pub fn landed(&mut self, kind: &str) {
         self.kinds.entry(kind.to_owned()).or_default().landed += 1;
+    }
+
+    /// One fault of `kind` was drawn, and whether it landed.
+    pub fn record(&mut self, kind: &str, landed: bool) {
+        self.drawn(kind);
+        if landed {
+            self.landed(kind);
+        }
     }
 
     /// Landed of `kind` so far.

@@ -732,7 +732,7 @@ fn old_primary_killed_in_its_initial_sync_can_stop_after_the_standby_deleted_its
     let a = s.a_dir().to_path_buf();
     let b = s.b_dir().to_path_buf();
     let point = "cycle::committed";
-    s.a.restart(&[("FAILPOINTS", &hold_point::hold(point, 0))]);
+    s.a.restart(&[("FAILPOINTS", &ferry_e2e::landing::hold_failpoints(point, 0))]);
     protect_g1(&s, &[("vm1.raw", 2 * MIB, 81), ("vm2.raw", MIB, 82)]);
     assert!(
         hold_point::wait_reached(&s.a, point, Duration::from_secs(60), || true),
@@ -1351,7 +1351,7 @@ fn lab_rbd_migration_killed_and_retried_completes() {
 /// the group is `migration_failed`.
 #[cfg(feature = "failpoints")]
 fn migration_killed_at(agent: &mut Agent, point: &str, patience: Duration) {
-    agent.restart(&[("FAILPOINTS", &hold_point::hold(point, 0))]);
+    agent.restart(&[("FAILPOINTS", &ferry_e2e::landing::hold_failpoints(point, 0))]);
     let dir = agent.dir.clone();
     let op = ok(&dir, &["group", "migrate", "g1"]);
     let id = op["operation"]["id"].to_string();
@@ -1438,7 +1438,7 @@ fn primary_killed_during_recovery_point_and_migration_comes_back_consistent() {
     ok(&a, &["rp", "create", "g1", "--name", "kept", "--wait"]);
 
     let point = "rp::after-register";
-    s.a.restart(&[("FAILPOINTS", &hold_point::hold(point, 0))]);
+    s.a.restart(&[("FAILPOINTS", &ferry_e2e::landing::hold_failpoints(point, 0))]);
     let op = ok(&a, &["rp", "create", "g1", "--name", "torn"]);
     assert!(
         hold_point::wait_reached(&s.a, point, Duration::from_secs(60), || true),

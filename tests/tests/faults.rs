@@ -66,7 +66,7 @@ use std::time::{Duration, Instant};
 
 use ferry_agent::imagegen;
 use ferry_e2e::lab::rbd;
-use ferry_e2e::landing::{reached_line, Running, Tally};
+use ferry_e2e::landing::{pause_failpoints, reached_line, Running, Tally};
 use ferry_e2e::loopdev::LoopDevice;
 use ferry_e2e::power_loss::{self, Cut, Writeback};
 use ferry_e2e::prereq::require;
@@ -588,7 +588,7 @@ impl World {
     /// proxy dropped datagrams and the sync reconnected.
     fn cut_link(&mut self, cut: Duration, pending: &[String], what: &str) -> bool {
         let dropped_before = self.proxy.stats().dropped;
-        let mut sync = self.spawn_sync(&[], "sender::after-batch=1*return(1000)");
+        let mut sync = self.spawn_sync(&[], &pause_failpoints("sender::after-batch", 0, 1000));
         let reached = sync.wait_for_stderr(&reached_line("sender::after-batch"), PATIENCE);
         if reached {
             self.proxy.set_blackhole(true);

@@ -32,7 +32,7 @@
 //! failover `failover_failed` before their retry. At the end the tallies
 //! (drawn/landed per kind) are printed, and a kind drawn at least 3 times
 //! that landed less than 80 % of the time fails the run
-//! (`common/fault_tally.rs`).
+//! ([`LANDING_FLOOR`]).
 //!
 //! The clock is real: both agents run with libfaketime preloaded
 //! (`FAKETIME_TIMESTAMP_FILE` names a per-run file holding the offset in
@@ -80,15 +80,13 @@ mod control_failover;
 mod control_faults;
 #[path = "common/control_policy.rs"]
 mod control_policy;
-#[path = "common/fault_tally.rs"]
-mod fault_tally;
 #[path = "common/hold_point.rs"]
 mod hold_point;
 #[path = "common/tcp_proxy.rs"]
 mod tcp_proxy;
 
 use control_faults::{Fault, On, Op};
-use fault_tally::Tallies;
+use ferry_e2e::landing::Tally;
 use tcp_proxy::TcpProxy;
 
 const MIB: u64 = 1024 * 1024;
@@ -102,6 +100,18 @@ const PATIENCE: Duration = Duration::from_secs(120);
 const STANDBY_DID_NOT_RECORD: &str = "standby did not record the recovery point";
 /// The policy every primary gets when a policy scenario needs one.
 const POLICY: &str = "pol";
+
+/// The landing rate every fault kind must reach. Faults are placed at hold
+/// points (the agent stops at a named step and the harness kills or cuts
+/// only once it has logged that step), so every drawn fault should land;
+/// the only misses left are an operation that ends before reaching its
+/// point (e.g. it failed earlier for another reason), which must stay rare.
+/// 80 % leaves room for those on a small sample and still fails a harness
+/// whose faults mostly miss (the timing-based harness before this one
+/// landed 17 of 72 manual-point faults and 1 of 23 failover kills).
+const LANDING_FLOOR: f64 = 0.8;
+/// Kinds drawn fewer times than this are reported but not judged.
+const LANDING_MIN_DRAWN: u64 = 3;
 
 #[derive(Debug, Clone, Copy)]
 enum Side {
@@ -171,7 +181,7 @@ struct World {
     policy_seen: BTreeSet<String>,
     stats: BTreeMap<&'static str, u64>,
     /// Faults drawn and landed, per kind.
-    tallies: Tallies,
+    tallies: Tally,
     /// Seeded UDP proxies each agent's peer reaches it through (A's, B's),
     /// for link cuts.
     proxies: Vec<UdpProxy>,
@@ -232,7 +242,7 @@ impl World {
             last_fired: None,
             policy_seen: BTreeSet::new(),
             stats: BTreeMap::new(),
-            tallies: Tallies::default(),
+            tallies: Tally::default(),
             proxies: Vec::new(),
             tcp_proxies: Vec::new(),
             runtime: tokio::runtime::Runtime::new().expect("a tokio runtime"),
@@ -854,16 +864,12 @@ fn run_harness(default_scenarios: u64, default_seed: u64) {
         "control fault harness: seed {seed}: {scenarios} scenarios passed in {:.0} s: {:?}\nfaults drawn and landed, per kind:\n{}",
         started.elapsed().as_secs_f64(),
         world.stats,
-        world.tallies.report()
+        world.tallies.summary()
     );
-    let short = world.tallies.below_minimum();
-    assert!(
-        short.is_empty(),
-        "seed {seed} (replay: FERRY_CTL_FAULT_SEED={seed}): faults that did not land often enough \
-         (at least {} % of those drawn {} times or more must land): {short:?}",
-        fault_tally::MIN_LANDING_PERCENT,
-        fault_tally::MIN_DRAWN
-    );
+    println!("replay: FERRY_CTL_FAULT_SEED={seed}");
+    world
+        .tallies
+        .assert_landing_rates(LANDING_FLOOR, LANDING_MIN_DRAWN, &[]);
 }
 
 /// Engine recovery point ids are wall-clock milliseconds: with the clock

@@ -11,7 +11,7 @@
 //!
 //! A fault *landed* when its point was reached and the operation was still
 //! running when the kill or cut came; otherwise it is tallied as drawn, not
-//! landed ([`super::fault_tally`]).
+//! landed (`ferry_e2e::landing::Tally`).
 
 use std::time::Duration;
 
@@ -161,8 +161,8 @@ impl World {
     /// Arms `fault`'s point on its agent: restarts it with `FAILPOINTS`.
     pub(crate) fn arm(&mut self, fault: &Fault) {
         let spec = match fault.hit {
-            Hit::Kill => hold_point::hold(fault.point, fault.skip),
-            Hit::Cut(_) => hold_point::pause(fault.point, fault.skip, PAUSE_MS),
+            Hit::Kill => ferry_e2e::landing::hold_failpoints(fault.point, fault.skip),
+            Hit::Cut(_) => ferry_e2e::landing::pause_failpoints(fault.point, fault.skip, PAUSE_MS),
         };
         let mut env = self.env();
         env.push(("FAILPOINTS", spec));

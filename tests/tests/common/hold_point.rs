@@ -7,34 +7,8 @@
 
 use std::time::{Duration, Instant};
 
+use ferry_e2e::landing::reached;
 use ferry_e2e::Agent;
-
-/// `FAILPOINTS` that holds the `skip + 1`-th hit of `point` until the agent
-/// is killed.
-pub fn hold(point: &str, skip: u32) -> String {
-    actions(point, skip, "return(hold)")
-}
-
-/// `FAILPOINTS` that pauses the `skip + 1`-th hit of `point` for `ms` and
-/// goes on (later hits pass).
-pub fn pause(point: &str, skip: u32, ms: u64) -> String {
-    actions(point, skip, &format!("return({ms})"))
-}
-
-fn actions(point: &str, skip: u32, action: &str) -> String {
-    if skip == 0 {
-        format!("{point}=1*{action}")
-    } else {
-        format!("{point}={skip}*off->1*{action}")
-    }
-}
-
-/// Whether `log` (an agent's log so far) says `point` was reached.
-pub fn reached(log: &str, point: &str) -> bool {
-    let quoted = format!("\"{point}\"");
-    log.lines()
-        .any(|l| l.contains("fail point reached") && l.contains(&quoted))
-}
 
 /// Waits until `agent` logs that it reached `point` (true), or `going` says
 /// the operation is over without it or `patience` ran out (false).

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use ferry_e2e::landing::hold_failpoints;
 use ferry_engine::netsim::Impairment;
 
 /// Commit steps a files standby can be held at.
@@ -50,12 +51,11 @@ impl PrimaryHold {
 
     /// The `FAILPOINTS` value that holds the process there until killed.
     pub fn failpoints(self) -> String {
-        match self {
-            Self::AfterBatch(0) | Self::BeforeCommit | Self::AfterCommit => {
-                format!("{}=1*return(hold)", self.point())
-            }
-            Self::AfterBatch(n) => format!("{}={n}*off->1*return(hold)", self.point()),
-        }
+        let skip = match self {
+            Self::AfterBatch(n) => n,
+            Self::BeforeCommit | Self::AfterCommit => 0,
+        };
+        hold_failpoints(self.point(), skip)
     }
 }
 
