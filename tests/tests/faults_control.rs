@@ -59,7 +59,7 @@
 //! a failure replays with the same seed (each scenario draws from its own
 //! generator, seeded by the seed and its number, so the same scenarios and
 //! faults come back whatever the timing did). The long run is the ignored test
-//! `control_fault_scenarios_long` (200 scenarios, a time-based seed unless
+//! `control_fault_scenarios_long` (300 scenarios, a time-based seed unless
 //! given).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -922,5 +922,5 @@ fn control_fault_scenarios_long() {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(7);
-    run_harness(200, seed);
+    run_harness(300, seed);
 }
