@@ -13,7 +13,7 @@
 //!
 //! Use from a fault harness (the files standby only):
 //!
-//! ```ignore
+//! ```text
 //! let log = pair.path("power-loss");
 //! let (key, value) = ferry_e2e::power_loss::env_for(&log);
 //! pair.standby.restart(&[("FAILPOINTS", "standby::after-data-before-sync=sleep(20000)"), (key, &value)]);
