@@ -104,6 +104,21 @@ impl Agent {
         }
     }
 
+    /// Waits (60 s at most) until the agent's log contains `needle`, e.g.
+    /// [`landing::reached_line`] of a hold point; panics with the log if it
+    /// never does.
+    pub fn wait_for_log(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.log_text().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "agent never logged {needle:?}:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Like [`Agent::restart`], but an agent that exits before it is ready
     /// is an `Err` with its log instead of a panic. While the agent was
     /// down, another process of a busy test machine may have been given its

@@ -6,24 +6,11 @@
 //! (scripts/test.sh enables it).
 #![cfg(feature = "failpoints")]
 
-use std::time::{Duration, Instant};
-
 use ferry_agent::imagegen;
-use ferry_e2e::{ferry_spawn, hash_file, sync_json, Agent, Pair};
+use ferry_e2e::landing::reached_line;
+use ferry_e2e::{ferry_spawn, hash_file, sync_json, Pair};
 
 const MIB: u64 = 1024 * 1024;
-
-fn wait_for_log(agent: &Agent, needle: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !agent.log_text().contains(needle) {
-        assert!(
-            Instant::now() < deadline,
-            "agent never logged {needle:?}:\n{}",
-            agent.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// Kills the standby at `point` during the commit of the sync after
 /// `prepare` changed the image (`full`: the first, full sync).
@@ -68,7 +55,7 @@ fn kill_at(point: &str, full: bool) {
         &pair.standby.fingerprint,
         "--json",
     ]);
-    wait_for_log(&pair.standby, &format!("point=\"{point}\""));
+    pair.standby.wait_for_log(&reached_line(point));
     pair.standby.kill9();
     pair.standby.restart(&[]);
 

@@ -18,25 +18,13 @@
 
 use std::path::PathBuf;
 use std::process::Child;
-use std::time::{Duration, Instant};
 
 use ferry_agent::imagegen;
-use ferry_e2e::{ferry, ferry_spawn, hash_file, power_loss, standby_journals, Agent, Pair};
+use ferry_e2e::landing::reached_line;
+use ferry_e2e::{ferry, ferry_spawn, hash_file, power_loss, standby_journals, Pair};
 
 const MIB: u64 = 1024 * 1024;
 const NAMES: [&str; 2] = ["pl-a", "pl-b"];
-
-fn wait_for_log(agent: &Agent, needle: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !agent.log_text().contains(needle) {
-        assert!(
-            Instant::now() < deadline,
-            "agent never logged {needle:?}:\n{}",
-            agent.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// A pair replicating a two-image group, its standby recording into a
 /// power-loss log from its first start.
@@ -156,7 +144,7 @@ impl Group {
             "a power cut of an idle standby lost committed data"
         );
         let sync = self.spawn_sync();
-        wait_for_log(&self.pair.standby, &format!("point=\"{point}\""));
+        self.pair.standby.wait_for_log(&reached_line(point));
         let log = self.pair.standby.log_text();
         assert!(
             log.contains("fail point reached") && log.contains("power-loss recording on"),
