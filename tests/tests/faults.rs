@@ -675,6 +675,14 @@ fn run(default_scenarios: u64, default_seed: u64, backend: Backend) {
     let mut world = World::new(seed, backend);
     for n in 1..=scenarios as usize {
         world.scenario(n);
+        if n % 100 == 0 {
+            // A long run stopped early still leaves its tallies.
+            println!(
+                "after {n} scenarios ({:.0} s), drawn and landed:\n{}",
+                started.elapsed().as_secs_f64(),
+                world.tally.summary()
+            );
+        }
     }
     println!(
         "fault harness ({backend:?} standby): seed {seed}: {scenarios} scenarios in {:.0} s, {} recovery points committed, no clean sync refused; {} standby kills were power cuts ({} writes, {} name changes rolled back); faults drawn and landed:\n{}",
