@@ -131,6 +131,27 @@ pub fn reached(log: &str, point: &str) -> bool {
         .any(|l| l.contains("fail point reached") && l.contains(&needle))
 }
 
+/// Waits until `agent` logs that it reached `point` (true), or `going`
+/// says the operation is over without it, or `patience` ran out (false;
+/// one last look at the log first).
+pub fn wait_reached(
+    agent: &crate::Agent,
+    point: &str,
+    patience: Duration,
+    mut going: impl FnMut() -> bool,
+) -> bool {
+    let deadline = Instant::now() + patience;
+    loop {
+        if reached(&agent.log_text(), point) {
+            return true;
+        }
+        if Instant::now() >= deadline || !going() {
+            return reached(&agent.log_text(), point);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// `FAILPOINTS` that holds the `skip + 1`-th hit of `point` until the
 /// process is killed (earlier and later hits pass).
 pub fn hold_failpoints(point: &str, skip: u32) -> String {

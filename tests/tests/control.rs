@@ -10,7 +10,7 @@
 //! The kill tests (feature `failpoints`) do not kill at a random moment:
 //! the agent is armed to hold at a named step of the operation
 //! (`agent/src/orchestrator/hold.rs`), killed once it logged that step
-//! reached (`common/hold_point.rs`), and the test checks the kill really
+//! reached (`ferry_e2e::landing::wait_reached`), and the test checks the kill really
 //! interrupted the operation (a recovery point rolled back, a migration
 //! `migration_failed`, a failover `failover_failed`) before the retry.
 
@@ -21,12 +21,6 @@ use ferry_agent::imagegen;
 use ferry_e2e::cli::{get as ferry_json_get, ok, run, text};
 use ferry_e2e::{ferry, hash_file, init_agent, Agent};
 use serde_json::Value;
-
-// Shared with the control fault harness, which uses all of it.
-#[cfg(feature = "failpoints")]
-#[allow(dead_code)]
-#[path = "common/hold_point.rs"]
-mod hold_point;
 
 const MIB: u64 = 1024 * 1024;
 
@@ -735,7 +729,7 @@ fn old_primary_killed_in_its_initial_sync_can_stop_after_the_standby_deleted_its
     s.a.restart(&[("FAILPOINTS", &ferry_e2e::landing::hold_failpoints(point, 0))]);
     protect_g1(&s, &[("vm1.raw", 2 * MIB, 81), ("vm2.raw", MIB, 82)]);
     assert!(
-        hold_point::wait_reached(&s.a, point, Duration::from_secs(60), || true),
+        ferry_e2e::landing::wait_reached(&s.a, point, Duration::from_secs(60), || true),
         "the first cycle never reached {point}"
     );
     s.a.kill9();
@@ -1357,7 +1351,7 @@ fn migration_killed_at(agent: &mut Agent, point: &str, patience: Duration) {
     let id = op["operation"]["id"].to_string();
     let running = || ok(&dir, &["op", &id])["state"]["state"] == "running";
     assert!(
-        hold_point::wait_reached(agent, point, patience, running),
+        ferry_e2e::landing::wait_reached(agent, point, patience, running),
         "the migration never reached {point}:\n{}",
         agent.log_text()
     );
@@ -1400,6 +1394,7 @@ fn rbd_export_hash(scratch: &Path, site: &str, spec: &str) -> String {
 }
 
 /// Names of a group's recovery points on one agent, sorted.
+#[cfg(feature = "failpoints")]
 fn rp_names(dir: &Path, group: &str) -> Vec<String> {
     let mut names: Vec<String> = ok(dir, &["rp", "list", group])
         .as_array()
@@ -1441,7 +1436,7 @@ fn primary_killed_during_recovery_point_and_migration_comes_back_consistent() {
     s.a.restart(&[("FAILPOINTS", &ferry_e2e::landing::hold_failpoints(point, 0))]);
     let op = ok(&a, &["rp", "create", "g1", "--name", "torn"]);
     assert!(
-        hold_point::wait_reached(&s.a, point, Duration::from_secs(60), || true),
+        ferry_e2e::landing::wait_reached(&s.a, point, Duration::from_secs(60), || true),
         "the recovery point never reached {point}"
     );
     s.a.restart(&[]);

@@ -66,7 +66,7 @@ use std::time::{Duration, Instant};
 
 use ferry_agent::imagegen;
 use ferry_e2e::lab::rbd;
-use ferry_e2e::landing::{pause_failpoints, reached_line, Running, Tally};
+use ferry_e2e::landing::{pause_failpoints, reached_line, wait_reached, Running, Tally};
 use ferry_e2e::loopdev::LoopDevice;
 use ferry_e2e::power_loss::{self, Cut, Writeback};
 use ferry_e2e::prereq::require;
@@ -449,22 +449,6 @@ impl World {
         env
     }
 
-    /// Waits until the standby logs that it reached hold point `point` while
-    /// `sync` still runs (the sync is waiting on the held standby).
-    fn standby_reached(&self, point: &str, sync: &mut Running) -> bool {
-        let needle = reached_line(point);
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if self.pair.standby.log_text().contains(&needle) {
-                return true;
-            }
-            if !sync.is_running() || Instant::now() > deadline {
-                return self.pair.standby.log_text().contains(&needle);
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
     fn pick_fault(&mut self) -> Fault {
         let fault = self.pick_any_fault();
         if self.backend == Backend::Files {
@@ -562,7 +546,8 @@ impl World {
         let failpoints = format!("{point}=sleep(60000)");
         self.restart_standby(&failpoints);
         let mut sync = self.spawn_sync(&[], "");
-        let landed = self.standby_reached(point, &mut sync) && self.kill_standby();
+        let landed = wait_reached(&self.pair.standby, point, PATIENCE, || sync.is_running())
+            && self.kill_standby();
         self.restart_standby("");
         self.assert_standby_after(false, pending, what);
         // The interrupted sync reconnects and completes, or fails cleanly;

@@ -80,8 +80,6 @@ mod control_failover;
 mod control_faults;
 #[path = "common/control_policy.rs"]
 mod control_policy;
-#[path = "common/hold_point.rs"]
-mod hold_point;
 #[path = "common/tcp_proxy.rs"]
 mod tcp_proxy;
 

@@ -19,7 +19,6 @@ use ferry_e2e::cli::ok;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use super::hold_point;
 use super::{Side, World, PATIENCE};
 
 /// How long an agent armed for a link cut pauses at its point; every cut
@@ -177,10 +176,12 @@ impl World {
     /// point was not reached still restarts the agent, disarming it.
     pub(crate) fn land(&mut self, fault: &Fault, mut going: impl FnMut(&World) -> bool) -> bool {
         let side = self.side_of(fault.on);
-        let reached =
-            hold_point::wait_reached(&self.agents[side.index()], fault.point, PATIENCE, || {
-                going(self)
-            });
+        let reached = ferry_e2e::landing::wait_reached(
+            &self.agents[side.index()],
+            fault.point,
+            PATIENCE,
+            || going(self),
+        );
         let landed = match fault.hit {
             Hit::Kill => {
                 let running = reached && going(self);
