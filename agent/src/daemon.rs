@@ -353,7 +353,7 @@ pub async fn run(
                         standby.authorizer.set_operator_trust(
                             new.trust.iter().chain(trust_flags.iter()).copied(),
                         );
-                        control.orch.reapply_qos();
+                        control.orch.reload_config(new.clone());
                         let paired = control.orch.paired_peers();
                         for peer in new.trust.iter().chain(trust_flags.iter()).chain(paired.iter()) {
                             trust.insert(*peer);
@@ -455,7 +455,7 @@ pub async fn start_control(
         quic_addr: standby.addr,
         trust: trust.clone(),
         receiver: standby.context.clone(),
-        send_limit: config.send_limit,
+        config: config.clone(),
         metrics,
     })?;
     let peer_listener =

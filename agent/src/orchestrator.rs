@@ -10,10 +10,14 @@
 //!   their journal entry at once and run in a background task; the operator
 //!   waits on `GET /v1/operations/{id}`. Purely local ones finish before the
 //!   answer.
-//! - Replication of a syncing group is continuous: one `client::sync` cycle
-//!   of all its resources (one group recovery point on the standby), a short
-//!   pause, again. A manual recovery point is the next cycle that *starts*
-//!   after the request, so it holds every write acknowledged before it.
+//! - Replication of a syncing group is continuous: one cycle of all its
+//!   resources through the agent's [`Replicator`] (one group recovery point
+//!   on the standby), a short pause, again. A cycle whose RBD sources hold no
+//!   write since the committed point, and whose standby confirms it holds
+//!   that point, commits nothing (an idle check: no snapshot, no transfer);
+//!   after a cycle that sent changes the next starts almost at once. A
+//!   manual recovery point is the next cycle that *starts* after the
+//!   request (never skipped), so it holds every write acknowledged before it.
 //! - A standby group mirrors its primary: the peer API creates, maps, fills,
 //!   starts/stops and deletes it on the primary's request, journaled on the
 //!   standby too. The allowed-state table is enforced on the primary (the
@@ -40,7 +44,7 @@ use std::time::Duration;
 use ferry_engine::identity::Identity;
 use ferry_engine::qos::RateLimiter;
 use ferry_engine::session::receiver::ReceiverContext;
-use ferry_engine::session::sender::{SyncOptions, SyncProgress};
+use ferry_engine::session::sender::{SyncError, SyncProgress};
 use ferry_engine::transport::TrustStore;
 use ferry_protocol::{AgentId, ImageName};
 use hyper::Method;
@@ -52,7 +56,7 @@ use tracing::{info, warn};
 
 use crate::api::http::{self, Target};
 use crate::api::tls;
-use crate::client::{self, SyncRequest};
+use crate::config::AgentConfig;
 use crate::control::{
     Group, GroupId, GroupState, NewGroup, NewRecoveryPoint, NewResource, NewService, OpKind,
     OpRequest, OpResult, OpState, Operation, OperationId, Outcome, Policy, RecoveryPoint, Resource,
@@ -60,11 +64,16 @@ use crate::control::{
     Timestamp, Transition,
 };
 use crate::metrics::{ErrorKind, GroupLive, ImageLive, LiveSnapshot, LiveSource, Metrics};
+use crate::replicate::{self, Cycle, CycleOutcome, ReplicateError, Replicator};
 use crate::schedule::PolicySchedule;
 use crate::uri::{SourceUri, TargetUri};
 
-/// Pause between two replication cycles of a syncing group.
+/// Pause between two replication cycles of a syncing group when the last
+/// one found nothing to send (an idle group: a cheap change check per pause).
 pub const SYNC_PAUSE: Duration = Duration::from_millis(500);
+/// Pause after a cycle that sent changes: the next one starts almost at
+/// once, so a busy group's recovery points follow each other closely.
+const BUSY_PAUSE: Duration = Duration::from_millis(50);
 /// Pause after a failed cycle (link down…) before the next attempt.
 const RETRY_PAUSE: Duration = Duration::from_secs(2);
 /// Failed cycles in a row after which a recovery-point request fails.
@@ -106,6 +115,15 @@ pub enum CtlError {
         fingerprint: AgentId,
         /// Why.
         reason: String,
+    },
+    /// A replication cycle failed.
+    #[error("replicating group '{group}'")]
+    Replication {
+        /// The group.
+        group: String,
+        /// What failed.
+        #[source]
+        source: Box<ReplicateError>,
     },
     /// Anything else (I/O, engine).
     #[error("{what}")]
@@ -167,6 +185,12 @@ pub struct GroupProgress {
     pub standby_holds_writes_before: Option<Timestamp>,
     /// Age of that instant now, in seconds (RPO lag).
     pub rpo_lag_secs: Option<f64>,
+    /// Wall seconds of the last completed cycle (a committed point, or an
+    /// idle check that found nothing changed).
+    pub last_cycle_seconds: Option<f64>,
+    /// Completed cycles that found nothing changed since the committed point
+    /// (nothing captured or sent; counted apart from `cycles`).
+    pub idle_checks: u64,
     /// Bytes still to scan in the running cycle (all resources).
     pub bytes_remaining: u64,
     /// Current rate, bytes/s (all resources).
@@ -214,8 +238,9 @@ pub struct OrchestratorConfig {
     pub trust: TrustStore,
     /// The standby receiver (its store, its write limit).
     pub receiver: Arc<ReceiverContext>,
-    /// Initial send limit.
-    pub send_limit: Option<u64>,
+    /// The agent's configuration (replication settings, initial send
+    /// limit); replaced on `SIGHUP` through [`Orchestrator::reload_config`].
+    pub config: AgentConfig,
     /// Where cycle results are counted (served by `[metrics] listen`).
     pub metrics: Arc<Metrics>,
 }
@@ -230,6 +255,9 @@ pub struct Orchestrator {
     quic_addr: SocketAddr,
     receiver: Arc<ReceiverContext>,
     send_limit: RateLimiter,
+    /// Runs the replication cycles of every group (identity, configuration
+    /// and the send limiter held in memory).
+    replicator: Replicator,
     syncs: Mutex<HashMap<GroupId, SyncLoop>>,
     progress: Mutex<HashMap<GroupId, GroupProgress>>,
     /// Per group, the newest engine recovery point the standby is known to
@@ -261,6 +289,9 @@ impl Orchestrator {
         for svc in store.services()? {
             cfg.trust.insert(svc.remote_fingerprint);
         }
+        let send_limit = RateLimiter::new(cfg.config.send_limit);
+        let replicator =
+            Replicator::new(&cfg.dir, identity.clone(), cfg.config, send_limit.clone());
         let orch = Arc::new(Self {
             fingerprint: identity.fingerprint(),
             identity,
@@ -269,7 +300,8 @@ impl Orchestrator {
             trust: cfg.trust,
             quic_addr: cfg.quic_addr,
             receiver: cfg.receiver,
-            send_limit: RateLimiter::new(cfg.send_limit),
+            send_limit,
+            replicator,
             syncs: Mutex::new(HashMap::new()),
             progress: Mutex::new(HashMap::new()),
             rp_floor: Mutex::new(HashMap::new()),
@@ -1451,6 +1483,15 @@ impl Orchestrator {
         self.send_limit.set_rate(q.send_limit);
     }
 
+    /// A reloaded configuration (`SIGHUP`): the next replication cycle uses
+    /// its settings, the send limit becomes the file's, and then QoS set
+    /// through the API is applied again (it wins over the file).
+    pub fn reload_config(&self, config: AgentConfig) {
+        self.send_limit.set_rate(config.send_limit);
+        self.replicator.reload(config);
+        self.reapply_qos();
+    }
+
     /// Re-applies QoS persisted by `set_qos` (after a config reload, which
     /// set the config file's limits): the API's settings win.
     pub fn reapply_qos(&self) {
@@ -1599,6 +1640,7 @@ impl Orchestrator {
                 hold::reach("rp::before-cycle");
             }
             let started = Timestamp::now();
+            let clock = std::time::Instant::now();
             self.set_progress(gid, |p| {
                 p.state = "replicating".into();
             });
@@ -1607,9 +1649,29 @@ impl Orchestrator {
                 .map(|g| g.name)
                 .unwrap_or_else(|_| gid.to_string());
             let span = tracing::info_span!("cycle", group = %name, peer = tracing::field::Empty);
-            let result = tracing::Instrument::instrument(self.run_cycle(gid), span).await;
+            let result =
+                tracing::Instrument::instrument(self.run_loop_cycle(gid, waiting.is_empty()), span)
+                    .await;
+            let seconds = clock.elapsed().as_secs_f64();
             let pause = match &result {
-                Ok(done) => {
+                Ok(None) => {
+                    self.set_progress(gid, |p| {
+                        p.state = "waiting".into();
+                        for r in &mut p.resources {
+                            r.rate = 0;
+                            r.bytes_remaining = 0;
+                            r.phase = "unchanged".into();
+                        }
+                        p.bytes_remaining = 0;
+                        p.idle_checks += 1;
+                        p.standby_holds_writes_before = Some(started);
+                        p.last_cycle_seconds = Some(seconds);
+                        p.last_error = None;
+                        p.rate = 0;
+                    });
+                    SYNC_PAUSE
+                }
+                Ok(Some(done)) => {
                     self.metrics.record_cycle(&name, &done.report);
                     let changed: u64 = done.report.images.iter().map(|r| r.bytes_changed).sum();
                     let sent: u64 = done.report.images.iter().map(|r| r.bytes_sent).sum();
@@ -1622,6 +1684,7 @@ impl Orchestrator {
                         p.state = "waiting".into();
                         p.cycles += 1;
                         p.last_recovery_point = Some(done.engine_rp);
+                        p.last_cycle_seconds = Some(seconds);
                         p.standby_holds_writes_before = Some(started);
                         p.last_error = None;
                         p.rate = 0;
@@ -1649,7 +1712,11 @@ impl Orchestrator {
                             .map_err(|e| error_chain(&e));
                         let _ = w.reply.send(result);
                     }
-                    SYNC_PAUSE
+                    if changed > 0 {
+                        BUSY_PAUSE
+                    } else {
+                        SYNC_PAUSE
+                    }
                 }
                 Err(e) => {
                     let text = error_chain(e);
@@ -1739,11 +1806,54 @@ impl Orchestrator {
         f(p);
     }
 
-    /// One replication cycle (the loop's, or a migration's final sync).
+    /// One cycle of the replication loop: `None` when nothing changed since
+    /// the committed point (`may_skip`: no recovery point is waited for) and
+    /// the standby confirmed it still holds that point; otherwise a
+    /// committed cycle. An idle check the standby cannot confirm (it is
+    /// unreachable, lost the group, or holds an older point) runs a full
+    /// cycle instead, so its errors surface as they did before.
+    async fn run_loop_cycle(
+        self: &Arc<Self>,
+        gid: GroupId,
+        may_skip: bool,
+    ) -> CtlResult<Option<CycleDone>> {
+        if may_skip {
+            if let Some(done) = self.run_cycle_may_skip(gid, true).await? {
+                return Ok(Some(done));
+            }
+            let floor = lock(&self.rp_floor).get(&gid).copied().unwrap_or(0);
+            match self.remote_newest_point(gid).await {
+                Ok(Some(newest)) if newest >= floor && newest > 0 => return Ok(None),
+                Ok(newest) => {
+                    info!(group = %gid, standby_newest = ?newest, floor, "the standby does not hold the committed point; running a full cycle");
+                }
+                Err(e) => {
+                    info!(group = %gid, error = %error_chain(&e), "the standby did not confirm the committed point; running a full cycle");
+                }
+            }
+        }
+        self.run_cycle(gid).await.map(Some)
+    }
+
+    /// One replication cycle that commits a point (the loop's, or a
+    /// migration's final sync).
     async fn run_cycle(self: &Arc<Self>, gid: GroupId) -> CtlResult<CycleDone> {
-        let result = self.run_cycle_once(gid).await;
+        self.run_cycle_may_skip(gid, false).await?.ok_or_else(|| {
+            CtlError::BadRequest("a cycle that had to commit a point committed nothing".into())
+        })
+    }
+
+    /// A replication cycle; with `skip_unchanged`, `None` when nothing
+    /// changed since the committed point (nothing captured or sent).
+    async fn run_cycle_may_skip(
+        self: &Arc<Self>,
+        gid: GroupId,
+        skip_unchanged: bool,
+    ) -> CtlResult<Option<CycleDone>> {
+        let result = self.run_cycle_once(gid, skip_unchanged).await;
         match &result {
-            Ok(done) => self.raise_rp_floor(gid, done.engine_rp),
+            Ok(Some(done)) => self.raise_rp_floor(gid, done.engine_rp),
+            Ok(None) => {}
             // The standby may hold a point numbered above this clock
             // (stepped back while this agent was down, or before it knew):
             // the next cycle numbers its point above it.
@@ -1787,7 +1897,11 @@ impl Orchestrator {
         Ok(())
     }
 
-    async fn run_cycle_once(self: &Arc<Self>, gid: GroupId) -> CtlResult<CycleDone> {
+    async fn run_cycle_once(
+        self: &Arc<Self>,
+        gid: GroupId,
+        skip_unchanged: bool,
+    ) -> CtlResult<Option<CycleDone>> {
         let g = self.db(|s| s.group(gid))?;
         let svc = self.db(|s| s.service(g.service_id))?;
         let resources = self.db(|s| s.resources(gid))?;
@@ -1818,7 +1932,7 @@ impl Orchestrator {
                 .collect();
         });
         let me = Arc::downgrade(self);
-        let sink: client::ProgressSink = Arc::new(move |index: usize, sp: &SyncProgress| {
+        let sink: replicate::ProgressSink = Arc::new(move |index: usize, sp: &SyncProgress| {
             if let Some(me) = me.upgrade() {
                 me.set_progress(gid, |p| {
                     if let Some(r) = p.resources.get_mut(index) {
@@ -1838,34 +1952,37 @@ impl Orchestrator {
                 });
             }
         });
-        let limiter = self.send_limit.clone();
         let floor = lock(&self.rp_floor).get(&gid).copied().unwrap_or(0);
-        let tweak = move |o: &mut SyncOptions| {
-            o.limiter = limiter.clone();
-            o.min_recovery_point = floor;
+        let outcome = self
+            .replicator
+            .cycle(Cycle {
+                pairs: &pairs,
+                peer: svc.remote_fingerprint,
+                cluster: None,
+                progress: Some(sink),
+                accept_changes_at_rest: false,
+                min_recovery_point: floor,
+                skip_unchanged,
+                tweak: None,
+            })
+            .await
+            .map_err(|source| CtlError::Replication {
+                group: g.name.clone(),
+                source: Box::new(source),
+            })?;
+        let report = match outcome {
+            CycleOutcome::Committed(report) => report,
+            CycleOutcome::Unchanged => return Ok(None),
         };
-        let report = client::sync(SyncRequest {
-            dir: &self.dir,
-            pairs: &pairs,
-            peer: svc.remote_fingerprint,
-            bwlimit: None,
-            progress_bar: false,
-            tweak: Some(&tweak),
-            cluster: None,
-            progress: Some(sink),
-            accept_changes_at_rest: false,
-        })
-        .await
-        .map_err(internal(format!("replicating group '{}'", g.name)))?;
         hold::reach("cycle::committed");
         fail::fail_point!("cycle::after-commit-before-state", |_| Err(
             CtlError::BadRequest("fail point cycle::after-commit-before-state".into())
         ));
         self.end_initial_sync(gid)?;
-        Ok(CycleDone {
+        Ok(Some(CycleDone {
             engine_rp: report.recovery_point,
             report,
-        })
+        }))
     }
 
     // ------------------------------------------------------ planned migration
@@ -2223,7 +2340,7 @@ impl Orchestrator {
             let image = ImageName::new(r.standby_target.clone())
                 .map_err(|e| CtlError::BadRequest(e.to_string()))?;
             let out = dir.join(format!("{image}.raw"));
-            let state_dir = client::source_state_dir(&self.dir, primary, &image);
+            let state_dir = replicate::source_state_dir(&self.dir, primary, &image);
             let (d, o) = (dir.clone(), out.clone());
             let rp = ferry_protocol::RecoveryPointId(engine_rp);
             let what = format!(
@@ -2858,22 +2975,30 @@ impl Orchestrator {
 /// point: one id across the group's images).
 /// The `kind` label a failed cycle is counted under.
 fn error_kind(e: &CtlError) -> ErrorKind {
-    use ferry_engine::session::sender::SyncError;
     match e {
         CtlError::Store(_) => ErrorKind::Store,
         CtlError::BadRequest(_) => ErrorKind::Config,
         CtlError::Peer { .. } | CtlError::Forbidden { .. } => ErrorKind::Peer,
-        CtlError::Internal { source, .. } => source
-            .chain()
-            .find_map(|c| c.downcast_ref::<SyncError>())
-            .map_or(ErrorKind::Other, |sync| match sync {
+        CtlError::Internal { .. } => ErrorKind::Other,
+        CtlError::Replication { source, .. } => match source.as_ref() {
+            ReplicateError::Sync(sync) => match sync {
                 SyncError::Transport(_) => ErrorKind::Transport,
                 SyncError::LinkLost { .. } => ErrorKind::LinkLost,
                 SyncError::Framing(_) | SyncError::Peer { .. } | SyncError::Protocol(_) => {
                     ErrorKind::Peer
                 }
                 SyncError::Source(_) | SyncError::Pipeline(_) => ErrorKind::Source,
-            }),
+            },
+            ReplicateError::OpenSource { .. }
+            | ReplicateError::Capture(_)
+            | ReplicateError::ChangeCheck { .. } => ErrorKind::Source,
+            ReplicateError::NothingToReplicate
+            | ReplicateError::MixedStandbys { .. }
+            | ReplicateError::Config(_) => ErrorKind::Config,
+            ReplicateError::Identity(_)
+            | ReplicateError::Busy { .. }
+            | ReplicateError::StateDir { .. } => ErrorKind::Other,
+        },
     }
 }
 

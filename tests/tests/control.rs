@@ -979,9 +979,21 @@ fn lab_rbd_group_pins_points_and_fails_over_into_new_images() {
     };
     let start = cycles(&a);
     // Retention on the standby is 2: four more points would have dropped
-    // r1's snapshot had the group not pinned it.
+    // r1's snapshot had the group not pinned it. An idle group commits no
+    // points: keep writing (after r1) so cycles go on.
+    let mut writes = 0u64;
     wait_for_within("four more cycles", Duration::from_secs(240), || {
-        cycles(&a) >= start + 4
+        if cycles(&a) >= start + 4 {
+            return true;
+        }
+        writes += 1;
+        let at = (64 + writes % 64) * 4096;
+        lab::pyrbd(
+            "site-a",
+            &images[1],
+            &format!("img.write(b'y' * 4096, {at})"),
+        );
+        false
     });
     s.a.kill9();
     // An image in the way of the failover, made by someone else: refused,

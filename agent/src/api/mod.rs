@@ -184,7 +184,7 @@ impl IntoResponse for ApiError {
                 | StoreError::PolicyInUse { .. }
                 | StoreError::PairingSecret { .. },
             ) => (StatusCode::CONFLICT, None),
-            CtlError::Store(_) | CtlError::Internal { .. } => {
+            CtlError::Store(_) | CtlError::Internal { .. } | CtlError::Replication { .. } => {
                 (StatusCode::INTERNAL_SERVER_ERROR, None)
             }
             CtlError::BadRequest(_) => (StatusCode::BAD_REQUEST, None),

@@ -33,9 +33,9 @@ use tracing::{info, warn};
 use super::{
     internal, write_durably, CtlError, CtlResult, MigratedImage, MigrationPlan, Orchestrator,
 };
-use crate::client::{self, source_state_dir};
 use crate::config::{config_path, AgentConfig};
 use crate::control::{Group, Resource};
+use crate::replicate::{self, source_state_dir};
 use crate::uri::SourceUri;
 
 /// The RBD images a migration's `Prepare` made on the standby, by name.
@@ -224,7 +224,7 @@ impl Orchestrator {
         };
         for (image, info, dest) in todo {
             let state_dir = source_state_dir(&self.dir, primary, &image);
-            let tag = client::rbd_tag(primary, &image);
+            let tag = replicate::rbd_tag(primary, &image);
             let (img, d, c) = (image.clone(), dest.clone(), cluster.clone());
             let epoch = info.epoch;
             let what = format!("writing {image} at engine recovery point {engine_rp} to {dest}");

@@ -55,6 +55,12 @@ pub struct RbdSourceOptions {
     pub coalesce_gap: u32,
     /// Chunks whose reads are in flight at once (each at most one chunk).
     pub chunks_in_flight: usize,
+    /// Remove the snapshots a commit made stale on a background thread
+    /// instead of before `commit_cycle` returns (the daemon: each removal
+    /// waits for a monitor round, about a second on a small cluster, and
+    /// the next cycle need not wait for it). A removal cut short by the
+    /// process ending is redone by the next open's sweep.
+    pub background_sweep: bool,
 }
 
 impl Default for RbdSourceOptions {
@@ -62,6 +68,7 @@ impl Default for RbdSourceOptions {
         Self {
             coalesce_gap: 16 * 1024,
             chunks_in_flight: 8,
+            background_sweep: false,
         }
     }
 }
@@ -461,6 +468,41 @@ impl RbdSource {
             })
     }
 
+    /// Whether the image holds no write since the point the standby
+    /// committed last, so a new capture would repeat that point. Reads the
+    /// head's diff from the committed diff base (with fast-diff, the object
+    /// maps only; no lock, no snapshot, no monitor round trip). Conservative:
+    /// any listed extent, a size change, or a capture or cycle in progress
+    /// answers `false`. Every write acknowledged before the call began is
+    /// seen (librbd marks an object in the head's object map before it
+    /// writes it), so "unchanged" means the standby already holds every
+    /// such write.
+    pub fn unchanged_since_commit(&self) -> Result<bool, SourceError> {
+        if self.state.capture.is_some() || self.state.cycle.is_some() {
+            return Ok(false);
+        }
+        let Some(committed) = &self.state.committed else {
+            return Ok(false);
+        };
+        let base = committed.diff_base();
+        let size = self.head.size().map_err(|e| state_error(e.into()))?;
+        if size != self.snap_size(base)? {
+            return Ok(false);
+        }
+        let mut changed = false;
+        let listed = self
+            .head
+            .diff_iterate(Some(base), 0, size, true, &mut |_, _, _| {
+                changed = true;
+                false // one extent is enough
+            });
+        match listed {
+            Ok(()) => Ok(!changed),
+            Err(_) if changed => Ok(false),
+            Err(e) => Err(state_error(e.into())),
+        }
+    }
+
     /// Forgets the capture and removes its snapshot.
     pub(crate) fn drop_capture(&mut self) -> Result<(), SourceError> {
         let Some(capture) = self.state.capture.clone() else {
@@ -519,8 +561,43 @@ impl RbdSource {
 
     /// Removes snapshots with this replication's tag that the state does not name.
     fn sweep(&self) {
-        let Ok(snaps) = self.head.snapshots() else {
+        for snap in self.stale_snaps() {
+            self.remove_snap(&snap);
+        }
+    }
+
+    /// [`Self::sweep`] on a thread of its own, with its own reference to
+    /// the image.
+    fn sweep_in_background(&self) {
+        let stale = self.stale_snaps();
+        if stale.is_empty() {
             return;
+        }
+        let head = self.head.clone();
+        let spec = self.spec.to_string();
+        let spawned = std::thread::Builder::new()
+            .name("rbd-sweep".into())
+            .spawn(move || {
+                for snap in stale {
+                    match head.snap_remove(&snap) {
+                        Ok(()) => debug!(image = %spec, snap, "removed snapshot"),
+                        Err(e) if e.is_not_found() => {}
+                        Err(error) => {
+                            warn!(image = %spec, snap, %error, "could not remove a ferry snapshot; it will be retried after the next commit")
+                        }
+                    }
+                }
+            });
+        if let Err(error) = spawned {
+            warn!(image = %self.spec, %error, "could not start the snapshot sweep; the next open retries it");
+        }
+    }
+
+    /// This replication's snapshots the state does not name (group
+    /// snapshots excluded: their group removes them).
+    fn stale_snaps(&self) -> Vec<String> {
+        let Ok(snaps) = self.head.snapshots() else {
+            return Vec::new();
         };
         let prefix = self.prefix();
         let keep = |name: &str| {
@@ -534,12 +611,15 @@ impl RbdSource {
                     .as_ref()
                     .is_some_and(|c| c.snap == name || c.base.as_deref() == Some(name))
         };
-        for snap in snaps
-            .iter()
-            .filter(|s| s.name.starts_with(&prefix) && !keep(&s.name))
-        {
-            self.remove_snap(&snap.name);
-        }
+        snaps
+            .into_iter()
+            .filter(|s| {
+                s.name.starts_with(&prefix)
+                    && !keep(&s.name)
+                    && !s.name.starts_with(GROUP_SNAP_PREFIX)
+            })
+            .map(|s| s.name)
+            .collect()
     }
 
     /// Plans the next chunk and starts its reads.
@@ -833,7 +913,11 @@ impl ExtentSource for RbdSource {
         self.save(state)?;
         self.cycle = None;
         // The standby now holds `epoch`: only its snapshot is still needed.
-        self.sweep();
+        if self.options.background_sweep {
+            self.sweep_in_background();
+        } else {
+            self.sweep();
+        }
         Ok(())
     }
 
