@@ -126,6 +126,8 @@ struct RawTransport {
     stream_window: Option<String>,
     connection_window: Option<String>,
     udp_buffer: Option<String>,
+    compression: Option<String>,
+    max_udp_payload: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -336,6 +338,23 @@ impl AgentConfig {
         if let Some(w) = window("transport.udp_buffer", raw.transport.udp_buffer)? {
             t.udp_buffer = w as usize;
         }
+        if let Some(mode) = &raw.transport.compression {
+            t.compression = mode
+                .parse()
+                .map_err(|reason| invalid("transport.compression", reason))?;
+        }
+        if let Some(n) = raw.transport.max_udp_payload {
+            let min = u32::from(ferry_engine::transport::MIN_UDP_PAYLOAD);
+            t.max_udp_payload = u16::try_from(n)
+                .ok()
+                .filter(|&v| (min..=65_527).contains(&u32::from(v)))
+                .ok_or_else(|| {
+                    invalid(
+                        "transport.max_udp_payload",
+                        format!("{n} is not in {min}..=65527"),
+                    )
+                })?;
+        }
         if let Some(w) = raw.pipeline.workers {
             if w > 256 {
                 return Err(invalid("pipeline.workers", format!("{w} is more than 256")));
@@ -460,6 +479,12 @@ pub const DEFAULT_CONFIG: &str = r#"# ferry-agent configuration. Every key is op
 # stream_window = "16MiB"
 # connection_window = "48MiB"
 # udp_buffer = "4MiB"
+# Compress extents before sending: "auto" (while the link, not the CPU, is
+# the bottleneck: decided from measured send backpressure), "zstd", "off".
+# compression = "auto"
+# Largest UDP datagram path-MTU discovery probes for (1200..=65527; 8952 is
+# a jumbo frame; discovery settles lower on paths that drop larger ones).
+# max_udp_payload = 8952
 
 [pipeline]
 # workers = 0        # 0 = one per core

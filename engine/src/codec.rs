@@ -1,9 +1,12 @@
 //! Encoding of extents into a batch payload (compress, checksum) and its verification on the standby.
 //!
 //! The primary's [`Encoder`] turns the changed extents of one scan chunk into
-//! an [`EncodedChunk`]: each data extent is stored as one zstd frame when that
-//! pays (compressed size ≤ 97 % of plain, [`COMPRESS_KEEP_RATIO_PERCENT`]) or
-//! raw otherwise; the payload gets a CRC-32C and the concatenated plain data a
+//! an [`EncodedChunk`]: each data extent is split into runs of zero, random
+//! and compressible pieces ([`crate::compression::classify`]); a zero run
+//! becomes a zero extent, a compressible run one zstd frame when that pays
+//! (compressed size ≤ 97 % of plain, [`COMPRESS_KEEP_RATIO_PERCENT`]) and
+//! every other run is stored raw; whether zstd is tried at all follows the
+//! encoder's [`CompressionSwitch`]. The payload gets a CRC-32C and the concatenated plain data a
 //! BLAKE3. The standby's [`Decoder`] checks the CRC first (transport damage →
 //! [`NackReason::PayloadCrc`]), then decodes every extent under strict rules
 //! (exact lengths, one frame per extent, never allocating more than an
@@ -14,6 +17,7 @@
 use bytes::Bytes;
 use ferry_protocol::{Codec, ExtentBatch, ExtentHeader, ExtentKind, NackReason};
 
+use crate::compression::{classify, CompressionSwitch, PieceClass};
 use crate::source::pool::BufferPool;
 
 /// A data extent is stored compressed only if the frame is at most this
@@ -26,9 +30,6 @@ pub const DEFAULT_MAX_BATCH_PLAIN_BYTES: u64 = 64 << 20;
 
 /// Size of the payload buffers an [`Encoder`] recycles by default.
 pub const DEFAULT_PAYLOAD_BUF_SIZE: usize = 4 << 20;
-
-/// Extents smaller than this are compressed without the incompressibility probe.
-const PROBE_MIN_LEN: usize = 8 * 1024;
 
 /// One extent as a source produced it, before encoding.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -147,6 +148,7 @@ pub struct Encoder {
     compressor: zstd::bulk::Compressor<'static>,
     level: i32,
     payload_pool: BufferPool,
+    compression: CompressionSwitch,
 }
 
 impl std::fmt::Debug for Encoder {
@@ -181,7 +183,14 @@ impl Encoder {
             compressor,
             level,
             payload_pool: pool,
+            compression: CompressionSwitch::always(),
         }
+    }
+
+    /// Compress only while `switch` is on (`[transport] compression`).
+    pub fn with_compression(mut self, switch: CompressionSwitch) -> Self {
+        self.compression = switch;
+        self
     }
 
     /// The zstd level in use.
@@ -189,11 +198,12 @@ impl Encoder {
         self.level
     }
 
-    /// Compress each data extent with zstd unless it does not pay (kept raw
-    /// when the frame would exceed 97 % of the plain length, and not even
-    /// tried when a byte-histogram probe says the data looks random), compute
-    /// the CRC-32C of the payload and the BLAKE3 of the concatenated plain
-    /// data. `stats.bytes_zero` is left 0 (the analyser knows it).
+    /// Splits each data extent into runs (zero runs become zero extents),
+    /// compresses the compressible runs with zstd while the switch is on
+    /// unless it does not pay (kept raw when the frame would exceed 97 % of
+    /// the plain length), computes the CRC-32C of the payload and the BLAKE3
+    /// of the concatenated plain data of the data extents it emits.
+    /// `stats.bytes_zero` is left 0 (the analyser knows it).
     pub fn encode(
         &mut self,
         scan_start: u64,
@@ -230,41 +240,62 @@ impl Encoder {
             None => &mut own[..],
         };
         let mut used = 0usize;
+        let mut plain_emitted = 0u64;
+        let compress = self.compression.is_on();
         for extent in extents {
-            let (codec, encoded_len) = match (&extent.kind, &extent.data) {
-                (ExtentKind::Data, Some(data)) => {
-                    hasher.update(data);
-                    let len = data.len();
-                    let limit = len * COMPRESS_KEEP_RATIO_PERCENT / 100;
-                    let compressed = if limit > 0 && !looks_incompressible(data) {
-                        self.compressor
-                            .compress_to_buffer(&data[..], &mut out[used..used + limit])
-                            .ok()
-                    } else {
-                        None
-                    };
-                    match compressed {
-                        Some(n) if n <= limit => {
-                            used += n;
-                            (Codec::Zstd, n)
-                        }
-                        _ => {
-                            out[used..used + len].copy_from_slice(data);
-                            used += len;
-                            (Codec::Raw, len)
-                        }
-                    }
-                }
-                _ => (Codec::Raw, 0),
+            let (ExtentKind::Data, Some(data)) = (&extent.kind, &extent.data) else {
+                headers.push(ExtentHeader {
+                    offset: extent.offset,
+                    length: extent.length,
+                    kind: extent.kind,
+                    codec: Codec::Raw,
+                    encoded_len: 0,
+                });
+                continue;
             };
-            headers.push(ExtentHeader {
-                offset: extent.offset,
-                length: extent.length,
-                kind: extent.kind,
-                codec,
-                // encoded_len ≤ length, which is a u32.
-                encoded_len: u32::try_from(encoded_len).unwrap_or(u32::MAX),
-            });
+            for run in classify(data, compress) {
+                let piece = &data[run.start..run.end];
+                let len = piece.len();
+                // A run is a part of an extent: its length fits in a u32.
+                let length = u32::try_from(len).unwrap_or(u32::MAX);
+                let offset = extent.offset + run.start as u64;
+                if run.class == PieceClass::Zero {
+                    headers.push(ExtentHeader {
+                        offset,
+                        length,
+                        kind: ExtentKind::Zero,
+                        codec: Codec::Raw,
+                        encoded_len: 0,
+                    });
+                    continue;
+                }
+                hasher.update(piece);
+                plain_emitted += len as u64;
+                let limit = len * COMPRESS_KEEP_RATIO_PERCENT / 100;
+                let compressed = if run.class == PieceClass::Compressible && limit > 0 {
+                    self.compressor
+                        .compress_to_buffer(piece, &mut out[used..used + limit])
+                        .ok()
+                } else {
+                    None
+                };
+                let (codec, encoded_len) = match compressed {
+                    Some(n) if n <= limit => (Codec::Zstd, n),
+                    _ => {
+                        out[used..used + len].copy_from_slice(piece);
+                        (Codec::Raw, len)
+                    }
+                };
+                used += encoded_len;
+                headers.push(ExtentHeader {
+                    offset,
+                    length,
+                    kind: ExtentKind::Data,
+                    codec,
+                    // encoded_len ≤ length, which is a u32.
+                    encoded_len: u32::try_from(encoded_len).unwrap_or(u32::MAX),
+                });
+            }
         }
 
         let payload = if used == 0 {
@@ -290,7 +321,7 @@ impl Encoder {
                 bytes_scanned: scan_end.saturating_sub(scan_start),
                 bytes_changed: changed,
                 bytes_zero: 0,
-                plain_data_bytes: plain_total as u64,
+                plain_data_bytes: plain_emitted,
                 payload_bytes: payload.len() as u64,
             },
             payload,
@@ -335,32 +366,6 @@ fn check_extent(
         }),
         _ => Ok(()),
     }
-}
-
-/// Cheap probe for data zstd cannot shrink (already compressed or encrypted):
-/// four 1 KiB windows spread over the extent must each show nearly all 256
-/// byte values with a flat histogram. It costs < 0.1 % of compressing, and a
-/// wrong "incompressible" only loses compression, never correctness. It can
-/// miss redundancy that a histogram does not see (e.g. the same random block
-/// repeated within one extent); that is the price of not trying.
-fn looks_incompressible(data: &[u8]) -> bool {
-    if data.len() < PROBE_MIN_LEN {
-        return false;
-    }
-    const WINDOW: usize = 1024;
-    const WINDOWS: usize = 4;
-    let stride = (data.len() - WINDOW) / (WINDOWS - 1);
-    (0..WINDOWS).all(|i| {
-        let start = i * stride;
-        let mut histogram = [0u16; 256];
-        for &byte in &data[start..start + WINDOW] {
-            histogram[byte as usize] += 1;
-        }
-        let distinct = histogram.iter().filter(|&&count| count > 0).count();
-        let max = histogram.iter().copied().max().unwrap_or(0);
-        // Uniform random bytes: ~252 distinct values, max count ~10-12.
-        distinct >= 240 && max <= 16
-    })
 }
 
 /// One extent after decoding and verification.
@@ -728,7 +733,11 @@ mod tests {
         assert_eq!(chunk.extents[0].codec, Codec::Raw, "random data stays raw");
         assert_eq!(chunk.extents[2].codec, Codec::Zstd, "text compresses");
         assert!(chunk.extents[2].encoded_len < 10 * 1024);
-        assert_eq!(chunk.extents[3].codec, Codec::Zstd, "zero bytes compress");
+        assert_eq!(
+            (chunk.extents[3].kind, chunk.extents[3].encoded_len),
+            (ExtentKind::Zero, 0),
+            "a data extent of zero bytes becomes a zero extent"
+        );
         assert_eq!(
             chunk.extents[4].codec,
             Codec::Raw,
@@ -736,18 +745,68 @@ mod tests {
         );
         assert_eq!(chunk.extents[1].encoded_len, 0);
         assert_eq!(chunk.stats.bytes_changed, (64 + 8 + 100 + 4 + 4 + 4) * 1024);
-        assert_eq!(chunk.stats.plain_data_bytes, (64 + 100 + 4 + 4) * 1024);
+        assert_eq!(chunk.stats.plain_data_bytes, (64 + 100 + 4) * 1024);
         assert_eq!(chunk.stats.payload_bytes, chunk.payload.len() as u64);
-        assert!(chunk.payload.len() < (64 + 100 + 4 + 4) * 1024);
+        assert!(chunk.payload.len() < (64 + 100 + 4) * 1024);
 
         let decoded = Decoder::new().decode(&batch(&chunk)).unwrap();
         assert_eq!(decoded.len(), extents.len());
         for (plain, out) in extents.iter().zip(&decoded) {
             assert_eq!(plain.offset, out.offset);
             assert_eq!(plain.length, out.length);
-            assert_eq!(plain.kind, out.kind);
-            assert_eq!(plain.data, out.data);
+            if plain
+                .data
+                .as_deref()
+                .is_some_and(|d| d.iter().all(|&b| b == 0))
+            {
+                assert_eq!((out.kind, &out.data), (ExtentKind::Zero, &None));
+            } else {
+                assert_eq!(plain.kind, out.kind);
+                assert_eq!(plain.data, out.data);
+            }
         }
+    }
+
+    #[test]
+    fn a_mixed_extent_travels_as_runs_and_decodes_to_the_same_bytes() {
+        let mut mixed = random(128 * 1024, 3).to_vec();
+        mixed.extend(vec![0u8; 256 * 1024]);
+        mixed.extend(text(192 * 1024).to_vec());
+        let extents = vec![data(4096, Bytes::from(mixed.clone()))];
+        let chunk = Encoder::new(1).encode(0, 1 << 20, &extents).unwrap();
+        let shape: Vec<_> = chunk
+            .extents
+            .iter()
+            .map(|e| (e.kind, e.codec, e.length))
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                (ExtentKind::Data, Codec::Raw, 128 * 1024),
+                (ExtentKind::Zero, Codec::Raw, 256 * 1024),
+                (ExtentKind::Data, Codec::Zstd, 192 * 1024),
+            ]
+        );
+        let decoded = Decoder::new().decode(&batch(&chunk)).unwrap();
+        let mut rebuilt = Vec::new();
+        for extent in decoded {
+            match extent.data {
+                Some(bytes) => rebuilt.extend_from_slice(&bytes),
+                None => rebuilt.extend(std::iter::repeat_n(0u8, extent.length as usize)),
+            }
+        }
+        assert_eq!(rebuilt, mixed);
+        // Compression off: the same runs, none compressed.
+        let off = crate::compression::CompressionSwitch::new(
+            crate::compression::CompressionMode::Off,
+            false,
+        );
+        let chunk = Encoder::new(1)
+            .with_compression(off)
+            .encode(0, 1 << 20, &extents)
+            .unwrap();
+        assert!(chunk.extents.iter().all(|e| e.codec == Codec::Raw));
+        assert_eq!(chunk.stats.plain_data_bytes, (128 + 192) * 1024);
     }
 
     #[test]
@@ -925,15 +984,5 @@ mod tests {
             let error = Decoder::new().decode(&case).unwrap_err();
             assert_eq!(error.nack_reason(), NackReason::Decode, "{error:?}");
         }
-    }
-
-    #[test]
-    fn probe_flags_random_but_not_text_or_zero() {
-        assert!(looks_incompressible(&random(1 << 20, 5)));
-        assert!(!looks_incompressible(&text(1 << 20)));
-        assert!(!looks_incompressible(&vec![0u8; 1 << 20]));
-        let mut mixed = random(1 << 20, 6).to_vec();
-        mixed[..256 * 1024].fill(0);
-        assert!(!looks_incompressible(&mixed));
     }
 }

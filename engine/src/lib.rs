@@ -18,6 +18,7 @@
 #![deny(unsafe_code)]
 
 pub mod codec;
+pub mod compression;
 pub mod hashing;
 pub mod identity;
 pub mod netsim;

@@ -45,6 +45,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{bounded, Receiver, Sender};
 
 use crate::codec::{CodecError, EncodedChunk, Encoder};
+use crate::compression::CompressionSwitch;
 use crate::source::manifest::BLOCK_SIZE;
 use crate::source::pool::{BufferPool, PoolStats};
 use crate::source::{
@@ -201,9 +202,20 @@ impl Pipeline {
     /// `source.begin_cycle(&plan, config.chunk_size)` first; on error the
     /// source is dropped (its on-disk state stays valid: reopen it).
     pub fn start(
+        source: Box<dyn ExtentSource>,
+        plan: CyclePlan,
+        config: PipelineConfig,
+    ) -> Result<Pipeline, SourceError> {
+        Self::start_compressing(source, plan, config, CompressionSwitch::always())
+    }
+
+    /// [`Pipeline::start`] whose workers compress only while `compression`
+    /// is on (the sender flips it in `auto` mode).
+    pub fn start_compressing(
         mut source: Box<dyn ExtentSource>,
         plan: CyclePlan,
         config: PipelineConfig,
+        compression: CompressionSwitch,
     ) -> Result<Pipeline, SourceError> {
         config.check()?;
         let info = source.begin_cycle(&plan, config.chunk_size)?;
@@ -237,7 +249,8 @@ impl Pipeline {
             let analyzer = Arc::clone(&analyzer);
             let work_rx = work_rx.clone();
             let result_tx = result_tx.clone();
-            let encoder = Encoder::with_payload_pool(config.zstd_level, payload_pool.clone());
+            let encoder = Encoder::with_payload_pool(config.zstd_level, payload_pool.clone())
+                .with_compression(compression.clone());
             let shared = Arc::clone(&shared);
             threads.push(spawn("worker", move || {
                 worker_loop(analyzer, encoder, work_rx, result_tx, shared)

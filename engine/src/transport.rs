@@ -141,7 +141,24 @@ pub struct TransportSettings {
     /// Image streams a peer may have open at once (default 5, as the DR
     /// manual's concurrent snapshot limit); one more stream is for control.
     pub max_concurrent_images: u32,
+    /// Whether extents are compressed before sending (`[transport]
+    /// compression`, default `auto`: while the link is the bottleneck).
+    pub compression: crate::compression::CompressionMode,
+    /// The largest UDP payload path-MTU discovery probes for, and the
+    /// largest this endpoint accepts (`[transport] max_udp_payload`,
+    /// default [`DEFAULT_MAX_UDP_PAYLOAD`]). Discovery starts at 1200 and
+    /// stops below this where the path drops larger datagrams.
+    pub max_udp_payload: u16,
 }
+
+/// Default upper bound of path-MTU discovery: a 9000-byte jumbo frame less
+/// the IPv6 and UDP headers. Larger datagrams cut the per-packet CPU of
+/// QUIC; loopback and jumbo-frame LANs carry them, other paths make
+/// discovery settle at what they carry (quinn's own default stops at 1452).
+pub const DEFAULT_MAX_UDP_PAYLOAD: u16 = 8952;
+
+/// The smallest `max_udp_payload` QUIC allows.
+pub const MIN_UDP_PAYLOAD: u16 = 1200;
 
 impl Default for TransportSettings {
     fn default() -> Self {
@@ -153,6 +170,8 @@ impl Default for TransportSettings {
             idle_timeout: Duration::from_secs(10),
             keep_alive: Duration::from_secs(1),
             max_concurrent_images: 5,
+            compression: crate::compression::CompressionMode::Auto,
+            max_udp_payload: DEFAULT_MAX_UDP_PAYLOAD,
         }
     }
 }
@@ -170,6 +189,18 @@ impl TransportSettings {
         // An idle timeout above quinn's varint limit cannot happen with sane
         // settings; fall back to no timeout rather than panicking.
         config.max_idle_timeout(quinn::IdleTimeout::try_from(self.idle_timeout).ok());
+        let upper = self.max_udp_payload.max(MIN_UDP_PAYLOAD);
+        let mut discovery = quinn::MtuDiscoveryConfig::default();
+        discovery.upper_bound(upper);
+        config.mtu_discovery_config(Some(discovery));
+        config
+    }
+
+    /// Endpoint settings: accept datagrams up to `max_udp_payload`.
+    fn quinn_endpoint(&self) -> quinn::EndpointConfig {
+        let mut config = quinn::EndpointConfig::default();
+        // In range by construction (clamped to QUIC's 1200..=65527).
+        let _ = config.max_udp_payload_size(self.max_udp_payload.clamp(MIN_UDP_PAYLOAD, 65_527));
         config
     }
 }
@@ -217,7 +248,7 @@ pub fn server_endpoint(
     server.transport_config(Arc::new(settings.quinn_transport()));
     let socket = bind_socket(bind, settings)?;
     quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
+        settings.quinn_endpoint(),
         Some(server),
         socket,
         Arc::new(quinn::TokioRuntime),
@@ -237,7 +268,7 @@ pub fn client_endpoint(
     };
     let socket = bind_socket(bind, settings)?;
     quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
+        settings.quinn_endpoint(),
         None,
         socket,
         Arc::new(quinn::TokioRuntime),

@@ -39,6 +39,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::codec::EncodedChunk;
+use crate::compression::{Backpressure, CompressionSwitch};
 use crate::identity::Identity;
 use crate::pipeline::{Pipeline, PipelineConfig, PipelineError};
 use crate::qos::{RateLimiter, RateMeter};
@@ -141,6 +142,17 @@ pub struct PathSnapshot {
 }
 
 impl PathSnapshot {
+    /// What the path can carry by the congestion controller's estimate:
+    /// one congestion window per `base_rtt` (the smallest round trip seen:
+    /// the smoothed one swings with scheduling delays on a busy host),
+    /// bytes/s. A standby that applies slowly holds the sender through flow
+    /// control, not the congestion window, so this stays high; a slow or
+    /// long link keeps it near the link's rate.
+    pub fn link_rate(&self, base_rtt: Duration) -> u64 {
+        let rtt = base_rtt.min(self.rtt).as_secs_f64().max(1e-6);
+        (self.cwnd as f64 / rtt) as u64
+    }
+
     /// Reads the current path statistics of `connection`.
     pub fn of(connection: &quinn::Connection) -> Self {
         let path = connection.stats().path;
@@ -152,6 +164,22 @@ impl PathSnapshot {
             congestion_events: path.congestion_events,
         }
     }
+}
+
+/// What the link to the standby can carry now: the congestion estimate
+/// over the smallest round trip seen (`base_rtt`, updated), capped by the
+/// send limit.
+fn link_rate(
+    connection: &quinn::Connection,
+    limiter: &RateLimiter,
+    base_rtt: &mut Duration,
+) -> u64 {
+    let snapshot = PathSnapshot::of(connection);
+    if !snapshot.rtt.is_zero() {
+        *base_rtt = (*base_rtt).min(snapshot.rtt);
+    }
+    let path = snapshot.link_rate(*base_rtt);
+    limiter.rate().map_or(path, |limit| path.min(limit))
 }
 
 /// What a completed sync did.
@@ -1087,7 +1115,13 @@ async fn transfer_image(links: &Links, plan: Planned) -> Result<Transferred, Syn
         },
     };
     let options = &links.options;
-    let pipeline = Pipeline::start(source, plan, options.pipeline)?;
+    let compression = CompressionSwitch::new(
+        options.transport.compression,
+        options.limiter.rate().is_some(),
+    );
+    let mut backpressure = Backpressure::new(compression.clone());
+    let mut base_rtt = Duration::MAX;
+    let pipeline = Pipeline::start_compressing(source, plan, options.pipeline, compression)?;
     let (chunk_tx, mut chunk_rx) = mpsc::channel::<Result<EncodedChunk, PipelineError>>(2);
     let forwarder = tokio::task::spawn_blocking(move || {
         while let Some(item) = pipeline.recv() {
@@ -1107,6 +1141,10 @@ async fn transfer_image(links: &Links, plan: Planned) -> Result<Transferred, Syn
                     return Ok(());
                 }
                 let can_send = !pipeline_done && transfer.unacked_bytes < options.max_unacked_bytes;
+                // Time spent here while the pipeline could go on but the
+                // link holds us (unacknowledged cap) counts as backpressure.
+                let waiting_since = Instant::now();
+                let link_bound_wait = !pipeline_done && !can_send;
                 tokio::select! {
                     chunk = chunk_rx.recv(), if can_send => match chunk {
                         Some(Ok(chunk)) => {
@@ -1148,13 +1186,26 @@ async fn transfer_image(links: &Links, plan: Planned) -> Result<Transferred, Syn
                                     payload: chunk.payload,
                                 },
                             };
+                            let sending = Instant::now();
                             transfer.send_new(&mut stream.writer, &options.limiter, item).await?;
+                            let now = Instant::now();
+                            let link_rate = link_rate(&connection, &options.limiter, &mut base_rtt);
+                            backpressure.record_blocked(now - sending, now, link_rate);
                         }
                         Some(Err(e)) => return Err(e.into()),
                         None => pipeline_done = true,
                     },
                     frame = stream.reader.next() => match frame {
-                        Ok(Some(Message::Ack(ack))) => transfer.on_ack(ack.durable_seq),
+                        Ok(Some(Message::Ack(ack))) => {
+                            let now = Instant::now();
+                            let link_rate = link_rate(&connection, &options.limiter, &mut base_rtt);
+                            if link_bound_wait {
+                                backpressure.record_blocked(now - waiting_since, now, link_rate);
+                            } else {
+                                backpressure.tick(now, link_rate);
+                            }
+                            transfer.on_ack(ack.durable_seq);
+                        }
                         Ok(Some(Message::Nack(nack))) => {
                             warn!(%image, seq = %nack.seq, reason = ?nack.reason, "standby rejected a batch; resending from it");
                             let Some(from) = transfer.unacked.iter().position(|f| f.batch.seq == nack.seq) else {

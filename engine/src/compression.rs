@@ -1,0 +1,362 @@
+//! When to compress: the `[transport] compression` mode, the live switch
+//! `auto` flips from measured send backpressure, and the split of a data
+//! extent into runs of zero, incompressible and compressible pieces.
+//!
+//! A listed extent can be a whole 4 MiB object mixing random data, text and
+//! zeroes. The encoder looks at it in [`PIECE`]-sized pieces: zero pieces
+//! become zero extents (`write_zeroes` on the standby, nothing on the wire),
+//! pieces a byte histogram calls random are stored raw without trying zstd,
+//! and only the rest is compressed. Neighbouring pieces of one class stay
+//! one extent, so the standby still writes a run in one operation.
+//!
+//! Compressing pays only when the link, not the CPU, is the bottleneck. In
+//! [`CompressionMode::Auto`] the sender measures how much of its time it is
+//! blocked on the link (rate limiter, QUIC flow and congestion control, the
+//! unacknowledged-bytes cap) and what the path can carry by QUIC's
+//! congestion estimate (one congestion window per round trip). It turns
+//! zstd on when it was blocked above [`AUTO_ON_BLOCKED_SHARE`] of an
+//! [`AUTO_WINDOW`] on a path estimated below [`AUTO_FAST_LINK`] (a link
+//! zstd level 1 on one core outruns), and off when it was blocked below
+//! [`AUTO_OFF_BLOCKED_SHARE`] or the path is faster. A slow *standby*
+//! (its disk, its OSDs) also blocks the sender, through flow control, but
+//! leaves the congestion estimate high: compressing would not help it, and
+//! it stays off. On a rate-limited link `auto` starts on.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Size of the pieces a data extent is classified in.
+pub const PIECE: usize = 64 * 1024;
+/// Pieces smaller than this are not probed (always "compressible").
+const PROBE_MIN_LEN: usize = 8 * 1024;
+/// `auto` turns zstd on when the sender was blocked on the link for more
+/// than this share of a window…
+pub const AUTO_ON_BLOCKED_SHARE: f64 = 0.5;
+/// …and off when it was blocked less than this share.
+pub const AUTO_OFF_BLOCKED_SHARE: f64 = 0.2;
+/// Length of one backpressure measurement window.
+pub const AUTO_WINDOW: Duration = Duration::from_millis(500);
+/// A link carrying this many wire bytes per second or more is not worth
+/// compressing for (zstd level 1 does ~0.6–1.6 GB/s per core on mixed data).
+pub const AUTO_FAST_LINK: u64 = 400_000_000;
+
+/// `[transport] compression`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CompressionMode {
+    /// zstd while the link is the bottleneck, none while the CPU is.
+    #[default]
+    Auto,
+    /// Always try zstd (pieces that look random are still stored raw).
+    Zstd,
+    /// Never compress.
+    Off,
+}
+
+impl std::str::FromStr for CompressionMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "zstd" => Ok(Self::Zstd),
+            "off" => Ok(Self::Off),
+            other => Err(format!(
+                "compression must be \"auto\", \"zstd\" or \"off\", not {other:?}"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for CompressionMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Zstd => "zstd",
+            Self::Off => "off",
+        })
+    }
+}
+
+/// Whether encoders compress now; shared by a pipeline's workers and
+/// flipped by the sender in `auto` mode.
+#[derive(Clone, Debug)]
+pub struct CompressionSwitch {
+    mode: CompressionMode,
+    on: Arc<AtomicBool>,
+}
+
+impl CompressionSwitch {
+    /// A switch for `mode`; `link_limited` (a send rate limit is set) starts
+    /// `auto` on.
+    pub fn new(mode: CompressionMode, link_limited: bool) -> Self {
+        let on = match mode {
+            CompressionMode::Zstd => true,
+            CompressionMode::Off => false,
+            CompressionMode::Auto => link_limited,
+        };
+        Self {
+            mode,
+            on: Arc::new(AtomicBool::new(on)),
+        }
+    }
+
+    /// Always on (`zstd`): what an encoder made on its own uses.
+    pub fn always() -> Self {
+        Self::new(CompressionMode::Zstd, true)
+    }
+
+    /// The configured mode.
+    pub fn mode(&self) -> CompressionMode {
+        self.mode
+    }
+
+    /// Whether to try zstd now.
+    pub fn is_on(&self) -> bool {
+        self.on.load(Ordering::Relaxed)
+    }
+
+    /// `auto` only: sets the switch; other modes ignore it.
+    fn set_auto(&self, on: bool) {
+        if self.mode == CompressionMode::Auto {
+            self.on.store(on, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Measures the share of time the sender is blocked on the link and flips
+/// an `auto` switch at the end of each window.
+#[derive(Debug)]
+pub struct Backpressure {
+    switch: CompressionSwitch,
+    window_start: Instant,
+    blocked: Duration,
+    wire_rate: u64,
+    decisions: u32,
+}
+
+impl Backpressure {
+    /// A meter driving `switch`, starting now.
+    pub fn new(switch: CompressionSwitch) -> Self {
+        Self {
+            switch,
+            window_start: Instant::now(),
+            blocked: Duration::ZERO,
+            wire_rate: 0,
+            decisions: 0,
+        }
+    }
+
+    /// Records that the sender was blocked on the link for `blocked` (ending
+    /// at `now`) on a path estimated at `wire_rate` bytes/s, and decides
+    /// when a window is complete.
+    pub fn record_blocked(&mut self, blocked: Duration, now: Instant, wire_rate: u64) {
+        self.blocked += blocked;
+        self.tick(now, wire_rate);
+    }
+
+    /// Closes the window if it is complete (called with no blocking too).
+    pub fn tick(&mut self, now: Instant, wire_rate: u64) {
+        self.wire_rate = wire_rate;
+        let elapsed = now.saturating_duration_since(self.window_start);
+        if elapsed < AUTO_WINDOW {
+            return;
+        }
+        let share = self.blocked.as_secs_f64() / elapsed.as_secs_f64();
+        let was = self.switch.is_on();
+        let slow_link = self.wire_rate < AUTO_FAST_LINK;
+        if share > AUTO_ON_BLOCKED_SHARE && slow_link {
+            self.switch.set_auto(true);
+        } else if share < AUTO_OFF_BLOCKED_SHARE || !slow_link {
+            self.switch.set_auto(false);
+        }
+        if self.switch.mode() == CompressionMode::Auto && was != self.switch.is_on() {
+            self.decisions += 1;
+            tracing::debug!(
+                blocked_share = share,
+                wire_rate = self.wire_rate,
+                compress = self.switch.is_on(),
+                "compression switched"
+            );
+        }
+        self.window_start = now;
+        self.blocked = Duration::ZERO;
+    }
+
+    /// How often `auto` changed its mind so far.
+    pub fn decisions(&self) -> u32 {
+        self.decisions
+    }
+
+    /// Whether zstd is on now.
+    pub fn compressing(&self) -> bool {
+        self.switch.is_on()
+    }
+}
+
+/// What a run of pieces of a data extent is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PieceClass {
+    /// Every byte is zero: sent as a zero extent.
+    Zero,
+    /// Stored raw (looks random, or compression is off).
+    Raw,
+    /// Worth trying zstd on.
+    Compressible,
+}
+
+/// A run of same-class pieces: `[start, end)` within the extent's data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Run {
+    /// First byte (relative to the extent).
+    pub start: usize,
+    /// One past the last byte.
+    pub end: usize,
+    /// What the run is.
+    pub class: PieceClass,
+}
+
+/// Splits `data` into runs of zero / raw / compressible [`PIECE`]s
+/// (`compress`: whether zstd is on; when off, non-zero pieces are raw).
+/// Zero pieces are whole multiples of 4 KiB within the extent, so a zero run
+/// keeps the extent's block alignment.
+pub fn classify(data: &[u8], compress: bool) -> Vec<Run> {
+    let mut runs: Vec<Run> = Vec::new();
+    let mut start = 0;
+    while start < data.len() {
+        let end = (start + PIECE).min(data.len());
+        let piece = &data[start..end];
+        let class = if crate::rbddiff::is_zero(piece) {
+            PieceClass::Zero
+        } else if !compress || looks_incompressible(piece) {
+            PieceClass::Raw
+        } else {
+            PieceClass::Compressible
+        };
+        match runs.last_mut() {
+            Some(last) if last.class == class => last.end = end,
+            _ => runs.push(Run { start, end, class }),
+        }
+        start = end;
+    }
+    runs
+}
+
+/// Cheap probe for data zstd cannot shrink (already compressed or encrypted):
+/// four 1 KiB windows spread over the piece must each show nearly all 256
+/// byte values with a flat histogram. It costs < 0.1 % of compressing, and a
+/// wrong "incompressible" only loses compression, never correctness. It can
+/// miss redundancy that a histogram does not see (e.g. the same random block
+/// repeated within one piece); that is the price of not trying.
+pub fn looks_incompressible(data: &[u8]) -> bool {
+    if data.len() < PROBE_MIN_LEN {
+        return false;
+    }
+    const WINDOW: usize = 1024;
+    const WINDOWS: usize = 4;
+    let stride = (data.len() - WINDOW) / (WINDOWS - 1);
+    (0..WINDOWS).all(|i| {
+        let start = i * stride;
+        let mut histogram = [0u16; 256];
+        for &byte in &data[start..start + WINDOW] {
+            histogram[byte as usize] += 1;
+        }
+        let distinct = histogram.iter().filter(|&&count| count > 0).count();
+        let max = histogram.iter().copied().max().unwrap_or(0);
+        // Uniform random bytes: ~252 distinct values, max count ~10-12.
+        distinct >= 240 && max <= 16
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{RngCore, SeedableRng};
+
+    fn random(len: usize, seed: u64) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        rand_chacha::ChaCha8Rng::seed_from_u64(seed).fill_bytes(&mut v);
+        v
+    }
+
+    fn text(len: usize) -> Vec<u8> {
+        b"2026-12-06 replication cycle committed group=db1 bytes=4096\n"
+            .iter()
+            .copied()
+            .cycle()
+            .take(len)
+            .collect()
+    }
+
+    #[test]
+    fn probe_flags_random_but_not_text_or_zero() {
+        assert!(looks_incompressible(&random(1 << 20, 5)));
+        assert!(!looks_incompressible(&text(1 << 20)));
+        assert!(!looks_incompressible(&vec![0u8; 1 << 20]));
+        let mut mixed = random(1 << 20, 6);
+        mixed[..256 * 1024].fill(0);
+        assert!(!looks_incompressible(&mixed));
+    }
+
+    #[test]
+    fn a_mixed_object_splits_into_runs_of_its_parts() {
+        let mut data = random(2 * PIECE, 1);
+        data.extend(vec![0u8; 3 * PIECE]);
+        data.extend(text(PIECE + 4096));
+        let runs = classify(&data, true);
+        let classes: Vec<_> = runs.iter().map(|r| (r.class, r.end - r.start)).collect();
+        assert_eq!(
+            classes,
+            vec![
+                (PieceClass::Raw, 2 * PIECE),
+                (PieceClass::Zero, 3 * PIECE),
+                (PieceClass::Compressible, PIECE + 4096),
+            ]
+        );
+        // Off: zeroes are still found, the rest is raw.
+        let off: Vec<_> = classify(&data, false).iter().map(|r| r.class).collect();
+        assert_eq!(
+            off,
+            vec![PieceClass::Raw, PieceClass::Zero, PieceClass::Raw]
+        );
+        // Runs tile the data exactly.
+        assert_eq!(runs.first().map(|r| r.start), Some(0));
+        assert_eq!(runs.last().map(|r| r.end), Some(data.len()));
+        assert!(runs.windows(2).all(|w| w[0].end == w[1].start));
+    }
+
+    #[test]
+    fn auto_follows_the_blocked_share_and_fixed_modes_do_not() {
+        let t0 = Instant::now();
+        let auto = CompressionSwitch::new(CompressionMode::Auto, false);
+        let mut meter = Backpressure::new(auto.clone());
+        assert!(!auto.is_on());
+        let slow = 100_000_000; // a 1 Gbit/s link, bytes/s
+                                // Blocked 400 of 600 ms on a slow link: on.
+        meter.record_blocked(
+            Duration::from_millis(400),
+            t0 + Duration::from_millis(600),
+            slow,
+        );
+        assert!(auto.is_on());
+        // Blocked 100 of 700 ms (14 %, under the off threshold): off.
+        let t1 = t0 + Duration::from_millis(1300);
+        meter.record_blocked(Duration::from_millis(100), t1, slow);
+        assert!(!auto.is_on());
+        assert_eq!(meter.decisions(), 2);
+        // Blocked all the time, but on a link faster than zstd: stays off.
+        let t2 = t1 + Duration::from_millis(600);
+        meter.record_blocked(Duration::from_millis(600), t2, 2 * AUTO_FAST_LINK);
+        assert!(!auto.is_on());
+        let zstd = CompressionSwitch::new(CompressionMode::Zstd, false);
+        let mut fixed = Backpressure::new(zstd.clone());
+        fixed.tick(t0 + Duration::from_secs(1), 2 * AUTO_FAST_LINK);
+        assert!(zstd.is_on());
+        let off = CompressionSwitch::new(CompressionMode::Off, true);
+        let mut fixed = Backpressure::new(off.clone());
+        fixed.record_blocked(Duration::from_secs(1), t0 + Duration::from_secs(1), slow);
+        assert!(!off.is_on());
+        assert!(CompressionSwitch::new(CompressionMode::Auto, true).is_on());
+    }
+}
