@@ -561,9 +561,42 @@ impl RbdStandby {
         remove_file(&path)
     }
 
-    /// Snapshots and records every image of `intent` (idempotent).
+    /// Snapshots and records every image of `intent` (idempotent). The
+    /// images of a group are done at once, one thread each: their records
+    /// are separate files, and snapshots asked for together share the
+    /// monitor rounds that allocate and retire snapshot ids (about a second
+    /// each on a small cluster) instead of queueing one round per image.
     fn apply_intent(&self, intent: &Intent) -> Result<(), StoreError> {
-        for entry in &intent.images {
+        if intent.images.len() <= 1 {
+            for entry in &intent.images {
+                self.apply_intent_image(intent, entry)?;
+            }
+            return Ok(());
+        }
+        std::thread::scope(|scope| {
+            let threads: Vec<_> = intent
+                .images
+                .iter()
+                .map(|entry| scope.spawn(move || self.apply_intent_image(intent, entry)))
+                .collect();
+            let mut first_error = None;
+            for thread in threads {
+                let result = thread.join().unwrap_or_else(|_| {
+                    Err(StoreError::InvalidRequest {
+                        reason: "applying a recovery point to an image panicked".into(),
+                    })
+                });
+                if let Err(e) = result {
+                    first_error.get_or_insert(e);
+                }
+            }
+            first_error.map_or(Ok(()), Err)
+        })
+    }
+
+    /// [`Self::apply_intent`] for one image.
+    fn apply_intent_image(&self, intent: &Intent, entry: &IntentImage) -> Result<(), StoreError> {
+        {
             let image = ImageName::new(&entry.image).map_err(|e| StoreError::InvalidRequest {
                 reason: e.to_string(),
             })?;
@@ -572,7 +605,7 @@ impl RbdStandby {
                 return Err(StoreError::UnknownImage { image });
             };
             if record.history.iter().any(|p| p.rp == intent.rp) {
-                continue;
+                return Ok(());
             }
             let handle = self.open_image(&image)?;
             let size = handle.size().map_err(ceph(format!("size of {ctx}")))?;
