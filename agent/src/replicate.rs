@@ -27,12 +27,13 @@ use ferry_engine::rbd::group::capture_group;
 use ferry_engine::rbd::source::{RbdSource, RbdSourceOptions};
 use ferry_engine::rbd::ClusterSpec;
 use ferry_engine::session::sender::{
-    sync_group, GroupReport, ImageJob, SyncError, SyncOptions, SyncProgress,
+    standby_committed_epochs, sync_group, GroupReport, ImageJob, SyncError, SyncOptions,
+    SyncProgress,
 };
 use ferry_engine::source::diffstream::DiffSource;
 use ferry_engine::source::file::{FileSource, FileSourceOptions};
 use ferry_engine::source::{ExtentSource, SourceError};
-use ferry_protocol::{AgentId, ImageName};
+use ferry_protocol::{AgentId, Epoch, ImageName};
 use tokio::sync::watch;
 use tracing::info;
 
@@ -252,7 +253,9 @@ impl Replicator {
         if let Some(tweak) = request.tweak {
             tweak(&mut options);
         }
-        let opened = self.open_sources(&request, &config, &options)?;
+        let mut opened = self.open_sources(&request, &config, &options)?;
+        self.roll_forward(&mut opened, &request, addr, &options)
+            .await?;
         if request.skip_unchanged && opened.all_unchanged(&request)? {
             return Ok(CycleOutcome::Unchanged);
         }
@@ -264,6 +267,53 @@ impl Replicator {
         }
         drop(locks);
         Ok(CycleOutcome::Committed(result?))
+    }
+
+    /// RBD sources that still hold the capture of a cycle the standby
+    /// already committed (the sync died between the standby's commit and
+    /// the source's record) record it now, before anything is captured:
+    /// otherwise planning would record it and take the next capture image
+    /// by image, not as one group snapshot.
+    async fn roll_forward(
+        &self,
+        opened: &mut OpenedSources,
+        request: &Cycle<'_>,
+        addr: std::net::SocketAddr,
+        options: &SyncOptions,
+    ) -> Result<(), ReplicateError> {
+        let pending: Vec<(usize, Epoch)> = opened
+            .sources
+            .iter()
+            .enumerate()
+            .filter_map(|(i, o)| match o {
+                Opened::Rbd(rbd) => rbd.pending_epoch().map(|e| (i, e)),
+                Opened::Other(_) => None,
+            })
+            .collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let images: Vec<ImageName> = pending
+            .iter()
+            .map(|(i, _)| request.pairs[*i].1.image.clone())
+            .collect();
+        let committed =
+            standby_committed_epochs(&images, addr, request.peer, &self.identity, options).await?;
+        for ((index, epoch), standby) in pending.into_iter().zip(committed) {
+            if standby != epoch {
+                continue;
+            }
+            if let Opened::Rbd(rbd) = &mut opened.sources[index] {
+                tokio::task::block_in_place(|| rbd.commit_cycle(epoch)).map_err(|error| {
+                    ReplicateError::OpenSource {
+                        uri: request.pairs[index].0.to_string(),
+                        error,
+                    }
+                })?;
+                info!(source = %request.pairs[index].0, %epoch, "the standby had committed the interrupted cycle; recorded it before capturing");
+            }
+        }
+        Ok(())
     }
 
     fn open_sources(

@@ -468,6 +468,15 @@ impl RbdSource {
             })
     }
 
+    /// The epoch of the cycle whose capture this source still holds
+    /// (begun, not recorded as committed), if any.
+    pub fn pending_epoch(&self) -> Option<Epoch> {
+        match (&self.state.cycle, &self.state.capture) {
+            (Some(cycle), Some(_)) => Some(Epoch(cycle.epoch)),
+            _ => None,
+        }
+    }
+
     /// Whether the image holds no write since the point the standby
     /// committed last, so a new capture would repeat that point. Reads the
     /// head's diff from the committed diff base (with fast-diff, the object

@@ -741,6 +741,46 @@ pub async fn sync_group(
         .map_err(|e| explain_refusal(e, addr, own))
 }
 
+/// The epoch the standby committed last for each of `images`, asked on a
+/// connection of its own. The agent asks before capturing when a source
+/// still holds the capture of a sync that died after the standby's commit
+/// but before the source recorded it: the source rolls forward first, so
+/// the next capture is taken afresh (for a group: at one instant) instead of
+/// image by image while planning.
+pub async fn standby_committed_epochs(
+    images: &[ImageName],
+    addr: SocketAddr,
+    peer: AgentId,
+    identity: &Identity,
+    options: &SyncOptions,
+) -> Result<Vec<Epoch>, SyncError> {
+    let endpoint = transport::client_endpoint(addr, &options.transport)?;
+    let mut link = first_link(&endpoint, addr, peer, identity, options).await?;
+    let mut committed = Vec::with_capacity(images.len());
+    for image in images {
+        let query = ResumeQuery {
+            image: image.clone(),
+            epoch: Epoch(1),
+        };
+        link.control_writer
+            .send(&Message::ResumeQuery(query))
+            .await?;
+        let answer =
+            next_or_lost(&mut link.control_reader, &link.connection, addr, identity).await?;
+        match answer {
+            Message::ResumeAnswer(a) if a.image == *image => committed.push(a.committed_epoch),
+            Message::Error(e) => return Err(e.into()),
+            other => {
+                return Err(SyncError::Protocol(format!(
+                    "expected ResumeAnswer, got {other:?}"
+                )))
+            }
+        }
+    }
+    link.connection.close(quinn::VarInt::from_u32(0), b"done");
+    Ok(committed)
+}
+
 /// In TLS 1.3 the client finishes its handshake before the server has
 /// checked the client's certificate, so a standby that does not trust us is
 /// often first noticed as a lost stream: say why it was lost.
