@@ -303,6 +303,35 @@ site_running() {
   for k in mon mgr osd; do pid_alive "$(read_pid "$s" "$k")" || return 1; done
 }
 
+# wait_ready SITE: wait until SITE is healthy; 1 (after showing why) when a daemon exits or
+# TIMEOUT passes.
+wait_ready() {
+  local s="$1" deadline=$((SECONDS + TIMEOUT))
+  until site_ready "$s" 2>/dev/null; do
+    if ((SECONDS >= deadline)); then
+      log "$s: not healthy after ${TIMEOUT}s: $(site_health "$s" || true)"
+      cph "$s" health detail >&2 || true
+      show_logs "$s"
+      return 1
+    fi
+    if ! site_running "$s"; then
+      show_logs "$s"
+      log "$s: a daemon exited"
+      return 1
+    fi
+    sleep 1
+  done
+}
+
+stop_site() {
+  local s="$1" k pid
+  for k in rbd-mirror osd mgr mon; do stop_daemon "$s" "$k"; done
+  for pid in $(stray_pids "$s"); do
+    log "$s: stopping daemon without pid file: pid $pid ($(tr '\0' ' ' <"/proc/$pid/cmdline"))"
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+}
+
 cmd_up() {
   require_root
   mkdir -p "$LAB_DIR"
@@ -313,26 +342,28 @@ cmd_up() {
   done
   if ((all_up)); then log "both clusters already up and healthy"; cmd_status; return 0; fi
   local t0=$SECONDS
+  local -A restarted=()
   for s in "${SITES[@]}"; do
     if [[ -f $(site_dir "$s")/bootstrapped && -f $(site_conf "$s") ]]; then
       log "$s: restarting from existing data"
       start_site "$s"
+      restarted[$s]=1
     else
       bootstrap_site "$s"
     fi
   done
   for s in "${SITES[@]}"; do
-    local deadline=$((SECONDS + TIMEOUT))
-    until site_ready "$s" 2>/dev/null; do
-      if ((SECONDS >= deadline)); then
-        log "$s: not healthy after ${TIMEOUT}s: $(site_health "$s" || true)"
-        cph "$s" health detail >&2 || true
-        show_logs "$s"
-        die "$s did not become healthy"
-      fi
-      site_running "$s" || { show_logs "$s"; die "$s: a daemon exited"; }
-      sleep 1
-    done
+    wait_ready "$s" && continue
+    # The lab holds test data only. Data an earlier run left unusable (a full disk aborts the
+    # mon mid-transaction; a killed OSD can leave bluestore unopenable) must not fail every
+    # later run on this machine: rebuild that cluster from scratch, once.
+    [[ -n ${restarted[$s]:-} ]] || die "$s did not become healthy"
+    log "$s: existing data is unusable; rebuilding the cluster from scratch"
+    stop_site "$s"
+    sleep 0.5
+    [[ -z $(stray_pids "$s") ]] || die "$s: processes still running: $(stray_pids "$s")"
+    bootstrap_site "$s"
+    wait_ready "$s" || die "$s did not become healthy after a rebuild"
   done
   log "both clusters healthy after $((SECONDS - t0)) s"
   cmd_status
@@ -342,14 +373,10 @@ cmd_down() {
   require_root
   local purge=0
   [[ ${1:-} == --purge ]] && purge=1
-  local s k pid
+  local s
   for s in "${SITES[@]}"; do
     [[ -d $(site_dir "$s") ]] || continue
-    for k in rbd-mirror osd mgr mon; do stop_daemon "$s" "$k"; done
-    for pid in $(stray_pids "$s"); do
-      log "$s: stopping daemon without pid file: pid $pid ($(tr '\0' ' ' <"/proc/$pid/cmdline"))"
-      kill -TERM "$pid" 2>/dev/null || true
-    done
+    stop_site "$s"
   done
   sleep 0.5
   for s in "${SITES[@]}"; do
