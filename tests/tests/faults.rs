@@ -47,6 +47,11 @@
 //! journal and state-file flips and the full disk are files-store faults
 //! (drawn as primary kills there).
 //!
+//! An RBD-source mode (`faults/rbd_source.rs`: `lab_fault_scenarios_rbd_source`
+//! and its `_long` run) replicates a three-image group of site-a RBD images,
+//! captured as one group snapshot per cycle, under a live writer, and checks
+//! every standby point against the source group snapshots.
+//!
 //! `FERRY_FAULT_SEED` (default 1) and `FERRY_FAULT_SCENARIOS` select the
 //! run; the seed and each scenario are printed, so a failure replays with
 //! the same seed. The long runs are the ignored tests `fault_scenarios_long`
@@ -59,6 +64,10 @@
 mod flips;
 #[path = "faults/kinds.rs"]
 mod kinds;
+#[path = "faults/rbd_probe.rs"]
+mod rbd_probe;
+#[path = "faults/rbd_source.rs"]
+mod rbd_source;
 
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
