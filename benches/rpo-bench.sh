@@ -5,7 +5,7 @@
 # idle check, and a whole `ferry sync` process). See benches/BENCHMARKING.md.
 #
 #   benches/rpo-bench.sh [--seconds S] [--rates "5 10"] [--images "1 3"] [--idle S]
-#                        [--sync-runs N] [--no-journal]
+#                        [--sync-runs N] [--no-journal] [--no-ferry]
 #   (also: benches/rbd-bench.sh --rpo [same options])
 #
 # Per image count N (one image, a 3-image group): N fresh 1 GiB images rpo-gN-* on site-a, one
@@ -37,6 +37,7 @@ COUNTS="${FERRY_RPO_IMAGES:-1 3}"
 IDLE="${FERRY_RPO_IDLE:-20}"
 SYNC_RUNS=5
 JOURNAL=1
+FERRY_JOBS=1
 WARM=5
 INTERVAL=0.5
 while (($#)); do
@@ -47,6 +48,7 @@ while (($#)); do
     --idle) IDLE="$2"; shift 2 ;;
     --sync-runs) SYNC_RUNS="$2"; shift 2 ;;
     --no-journal) JOURNAL=0; shift ;;
+    --no-ferry) FERRY_JOBS=0; shift ;;
     *) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
   esac
 done
@@ -115,11 +117,12 @@ wait_idle() {
 
 # stats_cols FILE FIELD...: " p50 | p99 | max |" per field, joined (a note when samples lacked one).
 stats_cols() {
-  local file="$1" out="" p50 p99 mx n miss
+  local file="$1" out="" p50 p99 mx n miss lower
   shift
-  while read -r _ p50 p99 mx n miss; do
+  while read -r _ p50 p99 mx n miss lower; do
     out+=" $p50 | $p99 | $mx |"
     ((miss == 0)) || out+=" ($miss of $((n + miss)) samples without a value)"
+    ((lower == 0)) || out+=" ($lower of $((n + miss)) samples: no marker on the standby yet, age ≥ the writer's first)"
   done < <(rp stats "$file" "$@")
   printf '%s' "$out"
 }
@@ -157,7 +160,8 @@ FERRY_ROWS=""
 IDLE_ROWS=""
 
 # 1. ferry: one protection group per image count ------------------------------------------------
-for n in $COUNTS; do
+((FERRY_JOBS)) || COUNTS_F=""
+for n in ${COUNTS_F-$COUNTS}; do
   g="rpo-g$n"
   imgs=()
   for ((k = 0; k < n; k++)); do
@@ -179,11 +183,13 @@ for n in $COUNTS; do
   for rate in $RATES; do
     tag="ferry-n$n-r$rate"
     log "ferry, $n image(s), $rate MB/s: writing $((WARM + SECONDS_RUN)) s, sampling ${SECONDS_RUN} s"
+    rm -f "$WORK/$tag.writer.json.start"
     rp write "$A" "$((rate * 1000000))" "$((WARM + SECONDS_RUN))" "$SEED" "$WORK/$tag.writer.json" "${imgs[@]}" &
     wpid=$!
     PIDS+=("$wpid")
     sleep "$WARM"
-    rp sample-ferry "$FERRY" "$FA" "$g" "$SECONDS_RUN" "$INTERVAL" "$WORK/$tag.samples" "$B" "${standby[@]}"
+    RPO_WRITER_START="$WORK/$tag.writer.json.start" \
+      rp sample-ferry "$FERRY" "$FA" "$g" "$SECONDS_RUN" "$INTERVAL" "$WORK/$tag.samples" "$B" "${standby[@]}"
     wait "$wpid"
     cols=$(stats_cols "$WORK/$tag.samples" rpo_lag_secs marker_age)
     read -r _ _ cyc _ < <(rp idle "$WORK/$tag.samples")
@@ -205,25 +211,28 @@ done
 
 # 2. `ferry sync` of an unchanged image: process start, librbd connect, handshake, idle check ---
 SYNC_IMG=rpo-sync
-ra create "rbd/$SYNC_IMG" --size "$((IMG_SIZE >> 20))M"
-"$PY" -c 'import sys, rados, rbd
+SYNC_WALLS=()
+((FERRY_JOBS)) || SYNC_RUNS=0
+if ((SYNC_RUNS > 0)); then
+  ra create "rbd/$SYNC_IMG" --size "$((IMG_SIZE >> 20))M"
+  "$PY" -c 'import sys, rados, rbd
 r = rados.Rados(conffile="/etc/ceph/site-a.conf", clustername="site-a"); r.connect()
 io = r.open_ioctx("rbd")
 with rbd.Image(io, sys.argv[1]) as im: im.write(b"x" * 65536, 0)' "$SYNC_IMG"
-"$FERRY" sync --dir "$FS" "rbd:rbd/$SYNC_IMG" "quic://127.0.0.1:$PORT/$SYNC_IMG" --peer "$FP_B" --json >"$WORK/sync-full.json"
-SYNC_WALLS=()
-for ((r = 1; r <= SYNC_RUNS; r++)); do
-  t0=$(date +%s.%N)
-  "$FERRY" sync --dir "$FS" "rbd:rbd/$SYNC_IMG" "quic://127.0.0.1:$PORT/$SYNC_IMG" --peer "$FP_B" --json >"$WORK/sync-nochange-$r.json"
-  t1=$(date +%s.%N)
-  SYNC_WALLS+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')")
-  log "ferry sync, nothing changed, run $r: $(jq -c '{seconds, bytes_changed, recovery_point}' "$WORK/sync-nochange-$r.json") wall ${SYNC_WALLS[-1]} s"
-done
-SYNC_MED=$(printf '%s\n' "${SYNC_WALLS[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
-SYNC_REP_MED=$(for ((r = 1; r <= SYNC_RUNS; r++)); do jq .seconds "$WORK/sync-nochange-$r.json"; done |
-  sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
-rm_img "$A" "$SYNC_IMG"
-rm_img "$B" "$SYNC_IMG"
+  "$FERRY" sync --dir "$FS" "rbd:rbd/$SYNC_IMG" "quic://127.0.0.1:$PORT/$SYNC_IMG" --peer "$FP_B" --json >"$WORK/sync-full.json"
+  for ((r = 1; r <= SYNC_RUNS; r++)); do
+    t0=$(date +%s.%N)
+    "$FERRY" sync --dir "$FS" "rbd:rbd/$SYNC_IMG" "quic://127.0.0.1:$PORT/$SYNC_IMG" --peer "$FP_B" --json >"$WORK/sync-nochange-$r.json"
+    t1=$(date +%s.%N)
+    SYNC_WALLS+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')")
+    log "ferry sync, nothing changed, run $r: $(jq -c '{seconds, bytes_changed, recovery_point}' "$WORK/sync-nochange-$r.json") wall ${SYNC_WALLS[-1]} s"
+  done
+  SYNC_MED=$(printf '%s\n' "${SYNC_WALLS[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+  SYNC_REP_MED=$(for ((r = 1; r <= SYNC_RUNS; r++)); do jq .seconds "$WORK/sync-nochange-$r.json"; done |
+    sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+  rm_img "$A" "$SYNC_IMG"
+  rm_img "$B" "$SYNC_IMG"
+fi
 
 # 3. rbd-mirror journal mode: same images, writer and sampling ----------------------------------
 JOURNAL_ROWS=""
@@ -249,11 +258,13 @@ if ((JOURNAL)); then
     for rate in $RATES; do
       tag="journal-n$n-r$rate"
       log "journal mode, $n image(s), $rate MB/s: writing $((WARM + SECONDS_RUN)) s, sampling ${SECONDS_RUN} s"
-      rp write "$A" "$((rate * 1000000))" "$((WARM + SECONDS_RUN))" "$SEED" "$WORK/$tag.writer.json" "${imgs[@]}" &
+      rm -f "$WORK/$tag.writer.json.start"
+    rp write "$A" "$((rate * 1000000))" "$((WARM + SECONDS_RUN))" "$SEED" "$WORK/$tag.writer.json" "${imgs[@]}" &
       wpid=$!
       PIDS+=("$wpid")
       sleep "$WARM"
-      rp sample-journal "$B" "$SECONDS_RUN" "$INTERVAL" "$WORK/$tag.samples" "${imgs[@]}"
+      RPO_WRITER_START="$WORK/$tag.writer.json.start" \
+        rp sample-journal "$B" "$SECONDS_RUN" "$INTERVAL" "$WORK/$tag.samples" "${imgs[@]}"
       wait "$wpid"
       cols=$(stats_cols "$WORK/$tag.samples" marker_age entries_behind_primary)
       JOURNAL_ROWS+="| rbd-mirror journal, $n image(s) | $rate | $(mbps "$WORK/$tag.writer.json") |$cols"$'\n'
@@ -271,37 +282,44 @@ fi
 
 # 4. Report -------------------------------------------------------------------------------------
 {
-  echo "RPO lag under a steady writer (ferry: rpo_lag_secs from \`ferry status --json\` = age of the start"
-  echo "of the last completed cycle; marker age = age of the newest writer timestamp in the standby's"
-  echo "newest recovery point, oldest image of the group):"
-  echo
-  echo "| replication | MB/s asked | MB/s written | rpo_lag_secs p50 | p99 | max | marker age p50 | p99 | max | cycles in window |"
-  echo "|---|---|---|---|---|---|---|---|---|---|"
-  printf '%s' "$FERRY_ROWS"
-  if ((JOURNAL)); then
+  if ((FERRY_JOBS)); then
+    echo "RPO lag under a steady writer (ferry: rpo_lag_secs from \`ferry status --json\` = age of the"
+    echo "start of the last completed cycle; marker age = age of the newest writer timestamp in the"
+    echo "standby's newest recovery point, oldest image of the group):"
     echo
+    echo "| replication | MB/s asked | MB/s written | rpo_lag_secs p50 | p99 | max | marker age p50 | p99 | max | cycles in window |"
+    echo "|---|---|---|---|---|---|---|---|---|---|"
+    printf '%s' "$FERRY_ROWS"
+    echo
+  fi
+  if ((JOURNAL)); then
     echo "rbd-mirror journal mode, same writer (marker age of the standby image's head; entries_behind_primary"
-    echo "from its mirror image status, largest of the group's images):"
+    echo "as rbd-mirror last reported it in its mirror image status, which it refreshes only now and then;"
+    echo "largest of the group's images):"
     echo
     echo "| replication | MB/s asked | MB/s written | marker age p50 | p99 | max | entries behind p50 | p99 | max |"
     echo "|---|---|---|---|---|---|---|---|---|"
     printf '%s' "$JOURNAL_ROWS"
+    echo
   fi
-  echo
   echo "rbd-mirror snapshot mode: not run. Its RPO is bounded below by its schedule: \`rbd mirror snapshot"
   echo "schedule add\` takes whole minutes (rbd_support's Interval parses ^(\\d+)(d|h|m)?\$ into minutes), so"
   echo "the shortest interval is 1m and the lag saw-tooths from the last snapshot's transfer time up to"
   echo "≥ 60 s + transfer time."
-  echo
-  echo "No-change cycle:"
-  echo
-  echo "| what | idle checks | last_cycle_seconds p50 | p99 | max | rpo_lag_secs p50 | p99 | max |"
-  echo "|---|---|---|---|---|---|---|---|"
-  printf '%s' "$IDLE_ROWS"
-  echo
-  echo "\`ferry sync\` of an unchanged $((IMG_SIZE >> 20)) MiB image ($SYNC_RUNS runs; process start, librbd connect," \
-    "handshake, snapshot and diff): median wall $SYNC_MED s, median report seconds $SYNC_REP_MED s" \
-    "(runs: ${SYNC_WALLS[*]})."
+  if ((FERRY_JOBS)); then
+    echo
+    echo "No-change cycle:"
+    echo
+    echo "| what | idle checks | last_cycle_seconds p50 | p99 | max | rpo_lag_secs p50 | p99 | max |"
+    echo "|---|---|---|---|---|---|---|---|"
+    printf '%s' "$IDLE_ROWS"
+  fi
+  if ((SYNC_RUNS > 0)); then
+    echo
+    echo "\`ferry sync\` of an unchanged $((IMG_SIZE >> 20)) MiB image ($SYNC_RUNS runs; process start, librbd" \
+      "connect, handshake, snapshot and diff): median wall $SYNC_MED s, median report seconds" \
+      "$SYNC_REP_MED s (runs: ${SYNC_WALLS[*]})."
+  fi
   echo
   echo "Load average at end $(cut -d' ' -f1-3 /proc/loadavg)."
 } >>"$REPORT"

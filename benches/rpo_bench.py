@@ -19,8 +19,10 @@
       Every INTERVAL s: marker age of each standby IMAGE's head (rbd-mirror journal replay) and
       entries_behind_primary from its mirror image status.
   stats OUT FIELD [FIELD...]
-      p50 / p99 / max / samples of each FIELD (a key of the JSON lines; the group value of
-      marker fields is the oldest image's) as one line per field: "FIELD p50 p99 max n".
+      p50 / p99 / max of each FIELD (a key of the JSON lines; the group value of per-image
+      fields is the oldest image's) as one line per field: "FIELD p50 p99 max n missing lower",
+      lower = samples where a standby held no marker yet, whose age is then the lower bound
+      "now - the writer's first marker" (RPO_WRITER_START names the writer's OUT.start file).
   idle OUT
       The daemon's no-change cycle from sample-ferry rows taken while nothing was written:
       "CHECKS SECONDS CYCLES p50 p99 max" — idle checks and committed cycles in the window, and
@@ -29,6 +31,7 @@
 Run by /usr/bin/python3 (python3-rbd exists only for Debian's python).
 """
 import json
+import os
 import random
 import struct
 import subprocess
@@ -116,10 +119,14 @@ def write(cluster, rate, seconds, seed, out, images):
             submit(imgs[i], payload[issued % len(payload)], rng.randrange(blocks[i]) * BLOCK)
             issued += 1
         if now >= next_marker:
-            block = marker_block(time.time_ns())
+            stamp = time.time_ns()
+            block = marker_block(stamp)
             for im, b in zip(imgs, blocks):
                 submit(im, block, b * BLOCK)
                 markers += 1
+            if next_marker == t0:
+                with open(out + ".start", "w") as f:
+                    f.write(f"{stamp / 1e9}\n")
             next_marker += MARKER_EVERY
         time.sleep(max(0.0, TICK - (time.monotonic() - now)))
     for _ in range(INFLIGHT):
@@ -160,6 +167,18 @@ def _pace(seconds, interval):
         k = max(k + 1, int((time.monotonic() - t0) / interval) + 1)
 
 
+def _age(marker, now):
+    """(age, lower_bound): a standby without any marker yet is at least as old as the
+    writer's first marker (its start file, from RPO_WRITER_START), when there is one."""
+    if marker is not None:
+        return now - marker, False
+    try:
+        with open(os.environ["RPO_WRITER_START"]) as f:
+            return now - float(f.read()), True
+    except (KeyError, OSError, ValueError):
+        return None, False
+
+
 def _newest_rp_marker(ioctx, image):
     import rbd
     with rbd.Image(ioctx, image, read_only=True) as im:
@@ -186,11 +205,9 @@ def sample_ferry(ferry, adir, group, seconds, interval, out, cluster=None, *imag
                    ("rpo_lag_secs", "last_cycle_seconds", "idle_checks", "cycles", "state")}
             row["t"] = time.time()
             if ioctx is not None:
-                ages = []
-                for n in images:
-                    m = _newest_rp_marker(ioctx, n)
-                    ages.append(None if m is None else time.time() - m)
-                row["marker_age"] = ages
+                ages = [_age(_newest_rp_marker(ioctx, n), time.time()) for n in images]
+                row["marker_age"] = [a for a, _ in ages]
+                row["marker_lower_bound"] = any(lb for _, lb in ages)
             f.write(json.dumps(row) + "\n")
             f.flush()
     if r is not None:
@@ -212,7 +229,7 @@ def sample_journal(cluster, seconds, interval, out, *images):
                         status = im.mirror_image_get_status()
                 except (rbd.ImageNotFound, rbd.Error):
                     m, status = None, {}
-                ages.append(None if m is None else time.time() - m)
+                ages.append(_age(m, time.time()))
                 desc = status.get("description", "") if status else ""
                 entries = None
                 if "{" in desc:
@@ -222,7 +239,8 @@ def sample_journal(cluster, seconds, interval, out, *images):
                         pass
                 behind.append(entries)
                 states.append(desc.split(",")[0])
-            f.write(json.dumps({"t": time.time(), "marker_age": ages,
+            f.write(json.dumps({"t": time.time(), "marker_age": [a for a, _ in ages],
+                                "marker_lower_bound": any(lb for _, lb in ages),
                                 "entries_behind_primary": behind, "state": states}) + "\n")
             f.flush()
     ioctx.close()
@@ -242,11 +260,12 @@ def stats(out, *fields):
                 missing += 1
             else:
                 vals.append(float(v))
+        lower = sum(1 for row in rows if field == "marker_age" and row.get("marker_lower_bound"))
         if not vals:
-            print(f"{field} nan nan nan 0 {missing}")
+            print(f"{field} nan nan nan 0 {missing} {lower}")
             continue
         print(f"{field} {percentile(vals, 50):.3f} {percentile(vals, 99):.3f} {max(vals):.3f} "
-              f"{len(vals)} {missing}")
+              f"{len(vals)} {missing} {lower}")
 
 
 def idle(out):
