@@ -10,6 +10,7 @@
 //! within one timer tick come in any order). Timers have tokio's 1 ms
 //! resolution: a datagram leaves between `delay` and `delay + 1 ms` late.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -138,30 +139,31 @@ pub async fn relay(
         counters.fwd_datagrams.fetch_add(1, Ordering::Relaxed);
         counters.fwd_bytes.fetch_add(len as u64, Ordering::Relaxed);
         let due = Instant::now() + delay;
-        if !clients.contains_key(&client) {
-            let upstream = Arc::new(bind((upstream_bind, 0).into())?);
-            upstream.connect(target).await?;
-            let (fwd_tx, fwd_rx) = mpsc::unbounded_channel();
-            tokio::spawn(release(upstream.clone(), fwd_rx));
-            let (back_tx, back_rx) = mpsc::unbounded_channel();
-            tokio::spawn(release(listen.clone(), back_rx));
-            tokio::spawn(stamp_loop(
-                upstream,
-                client,
-                delay,
-                back_tx,
-                &counters.back_datagrams,
-                &counters.back_bytes,
-            ));
-            clients.insert(client, fwd_tx);
-        }
-        if let Some(queue) = clients.get(&client) {
-            let _ = queue.send(Stamped {
-                due,
-                to: target,
-                data: buf[..len].to_vec(),
-            });
-        }
+        let queue = match clients.entry(client) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                let upstream = Arc::new(bind((upstream_bind, 0).into())?);
+                upstream.connect(target).await?;
+                let (fwd_tx, fwd_rx) = mpsc::unbounded_channel();
+                tokio::spawn(release(upstream.clone(), fwd_rx));
+                let (back_tx, back_rx) = mpsc::unbounded_channel();
+                tokio::spawn(release(listen.clone(), back_rx));
+                tokio::spawn(stamp_loop(
+                    upstream,
+                    client,
+                    delay,
+                    back_tx,
+                    &counters.back_datagrams,
+                    &counters.back_bytes,
+                ));
+                e.insert(fwd_tx)
+            }
+        };
+        let _ = queue.send(Stamped {
+            due,
+            to: target,
+            data: buf[..len].to_vec(),
+        });
     }
 }
 
