@@ -7,6 +7,8 @@
 # per coalesce_gap, and PASS/MISS for issue 3's targets. See benches/BENCHMARKING.md.
 #
 #   benches/rbd-bench.sh [--runs N] [--no-mirror] [--gaps "default 0 16K 64K"] [--write-md FILE]
+#   benches/rbd-bench.sh --rpo [OPTIONS]   the RPO-lag and no-change-cycle job: benches/rpo-bench.sh
+#   benches/rbd-bench.sh --wan [OPTIONS]   the 20 ms / 1 Gbit/s link job: benches/wan-bench.sh
 #
 # Environment: FERRY_BENCH_SIZE (image, default 2G), FERRY_BENCH_CHANGE (change set of scattered
 # 4 KiB writes, default 128M), FERRY_BENCH_RUNS (default 3), FERRY_BENCH_GAPS, FERRY_BENCH_PORT
@@ -20,6 +22,10 @@
 # shellcheck disable=SC2016
 set -euo pipefail
 
+case "${1:-}" in
+  --rpo) shift; exec "$(dirname "${BASH_SOURCE[0]}")/rpo-bench.sh" "$@" ;;
+  --wan) shift; exec "$(dirname "${BASH_SOURCE[0]}")/wan-bench.sh" "$@" ;;
+esac
 # shellcheck source=benches/lib-ceph.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib-ceph.sh"
 REPO="$CEPH_LIB_REPO"
@@ -33,7 +39,7 @@ while (($#)); do
     --no-mirror) MIRROR=0; shift ;;
     --gaps) GAPS="$2"; shift 2 ;;
     --write-md) WRITE_MD="$2"; shift 2 ;;
-    *) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+    *) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
   esac
 done
 IMG_SIZE=$(to_bytes "${FERRY_BENCH_SIZE:-2G}")

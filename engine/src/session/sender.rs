@@ -227,6 +227,13 @@ pub struct SyncReport {
     pub seconds: f64,
     /// The source changed while it was read.
     pub fuzzy: bool,
+    /// The configured `[transport] compression` mode (`auto`, `zstd`, `off`).
+    pub compression: String,
+    /// Whether zstd was on at the end of the image's transfer (in `auto`: where
+    /// the link's backpressure had turned it).
+    pub compressing_at_end: bool,
+    /// Times `auto` turned zstd on or off during this image's transfer.
+    pub compression_switches: u32,
 }
 
 /// Why a sync failed.
@@ -1345,6 +1352,9 @@ async fn transfer_image(links: &Links, plan: Planned) -> Result<Transferred, Syn
         .map_err(|e| SyncError::Protocol(format!("pipeline forwarder failed: {e}")))?;
     let (source, scan) = pipeline.finish()?;
     transfer.report.fuzzy = scan.fuzzy;
+    transfer.report.compression = links.options.transport.compression.to_string();
+    transfer.report.compressing_at_end = backpressure.compressing();
+    transfer.report.compression_switches = backpressure.decisions();
     let last_seq = SeqNo(transfer.next_seq.get() - 1);
     // End the stream; the standby parks the writer for the commit.
     transfer.progress.phase = "committing";
