@@ -16,6 +16,13 @@ fn full_then_incremental_sync_sends_only_changes_and_verifies() {
     imagegen::make_image(&image, 256 * MIB, 11).unwrap();
     let target = pair.standby.target("vm1");
     let dir = pair.primary_dir.clone();
+    // Compression pinned on: `auto` may rightly leave it off on a fast
+    // loopback, and this test checks that text pieces do compress.
+    std::fs::write(
+        dir.join("config.toml"),
+        "[transport]\ncompression = \"zstd\"\n",
+    )
+    .unwrap();
 
     let full = sync_json(&dir, &image, &target, &pair.standby.fingerprint, &[]);
     assert_eq!(full["bytes_scanned"], 256 * MIB);
