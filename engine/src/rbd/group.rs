@@ -131,11 +131,7 @@ pub fn capture_group(sources: &mut [&mut RbdSource]) -> Result<bool, SourceError
     let mut bases: Vec<(usize, String)> = Vec::with_capacity(sources.len());
     let group_snap = format!("{snap_prefix}{instant}");
     let result = (|| {
-        for &i in &order {
-            let name = sources[i].capture_name(instant);
-            sources[i].head().snap_create(&name).map_err(rbd)?;
-            bases.push((i, name));
-        }
+        create_bases(sources, &order, instant, &mut bases)?;
         group_pool
             .group_snap_create(&group, &group_snap)
             .map_err(rbd)?;
@@ -174,6 +170,55 @@ pub fn capture_group(sources: &mut [&mut RbdSource]) -> Result<bool, SourceError
         instant, "captured a group recovery point"
     );
     Ok(true)
+}
+
+/// Takes every image's next diff base (a user snapshot) at once: each
+/// `snap_create` waits for one monitor commit (the snapshot id), up to
+/// `paxos_propose_interval` (1 s by default), so one after the other they
+/// made an N-image capture cost N + 1 commits (4 s for 3 images on the lab)
+/// and all at once 2. Every base is still complete before the group
+/// snapshot starts, which the diff needs (a base after the instant would
+/// miss the writes between them). The bases made are pushed to `bases`,
+/// also when one fails, so the caller removes them.
+fn create_bases(
+    sources: &[&mut RbdSource],
+    order: &[usize],
+    instant: u64,
+    bases: &mut Vec<(usize, String)>,
+) -> Result<(), SourceError> {
+    let results: Vec<(usize, String, Result<(), CephError>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = order
+            .iter()
+            .map(|&i| {
+                let image = sources[i].head();
+                let name = sources[i].capture_name(instant);
+                scope.spawn(move || {
+                    let result = image.snap_create(&name);
+                    (i, name, result)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| match handle.join() {
+                Ok(outcome) => outcome,
+                Err(panic) => std::panic::resume_unwind(panic),
+            })
+            .collect()
+    });
+    let mut first_error = None;
+    for (i, name, result) in results {
+        match result {
+            Ok(()) => bases.push((i, name)),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(rbd(e)),
+        None => Ok(()),
+    }
 }
 
 /// The name of `image`'s snapshot of group snapshot `group@group_snap`.
