@@ -206,6 +206,59 @@ fn lab_full_then_incremental_rbd_replication() {
     assert_eq!(snaps.matches("ferry.").count(), 1, "{snaps}");
 }
 
+/// Recovery points past the standby's retention leave the record at the
+/// commit and their snapshots soon after, on the sweep the commit starts
+/// (engine/src/rbd/sink_retire.rs), not inside the commit any more.
+#[test]
+#[ignore = "needs the Ceph lab (FERRY_CEPH_LAB=1); scripts/test.sh runs it"]
+fn lab_expired_recovery_points_leave_the_standby_after_the_commit() {
+    if !lab() {
+        return;
+    }
+    let images = LabImages::new("retire", 1);
+    let img = images.0[0].as_str();
+    let pair = Pair::new(Some(
+        "[standby]\nbackend = \"rbd\"\nrbd_pool = \"rbd\"\nretention = 2\n[ceph]\ncluster = \"site-b\"\n",
+    ));
+    std::fs::write(
+        pair.primary_dir.join("config.toml"),
+        "[ceph]\ncluster = \"site-a\"\n",
+    )
+    .expect("primary config");
+    rbd("site-a", &["create", &format!("rbd/{img}"), "--size", "16"]);
+    let mut points = Vec::new();
+    for seed in 0..4 {
+        scribble("site-a", img, 40 + seed, 20);
+        let synced = sync_rbd(&pair, &[img], &[]);
+        points.push(synced["recovery_point"].as_u64().expect("rp"));
+    }
+    let kept: Vec<String> = points[2..]
+        .iter()
+        .map(|rp| format!("ferry-rp-{rp}"))
+        .collect();
+    // Eventually (the sweep runs after the commit answered): exactly the
+    // newest two points' snapshots are left.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut left: Vec<String>;
+    loop {
+        let listed =
+            String::from_utf8(rbd("site-b", &["snap", "ls", &format!("rbd/{img}")]).stdout)
+                .expect("utf-8");
+        left = listed
+            .split_whitespace()
+            .filter(|word| word.starts_with("ferry-rp-"))
+            .map(str::to_owned)
+            .collect();
+        left.sort();
+        if left == kept || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(left, kept, "points synced: {points:?}");
+    ok(&verify_rbd(&pair, img), "ferry verify after the sweep");
+}
+
 /// Regression (found by the fault harness's RBD mode): a primary killed
 /// while the standby was still committing its recovery point reconnected,
 /// and the new connection's open rolled the same commit intent forward on

@@ -143,6 +143,9 @@ struct Intent {
 struct Slot {
     op: Mutex<()>,
     writer_active: Mutex<bool>,
+    /// A sweep of expired snapshots is started and has not yet taken `op`
+    /// (see `sink_retire.rs`).
+    retire_scheduled: std::sync::atomic::AtomicBool,
 }
 
 struct Inner {
@@ -172,14 +175,20 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+#[path = "sink_retire.rs"]
+mod retire;
+
 fn ceph(context: impl Into<String>) -> impl FnOnce(CephError) -> StoreError {
     let context = context.into();
     move |source| StoreError::Ceph { context, source }
 }
 
+/// Name prefix of the recovery point snapshots; the point id follows.
+const SNAP_PREFIX: &str = "ferry-rp-";
+
 /// Snapshot name of recovery point `rp`.
 pub fn snap_name(rp: u64) -> String {
-    format!("ferry-rp-{rp}")
+    format!("{SNAP_PREFIX}{rp}")
 }
 
 impl RbdStandby {
@@ -635,23 +644,17 @@ impl RbdStandby {
             });
             record.pending = None;
             let excess = record.history.len().saturating_sub(self.inner.retention);
-            let dropped: Vec<PointRecord> = record
+            let dropped = record
                 .history
                 .drain(..excess)
                 .filter(|old| !record.pinned.iter().any(|p| p.rp == old.rp))
-                .collect();
+                .count();
             self.save(&record)?;
-            for old in dropped {
-                let old_snap = snap_name(old.rp);
-                match handle.snap_remove(&old_snap) {
-                    Ok(()) => {}
-                    Err(e) if e.is_not_found() => {}
-                    Err(error) => {
-                        warn!(image = %ctx, snap = %old_snap, %error, "could not remove an expired recovery point snapshot")
-                    }
-                }
-            }
             info!(image = %ctx, rp = intent.rp, epoch = entry.epoch, "committed recovery point");
+            if dropped > 0 {
+                // After this commit answers: see sink_retire.rs.
+                self.retire_later(&image);
+            }
         }
         Ok(())
     }
