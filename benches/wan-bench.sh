@@ -18,7 +18,8 @@
 # full-duplex link; the proxy's round trip is checked with a UDP echo before the standby starts.
 #
 # Environment: FERRY_WAN_SIZE (image, default 2G: the rbd-bench data set, cached), FERRY_WAN_CHANGE
-# (seeded 4 KiB writes, default 128M), FERRY_WAN_PORT (standby, default 47495; the proxy takes the
+# (seeded 4 KiB writes, default 128M), FERRY_WAN_COALESCE_GAP (the primary's [ceph] coalesce_gap,
+# e.g. 0; default: not set), FERRY_WAN_PORT (standby, default 47495; the proxy takes the
 # next), FERRY_BIN_DIR (ferry, ferry-agent, ferry-udp-proxy), FERRY_BENCH_SEED,
 # FERRY_CEPH_LAB_DIR, FERRY_BENCH_KEEP=1. Run as root; creates only images named wan-* and the
 # namespace ferry-wan-<pid> with the veth pairs fwan-a0/fwan-b0 (all removed at exit).
@@ -148,6 +149,9 @@ start_proxy
 rm -rf "$FS"
 FP_S=$("$FAGENT" init --dir "$FS" | tail -n 1)
 printf '[ceph]\ncluster = "%s"\n' "$A" >"$FS/config.toml"
+if [[ -n ${FERRY_WAN_COALESCE_GAP:-} ]]; then
+  printf 'coalesce_gap = "%s"\n' "$FERRY_WAN_COALESCE_GAP" >>"$FS/config.toml"
+fi
 export FERRY FS FP_S PPORT NS_A
 
 # start_standby KIND: a standby agent (files or rbd backend) on HOST_B:PORT; sets FP_B.
