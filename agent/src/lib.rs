@@ -13,7 +13,6 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod demo;
-pub mod diffcmd;
 pub mod docgen;
 pub mod imagegen;
 pub mod logging;

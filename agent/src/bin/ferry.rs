@@ -298,8 +298,8 @@ async fn main_inner(cli: Cli) -> Result<ExitCode> {
             conf,
             json,
         } => {
-            use ferry_agent::diffcmd;
-            let report = diffcmd::export_diff(&diffcmd::ExportArgs {
+            use ferry_agent::cli::export_import_diff;
+            let report = export_import_diff::export_diff(&export_import_diff::ExportArgs {
                 source,
                 output: path,
                 from_snap,
@@ -317,7 +317,7 @@ async fn main_inner(cli: Cli) -> Result<ExitCode> {
             if json {
                 eprintln!("{}", serde_json::to_string(&report)?);
             } else {
-                eprintln!("{}", diffcmd::export_summary(&report));
+                eprintln!("{}", export_import_diff::export_summary(&report));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -330,8 +330,8 @@ async fn main_inner(cli: Cli) -> Result<ExitCode> {
             conf,
             json,
         } => {
-            use ferry_agent::diffcmd;
-            let report = diffcmd::import_diff(&diffcmd::ImportArgs {
+            use ferry_agent::cli::export_import_diff;
+            let report = export_import_diff::import_diff(&export_import_diff::ImportArgs {
                 input: path,
                 target,
                 no_snap_check,
@@ -345,7 +345,7 @@ async fn main_inner(cli: Cli) -> Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
-                println!("{}", diffcmd::import_summary(&report));
+                println!("{}", export_import_diff::import_summary(&report));
             }
             Ok(ExitCode::SUCCESS)
         }
