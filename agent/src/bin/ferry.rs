@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{CommandFactory, Parser, Subcommand};
+use ferry_agent::cli::sync_verify;
 use ferry_agent::uri::{SourceUri, TargetUri};
 use ferry_protocol::AgentId;
 
@@ -192,7 +193,7 @@ async fn main_inner(cli: Cli) -> Result<ExitCode> {
             let bwlimit = bwlimit
                 .map(|b| ferry_agent::units::parse_rate(&b))
                 .transpose()?;
-            let group = ferry_agent::client::sync(ferry_agent::client::SyncRequest {
+            let group = sync_verify::sync(sync_verify::SyncRequest {
                 dir: &dir,
                 pairs: &pairs,
                 peer: peer(&fp)?,
@@ -256,7 +257,7 @@ async fn main_inner(cli: Cli) -> Result<ExitCode> {
         } => {
             let source = SourceUri::parse(&source)?;
             let target = TargetUri::parse(&target)?;
-            let report = ferry_agent::client::verify(&dir, &source, &target, peer(&fp)?).await?;
+            let report = sync_verify::verify(&dir, &source, &target, peer(&fp)?).await?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else if report.equal {

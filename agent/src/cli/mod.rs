@@ -9,8 +9,11 @@
 //! Where things live: `args.rs` (the clap types), `commands.rs` (what each
 //! command sends to which route), `agent_api.rs` (reaching the agent,
 //! calling it, refusals and exit status, waiting for an operation),
-//! `render.rs` (printing answers for a person). `ferry export-diff` and
-//! `ferry import-diff`, which need no agent, are in `export_import_diff.rs`.
+//! `render.rs` (printing answers for a person). The commands that need no
+//! agent API: `ferry sync` and `ferry verify` (one replication cycle from
+//! the command line, and comparing a source with its standby copy) are in
+//! `sync_verify.rs`; `ferry export-diff` and `ferry import-diff` are in
+//! `export_import_diff.rs`.
 
 use std::process::ExitCode;
 
@@ -21,6 +24,7 @@ mod args;
 mod commands;
 pub mod export_import_diff;
 mod render;
+pub mod sync_verify;
 
 use agent_api::Outcome;
 
