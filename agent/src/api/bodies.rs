@@ -120,14 +120,14 @@ pub struct PolicyBody {
 }
 
 /// Body of `POST /v1/peer/groups/{id}/sync`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SyncBody {
     /// Whether the standby group is being replicated into.
     pub syncing: bool,
 }
 
 /// Body of `POST /v1/peer/groups/{id}/resources`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PeerResources {
     /// The resources to record.
     pub resources: Vec<NewResource>,
