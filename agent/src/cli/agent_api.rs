@@ -23,6 +23,7 @@ pub(super) fn json_body(b: &impl Serialize) -> Result<Option<Value>> {
     ))
 }
 
+/// A connection to one agent's operator API, and how to print its answers.
 pub(super) struct Api {
     target: Target,
     token: String,
