@@ -467,7 +467,14 @@ fn constraint_errors_name_the_conflict() {
         .remove_resources(g1.id, &["file:/m0", "file:/m1"])
         .unwrap();
     assert_eq!(store.resources(g1.id).unwrap().len(), 18);
+}
 
+#[test]
+fn recovery_point_limits_and_unique_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path()).unwrap();
+    let g1 = mapped_group(&mut store, "g1");
+    let g2 = mapped_group(&mut store, "g2");
     // Recovery points: 5 manual, unique names and engine ids.
     for i in 0..5 {
         store
@@ -531,7 +538,14 @@ fn constraint_errors_name_the_conflict() {
             },
         )
         .unwrap();
+}
 
+#[test]
+fn services_and_policies_in_use_cannot_be_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path()).unwrap();
+    let g1 = mapped_group(&mut store, "g1");
+    mapped_group(&mut store, "g2");
     // Services and policies in use cannot be deleted.
     let err = store.delete_service(g1.service_id).unwrap_err();
     assert_eq!(
