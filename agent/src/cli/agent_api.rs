@@ -78,7 +78,12 @@ impl Api {
         })
     }
 
-    pub(super) async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<Reply> {
+    pub(super) async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Reply> {
         Ok(http::call(
             &self.target,
             method,
@@ -91,7 +96,12 @@ impl Api {
     }
 
     /// Calls, prints, and classifies.
-    pub(super) async fn run(&self, method: Method, path: &str, body: Option<Value>) -> Result<Outcome> {
+    pub(super) async fn run(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Outcome> {
         let reply = self.call(method, path, body).await?;
         self.report(&reply)
     }

@@ -13,8 +13,8 @@ use super::agent_api::{json_body, Api, Outcome};
 use super::args::{Conn, GroupCmd, PolicyCmd, QosCmd, RpCmd, ServiceCmd};
 use super::render::print_status;
 use crate::api::bodies::{
-    AddBody, BindBody, CreateGroupBody, CreateServiceBody, FailoverBody, KeyBody, PolicyBody,
-    Qos, RestoreBody, RpBody, UpdateServiceBody, UrisBody,
+    AddBody, BindBody, CreateGroupBody, CreateServiceBody, FailoverBody, KeyBody, PolicyBody, Qos,
+    RestoreBody, RpBody, UpdateServiceBody, UrisBody,
 };
 use crate::schedule::{PolicySchedule, Schedule, TzName};
 
@@ -147,7 +147,12 @@ pub(super) async fn group(cmd: GroupCmd, outer: &Conn) -> Result<Outcome> {
         }
         GroupCmd::Start { conn, name, wait } => {
             Api::new(&conn.or(outer))?
-                .op(Method::POST, &format!("/v1/groups/{name}/start"), None, wait)
+                .op(
+                    Method::POST,
+                    &format!("/v1/groups/{name}/start"),
+                    None,
+                    wait,
+                )
                 .await?
         }
         GroupCmd::Stop { conn, name, wait } => {
@@ -157,7 +162,12 @@ pub(super) async fn group(cmd: GroupCmd, outer: &Conn) -> Result<Outcome> {
         }
         GroupCmd::Migrate { conn, name, wait } => {
             Api::new(&conn.or(outer))?
-                .op(Method::POST, &format!("/v1/groups/{name}/migrate"), None, wait)
+                .op(
+                    Method::POST,
+                    &format!("/v1/groups/{name}/migrate"),
+                    None,
+                    wait,
+                )
                 .await?
         }
         GroupCmd::Restore {

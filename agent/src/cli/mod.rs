@@ -29,7 +29,7 @@ pub mod sync_verify;
 use agent_api::Outcome;
 
 pub use agent_api::resolve_conn;
-pub use args::{ControlCommand, Conn, GroupCmd, PolicyCmd, QosCmd, RpCmd, ServiceCmd};
+pub use args::{Conn, ControlCommand, GroupCmd, PolicyCmd, QosCmd, RpCmd, ServiceCmd};
 
 /// Runs a control command; `outer` holds the top-level connection flags.
 pub async fn run(cmd: ControlCommand, outer: &Conn) -> Result<ExitCode> {

@@ -96,7 +96,12 @@ impl Checker<'_> {
         ))
     }
 
-    pub(super) fn precondition(&self, ok: bool, rule: &str, context: String) -> Result<(), Refusal> {
+    pub(super) fn precondition(
+        &self,
+        ok: bool,
+        rule: &str,
+        context: String,
+    ) -> Result<(), Refusal> {
         self.require(ok, RefusalReason::Precondition, rule, context)
     }
 
@@ -130,7 +135,12 @@ impl Checker<'_> {
         }
     }
 
-    pub(super) fn via(&self, during: GroupState, success: GroupState, failure: GroupState) -> Transition {
+    pub(super) fn via(
+        &self,
+        during: GroupState,
+        success: GroupState,
+        failure: GroupState,
+    ) -> Transition {
         Transition {
             op: self.op,
             from: self.g.state,
@@ -149,4 +159,3 @@ impl Checker<'_> {
         }
     }
 }
-

@@ -305,4 +305,3 @@ impl fmt::Display for RefusalReason {
         })
     }
 }
-

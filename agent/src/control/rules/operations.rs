@@ -13,7 +13,11 @@ use crate::control::model::{
 /// Add resources: a primary group in `mapped`; at least one URI, none listed
 /// twice or already in a group, at most [`MAX_RESOURCES_PER_GROUP`] in all;
 /// after a planned migration, only once every recovery point is deleted.
-pub(super) fn check_add_resources(c: &Checker<'_>, uris: &[String], already_grouped: &[(String, String)]) -> Result<Transition, Refusal> {
+pub(super) fn check_add_resources(
+    c: &Checker<'_>,
+    uris: &[String],
+    already_grouped: &[(String, String)],
+) -> Result<Transition, Refusal> {
     use GroupState as S;
     let g = c.g;
     c.role(Role::Primary)?;
@@ -176,7 +180,10 @@ pub(super) fn check_stop_sync(c: &Checker<'_>) -> Result<Transition, Refusal> {
 /// Create recovery point: a primary group in `syncing`; at most
 /// [`MAX_MANUAL_RECOVERY_POINTS`] manual ones, and a policy one needs a policy
 /// bound.
-pub(super) fn check_create_recovery_point(c: &Checker<'_>, kind: RpKind) -> Result<Transition, Refusal> {
+pub(super) fn check_create_recovery_point(
+    c: &Checker<'_>,
+    kind: RpKind,
+) -> Result<Transition, Refusal> {
     use GroupState as S;
     let g = c.g;
     c.role(Role::Primary)?;
@@ -184,9 +191,7 @@ pub(super) fn check_create_recovery_point(c: &Checker<'_>, kind: RpKind) -> Resu
     match kind {
         RpKind::Manual => c.limit(
             g.manual_recovery_points < MAX_MANUAL_RECOVERY_POINTS,
-            &format!(
-                "a group holds at most {MAX_MANUAL_RECOVERY_POINTS} manual recovery points"
-            ),
+            &format!("a group holds at most {MAX_MANUAL_RECOVERY_POINTS} manual recovery points"),
             format!("group '{}' has {}", g.name, g.manual_recovery_points),
         )?,
         RpKind::Policy => c.precondition(
@@ -278,7 +283,11 @@ pub(super) fn check_failover(c: &Checker<'_>, to: &FailoverTarget) -> Result<Tra
 
 /// Restore: a standby group or new primary in `syncing`, `failed_over` or
 /// `failover_failed`, from a complete recovery point.
-pub(super) fn check_restore(c: &Checker<'_>, rp_name: &str, rp_state: RpState) -> Result<Transition, Refusal> {
+pub(super) fn check_restore(
+    c: &Checker<'_>,
+    rp_name: &str,
+    rp_state: RpState,
+) -> Result<Transition, Refusal> {
     use GroupState as S;
     // "S or new primary": a new primary keeps role standby.
     c.role(Role::Standby)?;
@@ -293,7 +302,10 @@ pub(super) fn check_restore(c: &Checker<'_>, rp_name: &str, rp_state: RpState) -
 
 /// Delete group: a settled state that depends on the role; one group is deleted
 /// at a time.
-pub(super) fn check_delete_group(c: &Checker<'_>, other_deleting: Option<&str>) -> Result<Transition, Refusal> {
+pub(super) fn check_delete_group(
+    c: &Checker<'_>,
+    other_deleting: Option<&str>,
+) -> Result<Transition, Refusal> {
     use GroupState as S;
     let g = c.g;
     match g.role {

@@ -4,7 +4,9 @@
 
 use rusqlite::{params, OptionalExtension};
 
-use super::rows::{get_group, get_rp, is_unique_violation, query_all, rp_row, to_i64, Ctx, RP_COLS};
+use super::rows::{
+    get_group, get_rp, is_unique_violation, query_all, rp_row, to_i64, Ctx, RP_COLS,
+};
 use super::Store;
 use crate::control::error::{StoreError, StoreResult};
 use crate::control::model::{

@@ -160,7 +160,8 @@ pub(super) fn group_row(row: &Row<'_>) -> rusqlite::Result<Group> {
     })
 }
 
-pub(super) const RESOURCE_COLS: &str = "uri, group_id, kind, vm, boot, size_bytes, standby_target, state";
+pub(super) const RESOURCE_COLS: &str =
+    "uri, group_id, kind, vm, boot, size_bytes, standby_target, state";
 
 #[derive(Debug, thiserror::Error)]
 #[error("resource kind {0:?} without its VM fields")]
@@ -212,7 +213,8 @@ pub(super) fn policy_row(row: &Row<'_>) -> rusqlite::Result<Policy> {
     })
 }
 
-pub(super) const OP_COLS: &str = "id, group_id, group_name, kind, state, failure_reason, transition, \
+pub(super) const OP_COLS: &str =
+    "id, group_id, group_name, kind, state, failure_reason, transition, \
      started_at, finished_at, params";
 
 #[derive(Debug, thiserror::Error)]
@@ -248,7 +250,6 @@ pub(super) fn op_row(row: &Row<'_>) -> rusqlite::Result<Operation> {
         params: json_column(row, 9)?,
     })
 }
-
 
 pub(super) fn query_all<T, P: rusqlite::Params>(
     conn: &Connection,
@@ -387,4 +388,3 @@ pub(super) fn group_view(conn: &Connection, id: GroupId) -> StoreResult<GroupVie
         manual_recovery_points: count(manual),
     })
 }
-
