@@ -4,7 +4,7 @@
 //! gracefully). Under systemd it reports readiness (after the store is open
 //! and every listener bound), feeds the watchdog from its main loop while
 //! the engine is healthy, and reports reloads and the stop (see
-//! [`crate::service`]).
+//! [`crate::systemd`]).
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
@@ -27,7 +27,7 @@ use crate::api;
 use crate::config::{config_path, AgentConfig, StandbyBackend};
 use crate::metrics::Metrics;
 use crate::orchestrator::{Orchestrator, OrchestratorConfig};
-use crate::service::{check_health, Notifier};
+use crate::systemd::{check_health, Notifier};
 
 /// Holds the agent directory's lock: one agent (or offline command) per directory.
 #[derive(Debug)]

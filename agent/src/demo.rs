@@ -14,7 +14,7 @@ use ferry_engine::standby::StandbyStore;
 use ferry_engine::transport::TrustStore;
 use ferry_protocol::{ImageName, RecoveryPointId};
 
-use crate::client::{self, SyncRequest};
+use crate::cli::sync_verify::{self, SyncRequest};
 use crate::config::AgentConfig;
 use crate::imagegen;
 use crate::units::human_bytes;
@@ -105,7 +105,7 @@ pub async fn run(work: &Path, size: u64) -> Result<()> {
         accept_changes_at_rest: false,
     };
 
-    let first = image_report(client::sync(request()).await?)?;
+    let first = image_report(sync_verify::sync(request()).await?)?;
     let first_hash = imagegen::file_hash(&image)?;
     println!(
         "4. full sync: scanned {}, {} zero (never sent), {} of data sent as {} on the wire, {:.2}s ({}/s) → recovery point {}",
@@ -120,7 +120,7 @@ pub async fn run(work: &Path, size: u64) -> Result<()> {
 
     let written = imagegen::scattered_writes(&image, 2_000, 7)?;
     imagegen::write_text(&image, size / 3, 4 * 1024 * 1024, 8)?;
-    let second = image_report(client::sync(request()).await?)?;
+    let second = image_report(sync_verify::sync(request()).await?)?;
     println!(
         "5. wrote 2000 scattered 4 KiB blocks ({}) and 4 MiB of log text; incremental sync found {} changed and sent {} ({:.2} wire bytes per changed byte) in {:.2}s",
         human_bytes(written),
@@ -146,7 +146,7 @@ pub async fn run(work: &Path, size: u64) -> Result<()> {
                 o.reconnect_for = Duration::from_secs(60);
             };
             let pairs = [(source, target)];
-            client::sync(SyncRequest {
+            sync_verify::sync(SyncRequest {
                 dir: &dir,
                 pairs: &pairs,
                 peer,
@@ -181,7 +181,7 @@ pub async fn run(work: &Path, size: u64) -> Result<()> {
         "the link cut did not force a reconnect"
     );
 
-    let report = client::verify(&primary_dir, &source, &target, standby.fingerprint()).await?;
+    let report = sync_verify::verify(&primary_dir, &source, &target, standby.fingerprint()).await?;
     println!(
         "7. verify by hashes: source and standby are {} at recovery point {} ({:.2}s, no data copied)",
         if report.equal { "IDENTICAL" } else { "DIFFERENT" },

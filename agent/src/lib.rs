@@ -8,12 +8,10 @@
 
 pub mod api;
 pub mod cli;
-pub mod client;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod demo;
-pub mod diffcmd;
 pub mod docgen;
 pub mod imagegen;
 pub mod logging;
@@ -21,8 +19,8 @@ pub mod metrics;
 pub mod orchestrator;
 pub mod replicate;
 pub mod schedule;
-pub mod service;
 pub mod service_key;
+pub mod systemd;
 pub mod units;
 pub mod uri;
 

@@ -20,7 +20,7 @@ use crate::service_key::ServiceKey;
 use crate::uri::SourceUri;
 
 /// Body of `POST /v1/service/key`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct KeyBody {
     /// Endpoint the primary should use (default: the listen address).
     pub endpoint: Option<String>,
@@ -29,7 +29,7 @@ pub struct KeyBody {
 }
 
 /// Body of `POST /v1/services`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CreateServiceBody {
     /// Service name.
     pub name: String,
@@ -40,7 +40,7 @@ pub struct CreateServiceBody {
 }
 
 /// Body of `PATCH /v1/services/{service}`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct UpdateServiceBody {
     /// New local endpoint.
     pub local_endpoint: Option<String>,
@@ -49,7 +49,7 @@ pub struct UpdateServiceBody {
 }
 
 /// Body of `POST /v1/groups`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CreateGroupBody {
     /// Group name.
     pub name: String,
@@ -61,7 +61,7 @@ pub struct CreateGroupBody {
 }
 
 /// Body of `POST /v1/groups/{group}/resources`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AddBody {
     /// Source URIs.
     pub uris: Vec<String>,
@@ -70,21 +70,21 @@ pub struct AddBody {
 }
 
 /// Body of resource removals (operator and peer).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct UrisBody {
     /// Source URIs.
     pub uris: Vec<String>,
 }
 
 /// Body of `POST /v1/groups/{group}/recovery-points`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RpBody {
     /// Name (default: generated).
     pub name: Option<String>,
 }
 
 /// Body of `POST /v1/groups/{group}/policy`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BindBody {
     /// Policy name.
     pub policy: String,
@@ -93,7 +93,7 @@ pub struct BindBody {
 }
 
 /// Body of `POST /v1/groups/{group}/restore`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RestoreBody {
     /// Resource URI or standby image name.
     pub resource: String,
@@ -104,14 +104,14 @@ pub struct RestoreBody {
 }
 
 /// Body of `POST /v1/groups/{group}/failover`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct FailoverBody {
     /// Recovery point name (default: the latest).
     pub recovery_point: Option<String>,
 }
 
 /// Body of `POST /v1/policies`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PolicyBody {
     /// Policy name.
     pub name: String,
@@ -120,14 +120,14 @@ pub struct PolicyBody {
 }
 
 /// Body of `POST /v1/peer/groups/{id}/sync`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SyncBody {
     /// Whether the standby group is being replicated into.
     pub syncing: bool,
 }
 
 /// Body of `POST /v1/peer/groups/{id}/resources`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PeerResources {
     /// The resources to record.
     pub resources: Vec<NewResource>,

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{CommandFactory, Parser, Subcommand};
+use ferry_agent::cli::sync_verify;
 use ferry_agent::uri::{SourceUri, TargetUri};
 use ferry_protocol::AgentId;
 
@@ -192,7 +193,7 @@ async fn main_inner(cli: Cli) -> Result<ExitCode> {
             let bwlimit = bwlimit
                 .map(|b| ferry_agent::units::parse_rate(&b))
                 .transpose()?;
-            let group = ferry_agent::client::sync(ferry_agent::client::SyncRequest {
+            let group = sync_verify::sync(sync_verify::SyncRequest {
                 dir: &dir,
                 pairs: &pairs,
                 peer: peer(&fp)?,
@@ -256,7 +257,7 @@ async fn main_inner(cli: Cli) -> Result<ExitCode> {
         } => {
             let source = SourceUri::parse(&source)?;
             let target = TargetUri::parse(&target)?;
-            let report = ferry_agent::client::verify(&dir, &source, &target, peer(&fp)?).await?;
+            let report = sync_verify::verify(&dir, &source, &target, peer(&fp)?).await?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else if report.equal {
@@ -298,8 +299,8 @@ async fn main_inner(cli: Cli) -> Result<ExitCode> {
             conf,
             json,
         } => {
-            use ferry_agent::diffcmd;
-            let report = diffcmd::export_diff(&diffcmd::ExportArgs {
+            use ferry_agent::cli::export_import_diff;
+            let report = export_import_diff::export_diff(&export_import_diff::ExportArgs {
                 source,
                 output: path,
                 from_snap,
@@ -317,7 +318,7 @@ async fn main_inner(cli: Cli) -> Result<ExitCode> {
             if json {
                 eprintln!("{}", serde_json::to_string(&report)?);
             } else {
-                eprintln!("{}", diffcmd::export_summary(&report));
+                eprintln!("{}", export_import_diff::export_summary(&report));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -330,8 +331,8 @@ async fn main_inner(cli: Cli) -> Result<ExitCode> {
             conf,
             json,
         } => {
-            use ferry_agent::diffcmd;
-            let report = diffcmd::import_diff(&diffcmd::ImportArgs {
+            use ferry_agent::cli::export_import_diff;
+            let report = export_import_diff::import_diff(&export_import_diff::ImportArgs {
                 input: path,
                 target,
                 no_snap_check,
@@ -345,7 +346,7 @@ async fn main_inner(cli: Cli) -> Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
-                println!("{}", diffcmd::import_summary(&report));
+                println!("{}", export_import_diff::import_summary(&report));
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -25,7 +25,7 @@
 //! orchestrator finishes it or rolls it back (`OpResult::RolledBack` returns
 //! the group to the state it started from).
 //!
-//! Decisions where the semantics doc is silent (see also `rules.rs`): one
+//! Decisions where the semantics doc is silent (see also `rules/mod.rs`): one
 //! operation at a time per group; a new primary keeps role `standby` with
 //! `new_primary = true`; after a planned migration both sides are `mapped`
 //! with roles swapped; recovery points are addressed by a name unique within

@@ -1,7 +1,7 @@
 //! The control shim's object model: services, protection groups, resources,
 //! policies, recovery points and the operation journal, with their typed ids
-//! and states. Plain data: no I/O, no rules (see `rules.rs`), no persistence
-//! (see `store.rs`). Every type serialises to the JSON the HTTP API returns.
+//! and states. Plain data: no I/O, no rules (see `rules/`), no persistence
+//! (see `store/`). Every type serialises to the JSON the HTTP API returns.
 
 use std::fmt;
 use std::str::FromStr;

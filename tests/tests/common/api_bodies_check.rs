@@ -9,17 +9,18 @@
 //! a policy binding's retention is 1..=5, source URIs parse (and print
 //! back to a URI that parses to the same source), a peer resource's
 //! standby target is a valid image name, a service key decodes (and
-//! re-encodes to a key that decodes the same). Bodies whose types
-//! implement `Serialize` (QoS, pairing, peer groups, peer resources and
-//! recovery points, migrate steps, policy schedules) round-trip through
-//! serde_json: serialised and parsed back, they are the same value.
+//! re-encodes to a key that decodes the same). Every body type implements
+//! `Serialize` (the `ferry` CLI sends the operator bodies as these types),
+//! and every accepted body round-trips through serde_json: serialised and
+//! parsed back, it is the same value (policy schedules too).
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::api::bodies::{
-    check_request_body, BindBody, BodyRoute, CreateServiceBody, MigrateStep, PairRequest,
-    PeerGroupRequest, PeerResources, PolicyBody, Qos,
+    check_request_body, AddBody, BindBody, BodyRoute, CreateGroupBody, CreateServiceBody,
+    FailoverBody, KeyBody, MigrateStep, PairRequest, PeerGroupRequest, PeerResources, PolicyBody,
+    Qos, RestoreBody, RpBody, SyncBody, UpdateServiceBody, UrisBody,
 };
 use crate::control::{NewRecoveryPoint, Retention};
 use crate::schedule::PolicySchedule;
@@ -81,9 +82,10 @@ fn check_accepted(route: BodyRoute, body: &[u8]) {
                 "{route:?}: retention {} accepted (documented 1..=5)",
                 b.retention
             );
+            round_trips(route, &b);
         }
         BodyRoute::AddResources => {
-            let b: crate::api::bodies::AddBody = parsed(route, body);
+            let b: AddBody = parsed(route, body);
             for uri in &b.uris {
                 let source = SourceUri::parse(uri).expect("accepted URI parses");
                 let printed = source.to_string();
@@ -91,15 +93,18 @@ fn check_accepted(route: BodyRoute, body: &[u8]) {
                     .unwrap_or_else(|e| panic!("{route:?}: {uri:?} prints as {printed:?}: {e}"));
                 assert_eq!(source, again, "{route:?}: {uri:?} -> {printed:?}");
             }
+            round_trips(route, &b);
         }
         BodyRoute::CreateService => {
             let b: CreateServiceBody = parsed(route, body);
             let key = ServiceKey::decode(&b.key).expect("accepted key decodes");
             let again = ServiceKey::decode(&key.encode()).expect("re-encoded key decodes");
             assert_eq!(key, again, "{route:?}: service key changed by encode");
+            round_trips(route, &b);
         }
         BodyRoute::CreatePolicy => {
             let b: PolicyBody = parsed(route, body);
+            round_trips(route, &b);
             let schedule: PolicySchedule =
                 serde_json::from_value(b.schedule).expect("accepted schedule parses");
             round_trips(route, &schedule);
@@ -131,14 +136,15 @@ fn check_accepted(route: BodyRoute, body: &[u8]) {
             round_trips(route, &parsed::<NewRecoveryPoint>(route, body))
         }
         BodyRoute::PeerMigrate => round_trips(route, &parsed::<MigrateStep>(route, body)),
-        BodyRoute::ServiceKey
-        | BodyRoute::UpdateService
-        | BodyRoute::CreateGroup
-        | BodyRoute::RemoveResources
-        | BodyRoute::PeerRemoveResources
-        | BodyRoute::CreateRecoveryPoint
-        | BodyRoute::Restore
-        | BodyRoute::Failover
-        | BodyRoute::PeerSync => {}
+        BodyRoute::ServiceKey => round_trips(route, &parsed::<KeyBody>(route, body)),
+        BodyRoute::UpdateService => round_trips(route, &parsed::<UpdateServiceBody>(route, body)),
+        BodyRoute::CreateGroup => round_trips(route, &parsed::<CreateGroupBody>(route, body)),
+        BodyRoute::RemoveResources | BodyRoute::PeerRemoveResources => {
+            round_trips(route, &parsed::<UrisBody>(route, body))
+        }
+        BodyRoute::CreateRecoveryPoint => round_trips(route, &parsed::<RpBody>(route, body)),
+        BodyRoute::Restore => round_trips(route, &parsed::<RestoreBody>(route, body)),
+        BodyRoute::Failover => round_trips(route, &parsed::<FailoverBody>(route, body)),
+        BodyRoute::PeerSync => round_trips(route, &parsed::<SyncBody>(route, body)),
     }
 }

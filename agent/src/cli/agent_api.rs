@@ -1,0 +1,194 @@
+//! The operator-API client the control commands share: finding the agent
+//! (`--dir` or `--agent`/`--token`), calling it, printing the answer, telling
+//! a refusal (HTTP 409, exit status 1) from an error, and polling a long
+//! operation to its end.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use hyper::Method;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::args::Conn;
+use super::render::print_human;
+use crate::api::http::{self, Reply, Target};
+
+/// A request body for the agent: one of the typed bodies its API parses
+/// (`api::bodies`), sent as the JSON value it serialises to.
+pub(super) fn json_body(b: &impl Serialize) -> Result<Option<Value>> {
+    Ok(Some(
+        serde_json::to_value(b).context("encode the request body")?,
+    ))
+}
+
+/// A connection to one agent's operator API, and how to print its answers.
+pub(super) struct Api {
+    target: Target,
+    token: String,
+    json: bool,
+}
+
+/// The operator API's address and token for `conn`.
+pub fn resolve_conn(conn: &Conn) -> Result<(SocketAddr, String)> {
+    if let Some(url) = &conn.agent {
+        let hostport = url
+            .strip_prefix("http://")
+            .unwrap_or(url)
+            .trim_end_matches('/');
+        let addr: SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(hostport)
+            .with_context(|| format!("--agent {url}"))?
+            .next()
+            .with_context(|| format!("--agent {url} resolves to nothing"))?;
+        let token = match (&conn.token, &conn.dir) {
+            (Some(t), _) => t.clone(),
+            (None, Some(dir)) => crate::api::read_token(dir)?,
+            (None, None) => bail!("--agent needs --token (or --dir to read it from)"),
+        };
+        return Ok((addr, token));
+    }
+    let Some(dir) = &conn.dir else {
+        bail!("say which agent: --dir DIR, or --agent URL --token TOKEN");
+    };
+    let addr = crate::api::read_addr(dir)?;
+    let addr: SocketAddr = addr
+        .parse()
+        .with_context(|| format!("{} holds {addr:?}", dir.join("api.addr").display()))?;
+    let token = match &conn.token {
+        Some(t) => t.clone(),
+        None => crate::api::read_token(dir)?,
+    };
+    Ok((addr, token))
+}
+
+/// What a command ended with.
+pub(super) enum Outcome {
+    Ok,
+    Refused,
+}
+
+impl Api {
+    pub(super) fn new(conn: &Conn) -> Result<Api> {
+        let (addr, token) = resolve_conn(conn)?;
+        Ok(Api {
+            target: Target::Plain(addr),
+            token,
+            json: conn.json,
+        })
+    }
+
+    pub(super) async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Reply> {
+        Ok(http::call(
+            &self.target,
+            method,
+            path,
+            Some(&self.token),
+            body.as_ref(),
+            Duration::from_secs(60),
+        )
+        .await?)
+    }
+
+    /// Calls, prints, and classifies.
+    pub(super) async fn run(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Outcome> {
+        let reply = self.call(method, path, body).await?;
+        self.report(&reply)
+    }
+
+    pub(super) fn report(&self, reply: &Reply) -> Result<Outcome> {
+        if reply.ok() {
+            if self.json {
+                println!("{}", reply.body);
+            } else {
+                print_human(&reply.body);
+            }
+            return Ok(Outcome::Ok);
+        }
+        if self.json {
+            println!("{}", reply.body);
+        }
+        let text = reply
+            .body
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("no reason given");
+        if reply.status == 409 {
+            eprintln!("ferry: refused: {text}");
+            if let Some(r) = reply.body.get("refusal") {
+                eprintln!(
+                    "  rule: {}\n  state: {}",
+                    r.get("rule").and_then(Value::as_str).unwrap_or("?"),
+                    r.get("state").and_then(Value::as_str).unwrap_or("?")
+                );
+            }
+            return Ok(Outcome::Refused);
+        }
+        bail!("HTTP {}: {text}", reply.status)
+    }
+
+    /// Starts a long operation; with `wait`, polls it to the end.
+    pub(super) async fn op(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        wait: bool,
+    ) -> Result<Outcome> {
+        let reply = self.call(method, path, body).await?;
+        if !reply.ok() || !wait {
+            return self.report(&reply);
+        }
+        let id = reply
+            .body
+            .pointer("/operation/id")
+            .and_then(Value::as_i64)
+            .context("the agent did not return an operation id")?;
+        self.wait(id).await
+    }
+
+    pub(super) async fn wait(&self, id: i64) -> Result<Outcome> {
+        loop {
+            let reply = self
+                .call(Method::GET, &format!("/v1/operations/{id}"), None)
+                .await?;
+            if !reply.ok() {
+                return self.report(&reply);
+            }
+            let state = reply
+                .body
+                .pointer("/state/state")
+                .and_then(Value::as_str)
+                .unwrap_or("running")
+                .to_owned();
+            if state != "running" {
+                if self.json {
+                    println!("{}", reply.body);
+                } else {
+                    print_human(&json!({ "operation": reply.body }));
+                }
+                if state == "succeeded" {
+                    return Ok(Outcome::Ok);
+                }
+                let reason = reply
+                    .body
+                    .pointer("/state/reason")
+                    .and_then(Value::as_str)
+                    .unwrap_or("rolled back");
+                eprintln!("ferry: operation {id} {state}: {reason}");
+                return Ok(Outcome::Refused);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! The command line of the control commands (`ferry service|group|rp|policy|qos|status|op`):
+//! the clap types only. What each command does is in `commands.rs`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+/// How to reach the agent.
+#[derive(Args, Clone, Debug, Default)]
+pub struct Conn {
+    /// Agent data directory (API address and token are read from it).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// API URL (http://HOST:PORT) instead of --dir.
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// API token with --agent.
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl Conn {
+    /// `self` with unset fields taken from `outer` (the top-level flags).
+    pub fn or(self, outer: &Conn) -> Conn {
+        Conn {
+            dir: self.dir.or_else(|| outer.dir.clone()),
+            agent: self.agent.or_else(|| outer.agent.clone()),
+            token: self.token.or_else(|| outer.token.clone()),
+            json: self.json || outer.json,
+        }
+    }
+}
+
+/// A control command.
+#[derive(Subcommand, Debug)]
+pub enum ControlCommand {
+    /// Services: this site's connection to a remote site.
+    #[command(subcommand)]
+    Service(ServiceCmd),
+    /// Protection groups.
+    #[command(subcommand)]
+    Group(GroupCmd),
+    /// Recovery points of a group.
+    #[command(subcommand)]
+    Rp(RpCmd),
+    /// Recovery-point policies.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+    /// Bandwidth limits.
+    #[command(subcommand)]
+    Qos(QosCmd),
+    /// Groups, progress and QoS at a glance.
+    Status {
+        /// How to reach the agent.
+        #[command(flatten)]
+        conn: Conn,
+        /// Refresh every second until interrupted.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Show (and wait for) an operation.
+    Op {
+        /// How to reach the agent.
+        #[command(flatten)]
+        conn: Conn,
+        /// Operation id.
+        id: i64,
+        /// Wait until it has finished.
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+/// `ferry service …`
+#[derive(Subcommand, Debug)]
+pub enum ServiceCmd {
+    /// On the standby: print a one-time service key (one line).
+    Key {
+        /// How to reach the agent.
+        #[command(flatten)]
+        conn: Conn,
+        /// Endpoint the primary should use (default: the agent's listen address).
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// Validity in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
+    /// On the primary: pair with the agent that issued KEY.
+    Create {
+        /// How to reach the agent.
+        #[command(flatten)]
+        conn: Conn,
+        /// The service key printed by `ferry service key` on the standby.
+        #[arg(long)]
+        key: String,
+        /// Service name (the same on both agents).
+        #[arg(long, default_value = "dr")]
+        name: String,
+        /// This agent's endpoint as the peer should reach it.
+        #[arg(long)]
+        endpoint: Option<String>,
+    },
+    /// List services.
+    List {
+        /// How to reach the agent.
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Test the connection to the peer.
+    Verify {
+        /// How to reach the agent.
+        #[command(flatten)]
+        conn: Conn,
+        /// Service name or id.
+        name: String,
+    },
+    /// Re-configure endpoints.
+    Update {
+        /// How to reach the agent.
+        #[command(flatten)]
+        conn: Conn,
+        /// Service name or id.
+        name: String,
+        /// New local endpoint.
+        #[arg(long)]
+        local_endpoint: Option<String>,
+        /// New remote endpoint.
+        #[arg(long)]
+        remote_endpoint: Option<String>,
+    },
+    /// Delete a service (refused while a group uses it).
+    Delete {
+        /// How to reach the agent.
+        #[command(flatten)]
+        conn: Conn,
+        /// Service name or id.
+        name: String,
+    },
+}
+
+/// `ferry group …`
+#[derive(Subcommand, Debug)]
+pub enum GroupCmd {
+    /// Create a protection group (its standby group is created and mapped).
+    Create {
+        /// How to reach the agent.
+        #[command(flatten)]
+        conn: Conn,
+        /// Group name.
+        name: String,
+        /// Service (default: the only one).
+        #[arg(long)]
+        service: Option<String>,
+        /// Remote project/tenant.
+        #[arg(long, default_value = "")]
+        remote_project: String,
+        /// Wait for the operation.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List groups.
+    List {
+        /// How to reach the agent.
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show a group with resources, recovery points and progress.
+    Show {
+        /// How to reach the agent.
+        #[command(flatten)]
+        conn: Conn,
+        /// Group name or id.
+        name: String,
+    },
+    /// Add resources (source URIs), or a VM's volumes with --vm.
+    Add {
+        /// How to reach the agent.
+        #[command(flatten)]
+        conn: Conn,
+        /// Group name or id.
+        name: String,
+        /// Source URIs (file:/path, rbd:pool/image); with --vm the first is the boot volume.
+        #[arg(required = true)]
+        uris: Vec<String>,
+        /// The VM these volumes belong to.
+        #[arg(long)]
+        vm: Option<String>,
+        /// Wait for the operation.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Remove resources.
+    Remove {
+        /// How to reach the agent.
+        #[command(flatten)]
+        conn: Conn,
+        /// Group name or id.
+        name: String,
+        /// Source URIs.
+        #[arg(required = true)]
+        uris: Vec<String>,
+        /// Wait for the operation.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Start replication.
+    Start {
+        /// How to reach the agent.
+        #[command(flatten)]
+        conn: Conn,
+        /// Group name or id.
+        name: String,
+        /// Wait for the operation.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Stop replication.
+    Stop {
+        /// How to reach the agent.
+        #[command(flatten)]
+        conn: Conn,
+        /// Group name or id.
+        name: String,
+        /// Wait for the operation.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// (primary) Planned migration: final sync of everything written before
+    /// the command (quiesce the volumes first), checksums compared, then the
+    /// roles swap; start sync on the new primary to replicate back.
+    Migrate {
+        /// How to reach the agent.
+        #[command(flatten)]
+        conn: Conn,
+        /// Group name or id.
+        name: String,
+        /// Wait for the operation.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// (standby / new primary) Restore one resource at a recovery point
+    /// into a new image.
+    Restore {
+        /// How to reach the agent.
+        #[command(flatten)]
+        conn: Conn,
+        /// Group name or id.
+        name: String,
+        /// The resource's source URI (as on the primary).
+        #[arg(long)]
+        resource: String,
+        /// Recovery point name.
+        #[arg(long)]
+        rp: String,
+        /// New file (absolute path, must not exist) or, with an RBD
+        /// standby, a new image name in the standby pool.
+        #[arg(long)]
+        out: String,
+        /// Wait for the operation.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// (standby) Unplanned failover: materialise every resource at a
+    /// recovery point (default: the latest group recovery point held) into
+    /// DIR/failover/GROUP/; the group becomes a new primary.
+    Failover {
+        /// How to reach the agent.
+        #[command(flatten)]
+        conn: Conn,
+        /// Group name or id.
+        name: String,
+        /// Recovery point name (default: latest synced data).
+        #[arg(long)]
+        rp: Option<String>,
+        /// Wait for the operation.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Delete a group (and its standby group).
+    Delete {
+        /// How to reach the agent.
+        #[command(flatten)]
+        conn: Conn,
+        /// Group name or id.
+        name: String,
+        /// Wait for the operation.
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+/// `ferry rp …`
+#[derive(Subcommand, Debug)]
+pub enum RpCmd {
+    /// Create a manual recovery point (the next replication cycle, named).
+    Create {
+        /// How to reach the agent.
+        #[command(flatten)]
+        conn: Conn,
+        /// Group name or id.
+        group: String,
+        /// Recovery point name (default manual-TIMESTAMP).
+        #[arg(long)]
+        name: Option<String>,
+        /// Wait for the operation.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List a group's recovery points.
+    List {
+        /// How to reach the agent.
+        #[command(flatten)]
+        conn: Conn,
+        /// Group name or id.
+        group: String,
+    },
+    /// Delete a recovery point (here and on the standby).
+    Delete {
+        /// How to reach the agent.
+        #[command(flatten)]
+        conn: Conn,
+        /// Group name or id.
+        group: String,
+        /// Recovery point name.
+        rp: String,
+        /// Wait for the operation.
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+/// `ferry policy …`
+#[derive(Subcommand, Debug)]
+pub enum PolicyCmd {
+    /// Create a policy.
+    Create {
+        /// How to reach the agent.
+        #[command(flatten)]
+        conn: Conn,
+        /// Policy name.
+        name: String,
+        /// `daily HH:MM`, `weekly mon,thu HH:MM` or `monthly 1,15,month-end HH:MM`.
+        #[arg(long)]
+        schedule: String,
+        /// IANA time zone.
+        #[arg(long, default_value = "UTC")]
+        tz: String,
+        /// Effective from (RFC 3339; default now).
+        #[arg(long)]
+        from: Option<String>,
+        /// Effective until (RFC 3339, exclusive).
+        #[arg(long)]
+        until: Option<String>,
+    },
+    /// List policies.
+    List {
+        /// How to reach the agent.
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Bind a policy to a group with a retention (1..=5).
+    Bind {
+        /// How to reach the agent.
+        #[command(flatten)]
+        conn: Conn,
+        /// Group.
+        group: String,
+        /// Policy.
+        policy: String,
+        /// Newest N policy recovery points kept.
+        #[arg(long)]
+        retention: u8,
+    },
+    /// Unbind a group's policy.
+    Unbind {
+        /// How to reach the agent.
+        #[command(flatten)]
+        conn: Conn,
+        /// Group.
+        group: String,
+    },
+    /// Delete a policy (refused while bound).
+    Delete {
+        /// How to reach the agent.
+        #[command(flatten)]
+        conn: Conn,
+        /// Policy.
+        name: String,
+    },
+}
+
+/// `ferry qos …`
+#[derive(Subcommand, Debug)]
+pub enum QosCmd {
+    /// Set limits (e.g. 100M, 1Gbit, unlimited); unset ones are kept.
+    Set {
+        /// How to reach the agent.
+        #[command(flatten)]
+        conn: Conn,
+        /// Limit of writes into this site's standby images.
+        #[arg(long)]
+        receive: Option<String>,
+        /// Limit of this agent's replication traffic.
+        #[arg(long)]
+        send: Option<String>,
+    },
+    /// Show limits.
+    Show {
+        /// How to reach the agent.
+        #[command(flatten)]
+        conn: Conn,
+    },
+}

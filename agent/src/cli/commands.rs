@@ -1,0 +1,394 @@
+//! What each control command does: one function per command family
+//! (`service`, `group`, `rp`, `policy`, `qos`) plus `status` and `op`, each
+//! mapping a command to its operator-API route and request body. The bodies
+//! are the typed ones the agent's API parses (`api::bodies`), so the CLI and
+//! the server cannot drift apart.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use hyper::Method;
+
+use super::agent_api::{json_body, Api, Outcome};
+use super::args::{Conn, GroupCmd, PolicyCmd, QosCmd, RpCmd, ServiceCmd};
+use super::render::print_status;
+use crate::api::bodies::{
+    AddBody, BindBody, CreateGroupBody, CreateServiceBody, FailoverBody, KeyBody, PolicyBody, Qos,
+    RestoreBody, RpBody, UpdateServiceBody, UrisBody,
+};
+use crate::schedule::{PolicySchedule, Schedule, TzName};
+
+/// `ferry service …`
+pub(super) async fn service(cmd: ServiceCmd, outer: &Conn) -> Result<Outcome> {
+    Ok(match cmd {
+        ServiceCmd::Key {
+            conn,
+            endpoint,
+            ttl,
+        } => {
+            let api = Api::new(&conn.or(outer))?;
+            let key = KeyBody {
+                endpoint,
+                ttl_secs: Some(ttl),
+            };
+            api.run(Method::POST, "/v1/service/key", json_body(&key)?)
+                .await?
+        }
+        ServiceCmd::Create {
+            conn,
+            key,
+            name,
+            endpoint,
+        } => {
+            let api = Api::new(&conn.or(outer))?;
+            let create = CreateServiceBody {
+                name,
+                key,
+                local_endpoint: endpoint,
+            };
+            api.run(Method::POST, "/v1/services", json_body(&create)?)
+                .await?
+        }
+        ServiceCmd::List { conn } => {
+            Api::new(&conn.or(outer))?
+                .run(Method::GET, "/v1/services", None)
+                .await?
+        }
+        ServiceCmd::Verify { conn, name } => {
+            Api::new(&conn.or(outer))?
+                .run(Method::POST, &format!("/v1/services/{name}/verify"), None)
+                .await?
+        }
+        ServiceCmd::Update {
+            conn,
+            name,
+            local_endpoint,
+            remote_endpoint,
+        } => {
+            let update = UpdateServiceBody {
+                local_endpoint,
+                remote_endpoint,
+            };
+            Api::new(&conn.or(outer))?
+                .run(
+                    Method::PATCH,
+                    &format!("/v1/services/{name}"),
+                    json_body(&update)?,
+                )
+                .await?
+        }
+        ServiceCmd::Delete { conn, name } => {
+            Api::new(&conn.or(outer))?
+                .run(Method::DELETE, &format!("/v1/services/{name}"), None)
+                .await?
+        }
+    })
+}
+
+/// `ferry group …`
+pub(super) async fn group(cmd: GroupCmd, outer: &Conn) -> Result<Outcome> {
+    Ok(match cmd {
+        GroupCmd::Create {
+            conn,
+            name,
+            service,
+            remote_project,
+            wait,
+        } => {
+            let create = CreateGroupBody {
+                name,
+                service,
+                remote_project,
+            };
+            Api::new(&conn.or(outer))?
+                .op(Method::POST, "/v1/groups", json_body(&create)?, wait)
+                .await?
+        }
+        GroupCmd::List { conn } => {
+            Api::new(&conn.or(outer))?
+                .run(Method::GET, "/v1/groups", None)
+                .await?
+        }
+        GroupCmd::Show { conn, name } => {
+            Api::new(&conn.or(outer))?
+                .run(Method::GET, &format!("/v1/groups/{name}"), None)
+                .await?
+        }
+        GroupCmd::Add {
+            conn,
+            name,
+            uris,
+            vm,
+            wait,
+        } => {
+            Api::new(&conn.or(outer))?
+                .op(
+                    Method::POST,
+                    &format!("/v1/groups/{name}/resources"),
+                    json_body(&AddBody { uris, vm })?,
+                    wait,
+                )
+                .await?
+        }
+        GroupCmd::Remove {
+            conn,
+            name,
+            uris,
+            wait,
+        } => {
+            Api::new(&conn.or(outer))?
+                .op(
+                    Method::POST,
+                    &format!("/v1/groups/{name}/resources/remove"),
+                    json_body(&UrisBody { uris })?,
+                    wait,
+                )
+                .await?
+        }
+        GroupCmd::Start { conn, name, wait } => {
+            Api::new(&conn.or(outer))?
+                .op(
+                    Method::POST,
+                    &format!("/v1/groups/{name}/start"),
+                    None,
+                    wait,
+                )
+                .await?
+        }
+        GroupCmd::Stop { conn, name, wait } => {
+            Api::new(&conn.or(outer))?
+                .op(Method::POST, &format!("/v1/groups/{name}/stop"), None, wait)
+                .await?
+        }
+        GroupCmd::Migrate { conn, name, wait } => {
+            Api::new(&conn.or(outer))?
+                .op(
+                    Method::POST,
+                    &format!("/v1/groups/{name}/migrate"),
+                    None,
+                    wait,
+                )
+                .await?
+        }
+        GroupCmd::Restore {
+            conn,
+            name,
+            resource,
+            rp,
+            out,
+            wait,
+        } => {
+            let restore = RestoreBody {
+                resource,
+                recovery_point: rp,
+                out,
+            };
+            Api::new(&conn.or(outer))?
+                .op(
+                    Method::POST,
+                    &format!("/v1/groups/{name}/restore"),
+                    json_body(&restore)?,
+                    wait,
+                )
+                .await?
+        }
+        GroupCmd::Failover {
+            conn,
+            name,
+            rp,
+            wait,
+        } => {
+            Api::new(&conn.or(outer))?
+                .op(
+                    Method::POST,
+                    &format!("/v1/groups/{name}/failover"),
+                    json_body(&FailoverBody { recovery_point: rp })?,
+                    wait,
+                )
+                .await?
+        }
+        GroupCmd::Delete { conn, name, wait } => {
+            Api::new(&conn.or(outer))?
+                .op(Method::DELETE, &format!("/v1/groups/{name}"), None, wait)
+                .await?
+        }
+    })
+}
+
+/// `ferry rp …`
+pub(super) async fn rp(cmd: RpCmd, outer: &Conn) -> Result<Outcome> {
+    Ok(match cmd {
+        RpCmd::Create {
+            conn,
+            group,
+            name,
+            wait,
+        } => {
+            Api::new(&conn.or(outer))?
+                .op(
+                    Method::POST,
+                    &format!("/v1/groups/{group}/recovery-points"),
+                    json_body(&RpBody { name })?,
+                    wait,
+                )
+                .await?
+        }
+        RpCmd::List { conn, group } => {
+            Api::new(&conn.or(outer))?
+                .run(
+                    Method::GET,
+                    &format!("/v1/groups/{group}/recovery-points"),
+                    None,
+                )
+                .await?
+        }
+        RpCmd::Delete {
+            conn,
+            group,
+            rp,
+            wait,
+        } => {
+            Api::new(&conn.or(outer))?
+                .op(
+                    Method::DELETE,
+                    &format!("/v1/groups/{group}/recovery-points/{rp}"),
+                    None,
+                    wait,
+                )
+                .await?
+        }
+    })
+}
+
+/// `ferry policy …`
+pub(super) async fn policy(cmd: PolicyCmd, outer: &Conn) -> Result<Outcome> {
+    Ok(match cmd {
+        PolicyCmd::Create {
+            conn,
+            name,
+            schedule,
+            tz,
+            from,
+            until,
+        } => {
+            let schedule: Schedule = schedule.parse()?;
+            let tz = TzName::new(&tz)?;
+            let from = match from {
+                Some(t) => t.parse().with_context(|| format!("--from {t}"))?,
+                None => jiff::Timestamp::now(),
+            };
+            let until = until
+                .map(|t| t.parse().with_context(|| format!("--until {t}")))
+                .transpose()?;
+            let policy = PolicySchedule::new(schedule, tz, from, until)?;
+            let create = PolicyBody {
+                name,
+                schedule: serde_json::to_value(&policy).context("encode the schedule")?,
+            };
+            Api::new(&conn.or(outer))?
+                .run(Method::POST, "/v1/policies", json_body(&create)?)
+                .await?
+        }
+        PolicyCmd::List { conn } => {
+            Api::new(&conn.or(outer))?
+                .run(Method::GET, "/v1/policies", None)
+                .await?
+        }
+        PolicyCmd::Bind {
+            conn,
+            group,
+            policy,
+            retention,
+        } => {
+            Api::new(&conn.or(outer))?
+                .run(
+                    Method::PUT,
+                    &format!("/v1/groups/{group}/policy"),
+                    json_body(&BindBody { policy, retention })?,
+                )
+                .await?
+        }
+        PolicyCmd::Unbind { conn, group } => {
+            Api::new(&conn.or(outer))?
+                .run(Method::DELETE, &format!("/v1/groups/{group}/policy"), None)
+                .await?
+        }
+        PolicyCmd::Delete { conn, name } => {
+            Api::new(&conn.or(outer))?
+                .run(Method::DELETE, &format!("/v1/policies/{name}"), None)
+                .await?
+        }
+    })
+}
+
+/// `ferry qos …`: `set` reads the current limits and changes only the ones
+/// given.
+pub(super) async fn qos(cmd: QosCmd, outer: &Conn) -> Result<Outcome> {
+    Ok(match cmd {
+        QosCmd::Set {
+            conn,
+            receive,
+            send,
+        } => {
+            let api = Api::new(&conn.or(outer))?;
+            let current = api.call(Method::GET, "/v1/qos", None).await?;
+            if !current.ok() {
+                api.report(&current)?
+            } else {
+                let mut qos: Qos = serde_json::from_value(current.body.clone())
+                    .context("the agent's QoS answer")?;
+                if let Some(r) = receive {
+                    qos.receive_limit = parse_limit(&r)?;
+                }
+                if let Some(s) = send {
+                    qos.send_limit = parse_limit(&s)?;
+                }
+                api.run(Method::PUT, "/v1/qos", json_body(&qos)?).await?
+            }
+        }
+        QosCmd::Show { conn } => {
+            Api::new(&conn.or(outer))?
+                .run(Method::GET, "/v1/qos", None)
+                .await?
+        }
+    })
+}
+
+fn parse_limit(text: &str) -> Result<Option<u64>> {
+    Ok(crate::units::parse_rate(text)?)
+}
+
+/// `ferry status [--watch]`: the agent's groups and progress, refreshed
+/// every second with `--watch`.
+pub(super) async fn status(conn: Conn, watch: bool) -> Result<Outcome> {
+    let api = Api::new(&conn)?;
+    loop {
+        let reply = api.call(Method::GET, "/v1/status", None).await?;
+        if !reply.ok() {
+            return api.report(&reply);
+        }
+        if conn.json {
+            println!("{}", reply.body);
+        } else {
+            if watch {
+                print!("\x1b[2J\x1b[H");
+            }
+            print_status(&reply.body);
+        }
+        if !watch {
+            return Ok(Outcome::Ok);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// `ferry op ID [--wait]`: one operation, or wait until it has finished.
+pub(super) async fn op(conn: &Conn, id: i64, wait: bool) -> Result<Outcome> {
+    let api = Api::new(conn)?;
+    if wait {
+        api.wait(id).await
+    } else {
+        api.run(Method::GET, &format!("/v1/operations/{id}"), None)
+            .await
+    }
+}

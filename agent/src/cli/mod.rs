@@ -1,0 +1,50 @@
+//! The control commands of the `ferry` CLI (`service`, `group`, `rp`,
+//! `policy`, `qos`, `status`, `op`): a thin client of the agent's operator
+//! API. `--dir DIR` reads the API address (`DIR/api.addr`) and token
+//! (`DIR/api.token`); `--agent URL --token T` names them directly.
+//!
+//! Exit status: 0 success, 1 refused (HTTP 409) or the operation failed,
+//! 2 any other error (bad request, agent unreachable…).
+//!
+//! Where things live: `args.rs` (the clap types), `commands.rs` (what each
+//! command sends to which route), `agent_api.rs` (reaching the agent,
+//! calling it, refusals and exit status, waiting for an operation),
+//! `render.rs` (printing answers for a person). The commands that need no
+//! agent API: `ferry sync` and `ferry verify` (one replication cycle from
+//! the command line, and comparing a source with its standby copy) are in
+//! `sync_verify.rs`; `ferry export-diff` and `ferry import-diff` are in
+//! `export_import_diff.rs`.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+mod agent_api;
+mod args;
+mod commands;
+pub mod export_import_diff;
+mod render;
+pub mod sync_verify;
+
+use agent_api::Outcome;
+
+pub use agent_api::resolve_conn;
+pub use args::{Conn, ControlCommand, GroupCmd, PolicyCmd, QosCmd, RpCmd, ServiceCmd};
+
+/// Runs a control command; `outer` holds the top-level connection flags.
+pub async fn run(cmd: ControlCommand, outer: &Conn) -> Result<ExitCode> {
+    use ControlCommand as C;
+    let outcome = match cmd {
+        C::Service(cmd) => commands::service(cmd, outer).await?,
+        C::Group(cmd) => commands::group(cmd, outer).await?,
+        C::Rp(cmd) => commands::rp(cmd, outer).await?,
+        C::Policy(cmd) => commands::policy(cmd, outer).await?,
+        C::Qos(cmd) => commands::qos(cmd, outer).await?,
+        C::Status { conn, watch } => commands::status(conn.or(outer), watch).await?,
+        C::Op { conn, id, wait } => commands::op(&conn.or(outer), id, wait).await?,
+    };
+    Ok(match outcome {
+        Outcome::Ok => ExitCode::SUCCESS,
+        Outcome::Refused => ExitCode::from(1),
+    })
+}
