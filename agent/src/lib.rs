@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod demo;
 pub mod diffcmd;
 pub mod docgen;
+pub mod durable;
 pub mod imagegen;
 pub mod logging;
 pub mod metrics;
@@ -23,6 +24,7 @@ pub mod replicate;
 pub mod schedule;
 pub mod service;
 pub mod service_key;
+pub(crate) mod sync_util;
 pub mod units;
 pub mod uri;
 

@@ -38,7 +38,7 @@ mod rbd_migration;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_engine::identity::Identity;
@@ -57,6 +57,7 @@ use tracing::{info, warn};
 use crate::api::http::{self, Target};
 use crate::api::tls;
 use crate::config::AgentConfig;
+use crate::durable::write_durably;
 use crate::control::{
     Group, GroupId, GroupState, NewGroup, NewRecoveryPoint, NewResource, NewService, OpKind,
     OpRequest, OpResult, OpState, Operation, OperationId, Outcome, Policy, RecoveryPoint, Resource,
@@ -66,6 +67,7 @@ use crate::control::{
 use crate::metrics::{ErrorKind, GroupLive, ImageLive, LiveSnapshot, LiveSource, Metrics};
 use crate::replicate::{self, Cycle, CycleOutcome, ReplicateError, Replicator};
 use crate::schedule::PolicySchedule;
+use crate::sync_util::lock;
 use crate::uri::{SourceUri, TargetUri};
 
 /// Pause between two replication cycles of a syncing group when the last
@@ -265,13 +267,6 @@ pub struct Orchestrator {
     rp_floor: Mutex<HashMap<GroupId, u64>>,
     api_addr: Mutex<Option<SocketAddr>>,
     metrics: Arc<Metrics>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
-    }
 }
 
 fn internal(what: impl Into<String>) -> impl FnOnce(anyhow::Error) -> CtlError {
@@ -3174,19 +3169,6 @@ fn standby_name(group: &str, source: &SourceUri, taken: &mut Vec<String>) -> Str
     }
     taken.push(name.clone());
     name
-}
-
-/// Writes `bytes` to `tmp`, fsyncs, renames over `path`, fsyncs the dir.
-pub fn write_durably(tmp: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::File::create(tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(tmp, path)?;
-    if let Some(parent) = path.parent() {
-        std::fs::File::open(parent)?.sync_all()?;
-    }
-    Ok(())
 }
 
 /// Whether an operation has ended.

@@ -127,13 +127,13 @@ pub fn read_token(dir: &Path) -> Result<String, ApiFileError> {
 pub fn write_addr(dir: &Path, addr: SocketAddr) -> Result<(), ApiFileError> {
     let path = dir.join(ADDR_FILE);
     let tmp = dir.join("api.addr.tmp");
-    crate::orchestrator::write_durably(&tmp, &path, format!("{addr}\n").as_bytes()).map_err(
-        |source| ApiFileError::Io {
+    crate::durable::write_durably(&tmp, &path, format!("{addr}\n").as_bytes()).map_err(|source| {
+        ApiFileError::Io {
             what: "writing",
             path,
             source,
-        },
-    )
+        }
+    })
 }
 
 /// Reads `DIR/api.addr`.

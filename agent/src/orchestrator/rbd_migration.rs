@@ -31,10 +31,11 @@ use ferry_protocol::{AgentId, Epoch, ImageName, RecoveryPointId};
 use tracing::{info, warn};
 
 use super::{
-    internal, write_durably, CtlError, CtlResult, MigratedImage, MigrationPlan, Orchestrator,
+    internal, CtlError, CtlResult, MigratedImage, MigrationPlan, Orchestrator,
 };
 use crate::config::{config_path, AgentConfig};
 use crate::control::{Group, Resource};
+use crate::durable::write_durably;
 use crate::replicate::{self, source_state_dir};
 use crate::uri::SourceUri;
 
