@@ -27,5 +27,6 @@ pub mod service_key;
 pub(crate) mod sync_util;
 pub mod units;
 pub mod uri;
+pub mod wire;
 
 pub use logging::init_logging;

@@ -54,8 +54,8 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
-use crate::api::http::{self, Target};
-use crate::api::tls;
+use crate::wire::http::{self, Target};
+use crate::wire::tls;
 use crate::config::AgentConfig;
 use crate::durable::write_durably;
 use crate::control::{
@@ -141,7 +141,7 @@ pub enum CtlError {
 /// Shorthand.
 pub type CtlResult<T> = Result<T, CtlError>;
 
-pub use crate::api::bodies::{MigrateStep, PairRequest, PeerGroupRequest, Qos};
+pub use crate::wire::bodies::{MigrateStep, PairRequest, PeerGroupRequest, Qos};
 pub use crate::service_key::{ServiceKey, ServiceKeyError};
 
 fn hash_secret(secret: &str) -> String {
