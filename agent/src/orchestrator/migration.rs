@@ -33,7 +33,7 @@ impl Orchestrator {
     /// stops continuous replication, runs a final cycle (everything written
     /// before the command), has the standby write each image as it is at
     /// that recovery point into a new volume (`DIR/volumes/GROUP/IMAGE.raw`,
-    /// or a new RBD image: see [`super::rbd_migration`]) and checks its BLAKE3
+    /// or a new RBD image: see `rbd_migration.rs`) and checks its BLAKE3
     /// against the source here, installs each source here as the standby
     /// copy at the same epoch, then the roles swap: both sides `mapped`,
     /// resources named by the new primary's volumes, and the new primary's
