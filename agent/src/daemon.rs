@@ -28,6 +28,7 @@ use crate::config::{config_path, AgentConfig, StandbyBackend};
 use crate::metrics::Metrics;
 use crate::orchestrator::{Orchestrator, OrchestratorConfig};
 use crate::systemd::{check_health, Notifier};
+use crate::wire::tls;
 
 /// Holds the agent directory's lock: one agent (or offline command) per directory.
 #[derive(Debug)]
@@ -458,10 +459,9 @@ pub async fn start_control(
         config: config.clone(),
         metrics,
     })?;
-    let peer_listener =
-        api::tls::TlsListener::from_std(peer_tcp, api::tls::server_config(identity)?)?;
+    let peer_listener = tls::TlsListener::from_std(peer_tcp, tls::server_config(identity)?)?;
     let peer_app =
-        api::peer_router(orch.clone()).into_make_service_with_connect_info::<api::tls::PeerAddr>();
+        api::peer_router(orch.clone()).into_make_service_with_connect_info::<tls::PeerAddr>();
     tokio::spawn(async move {
         if let Err(error) = axum::serve(peer_listener, peer_app).await {
             warn!(%error, "peer API stopped");

@@ -13,6 +13,7 @@ pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod docgen;
+pub mod durable;
 pub mod imagegen;
 pub mod logging;
 pub mod metrics;
@@ -20,8 +21,10 @@ pub mod orchestrator;
 pub mod replicate;
 pub mod schedule;
 pub mod service_key;
+pub(crate) mod sync_util;
 pub mod systemd;
 pub mod units;
 pub mod uri;
+pub mod wire;
 
 pub use logging::init_logging;

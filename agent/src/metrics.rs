@@ -567,7 +567,7 @@ pub async fn serve(
     let addr = tcp.local_addr()?;
     let path = dir.join(ADDR_FILE);
     let tmp = dir.join(format!("{ADDR_FILE}.tmp"));
-    crate::orchestrator::write_durably(&tmp, &path, format!("{addr}\n").as_bytes())
+    crate::durable::write_durably(&tmp, &path, format!("{addr}\n").as_bytes())
         .with_context(|| format!("writing {}", path.display()))?;
     let app = axum::Router::new().route(
         "/metrics",

@@ -19,7 +19,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use ferry_engine::identity::{Identity, IdentityError};
 use ferry_engine::qos::RateLimiter;
@@ -38,6 +38,7 @@ use tokio::sync::watch;
 use tracing::info;
 
 use crate::config::{AgentConfig, ConfigError};
+use crate::sync_util::lock;
 use crate::uri::{SourceUri, TargetUri};
 
 /// Receives live per-image progress of a cycle: (pair index, progress).
@@ -166,10 +167,6 @@ pub struct Replicator {
     identity: Identity,
     config: Mutex<Arc<AgentConfig>>,
     limiter: RateLimiter,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Replicator {

@@ -20,10 +20,11 @@ mod service_key;
 #[path = "../../agent/src/uri.rs"]
 mod uri;
 
-#[path = "../../agent/src/api/bodies.rs"]
+#[path = "../../agent/src/wire/bodies.rs"]
 pub mod bodies;
 
-// bodies.rs is `crate::api::bodies` in the agent; the check names it so.
+// bodies.rs is `crate::wire::bodies` in the agent, re-exported as
+// `crate::api::bodies`; the check names it so.
 mod api {
     pub use crate::bodies;
 }

@@ -4,7 +4,7 @@
 //!   token `ferry-agent init` writes to `DIR/api.token`, mode 0600); the
 //!   bound address is written to `DIR/api.addr` so `ferry --dir DIR` finds it;
 //! - the **peer API** (`/v1/peer/…`) that agents call on each other, over
-//!   mutual TLS on TCP at the agent's QUIC listen address (see `tls.rs`):
+//!   mutual TLS on TCP at the agent's QUIC listen address (see `wire/tls.rs`):
 //!   pairing needs the one-time secret of a service key, every other route a
 //!   caller whose certificate fingerprint belongs to a paired service.
 //!
@@ -12,9 +12,10 @@
 //! table, `"refusal": {op, subject, role, state, reason, rule, context}`
 //! with HTTP 409; nothing is changed by a refused request.
 
-pub mod bodies;
-pub mod http;
-pub mod tls;
+// The body, HTTP client and TLS types live in `wire` (below this layer and
+// the orchestrator); re-exported so `api::bodies`, `api::http` and
+// `api::tls` keep working.
+pub use crate::wire::{bodies, http, tls};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -127,13 +128,13 @@ pub fn read_token(dir: &Path) -> Result<String, ApiFileError> {
 pub fn write_addr(dir: &Path, addr: SocketAddr) -> Result<(), ApiFileError> {
     let path = dir.join(ADDR_FILE);
     let tmp = dir.join("api.addr.tmp");
-    crate::orchestrator::write_durably(&tmp, &path, format!("{addr}\n").as_bytes()).map_err(
-        |source| ApiFileError::Io {
+    crate::durable::write_durably(&tmp, &path, format!("{addr}\n").as_bytes()).map_err(|source| {
+        ApiFileError::Io {
             what: "writing",
             path,
             source,
-        },
-    )
+        }
+    })
 }
 
 /// Reads `DIR/api.addr`.

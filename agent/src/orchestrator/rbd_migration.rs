@@ -1,5 +1,6 @@
 //! Planned migration of a group of `rbd:` volumes with the RBD standby
-//! backend on both agents (the files flavour is in the parent module).
+//! backend on both agents (the files flavour, the choice of flavour and the
+//! plan are in `migration.rs`).
 //!
 //! - Standby (the new primary), `Prepare`: each standby copy's snapshot of
 //!   the final sync's recovery point is copied into a new image
@@ -30,60 +31,16 @@ use ferry_engine::standby::{Standby, StoreError as EngineStoreError};
 use ferry_protocol::{AgentId, Epoch, ImageName, RecoveryPointId};
 use tracing::{info, warn};
 
-use super::{
-    internal, write_durably, CtlError, CtlResult, MigratedImage, MigrationPlan, Orchestrator,
-};
+use super::migration::{MigratedImage, MigrationPlan};
+use super::{internal, CtlError, CtlResult, Orchestrator};
 use crate::config::{config_path, AgentConfig};
 use crate::control::{Group, Resource};
+use crate::durable::write_durably;
 use crate::replicate::{self, source_state_dir};
 use crate::uri::SourceUri;
 
 /// The RBD images a migration's `Prepare` made on the standby, by name.
 const VOLUMES_FILE: &str = "rbd-volumes.json";
-
-/// Which flavour of planned migration a group takes on this agent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum MigrationKind {
-    /// `file:` volumes, files standby backend.
-    Files,
-    /// `rbd:` volumes, RBD standby backend.
-    Rbd,
-}
-
-/// The flavour for `resources` with this agent's standby backend `store`,
-/// or why a planned migration cannot be done here. Both agents need a
-/// backend of the volumes' kind: the old primary keeps its volumes as the
-/// standby copies of the reversed direction.
-pub(super) fn migration_kind(
-    store: &Standby,
-    resources: &[Resource],
-    role: &str,
-) -> Result<MigrationKind, String> {
-    let all = |want: fn(&SourceUri) -> bool| {
-        resources
-            .iter()
-            .all(|r| SourceUri::parse(&r.uri).is_ok_and(|u| want(&u)))
-    };
-    let files = all(|u| matches!(u, SourceUri::File(_)));
-    let rbd = all(|u| matches!(u, SourceUri::Rbd(_)));
-    match (store, files, rbd) {
-        (Standby::Files(_), true, _) => Ok(MigrationKind::Files),
-        (Standby::Rbd(_), _, true) => Ok(MigrationKind::Rbd),
-        (Standby::Files(_), _, true) => Err(format!(
-            "planned migration of rbd: volumes needs the rbd standby backend on both agents; \
-             the {role} uses the files backend"
-        )),
-        (Standby::Rbd(_), true, _) => Err(format!(
-            "planned migration of file: volumes needs the files standby backend on both agents; \
-             the {role} uses the rbd backend"
-        )),
-        _ => Err(
-            "planned migration needs every volume of the group to be of one kind \
-                  (file: with the files standby backend, or rbd: with the rbd backend)"
-                .into(),
-        ),
-    }
-}
 
 fn rbd_of(store: &Standby) -> Result<&RbdStandby, EngineStoreError> {
     match store {
@@ -404,46 +361,5 @@ impl Orchestrator {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::control::{GroupId, ResourceKind, ResourceState};
-
-    fn resource(uri: &str) -> Resource {
-        Resource {
-            uri: uri.into(),
-            kind: ResourceKind::Volume,
-            size_bytes: 0,
-            group_id: GroupId(1),
-            standby_target: "g1-x".into(),
-            state: ResourceState::Syncing,
-        }
-    }
-
-    #[test]
-    fn migration_kind_needs_one_kind_matching_the_backend() {
-        let dir = tempfile::tempdir().unwrap();
-        let files: Standby = ferry_engine::standby::StandbyStore::open(
-            dir.path(),
-            ferry_engine::standby::StoreConfig::default(),
-        )
-        .unwrap()
-        .into();
-        let f = resource("file:/v/a.raw");
-        let r = resource("rbd:rbd/a");
-        assert_eq!(
-            migration_kind(&files, std::slice::from_ref(&f), "primary"),
-            Ok(MigrationKind::Files)
-        );
-        let err = migration_kind(&files, std::slice::from_ref(&r), "standby").unwrap_err();
-        assert!(
-            err.contains("rbd standby backend") && err.contains("the standby uses the files"),
-            "{err}"
-        );
-        let err = migration_kind(&files, &[f, r], "primary").unwrap_err();
-        assert!(err.contains("one kind"), "{err}");
     }
 }

@@ -1,0 +1,133 @@
+//! Recovery after a restart: operations a killed agent left `running` are
+//! finished by repeating their idempotent peer step (create group, start
+//! and stop sync, delete group) or rolled back / failed with "interrupted
+//! by an agent restart"; syncing primary groups resume replicating; then
+//! the background tick starts (policy scheduler, deferred recovery point
+//! deletions, deferred stop syncs).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tracing::{info, warn};
+
+use super::{CtlResult, Orchestrator};
+use crate::control::{GroupState, OpKind, OpResult, Operation, ResourceState, Role, RpState};
+
+/// How often the policy scheduler and deferred deletions run.
+const TICK: Duration = Duration::from_secs(1);
+
+impl Orchestrator {
+    /// Finishes or rolls back what a previous run left in flight, then
+    /// resumes every syncing primary group and starts the scheduler tick.
+    pub async fn recover_and_resume(self: &Arc<Self>) -> CtlResult<()> {
+        let unfinished = self.db(|s| s.unfinished_operations())?;
+        for op in unfinished {
+            info!(op = %op.id, kind = %op.kind, group = ?op.group_name, "finishing an operation interrupted by a restart");
+            let result = self.recover_operation(&op).await;
+            let (result, label) = match result {
+                Ok(r) => (r, "finished"),
+                Err(e) => (
+                    OpResult::Failed(format!("interrupted by an agent restart; {e}")),
+                    "failed",
+                ),
+            };
+            match self.db(|s| s.finish_operation(op.id, result)) {
+                Ok(done) => {
+                    info!(op = %op.id, state = done.state.as_str(), "{label} after restart")
+                }
+                Err(error) => warn!(op = %op.id, %error, "cannot finish an interrupted operation"),
+            }
+        }
+        for g in self.db(|s| s.groups_in_state(GroupState::Syncing))? {
+            if g.role == Role::Primary {
+                info!(group = %g.name, "resuming replication");
+                self.start_loop(g.id);
+            }
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(TICK);
+            loop {
+                tick.tick().await;
+                me.tick().await;
+            }
+        });
+        Ok(())
+    }
+
+    async fn recover_operation(self: &Arc<Self>, op: &Operation) -> CtlResult<OpResult> {
+        let interrupted = || OpResult::Failed("interrupted by an agent restart".into());
+        let Some(gid) = op.group_id else {
+            return Ok(interrupted());
+        };
+        let g = self.db(|s| s.group(gid))?;
+        Ok(match op.kind {
+            OpKind::CreateGroup if g.role == Role::Primary => {
+                self.map_remote_group(&g).await?;
+                OpResult::Succeeded
+            }
+            OpKind::CreateGroup => OpResult::Succeeded,
+            OpKind::StartSync => {
+                self.start_sync_steps(&g).await?;
+                OpResult::Succeeded
+            }
+            OpKind::StopSync => {
+                self.stop_sync_steps(&g).await?;
+                OpResult::Succeeded
+            }
+            OpKind::DeleteGroup if g.role == Role::Primary => {
+                self.delete_remote_group(&g).await?;
+                OpResult::Succeeded
+            }
+            OpKind::DeleteGroup => OpResult::Succeeded,
+            OpKind::AddResources => {
+                // Resources still pending were never confirmed by the standby.
+                let pending: Vec<String> = self
+                    .db(|s| s.resources(gid))?
+                    .into_iter()
+                    .filter(|r| r.state == ResourceState::Pending)
+                    .map(|r| r.uri)
+                    .collect();
+                let refs: Vec<&str> = pending.iter().map(String::as_str).collect();
+                if !refs.is_empty() {
+                    self.db(|s| s.remove_resources(gid, &refs))?;
+                }
+                OpResult::RolledBack
+            }
+            OpKind::CreateRecoveryPoint => {
+                // The standby may have recorded (and pinned) the point just
+                // before the kill: delete it there too, deferred like any
+                // deletion (absent there counts as deleted).
+                if let Some(name) = op.params.get("name").and_then(Value::as_str) {
+                    if let Ok(rp) = self.db(|s| s.recovery_point_by_name(gid, name)) {
+                        if rp.state == RpState::Creating {
+                            self.db(|s| {
+                                s.set_recovery_point_state(
+                                    rp.id,
+                                    RpState::Creating,
+                                    RpState::Deleting,
+                                )
+                            })?;
+                            self.db(|s| s.set_pending_remote_delete(rp.id, true))?;
+                        }
+                    }
+                }
+                OpResult::RolledBack
+            }
+            _ => interrupted(),
+        })
+    }
+
+    async fn tick(self: &Arc<Self>) {
+        if let Err(error) = self.run_policies().await {
+            warn!(%error, "policy scheduler");
+        }
+        if let Err(error) = self.propagate_deletions().await {
+            warn!(%error, "propagating recovery point deletions");
+        }
+        if let Err(error) = self.propagate_stops().await {
+            warn!(%error, "propagating stopped syncs");
+        }
+    }
+}
