@@ -1232,6 +1232,22 @@ fn lab_rbd_group_migrates_and_replicates_back_incrementally() {
 
     ok(&b, &["group", "stop", "g1", "--wait"]);
     ok(&b, &["group", "delete", "g1", "--wait"]);
+    // Deleting the group ends the replication of its sources on site-b:
+    // no ferry snapshot is left on them and they are out of ferry's RBD
+    // group (they stayed in it, with its snapshots, before).
+    for (_, new) in &pairs {
+        let snaps = rbd("site-b", &["snap", "ls", "--all", &format!("rbd/{new}")]);
+        let listed = String::from_utf8_lossy(&snaps.stdout);
+        assert!(
+            !listed.contains("ferry") && !listed.contains("group"),
+            "{new} after the group was deleted:\n{listed}"
+        );
+        lab::pyrbd(
+            "site-b",
+            new,
+            "g = img.group()\nassert not g or not g.get('name'), g",
+        );
+    }
 }
 
 /// An RBD planned migration that fails after the standby prepared (injected),

@@ -328,7 +328,7 @@ impl Orchestrator {
         let me = self.clone();
         self.run_op(op.id, async move {
             if g.role == Role::Primary {
-                me.delete_remote_group(&g).await?;
+                me.delete_primary_group(&g).await?;
             } else {
                 // A standby group (failed over, or never mapped) takes its
                 // replicated copies with it; failover and restore outputs
@@ -341,18 +341,25 @@ impl Orchestrator {
         Ok(op)
     }
 
-    pub(super) async fn delete_remote_group(&self, g: &Group) -> CtlResult<()> {
-        let Some(remote) = g.remote_group_id else {
-            return Ok(());
-        };
+    /// Deletes a primary group's standby group, then ends the replication
+    /// of its RBD sources here: their ferry snapshots, their membership of
+    /// ferry's RBD group (and the group once empty) and their cycle state
+    /// go. Without the second step the images stayed in the `ferry-<hash>`
+    /// RBD group with its snapshots after the protection group was gone.
+    pub(super) async fn delete_primary_group(&self, g: &Group) -> CtlResult<()> {
         let svc = self.db(|s| s.service(g.service_id))?;
-        self.peer(
-            &svc,
-            Method::DELETE,
-            &format!("/v1/peer/groups/{remote}"),
-            None,
-        )
-        .await?;
+        if let Some(remote) = g.remote_group_id {
+            self.peer(
+                &svc,
+                Method::DELETE,
+                &format!("/v1/peer/groups/{remote}"),
+                None,
+            )
+            .await?;
+        }
+        let resources = self.db(|s| s.resources(g.id))?;
+        self.forget_rbd_sources(svc.remote_fingerprint, &resources)
+            .await;
         Ok(())
     }
 }

@@ -334,10 +334,15 @@ impl Orchestrator {
         .await
     }
 
-    /// After the swap: the old sources stop being replicated from here;
-    /// their ferry snapshots and state go (best effort: a failure leaves a
-    /// snapshot behind and says so).
+    /// The RBD sources among `resources` stop being replicated from here
+    /// (after a migration's swap, or with their deleted group): their ferry
+    /// snapshots, ferry RBD group membership and state go (best effort: a
+    /// failure leaves a snapshot behind and says so). No RBD source, nothing
+    /// to do (and no Ceph connection needed).
     pub(super) async fn forget_rbd_sources(&self, peer: AgentId, resources: &[Resource]) {
+        if !resources.iter().any(|r| rbd_spec(r).is_ok()) {
+            return;
+        }
         let cluster = match self.ceph_cluster() {
             Ok(c) => c,
             Err(error) => {
@@ -355,9 +360,9 @@ impl Orchestrator {
             let d: &Path = &state_dir;
             let result = tokio::task::block_in_place(|| RbdSource::forget(&c, &s, d));
             match result {
-                Ok(()) => info!(image = %spec, "removed the ferry snapshots of the old source"),
+                Ok(()) => info!(image = %spec, "ended the replication of the source: its ferry snapshots are removed"),
                 Err(error) => {
-                    warn!(image = %spec, %error, "could not remove the old source's ferry snapshots")
+                    warn!(image = %spec, %error, "could not remove the ferry snapshots of a source no longer replicated")
                 }
             }
         }

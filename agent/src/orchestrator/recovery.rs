@@ -77,7 +77,7 @@ impl Orchestrator {
                 OpResult::Succeeded
             }
             OpKind::DeleteGroup if g.role == Role::Primary => {
-                self.delete_remote_group(&g).await?;
+                self.delete_primary_group(&g).await?;
                 OpResult::Succeeded
             }
             OpKind::DeleteGroup => OpResult::Succeeded,
