@@ -19,6 +19,7 @@
 
 pub mod codec;
 pub mod compression;
+pub mod durable;
 pub mod hashing;
 pub mod identity;
 pub mod netsim;
@@ -29,6 +30,7 @@ pub mod rbddiff;
 pub mod session;
 pub mod source;
 pub mod standby;
+pub mod sync_util;
 pub mod sys;
 pub mod testpoint;
 pub mod transport;

@@ -34,6 +34,7 @@ use crate::standby::{
     check_extents, check_open, read_checksummed, write_checksummed, ImageState, PendingEpoch,
     RecoveryPointInfo, RecoveryPointMeta, SealedEpoch, StagedBatch, StoreError,
 };
+use crate::sync_util::lock;
 use crate::sys::fs::sync_dir;
 use crate::sys::librbd::{
     Aio, CephError, CreateOptions, Image, Pool, FEATURE_EXCLUSIVE_LOCK, GROUP_SNAP_PREFIX,
@@ -169,10 +170,6 @@ impl std::fmt::Debug for RbdStandby {
             .field("dir", &self.inner.dir)
             .finish()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[path = "sink_retire.rs"]

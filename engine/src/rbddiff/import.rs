@@ -39,6 +39,7 @@ use super::reader::{ReadError, Reader};
 use super::undo::{
     self, is_block_device, target_len, with_suffix, zero_fill, UndoError, UndoWriter,
 };
+use crate::durable::{write_durably, DurableStep};
 use crate::sys::fs::{sync_dir, try_lock_exclusive};
 
 /// Zero detection granularity when applying write payloads to a file:
@@ -224,11 +225,16 @@ fn write_snap_state(target: &Path, snap: Option<&str>) -> Result<(), ImportError
     match snap {
         Some(name) => {
             let tmp = with_suffix(&path, ".tmp");
-            let mut f = File::create(&tmp).map_err(io_err("writing snapshot state", &tmp))?;
-            f.write_all(format!("{name}\n").as_bytes())
-                .and_then(|()| f.sync_all())
-                .map_err(io_err("writing snapshot state", &tmp))?;
-            std::fs::rename(&tmp, &path).map_err(io_err("writing snapshot state", &path))?;
+            let dir = undo::parent_dir(&path);
+            return write_durably(&tmp, &path, format!("{name}\n").as_bytes()).map_err(|e| {
+                match e.step {
+                    DurableStep::Create | DurableStep::Write | DurableStep::Sync => {
+                        io_err("writing snapshot state", &tmp)(e.source)
+                    }
+                    DurableStep::Rename => io_err("writing snapshot state", &path)(e.source),
+                    DurableStep::SyncDir => io_err("fsyncing directory", dir)(e.source),
+                }
+            });
         }
         None => match std::fs::remove_file(&path) {
             Ok(()) => {}

@@ -60,6 +60,7 @@ use super::{
     RawChunk, ScanOutcome, SourceError,
 };
 use crate::codec::PlainExtent;
+use crate::durable::{write_durably, DurableStep};
 use crate::sys::uring::{next_data_offset, next_hole_offset, BlockReader, IoShape};
 
 /// A file's fingerprint counts as settled (usable for the at-rest check)
@@ -410,18 +411,13 @@ impl FileSource {
             path: path.clone(),
             source,
         })?;
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(io_error("create state", &tmp))?;
-        file.write_all(&text)
-            .map_err(io_error("write state", &tmp))?;
-        file.sync_all().map_err(io_error("sync state", &tmp))?;
-        drop(file);
-        fs::rename(&tmp, &path).map_err(io_error("rename state", &path))?;
-        sync_dir(&self.state_dir)?;
+        write_durably(&tmp, &path, &text).map_err(|e| match e.step {
+            DurableStep::Create => io_error("create state", &tmp)(e.source),
+            DurableStep::Write => io_error("write state", &tmp)(e.source),
+            DurableStep::Sync => io_error("sync state", &tmp)(e.source),
+            DurableStep::Rename => io_error("rename state", &path)(e.source),
+            DurableStep::SyncDir => io_error("sync directory", &self.state_dir)(e.source),
+        })?;
         self.state = state;
         Ok(())
     }
