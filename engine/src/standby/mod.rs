@@ -24,6 +24,7 @@ mod journal;
 #[cfg(any(test, feature = "failpoints"))]
 pub mod power_loss;
 mod record;
+mod slot;
 mod state;
 mod store;
 mod undo;
