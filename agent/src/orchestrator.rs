@@ -2155,7 +2155,7 @@ impl Orchestrator {
             self.on_store(
                 format!("installing {} as standby copy {name}", path.display()),
                 move |st| {
-                    let ferry_engine::standby::Standby::Files(files) = st else {
+                    let ferry_engine::standby_backend::Standby::Files(files) = st else {
                         return Err(ferry_engine::standby::StoreError::InvalidRequest {
                             reason: "the standby backend is not files".into(),
                         });
@@ -2311,7 +2311,7 @@ impl Orchestrator {
             }
             MigrateStep::Abort => {
                 if let Ok(op) = running() {
-                    if matches!(self.receiver.store, ferry_engine::standby::Standby::Rbd(_)) {
+                    if matches!(self.receiver.store, ferry_engine::standby_backend::Standby::Rbd(_)) {
                         self.remove_rbd_volumes(&g).await?;
                     }
                     let dir = self.dir.join("volumes").join(&g.name);
@@ -2357,7 +2357,7 @@ impl Orchestrator {
                             source,
                         }
                     };
-                    let ferry_engine::standby::Standby::Files(files) = st else {
+                    let ferry_engine::standby_backend::Standby::Files(files) = st else {
                         return Err(ferry_engine::standby::StoreError::InvalidRequest {
                             reason: "the standby backend is not files".into(),
                         });
@@ -2536,7 +2536,7 @@ impl Orchestrator {
     async fn on_store<T, F>(&self, what: String, f: F) -> CtlResult<T>
     where
         T: Send + 'static,
-        F: Fn(&ferry_engine::standby::Standby) -> Result<T, ferry_engine::standby::StoreError>
+        F: Fn(&ferry_engine::standby_backend::Standby) -> Result<T, ferry_engine::standby::StoreError>
             + Send
             + 'static,
     {
@@ -2763,7 +2763,7 @@ impl Orchestrator {
         let out_path = PathBuf::from(out);
         if matches!(
             self.receiver.store,
-            ferry_engine::standby::Standby::Files(_)
+            ferry_engine::standby_backend::Standby::Files(_)
         ) && (out_path.exists() || !out_path.is_absolute())
         {
             return Err(CtlError::BadRequest(format!(
@@ -2786,10 +2786,10 @@ impl Orchestrator {
         self.run_op(op.id, async move {
             tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
                 match &receiver.store {
-                    ferry_engine::standby::Standby::Files(files) => {
+                    ferry_engine::standby_backend::Standby::Files(files) => {
                         files.restore(&image, engine_rp, Path::new(&out))?
                     }
-                    ferry_engine::standby::Standby::Rbd(rbd) => {
+                    ferry_engine::standby_backend::Standby::Rbd(rbd) => {
                         rbd.restore(&image, engine_rp, &out)?
                     }
                 }
@@ -2834,7 +2834,7 @@ impl Orchestrator {
         let out_dir = self.dir.join("failover").join(&g.name);
         let files = matches!(
             self.receiver.store,
-            ferry_engine::standby::Standby::Files(_)
+            ferry_engine::standby_backend::Standby::Files(_)
         );
         if files && out_dir.exists() {
             if g.state != GroupState::FailoverFailed {
@@ -2849,7 +2849,7 @@ impl Orchestrator {
         }
         let replace_out_dir = files && out_dir.exists();
         let mut replace_images = Vec::new();
-        if let ferry_engine::standby::Standby::Rbd(rbd) = &self.receiver.store {
+        if let ferry_engine::standby_backend::Standby::Rbd(rbd) = &self.receiver.store {
             // The same rule for the RBD images `failover-IMAGE`: a first
             // attempt never takes over an image someone else made; a retry
             // replaces what the failed attempt made (it could not have
@@ -2909,7 +2909,7 @@ impl Orchestrator {
                         _ => {}
                     }
                 }
-                if let ferry_engine::standby::Standby::Rbd(rbd) = &receiver.store {
+                if let ferry_engine::standby_backend::Standby::Rbd(rbd) = &receiver.store {
                     for name in &replace_images {
                         rbd.remove_volume(name).map_err(|e| {
                             anyhow::Error::new(e)
@@ -2919,7 +2919,7 @@ impl Orchestrator {
                 }
                 ferry_engine::testpoint::reach("failover::before-images");
                 match &receiver.store {
-                    ferry_engine::standby::Standby::Files(files) => {
+                    ferry_engine::standby_backend::Standby::Files(files) => {
                         std::fs::create_dir_all(&dir)?;
                         for image in &images {
                             files.restore(image, rp, &dir.join(format!("{image}.raw")))?;
@@ -2927,7 +2927,7 @@ impl Orchestrator {
                             ferry_engine::testpoint::reach("failover::after-image");
                         }
                     }
-                    ferry_engine::standby::Standby::Rbd(rbd) => {
+                    ferry_engine::standby_backend::Standby::Rbd(rbd) => {
                         for image in &images {
                             rbd.restore(image, rp, &format!("failover-{image}"))?;
                             ferry_engine::testpoint::reach("failover::after-image");

@@ -44,7 +44,7 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
-use crate::codec::{CodecError, EncodedChunk, Encoder};
+use crate::payload_codec::{CodecError, EncodedChunk, Encoder};
 use crate::compression::CompressionSwitch;
 use crate::source::manifest::BLOCK_SIZE;
 use crate::source::pool::{BufferPool, PoolStats};
@@ -631,7 +631,7 @@ fn sequencer_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::Decoder;
+    use crate::payload_codec::Decoder;
     use crate::source::FileSource;
     use ferry_protocol::{Epoch, ExtentBatch, ExtentKind, ImageName, SeqNo};
     use rand::{RngCore, SeedableRng};
@@ -1011,7 +1011,7 @@ mod tests {
     struct Run {
         seconds: f64,
         cpu: f64,
-        stats: crate::codec::ChunkStats,
+        stats: crate::payload_codec::ChunkStats,
         backend: &'static str,
     }
 
@@ -1031,7 +1031,7 @@ mod tests {
         let cpu0 = cpu_seconds();
         let t0 = std::time::Instant::now();
         let pipeline = Pipeline::start(Box::new(source), plan, config).unwrap();
-        let mut stats = crate::codec::ChunkStats::default();
+        let mut stats = crate::payload_codec::ChunkStats::default();
         while let Some(chunk) = pipeline.recv() {
             stats.add(&chunk.unwrap().stats);
         }

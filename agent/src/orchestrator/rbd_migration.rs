@@ -23,10 +23,11 @@
 
 use std::path::{Path, PathBuf};
 
-use ferry_engine::rbd::sink::RbdStandby;
+use ferry_engine::rbd::standby::RbdStandby;
 use ferry_engine::rbd::source::RbdSource;
 use ferry_engine::rbd::{image_hash, ClusterSpec, RbdSpec};
-use ferry_engine::standby::{Standby, StoreError as EngineStoreError};
+use ferry_engine::standby::StoreError as EngineStoreError;
+use ferry_engine::standby_backend::Standby;
 use ferry_protocol::{AgentId, Epoch, ImageName, RecoveryPointId};
 use tracing::{info, warn};
 

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use super::{open_pool, unix_ms, ClusterSpec, RbdError, RbdSpec};
-use crate::codec::PlainExtent;
+use crate::payload_codec::PlainExtent;
 use crate::source::{
     BufferPool, ChunkAnalyzer, ChunkBody, ChunkRecord, CyclePlan, ExtentSource, ImageInfo,
     ListedExtentsAnalyzer, RawChunk, ScanOutcome, SourceError,
@@ -170,7 +170,7 @@ pub struct RbdSource {
 }
 
 fn state_error(e: RbdError) -> SourceError {
-    SourceError::Rbd(Box::new(e))
+    e.into()
 }
 
 impl RbdSource {
@@ -251,7 +251,7 @@ impl RbdSource {
         cluster: &ClusterSpec,
         spec: &RbdSpec,
         state_dir: &Path,
-    ) -> Result<crate::session::verify::VerifySource, SourceError> {
+    ) -> Result<crate::hashing::VerifySource, SourceError> {
         let path = state_dir.join(STATE_FILE);
         let state = read_checksummed::<SourceState>(&path)
             .map_err(|e| state_error(e.into()))?
@@ -267,7 +267,7 @@ impl RbdSource {
             .open_read_only(&spec.image, Some(&committed.snap))
             .map_err(|e| state_error(e.into()))?;
         let size = image.size().map_err(|e| state_error(e.into()))?;
-        Ok(crate::session::verify::VerifySource {
+        Ok(crate::hashing::VerifySource {
             reader: Arc::new(image),
             size,
             name: format!("{spec}@{}", committed.snap),
@@ -379,7 +379,7 @@ impl RbdSource {
                 Err(e) => return Err(state_error(e.into())),
             }
         }
-        super::group::forget_ferry_group(&pool, &head, &spec.image)?;
+        super::membership::forget_ferry_group(&pool, &head, &spec.image)?;
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

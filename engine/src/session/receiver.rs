@@ -27,7 +27,8 @@ use crate::qos::{RateLimiter, RateMeter};
 use crate::session::framing::{FrameReader, FrameWriter, FramingError};
 use crate::session::machine::{FrameMachine, MachineError, Step};
 use crate::sync_util::lock;
-use crate::standby::{EpochSink, RecoveryPointMeta, Standby, StoreError};
+use crate::standby::{RecoveryPointMeta, StoreError};
+use crate::standby_backend::{EpochSink, Standby};
 use crate::transport::peer_fingerprint;
 
 /// Unsynced bytes after which the stager fsyncs even if more batches wait.

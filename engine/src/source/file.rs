@@ -71,7 +71,7 @@ use super::{
     AnalyzedChunk, ChunkAnalyzer, ChunkBody, ChunkRecord, CyclePlan, ExtentSource, ImageInfo,
     RawChunk, ScanOutcome, SourceError,
 };
-use crate::codec::PlainExtent;
+use crate::payload_codec::PlainExtent;
 use crate::durable::{write_durably, DurableStep};
 use crate::sys::uring::{BlockReader, IoShape};
 use analyser::FileAnalyzer;

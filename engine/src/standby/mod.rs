@@ -16,7 +16,6 @@
 //! → [`StandbyStore::commit`] with every sealed epoch of the recovery point.
 //! All calls block on disk I/O: call them from `spawn_blocking`.
 
-mod backend;
 mod error;
 pub(crate) mod failpoint;
 mod io;
@@ -37,8 +36,7 @@ use ferry_protocol::types::{Epoch, ImageName, RecoveryPointId, SeqNo};
 
 /// A decoded extent as staged (`data` is `Some`, `len == length`, for data
 /// extents only). The codec's type, re-exported so callers need one name.
-pub use crate::codec::DecodedExtent;
-pub use backend::{EpochSink, Standby};
+pub use crate::payload_codec::DecodedExtent;
 pub use error::{BatchRejection, StoreError};
 pub use failpoint::CrashPoint;
 pub(crate) use state::{read_checksummed, write_checksummed};

@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use super::links::{is_retryable, open_image_stream_on, open_stream, ImageStream, Links};
 use super::{ImageJob, PathSnapshot, SyncError, SyncProgress, SyncReport, SyncTarget};
-use crate::codec::EncodedChunk;
+use crate::payload_codec::EncodedChunk;
 use crate::compression::{Backpressure, CompressionSwitch};
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::qos::{RateLimiter, RateMeter};

@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use ferry_protocol::ExtentKind;
 
-use crate::codec::PlainExtent;
+use crate::payload_codec::PlainExtent;
 use crate::source::manifest::{BlockHash, BLOCK_SIZE};
 use crate::source::{AnalyzedChunk, ChunkAnalyzer, ChunkBody, ChunkRecord, RawChunk, SourceError};
 

@@ -145,7 +145,7 @@ struct Slot {
     op: Mutex<()>,
     writer_active: Mutex<bool>,
     /// A sweep of expired snapshots is started and has not yet taken `op`
-    /// (see `sink_retire.rs`).
+    /// (see `standby_retire.rs`).
     retire_scheduled: std::sync::atomic::AtomicBool,
 }
 
@@ -172,7 +172,7 @@ impl std::fmt::Debug for RbdStandby {
     }
 }
 
-#[path = "sink_retire.rs"]
+#[path = "standby_retire.rs"]
 mod retire;
 
 fn ceph(context: impl Into<String>) -> impl FnOnce(CephError) -> StoreError {
@@ -649,7 +649,7 @@ impl RbdStandby {
             self.save(&record)?;
             info!(image = %ctx, rp = intent.rp, epoch = entry.epoch, "committed recovery point");
             if dropped > 0 {
-                // After this commit answers: see sink_retire.rs.
+                // After this commit answers: see standby_retire.rs.
                 self.retire_later(&image);
             }
         }
