@@ -6,7 +6,8 @@
 //! untouched. Decoding parses the body from a borrowed slice, so a failed call
 //! leaves the input untouched too (repeating it repeats the error); only a
 //! frame that decoded successfully is split off the buffer. The batch payload
-//! is a zero-copy slice of that frame.//!
+//! is a zero-copy slice of that frame.
+//!
 //! Encoding is here; decoding in `codec/decode.rs`; tests in `codec/tests.rs`.
 
 mod decode;
