@@ -33,6 +33,7 @@ use super::{ImageState, StoreConfig, StoreError};
 use crate::sync_util::lock;
 use crate::sys::fs::try_lock_exclusive;
 use layout::read_dir;
+pub use restore::MAX_HASHES_PER_CALL;
 
 #[derive(Debug)]
 struct Inner {
