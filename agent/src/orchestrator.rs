@@ -2311,7 +2311,10 @@ impl Orchestrator {
             }
             MigrateStep::Abort => {
                 if let Ok(op) = running() {
-                    if matches!(self.receiver.store, ferry_engine::standby_backend::Standby::Rbd(_)) {
+                    if matches!(
+                        self.receiver.store,
+                        ferry_engine::standby_backend::Standby::Rbd(_)
+                    ) {
                         self.remove_rbd_volumes(&g).await?;
                     }
                     let dir = self.dir.join("volumes").join(&g.name);
@@ -2536,7 +2539,9 @@ impl Orchestrator {
     async fn on_store<T, F>(&self, what: String, f: F) -> CtlResult<T>
     where
         T: Send + 'static,
-        F: Fn(&ferry_engine::standby_backend::Standby) -> Result<T, ferry_engine::standby::StoreError>
+        F: Fn(
+                &ferry_engine::standby_backend::Standby,
+            ) -> Result<T, ferry_engine::standby::StoreError>
             + Send
             + 'static,
     {

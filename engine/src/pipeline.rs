@@ -44,8 +44,8 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
-use crate::payload_codec::{CodecError, EncodedChunk, Encoder};
 use crate::compression::CompressionSwitch;
+use crate::payload_codec::{CodecError, EncodedChunk, Encoder};
 use crate::source::manifest::BLOCK_SIZE;
 use crate::source::pool::{BufferPool, PoolStats};
 use crate::source::{

@@ -7,11 +7,11 @@
 use ferry_protocol::message::OpenImage;
 use ferry_protocol::types::{Epoch, ImageName, RecoveryPointId, SeqNo};
 
+use crate::rbd::standby::{RbdEpochWriter, RbdStandby};
 use crate::standby::{
     EpochWriter, ImageState, RecoveryPointInfo, RecoveryPointMeta, SealedEpoch, StagedBatch,
     StandbyStore, StoreError,
 };
-use crate::rbd::standby::{RbdEpochWriter, RbdStandby};
 
 /// A standby store of either backend. Cheap to clone.
 #[derive(Clone, Debug)]

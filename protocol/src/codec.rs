@@ -16,25 +16,18 @@ mod tests;
 
 pub use decode::{decode_frame_body, FrameDecoder};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 
-use crate::error::{DecodeError, EncodeError, ValidationError};
+use crate::error::EncodeError;
 use crate::frame::{
-    FrameType, COMMIT_IMAGE_MIN_WIRE_LEN, DEFAULT_MAX_FRAME_LEN, EXTENT_HEADER_WIRE_LEN,
-    FRAME_HEADER_LEN, HASH_WIRE_LEN, LENGTH_FIELD_LEN, MAX_COMMIT_IMAGES, MAX_EXTENTS_PER_BATCH,
-    MAX_HASHES_PER_ANSWER, MAX_STRING_LEN,
+    FrameType, EXTENT_HEADER_WIRE_LEN, FRAME_HEADER_LEN, HASH_WIRE_LEN, LENGTH_FIELD_LEN,
+    MAX_STRING_LEN,
 };
 use crate::message::{
-    Ack, Capabilities, Commit, CommitImage, Committed, ErrorCode, ErrorFrame, ExtentBatch,
-    HashAnswer, HashRequest, Hello, Message, Nack, NackReason, OpenImage, ResumeAnswer,
-    ResumeQuery,
+    Ack, Commit, Committed, ErrorCode, ErrorFrame, ExtentBatch, HashAnswer, HashRequest, Hello,
+    Message, Nack, OpenImage, ResumeAnswer, ResumeQuery,
 };
-use crate::types::{
-    AgentId, Codec, Epoch, ExtentHeader, ExtentKind, ImageName, RecoveryPointId, SeqNo,
-};
-use crate::validate::{
-    check_count, check_error_frame, check_extents, check_hash_request, check_scan_range,
-};
+use crate::types::ImageName;
 
 // ---------------------------------------------------------------------------
 // Sizes

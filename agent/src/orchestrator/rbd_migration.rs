@@ -23,8 +23,8 @@
 
 use std::path::{Path, PathBuf};
 
-use ferry_engine::rbd::standby::RbdStandby;
 use ferry_engine::rbd::source::RbdSource;
+use ferry_engine::rbd::standby::RbdStandby;
 use ferry_engine::rbd::{image_hash, ClusterSpec, RbdSpec};
 use ferry_engine::standby::StoreError as EngineStoreError;
 use ferry_engine::standby_backend::Standby;

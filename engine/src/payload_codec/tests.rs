@@ -136,10 +136,8 @@ fn a_mixed_extent_travels_as_runs_and_decodes_to_the_same_bytes() {
     }
     assert_eq!(rebuilt, mixed);
     // Compression off: the same runs, none compressed.
-    let off = crate::compression::CompressionSwitch::new(
-        crate::compression::CompressionMode::Off,
-        false,
-    );
+    let off =
+        crate::compression::CompressionSwitch::new(crate::compression::CompressionMode::Off, false);
     let chunk = Encoder::new(1)
         .with_compression(off)
         .encode(0, 1 << 20, &extents)

@@ -85,8 +85,7 @@ fn replicate(
         seq += 1;
         changed += chunk.stats.bytes_changed;
         for extent in decoder.decode(&batch(&chunk, seq)).unwrap() {
-            let range =
-                extent.offset as usize..(extent.offset + u64::from(extent.length)) as usize;
+            let range = extent.offset as usize..(extent.offset + u64::from(extent.length)) as usize;
             match extent.kind {
                 ExtentKind::Data => target[range].copy_from_slice(&extent.data.unwrap()),
                 ExtentKind::Zero | ExtentKind::Discard => target[range].fill(0),
@@ -427,10 +426,9 @@ fn timed_cycle(
 #[ignore = "benchmark: run in release with --ignored --nocapture"]
 fn bench_pipeline_1gib() {
     const SIZE: usize = 1 << 30;
-    let dir = tempfile::tempdir_in(
-        std::env::var("FERRY_BENCH_DIR").unwrap_or_else(|_| "/tmp".into()),
-    )
-    .unwrap();
+    let dir =
+        tempfile::tempdir_in(std::env::var("FERRY_BENCH_DIR").unwrap_or_else(|_| "/tmp".into()))
+            .unwrap();
     let image = dir.path().join("mixed.raw");
     let content = mixed_content(SIZE, 42);
     std::fs::write(&image, &content).unwrap();

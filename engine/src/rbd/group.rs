@@ -27,16 +27,15 @@
 //! retaken for all images otherwise.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
 use tracing::{info, warn};
 
-use super::membership::{foreign_group, leave_ferry_group, rbd};
 pub use super::membership::FERRY_GROUP_PREFIX;
+use super::membership::{foreign_group, leave_ferry_group, rbd};
 use super::source::RbdSource;
 use super::{unix_ms, RbdError};
 use crate::source::SourceError;
-use crate::sys::librbd::{Image, Pool, FEATURE_EXCLUSIVE_LOCK, GROUP_SNAP_PREFIX};
+use crate::sys::librbd::{CephError, Image, FEATURE_EXCLUSIVE_LOCK, GROUP_SNAP_PREFIX};
 
 fn short_hash<'a>(parts: impl Iterator<Item = &'a str>) -> String {
     let mut sorted: Vec<&str> = parts.collect();

@@ -31,28 +31,21 @@ mod volumes;
 
 pub use epoch::RbdEpochWriter;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use ferry_protocol::message::OpenImage;
-use ferry_protocol::types::{Epoch, ExtentKind, ImageName, RecoveryPointId, SeqNo};
+use ferry_protocol::types::{Epoch, ImageName, RecoveryPointId, SeqNo};
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::warn;
 
 use super::{open_pool, ClusterSpec};
-use crate::standby::failpoint::{self, CrashPoint};
-use crate::standby::{
-    check_extents, check_open, read_checksummed, write_checksummed, ImageState, PendingEpoch,
-    RecoveryPointInfo, RecoveryPointMeta, SealedEpoch, StagedBatch, StoreError,
-};
+use crate::standby::{read_checksummed, write_checksummed, ImageState, PendingEpoch, StoreError};
 use crate::sync_util::lock;
 use crate::sys::fs::sync_dir;
-use crate::sys::librbd::{
-    Aio, CephError, CreateOptions, Image, Pool, FEATURE_EXCLUSIVE_LOCK, GROUP_SNAP_PREFIX,
-};
+use crate::sys::librbd::{CephError, Image, Pool, FEATURE_EXCLUSIVE_LOCK};
 
 const FORMAT: u32 = 1;
 /// Bytes of writes in flight per image before `stage` waits for the oldest.
@@ -135,7 +128,6 @@ impl ImageRecord {
     }
 }
 
-
 #[derive(Default)]
 struct Slot {
     op: Mutex<()>,
@@ -167,7 +159,6 @@ impl std::fmt::Debug for RbdStandby {
             .finish()
     }
 }
-
 
 fn ceph(context: impl Into<String>) -> impl FnOnce(CephError) -> StoreError {
     let context = context.into();

@@ -30,7 +30,7 @@
 //! to-snapshot removes the file.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -226,14 +226,14 @@ fn write_snap_state(target: &Path, snap: Option<&str>) -> Result<(), ImportError
         Some(name) => {
             let tmp = with_suffix(&path, ".tmp");
             let dir = undo::parent_dir(&path);
-            return write_durably(&tmp, &path, format!("{name}\n").as_bytes()).map_err(|e| {
-                match e.step {
-                    DurableStep::Create | DurableStep::Write | DurableStep::Sync => {
-                        io_err("writing snapshot state", &tmp)(e.source)
-                    }
-                    DurableStep::Rename => io_err("writing snapshot state", &path)(e.source),
-                    DurableStep::SyncDir => io_err("fsyncing directory", dir)(e.source),
+            return write_durably(&tmp, &path, format!("{name}\n").as_bytes()).map_err(|e| match e
+                .step
+            {
+                DurableStep::Create | DurableStep::Write | DurableStep::Sync => {
+                    io_err("writing snapshot state", &tmp)(e.source)
                 }
+                DurableStep::Rename => io_err("writing snapshot state", &path)(e.source),
+                DurableStep::SyncDir => io_err("fsyncing directory", dir)(e.source),
             });
         }
         None => match std::fs::remove_file(&path) {

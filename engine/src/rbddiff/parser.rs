@@ -452,10 +452,14 @@ impl Parser {
                 State::StartDiff => self.step_start_diff()?,
                 State::Tag => self.step_tag(input, at)?,
                 State::RecLen { tag: t } => self.step_rec_len(input, at, t)?,
-                State::NameLen { tag: t, declared } => self.step_name_len(input, at, t, declared)?,
+                State::NameLen { tag: t, declared } => {
+                    self.step_name_len(input, at, t, declared)?
+                }
                 State::Name { tag: t, len } => self.step_name(input, at, t, len)?,
                 State::Fixed { tag: t, declared } => self.step_fixed(input, at, t, declared)?,
-                State::Data { offset, remaining } => self.step_data(input, at, offset, remaining)?,
+                State::Data { offset, remaining } => {
+                    self.step_data(input, at, offset, remaining)?
+                }
             };
             if let Flow::Yield(event) = flow {
                 return Ok(event);

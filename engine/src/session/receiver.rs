@@ -26,9 +26,9 @@ use tracing::{debug, info, warn};
 use crate::qos::{RateLimiter, RateMeter};
 use crate::session::framing::{FrameReader, FrameWriter, FramingError};
 use crate::session::machine::{FrameMachine, MachineError, Step};
-use crate::sync_util::lock;
 use crate::standby::{RecoveryPointMeta, StoreError};
 use crate::standby_backend::{EpochSink, Standby};
+use crate::sync_util::lock;
 use crate::transport::peer_fingerprint;
 
 /// Unsynced bytes after which the stager fsyncs even if more batches wait.

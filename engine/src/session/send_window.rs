@@ -113,7 +113,10 @@ impl SendWindow {
         let seq = self.next_seq;
         self.next_seq = seq.next();
         let batch = build(seq);
-        debug_assert_eq!(batch.seq, seq, "a batch must carry the sequence it was given");
+        debug_assert_eq!(
+            batch.seq, seq,
+            "a batch must carry the sequence it was given"
+        );
         self.unacked_bytes += window_cost(&batch);
         self.unacked.push_back(batch);
         self.unacked.len() - 1

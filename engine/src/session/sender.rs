@@ -53,9 +53,7 @@ use crate::session::send_window::WindowError;
 use crate::source::{ExtentSource, SourceError};
 use crate::transport::{self, TransportError, TransportSettings};
 use image::{transfer_image, Planned, Transferred};
-use links::{
-    first_link, is_retryable, next_or_lost, open_image_stream_on, LinkState, Links,
-};
+use links::{first_link, is_retryable, next_or_lost, open_image_stream_on, LinkState, Links};
 
 /// Where and how to replicate one image.
 pub struct SyncTarget {
@@ -594,9 +592,7 @@ async fn transfer_all(
     planned: Vec<Planned>,
     max_concurrent_images: usize,
 ) -> Result<Vec<Transferred>, SyncError> {
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(
-        max_concurrent_images,
-    ));
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(max_concurrent_images));
     let mut tasks = tokio::task::JoinSet::new();
     for (index, plan) in planned.into_iter().enumerate() {
         let links = links.clone();
@@ -691,6 +687,7 @@ async fn commit_group(
     }
 }
 
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -12,8 +12,8 @@ use std::time::Instant;
 
 use ferry_protocol::{HashRequest, ImageName, Message};
 
-pub use crate::hashing::VerifySource;
 use crate::hashing::hash_granules;
+pub use crate::hashing::VerifySource;
 use crate::identity::Identity;
 use crate::session::framing::FrameReader;
 use crate::session::sender::{SyncError, SyncOptions, SyncTarget};

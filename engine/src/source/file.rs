@@ -54,25 +54,20 @@ mod state;
 mod tests;
 
 use std::cell::Cell;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Seek, SeekFrom, Write};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-use ferry_protocol::{Epoch, ExtentKind};
-use serde::{Deserialize, Serialize};
+use ferry_protocol::Epoch;
 
-use super::manifest::{self, BlockHash, Manifest, ManifestError, ManifestHeader, BLOCK_SIZE};
+use super::manifest::{self, BlockHash, Manifest, ManifestHeader, BLOCK_SIZE};
 use super::pool::BufferPool;
 use super::{
-    AnalyzedChunk, ChunkAnalyzer, ChunkBody, ChunkRecord, CyclePlan, ExtentSource, ImageInfo,
-    RawChunk, ScanOutcome, SourceError,
+    ChunkAnalyzer, ChunkRecord, CyclePlan, ExtentSource, ImageInfo, RawChunk, ScanOutcome,
+    SourceError,
 };
-use crate::payload_codec::PlainExtent;
-use crate::durable::{write_durably, DurableStep};
 use crate::sys::uring::{BlockReader, IoShape};
 use analyser::FileAnalyzer;
 use state::{Cycle, PersistedState};

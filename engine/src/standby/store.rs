@@ -24,11 +24,11 @@ use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use ferry_protocol::types::ImageName;
+use ferry_protocol::types::{Epoch, ImageName, RecoveryPointId};
 
 use super::io::{self as store_io, sync_dir};
 use super::slot::{Slot, SlotMeta};
-use super::state::{self, exists, read_checksummed, ImageStateFile};
+use super::state::{self, exists, read_checksummed, HistoryEntry, ImageStateFile};
 use super::{ImageState, StoreConfig, StoreError};
 use crate::sync_util::lock;
 use crate::sys::fs::try_lock_exclusive;

@@ -7,9 +7,9 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use crate::error::{DecodeError, ValidationError};
 use crate::frame::{
-    FrameType, DEFAULT_MAX_FRAME_LEN, EXTENT_HEADER_WIRE_LEN, FRAME_HEADER_LEN, HASH_WIRE_LEN,
-    LENGTH_FIELD_LEN, MAX_COMMIT_IMAGES, MAX_EXTENTS_PER_BATCH, MAX_HASHES_PER_ANSWER,
-    MAX_STRING_LEN, COMMIT_IMAGE_MIN_WIRE_LEN,
+    FrameType, COMMIT_IMAGE_MIN_WIRE_LEN, DEFAULT_MAX_FRAME_LEN, EXTENT_HEADER_WIRE_LEN,
+    FRAME_HEADER_LEN, HASH_WIRE_LEN, LENGTH_FIELD_LEN, MAX_COMMIT_IMAGES, MAX_EXTENTS_PER_BATCH,
+    MAX_HASHES_PER_ANSWER, MAX_STRING_LEN,
 };
 use crate::message::{
     Ack, Capabilities, Commit, CommitImage, Committed, ErrorCode, ErrorFrame, ExtentBatch,

@@ -4,6 +4,8 @@
 use super::*;
 use crate::frame::EXTENT_HEADER_WIRE_LEN;
 use crate::types::ImageNameError;
+use crate::*;
+use bytes::{BufMut, Bytes, BytesMut};
 
 const MAX: usize = DEFAULT_MAX_FRAME_LEN;
 
@@ -165,8 +167,7 @@ fn batch_payload_is_a_zero_copy_slice_of_the_input() {
         .unwrap();
     let payload_at = buf.len() - 7;
     let expected_ptr = buf[payload_at..].as_ptr();
-    let Some(Message::ExtentBatch(batch)) = FrameDecoder::new(MAX).decode(&mut buf).unwrap()
-    else {
+    let Some(Message::ExtentBatch(batch)) = FrameDecoder::new(MAX).decode(&mut buf).unwrap() else {
         panic!("expected a batch");
     };
     assert_eq!(

@@ -2,28 +2,19 @@
 //! intent file, each image's snapshot and record, and rolling forward an
 //! interrupted commit when the store opens.
 
-use std::fs::{self, OpenOptions};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::fs::{self};
+use std::sync::Arc;
 
-use ferry_protocol::message::OpenImage;
-use ferry_protocol::types::{Epoch, ExtentKind, ImageName, RecoveryPointId, SeqNo};
-use tracing::{info, warn};
+use ferry_protocol::types::ImageName;
+use serde::{Deserialize, Serialize};
+use tracing::info;
 
-use super::{
-    ceph, remove_file, snap_name, zero_all, ImageRecord, PendingRecord, PointRecord, RbdStandby,
-    Slot, FORMAT, MAX_IN_FLIGHT_BYTES, MAX_IN_FLIGHT_OPS, SNAP_PREFIX, STALE_WATCH_WAIT,
-};
+use super::{ceph, remove_file, snap_name, PointRecord, RbdStandby, Slot, FORMAT};
 use crate::standby::failpoint::{self, CrashPoint};
 use crate::standby::{
-    check_extents, check_open, read_checksummed, write_checksummed, ImageState, PendingEpoch,
-    RecoveryPointInfo, RecoveryPointMeta, SealedEpoch, StagedBatch, StoreError,
-    MAX_HASHES_PER_CALL,
+    read_checksummed, write_checksummed, RecoveryPointMeta, SealedEpoch, StoreError,
 };
 use crate::sync_util::lock;
-use crate::sys::fs::sync_dir;
-use crate::sys::librbd::{Aio, CephError, CreateOptions, Image, FEATURE_EXCLUSIVE_LOCK, GROUP_SNAP_PREFIX};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(super) struct IntentImage {
@@ -163,7 +154,11 @@ impl RbdStandby {
     }
 
     /// [`Self::apply_intent`] for one image.
-    pub(super) fn apply_intent_image(&self, intent: &Intent, entry: &IntentImage) -> Result<(), StoreError> {
+    pub(super) fn apply_intent_image(
+        &self,
+        intent: &Intent,
+        entry: &IntentImage,
+    ) -> Result<(), StoreError> {
         {
             let image = ImageName::new(&entry.image).map_err(|e| StoreError::InvalidRequest {
                 reason: e.to_string(),

@@ -3,28 +3,20 @@
 //! before they are acknowledged, and rolling a torn head back to the last
 //! recovery point's snapshot.
 
-use std::fs::{self, OpenOptions};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::collections::VecDeque;
+use std::sync::Arc;
 
 use ferry_protocol::message::OpenImage;
-use ferry_protocol::types::{Epoch, ExtentKind, ImageName, RecoveryPointId, SeqNo};
-use tracing::{info, warn};
+use ferry_protocol::types::{Epoch, ExtentKind, ImageName, SeqNo};
+use tracing::info;
 
 use super::{
-    ceph, remove_file, snap_name, zero_all, ImageRecord, PendingRecord, PointRecord, RbdStandby,
-    Slot, FORMAT, MAX_IN_FLIGHT_BYTES, MAX_IN_FLIGHT_OPS, SNAP_PREFIX, STALE_WATCH_WAIT,
+    ceph, snap_name, zero_all, ImageRecord, PendingRecord, RbdStandby, Slot, MAX_IN_FLIGHT_BYTES,
+    MAX_IN_FLIGHT_OPS,
 };
-use crate::standby::failpoint::{self, CrashPoint};
-use crate::standby::{
-    check_extents, check_open, read_checksummed, write_checksummed, ImageState, PendingEpoch,
-    RecoveryPointInfo, RecoveryPointMeta, SealedEpoch, StagedBatch, StoreError,
-    MAX_HASHES_PER_CALL,
-};
+use crate::standby::{check_extents, check_open, SealedEpoch, StagedBatch, StoreError};
 use crate::sync_util::lock;
-use crate::sys::fs::sync_dir;
-use crate::sys::librbd::{Aio, CephError, CreateOptions, Image, FEATURE_EXCLUSIVE_LOCK, GROUP_SNAP_PREFIX};
+use crate::sys::librbd::{Aio, CephError, Image};
 
 impl RbdStandby {
     /// Starts or resumes receiving `open.epoch` of an image.
@@ -123,7 +115,11 @@ impl RbdStandby {
 
     /// Returns the head of `handle` to the image's last recovery point (all
     /// zeroes when there is none).
-    pub(super) fn rollback_head(&self, handle: &Arc<Image>, record: &ImageRecord) -> Result<(), StoreError> {
+    pub(super) fn rollback_head(
+        &self,
+        handle: &Arc<Image>,
+        record: &ImageRecord,
+    ) -> Result<(), StoreError> {
         let ctx = format!("{}/{}", self.pool_name(), record.image);
         match record.history.last() {
             Some(point) => {

@@ -1,28 +1,16 @@
 //! The recovery points of an RBD standby image: listing, restore into a new
 //! image, pins (kept snapshots), and hashing ranges of the committed point.
 
-use std::fs::{self, OpenOptions};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::collections::VecDeque;
+use std::sync::Arc;
 
-use ferry_protocol::message::OpenImage;
-use ferry_protocol::types::{Epoch, ExtentKind, ImageName, RecoveryPointId, SeqNo};
-use tracing::{info, warn};
+use ferry_protocol::types::{Epoch, ImageName, RecoveryPointId};
+use tracing::info;
 
-use super::{
-    ceph, remove_file, snap_name, zero_all, ImageRecord, PendingRecord, PointRecord, RbdStandby,
-    Slot, FORMAT, MAX_IN_FLIGHT_BYTES, MAX_IN_FLIGHT_OPS, SNAP_PREFIX, STALE_WATCH_WAIT,
-};
-use crate::standby::failpoint::{self, CrashPoint};
-use crate::standby::{
-    check_extents, check_open, read_checksummed, write_checksummed, ImageState, PendingEpoch,
-    RecoveryPointInfo, RecoveryPointMeta, SealedEpoch, StagedBatch, StoreError,
-    MAX_HASHES_PER_CALL,
-};
+use super::{ceph, snap_name, RbdStandby};
+use crate::standby::{RecoveryPointInfo, StoreError, MAX_HASHES_PER_CALL};
 use crate::sync_util::lock;
-use crate::sys::fs::sync_dir;
-use crate::sys::librbd::{Aio, CephError, CreateOptions, Image, FEATURE_EXCLUSIVE_LOCK, GROUP_SNAP_PREFIX};
+use crate::sys::librbd::{Aio, CreateOptions};
 
 impl RbdStandby {
     /// The retained recovery points of `image`, oldest first.
@@ -198,5 +186,4 @@ impl RbdStandby {
         }
         Ok((RecoveryPointId(point.rp), point.size, hashes))
     }
-}
 }

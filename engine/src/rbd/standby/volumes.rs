@@ -2,28 +2,18 @@
 //! existing image as committed, placeholders, removal, and the pool-level
 //! volume checks the agent uses.
 
-use std::fs::{self, OpenOptions};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use ferry_protocol::message::OpenImage;
-use ferry_protocol::types::{Epoch, ExtentKind, ImageName, RecoveryPointId, SeqNo};
+use ferry_protocol::types::{Epoch, ImageName, RecoveryPointId};
 use tracing::{info, warn};
 
 use super::{
-    ceph, remove_file, snap_name, zero_all, ImageRecord, PendingRecord, PointRecord, RbdStandby,
-    Slot, FORMAT, MAX_IN_FLIGHT_BYTES, MAX_IN_FLIGHT_OPS, SNAP_PREFIX, STALE_WATCH_WAIT,
+    ceph, remove_file, snap_name, ImageRecord, PointRecord, RbdStandby, FORMAT, STALE_WATCH_WAIT,
 };
-use crate::standby::failpoint::{self, CrashPoint};
-use crate::standby::{
-    check_extents, check_open, read_checksummed, write_checksummed, ImageState, PendingEpoch,
-    RecoveryPointInfo, RecoveryPointMeta, SealedEpoch, StagedBatch, StoreError,
-    MAX_HASHES_PER_CALL,
-};
+use crate::standby::StoreError;
 use crate::sync_util::lock;
-use crate::sys::fs::sync_dir;
-use crate::sys::librbd::{Aio, CephError, CreateOptions, Image, FEATURE_EXCLUSIVE_LOCK, GROUP_SNAP_PREFIX};
+use crate::sys::librbd::ClusterSpec;
+use crate::sys::librbd::{CreateOptions, GROUP_SNAP_PREFIX};
 
 impl RbdStandby {
     /// Installs a copy of `source` (an image at a snapshot, on `cluster`) as
@@ -42,7 +32,7 @@ impl RbdStandby {
         &self,
         image: &ImageName,
         cluster: &ClusterSpec,
-        source: &super::RbdSpec,
+        source: &crate::rbd::RbdSpec,
         epoch: Epoch,
         rp: RecoveryPointId,
         created_unix_ms: u64,
@@ -95,7 +85,7 @@ impl RbdStandby {
             }
         }
         self.save(&ImageRecord::empty(image))?;
-        let from = super::open_pool(cluster, &source.pool)
+        let from = crate::rbd::open_pool(cluster, &source.pool)
             .map_err(|e| StoreError::InvalidRequest {
                 reason: format!("opening pool {} for {source}: {e}", source.pool),
             })?

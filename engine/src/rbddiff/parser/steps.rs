@@ -3,9 +3,8 @@
 //! hand an event (or "need more input") back to [`Parser::advance`].
 
 use super::{
-    escape, le32, le64, tag, DiffRules, Event, Format, ParseError, Parser, State,
-    BANNER_DIFF_V1, BANNER_DIFF_V2, BANNER_IMAGE_DIFFS_V2, BANNER_IMAGE_V2, MAX_META_RECORD,
-    MAX_SNAP_NAME,
+    escape, le32, le64, tag, DiffRules, Event, Format, ParseError, Parser, State, BANNER_DIFF_V1,
+    BANNER_DIFF_V2, BANNER_IMAGE_DIFFS_V2, BANNER_IMAGE_V2, MAX_META_RECORD, MAX_SNAP_NAME,
 };
 
 /// What one step of [`Parser::run`](super::Parser) decided.
@@ -59,7 +58,11 @@ impl Parser {
     }
 
     /// An image v2 property record's tag (or the end of the properties).
-    pub(super) fn step_prop_tag(&mut self, input: &[u8], at: &mut usize) -> Result<Flow, ParseError> {
+    pub(super) fn step_prop_tag(
+        &mut self,
+        input: &[u8],
+        at: &mut usize,
+    ) -> Result<Flow, ParseError> {
         if *at == input.len() {
             return Ok(Flow::Yield(None));
         }
@@ -76,7 +79,12 @@ impl Parser {
     }
 
     /// A property record's length: fixed for the known ones, skipped for unknown tags.
-    pub(super) fn step_prop_len(&mut self, input: &[u8], at: &mut usize, t: u8) -> Result<Flow, ParseError> {
+    pub(super) fn step_prop_len(
+        &mut self,
+        input: &[u8],
+        at: &mut usize,
+        t: u8,
+    ) -> Result<Flow, ParseError> {
         if !self.fill(input, at, 8) {
             return Ok(Flow::Yield(None));
         }
@@ -131,7 +139,13 @@ impl Parser {
     }
 
     /// A property record's body.
-    pub(super) fn step_prop_body(&mut self, input: &[u8], at: &mut usize, t: u8, len: usize) -> Result<Flow, ParseError> {
+    pub(super) fn step_prop_body(
+        &mut self,
+        input: &[u8],
+        at: &mut usize,
+        t: u8,
+        len: usize,
+    ) -> Result<Flow, ParseError> {
         if !self.fill(input, at, len) {
             return Ok(Flow::Yield(None));
         }
@@ -142,7 +156,12 @@ impl Parser {
     }
 
     /// The body of an unknown record, skipped without buffering.
-    pub(super) fn step_skip(&mut self, input: &[u8], at: &mut usize, remaining: u64) -> Result<Flow, ParseError> {
+    pub(super) fn step_skip(
+        &mut self,
+        input: &[u8],
+        at: &mut usize,
+        remaining: u64,
+    ) -> Result<Flow, ParseError> {
         if remaining == 0 {
             self.state = self.after_skip;
             return Ok(Flow::Continue);
@@ -162,13 +181,12 @@ impl Parser {
     }
 
     /// The "rbd image diffs v2" banner inside an image v2 stream.
-    pub(super) fn step_diffs_banner(&mut self, input: &[u8], at: &mut usize) -> Result<Flow, ParseError> {
-        if !self.inner_banner(
-            input,
-            at,
-            BANNER_IMAGE_DIFFS_V2,
-            "rbd image diffs v2\n",
-        )? {
+    pub(super) fn step_diffs_banner(
+        &mut self,
+        input: &[u8],
+        at: &mut usize,
+    ) -> Result<Flow, ParseError> {
+        if !self.inner_banner(input, at, BANNER_IMAGE_DIFFS_V2, "rbd image diffs v2\n")? {
             return Ok(Flow::Yield(None));
         }
         self.state = State::DiffCount;
@@ -176,7 +194,11 @@ impl Parser {
     }
 
     /// The number of diffs of an image v2 stream.
-    pub(super) fn step_diff_count(&mut self, input: &[u8], at: &mut usize) -> Result<Flow, ParseError> {
+    pub(super) fn step_diff_count(
+        &mut self,
+        input: &[u8],
+        at: &mut usize,
+    ) -> Result<Flow, ParseError> {
         if !self.fill(input, at, 8) {
             return Ok(Flow::Yield(None));
         }
@@ -203,7 +225,11 @@ impl Parser {
     }
 
     /// The "rbd diff v2" banner of the next diff inside an image v2 stream.
-    pub(super) fn step_diff_banner(&mut self, input: &[u8], at: &mut usize) -> Result<Flow, ParseError> {
+    pub(super) fn step_diff_banner(
+        &mut self,
+        input: &[u8],
+        at: &mut usize,
+    ) -> Result<Flow, ParseError> {
         if !self.inner_banner(input, at, BANNER_DIFF_V2, "rbd diff v2\n")? {
             return Ok(Flow::Yield(None));
         }
@@ -255,19 +281,19 @@ impl Parser {
     }
 
     /// A v2 record's length: checked for known tags, skipped for unknown ones.
-    pub(super) fn step_rec_len(&mut self, input: &[u8], at: &mut usize, t: u8) -> Result<Flow, ParseError> {
+    pub(super) fn step_rec_len(
+        &mut self,
+        input: &[u8],
+        at: &mut usize,
+        t: u8,
+    ) -> Result<Flow, ParseError> {
         if !self.fill(input, at, 8) {
             return Ok(Flow::Yield(None));
         }
         let declared = le64(&self.scratch);
         self.scratch.clear();
         match t {
-            tag::FROM_SNAP
-            | tag::TO_SNAP
-            | tag::SIZE
-            | tag::WRITE
-            | tag::ZERO
-            | tag::PROTECTED => {
+            tag::FROM_SNAP | tag::TO_SNAP | tag::SIZE | tag::WRITE | tag::ZERO | tag::PROTECTED => {
                 self.state = self.body_state(t, Some(declared))?;
             }
             other => {
@@ -285,7 +311,13 @@ impl Parser {
     }
 
     /// A snapshot name's length, checked against the record length and the cap.
-    pub(super) fn step_name_len(&mut self, input: &[u8], at: &mut usize, t: u8, declared: Option<u64>) -> Result<Flow, ParseError> {
+    pub(super) fn step_name_len(
+        &mut self,
+        input: &[u8],
+        at: &mut usize,
+        t: u8,
+        declared: Option<u64>,
+    ) -> Result<Flow, ParseError> {
         if !self.fill(input, at, 4) {
             return Ok(Flow::Yield(None));
         }
@@ -316,17 +348,22 @@ impl Parser {
     }
 
     /// A snapshot name.
-    pub(super) fn step_name(&mut self, input: &[u8], at: &mut usize, t: u8, len: usize) -> Result<Flow, ParseError> {
+    pub(super) fn step_name(
+        &mut self,
+        input: &[u8],
+        at: &mut usize,
+        t: u8,
+        len: usize,
+    ) -> Result<Flow, ParseError> {
         if !self.fill(input, at, len) {
             return Ok(Flow::Yield(None));
         }
-        let name =
-            String::from_utf8(std::mem::take(&mut self.scratch)).map_err(|_| {
-                ParseError::NotUtf8 {
-                    offset: self.record,
-                    what: "snapshot name",
-                }
-            })?;
+        let name = String::from_utf8(std::mem::take(&mut self.scratch)).map_err(|_| {
+            ParseError::NotUtf8 {
+                offset: self.record,
+                what: "snapshot name",
+            }
+        })?;
         self.state = State::Tag;
         Ok(Flow::Yield(Some(if t == tag::FROM_SNAP {
             Event::FromSnap(name)
@@ -336,7 +373,13 @@ impl Parser {
     }
 
     /// A fixed-size record body (size, protected, write or zero header).
-    pub(super) fn step_fixed(&mut self, input: &[u8], at: &mut usize, t: u8, declared: Option<u64>) -> Result<Flow, ParseError> {
+    pub(super) fn step_fixed(
+        &mut self,
+        input: &[u8],
+        at: &mut usize,
+        t: u8,
+        declared: Option<u64>,
+    ) -> Result<Flow, ParseError> {
         let need = match t {
             tag::SIZE => 8,
             tag::PROTECTED => 1,
@@ -351,7 +394,13 @@ impl Parser {
     }
 
     /// Write data, handed out as pieces of the input without buffering.
-    pub(super) fn step_data(&mut self, input: &[u8], at: &mut usize, offset: u64, remaining: u64) -> Result<Flow, ParseError> {
+    pub(super) fn step_data(
+        &mut self,
+        input: &[u8],
+        at: &mut usize,
+        offset: u64,
+        remaining: u64,
+    ) -> Result<Flow, ParseError> {
         if remaining == 0 {
             self.state = State::Tag;
             return Ok(Flow::Continue);

@@ -21,7 +21,9 @@ fn batch(seq: SeqNo, payload_len: usize) -> ExtentBatch {
 }
 
 fn seqs(window: &SendWindow) -> Vec<u64> {
-    (0..window.len()).map(|i| window.batch(i).seq.get()).collect()
+    (0..window.len())
+        .map(|i| window.batch(i).seq.get())
+        .collect()
 }
 
 #[test]
@@ -109,7 +111,11 @@ fn a_reopen_resends_what_the_standby_lacks() {
     window.ack(SeqNo(1));
     assert_eq!(window.reopened(SeqNo(2)), Ok(0..2));
     assert_eq!(seqs(&window), [3, 4]);
-    assert_eq!(window.reopened(SeqNo(2)), Ok(0..2), "same durable: all resent");
+    assert_eq!(
+        window.reopened(SeqNo(2)),
+        Ok(0..2),
+        "same durable: all resent"
+    );
     let went_back = window.reopened(SeqNo(1));
     assert_eq!(
         went_back,

@@ -15,8 +15,8 @@ use tracing::{info, warn};
 
 use super::links::{is_retryable, open_image_stream_on, open_stream, ImageStream, Links};
 use super::{ImageJob, PathSnapshot, SyncError, SyncProgress, SyncReport, SyncTarget};
-use crate::payload_codec::EncodedChunk;
 use crate::compression::{Backpressure, CompressionSwitch};
+use crate::payload_codec::EncodedChunk;
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::qos::{RateLimiter, RateMeter};
 use crate::session::framing::{FrameWriter, FramingError};
@@ -205,7 +205,12 @@ pub(super) async fn transfer_image(links: &Links, plan: Planned) -> Result<Trans
         resume_offset,
     };
     let options = &links.options;
-    let transfer = Transfer::new(&open, resume_offset, durable_at_start, options.max_unacked_bytes);
+    let transfer = Transfer::new(
+        &open,
+        resume_offset,
+        durable_at_start,
+        options.max_unacked_bytes,
+    );
     let compression = CompressionSwitch::new(
         options.transport.compression,
         options.limiter.rate().is_some(),
@@ -359,7 +364,8 @@ impl ImageRun<'_> {
         }
         if !chunk.durable {
             return Err(SyncError::Source(SourceError::Misuse {
-                reason: "the pipeline delivered a chunk with changes before the source made it durable",
+                reason:
+                    "the pipeline delivered a chunk with changes before the source made it durable",
             }));
         }
         self.pending_empty_since = chunk.scan_end;
@@ -367,21 +373,24 @@ impl ImageRun<'_> {
         let (image, epoch) = (&self.image, self.open.epoch);
         let sending = Instant::now();
         transfer
-            .send_new(&mut self.stream.writer, &options.limiter, |seq| ExtentBatch {
-                image: image.clone(),
-                epoch,
-                seq,
-                scan_start: chunk.scan_start,
-                scan_end: chunk.scan_end,
-                payload_crc32c: chunk.payload_crc32c,
-                plain_blake3: chunk.plain_blake3,
-                extents: chunk.extents,
-                payload: chunk.payload,
+            .send_new(&mut self.stream.writer, &options.limiter, |seq| {
+                ExtentBatch {
+                    image: image.clone(),
+                    epoch,
+                    seq,
+                    scan_start: chunk.scan_start,
+                    scan_end: chunk.scan_end,
+                    payload_crc32c: chunk.payload_crc32c,
+                    plain_blake3: chunk.plain_blake3,
+                    extents: chunk.extents,
+                    payload: chunk.payload,
+                }
             })
             .await?;
         let now = Instant::now();
         let link_rate = link_rate(&self.connection, &options.limiter, &mut self.base_rtt);
-        self.backpressure.record_blocked(now - sending, now, link_rate);
+        self.backpressure
+            .record_blocked(now - sending, now, link_rate);
         Ok(true)
     }
 
@@ -398,7 +407,8 @@ impl ImageRun<'_> {
                 let now = Instant::now();
                 let link_rate = link_rate(&self.connection, limiter, &mut self.base_rtt);
                 if link_bound_wait {
-                    self.backpressure.record_blocked(now - waiting_since, now, link_rate);
+                    self.backpressure
+                        .record_blocked(now - waiting_since, now, link_rate);
                 } else {
                     self.backpressure.tick(now, link_rate);
                 }
@@ -408,7 +418,9 @@ impl ImageRun<'_> {
             Some(Message::Nack(nack)) => {
                 warn!(image = %self.image, seq = %nack.seq, reason = ?nack.reason, "standby rejected a batch; resending from it");
                 let again = self.transfer.window.nack(nack.seq)?;
-                self.transfer.resend(&mut self.stream.writer, again, limiter).await
+                self.transfer
+                    .resend(&mut self.stream.writer, again, limiter)
+                    .await
             }
             Some(Message::Error(e)) => Err(e.into()),
             Some(other) => Err(SyncError::Protocol(format!(
@@ -439,7 +451,11 @@ impl ImageRun<'_> {
         self.transfer.show_window();
         info!(image = %self.image, durable_seq = %durable, unacked = self.transfer.window.len(), "resending unacknowledged batches");
         let limiter = &self.links.options.limiter;
-        if let Err(e) = self.transfer.resend(&mut self.stream.writer, again, limiter).await {
+        if let Err(e) = self
+            .transfer
+            .resend(&mut self.stream.writer, again, limiter)
+            .await
+        {
             if !is_retryable(&e) {
                 return Err(e);
             }
@@ -461,7 +477,15 @@ impl ImageRun<'_> {
         let deadline = Instant::now() + links.options.reconnect_for;
         loop {
             let (generation, connection) = links.reconnect(failed, &last).await?;
-            match open_image_stream_on(&connection, &self.open, &self.target, &links.identity, &links.options).await {
+            match open_image_stream_on(
+                &connection,
+                &self.open,
+                &self.target,
+                &links.identity,
+                &links.options,
+            )
+            .await
+            {
                 Ok(stream) => return Ok((generation, stream, connection)),
                 Err(e) if is_retryable(&e) && Instant::now() < deadline => {
                     failed = generation;
@@ -530,4 +554,3 @@ fn link_rate(
     let path = snapshot.link_rate(*base_rtt);
     limiter.rate().map_or(path, |limit| path.min(limit))
 }
-

@@ -250,7 +250,10 @@ impl Links {
     /// One request/answer on the control stream of the current connection.
     /// [`Self::ask`] across link losses: the question is asked again on a
     /// new connection (questions are idempotent: resume queries).
-    pub(super) async fn ask_across_reconnects(&self, request: &Message) -> Result<Message, SyncError> {
+    pub(super) async fn ask_across_reconnects(
+        &self,
+        request: &Message,
+    ) -> Result<Message, SyncError> {
         loop {
             let generation = self.state.lock().await.generation;
             match self.ask(request).await {

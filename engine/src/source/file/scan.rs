@@ -11,7 +11,9 @@ use super::state::{AtRest, Cycle, InProgress};
 use super::{io_error, remove_if_exists, FileSource};
 use crate::source::manifest::{self, Manifest, ManifestError, ManifestHeader, BLOCK_SIZE};
 use crate::source::pool::BufferPool;
-use crate::source::{ChunkBody, CyclePlan, ExtentSource, ImageInfo, RawChunk, ScanOutcome, SourceError};
+use crate::source::{
+    ChunkBody, CyclePlan, ExtentSource, ImageInfo, RawChunk, ScanOutcome, SourceError,
+};
 use crate::sys::uring::{next_data_offset, next_hole_offset};
 
 /// A run of hole chunks is delivered as one chunk of at most this many chunk sizes.
@@ -32,7 +34,11 @@ impl FileSource {
         }
     }
 
-    pub(super) fn begin_fresh(&mut self, plan: &CyclePlan, chunk_size: u64) -> Result<ImageInfo, SourceError> {
+    pub(super) fn begin_fresh(
+        &mut self,
+        plan: &CyclePlan,
+        chunk_size: u64,
+    ) -> Result<ImageInfo, SourceError> {
         if plan.resume_offset != 0 {
             return Err(SourceError::ResumeBeyondProgress {
                 epoch: plan.epoch,
@@ -174,7 +180,10 @@ impl FileSource {
     /// [`ExtentSource::read_next`]: the next chunk of the running scan
     /// (holes coalesced, only data segments read), with the base manifest's
     /// hashes of its blocks.
-    pub(super) fn read_chunk(&mut self, pool: &BufferPool) -> Result<Option<RawChunk>, SourceError> {
+    pub(super) fn read_chunk(
+        &mut self,
+        pool: &BufferPool,
+    ) -> Result<Option<RawChunk>, SourceError> {
         let Self {
             image,
             image_path,

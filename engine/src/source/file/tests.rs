@@ -3,7 +3,10 @@
 
 use super::fingerprint::split_dev;
 use super::*;
+use crate::payload_codec::PlainExtent;
+use ferry_protocol::ExtentKind;
 use rand::{RngCore, SeedableRng};
+use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 
 const CHUNK: u32 = 64 * 1024;

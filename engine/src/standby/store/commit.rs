@@ -4,36 +4,28 @@
 //! journal replay, fdatasync), the state files are switched, and files no
 //! retained point needs are deleted.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, MutexGuard};
 
-use ferry_protocol::message::OpenImage;
-use ferry_protocol::types::{Epoch, ImageName, RecoveryPointId};
+use ferry_protocol::types::{Epoch, ImageName};
 
-use super::layout::{list_image_dir, read_dir, ImageFile};
-use super::{Inner, StandbyStore};
-use crate::hashing::hash_granules;
+use super::layout::{list_image_dir, ImageFile};
+use super::StandbyStore;
 use crate::standby::failpoint::{self, CrashPoint};
 use crate::standby::io::{self as store_io, sync_dir, Create};
 use crate::standby::journal::{self, JournalIndex};
-use crate::standby::slot::{Slot, SlotMeta};
+use crate::standby::slot::Slot;
 use crate::standby::state::{
-    self, exists, open_rw, read_checksummed, remove_if_exists, write_checksummed, HistoryEntry,
-    ImageStateFile, IntentFile, IntentImage, Transition,
+    self, exists, open_rw, remove_if_exists, write_checksummed, HistoryEntry, ImageStateFile,
+    IntentFile, IntentImage, Transition,
 };
-use crate::standby::undo::{self, is_zero, UndoStatus};
-use crate::standby::writer::{EpochWriter, WriterFiles};
-use crate::standby::{
-    ImageState, PendingEpoch, RecoveryPointInfo, RecoveryPointMeta, SealedEpoch, StoreError,
-};
+use crate::standby::undo::{self, UndoStatus};
+use crate::standby::{RecoveryPointMeta, SealedEpoch, StoreError};
 use crate::sync_util::lock;
-use crate::sys::fs::{seek_data, seek_hole};
 
 /// One image's step of a commit, checked before the intent is written.
-struct PlannedImage {
+pub(super) struct PlannedImage {
     image: ImageName,
     target: IntentImage,
     index: JournalIndex,

@@ -3,33 +3,18 @@
 //! durable batch, after its torn tail is cut; anything else pending is
 //! discarded first.
 
-use std::fs::{self, File, OpenOptions};
-use std::io;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-
 use ferry_protocol::message::OpenImage;
-use ferry_protocol::types::{Epoch, ImageName, RecoveryPointId};
+use ferry_protocol::types::{Epoch, ImageName};
 
-use super::layout::{list_image_dir, read_dir, ImageFile};
-use super::{Inner, StandbyStore};
-use crate::hashing::hash_granules;
-use crate::standby::failpoint::{self, CrashPoint};
+use super::layout::{list_image_dir, ImageFile};
+use super::recovery::cut_torn_tail;
+use super::StandbyStore;
 use crate::standby::io::{self as store_io, sync_dir, Create};
 use crate::standby::journal::{self, JournalIndex};
-use crate::standby::slot::{Slot, SlotMeta};
-use crate::standby::state::{
-    self, exists, open_rw, read_checksummed, remove_if_exists, write_checksummed, HistoryEntry,
-    ImageStateFile, IntentFile, IntentImage, Transition,
-};
-use crate::standby::undo::{self, is_zero, UndoStatus};
+use crate::standby::state::{exists, open_rw, remove_if_exists, HistoryEntry, ImageStateFile};
 use crate::standby::writer::{EpochWriter, WriterFiles};
-use crate::standby::{
-    ImageState, PendingEpoch, RecoveryPointInfo, RecoveryPointMeta, SealedEpoch, StoreError,
-};
+use crate::standby::StoreError;
 use crate::sync_util::lock;
-use crate::sys::fs::{seek_data, seek_hole};
 
 impl StandbyStore {
     /// Begins epoch `open.epoch`, or resumes it if it is pending with the same
@@ -52,7 +37,7 @@ impl StandbyStore {
             .as_ref()
             .and_then(ImageStateFile::current)
             .map_or(Epoch(0), HistoryEntry::epoch);
-        super::check_open(open, committed)?;
+        crate::standby::check_open(open, committed)?;
         let dir = self.inner.image_dir(image);
         if !exists(&dir)? {
             store_io::create_dir(&dir)

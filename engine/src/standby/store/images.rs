@@ -2,33 +2,18 @@
 //! placeholder image, removal of an image and all it keeps, and adopting an
 //! existing file as a committed image.
 
-use std::fs::{self, File, OpenOptions};
-use std::io;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::fs::{self};
+use std::path::Path;
 
-use ferry_protocol::message::OpenImage;
 use ferry_protocol::types::{Epoch, ImageName, RecoveryPointId};
 
-use super::layout::{list_image_dir, read_dir, ImageFile};
-use super::{Inner, StandbyStore};
-use crate::hashing::hash_granules;
-use crate::standby::failpoint::{self, CrashPoint};
+use super::StandbyStore;
 use crate::standby::io::{self as store_io, sync_dir, Create};
-use crate::standby::journal::{self, JournalIndex};
-use crate::standby::slot::{Slot, SlotMeta};
 use crate::standby::state::{
-    self, exists, open_rw, read_checksummed, remove_if_exists, write_checksummed, HistoryEntry,
-    ImageStateFile, IntentFile, IntentImage, Transition,
+    self, exists, remove_if_exists, write_checksummed, HistoryEntry, ImageStateFile, Transition,
 };
-use crate::standby::undo::{self, is_zero, UndoStatus};
-use crate::standby::writer::{EpochWriter, WriterFiles};
-use crate::standby::{
-    ImageState, PendingEpoch, RecoveryPointInfo, RecoveryPointMeta, SealedEpoch, StoreError,
-};
+use crate::standby::StoreError;
 use crate::sync_util::lock;
-use crate::sys::fs::{seek_data, seek_hole};
 
 impl StandbyStore {
     /// Creates `image` as an empty (sparse) placeholder of `size` bytes with

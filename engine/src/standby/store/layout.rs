@@ -58,7 +58,6 @@ pub(super) fn classify(name: &str) -> Option<ImageFile> {
     None
 }
 
-
 impl Inner {
     pub(super) fn image_dir(&self, image: &ImageName) -> PathBuf {
         self.images.join(format!("{image}.ferry"))

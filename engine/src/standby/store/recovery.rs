@@ -2,33 +2,23 @@
 //! that started without an intent is undone, torn journal tails are cut and
 //! leftovers deleted.
 
-use std::fs::{self, File, OpenOptions};
-use std::io;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::fs::File;
+use std::path::Path;
+use std::sync::{Arc, MutexGuard};
 
-use ferry_protocol::message::OpenImage;
 use ferry_protocol::types::{Epoch, ImageName, RecoveryPointId};
 
 use super::layout::{list_image_dir, read_dir, ImageFile};
-use super::{Inner, StandbyStore};
-use crate::hashing::hash_granules;
-use crate::standby::failpoint::{self, CrashPoint};
-use crate::standby::io::{self as store_io, sync_dir, Create};
+use super::StandbyStore;
+use crate::standby::io::{self as store_io, sync_dir};
 use crate::standby::journal::{self, JournalIndex};
-use crate::standby::slot::{Slot, SlotMeta};
+use crate::standby::slot::Slot;
 use crate::standby::state::{
-    self, exists, open_rw, read_checksummed, remove_if_exists, write_checksummed, HistoryEntry,
-    ImageStateFile, IntentFile, IntentImage, Transition,
+    self, exists, open_rw, read_checksummed, remove_if_exists, ImageStateFile, IntentFile,
 };
-use crate::standby::undo::{self, is_zero, UndoStatus};
-use crate::standby::writer::{EpochWriter, WriterFiles};
-use crate::standby::{
-    ImageState, PendingEpoch, RecoveryPointInfo, RecoveryPointMeta, SealedEpoch, StoreError,
-};
+use crate::standby::undo::{self, UndoStatus};
+use crate::standby::{PendingEpoch, RecoveryPointMeta, StoreError};
 use crate::sync_util::lock;
-use crate::sys::fs::{seek_data, seek_hole};
 
 impl StandbyStore {
     /// Rolls forward every commit intent left by a crash or a failed commit
@@ -167,7 +157,11 @@ impl StandbyStore {
     /// Undoes a commit of pending `epoch` that started without an intent
     /// (only possible if an intent file was lost): the image returns to the
     /// committed state and the epoch stays pending.
-    pub(super) fn roll_back_uncommitted(&self, image: &ImageName, epoch: Epoch) -> Result<(), StoreError> {
+    pub(super) fn roll_back_uncommitted(
+        &self,
+        image: &ImageName,
+        epoch: Epoch,
+    ) -> Result<(), StoreError> {
         let raw = self.inner.raw(image);
         let undo_path = self.inner.undo(image, epoch);
         match undo::read(&undo_path)? {
@@ -223,7 +217,11 @@ impl StandbyStore {
 }
 
 /// Cuts a journal's torn tail off durably.
-pub(super) fn cut_torn_tail(journal: &File, path: &Path, index: &JournalIndex) -> Result<(), StoreError> {
+pub(super) fn cut_torn_tail(
+    journal: &File,
+    path: &Path,
+    index: &JournalIndex,
+) -> Result<(), StoreError> {
     if index.valid_len < index.file_len {
         if let Some((offset, reason)) = index.tail {
             tracing::warn!(journal = %path.display(), offset, reason, "cutting torn journal tail");

@@ -2,31 +2,18 @@
 //! into a new file (sparse copy, then the undo logs applied backwards), and
 //! BLAKE3 hashes of ranges of the committed image.
 
-use std::fs::{self, File, OpenOptions};
-use std::io;
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
-use ferry_protocol::message::OpenImage;
-use ferry_protocol::types::{Epoch, ImageName, RecoveryPointId};
+use ferry_protocol::types::{ImageName, RecoveryPointId};
 
-use super::layout::{list_image_dir, read_dir, ImageFile};
-use super::{Inner, StandbyStore};
+use super::StandbyStore;
 use crate::hashing::hash_granules;
-use crate::standby::failpoint::{self, CrashPoint};
 use crate::standby::io::{self as store_io, sync_dir, Create};
-use crate::standby::journal::{self, JournalIndex};
-use crate::standby::slot::{Slot, SlotMeta};
-use crate::standby::state::{
-    self, exists, open_rw, read_checksummed, remove_if_exists, write_checksummed, HistoryEntry,
-    ImageStateFile, IntentFile, IntentImage, Transition,
-};
+use crate::standby::state::{ImageStateFile, Transition};
 use crate::standby::undo::{self, is_zero, UndoStatus};
-use crate::standby::writer::{EpochWriter, WriterFiles};
-use crate::standby::{
-    ImageState, PendingEpoch, RecoveryPointInfo, RecoveryPointMeta, SealedEpoch, StoreError,
-};
+use crate::standby::StoreError;
 use crate::sync_util::lock;
 use crate::sys::fs::{seek_data, seek_hole};
 
@@ -262,6 +249,7 @@ fn copy_sparse(src: &File, src_path: &Path, dst: &File, dst_path: &Path) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::{self, OpenOptions};
 
     #[test]
     fn sparse_copy_keeps_content_and_length() {

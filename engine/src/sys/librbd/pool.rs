@@ -1,10 +1,8 @@
 //! [`Pool`]: an open librados I/O context — images (create, open, copy,
 //! remove, list), RBD groups and their snapshots.
 
-use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::ffi::{c_char, c_int, CStr};
 use std::sync::Arc;
-
-use bytes::{Bytes, BytesMut};
 
 use super::*;
 
