@@ -7,7 +7,7 @@
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ferry_benches::mixed_chunks;
-use ferry_engine::codec::{Decoder, Encoder, PlainExtent};
+use ferry_engine::payload_codec::{Decoder, Encoder, PlainExtent};
 use ferry_protocol::{Epoch, ExtentBatch, ExtentKind, FrameDecoder, ImageName, Message, SeqNo};
 
 const CHUNK: usize = 64 * 1024;

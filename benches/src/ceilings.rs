@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use ferry_engine::codec::{Decoder, Encoder, PlainExtent};
+use ferry_engine::payload_codec::{Decoder, Encoder, PlainExtent};
 use ferry_engine::source::manifest::{is_zero, BlockHash};
 use ferry_engine::sys::uring::{next_data_offset, BlockReader};
 use ferry_protocol::{Epoch, ExtentBatch, ExtentKind, ImageName, SeqNo};

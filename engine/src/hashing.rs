@@ -24,6 +24,20 @@ impl ReadAt for crate::sys::librbd::Image {
     }
 }
 
+/// The source side of a verification (`ferry verify`): something to hash
+/// and its size. Built by the source backends (a file in
+/// [`crate::session::verify`], an RBD snapshot in [`crate::rbd::source`]),
+/// so it lives here, below both.
+#[derive(Clone)]
+pub struct VerifySource {
+    /// The bytes.
+    pub reader: std::sync::Arc<dyn ReadAt>,
+    /// How many of them.
+    pub size: u64,
+    /// Name for messages.
+    pub name: String,
+}
+
 /// Largest read issued while hashing one granule.
 const READ_CHUNK: usize = 1 << 20;
 

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use ferry_engine::codec::{Encoder, PlainExtent};
 use ferry_engine::identity::Identity;
+use ferry_engine::payload_codec::{Encoder, PlainExtent};
 use ferry_engine::session::framing::{FrameReader, FrameWriter};
 use ferry_engine::session::receiver::local_hello;
 use ferry_engine::transport::{self, TransportSettings};

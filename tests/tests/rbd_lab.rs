@@ -208,7 +208,7 @@ fn lab_full_then_incremental_rbd_replication() {
 
 /// Recovery points past the standby's retention leave the record at the
 /// commit and their snapshots soon after, on the sweep the commit starts
-/// (engine/src/rbd/sink_retire.rs), not inside the commit any more.
+/// (engine/src/rbd/standby/retire.rs), not inside the commit any more.
 #[test]
 #[ignore = "needs the Ceph lab (FERRY_CEPH_LAB=1); scripts/test.sh runs it"]
 fn lab_expired_recovery_points_leave_the_standby_after_the_commit() {
@@ -744,7 +744,7 @@ fn lab_removing_images_a_killed_client_left_half_made() {
     if !lab() {
         return;
     }
-    use ferry_engine::rbd::sink::{RbdStandby, RbdStandbyConfig};
+    use ferry_engine::rbd::standby::{RbdStandby, RbdStandbyConfig};
     use ferry_engine::rbd::ClusterSpec;
     let scratch = tempfile::tempdir().expect("temp dir");
     let store = RbdStandby::open(&RbdStandbyConfig {

@@ -8,7 +8,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use ferry_agent::config::{config_path, AgentConfig, DEFAULT_CONFIG};
 use ferry_agent::units::human_bytes;
 use ferry_engine::identity::Identity;
-use ferry_engine::standby::Standby;
+use ferry_engine::standby_backend::Standby;
 use ferry_protocol::{AgentId, ImageName, RecoveryPointId};
 
 /// ferry agent: keeps standby copies of block images, replicated over QUIC.

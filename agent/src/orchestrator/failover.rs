@@ -45,7 +45,7 @@ impl Orchestrator {
         let out_path = PathBuf::from(out);
         if matches!(
             self.receiver.store,
-            ferry_engine::standby::Standby::Files(_)
+            ferry_engine::standby_backend::Standby::Files(_)
         ) && (out_path.exists() || !out_path.is_absolute())
         {
             return Err(CtlError::BadRequest(format!(
@@ -68,10 +68,10 @@ impl Orchestrator {
         self.run_op(op.id, async move {
             tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
                 match &receiver.store {
-                    ferry_engine::standby::Standby::Files(files) => {
+                    ferry_engine::standby_backend::Standby::Files(files) => {
                         files.restore(&image, engine_rp, Path::new(&out))?
                     }
-                    ferry_engine::standby::Standby::Rbd(rbd) => {
+                    ferry_engine::standby_backend::Standby::Rbd(rbd) => {
                         rbd.restore(&image, engine_rp, &out)?
                     }
                 }
@@ -116,7 +116,7 @@ impl Orchestrator {
         let out_dir = self.dir.join("failover").join(&g.name);
         let files = matches!(
             self.receiver.store,
-            ferry_engine::standby::Standby::Files(_)
+            ferry_engine::standby_backend::Standby::Files(_)
         );
         if files && out_dir.exists() {
             if g.state != GroupState::FailoverFailed {
@@ -131,7 +131,7 @@ impl Orchestrator {
         }
         let replace_out_dir = files && out_dir.exists();
         let mut replace_images = Vec::new();
-        if let ferry_engine::standby::Standby::Rbd(rbd) = &self.receiver.store {
+        if let ferry_engine::standby_backend::Standby::Rbd(rbd) = &self.receiver.store {
             // The same rule for the RBD images `failover-IMAGE`: a first
             // attempt never takes over an image someone else made; a retry
             // replaces what the failed attempt made (it could not have
@@ -191,7 +191,7 @@ impl Orchestrator {
                         _ => {}
                     }
                 }
-                if let ferry_engine::standby::Standby::Rbd(rbd) = &receiver.store {
+                if let ferry_engine::standby_backend::Standby::Rbd(rbd) = &receiver.store {
                     for name in &replace_images {
                         rbd.remove_volume(name).map_err(|e| {
                             anyhow::Error::new(e)
@@ -201,7 +201,7 @@ impl Orchestrator {
                 }
                 ferry_engine::testpoint::reach("failover::before-images");
                 match &receiver.store {
-                    ferry_engine::standby::Standby::Files(files) => {
+                    ferry_engine::standby_backend::Standby::Files(files) => {
                         std::fs::create_dir_all(&dir)?;
                         for image in &images {
                             files.restore(image, rp, &dir.join(format!("{image}.raw")))?;
@@ -209,7 +209,7 @@ impl Orchestrator {
                             ferry_engine::testpoint::reach("failover::after-image");
                         }
                     }
-                    ferry_engine::standby::Standby::Rbd(rbd) => {
+                    ferry_engine::standby_backend::Standby::Rbd(rbd) => {
                         for image in &images {
                             rbd.restore(image, rp, &format!("failover-{image}"))?;
                             ferry_engine::testpoint::reach("failover::after-image");

@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use ferry_engine::standby::Standby;
+use ferry_engine::standby_backend::Standby;
 use ferry_protocol::{AgentId, ImageName};
 use hyper::Method;
 use serde::{Deserialize, Serialize};
@@ -197,7 +197,7 @@ impl Orchestrator {
             self.on_store(
                 format!("installing {} as standby copy {name}", path.display()),
                 move |st| {
-                    let ferry_engine::standby::Standby::Files(files) = st else {
+                    let ferry_engine::standby_backend::Standby::Files(files) = st else {
                         return Err(ferry_engine::standby::StoreError::InvalidRequest {
                             reason: "the standby backend is not files".into(),
                         });
@@ -352,7 +352,10 @@ impl Orchestrator {
             }
             MigrateStep::Abort => {
                 if let Ok(op) = running() {
-                    if matches!(self.receiver.store, ferry_engine::standby::Standby::Rbd(_)) {
+                    if matches!(
+                        self.receiver.store,
+                        ferry_engine::standby_backend::Standby::Rbd(_)
+                    ) {
                         self.remove_rbd_volumes(&g).await?;
                     }
                     let dir = self.dir.join("volumes").join(&g.name);
@@ -398,7 +401,7 @@ impl Orchestrator {
                             source,
                         }
                     };
-                    let ferry_engine::standby::Standby::Files(files) = st else {
+                    let ferry_engine::standby_backend::Standby::Files(files) = st else {
                         return Err(ferry_engine::standby::StoreError::InvalidRequest {
                             reason: "the standby backend is not files".into(),
                         });

@@ -24,10 +24,11 @@
 
 use std::path::{Path, PathBuf};
 
-use ferry_engine::rbd::sink::RbdStandby;
 use ferry_engine::rbd::source::RbdSource;
+use ferry_engine::rbd::standby::RbdStandby;
 use ferry_engine::rbd::{image_hash, ClusterSpec, RbdSpec};
-use ferry_engine::standby::{Standby, StoreError as EngineStoreError};
+use ferry_engine::standby::StoreError as EngineStoreError;
+use ferry_engine::standby_backend::Standby;
 use ferry_protocol::{AgentId, Epoch, ImageName, RecoveryPointId};
 use tracing::{info, warn};
 
@@ -360,7 +361,9 @@ impl Orchestrator {
             let d: &Path = &state_dir;
             let result = tokio::task::block_in_place(|| RbdSource::forget(&c, &s, d));
             match result {
-                Ok(()) => info!(image = %spec, "ended the replication of the source: its ferry snapshots are removed"),
+                Ok(()) => {
+                    info!(image = %spec, "ended the replication of the source: its ferry snapshots are removed")
+                }
                 Err(error) => {
                     warn!(image = %spec, %error, "could not remove the ferry snapshots of a source no longer replicated")
                 }

@@ -21,7 +21,9 @@ impl Orchestrator {
     pub(super) async fn on_store<T, F>(&self, what: String, f: F) -> CtlResult<T>
     where
         T: Send + 'static,
-        F: Fn(&ferry_engine::standby::Standby) -> Result<T, ferry_engine::standby::StoreError>
+        F: Fn(
+                &ferry_engine::standby_backend::Standby,
+            ) -> Result<T, ferry_engine::standby::StoreError>
             + Send
             + 'static,
     {

@@ -1,4 +1,4 @@
-//! Ceph RBD as a source and a sink of replication.
+//! Ceph RBD as a source and a standby of replication.
 //!
 //! - [`source::RbdSource`]: each cycle reads a ferry-owned snapshot of the
 //!   primary image; `rbd_diff_iterate2` against the previous committed
@@ -9,7 +9,7 @@
 //! - [`group::capture_group`]: snapshots of several images taken at one
 //!   instant (writes held off with each image's exclusive lock), so a
 //!   group's recovery point is crash-consistent across its images.
-//! - [`sink::RbdStandby`]: standby images in a pool; extents are written in
+//! - [`standby::RbdStandby`]: standby images in a pool; extents are written in
 //!   place, flushed before they are acknowledged, and every recovery point
 //!   is an RBD snapshot. A torn apply is rolled back to the last recovery
 //!   point's snapshot before the image is exposed (restore, failover), as
@@ -20,8 +20,9 @@
 
 pub mod diff;
 pub mod group;
-pub mod sink;
+mod membership;
 pub mod source;
+pub mod standby;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -115,6 +116,12 @@ pub enum RbdError {
         /// What it was needed for.
         reason: &'static str,
     },
+}
+
+impl From<RbdError> for crate::source::SourceError {
+    fn from(e: RbdError) -> Self {
+        Self::Backend(Box::new(e))
+    }
 }
 
 /// Process-wide cache of cluster connections, so that the images of a group

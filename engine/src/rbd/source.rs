@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use super::{open_pool, unix_ms, ClusterSpec, RbdError, RbdSpec};
-use crate::codec::PlainExtent;
+use crate::payload_codec::PlainExtent;
 use crate::source::{
     BufferPool, ChunkAnalyzer, ChunkBody, ChunkRecord, CyclePlan, ExtentSource, ImageInfo,
     ListedExtentsAnalyzer, RawChunk, ScanOutcome, SourceError,
@@ -170,7 +170,7 @@ pub struct RbdSource {
 }
 
 fn state_error(e: RbdError) -> SourceError {
-    SourceError::Rbd(Box::new(e))
+    e.into()
 }
 
 impl RbdSource {
@@ -251,7 +251,7 @@ impl RbdSource {
         cluster: &ClusterSpec,
         spec: &RbdSpec,
         state_dir: &Path,
-    ) -> Result<crate::session::verify::VerifySource, SourceError> {
+    ) -> Result<crate::hashing::VerifySource, SourceError> {
         let path = state_dir.join(STATE_FILE);
         let state = read_checksummed::<SourceState>(&path)
             .map_err(|e| state_error(e.into()))?
@@ -267,7 +267,7 @@ impl RbdSource {
             .open_read_only(&spec.image, Some(&committed.snap))
             .map_err(|e| state_error(e.into()))?;
         let size = image.size().map_err(|e| state_error(e.into()))?;
-        Ok(crate::session::verify::VerifySource {
+        Ok(crate::hashing::VerifySource {
             reader: Arc::new(image),
             size,
             name: format!("{spec}@{}", committed.snap),
@@ -379,7 +379,7 @@ impl RbdSource {
                 Err(e) => return Err(state_error(e.into())),
             }
         }
-        super::group::forget_ferry_group(&pool, &head, &spec.image)?;
+        super::membership::forget_ferry_group(&pool, &head, &spec.image)?;
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -937,75 +937,4 @@ impl ExtentSource for RbdSource {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn coalesces_close_data_extents_only() {
-        let pieces = [
-            (0, 4096, true),
-            (8192, 4096, true),     // gap 4 KiB: merged
-            (200_000, 4096, true),  // far: separate
-            (204_096, 4096, false), // zero, adjacent: separate kind
-            (208_192, 4096, true),  // after a zero: not merged across it
-        ];
-        let out = coalesce(&pieces, 16 * 1024);
-        assert_eq!(
-            out,
-            vec![
-                (0, 12288, true),
-                (200_000, 4096, true),
-                (204_096, 4096, false),
-                (208_192, 4096, true)
-            ]
-        );
-        assert_eq!(coalesce(&pieces, 0).len(), 5);
-    }
-
-    #[test]
-    fn gap_follows_link_rate() {
-        assert_eq!(RbdSourceOptions::gap_for_link(None), 16 * 1024);
-        assert_eq!(RbdSourceOptions::gap_for_link(Some(12_500_000)), 2_500);
-        assert_eq!(
-            RbdSourceOptions::gap_for_link(Some(10_000_000_000)),
-            16 * 1024
-        );
-    }
-
-    #[test]
-    fn analyzer_turns_zero_data_into_zero_extents() {
-        let chunk = RawChunk {
-            scan_start: 0,
-            scan_end: 16384,
-            body: ChunkBody::Extents(vec![
-                PlainExtent {
-                    offset: 0,
-                    length: 4096,
-                    kind: ExtentKind::Data,
-                    data: Some(Bytes::from(vec![0u8; 4096])),
-                },
-                PlainExtent {
-                    offset: 4096,
-                    length: 4096,
-                    kind: ExtentKind::Zero,
-                    data: None,
-                },
-                PlainExtent {
-                    offset: 8192,
-                    length: 4096,
-                    kind: ExtentKind::Data,
-                    data: Some(Bytes::from(vec![7u8; 4096])),
-                },
-            ]),
-            base_hashes: Vec::new(),
-        };
-        let out = ListedExtentsAnalyzer.analyze(chunk).unwrap();
-        assert_eq!(out.extents.len(), 2);
-        assert_eq!(
-            (out.extents[0].kind, out.extents[0].length),
-            (ExtentKind::Zero, 8192)
-        );
-        assert_eq!(out.extents[1].kind, ExtentKind::Data);
-        assert_eq!(out.bytes_zero, 8192);
-    }
-}
+mod tests;

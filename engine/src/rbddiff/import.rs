@@ -30,7 +30,7 @@
 //! to-snapshot removes the file.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -39,6 +39,7 @@ use super::reader::{ReadError, Reader};
 use super::undo::{
     self, is_block_device, target_len, with_suffix, zero_fill, UndoError, UndoWriter,
 };
+use crate::durable::{write_durably, DurableStep};
 use crate::sys::fs::{sync_dir, try_lock_exclusive};
 
 /// Zero detection granularity when applying write payloads to a file:
@@ -224,11 +225,16 @@ fn write_snap_state(target: &Path, snap: Option<&str>) -> Result<(), ImportError
     match snap {
         Some(name) => {
             let tmp = with_suffix(&path, ".tmp");
-            let mut f = File::create(&tmp).map_err(io_err("writing snapshot state", &tmp))?;
-            f.write_all(format!("{name}\n").as_bytes())
-                .and_then(|()| f.sync_all())
-                .map_err(io_err("writing snapshot state", &tmp))?;
-            std::fs::rename(&tmp, &path).map_err(io_err("writing snapshot state", &path))?;
+            let dir = undo::parent_dir(&path);
+            return write_durably(&tmp, &path, format!("{name}\n").as_bytes()).map_err(|e| match e
+                .step
+            {
+                DurableStep::Create | DurableStep::Write | DurableStep::Sync => {
+                    io_err("writing snapshot state", &tmp)(e.source)
+                }
+                DurableStep::Rename => io_err("writing snapshot state", &path)(e.source),
+                DurableStep::SyncDir => io_err("fsyncing directory", dir)(e.source),
+            });
         }
         None => match std::fs::remove_file(&path) {
             Ok(()) => {}
@@ -293,39 +299,7 @@ pub fn import_diff(
     };
     let new_path = with_suffix(target, ".ferry-new");
     let mut new_guard = TempPath(None);
-    let (file, work_path) = match existing {
-        Some(f) => {
-            lock(&f, target)?;
-            report.recovered = undo::recover(target, &f)
-                .map_err(|source| ImportError::Undo {
-                    path: target.to_path_buf(),
-                    source,
-                })?
-                .is_some();
-            (f, target.to_path_buf())
-        }
-        None if opts.create => {
-            // Truncate only once locked: another import may be using it.
-            let f = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&new_path)
-                .map_err(io_err("creating target", &new_path))?;
-            lock(&f, &new_path)?;
-            f.set_len(0)
-                .map_err(io_err("truncating new target", &new_path))?;
-            new_guard.0 = Some(new_path.clone());
-            report.created = true;
-            (f, new_path.clone())
-        }
-        None => {
-            return Err(ImportError::NotFound {
-                path: target.to_path_buf(),
-            })
-        }
-    };
+    let (file, work_path) = open_target(existing, target, opts, &mut report, &mut new_guard)?;
     let block_device = is_block_device(&file).map_err(io_err("inspecting target", target))?;
     let old_size = target_len(&file).map_err(io_err("sizing target", target))?;
     if !report.created {
@@ -408,17 +382,7 @@ pub fn import_diff(
             // The guard removes TARGET.ferry-new.
             return Err(e);
         }
-        return match undo::recover(target, &file) {
-            Ok(_) => Err(ImportError::RolledBack {
-                path: target.to_path_buf(),
-                source: Box::new(e),
-            }),
-            Err(source) => Err(ImportError::RollbackFailed {
-                path: target.to_path_buf(),
-                apply: e.to_string(),
-                source,
-            }),
-        };
+        return Err(roll_back(target, &file, e));
     }
 
     // Commit.
@@ -436,6 +400,66 @@ pub fn import_diff(
     report.new_size = target_len(&file).map_err(io_err("sizing target", target))?;
     write_snap_state(target, report.to_snap.as_deref())?;
     Ok(report)
+}
+
+/// Locks the existing `target` (rolling back an import a crash
+/// interrupted) or, with `opts.create`, creates and locks `TARGET.ferry-new`
+/// (removed by `new_guard` unless the import commits). Returns the file and
+/// the path written.
+fn open_target(
+    existing: Option<File>,
+    target: &Path,
+    opts: &ImportOptions,
+    report: &mut ImportReport,
+    new_guard: &mut TempPath,
+) -> Result<(File, PathBuf), ImportError> {
+    let new_path = with_suffix(target, ".ferry-new");
+    match existing {
+        Some(f) => {
+            lock(&f, target)?;
+            report.recovered = undo::recover(target, &f)
+                .map_err(|source| ImportError::Undo {
+                    path: target.to_path_buf(),
+                    source,
+                })?
+                .is_some();
+            Ok((f, target.to_path_buf()))
+        }
+        None if opts.create => {
+            // Truncate only once locked: another import may be using it.
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&new_path)
+                .map_err(io_err("creating target", &new_path))?;
+            lock(&f, &new_path)?;
+            f.set_len(0)
+                .map_err(io_err("truncating new target", &new_path))?;
+            new_guard.0 = Some(new_path.clone());
+            report.created = true;
+            Ok((f, new_path))
+        }
+        None => Err(ImportError::NotFound {
+            path: target.to_path_buf(),
+        }),
+    }
+}
+
+/// Pass 2 failed with `e`: the undo log puts the old contents back.
+fn roll_back(target: &Path, file: &File, e: ImportError) -> ImportError {
+    match undo::recover(target, file) {
+        Ok(_) => ImportError::RolledBack {
+            path: target.to_path_buf(),
+            source: Box::new(e),
+        },
+        Err(source) => ImportError::RollbackFailed {
+            path: target.to_path_buf(),
+            apply: e.to_string(),
+            source,
+        },
+    }
 }
 
 enum Pass1Error {

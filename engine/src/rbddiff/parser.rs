@@ -9,6 +9,10 @@
 //! whatever the image size. Every malformed input is a [`ParseError`] with
 //! the byte offset of the offending record; the parser never panics.
 
+mod steps;
+
+use steps::Flow;
+
 use super::{
     tag, BANNER_DIFF_V1, BANNER_DIFF_V2, BANNER_IMAGE_DIFFS_V2, BANNER_IMAGE_V2, MAX_META_RECORD,
     MAX_SNAP_NAME,
@@ -434,318 +438,31 @@ impl Parser {
 
     fn run(&mut self, input: &[u8], at: &mut usize) -> Result<Option<Event>, ParseError> {
         loop {
-            match self.state {
-                State::Done => {
-                    if *at < input.len() {
-                        return Err(ParseError::TrailingBytes { offset: self.pos });
-                    }
-                    return Ok(None);
-                }
-                State::Banner => {
-                    // Read byte by byte so a wrong prefix fails at once.
-                    while *at < input.len() {
-                        self.scratch.push(input[*at]);
-                        *at += 1;
-                        self.pos += 1;
-                        let s = self.scratch.as_slice();
-                        let candidates = [BANNER_DIFF_V1, BANNER_DIFF_V2, BANNER_IMAGE_V2];
-                        if let Some(full) = candidates.iter().find(|b| **b == s) {
-                            let format = if *full == BANNER_DIFF_V1 {
-                                Format::DiffV1
-                            } else if *full == BANNER_DIFF_V2 {
-                                Format::DiffV2
-                            } else {
-                                Format::ImageV2
-                            };
-                            self.scratch.clear();
-                            self.format = Some(format);
-                            self.state = if format == Format::ImageV2 {
-                                State::PropTag
-                            } else {
-                                State::StartDiff
-                            };
-                            return Ok(Some(Event::Banner(format)));
-                        }
-                        if !candidates.iter().any(|b| b.starts_with(s)) {
-                            return Err(ParseError::BadBanner { found: escape(s) });
-                        }
-                    }
-                    return Ok(None);
-                }
-                State::PropTag => {
-                    if *at == input.len() {
-                        return Ok(None);
-                    }
-                    let t = input[*at];
-                    self.record = self.pos;
-                    *at += 1;
-                    self.pos += 1;
-                    if t == tag::IMAGE_END {
-                        self.state = State::DiffsBanner;
-                        return Ok(Some(Event::ImagePropertiesEnd));
-                    }
-                    self.state = State::PropLen { tag: t };
-                }
-                State::PropLen { tag: t } => {
-                    if !self.fill(input, at, 8) {
-                        return Ok(None);
-                    }
-                    let declared = le64(&self.scratch);
-                    self.scratch.clear();
-                    match t {
-                        tag::IMAGE_ORDER
-                        | tag::IMAGE_FEATURES
-                        | tag::IMAGE_STRIPE_UNIT
-                        | tag::IMAGE_STRIPE_COUNT => {
-                            if declared != 8 {
-                                return Err(ParseError::BadLength {
-                                    offset: self.record,
-                                    tag: t,
-                                    declared,
-                                    expected: 8,
-                                });
-                            }
-                            self.state = State::PropBody { tag: t, len: 8 };
-                        }
-                        tag::IMAGE_META => {
-                            if declared > MAX_META_RECORD {
-                                return Err(ParseError::BadMeta {
-                                    offset: self.record,
-                                    reason: "longer than 1 MiB",
-                                });
-                            }
-                            if declared < 8 {
-                                return Err(ParseError::BadMeta {
-                                    offset: self.record,
-                                    reason: "shorter than its two length fields",
-                                });
-                            }
-                            // declared <= 1 MiB, so it fits in usize.
-                            self.state = State::PropBody {
-                                tag: t,
-                                len: declared as usize,
-                            };
-                        }
-                        other => {
-                            self.state = State::Skip {
-                                remaining: declared,
-                            };
-                            self.after_skip = State::PropTag;
-                            return Ok(Some(Event::Unknown {
-                                tag: other,
-                                length: declared,
-                            }));
-                        }
-                    }
-                }
-                State::PropBody { tag: t, len } => {
-                    if !self.fill(input, at, len) {
-                        return Ok(None);
-                    }
-                    let prop = self.image_property(t)?;
-                    self.scratch.clear();
-                    self.state = State::PropTag;
-                    return Ok(Some(Event::ImageProperty(prop)));
-                }
-                State::Skip { remaining } => {
-                    if remaining == 0 {
-                        self.state = self.after_skip;
-                        continue;
-                    }
-                    if *at == input.len() {
-                        return Ok(None);
-                    }
-                    let avail = (input.len() - *at) as u64;
-                    let take = remaining.min(avail);
-                    // take <= avail, which came from a usize.
-                    *at += take as usize;
-                    self.pos += take;
-                    self.state = State::Skip {
-                        remaining: remaining - take,
-                    };
-                }
-                State::DiffsBanner => {
-                    if !self.inner_banner(
-                        input,
-                        at,
-                        BANNER_IMAGE_DIFFS_V2,
-                        "rbd image diffs v2\n",
-                    )? {
-                        return Ok(None);
-                    }
-                    self.state = State::DiffCount;
-                }
-                State::DiffCount => {
-                    if !self.fill(input, at, 8) {
-                        return Ok(None);
-                    }
-                    self.diff_total = le64(&self.scratch);
-                    self.diff_index = 0;
-                    self.scratch.clear();
-                    self.state = State::AfterDiff;
-                    return Ok(Some(Event::DiffCount(self.diff_total)));
-                }
-                State::AfterDiff => {
-                    if self.diff_index < self.diff_total {
-                        self.state = if self.format == Some(Format::ImageV2) {
-                            State::DiffBanner
-                        } else {
-                            State::StartDiff
-                        };
-                    } else {
-                        self.state = State::Done;
-                        return Ok(Some(Event::End));
-                    }
-                }
-                State::DiffBanner => {
-                    if !self.inner_banner(input, at, BANNER_DIFF_V2, "rbd diff v2\n")? {
-                        return Ok(None);
-                    }
-                    self.state = State::StartDiff;
-                }
-                State::StartDiff => {
-                    self.rules = DiffRules::default();
-                    self.state = State::Tag;
-                    return Ok(Some(Event::DiffBegin {
-                        index: self.diff_index,
-                    }));
-                }
-                State::Tag => {
-                    if *at == input.len() {
-                        return Ok(None);
-                    }
-                    let t = input[*at];
-                    self.record = self.pos;
-                    *at += 1;
-                    self.pos += 1;
-                    if t == tag::END {
-                        self.diff_index += 1;
-                        self.state = State::AfterDiff;
-                        return Ok(Some(Event::DiffEnd));
-                    }
-                    let v2 = self.format != Some(Format::DiffV1);
-                    let known = matches!(
-                        t,
-                        tag::FROM_SNAP | tag::TO_SNAP | tag::SIZE | tag::WRITE | tag::ZERO
-                    ) || (v2 && t == tag::PROTECTED);
-                    if !known && !v2 {
-                        return Err(ParseError::UnknownTag {
-                            offset: self.record,
-                            tag: t,
-                            format: Format::DiffV1,
-                        });
-                    }
-                    if v2 {
-                        self.state = State::RecLen { tag: t };
-                    } else {
-                        self.state = self.body_state(t, None)?;
-                    }
-                }
-                State::RecLen { tag: t } => {
-                    if !self.fill(input, at, 8) {
-                        return Ok(None);
-                    }
-                    let declared = le64(&self.scratch);
-                    self.scratch.clear();
-                    match t {
-                        tag::FROM_SNAP
-                        | tag::TO_SNAP
-                        | tag::SIZE
-                        | tag::WRITE
-                        | tag::ZERO
-                        | tag::PROTECTED => {
-                            self.state = self.body_state(t, Some(declared))?;
-                        }
-                        other => {
-                            self.state = State::Skip {
-                                remaining: declared,
-                            };
-                            self.after_skip = State::Tag;
-                            return Ok(Some(Event::Unknown {
-                                tag: other,
-                                length: declared,
-                            }));
-                        }
-                    }
-                }
+            let flow = match self.state {
+                State::Done => self.step_done(input, at)?,
+                State::Banner => self.step_banner(input, at)?,
+                State::PropTag => self.step_prop_tag(input, at)?,
+                State::PropLen { tag: t } => self.step_prop_len(input, at, t)?,
+                State::PropBody { tag: t, len } => self.step_prop_body(input, at, t, len)?,
+                State::Skip { remaining } => self.step_skip(input, at, remaining)?,
+                State::DiffsBanner => self.step_diffs_banner(input, at)?,
+                State::DiffCount => self.step_diff_count(input, at)?,
+                State::AfterDiff => self.step_after_diff()?,
+                State::DiffBanner => self.step_diff_banner(input, at)?,
+                State::StartDiff => self.step_start_diff()?,
+                State::Tag => self.step_tag(input, at)?,
+                State::RecLen { tag: t } => self.step_rec_len(input, at, t)?,
                 State::NameLen { tag: t, declared } => {
-                    if !self.fill(input, at, 4) {
-                        return Ok(None);
-                    }
-                    let len = u64::from(le32(&self.scratch));
-                    self.scratch.clear();
-                    if let Some(d) = declared {
-                        if d != 4 + len {
-                            return Err(ParseError::BadLength {
-                                offset: self.record,
-                                tag: t,
-                                declared: d,
-                                expected: 4 + len,
-                            });
-                        }
-                    }
-                    if len > MAX_SNAP_NAME as u64 {
-                        return Err(ParseError::NameTooLong {
-                            offset: self.record,
-                            len,
-                        });
-                    }
-                    // len <= 4096.
-                    self.state = State::Name {
-                        tag: t,
-                        len: len as usize,
-                    };
+                    self.step_name_len(input, at, t, declared)?
                 }
-                State::Name { tag: t, len } => {
-                    if !self.fill(input, at, len) {
-                        return Ok(None);
-                    }
-                    let name =
-                        String::from_utf8(std::mem::take(&mut self.scratch)).map_err(|_| {
-                            ParseError::NotUtf8 {
-                                offset: self.record,
-                                what: "snapshot name",
-                            }
-                        })?;
-                    self.state = State::Tag;
-                    return Ok(Some(if t == tag::FROM_SNAP {
-                        Event::FromSnap(name)
-                    } else {
-                        Event::ToSnap(name)
-                    }));
-                }
-                State::Fixed { tag: t, declared } => {
-                    let need = match t {
-                        tag::SIZE => 8,
-                        tag::PROTECTED => 1,
-                        _ => 16,
-                    };
-                    if !self.fill(input, at, need) {
-                        return Ok(None);
-                    }
-                    let event = self.fixed_record(t, declared)?;
-                    self.scratch.clear();
-                    return Ok(Some(event));
-                }
+                State::Name { tag: t, len } => self.step_name(input, at, t, len)?,
+                State::Fixed { tag: t, declared } => self.step_fixed(input, at, t, declared)?,
                 State::Data { offset, remaining } => {
-                    if remaining == 0 {
-                        self.state = State::Tag;
-                        continue;
-                    }
-                    if *at == input.len() {
-                        return Ok(None);
-                    }
-                    let avail = input.len() - *at;
-                    // min with a usize, so the cast back is lossless.
-                    let take = remaining.min(avail as u64) as usize;
-                    *at += take;
-                    self.pos += take as u64;
-                    self.state = State::Data {
-                        offset: offset + take as u64,
-                        remaining: remaining - take as u64,
-                    };
-                    return Ok(Some(Event::Data { offset, len: take }));
+                    self.step_data(input, at, offset, remaining)?
                 }
+            };
+            if let Flow::Yield(event) = flow {
+                return Ok(event);
             }
         }
     }

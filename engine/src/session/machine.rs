@@ -11,8 +11,9 @@
 
 use ferry_protocol::{Epoch, ErrorCode, ExtentBatch, ExtentKind, ImageName, Message, Nack, SeqNo};
 
-use crate::codec::Decoder;
-use crate::standby::{EpochSink, StagedBatch, StoreError};
+use crate::payload_codec::Decoder;
+use crate::standby::{StagedBatch, StoreError};
+use crate::standby_backend::EpochSink;
 
 /// What one frame on an image stream led to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,7 +185,7 @@ mod tests {
     use ferry_protocol::{NackReason, OpenImage};
 
     use super::*;
-    use crate::codec::{Encoder, PlainExtent};
+    use crate::payload_codec::{Encoder, PlainExtent};
     use crate::standby::{StandbyStore, StoreConfig};
 
     fn batch(image: &ImageName, seq: u64, offset: u64, fill: u8) -> ExtentBatch {

@@ -4,5 +4,6 @@
 pub mod framing;
 pub mod machine;
 pub mod receiver;
+pub mod send_window;
 pub mod sender;
 pub mod verify;

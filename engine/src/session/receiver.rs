@@ -26,7 +26,9 @@ use tracing::{debug, info, warn};
 use crate::qos::{RateLimiter, RateMeter};
 use crate::session::framing::{FrameReader, FrameWriter, FramingError};
 use crate::session::machine::{FrameMachine, MachineError, Step};
-use crate::standby::{EpochSink, RecoveryPointMeta, Standby, StoreError};
+use crate::standby::{RecoveryPointMeta, StoreError};
+use crate::standby_backend::{EpochSink, Standby};
+use crate::sync_util::lock;
 use crate::transport::peer_fingerprint;
 
 /// Unsynced bytes after which the stager fsyncs even if more batches wait.
@@ -176,13 +178,6 @@ impl ReceiverContext {
 
     fn update_activity(&self, image: &ImageName, f: impl FnOnce(&mut ImageActivity)) {
         f(lock(&self.activity).entry(image.clone()).or_default());
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
     }
 }
 

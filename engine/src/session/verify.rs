@@ -12,7 +12,8 @@ use std::time::Instant;
 
 use ferry_protocol::{HashRequest, ImageName, Message};
 
-use crate::hashing::{hash_granules, ReadAt};
+use crate::hashing::hash_granules;
+pub use crate::hashing::VerifySource;
 use crate::identity::Identity;
 use crate::session::framing::FrameReader;
 use crate::session::sender::{SyncError, SyncOptions, SyncTarget};
@@ -69,17 +70,6 @@ async fn remote_hashes(
             "expected HashAnswer, got {other:?}"
         ))),
     }
-}
-
-/// The source side of a verification: something to hash and its size.
-#[derive(Clone)]
-pub struct VerifySource {
-    /// The bytes.
-    pub reader: Arc<dyn ReadAt>,
-    /// How many of them.
-    pub size: u64,
-    /// Name for messages.
-    pub name: String,
 }
 
 impl VerifySource {

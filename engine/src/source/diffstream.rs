@@ -26,7 +26,7 @@ use super::{
     BufferPool, ChunkAnalyzer, ChunkBody, ChunkRecord, CyclePlan, ExtentSource, ImageInfo,
     ListedExtentsAnalyzer, RawChunk, ScanOutcome, SourceError,
 };
-use crate::codec::PlainExtent;
+use crate::payload_codec::PlainExtent;
 use crate::rbddiff::{Event, Reader};
 use crate::standby::{read_checksummed, write_checksummed};
 

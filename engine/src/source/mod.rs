@@ -35,7 +35,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use ferry_protocol::{Epoch, ExtentKind};
 
-use crate::codec::PlainExtent;
+use crate::payload_codec::PlainExtent;
 pub use file::FileSource;
 pub use manifest::{BlockHash, ManifestError, BLOCK_SIZE};
 pub use pool::{BufferPool, PoolBuf, PoolStats};
@@ -372,7 +372,9 @@ pub enum SourceError {
     /// Bookkeeping shared with the standby store (checksummed state files) failed.
     #[error(transparent)]
     Store(Box<crate::standby::StoreError>),
-    /// The RBD backend failed.
+    /// A source backend above this module failed (the RBD backend: its
+    /// `RbdError`, converted by `From`), so the source interface does not
+    /// depend on any backend.
     #[error(transparent)]
-    Rbd(Box<crate::rbd::RbdError>),
+    Backend(Box<dyn std::error::Error + Send + Sync>),
 }

@@ -16,7 +16,6 @@
 //! → [`StandbyStore::commit`] with every sealed epoch of the recovery point.
 //! All calls block on disk I/O: call them from `spawn_blocking`.
 
-mod backend;
 mod error;
 pub(crate) mod failpoint;
 mod io;
@@ -24,6 +23,7 @@ mod journal;
 #[cfg(any(test, feature = "failpoints"))]
 pub mod power_loss;
 mod record;
+mod slot;
 mod state;
 mod store;
 mod undo;
@@ -36,12 +36,11 @@ use ferry_protocol::types::{Epoch, ImageName, RecoveryPointId, SeqNo};
 
 /// A decoded extent as staged (`data` is `Some`, `len == length`, for data
 /// extents only). The codec's type, re-exported so callers need one name.
-pub use crate::codec::DecodedExtent;
-pub use backend::{EpochSink, Standby};
+pub use crate::payload_codec::DecodedExtent;
 pub use error::{BatchRejection, StoreError};
 pub use failpoint::CrashPoint;
 pub(crate) use state::{read_checksummed, write_checksummed};
-pub use store::StandbyStore;
+pub use store::{StandbyStore, MAX_HASHES_PER_CALL};
 pub(crate) use writer::check_extents;
 pub use writer::EpochWriter;
 

@@ -19,8 +19,9 @@ use super::failpoint;
 use super::io as store_io;
 use super::journal::{self, encode_table, ExtentEntry, JournalIndex, EXTENT_ENTRY_LEN};
 use super::record::{RecordHeader, HEADER_LEN, MAX_BODY_LEN};
-use super::store::{lock, Slot};
+use super::slot::Slot;
 use super::{BatchRejection, DecodedExtent, PendingEpoch, SealedEpoch, StagedBatch, StoreError};
+use crate::sync_util::lock;
 
 /// Writes the batches of one pending epoch. At most one exists per image;
 /// dropping it releases the image (and forgets batches staged but not synced).

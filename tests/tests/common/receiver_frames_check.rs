@@ -14,11 +14,10 @@
 //! standby image equals a model of every staged extent, byte for byte.
 
 use bytes::{Bytes, BytesMut};
-use ferry_engine::codec::{DecodedExtent, Decoder, Encoder, PlainExtent};
+use ferry_engine::payload_codec::{DecodedExtent, Decoder, Encoder, PlainExtent};
 use ferry_engine::session::machine::{FrameMachine, MachineError, Step};
-use ferry_engine::standby::{
-    EpochSink, RecoveryPointMeta, Standby, StandbyStore, StoreConfig, StoreError,
-};
+use ferry_engine::standby::{RecoveryPointMeta, StandbyStore, StoreConfig, StoreError};
+use ferry_engine::standby_backend::{EpochSink, Standby};
 use ferry_protocol::{
     Epoch, ExtentBatch, ExtentKind, FrameDecoder, ImageName, Message, OpenImage, RecoveryPointId,
     SeqNo, DEFAULT_MAX_FRAME_LEN,

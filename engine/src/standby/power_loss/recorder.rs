@@ -6,7 +6,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
 
 use super::log::{parent, read_records, Piece, Record, KEPT, OLD_BYTES, RECORDS};
 use super::PowerLossError;
@@ -94,7 +94,7 @@ impl Recorder {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::sync_util::lock(&self.state)
     }
 
     /// Before `[offset, offset + len)` of `file` is written.

@@ -1,15 +1,17 @@
 //! [`Standby`]: the standby side's image store, whichever backend holds the
 //! images — raw files ([`StandbyStore`]) or an RBD pool ([`RbdStandby`]) —
-//! behind the one interface the receiver uses.
+//! behind the one interface the receiver uses. It sits above both
+//! implementations (`standby/` and `rbd/standby.rs`), so neither imports
+//! the other.
 
 use ferry_protocol::message::OpenImage;
 use ferry_protocol::types::{Epoch, ImageName, RecoveryPointId, SeqNo};
 
-use super::{
+use crate::rbd::standby::{RbdEpochWriter, RbdStandby};
+use crate::standby::{
     EpochWriter, ImageState, RecoveryPointInfo, RecoveryPointMeta, SealedEpoch, StagedBatch,
     StandbyStore, StoreError,
 };
-use crate::rbd::sink::{RbdEpochWriter, RbdStandby};
 
 /// A standby store of either backend. Cheap to clone.
 #[derive(Clone, Debug)]

@@ -1,0 +1,367 @@
+//! Receiving an epoch into an RBD standby image: opening (or resuming) it,
+//! the [`RbdEpochWriter`] that applies batches in place and flushes them
+//! before they are acknowledged, and rolling a torn head back to the last
+//! recovery point's snapshot.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use ferry_protocol::message::OpenImage;
+use ferry_protocol::types::{Epoch, ExtentKind, ImageName, SeqNo};
+use tracing::info;
+
+use super::{
+    ceph, snap_name, zero_all, ImageRecord, PendingRecord, RbdStandby, Slot, MAX_IN_FLIGHT_BYTES,
+    MAX_IN_FLIGHT_OPS,
+};
+use crate::standby::{check_extents, check_open, SealedEpoch, StagedBatch, StoreError};
+use crate::sync_util::lock;
+use crate::sys::librbd::{Aio, CephError, Image};
+
+impl RbdStandby {
+    /// Starts or resumes receiving `open.epoch` of an image.
+    pub fn open_epoch(&self, open: &OpenImage) -> Result<RbdEpochWriter, StoreError> {
+        let image = &open.image;
+        self.finish_intents()?;
+        let slot = self.slot(image);
+        let _op = lock(&slot.op);
+        if *lock(&slot.writer_active) {
+            return Err(StoreError::Busy {
+                image: image.clone(),
+            });
+        }
+        let mut record = self
+            .load(image)?
+            .unwrap_or_else(|| ImageRecord::empty(image));
+        let committed = record.committed();
+        check_open(open, committed)?;
+        let ctx = format!("{}/{image}", self.pool_name());
+        // One open (with the lock) when the image exists; create it first if not.
+        let (handle, exists) = match self.open_image(image) {
+            Ok(handle) => (handle, true),
+            Err(StoreError::Ceph { source, .. }) if source.is_not_found() => {
+                if committed != Epoch(0) {
+                    return Err(StoreError::Corrupt {
+                        path: self.record_path(image),
+                        reason: format!("records recovery points but RBD image {ctx} is gone"),
+                    });
+                }
+                let existed = self.create_pool_image(image.as_str(), open.size)?;
+                info!(image = %ctx, size = open.size, "created standby RBD image");
+                (self.open_image(image)?, existed)
+            }
+            Err(e) => return Err(e),
+        };
+        let resumed = match record.pending {
+            Some(p)
+                if p.epoch == open.epoch.get()
+                    && p.base_epoch == open.base_epoch.get()
+                    && p.size == open.size =>
+            {
+                Some(p)
+            }
+            Some(p) => {
+                info!(image = %ctx, old_epoch = p.epoch, epoch = %open.epoch, "abandoning a pending epoch: rolling the image back");
+                self.rollback_head(&handle, &record)?;
+                record.pending = None;
+                self.save(&record)?;
+                None
+            }
+            None => None,
+        };
+        let pending = match resumed {
+            Some(p) => p,
+            None => {
+                if open.base_epoch == Epoch(0) {
+                    // A full copy sends only allocated data: start from zeroes.
+                    let size = handle.size().map_err(ceph(format!("size of {ctx}")))?;
+                    if size > 0 && exists {
+                        zero_all(&handle, size).map_err(ceph(format!("zeroing {ctx}")))?;
+                    }
+                }
+                let p = PendingRecord {
+                    epoch: open.epoch.get(),
+                    base_epoch: open.base_epoch.get(),
+                    durable_seq: 0,
+                    resume_offset: 0,
+                    size: open.size,
+                };
+                record.pending = Some(p);
+                self.save(&record)?;
+                p
+            }
+        };
+        let current = handle.size().map_err(ceph(format!("size of {ctx}")))?;
+        if open.size > current {
+            handle
+                .resize(open.size)
+                .map_err(ceph(format!("growing {ctx}")))?;
+        }
+        *lock(&slot.writer_active) = true;
+        drop(_op);
+        Ok(RbdEpochWriter {
+            store: self.clone(),
+            slot,
+            image: image.clone(),
+            handle,
+            pending,
+            staged_seq: SeqNo(pending.durable_seq),
+            staged_scan_end: pending.resume_offset,
+            in_flight: VecDeque::new(),
+            in_flight_bytes: 0,
+            poisoned: false,
+        })
+    }
+
+    /// Returns the head of `handle` to the image's last recovery point (all
+    /// zeroes when there is none).
+    pub(super) fn rollback_head(
+        &self,
+        handle: &Arc<Image>,
+        record: &ImageRecord,
+    ) -> Result<(), StoreError> {
+        let ctx = format!("{}/{}", self.pool_name(), record.image);
+        match record.history.last() {
+            Some(point) => {
+                let snap = snap_name(point.rp);
+                handle
+                    .snap_rollback(&snap)
+                    .map_err(ceph(format!("rolling {ctx} back to {snap}")))?;
+            }
+            None => {
+                let size = handle.size().map_err(ceph(format!("size of {ctx}")))?;
+                zero_all(handle, size).map_err(ceph(format!("zeroing {ctx}")))?;
+            }
+        }
+        handle.flush().map_err(ceph(format!("flushing {ctx}")))
+    }
+
+    /// Rolls a torn image (an epoch pending) back to its last recovery
+    /// point and forgets the pending epoch. Returns whether it was torn.
+    pub fn rollback(&self, image: &ImageName) -> Result<bool, StoreError> {
+        let slot = self.slot(image);
+        let _op = lock(&slot.op);
+        if *lock(&slot.writer_active) {
+            return Err(StoreError::Busy {
+                image: image.clone(),
+            });
+        }
+        let mut record = self.load(image)?.ok_or_else(|| StoreError::UnknownImage {
+            image: image.clone(),
+        })?;
+        if record.pending.is_none() {
+            return Ok(false);
+        }
+        let handle = self.open_image(image)?;
+        self.rollback_head(&handle, &record)?;
+        record.pending = None;
+        self.save(&record)?;
+        info!(image = %image, "rolled back to the last recovery point");
+        Ok(true)
+    }
+}
+
+/// Receives one epoch of one image into an [`RbdStandby`].
+pub struct RbdEpochWriter {
+    store: RbdStandby,
+    slot: Arc<Slot>,
+    image: ImageName,
+    handle: Arc<Image>,
+    pending: PendingRecord,
+    staged_seq: SeqNo,
+    staged_scan_end: u64,
+    in_flight: VecDeque<(Aio, u64)>,
+    in_flight_bytes: u64,
+    poisoned: bool,
+}
+
+impl RbdEpochWriter {
+    /// The epoch.
+    pub fn epoch(&self) -> Epoch {
+        Epoch(self.pending.epoch)
+    }
+
+    /// Highest durable batch.
+    pub fn durable_seq(&self) -> SeqNo {
+        SeqNo(self.pending.durable_seq)
+    }
+
+    /// Scan offset the primary resumes at.
+    pub fn resume_offset(&self) -> u64 {
+        self.pending.resume_offset
+    }
+
+    /// The image.
+    pub fn image(&self) -> &ImageName {
+        &self.image
+    }
+
+    fn ctx(&self) -> String {
+        format!("{}/{}", self.store.pool_name(), self.image)
+    }
+
+    fn poison(&mut self, context: &str) -> impl FnOnce(CephError) -> StoreError {
+        self.poisoned = true;
+        let context = format!("{context} {}", self.ctx());
+        move |source| StoreError::Ceph { context, source }
+    }
+
+    fn wait_oldest(&mut self) -> Result<(), StoreError> {
+        if let Some((op, bytes)) = self.in_flight.pop_front() {
+            self.in_flight_bytes -= bytes;
+            if let Err(e) = op.wait() {
+                return Err(self.poison("writing")(e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a batch (asynchronously). `Ok(false)`: a duplicate, ignored.
+    /// Nothing is durable until [`RbdEpochWriter::sync`].
+    pub fn stage(&mut self, batch: StagedBatch) -> Result<bool, StoreError> {
+        if self.poisoned {
+            return Err(StoreError::Poisoned {
+                image: self.image.clone(),
+                epoch: self.epoch(),
+            });
+        }
+        if batch.seq <= self.staged_seq {
+            return Ok(false);
+        }
+        if batch.seq != self.staged_seq.next() {
+            return Err(StoreError::OutOfOrder {
+                image: self.image.clone(),
+                expected: self.staged_seq.next(),
+                got: batch.seq,
+            });
+        }
+        check_extents(&batch.extents, self.pending.size, None).map_err(|reason| {
+            StoreError::InvalidBatch {
+                image: self.image.clone(),
+                seq: batch.seq,
+                reason,
+            }
+        })?;
+        if batch.scan_end < self.staged_scan_end {
+            return Err(StoreError::InvalidBatch {
+                image: self.image.clone(),
+                seq: batch.seq,
+                reason: crate::standby::BatchRejection::ScanEndBackwards {
+                    scan_end: batch.scan_end,
+                    previous: self.staged_scan_end,
+                },
+            });
+        }
+        for extent in batch.extents {
+            let len = u64::from(extent.length);
+            let started = match (extent.kind, extent.data) {
+                (ExtentKind::Data, Some(data)) => self.handle.aio_write(extent.offset, data),
+                (ExtentKind::Zero, _) => self
+                    .handle
+                    .aio_write_zeroes(extent.offset, extent.length as usize),
+                // librbd may skip parts of a discard (rbd_skip_partial_discard);
+                // write_zeroes guarantees the range reads as zeroes.
+                (ExtentKind::Discard, _) => self
+                    .handle
+                    .aio_write_zeroes(extent.offset, extent.length as usize),
+                (ExtentKind::Data, None) => continue, // rejected by check_extents
+            };
+            let op = match started {
+                Ok(op) => op,
+                Err(e) => return Err(self.poison("starting a write to")(e)),
+            };
+            let weight = if extent.kind == ExtentKind::Data {
+                len
+            } else {
+                0
+            };
+            self.in_flight.push_back((op, weight));
+            self.in_flight_bytes += weight;
+            while self.in_flight_bytes > MAX_IN_FLIGHT_BYTES
+                || self.in_flight.len() > MAX_IN_FLIGHT_OPS
+            {
+                self.wait_oldest()?;
+            }
+        }
+        self.staged_seq = batch.seq;
+        self.staged_scan_end = batch.scan_end;
+        Ok(true)
+    }
+
+    /// Waits for every staged write, flushes the image, records the durable
+    /// batch; returns it. Only what this returns may be acknowledged.
+    pub fn sync(&mut self) -> Result<SeqNo, StoreError> {
+        if self.poisoned {
+            return Err(StoreError::Poisoned {
+                image: self.image.clone(),
+                epoch: self.epoch(),
+            });
+        }
+        if self.staged_seq.get() == self.pending.durable_seq {
+            return Ok(self.durable_seq());
+        }
+        while !self.in_flight.is_empty() {
+            self.wait_oldest()?;
+        }
+        if let Err(e) = self.handle.flush() {
+            return Err(self.poison("flushing")(e));
+        }
+        let mut record = match self.store.load(&self.image) {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                return Err(StoreError::UnknownImage {
+                    image: self.image.clone(),
+                })
+            }
+            Err(e) => {
+                self.poisoned = true;
+                return Err(e);
+            }
+        };
+        let mut pending = self.pending;
+        pending.durable_seq = self.staged_seq.get();
+        pending.resume_offset = self.staged_scan_end;
+        record.pending = Some(pending);
+        if let Err(e) = self.store.save(&record) {
+            self.poisoned = true;
+            return Err(e);
+        }
+        self.pending = pending;
+        Ok(self.durable_seq())
+    }
+
+    /// Ends the epoch: `last_seq` must be the durable (and last staged) batch.
+    pub fn seal(self, last_seq: SeqNo, size: u64) -> Result<SealedEpoch, StoreError> {
+        if self.poisoned {
+            return Err(StoreError::Poisoned {
+                image: self.image.clone(),
+                epoch: self.epoch(),
+            });
+        }
+        crate::standby::check_size(&format!("seal {} epoch {}", self.image, self.epoch()), size)?;
+        if last_seq != self.durable_seq() || self.staged_seq != self.durable_seq() {
+            return Err(StoreError::SealMismatch {
+                image: self.image.clone(),
+                epoch: self.epoch(),
+                last_seq,
+                durable: self.durable_seq(),
+                staged: self.staged_seq,
+            });
+        }
+        Ok(SealedEpoch {
+            image: self.image.clone(),
+            epoch: self.epoch(),
+            last_seq,
+            size,
+        })
+    }
+}
+
+impl Drop for RbdEpochWriter {
+    fn drop(&mut self) {
+        // In-flight writes complete (dropping an Aio waits); they are simply
+        // not acknowledged and will be resent.
+        self.in_flight.clear();
+        *lock(&self.slot.writer_active) = false;
+    }
+}
