@@ -1,7 +1,7 @@
 //! What each control command does: one function per command family
 //! (`service`, `group`, `rp`, `policy`, `qos`) plus `status` and `op`, each
 //! mapping a command to its operator-API route and request body. The bodies
-//! are the typed ones the agent's API parses (`api::bodies`), so the CLI and
+//! are the typed ones the agent's API parses (`wire::bodies`), so the CLI and
 //! the server cannot drift apart.
 
 use std::time::Duration;
@@ -12,11 +12,11 @@ use hyper::Method;
 use super::agent_api::{json_body, Api, Outcome};
 use super::args::{Conn, GroupCmd, PolicyCmd, QosCmd, RpCmd, ServiceCmd};
 use super::render::print_status;
-use crate::api::bodies::{
+use crate::schedule::{PolicySchedule, Schedule, TzName};
+use crate::wire::bodies::{
     AddBody, BindBody, CreateGroupBody, CreateServiceBody, FailoverBody, KeyBody, PolicyBody, Qos,
     RestoreBody, RpBody, UpdateServiceBody, UrisBody,
 };
-use crate::schedule::{PolicySchedule, Schedule, TzName};
 
 /// `ferry service …`
 pub(super) async fn service(cmd: ServiceCmd, outer: &Conn) -> Result<Outcome> {
