@@ -13,10 +13,10 @@ use serde_json::{json, Value};
 
 use super::args::Conn;
 use super::render::print_human;
-use crate::api::http::{self, Reply, Target};
+use crate::wire::http::{self, Reply, Target};
 
 /// A request body for the agent: one of the typed bodies its API parses
-/// (`api::bodies`), sent as the JSON value it serialises to.
+/// (`wire::bodies`), sent as the JSON value it serialises to.
 pub(super) fn json_body(b: &impl Serialize) -> Result<Option<Value>> {
     Ok(Some(
         serde_json::to_value(b).context("encode the request body")?,

@@ -1,7 +1,7 @@
 //! What each control command does: one function per command family
 //! (`service`, `group`, `rp`, `policy`, `qos`) plus `status` and `op`, each
 //! mapping a command to its operator-API route and request body. The bodies
-//! are the typed ones the agent's API parses (`api::bodies`), so the CLI and
+//! are the typed ones the agent's API parses (`wire::bodies`), so the CLI and
 //! the server cannot drift apart.
 
 use std::time::Duration;
@@ -12,11 +12,11 @@ use hyper::Method;
 use super::agent_api::{json_body, Api, Outcome};
 use super::args::{Conn, GroupCmd, PolicyCmd, QosCmd, RpCmd, ServiceCmd};
 use super::render::print_status;
-use crate::api::bodies::{
+use crate::schedule::{PolicySchedule, Schedule, TzName};
+use crate::wire::bodies::{
     AddBody, BindBody, CreateGroupBody, CreateServiceBody, FailoverBody, KeyBody, PolicyBody, Qos,
     RestoreBody, RpBody, UpdateServiceBody, UrisBody,
 };
-use crate::schedule::{PolicySchedule, Schedule, TzName};
 
 /// `ferry service …`
 pub(super) async fn service(cmd: ServiceCmd, outer: &Conn) -> Result<Outcome> {
@@ -390,5 +390,113 @@ pub(super) async fn op(conn: &Conn, id: i64, wait: bool) -> Result<Outcome> {
     } else {
         api.run(Method::GET, &format!("/v1/operations/{id}"), None)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// The typed bodies put on the wire exactly the JSON the CLI wrote by
+    /// hand with `json!` before it sent them (unset options as `null`).
+    #[test]
+    fn typed_bodies_send_the_json_the_cli_always_sent() {
+        let some = |s: &str| Some(s.to_owned());
+        let s = |s: &str| s.to_owned();
+        let cases = [
+            (
+                json_body(&KeyBody {
+                    endpoint: None,
+                    ttl_secs: Some(3600),
+                }),
+                json!({ "endpoint": null, "ttl_secs": 3600 }),
+            ),
+            (
+                json_body(&CreateServiceBody {
+                    name: s("dr"),
+                    key: s("ferry1.k"),
+                    local_endpoint: some("10.0.0.1:7000"),
+                }),
+                json!({ "name": "dr", "key": "ferry1.k", "local_endpoint": "10.0.0.1:7000" }),
+            ),
+            (
+                json_body(&UpdateServiceBody {
+                    local_endpoint: None,
+                    remote_endpoint: some("b:2"),
+                }),
+                json!({ "local_endpoint": null, "remote_endpoint": "b:2" }),
+            ),
+            (
+                json_body(&CreateGroupBody {
+                    name: s("g1"),
+                    service: None,
+                    remote_project: s(""),
+                }),
+                json!({ "name": "g1", "service": null, "remote_project": "" }),
+            ),
+            (
+                json_body(&AddBody {
+                    uris: vec![s("file:/a"), s("rbd:p/i")],
+                    vm: some("vm1"),
+                }),
+                json!({ "uris": ["file:/a", "rbd:p/i"], "vm": "vm1" }),
+            ),
+            (
+                json_body(&UrisBody {
+                    uris: vec![s("file:/a")],
+                }),
+                json!({ "uris": ["file:/a"] }),
+            ),
+            (
+                json_body(&RestoreBody {
+                    resource: s("file:/a"),
+                    recovery_point: s("rp1"),
+                    out: s("/restore/a.raw"),
+                }),
+                json!({ "resource": "file:/a", "recovery_point": "rp1", "out": "/restore/a.raw" }),
+            ),
+            (
+                json_body(&FailoverBody {
+                    recovery_point: None,
+                }),
+                json!({ "recovery_point": null }),
+            ),
+            (
+                json_body(&RpBody { name: some("rp1") }),
+                json!({ "name": "rp1" }),
+            ),
+            (
+                json_body(&PolicyBody {
+                    name: s("nightly"),
+                    schedule: json!({ "tz": "UTC" }),
+                }),
+                json!({ "name": "nightly", "schedule": { "tz": "UTC" } }),
+            ),
+            (
+                json_body(&BindBody {
+                    policy: s("nightly"),
+                    retention: 3,
+                }),
+                json!({ "policy": "nightly", "retention": 3 }),
+            ),
+            (
+                json_body(&Qos {
+                    receive_limit: None,
+                    send_limit: Some(1000),
+                }),
+                json!({ "receive_limit": null, "send_limit": 1000 }),
+            ),
+        ];
+        for (sent, before) in cases {
+            let sent = sent.unwrap().unwrap();
+            assert_eq!(sent, before);
+            assert_eq!(
+                sent.to_string(),
+                before.to_string(),
+                "same bytes on the wire"
+            );
+        }
     }
 }
