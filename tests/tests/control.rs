@@ -892,9 +892,12 @@ fn standby_unreachable_stop_and_deletion_are_deferred_and_migration_retried() {
         "B was down: copy untouched"
     );
     s.b.restart(&[]);
-    wait_for("the standby to hear of the stop", || {
-        group_state(&b, "g1") == "mapped"
-    });
+    // The standby records the stop, then deletes its points and copies
+    // (peer.rs): wait for all of it, not only the state.
+    wait_for(
+        "the standby to hear of the stop and delete its copy",
+        || group_state(&b, "g1") == "mapped" && !s.b.image_path("g1-vm").exists(),
+    );
     assert_eq!(ok(&b, &["rp", "list", "g1"]).as_array().unwrap().len(), 0);
     assert!(!s.b.image_path("g1-vm").exists(), "stop deletes the copy");
 

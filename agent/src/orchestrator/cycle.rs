@@ -389,13 +389,22 @@ impl Orchestrator {
         self.set_progress(gid, |p| {
             p.resources = resources
                 .iter()
-                .map(|r| ResourceProgress {
-                    uri: r.uri.clone(),
-                    image: r.standby_target.clone(),
-                    bytes_total: r.size_bytes,
-                    bytes_remaining: r.size_bytes,
-                    phase: "starting".into(),
-                    ..ResourceProgress::default()
+                .map(|r| {
+                    // The link's last measurements stay visible until this
+                    // cycle's connection reports new ones (a scrape between
+                    // two cycles used to find no RTT series at all).
+                    let last = p.resources.iter().find(|old| old.uri == r.uri);
+                    ResourceProgress {
+                        uri: r.uri.clone(),
+                        image: r.standby_target.clone(),
+                        bytes_total: r.size_bytes,
+                        bytes_remaining: r.size_bytes,
+                        phase: "starting".into(),
+                        rtt_ms: last.and_then(|old| old.rtt_ms),
+                        cwnd: last.and_then(|old| old.cwnd),
+                        lost_packets: last.and_then(|old| old.lost_packets),
+                        ..ResourceProgress::default()
+                    }
                 })
                 .collect();
         });
