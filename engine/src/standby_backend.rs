@@ -3,11 +3,21 @@
 //! behind the one interface the receiver uses. It sits above both
 //! implementations (`standby/` and `rbd/standby.rs`), so neither imports
 //! the other.
+//!
+//! The agent drives the standby copies only through these methods (restore
+//! into a new volume, failover outputs, adopt, pin, remove, roll back):
+//! where the backends differ — what an output is, where a failover writes —
+//! the backend gives the answer, so no caller matches on the backend.
+
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::path::{Path, PathBuf};
 
 use ferry_protocol::message::OpenImage;
 use ferry_protocol::types::{Epoch, ImageName, RecoveryPointId, SeqNo};
 
 use crate::rbd::standby::{RbdEpochWriter, RbdStandby};
+use crate::rbd::{ClusterSpec, RbdSpec};
 use crate::standby::{
     EpochWriter, ImageState, RecoveryPointInfo, RecoveryPointMeta, SealedEpoch, StagedBatch,
     StandbyStore, StoreError,
@@ -20,6 +30,30 @@ pub enum Standby {
     Files(StandbyStore),
     /// Images in an RBD pool with snapshot recovery points.
     Rbd(RbdStandby),
+}
+
+/// Which backend a [`Standby`] is: the kind of volume its copies are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StandbyKind {
+    /// Raw image files.
+    Files,
+    /// Images of an RBD pool.
+    Rbd,
+}
+
+/// Where [`Standby::adopt`] copies an image from: a file (files backend)
+/// or a snapshot of an RBD image of the standby's cluster (RBD backend).
+#[derive(Clone, Copy, Debug)]
+pub enum AdoptSource<'a> {
+    /// A raw file.
+    File(&'a Path),
+    /// An RBD image snapshot (`spec.snap` names it) on `cluster`.
+    Rbd {
+        /// The cluster holding `spec`.
+        cluster: &'a ClusterSpec,
+        /// The image and snapshot to copy.
+        spec: &'a RbdSpec,
+    },
 }
 
 /// An epoch being received, of either backend.
@@ -114,6 +148,218 @@ impl Standby {
     pub fn remove_image(&self, image: &ImageName) -> Result<(), StoreError> {
         both!(self, s => s.remove_image(image))
     }
+
+    /// Which backend this is.
+    pub fn kind(&self) -> StandbyKind {
+        match self {
+            Self::Files(_) => StandbyKind::Files,
+            Self::Rbd(_) => StandbyKind::Rbd,
+        }
+    }
+
+    /// Writes `image` as it was at recovery point `rp` into the **new**
+    /// volume `output`: a file path (files backend, see
+    /// [`StandbyStore::restore`]) or an image name of the standby pool (RBD
+    /// backend, see [`RbdStandby::restore`]).
+    pub fn restore_into(
+        &self,
+        image: &ImageName,
+        rp: RecoveryPointId,
+        output: impl AsRef<OsStr>,
+    ) -> Result<(), StoreError> {
+        let output = output.as_ref();
+        match self {
+            Self::Files(s) => s.restore(image, rp, Path::new(output)),
+            Self::Rbd(s) => s.restore(image, rp, &output.to_string_lossy()),
+        }
+    }
+
+    /// Whether `output` can be a restore's new volume before anything is
+    /// begun: `Err` says why not (the files backend wants an absolute path
+    /// that does not exist; the RBD backend checks when it creates the image).
+    pub fn check_restore_output(&self, output: impl AsRef<OsStr>) -> Result<(), String> {
+        let path = Path::new(output.as_ref());
+        match self {
+            Self::Files(_) if path.exists() || !path.is_absolute() => {
+                Err("must be an absolute path that does not exist".into())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The output an operator named for a restore on the command line, as
+    /// [`Self::restore_into`] takes it: the path itself (files backend), or
+    /// an image name of the standby pool given as `NAME` or `rbd:POOL/NAME`
+    /// (RBD backend; another pool or a snapshot is refused, `Err` says why).
+    pub fn operator_output(&self, out: &Path) -> Result<OsString, String> {
+        let Self::Rbd(rbd) = self else {
+            return Ok(out.as_os_str().to_owned());
+        };
+        let name = out.to_string_lossy();
+        let Some(spec) = name.strip_prefix("rbd:") else {
+            return Ok(OsString::from(name.into_owned()));
+        };
+        let spec = RbdSpec::parse(spec).map_err(|e| e.to_string())?;
+        if spec.pool != rbd.pool_name() || spec.snap.is_some() {
+            return Err(format!(
+                "restore writes into the standby pool {}: give --out NAME or rbd:{}/NAME",
+                rbd.pool_name(),
+                rbd.pool_name()
+            ));
+        }
+        Ok(OsString::from(spec.image))
+    }
+
+    /// Where a failover writes `image`'s copy: the file `dir/IMAGE.raw`
+    /// (files backend: `dir` is the group's failover directory) or the new
+    /// image `failover-IMAGE` of the standby pool (RBD backend).
+    pub fn failover_output(&self, dir: &Path, image: &ImageName) -> OsString {
+        match self {
+            Self::Files(_) => dir.join(format!("{image}.raw")).into_os_string(),
+            Self::Rbd(_) => OsString::from(format!("failover-{image}")),
+        }
+    }
+
+    /// What a failover of the standby copies `targets` into `dir` makes, as
+    /// the units a first attempt must not find and a retry replaces: the
+    /// directory `dir` (files backend) or each image `failover-TARGET` of
+    /// the standby pool (RBD backend).
+    pub fn failover_leftovers(&self, dir: &Path, targets: &[&str]) -> Vec<FailoverLeftover> {
+        match self {
+            Self::Files(_) => vec![FailoverLeftover::Dir(dir.to_owned())],
+            Self::Rbd(rbd) => targets
+                .iter()
+                .map(|t| FailoverLeftover::Volume {
+                    store: rbd.clone(),
+                    name: format!("failover-{t}"),
+                })
+                .collect(),
+        }
+    }
+
+    /// Makes what the failover outputs go into (files backend: the
+    /// directory `dir`; nothing for the RBD backend).
+    pub fn prepare_failover_outputs(&self, dir: &Path) -> std::io::Result<()> {
+        match self {
+            Self::Files(_) => std::fs::create_dir_all(dir),
+            Self::Rbd(_) => Ok(()),
+        }
+    }
+
+    /// Installs a copy of `source` as `image` committed at `epoch` and
+    /// recovery point `rp` (the old primary's side of a planned migration):
+    /// see [`StandbyStore::adopt`] and [`RbdStandby::adopt`]. A source of
+    /// the other backend's kind is refused.
+    pub fn adopt(
+        &self,
+        image: &ImageName,
+        source: AdoptSource<'_>,
+        epoch: Epoch,
+        rp: RecoveryPointId,
+        created_unix_ms: u64,
+    ) -> Result<(), StoreError> {
+        match (self, source) {
+            (Self::Files(s), AdoptSource::File(path)) => {
+                s.adopt(image, path, epoch, rp, created_unix_ms)
+            }
+            (Self::Rbd(s), AdoptSource::Rbd { cluster, spec }) => {
+                s.adopt(image, cluster, spec, epoch, rp, created_unix_ms)
+            }
+            (Self::Rbd(_), AdoptSource::File(_)) => Err(not_backend("files")),
+            (Self::Files(_), AdoptSource::Rbd { .. }) => Err(not_backend("rbd")),
+        }
+    }
+
+    /// Rolls a torn image back to its last recovery point; whether it was
+    /// torn. The file store applies an epoch only at commit, behind an undo
+    /// log: its images are never torn.
+    pub fn rollback(&self, image: &ImageName) -> Result<bool, StoreError> {
+        match self {
+            Self::Files(_) => Ok(false),
+            Self::Rbd(s) => s.rollback(image),
+        }
+    }
+
+    /// The RBD pool of the standby images (RBD backend only).
+    pub fn rbd_pool(&self) -> Result<&str, StoreError> {
+        match self {
+            Self::Rbd(s) => Ok(s.pool_name()),
+            Self::Files(_) => Err(not_backend("rbd")),
+        }
+    }
+
+    /// Whether the pool holds an image `name`, standby image or not (RBD
+    /// backend only: see [`RbdStandby::volume_exists`]).
+    pub fn volume_exists(&self, name: &str) -> Result<bool, StoreError> {
+        match self {
+            Self::Rbd(s) => s.volume_exists(name),
+            Self::Files(_) => Err(not_backend("rbd")),
+        }
+    }
+
+    /// Deletes image `name` made next to the standby images (RBD backend
+    /// only: see [`RbdStandby::remove_volume`]).
+    pub fn remove_volume(&self, name: &str) -> Result<(), StoreError> {
+        match self {
+            Self::Rbd(s) => s.remove_volume(name),
+            Self::Files(_) => Err(not_backend("rbd")),
+        }
+    }
+}
+
+/// The refusal of an operation only the `wanted` backend has.
+fn not_backend(wanted: &str) -> StoreError {
+    StoreError::InvalidRequest {
+        reason: format!("the standby backend is not {wanted}"),
+    }
+}
+
+/// One thing a failover makes that a first attempt must not find and a
+/// retry replaces (see [`Standby::failover_leftovers`]). Displays as the
+/// operator knows it.
+#[derive(Clone, Debug)]
+pub enum FailoverLeftover {
+    /// The group's failover directory (files backend).
+    Dir(PathBuf),
+    /// An image of the standby pool (RBD backend).
+    Volume {
+        /// The store whose pool holds it.
+        store: RbdStandby,
+        /// Its name.
+        name: String,
+    },
+}
+
+impl FailoverLeftover {
+    /// Whether it is there.
+    pub fn exists(&self) -> Result<bool, StoreError> {
+        match self {
+            Self::Dir(dir) => Ok(dir.exists()),
+            Self::Volume { store, name } => store.volume_exists(name),
+        }
+    }
+
+    /// Removes it (an absent one is fine).
+    pub fn remove(&self) -> Result<(), StoreError> {
+        match self {
+            Self::Dir(dir) => match std::fs::remove_dir_all(dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(StoreError::io("remove directory", dir, e))
+                }
+                _ => Ok(()),
+            },
+            Self::Volume { store, name } => store.remove_volume(name),
+        }
+    }
+}
+
+impl fmt::Display for FailoverLeftover {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Dir(dir) => write!(f, "{}", dir.display()),
+            Self::Volume { store, name } => write!(f, "RBD image {}/{name}", store.pool_name()),
+        }
+    }
 }
 
 impl EpochSink {
@@ -150,5 +396,70 @@ impl EpochSink {
     /// Ends the epoch.
     pub fn seal(self, last_seq: SeqNo, size: u64) -> Result<SealedEpoch, StoreError> {
         both!(self, w => w.seal(last_seq, size))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::standby::StoreConfig;
+
+    fn files(dir: &Path) -> Standby {
+        StandbyStore::open(dir, StoreConfig::default())
+            .expect("open store")
+            .into()
+    }
+
+    #[test]
+    fn files_outputs_are_paths_and_failover_replaces_its_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = files(&dir.path().join("store"));
+        assert_eq!(store.kind(), StandbyKind::Files);
+        let image = ImageName::new("g1-a").unwrap();
+        let out = dir.path().join("failover").join("g1");
+        assert_eq!(
+            store.failover_output(&out, &image),
+            out.join("g1-a.raw").into_os_string()
+        );
+        assert_eq!(
+            store.operator_output(Path::new("rbd:x/y")).unwrap(),
+            OsString::from("rbd:x/y")
+        );
+        assert!(store.check_restore_output("relative.raw").is_err());
+        assert!(store.check_restore_output(dir.path()).is_err());
+        assert!(store
+            .check_restore_output(dir.path().join("new.raw"))
+            .is_ok());
+        let leftovers = store.failover_leftovers(&out, &["g1-a", "g1-b"]);
+        assert_eq!(leftovers.len(), 1);
+        assert_eq!(leftovers[0].to_string(), out.display().to_string());
+        assert!(!leftovers[0].exists().unwrap());
+        store.prepare_failover_outputs(&out).unwrap();
+        assert!(leftovers[0].exists().unwrap());
+        leftovers[0].remove().unwrap();
+        assert!(!leftovers[0].exists().unwrap());
+        leftovers[0].remove().unwrap();
+    }
+
+    #[test]
+    fn files_refuse_the_rbd_only_operations_and_are_never_torn() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = files(dir.path());
+        let image = ImageName::new("g1-a").unwrap();
+        assert!(!store.rollback(&image).unwrap());
+        let not_rbd = |e: StoreError| e.to_string().contains("the standby backend is not rbd");
+        assert!(not_rbd(store.rbd_pool().unwrap_err()));
+        assert!(not_rbd(store.volume_exists("v").unwrap_err()));
+        assert!(not_rbd(store.remove_volume("v").unwrap_err()));
+        let spec = RbdSpec::parse("p/i@s").unwrap();
+        let cluster = ClusterSpec::default();
+        let source = AdoptSource::Rbd {
+            cluster: &cluster,
+            spec: &spec,
+        };
+        let err = store
+            .adopt(&image, source, Epoch(1), RecoveryPointId(1), 0)
+            .unwrap_err();
+        assert!(not_rbd(err));
     }
 }

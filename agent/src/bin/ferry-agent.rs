@@ -203,26 +203,8 @@ async fn main_inner(cli: Cli) -> Result<()> {
         } => {
             let image = ImageName::new(image)?;
             let (_lock, store) = open_store_offline(&dir).await?;
-            match &store {
-                Standby::Files(files) => files.restore(&image, RecoveryPointId(rp), &out)?,
-                Standby::Rbd(rbd) => {
-                    let name = out.to_string_lossy();
-                    let name = match name.strip_prefix("rbd:") {
-                        Some(spec) => {
-                            let spec = ferry_engine::rbd::RbdSpec::parse(spec)?;
-                            anyhow::ensure!(
-                                spec.pool == rbd.pool_name() && spec.snap.is_none(),
-                                "restore writes into the standby pool {}: give --out NAME or rbd:{}/NAME",
-                                rbd.pool_name(),
-                                rbd.pool_name()
-                            );
-                            spec.image
-                        }
-                        None => name.into_owned(),
-                    };
-                    rbd.restore(&image, RecoveryPointId(rp), &name)?;
-                }
-            }
+            let output = store.operator_output(&out).map_err(anyhow::Error::msg)?;
+            store.restore_into(&image, RecoveryPointId(rp), &output)?;
             println!(
                 "restored {image} at recovery point {rp} to {}",
                 out.display()
@@ -239,12 +221,7 @@ async fn main_inner(cli: Cli) -> Result<()> {
         Command::Rollback { dir, image } => {
             let image = ImageName::new(image)?;
             let (_lock, store) = open_store_offline(&dir).await?;
-            let torn = match &store {
-                // The file store applies an epoch only at commit, behind an
-                // undo log: its images are never torn.
-                Standby::Files(_) => false,
-                Standby::Rbd(rbd) => rbd.rollback(&image)?,
-            };
+            let torn = store.rollback(&image)?;
             if torn {
                 println!("{image}: rolled back to its last recovery point");
             } else {

@@ -3,7 +3,6 @@
 //! the standby copies into **new** volumes (files or RBD images), never
 //! over the replicated copies. A failover makes the group a new primary.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ferry_engine::session::receiver::ReceiverContext;
@@ -42,14 +41,9 @@ impl Orchestrator {
         let point = self.db(|s| s.recovery_point_by_name(g.id, rp))?;
         let image = ImageName::new(res.standby_target.clone())
             .map_err(|e| CtlError::BadRequest(e.to_string()))?;
-        let out_path = PathBuf::from(out);
-        if matches!(
-            self.receiver.store,
-            ferry_engine::standby_backend::Standby::Files(_)
-        ) && (out_path.exists() || !out_path.is_absolute())
-        {
+        if let Err(why) = self.receiver.store.check_restore_output(out) {
             return Err(CtlError::BadRequest(format!(
-                "restore writes a new image: {out} must be an absolute path that does not exist"
+                "restore writes a new image: {out} {why}"
             )));
         }
         let op = self.db(|s| {
@@ -67,14 +61,7 @@ impl Orchestrator {
         let engine_rp = ferry_protocol::RecoveryPointId(point.engine_rp);
         self.run_op(op.id, async move {
             tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-                match &receiver.store {
-                    ferry_engine::standby_backend::Standby::Files(files) => {
-                        files.restore(&image, engine_rp, Path::new(&out))?
-                    }
-                    ferry_engine::standby_backend::Standby::Rbd(rbd) => {
-                        rbd.restore(&image, engine_rp, &out)?
-                    }
-                }
+                receiver.store.restore_into(&image, engine_rp, &out)?;
                 Ok(())
             })
             .await
@@ -114,45 +101,28 @@ impl Orchestrator {
             .map_err(StoreError::Refused)?;
         let resources = self.db(|s| s.resources(g.id))?;
         let out_dir = self.dir.join("failover").join(&g.name);
-        let files = matches!(
-            self.receiver.store,
-            ferry_engine::standby_backend::Standby::Files(_)
-        );
-        if files && out_dir.exists() {
+        // A first attempt never takes over a copy someone else made; a
+        // retry replaces what the failed attempt made (it could not have
+        // started if any had existed before it).
+        let targets: Vec<&str> = resources
+            .iter()
+            .map(|r| r.standby_target.as_str())
+            .collect();
+        let mut replace = Vec::new();
+        for leftover in self.receiver.store.failover_leftovers(&out_dir, &targets) {
+            let exists = leftover
+                .exists()
+                .map_err(|e| internal(format!("looking up {leftover}"))(e.into()))?;
+            if !exists {
+                continue;
+            }
             if g.state != GroupState::FailoverFailed {
                 return Err(CtlError::BadRequest(format!(
-                    "{} exists; move it away first",
-                    out_dir.display()
+                    "{leftover} exists; move it away first"
                 )));
             }
-            // A retry: what is there is the failed attempt's partial output,
-            // removed by the operation below.
-            warn!(group = %g.name, dir = %out_dir.display(), "retrying a failed failover: replacing the failed attempt's copies");
-        }
-        let replace_out_dir = files && out_dir.exists();
-        let mut replace_images = Vec::new();
-        if let ferry_engine::standby_backend::Standby::Rbd(rbd) = &self.receiver.store {
-            // The same rule for the RBD images `failover-IMAGE`: a first
-            // attempt never takes over an image someone else made; a retry
-            // replaces what the failed attempt made (it could not have
-            // started if any had existed before it).
-            for r in &resources {
-                let name = format!("failover-{}", r.standby_target);
-                let exists = rbd
-                    .volume_exists(&name)
-                    .map_err(|e| internal(format!("looking up RBD image {name}"))(e.into()))?;
-                if !exists {
-                    continue;
-                }
-                if g.state != GroupState::FailoverFailed {
-                    return Err(CtlError::BadRequest(format!(
-                        "RBD image {}/{name} exists; move it away first",
-                        rbd.pool_name()
-                    )));
-                }
-                warn!(group = %g.name, image = %name, "retrying a failed failover: replacing the failed attempt's copy");
-                replace_images.push(name);
-            }
+            warn!(group = %g.name, output = %leftover, "retrying a failed failover: replacing the failed attempt's copies");
+            replace.push(leftover);
         }
         let op = self.db(|s| {
             s.begin_checked(
@@ -180,41 +150,20 @@ impl Orchestrator {
                 // RBD this can wait for a killed agent's watch on a
                 // half-made image to expire, so it is done here, off the
                 // API's workers.
-                if replace_out_dir {
-                    match std::fs::remove_dir_all(&dir) {
-                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                            return Err(anyhow::Error::new(e).context(format!(
-                                "removing the failed failover's copies in {}",
-                                dir.display()
-                            )))
-                        }
-                        _ => {}
-                    }
-                }
-                if let ferry_engine::standby_backend::Standby::Rbd(rbd) = &receiver.store {
-                    for name in &replace_images {
-                        rbd.remove_volume(name).map_err(|e| {
-                            anyhow::Error::new(e)
-                                .context(format!("removing the failed failover's RBD image {name}"))
-                        })?;
-                    }
+                for leftover in &replace {
+                    leftover.remove().map_err(|e| {
+                        anyhow::Error::new(e).context(format!(
+                            "removing the failed failover's copies in {leftover}"
+                        ))
+                    })?;
                 }
                 ferry_engine::testpoint::reach("failover::before-images");
-                match &receiver.store {
-                    ferry_engine::standby_backend::Standby::Files(files) => {
-                        std::fs::create_dir_all(&dir)?;
-                        for image in &images {
-                            files.restore(image, rp, &dir.join(format!("{image}.raw")))?;
-                            // Fault injection (tests): hold or stop between images.
-                            ferry_engine::testpoint::reach("failover::after-image");
-                        }
-                    }
-                    ferry_engine::standby_backend::Standby::Rbd(rbd) => {
-                        for image in &images {
-                            rbd.restore(image, rp, &format!("failover-{image}"))?;
-                            ferry_engine::testpoint::reach("failover::after-image");
-                        }
-                    }
+                receiver.store.prepare_failover_outputs(&dir)?;
+                for image in &images {
+                    let output = receiver.store.failover_output(&dir, image);
+                    receiver.store.restore_into(image, rp, output)?;
+                    // Fault injection (tests): hold or stop between images.
+                    ferry_engine::testpoint::reach("failover::after-image");
                 }
                 Ok(())
             })

@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use ferry_engine::standby_backend::Standby;
+use ferry_engine::standby_backend::{AdoptSource, Standby, StandbyKind};
 use ferry_protocol::{AgentId, ImageName};
 use hyper::Method;
 use serde::{Deserialize, Serialize};
@@ -197,13 +197,8 @@ impl Orchestrator {
             self.on_store(
                 format!("installing {} as standby copy {name}", path.display()),
                 move |st| {
-                    let ferry_engine::standby_backend::Standby::Files(files) = st else {
-                        return Err(ferry_engine::standby::StoreError::InvalidRequest {
-                            reason: "the standby backend is not files".into(),
-                        });
-                    };
-                    files.remove_image(&name)?;
-                    files.adopt(&name, &path, epoch, rp, created)
+                    st.remove_image(&name)?;
+                    st.adopt(&name, AdoptSource::File(&path), epoch, rp, created)
                 },
             )
             .await?;
@@ -352,10 +347,7 @@ impl Orchestrator {
             }
             MigrateStep::Abort => {
                 if let Ok(op) = running() {
-                    if matches!(
-                        self.receiver.store,
-                        ferry_engine::standby_backend::Standby::Rbd(_)
-                    ) {
+                    if self.receiver.store.kind() == StandbyKind::Rbd {
                         self.remove_rbd_volumes(&g).await?;
                     }
                     let dir = self.dir.join("volumes").join(&g.name);
@@ -401,12 +393,7 @@ impl Orchestrator {
                             source,
                         }
                     };
-                    let ferry_engine::standby_backend::Standby::Files(files) = st else {
-                        return Err(ferry_engine::standby::StoreError::InvalidRequest {
-                            reason: "the standby backend is not files".into(),
-                        });
-                    };
-                    let info = files
+                    let info = st
                         .recovery_points(&image)?
                         .into_iter()
                         .find(|p| p.id == rp)
@@ -420,7 +407,7 @@ impl Orchestrator {
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                         Err(e) => return Err(io("remove an earlier attempt", &o)(e)),
                     }
-                    files.restore(&image, rp, &o)?;
+                    st.restore_into(&image, rp, &o)?;
                     ferry_engine::source::FileSource::seed(&o, &state_dir, info.epoch).map_err(
                         |e| ferry_engine::standby::StoreError::InvalidRequest {
                             reason: format!("seeding the source state of {}: {e}", o.display()),
@@ -468,14 +455,14 @@ fn migration_kind(
     };
     let files = all(|u| matches!(u, SourceUri::File(_)));
     let rbd = all(|u| matches!(u, SourceUri::Rbd(_)));
-    match (store, files, rbd) {
-        (Standby::Files(_), true, _) => Ok(MigrationKind::Files),
-        (Standby::Rbd(_), _, true) => Ok(MigrationKind::Rbd),
-        (Standby::Files(_), _, true) => Err(format!(
+    match (store.kind(), files, rbd) {
+        (StandbyKind::Files, true, _) => Ok(MigrationKind::Files),
+        (StandbyKind::Rbd, _, true) => Ok(MigrationKind::Rbd),
+        (StandbyKind::Files, _, true) => Err(format!(
             "planned migration of rbd: volumes needs the rbd standby backend on both agents; \
              the {role} uses the files backend"
         )),
-        (Standby::Rbd(_), true, _) => Err(format!(
+        (StandbyKind::Rbd, true, _) => Err(format!(
             "planned migration of file: volumes needs the files standby backend on both agents; \
              the {role} uses the rbd backend"
         )),

@@ -17,18 +17,17 @@
 //!   the whole image) like the new volume; then the source's committed
 //!   ferry snapshot — the final sync, same epoch — is copied into this
 //!   agent's RBD standby pool as the standby copy at that recovery point
-//!   and epoch ([`RbdStandby::adopt`]), the standby commits the swap, and
-//!   the old source's ferry snapshots and state go.
+//!   and epoch (`Standby::adopt` of an [`AdoptSource::Rbd`]), the standby
+//!   commits the swap, and the old source's ferry snapshots and state go.
 //!
 //! Every step is idempotent; an adopted copy at the same point is kept.
 
 use std::path::{Path, PathBuf};
 
 use ferry_engine::rbd::source::RbdSource;
-use ferry_engine::rbd::standby::RbdStandby;
 use ferry_engine::rbd::{image_hash, ClusterSpec, RbdSpec};
 use ferry_engine::standby::StoreError as EngineStoreError;
-use ferry_engine::standby_backend::Standby;
+use ferry_engine::standby_backend::AdoptSource;
 use ferry_protocol::{AgentId, Epoch, ImageName, RecoveryPointId};
 use tracing::{info, warn};
 
@@ -42,15 +41,6 @@ use crate::uri::SourceUri;
 
 /// The RBD images a migration's `Prepare` made on the standby, by name.
 const VOLUMES_FILE: &str = "rbd-volumes.json";
-
-fn rbd_of(store: &Standby) -> Result<&RbdStandby, EngineStoreError> {
-    match store {
-        Standby::Rbd(rbd) => Ok(rbd),
-        Standby::Files(_) => Err(EngineStoreError::InvalidRequest {
-            reason: "the standby backend is not rbd".into(),
-        }),
-    }
-}
 
 fn rbd_spec(r: &Resource) -> CtlResult<RbdSpec> {
     match SourceUri::parse(&r.uri) {
@@ -119,7 +109,7 @@ impl Orchestrator {
         for name in self.load_rbd_volumes(g)? {
             let n = name.clone();
             self.on_store(format!("removing migration volume {name}"), move |st| {
-                rbd_of(st)?.remove_volume(&n)
+                st.remove_volume(&n)
             })
             .await?;
         }
@@ -164,9 +154,7 @@ impl Orchestrator {
         for name in &names {
             let n = name.clone();
             let exists = self
-                .on_store(format!("looking up {name}"), move |st| {
-                    rbd_of(st)?.volume_exists(&n)
-                })
+                .on_store(format!("looking up {name}"), move |st| st.volume_exists(&n))
                 .await?;
             if exists {
                 return Err(CtlError::BadRequest(format!(
@@ -188,10 +176,10 @@ impl Orchestrator {
             let what = format!("writing {image} at engine recovery point {engine_rp} to {dest}");
             let (hash, pool) = self
                 .on_store(what, move |st| {
-                    let rbd = rbd_of(st)?;
-                    rbd.restore(&img, rp, &d)?;
+                    let pool = st.rbd_pool()?.to_owned();
+                    st.restore_into(&img, rp, &d)?;
                     let spec = RbdSpec {
-                        pool: rbd.pool_name().to_owned(),
+                        pool,
                         image: d.clone(),
                         snap: None,
                     };
@@ -300,8 +288,7 @@ impl Orchestrator {
         self.on_store(
             format!("installing {spec} as standby copy {name}"),
             move |st| {
-                let rbd = rbd_of(st)?;
-                match rbd.image_state(&n)? {
+                match st.image_state(&n)? {
                     Some(have)
                         if have.pending.is_none()
                             && have.recovery_point == rp
@@ -310,7 +297,7 @@ impl Orchestrator {
                         return Ok(()); // installed by an earlier attempt
                     }
                     // An earlier attempt's copy at another point.
-                    Some(_) => rbd.remove_image(&n)?,
+                    Some(_) => st.remove_image(&n)?,
                     None => {}
                 }
                 let snap = match &committed {
@@ -329,7 +316,11 @@ impl Orchestrator {
                     snap: Some(snap),
                     ..s.clone()
                 };
-                rbd.adopt(&n, &cluster, &source, epoch, rp, created)
+                let source = AdoptSource::Rbd {
+                    cluster: &cluster,
+                    spec: &source,
+                };
+                st.adopt(&n, source, epoch, rp, created)
             },
         )
         .await
