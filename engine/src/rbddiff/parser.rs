@@ -11,7 +11,7 @@
 
 mod steps;
 
-use super::{
+use super::wire::{
     tag, BANNER_DIFF_V1, BANNER_DIFF_V2, BANNER_IMAGE_DIFFS_V2, BANNER_IMAGE_V2, MAX_META_RECORD,
     MAX_SNAP_NAME,
 };
