@@ -29,57 +29,18 @@ pub mod import;
 pub mod parser;
 pub mod reader;
 pub mod undo;
+mod wire;
 pub mod writer;
 
 pub use parser::{Event, Format, ImageProperty, ParseError, Parser, Step};
 pub use reader::{Piece, ReadError, Reader};
+pub use wire::{
+    tag, BANNER_DIFF_V1, BANNER_DIFF_V2, BANNER_IMAGE_DIFFS_V2, BANNER_IMAGE_V2, MAX_META_RECORD,
+    MAX_SNAP_NAME,
+};
 pub use writer::{
     write_image_v2_header, write_image_v2_header_raw, DiffWriter, ImageProperties, WriteError,
 };
-
-/// `rbd export-diff` banner (diff format v1).
-pub const BANNER_DIFF_V1: &[u8] = b"rbd diff v1\n";
-/// Banner of one diff in format v2 (inside an `rbd image v2` stream).
-pub const BANNER_DIFF_V2: &[u8] = b"rbd diff v2\n";
-/// `rbd export --export-format 2` banner.
-pub const BANNER_IMAGE_V2: &[u8] = b"rbd image v2\n";
-/// Banner between the image properties and the diffs of an image v2 stream.
-pub const BANNER_IMAGE_DIFFS_V2: &[u8] = b"rbd image diffs v2\n";
-
-/// Record tags of a diff.
-pub mod tag {
-    /// From-snapshot name.
-    pub const FROM_SNAP: u8 = b'f';
-    /// To-snapshot name.
-    pub const TO_SNAP: u8 = b't';
-    /// Image size at the end of the diff.
-    pub const SIZE: u8 = b's';
-    /// Data write.
-    pub const WRITE: u8 = b'w';
-    /// Zeroed (discarded) range.
-    pub const ZERO: u8 = b'z';
-    /// End of the diff.
-    pub const END: u8 = b'e';
-    /// Snapshot protection status (v2 only).
-    pub const PROTECTED: u8 = b'p';
-    /// Image property: object order.
-    pub const IMAGE_ORDER: u8 = b'O';
-    /// Image property: feature bits.
-    pub const IMAGE_FEATURES: u8 = b'T';
-    /// Image property: stripe unit.
-    pub const IMAGE_STRIPE_UNIT: u8 = b'U';
-    /// Image property: stripe count.
-    pub const IMAGE_STRIPE_COUNT: u8 = b'C';
-    /// Image property: one metadata key/value pair.
-    pub const IMAGE_META: u8 = b'M';
-    /// End of the image properties.
-    pub const IMAGE_END: u8 = b'E';
-}
-
-/// Longest snapshot name accepted (the limit `rbd import-diff` applies).
-pub const MAX_SNAP_NAME: usize = 4096;
-/// Longest image metadata record (`M`) accepted, in bytes.
-pub const MAX_META_RECORD: u64 = 1 << 20;
 
 /// Whether every byte of `bytes` is zero.
 pub(crate) fn is_zero(bytes: &[u8]) -> bool {

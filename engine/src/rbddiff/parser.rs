@@ -11,9 +11,7 @@
 
 mod steps;
 
-use steps::Flow;
-
-use super::{
+use super::wire::{
     tag, BANNER_DIFF_V1, BANNER_DIFF_V2, BANNER_IMAGE_DIFFS_V2, BANNER_IMAGE_V2, MAX_META_RECORD,
     MAX_SNAP_NAME,
 };
@@ -306,6 +304,14 @@ enum State {
     Data { offset: u64, remaining: u64 },
     AfterDiff,
     Done,
+}
+
+/// What one step of `Parser::run` decided.
+enum Flow {
+    /// The state changed; run the next step.
+    Continue,
+    /// Return this from `advance`: an event, or `None` for "need more input".
+    Yield(Option<Event>),
 }
 
 /// Per-diff bookkeeping for the ordering and bounds rules.

@@ -10,8 +10,10 @@
 use std::io::{self, Write};
 
 use super::parser::{Format, ImageProperty};
-use super::{tag, BANNER_DIFF_V1, BANNER_DIFF_V2, BANNER_IMAGE_DIFFS_V2, BANNER_IMAGE_V2};
-use super::{MAX_META_RECORD, MAX_SNAP_NAME};
+use super::wire::{
+    tag, BANNER_DIFF_V1, BANNER_DIFF_V2, BANNER_IMAGE_DIFFS_V2, BANNER_IMAGE_V2, MAX_META_RECORD,
+    MAX_SNAP_NAME,
+};
 
 /// Why a diff could not be written.
 #[derive(Debug, thiserror::Error)]

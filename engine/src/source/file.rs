@@ -41,8 +41,9 @@
 //! accepts it ([`FileSourceOptions::accept_changes_at_rest`]), which is
 //! then logged as a warning.
 //!
-//! Here: the source itself and the [`ExtentSource`] steps. By concern:
-//! `file/state.rs` (state file, manifests, crash reconciliation),
+//! Here: opening the source and the [`ExtentSource`] steps. By concern:
+//! `file/types.rs` (the source's data and shared helpers, below all the
+//! others), `file/state.rs` (state file, manifests, crash reconciliation),
 //! `file/fingerprint.rs` (change fingerprints), `file/scan.rs` (cycle start,
 //! reading, end of scan), `file/analyser.rs` (per-block change detection).
 
@@ -52,12 +53,12 @@ mod scan;
 mod state;
 #[cfg(test)]
 mod tests;
+mod types;
 
 use std::cell::Cell;
 use std::fs::{self, File};
-use std::io;
 use std::os::unix::fs::FileTypeExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use ferry_protocol::Epoch;
@@ -70,7 +71,8 @@ use super::{
 };
 use crate::sys::uring::{BlockReader, IoShape};
 use analyser::FileAnalyzer;
-use state::{Cycle, PersistedState};
+pub use types::FileSource;
+use types::{io_error, remove_if_exists, sync_dir, PersistedState};
 
 /// The partial manifest is made durable at least this often (bytes of scan).
 pub const SYNC_INTERVAL: u64 = 256 << 20;
@@ -85,41 +87,6 @@ pub struct FileSourceOptions {
     /// Replicate blocks that changed at rest (see the module docs) instead
     /// of refusing the cycle; logged as a warning.
     pub accept_changes_at_rest: bool,
-}
-
-/// A raw image file or block device with manifest-based change detection.
-#[derive(Debug)]
-pub struct FileSource {
-    image_path: PathBuf,
-    state_dir: PathBuf,
-    image: File,
-    block_device: bool,
-    reader: BlockReader,
-    state: PersistedState,
-    base: Option<Manifest>,
-    cycle: Option<Cycle>,
-    /// The size the last `info()` reported; a new cycle scans exactly this.
-    pinned_size: Cell<Option<u64>>,
-    accept_changes_at_rest: bool,
-}
-
-pub(super) fn io_error(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SourceError {
-    let path = path.to_owned();
-    move |source| SourceError::Io { op, path, source }
-}
-
-pub(super) fn remove_if_exists(path: &Path) -> Result<(), SourceError> {
-    match fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(error) => Err(io_error("remove", path)(error)),
-    }
-}
-
-fn sync_dir(dir: &Path) -> Result<(), SourceError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_error("sync directory", dir))
 }
 
 impl FileSource {

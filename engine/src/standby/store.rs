@@ -6,13 +6,15 @@
 //! images are locked in name order) and a small metadata mutex (writer
 //! claimed, pending-epoch summary) that writers update on `sync`.
 //!
-//! By concern: [`layout`] (paths and file kinds), [`epoch`] (opening and
+//! By concern: [`handle`] (the store's shared state and look-ups, below
+//! all the others), [`layout`] (paths and file kinds), [`epoch`] (opening and
 //! resuming epochs), [`commit`] (the commit protocol), [`recovery`] (crash
 //! recovery at open), [`retention`] (retained points, pins), [`restore`]
 //! (restore and hashing), [`images`] (placeholder, removal, adoption).
 
 mod commit;
 mod epoch;
+mod handle;
 mod images;
 mod layout;
 mod recovery;
@@ -20,39 +22,22 @@ mod restore;
 mod retention;
 
 use std::collections::{BTreeMap, HashSet};
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use ferry_protocol::types::{Epoch, ImageName, RecoveryPointId};
 
 use super::io::{self as store_io, sync_dir};
-use super::slot::{Slot, SlotMeta};
-use super::state::{self, exists, read_checksummed, HistoryEntry, ImageStateFile};
+use super::slot::Slot;
+use super::state::{exists, HistoryEntry, ImageStateFile};
 use super::{ImageState, StoreConfig, StoreError};
 use crate::sync_util::lock;
 use crate::sys::fs::try_lock_exclusive;
+use handle::Inner;
+pub use handle::StandbyStore;
 use layout::read_dir;
 pub use restore::MAX_HASHES_PER_CALL;
-
-#[derive(Debug)]
-struct Inner {
-    images: PathBuf,
-    commits: PathBuf,
-    retention: usize,
-    slots: Mutex<BTreeMap<ImageName, Arc<Slot>>>,
-    /// Intent files of commits running in this process (recovery skips them).
-    in_flight: Mutex<HashSet<PathBuf>>,
-    /// Holds the store's flock for the life of the store.
-    _lock: File,
-}
-
-/// The durable, crash-consistent store of standby images. Cheap to clone;
-/// clones share one store. All methods block on disk I/O.
-#[derive(Clone, Debug)]
-pub struct StandbyStore {
-    inner: Arc<Inner>,
-}
 
 impl StandbyStore {
     /// Opens (creating if needed) the store in `dir`, locks it against other
@@ -151,55 +136,6 @@ impl StandbyStore {
     /// `DIR/images/NAME.raw`.
     pub fn image_path(&self, image: &ImageName) -> PathBuf {
         self.inner.raw(image)
-    }
-
-    fn slot(&self, image: &ImageName) -> Arc<Slot> {
-        lock(&self.inner.slots)
-            .entry(image.clone())
-            .or_insert_with(|| {
-                Arc::new(Slot {
-                    image: image.clone(),
-                    op: Mutex::new(()),
-                    meta: Mutex::new(SlotMeta::default()),
-                })
-            })
-            .clone()
-    }
-
-    fn existing_slot(&self, image: &ImageName) -> Option<Arc<Slot>> {
-        lock(&self.inner.slots).get(image).cloned()
-    }
-
-    /// The slot of an image the store really holds (its directory exists; a
-    /// failed first `open_epoch` can leave a slot without one).
-    fn known_slot(&self, image: &ImageName) -> Result<Option<Arc<Slot>>, StoreError> {
-        match self.existing_slot(image) {
-            Some(slot) if exists(&self.inner.image_dir(image))? => Ok(Some(slot)),
-            _ => Ok(None),
-        }
-    }
-
-    fn load_state(&self, image: &ImageName) -> Result<Option<ImageStateFile>, StoreError> {
-        let path = self.inner.state(image);
-        let Some(state) = read_checksummed::<ImageStateFile>(&path)? else {
-            return Ok(None);
-        };
-        if state.format != state::FORMAT {
-            return Err(StoreError::corrupt(
-                &path,
-                format!("unsupported format {}", state.format),
-            ));
-        }
-        if state.image != image.as_str() {
-            return Err(StoreError::corrupt(
-                &path,
-                format!("names image {:?}", state.image),
-            ));
-        }
-        if state.history.is_empty() {
-            return Err(StoreError::corrupt(&path, "history is empty"));
-        }
-        Ok(Some(state))
     }
 }
 

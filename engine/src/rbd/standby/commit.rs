@@ -9,7 +9,7 @@ use ferry_protocol::types::ImageName;
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
-use super::{ceph, remove_file, snap_name, PointRecord, RbdStandby, Slot, FORMAT};
+use super::handle::{ceph, remove_file, snap_name, PointRecord, RbdStandby, Slot, FORMAT};
 use crate::standby::failpoint::{self, CrashPoint};
 use crate::standby::{
     read_checksummed, write_checksummed, RecoveryPointMeta, SealedEpoch, StoreError,

@@ -10,7 +10,7 @@ use ferry_protocol::message::OpenImage;
 use ferry_protocol::types::{Epoch, ExtentKind, ImageName, SeqNo};
 use tracing::info;
 
-use super::{
+use super::handle::{
     ceph, snap_name, zero_all, ImageRecord, PendingRecord, RbdStandby, Slot, MAX_IN_FLIGHT_BYTES,
     MAX_IN_FLIGHT_OPS,
 };

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use ferry_protocol::types::{Epoch, ImageName, RecoveryPointId};
 use tracing::info;
 
-use super::{ceph, snap_name, RbdStandby};
+use super::handle::{ceph, snap_name, RbdStandby};
 use crate::standby::{RecoveryPointInfo, StoreError, MAX_HASHES_PER_CALL};
 use crate::sync_util::lock;
 use crate::sys::librbd::{Aio, CreateOptions};

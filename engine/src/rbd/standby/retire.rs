@@ -23,8 +23,9 @@ use std::sync::atomic::Ordering;
 use ferry_protocol::types::ImageName;
 use tracing::{info, warn};
 
-use super::{lock, RbdStandby, SNAP_PREFIX};
+use super::handle::{RbdStandby, SNAP_PREFIX};
 use crate::standby::StoreError;
+use crate::sync_util::lock;
 
 /// The recovery point id a snapshot name of ours carries.
 fn point_of(snap: &str) -> Option<u64> {

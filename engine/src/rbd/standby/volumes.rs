@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use ferry_protocol::types::{Epoch, ImageName, RecoveryPointId};
 use tracing::{info, warn};
 
-use super::{
+use super::handle::{
     ceph, remove_file, snap_name, ImageRecord, PointRecord, RbdStandby, FORMAT, STALE_WATCH_WAIT,
 };
 use crate::standby::StoreError;

@@ -3,17 +3,10 @@
 //! hand an event (or "need more input") back to [`Parser::advance`].
 
 use super::{
-    escape, le32, le64, tag, DiffRules, Event, Format, ParseError, Parser, State, BANNER_DIFF_V1,
-    BANNER_DIFF_V2, BANNER_IMAGE_DIFFS_V2, BANNER_IMAGE_V2, MAX_META_RECORD, MAX_SNAP_NAME,
+    escape, le32, le64, tag, DiffRules, Event, Flow, Format, ParseError, Parser, State,
+    BANNER_DIFF_V1, BANNER_DIFF_V2, BANNER_IMAGE_DIFFS_V2, BANNER_IMAGE_V2, MAX_META_RECORD,
+    MAX_SNAP_NAME,
 };
-
-/// What one step of [`Parser::run`](super::Parser) decided.
-pub(super) enum Flow {
-    /// The state changed; run the next step.
-    Continue,
-    /// Return this from `advance`: an event, or `None` for "need more input".
-    Yield(Option<Event>),
-}
 
 impl Parser {
     /// After the end: only the end of input is accepted.

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::links::{is_retryable, open_image_stream_on, open_stream, ImageStream, Links};
-use super::{ImageJob, PathSnapshot, SyncError, SyncProgress, SyncReport, SyncTarget};
+use super::types::{ImageJob, PathSnapshot, SyncError, SyncProgress, SyncReport, SyncTarget};
 use crate::compression::{Backpressure, CompressionSwitch};
 use crate::payload_codec::EncodedChunk;
 use crate::pipeline::{Pipeline, PipelineError};

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use ferry_protocol::{negotiate, AgentId, ImageName, Message, OpenImage, ResumeAnswer};
 use tracing::{info, warn};
 
-use super::{SyncError, SyncOptions, SyncTarget};
+use super::types::{SyncError, SyncOptions, SyncTarget};
 use crate::identity::Identity;
 use crate::session::framing::{FrameReader, FrameWriter, FramingError};
 use crate::session::receiver::local_hello;

@@ -5,48 +5,7 @@
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 
-use serde::{Deserialize, Serialize};
-
-use super::FileSource;
-
-/// A file's fingerprint counts as settled (usable for the at-rest check)
-/// when its ctime was at least this old when it was taken: the kernel's
-/// timestamps tick at jiffy granularity, so a write in the same tick as the
-/// fingerprint could leave it unchanged.
-const SETTLE_NS: i64 = 2_000_000_000;
-
-/// What identifies "the image did not change" between two moments.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub(super) enum Fingerprint {
-    /// Regular file: any write changes ctime (and mtime).
-    File {
-        dev: u64,
-        ino: u64,
-        size: u64,
-        mtime_ns: i64,
-        ctime_ns: i64,
-    },
-    /// Block device: the kernel's counts of sectors written and discarded.
-    BlockDevice {
-        rdev: u64,
-        sectors_written: u64,
-        #[serde(default)]
-        sectors_discarded: u64,
-    },
-}
-
-impl Fingerprint {
-    /// Whether nothing can have changed the image in the same clock tick
-    /// as this fingerprint was taken at `taken_ns` (wall clock).
-    pub(super) fn settled_at(&self, taken_ns: i64) -> bool {
-        match self {
-            Fingerprint::File { ctime_ns, .. } => taken_ns.saturating_sub(*ctime_ns) >= SETTLE_NS,
-            // Exact counters, bumped as each request completes.
-            Fingerprint::BlockDevice { .. } => true,
-        }
-    }
-}
+use super::types::{FileSource, Fingerprint};
 
 /// The kernel's I/O counters of block device MAJ:MIN: from
 /// `/sys/dev/block/MAJ:MIN/stat`, or (where that directory is empty, as in

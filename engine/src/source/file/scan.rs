@@ -7,8 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use ferry_protocol::Epoch;
 
-use super::state::{AtRest, Cycle, InProgress};
-use super::{io_error, remove_if_exists, FileSource};
+use super::types::{io_error, remove_if_exists, AtRest, Cycle, FileSource, InProgress};
 use crate::source::manifest::{self, Manifest, ManifestError, ManifestHeader, BLOCK_SIZE};
 use crate::source::pool::BufferPool;
 use crate::source::{

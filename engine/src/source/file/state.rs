@@ -8,96 +8,11 @@ use std::io;
 use std::path::PathBuf;
 
 use ferry_protocol::Epoch;
-use serde::{Deserialize, Serialize};
 
-use super::fingerprint::Fingerprint;
-use super::{io_error, FileSource};
+use super::types::{io_error, FileSource, PersistedState, STATE_FILE, STATE_VERSION};
 use crate::durable::{write_durably, DurableStep};
 use crate::source::manifest::{Manifest, ManifestError};
 use crate::source::SourceError;
-
-pub(super) const STATE_FILE: &str = "state.json";
-pub(super) const STATE_VERSION: u32 = 1;
-
-/// Blocks found changed although nothing wrote the image (see the module
-/// docs), persisted with the cycle so that a retry refuses again.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(super) struct AtRest {
-    pub(super) bytes: u64,
-    pub(super) first_offset: u64,
-}
-
-/// A cycle as persisted in the state file.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(super) struct InProgress {
-    pub(super) epoch: u64,
-    pub(super) base_epoch: u64,
-    pub(super) image_size: u64,
-    /// Every manifest entry below this offset is durable and valid.
-    pub(super) durable_offset: u64,
-    /// Taken before the first read; `None` = cannot tell (fuzzy).
-    pub(super) fingerprint: Option<Fingerprint>,
-    /// A change during the scan was already seen.
-    pub(super) fuzzy_seen: bool,
-    /// The scan reached the end and the whole manifest is durable.
-    pub(super) scan_complete: bool,
-    /// The post-scan fingerprint, when the scan was quiet and it had settled:
-    /// becomes [`PersistedState::quiet_fingerprint`] at commit.
-    #[serde(default)]
-    pub(super) settled: Option<Fingerprint>,
-    /// This cycle found changes at rest (refused until accepted).
-    #[serde(default)]
-    pub(super) at_rest: Option<AtRest>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(super) struct PersistedState {
-    pub(super) version: u32,
-    pub(super) committed_epoch: u64,
-    pub(super) committed_size: u64,
-    pub(super) in_progress: Option<InProgress>,
-    /// The settled fingerprint of the committed cycle, if it was quiet.
-    #[serde(default)]
-    pub(super) quiet_fingerprint: Option<Fingerprint>,
-}
-
-impl Default for PersistedState {
-    fn default() -> Self {
-        Self {
-            version: STATE_VERSION,
-            committed_epoch: 0,
-            committed_size: 0,
-            in_progress: None,
-            quiet_fingerprint: None,
-        }
-    }
-}
-
-/// The in-memory side of the current cycle.
-#[derive(Debug)]
-pub(super) struct Cycle {
-    pub(super) epoch: Epoch,
-    pub(super) base_epoch: Epoch,
-    pub(super) size: u64,
-    pub(super) chunk_size: u64,
-    pub(super) partial: Manifest,
-    /// Next offset to read.
-    pub(super) cursor: u64,
-    /// Every entry below this offset was written (not necessarily synced).
-    pub(super) recorded: u64,
-    /// `recorded` at the last sync.
-    pub(super) synced: u64,
-    /// Every entry at or beyond this offset reads as zero in the partial file.
-    pub(super) clean_from: u64,
-    /// A read ended early: the image shrank during the scan.
-    pub(super) short_read: bool,
-    /// Between begin_cycle and end_scan/abort_scan.
-    pub(super) scanning: bool,
-    /// Bytes of blocks this process found different from a base entry,
-    /// and the first of them.
-    pub(super) base_changed_bytes: u64,
-    pub(super) first_base_change: Option<u64>,
-}
 
 impl FileSource {
     pub(super) fn state_path(&self) -> PathBuf {

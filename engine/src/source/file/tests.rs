@@ -8,6 +8,7 @@ use ferry_protocol::ExtentKind;
 use rand::{RngCore, SeedableRng};
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 
 const CHUNK: u32 = 64 * 1024;
 

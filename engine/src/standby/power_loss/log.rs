@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::PowerLossError;
+use super::error::PowerLossError;
 
 /// The records file.
 pub(crate) const RECORDS: &str = "records.jsonl";

@@ -8,8 +8,8 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
+use super::error::PowerLossError;
 use super::log::{parent, read_records, Piece, Record, KEPT, OLD_BYTES, RECORDS};
-use super::PowerLossError;
 
 /// Bytes of a file read at a time while saving old contents.
 const CHUNK: usize = 1 << 20;

@@ -7,8 +7,8 @@ use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use super::error::PowerLossError;
 use super::log::{parent, read_records, Piece, Record, KEPT, OLD_BYTES, RECORDS};
-use super::PowerLossError;
 
 /// Which unsynced data writes a simulated power cut lets reach the disk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -10,8 +10,8 @@ use std::sync::{Arc, MutexGuard};
 
 use ferry_protocol::types::{Epoch, ImageName};
 
+use super::handle::StandbyStore;
 use super::layout::{list_image_dir, ImageFile};
-use super::StandbyStore;
 use crate::standby::failpoint::{self, CrashPoint};
 use crate::standby::io::{self as store_io, sync_dir, Create};
 use crate::standby::journal::{self, JournalIndex};

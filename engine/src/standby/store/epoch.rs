@@ -6,9 +6,9 @@
 use ferry_protocol::message::OpenImage;
 use ferry_protocol::types::{Epoch, ImageName};
 
+use super::handle::StandbyStore;
 use super::layout::{list_image_dir, ImageFile};
 use super::recovery::cut_torn_tail;
-use super::StandbyStore;
 use crate::standby::io::{self as store_io, sync_dir, Create};
 use crate::standby::journal::{self, JournalIndex};
 use crate::standby::state::{exists, open_rw, remove_if_exists, HistoryEntry, ImageStateFile};

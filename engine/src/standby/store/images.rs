@@ -7,7 +7,7 @@ use std::path::Path;
 
 use ferry_protocol::types::{Epoch, ImageName, RecoveryPointId};
 
-use super::StandbyStore;
+use super::handle::StandbyStore;
 use crate::standby::io::{self as store_io, sync_dir, Create};
 use crate::standby::state::{
     self, exists, remove_if_exists, write_checksummed, HistoryEntry, ImageStateFile, Transition,

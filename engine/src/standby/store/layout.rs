@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use ferry_protocol::types::{Epoch, ImageName, RecoveryPointId};
 
-use super::Inner;
+use super::handle::Inner;
 use crate::standby::state::exists;
 use crate::standby::StoreError;
 

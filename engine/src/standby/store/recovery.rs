@@ -8,8 +8,8 @@ use std::sync::{Arc, MutexGuard};
 
 use ferry_protocol::types::{Epoch, ImageName, RecoveryPointId};
 
+use super::handle::StandbyStore;
 use super::layout::{list_image_dir, read_dir, ImageFile};
-use super::StandbyStore;
 use crate::standby::io::{self as store_io, sync_dir};
 use crate::standby::journal::{self, JournalIndex};
 use crate::standby::slot::Slot;

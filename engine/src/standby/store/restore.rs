@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use ferry_protocol::types::{ImageName, RecoveryPointId};
 
-use super::StandbyStore;
+use super::handle::StandbyStore;
 use crate::hashing::hash_granules;
 use crate::standby::io::{self as store_io, sync_dir, Create};
 use crate::standby::state::{ImageStateFile, Transition};

@@ -3,7 +3,7 @@
 
 use ferry_protocol::types::{ImageName, RecoveryPointId};
 
-use super::StandbyStore;
+use super::handle::StandbyStore;
 use crate::standby::io::{self as store_io, sync_dir};
 use crate::standby::state::{remove_if_exists, write_checksummed, HistoryEntry, ImageStateFile};
 use crate::standby::{RecoveryPointInfo, StoreError};

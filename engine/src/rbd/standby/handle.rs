@@ -1,0 +1,234 @@
+//! The RBD standby's data, below `standby.rs` and every file of
+//! `standby/`: [`RbdStandby`] and its shared state, the per-image records
+//! (retained points, pending epoch) and slots, snapshot names, and the
+//! look-ups and helpers every concern uses.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ferry_protocol::types::{Epoch, ImageName};
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use crate::standby::{read_checksummed, write_checksummed, StoreError};
+use crate::sync_util::lock;
+use crate::sys::fs::sync_dir;
+use crate::sys::librbd::{CephError, Image, Pool, FEATURE_EXCLUSIVE_LOCK};
+
+pub(super) const FORMAT: u32 = 1;
+/// Bytes of writes in flight per image before `stage` waits for the oldest.
+pub(super) const MAX_IN_FLIGHT_BYTES: u64 = 64 << 20;
+/// Requests in flight per image before `stage` waits for the oldest.
+pub(super) const MAX_IN_FLIGHT_OPS: usize = 512;
+/// How long removing an image waits for watchers to go away: a killed
+/// client's watch lasts `osd_client_watch_timeout` (30 s by default).
+pub(super) const STALE_WATCH_WAIT: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub(super) struct PointRecord {
+    pub(super) rp: u64,
+    pub(super) epoch: u64,
+    pub(super) created_unix_ms: u64,
+    pub(super) fuzzy: bool,
+    pub(super) size: u64,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub(super) struct PendingRecord {
+    pub(super) epoch: u64,
+    pub(super) base_epoch: u64,
+    pub(super) durable_seq: u64,
+    pub(super) resume_offset: u64,
+    pub(super) size: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub(super) struct ImageRecord {
+    pub(super) format: u32,
+    pub(super) image: String,
+    /// Oldest first; the last is the point the image is at.
+    pub(super) history: Vec<PointRecord>,
+    pub(super) pending: Option<PendingRecord>,
+    /// Points whose snapshot is kept beyond the retention (see `pin`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) pinned: Vec<PointRecord>,
+}
+
+impl ImageRecord {
+    /// The record of an image with nothing committed, pending or pinned.
+    pub(super) fn empty(image: &ImageName) -> ImageRecord {
+        ImageRecord {
+            format: FORMAT,
+            image: image.to_string(),
+            history: Vec::new(),
+            pending: None,
+            pinned: Vec::new(),
+        }
+    }
+
+    pub(super) fn committed(&self) -> Epoch {
+        Epoch(self.history.last().map_or(0, |p| p.epoch))
+    }
+
+    /// Every restorable point: retained and pinned, oldest first.
+    pub(super) fn points(&self) -> Vec<&PointRecord> {
+        let mut all: Vec<&PointRecord> = self
+            .pinned
+            .iter()
+            .filter(|p| !self.history.iter().any(|h| h.rp == p.rp))
+            .chain(&self.history)
+            .collect();
+        all.sort_by_key(|p| p.rp);
+        all
+    }
+}
+
+#[derive(Default)]
+pub(super) struct Slot {
+    pub(super) op: Mutex<()>,
+    pub(super) writer_active: Mutex<bool>,
+    /// A sweep of expired snapshots is started and has not yet taken `op`
+    /// (see `standby/retire.rs`).
+    pub(super) retire_scheduled: std::sync::atomic::AtomicBool,
+}
+
+pub(super) struct Inner {
+    pub(super) pool: Arc<Pool>,
+    pub(super) dir: PathBuf,
+    pub(super) retention: usize,
+    pub(super) slots: Mutex<HashMap<ImageName, Arc<Slot>>>,
+    pub(super) _lock: File,
+}
+
+/// Standby images in an RBD pool. Cheap to clone; all calls block.
+#[derive(Clone)]
+pub struct RbdStandby {
+    pub(super) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RbdStandby {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RbdStandby")
+            .field("pool", &self.inner.pool.name())
+            .field("dir", &self.inner.dir)
+            .finish()
+    }
+}
+
+pub(super) fn ceph(context: impl Into<String>) -> impl FnOnce(CephError) -> StoreError {
+    let context = context.into();
+    move |source| StoreError::Ceph { context, source }
+}
+
+/// Name prefix of the recovery point snapshots; the point id follows.
+pub(super) const SNAP_PREFIX: &str = "ferry-rp-";
+
+/// Snapshot name of recovery point `rp`.
+pub fn snap_name(rp: u64) -> String {
+    format!("{SNAP_PREFIX}{rp}")
+}
+
+impl RbdStandby {
+    pub(super) fn record_path(&self, image: &ImageName) -> PathBuf {
+        self.inner.dir.join("images").join(format!("{image}.json"))
+    }
+
+    /// Unique per commit: two groups may commit the same recovery point id
+    /// (ids are the primary's milliseconds) at once, and one intent must not
+    /// replace the other's.
+    pub(super) fn intent_path(&self, rp: u64) -> PathBuf {
+        let nonce: u64 = rand::random();
+        self.inner
+            .dir
+            .join("commits")
+            .join(format!("rp-{rp}-{nonce:016x}.json"))
+    }
+
+    pub(super) fn slot(&self, image: &ImageName) -> Arc<Slot> {
+        lock(&self.inner.slots)
+            .entry(image.clone())
+            .or_default()
+            .clone()
+    }
+
+    pub(super) fn load(&self, image: &ImageName) -> Result<Option<ImageRecord>, StoreError> {
+        let path = self.record_path(image);
+        let Some(record) = read_checksummed::<ImageRecord>(&path)? else {
+            return Ok(None);
+        };
+        if record.format != FORMAT || record.image != image.as_str() {
+            return Err(StoreError::corrupt(
+                &path,
+                format!("names image {:?} (format {})", record.image, record.format),
+            ));
+        }
+        Ok(Some(record))
+    }
+
+    pub(super) fn save(&self, record: &ImageRecord) -> Result<(), StoreError> {
+        let image = ImageName::new(&record.image).map_err(|e| StoreError::InvalidRequest {
+            reason: e.to_string(),
+        })?;
+        write_checksummed(&self.record_path(&image), record)
+    }
+
+    /// Opens a standby image for writing and takes its exclusive lock. The
+    /// standby images belong to this store (its `store.lock` is held, and no
+    /// other handle of this process writes the image now: writers are
+    /// exclusive per image), so a lock held by another client is a killed
+    /// predecessor's: it is broken (that client blocklisted) rather than
+    /// waited for until its watch times out.
+    pub(super) fn open_image(&self, image: &ImageName) -> Result<Arc<Image>, StoreError> {
+        let ctx = format!("{}/{image}", self.pool_name());
+        let handle = Arc::new(
+            self.inner
+                .pool
+                .open(image.as_str())
+                .map_err(ceph(format!("opening {ctx}")))?,
+        );
+        let features = handle
+            .features()
+            .map_err(ceph(format!("features of {ctx}")))?;
+        if features & FEATURE_EXCLUSIVE_LOCK != 0 {
+            let broken = handle
+                .break_foreign_locks()
+                .map_err(ceph(format!("breaking stale locks of {ctx}")))?;
+            if broken > 0 {
+                warn!(image = %ctx, broken, "broke the exclusive lock of a previous (killed) client");
+            }
+            handle
+                .lock_exclusive()
+                .map_err(ceph(format!("locking {ctx}")))?;
+        }
+        Ok(handle)
+    }
+}
+
+pub(super) fn remove_file(path: &Path) -> Result<(), StoreError> {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(StoreError::io("remove", path, e)),
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    sync_dir(dir).map_err(|e| StoreError::io("fsync directory", dir, e))
+}
+
+/// Makes the whole image read as zeroes (deallocating its objects).
+pub(super) fn zero_all(handle: &Arc<Image>, size: u64) -> Result<(), CephError> {
+    const STEP: u64 = 1 << 30;
+    let mut ops = Vec::new();
+    let mut pos = 0;
+    while pos < size {
+        let len = STEP.min(size - pos);
+        ops.push(handle.aio_write_zeroes(pos, len as usize)?);
+        pos += len;
+    }
+    for op in ops {
+        op.wait()?;
+    }
+    handle.flush()
+}
