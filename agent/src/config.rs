@@ -291,105 +291,9 @@ impl AgentConfig {
             }
             config.retention = n;
         }
-        let t = &mut config.transport;
-        if let Some(n) = raw.transport.max_concurrent_images {
-            if !(1..=256).contains(&n) {
-                return Err(invalid(
-                    "transport.max_concurrent_images",
-                    format!("{n} is not in 1..=256"),
-                ));
-            }
-            t.max_concurrent_images = n;
-        }
-        if let Some(s) = raw.transport.idle_timeout_secs {
-            if !(1..=3600).contains(&s) {
-                return Err(invalid(
-                    "transport.idle_timeout_secs",
-                    format!("{s} is not in 1..=3600"),
-                ));
-            }
-            t.idle_timeout = Duration::from_secs(s);
-        }
-        let window = |key: &'static str, v: Option<String>| -> Result<Option<u32>, ConfigError> {
-            match v {
-                None => Ok(None),
-                Some(v) => {
-                    let n = parse_bytes(&v).map_err(|e| invalid(key, e.to_string()))?;
-                    if !(64 * 1024..=1 << 30).contains(&n) {
-                        return Err(invalid(
-                            key,
-                            format!("{n} bytes is not within 64 KiB..=1 GiB"),
-                        ));
-                    }
-                    Ok(Some(n as u32))
-                }
-            }
-        };
-        if let Some(w) = window("transport.stream_window", raw.transport.stream_window)? {
-            t.stream_window = w;
-        }
-        if let Some(w) = window(
-            "transport.connection_window",
-            raw.transport.connection_window,
-        )? {
-            t.connection_window = w;
-            t.send_window = u64::from(w);
-        }
-        if let Some(w) = window("transport.udp_buffer", raw.transport.udp_buffer)? {
-            t.udp_buffer = w as usize;
-        }
-        if let Some(mode) = &raw.transport.compression {
-            t.compression = mode
-                .parse()
-                .map_err(|reason| invalid("transport.compression", reason))?;
-        }
-        if let Some(n) = raw.transport.max_udp_payload {
-            let min = u32::from(ferry_engine::transport::MIN_UDP_PAYLOAD);
-            t.max_udp_payload = u16::try_from(n)
-                .ok()
-                .filter(|&v| (min..=65_527).contains(&u32::from(v)))
-                .ok_or_else(|| {
-                    invalid(
-                        "transport.max_udp_payload",
-                        format!("{n} is not in {min}..=65527"),
-                    )
-                })?;
-        }
-        if let Some(w) = raw.pipeline.workers {
-            if w > 256 {
-                return Err(invalid("pipeline.workers", format!("{w} is more than 256")));
-            }
-            if w > 0 {
-                config.pipeline.workers = w;
-            }
-        }
-        if let Some(level) = raw.pipeline.zstd_level {
-            if !(-7..=19).contains(&level) {
-                return Err(invalid(
-                    "pipeline.zstd_level",
-                    format!("{level} is not in -7..=19"),
-                ));
-            }
-            config.pipeline.zstd_level = level;
-        }
-        config.standby_backend = match (raw.standby.backend.as_deref(), raw.standby.rbd_pool) {
-            (None | Some("files"), None) => StandbyBackend::Files,
-            (None | Some("files"), Some(_)) => {
-                return Err(invalid(
-                    "standby.rbd_pool",
-                    "set only with backend = \"rbd\"".into(),
-                ))
-            }
-            (Some("rbd"), pool) => StandbyBackend::Rbd {
-                pool: pool.unwrap_or_else(|| "rbd".to_owned()),
-            },
-            (Some(other), _) => {
-                return Err(invalid(
-                    "standby.backend",
-                    format!("{other:?} is not files or rbd"),
-                ))
-            }
-        };
+        apply_transport(&mut config.transport, raw.transport, &invalid)?;
+        apply_pipeline(&mut config.pipeline, raw.pipeline, &invalid)?;
+        config.standby_backend = standby_backend(raw.standby, &invalid)?;
         config.accept_changes_at_rest = raw.source.accept_changes_at_rest.unwrap_or(false);
         config.ceph = ferry_engine::rbd::ClusterSpec {
             cluster: raw.ceph.cluster,
@@ -406,19 +310,146 @@ impl AgentConfig {
             }
             config.coalesce_gap = Some(n as u32);
         }
-        config.log_format = match raw.log.format.as_deref() {
-            None | Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some("journald") => LogFormat::Journald,
-            Some(other) => {
-                return Err(invalid(
-                    "log.format",
-                    format!("{other:?} is not text, json or journald"),
-                ))
-            }
-        };
+        config.log_format = log_format(raw.log, &invalid)?;
         Ok(config)
     }
+}
+
+/// Builds the error for an invalid key of the file being parsed.
+type Invalid<'a> = dyn Fn(&'static str, String) -> ConfigError + 'a;
+
+/// Applies the `[transport]` section onto the defaults in `t`.
+fn apply_transport(
+    t: &mut TransportSettings,
+    raw: RawTransport,
+    invalid: &Invalid,
+) -> Result<(), ConfigError> {
+    if let Some(n) = raw.max_concurrent_images {
+        if !(1..=256).contains(&n) {
+            return Err(invalid(
+                "transport.max_concurrent_images",
+                format!("{n} is not in 1..=256"),
+            ));
+        }
+        t.max_concurrent_images = n;
+    }
+    if let Some(s) = raw.idle_timeout_secs {
+        if !(1..=3600).contains(&s) {
+            return Err(invalid(
+                "transport.idle_timeout_secs",
+                format!("{s} is not in 1..=3600"),
+            ));
+        }
+        t.idle_timeout = Duration::from_secs(s);
+    }
+    let window = |key: &'static str, v: Option<String>| -> Result<Option<u32>, ConfigError> {
+        match v {
+            None => Ok(None),
+            Some(v) => {
+                let n = parse_bytes(&v).map_err(|e| invalid(key, e.to_string()))?;
+                if !(64 * 1024..=1 << 30).contains(&n) {
+                    return Err(invalid(
+                        key,
+                        format!("{n} bytes is not within 64 KiB..=1 GiB"),
+                    ));
+                }
+                Ok(Some(n as u32))
+            }
+        }
+    };
+    if let Some(w) = window("transport.stream_window", raw.stream_window)? {
+        t.stream_window = w;
+    }
+    if let Some(w) = window("transport.connection_window", raw.connection_window)? {
+        t.connection_window = w;
+        t.send_window = u64::from(w);
+    }
+    if let Some(w) = window("transport.udp_buffer", raw.udp_buffer)? {
+        t.udp_buffer = w as usize;
+    }
+    if let Some(mode) = &raw.compression {
+        t.compression = mode
+            .parse()
+            .map_err(|reason| invalid("transport.compression", reason))?;
+    }
+    if let Some(n) = raw.max_udp_payload {
+        let min = u32::from(ferry_engine::transport::MIN_UDP_PAYLOAD);
+        t.max_udp_payload = u16::try_from(n)
+            .ok()
+            .filter(|&v| (min..=65_527).contains(&u32::from(v)))
+            .ok_or_else(|| {
+                invalid(
+                    "transport.max_udp_payload",
+                    format!("{n} is not in {min}..=65527"),
+                )
+            })?;
+    }
+    Ok(())
+}
+
+/// Applies the `[pipeline]` section onto the defaults in `p`.
+fn apply_pipeline(
+    p: &mut PipelineConfig,
+    raw: RawPipeline,
+    invalid: &Invalid,
+) -> Result<(), ConfigError> {
+    if let Some(w) = raw.workers {
+        if w > 256 {
+            return Err(invalid("pipeline.workers", format!("{w} is more than 256")));
+        }
+        if w > 0 {
+            p.workers = w;
+        }
+    }
+    if let Some(level) = raw.zstd_level {
+        if !(-7..=19).contains(&level) {
+            return Err(invalid(
+                "pipeline.zstd_level",
+                format!("{level} is not in -7..=19"),
+            ));
+        }
+        p.zstd_level = level;
+    }
+    Ok(())
+}
+
+/// The standby backend of the `[standby]` section (`backend`, `rbd_pool`).
+fn standby_backend(raw: RawStandby, invalid: &Invalid) -> Result<StandbyBackend, ConfigError> {
+    let backend = match (raw.backend.as_deref(), raw.rbd_pool) {
+        (None | Some("files"), None) => StandbyBackend::Files,
+        (None | Some("files"), Some(_)) => {
+            return Err(invalid(
+                "standby.rbd_pool",
+                "set only with backend = \"rbd\"".into(),
+            ))
+        }
+        (Some("rbd"), pool) => StandbyBackend::Rbd {
+            pool: pool.unwrap_or_else(|| "rbd".to_owned()),
+        },
+        (Some(other), _) => {
+            return Err(invalid(
+                "standby.backend",
+                format!("{other:?} is not files or rbd"),
+            ))
+        }
+    };
+    Ok(backend)
+}
+
+/// The log format of the `[log]` section.
+fn log_format(raw: RawLog, invalid: &Invalid) -> Result<LogFormat, ConfigError> {
+    let format = match raw.format.as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some("journald") => LogFormat::Journald,
+        Some(other) => {
+            return Err(invalid(
+                "log.format",
+                format!("{other:?} is not text, json or journald"),
+            ))
+        }
+    };
+    Ok(format)
 }
 
 /// A commented default configuration, written by `ferry-agent init`.

@@ -234,14 +234,7 @@ pub async fn run(
     if let Some(api) = api_listen {
         config.api_listen = api;
     }
-    let listen = listen
-        .or_else(|| config.listen.clone())
-        .unwrap_or_else(|| "0.0.0.0:7400".to_owned());
-    let listen: SocketAddr = tokio::net::lookup_host(&listen)
-        .await
-        .with_context(|| format!("resolving listen address {listen}"))?
-        .next()
-        .with_context(|| format!("listen address {listen} resolves to nothing"))?;
+    let listen = resolve_listen(listen, &config).await?;
     let trust = TrustStore::new(
         config
             .trust
@@ -263,17 +256,7 @@ pub async fn run(
         metrics.clone(),
     )
     .await?;
-    let metrics_addr = match &config.metrics_listen {
-        Some(listen) => {
-            let addr: SocketAddr = tokio::net::lookup_host(listen)
-                .await
-                .with_context(|| format!("resolving [metrics] listen {listen}"))?
-                .next()
-                .with_context(|| format!("[metrics] listen {listen} resolves to nothing"))?;
-            Some(crate::metrics::serve(&dir, addr, metrics.clone()).await?)
-        }
-        None => None,
-    };
+    let metrics_addr = serve_metrics(&dir, &config, &metrics).await?;
     if trust.list().is_empty() {
         warn!("no trusted peers: replication from other agents is refused until a service is paired (ferry service key / create) or --trust FINGERPRINT is given");
     }
@@ -307,27 +290,10 @@ pub async fn run(
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut progress_tick = tokio::time::interval(Duration::from_secs(10));
-    let mut last_staged: std::collections::HashMap<ferry_protocol::ImageName, u64> =
-        std::collections::HashMap::new();
+    let mut last_staged = std::collections::HashMap::new();
     loop {
         tokio::select! {
-            _ = progress_tick.tick() => {
-                // One line per image that received data since the last tick.
-                for (image, activity) in standby.context.activity() {
-                    let before = last_staged.insert(image.clone(), activity.bytes_staged);
-                    if before != Some(activity.bytes_staged) {
-                        info!(
-                            %image,
-                            epoch = %activity.epoch,
-                            durable_seq = %activity.durable_seq,
-                            bytes_staged = activity.bytes_staged,
-                            rate = activity.rate,
-                            nacks = activity.nacks,
-                            "receiving"
-                        );
-                    }
-                }
-            }
+            _ = progress_tick.tick() => log_receiving(&standby, &mut last_staged),
             _ = watchdog_tick.tick(), if ping_interval.is_some() => {
                 let orch = control.orch.clone();
                 let deadline = ping_interval.unwrap_or(Duration::from_secs(1));
@@ -349,26 +315,7 @@ pub async fn run(
             }
             _ = hangup.recv() => {
                 notifier.reloading();
-                match AgentConfig::load(cfg_path.as_deref()) {
-                    Ok(new) => {
-                        standby.context.write_limit.set_rate(new.receive_limit);
-                        standby.authorizer.set_operator_trust(
-                            new.trust.iter().chain(trust_flags.iter()).copied(),
-                        );
-                        control.orch.reload_config(new.clone());
-                        let paired = control.orch.paired_peers();
-                        for peer in new.trust.iter().chain(trust_flags.iter()).chain(paired.iter()) {
-                            trust.insert(*peer);
-                        }
-                        for peer in trust.list() {
-                            if !new.trust.contains(&peer) && !trust_flags.contains(&peer) && !paired.contains(&peer) {
-                                trust.remove(&peer);
-                            }
-                        }
-                        info!(receive_limit = ?new.receive_limit, trusted = trust.list().len(), "configuration reloaded");
-                    }
-                    Err(error) => warn!(%error, "configuration reload failed; keeping the old settings"),
-                }
+                reload_config(cfg_path.as_deref(), &standby, &control, &trust, &trust_flags);
                 notifier.reloaded(&status());
             }
             _ = terminate.recv() => break,
@@ -382,6 +329,102 @@ pub async fn run(
     // ends; waiting for it would only add the full timeout to every stop.
     standby.shutdown_shared(1).await;
     Ok(())
+}
+
+/// The QUIC listen address: the flag, else the config's, else 0.0.0.0:7400.
+async fn resolve_listen(listen: Option<String>, config: &AgentConfig) -> Result<SocketAddr> {
+    let listen = listen
+        .or_else(|| config.listen.clone())
+        .unwrap_or_else(|| "0.0.0.0:7400".to_owned());
+    let addr = tokio::net::lookup_host(&listen)
+        .await
+        .with_context(|| format!("resolving listen address {listen}"))?
+        .next()
+        .with_context(|| format!("listen address {listen} resolves to nothing"))?;
+    Ok(addr)
+}
+
+/// Starts the `[metrics]` endpoint when configured; its bound address.
+async fn serve_metrics(
+    dir: &Path,
+    config: &AgentConfig,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<SocketAddr>> {
+    let Some(listen) = &config.metrics_listen else {
+        return Ok(None);
+    };
+    let addr: SocketAddr = tokio::net::lookup_host(listen)
+        .await
+        .with_context(|| format!("resolving [metrics] listen {listen}"))?
+        .next()
+        .with_context(|| format!("[metrics] listen {listen} resolves to nothing"))?;
+    Ok(Some(
+        crate::metrics::serve(dir, addr, metrics.clone()).await?,
+    ))
+}
+
+/// Logs one line per image that received data since the last tick.
+fn log_receiving(
+    standby: &RunningStandby,
+    last_staged: &mut std::collections::HashMap<ImageName, u64>,
+) {
+    for (image, activity) in standby.context.activity() {
+        let before = last_staged.insert(image.clone(), activity.bytes_staged);
+        if before != Some(activity.bytes_staged) {
+            info!(
+                %image,
+                epoch = %activity.epoch,
+                durable_seq = %activity.durable_seq,
+                bytes_staged = activity.bytes_staged,
+                rate = activity.rate,
+                nacks = activity.nacks,
+                "receiving"
+            );
+        }
+    }
+}
+
+/// SIGHUP: reloads the config file and applies its receive limit and trust
+/// (config, flags and paired peers); a bad file keeps the old settings.
+fn reload_config(
+    cfg_path: Option<&Path>,
+    standby: &RunningStandby,
+    control: &RunningControl,
+    trust: &TrustStore,
+    trust_flags: &[AgentId],
+) {
+    match AgentConfig::load(cfg_path) {
+        Ok(new) => {
+            standby.context.write_limit.set_rate(new.receive_limit);
+            standby
+                .authorizer
+                .set_operator_trust(new.trust.iter().chain(trust_flags.iter()).copied());
+            control.orch.reload_config(new.clone());
+            let paired = control.orch.paired_peers();
+            for peer in new
+                .trust
+                .iter()
+                .chain(trust_flags.iter())
+                .chain(paired.iter())
+            {
+                trust.insert(*peer);
+            }
+            for peer in trust.list() {
+                if !new.trust.contains(&peer)
+                    && !trust_flags.contains(&peer)
+                    && !paired.contains(&peer)
+                {
+                    trust.remove(&peer);
+                }
+            }
+            info!(
+                receive_limit = ?new.receive_limit,
+                trusted = trust.list().len(),
+                "configuration reloaded"
+            );
+        }
+        Err(error) => warn!(%error, "configuration reload failed; keeping the old settings"),
+    }
 }
 
 /// Starts the standby receiver on `listen` (UDP) and binds the peer API's

@@ -132,10 +132,47 @@ pub async fn run(work: &Path, size: u64) -> Result<()> {
 
     imagegen::scattered_writes(&image, 20_000, 9)?;
     imagegen::write_text(&image, 0, (size / 4) as usize, 10)?;
+    let third = sync_through_link_cut(&primary_dir, &source, &target, &standby, &proxy).await?;
+    print_resumed_sync(&third);
+    ensure!(
+        third.reconnects >= 1,
+        "the link cut did not force a reconnect"
+    );
+
+    let report = sync_verify::verify(&primary_dir, &source, &target, standby.fingerprint()).await?;
+    println!(
+        "7. verify by hashes: source and standby are {} at recovery point {} ({:.2}s, no data copied)",
+        if report.equal { "IDENTICAL" } else { "DIFFERENT" },
+        report.recovery_point,
+        report.seconds
+    );
+    ensure!(
+        report.equal,
+        "verify found differences: {:?}",
+        report.mismatches
+    );
+
+    // Stop the agent, then restore the first recovery point offline.
+    agent.shutdown().await;
+    drop(proxy);
+    restore_first_point(work, &standby_dir, first.recovery_point, &first_hash)?;
+    println!("demo finished: every step checked.");
+    Ok(())
+}
+
+/// Step 6: a sync on a slowed link whose link is cut for 4 s mid-transfer
+/// and then restored; the sync's report once it has resumed and committed.
+async fn sync_through_link_cut(
+    primary_dir: &Path,
+    source: &SourceUri,
+    target: &TargetUri,
+    standby: &Identity,
+    proxy: &UdpProxy,
+) -> Result<ferry_engine::session::sender::SyncReport> {
     // Slow the link so the cut lands mid-transfer, cut it for 4 s, restore it.
     let sync_task = {
         let (dir, source, target, peer) = (
-            primary_dir.clone(),
+            primary_dir.to_path_buf(),
             source.clone(),
             target.clone(),
             standby.fingerprint(),
@@ -166,7 +203,11 @@ pub async fn run(work: &Path, size: u64) -> Result<()> {
     tokio::time::sleep(Duration::from_secs(4)).await;
     proxy.set_blackhole(false);
     println!("   link restored");
-    let third = image_report(sync_task.await.context("sync task")??)?;
+    image_report(sync_task.await.context("sync task")??)
+}
+
+/// What the sync across the link cut did.
+fn print_resumed_sync(third: &ferry_engine::session::sender::SyncReport) {
     println!(
         "   sync resumed and committed recovery point {}: {} reconnect(s), {} batches sent, {} resent (unacknowledged when the link died), {} changed, {:.2}s",
         third.recovery_point,
@@ -176,29 +217,18 @@ pub async fn run(work: &Path, size: u64) -> Result<()> {
         human_bytes(third.bytes_changed),
         third.seconds
     );
-    ensure!(
-        third.reconnects >= 1,
-        "the link cut did not force a reconnect"
-    );
+}
 
-    let report = sync_verify::verify(&primary_dir, &source, &target, standby.fingerprint()).await?;
-    println!(
-        "7. verify by hashes: source and standby are {} at recovery point {} ({:.2}s, no data copied)",
-        if report.equal { "IDENTICAL" } else { "DIFFERENT" },
-        report.recovery_point,
-        report.seconds
-    );
-    ensure!(
-        report.equal,
-        "verify found differences: {:?}",
-        report.mismatches
-    );
-
-    // Stop the agent, then restore the first recovery point offline.
-    agent.shutdown().await;
-    drop(proxy);
+/// Steps 8 and 9, with the agent stopped: lists the standby's recovery
+/// points of vm1 and restores `recovery_point`, checking it has `expected_hash`.
+fn restore_first_point(
+    work: &Path,
+    standby_dir: &Path,
+    recovery_point: u64,
+    expected_hash: &str,
+) -> Result<()> {
     let store = StandbyStore::open(
-        &standby_dir,
+        standby_dir,
         ferry_engine::standby::StoreConfig { retention: 5 },
     )?;
     let points = store.recovery_points(&ImageName::new("vm1")?)?;
@@ -216,19 +246,18 @@ pub async fn run(work: &Path, size: u64) -> Result<()> {
     let restored = work.join("vm1-rp1.raw");
     store.restore(
         &ImageName::new("vm1")?,
-        RecoveryPointId(first.recovery_point),
+        RecoveryPointId(recovery_point),
         &restored,
     )?;
     let restored_hash = imagegen::file_hash(&restored)?;
     ensure!(
-        restored_hash == first_hash,
+        restored_hash == expected_hash,
         "restored recovery point differs from the image at the first sync"
     );
     println!(
         "9. restored recovery point {} to {}: identical to the image as it was at the first sync",
-        first.recovery_point,
+        recovery_point,
         restored.display()
     );
-    println!("demo finished: every step checked.");
     Ok(())
 }

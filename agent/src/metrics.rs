@@ -205,176 +205,206 @@ impl prometheus_client::collector::Collector for LiveCollector {
             return Ok(());
         };
         let live = source.live();
-        let seconds = Unit::Seconds;
-        let bytes = Unit::Bytes;
-        let per_second = Unit::Other("bytes_per_second".into());
-        let group = |g: &GroupLive| GroupLabels {
-            group: g.group.clone(),
-        };
-        let image = |g: &GroupLive, i: &ImageLive| ImageLabels {
-            group: g.group.clone(),
-            image: i.image.clone(),
-        };
-        let lag: Vec<_> = live
-            .groups
-            .iter()
-            .filter_map(|g| g.rpo_lag_seconds.map(|s| (group(g), s)))
-            .collect();
-        gauge_family(
-            &mut encoder,
-            "ferry_rpo_lag",
-            "Age of the newest instant whose writes the standby holds (primary side)",
-            Some(&seconds),
-            &lag,
-        )?;
-        let points: Vec<_> = live
-            .groups
-            .iter()
-            .map(|g| (group(g), g.recovery_points as i64))
-            .collect();
-        gauge_family(
-            &mut encoder,
-            "ferry_recovery_points",
-            "Named (manual and policy) recovery points of the group",
-            None,
-            &points,
-        )?;
-        let last: Vec<_> = live
-            .groups
-            .iter()
-            .filter_map(|g| g.last_recovery_point.map(|id| (group(g), id as i64)))
-            .collect();
-        gauge_family(
-            &mut encoder,
-            "ferry_last_recovery_point",
-            "Id of the last group recovery point committed on the standby (one per cycle)",
-            None,
-            &last,
-        )?;
-        let replicating: Vec<_> = live
-            .groups
-            .iter()
-            .map(|g| (group(g), i64::from(g.replicating)))
-            .collect();
-        gauge_family(
-            &mut encoder,
-            "ferry_group_replicating",
-            "1 while the group's replication loop runs on this agent",
-            None,
-            &replicating,
-        )?;
-        let images = || {
-            live.groups
-                .iter()
-                .flat_map(|g| g.images.iter().map(move |i| (g, i)))
-        };
-        let remaining: Vec<_> = images()
-            .map(|(g, i)| (image(g, i), i.remaining_bytes as i64))
-            .collect();
-        gauge_family(
-            &mut encoder,
-            "ferry_remaining",
-            "Bytes of the image still to scan in the running cycle",
-            Some(&bytes),
-            &remaining,
-        )?;
-        let rate: Vec<_> = images()
-            .map(|(g, i)| (image(g, i), i.rate as i64))
-            .collect();
-        gauge_family(
-            &mut encoder,
-            "ferry_send_rate",
-            "Current replication send rate of the image",
-            Some(&per_second),
-            &rate,
-        )?;
-        let rtt: Vec<_> = images()
-            .filter_map(|(g, i)| i.rtt_seconds.map(|v| (image(g, i), v)))
-            .collect();
-        gauge_family(
-            &mut encoder,
-            "ferry_quic_rtt",
-            "Smoothed round-trip time of the QUIC path the image is sent on",
-            Some(&seconds),
-            &rtt,
-        )?;
-        let cwnd: Vec<_> = images()
-            .filter_map(|(g, i)| i.cwnd_bytes.map(|v| (image(g, i), v as i64)))
-            .collect();
-        gauge_family(
-            &mut encoder,
-            "ferry_quic_cwnd",
-            "Congestion window of the QUIC path the image is sent on",
-            Some(&bytes),
-            &cwnd,
-        )?;
-        let lost: Vec<_> = images()
-            .filter_map(|(g, i)| i.lost_packets.map(|v| (image(g, i), v as i64)))
-            .collect();
-        gauge_family(
-            &mut encoder,
-            "ferry_quic_lost_packets",
-            "Packets declared lost on the current QUIC connection (resets on reconnect)",
-            None,
-            &lost,
-        )?;
-        let s = live.standby;
-        counter(
-            &mut encoder,
-            "ferry_standby_received",
-            "Payload bytes of accepted batches received by the standby (compressed)",
-            Some(&bytes),
-            s.bytes_received,
-        )?;
-        counter(
-            &mut encoder,
-            "ferry_applied",
-            "Plain data bytes staged durably into standby images",
-            Some(&bytes),
-            s.bytes_applied,
-        )?;
-        counter(
-            &mut encoder,
-            "ferry_standby_extents",
-            "Extents staged into standby images",
-            None,
-            s.extents,
-        )?;
-        counter(
-            &mut encoder,
-            "ferry_standby_nacks",
-            "Batches the standby rejected and asked for again",
-            None,
-            s.nacks,
-        )?;
-        counter(
-            &mut encoder,
-            "ferry_standby_commits",
-            "Recovery points committed on this standby",
-            None,
-            s.commits,
-        )?;
-        let receiving: Vec<_> = live
-            .standby_images
-            .iter()
-            .map(|(image, rate)| {
-                (
-                    StandbyImageLabels {
-                        image: image.clone(),
-                    },
-                    *rate as i64,
-                )
-            })
-            .collect();
-        gauge_family(
-            &mut encoder,
-            "ferry_standby_receive_rate",
-            "Current rate at which the standby stages data into the image",
-            Some(&per_second),
-            &receiving,
-        )?;
-        Ok(())
+        encode_group_gauges(&mut encoder, &live)?;
+        encode_image_gauges(&mut encoder, &live)?;
+        encode_standby(&mut encoder, &live)
     }
+}
+
+/// Per-group gauges: RPO lag, recovery points, last recovery point, replicating.
+fn encode_group_gauges(
+    encoder: &mut DescriptorEncoder<'_>,
+    live: &LiveSnapshot,
+) -> Result<(), std::fmt::Error> {
+    let seconds = Unit::Seconds;
+    let group = |g: &GroupLive| GroupLabels {
+        group: g.group.clone(),
+    };
+    let lag: Vec<_> = live
+        .groups
+        .iter()
+        .filter_map(|g| g.rpo_lag_seconds.map(|s| (group(g), s)))
+        .collect();
+    gauge_family(
+        encoder,
+        "ferry_rpo_lag",
+        "Age of the newest instant whose writes the standby holds (primary side)",
+        Some(&seconds),
+        &lag,
+    )?;
+    let points: Vec<_> = live
+        .groups
+        .iter()
+        .map(|g| (group(g), g.recovery_points as i64))
+        .collect();
+    gauge_family(
+        encoder,
+        "ferry_recovery_points",
+        "Named (manual and policy) recovery points of the group",
+        None,
+        &points,
+    )?;
+    let last: Vec<_> = live
+        .groups
+        .iter()
+        .filter_map(|g| g.last_recovery_point.map(|id| (group(g), id as i64)))
+        .collect();
+    gauge_family(
+        encoder,
+        "ferry_last_recovery_point",
+        "Id of the last group recovery point committed on the standby (one per cycle)",
+        None,
+        &last,
+    )?;
+    let replicating: Vec<_> = live
+        .groups
+        .iter()
+        .map(|g| (group(g), i64::from(g.replicating)))
+        .collect();
+    gauge_family(
+        encoder,
+        "ferry_group_replicating",
+        "1 while the group's replication loop runs on this agent",
+        None,
+        &replicating,
+    )?;
+    Ok(())
+}
+
+/// Per-image gauges of the primary side: remaining bytes, send rate and the
+/// QUIC path's RTT, congestion window and lost packets.
+fn encode_image_gauges(
+    encoder: &mut DescriptorEncoder<'_>,
+    live: &LiveSnapshot,
+) -> Result<(), std::fmt::Error> {
+    let seconds = Unit::Seconds;
+    let bytes = Unit::Bytes;
+    let per_second = Unit::Other("bytes_per_second".into());
+    let image = |g: &GroupLive, i: &ImageLive| ImageLabels {
+        group: g.group.clone(),
+        image: i.image.clone(),
+    };
+    let images = || {
+        live.groups
+            .iter()
+            .flat_map(|g| g.images.iter().map(move |i| (g, i)))
+    };
+    let remaining: Vec<_> = images()
+        .map(|(g, i)| (image(g, i), i.remaining_bytes as i64))
+        .collect();
+    gauge_family(
+        encoder,
+        "ferry_remaining",
+        "Bytes of the image still to scan in the running cycle",
+        Some(&bytes),
+        &remaining,
+    )?;
+    let rate: Vec<_> = images()
+        .map(|(g, i)| (image(g, i), i.rate as i64))
+        .collect();
+    gauge_family(
+        encoder,
+        "ferry_send_rate",
+        "Current replication send rate of the image",
+        Some(&per_second),
+        &rate,
+    )?;
+    let rtt: Vec<_> = images()
+        .filter_map(|(g, i)| i.rtt_seconds.map(|v| (image(g, i), v)))
+        .collect();
+    gauge_family(
+        encoder,
+        "ferry_quic_rtt",
+        "Smoothed round-trip time of the QUIC path the image is sent on",
+        Some(&seconds),
+        &rtt,
+    )?;
+    let cwnd: Vec<_> = images()
+        .filter_map(|(g, i)| i.cwnd_bytes.map(|v| (image(g, i), v as i64)))
+        .collect();
+    gauge_family(
+        encoder,
+        "ferry_quic_cwnd",
+        "Congestion window of the QUIC path the image is sent on",
+        Some(&bytes),
+        &cwnd,
+    )?;
+    let lost: Vec<_> = images()
+        .filter_map(|(g, i)| i.lost_packets.map(|v| (image(g, i), v as i64)))
+        .collect();
+    gauge_family(
+        encoder,
+        "ferry_quic_lost_packets",
+        "Packets declared lost on the current QUIC connection (resets on reconnect)",
+        None,
+        &lost,
+    )?;
+    Ok(())
+}
+
+/// The standby side: its counters and per-image receive rates.
+fn encode_standby(
+    encoder: &mut DescriptorEncoder<'_>,
+    live: &LiveSnapshot,
+) -> Result<(), std::fmt::Error> {
+    let bytes = Unit::Bytes;
+    let per_second = Unit::Other("bytes_per_second".into());
+    let s = live.standby;
+    counter(
+        encoder,
+        "ferry_standby_received",
+        "Payload bytes of accepted batches received by the standby (compressed)",
+        Some(&bytes),
+        s.bytes_received,
+    )?;
+    counter(
+        encoder,
+        "ferry_applied",
+        "Plain data bytes staged durably into standby images",
+        Some(&bytes),
+        s.bytes_applied,
+    )?;
+    counter(
+        encoder,
+        "ferry_standby_extents",
+        "Extents staged into standby images",
+        None,
+        s.extents,
+    )?;
+    counter(
+        encoder,
+        "ferry_standby_nacks",
+        "Batches the standby rejected and asked for again",
+        None,
+        s.nacks,
+    )?;
+    counter(
+        encoder,
+        "ferry_standby_commits",
+        "Recovery points committed on this standby",
+        None,
+        s.commits,
+    )?;
+    let receiving: Vec<_> = live
+        .standby_images
+        .iter()
+        .map(|(image, rate)| {
+            (
+                StandbyImageLabels {
+                    image: image.clone(),
+                },
+                *rate as i64,
+            )
+        })
+        .collect();
+    gauge_family(
+        encoder,
+        "ferry_standby_receive_rate",
+        "Current rate at which the standby stages data into the image",
+        Some(&per_second),
+        &receiving,
+    )?;
+    Ok(())
 }
 
 /// The agent's metrics registry (see the module doc).

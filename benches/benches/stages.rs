@@ -5,7 +5,10 @@
 //! the batch codec both ways, and frame encode/decode.
 
 use bytes::{Bytes, BytesMut};
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{
+    criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
+};
 use ferry_benches::mixed_chunks;
 use ferry_engine::payload_codec::{Decoder, Encoder, PlainExtent};
 use ferry_protocol::{Epoch, ExtentBatch, ExtentKind, FrameDecoder, ImageName, Message, SeqNo};
@@ -18,14 +21,21 @@ fn stages(c: &mut Criterion) {
     let mut group = c.benchmark_group("stage");
     group.throughput(Throughput::Bytes(TOTAL as u64));
     group.sample_size(10);
+    bench_checks(&mut group, &chunks);
+    bench_zstd(&mut group, &chunks);
+    bench_codec_and_frames(&mut group, &chunks);
+    group.finish();
+}
 
+/// Zero check, BLAKE3 per 4 KiB block and per 64 KiB chunk, CRC-32C.
+fn bench_checks(group: &mut BenchmarkGroup<WallTime>, chunks: &[Vec<u8>]) {
     group.bench_function("zero_check", |b| {
         b.iter(|| chunks.iter().filter(|c| c.iter().all(|x| *x == 0)).count())
     });
     group.bench_function("blake3_4k_blocks", |b| {
         b.iter(|| {
             let mut acc = 0u8;
-            for c in &chunks {
+            for c in chunks {
                 for block in c.chunks(4096) {
                     acc ^= blake3::hash(block).as_bytes()[0];
                 }
@@ -48,6 +58,10 @@ fn stages(c: &mut Criterion) {
                 .fold(0u32, |acc, c| crc32c::crc32c_append(acc, c))
         })
     });
+}
+
+/// zstd compress at levels 1 and -1, and decompress of level 1.
+fn bench_zstd(group: &mut BenchmarkGroup<WallTime>, chunks: &[Vec<u8>]) {
     for level in [1, -1] {
         group.bench_with_input(
             BenchmarkId::new("zstd_compress", level),
@@ -79,25 +93,12 @@ fn stages(c: &mut Criterion) {
                 .sum::<usize>()
         })
     });
+}
 
-    // The batch codec as the pipeline uses it: 4 MiB batches of 64 KiB extents.
-    let batches: Vec<Vec<PlainExtent>> = chunks
-        .chunks(64)
-        .enumerate()
-        .map(|(bi, group)| {
-            group
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| !c.iter().all(|x| *x == 0))
-                .map(|(i, c)| PlainExtent {
-                    offset: ((bi * 64 + i) * CHUNK) as u64,
-                    length: CHUNK as u32,
-                    kind: ExtentKind::Data,
-                    data: Some(Bytes::copy_from_slice(c)),
-                })
-                .collect()
-        })
-        .collect();
+/// The batch codec as the pipeline uses it (4 MiB batches of 64 KiB
+/// extents) both ways, and frame encode/decode of the encoded batches.
+fn bench_codec_and_frames(group: &mut BenchmarkGroup<WallTime>, chunks: &[Vec<u8>]) {
+    let batches = plain_batches(chunks);
     group.bench_function("codec_encode", |b| {
         let mut encoder = Encoder::new(1);
         b.iter(|| {
@@ -115,31 +116,7 @@ fn stages(c: &mut Criterion) {
                 .sum::<usize>()
         })
     });
-    let image = ImageName::new("bench").unwrap();
-    let encoded: Vec<ExtentBatch> = {
-        let mut encoder = Encoder::new(1);
-        batches
-            .iter()
-            .enumerate()
-            .map(|(i, extents)| {
-                let start = (i * 64 * CHUNK) as u64;
-                let chunk = encoder
-                    .encode(start, start + (64 * CHUNK) as u64, extents)
-                    .unwrap();
-                ExtentBatch {
-                    image: image.clone(),
-                    epoch: Epoch(1),
-                    seq: SeqNo(i as u64 + 1),
-                    scan_start: chunk.scan_start,
-                    scan_end: chunk.scan_end,
-                    payload_crc32c: chunk.payload_crc32c,
-                    plain_blake3: chunk.plain_blake3,
-                    extents: chunk.extents,
-                    payload: chunk.payload,
-                }
-            })
-            .collect()
-    };
+    let encoded = encoded_batches(&batches);
     group.bench_function("codec_decode_verify", |b| {
         let mut decoder = Decoder::new();
         b.iter(|| {
@@ -165,7 +142,54 @@ fn stages(c: &mut Criterion) {
             n
         })
     });
-    group.finish();
+}
+
+/// The non-zero chunks as 4 MiB batches of 64 KiB data extents.
+fn plain_batches(chunks: &[Vec<u8>]) -> Vec<Vec<PlainExtent>> {
+    chunks
+        .chunks(64)
+        .enumerate()
+        .map(|(bi, group)| {
+            group
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| !c.iter().all(|x| *x == 0))
+                .map(|(i, c)| PlainExtent {
+                    offset: ((bi * 64 + i) * CHUNK) as u64,
+                    length: CHUNK as u32,
+                    kind: ExtentKind::Data,
+                    data: Some(Bytes::copy_from_slice(c)),
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// `batches` encoded at zstd level 1 into the protocol's batches.
+fn encoded_batches(batches: &[Vec<PlainExtent>]) -> Vec<ExtentBatch> {
+    let image = ImageName::new("bench").unwrap();
+    let mut encoder = Encoder::new(1);
+    batches
+        .iter()
+        .enumerate()
+        .map(|(i, extents)| {
+            let start = (i * 64 * CHUNK) as u64;
+            let chunk = encoder
+                .encode(start, start + (64 * CHUNK) as u64, extents)
+                .unwrap();
+            ExtentBatch {
+                image: image.clone(),
+                epoch: Epoch(1),
+                seq: SeqNo(i as u64 + 1),
+                scan_start: chunk.scan_start,
+                scan_end: chunk.scan_end,
+                payload_crc32c: chunk.payload_crc32c,
+                plain_blake3: chunk.plain_blake3,
+                extents: chunk.extents,
+                payload: chunk.payload,
+            }
+        })
+        .collect()
 }
 
 criterion_group!(benches, stages);

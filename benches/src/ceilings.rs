@@ -152,13 +152,28 @@ pub fn measure_stages(path: &Path, scratch_dir: &Path) -> Result<StageReport> {
     let size_usize = usize::try_from(size).context("image larger than memory")?;
     let mut stages = Vec::new();
     let mut buf = vec![0u8; CHUNK];
+    time_reads(&file, size, &mut buf, &mut stages)?;
+    let image = load_image(&file, path, size_usize, &mut stages)?;
+    let nonzero_bytes = image.nonzero_bytes();
+    time_hashes(&image, nonzero_bytes, &mut stages)?;
+    let compressed_bytes = time_zstd_and_crc(&image, nonzero_bytes, &mut stages)?;
+    time_writes(&image, scratch_dir, size, &buf[..BLOCK], &mut stages)?;
+    let engine_payload_bytes = time_engine_codec(image, size, nonzero_bytes, &mut stages)?;
+    Ok(StageReport {
+        stages,
+        nonzero_bytes,
+        compressed_bytes,
+        engine_payload_bytes,
+    })
+}
 
-    // Read: plain pread of 4 MiB, and the engine's io_uring reader.
+/// Read stages: plain pread of 4 MiB, and the engine's io_uring reader.
+fn time_reads(file: &File, size: u64, buf: &mut [u8], stages: &mut Vec<Stage>) -> Result<()> {
     let (s, _) = timed("read_pread", size, || {
         let mut off = 0u64;
         while off < size {
             let n = file
-                .read_at(&mut buf, off)
+                .read_at(buf, off)
                 .with_context(|| format!("pread at {off}"))?;
             if n == 0 {
                 bail!("unexpected end of file at {off}");
@@ -174,7 +189,7 @@ pub fn measure_stages(path: &Path, scratch_dir: &Path) -> Result<StageReport> {
         let mut off = 0u64;
         while off < size {
             let n = reader
-                .read_at(&file, off, &mut buf)
+                .read_at(file, off, buf)
                 .with_context(|| format!("{backend} read at {off}"))?;
             if n == 0 {
                 bail!("unexpected end of file at {off}");
@@ -191,14 +206,21 @@ pub fn measure_stages(path: &Path, scratch_dir: &Path) -> Result<StageReport> {
         },
         ..s
     });
+    Ok(())
+}
 
-    // Load the image (untimed) and find its non-zero runs with the engine's
-    // zero check (timed).
+/// Loads the image (untimed) and finds its non-zero runs with the engine's
+/// zero check (timed).
+fn load_image(
+    mut file: &File,
+    path: &Path,
+    size_usize: usize,
+    stages: &mut Vec<Stage>,
+) -> Result<ImageData> {
     let mut bytes = vec![0u8; size_usize];
-    (&file)
-        .read_exact(&mut bytes)
+    file.read_exact(&mut bytes)
         .with_context(|| format!("loading {}", path.display()))?;
-    let (s, nonzero) = timed("zero_check", size, || {
+    let (s, nonzero) = timed("zero_check", size_usize as u64, || {
         Ok(bytes
             .chunks(BLOCK)
             .map(|b| !is_zero(b))
@@ -223,13 +245,16 @@ pub fn measure_stages(path: &Path, scratch_dir: &Path) -> Result<StageReport> {
         }
         runs.extend(run);
     }
-    let image = ImageData {
+    Ok(ImageData {
         bytes,
         runs,
         chunk_starts,
-    };
-    let nonzero_bytes = image.nonzero_bytes();
+    })
+}
 
+/// BLAKE3 per 4 KiB block (the manifest's change detection) and per batch
+/// (the end-to-end check; each side does it once).
+fn time_hashes(image: &ImageData, nonzero_bytes: u64, stages: &mut Vec<Stage>) -> Result<()> {
     // BLAKE3 per 4 KiB block (the manifest's change detection).
     let (s, _) = timed("blake3_4k", nonzero_bytes, || {
         let mut acc = 0u8;
@@ -257,7 +282,16 @@ pub fn measure_stages(path: &Path, scratch_dir: &Path) -> Result<StageReport> {
         Ok(())
     })?;
     stages.push(s);
+    Ok(())
+}
 
+/// zstd level 1, CRC-32C of the compressed payload and zstd decompress;
+/// returns the compressed bytes.
+fn time_zstd_and_crc(
+    image: &ImageData,
+    nonzero_bytes: u64,
+    stages: &mut Vec<Stage>,
+) -> Result<u64> {
     // zstd level 1 of every non-zero run into a pre-touched arena.
     let bound: usize = image
         .runs
@@ -304,7 +338,20 @@ pub fn measure_stages(path: &Path, scratch_dir: &Path) -> Result<StageReport> {
     })?;
     stages.push(s);
     drop(arena);
+    Ok(compressed_bytes)
+}
 
+/// Write stages: the full copy's sequential pwrites and an incremental
+/// sync's scattered 4 KiB ones, each ending in fdatasync; `block` is the
+/// 4 KiB written at each scattered offset.
+fn time_writes(
+    image: &ImageData,
+    scratch_dir: &Path,
+    size: u64,
+    block: &[u8],
+    stages: &mut Vec<Stage>,
+) -> Result<()> {
+    let nonzero_bytes = image.nonzero_bytes();
     // Write: pwrite every non-zero run into a new sparse file, then fdatasync.
     let target = scratch_dir.join("stage-write.raw");
     let wfile = OpenOptions::new()
@@ -351,7 +398,6 @@ pub fn measure_stages(path: &Path, scratch_dir: &Path) -> Result<StageReport> {
         .open(&target)
         .with_context(|| format!("creating {}", target.display()))?;
     wfile.set_len(size)?;
-    let block = &buf[..BLOCK];
     let (s, _) = timed(
         "write_4k_random",
         offsets.len() as u64 * BLOCK as u64,
@@ -369,7 +415,17 @@ pub fn measure_stages(path: &Path, scratch_dir: &Path) -> Result<StageReport> {
     stages.push(s);
     drop(wfile);
     let _ = std::fs::remove_file(&target);
+    Ok(())
+}
 
+/// Reference rows: the engine's batch codec both ways; consumes the image
+/// to keep peak memory as before, returns the engine's payload bytes.
+fn time_engine_codec(
+    image: ImageData,
+    size: u64,
+    nonzero_bytes: u64,
+    stages: &mut Vec<Stage>,
+) -> Result<u64> {
     // Reference rows: the engine's batch codec (probe, zstd or copy, CRC,
     // BLAKE3) both ways, on 4 MiB batches of the same runs.
     let name = ImageName::new("bench").context("image name")?;
@@ -425,7 +481,6 @@ pub fn measure_stages(path: &Path, scratch_dir: &Path) -> Result<StageReport> {
         }
     }
     drop(extents);
-    let engine_payload_bytes = batches.iter().map(|b| b.payload.len() as u64).sum();
     let mut decoder = Decoder::new();
     let (s, _) = timed("engine_decode", nonzero_bytes, || {
         for b in &batches {
@@ -438,13 +493,7 @@ pub fn measure_stages(path: &Path, scratch_dir: &Path) -> Result<StageReport> {
         Ok(())
     })?;
     stages.push(s);
-
-    Ok(StageReport {
-        stages,
-        nonzero_bytes,
-        compressed_bytes,
-        engine_payload_bytes,
-    })
+    Ok(batches.iter().map(|b| b.payload.len() as u64).sum())
 }
 
 /// Result of the raw quinn loopback ceiling.

@@ -1,6 +1,6 @@
 //! Shared helpers for ferry's benchmarks: the deterministic mixed-content
 //! data that every stage and end-to-end measurement uses, plus the stage
-//! ceilings and process measurements of the end-to-end harness (`src/bin/e2e.rs`),
+//! ceilings and process measurements of the end-to-end harness (`src/bin/e2e/`),
 //! and the UDP delay line of the WAN benchmark (`src/bin/ferry-udp-proxy.rs`).
 
 pub mod ceilings;
