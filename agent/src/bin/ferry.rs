@@ -168,6 +168,87 @@ fn peer(fp: &str) -> Result<AgentId> {
 }
 
 /// Exit codes: 0 ok, 1 verify found differences, 2 error.
+/// Prints what `ferry sync` did: one image's report (with the group's
+/// recovery point and totals) or the group's as JSON, else a line per image
+/// and one for the recovery point.
+fn print_sync_report(group: &ferry_engine::session::sender::GroupReport, json: bool) -> Result<()> {
+    if json {
+        if group.images.len() == 1 {
+            // One image: its report, with the recovery point and totals.
+            let mut report = group.images[0].clone();
+            report.recovery_point = group.recovery_point;
+            report.reconnects = group.reconnects;
+            report.seconds = group.seconds;
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            println!("{}", serde_json::to_string(&group)?);
+        }
+    } else {
+        use ferry_agent::units::human_bytes;
+        for report in &group.images {
+            println!(
+                "{}: scanned {}, changed {}, zero {}, sent {}{}",
+                report.image,
+                human_bytes(report.bytes_scanned),
+                human_bytes(report.bytes_changed),
+                human_bytes(report.bytes_zero),
+                human_bytes(report.bytes_sent),
+                if report.fuzzy {
+                    " (fuzzy: the source changed while it was read)"
+                } else {
+                    ""
+                },
+            );
+        }
+        println!(
+            "committed recovery point {} ({} image{}) in {:.2}s{}",
+            group.recovery_point,
+            group.images.len(),
+            if group.images.len() == 1 { "" } else { "s" },
+            group.seconds,
+            if group.reconnects > 0 {
+                format!(", {} reconnects", group.reconnects)
+            } else {
+                String::new()
+            },
+        );
+    }
+    Ok(())
+}
+
+/// Prints `ferry verify`'s answer: JSON, or "equal: …" / "DIFFERENT: …" with
+/// the differing ranges.
+fn print_verify_report(
+    source: &SourceUri,
+    report: &ferry_engine::session::verify::VerifyReport,
+    json: bool,
+) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else if report.equal {
+        println!(
+            "equal: {} matches the standby's {} at recovery point {} ({} bytes)",
+            source_name(source),
+            report.image,
+            report.recovery_point,
+            report.source_size
+        );
+    } else {
+        println!(
+            "DIFFERENT: {} vs the standby's {} at recovery point {} (sizes {} / {})",
+            source_name(source),
+            report.image,
+            report.recovery_point,
+            report.source_size,
+            report.standby_size
+        );
+        for (offset, len) in &report.mismatches {
+            println!("  differs at offset {offset} length {len}");
+        }
+    }
+    Ok(())
+}
+
 async fn main_inner(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Control(cmd) => ferry_agent::cli::run(cmd, &cli.conn).await,
@@ -205,47 +286,7 @@ async fn main_inner(cli: Cli) -> Result<ExitCode> {
                 accept_changes_at_rest,
             })
             .await?;
-            if json {
-                if group.images.len() == 1 {
-                    // One image: its report, with the recovery point and totals.
-                    let mut report = group.images[0].clone();
-                    report.recovery_point = group.recovery_point;
-                    report.reconnects = group.reconnects;
-                    report.seconds = group.seconds;
-                    println!("{}", serde_json::to_string(&report)?);
-                } else {
-                    println!("{}", serde_json::to_string(&group)?);
-                }
-            } else {
-                use ferry_agent::units::human_bytes;
-                for report in &group.images {
-                    println!(
-                        "{}: scanned {}, changed {}, zero {}, sent {}{}",
-                        report.image,
-                        human_bytes(report.bytes_scanned),
-                        human_bytes(report.bytes_changed),
-                        human_bytes(report.bytes_zero),
-                        human_bytes(report.bytes_sent),
-                        if report.fuzzy {
-                            " (fuzzy: the source changed while it was read)"
-                        } else {
-                            ""
-                        },
-                    );
-                }
-                println!(
-                    "committed recovery point {} ({} image{}) in {:.2}s{}",
-                    group.recovery_point,
-                    group.images.len(),
-                    if group.images.len() == 1 { "" } else { "s" },
-                    group.seconds,
-                    if group.reconnects > 0 {
-                        format!(", {} reconnects", group.reconnects)
-                    } else {
-                        String::new()
-                    },
-                );
-            }
+            print_sync_report(&group, json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify {
@@ -258,29 +299,7 @@ async fn main_inner(cli: Cli) -> Result<ExitCode> {
             let source = SourceUri::parse(&source)?;
             let target = TargetUri::parse(&target)?;
             let report = sync_verify::verify(&dir, &source, &target, peer(&fp)?).await?;
-            if json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else if report.equal {
-                println!(
-                    "equal: {} matches the standby's {} at recovery point {} ({} bytes)",
-                    source_name(&source),
-                    report.image,
-                    report.recovery_point,
-                    report.source_size
-                );
-            } else {
-                println!(
-                    "DIFFERENT: {} vs the standby's {} at recovery point {} (sizes {} / {})",
-                    source_name(&source),
-                    report.image,
-                    report.recovery_point,
-                    report.source_size,
-                    report.standby_size
-                );
-                for (offset, len) in &report.mismatches {
-                    println!("  differs at offset {offset} length {len}");
-                }
-            }
+            print_verify_report(&source, &report, json)?;
             Ok(if report.equal {
                 ExitCode::SUCCESS
             } else {
