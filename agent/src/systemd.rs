@@ -5,7 +5,7 @@
 //! Everything here is a no-op when the agent was not started by systemd
 //! (`NOTIFY_SOCKET` unset). The watchdog is enabled by `WatchdogSec=` in the
 //! unit, which sets `WATCHDOG_USEC` and `WATCHDOG_PID`; the agent pings at
-//! half that interval from its main loop, and only while [`Health`] says the
+//! half that interval from its main loop, and only while [`check_health`] says the
 //! engine is alive, so a wedged agent is restarted by systemd.
 
 use std::time::Duration;

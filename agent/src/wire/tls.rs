@@ -8,7 +8,7 @@
 //! certificate. The TLS layer accepts any client certificate whose handshake
 //! signature verifies (a peer that is not trusted yet must be able to present
 //! a one-time pairing secret); every peer route except pairing then requires
-//! the fingerprint to be in the agent's [`TrustStore`]
+//! the fingerprint to be in the agent's [`TrustStore`](ferry_engine::transport::TrustStore)
 //! (see `api::peer_router`).
 
 use std::net::SocketAddr;
