@@ -68,8 +68,21 @@ impl RbdStandby {
         let Some(newest) = record.history.iter().map(|p| p.rp).max() else {
             return Ok(());
         };
-        let handle = self.open_image(image)?;
         let ctx = format!("{}/{image}", self.pool_name());
+        // Opened plainly, not through `open_image`: the sweep runs after the
+        // commit answered, when nothing of ours holds the image, so it must
+        // neither break another client's lock nor hold the exclusive lock
+        // against it (an explicit lock makes that client's writes fail with
+        // EROFS). `snap_remove` takes the lock itself and hands it over
+        // when asked.
+        let handle = self
+            .inner
+            .pool
+            .open(image.as_str())
+            .map_err(|source| StoreError::Ceph {
+                context: format!("opening {ctx}"),
+                source,
+            })?;
         let snaps = handle.snapshots().map_err(|source| StoreError::Ceph {
             context: format!("listing the snapshots of {ctx}"),
             source,
