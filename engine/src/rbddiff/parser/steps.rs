@@ -117,18 +117,22 @@ impl Parser {
                     len: declared as usize,
                 };
             }
-            other => {
-                self.state = State::Skip {
-                    remaining: declared,
-                };
-                self.after_skip = State::PropTag;
-                return Ok(Flow::Yield(Some(Event::Unknown {
-                    tag: other,
-                    length: declared,
-                })));
-            }
+            other => return Ok(self.skip_unknown(other, declared, State::PropTag)),
         }
         Ok(Flow::Continue)
+    }
+
+    /// A record with a tag this parser does not know: its `declared` body is
+    /// skipped, then parsing goes on at `after`; the caller hears of it.
+    fn skip_unknown(&mut self, tag: u8, declared: u64, after: State) -> Flow {
+        self.state = State::Skip {
+            remaining: declared,
+        };
+        self.after_skip = after;
+        Flow::Yield(Some(Event::Unknown {
+            tag,
+            length: declared,
+        }))
     }
 
     /// A property record's body.
@@ -289,16 +293,7 @@ impl Parser {
             tag::FROM_SNAP | tag::TO_SNAP | tag::SIZE | tag::WRITE | tag::ZERO | tag::PROTECTED => {
                 self.state = self.body_state(t, Some(declared))?;
             }
-            other => {
-                self.state = State::Skip {
-                    remaining: declared,
-                };
-                self.after_skip = State::Tag;
-                return Ok(Flow::Yield(Some(Event::Unknown {
-                    tag: other,
-                    length: declared,
-                })));
-            }
+            other => return Ok(self.skip_unknown(other, declared, State::Tag)),
         }
         Ok(Flow::Continue)
     }
