@@ -442,6 +442,17 @@ impl Parser {
         self.scratch.len() >= need
     }
 
+    /// A little-endian u64 from the stream (the 8-byte lengths and counts),
+    /// once all 8 bytes have arrived; `scratch` is left empty.
+    fn take_le64(&mut self, input: &[u8], at: &mut usize) -> Option<u64> {
+        if !self.fill(input, at, 8) {
+            return None;
+        }
+        let value = le64(&self.scratch);
+        self.scratch.clear();
+        Some(value)
+    }
+
     fn run(&mut self, input: &[u8], at: &mut usize) -> Result<Option<Event>, ParseError> {
         loop {
             let flow = match self.state {

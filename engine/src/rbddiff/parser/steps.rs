@@ -3,9 +3,8 @@
 //! hand an event (or "need more input") back to [`Parser::advance`].
 
 use super::{
-    escape, le32, le64, tag, DiffRules, Event, Flow, Format, ParseError, Parser, State,
-    BANNER_DIFF_V1, BANNER_DIFF_V2, BANNER_IMAGE_DIFFS_V2, BANNER_IMAGE_V2, MAX_META_RECORD,
-    MAX_SNAP_NAME,
+    escape, le32, tag, DiffRules, Event, Flow, Format, ParseError, Parser, State, BANNER_DIFF_V1,
+    BANNER_DIFF_V2, BANNER_IMAGE_DIFFS_V2, BANNER_IMAGE_V2, MAX_META_RECORD, MAX_SNAP_NAME,
 };
 
 impl Parser {
@@ -78,11 +77,9 @@ impl Parser {
         at: &mut usize,
         t: u8,
     ) -> Result<Flow, ParseError> {
-        if !self.fill(input, at, 8) {
+        let Some(declared) = self.take_le64(input, at) else {
             return Ok(Flow::Yield(None));
-        }
-        let declared = le64(&self.scratch);
-        self.scratch.clear();
+        };
         match t {
             tag::IMAGE_ORDER
             | tag::IMAGE_FEATURES
@@ -196,12 +193,11 @@ impl Parser {
         input: &[u8],
         at: &mut usize,
     ) -> Result<Flow, ParseError> {
-        if !self.fill(input, at, 8) {
+        let Some(total) = self.take_le64(input, at) else {
             return Ok(Flow::Yield(None));
-        }
-        self.diff_total = le64(&self.scratch);
+        };
+        self.diff_total = total;
         self.diff_index = 0;
-        self.scratch.clear();
         self.state = State::AfterDiff;
         Ok(Flow::Yield(Some(Event::DiffCount(self.diff_total))))
     }
@@ -284,11 +280,9 @@ impl Parser {
         at: &mut usize,
         t: u8,
     ) -> Result<Flow, ParseError> {
-        if !self.fill(input, at, 8) {
+        let Some(declared) = self.take_le64(input, at) else {
             return Ok(Flow::Yield(None));
-        }
-        let declared = le64(&self.scratch);
-        self.scratch.clear();
+        };
         match t {
             tag::FROM_SNAP | tag::TO_SNAP | tag::SIZE | tag::WRITE | tag::ZERO | tag::PROTECTED => {
                 self.state = self.body_state(t, Some(declared))?;
