@@ -236,14 +236,16 @@ pub fn classify(data: &[u8], compress: bool) -> Vec<Run> {
     while start < data.len() {
         let end = (start + PIECE).min(data.len());
         let piece = &data[start..end];
-        if crate::rbddiff::is_zero(piece) {
+        // Edges first, so no zero byte is scanned twice: the body of a
+        // piece that is not all zero starts within 4 KiB of a non-zero byte.
+        let (lead, trail) = zero_edges(piece);
+        let (body_start, body_end) = (start + lead, end - trail);
+        let body = &data[body_start..body_end];
+        if crate::rbddiff::is_zero(body) {
             push_run(&mut runs, start, end, PieceClass::Zero);
             start = end;
             continue;
         }
-        let (lead, trail) = zero_edges(piece);
-        let (body_start, body_end) = (start + lead, end - trail);
-        let body = &data[body_start..body_end];
         let class = if !compress || looks_incompressible(body) {
             PieceClass::Raw
         } else {
