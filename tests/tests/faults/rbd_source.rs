@@ -636,12 +636,18 @@ fn write_order(contents: &[Content]) -> Result<(), String> {
 fn run_source(default_scenarios: u64, default_seed: u64) {
     let seed = env_u64("FERRY_FAULT_SEED").unwrap_or(default_seed);
     let scenarios = env_u64("FERRY_FAULT_SCENARIOS").unwrap_or(default_scenarios);
+    // A scenario's fault depends on the seed and its number only, so one
+    // seed's scenarios can be split over processes running side by side
+    // (each with its own images): FERRY_FAULT_FIRST_SCENARIO=101 runs
+    // scenarios 101..=100+FERRY_FAULT_SCENARIOS.
+    let first = env_u64("FERRY_FAULT_FIRST_SCENARIO").unwrap_or(1).max(1) as usize;
+    let last = first + scenarios as usize - 1;
     println!(
-        "fault harness (RBD source, {IMAGES} × {IMAGE_MIB} MiB group, live writer): seed {seed}, {scenarios} scenarios (replay: FERRY_FAULT_SEED={seed})"
+        "fault harness (RBD source, {IMAGES} × {IMAGE_MIB} MiB group, live writer): seed {seed}, scenarios {first}..={last} (replay: FERRY_FAULT_SEED={seed} FERRY_FAULT_FIRST_SCENARIO={first})"
     );
     let started = Instant::now();
     let mut world = SourceWorld::new(seed);
-    for n in 1..=scenarios as usize {
+    for n in first..=last {
         world.scenario(n);
         if n % 50 == 0 {
             println!(
@@ -652,7 +658,7 @@ fn run_source(default_scenarios: u64, default_seed: u64) {
         }
     }
     println!(
-        "fault harness (RBD source): seed {seed}: {scenarios} scenarios in {:.0} s, {} clean syncs committed (none refused; {} of them resumed a capture an interrupted sync left), {} source group snapshots checked, the writer wrote {} rounds ({} writes) during faulted syncs; faults drawn and landed:\n{}",
+        "fault harness (RBD source): seed {seed}: scenarios {first}..={last} in {:.0} s, {} clean syncs committed (none refused; {} of them resumed a capture an interrupted sync left), {} source group snapshots checked, the writer wrote {} rounds ({} writes) during faulted syncs; faults drawn and landed:\n{}",
         started.elapsed().as_secs_f64(),
         world.clean_commits,
         world.resumed_captures,
