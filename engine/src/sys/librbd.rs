@@ -265,6 +265,7 @@ api! {
     rbd: rbd_aio_release: fn(CompletionT);
     rbd: rbd_aio_read: fn(ImageT, u64, usize, *mut c_char, CompletionT) -> c_int;
     rbd: rbd_aio_write: fn(ImageT, u64, usize, *const c_char, CompletionT) -> c_int;
+    rbd: rbd_aio_writev: fn(ImageT, *const libc::iovec, c_int, u64, CompletionT) -> c_int;
     rbd: rbd_aio_write_zeroes: fn(ImageT, u64, usize, CompletionT, c_int, c_int) -> c_int;
     rbd: rbd_aio_discard: fn(ImageT, u64, u64, CompletionT) -> c_int;
     rbd: rbd_flush: fn(ImageT) -> c_int;
@@ -393,10 +394,17 @@ impl Cluster {
         // No librbd cache: ferry streams whole extents with its own requests
         // in flight and flushes before it acknowledges, so a writeback cache
         // only adds a copy (and its 24 MiB dirty limit throttles streaming).
+        // Zero-copy writes: librbd copies every `rbd_aio_write` buffer
+        // unless told not to (the option guards against callers that change
+        // a buffer while it is in flight). ferry writes immutable `Bytes`
+        // that each `Aio` keeps alive until its completion, and librbd then
+        // delays that completion until it has released the buffer, so the
+        // copy (a memmove of every byte the standby applies) is not needed.
         for (key, value) in [
             ("client_mount_timeout", "30"),
             ("rados_mon_op_timeout", "60"),
             ("rbd_cache", "false"),
+            ("rbd_disable_zero_copy_writes", "false"),
         ] {
             let (k, v) = (cstring("option", key)?, cstring("option", value)?);
             // SAFETY: handle valid and unconnected; strings NUL-terminated.
@@ -544,7 +552,7 @@ pub struct Aio {
     op: &'static str,
     offset: u64,
     read_buf: Option<BytesMut>,
-    _write_buf: Option<Bytes>,
+    _write_bufs: Vec<Bytes>,
     waited: bool,
 }
 

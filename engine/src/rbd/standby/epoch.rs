@@ -216,6 +216,31 @@ impl RbdEpochWriter {
         Ok(())
     }
 
+    /// Starts one write of a run of contiguous data pieces (none if empty).
+    fn start_run(&mut self, run: WriteRun) -> Result<(), StoreError> {
+        if run.pieces.is_empty() {
+            return Ok(());
+        }
+        let started = self.handle.aio_writev(run.offset, run.pieces);
+        self.track(started, run.len)
+    }
+
+    /// Adds a started request to those in flight (`weight`: its data
+    /// bytes) and waits for the oldest while too much is.
+    fn track(&mut self, started: Result<Aio, CephError>, weight: u64) -> Result<(), StoreError> {
+        let op = match started {
+            Ok(op) => op,
+            Err(e) => return Err(self.poison("starting a write to")(e)),
+        };
+        self.in_flight.push_back((op, weight));
+        self.in_flight_bytes += weight;
+        while self.in_flight_bytes > MAX_IN_FLIGHT_BYTES || self.in_flight.len() > MAX_IN_FLIGHT_OPS
+        {
+            self.wait_oldest()?;
+        }
+        Ok(())
+    }
+
     /// Writes a batch (asynchronously). `Ok(false)`: a duplicate, ignored.
     /// Nothing is durable until [`RbdEpochWriter::sync`].
     pub fn stage(&mut self, batch: StagedBatch) -> Result<bool, StoreError> {
@@ -252,10 +277,19 @@ impl RbdEpochWriter {
                 },
             });
         }
+        let mut run = WriteRun::default();
         for extent in batch.extents {
-            let len = u64::from(extent.length);
             let started = match (extent.kind, extent.data) {
-                (ExtentKind::Data, Some(data)) => self.handle.aio_write(extent.offset, data),
+                (ExtentKind::Data, Some(data)) => {
+                    if run.extends_to(extent.offset, data.len() as u64) {
+                        run.push(extent.offset, data);
+                        continue;
+                    }
+                    let flushed = self.start_run(std::mem::take(&mut run));
+                    run.push(extent.offset, data);
+                    flushed?;
+                    continue;
+                }
                 (ExtentKind::Zero, _) => self
                     .handle
                     .aio_write_zeroes(extent.offset, extent.length as usize),
@@ -266,23 +300,10 @@ impl RbdEpochWriter {
                     .aio_write_zeroes(extent.offset, extent.length as usize),
                 (ExtentKind::Data, None) => continue, // rejected by check_extents
             };
-            let op = match started {
-                Ok(op) => op,
-                Err(e) => return Err(self.poison("starting a write to")(e)),
-            };
-            let weight = if extent.kind == ExtentKind::Data {
-                len
-            } else {
-                0
-            };
-            self.in_flight.push_back((op, weight));
-            self.in_flight_bytes += weight;
-            while self.in_flight_bytes > MAX_IN_FLIGHT_BYTES
-                || self.in_flight.len() > MAX_IN_FLIGHT_OPS
-            {
-                self.wait_oldest()?;
-            }
+            self.start_run(std::mem::take(&mut run))?;
+            self.track(started, 0)?;
         }
+        self.start_run(run)?;
         self.staged_seq = batch.seq;
         self.staged_scan_end = batch.scan_end;
         Ok(true)
@@ -363,5 +384,71 @@ impl Drop for RbdEpochWriter {
         // not acknowledged and will be resent.
         self.in_flight.clear();
         *lock(&self.slot.writer_active) = false;
+    }
+}
+
+/// The most bytes of contiguous data pieces joined into one write: one RBD
+/// object at the default object size. A run never crosses a multiple of
+/// it, so at that size each joined write is one OSD write.
+const WRITE_RUN_LIMIT: u64 = 4 << 20;
+
+/// Contiguous data pieces of a batch collected for one vectored write: a
+/// full sync's 64 KiB pieces of one object become one request instead of
+/// 64 (each one an OSD transaction on the standby cluster).
+#[derive(Default)]
+struct WriteRun {
+    offset: u64,
+    len: u64,
+    pieces: Vec<bytes::Bytes>,
+}
+
+impl WriteRun {
+    /// Whether a piece of `len` bytes at `offset` continues this run
+    /// without leaving its `WRITE_RUN_LIMIT` window.
+    fn extends_to(&self, offset: u64, len: u64) -> bool {
+        let window_end = (self.offset / WRITE_RUN_LIMIT + 1) * WRITE_RUN_LIMIT;
+        !self.pieces.is_empty()
+            && self.offset + self.len == offset
+            && offset.saturating_add(len) <= window_end
+    }
+
+    fn push(&mut self, offset: u64, piece: bytes::Bytes) {
+        if self.pieces.is_empty() {
+            self.offset = offset;
+        }
+        self.len += piece.len() as u64;
+        self.pieces.push(piece);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{WriteRun, WRITE_RUN_LIMIT};
+    use bytes::Bytes;
+
+    fn piece(len: usize) -> Bytes {
+        Bytes::from(vec![7u8; len])
+    }
+
+    #[test]
+    fn contiguous_pieces_join_until_an_object_boundary() {
+        let mut run = WriteRun::default();
+        assert!(!run.extends_to(0, 4096), "an empty run extends nothing");
+        run.push(WRITE_RUN_LIMIT - 8192, piece(4096));
+        assert!(run.extends_to(WRITE_RUN_LIMIT - 4096, 4096));
+        assert!(!run.extends_to(WRITE_RUN_LIMIT - 4096 + 1, 4096), "a gap");
+        assert!(
+            !run.extends_to(WRITE_RUN_LIMIT - 4096, 8192),
+            "crosses the boundary"
+        );
+        run.push(WRITE_RUN_LIMIT - 4096, piece(4096));
+        assert_eq!(
+            (run.offset, run.len, run.pieces.len()),
+            (WRITE_RUN_LIMIT - 8192, 8192, 2)
+        );
+        assert!(
+            !run.extends_to(WRITE_RUN_LIMIT, 4096),
+            "the next object starts a new run"
+        );
     }
 }

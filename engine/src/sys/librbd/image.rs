@@ -405,13 +405,17 @@ impl Image {
                 c,
             )
         };
-        self.start(c, rc, "rbd_aio_read", offset, Some(buf), None)
+        self.start(c, rc, "rbd_aio_read", offset, Some(buf), Vec::new())
     }
 
     /// Starts writing `data` at `offset`.
     pub fn aio_write(self: &Arc<Self>, offset: u64, data: Bytes) -> Result<Aio, CephError> {
         let c = self.completion()?;
-        // SAFETY: `data` is kept alive by the returned Aio until completion.
+        // SAFETY: `data` is kept alive by the returned Aio until completion
+        // (its Drop waits for it). With zero-copy writes on (the cluster's
+        // `rbd_disable_zero_copy_writes = false`) librbd reads the buffer
+        // in place and completes only after its last reference to it is
+        // released; `Bytes` is immutable, so nothing changes it meanwhile.
         let rc = unsafe {
             (self.api().rbd_aio_write)(
                 self.handle,
@@ -421,7 +425,34 @@ impl Image {
                 c,
             )
         };
-        self.start(c, rc, "rbd_aio_write", offset, None, Some(data))
+        self.start(c, rc, "rbd_aio_write", offset, None, vec![data])
+    }
+
+    /// Starts writing the buffers `data`, back to back, at `offset`: one
+    /// librbd request (and one OSD write per object it touches) however
+    /// many buffers, where a write per buffer would cost one each.
+    pub fn aio_writev(self: &Arc<Self>, offset: u64, data: Vec<Bytes>) -> Result<Aio, CephError> {
+        if data.len() == 1 {
+            let mut data = data;
+            return self.aio_write(offset, data.remove(0));
+        }
+        let iovecs: Vec<libc::iovec> = data
+            .iter()
+            .map(|b| libc::iovec {
+                iov_base: b.as_ptr() as *mut libc::c_void,
+                iov_len: b.len(),
+            })
+            .collect();
+        let count = c_int::try_from(iovecs.len())
+            .map_err(|_| call_error(-libc::EINVAL, "rbd_aio_writev", "too many buffers".into()))?;
+        let c = self.completion()?;
+        // SAFETY: the iovec array is read during the call only (librbd
+        // builds its buffer list from it before returning); the buffers it
+        // points at are kept alive by the returned Aio until completion, as
+        // for `aio_write`, and `Bytes` is immutable.
+        let rc =
+            unsafe { (self.api().rbd_aio_writev)(self.handle, iovecs.as_ptr(), count, offset, c) };
+        self.start(c, rc, "rbd_aio_writev", offset, None, data)
     }
 
     /// Starts making `offset..offset+len` read as zeroes (deallocating
@@ -430,7 +461,7 @@ impl Image {
         let c = self.completion()?;
         // SAFETY: open handle and fresh completion; no buffers involved.
         let rc = unsafe { (self.api().rbd_aio_write_zeroes)(self.handle, offset, len, c, 0, 0) };
-        self.start(c, rc, "rbd_aio_write_zeroes", offset, None, None)
+        self.start(c, rc, "rbd_aio_write_zeroes", offset, None, Vec::new())
     }
 
     /// Starts discarding `offset..offset+len`.
@@ -438,7 +469,7 @@ impl Image {
         let c = self.completion()?;
         // SAFETY: open handle and fresh completion; no buffers involved.
         let rc = unsafe { (self.api().rbd_aio_discard)(self.handle, offset, len, c) };
-        self.start(c, rc, "rbd_aio_discard", offset, None, None)
+        self.start(c, rc, "rbd_aio_discard", offset, None, Vec::new())
     }
 
     pub(super) fn start(
@@ -448,7 +479,7 @@ impl Image {
         op: &'static str,
         offset: u64,
         read_buf: Option<BytesMut>,
-        write_buf: Option<Bytes>,
+        write_bufs: Vec<Bytes>,
     ) -> Result<Aio, CephError> {
         if rc < 0 {
             // SAFETY: the request was not queued, so nothing refers to `c`.
@@ -461,7 +492,7 @@ impl Image {
             op,
             offset,
             read_buf,
-            _write_buf: write_buf,
+            _write_bufs: write_bufs,
             waited: false,
         })
     }
