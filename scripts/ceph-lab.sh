@@ -12,12 +12,14 @@
 #
 # Environment: FERRY_CEPH_LAB_DIR (default /var/lib/ferry-ceph-lab), FERRY_CEPH_LAB_TIMEOUT
 # (seconds to wait for health, default 180), FERRY_CEPH_LAB_OSD_SIZE (sparse bluestore file,
-# default 24G). Must run as root. No TTY needed. See scripts/ceph-lab.md.
+# default 16G: bluestore's allocator walks the whole device before it reuses freed space, so
+# over a benchmark session each file grows to its full size; 2 × 16G stays inside a small
+# disk, and the biggest lab job keeps under 8 GiB live per site). Must run as root. No TTY needed. See scripts/ceph-lab.md.
 set -euo pipefail
 
 LAB_DIR="${FERRY_CEPH_LAB_DIR:-/var/lib/ferry-ceph-lab}"
 TIMEOUT="${FERRY_CEPH_LAB_TIMEOUT:-180}"
-OSD_SIZE="${FERRY_CEPH_LAB_OSD_SIZE:-24G}"
+OSD_SIZE="${FERRY_CEPH_LAB_OSD_SIZE:-16G}"
 SITES=(site-a site-b)
 # jq parses the JSON output of ceph/rbd; it is not part of Ceph.
 PACKAGES=(ceph-mon ceph-mgr ceph-osd ceph-common rbd-mirror librbd-dev librados-dev python3-rbd jq)
