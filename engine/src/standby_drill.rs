@@ -142,7 +142,9 @@ mod tests {
     #[test]
     fn file_drill_volumes_live_under_the_agent_dir_and_go_with_their_directory() {
         let tmp = tempfile::tempdir().unwrap();
-        let store = Standby::from(StandbyStore::open(&tmp.path().join("store"), StoreConfig::default()).unwrap());
+        let store = Standby::from(
+            StandbyStore::open(&tmp.path().join("store"), StoreConfig::default()).unwrap(),
+        );
         let image = ImageName::new("g1-vm1").unwrap();
         let v = store.drill_volume(tmp.path(), "g1", &image);
         let want = tmp.path().join("drill").join("g1").join("g1-vm1.raw");

@@ -37,8 +37,8 @@ use crate::orchestrator::{
     CtlError, MigrateStep, Orchestrator, PairRequest, PeerGroupRequest, Qos, DEFAULT_KEY_TTL,
 };
 use bodies::{
-    AddBody, BindBody, CreateGroupBody, CreateServiceBody, DrillBody, FailoverBody, KeyBody, PeerResources,
-    PolicyBody, RestoreBody, RpBody, SyncBody, UpdateServiceBody, UrisBody,
+    AddBody, BindBody, CreateGroupBody, CreateServiceBody, DrillBody, FailoverBody, KeyBody,
+    PeerResources, PolicyBody, RestoreBody, RpBody, SyncBody, UpdateServiceBody, UrisBody,
 };
 
 /// File holding the operator API token in the agent directory.

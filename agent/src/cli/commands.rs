@@ -14,8 +14,8 @@ use super::args::{Conn, GroupCmd, PolicyCmd, QosCmd, RpCmd, ServiceCmd};
 use super::render::print_status;
 use crate::schedule::{PolicySchedule, Schedule, TzName};
 use crate::wire::bodies::{
-    AddBody, BindBody, CreateGroupBody, CreateServiceBody, DrillBody, FailoverBody, KeyBody, PolicyBody, Qos,
-    RestoreBody, RpBody, UpdateServiceBody, UrisBody,
+    AddBody, BindBody, CreateGroupBody, CreateServiceBody, DrillBody, FailoverBody, KeyBody,
+    PolicyBody, Qos, RestoreBody, RpBody, UpdateServiceBody, UrisBody,
 };
 
 /// `ferry service …`

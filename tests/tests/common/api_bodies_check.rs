@@ -20,8 +20,7 @@ use serde::Serialize;
 use crate::api::bodies::{
     check_request_body, AddBody, BindBody, BodyRoute, CreateGroupBody, CreateServiceBody,
     DrillBody, FailoverBody, KeyBody, MigrateStep, PairRequest, PeerGroupRequest, PeerResources,
-    PolicyBody,
-    Qos, RestoreBody, RpBody, SyncBody, UpdateServiceBody, UrisBody,
+    PolicyBody, Qos, RestoreBody, RpBody, SyncBody, UpdateServiceBody, UrisBody,
 };
 use crate::control::{NewRecoveryPoint, Retention};
 use crate::schedule::PolicySchedule;

@@ -6,8 +6,8 @@
 use super::checker::Checker;
 use super::{FailoverTarget, Refusal, RefusalReason};
 use crate::control::model::{
-    DrillPhase, GroupState, Outcome, Retention, Role, RpKind, RpState, Transition, MAX_MANUAL_RECOVERY_POINTS,
-    MAX_RESOURCES_PER_GROUP,
+    DrillPhase, GroupState, Outcome, Retention, Role, RpKind, RpState, Transition,
+    MAX_MANUAL_RECOVERY_POINTS, MAX_RESOURCES_PER_GROUP,
 };
 
 /// Add resources: a primary group in `mapped`; at least one URI, none listed

@@ -9,9 +9,7 @@ use super::journal::begin_checked_in;
 use super::rows::{get_group, to_i64, to_json, Ctx};
 use super::Store;
 use crate::control::error::{StoreError, StoreResult};
-use crate::control::model::{
-    Drill, DrillPhase, DrillVolume, GroupId, Operation, Timestamp,
-};
+use crate::control::model::{Drill, DrillPhase, DrillVolume, GroupId, Operation, Timestamp};
 use crate::control::rules::OpRequest;
 
 /// What a new drill records (it starts in [`DrillPhase::Starting`]).

@@ -11,9 +11,9 @@ use rusqlite::{Connection, OptionalExtension, Row, ToSql};
 
 use crate::control::error::{StoreError, StoreResult};
 use crate::control::model::{
-    DrillPhase, Group, GroupId, GroupState, OpKind, OpState, Operation, OperationId, Policy, PolicyBinding,
-    PolicyId, RecoveryPoint, Resource, ResourceKind, ResourceState, Retention, Role, RpId, RpKind,
-    RpState, Service, ServiceId, Timestamp,
+    DrillPhase, Group, GroupId, GroupState, OpKind, OpState, Operation, OperationId, Policy,
+    PolicyBinding, PolicyId, RecoveryPoint, Resource, ResourceKind, ResourceState, Retention, Role,
+    RpId, RpKind, RpState, Service, ServiceId, Timestamp,
 };
 use crate::control::rules::GroupView;
 
@@ -65,7 +65,15 @@ macro_rules! sql_text_enum {
         }
     )+};
 }
-sql_text_enum!(Role, GroupState, ResourceState, RpKind, RpState, OpKind, DrillPhase);
+sql_text_enum!(
+    Role,
+    GroupState,
+    ResourceState,
+    RpKind,
+    RpState,
+    OpKind,
+    DrillPhase
+);
 
 macro_rules! sql_i64 {
     ($($t:ty),+) => {$(
