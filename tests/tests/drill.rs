@@ -444,3 +444,155 @@ fn drill_start_and_end_interrupted_by_standby_kills_are_retried_and_survive_fail
     assert!(!dir.exists());
     succeeded(&ok(&b, &["group", "delete", "g1", "--wait"]));
 }
+
+fn rbd_export_hash(scratch: &Path, site: &str, spec: &str) -> String {
+    std::fs::create_dir_all(scratch).unwrap();
+    let file = scratch.join("export.raw");
+    let _ = std::fs::remove_file(&file);
+    ferry_e2e::lab::rbd(site, &["export", spec, &file.display().to_string()]);
+    hash_file(&file)
+}
+
+/// Removes (with their snapshots) every image of pool `rbd` on both lab
+/// clusters whose name contains `ferry-t-TAG-` (drill volumes too), when
+/// dropped.
+struct RbdCleanup(String);
+
+impl Drop for RbdCleanup {
+    fn drop(&mut self) {
+        for site in ["site-a", "site-b"] {
+            let Ok(out) = std::process::Command::new("rbd")
+                .args(["--cluster", site, "ls", "rbd"])
+                .output()
+            else {
+                continue;
+            };
+            let mark = format!("ferry-t-{}-", self.0);
+            let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.contains(mark.as_str()))
+                .map(str::to_owned)
+                .collect();
+            // Drill volumes (possibly clones) before the copies they
+            // come from.
+            names.sort_by_key(|n| !n.starts_with("drill-"));
+            for name in names {
+                let spec = format!("rbd/{name}");
+                for args in [
+                    vec!["snap", "purge", spec.as_str()],
+                    vec!["rm", spec.as_str()],
+                ] {
+                    let _ = std::process::Command::new("rbd")
+                        .args(["--cluster", site, "--no-progress"])
+                        .args(args)
+                        .output();
+                }
+            }
+        }
+    }
+}
+
+/// A drill of a group of two RBD images on an RBD standby: the drill
+/// volumes are images `drill-IMAGE` of the standby pool equal to the chosen
+/// point, writing to one changes neither the point nor replication (a new
+/// point is committed during the drill), and `--end` leaves no drill image.
+#[test]
+#[ignore = "needs the Ceph lab (FERRY_CEPH_LAB=1); scripts/test.sh runs it"]
+fn lab_rbd_drill_starts_and_ends_beside_the_standby_copies() {
+    use ferry_e2e::lab::{self, rbd};
+    if !lab::enabled() {
+        return;
+    }
+    let tag = format!("drl{}", std::process::id());
+    let _cleanup = RbdCleanup(tag.clone());
+    let images: Vec<String> = (0..2).map(|i| format!("ferry-t-{tag}-{i}")).collect();
+    for image in &images {
+        rbd(
+            "site-a",
+            &["create", "--size", "16", &format!("rbd/{image}")],
+        );
+        lab::pyrbd(
+            "site-a",
+            image,
+            "r = random.Random(3)\nfor i in range(64):\n    img.write(r.randbytes(4096), r.randrange(0, 4096) * 4096)",
+        );
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let (a_fp, b_fp) = (init_agent(&a), init_agent(&b));
+    std::fs::write(a.join("config.toml"), "[ceph]\ncluster = \"site-a\"\n").unwrap();
+    std::fs::write(
+        b.join("config.toml"),
+        "[standby]\nbackend = \"rbd\"\nrbd_pool = \"rbd\"\nretention = 2\n[ceph]\ncluster = \"site-b\"\n",
+    )
+    .unwrap();
+    let _agents = (Agent::start(&a, &a_fp, &[]), Agent::start(&b, &b_fp, &[]));
+    let key = String::from_utf8(run(&b, &["service", "key"]).stdout).unwrap();
+    ok(&a, &["service", "create", "--key", key.trim()]);
+    ok(&a, &["group", "create", "g1", "--wait"]);
+    let uris: Vec<String> = images.iter().map(|i| format!("rbd:rbd/{i}")).collect();
+    let mut add = vec!["group", "add", "g1"];
+    add.extend(uris.iter().map(String::as_str));
+    add.push("--wait");
+    ok(&a, &add);
+    ok(&a, &["group", "start", "g1", "--wait"]);
+    succeeded(&ok(&a, &["rp", "create", "g1", "--name", "r1", "--wait"]));
+    let scratch = tmp.path().join("scratch");
+    let hash = |site: &str, spec: &str| rbd_export_hash(&scratch, site, spec);
+    let at_r1: Vec<String> = images
+        .iter()
+        .map(|i| hash("site-a", &format!("rbd/{i}")))
+        .collect();
+    lab::pyrbd("site-a", &images[0], "img.write(b'x' * 8192, 0)");
+
+    let op = ok(&b, &["group", "drill", "g1", "--rp", "r1", "--wait"]);
+    succeeded(&op);
+    let g = show(&b);
+    assert_eq!(g["group"]["state"], "syncing");
+    let standby: Vec<String> = g["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["standby_target"].as_str().unwrap().to_owned())
+        .collect();
+    let vols: Vec<String> = g["drill"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["volume"].as_str().unwrap().to_owned())
+        .collect();
+    let want: Vec<String> = standby.iter().map(|n| format!("drill-{n}")).collect();
+    assert_eq!(vols, want, "{g}");
+    for (vol, h) in vols.iter().zip(&at_r1) {
+        assert_eq!(&hash("site-b", &format!("rbd/{vol}")), h, "{vol} holds r1");
+    }
+    // Writable, and writing changes neither r1 nor replication.
+    lab::pyrbd("site-b", &vols[0], "img.write(b'd' * 65536, 0)");
+    assert_ne!(hash("site-b", &format!("rbd/{}", vols[0])), at_r1[0]);
+    succeeded(&ok(&a, &["rp", "create", "g1", "--name", "r2", "--wait"]));
+    let restored = format!("ferry-t-{tag}-restored");
+    let args = [
+        "group",
+        "restore",
+        "g1",
+        "--resource",
+        &uris[0],
+        "--rp",
+        "r1",
+        "--out",
+        &restored,
+        "--wait",
+    ];
+    succeeded(&ok(&b, &args));
+    assert_eq!(hash("site-b", &format!("rbd/{restored}")), at_r1[0]);
+
+    succeeded(&ok(&b, &["group", "drill", "g1", "--end", "--wait"]));
+    assert!(show(&b)["drill"].is_null());
+    let listed = String::from_utf8_lossy(&rbd("site-b", &["ls", "rbd"]).stdout).to_string();
+    for vol in &vols {
+        assert!(!listed.lines().any(|l| l == vol), "{vol} left: {listed}");
+    }
+    for name in &standby {
+        assert!(listed.lines().any(|l| l == name), "copy {name} gone");
+    }
+}
