@@ -35,20 +35,32 @@ pub enum DrillVolume {
 impl Standby {
     /// The volume a drill of group `group` makes of standby copy `image`:
     /// `agent_dir/drill/GROUP/IMAGE.raw` (files backend) or `drill-IMAGE`
-    /// of the standby pool (RBD backend).
-    pub fn drill_volume(&self, agent_dir: &Path, group: &str, image: &ImageName) -> DrillVolume {
-        match self {
-            Self::Files(_) => DrillVolume::File(
-                agent_dir
-                    .join("drill")
-                    .join(group)
-                    .join(format!("{image}.raw")),
-            ),
+    /// of the standby pool (RBD backend). A group name that is not a plain
+    /// file name (the peer chose it: `..`, `/`…) is refused for the files
+    /// backend rather than joined into a path.
+    pub fn drill_volume(
+        &self,
+        agent_dir: &Path,
+        group: &str,
+        image: &ImageName,
+    ) -> Result<DrillVolume, StoreError> {
+        Ok(match self {
+            Self::Files(_) => {
+                let dir = ImageName::new(group).map_err(|e| StoreError::InvalidRequest {
+                    reason: format!("group name {group:?} cannot name a drill directory: {e}"),
+                })?;
+                DrillVolume::File(
+                    agent_dir
+                        .join("drill")
+                        .join(dir.as_str())
+                        .join(format!("{image}.raw")),
+                )
+            }
             Self::Rbd(rbd) => DrillVolume::Rbd {
                 store: rbd.clone(),
                 name: format!("drill-{image}"),
             },
-        }
+        })
     }
 
     /// The drill volume the control store recorded as `name` (what
@@ -146,7 +158,13 @@ mod tests {
             StandbyStore::open(&tmp.path().join("store"), StoreConfig::default()).unwrap(),
         );
         let image = ImageName::new("g1-vm1").unwrap();
-        let v = store.drill_volume(tmp.path(), "g1", &image);
+        for bad in ["..", "a/b", "", ".hidden"] {
+            assert!(
+                store.drill_volume(tmp.path(), bad, &image).is_err(),
+                "{bad:?}"
+            );
+        }
+        let v = store.drill_volume(tmp.path(), "g1", &image).unwrap();
         let want = tmp.path().join("drill").join("g1").join("g1-vm1.raw");
         assert_eq!(v.name(), want.display().to_string());
         assert_eq!(v.output(), want.as_os_str());

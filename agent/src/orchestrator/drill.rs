@@ -123,7 +123,9 @@ impl Orchestrator {
         let store = &self.receiver.store;
         let mut volumes = Vec::new();
         for (r, image) in resources.iter().zip(&images) {
-            let volume = store.drill_volume(&self.dir, &g.name, image);
+            let volume = store
+                .drill_volume(&self.dir, &g.name, image)
+                .map_err(|e| CtlError::BadRequest(e.to_string()))?;
             let exists = volume
                 .exists()
                 .map_err(|e| internal(format!("looking up {volume}"))(e.into()))?;
