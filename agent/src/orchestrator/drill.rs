@@ -175,6 +175,10 @@ impl Orchestrator {
                 "removing the drill volumes of group '{}'",
                 g.name
             )))?;
+            // Under the unpin lock: a recovery point at this point deleted
+            // meanwhile either sees the drill (and leaves the pin to it) or
+            // is gone before it is looked for here.
+            let _holders = me.unpin_lock.lock().await;
             let held = me
                 .db(|s| s.recovery_points(g.id))?
                 .iter()

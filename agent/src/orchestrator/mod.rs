@@ -274,6 +274,10 @@ pub struct Orchestrator {
     rp_floor: Mutex<HashMap<GroupId, u64>>,
     api_addr: Mutex<Option<SocketAddr>>,
     metrics: Arc<Metrics>,
+    /// Held while a pin's holder goes (a drill ending, a recovery point
+    /// deleted): each checks whether the other still holds the point and
+    /// unpins, so one of them always unpins a point both held.
+    unpin_lock: tokio::sync::Mutex<()>,
 }
 
 fn internal(what: impl Into<String>) -> impl FnOnce(anyhow::Error) -> CtlError {
@@ -309,6 +313,7 @@ impl Orchestrator {
             rp_floor: Mutex::new(HashMap::new()),
             api_addr: Mutex::new(None),
             metrics: cfg.metrics,
+            unpin_lock: tokio::sync::Mutex::new(()),
         });
         let live: Arc<dyn LiveSource> = orch.clone();
         orch.metrics.attach(Arc::downgrade(&live));

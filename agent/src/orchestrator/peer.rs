@@ -284,6 +284,7 @@ impl Orchestrator {
         match self.db(|s| s.recovery_point_by_name(g.id, name)) {
             Ok(rp) => {
                 // A drill at this point keeps it pinned until it ends.
+                let _holders = self.unpin_lock.lock().await;
                 if !self.drill_uses_point(&g, rp.engine_rp)? {
                     self.pin_standby_point(g.id, rp.engine_rp, false).await?;
                 }
