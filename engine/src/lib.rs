@@ -50,6 +50,7 @@ pub mod session;
 pub mod source;
 pub mod standby;
 pub mod standby_backend;
+pub mod standby_drill;
 pub mod sync_util;
 pub mod sys;
 pub mod testpoint;

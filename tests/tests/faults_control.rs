@@ -17,7 +17,10 @@
 //! - an unplanned failover on the standby (to the latest data or to a
 //!   chosen recovery point) with the primary down, the standby SIGKILLed
 //!   during it, restarted and the failover retried; the world is then
-//!   rebuilt as a new group, as the README's walk-through does.
+//!   rebuilt as a new group, as the README's walk-through does;
+//! - a DR drill on the standby (at the latest data or a chosen recovery
+//!   point) while the primary writes and replicates, the standby SIGKILLed
+//!   during the drill's start or its end, restarted and the step retried.
 //!
 //! Every fault is placed, not timed (`common/control_faults.rs`): the
 //! scenario draws a hold point of its operation on the side it hits (a
@@ -52,7 +55,7 @@
 //! point.
 //!
 //! The policy scenarios live in `common/control_policy.rs`, the failover in
-//! `common/control_failover.rs`.
+//! `common/control_failover.rs`, the drill in `common/control_drill.rs`.
 //!
 //! `FERRY_CTL_FAULT_SEED` (default 1) and `FERRY_CTL_FAULT_SCENARIOS`
 //! (default 40) select the run; the seed and every scenario are printed, so
@@ -74,6 +77,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
 
+#[path = "common/control_drill.rs"]
+mod control_drill;
 #[path = "common/control_failover.rs"]
 mod control_failover;
 #[path = "common/control_faults.rs"]
@@ -145,6 +150,10 @@ enum Scenario {
     ClockWithinSlot,
     Migrate(Option<Fault>),
     Failover {
+        to_point: bool,
+        fault: Option<Fault>,
+    },
+    Drill {
         to_point: bool,
         fault: Option<Fault>,
     },
@@ -480,7 +489,11 @@ impl World {
                 days: rng.gen_range(1..=3),
             },
             57..=63 => Scenario::ClockWithinSlot,
-            64..=87 => Scenario::Migrate(Fault::draw(rng, Op::Migrate)),
+            64..=81 => Scenario::Migrate(Fault::draw(rng, Op::Migrate)),
+            82..=89 => Scenario::Drill {
+                to_point: rng.gen_bool(0.5),
+                fault: Fault::draw(rng, Op::Drill),
+            },
             _ => Scenario::Failover {
                 to_point: rng.gen_bool(0.5),
                 fault: Fault::draw(rng, Op::Failover),
@@ -529,6 +542,7 @@ impl World {
             }
             Scenario::Migrate(fault) => self.migrate(fault, &what),
             Scenario::Failover { to_point, fault } => self.failover(to_point, fault, &what),
+            Scenario::Drill { to_point, fault } => self.drill(to_point, fault, &what),
         }
         self.check(&what);
     }

@@ -37,8 +37,8 @@ use crate::orchestrator::{
     CtlError, MigrateStep, Orchestrator, PairRequest, PeerGroupRequest, Qos, DEFAULT_KEY_TTL,
 };
 use bodies::{
-    AddBody, BindBody, CreateGroupBody, CreateServiceBody, FailoverBody, KeyBody, PeerResources,
-    PolicyBody, RestoreBody, RpBody, SyncBody, UpdateServiceBody, UrisBody,
+    AddBody, BindBody, CreateGroupBody, CreateServiceBody, DrillBody, FailoverBody, KeyBody,
+    PeerResources, PolicyBody, RestoreBody, RpBody, SyncBody, UpdateServiceBody, UrisBody,
 };
 
 /// File holding the operator API token in the agent directory.
@@ -271,6 +271,7 @@ pub const OPERATOR_ROUTES: &[&str] = &[
     "/v1/operations/{id}",
     "/v1/qos",
     "/v1/groups/{group}/migrate",
+    "/v1/groups/{group}/drill",
 ];
 
 /// The peer API's routes.
@@ -325,6 +326,7 @@ pub fn operator_router(orch: Arc<Orchestrator>, token: String) -> Router {
         .route(r[22], get(show_operation))
         .route(r[23], get(get_qos).put(set_qos))
         .route(r[24], post(migrate))
+        .route(r[25], post(drill).delete(end_drill))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route(r[0], get(health))
@@ -485,6 +487,18 @@ async fn failover(
     Json(b): Json<FailoverBody>,
 ) -> ApiResult {
     accepted(s.orch.failover(&name, b.recovery_point.as_deref())?)
+}
+
+async fn drill(
+    State(s): State<AppState>,
+    UrlPath(name): UrlPath<String>,
+    Json(b): Json<DrillBody>,
+) -> ApiResult {
+    accepted(s.orch.drill(&name, b.recovery_point.as_deref())?)
+}
+
+async fn end_drill(State(s): State<AppState>, UrlPath(name): UrlPath<String>) -> ApiResult {
+    accepted(s.orch.end_drill(&name)?)
 }
 
 async fn migrate(State(s): State<AppState>, UrlPath(name): UrlPath<String>) -> ApiResult {

@@ -280,6 +280,27 @@ pub enum GroupCmd {
         #[arg(long)]
         wait: bool,
     },
+    /// (standby) DR drill: writable volumes of every resource at one
+    /// recovery point (default: the latest group recovery point held),
+    /// DIR/drill/GROUP/IMAGE.raw or drill-IMAGE in the standby pool, while
+    /// replication goes on; `--end` removes them. The point stays pinned
+    /// until the drill ends; the standby copies are never touched.
+    Drill {
+        /// How to reach the agent.
+        #[command(flatten)]
+        conn: Conn,
+        /// Group name or id.
+        name: String,
+        /// Recovery point name (default: the latest group point held).
+        #[arg(long, conflicts_with = "end")]
+        rp: Option<String>,
+        /// End the drill: remove its volumes and unpin its point.
+        #[arg(long)]
+        end: bool,
+        /// Wait for the operation.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Delete a group (and its standby group).
     Delete {
         /// How to reach the agent.

@@ -14,8 +14,8 @@ use super::args::{Conn, GroupCmd, PolicyCmd, QosCmd, RpCmd, ServiceCmd};
 use super::render::print_status;
 use crate::schedule::{PolicySchedule, Schedule, TzName};
 use crate::wire::bodies::{
-    AddBody, BindBody, CreateGroupBody, CreateServiceBody, FailoverBody, KeyBody, PolicyBody, Qos,
-    RestoreBody, RpBody, UpdateServiceBody, UrisBody,
+    AddBody, BindBody, CreateGroupBody, CreateServiceBody, DrillBody, FailoverBody, KeyBody,
+    PolicyBody, Qos, RestoreBody, RpBody, UpdateServiceBody, UrisBody,
 };
 
 /// `ferry service …`
@@ -206,6 +206,22 @@ pub(super) async fn group(cmd: GroupCmd, outer: &Conn) -> Result<Outcome> {
                     wait,
                 )
                 .await?
+        }
+        GroupCmd::Drill {
+            conn,
+            name,
+            rp,
+            end,
+            wait,
+        } => {
+            let api = Api::new(&conn.or(outer))?;
+            let path = format!("/v1/groups/{name}/drill");
+            if end {
+                api.op(Method::DELETE, &path, None, wait).await?
+            } else {
+                let body = json_body(&DrillBody { recovery_point: rp })?;
+                api.op(Method::POST, &path, body, wait).await?
+            }
         }
         GroupCmd::Delete { conn, name, wait } => {
             Api::new(&conn.or(outer))?

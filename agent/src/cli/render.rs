@@ -1,5 +1,5 @@
 //! How the control commands print an answer for a person: an operation as
-//! one line, a service key alone, anything else as pretty JSON, and
+//! one line (plus the volumes a drill makes), a service key alone, anything else as pretty JSON, and
 //! `ferry status` as a table with progress bars.
 
 use serde_json::Value;
@@ -14,6 +14,16 @@ pub(super) fn print_human(v: &Value) {
             .and_then(Value::as_str)
             .unwrap_or("?");
         println!("operation {id} ({kind}): {state}");
+        // A drill names the volumes it makes (or made).
+        for v in op
+            .pointer("/params/volumes")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let get = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("?");
+            println!("  {}  ({})", get("volume"), get("resource"));
+        }
         return;
     }
     if let Some(key) = v.get("key").and_then(Value::as_str) {

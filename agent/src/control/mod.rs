@@ -42,4 +42,4 @@ pub use model::*;
 pub use rules::{
     check, check_delete_service, FailoverTarget, GroupView, OpRequest, Refusal, RefusalReason,
 };
-pub use store::{NewOperation, OpResult, Store, DB_FILE_NAME, SCHEMA_VERSION};
+pub use store::{NewDrill, NewOperation, OpResult, Store, DB_FILE_NAME, SCHEMA_VERSION};

@@ -554,6 +554,10 @@ text_enum!(
         Restore => "restore",
         /// Delete the group.
         DeleteGroup => "delete_group",
+        /// Start a DR drill (writable copies at one recovery point).
+        Drill => "drill",
+        /// End a DR drill (remove its volumes, unpin its point).
+        EndDrill => "end_drill",
         /// Delete a service.
         DeleteService => "delete_service",
     }
@@ -576,6 +580,8 @@ impl OpKind {
             OpKind::Failover => "unplanned failover",
             OpKind::Restore => "manual restore",
             OpKind::DeleteGroup => "delete group",
+            OpKind::Drill => "drill",
+            OpKind::EndDrill => "end drill",
             OpKind::DeleteService => "delete service",
         }
     }
@@ -677,6 +683,52 @@ pub struct Operation {
     /// Operation parameters (resources, recovery point, target…), for the
     /// orchestrator to finish it after a restart.
     pub params: serde_json::Value,
+}
+
+text_enum!(
+    /// Where a DR drill of a standby group stands.
+    DrillPhase {
+        /// Its volumes are being made (or their making was interrupted: a
+        /// retry of `drill` resumes it, `drill --end` removes what exists).
+        Starting => "starting",
+        /// Every volume is made; the drill runs until `drill --end`.
+        Active => "active",
+        /// Its volumes are being removed (or their removal was
+        /// interrupted: a retry of `drill --end` finishes it).
+        Ending => "ending",
+    }
+);
+
+/// One writable volume of a DR drill.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrillVolume {
+    /// The resource's source URI (as on the primary).
+    pub resource: String,
+    /// The standby copy it is made from.
+    pub image: String,
+    /// The drill volume as the backend names it: a file path (files
+    /// backend) or an image name of the standby pool (RBD backend).
+    pub volume: String,
+}
+
+/// A DR drill of a standby group: writable volumes of every resource at one
+/// recovery point, made next to the standby copies (which it never
+/// touches), with that point pinned until the drill ends. One per group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drill {
+    /// The group drilled.
+    pub group_id: GroupId,
+    /// Where it stands.
+    pub phase: DrillPhase,
+    /// The engine recovery point the volumes are made at (pinned).
+    pub engine_rp: u64,
+    /// The control recovery point's name, when the operator chose one
+    /// (`None`: the latest group point the standby held).
+    pub recovery_point: Option<String>,
+    /// When it started.
+    pub started_at: Timestamp,
+    /// Its volumes, one per resource.
+    pub volumes: Vec<DrillVolume>,
 }
 
 /// Serde for [`AgentId`] as lower-case hex (the protocol crate has no serde).

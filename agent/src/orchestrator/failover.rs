@@ -185,7 +185,10 @@ impl Orchestrator {
 
 /// The newest engine recovery point every image holds (a group recovery
 /// point: one id across the group's images).
-fn latest_common_point(receiver: &ReceiverContext, images: &[ImageName]) -> CtlResult<u64> {
+pub(super) fn latest_common_point(
+    receiver: &ReceiverContext,
+    images: &[ImageName],
+) -> CtlResult<u64> {
     let mut common: Option<Vec<u64>> = None;
     for image in images {
         let ids: Vec<u64> = receiver

@@ -33,6 +33,7 @@ impl Orchestrator {
             "resources": resources,
             "recovery_points": rps,
             "progress": self.progress_of(g.id),
+            "drill": self.db(|s| s.drill(g.id))?,
             "operations": recent,
         }))
     }

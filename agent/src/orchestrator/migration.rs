@@ -269,6 +269,7 @@ impl Orchestrator {
                         }
                         .into());
                     }
+                    self.refuse_while_drilling(&g, "a planned migration")?;
                     let resources = self.db(|s| s.resources(g.id))?;
                     migration_kind(&self.receiver.store, &resources, "standby")
                         .map_err(CtlError::BadRequest)?;

@@ -28,6 +28,13 @@
 //!   "interrupted by an agent restart". Groups in `syncing` resume replicating.
 //!   An interrupted failover leaves the group `failover_failed`, from which
 //!   it may be retried.
+//! - A DR drill (standby) keeps the group replicating; while it runs the
+//!   standby refuses the primary's requests that would delete the copies or
+//!   the point it uses (stop sync, remove resources, delete group, planned
+//!   migration): the operator ends the drill first. An interrupted drill
+//!   start or end fails its operation at restart and is retried by the
+//!   operator (`drill` again remakes the volumes, `drill --end` removes what
+//!   is left).
 //! - After a failover the new primary answers the old primary's stop sync
 //!   and group delete as done, changing nothing: the old primary can clean
 //!   up its own group and never touches the new primary's.
@@ -44,12 +51,14 @@
 //! - `cycle.rs`: the replication loop and one cycle;
 //! - `migration.rs` (+ `rbd_migration.rs`): planned migration and its plan;
 //! - `failover.rs`: restore and unplanned failover (operator-called);
+//! - `drill.rs`: DR drills on the standby (operator-called);
 //! - `standby_copies.rs`: the standby store's copies;
 //! - `peer.rs`: the peer (standby) side of the peer API;
 //! - `progress.rs`: live progress and status;
 //! - `hold.rs`: the fault-test hold points.
 
 mod cycle;
+mod drill;
 mod failover;
 mod groups;
 mod hold;
@@ -265,6 +274,10 @@ pub struct Orchestrator {
     rp_floor: Mutex<HashMap<GroupId, u64>>,
     api_addr: Mutex<Option<SocketAddr>>,
     metrics: Arc<Metrics>,
+    /// Held while a pin's holder goes (a drill ending, a recovery point
+    /// deleted): each checks whether the other still holds the point and
+    /// unpins, so one of them always unpins a point both held.
+    unpin_lock: tokio::sync::Mutex<()>,
 }
 
 fn internal(what: impl Into<String>) -> impl FnOnce(anyhow::Error) -> CtlError {
@@ -300,6 +313,7 @@ impl Orchestrator {
             rp_floor: Mutex::new(HashMap::new()),
             api_addr: Mutex::new(None),
             metrics: cfg.metrics,
+            unpin_lock: tokio::sync::Mutex::new(()),
         });
         let live: Arc<dyn LiveSource> = orch.clone();
         orch.metrics.attach(Arc::downgrade(&live));

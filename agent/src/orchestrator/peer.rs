@@ -164,6 +164,7 @@ impl Orchestrator {
         uris: &[String],
     ) -> CtlResult<()> {
         let g = self.peer_mapped_group(caller, id)?;
+        self.refuse_while_drilling(&g, "removing resources")?;
         let gone: Vec<Resource> = self
             .db(|s| s.resources(g.id))?
             .into_iter()
@@ -198,6 +199,11 @@ impl Orchestrator {
             }
         }
         let g = self.peer_mapped_group(caller, id)?;
+        if !syncing {
+            // Stop sync deletes the copies and their points: not from
+            // under a drill.
+            self.refuse_while_drilling(&g, "stop sync")?;
+        }
         let (from, to, res) = if syncing {
             (
                 GroupState::Mapped,
@@ -277,7 +283,11 @@ impl Orchestrator {
         }
         match self.db(|s| s.recovery_point_by_name(g.id, name)) {
             Ok(rp) => {
-                self.pin_standby_point(g.id, rp.engine_rp, false).await?;
+                // A drill at this point keeps it pinned until it ends.
+                let _holders = self.unpin_lock.lock().await;
+                if !self.drill_uses_point(&g, rp.engine_rp)? {
+                    self.pin_standby_point(g.id, rp.engine_rp, false).await?;
+                }
                 self.db(|s| s.delete_recovery_point(rp.id))?;
                 Ok(())
             }
@@ -300,6 +310,7 @@ impl Orchestrator {
             info!(group = %g.name, "the old primary deleted its group; this new primary stays");
             return Ok(());
         }
+        self.refuse_while_drilling(&g, "deleting the group")?;
         let t = Transition {
             op: OpKind::DeleteGroup,
             from: g.state,

@@ -12,7 +12,9 @@ use serde_json::Value;
 use tracing::{info, warn};
 
 use super::{CtlResult, Orchestrator};
-use crate::control::{GroupState, OpKind, OpResult, Operation, ResourceState, Role, RpState};
+use crate::control::{
+    DrillPhase, GroupState, OpKind, OpResult, Operation, ResourceState, Role, RpState,
+};
 
 /// How often the policy scheduler and deferred deletions run.
 const TICK: Duration = Duration::from_secs(1);
@@ -115,6 +117,23 @@ impl Orchestrator {
                 }
                 OpResult::RolledBack
             }
+            // A drill's start or end is retried by the operator; one that
+            // got as far as its last store write is done.
+            OpKind::Drill => match self.db(|s| s.drill(gid))?.map(|d| d.phase) {
+                Some(DrillPhase::Active) => OpResult::Succeeded,
+                _ => OpResult::Failed(format!(
+                    "interrupted by an agent restart; retry it (ferry group drill {0}) or \
+                     end it (ferry group drill {0} --end)",
+                    g.name
+                )),
+            },
+            OpKind::EndDrill => match self.db(|s| s.drill(gid))? {
+                None => OpResult::Succeeded,
+                Some(_) => OpResult::Failed(format!(
+                    "interrupted by an agent restart; retry it (ferry group drill {} --end)",
+                    g.name
+                )),
+            },
             _ => interrupted(),
         })
     }

@@ -110,6 +110,13 @@ pub struct FailoverBody {
     pub recovery_point: Option<String>,
 }
 
+/// Body of `POST /v1/groups/{group}/drill`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DrillBody {
+    /// Recovery point name (default: the latest group point held).
+    pub recovery_point: Option<String>,
+}
+
 /// Body of `POST /v1/policies`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PolicyBody {
@@ -227,6 +234,8 @@ pub enum BodyRoute {
     PeerAddRecoveryPoint,
     /// `POST /v1/peer/groups/{id}/migrate`.
     PeerMigrate,
+    /// `POST /v1/groups/{group}/drill`.
+    Drill,
 }
 
 impl BodyRoute {
@@ -251,6 +260,7 @@ impl BodyRoute {
         BodyRoute::PeerSync,
         BodyRoute::PeerAddRecoveryPoint,
         BodyRoute::PeerMigrate,
+        BodyRoute::Drill,
     ];
 }
 
@@ -329,6 +339,9 @@ pub fn check_request_body(route: BodyRoute, body: &[u8]) -> Result<(), BodyError
         }
         BodyRoute::Failover => {
             parse::<FailoverBody>(route, body)?;
+        }
+        BodyRoute::Drill => {
+            parse::<DrillBody>(route, body)?;
         }
         BodyRoute::CreatePolicy => {
             let b: PolicyBody = parse(route, body)?;

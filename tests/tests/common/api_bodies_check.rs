@@ -19,8 +19,8 @@ use serde::Serialize;
 
 use crate::api::bodies::{
     check_request_body, AddBody, BindBody, BodyRoute, CreateGroupBody, CreateServiceBody,
-    FailoverBody, KeyBody, MigrateStep, PairRequest, PeerGroupRequest, PeerResources, PolicyBody,
-    Qos, RestoreBody, RpBody, SyncBody, UpdateServiceBody, UrisBody,
+    DrillBody, FailoverBody, KeyBody, MigrateStep, PairRequest, PeerGroupRequest, PeerResources,
+    PolicyBody, Qos, RestoreBody, RpBody, SyncBody, UpdateServiceBody, UrisBody,
 };
 use crate::control::{NewRecoveryPoint, Retention};
 use crate::schedule::PolicySchedule;
@@ -145,6 +145,7 @@ fn check_accepted(route: BodyRoute, body: &[u8]) {
         BodyRoute::CreateRecoveryPoint => round_trips(route, &parsed::<RpBody>(route, body)),
         BodyRoute::Restore => round_trips(route, &parsed::<RestoreBody>(route, body)),
         BodyRoute::Failover => round_trips(route, &parsed::<FailoverBody>(route, body)),
+        BodyRoute::Drill => round_trips(route, &parsed::<DrillBody>(route, body)),
         BodyRoute::PeerSync => round_trips(route, &parsed::<SyncBody>(route, body)),
     }
 }

@@ -32,6 +32,7 @@ pub enum Op {
     Policy,
     Migrate,
     Failover,
+    Drill,
 }
 
 /// The agent a fault's point is on.
@@ -97,21 +98,30 @@ fn points(op: Op, on: On) -> &'static [(&'static str, u32)] {
             ("failover::after-image", 0),
             ("failover::after-image", 1),
         ],
+        // A drill is the standby's own: its start or its end.
+        (Op::Drill, _) => &[
+            ("drill::after-volume", 0),
+            ("drill::after-volume", 1),
+            ("drill::after-remove", 0),
+            ("drill::after-remove", 1),
+        ],
     }
 }
 
 impl Fault {
     /// Draws the fault of one scenario of `op` (or none): 15 % none, 20 %
-    /// a link cut, else a kill; a failover (the primary is down) is killed
-    /// 80 % of the time, never cut.
+    /// a link cut, else a kill; a failover (the primary is down) or a drill
+    /// (the standby's alone: a cut changes nothing in it) is killed 80 % of
+    /// the time, never cut.
     pub fn draw(rng: &mut ChaCha8Rng, op: Op) -> Option<Fault> {
-        let hit = match (op, rng.gen_range(0..100)) {
-            (Op::Failover, 0..=19) | (_, 0..=14) => return None,
-            (Op::Failover, _) => Hit::Kill,
-            (_, 15..=34) => Hit::Cut(Duration::from_millis(rng.gen_range(2000..6000))),
+        let standby_only = matches!(op, Op::Failover | Op::Drill);
+        let hit = match (standby_only, rng.gen_range(0..100)) {
+            (true, 0..=19) | (false, 0..=14) => return None,
+            (true, _) => Hit::Kill,
+            (false, 15..=34) => Hit::Cut(Duration::from_millis(rng.gen_range(2000..6000))),
             _ => Hit::Kill,
         };
-        let on = if op == Op::Failover || rng.gen_bool(0.5) {
+        let on = if standby_only || rng.gen_bool(0.5) {
             On::Standby
         } else {
             On::Primary
@@ -134,6 +144,7 @@ impl Fault {
             Op::Policy => "policy point",
             Op::Migrate => "migration",
             Op::Failover => "failover",
+            Op::Drill => "drill",
         };
         let hit = match (self.hit, self.on) {
             (Hit::Kill, On::Primary) => "kill primary",

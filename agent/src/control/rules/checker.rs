@@ -65,6 +65,22 @@ impl Checker<'_> {
         ))
     }
 
+    /// Refuses while a DR drill runs on the group (its volumes and pinned
+    /// point would go with what the operation deletes).
+    pub(super) fn no_drill(&self) -> Result<(), Refusal> {
+        match self.g.drill {
+            None => Ok(()),
+            Some(phase) => Err(self.refuse(
+                RefusalReason::Precondition,
+                format!(
+                    "{} is refused while a drill runs; end it first with drill --end",
+                    self.op.human()
+                ),
+                format!("group '{}' has a drill {phase}", self.g.name),
+            )),
+        }
+    }
+
     pub(super) fn state_in(&self, allowed: &[GroupState]) -> Result<(), Refusal> {
         if allowed.contains(&self.g.state) {
             return Ok(());

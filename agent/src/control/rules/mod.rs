@@ -19,6 +19,13 @@
 //! - Removing resources returns the group to the state it was in; a failed
 //!   removal too (the doc has no `remove_failed` state); the operation
 //!   journal keeps the failure reason.
+//! - A DR drill is not a group state: the group stays where it is (and
+//!   keeps replicating) while [`GroupView::drill`] says one runs. It starts
+//!   where failover may start from a settled group (a standby, not a new
+//!   primary, `syncing`), never while another drill runs; it ends whenever
+//!   one runs (also after a failover meanwhile). While it runs, the
+//!   operations that would delete the copies or the point it uses (delete
+//!   group, remove resources) are refused: end the drill first.
 //!
 //! Layout: this file holds the request and refusal types and [`check`],
 //! which refuses damaged records and busy groups and then dispatches to one
@@ -29,7 +36,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::model::{GroupState, OpKind, Role, RpKind, RpState, Transition};
+use super::model::{DrillPhase, GroupState, OpKind, Role, RpKind, RpState, Transition};
 
 mod checker;
 mod operations;
@@ -39,8 +46,8 @@ mod tests;
 use checker::Checker;
 use operations::{
     check_add_resources, check_bind_policy, check_create_recovery_point, check_delete_group,
-    check_delete_recovery_point, check_failover, check_migrate, check_remove_resources,
-    check_restore, check_start_sync, check_stop_sync, check_unbind_policy,
+    check_delete_recovery_point, check_drill, check_end_drill, check_failover, check_migrate,
+    check_remove_resources, check_restore, check_start_sync, check_stop_sync, check_unbind_policy,
 };
 
 /// The facts about a group that the rules look at.
@@ -66,6 +73,8 @@ pub struct GroupView {
     pub policy_recovery_points: usize,
     /// Manual recovery points that exist (any state).
     pub manual_recovery_points: usize,
+    /// The DR drill of the group, if one runs (in any phase).
+    pub drill: Option<DrillPhase>,
 }
 
 impl GroupView {
@@ -149,6 +158,13 @@ pub enum OpRequest {
         /// Another group being deleted right now on this agent, if any.
         other_deleting: Option<String>,
     },
+    /// Start (or resume an interrupted start of) a DR drill.
+    Drill {
+        /// The latest group point or a chosen recovery point.
+        to: FailoverTarget,
+    },
+    /// End the DR drill.
+    EndDrill,
 }
 
 impl OpRequest {
@@ -167,6 +183,8 @@ impl OpRequest {
             OpRequest::Failover { .. } => OpKind::Failover,
             OpRequest::Restore { .. } => OpKind::Restore,
             OpRequest::DeleteGroup { .. } => OpKind::DeleteGroup,
+            OpRequest::Drill { .. } => OpKind::Drill,
+            OpRequest::EndDrill => OpKind::EndDrill,
         }
     }
 }
@@ -266,6 +284,8 @@ pub fn check(op: &OpRequest, group: &GroupView) -> Result<Transition, Refusal> {
         OpRequest::DeleteGroup { other_deleting } => {
             check_delete_group(&c, other_deleting.as_deref())
         }
+        OpRequest::Drill { to } => check_drill(&c, to),
+        OpRequest::EndDrill => check_end_drill(&c),
     }
 }
 

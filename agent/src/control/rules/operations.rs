@@ -6,8 +6,8 @@
 use super::checker::Checker;
 use super::{FailoverTarget, Refusal, RefusalReason};
 use crate::control::model::{
-    GroupState, Outcome, Retention, Role, RpKind, RpState, Transition, MAX_MANUAL_RECOVERY_POINTS,
-    MAX_RESOURCES_PER_GROUP,
+    DrillPhase, GroupState, Outcome, Retention, Role, RpKind, RpState, Transition,
+    MAX_MANUAL_RECOVERY_POINTS, MAX_RESOURCES_PER_GROUP,
 };
 
 /// Add resources: a primary group in `mapped`; at least one URI, none listed
@@ -66,8 +66,8 @@ pub(super) fn check_add_resources(
 }
 
 /// Remove resources: refused in the states where a primary replicates or
-/// migrates (or a standby receives, fails over or migrates); the group returns
-/// to the state it was in, also on failure.
+/// migrates (or a standby receives, fails over or migrates), and while a DR
+/// drill runs; the group returns to the state it was in, also on failure.
 pub(super) fn check_remove_resources(c: &Checker<'_>, count: usize) -> Result<Transition, Refusal> {
     use GroupState as S;
     let g = c.g;
@@ -89,6 +89,7 @@ pub(super) fn check_remove_resources(c: &Checker<'_>, count: usize) -> Result<Tr
         "remove resources needs at least one resource",
         "none given".to_owned(),
     )?;
+    c.no_drill()?;
     Ok(c.via(S::Removing, g.state, g.state))
 }
 
@@ -300,8 +301,9 @@ pub(super) fn check_restore(
     Ok(c.stay())
 }
 
-/// Delete group: a settled state that depends on the role; one group is deleted
-/// at a time.
+/// Delete group: a settled state that depends on the role, no DR drill
+/// running (end it first: its volumes are the operator's to look at); one
+/// group is deleted at a time.
 pub(super) fn check_delete_group(
     c: &Checker<'_>,
     other_deleting: Option<&str>,
@@ -323,6 +325,7 @@ pub(super) fn check_delete_group(
             S::DeleteFailed,
         ])?,
     }
+    c.no_drill()?;
     if let Some(other) = other_deleting {
         return Err(c.refuse(
             RefusalReason::Busy,
@@ -337,4 +340,51 @@ pub(super) fn check_delete_group(
         on_success: Outcome::Deleted,
         on_failure: S::DeleteFailed,
     })
+}
+
+/// DR drill: where an unplanned failover may start from a settled group (a
+/// standby group, not a new primary, `syncing`), at the latest group point
+/// or a complete recovery point, while no other drill runs. An interrupted
+/// start (phase `starting`) may be retried. The group keeps its state (and
+/// keeps replicating): a drill is not a transitional state.
+pub(super) fn check_drill(c: &Checker<'_>, to: &FailoverTarget) -> Result<Transition, Refusal> {
+    use GroupState as S;
+    let g = c.g;
+    c.role(Role::Standby)?;
+    c.precondition(
+        !g.new_primary,
+        "a drill rehearses a failover; the group is already a new primary",
+        format!("group '{}' failed over", g.name),
+    )?;
+    c.state_in(&[S::Syncing])?;
+    match g.drill {
+        None | Some(DrillPhase::Starting) => {}
+        Some(phase) => {
+            return Err(c.refuse(
+                RefusalReason::Busy,
+                "a group runs one drill at a time; end it first with drill --end".to_owned(),
+                format!("group '{}' has a drill {phase}", g.name),
+            ))
+        }
+    }
+    if let FailoverTarget::RecoveryPoint { name, state } = to {
+        c.precondition(
+            *state == RpState::Complete,
+            "a drill needs a complete recovery point",
+            format!("recovery point '{name}' is {state}"),
+        )?;
+    }
+    Ok(c.stay())
+}
+
+/// End the DR drill: whenever one runs (in any phase, any settled state:
+/// also after a failover meanwhile). The group keeps its state.
+pub(super) fn check_end_drill(c: &Checker<'_>) -> Result<Transition, Refusal> {
+    let g = c.g;
+    c.precondition(
+        g.drill.is_some(),
+        "drill --end needs a drill running",
+        format!("group '{}' has no drill", g.name),
+    )?;
+    Ok(c.stay())
 }

@@ -4,7 +4,7 @@
 //! preconditions.
 
 use super::*;
-use crate::control::model::{GroupState, OpKind, Outcome, Role, RpKind, RpState};
+use crate::control::model::{DrillPhase, GroupState, OpKind, Outcome, Role, RpKind, RpState};
 
 /// The allowed-state table, typed in by hand from the semantics doc
 /// (plus the one-operation-at-a-time rule, which removes `stopping_sync`
@@ -54,13 +54,38 @@ fn doc_table(op: &str, role: Role, new_primary: bool) -> &'static [&'static str]
             "failover_failed",
             "delete_failed",
         ],
+        // A drill starts where failover starts from a settled group.
+        ("drill", Role::Standby) if !new_primary => &["syncing"],
+        // It ends in every settled state (requests() gives it a drill).
+        ("end_drill", Role::Primary) => &[
+            "created",
+            "mapped",
+            "mapping_failed",
+            "start_sync_failed",
+            "syncing",
+            "stop_sync_failed",
+            "migration_failed",
+            "delete_failed",
+        ],
+        ("end_drill", Role::Standby) => &[
+            "created",
+            "mapped",
+            "mapping_failed",
+            "syncing",
+            "failed_over",
+            "failover_failed",
+            "migration_failed",
+            "stop_sync_failed",
+            "delete_failed",
+        ],
         _ => &[],
     }
 }
 
 /// Every request, with facts that satisfy all its non-state preconditions.
 fn requests() -> Vec<(&'static str, OpRequest, bool)> {
-    // (op name, request, policy_bound in the view)
+    // (op name, request, policy_bound in the view); end_drill is checked
+    // against a view with a drill running (see `view_for`).
     vec![
         (
             "add_resources",
@@ -118,7 +143,25 @@ fn requests() -> Vec<(&'static str, OpRequest, bool)> {
             },
             false,
         ),
+        (
+            "drill",
+            OpRequest::Drill {
+                to: FailoverTarget::Latest,
+            },
+            false,
+        ),
+        ("end_drill", OpRequest::EndDrill, false),
     ]
+}
+
+/// The view a request of `requests()` is checked against: end drill needs
+/// a drill running.
+fn view_for(name: &str, role: Role, new_primary: bool, state: GroupState) -> GroupView {
+    let mut g = view(role, new_primary, state);
+    if name == "end_drill" {
+        g.drill = Some(DrillPhase::Active);
+    }
+    g
 }
 
 fn view(role: Role, new_primary: bool, state: GroupState) -> GroupView {
@@ -133,6 +176,7 @@ fn view(role: Role, new_primary: bool, state: GroupState) -> GroupView {
         policy_bound: false,
         policy_recovery_points: 0,
         manual_recovery_points: 1,
+        drill: None,
     }
 }
 
@@ -148,7 +192,7 @@ fn every_operation_in_every_state_and_role_matches_the_doc() {
         for &state in GroupState::states_of(role) {
             for (name, req, policy_bound) in requests() {
                 assert_eq!(req.kind().as_str(), name);
-                let mut g = view(role, new_primary, state);
+                let mut g = view_for(name, role, new_primary, state);
                 g.policy_bound = policy_bound;
                 let expected = doc_table(name, role, new_primary).contains(&state.as_str());
                 let got = check(&req, &g);
@@ -175,7 +219,7 @@ fn every_operation_in_every_state_and_role_matches_the_doc() {
             }
         }
     }
-    assert_eq!(checked, 3 * 13 * 12);
+    assert_eq!(checked, 3 * 13 * 14);
 }
 
 #[test]
@@ -206,8 +250,8 @@ fn transitional_states_refuse_everything_as_busy() {
             if !state.is_transitional() {
                 continue;
             }
-            for (_, req, _) in requests() {
-                let err = check(&req, &view(role, false, state)).unwrap_err();
+            for (name, req, _) in requests() {
+                let err = check(&req, &view_for(name, role, false, state)).unwrap_err();
                 assert_eq!(err.reason, RefusalReason::Busy, "{req:?} {state}");
             }
         }
@@ -520,4 +564,123 @@ fn delete_service_only_when_unused() {
         "delete service is refused while a group uses it (service 'dr' is used by groups 'g1', 'g2')"
     );
     assert_eq!(e.op, OpKind::DeleteService);
+}
+
+#[test]
+fn drill_starts_where_failover_does_once_and_ends_whenever_one_runs() {
+    use GroupState as S;
+    let latest = || OpRequest::Drill {
+        to: FailoverTarget::Latest,
+    };
+    let s = view(Role::Standby, false, S::Syncing);
+    let t = check(&latest(), &s).unwrap();
+    assert!(
+        !t.enters_transitional_state(),
+        "a drill keeps the group replicating: {t:?}"
+    );
+    assert!(matches!(
+        t.on_success,
+        Outcome::Group {
+            state: S::Syncing,
+            ..
+        }
+    ));
+    assert_eq!(t.on_failure, S::Syncing);
+    // A chosen point must be complete.
+    let to_rp = |state| OpRequest::Drill {
+        to: FailoverTarget::RecoveryPoint {
+            name: "rp1".into(),
+            state,
+        },
+    };
+    assert!(check(&to_rp(RpState::Complete), &s).is_ok());
+    for bad in [RpState::Creating, RpState::Deleting, RpState::Unusable] {
+        let e = refused(to_rp(bad), &s);
+        assert!(e.rule.contains("complete recovery point"), "{e}");
+    }
+    // One drill at a time; an interrupted start may be retried.
+    for phase in [DrillPhase::Active, DrillPhase::Ending] {
+        let mut d = s.clone();
+        d.drill = Some(phase);
+        let e = refused(latest(), &d);
+        assert_eq!(e.reason, RefusalReason::Busy);
+        assert!(e.rule.contains("one drill at a time"), "{e}");
+    }
+    let mut starting = s.clone();
+    starting.drill = Some(DrillPhase::Starting);
+    assert!(check(&latest(), &starting).is_ok());
+    // Never during a migration (busy), nor where failover is refused.
+    let e = refused(latest(), &view(Role::Standby, false, S::Migrating));
+    assert_eq!(e.reason, RefusalReason::Busy);
+    refused(latest(), &view(Role::Standby, false, S::MigrationFailed));
+    refused(latest(), &view(Role::Standby, false, S::Mapped));
+    refused(latest(), &view(Role::Primary, false, S::Syncing));
+    let e = refused(latest(), &view(Role::Standby, true, S::FailedOver));
+    assert!(e.rule.contains("new primary"), "{e}");
+
+    // End: only with a drill; also after a failover meanwhile.
+    let e = refused(OpRequest::EndDrill, &s);
+    assert!(e.rule.contains("needs a drill running"), "{e}");
+    let mut after_failover = view(Role::Standby, true, S::FailedOver);
+    after_failover.drill = Some(DrillPhase::Active);
+    let t = check(&OpRequest::EndDrill, &after_failover).unwrap();
+    assert!(!t.enters_transitional_state());
+    for phase in [DrillPhase::Starting, DrillPhase::Ending] {
+        let mut d = s.clone();
+        d.drill = Some(phase);
+        assert!(check(&OpRequest::EndDrill, &d).is_ok(), "{phase}");
+    }
+    // ... but not in the middle of another operation.
+    let mut failing = view(Role::Standby, false, S::FailingOver);
+    failing.drill = Some(DrillPhase::Active);
+    assert_eq!(
+        refused(OpRequest::EndDrill, &failing).reason,
+        RefusalReason::Busy
+    );
+}
+
+#[test]
+fn a_running_drill_blocks_what_would_delete_its_copies_but_not_failover() {
+    use GroupState as S;
+    let mut s = view(Role::Standby, false, S::Syncing);
+    s.drill = Some(DrillPhase::Active);
+    let e = refused(OpRequest::RemoveResources { count: 1 }, &s);
+    assert_eq!(
+        e.to_string(),
+        "remove resources is refused while a drill runs; end it first with drill --end \
+         (group 'g1' has a drill active)"
+    );
+    let mut np = view(Role::Standby, true, S::FailedOver);
+    np.drill = Some(DrillPhase::Starting);
+    let e = refused(
+        OpRequest::DeleteGroup {
+            other_deleting: None,
+        },
+        &np,
+    );
+    assert!(e.rule.contains("end it first"), "{e}");
+    // Failover and restore go on: they make their own new volumes.
+    assert!(check(
+        &OpRequest::Failover {
+            to: FailoverTarget::Latest
+        },
+        &s
+    )
+    .is_ok());
+    assert!(check(
+        &OpRequest::Restore {
+            rp_name: "rp1".into(),
+            rp_state: RpState::Complete
+        },
+        &s
+    )
+    .is_ok());
+    np.drill = None;
+    assert!(check(
+        &OpRequest::DeleteGroup {
+            other_deleting: None
+        },
+        &np
+    )
+    .is_ok());
 }

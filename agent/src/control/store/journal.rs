@@ -54,41 +54,14 @@ impl Store {
     ) -> StoreResult<Operation> {
         let text = to_json("operation parameters", params)?;
         let tx = self.write(|| format!("begin {} on group {id}", req.kind()))?;
-        let view = group_view(&tx, id)?;
-        let req = match req {
-            OpRequest::AddResources { uris, .. } => {
-                let mut already_grouped = Vec::new();
-                for uri in uris {
-                    if let Some(group) = owner_of(&tx, uri)? {
-                        already_grouped.push((uri.clone(), group));
-                    }
-                }
-                OpRequest::AddResources {
-                    uris: uris.clone(),
-                    already_grouped,
-                }
-            }
-            OpRequest::DeleteGroup { .. } => {
-                let other_deleting = tx
-                    .query_row(
-                        "SELECT name FROM protection_groups WHERE state = ?1 AND id != ?2
-                         ORDER BY id LIMIT 1",
-                        params![GroupState::Deleting, id],
-                        |r| r.get(0),
-                    )
-                    .optional()
-                    .ctx(|| "look for a group being deleted".into())?;
-                OpRequest::DeleteGroup { other_deleting }
-            }
-            other => other.clone(),
-        };
-        let t = rules::check(&req, &view)?;
-        let group = cas_state(&tx, id, t.from, t.during)?;
-        refuse_if_busy(&tx, &group)?;
-        let op_id = insert_operation(&tx, &group, t.op, Some(&t), &text)?;
-        let op = get_operation(&tx, op_id)?;
-        tx.commit()
-            .ctx(|| format!("commit start of {} on group '{}'", t.op, group.name))?;
+        let op = begin_checked_in(&tx, id, req, &text)?;
+        tx.commit().ctx(|| {
+            format!(
+                "commit start of {} on group '{}'",
+                op.kind,
+                op.group_name.clone().unwrap_or_default()
+            )
+        })?;
         Ok(op)
     }
 
@@ -306,6 +279,49 @@ impl Store {
             || "list operations".into(),
         )
     }
+}
+
+/// [`Store::begin_checked`] inside the caller's transaction (a drill's
+/// start and end write their record in the same one).
+pub(super) fn begin_checked_in(
+    tx: &Transaction<'_>,
+    id: GroupId,
+    req: &OpRequest,
+    text: &str,
+) -> StoreResult<Operation> {
+    let view = group_view(tx, id)?;
+    let req = match req {
+        OpRequest::AddResources { uris, .. } => {
+            let mut already_grouped = Vec::new();
+            for uri in uris {
+                if let Some(group) = owner_of(tx, uri)? {
+                    already_grouped.push((uri.clone(), group));
+                }
+            }
+            OpRequest::AddResources {
+                uris: uris.clone(),
+                already_grouped,
+            }
+        }
+        OpRequest::DeleteGroup { .. } => {
+            let other_deleting = tx
+                .query_row(
+                    "SELECT name FROM protection_groups WHERE state = ?1 AND id != ?2
+                     ORDER BY id LIMIT 1",
+                    params![GroupState::Deleting, id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .ctx(|| "look for a group being deleted".into())?;
+            OpRequest::DeleteGroup { other_deleting }
+        }
+        other => other.clone(),
+    };
+    let t = rules::check(&req, &view)?;
+    let group = cas_state(tx, id, t.from, t.during)?;
+    refuse_if_busy(tx, &group)?;
+    let op_id = insert_operation(tx, &group, t.op, Some(&t), text)?;
+    get_operation(tx, op_id)
 }
 
 fn cas_state(

@@ -15,7 +15,7 @@
 //! `rows.rs` (row ↔ model conversions and the shared by-key reads),
 //! `journal.rs` (operations and the group state changes they carry), and
 //! one file per object kind: `services.rs`, `policies.rs`, `groups.rs`,
-//! `resources.rs`, `recovery_points.rs`, `pairing.rs`.
+//! `resources.rs`, `recovery_points.rs`, `pairing.rs`, `drills.rs`.
 
 use std::path::{Path, PathBuf};
 
@@ -25,6 +25,7 @@ use self::rows::Ctx;
 use self::schema::{migrate, open_connection};
 use crate::control::error::{StoreError, StoreResult};
 
+mod drills;
 mod groups;
 mod journal;
 mod pairing;
@@ -37,6 +38,7 @@ mod services;
 #[cfg(test)]
 mod tests;
 
+pub use drills::NewDrill;
 pub use journal::{NewOperation, OpResult};
 pub use schema::SCHEMA_VERSION;
 

@@ -11,9 +11,9 @@ use rusqlite::{Connection, OptionalExtension, Row, ToSql};
 
 use crate::control::error::{StoreError, StoreResult};
 use crate::control::model::{
-    Group, GroupId, GroupState, OpKind, OpState, Operation, OperationId, Policy, PolicyBinding,
-    PolicyId, RecoveryPoint, Resource, ResourceKind, ResourceState, Retention, Role, RpId, RpKind,
-    RpState, Service, ServiceId, Timestamp,
+    DrillPhase, Group, GroupId, GroupState, OpKind, OpState, Operation, OperationId, Policy,
+    PolicyBinding, PolicyId, RecoveryPoint, Resource, ResourceKind, ResourceState, Retention, Role,
+    RpId, RpKind, RpState, Service, ServiceId, Timestamp,
 };
 use crate::control::rules::GroupView;
 
@@ -65,7 +65,15 @@ macro_rules! sql_text_enum {
         }
     )+};
 }
-sql_text_enum!(Role, GroupState, ResourceState, RpKind, RpState, OpKind);
+sql_text_enum!(
+    Role,
+    GroupState,
+    ResourceState,
+    RpKind,
+    RpState,
+    OpKind,
+    DrillPhase
+);
 
 macro_rules! sql_i64 {
     ($($t:ty),+) => {$(
@@ -374,6 +382,12 @@ pub(super) fn group_view(conn: &Connection, id: GroupId) -> StoreResult<GroupVie
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .ctx(|| format!("count recovery points of group '{}'", g.name))?;
+    let drill: Option<DrillPhase> = conn
+        .query_row("SELECT phase FROM drills WHERE group_id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .optional()
+        .ctx(|| format!("look for a drill of group '{}'", g.name))?;
     let count = |n: i64| usize::try_from(n).unwrap_or(0);
     Ok(GroupView {
         name: g.name,
@@ -386,5 +400,6 @@ pub(super) fn group_view(conn: &Connection, id: GroupId) -> StoreResult<GroupVie
         policy_bound: g.policy.is_some(),
         policy_recovery_points: count(policy),
         manual_recovery_points: count(manual),
+        drill,
     })
 }

@@ -109,6 +109,20 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE protection_groups ADD COLUMN pending_remote_stop INTEGER NOT NULL DEFAULT 0
         CHECK (pending_remote_stop IN (0, 1));
     "#,
+    // v5: the DR drill of a standby group (at most one): its phase, the
+    // engine recovery point it pinned, and its volumes (JSON), so a
+    // restarted agent still knows what to remove. A group is not deleted
+    // from under its drill (RESTRICT): the rules refuse that first.
+    r#"
+    CREATE TABLE drills (
+        group_id       INTEGER PRIMARY KEY REFERENCES protection_groups(id) ON DELETE RESTRICT,
+        phase          TEXT NOT NULL CHECK (phase IN ('starting', 'active', 'ending')),
+        engine_rp      INTEGER NOT NULL CHECK (engine_rp >= 0),
+        recovery_point TEXT,
+        started_at     INTEGER NOT NULL,
+        volumes        TEXT NOT NULL
+    ) STRICT;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -9,7 +9,7 @@ use serde_json::json;
 use super::*;
 use crate::control::error::StoreError;
 use crate::control::model::*;
-use crate::control::rules::{check, OpRequest};
+use crate::control::rules::{check, FailoverTarget, GroupView, OpRequest};
 
 mod durability;
 
@@ -715,4 +715,111 @@ fn pairing_secrets_work_once_and_expire() {
     let mut store = Store::open(dir.path()).unwrap();
     assert!(store.consume_pairing_secret("h1", Timestamp(1)).is_err());
     assert!(store.recent_operations(10).unwrap().is_empty());
+}
+
+/// A standby group in syncing with one resource (as the peer API makes it).
+fn syncing_standby_group(store: &mut Store, name: &str) -> Group {
+    let svc = match store.service_by_name("dr") {
+        Ok(s) => s,
+        Err(_) => store.create_service(&service("dr")).unwrap(),
+    };
+    let (g, op) = store
+        .create_group(
+            &NewGroup {
+                name: name.into(),
+                role: Role::Standby,
+                service_id: svc.id,
+                remote_group_id: Some(9),
+                remote_project: "tenant-a".into(),
+            },
+            &json!({}),
+        )
+        .unwrap();
+    store.finish_operation(op.id, OpResult::Succeeded).unwrap();
+    store.add_resources(g.id, &[volume("file:/d/vm1")]).unwrap();
+    let g = store.group(g.id).unwrap();
+    store
+        .transition(g.id, g.state, GroupState::Syncing, None)
+        .unwrap();
+    store.group(g.id).unwrap()
+}
+
+#[test]
+fn a_drill_is_recorded_with_its_operation_survives_reopen_and_blocks_deletion() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path()).unwrap();
+    let g = syncing_standby_group(&mut store, "g1");
+    let req = OpRequest::Drill {
+        to: FailoverTarget::Latest,
+    };
+    let new = NewDrill {
+        engine_rp: 42,
+        recovery_point: None,
+        volumes: vec![DrillVolume {
+            resource: "file:/d/vm1".into(),
+            image: "d_vm1".into(),
+            volume: "/x/drill/g1/d_vm1.raw".into(),
+        }],
+    };
+    let (op, drill) = store.begin_drill(g.id, &req, &json!({}), &new).unwrap();
+    assert_eq!(drill.phase, DrillPhase::Starting);
+    assert_eq!(
+        (drill.engine_rp, drill.volumes.clone()),
+        (42, new.volumes.clone())
+    );
+    // The group keeps its state: a drill is not a transitional state.
+    assert_eq!(store.group(g.id).unwrap().state, GroupState::Syncing);
+    assert_eq!(
+        store.group_view(g.id).unwrap().drill,
+        Some(DrillPhase::Starting)
+    );
+    // One operation at a time while its volumes are made.
+    let busy = store.begin_end_drill(g.id, &json!({})).unwrap_err();
+    assert!(matches!(busy, StoreError::GroupBusy { .. }), "{busy}");
+    // An interrupted start is retried with the recorded point and volumes.
+    store
+        .finish_operation(op.id, OpResult::Failed("killed".into()))
+        .unwrap();
+    let other = NewDrill {
+        engine_rp: 43,
+        ..new.clone()
+    };
+    let (op, again) = store.begin_drill(g.id, &req, &json!({}), &other).unwrap();
+    assert_eq!(again.engine_rp, 42, "the recorded drill is resumed");
+    store.set_drill_phase(g.id, DrillPhase::Active).unwrap();
+    store.finish_operation(op.id, OpResult::Succeeded).unwrap();
+    drop(store);
+
+    let mut store = Store::open(dir.path()).unwrap();
+    let drill = store
+        .drill(g.id)
+        .unwrap()
+        .expect("the drill survives a reopen");
+    assert_eq!(drill.phase, DrillPhase::Active);
+    let e = store.begin_drill(g.id, &req, &json!({}), &new).unwrap_err();
+    assert!(e.to_string().contains("one drill at a time"), "{e}");
+    // Deleting the group (here: as a failed-over new primary would) is
+    // refused by the rules while it drills.
+    let view = store.group_view(g.id).unwrap();
+    let e = check(
+        &OpRequest::DeleteGroup {
+            other_deleting: None,
+        },
+        &GroupView {
+            state: GroupState::FailedOver,
+            new_primary: true,
+            ..view
+        },
+    )
+    .unwrap_err();
+    assert!(e.rule.contains("end it first"), "{e}");
+    let (op, ending) = store.begin_end_drill(g.id, &json!({})).unwrap();
+    assert_eq!(ending.phase, DrillPhase::Ending);
+    assert_eq!(store.group(g.id).unwrap().state, GroupState::Syncing);
+    store.clear_drill(g.id).unwrap();
+    store.finish_operation(op.id, OpResult::Succeeded).unwrap();
+    assert_eq!(store.drill(g.id).unwrap(), None);
+    let e = store.begin_end_drill(g.id, &json!({})).unwrap_err();
+    assert!(e.to_string().contains("needs a drill running"), "{e}");
+    store.clear_drill(g.id).unwrap();
 }
