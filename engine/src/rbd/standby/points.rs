@@ -104,6 +104,11 @@ impl RbdStandby {
         let Some(mut record) = self.load(image)? else {
             return Ok(());
         };
+        if record.clones.iter().any(|c| c.rp == rp.get()) {
+            // A clone's parent snapshot stays while ferry knows the clone.
+            info!(image = %image, rp = rp.get(), "recovery point kept pinned: a clone depends on its snapshot");
+            return Ok(());
+        }
         let before = record.pinned.len();
         record.pinned.retain(|p| p.rp != rp.get());
         if record.pinned.len() == before {

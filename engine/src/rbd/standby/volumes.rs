@@ -8,7 +8,8 @@ use ferry_protocol::types::{Epoch, ImageName, RecoveryPointId};
 use tracing::{info, warn};
 
 use super::handle::{
-    ceph, remove_file, snap_name, ImageRecord, PointRecord, RbdStandby, FORMAT, STALE_WATCH_WAIT,
+    ceph, remove_file, snap_name, ImageRecord, PointRecord, RbdStandby, SNAP_PREFIX,
+    STALE_WATCH_WAIT,
 };
 use crate::standby::StoreError;
 use crate::sync_util::lock;
@@ -101,8 +102,6 @@ impl RbdStandby {
             .map_err(ceph(format!("snapshotting {ctx}@{rp_snap}")))?;
         drop(handle);
         self.save(&ImageRecord {
-            format: FORMAT,
-            image: image.to_string(),
             history: vec![PointRecord {
                 rp: rp.get(),
                 epoch: epoch.get(),
@@ -110,8 +109,7 @@ impl RbdStandby {
                 fuzzy: false,
                 size,
             }],
-            pending: None,
-            pinned: Vec::new(),
+            ..ImageRecord::empty(image)
         })?;
         info!(image = %ctx, from = %source, %epoch, rp = rp.get(), size, "image adopted");
         Ok(())
@@ -160,7 +158,24 @@ impl RbdStandby {
             Err(e) => return Err(ceph(format!("creating {ctx}"))(e)),
         }
         match self.inner.pool.open_read_only(name, None) {
-            Ok(_) => return Ok(true),
+            Ok(handle) => {
+                // Ours from a killed attempt has no snapshot yet; one with
+                // recovery point snapshots is a failover's volume or clone
+                // parent that ferry left to the operator: never reused.
+                let snaps = handle
+                    .snapshots()
+                    .map_err(ceph(format!("listing snapshots of {ctx}")))?;
+                if snaps.iter().any(|s| s.name.starts_with(SNAP_PREFIX)) {
+                    return Err(StoreError::InvalidRequest {
+                        reason: format!(
+                            "RBD image {ctx} exists with ferry recovery point snapshots (a \
+                             failed-over volume or a clone parent left to the operator?): \
+                             rename or remove it"
+                        ),
+                    });
+                }
+                return Ok(true);
+            }
             Err(e) if e.is_not_found() => {}
             Err(e) => return Err(ceph(format!("opening {ctx}"))(e)),
         }
@@ -248,6 +263,11 @@ impl RbdStandby {
     /// its bookkeeping. Refused while a writer is open on it; an unknown
     /// image is not an error. The record goes first, so a crash part-way
     /// leaves an image the store no longer lists.
+    ///
+    /// An image that is a failover's volume, or whose snapshots clones
+    /// depend on, is released instead: the store forgets it, and the RBD
+    /// image stays in the pool with its snapshots, for the operator (who
+    /// may `rbd flatten` the clones, then remove it).
     pub fn remove_image(&self, image: &ImageName) -> Result<(), StoreError> {
         let slot = self.slot(image);
         let _op = lock(&slot.op);
@@ -255,6 +275,17 @@ impl RbdStandby {
             return Err(StoreError::Busy {
                 image: image.clone(),
             });
+        }
+        if let Some(record) = self.load(image)?.filter(ImageRecord::in_use) {
+            remove_file(&self.record_path(image))?;
+            let clones: Vec<&str> = record.clones.iter().map(|c| c.name.as_str()).collect();
+            warn!(
+                image = %format!("{}/{image}", self.pool_name()),
+                volume = record.volume_at.is_some(),
+                clones = ?clones,
+                "standby image released, not removed: it is a failover's volume or clones depend on its snapshots"
+            );
+            return Ok(());
         }
         remove_file(&self.record_path(image))?;
         self.remove_pool_image(image.as_str())?;
