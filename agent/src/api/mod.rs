@@ -475,7 +475,7 @@ async fn restore(
 ) -> ApiResult {
     accepted(
         s.orch
-            .restore(&name, &b.resource, &b.recovery_point, &b.out)?,
+            .restore(&name, &b.resource, &b.recovery_point, &b.out, b.copy)?,
     )
 }
 
@@ -484,7 +484,7 @@ async fn failover(
     UrlPath(name): UrlPath<String>,
     Json(b): Json<FailoverBody>,
 ) -> ApiResult {
-    accepted(s.orch.failover(&name, b.recovery_point.as_deref())?)
+    accepted(s.orch.failover(&name, b.recovery_point.as_deref(), b.copy)?)
 }
 
 async fn migrate(State(s): State<AppState>, UrlPath(name): UrlPath<String>) -> ApiResult {

@@ -109,6 +109,11 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE protection_groups ADD COLUMN pending_remote_stop INTEGER NOT NULL DEFAULT 0
         CHECK (pending_remote_stop IN (0, 1));
     "#,
+    // v5: after a failover, where each resource's volume is now (a file
+    // path or an RBD image, as `file:`/`rbd:` URIs), for `group show`.
+    r#"
+    ALTER TABLE resources ADD COLUMN volume TEXT;
+    "#,
 ];
 
 /// The schema version this build writes.
