@@ -484,7 +484,10 @@ async fn failover(
     UrlPath(name): UrlPath<String>,
     Json(b): Json<FailoverBody>,
 ) -> ApiResult {
-    accepted(s.orch.failover(&name, b.recovery_point.as_deref(), b.copy)?)
+    accepted(
+        s.orch
+            .failover(&name, b.recovery_point.as_deref(), b.copy)?,
+    )
 }
 
 async fn migrate(State(s): State<AppState>, UrlPath(name): UrlPath<String>) -> ApiResult {
