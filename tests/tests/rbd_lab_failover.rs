@@ -286,3 +286,69 @@ fn lab_rbd_failover_to_an_older_point_clones_it_and_fences_the_old_primary() {
         assert_eq!(&now, head, "{name} took the old primary's late writes");
     }
 }
+
+/// The primary is SIGKILLed after its writes of a cycle were applied to the
+/// standby images (their heads torn: epochs pending) but before its Commit:
+/// a failover to the latest point cannot use the heads, so it clones the
+/// point's snapshots (no rollback, no copy), and the clones hold the point.
+#[cfg(feature = "failpoints")]
+#[test]
+#[ignore = "needs the Ceph lab (FERRY_CEPH_LAB=1); scripts/test.sh runs it"]
+fn lab_rbd_failover_from_a_torn_head_clones_the_last_point() {
+    use ferry_e2e::landing::{hold_failpoints, wait_reached};
+    if !lab::enabled() {
+        return;
+    }
+    let tag = format!("fot{}", std::process::id());
+    let _cleanup = Cleanup(tag.clone());
+    let mut s = paired();
+    let (a, b) = (s.a.dir.clone(), s.b.dir.clone());
+    let scratch = s.tmp.path().join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let images = protect(&s, &tag, "g1", 2, 64);
+    ok(&a, &["rp", "create", "g1", "--name", "r1", "--wait"]);
+    let at_r1: Vec<String> = images
+        .iter()
+        .map(|i| export_hash(&scratch, "site-a", &format!("rbd/{i}")))
+        .collect();
+    s.a.restart(&[("FAILPOINTS", &hold_failpoints("sender::before-commit", 0))]);
+    for image in &images {
+        pyrbd("site-a", image, "img.write(b'z' * (4 << 20), 8 << 20)");
+    }
+    assert!(
+        wait_reached(
+            &s.a,
+            "sender::before-commit",
+            Duration::from_secs(120),
+            || true
+        ),
+        "the primary never reached its commit"
+    );
+    s.a.kill9();
+    let shown_before = standby_volumes(&b, "g1");
+    // The heads hold the uncommitted writes: torn.
+    let torn = export_hash(&scratch, "site-b", &format!("rbd/{}", shown_before[0].0));
+    assert_ne!(
+        torn, at_r1[0],
+        "the standby head did not take the cycle's writes"
+    );
+    let took = timed_failover(&b, &["group", "failover", "g1", "--wait"]);
+    println!(
+        "failover from torn heads, 2 × 64 MiB: {:.2} s",
+        took.as_secs_f64()
+    );
+    for ((name, volume), want) in standby_volumes(&b, "g1").iter().zip(&at_r1) {
+        assert_eq!(
+            volume,
+            &format!("rbd:rbd/failover-{name}"),
+            "{name}: not cloned"
+        );
+        let clone = format!("rbd/failover-{name}");
+        assert!(info("site-b", &clone).contains(&format!("parent: rbd/{name}@ferry-rp-")));
+        assert_eq!(
+            &export_hash(&scratch, "site-b", &clone),
+            want,
+            "{clone} is not r1"
+        );
+    }
+}
