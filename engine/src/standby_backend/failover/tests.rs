@@ -199,3 +199,44 @@ fn files_fence_refuses_a_commit_of_an_epoch_sealed_before_it() {
         RecoveryPointId(1)
     );
 }
+
+/// On a file system with reflinks (XFS with `reflink=1`, btrfs), restores
+/// and older-point failovers share the point's data instead of copying it.
+/// Run with `FERRY_REFLINK_DIR=/mnt/xfs cargo test -p ferry-engine
+/// reflink -- --ignored` (a loop-mounted XFS image will do).
+#[test]
+#[ignore = "needs a file system with reflinks: FERRY_REFLINK_DIR=DIR"]
+fn files_restores_are_reflinks_where_the_file_system_has_them() {
+    let base = std::env::var("FERRY_REFLINK_DIR").expect("FERRY_REFLINK_DIR names a directory");
+    let dir = tempfile::tempdir_in(base).unwrap();
+    let store = Standby::from(
+        StandbyStore::open(&dir.path().join("store"), StoreConfig::default()).unwrap(),
+    );
+    let a = ImageName::new("g1-a").unwrap();
+    store
+        .commit(meta(1), vec![epoch(&store, &a, 1, 0, 1)])
+        .unwrap();
+    store.pin(&a, RecoveryPointId(1)).unwrap();
+    store
+        .commit(meta(2), vec![epoch(&store, &a, 2, 16384, 2)])
+        .unwrap();
+    let latest = dir.path().join("latest.raw");
+    let vol = store
+        .restore_volume(&a, RecoveryPointId(2), &latest, false)
+        .unwrap();
+    assert_eq!(vol.method, VolumeMethod::Reflink);
+    assert_eq!(fs::read(&latest).unwrap(), model(&[(0, 1), (16384, 2)]));
+    let copy = dir.path().join("copy.raw");
+    let vol = store
+        .restore_volume(&a, RecoveryPointId(2), &copy, true)
+        .unwrap();
+    assert_eq!(vol.method, VolumeMethod::Copy);
+    store.fence(&a).unwrap();
+    let out = dir.path().join("failover");
+    store.prepare_failover_outputs(&out).unwrap();
+    let older = store
+        .failover_volume(&out, &a, RecoveryPointId(1), false)
+        .unwrap();
+    assert_eq!(older.method, VolumeMethod::Reflink);
+    assert_eq!(fs::read(path_of(&older)).unwrap(), model(&[(0, 1)]));
+}
