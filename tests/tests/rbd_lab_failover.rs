@@ -9,7 +9,10 @@
 //!   volumes (both times printed; no ratio asserted: timing is not a test).
 //! - Failover to an older point makes format-2 clones `failover-IMAGE` of
 //!   its snapshots that hash like the point; the old primary, back, cannot
-//!   write into the standby images any more.
+//!   write into the standby images any more; deleting the group keeps the
+//!   parents of live clones and removes the others.
+//! - A failover from torn heads (epochs applied, not committed) clones the
+//!   last point.
 
 use std::path::Path;
 use std::process::Command;
@@ -284,6 +287,28 @@ fn lab_rbd_failover_to_an_older_point_clones_it_and_fences_the_old_primary() {
     for ((name, _), head) in shown.iter().zip(&heads) {
         let now = export_hash(&scratch, "site-b", &format!("rbd/{name}"));
         assert_eq!(&now, head, "{name} took the old primary's late writes");
+    }
+    // The operator removes one clone; deleting the group then removes that
+    // clone's parent, and leaves the others (parents of live clones).
+    rbd("site-b", &["rm", &format!("rbd/failover-{}", shown[0].0)]);
+    ok(&b, &["group", "delete", "g1", "--wait"]);
+    let listed = String::from_utf8_lossy(&rbd("site-b", &["ls", "rbd"]).stdout).to_string();
+    assert!(
+        !listed.lines().any(|l| l == shown[0].0),
+        "{} outlived its last clone: {listed}",
+        shown[0].0
+    );
+    for ((name, _), want) in shown.iter().zip(&at_r1).skip(1) {
+        assert!(
+            listed.lines().any(|l| l == name),
+            "{name} went under its clone"
+        );
+        let clone = format!("rbd/failover-{name}");
+        assert_eq!(
+            &export_hash(&scratch, "site-b", &clone),
+            want,
+            "{clone} changed"
+        );
     }
 }
 

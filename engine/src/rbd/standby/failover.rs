@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use ferry_protocol::types::{ImageName, RecoveryPointId};
 use tracing::info;
 
-use super::handle::{ceph, snap_name, CloneRecord, RbdStandby};
+use super::handle::{ceph, snap_name, CloneRecord, ImageRecord, RbdStandby};
 use crate::standby::StoreError;
 use crate::sync_util::lock;
 use crate::sys::librbd::CreateOptions;
@@ -135,5 +135,22 @@ impl RbdStandby {
             )))?;
         info!(from = %ctx, to = %format!("{}/{dest}", self.pool_name()), "cloned recovery point (copy-on-write, no copy)");
         Ok(())
+    }
+
+    /// Forgets the clones of `record` that are gone from the pool (the
+    /// operator removed them): their points need no pin for them any more.
+    /// Whether any was forgotten. A clone still there keeps its record,
+    /// flattened or not (ferry cannot tell without opening it).
+    pub(super) fn prune_clones(&self, record: &mut ImageRecord) -> Result<bool, StoreError> {
+        if record.clones.is_empty() {
+            return Ok(false);
+        }
+        let names = self.inner.pool.list_images().map_err(ceph(format!(
+            "listing the images of pool {}",
+            self.pool_name()
+        )))?;
+        let before = record.clones.len();
+        record.clones.retain(|c| names.iter().any(|n| *n == c.name));
+        Ok(record.clones.len() != before)
     }
 }

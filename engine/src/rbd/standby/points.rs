@@ -110,6 +110,9 @@ impl RbdStandby {
             info!(image = %image, rp = rp.get(), "recovery point kept pinned: the image is a failover's volume");
             return Ok(());
         }
+        if self.prune_clones(&mut record)? {
+            self.save(&record)?;
+        }
         if record.clones.iter().any(|c| c.rp == rp.get()) {
             // A clone's parent snapshot stays while ferry knows the clone.
             info!(image = %image, rp = rp.get(), "recovery point kept pinned: a clone depends on its snapshot");

@@ -276,7 +276,12 @@ impl RbdStandby {
                 image: image.clone(),
             });
         }
-        if let Some(record) = self.load(image)?.filter(ImageRecord::in_use) {
+        let mut record = self.load(image)?;
+        if let Some(r) = record.as_mut() {
+            // Clones the operator removed no longer hold the image back.
+            self.prune_clones(r)?;
+        }
+        if let Some(record) = record.filter(ImageRecord::in_use) {
             remove_file(&self.record_path(image))?;
             let clones: Vec<&str> = record.clones.iter().map(|c| c.name.as_str()).collect();
             warn!(
