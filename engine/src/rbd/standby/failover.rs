@@ -150,7 +150,7 @@ impl RbdStandby {
             self.pool_name()
         )))?;
         let before = record.clones.len();
-        record.clones.retain(|c| names.iter().any(|n| *n == c.name));
+        record.clones.retain(|c| names.contains(&c.name));
         Ok(record.clones.len() != before)
     }
 }
