@@ -6,7 +6,9 @@
 //! - Failover to the latest point keeps the standby images: same names, not
 //!   clones, their ferry snapshots kept, each equal (by hash) to the point;
 //!   and a group of thin 4 GiB volumes fails over like one of 256 MiB
-//!   volumes (both times printed; no ratio asserted: timing is not a test).
+//!   volumes (both times printed; no ratio asserted: timing is not a test);
+//!   deleting the group keeps them, and protecting the same sources again
+//!   never takes them over.
 //! - Failover to an older point makes format-2 clones `failover-IMAGE` of
 //!   its snapshots that hash like the point; the old primary, back, cannot
 //!   write into the standby images any more; deleting the group keeps the
@@ -216,6 +218,38 @@ fn lab_rbd_failover_to_the_latest_point_keeps_the_images_whatever_their_size() {
     for ((name, _), want) in small_names.iter().zip(&at_point) {
         let got = export_hash(&scratch, "site-b", &format!("rbd/{name}"));
         assert_eq!(&got, want, "{name} changed when the group was deleted");
+    }
+    // The old primary comes back, drops its group and protects the same
+    // sources again under the same name: the standby refuses to take the
+    // released volumes over as placeholders (it would zero them).
+    s.a.restart(&[]);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !run(&a, &["group", "stop", "small", "--wait"])
+        .status
+        .success()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "stop sync refused on the old primary"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    ok(&a, &["group", "delete", "small", "--wait"]);
+    ok(&a, &["group", "create", "small", "--wait"]);
+    let uris: Vec<String> = small.iter().map(|i| format!("rbd:rbd/{i}")).collect();
+    let mut add = vec!["group", "add", "small"];
+    add.extend(uris.iter().map(String::as_str));
+    add.push("--wait");
+    let out = run(&a, &add);
+    let said = format!("{}\n{}", text(&out), s.b.log_text());
+    assert!(
+        !out.status.success() && said.contains("ferry recovery point snapshots"),
+        "re-protecting over released volumes: {}",
+        text(&out)
+    );
+    for ((name, _), want) in small_names.iter().zip(&at_point) {
+        let got = export_hash(&scratch, "site-b", &format!("rbd/{name}"));
+        assert_eq!(&got, want, "{name} was taken over by the new group");
     }
 }
 

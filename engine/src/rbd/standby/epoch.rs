@@ -31,9 +31,13 @@ impl RbdStandby {
                 image: image.clone(),
             });
         }
-        let mut record = self
-            .load(image)?
-            .unwrap_or_else(|| ImageRecord::empty(image));
+        let known = self.load(image)?;
+        if known.is_none() {
+            // Never take over (lock, zero) an image ferry left to the
+            // operator: a failover's volume or a clone parent it released.
+            self.check_not_released(image)?;
+        }
+        let mut record = known.unwrap_or_else(|| ImageRecord::empty(image));
         if record.fenced || slot.fenced.load(Ordering::Acquire) {
             return Err(StoreError::Fenced {
                 image: image.clone(),

@@ -158,22 +158,9 @@ impl RbdStandby {
             Err(e) => return Err(ceph(format!("creating {ctx}"))(e)),
         }
         match self.inner.pool.open_read_only(name, None) {
-            Ok(handle) => {
-                // Ours from a killed attempt has no snapshot yet; one with
-                // recovery point snapshots is a failover's volume or clone
-                // parent that ferry left to the operator: never reused.
-                let snaps = handle
-                    .snapshots()
-                    .map_err(ceph(format!("listing snapshots of {ctx}")))?;
-                if snaps.iter().any(|s| s.name.starts_with(SNAP_PREFIX)) {
-                    return Err(StoreError::InvalidRequest {
-                        reason: format!(
-                            "RBD image {ctx} exists with ferry recovery point snapshots (a \
-                             failed-over volume or a clone parent left to the operator?): \
-                             rename or remove it"
-                        ),
-                    });
-                }
+            Ok(_) => {
+                // Ours from a killed attempt has no snapshot yet.
+                self.check_not_released_name(name)?;
                 return Ok(true);
             }
             Err(e) if e.is_not_found() => {}
@@ -183,6 +170,37 @@ impl RbdStandby {
         self.remove_pool_image(name)?;
         create().map_err(ceph(format!("creating {ctx}")))?;
         Ok(false)
+    }
+
+    /// Refuses (`InvalidRequest`) when the pool holds an image `image` the
+    /// store has no record of but which carries ferry recovery point
+    /// snapshots: a failover's volume or a clone parent that ferry released
+    /// to the operator (or a copy whose removal was interrupted), never to
+    /// be taken over, locked or zeroed by a new standby copy.
+    pub(super) fn check_not_released(&self, image: &ImageName) -> Result<(), StoreError> {
+        self.check_not_released_name(image.as_str())
+    }
+
+    fn check_not_released_name(&self, name: &str) -> Result<(), StoreError> {
+        let ctx = format!("{}/{name}", self.pool_name());
+        let handle = match self.inner.pool.open_read_only(name, None) {
+            Ok(handle) => handle,
+            Err(e) if e.is_not_found() => return Ok(()),
+            Err(e) => return Err(ceph(format!("opening {ctx}"))(e)),
+        };
+        let snaps = handle
+            .snapshots()
+            .map_err(ceph(format!("listing snapshots of {ctx}")))?;
+        if snaps.iter().any(|s| s.name.starts_with(SNAP_PREFIX)) {
+            return Err(StoreError::InvalidRequest {
+                reason: format!(
+                    "RBD image {ctx} exists with ferry recovery point snapshots but this \
+                     standby has no record of it (a failed-over volume or clone parent left \
+                     to the operator?): rename or remove it"
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Removes RBD image `name` and its snapshots; absent is fine.
