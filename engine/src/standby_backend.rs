@@ -5,13 +5,18 @@
 //! the other.
 //!
 //! The agent drives the standby copies only through these methods (restore
-//! into a new volume, failover outputs, adopt, pin, remove, roll back):
-//! where the backends differ — what an output is, where a failover writes —
-//! the backend gives the answer, so no caller matches on the backend.
+//! into a new volume, failover — fence, volumes without copying, leftovers
+//! of a failed attempt: `standby_backend/failover.rs` —, adopt, pin,
+//! remove, roll back): where the backends differ — what an output is, where
+//! a failover writes — the backend gives the answer, so no caller matches
+//! on the backend.
+
+mod failover;
+
+pub use failover::{FailoverLeftover, Volume, VolumeMethod};
 
 use std::ffi::{OsStr, OsString};
-use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ferry_protocol::message::OpenImage;
 use ferry_protocol::types::{Epoch, ImageName, RecoveryPointId, SeqNo};
@@ -210,42 +215,6 @@ impl Standby {
         Ok(OsString::from(spec.image))
     }
 
-    /// Where a failover writes `image`'s copy: the file `dir/IMAGE.raw`
-    /// (files backend: `dir` is the group's failover directory) or the new
-    /// image `failover-IMAGE` of the standby pool (RBD backend).
-    pub fn failover_output(&self, dir: &Path, image: &ImageName) -> OsString {
-        match self {
-            Self::Files(_) => dir.join(format!("{image}.raw")).into_os_string(),
-            Self::Rbd(_) => OsString::from(format!("failover-{image}")),
-        }
-    }
-
-    /// What a failover of the standby copies `targets` into `dir` makes, as
-    /// the units a first attempt must not find and a retry replaces: the
-    /// directory `dir` (files backend) or each image `failover-TARGET` of
-    /// the standby pool (RBD backend).
-    pub fn failover_leftovers(&self, dir: &Path, targets: &[&str]) -> Vec<FailoverLeftover> {
-        match self {
-            Self::Files(_) => vec![FailoverLeftover::Dir(dir.to_owned())],
-            Self::Rbd(rbd) => targets
-                .iter()
-                .map(|t| FailoverLeftover::Volume {
-                    store: rbd.clone(),
-                    name: format!("failover-{t}"),
-                })
-                .collect(),
-        }
-    }
-
-    /// Makes what the failover outputs go into (files backend: the
-    /// directory `dir`; nothing for the RBD backend).
-    pub fn prepare_failover_outputs(&self, dir: &Path) -> std::io::Result<()> {
-        match self {
-            Self::Files(_) => std::fs::create_dir_all(dir),
-            Self::Rbd(_) => Ok(()),
-        }
-    }
-
     /// Installs a copy of `source` as `image` committed at `epoch` and
     /// recovery point `rp` (the old primary's side of a planned migration):
     /// see [`StandbyStore::adopt`] and [`RbdStandby::adopt`]. A source of
@@ -314,54 +283,6 @@ fn not_backend(wanted: &str) -> StoreError {
     }
 }
 
-/// One thing a failover makes that a first attempt must not find and a
-/// retry replaces (see [`Standby::failover_leftovers`]). Displays as the
-/// operator knows it.
-#[derive(Clone, Debug)]
-pub enum FailoverLeftover {
-    /// The group's failover directory (files backend).
-    Dir(PathBuf),
-    /// An image of the standby pool (RBD backend).
-    Volume {
-        /// The store whose pool holds it.
-        store: RbdStandby,
-        /// Its name.
-        name: String,
-    },
-}
-
-impl FailoverLeftover {
-    /// Whether it is there.
-    pub fn exists(&self) -> Result<bool, StoreError> {
-        match self {
-            Self::Dir(dir) => Ok(dir.exists()),
-            Self::Volume { store, name } => store.volume_exists(name),
-        }
-    }
-
-    /// Removes it (an absent one is fine).
-    pub fn remove(&self) -> Result<(), StoreError> {
-        match self {
-            Self::Dir(dir) => match std::fs::remove_dir_all(dir) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    Err(StoreError::io("remove directory", dir, e))
-                }
-                _ => Ok(()),
-            },
-            Self::Volume { store, name } => store.remove_volume(name),
-        }
-    }
-}
-
-impl fmt::Display for FailoverLeftover {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Dir(dir) => write!(f, "{}", dir.display()),
-            Self::Volume { store, name } => write!(f, "RBD image {}/{name}", store.pool_name()),
-        }
-    }
-}
-
 impl EpochSink {
     /// The epoch.
     pub fn epoch(&self) -> Epoch {
@@ -411,16 +332,10 @@ mod tests {
     }
 
     #[test]
-    fn files_outputs_are_paths_and_failover_replaces_its_directory() {
+    fn files_outputs_are_paths() {
         let dir = tempfile::tempdir().unwrap();
         let store = files(&dir.path().join("store"));
         assert_eq!(store.kind(), StandbyKind::Files);
-        let image = ImageName::new("g1-a").unwrap();
-        let out = dir.path().join("failover").join("g1");
-        assert_eq!(
-            store.failover_output(&out, &image),
-            out.join("g1-a.raw").into_os_string()
-        );
         assert_eq!(
             store.operator_output(Path::new("rbd:x/y")).unwrap(),
             OsString::from("rbd:x/y")
@@ -430,15 +345,6 @@ mod tests {
         assert!(store
             .check_restore_output(dir.path().join("new.raw"))
             .is_ok());
-        let leftovers = store.failover_leftovers(&out, &["g1-a", "g1-b"]);
-        assert_eq!(leftovers.len(), 1);
-        assert_eq!(leftovers[0].to_string(), out.display().to_string());
-        assert!(!leftovers[0].exists().unwrap());
-        store.prepare_failover_outputs(&out).unwrap();
-        assert!(leftovers[0].exists().unwrap());
-        leftovers[0].remove().unwrap();
-        assert!(!leftovers[0].exists().unwrap());
-        leftovers[0].remove().unwrap();
     }
 
     #[test]

@@ -920,7 +920,9 @@ fn standby_unreachable_stop_and_deletion_are_deferred_and_migration_retried() {
 
 /// A group of two RBD images (site-a) protected to an RBD standby (site-b):
 /// placeholders on add, a named recovery point pinned beyond the store's
-/// retention, failover into new images, all checked by hash.
+/// retention, failover to it as copy-on-write clones `failover-IMAGE` of its
+/// snapshots (no copy: each has the standby image as its parent), all
+/// checked by hash; deleting the group leaves the clones and their parents.
 #[test]
 #[ignore = "needs the Ceph lab (FERRY_CEPH_LAB=1); scripts/test.sh runs it"]
 fn lab_rbd_group_pins_points_and_fails_over_into_new_images() {
@@ -1028,16 +1030,39 @@ fn lab_rbd_group_pins_points_and_fails_over_into_new_images() {
     }
     let op = ok(&b, &["group", "failover", "g1", "--rp", "r1", "--wait"]);
     assert_eq!(op["state"]["state"], "succeeded", "{op}");
+    let shown = ok(&b, &["group", "show", "g1"])["resources"].clone();
     for (name, want) in standby_names.iter().zip(&at_r1) {
         let got = export_hash("site-b", &format!("rbd/failover-{name}"));
         assert_eq!(&got, want, "failover-{name} is not the image at r1");
+        let info = String::from_utf8_lossy(
+            &rbd("site-b", &["info", &format!("rbd/failover-{name}")]).stdout,
+        )
+        .to_string();
+        assert!(
+            info.contains(&format!("parent: rbd/{name}@ferry-rp-")),
+            "failover-{name} is not a clone of the point: {info}"
+        );
+        assert!(
+            shown
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["volume"] == format!("rbd:rbd/failover-{name}")),
+            "group show does not name failover-{name}: {shown}"
+        );
     }
-    // Clean up both pools.
+    // Deleting the group releases the clone parents: clones and parents stay.
     ok(&b, &["group", "delete", "g1", "--wait"]);
+    for (name, want) in standby_names.iter().zip(&at_r1) {
+        let got = export_hash("site-b", &format!("rbd/failover-{name}"));
+        assert_eq!(&got, want, "failover-{name} changed after the group went");
+        rbd("site-b", &["info", &format!("rbd/{name}")]);
+    }
+    // Clean up both pools: the clones before their parents.
     for (site, names) in [("site-a", &images), ("site-b", &standby_names)] {
         for name in names
             .iter()
-            .flat_map(|n| [n.clone(), format!("failover-{n}")])
+            .flat_map(|n| [format!("failover-{n}"), n.clone()])
         {
             let spec = format!("rbd/{name}");
             let _ = std::process::Command::new("rbd")

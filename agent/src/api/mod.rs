@@ -477,7 +477,7 @@ async fn restore(
 ) -> ApiResult {
     accepted(
         s.orch
-            .restore(&name, &b.resource, &b.recovery_point, &b.out)?,
+            .restore(&name, &b.resource, &b.recovery_point, &b.out, b.copy)?,
     )
 }
 
@@ -486,7 +486,10 @@ async fn failover(
     UrlPath(name): UrlPath<String>,
     Json(b): Json<FailoverBody>,
 ) -> ApiResult {
-    accepted(s.orch.failover(&name, b.recovery_point.as_deref())?)
+    accepted(
+        s.orch
+            .failover(&name, b.recovery_point.as_deref(), b.copy)?,
+    )
 }
 
 async fn drill(

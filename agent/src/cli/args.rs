@@ -243,7 +243,8 @@ pub enum GroupCmd {
         wait: bool,
     },
     /// (standby / new primary) Restore one resource at a recovery point
-    /// into a new image.
+    /// into a new image: an RBD clone of the point (no copy), a reflink of
+    /// the file where the file system has them, else a copy.
     Restore {
         /// How to reach the agent.
         #[command(flatten)]
@@ -260,13 +261,21 @@ pub enum GroupCmd {
         /// standby, a new image name in the standby pool.
         #[arg(long)]
         out: String,
+        /// A full, independent copy (the slow way) instead of a clone or
+        /// reflink.
+        #[arg(long)]
+        copy: bool,
         /// Wait for the operation.
         #[arg(long)]
         wait: bool,
     },
-    /// (standby) Unplanned failover: materialise every resource at a
-    /// recovery point (default: the latest group recovery point held) into
-    /// DIR/failover/GROUP/; the group becomes a new primary.
+    /// (standby) Unplanned failover: every resource becomes a volume at a
+    /// recovery point (default: the latest synced data), without copying:
+    /// at the latest point the standby copy itself (RBD: same image name;
+    /// files: the file moved to DIR/failover/GROUP/), at an older one an
+    /// RBD clone `failover-IMAGE` or a reflink (else a copy) in
+    /// DIR/failover/GROUP/. `group show` names each volume. The group
+    /// becomes a new primary.
     Failover {
         /// How to reach the agent.
         #[command(flatten)]
@@ -276,6 +285,10 @@ pub enum GroupCmd {
         /// Recovery point name (default: latest synced data).
         #[arg(long)]
         rp: Option<String>,
+        /// Full, independent copies (`failover-IMAGE`, DIR/failover/GROUP/)
+        /// instead: the standby copies stay as they are.
+        #[arg(long)]
+        copy: bool,
         /// Wait for the operation.
         #[arg(long)]
         wait: bool,

@@ -176,12 +176,14 @@ pub(super) async fn group(cmd: GroupCmd, outer: &Conn) -> Result<Outcome> {
             resource,
             rp,
             out,
+            copy,
             wait,
         } => {
             let restore = RestoreBody {
                 resource,
                 recovery_point: rp,
                 out,
+                copy,
             };
             Api::new(&conn.or(outer))?
                 .op(
@@ -196,13 +198,18 @@ pub(super) async fn group(cmd: GroupCmd, outer: &Conn) -> Result<Outcome> {
             conn,
             name,
             rp,
+            copy,
             wait,
         } => {
+            let body = FailoverBody {
+                recovery_point: rp,
+                copy,
+            };
             Api::new(&conn.or(outer))?
                 .op(
                     Method::POST,
                     &format!("/v1/groups/{name}/failover"),
-                    json_body(&FailoverBody { recovery_point: rp })?,
+                    json_body(&body)?,
                     wait,
                 )
                 .await?
@@ -470,14 +477,16 @@ mod tests {
                     resource: s("file:/a"),
                     recovery_point: s("rp1"),
                     out: s("/restore/a.raw"),
+                    copy: false,
                 }),
-                json!({ "resource": "file:/a", "recovery_point": "rp1", "out": "/restore/a.raw" }),
+                json!({ "resource": "file:/a", "recovery_point": "rp1", "out": "/restore/a.raw", "copy": false }),
             ),
             (
                 json_body(&FailoverBody {
                     recovery_point: None,
+                    copy: true,
                 }),
-                json!({ "recovery_point": null }),
+                json!({ "recovery_point": null, "copy": true }),
             ),
             (
                 json_body(&RpBody { name: some("rp1") }),

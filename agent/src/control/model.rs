@@ -438,6 +438,10 @@ pub struct Resource {
     pub standby_target: String,
     /// Replication state.
     pub state: ResourceState,
+    /// After a failover: where the resource's volume is now, in a form a
+    /// cloud platform adopts — `rbd:POOL/IMAGE` or `file:/PATH`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
 }
 
 /// Fields of a resource to add (it starts in [`ResourceState::Pending`]).

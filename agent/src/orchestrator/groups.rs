@@ -332,8 +332,10 @@ impl Orchestrator {
                 me.delete_primary_group(&g).await?;
             } else {
                 // A standby group (failed over, or never mapped) takes its
-                // replicated copies with it; failover and restore outputs
-                // are separate images and stay.
+                // replicated copies with it. Failover and restore volumes
+                // stay: separate files and images, or (RBD) a copy that
+                // became the volume or clones depend on, which the store
+                // releases instead of removing.
                 let resources = me.db(|s| s.resources(g.id))?;
                 me.remove_standby_images(&resources).await?;
             }

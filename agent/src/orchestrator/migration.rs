@@ -517,6 +517,7 @@ mod tests {
             group_id: GroupId(1),
             standby_target: "g1-x".into(),
             state: ResourceState::Syncing,
+            volume: None,
         }
     }
 

@@ -27,6 +27,24 @@ impl Orchestrator {
             + Send
             + 'static,
     {
+        self.on_store_for(what, STORE_BUSY_WAIT, f).await
+    }
+
+    /// [`Self::on_store`], waiting up to `busy_wait` for a busy image.
+    pub(super) async fn on_store_for<T, F>(
+        &self,
+        what: String,
+        busy_wait: Duration,
+        f: F,
+    ) -> CtlResult<T>
+    where
+        T: Send + 'static,
+        F: Fn(
+                &ferry_engine::standby_backend::Standby,
+            ) -> Result<T, ferry_engine::standby::StoreError>
+            + Send
+            + 'static,
+    {
         let receiver = self.receiver.clone();
         let mut waited = Duration::ZERO;
         loop {
@@ -34,7 +52,7 @@ impl Orchestrator {
             let f = &f;
             let result = tokio::task::block_in_place(|| f(&r.store));
             match result {
-                Err(ferry_engine::standby::StoreError::Busy { .. }) if waited < STORE_BUSY_WAIT => {
+                Err(ferry_engine::standby::StoreError::Busy { .. }) if waited < busy_wait => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     waited += Duration::from_millis(100);
                 }

@@ -101,6 +101,9 @@ pub struct RestoreBody {
     pub recovery_point: String,
     /// Output path.
     pub out: String,
+    /// A full, independent copy instead of a clone or reflink.
+    #[serde(default)]
+    pub copy: bool,
 }
 
 /// Body of `POST /v1/groups/{group}/failover`.
@@ -108,6 +111,10 @@ pub struct RestoreBody {
 pub struct FailoverBody {
     /// Recovery point name (default: the latest).
     pub recovery_point: Option<String>,
+    /// Full, independent copies instead of the standby copies themselves,
+    /// clones or reflinks.
+    #[serde(default)]
+    pub copy: bool,
 }
 
 /// Body of `POST /v1/groups/{group}/drill`.

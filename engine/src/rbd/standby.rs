@@ -23,10 +23,12 @@
 //! (receiving an epoch, rollback), `standby/commit.rs` (commit and intents),
 //! `standby/points.rs` (recovery points, restore, pins, hashing),
 //! `standby/volumes.rs` (adopt, placeholders, removal), `standby/retire.rs`
-//! (expired snapshots removed off the commit path).
+//! (expired snapshots removed off the commit path), `standby/failover.rs`
+//! (fencing, the image as the volume in place, clones of a point).
 
 mod commit;
 mod epoch;
+mod failover;
 mod handle;
 mod points;
 mod retire;

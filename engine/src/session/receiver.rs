@@ -219,6 +219,7 @@ impl ServeError {
 fn store_error_code(e: &StoreError) -> ErrorCode {
     match e {
         StoreError::Busy { .. } => ErrorCode::Busy,
+        StoreError::Fenced { .. } => ErrorCode::NotPermitted,
         StoreError::EpochMismatch { .. } => ErrorCode::EpochMismatch,
         StoreError::OutOfOrder { .. } => ErrorCode::OutOfOrder,
         StoreError::UnknownImage { .. } | StoreError::UnknownRecoveryPoint { .. } => {

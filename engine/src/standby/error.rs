@@ -166,6 +166,15 @@ pub enum StoreError {
         /// The epoch.
         epoch: Epoch,
     },
+    /// The image was fenced for a failover: it takes no more replication
+    /// (no epoch opens, no batch is staged, no recovery point commits), so a
+    /// primary that is still alive cannot change what became, or what
+    /// backs, the operator's volume.
+    #[error("image {image} is fenced: its group failed over here and takes no more replication")]
+    Fenced {
+        /// The image.
+        image: ImageName,
+    },
     /// A test failpoint simulated a crash at this step.
     #[cfg(test)]
     #[error("injected crash at {point:?}")]

@@ -40,7 +40,7 @@ pub use crate::payload_codec::DecodedExtent;
 pub use error::{BatchRejection, StoreError};
 pub use failpoint::CrashPoint;
 pub(crate) use state::{read_checksummed, write_checksummed};
-pub use store::{StandbyStore, MAX_HASHES_PER_CALL};
+pub use store::{HandedOverTo, StandbyStore, MAX_HASHES_PER_CALL};
 pub(crate) use writer::check_extents;
 pub use writer::EpochWriter;
 

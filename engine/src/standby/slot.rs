@@ -25,4 +25,7 @@ pub(crate) struct SlotMeta {
     pub writer_active: bool,
     /// Durable summary of the pending epoch.
     pub pending: Option<PendingEpoch>,
+    /// Fenced for a failover (also recorded in the state file): a writer
+    /// stages nothing more, so it ends and lets the failover go on.
+    pub fenced: bool,
 }

@@ -79,6 +79,24 @@ pub(crate) struct ImageStateFile {
     /// `pinned-<RP>.raw` (see `StandbyStore::pin`); `transition` is unused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pinned: Vec<HistoryEntry>,
+    /// Fenced for a failover: no epoch opens or commits any more (see
+    /// `StandbyStore::fence`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fenced: bool,
+    /// The image file was handed over as a failover's volume (see
+    /// `StandbyStore::hand_over`): `DIR/images/NAME.raw` is gone, and only
+    /// the pinned copies stay restorable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handed_over: Option<HandedOver>,
+}
+
+/// Where and at which point an image file was handed over as a volume.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct HandedOver {
+    /// The recovery point the file held.
+    pub recovery_point: u64,
+    /// Where it is now (the failover's output).
+    pub path: std::path::PathBuf,
 }
 
 impl ImageStateFile {
@@ -214,6 +232,8 @@ mod tests {
             format: FORMAT,
             image: "vm-1.disk".into(),
             pinned: Vec::new(),
+            fenced: false,
+            handed_over: None,
             history: vec![HistoryEntry {
                 recovery_point: 3,
                 epoch: 2,

@@ -10,11 +10,13 @@
 //! all the others), [`layout`] (paths and file kinds), [`epoch`] (opening and
 //! resuming epochs), [`commit`] (the commit protocol), [`recovery`] (crash
 //! recovery at open), [`retention`] (retained points, pins), [`restore`]
-//! (restore and hashing), [`images`] (placeholder, removal, adoption).
+//! (restore and hashing), [`images`] (placeholder, removal, adoption),
+//! [`handover`] (fencing, handing an image file over as a failover volume).
 
 mod commit;
 mod epoch;
 mod handle;
+mod handover;
 mod images;
 mod layout;
 mod recovery;
@@ -36,6 +38,7 @@ use crate::sync_util::lock;
 use crate::sys::fs::try_lock_exclusive;
 use handle::Inner;
 pub use handle::StandbyStore;
+pub use handover::HandedOverTo;
 use layout::read_dir;
 pub use restore::MAX_HASHES_PER_CALL;
 

@@ -171,6 +171,11 @@ impl EpochWriter {
         if self.poisoned {
             return Err(self.poisoned_error());
         }
+        if lock(&self.slot.meta).fenced {
+            return Err(StoreError::Fenced {
+                image: self.image.clone(),
+            });
+        }
         if batch.seq <= self.staged_seq {
             return Ok(false);
         }
@@ -282,6 +287,11 @@ impl EpochWriter {
     pub fn sync(&mut self) -> Result<SeqNo, StoreError> {
         if self.poisoned {
             return Err(self.poisoned_error());
+        }
+        if lock(&self.slot.meta).fenced {
+            return Err(StoreError::Fenced {
+                image: self.image.clone(),
+            });
         }
         if self.staged_seq == self.durable_seq {
             return Ok(self.durable_seq);

@@ -1,6 +1,6 @@
 //! Linux file-system calls std does not wrap: hole punching (with a zero-write
 //! fallback), vectored positioned writes, `SEEK_DATA`/`SEEK_HOLE`, advisory
-//! whole-file locks, and directory fsync.
+//! whole-file locks, directory fsync, and reflinks (`FICLONE`).
 //!
 //! Every function takes a borrowed [`File`], so the descriptor is valid for the
 //! duration of each call; none of them keeps it.
@@ -199,6 +199,28 @@ pub fn try_lock_exclusive(file: &File) -> io::Result<bool> {
 /// deletions inside it) by fsyncing the directory itself.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// Makes `dst` share all of `src`'s data extents (`ioctl(FICLONE)`: a
+/// reflink, copy-on-write from then on, no data copied), replacing what
+/// `dst` held. `Ok(false)` when the file system cannot (no reflink support,
+/// the files on different file systems): nothing was changed, and the
+/// caller copies instead.
+pub fn reflink(src: &File, dst: &File) -> io::Result<bool> {
+    // SAFETY: both descriptors are open for the duration of the call (the
+    // files are borrowed); FICLONE takes the source descriptor as its
+    // integer argument and keeps no pointer.
+    let rc = unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EOPNOTSUPP | libc::ENOTTY | libc::EXDEV | libc::EINVAL | libc::ENOSYS) => {
+            Ok(false)
+        }
+        _ => Err(err),
+    }
 }
 
 #[cfg(test)]

@@ -29,6 +29,8 @@ const LOCK_MODE_EXCLUSIVE: c_int = 0;
 const IMAGE_OPTION_FEATURES: c_int = 1;
 /// `RBD_IMAGE_OPTION_ORDER`.
 const IMAGE_OPTION_ORDER: c_int = 2;
+/// `RBD_IMAGE_OPTION_CLONE_FORMAT`.
+const IMAGE_OPTION_CLONE_FORMAT: c_int = 12;
 
 /// `RBD_FEATURE_LAYERING`.
 pub const FEATURE_LAYERING: u64 = 1 << 0;
@@ -270,6 +272,7 @@ api! {
     rbd: rbd_aio_discard: fn(ImageT, u64, u64, CompletionT) -> c_int;
     rbd: rbd_flush: fn(ImageT) -> c_int;
     rbd: rbd_copy3: fn(ImageT, IoctxT, *const c_char, OptionsT) -> c_int;
+    rbd: rbd_clone3: fn(IoctxT, *const c_char, *const c_char, IoctxT, *const c_char, OptionsT) -> c_int;
     rbd: rbd_lock_acquire: fn(ImageT, c_int) -> c_int;
     rbd: rbd_lock_release: fn(ImageT) -> c_int;
     rbd: rbd_lock_get_owners: fn(ImageT, *mut c_int, *mut *mut c_char, *mut usize) -> c_int;
@@ -505,6 +508,15 @@ impl Options {
             })?;
         }
         Ok(options)
+    }
+
+    /// Sets a further uint64 option (`RBD_IMAGE_OPTION_*`).
+    fn set(&self, key: c_int, value: u64) -> Result<(), CephError> {
+        // SAFETY: handle valid; the caller names a known option key of type uint64.
+        let rc = unsafe { (self.api.rbd_image_options_set_uint64)(self.handle, key, value) };
+        check(rc, "rbd_image_options_set_uint64", || {
+            format!("option {key}")
+        })
     }
 }
 

@@ -147,4 +147,23 @@ impl Store {
             .ctx(|| format!("commit state of resource {uri}"))?;
         Ok(r)
     }
+
+    /// Records where a resource's volume is after a failover.
+    pub fn set_resource_volume(&mut self, uri: &str, volume: &str) -> StoreResult<()> {
+        let tx = self.write(|| format!("set volume of resource {uri}"))?;
+        let n = tx
+            .execute(
+                "UPDATE resources SET volume = ?2 WHERE uri = ?1",
+                params![uri, volume],
+            )
+            .ctx(|| format!("set volume of resource {uri}"))?;
+        if n == 0 {
+            return Err(StoreError::NotFound {
+                what: "resource",
+                key: uri.to_owned(),
+            });
+        }
+        tx.commit()
+            .ctx(|| format!("commit volume of resource {uri}"))
+    }
 }

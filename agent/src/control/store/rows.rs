@@ -169,7 +169,7 @@ pub(super) fn group_row(row: &Row<'_>) -> rusqlite::Result<Group> {
 }
 
 pub(super) const RESOURCE_COLS: &str =
-    "uri, group_id, kind, vm, boot, size_bytes, standby_target, state";
+    "uri, group_id, kind, vm, boot, size_bytes, standby_target, state, volume";
 
 #[derive(Debug, thiserror::Error)]
 #[error("resource kind {0:?} without its VM fields")]
@@ -191,6 +191,7 @@ pub(super) fn resource_row(row: &Row<'_>) -> rusqlite::Result<Resource> {
         size_bytes: u64_column(row, 5)?,
         standby_target: row.get(6)?,
         state: row.get(7)?,
+        volume: row.get(8)?,
     })
 }
 

@@ -123,6 +123,11 @@ const MIGRATIONS: &[&str] = &[
         volumes        TEXT NOT NULL
     ) STRICT;
     "#,
+    // v6: after a failover, where each resource's volume is now (a file
+    // path or an RBD image, as `file:`/`rbd:` URIs), for `group show`.
+    r#"
+    ALTER TABLE resources ADD COLUMN volume TEXT;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -66,6 +66,13 @@ impl RbdStandby {
                 .ok_or_else(|| StoreError::UnknownImage {
                     image: sealed.image.clone(),
                 })?;
+            // A fenced image (its group failed over here) takes no more
+            // points: checked under the op locks, before the intent.
+            if record.fenced {
+                return Err(StoreError::Fenced {
+                    image: sealed.image.clone(),
+                });
+            }
             if record
                 .history
                 .iter()

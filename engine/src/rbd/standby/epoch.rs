@@ -4,6 +4,7 @@
 //! recovery point's snapshot.
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use ferry_protocol::message::OpenImage;
@@ -30,9 +31,18 @@ impl RbdStandby {
                 image: image.clone(),
             });
         }
-        let mut record = self
-            .load(image)?
-            .unwrap_or_else(|| ImageRecord::empty(image));
+        let known = self.load(image)?;
+        if known.is_none() {
+            // Never take over (lock, zero) an image ferry left to the
+            // operator: a failover's volume or a clone parent it released.
+            self.check_not_released(image)?;
+        }
+        let mut record = known.unwrap_or_else(|| ImageRecord::empty(image));
+        if record.fenced || slot.fenced.load(Ordering::Acquire) {
+            return Err(StoreError::Fenced {
+                image: image.clone(),
+            });
+        }
         let committed = record.committed();
         check_open(open, committed)?;
         let ctx = format!("{}/{image}", self.pool_name());
@@ -152,6 +162,11 @@ impl RbdStandby {
         if record.pending.is_none() {
             return Ok(false);
         }
+        if record.volume_at.is_some() {
+            return Err(StoreError::InvalidRequest {
+                reason: format!("{image} is a failover's volume: ferry does not roll it back"),
+            });
+        }
         let handle = self.open_image(image)?;
         self.rollback_head(&handle, &record)?;
         record.pending = None;
@@ -200,6 +215,17 @@ impl RbdEpochWriter {
         format!("{}/{}", self.store.pool_name(), self.image)
     }
 
+    /// `Fenced` once a failover fenced the image: nothing more is written
+    /// or flushed, and the session drops the writer.
+    fn check_fence(&self) -> Result<(), StoreError> {
+        if self.slot.fenced.load(Ordering::Acquire) {
+            return Err(StoreError::Fenced {
+                image: self.image.clone(),
+            });
+        }
+        Ok(())
+    }
+
     fn poison(&mut self, context: &str) -> impl FnOnce(CephError) -> StoreError {
         self.poisoned = true;
         let context = format!("{context} {}", self.ctx());
@@ -244,6 +270,7 @@ impl RbdEpochWriter {
     /// Writes a batch (asynchronously). `Ok(false)`: a duplicate, ignored.
     /// Nothing is durable until [`RbdEpochWriter::sync`].
     pub fn stage(&mut self, batch: StagedBatch) -> Result<bool, StoreError> {
+        self.check_fence()?;
         if self.poisoned {
             return Err(StoreError::Poisoned {
                 image: self.image.clone(),
@@ -312,6 +339,7 @@ impl RbdEpochWriter {
     /// Waits for every staged write, flushes the image, records the durable
     /// batch; returns it. Only what this returns may be acknowledged.
     pub fn sync(&mut self) -> Result<SeqNo, StoreError> {
+        self.check_fence()?;
         if self.poisoned {
             return Err(StoreError::Poisoned {
                 image: self.image.clone(),

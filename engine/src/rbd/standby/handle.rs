@@ -55,6 +55,26 @@ pub(super) struct ImageRecord {
     /// Points whose snapshot is kept beyond the retention (see `pin`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(super) pinned: Vec<PointRecord>,
+    /// Fenced for a failover: no epoch opens or commits any more.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(super) fenced: bool,
+    /// The recovery point at which the image itself became a failover's
+    /// volume (in place: ferry never writes, rolls back or removes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) volume_at: Option<u64>,
+    /// Clones made of its snapshots (failover, restore): their points
+    /// stay pinned, and the image is never removed under them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) clones: Vec<CloneRecord>,
+}
+
+/// A clone of one of an image's recovery point snapshots.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub(super) struct CloneRecord {
+    /// The clone's image name (same pool).
+    pub(super) name: String,
+    /// The recovery point whose snapshot is its parent.
+    pub(super) rp: u64,
 }
 
 impl ImageRecord {
@@ -66,7 +86,17 @@ impl ImageRecord {
             history: Vec::new(),
             pending: None,
             pinned: Vec::new(),
+            fenced: false,
+            volume_at: None,
+            clones: Vec::new(),
         }
+    }
+
+    /// Whether ferry must leave the RBD image in the pool when it forgets
+    /// the standby copy: it is a failover's volume, or clones depend on
+    /// its snapshots.
+    pub(super) fn in_use(&self) -> bool {
+        self.volume_at.is_some() || !self.clones.is_empty()
     }
 
     pub(super) fn committed(&self) -> Epoch {
@@ -93,6 +123,9 @@ pub(super) struct Slot {
     /// A sweep of expired snapshots is started and has not yet taken `op`
     /// (see `standby/retire.rs`).
     pub(super) retire_scheduled: std::sync::atomic::AtomicBool,
+    /// Fenced for a failover (also in the record): an open writer stages
+    /// and flushes nothing more.
+    pub(super) fenced: std::sync::atomic::AtomicBool,
 }
 
 pub(super) struct Inner {

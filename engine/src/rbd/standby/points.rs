@@ -104,6 +104,20 @@ impl RbdStandby {
         let Some(mut record) = self.load(image)? else {
             return Ok(());
         };
+        if record.volume_at.is_some() {
+            // The image is the operator's volume: ferry no longer opens it
+            // for writing (which would take its exclusive lock).
+            info!(image = %image, rp = rp.get(), "recovery point kept pinned: the image is a failover's volume");
+            return Ok(());
+        }
+        if self.prune_clones(&mut record)? {
+            self.save(&record)?;
+        }
+        if record.clones.iter().any(|c| c.rp == rp.get()) {
+            // A clone's parent snapshot stays while ferry knows the clone.
+            info!(image = %image, rp = rp.get(), "recovery point kept pinned: a clone depends on its snapshot");
+            return Ok(());
+        }
         let before = record.pinned.len();
         record.pinned.retain(|p| p.rp != rp.get());
         if record.pinned.len() == before {

@@ -65,6 +65,10 @@ impl RbdStandby {
         let Some(record) = self.load(image)? else {
             return Ok(());
         };
+        if record.volume_at.is_some() {
+            // The operator's volume now: ferry no longer touches it.
+            return Ok(());
+        }
         let Some(newest) = record.history.iter().map(|p| p.rp).max() else {
             return Ok(());
         };

@@ -8,7 +8,8 @@ use ferry_protocol::types::{Epoch, ImageName, RecoveryPointId};
 use tracing::{info, warn};
 
 use super::handle::{
-    ceph, remove_file, snap_name, ImageRecord, PointRecord, RbdStandby, FORMAT, STALE_WATCH_WAIT,
+    ceph, remove_file, snap_name, ImageRecord, PointRecord, RbdStandby, SNAP_PREFIX,
+    STALE_WATCH_WAIT,
 };
 use crate::standby::StoreError;
 use crate::sync_util::lock;
@@ -101,8 +102,6 @@ impl RbdStandby {
             .map_err(ceph(format!("snapshotting {ctx}@{rp_snap}")))?;
         drop(handle);
         self.save(&ImageRecord {
-            format: FORMAT,
-            image: image.to_string(),
             history: vec![PointRecord {
                 rp: rp.get(),
                 epoch: epoch.get(),
@@ -110,8 +109,7 @@ impl RbdStandby {
                 fuzzy: false,
                 size,
             }],
-            pending: None,
-            pinned: Vec::new(),
+            ..ImageRecord::empty(image)
         })?;
         info!(image = %ctx, from = %source, %epoch, rp = rp.get(), size, "image adopted");
         Ok(())
@@ -160,7 +158,11 @@ impl RbdStandby {
             Err(e) => return Err(ceph(format!("creating {ctx}"))(e)),
         }
         match self.inner.pool.open_read_only(name, None) {
-            Ok(_) => return Ok(true),
+            Ok(_) => {
+                // Ours from a killed attempt has no snapshot yet.
+                self.check_not_released_name(name)?;
+                return Ok(true);
+            }
             Err(e) if e.is_not_found() => {}
             Err(e) => return Err(ceph(format!("opening {ctx}"))(e)),
         }
@@ -168,6 +170,37 @@ impl RbdStandby {
         self.remove_pool_image(name)?;
         create().map_err(ceph(format!("creating {ctx}")))?;
         Ok(false)
+    }
+
+    /// Refuses (`InvalidRequest`) when the pool holds an image `image` the
+    /// store has no record of but which carries ferry recovery point
+    /// snapshots: a failover's volume or a clone parent that ferry released
+    /// to the operator (or a copy whose removal was interrupted), never to
+    /// be taken over, locked or zeroed by a new standby copy.
+    pub(super) fn check_not_released(&self, image: &ImageName) -> Result<(), StoreError> {
+        self.check_not_released_name(image.as_str())
+    }
+
+    fn check_not_released_name(&self, name: &str) -> Result<(), StoreError> {
+        let ctx = format!("{}/{name}", self.pool_name());
+        let handle = match self.inner.pool.open_read_only(name, None) {
+            Ok(handle) => handle,
+            Err(e) if e.is_not_found() => return Ok(()),
+            Err(e) => return Err(ceph(format!("opening {ctx}"))(e)),
+        };
+        let snaps = handle
+            .snapshots()
+            .map_err(ceph(format!("listing snapshots of {ctx}")))?;
+        if snaps.iter().any(|s| s.name.starts_with(SNAP_PREFIX)) {
+            return Err(StoreError::InvalidRequest {
+                reason: format!(
+                    "RBD image {ctx} exists with ferry recovery point snapshots but this \
+                     standby has no record of it (a failed-over volume or clone parent left \
+                     to the operator?): rename or remove it"
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Removes RBD image `name` and its snapshots; absent is fine.
@@ -248,6 +281,11 @@ impl RbdStandby {
     /// its bookkeeping. Refused while a writer is open on it; an unknown
     /// image is not an error. The record goes first, so a crash part-way
     /// leaves an image the store no longer lists.
+    ///
+    /// An image that is a failover's volume, or whose snapshots clones
+    /// depend on, is released instead: the store forgets it, and the RBD
+    /// image stays in the pool with its snapshots, for the operator (who
+    /// may `rbd flatten` the clones, then remove it).
     pub fn remove_image(&self, image: &ImageName) -> Result<(), StoreError> {
         let slot = self.slot(image);
         let _op = lock(&slot.op);
@@ -255,6 +293,22 @@ impl RbdStandby {
             return Err(StoreError::Busy {
                 image: image.clone(),
             });
+        }
+        let mut record = self.load(image)?;
+        if let Some(r) = record.as_mut() {
+            // Clones the operator removed no longer hold the image back.
+            self.prune_clones(r)?;
+        }
+        if let Some(record) = record.filter(ImageRecord::in_use) {
+            remove_file(&self.record_path(image))?;
+            let clones: Vec<&str> = record.clones.iter().map(|c| c.name.as_str()).collect();
+            warn!(
+                image = %format!("{}/{image}", self.pool_name()),
+                volume = record.volume_at.is_some(),
+                clones = ?clones,
+                "standby image released, not removed: it is a failover's volume or clones depend on its snapshots"
+            );
+            return Ok(());
         }
         remove_file(&self.record_path(image))?;
         self.remove_pool_image(image.as_str())?;

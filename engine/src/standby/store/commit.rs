@@ -78,6 +78,12 @@ impl StandbyStore {
                 });
             }
         }
+        // A fenced image (its group failed over here) takes no more points:
+        // checked under the op locks, before any intent is written, so a
+        // commit either finished before the fence or changes nothing.
+        for slot in &slots {
+            self.check_not_fenced(&slot.image, slot)?;
+        }
         let mut plan = Vec::new();
         for sealed in &sorted {
             if let Some(planned) = self.plan_image(&rp, sealed)? {
@@ -288,6 +294,11 @@ impl StandbyStore {
             self.apply_incremental(image, target, &index, old_size)?;
             Transition::Undo
         };
+        // `commit` refuses a fenced image, so these stay as they were (unset).
+        let (fenced, handed_over) = state
+            .as_ref()
+            .map(|s| (s.fenced, s.handed_over.clone()))
+            .unwrap_or_default();
         let (mut history, pinned) = state.map(|s| (s.history, s.pinned)).unwrap_or_default();
         history.push(HistoryEntry {
             recovery_point: rp.id.get(),
@@ -306,6 +317,8 @@ impl StandbyStore {
             image: image.as_str().to_owned(),
             history,
             pinned,
+            fenced,
+            handed_over,
         };
         write_checksummed(&self.inner.state(image), &new_state)?;
         failpoint::hit(CrashPoint::AfterStateBeforeCleanup)?;

@@ -32,6 +32,7 @@ impl StandbyStore {
                 image: image.clone(),
             });
         }
+        self.check_not_fenced(image, &slot)?;
         let state = self.load_state(image)?;
         let committed = state
             .as_ref()

@@ -110,7 +110,7 @@ impl StandbyStore {
         let size = fs::metadata(source)
             .map_err(|e| StoreError::io("stat adopted image", source, e))?
             .len();
-        self.write_out(source, &[], size, &tmp)?;
+        self.write_out(source, &[], size, &tmp, true)?;
         store_io::rename(&tmp, &raw)
             .map_err(|e| StoreError::io("install adopted image", &tmp, e))?;
         sync_dir(&self.inner.images)
@@ -127,6 +127,8 @@ impl StandbyStore {
                 transition: Transition::Initial,
             }],
             pinned: Vec::new(),
+            fenced: false,
+            handed_over: None,
         };
         write_checksummed(&self.inner.state(image), &state)?;
         tracing::info!(image = %image, epoch = epoch.0, recovery_point = %rp, size, "image adopted");

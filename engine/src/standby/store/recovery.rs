@@ -106,7 +106,10 @@ impl StandbyStore {
                 _ => None,
             })
             .max();
-        if let Some(epoch) = pending {
+        // A handed-over image has no file of its own any more (and, fenced,
+        // never started a commit after the hand-over): nothing to undo.
+        let handed_over = state.as_ref().is_some_and(|s| s.handed_over.is_some());
+        if let (Some(epoch), false) = (pending, handed_over) {
             self.roll_back_uncommitted(image, Epoch(epoch))?;
         }
         for (kind, path) in &files {

@@ -1,5 +1,6 @@
 //! Reading committed images back: restore of any retained recovery point
-//! into a new file (sparse copy, then the undo logs applied backwards), and
+//! into a new file (sparse copy or reflink, then the undo logs applied
+//! backwards), and
 //! BLAKE3 hashes of ranges of the committed image.
 
 use std::fs::File;
@@ -27,7 +28,8 @@ const COPY_BLOCK: usize = 4096;
 
 impl StandbyStore {
     /// Writes the image as it was at recovery point `rp` to the new file
-    /// `out` (which must not exist), sparsely. On error `out` is removed.
+    /// `out` (which must not exist), sparsely: a full, independent copy.
+    /// On error `out` is removed.
     pub fn restore(
         &self,
         image: &ImageName,
@@ -35,7 +37,22 @@ impl StandbyStore {
         out: &Path,
     ) -> Result<(), StoreError> {
         self.with_committed_state(image, rp, |state| {
-            self.restore_locked(image, state, rp, out)
+            self.restore_locked(image, state, rp, out, false)
+                .map(|_| ())
+        })
+    }
+
+    /// [`Self::restore`], but `out` shares the data of the store's file it
+    /// starts from (a reflink, copy-on-write) where the file system has
+    /// reflinks; elsewhere it is a copy. Whether it was a reflink.
+    pub fn restore_reflinked(
+        &self,
+        image: &ImageName,
+        rp: RecoveryPointId,
+        out: &Path,
+    ) -> Result<bool, StoreError> {
+        self.with_committed_state(image, rp, |state| {
+            self.restore_locked(image, state, rp, out, true)
         })
     }
 
@@ -70,20 +87,33 @@ impl StandbyStore {
         state: &ImageStateFile,
         rp: RecoveryPointId,
         out: &Path,
-    ) -> Result<(), StoreError> {
+        reflink: bool,
+    ) -> Result<bool, StoreError> {
         let unknown = || StoreError::UnknownRecoveryPoint {
             image: image.clone(),
             recovery_point: rp,
         };
         let history = &state.history;
-        let Some(k) = history.iter().position(|h| h.recovery_point() == rp) else {
-            // Not in the history: a pinned copy, or unknown.
-            let pinned = state
-                .pinned
-                .iter()
-                .find(|p| p.recovery_point() == rp)
-                .ok_or_else(unknown)?;
-            return self.write_out(&self.inner.pinned(image, rp), &[], pinned.size, out);
+        let pinned = state.pinned.iter().find(|p| p.recovery_point() == rp);
+        if let (Some(done), None) = (&state.handed_over, pinned) {
+            // The undo chain started from the file that became the volume.
+            return Err(StoreError::InvalidRequest {
+                reason: format!(
+                    "{image} was handed over as the failover volume {} at recovery point {}: \
+                     only its pinned recovery points can still be restored, and {rp} is not one",
+                    done.path.display(),
+                    done.recovery_point
+                ),
+            });
+        }
+        let in_history = history.iter().position(|h| h.recovery_point() == rp);
+        let k = match (in_history, pinned) {
+            (Some(k), _) if state.handed_over.is_none() => k,
+            (_, Some(pinned)) => {
+                let copy = self.inner.pinned(image, rp);
+                return self.write_out(&copy, &[], pinned.size, out, reflink);
+            }
+            (_, None) => return Err(unknown()),
         };
         // Start from the closest full-copy predecessor above k, or the image.
         let full_at = (k + 1..history.len()).find(|&j| history[j].transition == Transition::Full);
@@ -107,25 +137,33 @@ impl StandbyStore {
         }
         let _span =
             tracing::info_span!("standby_restore", image = %image, recovery_point = %rp).entered();
-        self.write_out(&source, &logs, history[k].size, out)
+        self.write_out(&source, &logs, history[k].size, out, reflink)
     }
 
     /// Copies the committed-image file `source` sparsely into the new file
-    /// `out`, applies `logs` in order, checks the result is `size` bytes and
-    /// makes it durable. On error `out` is removed.
+    /// `out` (or, with `reflink`, shares its data where the file system
+    /// can), applies `logs` in order, checks the result is `size` bytes and
+    /// makes it durable; whether it was a reflink. On error `out` is
+    /// removed.
     pub(super) fn write_out(
         &self,
         source: &Path,
         logs: &[(PathBuf, undo::UndoLog)],
         size: u64,
         out: &Path,
-    ) -> Result<(), StoreError> {
+        reflink: bool,
+    ) -> Result<bool, StoreError> {
         let out_file = store_io::open(out, Create::New)
             .map_err(|e| StoreError::io("create restore target", out, e))?;
         let result = (|| {
             let src =
                 File::open(source).map_err(|e| StoreError::io("open restore source", source, e))?;
-            copy_sparse(&src, source, &out_file, out)?;
+            let linked = reflink
+                && crate::sys::fs::reflink(&src, &out_file)
+                    .map_err(|e| StoreError::io("reflink restore source", out, e))?;
+            if !linked {
+                copy_sparse(&src, source, &out_file, out)?;
+            }
             for (path, log) in logs {
                 undo::apply(log, path, &out_file, out)?;
             }
@@ -145,7 +183,8 @@ impl StandbyStore {
                 .parent()
                 .filter(|p| !p.as_os_str().is_empty())
                 .unwrap_or(Path::new("."));
-            sync_dir(parent).map_err(|e| StoreError::io("fsync directory", parent, e))
+            sync_dir(parent).map_err(|e| StoreError::io("fsync directory", parent, e))?;
+            Ok(linked)
         })();
         if result.is_err() {
             let _ = store_io::remove_file(out);
@@ -174,7 +213,18 @@ impl StandbyStore {
                 image: image.clone(),
             })?;
         let _op = lock(&slot.op);
-        let Some(current) = self.load_state(image)?.and_then(|s| s.current().cloned()) else {
+        let Some(state) = self.load_state(image)? else {
+            return Ok((RecoveryPointId(0), 0, Vec::new()));
+        };
+        if let Some(done) = &state.handed_over {
+            return Err(StoreError::InvalidRequest {
+                reason: format!(
+                    "{image} was handed over as the failover volume {}: the store no longer holds it",
+                    done.path.display()
+                ),
+            });
+        }
+        let Some(current) = state.current().cloned() else {
             return Ok((RecoveryPointId(0), 0, Vec::new()));
         };
         let end = offset.saturating_add(length).min(current.size);

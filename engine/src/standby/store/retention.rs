@@ -74,7 +74,7 @@ impl StandbyStore {
         let path = self.inner.pinned(image, rp);
         let tmp = path.with_extension("raw.tmp");
         remove_if_exists(&tmp)?;
-        self.restore_locked(image, state, rp, &tmp)?;
+        self.restore_locked(image, state, rp, &tmp, true)?;
         store_io::rename(&tmp, &path)
             .map_err(|e| StoreError::io("install pinned copy", &tmp, e))?;
         let dir = self.inner.image_dir(image);

@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# failover-bench.sh — how long an unplanned failover takes on an RBD standby (issue 15, item 1):
+# real agents (site-a primary, site-b RBD standby, the two-site Ceph lab of scripts/ceph-lab.sh),
+# driven through the `ferry` CLI.
+#
+#   benches/failover-bench.sh [--runs N] [--copy] [--write-md FILE]
+#
+# Cases (each a fresh group, each run a fresh pair of groups):
+#   group20   20 volumes × 1 GiB
+#   single16  one 16 GiB volume
+# and for each: failover to the latest point (the standby images become the volumes in place) and to
+# an older point (format-2 clones `failover-IMAGE`). With --copy the same cases with `--copy` (full
+# copies, rbd_copy3), to compare. Volumes are thin, filled with FILL_MIB (default 64) MiB of seeded
+# random data per volume before the first point and 4 MiB more before the second, so the
+# replication before the timed step stays short; a --copy run copies only allocated data too.
+# Timed: the wall time of `ferry group failover … --wait` (API + journal + storage work; the
+# storage side alone is in the standby's log, "failover volume ready" lines). Medians of N runs
+# (default 3). Needs the binaries (cargo build --release --workspace --bins), python3-rbd, jq.
+# Leaves no image behind (ferry-bench-fo-* on both sites are removed at the end).
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+RUNS=3
+COPY=0
+WRITE_MD=""
+FILL_MIB="${FILL_MIB:-64}"
+while (($#)); do
+  case "$1" in
+    --runs) RUNS="$2"; shift 2 ;;
+    --copy) COPY=1; shift ;;
+    --write-md) WRITE_MD="$2"; shift 2 ;;
+    *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  esac
+done
+BIN="${FERRY_BIN:-$REPO/target/release}"
+export PATH="$BIN:$PATH"
+command -v ferry-agent >/dev/null || { echo "build first: cargo build --release --workspace --bins" >&2; exit 1; }
+command -v jq >/dev/null || { echo "needs jq" >&2; exit 1; }
+"$REPO/scripts/ceph-lab.sh" status >/dev/null || { echo "the Ceph lab is not up" >&2; exit 1; }
+
+WORK=$(mktemp -d /tmp/ferry-failover-bench.XXXXXX)
+TAG="ferry-bench-fo-$$"
+RES="$WORK/results.tsv"
+PIDS=()
+
+# shellcheck disable=SC2317 # run by the EXIT trap
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  local site name names
+  for site in site-a site-b; do
+    names=$(rbd --cluster "$site" ls rbd | grep -- "$TAG" || true)
+    # Clones before their parents.
+    for name in $(grep '^failover-' <<<"$names") $(grep -v '^failover-' <<<"$names"); do
+      rbd --cluster "$site" --no-progress snap purge "rbd/$name" >/dev/null 2>&1 || true
+      rbd --cluster "$site" --no-progress rm "rbd/$name" >/dev/null 2>&1 || true
+    done
+  done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# Two agents: A on site-a, B an RBD standby on site-b, paired.
+start_pair() {
+  local a="$WORK/a$1" b="$WORK/b$1"
+  ferry-agent init --dir "$a" >/dev/null
+  ferry-agent init --dir "$b" >/dev/null
+  printf '[ceph]\ncluster = "site-a"\n' >"$a/config.toml"
+  printf '[standby]\nbackend = "rbd"\nrbd_pool = "rbd"\n[ceph]\ncluster = "site-b"\n' >"$b/config.toml"
+  ferry-agent run --dir "$a" --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 >"$a.log" 2>&1 & PIDS+=($!); A_PID=$!
+  ferry-agent run --dir "$b" --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 >"$b.log" 2>&1 & PIDS+=($!); B_PID=$!
+  until ferry --dir "$a" status >/dev/null 2>&1 && ferry --dir "$b" status >/dev/null 2>&1; do sleep 0.2; done
+  ferry --dir "$a" service create --key "$(ferry --dir "$b" service key)" --name dr >/dev/null
+  A="$a"; B="$b"
+}
+
+# fill SITE IMAGE MIB SEED: MIB MiB of seeded random data in 1 MiB pieces at random offsets.
+fill() {
+  python3 - "$1" "$2" "$3" "$4" <<'EOF'
+import sys, random, rados, rbd
+site, image, mib, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+c = rados.Rados(clustername=site, conffile=f'/etc/ceph/{site}.conf'); c.connect()
+io = c.open_ioctx('rbd'); img = rbd.Image(io, image); r = random.Random(seed)
+slots = img.size() >> 20
+for _ in range(mib):
+    img.write(r.randbytes(1 << 20), r.randrange(0, slots) << 20)
+img.close(); io.close(); c.shutdown()
+EOF
+}
+
+# protect GROUP COUNT SIZE_MIB: COUNT thin images filled, protected, replicated, two points.
+protect() {
+  local group=$1 count=$2 size=$3 uris=() i
+  for ((i = 0; i < count; i++)); do
+    local img="$TAG-$group-$i"
+    rbd --cluster site-a create --size "$size" "rbd/$img"
+    fill site-a "$img" "$FILL_MIB" "$i"
+    uris+=("rbd:rbd/$img")
+  done
+  ferry --dir "$A" group create "$group" --wait >/dev/null
+  ferry --dir "$A" group add "$group" "${uris[@]}" --wait >/dev/null
+  ferry --dir "$A" group start "$group" --wait >/dev/null
+  ferry --dir "$A" rp create "$group" --name older --wait >/dev/null
+  for ((i = 0; i < count; i++)); do fill site-a "$TAG-$group-$i" 4 "$((100 + i))"; done
+  ferry --dir "$A" rp create "$group" --name latest --wait >/dev/null
+}
+
+# timed DIR ARGS…: wall seconds of the failover command.
+timed() {
+  local dir=$1; shift
+  local t0 t1
+  t0=$(date +%s.%N)
+  ferry --dir "$dir" "$@" --wait >/dev/null
+  t1=$(date +%s.%N)
+  echo "$t1 - $t0" | bc -l
+}
+
+run_case() {
+  local name=$1 count=$2 size=$3 run=$4 extra=()
+  ((COPY)) && extra=(--copy)
+  start_pair "$name$run"
+  protect "${name}l" "$count" "$size"
+  protect "${name}o" "$count" "$size"
+  kill -9 "$A_PID"
+  local t_latest t_older
+  t_latest=$(timed "$B" group failover "${name}l" "${extra[@]}")
+  t_older=$(timed "$B" group failover "${name}o" --rp older "${extra[@]}")
+  printf '%s\tlatest%s\t%s\n' "$name" "${extra[*]:+ --copy}" "$t_latest" >>"$RES"
+  printf '%s\tolder%s\t%s\n' "$name" "${extra[*]:+ --copy}" "$t_older" >>"$RES"
+  echo "run $run $name: latest ${t_latest}s, older ${t_older}s" >&2
+  ferry --dir "$B" group delete "${name}l" --wait >/dev/null
+  ferry --dir "$B" group delete "${name}o" --wait >/dev/null
+  kill "$B_PID" 2>/dev/null || true
+}
+
+for ((run = 1; run <= RUNS; run++)); do
+  run_case group20 20 1024 "$run"
+  run_case single16 1 16384 "$run"
+done
+
+report() {
+  echo "| case | failover | median s (of $RUNS) | runs |"
+  echo "|---|---|---|---|"
+  cut -f1,2 "$RES" | sort -u | while IFS=$'\t' read -r c k; do
+    local vals
+    vals=$(awk -F'\t' -v c="$c" -v k="$k" '$1==c && $2==k {print $3}' "$RES" | sort -g)
+    local median
+    median=$(echo "$vals" | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}')
+    printf '| %s | %s | %.2f | %s |\n' "$c" "$k" "$median" "$(echo "$vals" | tr '\n' ' ')"
+  done
+}
+report
+[[ -n "$WRITE_MD" ]] && report >"$WRITE_MD"
+exit 0
