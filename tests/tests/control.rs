@@ -621,9 +621,12 @@ fn old_primary_killed_before_recording_its_first_cycle_stops_after_failover() {
     let mut s = paired();
     let a = s.a_dir().to_path_buf();
     let b = s.b_dir().to_path_buf();
+    // Held (not slept: a 60 s sleep could end before the check below on a
+    // loaded machine, and the cycle then recorded the end of the initial
+    // sync) right after the standby committed the first cycle.
     s.a.restart(&[(
         "FAILPOINTS",
-        "cycle::after-commit-before-state=sleep(60000)",
+        &ferry_e2e::landing::hold_failpoints("cycle::committed", 0),
     )]);
     protect_g1(&s, &[("vm.raw", 2 * MIB, 81)]);
     let state =
@@ -1514,4 +1517,56 @@ fn primary_killed_during_recovery_point_and_migration_comes_back_consistent() {
     let vol = b.join("volumes").join("g1").join("g1-vm.raw");
     assert_eq!(hash_file(&vol), want);
     assert_eq!(hash_file(&s.a.image_path("g1-vm")), want);
+}
+
+/// After a planned migration the old primary is a standby that holds its
+/// volumes as standby copies. Killed while it deletes that group at the new
+/// primary's request (journaled, the copies not removed yet), it finishes
+/// the delete at restart and the copies go with the group: none stays in
+/// its store, owned by no group (before, the restart marked the delete
+/// succeeded and left them).
+#[cfg(feature = "failpoints")]
+#[test]
+fn standby_killed_while_deleting_its_group_removes_the_copies_at_restart() {
+    let mut s = paired();
+    let a = s.a_dir().to_path_buf();
+    let b = s.b_dir().to_path_buf();
+    protect_g1(&s, &[("vm1.raw", 2 * MIB, 71)]);
+    ok(&a, &["rp", "create", "g1", "--name", "r1", "--wait"]);
+    let op = ok(&a, &["group", "migrate", "g1", "--wait"]);
+    assert_eq!(op["state"]["state"], "succeeded", "{op}");
+    assert_roles_swapped(&a, &b);
+    let copy = s.a.image_path("g1-vm1");
+    assert!(copy.exists(), "no standby copy at {}", copy.display());
+
+    let point = "delete::standby-begun";
+    s.a.restart(&[("FAILPOINTS", &ferry_e2e::landing::hold_failpoints(point, 0))]);
+    let op = ok(&b, &["group", "delete", "g1"]);
+    assert!(
+        ferry_e2e::landing::wait_reached(&s.a, point, Duration::from_secs(60), || true),
+        "the standby's delete never reached {point}:\n{}",
+        s.a.log_text()
+    );
+    assert!(copy.exists(), "held before the copies are removed");
+    s.a.restart(&[]);
+    wait_for("the standby's group to go", || {
+        ok(&a, &["group", "list"])
+            .as_array()
+            .is_some_and(|g| g.is_empty())
+    });
+    assert!(
+        !copy.exists(),
+        "the restart finished the delete but left the standby copy {}",
+        copy.display()
+    );
+    // The new primary's delete failed with the kill or succeeded; either
+    // way a retry ends it (the standby's group is gone).
+    wait_op_finished(&b, &op);
+    if ok(&b, &["group", "list"])
+        .as_array()
+        .is_some_and(|g| !g.is_empty())
+    {
+        let retry = ok(&b, &["group", "delete", "g1", "--wait"]);
+        assert_eq!(retry["state"]["state"], "succeeded", "{retry}");
+    }
 }

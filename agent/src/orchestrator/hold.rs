@@ -30,6 +30,8 @@
 //!   `migrate::standby-committed` (finished, the answer not sent);
 //! - failover (the standby): `failover::before-images`,
 //!   `failover::after-image` (once per image);
+//! - delete group, the standby at the primary's request:
+//!   `delete::standby-begun` (journaled, the standby copies not removed);
 //! - DR drill (the standby): `drill::after-volume` (a drill start made one
 //!   more volume), `drill::after-remove` (a drill end removed one more);
 //! - any replication cycle, primary: `cycle::committed` (the standby

@@ -319,6 +319,7 @@ impl Orchestrator {
             on_failure: GroupState::DeleteFailed,
         };
         let op = self.db(|s| s.begin_operation(g.id, &t, &json!({ "by": "primary" })))?;
+        hold::reach("delete::standby-begun");
         let resources = self.db(|s| s.resources(g.id))?;
         if let Err(e) = self.remove_standby_images(&resources).await {
             self.db(|s| s.finish_operation(op.id, OpResult::Failed(error_chain(&e))))?;

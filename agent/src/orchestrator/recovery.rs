@@ -1,6 +1,6 @@
 //! Recovery after a restart: operations a killed agent left `running` are
-//! finished by repeating their idempotent peer step (create group, start
-//! and stop sync, delete group) or rolled back / failed with "interrupted
+//! finished by repeating their idempotent step (create group, start and
+//! stop sync, delete group: on a standby, removing its copies) or rolled back / failed with "interrupted
 //! by an agent restart"; syncing primary groups resume replicating; then
 //! the background tick starts (policy scheduler, deferred recovery point
 //! deletions, deferred stop syncs).
@@ -82,7 +82,15 @@ impl Orchestrator {
                 self.delete_primary_group(&g).await?;
                 OpResult::Succeeded
             }
-            OpKind::DeleteGroup => OpResult::Succeeded,
+            OpKind::DeleteGroup => {
+                // The standby copies go with the group: a kill between the
+                // journal entry and their removal must not leave them in
+                // the store, unowned (volumes a failover made are released
+                // by the store, not removed).
+                let resources = self.db(|s| s.resources(gid))?;
+                self.remove_standby_images(&resources).await?;
+                OpResult::Succeeded
+            }
             OpKind::AddResources => {
                 // Resources still pending were never confirmed by the standby.
                 let pending: Vec<String> = self
