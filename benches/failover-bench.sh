@@ -32,7 +32,7 @@ while (($#)); do
     *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
   esac
 done
-BIN="${FERRY_BIN:-$REPO/target/release}"
+BIN="${FERRY_BIN_DIR:-${FERRY_BIN:-$REPO/target/release}}"
 export PATH="$BIN:$PATH"
 command -v ferry-agent >/dev/null || { echo "build first: cargo build --release --workspace --bins" >&2; exit 1; }
 command -v jq >/dev/null || { echo "needs jq" >&2; exit 1; }
