@@ -26,11 +26,7 @@ impl RbdStandby {
         self.finish_intents()?;
         let slot = self.slot(image);
         let _op = lock(&slot.op);
-        if *lock(&slot.writer_active) {
-            return Err(StoreError::Busy {
-                image: image.clone(),
-            });
-        }
+        slot.check_no_writer(image)?;
         let known = self.load(image)?;
         if known.is_none() {
             // Never take over (lock, zero) an image ferry left to the
@@ -151,11 +147,7 @@ impl RbdStandby {
     pub fn rollback(&self, image: &ImageName) -> Result<bool, StoreError> {
         let slot = self.slot(image);
         let _op = lock(&slot.op);
-        if *lock(&slot.writer_active) {
-            return Err(StoreError::Busy {
-                image: image.clone(),
-            });
-        }
+        slot.check_no_writer(image)?;
         let mut record = self.load(image)?.ok_or_else(|| StoreError::UnknownImage {
             image: image.clone(),
         })?;

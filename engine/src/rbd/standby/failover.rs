@@ -31,11 +31,7 @@ impl RbdStandby {
         slot.fenced.store(true, Ordering::Release);
         self.finish_intents()?;
         let _op = lock(&slot.op);
-        if *lock(&slot.writer_active) {
-            return Err(StoreError::Busy {
-                image: image.clone(),
-            });
-        }
+        slot.check_no_writer(image)?;
         if let Some(mut record) = self.load(image)? {
             if !record.fenced {
                 record.fenced = true;
@@ -58,11 +54,7 @@ impl RbdStandby {
     ) -> Result<bool, StoreError> {
         let slot = self.slot(image);
         let _op = lock(&slot.op);
-        if *lock(&slot.writer_active) {
-            return Err(StoreError::Busy {
-                image: image.clone(),
-            });
-        }
+        slot.check_no_writer(image)?;
         let mut record = self.load(image)?.ok_or_else(|| StoreError::UnknownImage {
             image: image.clone(),
         })?;

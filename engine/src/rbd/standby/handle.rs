@@ -128,6 +128,19 @@ pub(super) struct Slot {
     pub(super) fenced: std::sync::atomic::AtomicBool,
 }
 
+impl Slot {
+    /// `Busy` while an epoch writer holds the image. Called with `op` held,
+    /// by every operation that must not run under an open writer.
+    pub(super) fn check_no_writer(&self, image: &ImageName) -> Result<(), StoreError> {
+        if *lock(&self.writer_active) {
+            return Err(StoreError::Busy {
+                image: image.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
 pub(super) struct Inner {
     pub(super) pool: Arc<Pool>,
     pub(super) dir: PathBuf,

@@ -50,11 +50,7 @@ impl RbdStandby {
         };
         let slot = self.slot(image);
         let _op = lock(&slot.op);
-        if *lock(&slot.writer_active) {
-            return Err(StoreError::Busy {
-                image: image.clone(),
-            });
-        }
+        slot.check_no_writer(image)?;
         let ctx = format!("{}/{image}", self.pool_name());
         match self.load(image)? {
             Some(r)
@@ -289,11 +285,7 @@ impl RbdStandby {
     pub fn remove_image(&self, image: &ImageName) -> Result<(), StoreError> {
         let slot = self.slot(image);
         let _op = lock(&slot.op);
-        if *lock(&slot.writer_active) {
-            return Err(StoreError::Busy {
-                image: image.clone(),
-            });
-        }
+        slot.check_no_writer(image)?;
         let mut record = self.load(image)?;
         if let Some(r) = record.as_mut() {
             // Clones the operator removed no longer hold the image back.
