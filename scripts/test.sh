@@ -42,6 +42,8 @@ command -v losetup >/dev/null 2>&1 || need+=(mount)
 command -v blockdev >/dev/null 2>&1 || need+=(util-linux)
 # libfaketime moves the agents' wall clock in the control fault harness.
 [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || need+=(faketime)
+# mkfs.xfs: the files backend's reflink test runs on a loop-mounted XFS.
+command -v mkfs.xfs >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.xfs ] || need+=(xfsprogs)
 if [ "${#need[@]}" -gt 0 ]; then
   log "installing ${need[*]}"
   $SUDO apt-get update -qq
@@ -96,6 +98,26 @@ stop_lab() {
   fi
 }
 
+# A file system with reflinks for the files backend's restore/failover test
+# (XFS with reflink=1 on a 512 MiB sparse loop file), unless the caller
+# names one in FERRY_REFLINK_DIR.
+reflink_mount=""
+if [ -z "${FERRY_REFLINK_DIR:-}" ]; then
+  reflink_mount=$(mktemp -d /var/tmp/ferry-reflink.XXXXXX)
+  truncate -s 512M "${reflink_mount}.img"
+  /usr/sbin/mkfs.xfs -q -m reflink=1 "${reflink_mount}.img"
+  $SUDO mount -o loop "${reflink_mount}.img" "$reflink_mount"
+  $SUDO chown "$(id -u):$(id -g)" "$reflink_mount"
+  export FERRY_REFLINK_DIR="$reflink_mount"
+fi
+stop_reflink() {
+  if [ -n "$reflink_mount" ]; then
+    $SUDO umount "$reflink_mount" || true
+    rm -rf "$reflink_mount" "${reflink_mount}.img" || true
+    reflink_mount=""
+  fi
+}
+
 # Fresh fault-harness seeds per run (a u32 from /dev/urandom each), so CI
 # tries new fault sequences instead of seed 1 every time; set either
 # variable to replay a run.
@@ -106,6 +128,7 @@ seeds_line="fault harness seeds: FERRY_FAULT_SEED=${FERRY_FAULT_SEED} FERRY_CTL_
 on_exit() {
   local status=$?
   stop_lab
+  stop_reflink
   # Repeat the seeds at the end of a failed run, where the failure is.
   if [ "$status" -ne 0 ]; then echo "$seeds_line" >&2; fi
 }
@@ -115,9 +138,10 @@ trap on_exit EXIT
 export FERRY_REQUIRE_ALL=1
 log "cargo test (ignored tests included, except: ${skip_args[*]})"
 echo "$seeds_line"
-cargo test --workspace --features ferry-e2e/failpoints -- --include-ignored --test-threads 2 "${skip_args[@]}"
+cargo test --workspace --no-fail-fast --features ferry-e2e/failpoints -- --include-ignored --test-threads 2 "${skip_args[@]}"
 stop_lab
 lab_started_here=0
+stop_reflink
 
 # Fuzz targets: CI builds them and runs each briefly on its committed
 # corpus (longer runs: see README). cargo-fuzz is installed if missing.

@@ -207,7 +207,8 @@ fn files_fence_refuses_a_commit_of_an_epoch_sealed_before_it() {
 #[test]
 #[ignore = "needs a file system with reflinks: FERRY_REFLINK_DIR=DIR"]
 fn files_restores_are_reflinks_where_the_file_system_has_them() {
-    let base = std::env::var("FERRY_REFLINK_DIR").expect("FERRY_REFLINK_DIR names a directory");
+    let base = std::env::var("FERRY_REFLINK_DIR")
+        .expect("FERRY_REFLINK_DIR must name a directory on XFS (reflink=1) or btrfs; scripts/test.sh mounts one");
     let dir = tempfile::tempdir_in(base).unwrap();
     let store = Standby::from(
         StandbyStore::open(&dir.path().join("store"), StoreConfig::default()).unwrap(),
