@@ -70,6 +70,7 @@ mod progress;
 mod qos;
 mod rbd_migration;
 mod recovery;
+mod reprotect;
 mod services;
 mod standby_copies;
 
@@ -166,7 +167,10 @@ pub enum CtlError {
 pub type CtlResult<T> = Result<T, CtlError>;
 
 pub use crate::service_key::{ServiceKey, ServiceKeyError};
-pub use crate::wire::bodies::{MigrateStep, PairRequest, PeerGroupRequest, Qos};
+pub use crate::wire::bodies::{
+    MigrateStep, PairRequest, PeerGroupRequest, Qos, ReprotectImage, ReprotectPlan, ReprotectStep,
+    ReprotectedImage,
+};
 
 /// Live replication progress of one resource.
 #[derive(Clone, Debug, Default, Serialize)]

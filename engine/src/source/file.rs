@@ -449,7 +449,8 @@ pub fn block_hashes(image: &Path) -> std::io::Result<Vec<BlockHash>> {
     let size = file.metadata()?.len();
     const STEP: usize = 1 << 20;
     let mut buf = vec![0u8; STEP];
-    let mut hashes = Vec::with_capacity(usize::try_from(manifest::block_count(size, BLOCK_SIZE)).unwrap_or(0));
+    let mut hashes =
+        Vec::with_capacity(usize::try_from(manifest::block_count(size, BLOCK_SIZE)).unwrap_or(0));
     let mut offset = 0u64;
     while offset < size {
         let len = usize::try_from(size - offset).unwrap_or(STEP).min(STEP);

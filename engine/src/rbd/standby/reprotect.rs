@@ -65,9 +65,7 @@ impl RbdStandby {
                 image.as_str(),
                 CreateOptions::default(),
             )
-            .map_err(ceph(format!(
-                "cloning {source}@{clone_from} to {ctx}"
-            )))?;
+            .map_err(ceph(format!("cloning {source}@{clone_from} to {ctx}")))?;
         if snap != clone_from {
             let exact = from_pool
                 .open_read_only(&source.image, Some(snap))
