@@ -72,9 +72,13 @@ pub(super) fn check_remove_resources(c: &Checker<'_>, count: usize) -> Result<Tr
     use GroupState as S;
     let g = c.g;
     match g.role {
-        Role::Primary => {
-            c.state_not_in(&[S::StartingSync, S::Syncing, S::Migrating, S::Removing])?
-        }
+        Role::Primary => c.state_not_in(&[
+            S::StartingSync,
+            S::Syncing,
+            S::Migrating,
+            S::Removing,
+            S::ReprotectFailed,
+        ])?,
         Role::Standby => c.state_not_in(&[
             S::Mapped,
             S::StopSyncFailed,
@@ -82,6 +86,7 @@ pub(super) fn check_remove_resources(c: &Checker<'_>, count: usize) -> Result<Tr
             S::Migrating,
             S::MigrationFailed,
             S::Removing,
+            S::ReprotectFailed,
         ])?,
     }
     c.precondition(
