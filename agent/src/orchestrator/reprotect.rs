@@ -348,6 +348,11 @@ impl Orchestrator {
                     ))
                 })?;
                 let plan = load_plan()?;
+                // A standby binds no policy: the old direction's schedule
+                // goes with its role (the new primary binds its own).
+                if g.policy.is_some() {
+                    self.db(|s| s.unbind_policy(g.id))?;
+                }
                 self.db(|s| s.mark_recovery_points_unusable(g.id, None))?;
                 self.db(|s| s.finish_operation_renaming(op.id, OpResult::Succeeded, renames))?;
                 info!(group = %g.name, "reprotected: this site is now the standby");
