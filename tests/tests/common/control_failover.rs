@@ -45,6 +45,20 @@ impl World {
             "  failover to {}",
             point.as_deref().unwrap_or("the latest data")
         );
+        // The volumes of an earlier failover of this group on this site (its
+        // sources after a reprotect, stale since a migration moved the
+        // group back) are in the way: ferry refuses to fail over onto them
+        // ("move it away first"), so the operator moves them away.
+        let out_dir = s.join("failover").join(&g);
+        if out_dir.exists() {
+            let moved = self.stats.get("failovers").copied().unwrap_or(0);
+            let aside = s.join("failover").join(format!("{g}.moved-{moved}"));
+            std::fs::rename(&out_dir, &aside).expect("moving an earlier failover's volumes away");
+            println!(
+                "  moved an earlier failover's volumes to {}",
+                aside.display()
+            );
+        }
         // The primary site is lost.
         self.agents[self.primary.index()].kill9();
         let mut args = vec!["group", "failover", g.as_str()];
@@ -101,7 +115,6 @@ impl World {
             "{}: after failover: role {role}, state {state}, new primary {new_primary}",
             self.ctx(what)
         );
-        let out_dir = s.join("failover").join(&g);
         let got: Vec<String> = names
             .iter()
             .map(|n| hash_file(&out_dir.join(format!("{n}.raw"))))
