@@ -53,8 +53,15 @@ PIDS=()
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  local site name names
+  local site name names group
   for site in site-a site-b; do
+    # ferry's RBD groups of this run's images (an agent killed mid-run leaves them, with their
+    # group snapshots, which keep the images from being removed).
+    for group in $(rbd --cluster "$site" group ls rbd 2>/dev/null); do
+      if rbd --cluster "$site" group image list "rbd/$group" 2>/dev/null | grep -q -- "$TAG"; then
+        rbd --cluster "$site" group rm "rbd/$group" >/dev/null 2>&1 || true
+      fi
+    done
     names=$(rbd --cluster "$site" ls rbd | grep -- "$TAG" || true)
     # Clones (failover-…, the re-protected copies GROUP-…) before their parents ($TAG-…).
     for name in $(grep -v "^$TAG" <<<"$names") $(grep "^$TAG" <<<"$names"); do
@@ -73,7 +80,9 @@ start_pair() {
   ferry-agent init --dir "$b" >/dev/null
   printf '[standby]\nbackend = "rbd"\nrbd_pool = "rbd"\n[ceph]\ncluster = "site-a"\n' >"$a/config.toml"
   printf '[standby]\nbackend = "rbd"\nrbd_pool = "rbd"\n[ceph]\ncluster = "site-b"\n' >"$b/config.toml"
-  ferry-agent run --dir "$a" --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 >"$a.log" 2>&1 & PIDS+=($!); A_PID=$!
+  # A fixed QUIC port for A: the service on B names it, and A comes back on it after the SIGKILL.
+  A_LISTEN="127.0.0.1:$((20000 + RANDOM % 20000))"
+  ferry-agent run --dir "$a" --listen "$A_LISTEN" --api-listen 127.0.0.1:0 >"$a.log" 2>&1 & PIDS+=($!); A_PID=$!
   ferry-agent run --dir "$b" --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 >"$b.log" 2>&1 & PIDS+=($!); B_PID=$!
   until ferry --dir "$a" status >/dev/null 2>&1 && ferry --dir "$b" status >/dev/null 2>&1; do sleep 0.2; done
   ferry --dir "$a" service create --key "$(ferry --dir "$b" service key)" --name dr >/dev/null
@@ -150,7 +159,7 @@ run_case() {
       fill site-b "${targets[$i]}" "$mib" "$((300 + i))"
       fill site-a "$TAG-${name}l-$i" "$mib" "$((400 + i))"
     done
-    ferry-agent run --dir "$A" --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 >>"$A.log" 2>&1 & PIDS+=($!); A_PID=$!
+    ferry-agent run --dir "$A" --listen "$A_LISTEN" --api-listen 127.0.0.1:0 >>"$A.log" 2>&1 & PIDS+=($!); A_PID=$!
     until ferry --dir "$A" status >/dev/null 2>&1; do sleep 0.2; done
     local t_reprotect
     t_reprotect=$(timed "$B" group reprotect "${name}l")
