@@ -13,49 +13,27 @@
 //! migration fails back home.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
-use ferry_e2e::cli::{ok, run, text};
+use ferry_e2e::cli::ok;
+use ferry_e2e::hash_file;
 use ferry_e2e::lab::{self, pyrbd, rbd};
-use ferry_e2e::{hash_file, init_agent, Agent};
-use serde_json::Value;
+use ferry_e2e::sites::{succeeded, udp_sent, Sites};
 
 const MIB: u64 = 1024 * 1024;
 const BLOCK: u64 = 4096;
 const PIECE: u64 = 64 * 1024;
 
-struct Sites {
-    tmp: tempfile::TempDir,
-    a: Agent,
-    b: Agent,
-}
-
 /// Both agents with an RBD standby in their site's pool `rbd` and metrics.
 fn paired() -> Sites {
-    let tmp = tempfile::tempdir().unwrap();
-    let (a_dir, b_dir) = (tmp.path().join("a"), tmp.path().join("b"));
-    let (a_fp, b_fp) = (init_agent(&a_dir), init_agent(&b_dir));
-    for (dir, site) in [(&a_dir, "site-a"), (&b_dir, "site-b")] {
-        std::fs::write(
-            dir.join("config.toml"),
-            format!(
-                "[standby]\nbackend = \"rbd\"\nrbd_pool = \"rbd\"\n[ceph]\ncluster = \"{site}\"\n\
-                 [metrics]\nlisten = \"127.0.0.1:0\"\n"
-            ),
+    let config = |site: &str| {
+        format!(
+            "[standby]\nbackend = \"rbd\"\nrbd_pool = \"rbd\"\n[ceph]\ncluster = \"{site}\"\n\
+             [metrics]\nlisten = \"127.0.0.1:0\"\n"
         )
-        .unwrap();
-    }
-    let a = Agent::start(&a_dir, &a_fp, &[]);
-    let b = Agent::start(&b_dir, &b_fp, &[]);
-    let out = run(&b_dir, &["service", "key"]);
-    assert!(out.status.success(), "{}", text(&out));
-    let key = String::from_utf8(out.stdout).unwrap();
-    ok(&a_dir, &["service", "create", "--key", key.trim()]);
-    Sites { tmp, a, b }
+    };
+    Sites::paired_with(Some(&config("site-a")), Some(&config("site-b")))
 }
 
 /// Every lab image whose name contains `TAG` removed on drop, on both
@@ -128,28 +106,6 @@ fn scatter(site: &str, image: &str, size: u64, seed: u64, count: usize) -> BTree
         ),
     );
     blocks
-}
-
-/// The sum of every `ferry_udp_sent_bytes_total` series of the agent in
-/// `dir`.
-fn udp_sent(dir: &Path) -> f64 {
-    let addr = std::fs::read_to_string(dir.join("metrics.addr")).unwrap();
-    let mut conn = TcpStream::connect(addr.trim()).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut response = String::new();
-    conn.read_to_string(&mut response).unwrap();
-    response
-        .lines()
-        .filter(|l| l.starts_with("ferry_udp_sent_bytes_total"))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
-}
-
-fn succeeded(op: &Value) {
-    assert_eq!(op["state"]["state"], "succeeded", "{op}");
 }
 
 #[test]

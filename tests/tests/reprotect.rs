@@ -10,46 +10,24 @@
 //! to completion.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ferry_agent::imagegen;
 use ferry_e2e::cli::{ok, run, text};
-use ferry_e2e::{hash_file, init_agent, Agent};
+use ferry_e2e::hash_file;
+use ferry_e2e::sites::{succeeded, udp_sent, Sites};
 use serde_json::Value;
 
 const MIB: u64 = 1024 * 1024;
 const BLOCK: u64 = 4096;
 const NAMES: [&str; 3] = ["g1-vm1", "g1-vm2", "g1-vm3"];
 
-struct Sites {
-    tmp: tempfile::TempDir,
-    a: Agent,
-    b: Agent,
-}
-
 /// Two agents with metrics, paired through a service key.
 fn paired() -> Sites {
-    let tmp = tempfile::tempdir().unwrap();
-    let (a_dir, b_dir) = (tmp.path().join("a"), tmp.path().join("b"));
-    let (a_fp, b_fp) = (init_agent(&a_dir), init_agent(&b_dir));
-    for dir in [&a_dir, &b_dir] {
-        std::fs::write(
-            dir.join("config.toml"),
-            "[metrics]\nlisten = \"127.0.0.1:0\"\n",
-        )
-        .unwrap();
-    }
-    let a = Agent::start(&a_dir, &a_fp, &[]);
-    let b = Agent::start(&b_dir, &b_fp, &[]);
-    let out = run(&b_dir, &["service", "key"]);
-    assert!(out.status.success(), "{}", text(&out));
-    let key = String::from_utf8(out.stdout).unwrap();
-    ok(&a_dir, &["service", "create", "--key", key.trim()]);
-    Sites { tmp, a, b }
+    let metrics = "[metrics]\nlisten = \"127.0.0.1:0\"\n";
+    Sites::paired_with(Some(metrics), Some(metrics))
 }
 
 /// Three volumes with data protected as `g1`, replicated, a recovery point
@@ -86,10 +64,6 @@ fn failed_over(s: &mut Sites, sizes: [u64; 3]) -> (Vec<PathBuf>, Vec<PathBuf>) {
     (old, new)
 }
 
-fn succeeded(op: &Value) {
-    assert_eq!(op["state"]["state"], "succeeded", "{op}");
-}
-
 /// Writes `count` pieces of `len` bytes (pseudo-random content and 4 KiB
 /// aligned places, from `seed`) into `path`; returns the 4 KiB blocks hit.
 fn scatter(path: &Path, seed: u64, count: usize, len: usize) -> BTreeSet<u64> {
@@ -117,34 +91,12 @@ fn scatter(path: &Path, seed: u64, count: usize, len: usize) -> BTreeSet<u64> {
     blocks
 }
 
-/// The sum of every `ferry_udp_sent_bytes_total` series of the agent in
-/// `dir`: every UDP byte QUIC sent during cycles, overheads included.
-fn udp_sent(dir: &Path) -> f64 {
-    let addr = std::fs::read_to_string(dir.join("metrics.addr")).unwrap();
-    let mut conn = TcpStream::connect(addr.trim()).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut response = String::new();
-    conn.read_to_string(&mut response).unwrap();
-    response
-        .lines()
-        .filter(|l| l.starts_with("ferry_udp_sent_bytes_total"))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
-}
-
 fn show(dir: &Path) -> Value {
     ok(dir, &["group", "show", "g1"])
 }
 
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn wait_for(what: &str, f: impl FnMut() -> bool) {
+    ferry_e2e::sites::wait_for(what, Duration::from_secs(60), f);
 }
 
 /// The standby copies on site A equal the volumes on site B.

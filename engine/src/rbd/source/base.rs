@@ -46,17 +46,7 @@ impl RbdSource {
         tag: &str,
         epoch: Epoch,
     ) -> Result<(), SourceError> {
-        if epoch == Epoch(0) {
-            return Err(SourceError::Misuse {
-                reason: "a seeded base needs a non-zero epoch",
-            });
-        }
-        std::fs::create_dir_all(state_dir).map_err(|source| SourceError::Io {
-            op: "create state directory",
-            path: state_dir.to_path_buf(),
-            source,
-        })?;
-        let path = state_dir.join(STATE_FILE);
+        prepare_base(state_dir, epoch)?;
         let pool = open_pool(cluster, &spec.pool).map_err(state_error)?;
         let head = pool.open(&spec.image).map_err(|e| state_error(e.into()))?;
         if let Some((committed, snap)) = Self::committed_snapshot(spec, state_dir)? {
@@ -66,21 +56,7 @@ impl RbdSource {
         }
         let snap = format!("ferry.{tag}.{}", unix_ms());
         head.snap_create(&snap).map_err(|e| state_error(e.into()))?;
-        write_checksummed(
-            &path,
-            &SourceState {
-                format: STATE_FORMAT,
-                image: spec.to_string(),
-                committed: Some(SnapRef {
-                    epoch: epoch.get(),
-                    snap: snap.clone(),
-                    base: None,
-                }),
-                capture: None,
-                cycle: None,
-            },
-        )
-        .map_err(|e| state_error(e.into()))?;
+        write_base(state_dir, spec, epoch, &snap)?;
         info!(image = %spec, %epoch, snap, "seeded the replication base");
         Ok(())
     }
@@ -150,17 +126,7 @@ impl RbdSource {
         snap: &str,
         epoch: Epoch,
     ) -> Result<(), SourceError> {
-        if epoch == Epoch(0) {
-            return Err(SourceError::Misuse {
-                reason: "a seeded base needs a non-zero epoch",
-            });
-        }
-        std::fs::create_dir_all(state_dir).map_err(|source| SourceError::Io {
-            op: "create state directory",
-            path: state_dir.to_path_buf(),
-            source,
-        })?;
-        let path = state_dir.join(STATE_FILE);
+        prepare_base(state_dir, epoch)?;
         let pool = open_pool(cluster, &spec.pool).map_err(state_error)?;
         let head = pool.open(&spec.image).map_err(|e| state_error(e.into()))?;
         if !head.snap_exists(snap).map_err(|e| state_error(e.into()))? {
@@ -170,29 +136,12 @@ impl RbdSource {
                 reason: "the base a re-protected volume replicates from",
             }));
         }
-        let same = read_checksummed::<SourceState>(&path)
-            .map_err(|e| state_error(e.into()))?
-            .filter(|s| s.format == STATE_FORMAT && s.image == spec.to_string())
-            .and_then(|s| s.committed)
-            .is_some_and(|c| c.epoch == epoch.get() && c.snap == snap);
+        let same = Self::committed_snapshot(spec, state_dir)?
+            .is_some_and(|(e, committed)| e == epoch && committed == snap);
         if same {
             return Ok(());
         }
-        write_checksummed(
-            &path,
-            &SourceState {
-                format: STATE_FORMAT,
-                image: spec.to_string(),
-                committed: Some(SnapRef {
-                    epoch: epoch.get(),
-                    snap: snap.to_owned(),
-                    base: None,
-                }),
-                capture: None,
-                cycle: None,
-            },
-        )
-        .map_err(|e| state_error(e.into()))?;
+        write_base(state_dir, spec, epoch, snap)?;
         info!(image = %spec, %epoch, snap, "seeded the replication base from an existing snapshot");
         Ok(())
     }
@@ -243,4 +192,42 @@ impl RbdSource {
             }),
         }
     }
+}
+
+/// The checks and the directory before a base is seeded.
+fn prepare_base(state_dir: &Path, epoch: Epoch) -> Result<(), SourceError> {
+    if epoch == Epoch(0) {
+        return Err(SourceError::Misuse {
+            reason: "a seeded base needs a non-zero epoch",
+        });
+    }
+    std::fs::create_dir_all(state_dir).map_err(|source| SourceError::Io {
+        op: "create state directory",
+        path: state_dir.to_path_buf(),
+        source,
+    })
+}
+
+/// Replaces the state in `state_dir` with `snap` committed at `epoch`.
+fn write_base(
+    state_dir: &Path,
+    spec: &RbdSpec,
+    epoch: Epoch,
+    snap: &str,
+) -> Result<(), SourceError> {
+    write_checksummed(
+        &state_dir.join(STATE_FILE),
+        &SourceState {
+            format: STATE_FORMAT,
+            image: spec.to_string(),
+            committed: Some(SnapRef {
+                epoch: epoch.get(),
+                snap: snap.to_owned(),
+                base: None,
+            }),
+            capture: None,
+            cycle: None,
+        },
+    )
+    .map_err(|e| state_error(e.into()))
 }
