@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use ferry_agent::imagegen;
 use ferry_e2e::cli::{ok, run, text};
-use ferry_e2e::{hash_file, init_agent, Agent};
 use ferry_e2e::sites::Sites;
+use ferry_e2e::{hash_file, init_agent, Agent};
 use serde_json::Value;
 
 const MIB: u64 = 1024 * 1024;

@@ -13,12 +13,9 @@
 //! migration fails back home.
 
 use std::collections::BTreeSet;
-use std::path::Path;
-use std::process::Command;
 
 use ferry_e2e::cli::ok;
-use ferry_e2e::hash_file;
-use ferry_e2e::lab::{self, pyrbd, rbd};
+use ferry_e2e::lab::{self, export_hash, pyrbd, rbd, Cleanup};
 use ferry_e2e::sites::{succeeded, udp_sent, Sites};
 
 const MIB: u64 = 1024 * 1024;
@@ -34,51 +31,6 @@ fn paired() -> Sites {
         )
     };
     Sites::paired_with(Some(&config("site-a")), Some(&config("site-b")))
-}
-
-/// Every lab image whose name contains `TAG` removed on drop, on both
-/// sites: clones and migration volumes before their parents.
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for _round in 0..2 {
-            for site in ["site-a", "site-b"] {
-                let Ok(out) = Command::new("rbd")
-                    .args(["--cluster", site, "ls", "rbd"])
-                    .output()
-                else {
-                    continue;
-                };
-                let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
-                    .lines()
-                    .filter(|l| l.contains(self.0.as_str()))
-                    .map(str::to_owned)
-                    .collect();
-                // Children (g1-…, …-m…) first.
-                names.sort_by_key(|n| !n.starts_with("g1-"));
-                for name in names {
-                    let spec = format!("rbd/{name}");
-                    for args in [["snap", "purge", spec.as_str()].as_slice(), &["rm", &spec]] {
-                        let _ = Command::new("rbd")
-                            .args(["--cluster", site, "--no-progress"])
-                            .args(args)
-                            .output();
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// BLAKE3 of an image (or snapshot) through `rbd export`.
-fn export_hash(scratch: &Path, site: &str, spec: &str) -> String {
-    let file = scratch.join("export.raw");
-    let _ = std::fs::remove_file(&file);
-    rbd(site, &["export", spec, &file.display().to_string()]);
-    let hash = hash_file(&file);
-    let _ = std::fs::remove_file(&file);
-    hash
 }
 
 /// Writes `count` pieces of 64 KiB of seeded random data at seeded 4 KiB
@@ -115,7 +67,10 @@ fn lab_rbd_reprotect_sends_only_the_differences_keeps_the_split_brain_writes_and
         return;
     }
     let tag = format!("rpt{}", std::process::id());
-    let _cleanup = Cleanup(tag.clone());
+    let _cleanup = Cleanup {
+        mark: tag.clone(),
+        parents: "ferry-t-".into(),
+    };
     let mut s = paired();
     let (a, b) = (s.a.dir.clone(), s.b.dir.clone());
     let scratch = s.tmp.path().join("scratch");
