@@ -282,6 +282,9 @@ pub struct Orchestrator {
     /// deleted): each checks whether the other still holds the point and
     /// unpins, so one of them always unpins a point both held.
     unpin_lock: tokio::sync::Mutex<()>,
+    /// Re-protects whose old-primary side installs its copies in the
+    /// background, by operation: running (`None`) or failed (the reason).
+    reprotect_tasks: Mutex<HashMap<OperationId, Option<String>>>,
 }
 
 fn internal(what: impl Into<String>) -> impl FnOnce(anyhow::Error) -> CtlError {
@@ -314,6 +317,7 @@ impl Orchestrator {
             replicator,
             syncs: Mutex::new(HashMap::new()),
             progress: Mutex::new(HashMap::new()),
+            reprotect_tasks: Mutex::new(HashMap::new()),
             rp_floor: Mutex::new(HashMap::new()),
             api_addr: Mutex::new(None),
             metrics: cfg.metrics,

@@ -36,7 +36,12 @@ use crate::control::{
 };
 use crate::durable::write_durably;
 use crate::replicate::source_state_dir;
+use crate::sync_util::lock;
 use crate::uri::SourceUri;
+
+/// How often the new primary asks whether the old primary's copies are
+/// installed.
+const BEGIN_POLL: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Where the new primary's first re-protect cycle starts: the common point
 /// and, per resource, its volume and epoch there.
@@ -161,7 +166,13 @@ impl Orchestrator {
             created_unix_ms: base.created_unix_ms,
             images: base.volumes.iter().map(|(_, _, i)| i.clone()).collect(),
         };
-        let plan = self.peer_reprotect(g, &begin).await?;
+        let plan = loop {
+            let plan = self.peer_reprotect(g, &begin).await?;
+            if !plan.pending {
+                break plan;
+            }
+            tokio::time::sleep(BEGIN_POLL).await;
+        };
         hold::reach("reprotect::after-begin");
         for (r, volume, image) in &base.volumes {
             let copy = plan.images.iter().find(|i| i.image == image.image);
@@ -324,21 +335,61 @@ impl Orchestrator {
                         op
                     }
                 };
-                hold::reach("reprotect::old-primary-begun");
-                let plan = self
-                    .adopt_old_volumes(&g, caller, op.id.0, *engine_rp, *created_unix_ms, images)
-                    .await?;
-                let bytes = serde_json::to_vec(&plan)
-                    .map_err(|e| internal("encoding the reprotect plan")(e.into()))?;
-                if let Some(parent) = plan_path.parent() {
-                    std::fs::create_dir_all(parent).map_err(|e| {
-                        internal(format!("creating {}", parent.display()))(e.into())
-                    })?;
+                let pending = ReprotectPlan {
+                    engine_rp: *engine_rp,
+                    pending: true,
+                    op: op.id.0,
+                    ..ReprotectPlan::default()
+                };
+                let running = lock(&self.reprotect_tasks).get(&op.id).cloned();
+                match running {
+                    Some(None) => return Ok(pending),
+                    Some(Some(reason)) => {
+                        lock(&self.reprotect_tasks).remove(&op.id);
+                        return Err(CtlError::BadRequest(reason));
+                    }
+                    None => {}
                 }
-                write_durably(&plan_path.with_extension("tmp"), &plan_path, &bytes)
-                    .map_err(|e| internal(format!("writing {}", plan_path.display()))(e.into()))?;
-                hold::reach("reprotect::old-primary-adopted");
-                Ok(plan)
+                // Done for this operation: the plan its task wrote.
+                if let Ok(plan) = load_plan() {
+                    if plan.op == op.id.0 {
+                        return Ok(plan);
+                    }
+                }
+                lock(&self.reprotect_tasks).insert(op.id, None);
+                let me = self.clone();
+                let plan_path = plan_path.clone();
+                let (engine_rp, created, images) = (*engine_rp, *created_unix_ms, images.clone());
+                tokio::spawn(async move {
+                    hold::reach("reprotect::old-primary-begun");
+                    let result = me
+                        .adopt_old_volumes(&g, caller, op.id.0, engine_rp, created, &images)
+                        .await
+                        .and_then(|plan| {
+                            let bytes = serde_json::to_vec(&plan)
+                                .map_err(|e| internal("encoding the reprotect plan")(e.into()))?;
+                            if let Some(parent) = plan_path.parent() {
+                                std::fs::create_dir_all(parent).map_err(|e| {
+                                    internal(format!("creating {}", parent.display()))(e.into())
+                                })?;
+                            }
+                            write_durably(&plan_path.with_extension("tmp"), &plan_path, &bytes)
+                                .map_err(|e| {
+                                    internal(format!("writing {}", plan_path.display()))(e.into())
+                                })
+                        });
+                    match result {
+                        Ok(()) => {
+                            hold::reach("reprotect::old-primary-adopted");
+                            lock(&me.reprotect_tasks).remove(&op.id);
+                        }
+                        Err(e) => {
+                            warn!(group = %g.name, error = %error_chain(&e), "installing the old volumes as standby copies failed");
+                            lock(&me.reprotect_tasks).insert(op.id, Some(error_chain(&e)));
+                        }
+                    }
+                });
+                Ok(pending)
             }
             ReprotectStep::Commit { renames } => {
                 let op = running.ok_or_else(|| {
@@ -374,6 +425,7 @@ impl Orchestrator {
     ) -> CtlResult<ReprotectPlan> {
         let mut plan = ReprotectPlan {
             engine_rp,
+            op: op_id,
             ..ReprotectPlan::default()
         };
         let keep_snap = format!("ferry-splitbrain-op{op_id}");

@@ -196,7 +196,8 @@ pub enum MigrateStep {
 pub enum ReprotectStep {
     /// The old primary stops replicating the group (journaled, state
     /// `reprotecting`) and installs each volume as the standby copy at the
-    /// last recovery point both sites hold; answers what it made.
+    /// last recovery point both sites hold, in the background; answers
+    /// `pending` until it is done, then what it made.
     Begin {
         /// That group recovery point.
         engine_rp: u64,
@@ -232,6 +233,13 @@ pub struct ReprotectPlan {
     /// The old primary had already completed its side (Commit).
     #[serde(default)]
     pub completed: bool,
+    /// The old primary is still installing its copies (in the background,
+    /// so a large group never outlasts a request): ask again.
+    #[serde(default)]
+    pub pending: bool,
+    /// The old primary's operation that made the plan.
+    #[serde(default)]
+    pub op: i64,
 }
 
 /// One image of a [`ReprotectPlan`].
