@@ -277,6 +277,56 @@ fn reprotect_killed_on_the_new_primary_before_the_first_cycle_is_retried() {
     killed_then_retried("reprotect::old-primary-committed", false);
 }
 
+/// Fail-back after a reprotect, with the new primary SIGKILLed in the
+/// middle of the planned migration (the old site prepared its volumes):
+/// the migration fails, and `migrate` again brings the group home.
+#[cfg(feature = "failpoints")]
+#[test]
+fn failback_killed_mid_migration_is_retried_to_completion() {
+    let mut s = paired();
+    let (a, b) = (s.a.dir.clone(), s.b.dir.clone());
+    let (old, new) = failed_over(&mut s, [8 * MIB, 4 * MIB, 4 * MIB]);
+    for i in 0..3 {
+        scatter(&new[i], 15 + i as u64, 8, 64 * 1024);
+        scatter(&old[i], 60 + i as u64, 8, 64 * 1024);
+    }
+    s.a.restart(&[]);
+    succeeded(&ok(&b, &["group", "reprotect", "g1", "--wait"]));
+    let want: Vec<String> = new.iter().map(|p| hash_file(p)).collect();
+    let point = "migrate::prepared";
+    s.b.restart(&[("FAILPOINTS", &ferry_e2e::landing::hold_failpoints(point, 0))]);
+    let op = ok(&b, &["group", "migrate", "g1"]);
+    let id = op["operation"]["id"].to_string();
+    let running = || ok(&b, &["op", &id])["state"]["state"] == "running";
+    assert!(
+        ferry_e2e::landing::wait_reached(&s.b, point, Duration::from_secs(60), running),
+        "the fail-back never reached {point}"
+    );
+    s.b.restart(&[]);
+    let mut done = Value::Null;
+    wait_for("the interrupted fail-back to end", || {
+        done = ok(&b, &["op", &id]);
+        done["state"]["state"] != "running"
+    });
+    assert_eq!(done["state"]["state"], "failed", "{done}");
+    assert_eq!(show(&b)["group"]["state"], "migration_failed");
+    succeeded(&ok(&b, &["group", "migrate", "g1", "--wait"]));
+    let home = show(&a);
+    assert_eq!(home["group"]["role"], "primary", "{home}");
+    for r in home["resources"].as_array().unwrap() {
+        let path = r["uri"].as_str().unwrap().strip_prefix("file:").unwrap();
+        let i = NAMES
+            .iter()
+            .position(|n| *n == r["standby_target"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(
+            hash_file(Path::new(path)),
+            want[i],
+            "{path} after fail-back"
+        );
+    }
+}
+
 #[test]
 fn reprotect_is_refused_before_a_failover_and_on_the_old_primary() {
     let s = paired();
