@@ -205,7 +205,8 @@ impl Standby {
             return Ok(OsString::from(name.into_owned()));
         };
         let spec = RbdSpec::parse(spec).map_err(|e| e.to_string())?;
-        if spec.pool != rbd.pool_name() || spec.snap.is_some() {
+        let standby = rbd.image_spec(&spec.image);
+        if spec.pool != standby.pool || spec.namespace != standby.namespace || spec.snap.is_some() {
             return Err(format!(
                 "restore writes into the standby pool {}: give --out NAME or rbd:{}/NAME",
                 rbd.pool_name(),
@@ -249,10 +250,20 @@ impl Standby {
         }
     }
 
-    /// The RBD pool of the standby images (RBD backend only).
+    /// The RBD pool of the standby images, `POOL` or `POOL/NAMESPACE`
+    /// (RBD backend only).
     pub fn rbd_pool(&self) -> Result<&str, StoreError> {
         match self {
             Self::Rbd(s) => Ok(s.pool_name()),
+            Self::Files(_) => Err(not_backend("rbd")),
+        }
+    }
+
+    /// The `rbd` address of image `image` of the standby pool (RBD backend
+    /// only).
+    pub fn rbd_image_spec(&self, image: &str) -> Result<RbdSpec, StoreError> {
+        match self {
+            Self::Rbd(s) => Ok(s.image_spec(image)),
             Self::Files(_) => Err(not_backend("rbd")),
         }
     }

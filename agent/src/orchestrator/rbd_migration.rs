@@ -174,28 +174,23 @@ impl Orchestrator {
             let (img, d, c) = (image.clone(), dest.clone(), cluster.clone());
             let epoch = info.epoch;
             let what = format!("writing {image} at engine recovery point {engine_rp} to {dest}");
-            let (hash, pool) = self
+            let (hash, spec) = self
                 .on_store(what, move |st| {
-                    let pool = st.rbd_pool()?.to_owned();
+                    let spec = st.rbd_image_spec(&d)?;
                     st.restore_into(&img, rp, &d)?;
-                    let spec = RbdSpec {
-                        pool,
-                        image: d.clone(),
-                        snap: None,
-                    };
                     let seeded = |e: String| EngineStoreError::InvalidRequest {
                         reason: format!("seeding the replication base of {spec}: {e}"),
                     };
                     RbdSource::seed(&c, &spec, &state_dir, &tag, epoch)
                         .map_err(|e| seeded(e.to_string()))?;
                     let (hash, _) = image_hash(&c, &spec).map_err(|e| seeded(e.to_string()))?;
-                    Ok((hash, spec.pool))
+                    Ok((hash, spec))
                 })
                 .await?;
             plan.created_unix_ms = info.created_unix_ms;
             plan.images.push(MigratedImage {
                 image: image.to_string(),
-                uri: format!("rbd:{pool}/{dest}"),
+                uri: format!("rbd:{spec}"),
                 epoch: info.epoch.get(),
                 size: info.size,
                 blake3: hash,

@@ -82,7 +82,8 @@ impl RbdStandby {
             }
         }
         self.save(&ImageRecord::empty(image))?;
-        let from = crate::rbd::open_pool(cluster, &source.pool)
+        let from = source
+            .open_pool(cluster)
             .map_err(|e| StoreError::InvalidRequest {
                 reason: format!("opening pool {} for {source}: {e}", source.pool),
             })?

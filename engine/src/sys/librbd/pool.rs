@@ -7,9 +7,20 @@ use std::sync::Arc;
 use super::*;
 
 impl Pool {
-    /// The pool's name.
+    /// `POOL`, or `POOL/NAMESPACE` in an RBD namespace (as `rbd`
+    /// addresses images: `POOL[/NAMESPACE]/IMAGE`).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The pool's name alone.
+    pub fn pool_name(&self) -> &str {
+        &self.pool
+    }
+
+    /// The RBD namespace (`None`: the pool's default one).
+    pub fn namespace(&self) -> Option<&str> {
+        self.namespace.as_deref()
     }
 
     pub(super) fn target(&self, image: &str) -> String {
@@ -105,7 +116,8 @@ impl Pool {
         }
     }
 
-    /// Another pool of the same cluster, by pool id.
+    /// Another pool of the same cluster, by pool id, in this I/O context's
+    /// namespace (librbd keeps an image and its group in one namespace).
     pub fn pool_by_id(&self, id: i64) -> Result<Arc<Pool>, CephError> {
         let mut buf = vec![0u8; 256];
         // SAFETY: connected cluster handle; `buf` has room for `len` bytes.
@@ -121,7 +133,7 @@ impl Pool {
         let name = CStr::from_bytes_until_nul(&buf)
             .map(|c| c.to_string_lossy().into_owned())
             .unwrap_or_default();
-        self.cluster.pool(&name)
+        self.cluster.pool(&name, self.namespace.as_deref())
     }
 
     /// Creates RBD group `name` in this pool; an existing one is fine.
