@@ -365,6 +365,8 @@ pub struct Cluster {
     handle: RadosT,
     api: &'static Api,
     name: String,
+    /// The cephx user, `client.ID`.
+    user: String,
 }
 
 // SAFETY: librados cluster handles may be used from any thread.
@@ -394,6 +396,7 @@ impl Cluster {
             handle,
             api,
             name: describe.clone(),
+            user: spec.user(),
         };
         let conf = match &spec.conf {
             Some(path) => Some(cstring("config path", &path.to_string_lossy())?),
@@ -449,6 +452,9 @@ impl Cluster {
         }
         // SAFETY: handle valid; configuration read.
         let rc = unsafe { (api.rados_connect)(cluster.handle) };
+        if rc >= 0 {
+            tracing::info!(cluster = %describe, "connected to the Ceph cluster");
+        }
         check(rc, "rados_connect", || {
             if [libc::ENOENT, libc::EACCES, libc::EPERM].contains(&rc.saturating_neg()) {
                 // librados says "No such file or directory" when it finds no
@@ -494,6 +500,22 @@ impl Cluster {
             pool: pool.to_owned(),
             namespace: namespace.map(str::to_owned),
         }))
+    }
+}
+
+impl Cluster {
+    /// `target` of a call that failed with `rc`, naming the cephx user
+    /// when the cluster refused the call (EPERM/EACCES): the user's caps
+    /// are what is missing.
+    fn annotate(&self, rc: c_int, target: String) -> String {
+        if [libc::EPERM, libc::EACCES].contains(&rc.saturating_neg()) {
+            format!(
+                "{target} as {} (the Ceph user lacks a cap: README \"Ceph users and caps\")",
+                self.user
+            )
+        } else {
+            target
+        }
     }
 }
 

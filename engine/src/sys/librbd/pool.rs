@@ -23,6 +23,17 @@ impl Pool {
         self.namespace.as_deref()
     }
 
+    /// `Err` for a failed call (`rc < 0`) on `target`; a refusal names the
+    /// cephx user.
+    pub(super) fn check(
+        &self,
+        rc: c_int,
+        op: &'static str,
+        target: impl FnOnce() -> String,
+    ) -> Result<(), CephError> {
+        check(rc, op, || self.cluster.annotate(rc, target()))
+    }
+
     pub(super) fn target(&self, image: &str) -> String {
         format!("{}/{}", self.name, image)
     }
@@ -39,7 +50,7 @@ impl Pool {
         let opts = Options::new(api, options)?;
         // SAFETY: valid ioctx, NUL-terminated name, live options handle.
         let rc = unsafe { (api.rbd_create4)(self.ioctx, c_name.as_ptr(), size, opts.handle) };
-        check(rc, "rbd_create4", || self.target(name))
+        self.check(rc, "rbd_create4", || self.target(name))
     }
 
     /// Makes image `name` of `dest` a copy-on-write clone of snapshot
@@ -75,7 +86,7 @@ impl Pool {
                 opts.handle,
             )
         };
-        check(rc, "rbd_clone3", || {
+        self.check(rc, "rbd_clone3", || {
             format!("{}@{snap} -> {}", self.target(parent), dest.target(name))
         })
     }
@@ -85,7 +96,7 @@ impl Pool {
         let c_name = cstring("image", name)?;
         // SAFETY: valid ioctx and name.
         let rc = unsafe { (self.cluster.api.rbd_remove)(self.ioctx, c_name.as_ptr()) };
-        check(rc, "rbd_remove", || self.target(name))
+        self.check(rc, "rbd_remove", || self.target(name))
     }
 
     /// Names of the pool's images, as its image directory lists them:
@@ -106,7 +117,7 @@ impl Pool {
                 capacity = size.max(capacity * 2);
                 continue;
             }
-            check(rc, "rbd_list", || self.target(""))?;
+            self.check(rc, "rbd_list", || self.target(""))?;
             let used = usize::try_from(rc).unwrap_or(0).min(buf.len());
             return Ok(buf[..used]
                 .split(|&b| b == 0)
@@ -129,7 +140,7 @@ impl Pool {
                 buf.len(),
             )
         };
-        check(rc, "rados_pool_reverse_lookup", || format!("pool id {id}"))?;
+        self.check(rc, "rados_pool_reverse_lookup", || format!("pool id {id}"))?;
         let name = CStr::from_bytes_until_nul(&buf)
             .map(|c| c.to_string_lossy().into_owned())
             .unwrap_or_default();
@@ -144,7 +155,7 @@ impl Pool {
         if rc == -libc::EEXIST {
             return Ok(());
         }
-        check(rc, "rbd_group_create", || self.target(name))
+        self.check(rc, "rbd_group_create", || self.target(name))
     }
 
     /// Removes RBD group `name` (its snapshots go, its images stay); an
@@ -156,7 +167,7 @@ impl Pool {
         if rc == -libc::ENOENT {
             return Ok(());
         }
-        check(rc, "rbd_group_remove", || self.target(name))
+        self.check(rc, "rbd_group_remove", || self.target(name))
     }
 
     /// Adds image `image` of pool `image_pool` to group `group` of this pool.
@@ -202,7 +213,7 @@ impl Pool {
                 c_image.as_ptr(),
             )
         };
-        check(rc, op, || {
+        self.check(rc, op, || {
             format!("{} / {}", self.target(group), image_pool.target(image))
         })
     }
@@ -236,7 +247,7 @@ impl Pool {
                 capacity = count.max(capacity * 2);
                 continue;
             }
-            check(rc, "rbd_group_image_list", || self.target(group))?;
+            self.check(rc, "rbd_group_image_list", || self.target(group))?;
             let count = count.min(buf.len());
             // SAFETY: frees the `count` entries librbd filled.
             unsafe {
@@ -266,7 +277,7 @@ impl Pool {
                 SNAP_CREATE_IGNORE_QUIESCE_ERROR,
             )
         };
-        check(rc, "rbd_group_snap_create2", || {
+        self.check(rc, "rbd_group_snap_create2", || {
             format!("{}@{snap}", self.target(group))
         })
     }
@@ -281,7 +292,7 @@ impl Pool {
         if rc == -libc::ENOENT {
             return Ok(());
         }
-        check(rc, "rbd_group_snap_remove", || {
+        self.check(rc, "rbd_group_snap_remove", || {
             format!("{}@{snap}", self.target(group))
         })
     }
@@ -349,7 +360,7 @@ impl Pool {
             Some(s) => format!("{}@{}", self.target(name), s),
             None => self.target(name),
         };
-        check(
+        self.check(
             rc,
             if read_only {
                 "rbd_open_read_only"
