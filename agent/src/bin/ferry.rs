@@ -85,7 +85,7 @@ enum Command {
     /// Write SOURCE (file:/a.raw) as an rbd diff (the `rbd export-diff`
     /// format) to PATH or `-` (stdout).
     ExportDiff {
-        /// file:/path/to/image.raw (rbd:POOL/IMAGE[@SNAP] needs the librbd backend).
+        /// file:/path/to/image.raw (rbd:POOL[/NAMESPACE]/IMAGE[@SNAP] needs the librbd backend).
         source: String,
         /// Output file (must not exist) or `-` for stdout.
         path: String,

@@ -1,5 +1,5 @@
 //! `ferry export-diff` and `ferry import-diff`: rbd diff interop for raw
-//! image files (`file:`) and RBD images (`rbd:POOL/IMAGE[@SNAP]`).
+//! image files (`file:`) and RBD images (`rbd:POOL[/NAMESPACE]/IMAGE[@SNAP]`).
 
 use std::fs::OpenOptions;
 use std::io::{self, BufWriter};
