@@ -209,11 +209,25 @@ impl ServeError {
             ServeError::Framing(FramingError::Decode(e)) => (ErrorCode::Malformed, e.to_string()),
             ServeError::Framing(e) => (ErrorCode::Internal, e.to_string()),
             ServeError::Refuse { code, message } => (*code, message.clone()),
-            ServeError::Store(e) => (store_error_code(e), e.to_string()),
+            ServeError::Store(e) => (store_error_code(e), with_causes(e)),
             ServeError::Join(e) => (ErrorCode::Internal, e.to_string()),
         };
-        ErrorFrame { code, message }
+        ErrorFrame::new(code, message)
     }
+}
+
+/// `e` and its causes, `": "`-joined: the primary's operator sees why the
+/// standby refused (e.g. the librbd call and the cephx user a cap is
+/// missing for), not only what it was doing.
+fn with_causes(e: &StoreError) -> String {
+    let mut out = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }
 
 fn store_error_code(e: &StoreError) -> ErrorCode {
