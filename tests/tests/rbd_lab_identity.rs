@@ -130,8 +130,8 @@ fn export_hash(scratch: &Path, site: &str, spec: &str) -> String {
 }
 
 /// Every image of `pool` (`POOL` or `POOL/NAMESPACE`) on both sites whose
-/// name contains `mark` removed on drop (groups first, clones before their
-/// parents), then the namespace if one was given.
+/// name contains `mark` (every image, with a namespace) removed on drop:
+/// their RBD groups first, clones before their parents, then the namespace.
 struct Cleanup {
     pool: String,
     mark: String,
@@ -148,11 +148,17 @@ impl Drop for Cleanup {
                 .output()
         };
         for site in ["site-a", "site-b"] {
-            if self.namespace {
-                if let Ok(out) = rbd_quiet(site, &["group", "ls", &self.pool]) {
-                    for group in String::from_utf8_lossy(&out.stdout).lines() {
-                        let _ =
-                            rbd_quiet(site, &["group", "rm", &format!("{}/{group}", self.pool)]);
+            // The RBD groups of our images (an image in a group cannot be
+            // removed; removing the group keeps its images).
+            if let Ok(out) = rbd_quiet(site, &["group", "ls", &self.pool]) {
+                for group in String::from_utf8_lossy(&out.stdout).lines() {
+                    let group = format!("{}/{group}", self.pool);
+                    let ours = self.namespace
+                        || rbd_quiet(site, &["group", "image", "ls", &group]).is_ok_and(|o| {
+                            String::from_utf8_lossy(&o.stdout).contains(self.mark.as_str())
+                        });
+                    if ours {
+                        let _ = rbd_quiet(site, &["group", "rm", &group]);
                     }
                 }
             }
