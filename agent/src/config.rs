@@ -5,6 +5,7 @@
 //! the file and applies what can change live (QoS limits, trusted peers).
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use ferry_engine::pipeline::PipelineConfig;
@@ -232,6 +233,17 @@ impl Default for AgentConfig {
     }
 }
 
+/// `--cluster`/`--conf`/`--id`/`--keyring` of this process' command line
+/// (`ferry-agent`), applied over `CEPH_ARGS` and the file's `[ceph]` by
+/// every [`AgentConfig::load`] of the process, SIGHUP reloads included.
+static COMMAND_LINE_CEPH: OnceLock<ferry_engine::rbd::ClusterSpec> = OnceLock::new();
+
+/// Sets the Ceph options of this process' command line (once, before the
+/// first [`AgentConfig::load`]; a second call is ignored).
+pub fn set_command_line_ceph(spec: ferry_engine::rbd::ClusterSpec) {
+    let _ = COMMAND_LINE_CEPH.set(spec);
+}
+
 /// The config file used for agent directory `dir`: `explicit`, else `DIR/config.toml` if present.
 pub fn config_path(dir: &Path, explicit: Option<&Path>) -> Option<PathBuf> {
     match explicit {
@@ -247,7 +259,8 @@ impl AgentConfig {
     /// Loads `path` (or the defaults when `None`).
     /// The process' `CEPH_ARGS` (`--id`, `--keyring`, `--cluster`,
     /// `--conf`) override the file's `[ceph]`, as they override ceph.conf
-    /// for the `rbd` tool.
+    /// for the `rbd` tool, and the command line
+    /// ([`set_command_line_ceph`]) overrides both.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let mut config = match path {
             None => Self::default(),
@@ -260,6 +273,9 @@ impl AgentConfig {
             }
         };
         config.ceph = config.ceph.with_env_ceph_args()?;
+        if let Some(flags) = COMMAND_LINE_CEPH.get() {
+            config.ceph = config.ceph.overlay(flags);
+        }
         Ok(config)
     }
 

@@ -9,8 +9,10 @@
 //!   two-image group is protected (RBD group capture), a dead client's
 //!   exclusive lock on a standby image is broken (blocklisting), the group
 //!   fails over to an older point (clones), and `ferry export-diff` /
-//!   `import-diff` run as those users (one through `CEPH_ARGS`). Both agents
-//!   log the user they connected as, never `client.admin`.
+//!   `import-diff` run as those users. The primary agent names its user in
+//!   its config, the standby agent and `import-diff` in `CEPH_ARGS`, the
+//!   other commands and `ferry-agent points` with `--id`/`--keyring`. Both
+//!   agents log the user they connected as, never `client.admin`.
 //! - A user with read-only caps is refused, with the user and the missing
 //!   cap named, and a user without a key is refused by name.
 //! - Two images of an RBD namespace replicate (one group recovery point)
@@ -223,16 +225,16 @@ fn lab_restricted_users_protect_capture_fail_over_and_diff_without_admin() {
     let (a_dir, b_dir) = (tmp.path().join("a"), tmp.path().join("b"));
     let (a_fp, b_fp) = (init_agent(&a_dir), init_agent(&b_dir));
     std::fs::write(a_dir.join("config.toml"), ua.ceph_section()).unwrap();
+    // The standby names its user in CEPH_ARGS (as a systemd unit's
+    // Environment= would), its config only the cluster.
     std::fs::write(
         b_dir.join("config.toml"),
-        format!(
-            "[standby]\nbackend = \"rbd\"\nrbd_pool = \"rbd\"\n{}",
-            ub.ceph_section()
-        ),
+        "[standby]\nbackend = \"rbd\"\nrbd_pool = \"rbd\"\n[ceph]\ncluster = \"site-b\"\n",
     )
     .unwrap();
+    let b_ceph_args = format!("--id {} --keyring {}", ub.id, ub.keyring());
     let mut a = Agent::start(&a_dir, &a_fp, &[]);
-    let b = Agent::start(&b_dir, &b_fp, &[]);
+    let mut b = Agent::start_with(&b_dir, &b_fp, &[], &[("CEPH_ARGS", b_ceph_args.as_str())]);
     let out = run(&b_dir, &["service", "key"]);
     assert!(out.status.success(), "{}", text(&out));
     let key = String::from_utf8(out.stdout).unwrap();
@@ -345,6 +347,33 @@ fn lab_restricted_users_protect_capture_fail_over_and_diff_without_admin() {
     }
     assert_connected_as(&a, &ua);
     assert_connected_as(&b, &ub);
+
+    // The offline tools take the user on their command line: a user with
+    // no key is refused (so the flags are what is used), the standby's
+    // user lists the points.
+    b.stop();
+    let points = |flags: &[String]| {
+        Command::new(bin("ferry-agent"))
+            .args(["points", "--dir", &b_dir.display().to_string(), &standby[0]])
+            .args(flags)
+            .env_remove("CEPH_ARGS")
+            .output()
+            .expect("ferry-agent points")
+    };
+    let nokey = strings(&["--id", &format!("{tag}nokey"), "--keyring", "/nonexistent"]);
+    let out = points(&nokey);
+    assert!(!out.status.success(), "points ran as a user without a key");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("client.{tag}nokey")),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = points(&ub.flags());
+    assert_ok(&out, "ferry-agent points as the standby's user");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("rp "),
+        "{out:?}"
+    );
 }
 
 #[test]

@@ -37,23 +37,20 @@ impl CephArgs {
         self.cluster.is_none() && self.conf.is_none() && self.id.is_none() && self.keyring.is_none()
     }
 
+    /// These options as a spec (unset fields `None`).
+    pub fn spec(&self) -> ClusterSpec {
+        ClusterSpec {
+            cluster: self.cluster.clone(),
+            conf: self.conf.clone(),
+            client_id: self.id.clone(),
+            keyring: self.keyring.clone(),
+        }
+    }
+
     /// These options applied over `base` (`--cluster` without `--conf`
     /// drops a configured file: the name selects one).
-    pub fn over(&self, mut base: ClusterSpec) -> ClusterSpec {
-        if self.cluster.is_some() {
-            base.cluster = self.cluster.clone();
-            base.conf = None;
-        }
-        if self.conf.is_some() {
-            base.conf = self.conf.clone();
-        }
-        if self.id.is_some() {
-            base.client_id = self.id.clone();
-        }
-        if self.keyring.is_some() {
-            base.keyring = self.keyring.clone();
-        }
-        base
+    pub fn over(&self, base: ClusterSpec) -> ClusterSpec {
+        base.overlay(&self.spec())
     }
 
     /// The cluster of a command without an agent directory: these options

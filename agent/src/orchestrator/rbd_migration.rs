@@ -33,7 +33,6 @@ use tracing::{info, warn};
 
 use super::migration::{MigratedImage, MigrationPlan};
 use super::{internal, CtlError, CtlResult, Orchestrator};
-use crate::config::{config_path, AgentConfig};
 use crate::control::{Group, Resource};
 use crate::durable::write_durably;
 use crate::replicate::{self, source_state_dir};
@@ -57,11 +56,12 @@ fn image_name(r: &Resource) -> CtlResult<ImageName> {
 }
 
 impl Orchestrator {
-    /// The Ceph cluster of this agent's `rbd:` volumes and RBD standby.
+    /// The Ceph cluster (and user) of this agent's `rbd:` volumes and RBD
+    /// standby: the configuration the agent runs with (its `--config`,
+    /// `CEPH_ARGS` and command line, as last reloaded), not a re-read of
+    /// `DIR/config.toml`, which a packaged agent does not use.
     fn ceph_cluster(&self) -> CtlResult<ClusterSpec> {
-        AgentConfig::load(config_path(&self.dir, None).as_deref())
-            .map(|c| c.ceph)
-            .map_err(|e| internal("loading the agent configuration")(e.into()))
+        Ok(self.replicator.config().ceph.clone())
     }
 
     fn rbd_volumes_path(&self, g: &Group) -> PathBuf {

@@ -60,6 +60,26 @@ impl ClusterSpec {
         }
     }
 
+    /// This spec with every option `top` sets applied over it (a
+    /// command line over a configuration): `top.cluster` without
+    /// `top.conf` drops a configured file, since the name selects one.
+    pub fn overlay(mut self, top: &ClusterSpec) -> Self {
+        if top.cluster.is_some() {
+            self.cluster = top.cluster.clone();
+            self.conf = None;
+        }
+        if top.conf.is_some() {
+            self.conf = top.conf.clone();
+        }
+        if top.client_id.is_some() {
+            self.client_id = top.client_id.clone();
+        }
+        if top.keyring.is_some() {
+            self.keyring = top.keyring.clone();
+        }
+        self
+    }
+
     /// This spec with the early options of `args` (a `CEPH_ARGS` value)
     /// applied over it; the last of a repeated option wins, and `--cluster`
     /// without `--conf` drops a configured file (the cluster name selects
@@ -161,6 +181,17 @@ mod tests {
             .unwrap();
         assert_eq!(s.client_id.as_deref(), Some("b"), "last wins; -- ends");
         assert_eq!(spec(""), ClusterSpec::default());
+    }
+
+    #[test]
+    fn overlays_what_the_top_sets_only() {
+        let base = spec("--conf /etc/ceph/dr.conf --id configured --keyring /k");
+        assert_eq!(base.clone().overlay(&ClusterSpec::default()), base);
+        let s = base.clone().overlay(&spec("--id top"));
+        assert_eq!(s.client_id.as_deref(), Some("top"));
+        assert_eq!((&s.conf, &s.keyring), (&base.conf, &base.keyring));
+        let s = base.overlay(&spec("--cluster b"));
+        assert_eq!((s.cluster.as_deref(), s.conf), (Some("b"), None));
     }
 
     #[test]
