@@ -532,7 +532,8 @@ pub const DEFAULT_CONFIG: &str = r#"# ferry-agent configuration. Every key is op
 # cluster = "ceph"
 # conf = "/etc/ceph/ceph.conf"
 # client_id = "admin"
-# keyring = "/etc/ceph/ceph.client.admin.keyring"
+# Default: librados' search, /etc/ceph/$cluster.$name.keyring first.
+# keyring = "/etc/ceph/ceph.client.ferry.keyring"
 # RBD sources read (and send) changed extents of one object closer than this
 # as one request: fewer OSD operations on both sites, a few more bytes on the
 # wire. Default: 16 KiB, or (send limit x 0.2 ms) when a send limit is set.

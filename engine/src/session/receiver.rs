@@ -771,3 +771,36 @@ fn stage_loop(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_refusal_carries_its_causes() {
+        let e = ServeError::Store(StoreError::Ceph {
+            context: "breaking stale locks of rbd/vm1".into(),
+            source: crate::sys::librbd::CephError::Call {
+                op: "rbd_lock_break",
+                target: "rbd/vm1 as client.ferry".into(),
+                source: std::io::Error::from_raw_os_error(libc::EACCES),
+            },
+        });
+        let frame = e.to_frame();
+        assert_eq!(frame.code, ErrorCode::Storage);
+        assert!(
+            frame.message.starts_with(
+                "RBD standby: breaking stale locks of rbd/vm1: rbd_lock_break rbd/vm1 as client.ferry: "
+            ),
+            "{}",
+            frame.message
+        );
+        let long = ServeError::Store(StoreError::InvalidRequest {
+            reason: "x".repeat(10_000),
+        });
+        assert!(
+            long.to_frame().message.len() <= 4096,
+            "cut to the frame cap"
+        );
+    }
+}
