@@ -17,8 +17,9 @@
 //!   cap named, and a user without a key is refused by name.
 //! - Two images of an RBD namespace replicate (one group recovery point)
 //!   into a namespace of the standby pool, as users whose caps cover only
-//!   those namespaces (and no mgr cap); verify, an incremental cycle and
-//!   the diff commands work on `rbd:POOL/NAMESPACE/IMAGE` addresses.
+//!   those namespaces (and no mgr cap); verify, an incremental cycle, the
+//!   diff commands and a restore work on `rbd:POOL/NAMESPACE/IMAGE`
+//!   addresses.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -538,12 +539,13 @@ fn lab_replicates_between_rbd_namespaces_as_namespace_limited_users() {
         assert_ok(&out, "ferry sync between namespaces");
         serde_json::from_slice(&out.stdout).expect("sync --json")
     };
+    let mut rp = 0;
     for round in 0..2 {
         if round == 1 {
             write_ns(&ns, images[0], 10);
         }
         let report = sync();
-        let rp = report["recovery_point"].as_u64().expect("rp");
+        rp = report["recovery_point"].as_u64().expect("rp");
         for image in images {
             assert_eq!(
                 export_hash(&scratch, "site-b", &format!("{pool}/{image}@ferry-rp-{rp}")),
@@ -597,4 +599,40 @@ fn lab_replicates_between_rbd_namespaces_as_namespace_limited_users() {
         export_hash(&scratch, "site-a", &snap)
     );
     assert_connected_as(&pair.standby, &ub);
+
+    // Restore (agent stopped) writes into the standby's namespace, and
+    // refuses another one.
+    let mut pair = pair;
+    pair.standby.stop();
+    let standby_dir = pair.standby.dir.display().to_string();
+    let restore = |out: &str| {
+        Command::new(bin("ferry-agent"))
+            .args([
+                "restore",
+                "--dir",
+                &standby_dir,
+                "vol0",
+                "--rp",
+                &rp.to_string(),
+            ])
+            .args(["--out", out])
+            .env_remove("CEPH_ARGS")
+            .output()
+            .expect("ferry-agent restore")
+    };
+    let refused = restore("rbd:rbd/restored");
+    assert!(!refused.status.success(), "restore into another namespace");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains(&format!("rbd:{pool}/NAME")),
+        "{refused:?}"
+    );
+    assert_ok(
+        &restore(&format!("rbd:{pool}/restored")),
+        "ferry-agent restore",
+    );
+    assert_eq!(
+        export_hash(&scratch, "site-b", &format!("{pool}/restored")),
+        export_hash(&scratch, "site-b", &format!("{pool}/vol0@ferry-rp-{rp}")),
+        "the restored image is the point"
+    );
 }
