@@ -19,7 +19,8 @@
 //!   into a namespace of the standby pool, as users whose caps cover only
 //!   those namespaces (and no mgr cap); verify, an incremental cycle, the
 //!   diff commands and a restore work on `rbd:POOL/NAMESPACE/IMAGE`
-//!   addresses.
+//!   addresses. Such a user cannot open an image of another namespace, and
+//!   a group recovery point across namespaces is refused by name.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -554,6 +555,51 @@ fn lab_replicates_between_rbd_namespaces_as_namespace_limited_users() {
             );
         }
     }
+    // Images of two namespaces cannot share a group recovery point: refused
+    // by name before anything is made.
+    let _default_cleanup = Cleanup {
+        pool: "rbd".into(),
+        mark: tag.clone(),
+        namespace: false,
+    };
+    let stray = format!("{tag}-default");
+    rbd(
+        "site-a",
+        &["create", "--size", "8", &format!("rbd/{stray}")],
+    );
+    let mixed = strings(&[
+        "sync",
+        "--dir",
+        &dir,
+        &format!("rbd:{pool}/vol0"),
+        &pair.standby.target("vol0"),
+        &format!("rbd:rbd/{stray}"),
+        &pair.standby.target("stray"),
+        "--peer",
+        &pair.standby.fingerprint,
+    ]);
+    // The namespace-limited user cannot even open the other image…
+    let out = ferry_env(&mixed, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !out.status.success(),
+        "a namespace-limited user left its namespace"
+    );
+    assert!(
+        stderr.contains(&format!("rbd/{stray} as client.{}", ua.id)),
+        "{stderr}"
+    );
+    // …and a pool-wide user is refused the group.
+    let wide = CephUser::create("site-a", &format!("{tag}-wide"), &AGENT_CAPS, tmp.path());
+    let mut mixed = mixed;
+    mixed.extend(wide.flags());
+    let out = ferry_env(&mixed, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !out.status.success(),
+        "a group across namespaces was accepted"
+    );
+    assert!(stderr.contains("must be in one RBD namespace"), "{stderr}");
     let default_ns = String::from_utf8_lossy(&rbd("site-b", &["ls", "rbd"]).stdout).to_string();
     for image in images {
         assert!(
