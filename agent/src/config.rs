@@ -5,6 +5,7 @@
 //! the file and applies what can change live (QoS limits, trusted peers).
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use ferry_engine::pipeline::PipelineConfig;
@@ -45,6 +46,9 @@ pub enum ConfigError {
         /// What is wrong.
         reason: String,
     },
+    /// The `CEPH_ARGS` environment variable cannot be used.
+    #[error(transparent)]
+    CephArgs(#[from] ferry_engine::rbd::CephArgsError),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -100,6 +104,7 @@ struct RawCeph {
     cluster: Option<String>,
     conf: Option<PathBuf>,
     client_id: Option<String>,
+    keyring: Option<PathBuf>,
     coalesce_gap: Option<String>,
 }
 
@@ -116,6 +121,7 @@ struct RawStandby {
     retention: Option<usize>,
     backend: Option<String>,
     rbd_pool: Option<String>,
+    rbd_namespace: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -164,6 +170,8 @@ pub enum StandbyBackend {
     Rbd {
         /// The pool.
         pool: String,
+        /// The pool's RBD namespace (`None`: the default namespace).
+        namespace: Option<String>,
     },
 }
 
@@ -225,6 +233,17 @@ impl Default for AgentConfig {
     }
 }
 
+/// `--cluster`/`--conf`/`--id`/`--keyring` of this process' command line
+/// (`ferry-agent`), applied over `CEPH_ARGS` and the file's `[ceph]` by
+/// every [`AgentConfig::load`] of the process, SIGHUP reloads included.
+static COMMAND_LINE_CEPH: OnceLock<ferry_engine::rbd::ClusterSpec> = OnceLock::new();
+
+/// Sets the Ceph options of this process' command line (once, before the
+/// first [`AgentConfig::load`]; a second call is ignored).
+pub fn set_command_line_ceph(spec: ferry_engine::rbd::ClusterSpec) {
+    let _ = COMMAND_LINE_CEPH.set(spec);
+}
+
 /// The config file used for agent directory `dir`: `explicit`, else `DIR/config.toml` if present.
 pub fn config_path(dir: &Path, explicit: Option<&Path>) -> Option<PathBuf> {
     match explicit {
@@ -238,15 +257,26 @@ pub fn config_path(dir: &Path, explicit: Option<&Path>) -> Option<PathBuf> {
 
 impl AgentConfig {
     /// Loads `path` (or the defaults when `None`).
+    /// The process' `CEPH_ARGS` (`--id`, `--keyring`, `--cluster`,
+    /// `--conf`) override the file's `[ceph]`, as they override ceph.conf
+    /// for the `rbd` tool, and the command line
+    /// ([`set_command_line_ceph`]) overrides both.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
-        let Some(path) = path else {
-            return Ok(Self::default());
+        let mut config = match path {
+            None => Self::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                Self::parse(&text, path)?
+            }
         };
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::parse(&text, path)
+        config.ceph = config.ceph.with_env_ceph_args()?;
+        if let Some(flags) = COMMAND_LINE_CEPH.get() {
+            config.ceph = config.ceph.overlay(flags);
+        }
+        Ok(config)
     }
 
     /// Parses TOML text (`path` is only for messages).
@@ -299,6 +329,7 @@ impl AgentConfig {
             cluster: raw.ceph.cluster,
             conf: raw.ceph.conf,
             client_id: raw.ceph.client_id,
+            keyring: raw.ceph.keyring,
         };
         if let Some(gap) = raw.ceph.coalesce_gap {
             let n = parse_bytes(&gap).map_err(unit("ceph.coalesce_gap"))?;
@@ -413,20 +444,36 @@ fn apply_pipeline(
     Ok(())
 }
 
-/// The standby backend of the `[standby]` section (`backend`, `rbd_pool`).
+/// The standby backend of the `[standby]` section (`backend`, `rbd_pool`,
+/// `rbd_namespace`).
 fn standby_backend(raw: RawStandby, invalid: &Invalid) -> Result<StandbyBackend, ConfigError> {
-    let backend = match (raw.backend.as_deref(), raw.rbd_pool) {
-        (None | Some("files"), None) => StandbyBackend::Files,
-        (None | Some("files"), Some(_)) => {
+    let backend = match (raw.backend.as_deref(), raw.rbd_pool, raw.rbd_namespace) {
+        (None | Some("files"), None, None) => StandbyBackend::Files,
+        (None | Some("files"), pool, _) => {
             return Err(invalid(
-                "standby.rbd_pool",
+                if pool.is_some() {
+                    "standby.rbd_pool"
+                } else {
+                    "standby.rbd_namespace"
+                },
                 "set only with backend = \"rbd\"".into(),
             ))
         }
-        (Some("rbd"), pool) => StandbyBackend::Rbd {
-            pool: pool.unwrap_or_else(|| "rbd".to_owned()),
-        },
-        (Some(other), _) => {
+        (Some("rbd"), pool, namespace) => {
+            if let Some(ns) = &namespace {
+                if ns.is_empty() || ns.contains(['/', '@', '\0']) {
+                    return Err(invalid(
+                        "standby.rbd_namespace",
+                        format!("{ns:?} is not an RBD namespace name"),
+                    ));
+                }
+            }
+            StandbyBackend::Rbd {
+                pool: pool.unwrap_or_else(|| "rbd".to_owned()),
+                namespace,
+            }
+        }
+        (Some(other), _, _) => {
             return Err(invalid(
                 "standby.backend",
                 format!("{other:?} is not files or rbd"),
@@ -473,13 +520,20 @@ pub const DEFAULT_CONFIG: &str = r#"# ferry-agent configuration. Every key is op
 # an RBD pool, recovery points as RBD snapshots ferry-rp-ID).
 # backend = "files"
 # rbd_pool = "rbd"
+# An RBD namespace of that pool (`rbd namespace create POOL/NS` first);
+# default: the pool's default namespace.
+# rbd_namespace = "dr"
 
 [ceph]
 # The cluster of rbd: sources and of an RBD standby (librbd is loaded at run
 # time; install librbd1). Defaults: /etc/ceph/ceph.conf, client.admin.
+# Run as a least-privileged Ceph user (README "Ceph users and caps"); CEPH_ARGS
+# (e.g. "--id ferry") overrides these, as it does for the rbd tool.
 # cluster = "ceph"
 # conf = "/etc/ceph/ceph.conf"
 # client_id = "admin"
+# Default: librados' search, /etc/ceph/$cluster.$name.keyring first.
+# keyring = "/etc/ceph/ceph.client.ferry.keyring"
 # RBD sources read (and send) changed extents of one object closer than this
 # as one request: fewer OSD operations on both sites, a few more bytes on the
 # wire. Default: 16 KiB, or (send limit x 0.2 ms) when a send limit is set.
@@ -553,11 +607,40 @@ mod tests {
             Path::new("x"),
         )
         .unwrap();
-        assert_eq!(c.standby_backend, StandbyBackend::Rbd { pool: "dr".into() });
+        assert_eq!(
+            c.standby_backend,
+            StandbyBackend::Rbd {
+                pool: "dr".into(),
+                namespace: None
+            }
+        );
         assert_eq!(c.ceph.cluster.as_deref(), Some("site-b"));
         assert_eq!(c.coalesce_gap, Some(16 * 1024));
         assert!(AgentConfig::parse("[standby]\nbackend = \"nfs\"\n", Path::new("x")).is_err());
         assert!(AgentConfig::parse("[standby]\nrbd_pool = \"x\"\n", Path::new("x")).is_err());
+        let c = AgentConfig::parse(
+            "[standby]\nbackend = \"rbd\"\nrbd_namespace = \"tenant\"\n\
+             [ceph]\nclient_id = \"ferry-dr\"\nkeyring = \"/etc/ceph/k\"\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.standby_backend,
+            StandbyBackend::Rbd {
+                pool: "rbd".into(),
+                namespace: Some("tenant".into())
+            }
+        );
+        assert_eq!(c.ceph.client_id.as_deref(), Some("ferry-dr"));
+        assert_eq!(c.ceph.keyring.as_deref(), Some(Path::new("/etc/ceph/k")));
+        for bad in [
+            "[standby]\nrbd_namespace = \"x\"\n",
+            "[standby]\nbackend = \"rbd\"\nrbd_namespace = \"a/b\"\n",
+            "[standby]\nbackend = \"rbd\"\nrbd_namespace = \"\"\n",
+        ] {
+            let err = AgentConfig::parse(bad, Path::new("x")).unwrap_err();
+            assert!(err.to_string().contains("rbd_namespace"), "{bad}: {err}");
+        }
         let c = AgentConfig::parse(
             "[metrics]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"journald\"\n",
             Path::new("x"),

@@ -172,9 +172,10 @@ pub async fn open_standby(dir: &Path, config: &AgentConfig) -> Result<Standby> {
             StandbyBackend::Files => {
                 StandbyStore::open(&store_dir, StoreConfig { retention })?.into()
             }
-            StandbyBackend::Rbd { pool } => RbdStandby::open(&RbdStandbyConfig {
+            StandbyBackend::Rbd { pool, namespace } => RbdStandby::open(&RbdStandbyConfig {
                 cluster,
                 pool,
+                namespace,
                 dir: store_dir.join("rbd-standby"),
                 retention,
             })?

@@ -139,7 +139,14 @@ pub async fn run(work: &Path, size: u64) -> Result<()> {
         "the link cut did not force a reconnect"
     );
 
-    let report = sync_verify::verify(&primary_dir, &source, &target, standby.fingerprint()).await?;
+    let report = sync_verify::verify(
+        &primary_dir,
+        &source,
+        &target,
+        standby.fingerprint(),
+        &ferry_engine::rbd::ClusterSpec::default(),
+    )
+    .await?;
     println!(
         "7. verify by hashes: source and standby are {} at recovery point {} ({:.2}s, no data copied)",
         if report.equal { "IDENTICAL" } else { "DIFFERENT" },

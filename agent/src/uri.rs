@@ -1,4 +1,4 @@
-//! Operator-facing addresses: `file:/path` and `rbd:POOL/IMAGE` sources and
+//! Operator-facing addresses: `file:/path` and `rbd:POOL[/NAMESPACE]/IMAGE` sources and
 //! `quic://HOST:PORT/NAME` standby targets.
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -11,7 +11,7 @@ use ferry_protocol::ImageName;
 pub enum UriError {
     /// The source is not of a supported kind.
     #[error(
-        "unsupported source {0:?}: use file:/path/to/image.raw (a raw image file or block device), rbd:POOL/IMAGE or diff:DIR (rbd export-diff files)"
+        "unsupported source {0:?}: use file:/path/to/image.raw (a raw image file or block device), rbd:POOL[/NAMESPACE]/IMAGE or diff:DIR (rbd export-diff files)"
     )]
     UnsupportedSource(String),
     /// An `rbd:` source that does not parse.
@@ -32,7 +32,7 @@ pub enum UriError {
 pub enum SourceUri {
     /// A raw image file or block device.
     File(PathBuf),
-    /// An RBD image (`rbd:POOL/IMAGE`).
+    /// An RBD image (`rbd:POOL[/NAMESPACE]/IMAGE`).
     Rbd(ferry_engine::rbd::RbdSpec),
     /// A directory of `rbd export-diff` files applied in name order (`diff:DIR`).
     Diff(PathBuf),
@@ -50,7 +50,7 @@ impl std::fmt::Display for SourceUri {
 
 impl SourceUri {
     /// Parses `file:/path` (a bare absolute or relative path is taken as a
-    /// file too) or `rbd:POOL/IMAGE`.
+    /// file too) or `rbd:POOL[/NAMESPACE]/IMAGE`.
     pub fn parse(input: &str) -> Result<Self, UriError> {
         if let Some(dir) = input.strip_prefix("diff:") {
             return Ok(Self::Diff(PathBuf::from(dir)));
@@ -121,6 +121,10 @@ mod tests {
             SourceUri::Rbd(spec) => {
                 assert_eq!((spec.pool.as_str(), spec.image.as_str()), ("pool", "img"))
             }
+            other => panic!("{other:?}"),
+        }
+        match SourceUri::parse("rbd:pool/tenant/img").unwrap() {
+            SourceUri::Rbd(spec) => assert_eq!(spec.namespace.as_deref(), Some("tenant")),
             other => panic!("{other:?}"),
         }
         assert!(SourceUri::parse("rbd:pool/img@snap").is_err());

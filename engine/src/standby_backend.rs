@@ -207,7 +207,8 @@ impl Standby {
             return Ok(OsString::from(name.into_owned()));
         };
         let spec = RbdSpec::parse(spec).map_err(|e| e.to_string())?;
-        if spec.pool != rbd.pool_name() || spec.snap.is_some() {
+        let standby = rbd.image_spec(&spec.image);
+        if spec.pool != standby.pool || spec.namespace != standby.namespace || spec.snap.is_some() {
             return Err(format!(
                 "restore writes into the standby pool {}: give --out NAME or rbd:{}/NAME",
                 rbd.pool_name(),
@@ -237,7 +238,10 @@ impl Standby {
             // standby image of that name (failed over in place), and
             // becomes the copy again as it is.
             (Self::Rbd(s), AdoptSource::Rbd { spec, .. })
-                if spec.pool == s.pool_name() && spec.image == image.as_str() =>
+                if RbdSpec {
+                    snap: None,
+                    ..spec.clone()
+                } == s.image_spec(image.as_str()) =>
             {
                 s.adopt_in_place(image, epoch, rp, created_unix_ms)
             }
@@ -246,6 +250,15 @@ impl Standby {
             }
             (Self::Rbd(_), AdoptSource::File(_)) => Err(not_backend("files")),
             (Self::Files(_), AdoptSource::Rbd { .. }) => Err(not_backend("rbd")),
+        }
+    }
+
+    /// Whether `spec` (no snapshot) is this RBD standby's image `image`
+    /// itself (a volume failed over in place); never for the files backend.
+    pub fn is_own_image(&self, spec: &RbdSpec, image: &ImageName) -> bool {
+        match self {
+            Self::Rbd(s) => *spec == s.image_spec(image.as_str()),
+            Self::Files(_) => false,
         }
     }
 
@@ -259,10 +272,20 @@ impl Standby {
         }
     }
 
-    /// The RBD pool of the standby images (RBD backend only).
+    /// The RBD pool of the standby images, `POOL` or `POOL/NAMESPACE`
+    /// (RBD backend only).
     pub fn rbd_pool(&self) -> Result<&str, StoreError> {
         match self {
             Self::Rbd(s) => Ok(s.pool_name()),
+            Self::Files(_) => Err(not_backend("rbd")),
+        }
+    }
+
+    /// The `rbd` address of image `image` of the standby pool (RBD backend
+    /// only).
+    pub fn rbd_image_spec(&self, image: &str) -> Result<RbdSpec, StoreError> {
+        match self {
+            Self::Rbd(s) => Ok(s.image_spec(image)),
             Self::Files(_) => Err(not_backend("rbd")),
         }
     }

@@ -753,6 +753,7 @@ fn lab_removing_images_a_killed_client_left_half_made() {
             ..ClusterSpec::default()
         },
         pool: "rbd".into(),
+        namespace: None,
         dir: scratch.path().join("rbd-standby"),
         retention: 2,
     })

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{CommandFactory, Parser, Subcommand};
-use ferry_agent::config::{config_path, AgentConfig, DEFAULT_CONFIG};
+use ferry_agent::cli::ceph::CephArgs;
+use ferry_agent::config::{config_path, set_command_line_ceph, AgentConfig, DEFAULT_CONFIG};
 use ferry_agent::units::human_bytes;
 use ferry_engine::identity::Identity;
 use ferry_engine::standby_backend::Standby;
@@ -50,6 +51,9 @@ enum Command {
         /// 127.0.0.1:7480; port 0 picks a free one, see DIR/api.addr).
         #[arg(long)]
         api_listen: Option<String>,
+        /// The Ceph cluster and user (over CEPH_ARGS and the config's [ceph]).
+        #[command(flatten)]
+        ceph: CephArgs,
     },
     /// List the recovery points of a standby image (agent must be stopped).
     Points {
@@ -61,6 +65,9 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// The Ceph cluster and user (over CEPH_ARGS and the config's [ceph]).
+        #[command(flatten)]
+        ceph: CephArgs,
     },
     /// Write a standby image as it was at a recovery point into a new file,
     /// or (RBD standby) a new standalone image of the standby pool (agent
@@ -78,6 +85,9 @@ enum Command {
         /// image's name (or rbd:POOL/NAME with the standby pool).
         #[arg(long)]
         out: PathBuf,
+        /// The Ceph cluster and user (over CEPH_ARGS and the config's [ceph]).
+        #[command(flatten)]
+        ceph: CephArgs,
     },
     /// Print the shell completion script for SHELL on stdout.
     GenCompletions {
@@ -97,6 +107,9 @@ enum Command {
         dir: PathBuf,
         /// Image name.
         image: String,
+        /// The Ceph cluster and user (over CEPH_ARGS and the config's [ceph]).
+        #[command(flatten)]
+        ceph: CephArgs,
     },
 }
 
@@ -159,13 +172,21 @@ async fn main_inner(cli: Cli) -> Result<()> {
             trust,
             config,
             api_listen,
+            ceph,
         } => {
+            set_command_line_ceph(ceph.spec());
             let cfg = AgentConfig::load(config_path(&dir, config.as_deref()).as_deref())?;
             ferry_agent::init_logging("info", cfg.log_format);
             let trust = parse_fingerprints(&trust)?;
             ferry_agent::daemon::run(dir, listen, trust, config, api_listen).await?;
         }
-        Command::Points { dir, image, json } => {
+        Command::Points {
+            dir,
+            image,
+            json,
+            ceph,
+        } => {
+            set_command_line_ceph(ceph.spec());
             let image = ImageName::new(image)?;
             let (_lock, store) = open_store_offline(&dir).await?;
             let points = store.recovery_points(&image)?;
@@ -200,7 +221,9 @@ async fn main_inner(cli: Cli) -> Result<()> {
             image,
             rp,
             out,
+            ceph,
         } => {
+            set_command_line_ceph(ceph.spec());
             let image = ImageName::new(image)?;
             let (_lock, store) = open_store_offline(&dir).await?;
             let output = store.operator_output(&out).map_err(anyhow::Error::msg)?;
@@ -218,7 +241,8 @@ async fn main_inner(cli: Cli) -> Result<()> {
                 println!("{}", page.display());
             }
         }
-        Command::Rollback { dir, image } => {
+        Command::Rollback { dir, image, ceph } => {
+            set_command_line_ceph(ceph.spec());
             let image = ImageName::new(image)?;
             let (_lock, store) = open_store_offline(&dir).await?;
             let torn = store.rollback(&image)?;

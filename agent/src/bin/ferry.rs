@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{CommandFactory, Parser, Subcommand};
+use ferry_agent::cli::ceph::CephArgs;
 use ferry_agent::cli::sync_verify;
 use ferry_agent::uri::{SourceUri, TargetUri};
 use ferry_protocol::AgentId;
@@ -52,13 +53,9 @@ enum Command {
         /// Print one JSON object with the result on stdout.
         #[arg(long)]
         json: bool,
-        /// Ceph cluster name of rbd: sources (selects /etc/ceph/NAME.conf;
-        /// default from DIR/config.toml [ceph], else "ceph").
-        #[arg(long)]
-        cluster: Option<String>,
-        /// Ceph configuration file of rbd: sources.
-        #[arg(long)]
-        conf: Option<PathBuf>,
+        /// The Ceph cluster and user of rbd: sources.
+        #[command(flatten)]
+        ceph: CephArgs,
         /// Replicate blocks of file: sources that changed although nothing
         /// wrote them since the last recovery point (normally refused as
         /// possible corruption at rest), for this run.
@@ -81,11 +78,14 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// The Ceph cluster and user of an rbd: source.
+        #[command(flatten)]
+        ceph: CephArgs,
     },
     /// Write SOURCE (file:/a.raw) as an rbd diff (the `rbd export-diff`
     /// format) to PATH or `-` (stdout).
     ExportDiff {
-        /// file:/path/to/image.raw (rbd:POOL/IMAGE[@SNAP] needs the librbd backend).
+        /// file:/path/to/image.raw (rbd:POOL[/NAMESPACE]/IMAGE[@SNAP] needs the librbd backend).
         source: String,
         /// Output file (must not exist) or `-` for stdout.
         path: String,
@@ -105,12 +105,9 @@ enum Command {
         /// by `rbd export --export-format 2`.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
         export_format: u8,
-        /// Ceph cluster name (rbd: only).
-        #[arg(long)]
-        cluster: Option<String>,
-        /// Ceph configuration file (rbd: only).
-        #[arg(long)]
-        conf: Option<PathBuf>,
+        /// The Ceph cluster and user (rbd: only).
+        #[command(flatten)]
+        ceph: CephArgs,
         /// Print a JSON report on stderr.
         #[arg(long)]
         json: bool,
@@ -129,12 +126,9 @@ enum Command {
         /// Fail instead of creating a missing target.
         #[arg(long)]
         no_create: bool,
-        /// Ceph cluster name (rbd: only).
-        #[arg(long)]
-        cluster: Option<String>,
-        /// Ceph configuration file (rbd: only).
-        #[arg(long)]
-        conf: Option<PathBuf>,
+        /// The Ceph cluster and user (rbd: only).
+        #[command(flatten)]
+        ceph: CephArgs,
         /// Print a JSON report on stdout.
         #[arg(long)]
         json: bool,
@@ -260,8 +254,7 @@ async fn main_inner(cli: Cli) -> Result<ExitCode> {
             peer: fp,
             bwlimit,
             json,
-            cluster,
-            conf,
+            ceph,
             accept_changes_at_rest,
         } => {
             if more.len() % 2 != 0 {
@@ -281,7 +274,11 @@ async fn main_inner(cli: Cli) -> Result<ExitCode> {
                 bwlimit,
                 progress_bar: !json && std::io::stderr().is_terminal(),
                 tweak: None,
-                cluster: cluster_override(&dir, cluster, conf)?,
+                cluster: if ceph.is_empty() {
+                    None
+                } else {
+                    Some(ceph.for_dir(&dir)?)
+                },
                 progress: None,
                 accept_changes_at_rest,
             })
@@ -295,10 +292,12 @@ async fn main_inner(cli: Cli) -> Result<ExitCode> {
             target,
             peer: fp,
             json,
+            ceph,
         } => {
             let source = SourceUri::parse(&source)?;
             let target = TargetUri::parse(&target)?;
-            let report = sync_verify::verify(&dir, &source, &target, peer(&fp)?).await?;
+            let cluster = ceph.for_dir(&dir)?;
+            let report = sync_verify::verify(&dir, &source, &target, peer(&fp)?, &cluster).await?;
             print_verify_report(&source, &report, json)?;
             Ok(if report.equal {
                 ExitCode::SUCCESS
@@ -314,8 +313,7 @@ async fn main_inner(cli: Cli) -> Result<ExitCode> {
             from_snap_name,
             to_snap_name,
             export_format,
-            cluster,
-            conf,
+            ceph,
             json,
         } => {
             use ferry_agent::cli::export_import_diff;
@@ -327,11 +325,7 @@ async fn main_inner(cli: Cli) -> Result<ExitCode> {
                 from_snap_name,
                 to_snap_name,
                 image_v2: export_format == 2,
-                cluster: ferry_engine::rbd::ClusterSpec {
-                    cluster,
-                    conf,
-                    client_id: None,
-                },
+                cluster: ceph.standalone()?,
             })?;
             // stdout may carry the diff itself, so the report goes to stderr.
             if json {
@@ -346,8 +340,7 @@ async fn main_inner(cli: Cli) -> Result<ExitCode> {
             target,
             no_snap_check,
             no_create,
-            cluster,
-            conf,
+            ceph,
             json,
         } => {
             use ferry_agent::cli::export_import_diff;
@@ -356,11 +349,7 @@ async fn main_inner(cli: Cli) -> Result<ExitCode> {
                 target,
                 no_snap_check,
                 no_create,
-                cluster: ferry_engine::rbd::ClusterSpec {
-                    cluster,
-                    conf,
-                    client_id: None,
-                },
+                cluster: ceph.standalone()?,
             })?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
@@ -396,29 +385,6 @@ async fn main_inner(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-/// `--cluster`/`--conf` applied over the `[ceph]` section of DIR/config.toml.
-fn cluster_override(
-    dir: &std::path::Path,
-    cluster: Option<String>,
-    conf: Option<PathBuf>,
-) -> Result<Option<ferry_engine::rbd::ClusterSpec>> {
-    if cluster.is_none() && conf.is_none() {
-        return Ok(None);
-    }
-    let config = ferry_agent::config::AgentConfig::load(
-        ferry_agent::config::config_path(dir, None).as_deref(),
-    )?;
-    let mut spec = config.ceph;
-    if cluster.is_some() {
-        spec.cluster = cluster;
-        spec.conf = None;
-    }
-    if conf.is_some() {
-        spec.conf = conf;
-    }
-    Ok(Some(spec))
 }
 
 fn source_name(source: &SourceUri) -> String {

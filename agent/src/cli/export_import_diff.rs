@@ -1,12 +1,12 @@
 //! `ferry export-diff` and `ferry import-diff`: rbd diff interop for raw
-//! image files (`file:`) and RBD images (`rbd:POOL/IMAGE[@SNAP]`).
+//! image files (`file:`) and RBD images (`rbd:POOL[/NAMESPACE]/IMAGE[@SNAP]`).
 
 use std::fs::OpenOptions;
 use std::io::{self, BufWriter};
 use std::path::{Path, PathBuf};
 
 use ferry_engine::rbd::diff::{export_rbd, import_rbd, RbdImportOptions};
-use ferry_engine::rbd::{ClusterSpec, RbdSpec};
+use ferry_engine::rbd::{ClusterSpec, RbdError, RbdSpec};
 use ferry_engine::rbddiff::export::{self, ExportFormat, ExportOptions, ExportReport};
 use ferry_engine::rbddiff::import::{self, DiffInput, ImportOptions, ImportReport};
 
@@ -15,22 +15,15 @@ use ferry_engine::rbddiff::import::{self, DiffInput, ImportOptions, ImportReport
 pub enum ImageSpec {
     /// A raw image file or block device.
     File(PathBuf),
-    /// An RBD image (`rbd:POOL/IMAGE[@SNAP]`).
-    Rbd {
-        /// Pool.
-        pool: String,
-        /// Image.
-        image: String,
-        /// Snapshot.
-        snap: Option<String>,
-    },
+    /// An RBD image (`rbd:POOL[/NAMESPACE]/IMAGE[@SNAP]`).
+    Rbd(RbdSpec),
 }
 
 /// Errors of the diff commands.
 #[derive(Debug, thiserror::Error)]
 pub enum DiffCmdError {
     /// The image address could not be understood.
-    #[error("bad image {input:?}: {reason} (expected file:/path.raw or rbd:POOL/IMAGE[@SNAP])")]
+    #[error("bad image {input:?}: {reason} (expected file:/path.raw or rbd:POOL[/NAMESPACE]/IMAGE[@SNAP])")]
     BadSpec {
         /// What was given.
         input: String,
@@ -63,27 +56,19 @@ pub enum DiffCmdError {
 }
 
 impl ImageSpec {
-    /// Parses `file:/path`, `file:///path`, a bare path, or `rbd:POOL/IMAGE[@SNAP]`.
+    /// Parses `file:/path`, `file:///path`, a bare path, or
+    /// `rbd:POOL[/NAMESPACE]/IMAGE[@SNAP]`.
     pub fn parse(input: &str) -> Result<Self, DiffCmdError> {
         if let Some(rest) = input.strip_prefix("rbd:") {
-            let bad = |reason| DiffCmdError::BadSpec {
-                input: input.to_owned(),
-                reason,
-            };
-            let (spec, snap) = match rest.split_once('@') {
-                Some((s, snap)) if !snap.is_empty() => (s, Some(snap.to_owned())),
-                Some(_) => return Err(bad("empty snapshot name after @")),
-                None => (rest, None),
-            };
-            let (pool, image) = spec.split_once('/').ok_or_else(|| bad("missing POOL/"))?;
-            if pool.is_empty() || image.is_empty() {
-                return Err(bad("empty pool or image name"));
-            }
-            return Ok(Self::Rbd {
-                pool: pool.to_owned(),
-                image: image.to_owned(),
-                snap,
-            });
+            return RbdSpec::parse(rest)
+                .map(Self::Rbd)
+                .map_err(|e| DiffCmdError::BadSpec {
+                    input: input.to_owned(),
+                    reason: match e {
+                        RbdError::BadSpec { reason, .. } => reason,
+                        _ => "not an rbd address",
+                    },
+                });
         }
         let path = input
             .strip_prefix("file://")
@@ -136,7 +121,7 @@ pub fn export_diff(args: &ExportArgs) -> Result<ExportReport, DiffCmdError> {
     };
     let path = match source {
         ImageSpec::File(path) => path,
-        ImageSpec::Rbd { pool, image, snap } => {
+        ImageSpec::Rbd(spec) => {
             if args.from_file.is_some()
                 || args.from_snap_name.is_some()
                 || args.to_snap_name.is_some()
@@ -145,7 +130,6 @@ pub fn export_diff(args: &ExportArgs) -> Result<ExportReport, DiffCmdError> {
                     "--from-file/--from-snap-name/--to-snap-name are for file sources; an rbd: source names its snapshots (--from-snap S, SOURCE@SNAP)".into(),
                 ));
             }
-            let spec = RbdSpec { pool, image, snap };
             return with_output(&args.output, |out| {
                 Ok(export_rbd(
                     &args.cluster,
@@ -249,8 +233,7 @@ pub struct ImportArgs {
 pub fn import_diff(args: &ImportArgs) -> Result<ImportReport, DiffCmdError> {
     let target = match ImageSpec::parse(&args.target)? {
         ImageSpec::File(path) => path,
-        ImageSpec::Rbd { pool, image, snap } => {
-            let spec = RbdSpec { pool, image, snap };
+        ImageSpec::Rbd(spec) => {
             let options = RbdImportOptions {
                 check_snapshots: !args.no_snap_check,
                 create: !args.no_create,
@@ -346,13 +329,24 @@ mod tests {
         );
         assert_eq!(
             ImageSpec::parse("rbd:rbd/vol1@s1").unwrap(),
-            ImageSpec::Rbd {
+            ImageSpec::Rbd(RbdSpec {
                 pool: "rbd".into(),
+                namespace: None,
                 image: "vol1".into(),
                 snap: Some("s1".into())
-            }
+            })
+        );
+        assert_eq!(
+            ImageSpec::parse("rbd:rbd/tenant/vol1").unwrap(),
+            ImageSpec::Rbd(RbdSpec {
+                pool: "rbd".into(),
+                namespace: Some("tenant".into()),
+                image: "vol1".into(),
+                snap: None
+            })
         );
         assert!(ImageSpec::parse("rbd:vol1").is_err());
+        assert!(ImageSpec::parse("rbd:a/b/c/d").is_err());
         assert!(ImageSpec::parse("rbd:rbd/vol1@").is_err());
         assert!(ImageSpec::parse("s3://x").is_err());
     }

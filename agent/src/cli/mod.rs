@@ -21,6 +21,7 @@ use anyhow::Result;
 
 mod agent_api;
 mod args;
+pub mod ceph;
 mod commands;
 pub mod export_import_diff;
 mod render;

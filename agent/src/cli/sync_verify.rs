@@ -187,12 +187,15 @@ fn spawn_progress_bar(
     (bar, task)
 }
 
-/// Compares the source with the standby's copy by hashes.
+/// Compares the source with the standby's copy by hashes; an `rbd:` source
+/// is read from `cluster` (as [`crate::cli::ceph::CephArgs::for_dir`]
+/// resolves it).
 pub async fn verify(
     dir: &Path,
     source: &SourceUri,
     target: &TargetUri,
     peer: AgentId,
+    cluster: &ClusterSpec,
 ) -> Result<VerifyReport> {
     let identity = Identity::load(dir)?;
     let config = AgentConfig::load(config_path(dir, None).as_deref())?;
@@ -204,7 +207,7 @@ pub async fn verify(
         SourceUri::Rbd(spec) => {
             let state_dir = source_state_dir(dir, peer, &target.image);
             tokio::task::block_in_place(|| {
-                RbdSource::open_committed(&config.ceph, spec, &state_dir)
+                RbdSource::open_committed(cluster, spec, &state_dir)
             })
             .with_context(|| format!("opening the last replicated snapshot of {source}"))?
         }

@@ -449,7 +449,7 @@ pub struct Resource {
     /// Replication state.
     pub state: ResourceState,
     /// After a failover: where the resource's volume is now, in a form a
-    /// cloud platform adopts — `rbd:POOL/IMAGE` or `file:/PATH`.
+    /// cloud platform adopts — `rbd:POOL[/NAMESPACE]/IMAGE` or `file:/PATH`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume: Option<String>,
 }

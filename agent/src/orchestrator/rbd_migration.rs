@@ -33,7 +33,6 @@ use tracing::{info, warn};
 
 use super::migration::{MigratedImage, MigrationPlan};
 use super::{internal, CtlError, CtlResult, Orchestrator};
-use crate::config::{config_path, AgentConfig};
 use crate::control::{Group, Resource};
 use crate::durable::write_durably;
 use crate::replicate::{self, source_state_dir};
@@ -57,11 +56,12 @@ fn image_name(r: &Resource) -> CtlResult<ImageName> {
 }
 
 impl Orchestrator {
-    /// The Ceph cluster of this agent's `rbd:` volumes and RBD standby.
+    /// The Ceph cluster (and user) of this agent's `rbd:` volumes and RBD
+    /// standby: the configuration the agent runs with (its `--config`,
+    /// `CEPH_ARGS` and command line, as last reloaded), not a re-read of
+    /// `DIR/config.toml`, which a packaged agent does not use.
     pub(super) fn ceph_cluster(&self) -> CtlResult<ClusterSpec> {
-        AgentConfig::load(config_path(&self.dir, None).as_deref())
-            .map(|c| c.ceph)
-            .map_err(|e| internal("loading the agent configuration")(e.into()))
+        Ok(self.replicator.config().ceph.clone())
     }
 
     fn rbd_volumes_path(&self, g: &Group) -> PathBuf {
@@ -174,28 +174,23 @@ impl Orchestrator {
             let (img, d, c) = (image.clone(), dest.clone(), cluster.clone());
             let epoch = info.epoch;
             let what = format!("writing {image} at engine recovery point {engine_rp} to {dest}");
-            let (hash, pool) = self
+            let (hash, spec) = self
                 .on_store(what, move |st| {
-                    let pool = st.rbd_pool()?.to_owned();
+                    let spec = st.rbd_image_spec(&d)?;
                     st.restore_into(&img, rp, &d)?;
-                    let spec = RbdSpec {
-                        pool,
-                        image: d.clone(),
-                        snap: None,
-                    };
                     let seeded = |e: String| EngineStoreError::InvalidRequest {
                         reason: format!("seeding the replication base of {spec}: {e}"),
                     };
                     RbdSource::seed(&c, &spec, &state_dir, &tag, epoch)
                         .map_err(|e| seeded(e.to_string()))?;
                     let (hash, _) = image_hash(&c, &spec).map_err(|e| seeded(e.to_string()))?;
-                    Ok((hash, spec.pool))
+                    Ok((hash, spec))
                 })
                 .await?;
             plan.created_unix_ms = info.created_unix_ms;
             plan.images.push(MigratedImage {
                 image: image.to_string(),
-                uri: format!("rbd:{pool}/{dest}"),
+                uri: format!("rbd:{spec}"),
                 epoch: info.epoch.get(),
                 size: info.size,
                 blake3: hash,

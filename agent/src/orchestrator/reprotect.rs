@@ -115,12 +115,7 @@ impl Orchestrator {
                     ))
                 })?;
             if let SourceUri::Rbd(spec) = &volume {
-                let pool = self
-                    .receiver
-                    .store
-                    .rbd_pool()
-                    .map_err(|e| internal("the standby pool")(e.into()))?;
-                if spec.pool != pool || spec.image != image.as_str() {
+                if !self.receiver.store.is_own_image(spec, &image) {
                     return Err(CtlError::BadRequest(format!(
                         "reprotect of an RBD group needs its volumes failed over in place (the \
                          latest point, the standby images themselves); {} is {location}: delete \

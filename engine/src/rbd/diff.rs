@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
-use super::{open_pool, unix_ms, ClusterSpec, RbdError, RbdSpec};
+use super::{unix_ms, ClusterSpec, RbdError, RbdSpec};
 use crate::rbddiff::export::{Emitter, ExportError, ExportFormat, ExportOptions, ExportReport};
 use crate::rbddiff::import::ImportReport;
 use crate::rbddiff::parser::Event;
@@ -95,7 +95,7 @@ pub fn export_rbd<W: Write>(
                 .into(),
         });
     }
-    let pool = open_pool(cluster, &spec.pool)?;
+    let pool = spec.open_pool(cluster)?;
     let image = Arc::new(
         pool.open_read_only(&spec.image, spec.snap.as_deref())
             .map_err(ceph)?,
@@ -186,7 +186,7 @@ pub fn import_rbd(
             reason: "import into an image, not a snapshot".into(),
         });
     }
-    let pool = open_pool(cluster, &spec.pool)?;
+    let pool = spec.open_pool(cluster)?;
     let mut reader = Reader::new(input);
     let diff_error = |source: ReadError| RbdDiffError::Diff {
         input: input_name.to_owned(),

@@ -82,6 +82,18 @@ pub fn capture_group(sources: &mut [&mut RbdSource]) -> Result<bool, SourceError
             }));
         }
     }
+    let namespace = &sources[0].spec().namespace;
+    if let Some(other) = sources.iter().find(|s| &s.spec().namespace != namespace) {
+        return Err(SourceError::from(RbdError::Unsupported {
+            image: other.spec().to_string(),
+            reason: format!(
+                "the images of one group recovery point must be in one RBD namespace (librbd \
+                 keeps an RBD group and its images in one); {} is in {}",
+                sources[0].spec(),
+                namespace.as_deref().unwrap_or("the default namespace")
+            ),
+        }));
+    }
     let mut order: Vec<usize> = (0..sources.len()).collect();
     order.sort_by_key(|&i| sources[i].spec().to_string());
     let specs: Vec<String> = sources.iter().map(|s| s.spec().to_string()).collect();

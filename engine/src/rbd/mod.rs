@@ -18,6 +18,7 @@
 //! librbd is loaded at run time ([`crate::sys::librbd`]); nothing here needs
 //! Ceph's libraries until an `rbd:` address is used.
 
+mod ceph_args;
 pub mod diff;
 pub mod group;
 mod membership;
@@ -29,12 +30,16 @@ use std::sync::{Arc, Mutex, Weak};
 
 pub use crate::sys::librbd::{CephError, ClusterSpec, CreateOptions};
 use crate::sys::librbd::{Cluster, Pool};
+pub use ceph_args::CephArgsError;
 
-/// An RBD image address: `POOL/IMAGE[@SNAP]`.
+/// An RBD image address: `POOL[/NAMESPACE]/IMAGE[@SNAP]`, as `rbd` takes
+/// it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RbdSpec {
     /// Pool name.
     pub pool: String,
+    /// RBD namespace of the pool (`None`: the default namespace).
+    pub namespace: Option<String>,
     /// Image name.
     pub image: String,
     /// Snapshot name, if any.
@@ -42,20 +47,29 @@ pub struct RbdSpec {
 }
 
 impl RbdSpec {
-    /// Parses `POOL/IMAGE[@SNAP]`.
+    /// Parses `POOL[/NAMESPACE]/IMAGE[@SNAP]`.
     pub fn parse(input: &str) -> Result<Self, RbdError> {
         let bad = |reason: &'static str| RbdError::BadSpec {
             input: input.to_owned(),
             reason,
         };
-        let (pool, rest) = input.split_once('/').ok_or_else(|| bad("missing POOL/"))?;
-        let (image, snap) = match rest.split_once('@') {
-            Some((image, snap)) => (image, Some(snap)),
-            None => (rest, None),
+        let (path, snap) = match input.split_once('@') {
+            Some((path, snap)) => (path, Some(snap)),
+            None => (input, None),
+        };
+        let parts: Vec<&str> = path.split('/').collect();
+        let (pool, namespace, image) = match parts.as_slice() {
+            [pool, image] => (*pool, None, *image),
+            [pool, namespace, image] => (*pool, Some(*namespace), *image),
+            [_] => return Err(bad("missing POOL/")),
+            _ => return Err(bad("too many '/'")),
         };
         let valid = |s: &str| !s.is_empty() && !s.contains(['/', '@', '\0']);
         if !valid(pool) {
             return Err(bad("empty or invalid pool name"));
+        }
+        if namespace.is_some_and(|n| !valid(n)) {
+            return Err(bad("empty or invalid namespace name"));
         }
         if !valid(image) {
             return Err(bad("empty or invalid image name"));
@@ -65,15 +79,26 @@ impl RbdSpec {
         }
         Ok(Self {
             pool: pool.to_owned(),
+            namespace: namespace.map(str::to_owned),
             image: image.to_owned(),
             snap: snap.map(str::to_owned),
         })
+    }
+
+    /// Connects to `cluster` (or reuses a live connection) and opens this
+    /// address' pool, in its namespace.
+    pub fn open_pool(&self, cluster: &ClusterSpec) -> Result<Arc<Pool>, RbdError> {
+        open_pool(cluster, &self.pool, self.namespace.as_deref())
     }
 }
 
 impl std::fmt::Display for RbdSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.pool, self.image)?;
+        write!(f, "{}/", self.pool)?;
+        if let Some(namespace) = &self.namespace {
+            write!(f, "{namespace}/")?;
+        }
+        write!(f, "{}", self.image)?;
         if let Some(snap) = &self.snap {
             write!(f, "@{snap}")?;
         }
@@ -88,7 +113,7 @@ pub enum RbdError {
     #[error(transparent)]
     Ceph(#[from] CephError),
     /// An address could not be parsed.
-    #[error("bad rbd address {input:?}: {reason} (expected POOL/IMAGE[@SNAP])")]
+    #[error("bad rbd address {input:?}: {reason} (expected POOL[/NAMESPACE]/IMAGE[@SNAP])")]
     BadSpec {
         /// What was given.
         input: String,
@@ -128,8 +153,13 @@ impl From<RbdError> for crate::source::SourceError {
 /// share one librados client.
 static CLUSTERS: Mutex<Option<HashMap<ClusterSpec, Weak<Cluster>>>> = Mutex::new(None);
 
-/// Connects to the cluster (or reuses a live connection) and opens `pool`.
-pub fn open_pool(cluster: &ClusterSpec, pool: &str) -> Result<Arc<Pool>, RbdError> {
+/// Connects to the cluster (or reuses a live connection) and opens `pool`,
+/// in RBD namespace `namespace` (`None`: the pool's default namespace).
+pub fn open_pool(
+    cluster: &ClusterSpec,
+    pool: &str,
+    namespace: Option<&str>,
+) -> Result<Arc<Pool>, RbdError> {
     let connection = {
         let mut guard = CLUSTERS.lock().unwrap_or_else(|p| p.into_inner());
         let map = guard.get_or_insert_with(HashMap::new);
@@ -142,7 +172,7 @@ pub fn open_pool(cluster: &ClusterSpec, pool: &str) -> Result<Arc<Pool>, RbdErro
             }
         }
     };
-    Ok(connection.pool(pool)?)
+    Ok(connection.pool(pool, namespace)?)
 }
 
 /// BLAKE3 (hex) of every byte of image `spec` (at its snapshot if it names
@@ -151,7 +181,7 @@ pub fn open_pool(cluster: &ClusterSpec, pool: &str) -> Result<Arc<Pool>, RbdErro
 pub fn image_hash(cluster: &ClusterSpec, spec: &RbdSpec) -> Result<(String, u64), RbdError> {
     const PIECE: u64 = 4 << 20;
     const IN_FLIGHT: usize = 8;
-    let pool = open_pool(cluster, &spec.pool)?;
+    let pool = spec.open_pool(cluster)?;
     let image = Arc::new(pool.open_read_only(&spec.image, spec.snap.as_deref())?);
     let size = image.size()?;
     let mut hasher = blake3::Hasher::new();
@@ -199,7 +229,38 @@ mod tests {
         );
         assert_eq!(s.to_string(), "rbd/vm1@snap-1");
         assert_eq!(RbdSpec::parse("p/i").unwrap().snap, None);
-        for bad in ["", "rbd", "/img", "rbd/", "rbd/img@", "a/b/c", "rbd/@s"] {
+        assert_eq!(RbdSpec::parse("p/i").unwrap().namespace, None);
+        let s = RbdSpec::parse("rbd/tenant-1/vm1@snap-1").unwrap();
+        assert_eq!(
+            (
+                s.pool.as_str(),
+                s.namespace.as_deref(),
+                s.image.as_str(),
+                s.snap.as_deref()
+            ),
+            ("rbd", Some("tenant-1"), "vm1", Some("snap-1"))
+        );
+        assert_eq!(s.to_string(), "rbd/tenant-1/vm1@snap-1");
+        assert_eq!(
+            RbdSpec::parse("p/ns/i").unwrap().to_string(),
+            "p/ns/i",
+            "the display round-trips"
+        );
+        for bad in [
+            "",
+            "rbd",
+            "/img",
+            "rbd/",
+            "rbd/img@",
+            "a/b/c/d",
+            "rbd/@s",
+            "rbd//img",
+            "/ns/img",
+            "rbd/ns/",
+            "rbd/ns/img@",
+            "rbd/ns/@s",
+            "rbd/img@a/b",
+        ] {
             assert!(RbdSpec::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

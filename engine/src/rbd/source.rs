@@ -25,7 +25,7 @@ use ferry_protocol::{Epoch, ExtentKind};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
-use super::{open_pool, unix_ms, ClusterSpec, RbdError, RbdSpec};
+use super::{unix_ms, ClusterSpec, RbdError, RbdSpec};
 use crate::payload_codec::PlainExtent;
 use crate::source::{
     BufferPool, ChunkAnalyzer, ChunkBody, ChunkRecord, CyclePlan, ExtentSource, ImageInfo,
@@ -205,7 +205,7 @@ impl RbdSource {
             path: state_dir.to_path_buf(),
             source,
         })?;
-        let pool = open_pool(cluster, &spec.pool).map_err(state_error)?;
+        let pool = spec.open_pool(cluster).map_err(state_error)?;
         let head = Arc::new(pool.open(&spec.image).map_err(|e| state_error(e.into()))?);
         let path = state_dir.join(STATE_FILE);
         let state =
@@ -262,7 +262,7 @@ impl RbdSource {
                 reason: "nothing of this image has been replicated to that standby yet",
             });
         };
-        let pool = open_pool(cluster, &spec.pool).map_err(state_error)?;
+        let pool = spec.open_pool(cluster).map_err(state_error)?;
         let image = pool
             .open_read_only(&spec.image, Some(&committed.snap))
             .map_err(|e| state_error(e.into()))?;

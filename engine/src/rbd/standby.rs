@@ -56,6 +56,8 @@ pub struct RbdStandbyConfig {
     pub cluster: ClusterSpec,
     /// Pool holding the standby images (named as the primary names them).
     pub pool: String,
+    /// RBD namespace of the pool the images live in (`None`: the default).
+    pub namespace: Option<String>,
     /// Local directory for bookkeeping.
     pub dir: PathBuf,
     /// Recovery points (snapshots) kept per image, 1..=64.
@@ -85,9 +87,13 @@ impl RbdStandby {
         if file.try_lock().is_err() {
             return Err(StoreError::Locked { path: lock_path });
         }
-        let pool = open_pool(&config.cluster, &config.pool).map_err(|e| match e {
+        let namespace = config.namespace.as_deref();
+        let pool = open_pool(&config.cluster, &config.pool, namespace).map_err(|e| match e {
             super::RbdError::Ceph(source) => StoreError::Ceph {
-                context: format!("opening pool {}", config.pool),
+                context: match namespace {
+                    Some(ns) => format!("opening pool {} namespace {ns}", config.pool),
+                    None => format!("opening pool {}", config.pool),
+                },
                 source,
             },
             other => StoreError::InvalidConfig {
@@ -107,9 +113,20 @@ impl RbdStandby {
         Ok(store)
     }
 
-    /// The pool the images live in.
+    /// The pool the images live in: `POOL`, or `POOL/NAMESPACE` in an RBD
+    /// namespace (so `{pool_name}/{image}` is an image's `rbd` address).
     pub fn pool_name(&self) -> &str {
         self.inner.pool.name()
+    }
+
+    /// The `rbd` address of image `image` of the standby pool.
+    pub fn image_spec(&self, image: &str) -> super::RbdSpec {
+        super::RbdSpec {
+            pool: self.inner.pool.pool_name().to_owned(),
+            namespace: self.inner.pool.namespace().map(str::to_owned),
+            image: image.to_owned(),
+            snap: None,
+        }
     }
     /// The images the store holds.
     pub fn images(&self) -> Result<Vec<ImageName>, StoreError> {

@@ -209,11 +209,25 @@ impl ServeError {
             ServeError::Framing(FramingError::Decode(e)) => (ErrorCode::Malformed, e.to_string()),
             ServeError::Framing(e) => (ErrorCode::Internal, e.to_string()),
             ServeError::Refuse { code, message } => (*code, message.clone()),
-            ServeError::Store(e) => (store_error_code(e), e.to_string()),
+            ServeError::Store(e) => (store_error_code(e), with_causes(e)),
             ServeError::Join(e) => (ErrorCode::Internal, e.to_string()),
         };
-        ErrorFrame { code, message }
+        ErrorFrame::new(code, message)
     }
+}
+
+/// `e` and its causes, `": "`-joined: the primary's operator sees why the
+/// standby refused (e.g. the librbd call and the cephx user a cap is
+/// missing for), not only what it was doing.
+fn with_causes(e: &StoreError) -> String {
+    let mut out = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }
 
 fn store_error_code(e: &StoreError) -> ErrorCode {
@@ -755,5 +769,38 @@ fn stage_loop(
                 return Ok(());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_refusal_carries_its_causes() {
+        let e = ServeError::Store(StoreError::Ceph {
+            context: "breaking stale locks of rbd/vm1".into(),
+            source: crate::sys::librbd::CephError::Call {
+                op: "rbd_lock_break",
+                target: "rbd/vm1 as client.ferry".into(),
+                source: std::io::Error::from_raw_os_error(libc::EACCES),
+            },
+        });
+        let frame = e.to_frame();
+        assert_eq!(frame.code, ErrorCode::Storage);
+        assert!(
+            frame.message.starts_with(
+                "RBD standby: breaking stale locks of rbd/vm1: rbd_lock_break rbd/vm1 as client.ferry: "
+            ),
+            "{}",
+            frame.message
+        );
+        let long = ServeError::Store(StoreError::InvalidRequest {
+            reason: "x".repeat(10_000),
+        });
+        assert!(
+            long.to_frame().message.len() <= 4096,
+            "cut to the frame cap"
+        );
     }
 }

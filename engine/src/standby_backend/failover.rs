@@ -51,7 +51,7 @@ impl VolumeMethod {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Volume {
     /// Where it is, as ferry names volumes (and a cloud platform adopts
-    /// them): `file:/ABSOLUTE/PATH` or `rbd:POOL/IMAGE`.
+    /// them): `file:/ABSOLUTE/PATH` or `rbd:POOL[/NAMESPACE]/IMAGE`.
     pub location: String,
     /// How it was made.
     pub method: VolumeMethod,

@@ -130,7 +130,7 @@ fn keep_split_brain(
     let fail = |what: &str, e: &dyn std::fmt::Display| StoreError::InvalidRequest {
         reason: format!("{what} {spec}@{keep_snap}: {e}"),
     };
-    let pool = crate::rbd::open_pool(cluster, &spec.pool).map_err(|e| fail("opening", &e))?;
+    let pool = spec.open_pool(cluster).map_err(|e| fail("opening", &e))?;
     let head = pool.open(&spec.image).map_err(|e| fail("opening", &e))?;
     if !head
         .snap_exists(keep_snap)

@@ -221,10 +221,12 @@ api! {
     rados: rados_create2: fn(*mut RadosT, *const c_char, *const c_char, u64) -> c_int;
     rados: rados_conf_read_file: fn(RadosT, *const c_char) -> c_int;
     rados: rados_conf_set: fn(RadosT, *const c_char, *const c_char) -> c_int;
+    rados: rados_conf_parse_env: fn(RadosT, *const c_char) -> c_int;
     rados: rados_connect: fn(RadosT) -> c_int;
     rados: rados_shutdown: fn(RadosT);
     rados: rados_ioctx_create: fn(RadosT, *const c_char, *mut IoctxT) -> c_int;
     rados: rados_ioctx_destroy: fn(IoctxT);
+    rados: rados_ioctx_set_namespace: fn(IoctxT, *const c_char);
     rados: rados_pool_reverse_lookup: fn(RadosT, i64, *mut c_char, usize) -> c_int;
     rbd: rbd_open: fn(IoctxT, *const c_char, *mut ImageT, *const c_char) -> c_int;
     rbd: rbd_open_read_only: fn(IoctxT, *const c_char, *mut ImageT, *const c_char) -> c_int;
@@ -321,7 +323,7 @@ pub fn available() -> bool {
     api().is_ok()
 }
 
-/// How to reach a cluster.
+/// How to reach a cluster, and as which Ceph user.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ClusterSpec {
     /// Cluster name (`ceph` by default); selects `/etc/ceph/NAME.conf`.
@@ -330,15 +332,31 @@ pub struct ClusterSpec {
     pub conf: Option<std::path::PathBuf>,
     /// Client id without `client.` (`admin` by default).
     pub client_id: Option<String>,
+    /// Keyring file holding the client's key (default: librados' search,
+    /// `/etc/ceph/$cluster.$name.keyring` and the `keyring` option of the
+    /// configuration file).
+    pub keyring: Option<std::path::PathBuf>,
 }
 
 impl ClusterSpec {
-    fn describe(&self) -> String {
-        match (&self.conf, &self.cluster) {
+    /// The cephx user, `client.ID`.
+    pub fn user(&self) -> String {
+        format!("client.{}", self.client_id.as_deref().unwrap_or("admin"))
+    }
+
+    /// "cluster NAME as client.ID (keyring PATH)", for messages.
+    pub fn describe(&self) -> String {
+        let mut out = match (&self.conf, &self.cluster) {
             (Some(conf), _) => format!("cluster (conf {})", conf.display()),
             (None, Some(name)) => format!("cluster {name}"),
             (None, None) => "cluster ceph".to_owned(),
+        };
+        out.push_str(" as ");
+        out.push_str(&self.user());
+        if let Some(keyring) = &self.keyring {
+            out.push_str(&format!(" (keyring {})", keyring.display()));
         }
+        out
     }
 }
 
@@ -347,6 +365,8 @@ pub struct Cluster {
     handle: RadosT,
     api: &'static Api,
     name: String,
+    /// The cephx user, `client.ID`.
+    user: String,
 }
 
 // SAFETY: librados cluster handles may be used from any thread.
@@ -366,10 +386,7 @@ impl Cluster {
         let api = api()?;
         let describe = spec.describe();
         let cluster_name = cstring("cluster name", spec.cluster.as_deref().unwrap_or("ceph"))?;
-        let user = cstring(
-            "client id",
-            &format!("client.{}", spec.client_id.as_deref().unwrap_or("admin")),
-        )?;
+        let user = cstring("client id", &spec.user())?;
         let mut handle: RadosT = std::ptr::null_mut();
         // SAFETY: valid out-pointer and NUL-terminated strings.
         let rc =
@@ -379,6 +396,7 @@ impl Cluster {
             handle,
             api,
             name: describe.clone(),
+            user: spec.user(),
         };
         let conf = match &spec.conf {
             Some(path) => Some(cstring("config path", &path.to_string_lossy())?),
@@ -393,6 +411,24 @@ impl Cluster {
             )
         };
         check(rc, "rados_conf_read_file", || describe.clone())?;
+        // CEPH_ARGS (and CEPH_KEYRING) over the file, as the `rbd` tool
+        // applies them: `--mon_host`, `--debug_*` and the like. The options
+        // that choose the user were read into `spec` by the caller
+        // (`ClusterSpec::with_env_ceph_args`).
+        // SAFETY: handle valid and unconnected; NULL selects CEPH_ARGS.
+        let rc = unsafe { (api.rados_conf_parse_env)(cluster.handle, std::ptr::null()) };
+        check(rc, "rados_conf_parse_env", || describe.clone())?;
+        // An explicit keyring overrides the configuration file's and
+        // CEPH_ARGS' (the caller already layered CEPH_ARGS below it).
+        if let Some(keyring) = &spec.keyring {
+            let (k, v) = (
+                cstring("option", "keyring")?,
+                cstring("keyring path", &keyring.to_string_lossy())?,
+            );
+            // SAFETY: handle valid and unconnected; strings NUL-terminated.
+            let rc = unsafe { (api.rados_conf_set)(cluster.handle, k.as_ptr(), v.as_ptr()) };
+            check(rc, "rados_conf_set", || format!("{describe} keyring"))?;
+        }
         // Fail fast instead of librados' default 300 s when a cluster is down.
         // No librbd cache: ferry streams whole extents with its own requests
         // in flight and flushes before it acknowledges, so a writeback cache
@@ -416,24 +452,70 @@ impl Cluster {
         }
         // SAFETY: handle valid; configuration read.
         let rc = unsafe { (api.rados_connect)(cluster.handle) };
-        check(rc, "rados_connect", || describe.clone())?;
+        if rc >= 0 {
+            tracing::info!(cluster = %describe, "connected to the Ceph cluster");
+        }
+        check(rc, "rados_connect", || {
+            if [libc::ENOENT, libc::EACCES, libc::EPERM].contains(&rc.saturating_neg()) {
+                // librados says "No such file or directory" when it finds no
+                // key for the user: name what it looked for.
+                format!(
+                    "{describe}: the monitors refused this user or no key for it was found \
+                     (check --id/--keyring, [ceph] client_id/keyring, CEPH_ARGS)"
+                )
+            } else {
+                describe.clone()
+            }
+        })?;
         Ok(Arc::new(cluster))
     }
 
-    /// Opens an I/O context on `pool`.
-    pub fn pool(self: &Arc<Self>, pool: &str) -> Result<Arc<Pool>, CephError> {
+    /// Opens an I/O context on `pool`, in RBD namespace `namespace` (the
+    /// pool's default namespace when `None`).
+    pub fn pool(
+        self: &Arc<Self>,
+        pool: &str,
+        namespace: Option<&str>,
+    ) -> Result<Arc<Pool>, CephError> {
         let name = cstring("pool", pool)?;
+        let ns = namespace.map(|n| cstring("namespace", n)).transpose()?;
         let mut ioctx: IoctxT = std::ptr::null_mut();
         // SAFETY: connected handle, valid out-pointer, NUL-terminated name.
         let rc = unsafe { (self.api.rados_ioctx_create)(self.handle, name.as_ptr(), &mut ioctx) };
         check(rc, "rados_ioctx_create", || {
             format!("pool {pool} in {}", self.name)
         })?;
+        if let Some(ns) = &ns {
+            // SAFETY: ioctx was just created; the string is NUL-terminated and
+            // librados copies it.
+            unsafe { (self.api.rados_ioctx_set_namespace)(ioctx, ns.as_ptr()) };
+        }
         Ok(Arc::new(Pool {
             ioctx,
             cluster: self.clone(),
-            name: pool.to_owned(),
+            name: match namespace {
+                Some(ns) => format!("{pool}/{ns}"),
+                None => pool.to_owned(),
+            },
+            pool: pool.to_owned(),
+            namespace: namespace.map(str::to_owned),
         }))
+    }
+}
+
+impl Cluster {
+    /// `target` of a call that failed with `rc`, naming the cephx user
+    /// when the cluster refused the call (EPERM/EACCES): the user's caps
+    /// are what is missing.
+    fn annotate(&self, rc: c_int, target: String) -> String {
+        if [libc::EPERM, libc::EACCES].contains(&rc.saturating_neg()) {
+            format!(
+                "{target} as {} (the Ceph user lacks a cap: README \"Ceph users and caps\")",
+                self.user
+            )
+        } else {
+            target
+        }
     }
 }
 
@@ -445,11 +527,14 @@ impl Drop for Cluster {
     }
 }
 
-/// An I/O context on one pool.
+/// An I/O context on one pool (and RBD namespace).
 pub struct Pool {
     ioctx: IoctxT,
     cluster: Arc<Cluster>,
+    /// `POOL` or `POOL/NAMESPACE`, as `rbd` addresses it.
     name: String,
+    pool: String,
+    namespace: Option<String>,
 }
 
 // SAFETY: librados I/O contexts may be shared between threads.

@@ -142,8 +142,11 @@ pub fn to_toml(c: &AgentConfig) -> String {
     writeln!(out, "retention = {}", c.retention).unwrap();
     match &c.standby_backend {
         StandbyBackend::Files => writeln!(out, "backend = \"files\"").unwrap(),
-        StandbyBackend::Rbd { pool } => {
-            writeln!(out, "backend = \"rbd\"\nrbd_pool = {}", quoted(pool)).unwrap()
+        StandbyBackend::Rbd { pool, namespace } => {
+            writeln!(out, "backend = \"rbd\"\nrbd_pool = {}", quoted(pool)).unwrap();
+            if let Some(ns) = namespace {
+                writeln!(out, "rbd_namespace = {}", quoted(ns)).unwrap();
+            }
         }
     }
     let t = &c.transport;
@@ -175,6 +178,12 @@ pub fn to_toml(c: &AgentConfig) -> String {
     }
     if let Some(id) = &c.ceph.client_id {
         writeln!(out, "client_id = {}", quoted(id)).unwrap();
+    }
+    if let Some(keyring) = &c.ceph.keyring {
+        let keyring = keyring
+            .to_str()
+            .expect("a path read from TOML text is UTF-8");
+        writeln!(out, "keyring = {}", quoted(keyring)).unwrap();
     }
     if let Some(gap) = c.coalesce_gap {
         writeln!(out, "coalesce_gap = \"{gap}\"").unwrap();

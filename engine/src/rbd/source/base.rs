@@ -9,8 +9,8 @@ use ferry_protocol::Epoch;
 use tracing::info;
 
 use super::{
-    open_pool, state_error, unix_ms, ClusterSpec, RbdSource, RbdSpec, SnapRef, SourceState,
-    STATE_FILE, STATE_FORMAT,
+    state_error, unix_ms, ClusterSpec, RbdSource, RbdSpec, SnapRef, SourceState, STATE_FILE,
+    STATE_FORMAT,
 };
 use crate::source::SourceError;
 use crate::standby::{read_checksummed, write_checksummed};
@@ -47,7 +47,7 @@ impl RbdSource {
         epoch: Epoch,
     ) -> Result<(), SourceError> {
         prepare_base(state_dir, epoch)?;
-        let pool = open_pool(cluster, &spec.pool).map_err(state_error)?;
+        let pool = spec.open_pool(cluster).map_err(state_error)?;
         let head = pool.open(&spec.image).map_err(|e| state_error(e.into()))?;
         if let Some((committed, snap)) = Self::committed_snapshot(spec, state_dir)? {
             if committed == epoch && head.snap_exists(&snap).map_err(|e| state_error(e.into()))? {
@@ -76,7 +76,7 @@ impl RbdSource {
         else {
             return Ok(());
         };
-        let pool = open_pool(cluster, &spec.pool).map_err(state_error)?;
+        let pool = spec.open_pool(cluster).map_err(state_error)?;
         let head = pool.open(&spec.image).map_err(|e| state_error(e.into()))?;
         let snaps = state
             .committed
@@ -127,7 +127,7 @@ impl RbdSource {
         epoch: Epoch,
     ) -> Result<(), SourceError> {
         prepare_base(state_dir, epoch)?;
-        let pool = open_pool(cluster, &spec.pool).map_err(state_error)?;
+        let pool = spec.open_pool(cluster).map_err(state_error)?;
         let head = pool.open(&spec.image).map_err(|e| state_error(e.into()))?;
         if !head.snap_exists(snap).map_err(|e| state_error(e.into()))? {
             return Err(state_error(crate::rbd::RbdError::MissingSnapshot {

@@ -52,11 +52,11 @@ impl RbdStandby {
             return Ok(());
         }
         let ctx = format!("{}/{image}", self.pool_name());
-        let from_pool = crate::rbd::open_pool(cluster, &source.pool).map_err(|e| {
-            StoreError::InvalidRequest {
+        let from_pool = source
+            .open_pool(cluster)
+            .map_err(|e| StoreError::InvalidRequest {
                 reason: format!("opening pool {} for {source}: {e}", source.pool),
-            }
-        })?;
+            })?;
         from_pool
             .clone_image(
                 &source.image,

@@ -49,7 +49,8 @@ impl RbdStandby {
             return Ok(());
         }
         let ctx = format!("{}/{image}", self.pool_name());
-        let from = crate::rbd::open_pool(cluster, &source.pool)
+        let from = source
+            .open_pool(cluster)
             .map_err(|e| StoreError::InvalidRequest {
                 reason: format!("opening pool {} for {source}: {e}", source.pool),
             })?

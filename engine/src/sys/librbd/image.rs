@@ -53,7 +53,7 @@ impl Image {
     }
 
     pub(super) fn check(&self, rc: c_int, op: &'static str) -> Result<(), CephError> {
-        check(rc, op, || self.spec.clone())
+        self.pool.check(rc, op, || self.spec.clone())
     }
 
     /// Size in bytes (of the snapshot, if opened at one).
@@ -99,7 +99,8 @@ impl Image {
         let mut exists = false;
         // SAFETY: open handle, NUL-terminated name, valid out-pointer.
         let rc = unsafe { (self.api().rbd_snap_exists)(self.handle, c.as_ptr(), &mut exists) };
-        check(rc, "rbd_snap_exists", || format!("{}@{name}", self.spec))?;
+        self.pool
+            .check(rc, "rbd_snap_exists", || format!("{}@{name}", self.spec))?;
         Ok(exists)
     }
 
@@ -108,7 +109,8 @@ impl Image {
         let c = cstring("snapshot", name)?;
         // SAFETY: open handle, NUL-terminated name.
         let rc = unsafe { (self.api().rbd_snap_create)(self.handle, c.as_ptr()) };
-        check(rc, "rbd_snap_create", || format!("{}@{name}", self.spec))
+        self.pool
+            .check(rc, "rbd_snap_create", || format!("{}@{name}", self.spec))
     }
 
     /// Removes snapshot `name`.
@@ -116,7 +118,8 @@ impl Image {
         let c = cstring("snapshot", name)?;
         // SAFETY: open handle, NUL-terminated name.
         let rc = unsafe { (self.api().rbd_snap_remove)(self.handle, c.as_ptr()) };
-        check(rc, "rbd_snap_remove", || format!("{}@{name}", self.spec))
+        self.pool
+            .check(rc, "rbd_snap_remove", || format!("{}@{name}", self.spec))
     }
 
     /// Rolls the image head back to snapshot `name` (content and size).
@@ -124,7 +127,8 @@ impl Image {
         let c = cstring("snapshot", name)?;
         // SAFETY: open handle, NUL-terminated name.
         let rc = unsafe { (self.api().rbd_snap_rollback)(self.handle, c.as_ptr()) };
-        check(rc, "rbd_snap_rollback", || format!("{}@{name}", self.spec))
+        self.pool
+            .check(rc, "rbd_snap_rollback", || format!("{}@{name}", self.spec))
     }
 
     /// The image's snapshots (user namespace).
@@ -261,7 +265,7 @@ impl Image {
         let rc = unsafe {
             (self.api().rbd_copy3)(self.handle, pool.ioctx, c_name.as_ptr(), opts.handle)
         };
-        check(rc, "rbd_copy3", || {
+        self.pool.check(rc, "rbd_copy3", || {
             format!("{} -> {}", self.spec, pool.target(name))
         })
     }
@@ -484,7 +488,8 @@ impl Image {
         if rc < 0 {
             // SAFETY: the request was not queued, so nothing refers to `c`.
             unsafe { (self.api().rbd_aio_release)(c) };
-            return Err(call_error(rc, op, format!("{} at {offset}", self.spec)));
+            let target = format!("{} at {offset}", self.spec);
+            return Err(call_error(rc, op, self.pool.cluster.annotate(rc, target)));
         }
         Ok(Aio {
             completion: c,
@@ -515,7 +520,7 @@ impl Aio {
         let rc = self.wait_inner();
         if rc < 0 {
             let rc = c_int::try_from(rc).unwrap_or(-libc::EIO);
-            check(rc, self.op, || {
+            self.image.pool.check(rc, self.op, || {
                 format!("{} at {}", self.image.spec, self.offset)
             })?;
         }

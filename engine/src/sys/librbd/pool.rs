@@ -7,9 +7,31 @@ use std::sync::Arc;
 use super::*;
 
 impl Pool {
-    /// The pool's name.
+    /// `POOL`, or `POOL/NAMESPACE` in an RBD namespace (as `rbd`
+    /// addresses images: `POOL[/NAMESPACE]/IMAGE`).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The pool's name alone.
+    pub fn pool_name(&self) -> &str {
+        &self.pool
+    }
+
+    /// The RBD namespace (`None`: the pool's default one).
+    pub fn namespace(&self) -> Option<&str> {
+        self.namespace.as_deref()
+    }
+
+    /// `Err` for a failed call (`rc < 0`) on `target`; a refusal names the
+    /// cephx user.
+    pub(super) fn check(
+        &self,
+        rc: c_int,
+        op: &'static str,
+        target: impl FnOnce() -> String,
+    ) -> Result<(), CephError> {
+        check(rc, op, || self.cluster.annotate(rc, target()))
     }
 
     pub(super) fn target(&self, image: &str) -> String {
@@ -28,7 +50,7 @@ impl Pool {
         let opts = Options::new(api, options)?;
         // SAFETY: valid ioctx, NUL-terminated name, live options handle.
         let rc = unsafe { (api.rbd_create4)(self.ioctx, c_name.as_ptr(), size, opts.handle) };
-        check(rc, "rbd_create4", || self.target(name))
+        self.check(rc, "rbd_create4", || self.target(name))
     }
 
     /// Makes image `name` of `dest` a copy-on-write clone of snapshot
@@ -64,7 +86,7 @@ impl Pool {
                 opts.handle,
             )
         };
-        check(rc, "rbd_clone3", || {
+        self.check(rc, "rbd_clone3", || {
             format!("{}@{snap} -> {}", self.target(parent), dest.target(name))
         })
     }
@@ -74,7 +96,7 @@ impl Pool {
         let c_name = cstring("image", name)?;
         // SAFETY: valid ioctx and name.
         let rc = unsafe { (self.cluster.api.rbd_remove)(self.ioctx, c_name.as_ptr()) };
-        check(rc, "rbd_remove", || self.target(name))
+        self.check(rc, "rbd_remove", || self.target(name))
     }
 
     /// Names of the pool's images, as its image directory lists them:
@@ -95,7 +117,7 @@ impl Pool {
                 capacity = size.max(capacity * 2);
                 continue;
             }
-            check(rc, "rbd_list", || self.target(""))?;
+            self.check(rc, "rbd_list", || self.target(""))?;
             let used = usize::try_from(rc).unwrap_or(0).min(buf.len());
             return Ok(buf[..used]
                 .split(|&b| b == 0)
@@ -105,7 +127,8 @@ impl Pool {
         }
     }
 
-    /// Another pool of the same cluster, by pool id.
+    /// Another pool of the same cluster, by pool id, in this I/O context's
+    /// namespace (librbd keeps an image and its group in one namespace).
     pub fn pool_by_id(&self, id: i64) -> Result<Arc<Pool>, CephError> {
         let mut buf = vec![0u8; 256];
         // SAFETY: connected cluster handle; `buf` has room for `len` bytes.
@@ -117,11 +140,11 @@ impl Pool {
                 buf.len(),
             )
         };
-        check(rc, "rados_pool_reverse_lookup", || format!("pool id {id}"))?;
+        self.check(rc, "rados_pool_reverse_lookup", || format!("pool id {id}"))?;
         let name = CStr::from_bytes_until_nul(&buf)
             .map(|c| c.to_string_lossy().into_owned())
             .unwrap_or_default();
-        self.cluster.pool(&name)
+        self.cluster.pool(&name, self.namespace.as_deref())
     }
 
     /// Creates RBD group `name` in this pool; an existing one is fine.
@@ -132,7 +155,7 @@ impl Pool {
         if rc == -libc::EEXIST {
             return Ok(());
         }
-        check(rc, "rbd_group_create", || self.target(name))
+        self.check(rc, "rbd_group_create", || self.target(name))
     }
 
     /// Removes RBD group `name` (its snapshots go, its images stay); an
@@ -144,7 +167,7 @@ impl Pool {
         if rc == -libc::ENOENT {
             return Ok(());
         }
-        check(rc, "rbd_group_remove", || self.target(name))
+        self.check(rc, "rbd_group_remove", || self.target(name))
     }
 
     /// Adds image `image` of pool `image_pool` to group `group` of this pool.
@@ -190,7 +213,7 @@ impl Pool {
                 c_image.as_ptr(),
             )
         };
-        check(rc, op, || {
+        self.check(rc, op, || {
             format!("{} / {}", self.target(group), image_pool.target(image))
         })
     }
@@ -224,7 +247,7 @@ impl Pool {
                 capacity = count.max(capacity * 2);
                 continue;
             }
-            check(rc, "rbd_group_image_list", || self.target(group))?;
+            self.check(rc, "rbd_group_image_list", || self.target(group))?;
             let count = count.min(buf.len());
             // SAFETY: frees the `count` entries librbd filled.
             unsafe {
@@ -254,7 +277,7 @@ impl Pool {
                 SNAP_CREATE_IGNORE_QUIESCE_ERROR,
             )
         };
-        check(rc, "rbd_group_snap_create2", || {
+        self.check(rc, "rbd_group_snap_create2", || {
             format!("{}@{snap}", self.target(group))
         })
     }
@@ -269,7 +292,7 @@ impl Pool {
         if rc == -libc::ENOENT {
             return Ok(());
         }
-        check(rc, "rbd_group_snap_remove", || {
+        self.check(rc, "rbd_group_snap_remove", || {
             format!("{}@{snap}", self.target(group))
         })
     }
@@ -337,7 +360,7 @@ impl Pool {
             Some(s) => format!("{}@{}", self.target(name), s),
             None => self.target(name),
         };
-        check(
+        self.check(
             rc,
             if read_only {
                 "rbd_open_read_only"
