@@ -45,7 +45,8 @@ enum Command {
         /// The standby agent's certificate fingerprint.
         #[arg(long)]
         peer: String,
-        /// Wire bandwidth limit, e.g. 100M, 1Gbit, unlimited (SIGHUP re-reads
+        /// Wire bandwidth limit, e.g. 100MB/s, 800Mbit, unlimited (K/M/G are
+        /// 1024-based, B byte, b bit; SIGHUP re-reads
         /// qos.send_limit from DIR/config.toml while running).
         #[arg(long)]
         bwlimit: Option<String>,

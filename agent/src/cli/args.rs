@@ -430,7 +430,8 @@ pub enum PolicyCmd {
 /// `ferry qos …`
 #[derive(Subcommand, Debug)]
 pub enum QosCmd {
-    /// Set limits (e.g. 100M, 1Gbit, unlimited); unset ones are kept.
+    /// Set limits (e.g. 100MB/s, 800Mbit, unlimited; K/M/G are 1024-based,
+    /// B is a byte, b a bit); unset ones are kept.
     Set {
         /// How to reach the agent.
         #[command(flatten)]
