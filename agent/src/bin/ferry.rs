@@ -15,7 +15,8 @@ use ferry_protocol::AgentId;
 #[derive(Parser)]
 #[command(name = "ferry", version, about)]
 struct Cli {
-    /// How to reach the agent (control commands): --dir DIR, or --agent URL --token T.
+    /// How to reach the agent (control commands): --dir DIR, or --agent URL
+    /// with --token-file FILE (or FERRY_TOKEN, or --token T).
     #[command(flatten)]
     conn: ferry_agent::cli::Conn,
     #[command(subcommand)]

@@ -14,9 +14,15 @@ pub struct Conn {
     /// API URL (http://HOST:PORT) instead of --dir.
     #[arg(long)]
     pub agent: Option<String>,
-    /// API token with --agent.
+    /// API token with --agent (visible in `ps`: prefer --token-file or
+    /// FERRY_TOKEN).
     #[arg(long)]
     pub token: Option<String>,
+    /// File holding the API token (must not be readable by group or
+    /// others). Without --token and --token-file, FERRY_TOKEN is used, then
+    /// DIR/api.token.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
     /// Print JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -29,6 +35,7 @@ impl Conn {
             dir: self.dir.or_else(|| outer.dir.clone()),
             agent: self.agent.or_else(|| outer.agent.clone()),
             token: self.token.or_else(|| outer.token.clone()),
+            token_file: self.token_file.or_else(|| outer.token_file.clone()),
             json: self.json || outer.json,
         }
     }

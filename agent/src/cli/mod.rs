@@ -1,7 +1,8 @@
 //! The control commands of the `ferry` CLI (`service`, `group`, `rp`,
 //! `policy`, `qos`, `status`, `op`): a thin client of the agent's operator
 //! API. `--dir DIR` reads the API address (`DIR/api.addr`) and token
-//! (`DIR/api.token`); `--agent URL --token T` names them directly.
+//! (`DIR/api.token`); `--agent URL` names the address, with the token from
+//! `--token-file FILE`, `FERRY_TOKEN` or `--token T` (visible in `ps`).
 //!
 //! Exit status: 0 success, 1 refused (HTTP 409) or the operation failed,
 //! 2 any other error (bad request, agent unreachable…).
