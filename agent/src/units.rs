@@ -21,12 +21,16 @@
 
 /// Why a size or rate could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("cannot parse {input:?} as {what}: {reason} (examples: 500000, 100M, 1.5GiB, 100MB/s, 800Mbit, unlimited; K/M/G/T are powers of 1024, B = byte, b = bit)")]
+#[error("cannot parse {input:?} as {what}: {reason} ({hint})")]
 pub struct UnitError {
     input: String,
     what: &'static str,
     reason: &'static str,
+    hint: &'static str,
 }
+
+const SIZE_HINT: &str = "examples: 500000, 100M, 1.5GiB, 100MB/s, 800Mbit, unlimited; K/M/G/T are powers of 1024, B = byte, b = bit";
+const DURATION_HINT: &str = "examples: 90, 90s, 5m, 1h30m, 2d, off";
 
 /// Parses a byte count: plain bytes, or with a K/M/G/T prefix (powers of
 /// 1024, `Ki`/`Mi`… the same), an optional `B`, or a bit suffix (`b`,
@@ -55,6 +59,7 @@ pub fn parse_rate(input: &str) -> Result<Option<u64>, UnitError> {
             input: trimmed.to_owned(),
             what: "a rate",
             reason: "below 1 byte/s (write 0 or unlimited for no limit)",
+            hint: SIZE_HINT,
         }),
         n => Ok(Some(n)),
     }
@@ -67,6 +72,7 @@ fn parse_exact(input: &str, what: &'static str, rate: bool) -> Result<f64, UnitE
         input: input.to_owned(),
         what,
         reason,
+        hint: SIZE_HINT,
     };
     let text = input.trim();
     let split = text
@@ -109,6 +115,73 @@ fn parse_exact(input: &str, what: &'static str, rate: bool) -> Result<f64, UnitE
         return Err(err("out of range"));
     }
     Ok(bytes)
+}
+
+/// Parses a duration in whole seconds: a bare number of seconds, or
+/// numbers with `s`, `m`, `h`, `d` (`90s`, `5m`, `1h30m`, `2d`); `off`,
+/// `none` → 0 (no threshold).
+pub fn parse_duration_secs(input: &str) -> Result<u64, UnitError> {
+    let err = |reason| UnitError {
+        input: input.to_owned(),
+        what: "a duration",
+        reason,
+        hint: DURATION_HINT,
+    };
+    let text = input.trim();
+    if matches!(text.to_ascii_lowercase().as_str(), "off" | "none") {
+        return Ok(0);
+    }
+    if text.is_empty() {
+        return Err(err("no number"));
+    }
+    if let Ok(n) = text.parse::<u64>() {
+        return Ok(n);
+    }
+    let mut total: u64 = 0;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let split = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(|| err("a number without a unit (s, m, h, d) after another"))?;
+        let (number, tail) = rest.split_at(split);
+        let n: u64 = number.parse().map_err(|_| err("no number"))?;
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(tail.len());
+        let (unit, next) = tail.split_at(unit_len);
+        let scale = match unit.trim() {
+            "s" | "sec" | "secs" => 1,
+            "m" | "min" | "mins" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            _ => return Err(err("unknown unit (s, m, h, d)")),
+        };
+        total = n
+            .checked_mul(scale)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(|| err("out of range"))?;
+        rest = next.trim_start();
+    }
+    Ok(total)
+}
+
+/// Formats seconds as the shortest `1h30m`-style text [`parse_duration_secs`]
+/// reads back.
+pub fn human_duration(secs: u64) -> String {
+    if secs == 0 {
+        return "0s".to_owned();
+    }
+    let parts = [
+        (secs / 86_400, "d"),
+        ((secs % 86_400) / 3600, "h"),
+        ((secs % 3600) / 60, "m"),
+        (secs % 60, "s"),
+    ];
+    parts
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, unit)| format!("{n}{unit}"))
+        .collect()
 }
 
 /// Formats bytes for humans ("1.50 GiB"); [`parse_bytes`] reads it back.
@@ -231,6 +304,31 @@ mod tests {
         assert_eq!(human_bytes(100 * MIB), "100.00 MiB");
         assert_eq!(human_rate(Some(100 * MIB)), "100.00 MiB/s");
         assert_eq!(parse_rate(&human_rate(None)).unwrap(), None);
+    }
+
+    #[test]
+    fn durations() {
+        let cases = [
+            ("90", 90),
+            ("90s", 90),
+            ("5m", 300),
+            ("1h", 3600),
+            ("1h30m", 5400),
+            ("1h 30m", 5400),
+            ("2d", 172_800),
+            ("off", 0),
+            ("none", 0),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_duration_secs(text).unwrap(), want, "{text}");
+        }
+        for bad in ["", "5x", "m", "1h30", "-5m"] {
+            assert!(parse_duration_secs(bad).is_err(), "{bad}");
+        }
+        for secs in [1, 59, 60, 61, 3600, 5400, 86_400, 90_061] {
+            assert_eq!(parse_duration_secs(&human_duration(secs)).unwrap(), secs);
+        }
+        assert_eq!(human_duration(5400), "1h30m");
     }
 
     /// Regression (the `config` fuzz target's limits property): "0.0" and

@@ -68,6 +68,26 @@ pub enum ControlCommand {
         #[arg(long)]
         watch: bool,
     },
+    /// Is DR OK? Every group rolled up into OK, WARNING or CRITICAL, one
+    /// line per problem; exit 0/1/2 as a monitoring plugin (3: UNKNOWN,
+    /// the agent could not be asked). Works on either site.
+    Health {
+        /// How to reach the agent.
+        #[command(flatten)]
+        conn: Conn,
+        /// RPO warning threshold for groups without their own (e.g. 15m).
+        #[arg(long)]
+        rpo_warn: Option<String>,
+        /// RPO critical threshold for groups without their own (e.g. 1h).
+        #[arg(long)]
+        rpo_crit: Option<String>,
+        /// The peer out of reach for longer than this is CRITICAL.
+        #[arg(long, default_value = "5m")]
+        unreachable: String,
+        /// Failed operations older than this are not reported.
+        #[arg(long, default_value = "24h")]
+        ops_window: String,
+    },
     /// Show (and wait for) an operation.
     Op {
         /// How to reach the agent.
@@ -165,9 +185,31 @@ pub enum GroupCmd {
         /// Remote project/tenant.
         #[arg(long, default_value = "")]
         remote_project: String,
+        /// `ferry health` says WARNING when the RPO lag is above this
+        /// (e.g. 5m, 1h30m, 90s; default: not checked).
+        #[arg(long)]
+        rpo_warn: Option<String>,
+        /// `ferry health` says CRITICAL when the RPO lag is above this.
+        #[arg(long)]
+        rpo_crit: Option<String>,
         /// Wait for the operation.
         #[arg(long)]
         wait: bool,
+    },
+    /// Change a group's settings: its RPO thresholds (`off` removes one).
+    /// On either site: each agent checks its own.
+    Update {
+        /// How to reach the agent.
+        #[command(flatten)]
+        conn: Conn,
+        /// Group name or id.
+        name: String,
+        /// WARNING above this RPO lag (e.g. 5m; `off`: none).
+        #[arg(long)]
+        rpo_warn: Option<String>,
+        /// CRITICAL above this RPO lag (e.g. 15m; `off`: none).
+        #[arg(long)]
+        rpo_crit: Option<String>,
     },
     /// List groups.
     List {

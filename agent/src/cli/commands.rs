@@ -15,7 +15,7 @@ use super::render::print_status;
 use crate::schedule::{PolicySchedule, Schedule, TzName};
 use crate::wire::bodies::{
     AddBody, BindBody, CreateGroupBody, CreateServiceBody, DrillBody, FailoverBody, KeyBody,
-    PolicyBody, Qos, RestoreBody, RpBody, UpdateServiceBody, UrisBody,
+    PolicyBody, Qos, RestoreBody, RpBody, UpdateGroupBody, UpdateServiceBody, UrisBody,
 };
 
 /// `ferry service …`
@@ -93,15 +93,40 @@ pub(super) async fn group(cmd: GroupCmd, outer: &Conn) -> Result<Outcome> {
             name,
             service,
             remote_project,
+            rpo_warn,
+            rpo_crit,
             wait,
         } => {
             let create = CreateGroupBody {
                 name,
                 service,
                 remote_project,
+                rpo_warn_secs: duration_arg("--rpo-warn", rpo_warn)?.filter(|s| *s > 0),
+                rpo_crit_secs: duration_arg("--rpo-crit", rpo_crit)?.filter(|s| *s > 0),
             };
             Api::new(&conn.or(outer))?
                 .op(Method::POST, "/v1/groups", json_body(&create)?, wait)
+                .await?
+        }
+        GroupCmd::Update {
+            conn,
+            name,
+            rpo_warn,
+            rpo_crit,
+        } => {
+            let update = UpdateGroupBody {
+                rpo_warn_secs: duration_arg("--rpo-warn", rpo_warn)?,
+                rpo_crit_secs: duration_arg("--rpo-crit", rpo_crit)?,
+            };
+            if update.rpo_warn_secs.is_none() && update.rpo_crit_secs.is_none() {
+                anyhow::bail!("nothing to change: give --rpo-warn and/or --rpo-crit");
+            }
+            Api::new(&conn.or(outer))?
+                .run(
+                    Method::PATCH,
+                    &format!("/v1/groups/{name}"),
+                    json_body(&update)?,
+                )
                 .await?
         }
         GroupCmd::List { conn } => {
@@ -377,6 +402,12 @@ pub(super) async fn qos(cmd: QosCmd, outer: &Conn) -> Result<Outcome> {
     })
 }
 
+/// A duration flag in seconds (`off` → 0).
+fn duration_arg(flag: &str, text: Option<String>) -> Result<Option<u64>> {
+    text.map(|t| crate::units::parse_duration_secs(&t).with_context(|| flag.to_owned()))
+        .transpose()
+}
+
 fn parse_limit(text: &str) -> Result<Option<u64>> {
     Ok(crate::units::parse_rate(text)?)
 }
@@ -456,6 +487,8 @@ mod tests {
                     name: s("g1"),
                     service: None,
                     remote_project: s(""),
+                    rpo_warn_secs: None,
+                    rpo_crit_secs: None,
                 }),
                 json!({ "name": "g1", "service": null, "remote_project": "" }),
             ),

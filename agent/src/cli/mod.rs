@@ -1,11 +1,13 @@
 //! The control commands of the `ferry` CLI (`service`, `group`, `rp`,
-//! `policy`, `qos`, `status`, `op`): a thin client of the agent's operator
+//! `policy`, `qos`, `status`, `health`, `op`): a thin client of the agent's operator
 //! API. `--dir DIR` reads the API address (`DIR/api.addr`) and token
 //! (`DIR/api.token`); `--agent URL` names the address, with the token from
 //! `--token-file FILE`, `FERRY_TOKEN` or `--token T` (visible in `ps`).
 //!
 //! Exit status: 0 success, 1 refused (HTTP 409) or the operation failed,
-//! 2 any other error (bad request, agent unreachable…).
+//! 2 any other error (bad request, agent unreachable…); `ferry health`
+//! (in `health.rs`) exits as a monitoring plugin: 0 OK, 1 WARNING,
+//! 2 CRITICAL, 3 UNKNOWN.
 //!
 //! Where things live: `args.rs` (the clap types), `commands.rs` (what each
 //! command sends to which route), `agent_api.rs` (reaching the agent,
@@ -24,6 +26,7 @@ mod agent_api;
 mod args;
 mod commands;
 pub mod export_import_diff;
+mod health;
 mod render;
 pub mod sync_verify;
 
@@ -36,6 +39,21 @@ pub use args::{Conn, ControlCommand, GroupCmd, PolicyCmd, QosCmd, RpCmd, Service
 pub async fn run(cmd: ControlCommand, outer: &Conn) -> Result<ExitCode> {
     use ControlCommand as C;
     let outcome = match cmd {
+        C::Health {
+            conn,
+            rpo_warn,
+            rpo_crit,
+            unreachable,
+            ops_window,
+        } => {
+            let args = health::HealthArgs {
+                rpo_warn,
+                rpo_crit,
+                unreachable,
+                ops_window,
+            };
+            return Ok(health::health(&conn.or(outer), args).await);
+        }
         C::Service(cmd) => commands::service(cmd, outer).await?,
         C::Group(cmd) => commands::group(cmd, outer).await?,
         C::Rp(cmd) => commands::rp(cmd, outer).await?,

@@ -61,6 +61,7 @@ mod cycle;
 mod drill;
 mod failover;
 mod groups;
+pub mod health;
 mod hold;
 mod migration;
 mod peer;
@@ -219,8 +220,41 @@ pub struct GroupProgress {
     pub rate: u64,
     /// Why the last cycle failed, if it did.
     pub last_error: Option<String>,
+    /// What kind of error that was (the metrics' `kind` label: transport,
+    /// link_lost, peer, source, store, config, other).
+    pub last_error_kind: Option<String>,
+    /// Failed cycles in a row (0 once a cycle completes).
+    pub consecutive_failures: u32,
+    /// When the current run of failed cycles began.
+    pub failing_since: Option<Timestamp>,
+    /// Reconnects the last completed cycle needed (link lost, resumed).
+    pub last_cycle_reconnects: u64,
+    /// When cycles failed in the last hour (for link flapping).
+    #[serde(skip)]
+    pub recent_failures: Vec<Timestamp>,
     /// Per resource.
     pub resources: Vec<ResourceProgress>,
+}
+
+impl GroupProgress {
+    /// Records a completed cycle (committed or idle): the failing run ends.
+    fn cycle_completed(&mut self, reconnects: u64) {
+        self.last_error = None;
+        self.last_error_kind = None;
+        self.consecutive_failures = 0;
+        self.failing_since = None;
+        self.last_cycle_reconnects = reconnects;
+    }
+
+    /// Records a failed cycle of `kind` with `error`, at `now`.
+    fn cycle_failed(&mut self, kind: &str, error: String, now: Timestamp) {
+        self.last_error = Some(error);
+        self.last_error_kind = Some(kind.to_owned());
+        self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+        self.failing_since.get_or_insert(now);
+        self.recent_failures.retain(|t| now.0 - t.0 < 3_600_000);
+        self.recent_failures.push(now);
+    }
 }
 
 /// A named recovery point asked of a group's replication loop: the next
@@ -274,6 +308,11 @@ pub struct Orchestrator {
     rp_floor: Mutex<HashMap<GroupId, u64>>,
     api_addr: Mutex<Option<SocketAddr>>,
     metrics: Arc<Metrics>,
+    /// Standby side, per group: when the primary last called about it, and
+    /// last confirmed an idle check (for `ferry health`).
+    peer_contact: Mutex<HashMap<GroupId, health::PeerContact>>,
+    /// When this agent started (the baseline of "no word from the primary").
+    started_at: Timestamp,
     /// Held while a pin's holder goes (a drill ending, a recovery point
     /// deleted): each checks whether the other still holds the point and
     /// unpins, so one of them always unpins a point both held.
@@ -312,6 +351,8 @@ impl Orchestrator {
             progress: Mutex::new(HashMap::new()),
             rp_floor: Mutex::new(HashMap::new()),
             api_addr: Mutex::new(None),
+            peer_contact: Mutex::new(HashMap::new()),
+            started_at: Timestamp::now(),
             metrics: cfg.metrics,
             unpin_lock: tokio::sync::Mutex::new(()),
         });
@@ -520,6 +561,7 @@ impl Orchestrator {
                 reason: format!("group {id} does not belong to its service"),
             });
         }
+        lock(&self.peer_contact).entry(g.id).or_default().last = Some(Timestamp::now());
         Ok(g)
     }
 }

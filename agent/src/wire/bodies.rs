@@ -58,6 +58,24 @@ pub struct CreateGroupBody {
     /// Remote project/tenant.
     #[serde(default)]
     pub remote_project: String,
+    /// RPO above this many seconds: `ferry health` WARNING (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpo_warn_secs: Option<u64>,
+    /// RPO above this many seconds: `ferry health` CRITICAL (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpo_crit_secs: Option<u64>,
+}
+
+/// Body of `PATCH /v1/groups/{group}`: a field left out keeps its value,
+/// 0 removes the threshold.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct UpdateGroupBody {
+    /// New RPO warning threshold, seconds (0: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpo_warn_secs: Option<u64>,
+    /// New RPO critical threshold, seconds (0: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpo_crit_secs: Option<u64>,
 }
 
 /// Body of `POST /v1/groups/{group}/resources`.
