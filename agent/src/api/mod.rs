@@ -569,10 +569,16 @@ async fn delete_policy(State(s): State<AppState>, UrlPath(name): UrlPath<String>
 #[derive(Deserialize)]
 struct OpsQuery {
     limit: Option<usize>,
+    /// Only this group's (name or id).
+    group: Option<String>,
 }
 
 async fn list_operations(State(s): State<AppState>, Query(q): Query<OpsQuery>) -> ApiResult {
-    ok(s.orch.operations(q.limit.unwrap_or(50))?)
+    let limit = q.limit.unwrap_or(50);
+    match q.group {
+        Some(group) => ok(s.orch.operations_of_group(&group, limit)?),
+        None => ok(s.orch.operations(limit)?),
+    }
 }
 
 async fn show_operation(State(s): State<AppState>, UrlPath(id): UrlPath<i64>) -> ApiResult {

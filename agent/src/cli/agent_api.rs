@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 
 use super::args::Conn;
 use super::render::print_human;
+use super::tables::{render, time_zone, View};
 use crate::wire::http::{self, Reply, Target};
 
 /// A request body for the agent: one of the typed bodies its API parses
@@ -28,6 +29,8 @@ pub(super) struct Api {
     target: Target,
     token: String,
     json: bool,
+    /// The zone times are shown in (`--tz`, else the system's).
+    tz: jiff::tz::TimeZone,
 }
 
 /// The operator API's address and token for `conn`. The token: `--token`,
@@ -118,7 +121,29 @@ impl Api {
             target: Target::Plain(addr),
             token,
             json: conn.json,
+            tz: time_zone(conn.tz.as_deref())?,
         })
+    }
+
+    /// Gets a list (or one object) and prints it as `view` for a person,
+    /// or as JSON with `--json`.
+    pub(super) async fn show(&self, path: &str, view: View) -> Result<Outcome> {
+        let reply = self.call(Method::GET, path, None).await?;
+        if reply.ok() && !self.json {
+            print!("{}", render(view, &reply.body, &self.tz));
+            return Ok(Outcome::Ok);
+        }
+        self.report(&reply)
+    }
+
+    /// Whether `--json` was given.
+    pub(super) fn json(&self) -> bool {
+        self.json
+    }
+
+    /// The zone times are shown in.
+    pub(super) fn tz(&self) -> &jiff::tz::TimeZone {
+        &self.tz
     }
 
     pub(super) async fn call(

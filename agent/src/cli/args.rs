@@ -23,9 +23,12 @@ pub struct Conn {
     /// DIR/api.token.
     #[arg(long)]
     pub token_file: Option<PathBuf>,
-    /// Print JSON on stdout.
+    /// Print JSON on stdout (times in ms since the epoch, as the API).
     #[arg(long)]
     pub json: bool,
+    /// Show times in this IANA zone (default: the system's), e.g. UTC.
+    #[arg(long)]
+    pub tz: Option<String>,
 }
 
 impl Conn {
@@ -37,6 +40,7 @@ impl Conn {
             token: self.token.or_else(|| outer.token.clone()),
             token_file: self.token_file.or_else(|| outer.token_file.clone()),
             json: self.json || outer.json,
+            tz: self.tz.or_else(|| outer.tz.clone()),
         }
     }
 }
@@ -88,16 +92,39 @@ pub enum ControlCommand {
         #[arg(long, default_value = "24h")]
         ops_window: String,
     },
-    /// Show (and wait for) an operation.
+    /// Show (and wait for) an operation: `ferry op ID [--wait]`, or list
+    /// them: `ferry op list`.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Op {
         /// How to reach the agent.
         #[command(flatten)]
         conn: Conn,
+        /// `list`.
+        #[command(subcommand)]
+        cmd: Option<OpCmd>,
         /// Operation id.
-        id: i64,
+        #[arg(required = true)]
+        id: Option<i64>,
         /// Wait until it has finished.
         #[arg(long)]
         wait: bool,
+    },
+}
+
+/// `ferry op list`
+#[derive(Subcommand, Debug)]
+pub enum OpCmd {
+    /// The journal, newest first: every operation of this agent.
+    List {
+        /// How to reach the agent.
+        #[command(flatten)]
+        conn: Conn,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Only this group's.
+        #[arg(long)]
+        group: Option<String>,
     },
 }
 
@@ -224,6 +251,10 @@ pub enum GroupCmd {
         conn: Conn,
         /// Group name or id.
         name: String,
+        /// Refresh every second until interrupted (with --json: one JSON
+        /// line per refresh).
+        #[arg(long)]
+        watch: bool,
     },
     /// Add resources (source URIs), or a VM's volumes with --vm.
     Add {

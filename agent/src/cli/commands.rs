@@ -12,6 +12,7 @@ use hyper::Method;
 use super::agent_api::{json_body, Api, Outcome};
 use super::args::{Conn, GroupCmd, PolicyCmd, QosCmd, RpCmd, ServiceCmd};
 use super::render::print_status;
+use super::tables::{render, View};
 use crate::schedule::{PolicySchedule, Schedule, TzName};
 use crate::wire::bodies::{
     AddBody, BindBody, CreateGroupBody, CreateServiceBody, DrillBody, FailoverBody, KeyBody,
@@ -51,7 +52,7 @@ pub(super) async fn service(cmd: ServiceCmd, outer: &Conn) -> Result<Outcome> {
         }
         ServiceCmd::List { conn } => {
             Api::new(&conn.or(outer))?
-                .run(Method::GET, "/v1/services", None)
+                .show("/v1/services", View::Services)
                 .await?
         }
         ServiceCmd::Verify { conn, name } => {
@@ -131,14 +132,10 @@ pub(super) async fn group(cmd: GroupCmd, outer: &Conn) -> Result<Outcome> {
         }
         GroupCmd::List { conn } => {
             Api::new(&conn.or(outer))?
-                .run(Method::GET, "/v1/groups", None)
+                .show("/v1/groups", View::Groups)
                 .await?
         }
-        GroupCmd::Show { conn, name } => {
-            Api::new(&conn.or(outer))?
-                .run(Method::GET, &format!("/v1/groups/{name}"), None)
-                .await?
-        }
+        GroupCmd::Show { conn, name, watch } => group_show(&conn.or(outer), &name, watch).await?,
         GroupCmd::Add {
             conn,
             name,
@@ -283,10 +280,9 @@ pub(super) async fn rp(cmd: RpCmd, outer: &Conn) -> Result<Outcome> {
         }
         RpCmd::List { conn, group } => {
             Api::new(&conn.or(outer))?
-                .run(
-                    Method::GET,
+                .show(
                     &format!("/v1/groups/{group}/recovery-points"),
-                    None,
+                    View::RecoveryPoints,
                 )
                 .await?
         }
@@ -339,7 +335,7 @@ pub(super) async fn policy(cmd: PolicyCmd, outer: &Conn) -> Result<Outcome> {
         }
         PolicyCmd::List { conn } => {
             Api::new(&conn.or(outer))?
-                .run(Method::GET, "/v1/policies", None)
+                .show("/v1/policies", View::Policies)
                 .await?
         }
         PolicyCmd::Bind {
@@ -396,7 +392,7 @@ pub(super) async fn qos(cmd: QosCmd, outer: &Conn) -> Result<Outcome> {
         }
         QosCmd::Show { conn } => {
             Api::new(&conn.or(outer))?
-                .run(Method::GET, "/v1/qos", None)
+                .show("/v1/qos", View::Qos)
                 .await?
         }
     })
@@ -434,6 +430,43 @@ pub(super) async fn status(conn: Conn, watch: bool) -> Result<Outcome> {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// `ferry group show NAME [--watch]`: the group as tables, refreshed every
+/// second with `--watch` until interrupted (`--json`: one line each time).
+async fn group_show(conn: &Conn, name: &str, watch: bool) -> Result<Outcome> {
+    let api = Api::new(conn)?;
+    let path = format!("/v1/groups/{name}");
+    if !watch {
+        return api.show(&path, View::GroupDetail).await;
+    }
+    loop {
+        let reply = api.call(Method::GET, &path, None).await?;
+        if !reply.ok() {
+            return api.report(&reply);
+        }
+        if api.json() {
+            println!("{}", reply.body);
+        } else {
+            print!(
+                "\x1b[2J\x1b[H{}",
+                render(View::GroupDetail, &reply.body, api.tz())
+            );
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(Outcome::Ok),
+        }
+    }
+}
+
+/// `ferry op list [--limit N] [--group G]`: the journal, newest first.
+pub(super) async fn op_list(conn: &Conn, limit: usize, group: Option<String>) -> Result<Outcome> {
+    let mut path = format!("/v1/operations?limit={limit}");
+    if let Some(g) = group {
+        path.push_str(&format!("&group={g}"));
+    }
+    Api::new(conn)?.show(&path, View::Operations).await
 }
 
 /// `ferry op ID [--wait]`: one operation, or wait until it has finished.

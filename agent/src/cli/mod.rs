@@ -29,11 +29,12 @@ pub mod export_import_diff;
 mod health;
 mod render;
 pub mod sync_verify;
+mod tables;
 
 use agent_api::Outcome;
 
 pub use agent_api::resolve_conn;
-pub use args::{Conn, ControlCommand, GroupCmd, PolicyCmd, QosCmd, RpCmd, ServiceCmd};
+pub use args::{Conn, ControlCommand, GroupCmd, OpCmd, PolicyCmd, QosCmd, RpCmd, ServiceCmd};
 
 /// Runs a control command; `outer` holds the top-level connection flags.
 pub async fn run(cmd: ControlCommand, outer: &Conn) -> Result<ExitCode> {
@@ -60,7 +61,18 @@ pub async fn run(cmd: ControlCommand, outer: &Conn) -> Result<ExitCode> {
         C::Policy(cmd) => commands::policy(cmd, outer).await?,
         C::Qos(cmd) => commands::qos(cmd, outer).await?,
         C::Status { conn, watch } => commands::status(conn.or(outer), watch).await?,
-        C::Op { conn, id, wait } => commands::op(&conn.or(outer), id, wait).await?,
+        C::Op {
+            conn,
+            cmd,
+            id,
+            wait,
+        } => match (cmd, id) {
+            (Some(OpCmd::List { conn, limit, group }), _) => {
+                commands::op_list(&conn.or(outer), limit, group).await?
+            }
+            (None, Some(id)) => commands::op(&conn.or(outer), id, wait).await?,
+            (None, None) => anyhow::bail!("say which operation: ferry op ID, or ferry op list"),
+        },
     };
     Ok(match outcome {
         Outcome::Ok => ExitCode::SUCCESS,

@@ -552,6 +552,15 @@ impl Orchestrator {
         self.db(|s| s.recent_operations(limit))
     }
 
+    /// The newest `limit` operations of one group, newest first.
+    pub fn operations_of_group(&self, key: &str, limit: usize) -> CtlResult<Vec<Operation>> {
+        let g = self.group(key)?;
+        let mut ops = self.db(|s| s.operations_of_group(g.id))?;
+        ops.reverse();
+        ops.truncate(limit);
+        Ok(ops)
+    }
+
     fn peer_group(&self, caller: AgentId, id: i64) -> CtlResult<Group> {
         let svc = self.service_of_peer(caller)?;
         let g = self.db(|s| s.group(GroupId(id)))?;
