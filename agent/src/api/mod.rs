@@ -348,6 +348,7 @@ async fn group_health(
     State(s): State<AppState>,
     Query(q): Query<crate::orchestrator::health::HealthParams>,
 ) -> ApiResult {
+    s.orch.probe_standbys().await?;
     ok(s.orch.health(&q)?)
 }
 

@@ -3,8 +3,10 @@
 //!
 //! - CRITICAL: the group is in a `*_failed` state; an operation of the
 //!   group failed (the newest of its kind, within the window); on the
-//!   primary, cycles have failed for longer than `unreachable_secs` with
-//!   the standby out of reach, or another error stopped replication for
+//!   primary, the standby agent has not answered API calls (each health
+//!   request pings it: a cycle reconnecting makes none) or cycles have
+//!   failed for longer than `unreachable_secs` with the standby out of
+//!   reach, or another error stopped replication for
 //!   [`STOPPED_AFTER`] cycles in a row; on the standby, no call from the
 //!   primary for longer than `unreachable_secs` while syncing; the RPO lag
 //!   above the group's critical threshold.
@@ -159,12 +161,36 @@ pub struct PeerContact {
     pub idle_confirmed: Option<Timestamp>,
 }
 
+/// Primary side: whether the peer agent answered its last API call.
+#[derive(Clone, Debug, Default)]
+pub struct PeerReach {
+    /// Since when calls have failed to reach it (`None`: the last answered).
+    pub failing_since: Option<Timestamp>,
+    /// Why the last call failed.
+    pub last_error: Option<String>,
+}
+
+impl PeerReach {
+    /// Records a call that reached the peer (`None`) or failed with `error`.
+    pub fn record(&mut self, error: Option<String>, now: Timestamp) {
+        match error {
+            None => *self = PeerReach::default(),
+            Some(e) => {
+                self.failing_since.get_or_insert(now);
+                self.last_error = Some(e);
+            }
+        }
+    }
+}
+
 /// What [`evaluate`] looks at for one group.
 pub struct GroupFacts<'a> {
     /// The group.
     pub group: &'a Group,
     /// Primary: the replication loop's progress.
     pub progress: Option<&'a GroupProgress>,
+    /// Primary: whether the standby agent answers API calls.
+    pub reach: PeerReach,
     /// Standby: when the newest recovery point held on every image was taken.
     pub standby_newest_point: Option<Timestamp>,
     /// Standby: calls from the primary.
@@ -208,9 +234,11 @@ pub fn evaluate(
     operation_problems(f.operations, p, now, &mut out);
     let syncing = g.state == GroupState::Syncing;
     let rpo_lag = match g.role {
-        Role::Primary if syncing => f
-            .progress
-            .and_then(|pr| primary_problems(pr, p, now, &mut out)),
+        Role::Primary if syncing => {
+            let unreachable = reach_problem(&f.reach, p, now, &mut out);
+            f.progress
+                .and_then(|pr| primary_problems(pr, unreachable, p, now, &mut out))
+        }
         Role::Standby if syncing && !g.new_primary => standby_problems(f, p, now, &mut out),
         _ => None,
     };
@@ -291,15 +319,46 @@ fn operation_problems(
     }
 }
 
-/// A primary's replication loop; returns the RPO lag.
+/// The standby agent not answering API calls (a cycle may hang meanwhile,
+/// reconnecting): CRITICAL after `unreachable_secs`, else WARNING. Returns
+/// whether it was reported.
+fn reach_problem(
+    reach: &PeerReach,
+    p: &HealthParams,
+    now: Timestamp,
+    out: &mut Vec<(Level, &'static str, String)>,
+) -> bool {
+    let Some(since) = reach.failing_since else {
+        return false;
+    };
+    let failing = secs(since, now);
+    let error = reach.last_error.as_deref().unwrap_or("no reason given");
+    let level = if failing > p.unreachable_secs as f64 {
+        Level::Critical
+    } else {
+        Level::Warning
+    };
+    out.push((
+        level,
+        "standby_unreachable",
+        format!("standby unreachable for {}: {error}", dur(failing)),
+    ));
+    true
+}
+
+/// A primary's replication loop; returns the RPO lag. `reported`: the
+/// standby's being out of reach is reported already.
 fn primary_problems(
     pr: &GroupProgress,
+    reported: bool,
     p: &HealthParams,
     now: Timestamp,
     out: &mut Vec<(Level, &'static str, String)>,
 ) -> Option<f64> {
     let error = pr.last_error.as_deref().unwrap_or("no reason given");
-    if pr.consecutive_failures > 0 {
+    if pr.consecutive_failures > 0 && reported {
+        // One line for one cause.
+    } else if pr.consecutive_failures > 0 {
         let kind = pr.last_error_kind.as_deref().unwrap_or("other");
         let failing = secs(pr.failing_since.unwrap_or(now), now);
         let unreachable = matches!(kind, "transport" | "link_lost" | "peer");
@@ -399,7 +458,35 @@ fn standby_problems(
     Some(secs(holds, now))
 }
 
+/// How long `ferry health` waits for a standby's ping.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 impl Orchestrator {
+    /// Pings the standby of every service a replicating primary group uses,
+    /// so "unreachable since" is known even while a cycle hangs
+    /// reconnecting (it makes no API call then). Failures are recorded,
+    /// not returned.
+    pub async fn probe_standbys(&self) -> CtlResult<()> {
+        let groups = self.groups()?;
+        for svc in self.services()? {
+            let used = groups.iter().any(|g| {
+                g.service_id == svc.id && g.role == Role::Primary && g.state == GroupState::Syncing
+            });
+            if used {
+                let _ = self
+                    .peer_within(
+                        &svc,
+                        hyper::Method::GET,
+                        "/v1/peer/ping",
+                        None,
+                        PROBE_TIMEOUT,
+                    )
+                    .await;
+            }
+        }
+        Ok(())
+    }
+
     /// Every group's health (see the module doc).
     pub fn health(&self, params: &HealthParams) -> CtlResult<HealthReport> {
         let now = Timestamp::now();
@@ -416,9 +503,14 @@ impl Orchestrator {
                 Role::Standby => self.standby_newest_point(&g)?,
                 Role::Primary => None,
             };
+            let reach = lock(&self.peer_reach)
+                .get(&g.service_id)
+                .cloned()
+                .unwrap_or_default();
             let facts = GroupFacts {
                 group: &g,
                 progress: progress.as_ref(),
+                reach,
                 standby_newest_point,
                 contact,
                 started_at: self.started_at,

@@ -58,6 +58,7 @@ fn run(
     let facts = GroupFacts {
         group: g,
         progress,
+        reach: PeerReach::default(),
         standby_newest_point: None,
         contact: PeerContact::default(),
         started_at: at(100_000),
@@ -102,6 +103,7 @@ fn request_defaults_apply_to_groups_without_thresholds() {
     let facts = GroupFacts {
         group: &g,
         progress: Some(&healthy_progress(120)),
+        reach: PeerReach::default(),
         standby_newest_point: None,
         contact: PeerContact::default(),
         started_at: at(100_000),
@@ -130,6 +132,49 @@ fn an_unreachable_standby_warns_then_is_critical_after_the_limit() {
     let (_, found) = run(&g, Some(&p), &[]);
     assert_eq!(checks(&found), [(Level::Critical, "standby_unreachable")]);
     assert!(found[0].2.contains("connection refused"));
+}
+
+/// The standby agent not answering API calls (while a cycle may hang,
+/// reconnecting) is one line: WARNING, then CRITICAL after the limit.
+#[test]
+fn a_standby_not_answering_calls_is_critical_after_the_limit() {
+    let g = group(Role::Primary, GroupState::Syncing, RpoThresholds::default());
+    let mut p = healthy_progress(30);
+    p.consecutive_failures = 1;
+    p.last_error_kind = Some("peer".into());
+    p.failing_since = Some(at(400));
+    let eval = |reach: PeerReach| {
+        let facts = GroupFacts {
+            group: &g,
+            progress: Some(&p),
+            reach,
+            standby_newest_point: None,
+            contact: PeerContact::default(),
+            started_at: at(100_000),
+            operations: &[],
+        };
+        checks(&evaluate(&facts, &HealthParams::default(), NOW).2)
+    };
+    let mut reach = PeerReach::default();
+    reach.record(Some("connection refused".into()), at(10));
+    assert_eq!(
+        eval(reach.clone()),
+        [(Level::Warning, "standby_unreachable")]
+    );
+    let mut long = PeerReach::default();
+    long.record(Some("connection refused".into()), at(301));
+    long.record(Some("connection refused".into()), at(1));
+    assert_eq!(
+        long.failing_since,
+        Some(at(301)),
+        "the first failure counts"
+    );
+    assert_eq!(
+        eval(long.clone()),
+        [(Level::Critical, "standby_unreachable")]
+    );
+    long.record(None, at(0));
+    assert_eq!(long.failing_since, None, "an answer ends it");
 }
 
 #[test]
@@ -225,6 +270,7 @@ fn a_standby_checks_its_own_points_and_the_primary_calls() {
             &GroupFacts {
                 group: &g,
                 progress: None,
+                reach: PeerReach::default(),
                 standby_newest_point: point,
                 contact,
                 started_at: at(100_000),

@@ -311,6 +311,8 @@ pub struct Orchestrator {
     /// Standby side, per group: when the primary last called about it, and
     /// last confirmed an idle check (for `ferry health`).
     peer_contact: Mutex<HashMap<GroupId, health::PeerContact>>,
+    /// Primary side, per service: whether the peer answered its last call.
+    peer_reach: Mutex<HashMap<crate::control::ServiceId, health::PeerReach>>,
     /// When this agent started (the baseline of "no word from the primary").
     started_at: Timestamp,
     /// Held while a pin's holder goes (a drill ending, a recovery point
@@ -352,6 +354,7 @@ impl Orchestrator {
             rp_floor: Mutex::new(HashMap::new()),
             api_addr: Mutex::new(None),
             peer_contact: Mutex::new(HashMap::new()),
+            peer_reach: Mutex::new(HashMap::new()),
             started_at: Timestamp::now(),
             metrics: cfg.metrics,
             unpin_lock: tokio::sync::Mutex::new(()),
@@ -405,6 +408,7 @@ impl Orchestrator {
         method: Method,
         path: &str,
         body: Option<&Value>,
+        timeout: Duration,
     ) -> CtlResult<Value> {
         let addr = Self::resolve(endpoint).await?;
         let config = tls::client_config(&self.identity, fingerprint)
@@ -413,7 +417,7 @@ impl Orchestrator {
             addr,
             config: Arc::new(config),
         };
-        let reply = http::call(&target, method, path, None, body, PEER_TIMEOUT)
+        let reply = http::call(&target, method, path, None, body, timeout)
             .await
             .map_err(|source| CtlError::Peer {
                 addr: endpoint.to_owned(),
@@ -445,14 +449,44 @@ impl Orchestrator {
         path: &str,
         body: Option<&Value>,
     ) -> CtlResult<Value> {
-        self.peer_raw(
-            &svc.remote_endpoint,
-            svc.remote_fingerprint,
-            method,
-            path,
-            body,
-        )
-        .await
+        self.peer_within(svc, method, path, body, PEER_TIMEOUT)
+            .await
+    }
+
+    /// [`Orchestrator::peer`] with its own timeout.
+    async fn peer_within(
+        &self,
+        svc: &Service,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        timeout: Duration,
+    ) -> CtlResult<Value> {
+        let result = self
+            .peer_raw(
+                &svc.remote_endpoint,
+                svc.remote_fingerprint,
+                method,
+                path,
+                body,
+                timeout,
+            )
+            .await;
+        // Whether the peer answered at all (a refusal is an answer), for
+        // `ferry health`'s "standby unreachable for longer than N".
+        let unreachable = match &result {
+            Err(
+                e @ CtlError::Peer {
+                    source: Some(_), ..
+                },
+            ) => Some(error_chain(e)),
+            _ => None,
+        };
+        lock(&self.peer_reach)
+            .entry(svc.id)
+            .or_default()
+            .record(unreachable, Timestamp::now());
+        result
     }
 
     /// A service by name or id.
