@@ -183,6 +183,9 @@ impl PeerReach {
     }
 }
 
+/// One problem as [`evaluate`] finds it: level, check, message.
+pub type Finding = (Level, &'static str, String);
+
 /// What [`evaluate`] looks at for one group.
 pub struct GroupFacts<'a> {
     /// The group.
@@ -214,11 +217,7 @@ pub fn evaluate(
     f: &GroupFacts<'_>,
     p: &HealthParams,
     now: Timestamp,
-) -> (
-    Option<f64>,
-    RpoThresholds,
-    Vec<(Level, &'static str, String)>,
-) {
+) -> (Option<f64>, RpoThresholds, Vec<Finding>) {
     let g = f.group;
     let mut out = Vec::new();
     if g.state.to_string().ends_with("_failed") {
@@ -276,12 +275,7 @@ pub fn evaluate(
 /// Failed (CRITICAL) or rolled-back (WARNING) operations: the newest of
 /// each kind, finished within the window, with no later success of that
 /// kind.
-fn operation_problems(
-    ops: &[Operation],
-    p: &HealthParams,
-    now: Timestamp,
-    out: &mut Vec<(Level, &'static str, String)>,
-) {
+fn operation_problems(ops: &[Operation], p: &HealthParams, now: Timestamp, out: &mut Vec<Finding>) {
     let window_ms = i64::try_from(p.ops_window_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
     let mut seen = Vec::new();
     for op in ops.iter().rev() {
@@ -326,7 +320,7 @@ fn reach_problem(
     reach: &PeerReach,
     p: &HealthParams,
     now: Timestamp,
-    out: &mut Vec<(Level, &'static str, String)>,
+    out: &mut Vec<Finding>,
 ) -> bool {
     let Some(since) = reach.failing_since else {
         return false;
@@ -353,7 +347,7 @@ fn primary_problems(
     reported: bool,
     p: &HealthParams,
     now: Timestamp,
-    out: &mut Vec<(Level, &'static str, String)>,
+    out: &mut Vec<Finding>,
 ) -> Option<f64> {
     let error = pr.last_error.as_deref().unwrap_or("no reason given");
     if pr.consecutive_failures > 0 && reported {
@@ -432,7 +426,7 @@ fn standby_problems(
     f: &GroupFacts<'_>,
     p: &HealthParams,
     now: Timestamp,
-    out: &mut Vec<(Level, &'static str, String)>,
+    out: &mut Vec<Finding>,
 ) -> Option<f64> {
     let last = f.contact.last.unwrap_or(f.started_at).max(f.started_at);
     let silent = secs(last, now);
@@ -533,7 +527,7 @@ impl Orchestrator {
                 rpo,
             });
         }
-        problems.sort_by(|a, b| b.level.cmp(&a.level));
+        problems.sort_by_key(|p| std::cmp::Reverse(p.level));
         Ok(HealthReport {
             status: groups.iter().map(|g| g.status).max().unwrap_or(Level::Ok),
             checked_at: now,

@@ -54,7 +54,7 @@ fn run(
     g: &Group,
     progress: Option<&GroupProgress>,
     ops: &[Operation],
-) -> (Option<f64>, Vec<(Level, &'static str, String)>) {
+) -> (Option<f64>, Vec<Finding>) {
     let facts = GroupFacts {
         group: g,
         progress,
@@ -68,7 +68,7 @@ fn run(
     (lag, found)
 }
 
-fn checks(found: &[(Level, &'static str, String)]) -> Vec<(Level, &'static str)> {
+fn checks(found: &[Finding]) -> Vec<(Level, &'static str)> {
     found.iter().map(|(l, c, _)| (*l, *c)).collect()
 }
 
