@@ -19,6 +19,9 @@ struct Cli {
     /// with --token-file FILE (or FERRY_TOKEN, or --token T).
     #[command(flatten)]
     conn: ferry_agent::cli::Conn,
+    /// The zone times are shown in.
+    #[command(flatten)]
+    show: ferry_agent::cli::ShowTz,
     #[command(subcommand)]
     command: Command,
 }
@@ -253,7 +256,7 @@ fn print_verify_report(
 
 async fn main_inner(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Control(cmd) => ferry_agent::cli::run(cmd, &cli.conn).await,
+        Command::Control(cmd) => ferry_agent::cli::run(cmd, &cli.conn.with_tz(cli.show)).await,
         Command::Sync {
             dir,
             source,
@@ -449,5 +452,33 @@ fn main() -> ExitCode {
             eprintln!("ferry: error: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every command's flags are unique (clap checks on first use only: a
+    /// `--tz` flattened into `policy create`, which has its own, made that
+    /// command panic).
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+        let parsed = Cli::try_parse_from([
+            "ferry",
+            "--tz",
+            "UTC",
+            "policy",
+            "create",
+            "p",
+            "--schedule",
+            "daily 02:00",
+            "--tz",
+            "Europe/Berlin",
+            "--dir",
+            "/x",
+        ]);
+        assert!(parsed.is_ok(), "{:?}", parsed.err());
     }
 }

@@ -26,9 +26,28 @@ pub struct Conn {
     /// Print JSON on stdout (times in ms since the epoch, as the API).
     #[arg(long)]
     pub json: bool,
+    /// The zone times are shown in (from [`ShowTz`]: not a flag of every
+    /// command, since `policy create --tz` names the policy's zone).
+    #[arg(skip)]
+    pub tz: Option<String>,
+}
+
+/// `--tz` of the commands that print times.
+#[derive(Args, Clone, Debug, Default)]
+pub struct ShowTz {
     /// Show times in this IANA zone (default: the system's), e.g. UTC.
     #[arg(long)]
     pub tz: Option<String>,
+}
+
+impl Conn {
+    /// `self` showing times in `show.tz` when given.
+    pub fn with_tz(mut self, show: ShowTz) -> Conn {
+        if show.tz.is_some() {
+            self.tz = show.tz;
+        }
+        self
+    }
 }
 
 impl Conn {
@@ -119,6 +138,9 @@ pub enum OpCmd {
         /// How to reach the agent.
         #[command(flatten)]
         conn: Conn,
+        /// Time zone of the times shown.
+        #[command(flatten)]
+        show: ShowTz,
         /// At most this many.
         #[arg(long, default_value_t = 50)]
         limit: usize,
@@ -163,6 +185,9 @@ pub enum ServiceCmd {
         /// How to reach the agent.
         #[command(flatten)]
         conn: Conn,
+        /// Time zone of the times shown.
+        #[command(flatten)]
+        show: ShowTz,
     },
     /// Test the connection to the peer.
     Verify {
@@ -243,12 +268,18 @@ pub enum GroupCmd {
         /// How to reach the agent.
         #[command(flatten)]
         conn: Conn,
+        /// Time zone of the times shown.
+        #[command(flatten)]
+        show: ShowTz,
     },
     /// Show a group with resources, recovery points and progress.
     Show {
         /// How to reach the agent.
         #[command(flatten)]
         conn: Conn,
+        /// Time zone of the times shown.
+        #[command(flatten)]
+        show: ShowTz,
         /// Group name or id.
         name: String,
         /// Refresh every second until interrupted (with --json: one JSON
@@ -429,6 +460,9 @@ pub enum RpCmd {
         /// How to reach the agent.
         #[command(flatten)]
         conn: Conn,
+        /// Time zone of the times shown.
+        #[command(flatten)]
+        show: ShowTz,
         /// Group name or id.
         group: String,
     },
@@ -475,6 +509,9 @@ pub enum PolicyCmd {
         /// How to reach the agent.
         #[command(flatten)]
         conn: Conn,
+        /// Time zone of the times shown.
+        #[command(flatten)]
+        show: ShowTz,
     },
     /// Bind a policy to a group with a retention (1..=5).
     Bind {

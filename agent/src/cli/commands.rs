@@ -50,8 +50,8 @@ pub(super) async fn service(cmd: ServiceCmd, outer: &Conn) -> Result<Outcome> {
             api.run(Method::POST, "/v1/services", json_body(&create)?)
                 .await?
         }
-        ServiceCmd::List { conn } => {
-            Api::new(&conn.or(outer))?
+        ServiceCmd::List { conn, show } => {
+            Api::new(&conn.or(outer).with_tz(show))?
                 .show("/v1/services", View::Services)
                 .await?
         }
@@ -130,12 +130,17 @@ pub(super) async fn group(cmd: GroupCmd, outer: &Conn) -> Result<Outcome> {
                 )
                 .await?
         }
-        GroupCmd::List { conn } => {
-            Api::new(&conn.or(outer))?
+        GroupCmd::List { conn, show } => {
+            Api::new(&conn.or(outer).with_tz(show))?
                 .show("/v1/groups", View::Groups)
                 .await?
         }
-        GroupCmd::Show { conn, name, watch } => group_show(&conn.or(outer), &name, watch).await?,
+        GroupCmd::Show {
+            conn,
+            show,
+            name,
+            watch,
+        } => group_show(&conn.or(outer).with_tz(show), &name, watch).await?,
         GroupCmd::Add {
             conn,
             name,
@@ -278,8 +283,8 @@ pub(super) async fn rp(cmd: RpCmd, outer: &Conn) -> Result<Outcome> {
                 )
                 .await?
         }
-        RpCmd::List { conn, group } => {
-            Api::new(&conn.or(outer))?
+        RpCmd::List { conn, show, group } => {
+            Api::new(&conn.or(outer).with_tz(show))?
                 .show(
                     &format!("/v1/groups/{group}/recovery-points"),
                     View::RecoveryPoints,
@@ -333,8 +338,8 @@ pub(super) async fn policy(cmd: PolicyCmd, outer: &Conn) -> Result<Outcome> {
                 .run(Method::POST, "/v1/policies", json_body(&create)?)
                 .await?
         }
-        PolicyCmd::List { conn } => {
-            Api::new(&conn.or(outer))?
+        PolicyCmd::List { conn, show } => {
+            Api::new(&conn.or(outer).with_tz(show))?
                 .show("/v1/policies", View::Policies)
                 .await?
         }

@@ -34,7 +34,9 @@ mod tables;
 use agent_api::Outcome;
 
 pub use agent_api::resolve_conn;
-pub use args::{Conn, ControlCommand, GroupCmd, OpCmd, PolicyCmd, QosCmd, RpCmd, ServiceCmd};
+pub use args::{
+    Conn, ControlCommand, GroupCmd, OpCmd, PolicyCmd, QosCmd, RpCmd, ServiceCmd, ShowTz,
+};
 
 /// Runs a control command; `outer` holds the top-level connection flags.
 pub async fn run(cmd: ControlCommand, outer: &Conn) -> Result<ExitCode> {
@@ -67,9 +69,15 @@ pub async fn run(cmd: ControlCommand, outer: &Conn) -> Result<ExitCode> {
             id,
             wait,
         } => match (cmd, id) {
-            (Some(OpCmd::List { conn, limit, group }), _) => {
-                commands::op_list(&conn.or(outer), limit, group).await?
-            }
+            (
+                Some(OpCmd::List {
+                    conn,
+                    show,
+                    limit,
+                    group,
+                }),
+                _,
+            ) => commands::op_list(&conn.or(outer).with_tz(show), limit, group).await?,
             (None, Some(id)) => commands::op(&conn.or(outer), id, wait).await?,
             (None, None) => anyhow::bail!("say which operation: ferry op ID, or ferry op list"),
         },
