@@ -14,7 +14,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::control::{NewRecoveryPoint, NewResource, Retention};
+use crate::control::{NewRecoveryPoint, NewResource, Retention, RpoThresholds};
 use crate::schedule::PolicySchedule;
 use crate::service_key::ServiceKey;
 use crate::uri::SourceUri;
@@ -261,6 +261,8 @@ pub enum BodyRoute {
     PeerMigrate,
     /// `POST /v1/groups/{group}/drill`.
     Drill,
+    /// `PATCH /v1/groups/{group}`.
+    UpdateGroup,
 }
 
 impl BodyRoute {
@@ -286,6 +288,7 @@ impl BodyRoute {
         BodyRoute::PeerAddRecoveryPoint,
         BodyRoute::PeerMigrate,
         BodyRoute::Drill,
+        BodyRoute::UpdateGroup,
     ];
 }
 
@@ -341,7 +344,13 @@ pub fn check_request_body(route: BodyRoute, body: &[u8]) -> Result<(), BodyError
             parse::<UpdateServiceBody>(route, body)?;
         }
         BodyRoute::CreateGroup => {
-            parse::<CreateGroupBody>(route, body)?;
+            let b: CreateGroupBody = parse(route, body)?;
+            RpoThresholds::new(b.rpo_warn_secs, b.rpo_crit_secs)
+                .map_err(|e| field("rpo_warn_secs")(e.to_string()))?;
+        }
+        BodyRoute::UpdateGroup => {
+            // Checked against the group's current thresholds (stateful).
+            parse::<UpdateGroupBody>(route, body)?;
         }
         BodyRoute::AddResources => {
             let b: AddBody = parse(route, body)?;
@@ -420,6 +429,11 @@ mod tests {
                 r#"{"name":"p","schedule":{"schedule":{"kind":"daily","at":"02:00"},"tz":"UTC","effective_from":"2026-01-01T00:00:00Z"}}"#,
             ),
             (R::SetQos, r#"{"receive_limit":null,"send_limit":1000}"#),
+            (
+                R::CreateGroup,
+                r#"{"name":"g","rpo_warn_secs":60,"rpo_crit_secs":600}"#,
+            ),
+            (R::UpdateGroup, r#"{"rpo_crit_secs":0}"#),
         ] {
             if let Err(e) = check_request_body(route, body.as_bytes()) {
                 panic!("{route:?} {body}: {e}");
@@ -433,6 +447,11 @@ mod tests {
                 "key",
             ),
             (R::PeerMigrate, r#"{"step":"explode"}"#, ""),
+            (
+                R::CreateGroup,
+                r#"{"name":"g","rpo_warn_secs":600,"rpo_crit_secs":60}"#,
+                "rpo_warn_secs",
+            ),
             (
                 R::CreatePolicy,
                 r#"{"name":"p","schedule":{"schedule":{"kind":"daily","at":"25:00"},"tz":"UTC","effective_from":"2026-01-01T00:00:00Z"}}"#,
