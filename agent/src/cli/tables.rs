@@ -270,8 +270,10 @@ fn group_detail(v: &Value, tz: &TimeZone) -> String {
             p.get("rpo_lag_secs")
                 .and_then(Value::as_f64)
                 .map_or_else(|| "-".into(), |x| human_duration(x.round() as u64)),
-            human_rate(p.get("rate").and_then(Value::as_u64).filter(|r| *r > 0))
-                .replace("unlimited", "idle"),
+            match p.get("rate").and_then(Value::as_u64) {
+                Some(r) if r > 0 => human_rate(Some(r)),
+                _ => "idle".into(),
+            },
             p.get("last_error")
                 .and_then(Value::as_str)
                 .map(|e| format!("\n  last error: {e}"))
