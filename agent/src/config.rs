@@ -509,7 +509,7 @@ pub const DEFAULT_CONFIG: &str = r#"# ferry-agent configuration. Every key is op
 
 [qos]
 # Aggregate limit for everything written into this site's standby images.
-# receive_limit = "unlimited"   # or e.g. "200MB", "1Gbit"
+# receive_limit = "unlimited"   # or e.g. "200MB/s", "800Mbit" (K/M/G = 1024-based, B byte, b bit)
 # Wire limit of `ferry sync` runs that use this directory.
 # send_limit = "unlimited"
 
@@ -595,7 +595,7 @@ mod tests {
             Path::new("x"),
         )
         .unwrap();
-        assert_eq!(c.receive_limit, Some(100_000_000));
+        assert_eq!(c.receive_limit, Some(100 * 1024 * 1024));
         assert_eq!(c.retention, 3);
         let err = AgentConfig::parse("[standby]\nretention = 0\n", Path::new("x")).unwrap_err();
         assert!(err.to_string().contains("standby.retention"), "{err}");

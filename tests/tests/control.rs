@@ -431,8 +431,8 @@ fn agent_killed_while_starting_sync_comes_back_consistent() {
     ok(&a, &["group", "add", "g1", &u, "--wait"]);
     // A send limit (applied at run time, persisted) keeps the initial
     // full copy running for a few seconds.
-    let qos = ok(&a, &["qos", "set", "--send", "20M"]);
-    assert_eq!(qos["send_limit"], 20_000_000);
+    let qos = ok(&a, &["qos", "set", "--send", "20MB/s"]);
+    assert_eq!(qos["send_limit"], 20 * MIB);
     // Start (without waiting) and SIGKILL the primary agent during the
     // initial full copy.
     let started = ok(&a, &["group", "start", "g1"]);
@@ -442,7 +442,7 @@ fn agent_killed_while_starting_sync_comes_back_consistent() {
     });
     refused(&a, &["group", "stop", "g1"], "initial full sync");
     s.a.restart(&[]);
-    assert_eq!(ok(&a, &["qos", "show"])["send_limit"], 20_000_000);
+    assert_eq!(ok(&a, &["qos", "show"])["send_limit"], 20 * MIB);
     ok(&a, &["qos", "set", "--send", "unlimited"]);
 
     // No operation is left running; the group is syncing on both sides.

@@ -196,16 +196,16 @@ fn link_cut_mid_sync_resumes_without_resending_acknowledged_data() {
 fn sender_bandwidth_limit_is_an_upper_bound() {
     let pair = Pair::new(None);
     let image = pair.path("qos.raw");
-    // Random data (incompressible) so wire bytes ≈ data bytes: ~5 s at 12 MB/s.
+    // Random data (incompressible) so wire bytes ≈ data bytes: ~5 s at 12 MiB/s.
     imagegen::make_image(&image, 64 * MIB, 41).unwrap();
-    let limit = 12_000_000f64;
+    let limit = (12 * MIB) as f64;
     let started = Instant::now();
     let report = sync_json(
         &pair.primary_dir,
         &image,
         &pair.standby.target("qos"),
         &pair.standby.fingerprint,
-        &["--bwlimit", "12M"],
+        &["--bwlimit", "12MiB/s"],
     );
     let seconds = started.elapsed().as_secs_f64();
     let wire = report["frame_bytes"].as_u64().unwrap() as f64;

@@ -32,14 +32,15 @@ use rand::RngCore;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::control::{NewRecoveryPoint, OperationId, StoreError};
+use crate::control::{NewRecoveryPoint, OperationId, RpoThresholds, StoreError};
 use crate::orchestrator::{
     CtlError, MigrateStep, Orchestrator, PairRequest, PeerGroupRequest, Qos, ReprotectStep,
     DEFAULT_KEY_TTL,
 };
 use bodies::{
     AddBody, BindBody, CreateGroupBody, CreateServiceBody, DrillBody, FailoverBody, KeyBody,
-    PeerResources, PolicyBody, RestoreBody, RpBody, SyncBody, UpdateServiceBody, UrisBody,
+    PeerResources, PolicyBody, RestoreBody, RpBody, SyncBody, UpdateGroupBody, UpdateServiceBody,
+    UrisBody,
 };
 
 /// File holding the operator API token in the agent directory.
@@ -274,6 +275,7 @@ pub const OPERATOR_ROUTES: &[&str] = &[
     "/v1/groups/{group}/migrate",
     "/v1/groups/{group}/drill",
     "/v1/groups/{group}/reprotect",
+    "/v1/health/groups",
 ];
 
 /// The peer API's routes.
@@ -311,7 +313,10 @@ pub fn operator_router(orch: Arc<Orchestrator>, token: String) -> Router {
         )
         .route(r[5], post(verify_service))
         .route(r[6], get(list_groups).post(create_group))
-        .route(r[7], get(show_group).delete(delete_group))
+        .route(
+            r[7],
+            get(show_group).patch(update_group).delete(delete_group),
+        )
         .route(r[8], get(group_resources).post(add_resources))
         .route(r[9], post(remove_resources))
         .route(r[10], post(start_sync))
@@ -331,6 +336,7 @@ pub fn operator_router(orch: Arc<Orchestrator>, token: String) -> Router {
         .route(r[24], post(migrate))
         .route(r[25], post(drill).delete(end_drill))
         .route(r[26], post(reprotect))
+        .route(r[27], get(group_health))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route(r[0], get(health))
@@ -340,6 +346,14 @@ pub fn operator_router(orch: Arc<Orchestrator>, token: String) -> Router {
 
 async fn health() -> Json<Value> {
     Json(json!({ "status": "ok" }))
+}
+
+async fn group_health(
+    State(s): State<AppState>,
+    Query(q): Query<crate::orchestrator::health::HealthParams>,
+) -> ApiResult {
+    s.orch.probe_standbys().await?;
+    ok(s.orch.health(&q)?)
 }
 
 async fn status(State(s): State<AppState>) -> ApiResult {
@@ -396,10 +410,21 @@ async fn list_groups(State(s): State<AppState>) -> ApiResult {
 }
 
 async fn create_group(State(s): State<AppState>, Json(b): Json<CreateGroupBody>) -> ApiResult {
+    let rpo = RpoThresholds::new(b.rpo_warn_secs, b.rpo_crit_secs)
+        .map_err(|e| CtlError::BadRequest(e.to_string()))?;
     accepted(
         s.orch
-            .create_group(&b.name, b.service.as_deref(), &b.remote_project)?,
+            .create_group(&b.name, b.service.as_deref(), &b.remote_project, rpo)?,
     )
+}
+
+async fn update_group(
+    State(s): State<AppState>,
+    UrlPath(name): UrlPath<String>,
+    Json(b): Json<UpdateGroupBody>,
+) -> ApiResult {
+    ok(s.orch
+        .update_group(&name, b.rpo_warn_secs, b.rpo_crit_secs)?)
 }
 
 async fn show_group(State(s): State<AppState>, UrlPath(name): UrlPath<String>) -> ApiResult {
@@ -553,10 +578,16 @@ async fn delete_policy(State(s): State<AppState>, UrlPath(name): UrlPath<String>
 #[derive(Deserialize)]
 struct OpsQuery {
     limit: Option<usize>,
+    /// Only this group's (name or id).
+    group: Option<String>,
 }
 
 async fn list_operations(State(s): State<AppState>, Query(q): Query<OpsQuery>) -> ApiResult {
-    ok(s.orch.operations(q.limit.unwrap_or(50))?)
+    let limit = q.limit.unwrap_or(50);
+    match q.group {
+        Some(group) => ok(s.orch.operations_of_group(&group, limit)?),
+        None => ok(s.orch.operations(limit)?),
+    }
 }
 
 async fn show_operation(State(s): State<AppState>, UrlPath(id): UrlPath<i64>) -> ApiResult {

@@ -16,9 +16,13 @@ use ferry_protocol::AgentId;
 #[derive(Parser)]
 #[command(name = "ferry", version, about)]
 struct Cli {
-    /// How to reach the agent (control commands): --dir DIR, or --agent URL --token T.
+    /// How to reach the agent (control commands): --dir DIR, or --agent URL
+    /// with --token-file FILE (or FERRY_TOKEN, or --token T).
     #[command(flatten)]
     conn: ferry_agent::cli::Conn,
+    /// The zone times are shown in.
+    #[command(flatten)]
+    show: ferry_agent::cli::ShowTz,
     #[command(subcommand)]
     command: Command,
 }
@@ -46,7 +50,8 @@ enum Command {
         /// The standby agent's certificate fingerprint.
         #[arg(long)]
         peer: String,
-        /// Wire bandwidth limit, e.g. 100M, 1Gbit, unlimited (SIGHUP re-reads
+        /// Wire bandwidth limit, e.g. 100MB/s, 800Mbit, unlimited (K/M/G are
+        /// 1024-based, B byte, b bit; SIGHUP re-reads
         /// qos.send_limit from DIR/config.toml while running).
         #[arg(long)]
         bwlimit: Option<String>,
@@ -245,7 +250,7 @@ fn print_verify_report(
 
 async fn main_inner(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Control(cmd) => ferry_agent::cli::run(cmd, &cli.conn).await,
+        Command::Control(cmd) => ferry_agent::cli::run(cmd, &cli.conn.with_tz(cli.show)).await,
         Command::Sync {
             dir,
             source,
@@ -413,5 +418,33 @@ fn main() -> ExitCode {
             eprintln!("ferry: error: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every command's flags are unique (clap checks on first use only: a
+    /// `--tz` flattened into `policy create`, which has its own, made that
+    /// command panic).
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+        let parsed = Cli::try_parse_from([
+            "ferry",
+            "--tz",
+            "UTC",
+            "policy",
+            "create",
+            "p",
+            "--schedule",
+            "daily 02:00",
+            "--tz",
+            "Europe/Berlin",
+            "--dir",
+            "/x",
+        ]);
+        assert!(parsed.is_ok(), "{:?}", parsed.err());
     }
 }

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 
 use super::args::Conn;
 use super::render::print_human;
+use super::tables::{render, time_zone, View};
 use crate::wire::http::{self, Reply, Target};
 
 /// A request body for the agent: one of the typed bodies its API parses
@@ -28,9 +29,12 @@ pub(super) struct Api {
     target: Target,
     token: String,
     json: bool,
+    /// The zone times are shown in (`--tz`, else the system's).
+    tz: jiff::tz::TimeZone,
 }
 
-/// The operator API's address and token for `conn`.
+/// The operator API's address and token for `conn`. The token: `--token`,
+/// else `--token-file`, else `FERRY_TOKEN`, else `DIR/api.token`.
 pub fn resolve_conn(conn: &Conn) -> Result<(SocketAddr, String)> {
     if let Some(url) = &conn.agent {
         let hostport = url
@@ -41,10 +45,12 @@ pub fn resolve_conn(conn: &Conn) -> Result<(SocketAddr, String)> {
             .with_context(|| format!("--agent {url}"))?
             .next()
             .with_context(|| format!("--agent {url} resolves to nothing"))?;
-        let token = match (&conn.token, &conn.dir) {
-            (Some(t), _) => t.clone(),
+        let token = match (given_token(conn)?, &conn.dir) {
+            (Some(t), _) => t,
             (None, Some(dir)) => crate::api::read_token(dir)?,
-            (None, None) => bail!("--agent needs --token (or --dir to read it from)"),
+            (None, None) => bail!(
+                "--agent needs a token: --token-file FILE, FERRY_TOKEN, --token T, or --dir to read it from"
+            ),
         };
         return Ok((addr, token));
     }
@@ -55,11 +61,51 @@ pub fn resolve_conn(conn: &Conn) -> Result<(SocketAddr, String)> {
     let addr: SocketAddr = addr
         .parse()
         .with_context(|| format!("{} holds {addr:?}", dir.join("api.addr").display()))?;
-    let token = match &conn.token {
-        Some(t) => t.clone(),
+    let token = match given_token(conn)? {
+        Some(t) => t,
         None => crate::api::read_token(dir)?,
     };
     Ok((addr, token))
+}
+
+/// Environment variable the API token may be given in (kept out of `ps`).
+pub const TOKEN_ENV: &str = "FERRY_TOKEN";
+
+/// The token given other than by `--dir`: `--token`, else `--token-file`,
+/// else `FERRY_TOKEN` (set and not empty).
+fn given_token(conn: &Conn) -> Result<Option<String>> {
+    if let Some(t) = &conn.token {
+        return Ok(Some(t.clone()));
+    }
+    if let Some(path) = &conn.token_file {
+        return read_token_file(path).map(Some);
+    }
+    Ok(std::env::var(TOKEN_ENV)
+        .ok()
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty()))
+}
+
+/// Reads a `--token-file`: refused when group or others may read it (as
+/// the agent refuses such a DIR/api.token) or when it is empty.
+fn read_token_file(path: &std::path::Path) -> Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("--token-file {}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        bail!(
+            "--token-file {} has mode {mode:o}: it must not be readable by group or others (chmod 600 it)",
+            path.display()
+        );
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--token-file {}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        bail!("--token-file {} is empty", path.display());
+    }
+    Ok(token.to_owned())
 }
 
 /// What a command ended with.
@@ -75,7 +121,29 @@ impl Api {
             target: Target::Plain(addr),
             token,
             json: conn.json,
+            tz: time_zone(conn.tz.as_deref())?,
         })
+    }
+
+    /// Gets a list (or one object) and prints it as `view` for a person,
+    /// or as JSON with `--json`.
+    pub(super) async fn show(&self, path: &str, view: View) -> Result<Outcome> {
+        let reply = self.call(Method::GET, path, None).await?;
+        if reply.ok() && !self.json {
+            print!("{}", render(view, &reply.body, &self.tz));
+            return Ok(Outcome::Ok);
+        }
+        self.report(&reply)
+    }
+
+    /// Whether `--json` was given.
+    pub(super) fn json(&self) -> bool {
+        self.json
+    }
+
+    /// The zone times are shown in.
+    pub(super) fn tz(&self) -> &jiff::tz::TimeZone {
+        &self.tz
     }
 
     pub(super) async fn call(
@@ -190,5 +258,64 @@ impl Api {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn token_file(mode: u32, text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn token_file_is_read_trimmed_and_must_be_private() {
+        let (_d, path) = token_file(0o600, "  s3cret\n");
+        let conn = Conn {
+            token_file: Some(path.clone()),
+            ..Default::default()
+        };
+        assert_eq!(given_token(&conn).unwrap().as_deref(), Some("s3cret"));
+        // --token wins over --token-file.
+        let both = Conn {
+            token: Some("flag".into()),
+            ..conn.clone()
+        };
+        assert_eq!(given_token(&both).unwrap().as_deref(), Some("flag"));
+        for mode in [0o640, 0o604, 0o644] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = given_token(&conn).unwrap_err().to_string();
+            assert!(err.contains("chmod 600"), "{mode:o}: {err}");
+        }
+        let (_e, empty) = token_file(0o600, "\n");
+        let conn = Conn {
+            token_file: Some(empty),
+            ..Default::default()
+        };
+        assert!(given_token(&conn)
+            .unwrap_err()
+            .to_string()
+            .contains("empty"));
+    }
+
+    /// `--agent` with a token file reaches an address without any `--dir`.
+    #[test]
+    fn agent_url_with_token_file_needs_no_dir() {
+        let (_d, path) = token_file(0o600, "t0k\n");
+        let conn = Conn {
+            agent: Some("http://127.0.0.1:7480".into()),
+            token_file: Some(path),
+            ..Default::default()
+        };
+        let (addr, token) = resolve_conn(&conn).unwrap();
+        assert_eq!(addr.port(), 7480);
+        assert_eq!(token, "t0k");
     }
 }

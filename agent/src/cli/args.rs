@@ -14,12 +14,40 @@ pub struct Conn {
     /// API URL (http://HOST:PORT) instead of --dir.
     #[arg(long)]
     pub agent: Option<String>,
-    /// API token with --agent.
+    /// API token with --agent (visible in `ps`: prefer --token-file or
+    /// FERRY_TOKEN).
     #[arg(long)]
     pub token: Option<String>,
-    /// Print JSON on stdout.
+    /// File holding the API token (must not be readable by group or
+    /// others). Without --token and --token-file, FERRY_TOKEN is used, then
+    /// DIR/api.token.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Print JSON on stdout (times in ms since the epoch, as the API).
     #[arg(long)]
     pub json: bool,
+    /// The zone times are shown in (from [`ShowTz`]: not a flag of every
+    /// command, since `policy create --tz` names the policy's zone).
+    #[arg(skip)]
+    pub tz: Option<String>,
+}
+
+/// `--tz` of the commands that print times.
+#[derive(Args, Clone, Debug, Default)]
+pub struct ShowTz {
+    /// Show times in this IANA zone (default: the system's), e.g. UTC.
+    #[arg(long)]
+    pub tz: Option<String>,
+}
+
+impl Conn {
+    /// `self` showing times in `show.tz` when given.
+    pub fn with_tz(mut self, show: ShowTz) -> Conn {
+        if show.tz.is_some() {
+            self.tz = show.tz;
+        }
+        self
+    }
 }
 
 impl Conn {
@@ -29,7 +57,9 @@ impl Conn {
             dir: self.dir.or_else(|| outer.dir.clone()),
             agent: self.agent.or_else(|| outer.agent.clone()),
             token: self.token.or_else(|| outer.token.clone()),
+            token_file: self.token_file.or_else(|| outer.token_file.clone()),
             json: self.json || outer.json,
+            tz: self.tz.or_else(|| outer.tz.clone()),
         }
     }
 }
@@ -61,16 +91,62 @@ pub enum ControlCommand {
         #[arg(long)]
         watch: bool,
     },
-    /// Show (and wait for) an operation.
+    /// Is DR OK? Every group rolled up into OK, WARNING or CRITICAL, one
+    /// line per problem; exit 0/1/2 as a monitoring plugin (3: UNKNOWN,
+    /// the agent could not be asked). Works on either site.
+    Health {
+        /// How to reach the agent.
+        #[command(flatten)]
+        conn: Conn,
+        /// RPO warning threshold for groups without their own (e.g. 15m).
+        #[arg(long)]
+        rpo_warn: Option<String>,
+        /// RPO critical threshold for groups without their own (e.g. 1h).
+        #[arg(long)]
+        rpo_crit: Option<String>,
+        /// The peer out of reach for longer than this is CRITICAL.
+        #[arg(long, default_value = "5m")]
+        unreachable: String,
+        /// Failed operations older than this are not reported.
+        #[arg(long, default_value = "24h")]
+        ops_window: String,
+    },
+    /// Show (and wait for) an operation: `ferry op ID [--wait]`, or list
+    /// them: `ferry op list`.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Op {
         /// How to reach the agent.
         #[command(flatten)]
         conn: Conn,
+        /// `list`.
+        #[command(subcommand)]
+        cmd: Option<OpCmd>,
         /// Operation id.
-        id: i64,
+        #[arg(required = true)]
+        id: Option<i64>,
         /// Wait until it has finished.
         #[arg(long)]
         wait: bool,
+    },
+}
+
+/// `ferry op list`
+#[derive(Subcommand, Debug)]
+pub enum OpCmd {
+    /// The journal, newest first: every operation of this agent.
+    List {
+        /// How to reach the agent.
+        #[command(flatten)]
+        conn: Conn,
+        /// Time zone of the times shown.
+        #[command(flatten)]
+        show: ShowTz,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Only this group's.
+        #[arg(long)]
+        group: Option<String>,
     },
 }
 
@@ -109,6 +185,9 @@ pub enum ServiceCmd {
         /// How to reach the agent.
         #[command(flatten)]
         conn: Conn,
+        /// Time zone of the times shown.
+        #[command(flatten)]
+        show: ShowTz,
     },
     /// Test the connection to the peer.
     Verify {
@@ -158,23 +237,55 @@ pub enum GroupCmd {
         /// Remote project/tenant.
         #[arg(long, default_value = "")]
         remote_project: String,
+        /// `ferry health` says WARNING when the RPO lag is above this
+        /// (e.g. 5m, 1h30m, 90s; default: not checked).
+        #[arg(long)]
+        rpo_warn: Option<String>,
+        /// `ferry health` says CRITICAL when the RPO lag is above this.
+        #[arg(long)]
+        rpo_crit: Option<String>,
         /// Wait for the operation.
         #[arg(long)]
         wait: bool,
+    },
+    /// Change a group's settings: its RPO thresholds (`off` removes one).
+    /// On either site: each agent checks its own.
+    Update {
+        /// How to reach the agent.
+        #[command(flatten)]
+        conn: Conn,
+        /// Group name or id.
+        name: String,
+        /// WARNING above this RPO lag (e.g. 5m; `off`: none).
+        #[arg(long)]
+        rpo_warn: Option<String>,
+        /// CRITICAL above this RPO lag (e.g. 15m; `off`: none).
+        #[arg(long)]
+        rpo_crit: Option<String>,
     },
     /// List groups.
     List {
         /// How to reach the agent.
         #[command(flatten)]
         conn: Conn,
+        /// Time zone of the times shown.
+        #[command(flatten)]
+        show: ShowTz,
     },
     /// Show a group with resources, recovery points and progress.
     Show {
         /// How to reach the agent.
         #[command(flatten)]
         conn: Conn,
+        /// Time zone of the times shown.
+        #[command(flatten)]
+        show: ShowTz,
         /// Group name or id.
         name: String,
+        /// Refresh every second until interrupted (with --json: one JSON
+        /// line per refresh).
+        #[arg(long)]
+        watch: bool,
     },
     /// Add resources (source URIs), or a VM's volumes with --vm.
     Add {
@@ -366,6 +477,9 @@ pub enum RpCmd {
         /// How to reach the agent.
         #[command(flatten)]
         conn: Conn,
+        /// Time zone of the times shown.
+        #[command(flatten)]
+        show: ShowTz,
         /// Group name or id.
         group: String,
     },
@@ -412,6 +526,9 @@ pub enum PolicyCmd {
         /// How to reach the agent.
         #[command(flatten)]
         conn: Conn,
+        /// Time zone of the times shown.
+        #[command(flatten)]
+        show: ShowTz,
     },
     /// Bind a policy to a group with a retention (1..=5).
     Bind {
@@ -447,7 +564,8 @@ pub enum PolicyCmd {
 /// `ferry qos …`
 #[derive(Subcommand, Debug)]
 pub enum QosCmd {
-    /// Set limits (e.g. 100M, 1Gbit, unlimited); unset ones are kept.
+    /// Set limits (e.g. 100MB/s, 800Mbit, unlimited; K/M/G are 1024-based,
+    /// B is a byte, b a bit); unset ones are kept.
     Set {
         /// How to reach the agent.
         #[command(flatten)]

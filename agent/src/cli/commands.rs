@@ -12,10 +12,11 @@ use hyper::Method;
 use super::agent_api::{json_body, Api, Outcome};
 use super::args::{Conn, GroupCmd, PolicyCmd, QosCmd, RpCmd, ServiceCmd};
 use super::render::print_status;
+use super::tables::{render, View};
 use crate::schedule::{PolicySchedule, Schedule, TzName};
 use crate::wire::bodies::{
     AddBody, BindBody, CreateGroupBody, CreateServiceBody, DrillBody, FailoverBody, KeyBody,
-    PolicyBody, Qos, RestoreBody, RpBody, UpdateServiceBody, UrisBody,
+    PolicyBody, Qos, RestoreBody, RpBody, UpdateGroupBody, UpdateServiceBody, UrisBody,
 };
 
 /// `ferry service …`
@@ -49,9 +50,9 @@ pub(super) async fn service(cmd: ServiceCmd, outer: &Conn) -> Result<Outcome> {
             api.run(Method::POST, "/v1/services", json_body(&create)?)
                 .await?
         }
-        ServiceCmd::List { conn } => {
-            Api::new(&conn.or(outer))?
-                .run(Method::GET, "/v1/services", None)
+        ServiceCmd::List { conn, show } => {
+            Api::new(&conn.or(outer).with_tz(show))?
+                .show("/v1/services", View::Services)
                 .await?
         }
         ServiceCmd::Verify { conn, name } => {
@@ -93,27 +94,53 @@ pub(super) async fn group(cmd: GroupCmd, outer: &Conn) -> Result<Outcome> {
             name,
             service,
             remote_project,
+            rpo_warn,
+            rpo_crit,
             wait,
         } => {
             let create = CreateGroupBody {
                 name,
                 service,
                 remote_project,
+                rpo_warn_secs: duration_arg("--rpo-warn", rpo_warn)?.filter(|s| *s > 0),
+                rpo_crit_secs: duration_arg("--rpo-crit", rpo_crit)?.filter(|s| *s > 0),
             };
             Api::new(&conn.or(outer))?
                 .op(Method::POST, "/v1/groups", json_body(&create)?, wait)
                 .await?
         }
-        GroupCmd::List { conn } => {
+        GroupCmd::Update {
+            conn,
+            name,
+            rpo_warn,
+            rpo_crit,
+        } => {
+            let update = UpdateGroupBody {
+                rpo_warn_secs: duration_arg("--rpo-warn", rpo_warn)?,
+                rpo_crit_secs: duration_arg("--rpo-crit", rpo_crit)?,
+            };
+            if update.rpo_warn_secs.is_none() && update.rpo_crit_secs.is_none() {
+                anyhow::bail!("nothing to change: give --rpo-warn and/or --rpo-crit");
+            }
             Api::new(&conn.or(outer))?
-                .run(Method::GET, "/v1/groups", None)
+                .run(
+                    Method::PATCH,
+                    &format!("/v1/groups/{name}"),
+                    json_body(&update)?,
+                )
                 .await?
         }
-        GroupCmd::Show { conn, name } => {
-            Api::new(&conn.or(outer))?
-                .run(Method::GET, &format!("/v1/groups/{name}"), None)
+        GroupCmd::List { conn, show } => {
+            Api::new(&conn.or(outer).with_tz(show))?
+                .show("/v1/groups", View::Groups)
                 .await?
         }
+        GroupCmd::Show {
+            conn,
+            show,
+            name,
+            watch,
+        } => group_show(&conn.or(outer).with_tz(show), &name, watch).await?,
         GroupCmd::Add {
             conn,
             name,
@@ -266,12 +293,11 @@ pub(super) async fn rp(cmd: RpCmd, outer: &Conn) -> Result<Outcome> {
                 )
                 .await?
         }
-        RpCmd::List { conn, group } => {
-            Api::new(&conn.or(outer))?
-                .run(
-                    Method::GET,
+        RpCmd::List { conn, show, group } => {
+            Api::new(&conn.or(outer).with_tz(show))?
+                .show(
                     &format!("/v1/groups/{group}/recovery-points"),
-                    None,
+                    View::RecoveryPoints,
                 )
                 .await?
         }
@@ -322,9 +348,9 @@ pub(super) async fn policy(cmd: PolicyCmd, outer: &Conn) -> Result<Outcome> {
                 .run(Method::POST, "/v1/policies", json_body(&create)?)
                 .await?
         }
-        PolicyCmd::List { conn } => {
-            Api::new(&conn.or(outer))?
-                .run(Method::GET, "/v1/policies", None)
+        PolicyCmd::List { conn, show } => {
+            Api::new(&conn.or(outer).with_tz(show))?
+                .show("/v1/policies", View::Policies)
                 .await?
         }
         PolicyCmd::Bind {
@@ -381,10 +407,16 @@ pub(super) async fn qos(cmd: QosCmd, outer: &Conn) -> Result<Outcome> {
         }
         QosCmd::Show { conn } => {
             Api::new(&conn.or(outer))?
-                .run(Method::GET, "/v1/qos", None)
+                .show("/v1/qos", View::Qos)
                 .await?
         }
     })
+}
+
+/// A duration flag in seconds (`off` → 0).
+fn duration_arg(flag: &str, text: Option<String>) -> Result<Option<u64>> {
+    text.map(|t| crate::units::parse_duration_secs(&t).with_context(|| flag.to_owned()))
+        .transpose()
 }
 
 fn parse_limit(text: &str) -> Result<Option<u64>> {
@@ -413,6 +445,43 @@ pub(super) async fn status(conn: Conn, watch: bool) -> Result<Outcome> {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// `ferry group show NAME [--watch]`: the group as tables, refreshed every
+/// second with `--watch` until interrupted (`--json`: one line each time).
+async fn group_show(conn: &Conn, name: &str, watch: bool) -> Result<Outcome> {
+    let api = Api::new(conn)?;
+    let path = format!("/v1/groups/{name}");
+    if !watch {
+        return api.show(&path, View::GroupDetail).await;
+    }
+    loop {
+        let reply = api.call(Method::GET, &path, None).await?;
+        if !reply.ok() {
+            return api.report(&reply);
+        }
+        if api.json() {
+            println!("{}", reply.body);
+        } else {
+            print!(
+                "\x1b[2J\x1b[H{}",
+                render(View::GroupDetail, &reply.body, api.tz())
+            );
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(Outcome::Ok),
+        }
+    }
+}
+
+/// `ferry op list [--limit N] [--group G]`: the journal, newest first.
+pub(super) async fn op_list(conn: &Conn, limit: usize, group: Option<String>) -> Result<Outcome> {
+    let mut path = format!("/v1/operations?limit={limit}");
+    if let Some(g) = group {
+        path.push_str(&format!("&group={g}"));
+    }
+    Api::new(conn)?.show(&path, View::Operations).await
 }
 
 /// `ferry op ID [--wait]`: one operation, or wait until it has finished.
@@ -466,6 +535,8 @@ mod tests {
                     name: s("g1"),
                     service: None,
                     remote_project: s(""),
+                    rpo_warn_secs: None,
+                    rpo_crit_secs: None,
                 }),
                 json!({ "name": "g1", "service": null, "remote_project": "" }),
             ),

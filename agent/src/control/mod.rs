@@ -34,11 +34,13 @@
 
 pub mod error;
 pub mod model;
+pub mod rpo;
 pub mod rules;
 pub mod store;
 
 pub use error::{StoreError, StoreResult};
 pub use model::*;
+pub use rpo::{RpoError, RpoThresholds};
 pub use rules::{
     check, check_delete_service, FailoverTarget, GroupView, OpRequest, Refusal, RefusalReason,
 };

@@ -381,6 +381,9 @@ pub struct Group {
     pub policy: Option<PolicyBinding>,
     /// When the group was created.
     pub created_at: Timestamp,
+    /// RPO thresholds `ferry health` checks (this agent's own setting).
+    #[serde(default)]
+    pub rpo: crate::control::RpoThresholds,
 }
 
 /// Fields of a group to create (it starts in [`GroupState::Created`]).
@@ -397,6 +400,9 @@ pub struct NewGroup {
     pub remote_group_id: Option<i64>,
     /// The remote project/tenant.
     pub remote_project: String,
+    /// RPO thresholds `ferry health` checks.
+    #[serde(default)]
+    pub rpo: crate::control::RpoThresholds,
 }
 
 /// What a resource is.

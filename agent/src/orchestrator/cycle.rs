@@ -161,7 +161,7 @@ impl Orchestrator {
                         p.idle_checks += 1;
                         p.standby_holds_writes_before = Some(started);
                         p.last_cycle_seconds = Some(seconds);
-                        p.last_error = None;
+                        p.cycle_completed(0);
                         p.rate = 0;
                     });
                     SYNC_PAUSE
@@ -180,7 +180,7 @@ impl Orchestrator {
                         p.last_recovery_point = Some(done.engine_rp);
                         p.last_cycle_seconds = Some(seconds);
                         p.standby_holds_writes_before = Some(started);
-                        p.last_error = None;
+                        p.cycle_completed(done.report.reconnects.into());
                         p.rate = 0;
                         p.bytes_remaining = 0;
                         for r in &mut p.resources {
@@ -219,7 +219,7 @@ impl Orchestrator {
                     warn!(group = %name, kind = kind.as_str(), error = %text, "replication cycle failed; retrying");
                     self.set_progress(gid, |p| {
                         p.state = "retrying".into();
-                        p.last_error = Some(text.clone());
+                        p.cycle_failed(kind.as_str(), text.clone(), Timestamp::now());
                         p.rate = 0;
                     });
                     // A request fails only after several cycles in a row

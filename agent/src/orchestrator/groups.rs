@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use super::{remote_id, CtlError, CtlResult, Orchestrator};
 use crate::control::{
     Group, GroupState, NewGroup, NewResource, OpRequest, OpResult, Operation, ResourceKind,
-    ResourceState, Role, StoreError,
+    ResourceState, Role, RpoThresholds, StoreError,
 };
 use crate::uri::SourceUri;
 
@@ -38,6 +38,25 @@ impl Orchestrator {
         }))
     }
 
+    /// Changes a group's RPO thresholds (either role, any state: a local
+    /// monitoring setting, not an operation): `None` keeps a value, `Some(0)`
+    /// removes it.
+    pub fn update_group(
+        &self,
+        key: &str,
+        rpo_warn_secs: Option<u64>,
+        rpo_crit_secs: Option<u64>,
+    ) -> CtlResult<Group> {
+        let g = self.group(key)?;
+        let rpo = g
+            .rpo
+            .updated(rpo_warn_secs, rpo_crit_secs)
+            .map_err(|e| CtlError::BadRequest(e.to_string()))?;
+        let g = self.db(|s| s.set_rpo_thresholds(g.id, rpo))?;
+        info!(group = %g.name, warn_secs = ?rpo.warn_secs, crit_secs = ?rpo.crit_secs, "RPO thresholds set");
+        Ok(g)
+    }
+
     /// Creates a primary group and (in the background) its mapped standby
     /// group on the service's peer.
     pub fn create_group(
@@ -45,6 +64,7 @@ impl Orchestrator {
         name: &str,
         service: Option<&str>,
         remote_project: &str,
+        rpo: RpoThresholds,
     ) -> CtlResult<Operation> {
         let svc = match service {
             Some(key) => self.service(key)?,
@@ -67,6 +87,7 @@ impl Orchestrator {
                     service_id: svc.id,
                     remote_group_id: None,
                     remote_project: remote_project.to_owned(),
+                    rpo,
                 },
                 &json!({ "service": svc.name }),
             )

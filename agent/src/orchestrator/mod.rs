@@ -61,6 +61,7 @@ mod cycle;
 mod drill;
 mod failover;
 mod groups;
+pub mod health;
 mod hold;
 mod migration;
 mod peer;
@@ -223,8 +224,41 @@ pub struct GroupProgress {
     pub rate: u64,
     /// Why the last cycle failed, if it did.
     pub last_error: Option<String>,
+    /// What kind of error that was (the metrics' `kind` label: transport,
+    /// link_lost, peer, source, store, config, other).
+    pub last_error_kind: Option<String>,
+    /// Failed cycles in a row (0 once a cycle completes).
+    pub consecutive_failures: u32,
+    /// When the current run of failed cycles began.
+    pub failing_since: Option<Timestamp>,
+    /// Reconnects the last completed cycle needed (link lost, resumed).
+    pub last_cycle_reconnects: u64,
+    /// When cycles failed in the last hour (for link flapping).
+    #[serde(skip)]
+    pub recent_failures: Vec<Timestamp>,
     /// Per resource.
     pub resources: Vec<ResourceProgress>,
+}
+
+impl GroupProgress {
+    /// Records a completed cycle (committed or idle): the failing run ends.
+    fn cycle_completed(&mut self, reconnects: u64) {
+        self.last_error = None;
+        self.last_error_kind = None;
+        self.consecutive_failures = 0;
+        self.failing_since = None;
+        self.last_cycle_reconnects = reconnects;
+    }
+
+    /// Records a failed cycle of `kind` with `error`, at `now`.
+    fn cycle_failed(&mut self, kind: &str, error: String, now: Timestamp) {
+        self.last_error = Some(error);
+        self.last_error_kind = Some(kind.to_owned());
+        self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+        self.failing_since.get_or_insert(now);
+        self.recent_failures.retain(|t| now.0 - t.0 < 3_600_000);
+        self.recent_failures.push(now);
+    }
 }
 
 /// A named recovery point asked of a group's replication loop: the next
@@ -278,6 +312,13 @@ pub struct Orchestrator {
     rp_floor: Mutex<HashMap<GroupId, u64>>,
     api_addr: Mutex<Option<SocketAddr>>,
     metrics: Arc<Metrics>,
+    /// Standby side, per group: when the primary last called about it, and
+    /// last confirmed an idle check (for `ferry health`).
+    peer_contact: Mutex<HashMap<GroupId, health::PeerContact>>,
+    /// Primary side, per service: whether the peer answered its last call.
+    peer_reach: Mutex<HashMap<crate::control::ServiceId, health::PeerReach>>,
+    /// When this agent started (the baseline of "no word from the primary").
+    started_at: Timestamp,
     /// Held while a pin's holder goes (a drill ending, a recovery point
     /// deleted): each checks whether the other still holds the point and
     /// unpins, so one of them always unpins a point both held.
@@ -320,6 +361,9 @@ impl Orchestrator {
             reprotect_tasks: Mutex::new(HashMap::new()),
             rp_floor: Mutex::new(HashMap::new()),
             api_addr: Mutex::new(None),
+            peer_contact: Mutex::new(HashMap::new()),
+            peer_reach: Mutex::new(HashMap::new()),
+            started_at: Timestamp::now(),
             metrics: cfg.metrics,
             unpin_lock: tokio::sync::Mutex::new(()),
         });
@@ -372,6 +416,7 @@ impl Orchestrator {
         method: Method,
         path: &str,
         body: Option<&Value>,
+        timeout: Duration,
     ) -> CtlResult<Value> {
         let addr = Self::resolve(endpoint).await?;
         let config = tls::client_config(&self.identity, fingerprint)
@@ -380,7 +425,7 @@ impl Orchestrator {
             addr,
             config: Arc::new(config),
         };
-        let reply = http::call(&target, method, path, None, body, PEER_TIMEOUT)
+        let reply = http::call(&target, method, path, None, body, timeout)
             .await
             .map_err(|source| CtlError::Peer {
                 addr: endpoint.to_owned(),
@@ -412,14 +457,44 @@ impl Orchestrator {
         path: &str,
         body: Option<&Value>,
     ) -> CtlResult<Value> {
-        self.peer_raw(
-            &svc.remote_endpoint,
-            svc.remote_fingerprint,
-            method,
-            path,
-            body,
-        )
-        .await
+        self.peer_within(svc, method, path, body, PEER_TIMEOUT)
+            .await
+    }
+
+    /// [`Orchestrator::peer`] with its own timeout.
+    async fn peer_within(
+        &self,
+        svc: &Service,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        timeout: Duration,
+    ) -> CtlResult<Value> {
+        let result = self
+            .peer_raw(
+                &svc.remote_endpoint,
+                svc.remote_fingerprint,
+                method,
+                path,
+                body,
+                timeout,
+            )
+            .await;
+        // Whether the peer answered at all (a refusal is an answer), for
+        // `ferry health`'s "standby unreachable for longer than N".
+        let unreachable = match &result {
+            Err(
+                e @ CtlError::Peer {
+                    source: Some(_), ..
+                },
+            ) => Some(error_chain(e)),
+            _ => None,
+        };
+        lock(&self.peer_reach)
+            .entry(svc.id)
+            .or_default()
+            .record(unreachable, Timestamp::now());
+        result
     }
 
     /// A service by name or id.
@@ -519,6 +594,15 @@ impl Orchestrator {
         self.db(|s| s.recent_operations(limit))
     }
 
+    /// The newest `limit` operations of one group, newest first.
+    pub fn operations_of_group(&self, key: &str, limit: usize) -> CtlResult<Vec<Operation>> {
+        let g = self.group(key)?;
+        let mut ops = self.db(|s| s.operations_of_group(g.id))?;
+        ops.reverse();
+        ops.truncate(limit);
+        Ok(ops)
+    }
+
     fn peer_group(&self, caller: AgentId, id: i64) -> CtlResult<Group> {
         let svc = self.service_of_peer(caller)?;
         let g = self.db(|s| s.group(GroupId(id)))?;
@@ -528,6 +612,7 @@ impl Orchestrator {
                 reason: format!("group {id} does not belong to its service"),
             });
         }
+        lock(&self.peer_contact).entry(g.id).or_default().last = Some(Timestamp::now());
         Ok(g)
     }
 }

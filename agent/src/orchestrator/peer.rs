@@ -13,8 +13,9 @@ use tracing::info;
 use super::{error_chain, hold, CtlError, CtlResult, Orchestrator, PeerGroupRequest};
 use crate::control::{
     Group, GroupState, NewGroup, NewRecoveryPoint, NewResource, OpKind, OpResult, Outcome,
-    RecoveryPoint, Resource, ResourceState, Role, RpState, StoreError, Transition,
+    RecoveryPoint, Resource, ResourceState, Role, RpState, StoreError, Timestamp, Transition,
 };
+use crate::sync_util::lock;
 
 impl Orchestrator {
     /// Whether `caller` may write (and query) standby image `image` over
@@ -95,6 +96,7 @@ impl Orchestrator {
                     service_id: svc.id,
                     remote_group_id: Some(req.primary_group_id),
                     remote_project: req.remote_project.clone(),
+                    rpo: Default::default(),
                 },
                 &json!({ "primary": caller.to_hex() }),
             )
@@ -348,6 +350,12 @@ impl Orchestrator {
                 newest = points.iter().map(|p| p.id.get()).fold(newest, u64::max);
             }
         }
+        // The primary asks before skipping an idle cycle: it found nothing
+        // changed since the point it committed (`ferry health` on this side).
+        lock(&self.peer_contact)
+            .entry(g.id)
+            .or_default()
+            .idle_confirmed = Some(Timestamp::now());
         Ok(Some(newest))
     }
 }

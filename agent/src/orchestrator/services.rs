@@ -14,7 +14,7 @@ use rand::RngCore;
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
-use super::{CtlError, CtlResult, Orchestrator, PairRequest, ServiceKey};
+use super::{CtlError, CtlResult, Orchestrator, PairRequest, ServiceKey, PEER_TIMEOUT};
 use crate::control::{NewService, Service, StoreError, Timestamp};
 
 fn hash_secret(secret: &str) -> String {
@@ -105,6 +105,7 @@ impl Orchestrator {
             Method::POST,
             "/v1/peer/pair",
             Some(&body),
+            PEER_TIMEOUT,
         )
         .await?;
         let svc = self.db(|s| {

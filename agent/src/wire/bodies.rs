@@ -14,7 +14,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::control::{NewRecoveryPoint, NewResource, Retention};
+use crate::control::{NewRecoveryPoint, NewResource, Retention, RpoThresholds};
 use crate::schedule::PolicySchedule;
 use crate::service_key::ServiceKey;
 use crate::uri::SourceUri;
@@ -58,6 +58,24 @@ pub struct CreateGroupBody {
     /// Remote project/tenant.
     #[serde(default)]
     pub remote_project: String,
+    /// RPO above this many seconds: `ferry health` WARNING (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpo_warn_secs: Option<u64>,
+    /// RPO above this many seconds: `ferry health` CRITICAL (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpo_crit_secs: Option<u64>,
+}
+
+/// Body of `PATCH /v1/groups/{group}`: a field left out keeps its value,
+/// 0 removes the threshold.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct UpdateGroupBody {
+    /// New RPO warning threshold, seconds (0: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpo_warn_secs: Option<u64>,
+    /// New RPO critical threshold, seconds (0: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpo_crit_secs: Option<u64>,
 }
 
 /// Body of `POST /v1/groups/{group}/resources`.
@@ -312,6 +330,8 @@ pub enum BodyRoute {
     Drill,
     /// `POST /v1/peer/groups/{id}/reprotect`.
     PeerReprotect,
+    /// `PATCH /v1/groups/{group}`.
+    UpdateGroup,
 }
 
 impl BodyRoute {
@@ -338,6 +358,7 @@ impl BodyRoute {
         BodyRoute::PeerMigrate,
         BodyRoute::Drill,
         BodyRoute::PeerReprotect,
+        BodyRoute::UpdateGroup,
     ];
 }
 
@@ -393,7 +414,13 @@ pub fn check_request_body(route: BodyRoute, body: &[u8]) -> Result<(), BodyError
             parse::<UpdateServiceBody>(route, body)?;
         }
         BodyRoute::CreateGroup => {
-            parse::<CreateGroupBody>(route, body)?;
+            let b: CreateGroupBody = parse(route, body)?;
+            RpoThresholds::new(b.rpo_warn_secs, b.rpo_crit_secs)
+                .map_err(|e| field("rpo_warn_secs")(e.to_string()))?;
+        }
+        BodyRoute::UpdateGroup => {
+            // Checked against the group's current thresholds (stateful).
+            parse::<UpdateGroupBody>(route, body)?;
         }
         BodyRoute::AddResources => {
             let b: AddBody = parse(route, body)?;
@@ -481,6 +508,11 @@ mod tests {
                 r#"{"name":"p","schedule":{"schedule":{"kind":"daily","at":"02:00"},"tz":"UTC","effective_from":"2026-01-01T00:00:00Z"}}"#,
             ),
             (R::SetQos, r#"{"receive_limit":null,"send_limit":1000}"#),
+            (
+                R::CreateGroup,
+                r#"{"name":"g","rpo_warn_secs":60,"rpo_crit_secs":600}"#,
+            ),
+            (R::UpdateGroup, r#"{"rpo_crit_secs":0}"#),
         ] {
             if let Err(e) = check_request_body(route, body.as_bytes()) {
                 panic!("{route:?} {body}: {e}");
@@ -494,6 +526,11 @@ mod tests {
                 "key",
             ),
             (R::PeerMigrate, r#"{"step":"explode"}"#, ""),
+            (
+                R::CreateGroup,
+                r#"{"name":"g","rpo_warn_secs":600,"rpo_crit_secs":60}"#,
+                "rpo_warn_secs",
+            ),
             (
                 R::CreatePolicy,
                 r#"{"name":"p","schedule":{"schedule":{"kind":"daily","at":"25:00"},"tz":"UTC","effective_from":"2026-01-01T00:00:00Z"}}"#,

@@ -20,7 +20,8 @@ use serde::Serialize;
 use crate::api::bodies::{
     check_request_body, AddBody, BindBody, BodyRoute, CreateGroupBody, CreateServiceBody,
     DrillBody, FailoverBody, KeyBody, MigrateStep, PairRequest, PeerGroupRequest, PeerResources,
-    PolicyBody, Qos, ReprotectStep, RestoreBody, RpBody, SyncBody, UpdateServiceBody, UrisBody,
+    PolicyBody, Qos, ReprotectStep, RestoreBody, RpBody, SyncBody, UpdateGroupBody,
+    UpdateServiceBody, UrisBody,
 };
 use crate::control::{NewRecoveryPoint, Retention};
 use crate::schedule::PolicySchedule;
@@ -159,6 +160,7 @@ fn check_accepted(route: BodyRoute, body: &[u8]) {
         BodyRoute::Restore => round_trips(route, &parsed::<RestoreBody>(route, body)),
         BodyRoute::Failover => round_trips(route, &parsed::<FailoverBody>(route, body)),
         BodyRoute::Drill => round_trips(route, &parsed::<DrillBody>(route, body)),
+        BodyRoute::UpdateGroup => round_trips(route, &parsed::<UpdateGroupBody>(route, body)),
         BodyRoute::PeerSync => round_trips(route, &parsed::<SyncBody>(route, body)),
     }
 }

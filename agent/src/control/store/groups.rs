@@ -16,6 +16,18 @@ use crate::control::model::{
     Timestamp, Transition,
 };
 use crate::control::rules::GroupView;
+use crate::control::RpoThresholds;
+
+/// A threshold in seconds as SQLite's signed integer.
+fn secs(v: Option<u64>) -> StoreResult<Option<i64>> {
+    v.map(|s| {
+        i64::try_from(s).map_err(|_| StoreError::Sqlite {
+            context: format!("RPO threshold {s}s is out of range"),
+            source: rusqlite::Error::IntegralValueOutOfRange(0, i64::MAX),
+        })
+    })
+    .transpose()
+}
 
 impl Store {
     /// Creates a group in state `created` and, in the same transaction, a
@@ -32,9 +44,9 @@ impl Store {
         get_service(&tx, new.service_id)?;
         let now = Timestamp::now();
         tx.execute(
-            "INSERT INTO protection_groups (name, role, state, service_id, remote_group_id, remote_project, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![new.name, new.role, GroupState::Created, new.service_id, new.remote_group_id, new.remote_project, now],
+            "INSERT INTO protection_groups (name, role, state, service_id, remote_group_id, remote_project, created_at, rpo_warn_secs, rpo_crit_secs)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![new.name, new.role, GroupState::Created, new.service_id, new.remote_group_id, new.remote_project, now, secs(new.rpo.warn_secs)?, secs(new.rpo.crit_secs)?],
         )
         .map_err(|e| {
             if is_unique_violation(&e) {
@@ -130,6 +142,28 @@ impl Store {
         let g = get_group(&tx, id)?;
         tx.commit()
             .ctx(|| format!("commit remote id of group '{}'", g.name))?;
+        Ok(g)
+    }
+
+    /// Sets the group's RPO thresholds (checked by the caller: see
+    /// [`RpoThresholds::new`]).
+    pub fn set_rpo_thresholds(&mut self, id: GroupId, rpo: RpoThresholds) -> StoreResult<Group> {
+        let tx = self.write(|| format!("set RPO thresholds of group {id}"))?;
+        let n = tx
+            .execute(
+                "UPDATE protection_groups SET rpo_warn_secs = ?2, rpo_crit_secs = ?3 WHERE id = ?1",
+                params![id, secs(rpo.warn_secs)?, secs(rpo.crit_secs)?],
+            )
+            .ctx(|| format!("set RPO thresholds of group {id}"))?;
+        if n == 0 {
+            return Err(StoreError::NotFound {
+                what: "group",
+                key: id.to_string(),
+            });
+        }
+        let g = get_group(&tx, id)?;
+        tx.commit()
+            .ctx(|| format!("commit RPO thresholds of group '{}'", g.name))?;
         Ok(g)
     }
 

@@ -16,6 +16,7 @@ use crate::control::model::{
     RpId, RpKind, RpState, Service, ServiceId, Timestamp,
 };
 use crate::control::rules::GroupView;
+use crate::control::RpoThresholds;
 
 /// Adds what the store was doing to a SQLite error.
 pub(super) trait Ctx<T> {
@@ -130,7 +131,7 @@ pub(super) fn service_row(row: &Row<'_>) -> rusqlite::Result<Service> {
 }
 
 pub(super) const GROUP_COLS: &str = "id, name, role, new_primary, migrated, state, service_id, \
-     remote_group_id, remote_project, policy_id, retention, created_at";
+     remote_group_id, remote_project, policy_id, retention, created_at, rpo_warn_secs, rpo_crit_secs";
 
 #[derive(Debug, thiserror::Error)]
 #[error("policy binding with retention {0:?} and policy {1:?} (both or neither, retention 1..=5)")]
@@ -165,6 +166,10 @@ pub(super) fn group_row(row: &Row<'_>) -> rusqlite::Result<Group> {
         remote_project: row.get(8)?,
         policy,
         created_at: row.get(11)?,
+        rpo: RpoThresholds {
+            warn_secs: row.get(12)?,
+            crit_secs: row.get(13)?,
+        },
     })
 }
 

@@ -128,6 +128,12 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE resources ADD COLUMN volume TEXT;
     "#,
+    // v7: a group's RPO thresholds for `ferry health` (seconds; NULL: not
+    // checked).
+    r#"
+    ALTER TABLE protection_groups ADD COLUMN rpo_warn_secs INTEGER CHECK (rpo_warn_secs > 0);
+    ALTER TABLE protection_groups ADD COLUMN rpo_crit_secs INTEGER CHECK (rpo_crit_secs > 0);
+    "#,
 ];
 
 /// The schema version this build writes.

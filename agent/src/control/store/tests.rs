@@ -10,6 +10,7 @@ use super::*;
 use crate::control::error::StoreError;
 use crate::control::model::*;
 use crate::control::rules::{check, FailoverTarget, GroupView, OpRequest};
+use crate::control::RpoThresholds;
 
 mod durability;
 
@@ -45,6 +46,7 @@ fn mapped_group(store: &mut Store, name: &str) -> Group {
                 service_id: svc.id,
                 remote_group_id: None,
                 remote_project: "tenant-a".into(),
+                rpo: Default::default(),
             },
             &json!({}),
         )
@@ -372,6 +374,7 @@ fn constraint_errors_name_the_conflict() {
                 service_id: g1.service_id,
                 remote_group_id: None,
                 remote_project: "p".into(),
+                rpo: Default::default(),
             },
             &json!({}),
         )
@@ -385,6 +388,7 @@ fn constraint_errors_name_the_conflict() {
                 service_id: ServiceId(99),
                 remote_group_id: None,
                 remote_project: "p".into(),
+                rpo: Default::default(),
             },
             &json!({}),
         )
@@ -731,6 +735,7 @@ fn syncing_standby_group(store: &mut Store, name: &str) -> Group {
                 service_id: svc.id,
                 remote_group_id: Some(9),
                 remote_project: "tenant-a".into(),
+                rpo: Default::default(),
             },
             &json!({}),
         )
@@ -822,4 +827,31 @@ fn a_drill_is_recorded_with_its_operation_survives_reopen_and_blocks_deletion() 
     let e = store.begin_end_drill(g.id, &json!({})).unwrap_err();
     assert!(e.to_string().contains("needs a drill running"), "{e}");
     store.clear_drill(g.id).unwrap();
+}
+
+/// A group's RPO thresholds persist, can be removed, and the schema refuses
+/// a threshold of 0 even if a caller skipped `RpoThresholds::new`.
+#[test]
+fn rpo_thresholds_persist_and_zero_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let id;
+    {
+        let mut store = Store::open(dir.path()).unwrap();
+        let g = mapped_group(&mut store, "g1");
+        assert_eq!(g.rpo, RpoThresholds::default());
+        id = g.id;
+        let t = RpoThresholds::new(Some(60), Some(600)).unwrap();
+        assert_eq!(store.set_rpo_thresholds(id, t).unwrap().rpo, t);
+        let zero = RpoThresholds {
+            warn_secs: Some(0),
+            crit_secs: None,
+        };
+        assert!(store.set_rpo_thresholds(id, zero).is_err());
+    }
+    let mut store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.group(id).unwrap().rpo.crit_secs, Some(600));
+    let cleared = store
+        .set_rpo_thresholds(id, RpoThresholds::default())
+        .unwrap();
+    assert_eq!(cleared.rpo, RpoThresholds::default());
 }
