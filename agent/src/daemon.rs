@@ -494,7 +494,15 @@ pub async fn start_control(
     identity: &Identity,
     metrics: Arc<Metrics>,
 ) -> Result<RunningControl> {
-    let token = api::ensure_token(dir)?;
+    if config.api_tls.is_some() {
+        anyhow::bail!("[api] tls is not supported yet");
+    }
+    let read_only_path =
+        api::auth::read_only_token_path(dir, config.api_read_only_token_file.as_deref());
+    let tokens = api::auth::Tokens {
+        operator: Arc::new(api::ensure_token(dir)?),
+        read_only: Some(Arc::new(api::ensure_token_file(&read_only_path)?)),
+    };
     let orch = Orchestrator::open(OrchestratorConfig {
         dir: dir.to_path_buf(),
         quic_addr: standby.addr,
@@ -523,7 +531,7 @@ pub async fn start_control(
     api::write_addr(dir, api_addr)?;
     orch.set_api_addr(api_addr);
     standby.authorizer.set_orchestrator(&orch);
-    let app = api::operator_router(orch.clone(), token);
+    let app = api::operator_router(orch.clone(), tokens);
     tokio::spawn(async move {
         if let Err(error) = axum::serve(tcp, app).await {
             warn!(%error, "operator API stopped");

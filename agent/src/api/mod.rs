@@ -1,8 +1,10 @@
 //! The agent's HTTP/JSON APIs (axum), documented in `agent/openapi.yaml`:
-//! - the **operator API** on a loopback address (`[api] listen`), every
-//!   route but `GET /v1/health` behind `Authorization: Bearer TOKEN` (the
-//!   token `ferry-agent init` writes to `DIR/api.token`, mode 0600); the
-//!   bound address is written to `DIR/api.addr` so `ferry --dir DIR` finds it;
+//! - the **operator API** on a loopback address (`[api] listen`; plain HTTP,
+//!   or HTTPS with `[api] tls`, see `wire/api_tls.rs`), every route but
+//!   `GET /v1/health` behind `Authorization: Bearer TOKEN` (the token
+//!   `ferry-agent init` writes to `DIR/api.token`, mode 0600, or the
+//!   read-only token that may only `GET`, see `auth.rs`); the bound address
+//!   is written to `DIR/api.addr` so `ferry --dir DIR` finds it;
 //! - the **peer API** (`/v1/peer/…`) that agents call on each other, over
 //!   mutual TLS on TCP at the agent's QUIC listen address (see `wire/tls.rs`):
 //!   pairing needs the one-time secret of a service key, every other route a
@@ -17,14 +19,16 @@
 // `api::tls` keep working.
 pub use crate::wire::{bodies, http, tls};
 
+pub mod auth;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Path as UrlPath, Query, Request, State};
+use axum::extract::{ConnectInfo, Path as UrlPath, Query, State};
 use axum::http::StatusCode;
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -74,8 +78,14 @@ pub enum ApiFileError {
 /// Creates `DIR/api.token` (mode 0600) unless it exists; returns the token.
 /// An existing token file readable by group or others is refused.
 pub fn ensure_token(dir: &Path) -> Result<String, ApiFileError> {
+    ensure_token_file(&dir.join(TOKEN_FILE))
+}
+
+/// Creates the token file `path` (mode 0600) unless it exists; returns the
+/// token. An existing token file readable by group or others is refused.
+pub fn ensure_token_file(path: &Path) -> Result<String, ApiFileError> {
     use std::os::unix::fs::PermissionsExt;
-    let path = dir.join(TOKEN_FILE);
+    let path = path.to_path_buf();
     if let Ok(meta) = std::fs::metadata(&path) {
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
@@ -213,35 +223,6 @@ fn accepted(op: crate::control::Operation) -> ApiResult {
 #[derive(Clone)]
 struct AppState {
     orch: Arc<Orchestrator>,
-    token: Arc<String>,
-}
-
-async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let given = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let good = given.is_some_and(|t| constant_time_eq(t.as_bytes(), state.token.as_bytes()));
-    if !good {
-        // Never log what was presented: a wrong token may be a near miss.
-        tracing::warn!(
-            method = %req.method(),
-            path = %req.uri().path(),
-            presented = given.is_some(),
-            "refused an operator API call without a valid token"
-        );
-        return (
-            StatusCode::UNAUTHORIZED,
-            Json(json!({ "error": "missing or wrong API token (Authorization: Bearer TOKEN from DIR/api.token)" })),
-        )
-            .into_response();
-    }
-    next.run(req).await
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The operator API's routes (every path, for the OpenAPI check).
@@ -290,11 +271,8 @@ pub const PEER_ROUTES: &[&str] = &[
 ];
 
 /// The operator API router.
-pub fn operator_router(orch: Arc<Orchestrator>, token: String) -> Router {
-    let state = AppState {
-        orch,
-        token: Arc::new(token),
-    };
+pub fn operator_router(orch: Arc<Orchestrator>, tokens: auth::Tokens) -> Router {
+    let state = AppState { orch };
     let r = OPERATOR_ROUTES;
     let protected = Router::new()
         .route(r[1], get(status))
@@ -327,7 +305,7 @@ pub fn operator_router(orch: Arc<Orchestrator>, token: String) -> Router {
         .route(r[23], get(get_qos).put(set_qos))
         .route(r[24], post(migrate))
         .route(r[25], post(drill).delete(end_drill))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+        .route_layer(middleware::from_fn_with_state(tokens, auth::require_token));
     Router::new()
         .route(r[0], get(health))
         .merge(protected)
@@ -746,12 +724,5 @@ mod tests {
         }
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(ensure_token(dir.path()).is_ok());
-    }
-
-    #[test]
-    fn constant_time_eq_compares() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
     }
 }
