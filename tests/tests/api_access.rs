@@ -138,3 +138,149 @@ fn read_only_token_reads_every_get_route_and_no_write_route() {
     assert_eq!(status.body, Value::Array(vec![]), "{}", status.body);
     drop(agent);
 }
+
+/// Turns on TLS in the agent's config (`lines` go under `[api]`).
+fn set_api_tls(dir: &Path, lines: &str) {
+    let path = dir.join("config.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("\n[api]\n"), "no [api] section in {text}");
+    std::fs::write(
+        &path,
+        text.replace("\n[api]\n", &format!("\n[api]\n{lines}\n")),
+    )
+    .unwrap();
+}
+
+fn tls_target(dir: &Path, fingerprint: &str) -> Target {
+    let conn = ferry_agent::cli::Conn {
+        agent: Some(
+            std::fs::read_to_string(dir.join("api.addr"))
+                .unwrap()
+                .trim()
+                .to_owned(),
+        ),
+        agent_fingerprint: Some(fingerprint.to_owned()),
+        token: Some("unused".into()),
+        ..Default::default()
+    };
+    ferry_agent::cli::resolve_target(&conn).unwrap().0
+}
+
+#[test]
+fn operator_api_over_tls_with_the_agents_certificate_pins_its_fingerprint() {
+    use ferry_e2e::cli::{ok, text};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a");
+    let fp = init_agent(&dir);
+    set_api_tls(&dir, "tls = true");
+    let agent = Agent::start(&dir, &fp, &[]);
+    let url = std::fs::read_to_string(dir.join("api.addr")).unwrap();
+    let url = url.trim();
+    assert!(url.starts_with("https://"), "{url}");
+    let pinned = std::fs::read_to_string(dir.join("api.fingerprint")).unwrap();
+    assert_eq!(pinned.trim(), fp);
+    // `ferry --dir` finds the URL and the pin by itself.
+    let status = ok(&dir, &["status"]);
+    assert!(status.is_object(), "{status}");
+    // `--agent https://…` with the fingerprint, as printed by init or with
+    // openssl's colons.
+    let operator = token(&dir.join("api.token"));
+    let colons: Vec<String> = fp
+        .as_bytes()
+        .chunks(2)
+        .map(|c| String::from_utf8_lossy(c).to_uppercase())
+        .collect();
+    for pin in [fp.clone(), colons.join(":")] {
+        let out = ferry_e2e::ferry(&[
+            "--agent",
+            url,
+            "--agent-fingerprint",
+            &pin,
+            "--token",
+            &operator,
+            "group",
+            "list",
+            "--json",
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    // A wrong pin, or no pin, or plain HTTP to the TLS port: refused.
+    let other = "ab".repeat(32);
+    let out = ferry_e2e::ferry(&[
+        "--agent",
+        url,
+        "--agent-fingerprint",
+        &other,
+        "--token",
+        &operator,
+        "group",
+        "list",
+    ]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let out = ferry_e2e::ferry(&["--agent", url, "--token", &operator, "group", "list"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--agent-fingerprint"),
+        "{}",
+        text(&out)
+    );
+    let plain = url.replace("https://", "http://");
+    let out = ferry_e2e::ferry(&["--agent", &plain, "--token", &operator, "group", "list"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    // Every route over TLS: the tokens mean the same.
+    let read_only = token(&dir.join("api.readonly.token"));
+    walk(&tls_target(&dir, &fp), &operator, &read_only);
+    drop(agent);
+}
+
+#[test]
+fn operator_api_over_tls_with_an_operator_given_certificate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a");
+    let fp = init_agent(&dir);
+    // A certificate and key the operator provides (made here as another
+    // agent identity would be: ECDSA P-256, self-signed, PEM).
+    let certs = tmp.path().join("certs");
+    let given = ferry_engine::identity::Identity::create(&certs).unwrap();
+    let cert = certs.join("identity/cert.pem");
+    let key = certs.join("identity/key.pem");
+    set_api_tls(
+        &dir,
+        &format!(
+            "tls_cert = {:?}\ntls_key = {:?}",
+            cert.display().to_string(),
+            key.display().to_string()
+        ),
+    );
+    let agent = Agent::start(&dir, &fp, &[]);
+    let pinned = std::fs::read_to_string(dir.join("api.fingerprint")).unwrap();
+    let given_fp = given.fingerprint().to_string();
+    assert_eq!(pinned.trim(), given_fp);
+    assert_ne!(given_fp, fp);
+    let operator = token(&dir.join("api.token"));
+    // The given certificate's pin works; the agent's own does not.
+    let reply = call(
+        &tls_target(&dir, &given_fp),
+        Method::GET,
+        "/v1/groups",
+        &operator,
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let wrong = rt.block_on(http::call(
+        &tls_target(&dir, &fp),
+        Method::GET,
+        "/v1/groups",
+        Some(&operator),
+        None,
+        Duration::from_secs(10),
+    ));
+    assert!(
+        wrong.is_err(),
+        "the agent's own fingerprint was accepted for another certificate"
+    );
+    drop(agent);
+}

@@ -17,7 +17,7 @@
 // The body, HTTP client and TLS types live in `wire` (below this layer and
 // the orchestrator); re-exported so `api::bodies`, `api::http` and
 // `api::tls` keep working.
-pub use crate::wire::{bodies, http, tls};
+pub use crate::wire::{api_tls, bodies, http, tls};
 
 pub mod auth;
 
@@ -134,17 +134,51 @@ pub fn read_token(dir: &Path) -> Result<String, ApiFileError> {
         })
 }
 
-/// Writes `DIR/api.addr` (atomically).
-pub fn write_addr(dir: &Path, addr: SocketAddr) -> Result<(), ApiFileError> {
-    let path = dir.join(ADDR_FILE);
-    let tmp = dir.join("api.addr.tmp");
-    crate::durable::write_durably(&tmp, &path, format!("{addr}\n").as_bytes()).map_err(|source| {
-        ApiFileError::Io {
-            what: "writing",
-            path,
-            source,
+/// File holding, while the operator API serves TLS, the fingerprint of its
+/// certificate (clients pin it).
+pub const FINGERPRINT_FILE: &str = "api.fingerprint";
+
+/// Writes `DIR/api.addr` (atomically): `ADDR` for plain HTTP; with TLS
+/// (`tls`: the served certificate's fingerprint) `https://ADDR`, and the
+/// fingerprint to `DIR/api.fingerprint` (removed when TLS is off, so no
+/// stale pin outlives the setting).
+pub fn write_addr(
+    dir: &Path,
+    addr: SocketAddr,
+    tls: Option<ferry_protocol::AgentId>,
+) -> Result<(), ApiFileError> {
+    let write = |name: &str, text: String| {
+        let path = dir.join(name);
+        let tmp = dir.join(format!("{name}.tmp"));
+        crate::durable::write_durably(&tmp, &path, text.as_bytes()).map_err(|source| {
+            ApiFileError::Io {
+                what: "writing",
+                path,
+                source,
+            }
+        })
+    };
+    let fp_path = dir.join(FINGERPRINT_FILE);
+    match tls {
+        Some(fp) => {
+            write(FINGERPRINT_FILE, format!("{fp}\n"))?;
+            write(ADDR_FILE, format!("https://{addr}\n"))
         }
-    })
+        None => {
+            match std::fs::remove_file(&fp_path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(ApiFileError::Io {
+                        what: "removing",
+                        path: fp_path,
+                        source,
+                    })
+                }
+            }
+            write(ADDR_FILE, format!("{addr}\n"))
+        }
+    }
 }
 
 /// Reads `DIR/api.addr`.

@@ -28,7 +28,7 @@ pub mod sync_verify;
 
 use agent_api::Outcome;
 
-pub use agent_api::resolve_conn;
+pub use agent_api::{resolve_conn, resolve_target};
 pub use args::{Conn, ControlCommand, GroupCmd, PolicyCmd, QosCmd, RpCmd, ServiceCmd};
 
 /// Runs a control command; `outer` holds the top-level connection flags.
