@@ -406,7 +406,8 @@ fn metrics_endpoint_reports_a_real_replication() {
         *m.get(key)
             .unwrap_or_else(|| panic!("no series {key} in:\n{text}"))
     };
-    let img = "group=\"g1\",image=\"g1-vm1\"";
+    // Per-image series carry ceph-mgr's labels (a file: no pool or namespace).
+    let img = "group=\"g1\",pool=\"\",namespace=\"\",image=\"g1-vm1\"";
     assert!(get(&a, &a_text, &format!("ferry_read_bytes_total{{{img}}}")) >= (8 * MIB) as f64);
     assert!(get(&a, &a_text, &format!("ferry_sent_bytes_total{{{img}}}")) > 0.0);
     assert!(get(&a, &a_text, &format!("ferry_extents_sent_total{{{img}}}")) >= 1.0);
@@ -435,6 +436,30 @@ fn metrics_endpoint_reports_a_real_replication() {
     assert!(get(&b, &b_text, "ferry_standby_commits_total") >= 1.0);
     assert!(get(&b, &b_text, "ferry_standby_extents_total") >= 1.0);
     assert!(get(&b, &b_text, "ferry_standby_received_bytes_total") > 0.0);
+    // The standby tells, without the primary, how old its newest complete
+    // recovery point is, per image and for the group (the failover point).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let image_point = get(
+        &b,
+        &b_text,
+        &format!("ferry_standby_recovery_point_timestamp_seconds{{{img}}}"),
+    );
+    let group_point = get(
+        &b,
+        &b_text,
+        "ferry_standby_group_recovery_point_timestamp_seconds{group=\"g1\"}",
+    );
+    assert!(image_point > now - 3600.0 && image_point <= now + 1.0, "{image_point} vs {now}");
+    assert_eq!(group_point, image_point, "one image: the group's point is the image's");
+    for (site, text) in [("primary", &a_text), ("standby", &b_text)] {
+        let info = format!(
+            "ferry_image_info{{group=\"g1\",role=\"{site}\",pool=\"\",namespace=\"\",image=\"g1-vm1\",standby_image=\"g1-vm1\"}} 1"
+        );
+        assert!(text.contains(&info), "no {info} in:\n{text}");
+    }
     assert!(
         a_text.contains("# TYPE ferry_read_bytes counter"),
         "{a_text}"

@@ -7,6 +7,7 @@
 //! cycle that starts after them. The loop records live progress and counts
 //! results in the metrics.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +22,7 @@ use super::{
     ResourceProgress, RpRequest, SyncLoop, CYCLE_ATTEMPTS, RETRY_PAUSE,
 };
 use crate::control::{GroupId, RecoveryPoint, ResourceState, RpKind, Timestamp};
-use crate::metrics::ErrorKind;
+use crate::metrics::{ErrorKind, Place};
 use crate::replicate::{self, Cycle, CycleOutcome, ReplicateError};
 use crate::sync_util::lock;
 use crate::uri::{SourceUri, TargetUri};
@@ -167,7 +168,15 @@ impl Orchestrator {
                     SYNC_PAUSE
                 }
                 Ok(Some(done)) => {
-                    self.metrics.record_cycle(&name, &done.report);
+                    let sources: HashMap<String, String> = self
+                        .db(|s| s.resources(gid))
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|r| (r.standby_target, r.uri))
+                        .collect();
+                    self.metrics.record_cycle(&name, &done.report, |image| {
+                        Place::of_source(sources.get(image).map_or("", String::as_str), image)
+                    });
                     let changed: u64 = done.report.images.iter().map(|r| r.bytes_changed).sum();
                     let sent: u64 = done.report.images.iter().map(|r| r.bytes_sent).sum();
                     if changed > 0 {
