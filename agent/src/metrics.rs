@@ -132,6 +132,10 @@ pub struct GroupLive {
     /// Standby side: creation time (ms since the Unix epoch) of the newest
     /// recovery point every image of the group holds complete.
     pub standby_group_point_unix_ms: Option<u64>,
+    /// Primary with a bound policy: (the newest passed slot of its
+    /// schedule, the slot of its newest complete policy recovery point or
+    /// 0), ms since the Unix epoch.
+    pub policy_slots: Option<(u64, u64)>,
 }
 
 /// Everything read at scrape time.
@@ -257,6 +261,36 @@ fn encode_group_gauges(
         .iter()
         .map(|g| (group(g), i64::from(g.replicating)))
         .collect();
+    let slots: Vec<_> = live
+        .groups
+        .iter()
+        .filter_map(|g| {
+            g.policy_slots
+                .map(|(slot, _)| (group(g), slot as f64 / 1000.0))
+        })
+        .collect();
+    gauge_family(
+        encoder,
+        "ferry_policy_slot_timestamp",
+        "The newest passed slot of the group's policy schedule",
+        Some(&seconds),
+        &slots,
+    )?;
+    let points: Vec<_> = live
+        .groups
+        .iter()
+        .filter_map(|g| {
+            g.policy_slots
+                .map(|(_, point)| (group(g), point as f64 / 1000.0))
+        })
+        .collect();
+    gauge_family(
+        encoder,
+        "ferry_policy_recovery_point_timestamp",
+        "The slot of the group's newest complete policy recovery point (0: none); below ferry_policy_slot_timestamp_seconds while a slot has no point",
+        Some(&seconds),
+        &points,
+    )?;
     gauge_family(
         encoder,
         "ferry_group_replicating",
@@ -570,6 +604,7 @@ mod tests {
             role: "standby",
             places: vec![place("s1-a", Some(1_700_000_000_500)), place("s1-b", None)],
             standby_group_point_unix_ms: Some(1_699_999_999_000),
+            policy_slots: Some((1_700_000_100_000, 0)),
             ..GroupLive::default()
         }
     }
@@ -606,6 +641,7 @@ mod tests {
                     role: "primary",
                     places: vec![],
                     standby_group_point_unix_ms: None,
+                    policy_slots: None,
                     images: vec![ImageLive {
                         place: Place::of_source("rbd:vms/ns1/db", "g1-db"),
                         remaining_bytes: 100,
@@ -639,6 +675,8 @@ mod tests {
             "ferry_image_info{group=\"s1\",role=\"standby\",pool=\"dr\",namespace=\"\",image=\"s1-a\",standby_image=\"s1-a\"} 1",
             "ferry_standby_recovery_point_timestamp_seconds{group=\"s1\",pool=\"dr\",namespace=\"\",image=\"s1-a\"} 1700000000.5",
             "ferry_standby_group_recovery_point_timestamp_seconds{group=\"s1\"} 1699999999.0",
+            "ferry_policy_slot_timestamp_seconds{group=\"s1\"} 1700000100.0",
+            "ferry_policy_recovery_point_timestamp_seconds{group=\"s1\"} 0.0",
             "ferry_standby_receive_rate_bytes_per_second{group=\"s1\",pool=\"dr\",namespace=\"\",image=\"s1-b\"} 5",
             "ferry_recovery_points{group=\"g1\"} 2",
             "ferry_last_recovery_point{group=\"g1\"} 41",

@@ -452,8 +452,14 @@ fn metrics_endpoint_reports_a_real_replication() {
         &b_text,
         "ferry_standby_group_recovery_point_timestamp_seconds{group=\"g1\"}",
     );
-    assert!(image_point > now - 3600.0 && image_point <= now + 1.0, "{image_point} vs {now}");
-    assert_eq!(group_point, image_point, "one image: the group's point is the image's");
+    assert!(
+        image_point > now - 3600.0 && image_point <= now + 1.0,
+        "{image_point} vs {now}"
+    );
+    assert_eq!(
+        group_point, image_point,
+        "one image: the group's point is the image's"
+    );
     for (site, text) in [("primary", &a_text), ("standby", &b_text)] {
         let info = format!(
             "ferry_image_info{{group=\"g1\",role=\"{site}\",pool=\"\",namespace=\"\",image=\"g1-vm1\",standby_image=\"g1-vm1\"}} 1"

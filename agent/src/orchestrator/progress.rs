@@ -153,6 +153,7 @@ impl LiveSource for Orchestrator {
                     role: g.role.as_str(),
                     places,
                     standby_group_point_unix_ms,
+                    policy_slots: self.policy_slots(&g),
                 }
             })
             .collect();
