@@ -401,7 +401,48 @@ fn scrape(dir: &Path) -> (String, HashMap<String, f64>) {
 #[test]
 fn metrics_endpoint_reports_a_real_replication() {
     let s = replicating("[metrics]\nlisten = \"127.0.0.1:0\"\n");
-    let (a_text, a) = scrape(&s.a.dir);
+    // A policy whose 00:00 UTC slot has passed today: it fires at once, and
+    // the slot and its recovery point show until both are the same slot.
+    let d = &s.a.dir;
+    ok(
+        d,
+        &[
+            "policy",
+            "create",
+            "nightly",
+            "--schedule",
+            "daily 00:00",
+            "--tz",
+            "UTC",
+            "--from",
+            "2020-01-01T00:00:00Z",
+        ],
+    );
+    ok(d, &["policy", "bind", "g1", "nightly", "--retention", "2"]);
+    let slot_key = "ferry_policy_slot_timestamp_seconds{group=\"g1\"}";
+    let point_key = "ferry_policy_recovery_point_timestamp_seconds{group=\"g1\"}";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (a_text, a) = loop {
+        let (text, series) = scrape(d);
+        let slot = series.get(slot_key).copied().unwrap_or(0.0);
+        if slot > 0.0 && series.get(point_key) == Some(&slot) {
+            break (text, series);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the policy slot never got its point:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let slot = a[slot_key];
+    assert!(
+        slot <= now_s && slot > now_s - 86_400.0,
+        "today's 00:00 UTC: {slot}"
+    );
     let get = |m: &HashMap<String, f64>, text: &str, key: &str| -> f64 {
         *m.get(key)
             .unwrap_or_else(|| panic!("no series {key} in:\n{text}"))
