@@ -12,7 +12,11 @@
 //!   totals.
 //!
 //! Names follow the Prometheus conventions: `ferry_` prefix, base units
-//! (bytes, seconds) as a suffix, `_total` on counters.
+//! (bytes, seconds) as a suffix, `_total` on counters. Per-image series are
+//! labelled `group` plus `pool`, `namespace`, `image` as ceph-mgr labels
+//! `ceph_rbd_*` (see `places.rs`, which also holds the standby's series:
+//! the time of its newest complete recovery point per image and group, so
+//! the RPO can be read from the standby when the primary is gone).
 
 use std::net::SocketAddr;
 use std::path::Path;

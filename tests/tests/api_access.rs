@@ -126,9 +126,11 @@ fn read_only_token_reads_every_get_route_and_no_write_route() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("a");
     let fp = init_agent(&dir);
+    // init creates the read-only token beside the operator token.
+    let read_only = token(&dir.join("api.readonly.token"));
     let agent = Agent::start(&dir, &fp, &[]);
     let operator = token(&dir.join("api.token"));
-    let read_only = token(&dir.join("api.readonly.token"));
+    assert_eq!(token(&dir.join("api.readonly.token")), read_only);
     assert_ne!(operator, read_only);
     let addr = std::fs::read_to_string(dir.join("api.addr")).unwrap();
     let addr = addr.trim().trim_start_matches("http://").parse().unwrap();

@@ -30,11 +30,15 @@ pub(super) struct Api {
     json: bool,
 }
 
-/// The operator API's address and token for `conn` (plain HTTP; see
-/// [`resolve_target`] for an agent that serves HTTPS).
+/// The operator API's address and token for `conn`, for plain HTTP only
+/// (an agent that serves HTTPS is refused: use [`resolve_target`]).
 pub fn resolve_conn(conn: &Conn) -> Result<(SocketAddr, String)> {
-    let (target, token) = resolve_target(conn)?;
-    Ok((target.addr(), token))
+    match resolve_target(conn)? {
+        (Target::Plain(addr), token) => Ok((addr, token)),
+        (Target::Tls { addr, .. }, _) => {
+            bail!("the agent at {addr} serves HTTPS: call it with resolve_target")
+        }
+    }
 }
 
 /// Where the operator API of `conn` is (plain or TLS pinned to the served
