@@ -136,6 +136,10 @@ pub struct GroupLive {
     /// Standby side: creation time (ms since the Unix epoch) of the newest
     /// recovery point every image of the group holds complete.
     pub standby_group_point_unix_ms: Option<u64>,
+    /// Standby side: the newest instant before which the standby holds
+    /// every write of the group — the group point's time, or later when the
+    /// primary's idle checks confirmed nothing was written since (ms).
+    pub standby_holds_writes_before_unix_ms: Option<u64>,
     /// Primary with a bound policy: (the newest passed slot of its
     /// schedule, the slot of its newest complete policy recovery point or
     /// 0), ms since the Unix epoch.
@@ -608,6 +612,7 @@ mod tests {
             role: "standby",
             places: vec![place("s1-a", Some(1_700_000_000_500)), place("s1-b", None)],
             standby_group_point_unix_ms: Some(1_699_999_999_000),
+            standby_holds_writes_before_unix_ms: Some(1_700_000_060_000),
             policy_slots: Some((1_700_000_100_000, 0)),
             ..GroupLive::default()
         }
@@ -645,6 +650,7 @@ mod tests {
                     role: "primary",
                     places: vec![],
                     standby_group_point_unix_ms: None,
+                    standby_holds_writes_before_unix_ms: None,
                     policy_slots: None,
                     images: vec![ImageLive {
                         place: Place::of_source("rbd:vms/ns1/db", "g1-db"),
@@ -679,6 +685,7 @@ mod tests {
             "ferry_image_info{group=\"s1\",role=\"standby\",pool=\"dr\",namespace=\"\",image=\"s1-a\",standby_image=\"s1-a\"} 1",
             "ferry_standby_recovery_point_timestamp_seconds{group=\"s1\",pool=\"dr\",namespace=\"\",image=\"s1-a\"} 1700000000.5",
             "ferry_standby_group_recovery_point_timestamp_seconds{group=\"s1\"} 1699999999.0",
+            "ferry_standby_holds_writes_before_timestamp_seconds{group=\"s1\"} 1700000060.0",
             "ferry_policy_slot_timestamp_seconds{group=\"s1\"} 1700000100.0",
             "ferry_policy_recovery_point_timestamp_seconds{group=\"s1\"} 0.0",
             "ferry_standby_receive_rate_bytes_per_second{group=\"s1\",pool=\"dr\",namespace=\"\",image=\"s1-b\"} 5",

@@ -501,6 +501,23 @@ fn metrics_endpoint_reports_a_real_replication() {
         group_point, image_point,
         "one image: the group's point is the image's"
     );
+    // Nothing is written now: the primary's idle checks confirm to the
+    // standby that it still holds every write, so its view of the RPO
+    // moves past the point's creation time.
+    let holds_key = "ferry_standby_holds_writes_before_timestamp_seconds{group=\"g1\"}";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (text, series) = scrape(&s.b.dir);
+        let holds = series.get(holds_key).copied().unwrap_or(0.0);
+        if holds > group_point {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no idle check confirmed past {group_point}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     for (site, text) in [("primary", &a_text), ("standby", &b_text)] {
         let info = format!(
             "ferry_image_info{{group=\"g1\",role=\"{site}\",pool=\"\",namespace=\"\",image=\"g1-vm1\",standby_image=\"g1-vm1\"}} 1"

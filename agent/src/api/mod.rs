@@ -658,12 +658,22 @@ async fn peer_remove_resources(
     ok(json!({ "removed": b.uris.len() }))
 }
 
+/// `as_of` (ms) and `floor`: an idle check's confirmation (see
+/// `Orchestrator::peer_newest_point`).
+#[derive(Deserialize)]
+struct NewestQuery {
+    as_of: Option<i64>,
+    floor: Option<u64>,
+}
+
 async fn peer_newest_point(
     State(o): State<Arc<Orchestrator>>,
     ConnectInfo(peer): Peer,
     UrlPath(id): UrlPath<i64>,
+    Query(q): Query<NewestQuery>,
 ) -> ApiResult {
-    match o.peer_newest_point(peer.fingerprint, id)? {
+    let confirm = q.as_of.zip(q.floor);
+    match o.peer_newest_point(peer.fingerprint, id, confirm)? {
         Some(newest) => ok(json!({ "newest": newest })),
         None => ok(json!({ "newest": 0, "gone": true })),
     }

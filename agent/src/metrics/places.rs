@@ -192,6 +192,26 @@ fn encode_places(
         "Creation time of the newest recovery point every image of the group holds complete on the standby (the point a failover can use)",
         Some(&seconds),
         &per_group,
+    )?;
+    let holds: Vec<_> = live
+        .groups
+        .iter()
+        .filter_map(|g| {
+            let ms = g.standby_holds_writes_before_unix_ms?;
+            Some((
+                super::GroupLabels {
+                    group: g.group.clone(),
+                },
+                ms as f64 / 1000.0,
+            ))
+        })
+        .collect();
+    gauge_family(
+        encoder,
+        "ferry_standby_holds_writes_before_timestamp",
+        "The standby holds every write of the group before this instant: its group recovery point's time, or later when the primary's idle checks confirmed nothing was written since (RPO from the standby: time() minus this)",
+        Some(&seconds),
+        &holds,
     )
 }
 

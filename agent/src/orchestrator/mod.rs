@@ -272,6 +272,11 @@ pub struct Orchestrator {
     /// Per group, the newest engine recovery point the standby is known to
     /// hold: new points are numbered above it even if the clock stepped back.
     rp_floor: Mutex<HashMap<GroupId, u64>>,
+    /// Standby side, per group: the newest instant (primary's clock, ms)
+    /// before which the primary's idle checks confirmed this standby holds
+    /// every write (in memory: after a restart the newest point's time
+    /// stands until the next check).
+    confirmed_current: Mutex<HashMap<GroupId, i64>>,
     api_addr: Mutex<Option<SocketAddr>>,
     metrics: Arc<Metrics>,
     /// Held while a pin's holder goes (a drill ending, a recovery point
@@ -311,6 +316,7 @@ impl Orchestrator {
             syncs: Mutex::new(HashMap::new()),
             progress: Mutex::new(HashMap::new()),
             rp_floor: Mutex::new(HashMap::new()),
+            confirmed_current: Mutex::new(HashMap::new()),
             api_addr: Mutex::new(None),
             metrics: cfg.metrics,
             unpin_lock: tokio::sync::Mutex::new(()),

@@ -15,6 +15,7 @@ use crate::control::{
     Group, GroupState, NewGroup, NewRecoveryPoint, NewResource, OpKind, OpResult, Outcome,
     RecoveryPoint, Resource, ResourceState, Role, RpState, StoreError, Transition,
 };
+use crate::sync_util::lock;
 
 impl Orchestrator {
     /// Whether `caller` may write (and query) standby image `image` over
@@ -333,7 +334,15 @@ impl Orchestrator {
     /// Peer: the newest engine recovery point any standby image of the
     /// group holds (0: none); `None` when this agent has no such group (it
     /// was deleted here).
-    pub fn peer_newest_point(&self, caller: AgentId, id: i64) -> CtlResult<Option<u64>> {
+    /// With `confirm = (as_of, floor)` from an idle check, records that
+    /// this standby holds every write before `as_of` when it holds `floor`
+    /// (the primary's committed point) — the primary's own test.
+    pub fn peer_newest_point(
+        &self,
+        caller: AgentId,
+        id: i64,
+        confirm: Option<(i64, u64)>,
+    ) -> CtlResult<Option<u64>> {
         let g = match self.peer_group(caller, id) {
             Ok(g) => g,
             Err(CtlError::Store(StoreError::NotFound { .. })) => return Ok(None),
@@ -346,6 +355,13 @@ impl Orchestrator {
             };
             if let Ok(points) = self.receiver.store.recovery_points(&image) {
                 newest = points.iter().map(|p| p.id.get()).fold(newest, u64::max);
+            }
+        }
+        if let Some((as_of, floor)) = confirm {
+            if newest >= floor && newest > 0 {
+                let mut confirmed = lock(&self.confirmed_current);
+                let at = confirmed.entry(g.id).or_insert(as_of);
+                *at = (*at).max(as_of);
             }
         }
         Ok(Some(newest))

@@ -120,6 +120,10 @@ impl LiveSource for Orchestrator {
                     .db(|s| s.recovery_points(g.id))
                     .map_or(0, |r| r.len() as u64);
                 let (places, standby_group_point_unix_ms) = self.places_of(&g);
+                // A confirmation only counts on top of a point every image holds.
+                let confirmed = lock(&self.confirmed_current).get(&g.id).copied();
+                let standby_holds_writes_before_unix_ms = standby_group_point_unix_ms
+                    .map(|point| confirmed.map_or(point, |c| point.max(c.max(0) as u64)));
                 let place_of = |image: &str| {
                     places
                         .iter()
@@ -153,6 +157,7 @@ impl LiveSource for Orchestrator {
                     role: g.role.as_str(),
                     places,
                     standby_group_point_unix_ms,
+                    standby_holds_writes_before_unix_ms,
                     policy_slots: self.policy_slots(&g),
                 }
             })
