@@ -44,10 +44,21 @@ command -v blockdev >/dev/null 2>&1 || need+=(util-linux)
 [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || need+=(faketime)
 # mkfs.xfs: the files backend's reflink test runs on a loop-mounted XFS.
 command -v mkfs.xfs >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.xfs ] || need+=(xfsprogs)
+# promtool checks and unit-tests contrib/prometheus/ferry-alerts.yml; Debian
+# ships it only in the prometheus package, whose server is stopped again
+# below (only promtool is wanted).
 if [ "${#need[@]}" -gt 0 ]; then
   log "installing ${need[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
+fi
+if ! command -v promtool >/dev/null 2>&1; then
+  log "installing prometheus (for promtool)"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus
+  if [ -d /run/systemd/system ]; then
+    $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -93,6 +93,25 @@ struct RawMetrics {
 #[serde(deny_unknown_fields)]
 struct RawApi {
     listen: Option<String>,
+    read_only_token_file: Option<PathBuf>,
+    tls: Option<bool>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+}
+
+/// How the operator API is served over TLS (`[api] tls = true`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApiTls {
+    /// With the agent's own certificate (`DIR/identity/cert.pem`); clients
+    /// pin its fingerprint, the one `ferry-agent init` prints.
+    Own,
+    /// With an operator-given certificate chain and key (PEM files).
+    Files {
+        /// Certificate chain, leaf first.
+        cert: PathBuf,
+        /// Private key.
+        key: PathBuf,
+    },
 }
 
 /// Default address of the agent's HTTP API (loopback only).
@@ -204,6 +223,11 @@ pub struct AgentConfig {
     /// Where the operator HTTP API listens (`[api] listen`, default
     /// [`DEFAULT_API_LISTEN`]).
     pub api_listen: String,
+    /// `[api] tls`: serve the operator API over TLS (`None`: plain HTTP).
+    pub api_tls: Option<ApiTls>,
+    /// `[api] read_only_token_file`: the read-only API token (default
+    /// `DIR/api.readonly.token`, created mode 0600 when missing).
+    pub api_read_only_token_file: Option<PathBuf>,
     /// Where the Prometheus endpoint listens (`[metrics] listen`; `None`:
     /// no endpoint).
     pub metrics_listen: Option<String>,
@@ -227,6 +251,8 @@ impl Default for AgentConfig {
             ceph: ferry_engine::rbd::ClusterSpec::default(),
             coalesce_gap: None,
             api_listen: DEFAULT_API_LISTEN.to_owned(),
+            api_tls: None,
+            api_read_only_token_file: None,
             metrics_listen: None,
             accept_changes_at_rest: false,
         }
@@ -296,7 +322,10 @@ impl AgentConfig {
             api_listen: raw
                 .api
                 .listen
+                .clone()
                 .unwrap_or_else(|| DEFAULT_API_LISTEN.to_owned()),
+            api_read_only_token_file: raw.api.read_only_token_file.clone(),
+            api_tls: api_tls(raw.api, &invalid)?,
             metrics_listen: raw.metrics.listen,
             ..Self::default()
         };
@@ -348,6 +377,24 @@ impl AgentConfig {
 
 /// Builds the error for an invalid key of the file being parsed.
 type Invalid<'a> = dyn Fn(&'static str, String) -> ConfigError + 'a;
+
+/// The `[api]` TLS keys: `tls = true` alone serves the agent's own
+/// certificate; `tls_cert` and `tls_key` (both) an operator-given one.
+fn api_tls(raw: RawApi, invalid: &Invalid) -> Result<Option<ApiTls>, ConfigError> {
+    match (raw.tls, raw.tls_cert, raw.tls_key) {
+        (Some(false) | None, None, None) => Ok(None),
+        (Some(true), None, None) => Ok(Some(ApiTls::Own)),
+        (Some(false), _, _) => Err(invalid(
+            "api.tls",
+            "tls = false but tls_cert/tls_key are set".into(),
+        )),
+        (_, Some(cert), Some(key)) => Ok(Some(ApiTls::Files { cert, key })),
+        _ => Err(invalid(
+            "api.tls_cert",
+            "tls_cert and tls_key go together".into(),
+        )),
+    }
+}
 
 /// Applies the `[transport]` section onto the defaults in `t`.
 fn apply_transport(
@@ -547,9 +594,22 @@ pub const DEFAULT_CONFIG: &str = r#"# ferry-agent configuration. Every key is op
 # accept_changes_at_rest = false
 
 [api]
-# The operator HTTP API (token in DIR/api.token). Keep it on loopback; the
-# agent-to-agent API is served over mutual TLS on the QUIC listen port (TCP).
+# The operator HTTP API (token in DIR/api.token). Keep it on loopback unless
+# TLS is on; the agent-to-agent API is served over mutual TLS on the QUIC
+# listen port (TCP).
 # listen = "127.0.0.1:7480"
+# HTTPS with the agent's own certificate: clients pin its fingerprint
+# (ferry --agent https://HOST:7480 --agent-fingerprint FP, FP as printed by
+# ferry-agent init or `openssl x509 -fingerprint -sha256`).
+# tls = true
+# …or with an operator-given certificate chain and key (PEM); clients pin
+# that certificate's fingerprint the same way.
+# tls_cert = "/etc/ferry/api.crt"
+# tls_key = "/etc/ferry/api.key"
+# A second token that may only read (GET routes: status, lists, metrics of
+# groups) for dashboards and checks; every other route answers 403 to it.
+# Created mode 0600 when missing.
+# read_only_token_file = "/var/lib/ferry/api.readonly.token"
 
 [metrics]
 # A Prometheus endpoint (GET /metrics; address also in DIR/metrics.addr).
@@ -649,5 +709,35 @@ mod tests {
         assert_eq!(c.metrics_listen.as_deref(), Some("127.0.0.1:0"));
         assert_eq!(c.log_format, LogFormat::Journald);
         assert!(AgentConfig::parse("[log]\nformat = \"xml\"\n", Path::new("x")).is_err());
+    }
+
+    #[test]
+    fn api_tls_and_read_only_token() {
+        let parse = |t: &str| AgentConfig::parse(t, Path::new("x"));
+        assert_eq!(parse("").unwrap().api_tls, None);
+        assert_eq!(parse("[api]\ntls = false\n").unwrap().api_tls, None);
+        assert_eq!(
+            parse("[api]\ntls = true\n").unwrap().api_tls,
+            Some(ApiTls::Own)
+        );
+        let c =
+            parse("[api]\ntls_cert = \"/c\"\ntls_key = \"/k\"\nread_only_token_file = \"/r\"\n")
+                .unwrap();
+        assert_eq!(
+            c.api_tls,
+            Some(ApiTls::Files {
+                cert: "/c".into(),
+                key: "/k".into()
+            })
+        );
+        assert_eq!(c.api_read_only_token_file, Some(PathBuf::from("/r")));
+        for bad in [
+            "[api]\ntls_cert = \"/c\"\n",
+            "[api]\ntls = true\ntls_key = \"/k\"\n",
+            "[api]\ntls = false\ntls_cert = \"/c\"\ntls_key = \"/k\"\n",
+        ] {
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(err.contains("api.tls"), "{bad}: {err}");
+        }
     }
 }

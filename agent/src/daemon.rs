@@ -25,10 +25,11 @@ use ferry_protocol::{AgentId, ImageName, DEFAULT_MAX_FRAME_LEN};
 use tracing::{info, warn};
 
 use crate::api;
-use crate::config::{config_path, AgentConfig, StandbyBackend};
+use crate::config::{config_path, AgentConfig, ApiTls, StandbyBackend};
 use crate::metrics::Metrics;
 use crate::orchestrator::{Orchestrator, OrchestratorConfig};
 use crate::systemd::{check_health, Notifier};
+use crate::wire::api_tls::{self, ApiCert};
 use crate::wire::tls;
 
 /// Holds the agent directory's lock: one agent (or offline command) per directory.
@@ -497,7 +498,12 @@ pub async fn start_control(
     identity: &Identity,
     metrics: Arc<Metrics>,
 ) -> Result<RunningControl> {
-    let token = api::ensure_token(dir)?;
+    let read_only_path =
+        api::auth::read_only_token_path(dir, config.api_read_only_token_file.as_deref());
+    let tokens = api::auth::Tokens {
+        operator: Arc::new(api::ensure_token(dir)?),
+        read_only: Some(Arc::new(api::ensure_token_file(&read_only_path)?)),
+    };
     let orch = Orchestrator::open(OrchestratorConfig {
         dir: dir.to_path_buf(),
         quic_addr: standby.addr,
@@ -523,15 +529,36 @@ pub async fn start_control(
         .await
         .with_context(|| format!("binding the API on {api_listen}"))?;
     let api_addr = tcp.local_addr()?;
-    api::write_addr(dir, api_addr)?;
+    let api_cert = match &config.api_tls {
+        None => None,
+        Some(ApiTls::Own) => Some(ApiCert {
+            chain: vec![identity.cert().clone()],
+            key: identity.key(),
+        }),
+        Some(ApiTls::Files { cert, key }) => Some(ApiCert::load(cert, key)?),
+    };
+    api::write_addr(dir, api_addr, api_cert.as_ref().map(ApiCert::fingerprint))?;
     orch.set_api_addr(api_addr);
     standby.authorizer.set_orchestrator(&orch);
-    let app = api::operator_router(orch.clone(), token);
-    tokio::spawn(async move {
-        if let Err(error) = axum::serve(tcp, app).await {
-            warn!(%error, "operator API stopped");
+    let app = api::operator_router(orch.clone(), tokens);
+    match api_cert {
+        None => {
+            tokio::spawn(async move {
+                if let Err(error) = axum::serve(tcp, app).await {
+                    warn!(%error, "operator API stopped");
+                }
+            });
         }
-    });
+        Some(cert) => {
+            let listener =
+                tls::TlsListener::without_client_certs(tcp, api_tls::server_config(cert)?)?;
+            tokio::spawn(async move {
+                if let Err(error) = axum::serve(listener, app).await {
+                    warn!(%error, "operator API (TLS) stopped");
+                }
+            });
+        }
+    }
     let recovering = orch.clone();
     tokio::spawn(async move {
         if let Err(error) = recovering.recover_and_resume().await {

@@ -12,7 +12,11 @@
 //!   totals.
 //!
 //! Names follow the Prometheus conventions: `ferry_` prefix, base units
-//! (bytes, seconds) as a suffix, `_total` on counters.
+//! (bytes, seconds) as a suffix, `_total` on counters. Per-image series are
+//! labelled `group` plus `pool`, `namespace`, `image` as ceph-mgr labels
+//! `ceph_rbd_*` (see `places.rs`, which also holds the standby's series:
+//! the time of its newest complete recovery point per image and group, so
+//! the RPO can be read from the standby when the primary is gone).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -32,14 +36,8 @@ use tracing::warn;
 /// File in the agent directory holding the metrics endpoint's address.
 pub const ADDR_FILE: &str = "metrics.addr";
 
-/// Labels of a per-image series.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ImageLabels {
-    /// Protection group name.
-    pub group: String,
-    /// Standby image name.
-    pub image: String,
-}
+mod places;
+pub use places::{ImageLabels, ImagePlace, Place};
 
 /// Labels of a per-group series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -60,12 +58,6 @@ struct CycleLabels {
 struct ErrorLabels {
     group: String,
     kind: &'static str,
-}
-
-/// Labels of a standby image series.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StandbyImageLabels {
-    image: String,
 }
 
 /// What a failed cycle is counted as (`kind` label of `ferry_errors_total`).
@@ -105,8 +97,8 @@ impl ErrorKind {
 /// Live per-image values of a replicating group.
 #[derive(Clone, Debug, Default)]
 pub struct ImageLive {
-    /// Standby image name.
-    pub image: String,
+    /// Where the (source) image lives on this site.
+    pub place: Place,
     /// Bytes still to scan in the running cycle.
     pub remaining_bytes: u64,
     /// Current send rate, bytes/s.
@@ -134,8 +126,24 @@ pub struct GroupLive {
     pub last_recovery_point: Option<u64>,
     /// Whether the group's replication loop runs here.
     pub replicating: bool,
-    /// Per image.
+    /// Per image (while the group replicates from here).
     pub images: Vec<ImageLive>,
+    /// This agent's role for the group (`primary` or `standby`).
+    pub role: &'static str,
+    /// Every image of the group: its place on this site and, on the
+    /// standby, its newest complete recovery point.
+    pub places: Vec<ImagePlace>,
+    /// Standby side: creation time (ms since the Unix epoch) of the newest
+    /// recovery point every image of the group holds complete.
+    pub standby_group_point_unix_ms: Option<u64>,
+    /// Standby side: the newest instant before which the standby holds
+    /// every write of the group — the group point's time, or later when the
+    /// primary's idle checks confirmed nothing was written since (ms).
+    pub standby_holds_writes_before_unix_ms: Option<u64>,
+    /// Primary with a bound policy: (the newest passed slot of its
+    /// schedule, the slot of its newest complete policy recovery point or
+    /// 0), ms since the Unix epoch.
+    pub policy_slots: Option<(u64, u64)>,
 }
 
 /// Everything read at scrape time.
@@ -207,7 +215,7 @@ impl prometheus_client::collector::Collector for LiveCollector {
         let live = source.live();
         encode_group_gauges(&mut encoder, &live)?;
         encode_image_gauges(&mut encoder, &live)?;
-        encode_standby(&mut encoder, &live)
+        places::encode_standby(&mut encoder, &live)
     }
 }
 
@@ -261,6 +269,36 @@ fn encode_group_gauges(
         .iter()
         .map(|g| (group(g), i64::from(g.replicating)))
         .collect();
+    let slots: Vec<_> = live
+        .groups
+        .iter()
+        .filter_map(|g| {
+            g.policy_slots
+                .map(|(slot, _)| (group(g), slot as f64 / 1000.0))
+        })
+        .collect();
+    gauge_family(
+        encoder,
+        "ferry_policy_slot_timestamp",
+        "The newest passed slot of the group's policy schedule",
+        Some(&seconds),
+        &slots,
+    )?;
+    let points: Vec<_> = live
+        .groups
+        .iter()
+        .filter_map(|g| {
+            g.policy_slots
+                .map(|(_, point)| (group(g), point as f64 / 1000.0))
+        })
+        .collect();
+    gauge_family(
+        encoder,
+        "ferry_policy_recovery_point_timestamp",
+        "The slot of the group's newest complete policy recovery point (0: none); below ferry_policy_slot_timestamp_seconds while a slot has no point",
+        Some(&seconds),
+        &points,
+    )?;
     gauge_family(
         encoder,
         "ferry_group_replicating",
@@ -280,10 +318,7 @@ fn encode_image_gauges(
     let seconds = Unit::Seconds;
     let bytes = Unit::Bytes;
     let per_second = Unit::Other("bytes_per_second".into());
-    let image = |g: &GroupLive, i: &ImageLive| ImageLabels {
-        group: g.group.clone(),
-        image: i.image.clone(),
-    };
+    let image = |g: &GroupLive, i: &ImageLive| ImageLabels::new(&g.group, &i.place);
     let images = || {
         live.groups
             .iter()
@@ -338,71 +373,6 @@ fn encode_image_gauges(
         "Packets declared lost on the current QUIC connection (resets on reconnect)",
         None,
         &lost,
-    )?;
-    Ok(())
-}
-
-/// The standby side: its counters and per-image receive rates.
-fn encode_standby(
-    encoder: &mut DescriptorEncoder<'_>,
-    live: &LiveSnapshot,
-) -> Result<(), std::fmt::Error> {
-    let bytes = Unit::Bytes;
-    let per_second = Unit::Other("bytes_per_second".into());
-    let s = live.standby;
-    counter(
-        encoder,
-        "ferry_standby_received",
-        "Payload bytes of accepted batches received by the standby (compressed)",
-        Some(&bytes),
-        s.bytes_received,
-    )?;
-    counter(
-        encoder,
-        "ferry_applied",
-        "Plain data bytes staged durably into standby images",
-        Some(&bytes),
-        s.bytes_applied,
-    )?;
-    counter(
-        encoder,
-        "ferry_standby_extents",
-        "Extents staged into standby images",
-        None,
-        s.extents,
-    )?;
-    counter(
-        encoder,
-        "ferry_standby_nacks",
-        "Batches the standby rejected and asked for again",
-        None,
-        s.nacks,
-    )?;
-    counter(
-        encoder,
-        "ferry_standby_commits",
-        "Recovery points committed on this standby",
-        None,
-        s.commits,
-    )?;
-    let receiving: Vec<_> = live
-        .standby_images
-        .iter()
-        .map(|(image, rate)| {
-            (
-                StandbyImageLabels {
-                    image: image.clone(),
-                },
-                *rate as i64,
-            )
-        })
-        .collect();
-    gauge_family(
-        encoder,
-        "ferry_standby_receive_rate",
-        "Current rate at which the standby stages data into the image",
-        Some(&per_second),
-        &receiving,
     )?;
     Ok(())
 }
@@ -522,13 +492,11 @@ impl Metrics {
         *guard = Some(source);
     }
 
-    /// Records a committed cycle of `group`.
-    pub fn record_cycle(&self, group: &str, report: &GroupReport) {
+    /// Records a committed cycle of `group`; `place` gives the place of a
+    /// standby image name (the source image it is replicated from).
+    pub fn record_cycle(&self, group: &str, report: &GroupReport, place: impl Fn(&str) -> Place) {
         for r in &report.images {
-            let labels = ImageLabels {
-                group: group.to_owned(),
-                image: r.image.clone(),
-            };
+            let labels = ImageLabels::new(group, &place(&r.image));
             self.read.get_or_create(&labels).inc_by(r.bytes_scanned);
             self.changed.get_or_create(&labels).inc_by(r.bytes_changed);
             self.sent.get_or_create(&labels).inc_by(r.bytes_sent);
@@ -631,6 +599,25 @@ mod tests {
         }
     }
 
+    /// A standby group of two images on RBD pool `dr`; the newest point
+    /// both hold is older than the newest `s1-a` holds.
+    fn standby_group() -> GroupLive {
+        let place = |image: &str, ms| ImagePlace {
+            place: Place::of_standby(Some("dr"), "", image),
+            standby_image: image.into(),
+            newest_point_unix_ms: ms,
+        };
+        GroupLive {
+            group: "s1".into(),
+            role: "standby",
+            places: vec![place("s1-a", Some(1_700_000_000_500)), place("s1-b", None)],
+            standby_group_point_unix_ms: Some(1_699_999_999_000),
+            standby_holds_writes_before_unix_ms: Some(1_700_000_060_000),
+            policy_slots: Some((1_700_000_100_000, 0)),
+            ..GroupLive::default()
+        }
+    }
+
     #[test]
     fn cycles_and_live_values_are_exposed_with_prometheus_names() {
         let metrics = Metrics::new();
@@ -648,43 +635,60 @@ mod tests {
             reconnects: 1,
             ..GroupReport::default()
         };
-        metrics.record_cycle("g1", &report);
+        metrics.record_cycle("g1", &report, |image| {
+            Place::of_source("rbd:vms/disk", image)
+        });
         metrics.record_failure("g1", ErrorKind::LinkLost);
         let source: Arc<dyn LiveSource> = Arc::new(Fixed(LiveSnapshot {
-            groups: vec![GroupLive {
-                group: "g1".into(),
-                rpo_lag_seconds: Some(1.5),
-                recovery_points: 2,
-                last_recovery_point: Some(41),
-                replicating: true,
-                images: vec![ImageLive {
-                    image: "db".into(),
-                    remaining_bytes: 100,
-                    rate: 7,
-                    rtt_seconds: Some(0.001),
-                    cwnd_bytes: Some(12000),
-                    lost_packets: Some(0),
-                }],
-            }],
+            groups: vec![
+                GroupLive {
+                    group: "g1".into(),
+                    rpo_lag_seconds: Some(1.5),
+                    recovery_points: 2,
+                    last_recovery_point: Some(41),
+                    replicating: true,
+                    role: "primary",
+                    places: vec![],
+                    standby_group_point_unix_ms: None,
+                    standby_holds_writes_before_unix_ms: None,
+                    policy_slots: None,
+                    images: vec![ImageLive {
+                        place: Place::of_source("rbd:vms/ns1/db", "g1-db"),
+                        remaining_bytes: 100,
+                        rate: 7,
+                        rtt_seconds: Some(0.001),
+                        cwnd_bytes: Some(12000),
+                        lost_packets: Some(0),
+                    }],
+                },
+                standby_group(),
+            ],
             standby: ReceiverCounters {
                 bytes_applied: 99,
                 ..ReceiverCounters::default()
             },
-            standby_images: vec![],
+            standby_images: vec![("s1-b".into(), 5)],
         }));
         metrics.attach(Arc::downgrade(&source));
         let text = metrics.encode().unwrap();
         for line in [
-            "ferry_read_bytes_total{group=\"g1\",image=\"db\"} 4096",
-            "ferry_sent_bytes_total{group=\"g1\",image=\"db\"} 512",
-            "ferry_extents_sent_total{group=\"g1\",image=\"db\"} 2",
-            "ferry_compression_ratio{group=\"g1\",image=\"db\"} 4.0",
+            "ferry_read_bytes_total{group=\"g1\",pool=\"vms\",namespace=\"\",image=\"disk\"} 4096",
+            "ferry_sent_bytes_total{group=\"g1\",pool=\"vms\",namespace=\"\",image=\"disk\"} 512",
+            "ferry_extents_sent_total{group=\"g1\",pool=\"vms\",namespace=\"\",image=\"disk\"} 2",
+            "ferry_compression_ratio{group=\"g1\",pool=\"vms\",namespace=\"\",image=\"disk\"} 4.0",
             "ferry_cycles_total{group=\"g1\",result=\"ok\"} 1",
             "ferry_cycles_total{group=\"g1\",result=\"failed\"} 1",
             "ferry_errors_total{group=\"g1\",kind=\"link_lost\"} 1",
             "ferry_rpo_lag_seconds{group=\"g1\"} 1.5",
-            "ferry_remaining_bytes{group=\"g1\",image=\"db\"} 100",
-            "ferry_quic_cwnd_bytes{group=\"g1\",image=\"db\"} 12000",
+            "ferry_remaining_bytes{group=\"g1\",pool=\"vms\",namespace=\"ns1\",image=\"db\"} 100",
+            "ferry_quic_cwnd_bytes{group=\"g1\",pool=\"vms\",namespace=\"ns1\",image=\"db\"} 12000",
+            "ferry_image_info{group=\"s1\",role=\"standby\",pool=\"dr\",namespace=\"\",image=\"s1-a\",standby_image=\"s1-a\"} 1",
+            "ferry_standby_recovery_point_timestamp_seconds{group=\"s1\",pool=\"dr\",namespace=\"\",image=\"s1-a\"} 1700000000.5",
+            "ferry_standby_group_recovery_point_timestamp_seconds{group=\"s1\"} 1699999999.0",
+            "ferry_standby_holds_writes_before_timestamp_seconds{group=\"s1\"} 1700000060.0",
+            "ferry_policy_slot_timestamp_seconds{group=\"s1\"} 1700000100.0",
+            "ferry_policy_recovery_point_timestamp_seconds{group=\"s1\"} 0.0",
+            "ferry_standby_receive_rate_bytes_per_second{group=\"s1\",pool=\"dr\",namespace=\"\",image=\"s1-b\"} 5",
             "ferry_recovery_points{group=\"g1\"} 2",
             "ferry_last_recovery_point{group=\"g1\"} 41",
             "ferry_applied_bytes_total 99",

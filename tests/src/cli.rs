@@ -48,14 +48,15 @@ pub fn get(dir: &Path, path: &str) -> Value {
         dir: Some(dir.to_path_buf()),
         ..Default::default()
     };
-    let (addr, token) = ferry_agent::cli::resolve_conn(&conn).expect("agent API address and token");
+    let (target, token) =
+        ferry_agent::cli::resolve_target(&conn).expect("agent API address and token");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a tokio runtime");
     let reply = rt
         .block_on(ferry_agent::api::http::call(
-            &ferry_agent::api::http::Target::Plain(addr),
+            &target,
             ferry_agent::api::http::Method::GET,
             path,
             Some(&token),

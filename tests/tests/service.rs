@@ -401,12 +401,54 @@ fn scrape(dir: &Path) -> (String, HashMap<String, f64>) {
 #[test]
 fn metrics_endpoint_reports_a_real_replication() {
     let s = replicating("[metrics]\nlisten = \"127.0.0.1:0\"\n");
-    let (a_text, a) = scrape(&s.a.dir);
+    // A policy whose 00:00 UTC slot has passed today: it fires at once, and
+    // the slot and its recovery point show until both are the same slot.
+    let d = &s.a.dir;
+    ok(
+        d,
+        &[
+            "policy",
+            "create",
+            "nightly",
+            "--schedule",
+            "daily 00:00",
+            "--tz",
+            "UTC",
+            "--from",
+            "2020-01-01T00:00:00Z",
+        ],
+    );
+    ok(d, &["policy", "bind", "g1", "nightly", "--retention", "2"]);
+    let slot_key = "ferry_policy_slot_timestamp_seconds{group=\"g1\"}";
+    let point_key = "ferry_policy_recovery_point_timestamp_seconds{group=\"g1\"}";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (a_text, a) = loop {
+        let (text, series) = scrape(d);
+        let slot = series.get(slot_key).copied().unwrap_or(0.0);
+        if slot > 0.0 && series.get(point_key) == Some(&slot) {
+            break (text, series);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the policy slot never got its point:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let slot = a[slot_key];
+    assert!(
+        slot <= now_s && slot > now_s - 86_400.0,
+        "today's 00:00 UTC: {slot}"
+    );
     let get = |m: &HashMap<String, f64>, text: &str, key: &str| -> f64 {
         *m.get(key)
             .unwrap_or_else(|| panic!("no series {key} in:\n{text}"))
     };
-    let img = "group=\"g1\",image=\"g1-vm1\"";
+    // Per-image series carry ceph-mgr's labels (a file: no pool or namespace).
+    let img = "group=\"g1\",pool=\"\",namespace=\"\",image=\"g1-vm1\"";
     assert!(get(&a, &a_text, &format!("ferry_read_bytes_total{{{img}}}")) >= (8 * MIB) as f64);
     assert!(get(&a, &a_text, &format!("ferry_sent_bytes_total{{{img}}}")) > 0.0);
     assert!(get(&a, &a_text, &format!("ferry_extents_sent_total{{{img}}}")) >= 1.0);
@@ -435,6 +477,53 @@ fn metrics_endpoint_reports_a_real_replication() {
     assert!(get(&b, &b_text, "ferry_standby_commits_total") >= 1.0);
     assert!(get(&b, &b_text, "ferry_standby_extents_total") >= 1.0);
     assert!(get(&b, &b_text, "ferry_standby_received_bytes_total") > 0.0);
+    // The standby tells, without the primary, how old its newest complete
+    // recovery point is, per image and for the group (the failover point).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let image_point = get(
+        &b,
+        &b_text,
+        &format!("ferry_standby_recovery_point_timestamp_seconds{{{img}}}"),
+    );
+    let group_point = get(
+        &b,
+        &b_text,
+        "ferry_standby_group_recovery_point_timestamp_seconds{group=\"g1\"}",
+    );
+    assert!(
+        image_point > now - 3600.0 && image_point <= now + 1.0,
+        "{image_point} vs {now}"
+    );
+    assert_eq!(
+        group_point, image_point,
+        "one image: the group's point is the image's"
+    );
+    // Nothing is written now: the primary's idle checks confirm to the
+    // standby that it still holds every write, so its view of the RPO
+    // moves past the point's creation time.
+    let holds_key = "ferry_standby_holds_writes_before_timestamp_seconds{group=\"g1\"}";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (text, series) = scrape(&s.b.dir);
+        let holds = series.get(holds_key).copied().unwrap_or(0.0);
+        if holds > group_point {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no idle check confirmed past {group_point}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for (site, text) in [("primary", &a_text), ("standby", &b_text)] {
+        let info = format!(
+            "ferry_image_info{{group=\"g1\",role=\"{site}\",pool=\"\",namespace=\"\",image=\"g1-vm1\",standby_image=\"g1-vm1\"}} 1"
+        );
+        assert!(text.contains(&info), "no {info} in:\n{text}");
+    }
     assert!(
         a_text.contains("# TYPE ferry_read_bytes counter"),
         "{a_text}"

@@ -1,8 +1,10 @@
 //! The agent's HTTP/JSON APIs (axum), documented in `agent/openapi.yaml`:
-//! - the **operator API** on a loopback address (`[api] listen`), every
-//!   route but `GET /v1/health` behind `Authorization: Bearer TOKEN` (the
-//!   token `ferry-agent init` writes to `DIR/api.token`, mode 0600); the
-//!   bound address is written to `DIR/api.addr` so `ferry --dir DIR` finds it;
+//! - the **operator API** on a loopback address (`[api] listen`; plain HTTP,
+//!   or HTTPS with `[api] tls`, see `wire/api_tls.rs`), every route but
+//!   `GET /v1/health` behind `Authorization: Bearer TOKEN` (the token
+//!   `ferry-agent init` writes to `DIR/api.token`, mode 0600, or the
+//!   read-only token that may only `GET`, see `auth.rs`); the bound address
+//!   is written to `DIR/api.addr` so `ferry --dir DIR` finds it;
 //! - the **peer API** (`/v1/peer/…`) that agents call on each other, over
 //!   mutual TLS on TCP at the agent's QUIC listen address (see `wire/tls.rs`):
 //!   pairing needs the one-time secret of a service key, every other route a
@@ -15,16 +17,18 @@
 // The body, HTTP client and TLS types live in `wire` (below this layer and
 // the orchestrator); re-exported so `api::bodies`, `api::http` and
 // `api::tls` keep working.
-pub use crate::wire::{bodies, http, tls};
+pub use crate::wire::{api_tls, bodies, http, tls};
+
+pub mod auth;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Path as UrlPath, Query, Request, State};
+use axum::extract::{ConnectInfo, Path as UrlPath, Query, State};
 use axum::http::StatusCode;
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -76,8 +80,14 @@ pub enum ApiFileError {
 /// Creates `DIR/api.token` (mode 0600) unless it exists; returns the token.
 /// An existing token file readable by group or others is refused.
 pub fn ensure_token(dir: &Path) -> Result<String, ApiFileError> {
+    ensure_token_file(&dir.join(TOKEN_FILE))
+}
+
+/// Creates the token file `path` (mode 0600) unless it exists; returns the
+/// token. An existing token file readable by group or others is refused.
+pub fn ensure_token_file(path: &Path) -> Result<String, ApiFileError> {
     use std::os::unix::fs::PermissionsExt;
-    let path = dir.join(TOKEN_FILE);
+    let path = path.to_path_buf();
     if let Ok(meta) = std::fs::metadata(&path) {
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
@@ -126,17 +136,51 @@ pub fn read_token(dir: &Path) -> Result<String, ApiFileError> {
         })
 }
 
-/// Writes `DIR/api.addr` (atomically).
-pub fn write_addr(dir: &Path, addr: SocketAddr) -> Result<(), ApiFileError> {
-    let path = dir.join(ADDR_FILE);
-    let tmp = dir.join("api.addr.tmp");
-    crate::durable::write_durably(&tmp, &path, format!("{addr}\n").as_bytes()).map_err(|source| {
-        ApiFileError::Io {
-            what: "writing",
-            path,
-            source,
+/// File holding, while the operator API serves TLS, the fingerprint of its
+/// certificate (clients pin it).
+pub const FINGERPRINT_FILE: &str = "api.fingerprint";
+
+/// Writes `DIR/api.addr` (atomically): `ADDR` for plain HTTP; with TLS
+/// (`tls`: the served certificate's fingerprint) `https://ADDR`, and the
+/// fingerprint to `DIR/api.fingerprint` (removed when TLS is off, so no
+/// stale pin outlives the setting).
+pub fn write_addr(
+    dir: &Path,
+    addr: SocketAddr,
+    tls: Option<ferry_protocol::AgentId>,
+) -> Result<(), ApiFileError> {
+    let write = |name: &str, text: String| {
+        let path = dir.join(name);
+        let tmp = dir.join(format!("{name}.tmp"));
+        crate::durable::write_durably(&tmp, &path, text.as_bytes()).map_err(|source| {
+            ApiFileError::Io {
+                what: "writing",
+                path,
+                source,
+            }
+        })
+    };
+    let fp_path = dir.join(FINGERPRINT_FILE);
+    match tls {
+        Some(fp) => {
+            write(FINGERPRINT_FILE, format!("{fp}\n"))?;
+            write(ADDR_FILE, format!("https://{addr}\n"))
         }
-    })
+        None => {
+            match std::fs::remove_file(&fp_path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(ApiFileError::Io {
+                        what: "removing",
+                        path: fp_path,
+                        source,
+                    })
+                }
+            }
+            write(ADDR_FILE, format!("{addr}\n"))
+        }
+    }
 }
 
 /// Reads `DIR/api.addr`.
@@ -215,35 +259,6 @@ fn accepted(op: crate::control::Operation) -> ApiResult {
 #[derive(Clone)]
 struct AppState {
     orch: Arc<Orchestrator>,
-    token: Arc<String>,
-}
-
-async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let given = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let good = given.is_some_and(|t| constant_time_eq(t.as_bytes(), state.token.as_bytes()));
-    if !good {
-        // Never log what was presented: a wrong token may be a near miss.
-        tracing::warn!(
-            method = %req.method(),
-            path = %req.uri().path(),
-            presented = given.is_some(),
-            "refused an operator API call without a valid token"
-        );
-        return (
-            StatusCode::UNAUTHORIZED,
-            Json(json!({ "error": "missing or wrong API token (Authorization: Bearer TOKEN from DIR/api.token)" })),
-        )
-            .into_response();
-    }
-    next.run(req).await
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The operator API's routes (every path, for the OpenAPI check).
@@ -295,11 +310,8 @@ pub const PEER_ROUTES: &[&str] = &[
 ];
 
 /// The operator API router.
-pub fn operator_router(orch: Arc<Orchestrator>, token: String) -> Router {
-    let state = AppState {
-        orch,
-        token: Arc::new(token),
-    };
+pub fn operator_router(orch: Arc<Orchestrator>, tokens: auth::Tokens) -> Router {
+    let state = AppState { orch };
     let r = OPERATOR_ROUTES;
     let protected = Router::new()
         .route(r[1], get(status))
@@ -337,7 +349,7 @@ pub fn operator_router(orch: Arc<Orchestrator>, token: String) -> Router {
         .route(r[25], post(drill).delete(end_drill))
         .route(r[26], post(reprotect))
         .route(r[27], get(group_health))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+        .route_layer(middleware::from_fn_with_state(tokens, auth::require_token));
     Router::new()
         .route(r[0], get(health))
         .merge(protected)
@@ -686,12 +698,22 @@ async fn peer_remove_resources(
     ok(json!({ "removed": b.uris.len() }))
 }
 
+/// `as_of` (ms) and `floor`: an idle check's confirmation (see
+/// `Orchestrator::peer_newest_point`).
+#[derive(Deserialize)]
+struct NewestQuery {
+    as_of: Option<i64>,
+    floor: Option<u64>,
+}
+
 async fn peer_newest_point(
     State(o): State<Arc<Orchestrator>>,
     ConnectInfo(peer): Peer,
     UrlPath(id): UrlPath<i64>,
+    Query(q): Query<NewestQuery>,
 ) -> ApiResult {
-    match o.peer_newest_point(peer.fingerprint, id)? {
+    let confirm = q.as_of.zip(q.floor);
+    match o.peer_newest_point(peer.fingerprint, id, confirm)? {
         Some(newest) => ok(json!({ "newest": newest })),
         None => ok(json!({ "newest": 0, "gone": true })),
     }
@@ -795,12 +817,5 @@ mod tests {
         }
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(ensure_token(dir.path()).is_ok());
-    }
-
-    #[test]
-    fn constant_time_eq_compares() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
     }
 }

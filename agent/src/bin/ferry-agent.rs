@@ -155,6 +155,8 @@ async fn main_inner(cli: Cli) -> Result<()> {
                     .with_context(|| format!("writing {}", config.display()))?;
             }
             ferry_agent::api::ensure_token(&dir)?;
+            let read_only = dir.join(ferry_agent::api::auth::READ_ONLY_TOKEN_FILE);
+            ferry_agent::api::ensure_token_file(&read_only)?;
             println!(
                 "created agent identity in {}",
                 dir.join("identity").display()
@@ -162,6 +164,10 @@ async fn main_inner(cli: Cli) -> Result<()> {
             println!(
                 "API token in {} (mode 0600)",
                 dir.join(ferry_agent::api::TOKEN_FILE).display()
+            );
+            println!(
+                "read-only API token (GET routes only) in {} (mode 0600)",
+                read_only.display()
             );
             println!("fingerprint:");
             println!("{}", identity.fingerprint());

@@ -33,39 +33,77 @@ pub(super) struct Api {
     tz: jiff::tz::TimeZone,
 }
 
-/// The operator API's address and token for `conn`. The token: `--token`,
-/// else `--token-file`, else `FERRY_TOKEN`, else `DIR/api.token`.
+/// The operator API's address and token for `conn`, for plain HTTP only
+/// (an agent that serves HTTPS is refused: use [`resolve_target`]).
 pub fn resolve_conn(conn: &Conn) -> Result<(SocketAddr, String)> {
-    if let Some(url) = &conn.agent {
-        let hostport = url
-            .strip_prefix("http://")
-            .unwrap_or(url)
-            .trim_end_matches('/');
-        let addr: SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(hostport)
-            .with_context(|| format!("--agent {url}"))?
-            .next()
-            .with_context(|| format!("--agent {url} resolves to nothing"))?;
-        let token = match (given_token(conn)?, &conn.dir) {
-            (Some(t), _) => t,
-            (None, Some(dir)) => crate::api::read_token(dir)?,
+    match resolve_target(conn)? {
+        (Target::Plain(addr), token) => Ok((addr, token)),
+        (Target::Tls { addr, .. }, _) => {
+            bail!("the agent at {addr} serves HTTPS: call it with resolve_target")
+        }
+    }
+}
+
+/// Where the operator API of `conn` is (plain or TLS pinned to the served
+/// certificate's fingerprint) and the token to show it.
+pub fn resolve_target(conn: &Conn) -> Result<(Target, String)> {
+    let (url, source) = match (&conn.agent, &conn.dir) {
+        (Some(url), _) => (url.clone(), format!("--agent {url}")),
+        (None, Some(dir)) => {
+            let addr = crate::api::read_addr(dir)?;
+            let source = format!(
+                "{} holds {addr:?}",
+                dir.join(crate::api::ADDR_FILE).display()
+            );
+            (addr, source)
+        }
+        (None, None) => bail!("say which agent: --dir DIR, or --agent URL --token TOKEN"),
+    };
+    let (https, hostport) = match url.strip_prefix("https://") {
+        Some(rest) => (true, rest),
+        None => (false, url.strip_prefix("http://").unwrap_or(&url)),
+    };
+    let hostport = hostport.trim_end_matches('/');
+    let addr: SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(hostport)
+        .with_context(|| source.clone())?
+        .next()
+        .with_context(|| format!("{source}: resolves to nothing"))?;
+    let target = if https {
+        let fp = match (&conn.agent_fingerprint, &conn.dir) {
+            (Some(fp), _) => fp.clone(),
+            (None, Some(dir)) => {
+                let path = dir.join(crate::api::FINGERPRINT_FILE);
+                std::fs::read_to_string(&path).with_context(|| {
+                    format!("reading {} (the agent serves HTTPS)", path.display())
+                })?
+            }
             (None, None) => bail!(
-                "--agent needs a token: --token-file FILE, FERRY_TOKEN, --token T, or --dir to read it from"
+                "{source}: an https:// agent needs --agent-fingerprint FP (the SHA-256 \
+                 fingerprint of its certificate: `ferry-agent init` printed it, or \
+                 `openssl x509 -noout -fingerprint -sha256 -in CERT`)"
             ),
         };
-        return Ok((addr, token));
-    }
-    let Some(dir) = &conn.dir else {
-        bail!("say which agent: --dir DIR, or --agent URL --token TOKEN");
+        let expected = crate::wire::api_tls::parse_fingerprint(&fp)
+            .with_context(|| format!("{fp:?} is not a SHA-256 fingerprint (64 hex digits)"))?;
+        let config = crate::wire::api_tls::client_config(expected)?;
+        Target::Tls {
+            addr,
+            config: std::sync::Arc::new(config),
+        }
+    } else {
+        if conn.agent_fingerprint.is_some() {
+            bail!("--agent-fingerprint pins an https:// agent; {source} is plain HTTP");
+        }
+        Target::Plain(addr)
     };
-    let addr = crate::api::read_addr(dir)?;
-    let addr: SocketAddr = addr
-        .parse()
-        .with_context(|| format!("{} holds {addr:?}", dir.join("api.addr").display()))?;
-    let token = match given_token(conn)? {
-        Some(t) => t,
-        None => crate::api::read_token(dir)?,
+    let token = match (given_token(conn)?, &conn.dir) {
+        (Some(t), _) => t,
+        (None, Some(dir)) => crate::api::read_token(dir)?,
+        (None, None) => bail!(
+            "--agent needs a token: --token-file FILE, FERRY_TOKEN, --token T, or --dir to read it from"
+        ),
     };
-    Ok((addr, token))
+    Ok((target, token))
 }
 
 /// Environment variable the API token may be given in (kept out of `ps`).
@@ -116,9 +154,9 @@ pub(super) enum Outcome {
 
 impl Api {
     pub(super) fn new(conn: &Conn) -> Result<Api> {
-        let (addr, token) = resolve_conn(conn)?;
+        let (target, token) = resolve_target(conn)?;
         Ok(Api {
-            target: Target::Plain(addr),
+            target,
             token,
             json: conn.json,
             tz: time_zone(conn.tz.as_deref())?,

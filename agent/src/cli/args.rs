@@ -11,9 +11,16 @@ pub struct Conn {
     /// Agent data directory (API address and token are read from it).
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// API URL (http://HOST:PORT) instead of --dir.
+    /// API URL (http://HOST:PORT, or https://HOST:PORT with
+    /// --agent-fingerprint) instead of --dir.
     #[arg(long)]
     pub agent: Option<String>,
+    /// With an https:// agent: the SHA-256 fingerprint of the certificate it
+    /// serves (printed by `ferry-agent init` for its own certificate, or
+    /// `openssl x509 -noout -fingerprint -sha256`); default with --dir: the
+    /// one in DIR/api.fingerprint.
+    #[arg(long)]
+    pub agent_fingerprint: Option<String>,
     /// API token with --agent (visible in `ps`: prefer --token-file or
     /// FERRY_TOKEN).
     #[arg(long)]
@@ -56,6 +63,9 @@ impl Conn {
         Conn {
             dir: self.dir.or_else(|| outer.dir.clone()),
             agent: self.agent.or_else(|| outer.agent.clone()),
+            agent_fingerprint: self
+                .agent_fingerprint
+                .or_else(|| outer.agent_fingerprint.clone()),
             token: self.token.or_else(|| outer.token.clone()),
             token_file: self.token_file.or_else(|| outer.token_file.clone()),
             json: self.json || outer.json,

@@ -34,7 +34,7 @@ mod tables;
 
 use agent_api::Outcome;
 
-pub use agent_api::resolve_conn;
+pub use agent_api::{resolve_conn, resolve_target};
 pub use args::{
     Conn, ControlCommand, GroupCmd, OpCmd, PolicyCmd, QosCmd, RpCmd, ServiceCmd, ShowTz,
 };

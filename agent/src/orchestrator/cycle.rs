@@ -7,6 +7,7 @@
 //! cycle that starts after them. The loop records live progress and counts
 //! results in the metrics.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +22,7 @@ use super::{
     ResourceProgress, RpRequest, SyncLoop, CYCLE_ATTEMPTS, RETRY_PAUSE,
 };
 use crate::control::{GroupId, RecoveryPoint, ResourceState, RpKind, Timestamp};
-use crate::metrics::ErrorKind;
+use crate::metrics::{ErrorKind, Place};
 use crate::replicate::{self, Cycle, CycleOutcome, ReplicateError};
 use crate::sync_util::lock;
 use crate::uri::{SourceUri, TargetUri};
@@ -144,9 +145,11 @@ impl Orchestrator {
                 .map(|g| g.name)
                 .unwrap_or_else(|_| gid.to_string());
             let span = tracing::info_span!("cycle", group = %name, peer = tracing::field::Empty);
-            let result =
-                tracing::Instrument::instrument(self.run_loop_cycle(gid, waiting.is_empty()), span)
-                    .await;
+            let result = tracing::Instrument::instrument(
+                self.run_loop_cycle(gid, waiting.is_empty(), started),
+                span,
+            )
+            .await;
             let seconds = clock.elapsed().as_secs_f64();
             let pause = match &result {
                 Ok(None) => {
@@ -254,16 +257,27 @@ impl Orchestrator {
     }
 
     /// The newest engine recovery point any standby image of the group
-    /// holds; `None` when the standby has no such group any more.
-    async fn remote_newest_point(&self, gid: GroupId) -> CtlResult<Option<u64>> {
+    /// holds; `None` when the standby has no such group any more. With
+    /// `confirm = (as_of, floor)` (an idle check found no write since the
+    /// committed point `floor` as of `as_of`), the standby records that it
+    /// holds every write before `as_of` if it holds `floor` — its metrics
+    /// then show the RPO of an idle group as the primary sees it.
+    async fn remote_newest_point(
+        &self,
+        gid: GroupId,
+        confirm: Option<(Timestamp, u64)>,
+    ) -> CtlResult<Option<u64>> {
         let g = self.db(|s| s.group(gid))?;
         let svc = self.db(|s| s.service(g.service_id))?;
         let remote = remote_id(&g)?;
+        let query = confirm.map_or(String::new(), |(as_of, floor)| {
+            format!("?as_of={}&floor={floor}", as_of.0)
+        });
         let reply = self
             .peer(
                 &svc,
                 Method::GET,
-                &format!("/v1/peer/groups/{remote}/newest-point"),
+                &format!("/v1/peer/groups/{remote}/newest-point{query}"),
                 None,
             )
             .await?;
@@ -283,13 +297,14 @@ impl Orchestrator {
         self: &Arc<Self>,
         gid: GroupId,
         may_skip: bool,
+        started: Timestamp,
     ) -> CtlResult<Option<CycleDone>> {
         if may_skip {
             if let Some(done) = self.run_cycle_may_skip(gid, true).await? {
                 return Ok(Some(done));
             }
             let floor = lock(&self.rp_floor).get(&gid).copied().unwrap_or(0);
-            match self.remote_newest_point(gid).await {
+            match self.remote_newest_point(gid, Some((started, floor))).await {
                 Ok(Some(newest)) if newest >= floor && newest > 0 => return Ok(None),
                 Ok(newest) => {
                     info!(group = %gid, standby_newest = ?newest, floor, "the standby does not hold the committed point; running a full cycle");
@@ -325,7 +340,15 @@ impl Orchestrator {
                 // operation runs (a migration's final sync, a reprotect's
                 // first cycle).
                 if let Ok(g) = self.db(|s| s.group(gid)) {
-                    self.metrics.record_cycle(&g.name, &done.report);
+                    let sources: HashMap<String, String> = self
+                        .db(|s| s.resources(gid))
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|r| (r.standby_target, r.uri))
+                        .collect();
+                    self.metrics.record_cycle(&g.name, &done.report, |image| {
+                        Place::of_source(sources.get(image).map_or("", String::as_str), image)
+                    });
                 }
             }
             Ok(None) => {}
@@ -340,7 +363,7 @@ impl Orchestrator {
             // group): there is nothing left to sync into, and this side
             // must still be able to stop and delete its group.
             Err(_) => {
-                let ended = match self.remote_newest_point(gid).await {
+                let ended = match self.remote_newest_point(gid, None).await {
                     Ok(Some(newest)) => {
                         self.raise_rp_floor(gid, newest);
                         newest > 0

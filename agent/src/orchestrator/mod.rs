@@ -310,6 +310,11 @@ pub struct Orchestrator {
     /// Per group, the newest engine recovery point the standby is known to
     /// hold: new points are numbered above it even if the clock stepped back.
     rp_floor: Mutex<HashMap<GroupId, u64>>,
+    /// Standby side, per group: the newest instant (primary's clock, ms)
+    /// before which the primary's idle checks confirmed this standby holds
+    /// every write (in memory: after a restart the newest point's time
+    /// stands until the next check).
+    confirmed_current: Mutex<HashMap<GroupId, i64>>,
     api_addr: Mutex<Option<SocketAddr>>,
     metrics: Arc<Metrics>,
     /// Standby side, per group: when the primary last called about it, and
@@ -360,6 +365,7 @@ impl Orchestrator {
             progress: Mutex::new(HashMap::new()),
             reprotect_tasks: Mutex::new(HashMap::new()),
             rp_floor: Mutex::new(HashMap::new()),
+            confirmed_current: Mutex::new(HashMap::new()),
             api_addr: Mutex::new(None),
             peer_contact: Mutex::new(HashMap::new()),
             peer_reach: Mutex::new(HashMap::new()),

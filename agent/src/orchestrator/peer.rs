@@ -335,7 +335,15 @@ impl Orchestrator {
     /// Peer: the newest engine recovery point any standby image of the
     /// group holds (0: none); `None` when this agent has no such group (it
     /// was deleted here).
-    pub fn peer_newest_point(&self, caller: AgentId, id: i64) -> CtlResult<Option<u64>> {
+    /// With `confirm = (as_of, floor)` from an idle check, records that
+    /// this standby holds every write before `as_of` when it holds `floor`
+    /// (the primary's committed point) — the primary's own test.
+    pub fn peer_newest_point(
+        &self,
+        caller: AgentId,
+        id: i64,
+        confirm: Option<(i64, u64)>,
+    ) -> CtlResult<Option<u64>> {
         let g = match self.peer_group(caller, id) {
             Ok(g) => g,
             Err(CtlError::Store(StoreError::NotFound { .. })) => return Ok(None),
@@ -356,6 +364,13 @@ impl Orchestrator {
             .entry(g.id)
             .or_default()
             .idle_confirmed = Some(Timestamp::now());
+        if let Some((as_of, floor)) = confirm {
+            if newest >= floor && newest > 0 {
+                let mut confirmed = lock(&self.confirmed_current);
+                let at = confirmed.entry(g.id).or_insert(as_of);
+                *at = (*at).max(as_of);
+            }
+        }
         Ok(Some(newest))
     }
 }

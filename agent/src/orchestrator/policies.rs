@@ -12,8 +12,8 @@ use tracing::{info, warn};
 
 use super::{hold, CtlError, CtlResult, Orchestrator};
 use crate::control::{
-    GroupId, GroupState, OpRequest, OpResult, Operation, OperationId, Policy, Retention, Role,
-    RpKind, RpState,
+    Group, GroupId, GroupState, OpRequest, OpResult, Operation, OperationId, Policy, Retention,
+    Role, RpKind, RpState,
 };
 use crate::schedule::PolicySchedule;
 
@@ -112,6 +112,29 @@ impl Orchestrator {
             }
         }
         self.prune_policy_points().await
+    }
+
+    /// For a primary group with a bound policy: the newest slot of its
+    /// schedule that has passed (fired or not) and the slot of its newest
+    /// complete policy recovery point (0: none), both in ms since the Unix
+    /// epoch — the metrics that show a slot without its recovery point.
+    pub(super) fn policy_slots(&self, g: &Group) -> Option<(u64, u64)> {
+        let binding = g.policy.as_ref().filter(|_| g.role == Role::Primary)?;
+        let policy = self.db(|s| s.policy(binding.policy_id)).ok()?;
+        let schedule = serde_json::from_value::<PolicySchedule>(policy.schedule.clone()).ok()?;
+        let last_fired = self.policy_last_fired(g.id, &policy).ok()?;
+        let due = schedule.due(last_fired, jiff::Timestamp::now());
+        let slot = due.new_last_fired.or(last_fired)?;
+        let prefix = format!("{}-", policy.name);
+        let point = self
+            .db(|s| s.recovery_points(g.id))
+            .ok()?
+            .into_iter()
+            .filter(|rp| rp.kind == RpKind::Policy && rp.state == RpState::Complete)
+            .filter_map(|rp| rp.name.strip_prefix(&prefix)?.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0);
+        Some((slot.as_millisecond().max(0) as u64, point))
     }
 
     fn policy_last_fired(

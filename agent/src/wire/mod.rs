@@ -1,9 +1,11 @@
 //! What travels between agents and between the CLI and an agent, below
 //! both the API server (`api`) and the orchestrator that calls the peer:
 //! the typed JSON request bodies and their stateless checks (`bodies`),
-//! the small HTTP/1.1 client (`http`) and the peer API's mutual TLS
-//! (`tls`). Nothing here knows the orchestrator or the routes.
+//! the small HTTP/1.1 client (`http`), the peer API's mutual TLS (`tls`)
+//! and the operator API's optional TLS (`api_tls`). Nothing here knows the
+//! orchestrator or the routes.
 
+pub mod api_tls;
 pub mod bodies;
 pub mod http;
 pub mod tls;

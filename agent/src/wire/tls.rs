@@ -115,27 +115,50 @@ impl Connected<IncomingStream<'_, TlsListener>> for PeerAddr {
     }
 }
 
+/// The TLS connections a [`TlsListener`] yields, with who is on the other
+/// end (`A`: [`PeerAddr`] for the peer API, the TCP address for the
+/// operator API).
+type Accepted<A> = (tokio_rustls::server::TlsStream<TcpStream>, A);
+
+/// Names an accepted connection, or drops it (`None`).
+type Identify<A> = fn(&tokio_rustls::server::TlsStream<TcpStream>, SocketAddr) -> Option<A>;
+
 /// A TCP listener that completes TLS handshakes (concurrently, each with a
-/// timeout) and yields only authenticated connections.
-pub struct TlsListener {
+/// timeout) and yields only the connections `identify` names: for the peer
+/// API those with a client certificate, for the operator API all.
+pub struct TlsListener<A = PeerAddr> {
     local: SocketAddr,
-    rx: mpsc::Receiver<(tokio_rustls::server::TlsStream<TcpStream>, PeerAddr)>,
+    rx: mpsc::Receiver<Accepted<A>>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl Drop for TlsListener {
+impl<A> Drop for TlsListener<A> {
     fn drop(&mut self) {
         self.task.abort();
     }
 }
 
-impl TlsListener {
+/// A peer API connection's client certificate fingerprint.
+fn client_fingerprint(
+    tls: &tokio_rustls::server::TlsStream<TcpStream>,
+    addr: SocketAddr,
+) -> Option<PeerAddr> {
+    let fingerprint = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| fingerprint_of(c))?;
+    Some(PeerAddr { addr, fingerprint })
+}
+
+impl TlsListener<PeerAddr> {
     /// Binds `addr` (TCP) and starts accepting.
     pub async fn bind(addr: SocketAddr, config: rustls::ServerConfig) -> Result<Self, TlsError> {
         let tcp = TcpListener::bind(addr)
             .await
             .map_err(|source| TlsError::Bind { addr, source })?;
-        Self::start(tcp, addr, config)
+        Self::start(tcp, addr, config, client_fingerprint)
     }
 
     /// Starts accepting on an already bound listener.
@@ -149,13 +172,30 @@ impl TlsListener {
         let bind = |source| TlsError::Bind { addr, source };
         tcp.set_nonblocking(true).map_err(bind)?;
         let tcp = TcpListener::from_std(tcp).map_err(bind)?;
-        Self::start(tcp, addr, config)
+        Self::start(tcp, addr, config, client_fingerprint)
     }
+}
 
+impl TlsListener<SocketAddr> {
+    /// Serves TLS on the bound `tcp` without client certificates (the
+    /// operator API: callers show a bearer token).
+    pub fn without_client_certs(
+        tcp: TcpListener,
+        config: rustls::ServerConfig,
+    ) -> Result<Self, TlsError> {
+        let addr = tcp
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        Self::start(tcp, addr, config, |_, addr| Some(addr))
+    }
+}
+
+impl<A: Send + 'static> TlsListener<A> {
     fn start(
         tcp: TcpListener,
         addr: SocketAddr,
         config: rustls::ServerConfig,
+        identify: Identify<A>,
     ) -> Result<Self, TlsError> {
         let local = tcp
             .local_addr()
@@ -167,7 +207,7 @@ impl TlsListener {
                 let (stream, remote) = match tcp.accept().await {
                     Ok(s) => s,
                     Err(error) => {
-                        tracing::warn!(%error, "peer API accept failed");
+                        tracing::warn!(%error, "TLS API accept failed");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
@@ -180,29 +220,15 @@ impl TlsListener {
                     {
                         Ok(Ok(tls)) => tls,
                         Ok(Err(error)) => {
-                            tracing::debug!(%remote, %error, "peer API handshake failed");
+                            tracing::debug!(%remote, %error, "TLS API handshake failed");
                             return;
                         }
                         Err(_) => return,
                     };
-                    let Some(fingerprint) = tls
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .map(|c| fingerprint_of(c))
-                    else {
+                    let Some(who) = identify(&tls, remote) else {
                         return;
                     };
-                    let _ = tx
-                        .send((
-                            tls,
-                            PeerAddr {
-                                addr: remote,
-                                fingerprint,
-                            },
-                        ))
-                        .await;
+                    let _ = tx.send((tls, who)).await;
                 });
             }
         });
@@ -215,9 +241,9 @@ impl TlsListener {
     }
 }
 
-impl axum::serve::Listener for TlsListener {
+impl<A: Send + 'static> axum::serve::Listener for TlsListener<A> {
     type Io = tokio_rustls::server::TlsStream<TcpStream>;
-    type Addr = PeerAddr;
+    type Addr = A;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         match self.rx.recv().await {
