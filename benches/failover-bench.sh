@@ -12,8 +12,9 @@
 # and for each: failover to the latest point (the standby images become the volumes in place) and to
 # an older point (format-2 clones `failover-IMAGE`). With --copy the same cases with `--copy` (full
 # copies, rbd_copy3), to compare. Volumes are thin, filled with FILL_MIB (default 64) MiB of seeded
-# random data per volume before the first point and 4 MiB more before the second, so the
-# replication before the timed step stays short; a --copy run copies only allocated data too.
+# random data per volume (the group re-protected later, failed over at its latest point: with
+# REPROTECT_FILL_MIB, default 192) before the first point and 4 MiB more before the second; a --copy
+# run copies only allocated data too.
 # Timed: the wall time of `ferry group failover … --wait` (API + journal + storage work; the
 # storage side alone is in the standby's log, "failover volume ready" lines); `group drill` and
 # `group drill --end` on the standby before the disaster (latest group point); and, after the
@@ -30,6 +31,9 @@ RUNS=3
 COPY=0
 WRITE_MD=""
 FILL_MIB="${FILL_MIB:-64}"
+# The group that is re-protected holds more data, so the full resync it is compared with moves a
+# realistic amount (the lab's two 16 GiB OSD files bound it).
+REPROTECT_FILL_MIB="${REPROTECT_FILL_MIB:-192}"
 while (($#)); do
   case "$1" in
     --runs) RUNS="$2"; shift 2 ;;
@@ -103,19 +107,22 @@ img.close(); io.close(); c.shutdown()
 EOF
 }
 
-# protect GROUP COUNT SIZE_MIB: COUNT thin images filled, protected, replicated, two points.
+# protect GROUP COUNT SIZE_MIB FILL_MIB: COUNT thin images with FILL_MIB MiB each, protected,
+# replicated, two points. T_FULL: the full initial sync (start, then the first point's cycle).
 protect() {
-  local group=$1 count=$2 size=$3 uris=() i
+  local group=$1 count=$2 size=$3 fill_mib=$4 uris=() i
   for ((i = 0; i < count; i++)); do
     local img="$TAG-$group-$i"
     rbd --cluster site-a create --size "$size" "rbd/$img"
-    fill site-a "$img" "$FILL_MIB" "$i"
+    fill site-a "$img" "$fill_mib" "$i"
     uris+=("rbd:rbd/$img")
   done
   ferry --dir "$A" group create "$group" --wait >/dev/null
   ferry --dir "$A" group add "$group" "${uris[@]}" --wait >/dev/null
-  T_FULL=$(timed "$A" group start "$group")
-  ferry --dir "$A" rp create "$group" --name older --wait >/dev/null
+  local t_start t_first
+  t_start=$(timed "$A" group start "$group")
+  t_first=$(timed "$A" rp create "$group" --name older)
+  T_FULL=$(echo "$t_start + $t_first" | bc -l)
   for ((i = 0; i < count; i++)); do fill site-a "$TAG-$group-$i" 4 "$((100 + i))"; done
   ferry --dir "$A" rp create "$group" --name latest --wait >/dev/null
 }
@@ -134,9 +141,9 @@ run_case() {
   local name=$1 count=$2 size=$3 run=$4 extra=()
   ((COPY)) && extra=(--copy)
   start_pair "$name$run"
-  protect "${name}l" "$count" "$size"
+  protect "${name}l" "$count" "$size" "$REPROTECT_FILL_MIB"
   local t_full=$T_FULL
-  protect "${name}o" "$count" "$size"
+  protect "${name}o" "$count" "$size" "$FILL_MIB"
   local t_drill t_drill_end
   t_drill=$(timed "$B" group drill "${name}l")
   t_drill_end=$(timed "$B" group drill "${name}l" --end)
@@ -164,7 +171,7 @@ run_case() {
     local t_reprotect
     t_reprotect=$(timed "$B" group reprotect "${name}l")
     printf '%s\treprotect (64 MiB per side)\t%s\n' "$name" "$t_reprotect" >>"$RES"
-    printf '%s\tfull sync of the same volumes\t%s\n' "$name" "$t_full" >>"$RES"
+    printf '%s\tfull sync of the same volumes (%s MiB each)\t%s\n' "$name" "$REPROTECT_FILL_MIB" "$t_full" >>"$RES"
     echo "run $run $name: reprotect ${t_reprotect}s, full sync ${t_full}s" >&2
     ferry --dir "$B" group stop "${name}l" --wait >/dev/null
     ferry --dir "$B" group delete "${name}l" --wait >/dev/null

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use ferry_engine::rbd::source::RbdSource;
 use ferry_engine::source::{BlockHash, FileSource};
-use ferry_engine::standby_backend::ReprotectSource;
+use ferry_engine::standby_backend::{ReprotectCopy, ReprotectSource};
 use ferry_protocol::{AgentId, Epoch, ImageName, RecoveryPointId};
 use hyper::Method;
 use serde_json::json;
@@ -418,12 +418,12 @@ impl Orchestrator {
         created_unix_ms: u64,
         images: &[ReprotectImage],
     ) -> CtlResult<ReprotectPlan> {
-        let mut plan = ReprotectPlan {
-            engine_rp,
-            op: op_id,
-            ..ReprotectPlan::default()
-        };
         let keep_snap = format!("ferry-splitbrain-op{op_id}");
+        let rp = RecoveryPointId(engine_rp);
+        // One task per image, all at once: each costs a few cluster round
+        // trips (two snapshots take a monitor round each, ~1 s on the lab),
+        // which add up to minutes for a large group when run one by one.
+        let mut jobs = Vec::new();
         for r in self.db(|s| s.resources(g.id))? {
             let image = images
                 .iter()
@@ -433,30 +433,25 @@ impl Orchestrator {
                         "the new primary did not name {} ({})",
                         r.standby_target, r.uri
                     ))
-                })?;
+                })?
+                .clone();
             let name = ImageName::new(image.image.clone())
                 .map_err(|e| CtlError::BadRequest(e.to_string()))?;
             let epoch = Epoch(image.epoch);
-            let rp = RecoveryPointId(engine_rp);
             let state_dir = source_state_dir(&self.dir, new_primary, &name);
             let source = SourceUri::parse(&r.uri)
                 .map_err(|e| CtlError::BadRequest(format!("{}: {e}", r.uri)))?;
-            let copy = match source {
-                SourceUri::File(path) => {
-                    self.on_store(
-                        format!("installing {} as standby copy {name}", path.display()),
-                        move |st| {
-                            st.adopt_for_reprotect(
-                                &name,
-                                ReprotectSource::File(&path),
-                                epoch,
-                                rp,
-                                created_unix_ms,
-                            )
-                        },
-                    )
-                    .await?
-                }
+            let receiver = self.receiver.clone();
+            let job: Box<dyn FnOnce() -> anyhow::Result<ReprotectCopy> + Send> = match source {
+                SourceUri::File(path) => Box::new(move || {
+                    Ok(receiver.store.adopt_for_reprotect(
+                        &name,
+                        ReprotectSource::File(&path),
+                        epoch,
+                        rp,
+                        created_unix_ms,
+                    )?)
+                }),
                 SourceUri::Rbd(spec) => {
                     let cluster = self.ceph_cluster()?;
                     let snaps = RbdSource::snapshot_at(&spec, &state_dir, epoch).map_err(|e| {
@@ -469,36 +464,27 @@ impl Orchestrator {
                              differences; delete the group on both sites and protect it again"
                         )));
                     };
-                    let (keep, dir) = (keep_snap.clone(), state_dir.clone());
-                    let copy = self
-                        .on_store(
-                            format!("installing {spec} as standby copy {name}"),
-                            move |st| {
-                                st.adopt_for_reprotect(
-                                    &name,
-                                    ReprotectSource::Rbd {
-                                        cluster: &cluster,
-                                        spec: &spec,
-                                        snap: &snap,
-                                        clone_from: &clone_from,
-                                        keep_snap: &keep,
-                                    },
-                                    epoch,
-                                    rp,
-                                    created_unix_ms,
-                                )
+                    let keep = keep_snap.clone();
+                    Box::new(move || {
+                        let copy = receiver.store.adopt_for_reprotect(
+                            &name,
+                            ReprotectSource::Rbd {
+                                cluster: &cluster,
+                                spec: &spec,
+                                snap: &snap,
+                                clone_from: &clone_from,
+                                keep_snap: &keep,
                             },
-                        )
-                        .await?;
-                    // This side never replicates from the old volume again
-                    // (its snapshots stay: the copy is a clone of one).
-                    RbdSource::forget_keeping_snapshots(&dir).map_err(|e| {
-                        internal(format!(
-                            "forgetting the replication state in {}",
-                            dir.display()
-                        ))(e.into())
-                    })?;
-                    copy
+                            epoch,
+                            rp,
+                            created_unix_ms,
+                        )?;
+                        // This side never replicates from the old volume
+                        // again (its snapshots stay: the copy is a clone of
+                        // one).
+                        RbdSource::forget_keeping_snapshots(&state_dir)?;
+                        Ok(copy)
+                    })
                 }
                 other => {
                     return Err(CtlError::BadRequest(format!(
@@ -506,14 +492,41 @@ impl Orchestrator {
                     )))
                 }
             };
-            info!(group = %g.name, image = %image.image, kept = %copy.kept, "old volume installed as the standby copy");
-            plan.images.push(ReprotectedImage {
-                image: image.image.clone(),
-                kept: copy.kept,
-                block_hashes: copy.block_hashes.as_deref().map(encode_hashes),
-            });
+            jobs.push((r.uri.clone(), image, tokio::task::spawn_blocking(job)));
         }
-        Ok(plan)
+        let mut plan = ReprotectPlan {
+            engine_rp,
+            op: op_id,
+            ..ReprotectPlan::default()
+        };
+        let mut failed = None;
+        for (uri, image, job) in jobs {
+            let copy = job
+                .await
+                .map_err(|e| internal("an adoption task")(e.into()))
+                .and_then(|r| {
+                    r.map_err(internal(format!(
+                        "installing {uri} as standby copy {}",
+                        image.image
+                    )))
+                });
+            match copy {
+                Ok(copy) => {
+                    info!(group = %g.name, image = %image.image, kept = %copy.kept, "old volume installed as the standby copy");
+                    plan.images.push(ReprotectedImage {
+                        image: image.image.clone(),
+                        kept: copy.kept,
+                        block_hashes: copy.block_hashes.as_deref().map(encode_hashes),
+                    });
+                }
+                // Every task runs to its end before the step fails.
+                Err(e) => failed = failed.or(Some(e)),
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(plan),
+        }
     }
 }
 
