@@ -167,7 +167,7 @@ mod tests {
     fn a_world_readable_key_is_refused_and_a_missing_cert_is_named() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let certified = rcgen_free_pair(dir.path());
+        let certified = identity_pair(dir.path());
         let key = dir.path().join("identity/key.pem");
         let cert = dir.path().join("identity/cert.pem");
         let loaded = ApiCert::load(&cert, &key).unwrap();
@@ -186,7 +186,7 @@ mod tests {
 
     /// Creates an agent identity in `dir` (a key and self-signed
     /// certificate, as an operator might reuse) and returns its fingerprint.
-    fn rcgen_free_pair(dir: &Path) -> AgentId {
+    fn identity_pair(dir: &Path) -> AgentId {
         ferry_engine::identity::Identity::create(dir)
             .unwrap()
             .fingerprint()

@@ -10,6 +10,9 @@
 //! a one-time pairing secret); every peer route except pairing then requires
 //! the fingerprint to be in the agent's [`TrustStore`](ferry_engine::transport::TrustStore)
 //! (see `api::peer_router`).
+//!
+//! [`TlsListener`] also serves the operator API when `[api] tls` is on
+//! (without client certificates; see `api_tls.rs`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
