@@ -334,3 +334,30 @@ fn token_from_environment_or_file() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("chmod 600"), "{}", text(&out));
 }
+
+/// `group show --watch` prints the group again every second until
+/// interrupted (with `--json`, one object per line), and Ctrl-C ends it
+/// cleanly.
+#[test]
+fn group_show_watch_refreshes_until_interrupted() {
+    use std::io::{BufRead, BufReader};
+    let s = protected();
+    let d = s.a.dir.display().to_string();
+    let mut child =
+        ferry_e2e::ferry_spawn(&["--dir", &d, "group", "show", "g1", "--watch", "--json"]);
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    for _ in 0..2 {
+        let line = lines.next().expect("a refresh").unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["group"]["name"], "g1", "{line}");
+    }
+    assert!(matches!(child.try_wait(), Ok(None)), "still watching");
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "Ctrl-C ends the watch cleanly: {status}");
+}

@@ -688,7 +688,8 @@ fn sighup_reloads_the_configuration_and_keeps_it_when_broken() {
             std::thread::sleep(Duration::from_millis(50));
         }
     };
-    wait_log("receive_limit=Some(3000000)");
+    // "3MB" is 3 MiB (K/M/G are powers of 1024, as ferry prints them).
+    wait_log("receive_limit=Some(3145728)");
     std::fs::write(dir.join("config.toml"), "[qos]\nreceive_limit = \"fast\"\n").unwrap();
     agent.signal(libc::SIGHUP);
     wait_log("configuration reload failed; keeping the old settings");
