@@ -60,7 +60,7 @@ impl Orchestrator {
     /// standby: the configuration the agent runs with (its `--config`,
     /// `CEPH_ARGS` and command line, as last reloaded), not a re-read of
     /// `DIR/config.toml`, which a packaged agent does not use.
-    fn ceph_cluster(&self) -> CtlResult<ClusterSpec> {
+    pub(super) fn ceph_cluster(&self) -> CtlResult<ClusterSpec> {
         Ok(self.replicator.config().ceph.clone())
     }
 
