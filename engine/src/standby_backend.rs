@@ -238,10 +238,7 @@ impl Standby {
             // standby image of that name (failed over in place), and
             // becomes the copy again as it is.
             (Self::Rbd(s), AdoptSource::Rbd { spec, .. })
-                if RbdSpec {
-                    snap: None,
-                    ..spec.clone()
-                } == s.image_spec(image.as_str()) =>
+                if spec.same_image(&s.image_spec(image.as_str())) =>
             {
                 s.adopt_in_place(image, epoch, rp, created_unix_ms)
             }
@@ -250,15 +247,6 @@ impl Standby {
             }
             (Self::Rbd(_), AdoptSource::File(_)) => Err(not_backend("files")),
             (Self::Files(_), AdoptSource::Rbd { .. }) => Err(not_backend("rbd")),
-        }
-    }
-
-    /// Whether `spec` (no snapshot) is this RBD standby's image `image`
-    /// itself (a volume failed over in place); never for the files backend.
-    pub fn is_own_image(&self, spec: &RbdSpec, image: &ImageName) -> bool {
-        match self {
-            Self::Rbd(s) => *spec == s.image_spec(image.as_str()),
-            Self::Files(_) => false,
         }
     }
 

@@ -115,7 +115,12 @@ impl Orchestrator {
                     ))
                 })?;
             if let SourceUri::Rbd(spec) = &volume {
-                if !self.receiver.store.is_own_image(spec, &image) {
+                let standby = self
+                    .receiver
+                    .store
+                    .rbd_image_spec(image.as_str())
+                    .map_err(|e| internal("the standby pool")(e.into()))?;
+                if !spec.same_image(&standby) {
                     return Err(CtlError::BadRequest(format!(
                         "reprotect of an RBD group needs its volumes failed over in place (the \
                          latest point, the standby images themselves); {} is {location}: delete \

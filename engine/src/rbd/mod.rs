@@ -85,6 +85,12 @@ impl RbdSpec {
         })
     }
 
+    /// Whether both address the same image (pool, namespace and name;
+    /// snapshots aside).
+    pub fn same_image(&self, other: &RbdSpec) -> bool {
+        self.pool == other.pool && self.namespace == other.namespace && self.image == other.image
+    }
+
     /// Connects to `cluster` (or reuses a live connection) and opens this
     /// address' pool, in its namespace.
     pub fn open_pool(&self, cluster: &ClusterSpec) -> Result<Arc<Pool>, RbdError> {
