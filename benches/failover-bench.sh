@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# failover-bench.sh — how long an unplanned failover takes on an RBD standby (issue 15, item 1):
-# real agents (site-a primary, site-b RBD standby, the two-site Ceph lab of scripts/ceph-lab.sh),
-# driven through the `ferry` CLI.
+# failover-bench.sh — how long recovery takes on RBD (issue 15): unplanned failover, DR drill start
+# and end, and re-protect after a split brain against a full resync of the same volumes. Real agents
+# (site-a primary, site-b RBD standby, both with an RBD standby backend, the two-site Ceph lab of
+# scripts/ceph-lab.sh), driven through the `ferry` CLI.
 #
 #   benches/failover-bench.sh [--runs N] [--copy] [--write-md FILE]
 #
@@ -14,8 +15,13 @@
 # random data per volume before the first point and 4 MiB more before the second, so the
 # replication before the timed step stays short; a --copy run copies only allocated data too.
 # Timed: the wall time of `ferry group failover … --wait` (API + journal + storage work; the
-# storage side alone is in the standby's log, "failover volume ready" lines). Medians of N runs
-# (default 3). Needs the binaries (cargo build --release --workspace --bins), python3-rbd, jq.
+# storage side alone is in the standby's log, "failover volume ready" lines); `group drill` and
+# `group drill --end` on the standby before the disaster (latest group point); and, after the
+# latest-point failover with site-a SIGKILLed, 64 MiB written on each side (1 MiB pieces spread
+# over the volumes), site-a restarted, `group reprotect` on site-b — against `group start` of the
+# same group at the beginning (ferry's full initial sync of the same volumes: what a full resync,
+# rbd-mirror's path after a forced promote, has to move). Medians of N runs (default 3). Needs the
+# binaries (cargo build --release --workspace --bins), python3-rbd, jq.
 # Leaves no image behind (ferry-bench-fo-* on both sites are removed at the end).
 set -euo pipefail
 
@@ -47,11 +53,18 @@ PIDS=()
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  local site name names
+  local site name names group
   for site in site-a site-b; do
+    # ferry's RBD groups of this run's images (an agent killed mid-run leaves them, with their
+    # group snapshots, which keep the images from being removed).
+    for group in $(rbd --cluster "$site" group ls rbd 2>/dev/null); do
+      if rbd --cluster "$site" group image list "rbd/$group" 2>/dev/null | grep -q -- "$TAG"; then
+        rbd --cluster "$site" group rm "rbd/$group" >/dev/null 2>&1 || true
+      fi
+    done
     names=$(rbd --cluster "$site" ls rbd | grep -- "$TAG" || true)
-    # Clones before their parents.
-    for name in $(grep '^failover-' <<<"$names") $(grep -v '^failover-' <<<"$names"); do
+    # Clones (failover-…, the re-protected copies GROUP-…) before their parents ($TAG-…).
+    for name in $(grep -v "^$TAG" <<<"$names") $(grep "^$TAG" <<<"$names"); do
       rbd --cluster "$site" --no-progress snap purge "rbd/$name" >/dev/null 2>&1 || true
       rbd --cluster "$site" --no-progress rm "rbd/$name" >/dev/null 2>&1 || true
     done
@@ -65,9 +78,11 @@ start_pair() {
   local a="$WORK/a$1" b="$WORK/b$1"
   ferry-agent init --dir "$a" >/dev/null
   ferry-agent init --dir "$b" >/dev/null
-  printf '[ceph]\ncluster = "site-a"\n' >"$a/config.toml"
+  printf '[standby]\nbackend = "rbd"\nrbd_pool = "rbd"\n[ceph]\ncluster = "site-a"\n' >"$a/config.toml"
   printf '[standby]\nbackend = "rbd"\nrbd_pool = "rbd"\n[ceph]\ncluster = "site-b"\n' >"$b/config.toml"
-  ferry-agent run --dir "$a" --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 >"$a.log" 2>&1 & PIDS+=($!); A_PID=$!
+  # A fixed QUIC port for A: the service on B names it, and A comes back on it after the SIGKILL.
+  A_LISTEN="127.0.0.1:$((20000 + RANDOM % 20000))"
+  ferry-agent run --dir "$a" --listen "$A_LISTEN" --api-listen 127.0.0.1:0 >"$a.log" 2>&1 & PIDS+=($!); A_PID=$!
   ferry-agent run --dir "$b" --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 >"$b.log" 2>&1 & PIDS+=($!); B_PID=$!
   until ferry --dir "$a" status >/dev/null 2>&1 && ferry --dir "$b" status >/dev/null 2>&1; do sleep 0.2; done
   ferry --dir "$a" service create --key "$(ferry --dir "$b" service key)" --name dr >/dev/null
@@ -99,7 +114,7 @@ protect() {
   done
   ferry --dir "$A" group create "$group" --wait >/dev/null
   ferry --dir "$A" group add "$group" "${uris[@]}" --wait >/dev/null
-  ferry --dir "$A" group start "$group" --wait >/dev/null
+  T_FULL=$(timed "$A" group start "$group")
   ferry --dir "$A" rp create "$group" --name older --wait >/dev/null
   for ((i = 0; i < count; i++)); do fill site-a "$TAG-$group-$i" 4 "$((100 + i))"; done
   ferry --dir "$A" rp create "$group" --name latest --wait >/dev/null
@@ -110,7 +125,7 @@ timed() {
   local dir=$1; shift
   local t0 t1
   t0=$(date +%s.%N)
-  ferry --dir "$dir" "$@" --wait >/dev/null
+  ferry --dir "$dir" "$@" --wait >/dev/null || { echo "failed: ferry --dir $dir $*" >&2; exit 1; }
   t1=$(date +%s.%N)
   echo "$t1 - $t0" | bc -l
 }
@@ -120,15 +135,43 @@ run_case() {
   ((COPY)) && extra=(--copy)
   start_pair "$name$run"
   protect "${name}l" "$count" "$size"
+  local t_full=$T_FULL
   protect "${name}o" "$count" "$size"
+  local t_drill t_drill_end
+  t_drill=$(timed "$B" group drill "${name}l")
+  t_drill_end=$(timed "$B" group drill "${name}l" --end)
   kill -9 "$A_PID"
   local t_latest t_older
   t_latest=$(timed "$B" group failover "${name}l" "${extra[@]}")
   t_older=$(timed "$B" group failover "${name}o" --rp older "${extra[@]}")
   printf '%s\tlatest%s\t%s\n' "$name" "${extra[*]:+ --copy}" "$t_latest" >>"$RES"
   printf '%s\tolder%s\t%s\n' "$name" "${extra[*]:+ --copy}" "$t_older" >>"$RES"
-  echo "run $run $name: latest ${t_latest}s, older ${t_older}s" >&2
-  ferry --dir "$B" group delete "${name}l" --wait >/dev/null
+  printf '%s\tdrill start\t%s\n' "$name" "$t_drill" >>"$RES"
+  printf '%s\tdrill end\t%s\n' "$name" "$t_drill_end" >>"$RES"
+  echo "run $run $name: latest ${t_latest}s, older ${t_older}s, drill ${t_drill}s / end ${t_drill_end}s" >&2
+  if ((!COPY)); then
+    # Split brain: 64 MiB on each side, 1 MiB pieces round-robin over the volumes.
+    local targets=() i
+    mapfile -t targets < <(ferry --dir "$B" --json group show "${name}l" | jq -r '.resources[].standby_target')
+    for ((i = 0; i < count; i++)); do
+      local mib=$(((64 + count - 1 - i) / count))
+      ((mib > 0)) || continue
+      fill site-b "${targets[$i]}" "$mib" "$((300 + i))"
+      fill site-a "$TAG-${name}l-$i" "$mib" "$((400 + i))"
+    done
+    ferry-agent run --dir "$A" --listen "$A_LISTEN" --api-listen 127.0.0.1:0 >>"$A.log" 2>&1 & PIDS+=($!); A_PID=$!
+    until ferry --dir "$A" status >/dev/null 2>&1; do sleep 0.2; done
+    local t_reprotect
+    t_reprotect=$(timed "$B" group reprotect "${name}l")
+    printf '%s\treprotect (64 MiB per side)\t%s\n' "$name" "$t_reprotect" >>"$RES"
+    printf '%s\tfull sync of the same volumes\t%s\n' "$name" "$t_full" >>"$RES"
+    echo "run $run $name: reprotect ${t_reprotect}s, full sync ${t_full}s" >&2
+    ferry --dir "$B" group stop "${name}l" --wait >/dev/null
+    ferry --dir "$B" group delete "${name}l" --wait >/dev/null
+    kill "$A_PID" 2>/dev/null || true
+  else
+    ferry --dir "$B" group delete "${name}l" --wait >/dev/null
+  fi
   ferry --dir "$B" group delete "${name}o" --wait >/dev/null
   kill "$B_PID" 2>/dev/null || true
 }

@@ -277,6 +277,11 @@ pub async fn run(
             trust.list().len()
         )
     };
+    // The handlers before READY: a SIGTERM right after READY (systemd stop,
+    // a test) must reach the graceful path, not the default action.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     notifier.ready(&status());
     // The watchdog is fed from this loop, after a health check: if the loop
     // wedges, or the engine behind it does, the pings stop and systemd
@@ -286,9 +291,6 @@ pub async fn run(
         tokio::time::interval(ping_interval.unwrap_or(Duration::from_secs(3600)));
     watchdog_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut withheld = false;
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut progress_tick = tokio::time::interval(Duration::from_secs(10));
     let mut last_staged = std::collections::HashMap::new();
     loop {

@@ -12,8 +12,10 @@
 //! on the backend.
 
 mod failover;
+mod reprotect;
 
 pub use failover::{FailoverLeftover, Volume, VolumeMethod};
+pub use reprotect::{ReprotectCopy, ReprotectSource};
 
 use std::ffi::{OsStr, OsString};
 use std::path::Path;
@@ -230,6 +232,14 @@ impl Standby {
         match (self, source) {
             (Self::Files(s), AdoptSource::File(path)) => {
                 s.adopt(image, path, epoch, rp, created_unix_ms)
+            }
+            // A re-protected group's volume failed back: it is this pool's
+            // standby image of that name (failed over in place), and
+            // becomes the copy again as it is.
+            (Self::Rbd(s), AdoptSource::Rbd { spec, .. })
+                if spec.pool == s.pool_name() && spec.image == image.as_str() =>
+            {
+                s.adopt_in_place(image, epoch, rp, created_unix_ms)
             }
             (Self::Rbd(s), AdoptSource::Rbd { cluster, spec }) => {
                 s.adopt(image, cluster, spec, epoch, rp, created_unix_ms)

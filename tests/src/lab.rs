@@ -8,6 +8,7 @@
 //! `FERRY_REQUIRE_ALL=1` (as `scripts/test.sh` runs them) when
 //! `FERRY_CEPH_LAB=1` is not set.
 
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 /// Whether the lab is there (`FERRY_CEPH_LAB=1`), through
@@ -72,4 +73,56 @@ pub fn pyrbd(site: &str, image: &str, body: &str) {
         .output()
         .expect("running python3");
     assert_ok(&out, "python3-rbd");
+}
+
+/// BLAKE3 of an image or snapshot (`POOL/IMAGE[@SNAP]`) on `site`, through
+/// `rbd export` into `scratch`.
+pub fn export_hash(scratch: &Path, site: &str, spec: &str) -> String {
+    let file = scratch.join("export.raw");
+    let _ = std::fs::remove_file(&file);
+    rbd(site, &["export", spec, &file.display().to_string()]);
+    let hash = crate::hash_file(&file);
+    let _ = std::fs::remove_file(&file);
+    hash
+}
+
+/// On drop, removes every image of pool `rbd` whose name contains `mark`,
+/// on both sites, with its snapshots: images that do not start with
+/// `parents` (clones, re-protected copies, migration volumes) before those
+/// that do, in two rounds, so children go before their parents.
+pub struct Cleanup {
+    /// What the test's image names contain.
+    pub mark: String,
+    /// How the test's source images (the parents) start.
+    pub parents: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for _round in 0..2 {
+            for site in ["site-a", "site-b"] {
+                let Ok(out) = Command::new("rbd")
+                    .args(["--cluster", site, "ls", "rbd"])
+                    .output()
+                else {
+                    continue;
+                };
+                let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter(|l| l.contains(self.mark.as_str()))
+                    .map(str::to_owned)
+                    .collect();
+                names.sort_by_key(|n| n.starts_with(self.parents.as_str()));
+                for name in names {
+                    let spec = format!("rbd/{name}");
+                    for args in [["snap", "purge", spec.as_str()].as_slice(), &["rm", &spec]] {
+                        let _ = Command::new("rbd")
+                            .args(["--cluster", site, "--no-progress"])
+                            .args(args)
+                            .output();
+                    }
+                }
+            }
+        }
+    }
 }

@@ -13,6 +13,7 @@ pub mod loopdev;
 #[cfg(feature = "failpoints")]
 pub mod power_loss;
 pub mod prereq;
+pub mod sites;
 
 use std::fs::File;
 use std::io::Read;

@@ -16,37 +16,14 @@ use std::time::{Duration, Instant};
 
 use ferry_agent::imagegen;
 use ferry_e2e::cli::{ok, run, text};
+use ferry_e2e::sites::Sites;
 use ferry_e2e::{hash_file, init_agent, Agent};
 use serde_json::Value;
 
 const MIB: u64 = 1024 * 1024;
 
-struct Sites {
-    tmp: tempfile::TempDir,
-    a: Agent,
-    b: Agent,
-}
-
-impl Sites {
-    fn path(&self, name: &str) -> PathBuf {
-        self.tmp.path().join(name)
-    }
-}
-
-/// Two agents paired through a service key.
 fn paired() -> Sites {
-    let tmp = tempfile::tempdir().unwrap();
-    let a_dir = tmp.path().join("a");
-    let b_dir = tmp.path().join("b");
-    let a_fp = init_agent(&a_dir);
-    let b_fp = init_agent(&b_dir);
-    let a = Agent::start(&a_dir, &a_fp, &[]);
-    let b = Agent::start(&b_dir, &b_fp, &[]);
-    let out = run(&b_dir, &["service", "key"]);
-    assert!(out.status.success(), "{}", text(&out));
-    let key = String::from_utf8(out.stdout).unwrap();
-    ok(&a_dir, &["service", "create", "--key", key.trim()]);
-    Sites { tmp, a, b }
+    Sites::paired()
 }
 
 /// Makes the images `(file name, size, seed)` on site A, protects them as

@@ -11,29 +11,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ferry_agent::imagegen;
-use ferry_e2e::cli::{ok, run, text};
-use ferry_e2e::{hash_file, init_agent, Agent};
+use ferry_e2e::cli::ok;
+use ferry_e2e::hash_file;
+use ferry_e2e::sites::Sites;
 
 const MIB: u64 = 1024 * 1024;
 
-struct Sites {
-    tmp: tempfile::TempDir,
-    a: Agent,
-    b: Agent,
-}
-
-/// Two agents paired through a service key.
 fn paired() -> Sites {
-    let tmp = tempfile::tempdir().unwrap();
-    let (a_dir, b_dir) = (tmp.path().join("a"), tmp.path().join("b"));
-    let (a_fp, b_fp) = (init_agent(&a_dir), init_agent(&b_dir));
-    let a = Agent::start(&a_dir, &a_fp, &[]);
-    let b = Agent::start(&b_dir, &b_fp, &[]);
-    let out = run(&b_dir, &["service", "key"]);
-    assert!(out.status.success(), "{}", text(&out));
-    let key = String::from_utf8(out.stdout).unwrap();
-    ok(&a_dir, &["service", "create", "--key", key.trim()]);
-    Sites { tmp, a, b }
+    Sites::paired()
 }
 
 /// Three volumes holding data (`seed` varies them), protected as `g1` and

@@ -17,12 +17,11 @@
 //!   last point.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ferry_e2e::cli::{ok, run, text};
-use ferry_e2e::lab::{self, pyrbd, rbd};
-use ferry_e2e::{hash_file, init_agent, Agent};
+use ferry_e2e::lab::{self, export_hash, pyrbd, rbd, Cleanup};
+use ferry_e2e::{init_agent, Agent};
 use serde_json::Value;
 
 struct Sites {
@@ -49,39 +48,6 @@ fn paired() -> Sites {
     let key = String::from_utf8(out.stdout).unwrap();
     ok(&a_dir, &["service", "create", "--key", key.trim()]);
     Sites { tmp, a, b }
-}
-
-/// Every lab image whose name contains `ferry-t-TAG-` removed on drop, on
-/// both sites: clones (`failover-…`) before their parents.
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for site in ["site-a", "site-b"] {
-            let Ok(out) = Command::new("rbd")
-                .args(["--cluster", site, "ls", "rbd"])
-                .output()
-            else {
-                continue;
-            };
-            let mark = format!("ferry-t-{}-", self.0);
-            let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .filter(|l| l.contains(mark.as_str()))
-                .map(str::to_owned)
-                .collect();
-            names.sort_by_key(|n| !n.starts_with("failover-"));
-            for name in names {
-                let spec = format!("rbd/{name}");
-                for args in [["snap", "purge", spec.as_str()].as_slice(), &["rm", &spec]] {
-                    let _ = Command::new("rbd")
-                        .args(["--cluster", site, "--no-progress"])
-                        .args(args)
-                        .output();
-                }
-            }
-        }
-    }
 }
 
 /// Makes `count` thin images of `size_mib` on site-a, writes 4 MiB of
@@ -137,16 +103,6 @@ fn standby_volumes(dir: &Path, group: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// BLAKE3 of an image (or snapshot) through `rbd export` (sparse).
-fn export_hash(scratch: &Path, site: &str, spec: &str) -> String {
-    let file = scratch.join("export.raw");
-    let _ = std::fs::remove_file(&file);
-    rbd(site, &["export", spec, &file.display().to_string()]);
-    let hash = hash_file(&file);
-    let _ = std::fs::remove_file(&file);
-    hash
-}
-
 fn info(site: &str, spec: &str) -> String {
     String::from_utf8_lossy(&rbd(site, &["info", spec]).stdout).to_string()
 }
@@ -167,7 +123,10 @@ fn lab_rbd_failover_to_the_latest_point_keeps_the_images_whatever_their_size() {
         return;
     }
     let tag = format!("fol{}", std::process::id());
-    let _cleanup = Cleanup(tag.clone());
+    let _cleanup = Cleanup {
+        mark: format!("ferry-t-{tag}-"),
+        parents: "ferry-t-".into(),
+    };
     let mut s = paired();
     let (a, b) = (s.a.dir.clone(), s.b.dir.clone());
     let scratch = s.tmp.path().join("scratch");
@@ -260,7 +219,10 @@ fn lab_rbd_failover_to_an_older_point_clones_it_and_fences_the_old_primary() {
         return;
     }
     let tag = format!("foo{}", std::process::id());
-    let _cleanup = Cleanup(tag.clone());
+    let _cleanup = Cleanup {
+        mark: format!("ferry-t-{tag}-"),
+        parents: "ferry-t-".into(),
+    };
     let mut s = paired();
     let (a, b) = (s.a.dir.clone(), s.b.dir.clone());
     let scratch = s.tmp.path().join("scratch");
@@ -359,7 +321,10 @@ fn lab_rbd_failover_from_a_torn_head_clones_the_last_point() {
         return;
     }
     let tag = format!("fot{}", std::process::id());
-    let _cleanup = Cleanup(tag.clone());
+    let _cleanup = Cleanup {
+        mark: format!("ferry-t-{tag}-"),
+        parents: "ferry-t-".into(),
+    };
     let mut s = paired();
     let (a, b) = (s.a.dir.clone(), s.b.dir.clone());
     let scratch = s.tmp.path().join("scratch");

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use ferry_agent::imagegen;
 use ferry_e2e::cli::{ok, run, text};
+use ferry_e2e::sites::Sites;
 use ferry_e2e::{bin, init_agent, Agent};
 use ferry_engine::identity::Identity;
 use ferry_engine::session::framing::{FrameReader, FrameWriter};
@@ -76,26 +77,9 @@ fn wait_for_log(agent: &Agent, needle: &str) {
     }
 }
 
-struct Sites {
-    tmp: tempfile::TempDir,
-    a: Agent,
-    b: Agent,
-}
-
 /// Two agents that trust nobody explicitly, paired through a service key.
 fn paired() -> Sites {
-    let tmp = tempfile::tempdir().unwrap();
-    let a_dir = tmp.path().join("a");
-    let b_dir = tmp.path().join("b");
-    let a_fp = init_agent(&a_dir);
-    let b_fp = init_agent(&b_dir);
-    let a = Agent::start(&a_dir, &a_fp, &[]);
-    let b = Agent::start(&b_dir, &b_fp, &[]);
-    let out = run(&b_dir, &["service", "key"]);
-    assert!(out.status.success(), "{}", text(&out));
-    let key = String::from_utf8(out.stdout).unwrap();
-    ok(&a_dir, &["service", "create", "--key", key.trim()]);
-    Sites { tmp, a, b }
+    Sites::paired()
 }
 
 /// A QUIC connection to `agent` presenting `identity`; the handshake's

@@ -34,7 +34,8 @@ use serde_json::{json, Value};
 
 use crate::control::{NewRecoveryPoint, OperationId, RpoThresholds, StoreError};
 use crate::orchestrator::{
-    CtlError, MigrateStep, Orchestrator, PairRequest, PeerGroupRequest, Qos, DEFAULT_KEY_TTL,
+    CtlError, MigrateStep, Orchestrator, PairRequest, PeerGroupRequest, Qos, ReprotectStep,
+    DEFAULT_KEY_TTL,
 };
 use bodies::{
     AddBody, BindBody, CreateGroupBody, CreateServiceBody, DrillBody, FailoverBody, KeyBody,
@@ -273,6 +274,7 @@ pub const OPERATOR_ROUTES: &[&str] = &[
     "/v1/qos",
     "/v1/groups/{group}/migrate",
     "/v1/groups/{group}/drill",
+    "/v1/groups/{group}/reprotect",
     "/v1/health/groups",
 ];
 
@@ -289,6 +291,7 @@ pub const PEER_ROUTES: &[&str] = &[
     "/v1/peer/groups/{id}/recovery-points/{rp}",
     "/v1/peer/groups/{id}/migrate",
     "/v1/peer/groups/{id}/newest-point",
+    "/v1/peer/groups/{id}/reprotect",
 ];
 
 /// The operator API router.
@@ -332,7 +335,8 @@ pub fn operator_router(orch: Arc<Orchestrator>, token: String) -> Router {
         .route(r[23], get(get_qos).put(set_qos))
         .route(r[24], post(migrate))
         .route(r[25], post(drill).delete(end_drill))
-        .route(r[26], get(group_health))
+        .route(r[26], post(reprotect))
+        .route(r[27], get(group_health))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route(r[0], get(health))
@@ -529,6 +533,10 @@ async fn end_drill(State(s): State<AppState>, UrlPath(name): UrlPath<String>) ->
     accepted(s.orch.end_drill(&name)?)
 }
 
+async fn reprotect(State(s): State<AppState>, UrlPath(name): UrlPath<String>) -> ApiResult {
+    accepted(s.orch.reprotect(&name)?)
+}
+
 async fn migrate(State(s): State<AppState>, UrlPath(name): UrlPath<String>) -> ApiResult {
     accepted(s.orch.migrate(&name)?)
 }
@@ -614,6 +622,7 @@ pub fn peer_router(orch: Arc<Orchestrator>) -> Router {
         .route(r[8], axum::routing::delete(peer_delete_rp))
         .route(r[9], post(peer_migrate))
         .route(r[10], get(peer_newest_point))
+        .route(r[11], post(peer_reprotect))
         .with_state(orch)
 }
 
@@ -724,6 +733,15 @@ async fn peer_migrate(
     Json(b): Json<MigrateStep>,
 ) -> ApiResult {
     ok(o.peer_migrate_step(peer.fingerprint, id, &b).await?)
+}
+
+async fn peer_reprotect(
+    State(o): State<Arc<Orchestrator>>,
+    ConnectInfo(peer): Peer,
+    UrlPath(id): UrlPath<i64>,
+    Json(b): Json<ReprotectStep>,
+) -> ApiResult {
+    ok(o.peer_reprotect_step(peer.fingerprint, id, &b).await?)
 }
 
 #[cfg(test)]

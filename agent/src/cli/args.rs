@@ -425,6 +425,23 @@ pub enum GroupCmd {
         #[arg(long)]
         wait: bool,
     },
+    /// (new primary) Re-protect after an unplanned failover, once the old
+    /// primary site is back: its volumes become this group's standby
+    /// copies and only the differences cross the link (what this site
+    /// wrote since the last recovery point both sites hold, plus what the
+    /// old primary wrote after it, which is rolled back there; the old
+    /// volumes keep those writes, named in the operation's result). The
+    /// group then replicates to the old site; `migrate` fails back.
+    Reprotect {
+        /// How to reach the agent.
+        #[command(flatten)]
+        conn: Conn,
+        /// Group name or id.
+        name: String,
+        /// Wait for the operation.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Delete a group (and its standby group).
     Delete {
         /// How to reach the agent.

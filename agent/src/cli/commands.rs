@@ -257,6 +257,16 @@ pub(super) async fn group(cmd: GroupCmd, outer: &Conn) -> Result<Outcome> {
                 api.op(Method::POST, &path, body, wait).await?
             }
         }
+        GroupCmd::Reprotect { conn, name, wait } => {
+            Api::new(&conn.or(outer))?
+                .op(
+                    Method::POST,
+                    &format!("/v1/groups/{name}/reprotect"),
+                    None,
+                    wait,
+                )
+                .await?
+        }
         GroupCmd::Delete { conn, name, wait } => {
             Api::new(&conn.or(outer))?
                 .op(Method::DELETE, &format!("/v1/groups/{name}"), None, wait)

@@ -196,6 +196,11 @@ text_enum!(
         Deleting => "deleting",
         /// Deleting the group failed.
         DeleteFailed => "delete_failed",
+        /// Re-protect in progress: the new primary makes the old primary
+        /// its standby (ferry's addition).
+        Reprotecting => "reprotecting",
+        /// Re-protect failed (retried with reprotect).
+        ReprotectFailed => "reprotect_failed",
     }
 );
 
@@ -215,6 +220,8 @@ impl GroupState {
         GroupState::Removing,
         GroupState::Deleting,
         GroupState::DeleteFailed,
+        GroupState::Reprotecting,
+        GroupState::ReprotectFailed,
     ];
 
     /// Standby-group states, as listed in the semantics doc.
@@ -232,6 +239,8 @@ impl GroupState {
         GroupState::Removing,
         GroupState::Deleting,
         GroupState::DeleteFailed,
+        GroupState::Reprotecting,
+        GroupState::ReprotectFailed,
     ];
 
     /// The states a group of `role` can be in.
@@ -258,6 +267,7 @@ impl GroupState {
                 | GroupState::FailingOver
                 | GroupState::Removing
                 | GroupState::Deleting
+                | GroupState::Reprotecting
         )
     }
 }
@@ -568,6 +578,8 @@ text_enum!(
         Drill => "drill",
         /// End a DR drill (remove its volumes, unpin its point).
         EndDrill => "end_drill",
+        /// Re-protect after a failover: the old primary becomes the standby.
+        Reprotect => "reprotect",
         /// Delete a service.
         DeleteService => "delete_service",
     }
@@ -592,6 +604,7 @@ impl OpKind {
             OpKind::DeleteGroup => "delete group",
             OpKind::Drill => "drill",
             OpKind::EndDrill => "end drill",
+            OpKind::Reprotect => "reprotect",
             OpKind::DeleteService => "delete service",
         }
     }
@@ -765,10 +778,11 @@ mod tests {
 
     #[test]
     fn state_lists_match_the_semantics_doc() {
-        // 13 primary and 13 standby states; 16 distinct in all.
-        assert_eq!(GroupState::PRIMARY.len(), 13);
-        assert_eq!(GroupState::STANDBY.len(), 13);
-        assert_eq!(GroupState::ALL.len(), 16);
+        // The doc's 13 primary and 13 standby states (16 distinct), plus
+        // ferry's reprotecting and reprotect_failed on both sides.
+        assert_eq!(GroupState::PRIMARY.len(), 15);
+        assert_eq!(GroupState::STANDBY.len(), 15);
+        assert_eq!(GroupState::ALL.len(), 18);
         for s in GroupState::ALL {
             assert!(
                 s.valid_for(Role::Primary) || s.valid_for(Role::Standby),

@@ -167,7 +167,6 @@ impl Orchestrator {
                     SYNC_PAUSE
                 }
                 Ok(Some(done)) => {
-                    self.metrics.record_cycle(&name, &done.report);
                     let changed: u64 = done.report.images.iter().map(|r| r.bytes_changed).sum();
                     let sent: u64 = done.report.images.iter().map(|r| r.bytes_sent).sum();
                     if changed > 0 {
@@ -320,7 +319,15 @@ impl Orchestrator {
     ) -> CtlResult<Option<CycleDone>> {
         let result = self.run_cycle_once(gid, skip_unchanged).await;
         match &result {
-            Ok(Some(done)) => self.raise_rp_floor(gid, done.engine_rp),
+            Ok(Some(done)) => {
+                self.raise_rp_floor(gid, done.engine_rp);
+                // Every committed cycle counts: the loop's, and those an
+                // operation runs (a migration's final sync, a reprotect's
+                // first cycle).
+                if let Ok(g) = self.db(|s| s.group(gid)) {
+                    self.metrics.record_cycle(&g.name, &done.report);
+                }
+            }
             Ok(None) => {}
             // The standby may hold a point numbered above this clock
             // (stepped back while this agent was down, or before it knew):

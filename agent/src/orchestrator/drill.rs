@@ -1,6 +1,7 @@
 //! DR drills on the standby (`ferry group drill G [--rp NAME]`, `--end`):
 //! writable volumes of every resource at one complete group recovery point,
-//! made with the engine's `Standby::restore_into` next to the standby copies
+//! made with the engine's `Standby::restore_volume` (an RBD clone of the point's
+//! snapshot, a reflink where the file system has them, else a copy) next to the standby copies
 //! (which a drill never touches) and named where the backend says
 //! (`Standby::drill_volume`). The point is pinned on every standby copy
 //! until the drill ends, so retention cannot expire it. A drill is not a
@@ -84,11 +85,14 @@ impl Orchestrator {
                     // (a first start refuses volumes that exist): remade.
                     volume.remove()?;
                     volume.prepare()?;
-                    store
-                        .restore_into(&image, RecoveryPointId(engine_rp), volume.output())
+                    // A clone (RBD) or a reflink (files, where the file
+                    // system has them): nothing copied, the copy untouched.
+                    let made = store
+                        .restore_volume(&image, RecoveryPointId(engine_rp), volume.output(), false)
                         .map_err(|e| {
                             anyhow::Error::new(e).context(format!("making drill volume {volume}"))
                         })?;
+                    info!(%image, volume = %made.location, method = made.method.as_str(), "drill volume ready");
                     // Fault injection (tests): hold or stop between volumes.
                     ferry_engine::testpoint::reach("drill::after-volume");
                 }

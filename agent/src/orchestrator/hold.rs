@@ -34,6 +34,13 @@
 //!   `delete::standby-begun` (journaled, the standby copies not removed);
 //! - DR drill (the standby): `drill::after-volume` (a drill start made one
 //!   more volume), `drill::after-remove` (a drill end removed one more);
+//! - reprotect, the new primary: `reprotect::after-begin` (the old primary
+//!   installed its volumes as the standby copies, nothing seeded here yet),
+//!   `reprotect::old-primary-committed` (the old primary is the standby,
+//!   the first cycle not run yet);
+//! - reprotect, the old primary: `reprotect::old-primary-begun`
+//!   (journaled, nothing installed yet), `reprotect::old-primary-adopted`
+//!   (the copies installed, the answer not sent);
 //! - any replication cycle, primary: `cycle::committed` (the standby
 //!   committed the cycle, this side has not recorded the end of an initial
 //!   sync yet).

@@ -71,6 +71,7 @@ mod progress;
 mod qos;
 mod rbd_migration;
 mod recovery;
+mod reprotect;
 mod services;
 mod standby_copies;
 
@@ -167,7 +168,10 @@ pub enum CtlError {
 pub type CtlResult<T> = Result<T, CtlError>;
 
 pub use crate::service_key::{ServiceKey, ServiceKeyError};
-pub use crate::wire::bodies::{MigrateStep, PairRequest, PeerGroupRequest, Qos};
+pub use crate::wire::bodies::{
+    MigrateStep, PairRequest, PeerGroupRequest, Qos, ReprotectImage, ReprotectPlan, ReprotectStep,
+    ReprotectedImage,
+};
 
 /// Live replication progress of one resource.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -319,6 +323,9 @@ pub struct Orchestrator {
     /// deleted): each checks whether the other still holds the point and
     /// unpins, so one of them always unpins a point both held.
     unpin_lock: tokio::sync::Mutex<()>,
+    /// Re-protects whose old-primary side installs its copies in the
+    /// background, by operation: running (`None`) or failed (the reason).
+    reprotect_tasks: Mutex<HashMap<OperationId, Option<String>>>,
 }
 
 fn internal(what: impl Into<String>) -> impl FnOnce(anyhow::Error) -> CtlError {
@@ -351,6 +358,7 @@ impl Orchestrator {
             replicator,
             syncs: Mutex::new(HashMap::new()),
             progress: Mutex::new(HashMap::new()),
+            reprotect_tasks: Mutex::new(HashMap::new()),
             rp_floor: Mutex::new(HashMap::new()),
             api_addr: Mutex::new(None),
             peer_contact: Mutex::new(HashMap::new()),

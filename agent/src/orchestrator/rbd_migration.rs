@@ -58,7 +58,7 @@ fn image_name(r: &Resource) -> CtlResult<ImageName> {
 
 impl Orchestrator {
     /// The Ceph cluster of this agent's `rbd:` volumes and RBD standby.
-    fn ceph_cluster(&self) -> CtlResult<ClusterSpec> {
+    pub(super) fn ceph_cluster(&self) -> CtlResult<ClusterSpec> {
         AgentConfig::load(config_path(&self.dir, None).as_deref())
             .map(|c| c.ceph)
             .map_err(|e| internal("loading the agent configuration")(e.into()))

@@ -207,6 +207,73 @@ pub enum MigrateStep {
     Abort,
 }
 
+/// One step of a re-protect, sent by the new primary to the old primary
+/// (`POST /v1/peer/groups/{id}/reprotect`); every step can be repeated.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
+pub enum ReprotectStep {
+    /// The old primary stops replicating the group (journaled, state
+    /// `reprotecting`) and installs each volume as the standby copy at the
+    /// last recovery point both sites hold, in the background; answers
+    /// `pending` until it is done, then what it made.
+    Begin {
+        /// That group recovery point.
+        engine_rp: u64,
+        /// When it was taken (ms since the Unix epoch).
+        created_unix_ms: u64,
+        /// Each image's epoch at that point.
+        images: Vec<ReprotectImage>,
+    },
+    /// The roles swap: the old primary's group becomes the standby, its
+    /// resources named by the new primary's volumes (`(old, new)` URIs).
+    Commit {
+        /// Resource renames.
+        renames: Vec<(String, String)>,
+    },
+}
+
+/// One image of a [`ReprotectStep::Begin`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReprotectImage {
+    /// The standby image name (the resource's standby target).
+    pub image: String,
+    /// Its epoch at the common recovery point.
+    pub epoch: u64,
+}
+
+/// What the old primary made of each image for a re-protect.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ReprotectPlan {
+    /// The common group recovery point.
+    pub engine_rp: u64,
+    /// One per resource.
+    pub images: Vec<ReprotectedImage>,
+    /// The old primary had already completed its side (Commit).
+    #[serde(default)]
+    pub completed: bool,
+    /// The old primary is still installing its copies (in the background,
+    /// so a large group never outlasts a request): ask again.
+    #[serde(default)]
+    pub pending: bool,
+    /// The old primary's operation that made the plan.
+    #[serde(default)]
+    pub op: i64,
+}
+
+/// One image of a [`ReprotectPlan`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReprotectedImage {
+    /// The standby image name.
+    pub image: String,
+    /// Where the old primary's split-brain writes stay (`file:/PATH` or
+    /// `rbd:POOL/IMAGE@SNAP`).
+    pub kept: String,
+    /// Files: the standby copy's block hashes (16 bytes per 4 KiB block,
+    /// base64), the new primary's replication base; RBD: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_hashes: Option<String>,
+}
+
 /// Body of `POST /v1/peer/groups`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PeerGroupRequest {
@@ -261,6 +328,8 @@ pub enum BodyRoute {
     PeerMigrate,
     /// `POST /v1/groups/{group}/drill`.
     Drill,
+    /// `POST /v1/peer/groups/{id}/reprotect`.
+    PeerReprotect,
     /// `PATCH /v1/groups/{group}`.
     UpdateGroup,
 }
@@ -288,6 +357,7 @@ impl BodyRoute {
         BodyRoute::PeerAddRecoveryPoint,
         BodyRoute::PeerMigrate,
         BodyRoute::Drill,
+        BodyRoute::PeerReprotect,
         BodyRoute::UpdateGroup,
     ];
 }
@@ -406,6 +476,15 @@ pub fn check_request_body(route: BodyRoute, body: &[u8]) -> Result<(), BodyError
         }
         BodyRoute::PeerMigrate => {
             parse::<MigrateStep>(route, body)?;
+        }
+        BodyRoute::PeerReprotect => {
+            let b: ReprotectStep = parse(route, body)?;
+            if let ReprotectStep::Begin { images, .. } = &b {
+                for i in images {
+                    ferry_protocol::ImageName::new(i.image.clone())
+                        .map_err(|e| field("image")(e.to_string()))?;
+                }
+            }
         }
     }
     Ok(())

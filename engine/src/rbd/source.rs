@@ -274,123 +274,6 @@ impl RbdSource {
         })
     }
 
-    /// The committed (epoch, snapshot) of the replication of `spec` whose
-    /// state is in `state_dir`, if any. Reads the state only.
-    pub fn committed_snapshot(
-        spec: &RbdSpec,
-        state_dir: &Path,
-    ) -> Result<Option<(Epoch, String)>, SourceError> {
-        let path = state_dir.join(STATE_FILE);
-        Ok(read_checksummed::<SourceState>(&path)
-            .map_err(|e| state_error(e.into()))?
-            .filter(|s| s.format == STATE_FORMAT && s.image == spec.to_string())
-            .and_then(|s| s.committed)
-            .map(|c| (Epoch(c.epoch), c.snap)))
-    }
-
-    /// Records the current head of `spec` as already replicated at `epoch`
-    /// under replication `tag` (state in `state_dir`): takes a snapshot
-    /// `ferry.<TAG>.<ms>` of it and makes it the committed base, so the
-    /// next cycle sends only what is written after now. For an image that
-    /// holds exactly what the standby holds at `epoch` (a planned
-    /// migration's new primary volume, copied from that recovery point and
-    /// not written since). Repeating it with the same epoch keeps the
-    /// existing base; any other state in `state_dir` is replaced.
-    pub fn seed(
-        cluster: &ClusterSpec,
-        spec: &RbdSpec,
-        state_dir: &Path,
-        tag: &str,
-        epoch: Epoch,
-    ) -> Result<(), SourceError> {
-        if epoch == Epoch(0) {
-            return Err(SourceError::Misuse {
-                reason: "a seeded base needs a non-zero epoch",
-            });
-        }
-        std::fs::create_dir_all(state_dir).map_err(|source| SourceError::Io {
-            op: "create state directory",
-            path: state_dir.to_path_buf(),
-            source,
-        })?;
-        let path = state_dir.join(STATE_FILE);
-        let pool = open_pool(cluster, &spec.pool).map_err(state_error)?;
-        let head = pool.open(&spec.image).map_err(|e| state_error(e.into()))?;
-        if let Some((committed, snap)) = Self::committed_snapshot(spec, state_dir)? {
-            if committed == epoch && head.snap_exists(&snap).map_err(|e| state_error(e.into()))? {
-                return Ok(());
-            }
-        }
-        let snap = format!("ferry.{tag}.{}", unix_ms());
-        head.snap_create(&snap).map_err(|e| state_error(e.into()))?;
-        write_checksummed(
-            &path,
-            &SourceState {
-                format: STATE_FORMAT,
-                image: spec.to_string(),
-                committed: Some(SnapRef {
-                    epoch: epoch.get(),
-                    snap: snap.clone(),
-                    base: None,
-                }),
-                capture: None,
-                cycle: None,
-            },
-        )
-        .map_err(|e| state_error(e.into()))?;
-        info!(image = %spec, %epoch, snap, "seeded the replication base");
-        Ok(())
-    }
-
-    /// Ends the replication of `spec` whose state is in `state_dir`: removes
-    /// the snapshots the state names (committed and capture) and the state.
-    /// Nothing to do is not an error.
-    pub fn forget(
-        cluster: &ClusterSpec,
-        spec: &RbdSpec,
-        state_dir: &Path,
-    ) -> Result<(), SourceError> {
-        let path = state_dir.join(STATE_FILE);
-        let Some(state) = read_checksummed::<SourceState>(&path)
-            .map_err(|e| state_error(e.into()))?
-            .filter(|s| s.format == STATE_FORMAT && s.image == spec.to_string())
-        else {
-            return Ok(());
-        };
-        let pool = open_pool(cluster, &spec.pool).map_err(state_error)?;
-        let head = pool.open(&spec.image).map_err(|e| state_error(e.into()))?;
-        let snaps = state
-            .committed
-            .into_iter()
-            .flat_map(|c| [Some(c.snap), c.base])
-            .chain(
-                state
-                    .capture
-                    .into_iter()
-                    .flat_map(|c| [Some(c.snap), c.base]),
-            )
-            .flatten()
-            // Group snapshots go with the image's group membership below.
-            .filter(|snap| !snap.starts_with(GROUP_SNAP_PREFIX));
-        for snap in snaps {
-            match head.snap_remove(&snap) {
-                Ok(()) => {}
-                Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(state_error(e.into())),
-            }
-        }
-        super::membership::forget_ferry_group(&pool, &head, &spec.image)?;
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(SourceError::Io {
-                op: "remove state",
-                path,
-                source,
-            }),
-        }
-    }
-
     /// The image address.
     pub fn spec(&self) -> &RbdSpec {
         &self.spec
@@ -936,5 +819,6 @@ impl ExtentSource for RbdSource {
     }
 }
 
+mod base;
 #[cfg(test)]
 mod tests;

@@ -31,6 +31,7 @@ mod epoch;
 mod failover;
 mod handle;
 mod points;
+mod reprotect;
 mod retire;
 mod volumes;
 

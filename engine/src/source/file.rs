@@ -140,6 +140,39 @@ impl FileSource {
     /// side adopts the same bytes at the same epoch). The caller makes sure
     /// nothing writes to the image meanwhile.
     pub fn seed(image: &Path, state_dir: &Path, epoch: Epoch) -> Result<(), SourceError> {
+        Self::seed_with(image, state_dir, epoch, None)
+    }
+
+    /// Like [`FileSource::seed`], but the base is what the standby holds,
+    /// given as its block hashes ([`block_hashes`] of the standby's copy),
+    /// not this image as it is: the next cycle sends every block whose
+    /// content differs from the standby's. For re-protect, where the old
+    /// primary's copy holds its own (split-brain) writes too: only blocks
+    /// written on either side since the sites diverged cross the link.
+    /// Repeating it with the same epoch keeps the state (an interrupted
+    /// first cycle resumes).
+    pub fn seed_from_hashes(
+        image: &Path,
+        state_dir: &Path,
+        epoch: Epoch,
+        hashes: &[BlockHash],
+    ) -> Result<(), SourceError> {
+        if let Ok(source) = Self::open(image, state_dir) {
+            if source.state.committed_epoch == epoch.get()
+                && source.manifest_path(epoch.get()).exists()
+            {
+                return Ok(());
+            }
+        }
+        Self::seed_with(image, state_dir, epoch, Some(hashes))
+    }
+
+    fn seed_with(
+        image: &Path,
+        state_dir: &Path,
+        epoch: Epoch,
+        given: Option<&[BlockHash]>,
+    ) -> Result<(), SourceError> {
         if epoch.get() == 0 {
             return Err(SourceError::Misuse {
                 reason: "a seeded base needs a non-zero epoch",
@@ -147,6 +180,13 @@ impl FileSource {
         }
         let mut source = Self::open(image, state_dir)?;
         let size = source.image_size()?;
+        if let Some(given) = given {
+            if given.len() as u64 != manifest::block_count(size, BLOCK_SIZE) {
+                return Err(SourceError::Misuse {
+                    reason: "the standby's block hashes do not cover this image's size",
+                });
+            }
+        }
         let path = source.manifest_path(epoch.get());
         let tmp = source.partial_path(epoch.get());
         let manifest = Manifest::create(
@@ -157,19 +197,23 @@ impl FileSource {
                 epoch,
             },
         )?;
-        const STEP: usize = 1 << 20;
-        let mut buf = vec![0u8; STEP];
-        let mut hashes = Vec::with_capacity(STEP / BLOCK_SIZE as usize);
-        let mut offset = 0u64;
-        while offset < size {
-            let len = usize::try_from(size - offset).unwrap_or(STEP).min(STEP);
-            let chunk = &mut buf[..len];
-            std::os::unix::fs::FileExt::read_exact_at(&source.image, chunk, offset)
-                .map_err(io_error("read image", image))?;
-            hashes.clear();
-            hashes.extend(chunk.chunks(BLOCK_SIZE as usize).map(BlockHash::of_block));
-            manifest.write_entries(offset / u64::from(BLOCK_SIZE), &hashes)?;
-            offset += len as u64;
+        if let Some(given) = given {
+            manifest.write_entries(0, given)?;
+        } else {
+            const STEP: usize = 1 << 20;
+            let mut buf = vec![0u8; STEP];
+            let mut hashes = Vec::with_capacity(STEP / BLOCK_SIZE as usize);
+            let mut offset = 0u64;
+            while offset < size {
+                let len = usize::try_from(size - offset).unwrap_or(STEP).min(STEP);
+                let chunk = &mut buf[..len];
+                std::os::unix::fs::FileExt::read_exact_at(&source.image, chunk, offset)
+                    .map_err(io_error("read image", image))?;
+                hashes.clear();
+                hashes.extend(chunk.chunks(BLOCK_SIZE as usize).map(BlockHash::of_block));
+                manifest.write_entries(offset / u64::from(BLOCK_SIZE), &hashes)?;
+                offset += len as u64;
+            }
         }
         manifest.sync()?;
         drop(manifest);
@@ -395,4 +439,25 @@ impl ExtentSource for FileSource {
         }
         Ok(())
     }
+}
+
+/// The block hashes of `image` as a file source's manifest records them
+/// ([`BLOCK_SIZE`] blocks, the last one short): what
+/// [`FileSource::seed_from_hashes`] takes.
+pub fn block_hashes(image: &Path) -> std::io::Result<Vec<BlockHash>> {
+    let file = fs::File::open(image)?;
+    let size = file.metadata()?.len();
+    const STEP: usize = 1 << 20;
+    let mut buf = vec![0u8; STEP];
+    let mut hashes =
+        Vec::with_capacity(usize::try_from(manifest::block_count(size, BLOCK_SIZE)).unwrap_or(0));
+    let mut offset = 0u64;
+    while offset < size {
+        let len = usize::try_from(size - offset).unwrap_or(STEP).min(STEP);
+        let chunk = &mut buf[..len];
+        std::os::unix::fs::FileExt::read_exact_at(&file, chunk, offset)?;
+        hashes.extend(chunk.chunks(BLOCK_SIZE as usize).map(BlockHash::of_block));
+        offset += len as u64;
+    }
+    Ok(hashes)
 }

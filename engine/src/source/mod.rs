@@ -36,7 +36,7 @@ use bytes::Bytes;
 use ferry_protocol::{Epoch, ExtentKind};
 
 use crate::payload_codec::PlainExtent;
-pub use file::FileSource;
+pub use file::{block_hashes, FileSource};
 pub use manifest::{BlockHash, ManifestError, BLOCK_SIZE};
 pub use pool::{BufferPool, PoolBuf, PoolStats};
 

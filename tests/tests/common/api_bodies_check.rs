@@ -20,7 +20,8 @@ use serde::Serialize;
 use crate::api::bodies::{
     check_request_body, AddBody, BindBody, BodyRoute, CreateGroupBody, CreateServiceBody,
     DrillBody, FailoverBody, KeyBody, MigrateStep, PairRequest, PeerGroupRequest, PeerResources,
-    PolicyBody, Qos, RestoreBody, RpBody, SyncBody, UpdateGroupBody, UpdateServiceBody, UrisBody,
+    PolicyBody, Qos, ReprotectStep, RestoreBody, RpBody, SyncBody, UpdateGroupBody,
+    UpdateServiceBody, UrisBody,
 };
 use crate::control::{NewRecoveryPoint, Retention};
 use crate::schedule::PolicySchedule;
@@ -136,6 +137,19 @@ fn check_accepted(route: BodyRoute, body: &[u8]) {
             round_trips(route, &parsed::<NewRecoveryPoint>(route, body))
         }
         BodyRoute::PeerMigrate => round_trips(route, &parsed::<MigrateStep>(route, body)),
+        BodyRoute::PeerReprotect => {
+            let b: ReprotectStep = parsed(route, body);
+            if let ReprotectStep::Begin { images, .. } = &b {
+                for i in images {
+                    assert!(
+                        ferry_protocol::ImageName::new(i.image.clone()).is_ok(),
+                        "{route:?}: image {:?} accepted",
+                        i.image
+                    );
+                }
+            }
+            round_trips(route, &b);
+        }
         BodyRoute::ServiceKey => round_trips(route, &parsed::<KeyBody>(route, body)),
         BodyRoute::UpdateService => round_trips(route, &parsed::<UpdateServiceBody>(route, body)),
         BodyRoute::CreateGroup => round_trips(route, &parsed::<CreateGroupBody>(route, body)),

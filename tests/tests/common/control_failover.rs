@@ -2,13 +2,17 @@
 //! the primary site is lost, the standby fails over to the latest data or a
 //! chosen recovery point (killed at a hold point of the failover when the
 //! scenario drew a fault, see [`super::control_faults`], then retried), the
-//! copies are checked, and the world is rebuilt as a new group.
+//! copies are checked; then, half of the time, the old primary comes back
+//! with writes of its own (split brain) and the new primary re-protects the
+//! group (a fault drawn on either side, the reprotect retried until it
+//! completes; the old site's copies must then equal the new primary's
+//! volumes), else the world is rebuilt as a new group.
 
 use ferry_e2e::cli::{ok, run, text};
 use ferry_e2e::hash_file;
 use rand::Rng;
 
-use super::control_faults::Fault;
+use super::control_faults::{Fault, On, Op};
 use super::{wait_for, wait_op_finished, World};
 
 impl World {
@@ -41,6 +45,20 @@ impl World {
             "  failover to {}",
             point.as_deref().unwrap_or("the latest data")
         );
+        // The volumes of an earlier failover of this group on this site (its
+        // sources after a reprotect, stale since a migration moved the
+        // group back) are in the way: ferry refuses to fail over onto them
+        // ("move it away first"), so the operator moves them away.
+        let out_dir = s.join("failover").join(&g);
+        if out_dir.exists() {
+            let moved = self.stats.get("failovers").copied().unwrap_or(0);
+            let aside = s.join("failover").join(format!("{g}.moved-{moved}"));
+            std::fs::rename(&out_dir, &aside).expect("moving an earlier failover's volumes away");
+            println!(
+                "  moved an earlier failover's volumes to {}",
+                aside.display()
+            );
+        }
         // The primary site is lost.
         self.agents[self.primary.index()].kill9();
         let mut args = vec!["group", "failover", g.as_str()];
@@ -97,7 +115,6 @@ impl World {
             "{}: after failover: role {role}, state {state}, new primary {new_primary}",
             self.ctx(what)
         );
-        let out_dir = s.join("failover").join(&g);
         let got: Vec<String> = names
             .iter()
             .map(|n| hash_file(&out_dir.join(format!("{n}.raw"))))
@@ -110,6 +127,11 @@ impl World {
             point.as_deref().unwrap_or("the latest data")
         );
         self.bump("failovers");
+        if self.rng.gen_bool(0.5) {
+            let fault = Fault::draw(&mut self.rng, Op::Reprotect);
+            self.reprotect(&uris, fault, what);
+            return;
+        }
 
         // Rebuild: the old primary comes back; the failed-over group goes,
         // the primary stops and deletes its group, and protects its sources
@@ -157,5 +179,84 @@ impl World {
         self.last_fired = None;
         self.policy_seen.clear();
         self.protect(&uris);
+    }
+
+    /// The old primary (down since the failover) had its sources written
+    /// after the sites split; it comes back, and the new primary re-protects
+    /// the group: from then on the new primary is the world's primary.
+    fn reprotect(&mut self, old_uris: &[String], fault: Option<Fault>, what: &str) {
+        let g = self.group.clone();
+        for uri in old_uris {
+            let path = uri.strip_prefix("file:").expect("a file: source");
+            let seed = self.rng.gen();
+            ferry_agent::imagegen::scattered_writes(std::path::Path::new(path), 8, seed)
+                .expect("split-brain writes on the old primary");
+        }
+        let old_primary = self.primary;
+        self.restart(old_primary);
+        self.primary = old_primary.other();
+        let p = self.p();
+        let new_primary = self.primary;
+        if let Some(f) = &fault {
+            self.arm(f);
+        }
+        let op = ok(&p, &["group", "reprotect", &g]);
+        let landed = fault.is_some_and(|f| self.land(&f, |w| w.op_running(new_primary, &op)));
+        let done = wait_op_finished(&p, &op);
+        println!(
+            "  reprotect: {}",
+            done["state"]["state"].as_str().unwrap_or("?")
+        );
+        if let Some(f) = fault.filter(|f| landed && f.kills()) {
+            if f.on == On::Primary {
+                assert_eq!(
+                    (
+                        done["state"]["state"].as_str(),
+                        self.role_state(&p).1.as_str()
+                    ),
+                    (Some("failed"), "reprotect_failed"),
+                    "{}: killed the new primary at {} but the reprotect was not interrupted: {done}",
+                    self.ctx(what),
+                    f.point
+                );
+                self.assert_restart_finished_op(new_primary, &self.ctx(what));
+            } else {
+                // The new primary's next request may find the old primary
+                // restarted and go on; the old primary's interrupted
+                // operation failed at its restart either way.
+                self.assert_restart_finished_op(old_primary, &self.ctx(what));
+            }
+        }
+        let mut retries = 0;
+        while self.role_state(&p).1 != "syncing" {
+            retries += 1;
+            assert!(
+                retries <= 3,
+                "{}: reprotect still not done after 3 retries: {done}",
+                self.ctx(what)
+            );
+            self.bump("reprotects retried");
+            let out = run(&p, &["--json", "group", "reprotect", &g, "--wait"]);
+            println!("  retry {retries}: {}", text(&out).replace('\n', " | "));
+        }
+        let (role, state, new) = self.role_state(&p);
+        assert_eq!(
+            (role.as_str(), state.as_str(), new),
+            ("primary", "syncing", false),
+            "{}: the new primary after the reprotect",
+            self.ctx(what)
+        );
+        assert_eq!(
+            self.standby_hashes(),
+            self.source_hashes(),
+            "{}: the old site's copies differ from the new primary's volumes",
+            self.ctx(what)
+        );
+        self.bump("reprotects");
+        // Earlier points are unusable on both sides now.
+        self.committed.clear();
+        self.policy_bound = false;
+        self.last_fired = None;
+        self.policy_seen.clear();
     }
 }

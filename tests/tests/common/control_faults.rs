@@ -33,6 +33,9 @@ pub enum Op {
     Migrate,
     Failover,
     Drill,
+    /// Reprotect after a failover: "primary" is the new primary (the side
+    /// that failed over), "standby" the returning old primary.
+    Reprotect,
 }
 
 /// The agent a fault's point is on.
@@ -98,6 +101,14 @@ fn points(op: Op, on: On) -> &'static [(&'static str, u32)] {
             ("failover::after-image", 0),
             ("failover::after-image", 1),
         ],
+        (Op::Reprotect, On::Primary) => &[
+            ("reprotect::after-begin", 0),
+            ("reprotect::old-primary-committed", 0),
+        ],
+        (Op::Reprotect, On::Standby) => &[
+            ("reprotect::old-primary-begun", 0),
+            ("reprotect::old-primary-adopted", 0),
+        ],
         // A drill is the standby's own: its start or its end.
         (Op::Drill, _) => &[
             ("drill::after-volume", 0),
@@ -145,6 +156,7 @@ impl Fault {
             Op::Migrate => "migration",
             Op::Failover => "failover",
             Op::Drill => "drill",
+            Op::Reprotect => "reprotect",
         };
         let hit = match (self.hit, self.on) {
             (Hit::Kill, On::Primary) => "kill primary",

@@ -47,7 +47,8 @@ use checker::Checker;
 use operations::{
     check_add_resources, check_bind_policy, check_create_recovery_point, check_delete_group,
     check_delete_recovery_point, check_drill, check_end_drill, check_failover, check_migrate,
-    check_remove_resources, check_restore, check_start_sync, check_stop_sync, check_unbind_policy,
+    check_peer_reprotect, check_remove_resources, check_reprotect, check_restore, check_start_sync,
+    check_stop_sync, check_unbind_policy,
 };
 
 /// The facts about a group that the rules look at.
@@ -165,6 +166,11 @@ pub enum OpRequest {
     },
     /// End the DR drill.
     EndDrill,
+    /// Re-protect (the new primary, after an unplanned failover): the old
+    /// primary becomes its standby, only the differences are sent.
+    Reprotect,
+    /// The old primary's side of a re-protect, asked by the new primary.
+    PeerReprotect,
 }
 
 impl OpRequest {
@@ -185,6 +191,7 @@ impl OpRequest {
             OpRequest::DeleteGroup { .. } => OpKind::DeleteGroup,
             OpRequest::Drill { .. } => OpKind::Drill,
             OpRequest::EndDrill => OpKind::EndDrill,
+            OpRequest::Reprotect | OpRequest::PeerReprotect => OpKind::Reprotect,
         }
     }
 }
@@ -286,6 +293,8 @@ pub fn check(op: &OpRequest, group: &GroupView) -> Result<Transition, Refusal> {
         }
         OpRequest::Drill { to } => check_drill(&c, to),
         OpRequest::EndDrill => check_end_drill(&c),
+        OpRequest::Reprotect => check_reprotect(&c),
+        OpRequest::PeerReprotect => check_peer_reprotect(&c),
     }
 }
 

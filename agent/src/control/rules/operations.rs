@@ -72,9 +72,13 @@ pub(super) fn check_remove_resources(c: &Checker<'_>, count: usize) -> Result<Tr
     use GroupState as S;
     let g = c.g;
     match g.role {
-        Role::Primary => {
-            c.state_not_in(&[S::StartingSync, S::Syncing, S::Migrating, S::Removing])?
-        }
+        Role::Primary => c.state_not_in(&[
+            S::StartingSync,
+            S::Syncing,
+            S::Migrating,
+            S::Removing,
+            S::ReprotectFailed,
+        ])?,
         Role::Standby => c.state_not_in(&[
             S::Mapped,
             S::StopSyncFailed,
@@ -82,6 +86,7 @@ pub(super) fn check_remove_resources(c: &Checker<'_>, count: usize) -> Result<Tr
             S::Migrating,
             S::MigrationFailed,
             S::Removing,
+            S::ReprotectFailed,
         ])?,
     }
     c.precondition(
@@ -317,12 +322,14 @@ pub(super) fn check_delete_group(
             S::StartSyncFailed,
             S::MigrationFailed,
             S::DeleteFailed,
+            S::ReprotectFailed,
         ])?,
         Role::Standby => c.state_in(&[
             S::MappingFailed,
             S::FailedOver,
             S::FailoverFailed,
             S::DeleteFailed,
+            S::ReprotectFailed,
         ])?,
     }
     c.no_drill()?;
@@ -387,4 +394,64 @@ pub(super) fn check_end_drill(c: &Checker<'_>) -> Result<Transition, Refusal> {
         format!("group '{}' has no drill", g.name),
     )?;
     Ok(c.stay())
+}
+
+/// Re-protect (ferry's addition): a new primary (a standby that failed
+/// over) in `failed_over` or `reprotect_failed` (a failed one is retried),
+/// with resources and no drill running. On success it is a primary
+/// (no longer a new primary) in `syncing`: the old primary holds its
+/// volumes' standby copies and the loop replicates to it.
+pub(super) fn check_reprotect(c: &Checker<'_>) -> Result<Transition, Refusal> {
+    use GroupState as S;
+    let g = c.g;
+    c.role(Role::Standby)?;
+    c.precondition(
+        g.new_primary,
+        "reprotect runs on the new primary after an unplanned failover",
+        format!("group '{}' has not failed over", g.name),
+    )?;
+    c.state_in(&[S::FailedOver, S::ReprotectFailed])?;
+    c.precondition(
+        g.resources > 0,
+        "reprotect needs at least one resource",
+        format!("group '{}' has none", g.name),
+    )?;
+    c.no_drill()?;
+    Ok(Transition {
+        op: c.op,
+        from: g.state,
+        during: S::Reprotecting,
+        on_success: Outcome::Group {
+            state: S::Syncing,
+            role: Role::Primary,
+            new_primary: false,
+            migrated: g.migrated,
+        },
+        on_failure: S::ReprotectFailed,
+    })
+}
+
+/// The old primary's side of a re-protect (asked by the new primary over
+/// the service): a primary group in any settled state but the deleting
+/// ones (it may still be `syncing`: its cycles fail against the fenced
+/// copies); it becomes a standby in `syncing`. Only this operation gives a
+/// returning old primary a role again: it never takes the primary role
+/// back by itself.
+pub(super) fn check_peer_reprotect(c: &Checker<'_>) -> Result<Transition, Refusal> {
+    use GroupState as S;
+    let g = c.g;
+    c.role(Role::Primary)?;
+    c.state_not_in(&[S::Created, S::MappingFailed, S::DeleteFailed])?;
+    Ok(Transition {
+        op: c.op,
+        from: g.state,
+        during: S::Reprotecting,
+        on_success: Outcome::Group {
+            state: S::Syncing,
+            role: Role::Standby,
+            new_primary: false,
+            migrated: g.migrated,
+        },
+        on_failure: S::ReprotectFailed,
+    })
 }

@@ -47,13 +47,18 @@ fn doc_table(op: &str, role: Role, new_primary: bool) -> &'static [&'static str]
             "start_sync_failed",
             "migration_failed",
             "delete_failed",
+            "reprotect_failed",
         ],
         ("delete_group", Role::Standby) => &[
             "mapping_failed",
             "failed_over",
             "failover_failed",
             "delete_failed",
+            "reprotect_failed",
         ],
+        // ferry's reprotect: on a new primary after its failover, retried
+        // after a failure.
+        ("reprotect", Role::Standby) if new_primary => &["failed_over", "reprotect_failed"],
         // A drill starts where failover starts from a settled group.
         ("drill", Role::Standby) if !new_primary => &["syncing"],
         // It ends in every settled state (requests() gives it a drill).
@@ -66,6 +71,7 @@ fn doc_table(op: &str, role: Role, new_primary: bool) -> &'static [&'static str]
             "stop_sync_failed",
             "migration_failed",
             "delete_failed",
+            "reprotect_failed",
         ],
         ("end_drill", Role::Standby) => &[
             "created",
@@ -77,6 +83,7 @@ fn doc_table(op: &str, role: Role, new_primary: bool) -> &'static [&'static str]
             "migration_failed",
             "stop_sync_failed",
             "delete_failed",
+            "reprotect_failed",
         ],
         _ => &[],
     }
@@ -151,6 +158,7 @@ fn requests() -> Vec<(&'static str, OpRequest, bool)> {
             false,
         ),
         ("end_drill", OpRequest::EndDrill, false),
+        ("reprotect", OpRequest::Reprotect, false),
     ]
 }
 
@@ -219,7 +227,8 @@ fn every_operation_in_every_state_and_role_matches_the_doc() {
             }
         }
     }
-    assert_eq!(checked, 3 * 13 * 14);
+    // (primary, standby, new primary) × 15 states × 15 operations.
+    assert_eq!(checked, 3 * 15 * 15);
 }
 
 #[test]
@@ -683,4 +692,56 @@ fn a_running_drill_blocks_what_would_delete_its_copies_but_not_failover() {
         &np
     )
     .is_ok());
+}
+
+#[test]
+fn the_old_primary_takes_part_in_a_reprotect_from_any_settled_state_and_becomes_the_standby() {
+    use GroupState as S;
+    for &state in GroupState::PRIMARY {
+        let g = view(Role::Primary, false, state);
+        let got = check(&OpRequest::PeerReprotect, &g);
+        let allowed = !state.is_transitional()
+            && !matches!(state, S::Created | S::MappingFailed | S::DeleteFailed);
+        assert_eq!(got.is_ok(), allowed, "{state}: {got:?}");
+        if let Ok(t) = got {
+            assert_eq!(t.during, S::Reprotecting);
+            assert_eq!(t.on_failure, S::ReprotectFailed);
+            assert_eq!(
+                t.on_success,
+                Outcome::Group {
+                    state: S::Syncing,
+                    role: Role::Standby,
+                    new_primary: false,
+                    migrated: false
+                }
+            );
+        }
+    }
+    // Never on a standby: a standby that did not fail over has nothing to
+    // give back, and the new primary is the one that asks.
+    let e = refused(
+        OpRequest::PeerReprotect,
+        &view(Role::Standby, false, S::Syncing),
+    );
+    assert_eq!(e.reason, RefusalReason::WrongRole);
+    // The new primary ends as a primary replicating, no longer new.
+    let t = check(
+        &OpRequest::Reprotect,
+        &view(Role::Standby, true, S::FailedOver),
+    )
+    .unwrap();
+    assert_eq!(
+        t.on_success,
+        Outcome::Group {
+            state: S::Syncing,
+            role: Role::Primary,
+            new_primary: false,
+            migrated: false
+        }
+    );
+    let mut drilling = view(Role::Standby, true, S::FailedOver);
+    drilling.drill = Some(DrillPhase::Active);
+    assert!(refused(OpRequest::Reprotect, &drilling)
+        .rule
+        .contains("end it first"));
 }

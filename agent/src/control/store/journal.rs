@@ -148,6 +148,16 @@ impl Store {
         self.finish_operation_renaming(op_id, result, &[])
     }
 
+    /// Gives resources new URIs (`(old, new)` pairs) in one transaction,
+    /// while an operation runs: a re-protect names them by the new
+    /// primary's volumes before its first cycle. Repeatable (a resource
+    /// already named `new` is fine).
+    pub fn rename_resources(&mut self, renames: &[(String, String)]) -> StoreResult<()> {
+        let tx = self.write(|| "rename resources".to_owned())?;
+        rename_resources_in(&tx, renames)?;
+        tx.commit().ctx(|| "commit resource renames".to_owned())
+    }
+
     /// [`Self::finish_operation`] that also gives resources new URIs
     /// (`(old, new)` pairs) in the same transaction: a planned migration's
     /// role swap, after which each side names a resource by the new
@@ -159,20 +169,7 @@ impl Store {
         renames: &[(String, String)],
     ) -> StoreResult<Operation> {
         let tx = self.write(|| format!("finish operation {op_id}"))?;
-        for (old, new) in renames {
-            let n = tx
-                .execute(
-                    "UPDATE resources SET uri = ?2 WHERE uri = ?1",
-                    params![old, new],
-                )
-                .ctx(|| format!("rename resource {old} to {new}"))?;
-            if n == 0 && get_resource(&tx, new).is_err() {
-                return Err(StoreError::NotFound {
-                    what: "resource",
-                    key: old.clone(),
-                });
-            }
-        }
+        rename_resources_in(&tx, renames)?;
         let op = get_operation(&tx, op_id)?;
         if op.state != OpState::Running {
             return Err(StoreError::OperationFinished {
@@ -389,4 +386,25 @@ pub(super) fn insert_operation(
     )
     .ctx(|| format!("journal {kind} on group '{}'", g.name))?;
     Ok(OperationId(tx.last_insert_rowid()))
+}
+
+fn rename_resources_in(
+    tx: &rusqlite::Transaction<'_>,
+    renames: &[(String, String)],
+) -> StoreResult<()> {
+    for (old, new) in renames {
+        let n = tx
+            .execute(
+                "UPDATE resources SET uri = ?2 WHERE uri = ?1",
+                params![old, new],
+            )
+            .ctx(|| format!("rename resource {old} to {new}"))?;
+        if n == 0 && get_resource(tx, new).is_err() {
+            return Err(StoreError::NotFound {
+                what: "resource",
+                key: old.clone(),
+            });
+        }
+    }
+    Ok(())
 }

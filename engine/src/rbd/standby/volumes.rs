@@ -38,11 +38,6 @@ impl RbdStandby {
         rp: RecoveryPointId,
         created_unix_ms: u64,
     ) -> Result<(), StoreError> {
-        if epoch == Epoch(0) || rp.get() == 0 {
-            return Err(StoreError::InvalidRequest {
-                reason: "adopt needs a non-zero epoch and recovery point".into(),
-            });
-        }
         let Some(snap) = source.snap.as_deref() else {
             return Err(StoreError::InvalidRequest {
                 reason: format!("adopting {source}: name the snapshot to copy"),
@@ -50,7 +45,40 @@ impl RbdStandby {
         };
         let slot = self.slot(image);
         let _op = lock(&slot.op);
-        slot.check_no_writer(image)?;
+        if self.begin_adopt(image, epoch, rp)? {
+            return Ok(());
+        }
+        let ctx = format!("{}/{image}", self.pool_name());
+        let from = crate::rbd::open_pool(cluster, &source.pool)
+            .map_err(|e| StoreError::InvalidRequest {
+                reason: format!("opening pool {} for {source}: {e}", source.pool),
+            })?
+            .open_read_only(&source.image, Some(snap))
+            .map_err(ceph(format!("opening {source}")))?;
+        from.copy_to(&self.inner.pool, image.as_str(), CreateOptions::default())
+            .map_err(ceph(format!("copying {source} to {ctx}")))?;
+        let size = self.finish_adopt(image, epoch, rp, created_unix_ms)?;
+        info!(image = %ctx, from = %source, %epoch, rp = rp.get(), size, "image adopted");
+        Ok(())
+    }
+
+    /// The checks and first record of an adoption (the caller holds the
+    /// image's op lock). `true` when `image` is already adopted at (`rp`,
+    /// `epoch`): nothing to do. Otherwise an interrupted adoption's image
+    /// is gone and an empty record says one is under way, so a restart
+    /// recognises and redoes it.
+    pub(super) fn begin_adopt(
+        &self,
+        image: &ImageName,
+        epoch: Epoch,
+        rp: RecoveryPointId,
+    ) -> Result<bool, StoreError> {
+        if epoch == Epoch(0) || rp.get() == 0 {
+            return Err(StoreError::InvalidRequest {
+                reason: "adopt needs a non-zero epoch and recovery point".into(),
+            });
+        }
+        self.slot(image).check_no_writer(image)?;
         let ctx = format!("{}/{image}", self.pool_name());
         match self.load(image)? {
             Some(r)
@@ -59,7 +87,7 @@ impl RbdStandby {
                     && r.history[0].rp == rp.get()
                     && r.history[0].epoch == epoch.get() =>
             {
-                return Ok(());
+                return Ok(true);
             }
             Some(r) if r.history.is_empty() && r.pending.is_none() => {
                 // An interrupted adoption (or a placeholder): start over.
@@ -82,14 +110,20 @@ impl RbdStandby {
             }
         }
         self.save(&ImageRecord::empty(image))?;
-        let from = crate::rbd::open_pool(cluster, &source.pool)
-            .map_err(|e| StoreError::InvalidRequest {
-                reason: format!("opening pool {} for {source}: {e}", source.pool),
-            })?
-            .open_read_only(&source.image, Some(snap))
-            .map_err(ceph(format!("opening {source}")))?;
-        from.copy_to(&self.inner.pool, image.as_str(), CreateOptions::default())
-            .map_err(ceph(format!("copying {source} to {ctx}")))?;
+        Ok(false)
+    }
+
+    /// The last step of an adoption, once the image holds the point's
+    /// data: its recovery-point snapshot, then the record with that one
+    /// point. Returns the image size.
+    pub(super) fn finish_adopt(
+        &self,
+        image: &ImageName,
+        epoch: Epoch,
+        rp: RecoveryPointId,
+        created_unix_ms: u64,
+    ) -> Result<u64, StoreError> {
+        let ctx = format!("{}/{image}", self.pool_name());
         let handle = self.open_image(image)?;
         let size = handle.size().map_err(ceph(format!("size of {ctx}")))?;
         let rp_snap = snap_name(rp.get());
@@ -107,8 +141,7 @@ impl RbdStandby {
             }],
             ..ImageRecord::empty(image)
         })?;
-        info!(image = %ctx, from = %source, %epoch, rp = rp.get(), size, "image adopted");
-        Ok(())
+        Ok(size)
     }
 
     /// Whether the pool holds an RBD image `name` (standby image or not).

@@ -145,6 +145,40 @@ fn seeded_base_makes_the_next_cycle_incremental() {
 }
 
 #[test]
+fn base_seeded_from_the_standbys_hashes_sends_every_block_that_differs_from_it() {
+    // The standby's copy (the old primary's volume, split-brain writes
+    // included) and this image diverged in two places each.
+    let content = random(200 * 1024 + 10, 11);
+    let fx = Fixture::new(&content);
+    let standby = fx.dir.path().join("standby.raw");
+    let mut theirs = content.clone();
+    theirs[8192..8192 + 100].fill(7); // written only on the standby
+    theirs[150 * 1024..150 * 1024 + 10].fill(9);
+    fs::write(&standby, &theirs).unwrap();
+    fx.write_at(40 * 1024, &[3u8; 5000]); // written only here (2 blocks)
+    let hashes = block_hashes(&standby).unwrap();
+    FileSource::seed_from_hashes(&fx.image, &fx.state, Epoch(4), &hashes).unwrap();
+    // Repeating it keeps the state (a retried reprotect).
+    FileSource::seed_from_hashes(&fx.image, &fx.state, Epoch(4), &hashes).unwrap();
+    let mut source = fx.open();
+    assert_eq!(source.committed_epoch(), Epoch(4));
+    let (extents, _, _) = run_cycle(&mut source, 5, 4);
+    assert_eq!(
+        simple(&extents),
+        vec![
+            (8192, 4096, ExtentKind::Data),
+            (40 * 1024, 8192, ExtentKind::Data),
+            (148 * 1024, 4096, ExtentKind::Data), // 150 KiB falls in it
+        ]
+    );
+    // Hashes of another size are refused.
+    assert!(matches!(
+        FileSource::seed_from_hashes(&fx.image, &fx.state, Epoch(9), &hashes[1..]),
+        Err(SourceError::Misuse { .. })
+    ));
+}
+
+#[test]
 fn incremental_detects_single_write_zeroing_growth_and_shrink() {
     let content = random(256 * 1024 + 100, 2);
     let fx = Fixture::new(&content);
