@@ -53,14 +53,24 @@ TAG="ferry-bench-fo-$$"
 RES="$WORK/results.tsv"
 PIDS=()
 
-# shellcheck disable=SC2317 # run by the EXIT trap
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+# purge_images: every RBD group and image of this run (ferry's RBD groups first: their group
+# snapshots keep the images from being removed; clones before their parents).
+purge_images() {
+  local attempt
+  # A SIGKILLed agent's watches on its images expire after ~30 s: until then `rbd rm` refuses.
+  for attempt in 1 2 3 4 5; do
+    purge_images_once
+    if ! rbd --cluster site-a ls rbd | grep -q -- "$TAG" && ! rbd --cluster site-b ls rbd | grep -q -- "$TAG"; then
+      return 0
+    fi
+    sleep 10
+  done
+  echo "warning: images of $TAG left in the lab" >&2
+}
+
+purge_images_once() {
   local site name names group
   for site in site-a site-b; do
-    # ferry's RBD groups of this run's images (an agent killed mid-run leaves them, with their
-    # group snapshots, which keep the images from being removed).
     for group in $(rbd --cluster "$site" group ls rbd 2>/dev/null); do
       if rbd --cluster "$site" group image list "rbd/$group" 2>/dev/null | grep -q -- "$TAG"; then
         rbd --cluster "$site" group rm "rbd/$group" >/dev/null 2>&1 || true
@@ -73,6 +83,13 @@ cleanup() {
       rbd --cluster "$site" --no-progress rm "rbd/$name" >/dev/null 2>&1 || true
     done
   done
+}
+
+# shellcheck disable=SC2317 # run by the EXIT trap
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  purge_images
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -173,14 +190,12 @@ run_case() {
     printf '%s\treprotect (64 MiB per side)\t%s\n' "$name" "$t_reprotect" >>"$RES"
     printf '%s\tfull sync of the same volumes (%s MiB each)\t%s\n' "$name" "$REPROTECT_FILL_MIB" "$t_full" >>"$RES"
     echo "run $run $name: reprotect ${t_reprotect}s, full sync ${t_full}s" >&2
-    ferry --dir "$B" group stop "${name}l" --wait >/dev/null
-    ferry --dir "$B" group delete "${name}l" --wait >/dev/null
-    kill "$A_PID" 2>/dev/null || true
-  else
-    ferry --dir "$B" group delete "${name}l" --wait >/dev/null
   fi
-  ferry --dir "$B" group delete "${name}o" --wait >/dev/null
-  kill "$B_PID" 2>/dev/null || true
+  # The agents go and their images with them (stopping the re-protected group would have the
+  # standby remove 20 images inside one peer request).
+  kill -9 "$A_PID" "$B_PID" 2>/dev/null || true
+  wait "$A_PID" "$B_PID" 2>/dev/null || true
+  purge_images
 }
 
 for ((run = 1; run <= RUNS; run++)); do
