@@ -180,7 +180,8 @@ impl Orchestrator {
                 CtlError::BadRequest(format!("the old primary's plan lacks {}", image.image))
             })?;
             info!(group = %g.name, resource = %r.uri, kept = %copy.kept, "the old primary keeps its writes after the common point here");
-            self.seed_reprotected(peer, volume, image, copy).await?;
+            self.seed_reprotected(peer, base.engine_rp, volume, image, copy)
+                .await?;
         }
         let renames: Vec<(String, String)> = base
             .volumes
@@ -220,11 +221,12 @@ impl Orchestrator {
     }
 
     /// Makes `volume` replicate to `peer` from what the old primary's copy
-    /// holds: RBD from the volume's snapshot of the common point, files from
-    /// the copy's block hashes.
+    /// holds: RBD from the volume's snapshot of the common point
+    /// `engine_rp`, files from the copy's block hashes.
     async fn seed_reprotected(
         &self,
         peer: AgentId,
+        engine_rp: u64,
         volume: &SourceUri,
         image: &ReprotectImage,
         copy: &ReprotectedImage,
@@ -237,8 +239,7 @@ impl Orchestrator {
             SourceUri::Rbd(spec) => {
                 let cluster = self.ceph_cluster()?;
                 let spec = spec.clone();
-                let rp = self.db_engine_rp_of(&name)?;
-                let snap = ferry_engine::rbd::standby::snap_name(rp);
+                let snap = ferry_engine::rbd::standby::snap_name(engine_rp);
                 tokio::task::spawn_blocking(move || {
                     RbdSource::seed_from_snapshot(&cluster, &spec, &state_dir, &snap, epoch)
                 })
@@ -265,16 +266,6 @@ impl Orchestrator {
                 "reprotect handles file: and rbd: volumes, not {other}"
             ))),
         }
-    }
-
-    /// The recovery point standby copy `image` is at (the failover's).
-    fn db_engine_rp_of(&self, image: &ImageName) -> CtlResult<u64> {
-        self.receiver
-            .store
-            .image_state(image)
-            .map_err(|e| internal(format!("the state of {image}"))(e.into()))?
-            .map(|s| s.recovery_point.get())
-            .ok_or_else(|| CtlError::BadRequest(format!("{image} is unknown to this standby")))
     }
 
     /// The old primary's side of a re-protect, one step at a time (see

@@ -52,11 +52,7 @@ impl RbdStandby {
             return Ok(());
         }
         let ctx = format!("{}/{image}", self.pool_name());
-        let from_pool = source
-            .open_pool(cluster)
-            .map_err(|e| StoreError::InvalidRequest {
-                reason: format!("opening pool {} for {source}: {e}", source.pool),
-            })?;
+        let from_pool = super::volumes::open_source_pool(cluster, source)?;
         from_pool
             .clone_image(
                 &source.image,

@@ -49,11 +49,7 @@ impl RbdStandby {
             return Ok(());
         }
         let ctx = format!("{}/{image}", self.pool_name());
-        let from = source
-            .open_pool(cluster)
-            .map_err(|e| StoreError::InvalidRequest {
-                reason: format!("opening pool {} for {source}: {e}", source.pool),
-            })?
+        let from = open_source_pool(cluster, source)?
             .open_read_only(&source.image, Some(snap))
             .map_err(ceph(format!("opening {source}")))?;
         from.copy_to(&self.inner.pool, image.as_str(), CreateOptions::default())
@@ -341,4 +337,17 @@ impl RbdStandby {
         info!(image = %format!("{}/{image}", self.pool_name()), "standby image removed");
         Ok(())
     }
+}
+
+/// The pool of `source` (an image another pool or site holds, to adopt
+/// from), with the error an adoption reports.
+pub(super) fn open_source_pool(
+    cluster: &ClusterSpec,
+    source: &crate::rbd::RbdSpec,
+) -> Result<std::sync::Arc<crate::sys::librbd::Pool>, StoreError> {
+    source
+        .open_pool(cluster)
+        .map_err(|e| StoreError::InvalidRequest {
+            reason: format!("opening pool {} for {source}: {e}", source.pool),
+        })
 }
