@@ -8,7 +8,7 @@
 #![no_main]
 #![allow(dead_code, unused_imports)]
 
-#[path = "../../agent/src/control/model.rs"]
+#[path = "../shared/agent_control.rs"]
 mod control;
 
 #[path = "../../agent/src/schedule.rs"]

@@ -7,7 +7,7 @@
 #![no_main]
 #![allow(dead_code, unused_imports)]
 
-#[path = "../../agent/src/control/model.rs"]
+#[path = "../shared/agent_control.rs"]
 mod control;
 
 #[path = "../../agent/src/service_key.rs"]
