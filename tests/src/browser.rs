@@ -34,7 +34,8 @@
 //!   inside), and [`Browser::tab_until`] proves an action is reachable with
 //!   the Tab key from the top of the page.
 //! - **Screenshots**: [`Browser::screenshot`] writes `NAME.png` (the
-//!   1280×900 viewport) to `FERRY_SCREENSHOT_DIR`, by default
+//!   viewport of the 1280×900 window; [`Browser::screenshot_full_page`]
+//!   the whole page) to `FERRY_SCREENSHOT_DIR`, by default
 //!   `target/console-screenshots/` (the cargo target dir in use); CI keeps
 //!   that directory as the test artifacts.
 
@@ -45,6 +46,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use fantoccini::elements::{Element, ElementRef};
 use fantoccini::error::CmdError;
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -171,6 +173,12 @@ impl Browser {
     /// [`processes_naming`].
     pub fn private_dir(&self) -> &Path {
         self.driver.dir.path()
+    }
+
+    /// Sends this browser's screenshots (also those of failures) to `dir`
+    /// instead of [`screenshot_dir`].
+    pub fn set_screenshot_dir(&mut self, dir: impl Into<PathBuf>) {
+        self.shots = dir.into();
     }
 
     /// The fantoccini client, for what the helpers do not cover.
@@ -368,10 +376,46 @@ impl Browser {
         }
     }
 
+    /// Like [`Browser::screenshot`], but of the whole page, however far it
+    /// scrolls (the viewport's width, the document's height).
+    pub fn screenshot_full_page(&self, name: &str) -> PathBuf {
+        let png = self.block_on(async {
+            let metrics = cdp(&self.client, "Page.getLayoutMetrics", json!({})).await?;
+            let (page, view) = (&metrics["cssContentSize"], &metrics["cssLayoutViewport"]);
+            let side = |v: &Value, key: &str| v[key].as_f64().unwrap_or(0.0);
+            // At least the viewport, so a short page is not cut off.
+            let clip = json!({
+                "x": 0, "y": 0, "scale": 1,
+                "width": side(page, "width").max(side(view, "clientWidth")),
+                "height": side(page, "height").max(side(view, "clientHeight")),
+            });
+            let shot = cdp(
+                &self.client,
+                "Page.captureScreenshot",
+                json!({ "format": "png", "captureBeyondViewport": true, "clip": clip }),
+            )
+            .await?;
+            Ok::<Value, CmdError>(shot)
+        });
+        let shot = self.check(png, &format!("full-page screenshot {name:?}"));
+        let data = shot["data"].as_str().unwrap_or_default();
+        match base64::engine::general_purpose::STANDARD.decode(data) {
+            Ok(png) => self
+                .save_png(name, png)
+                .unwrap_or_else(|e| panic!("screenshot {name:?}: {e}")),
+            Err(e) => panic!("screenshot {name:?}: chromium sent no PNG: {e}"),
+        }
+    }
+
     fn try_screenshot(&self, name: &str) -> Result<PathBuf, String> {
         let png = self
             .block_on(self.client.screenshot())
             .map_err(|e| e.to_string())?;
+        self.save_png(name, png)
+    }
+
+    /// Writes `png` as `NAME.png` in the screenshot dir.
+    fn save_png(&self, name: &str, png: Vec<u8>) -> Result<PathBuf, String> {
         let safe: String = name
             .chars()
             .map(|c| match c {
@@ -467,7 +511,14 @@ impl Browser {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis())
             .unwrap_or(0);
-        let shot = match self.try_screenshot(&format!("failure-{stamp}")) {
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("unnamed")
+            .rsplit("::")
+            .next()
+            .unwrap_or("unnamed")
+            .to_owned();
+        let shot = match self.try_screenshot(&format!("failure-{test}-{stamp}")) {
             Ok(p) => p.display().to_string(),
             Err(e) => format!("(none: {e})"),
         };

@@ -123,6 +123,10 @@ fn site() -> StaticSite {
         page(r#"<h1 id="second">Second page</h1><a href="/clean.html">Back</a>"#),
     );
     pages.insert(
+        "/tall.html",
+        page(r#"<h1>Top</h1><div style="height: 3000px">tall</div><p>Bottom</p>"#),
+    );
+    pages.insert(
         "/keys.html",
         page(
             r#"<a href="/second.html" id="k1">One</a>
@@ -215,13 +219,32 @@ fn screenshot_is_a_png_of_the_viewport() {
     assert_eq!(path.parent(), Some(browser::screenshot_dir().as_path()));
     let png = std::fs::read(&path).expect("reading the screenshot");
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "PNG signature");
-    assert_eq!(&png[12..16], b"IHDR");
-    let width = u32::from_be_bytes([png[16], png[17], png[18], png[19]]);
-    let height = u32::from_be_bytes([png[20], png[21], png[22], png[23]]);
+    let (width, height) = png_size(&png);
     assert_eq!(width, 1280, "viewport width");
     assert!(height >= 600, "viewport height {height}");
     // A rendered page with text and controls, not an empty frame.
     assert!(png.len() > 10_000, "only {} bytes", png.len());
+
+    b.goto(&site.url("/tall.html"));
+    let path = b.screenshot_full_page("harness-tall");
+    let png = std::fs::read(&path).expect("reading the full-page screenshot");
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "PNG signature");
+    let (full_width, full_height) = png_size(&png);
+    // The viewport's width less the vertical scroll bar.
+    assert!(
+        (1200..=1280).contains(&full_width),
+        "full-page width {full_width}"
+    );
+    assert!(full_height >= 3000, "full-page height {full_height}");
+    let viewport = png_size(&std::fs::read(b.screenshot("harness-tall-viewport")).expect("png"));
+    assert!(viewport.1 < 3000, "viewport shot height {}", viewport.1);
+}
+
+/// Width and height from a PNG's IHDR chunk.
+fn png_size(png: &[u8]) -> (u32, u32) {
+    assert!(png.len() > 24 && &png[12..16] == b"IHDR", "no IHDR chunk");
+    let be = |at: usize| u32::from_be_bytes([png[at], png[at + 1], png[at + 2], png[at + 3]]);
+    (be(16), be(20))
 }
 
 #[test]
@@ -231,7 +254,11 @@ fn accessibility_check_passes_a_clean_page_and_catches_each_violation() {
         return;
     }
     let site = site();
-    let b = Browser::start();
+    let mut b = Browser::start();
+    // The failures provoked here leave their screenshots out of the
+    // console's.
+    let shots = tempfile::tempdir().expect("temp dir");
+    b.set_screenshot_dir(shots.path());
     b.goto(&site.url("/clean.html"));
     b.find("#save");
     assert_eq!(b.accessibility_violations(), Vec::<String>::new());
@@ -256,6 +283,21 @@ fn accessibility_check_passes_a_clean_page_and_catches_each_violation() {
             message.contains("1 accessibility violation"),
             "{path}: {message}"
         );
+        assert!(message.contains(id), "{path}: {message}");
+        assert!(
+            message.contains(&format!("page: {}", site.url(path))),
+            "{message}"
+        );
+        // The failure names its screenshot, and it is there.
+        let shot = message
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("screenshot: "))
+            .unwrap_or_else(|| panic!("no screenshot line: {message}"));
+        assert!(
+            shot.starts_with(&shots.path().display().to_string()),
+            "{shot}"
+        );
+        assert!(std::path::Path::new(shot).is_file(), "{shot} missing");
     }
 }
 
@@ -266,7 +308,9 @@ fn tab_reaches_actions_from_the_top_and_enter_activates() {
         return;
     }
     let site = site();
-    let b = Browser::start();
+    let mut b = Browser::start();
+    let shots = tempfile::tempdir().expect("temp dir");
+    b.set_screenshot_dir(shots.path());
     b.goto(&site.url("/keys.html"));
     // k1, k2, k4, k6: tabindex=-1 and the mouse-only div are skipped.
     assert_eq!(b.tab_until("#k4"), 3);
@@ -319,8 +363,11 @@ fn no_browser_process_outlives_the_browser_even_on_panic() {
 
     let url = site.url("/clean.html");
     let (tx, rx) = std::sync::mpsc::channel();
+    let shots = tempfile::tempdir().expect("temp dir");
+    let shots_dir = shots.path().to_path_buf();
     let panicked = std::thread::spawn(move || {
-        let b = Browser::start();
+        let mut b = Browser::start();
+        b.set_screenshot_dir(shots_dir);
         b.goto(&url);
         tx.send(b.private_dir().to_path_buf())
             .expect("sending the dir");
