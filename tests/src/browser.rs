@@ -36,8 +36,11 @@
 //! - **Screenshots**: [`Browser::screenshot`] writes `NAME.png` (the
 //!   viewport of the 1280×900 window; [`Browser::screenshot_full_page`]
 //!   the whole page) to `FERRY_SCREENSHOT_DIR`, by default
-//!   `target/console-screenshots/` (the cargo target dir in use); CI keeps
-//!   that directory as the test artifacts.
+//!   `target/console-screenshots/` (the cargo target dir in use);
+//!   scripts/test.sh empties it before the tests and prints it at the end.
+//! - **TLS**: the browser accepts the agent's self-signed certificate
+//!   (`acceptInsecureCerts`), so a console served over TLS can be tested
+//!   (and its cookie's `Secure` flag with it).
 
 mod driver;
 mod keyboard;
@@ -220,6 +223,17 @@ impl Browser {
         match res {
             Ok(Value::Array(items)) => items.iter().map(text_of_json).collect(),
             _ => Vec::new(),
+        }
+    }
+
+    /// Panics if the current page had an uncaught script error.
+    pub fn assert_no_page_errors(&self) {
+        let errors = self.page_errors();
+        if !errors.is_empty() {
+            self.fail(&format!(
+                "the page's scripts failed: {}",
+                errors.join(" | ")
+            ));
         }
     }
 

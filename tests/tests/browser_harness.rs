@@ -123,6 +123,10 @@ fn site() -> StaticSite {
         page(r#"<h1 id="second">Second page</h1><a href="/clean.html">Back</a>"#),
     );
     pages.insert(
+        "/broken.html",
+        page("<h1>Broken</h1><script>throw new Error('boom in page');</script>"),
+    );
+    pages.insert(
         "/tall.html",
         page(r#"<h1>Top</h1><div style="height: 3000px">tall</div><p>Bottom</p>"#),
     );
@@ -157,7 +161,9 @@ fn navigates_clicks_fills_and_selects_by_label() {
         return;
     }
     let site = site();
-    let b = Browser::start();
+    let mut b = Browser::start();
+    let shots = tempfile::tempdir().expect("temp dir");
+    b.set_screenshot_dir(shots.path());
     b.goto(&site.url("/clean.html"));
     assert_eq!(b.text_of("h1"), "Groups");
 
@@ -174,6 +180,21 @@ fn navigates_clicks_fills_and_selects_by_label() {
     assert_eq!(b.wait_for("#second", WAIT).text(), "Second page");
     assert!(b.url().ends_with("/second.html"), "{}", b.url());
     assert!(b.page_errors().is_empty(), "{:?}", b.page_errors());
+    b.assert_no_page_errors();
+
+    // An uncaught error in a page's script is reported.
+    b.goto(&site.url("/broken.html"));
+    b.find("h1");
+    let errors = b.page_errors();
+    assert!(
+        errors.iter().any(|e| e.contains("boom in page")),
+        "{errors:?}"
+    );
+    let failed = catch_unwind(AssertUnwindSafe(|| b.assert_no_page_errors()));
+    assert!(
+        failed.is_err(),
+        "assert_no_page_errors passed a broken page"
+    );
 }
 
 #[test]

@@ -72,6 +72,8 @@ impl Driver {
         let profile = self.dir.path().join("profile");
         let caps = json!({
             "browserName": "chrome",
+            // Agents serve TLS with their own self-signed certificates.
+            "acceptInsecureCerts": true,
             "goog:chromeOptions": {
                 "binary": CHROMIUM,
                 "args": chromium_args(&profile),
