@@ -576,6 +576,20 @@ fn rpo_history_has_samples_on_both_sites_once_the_group_syncs() {
             assert!((0.0..3600.0).contains(&lag), "{last}");
         }
     }
+    // The CLI shows the same samples: a table with a lag, or the JSON.
+    let json = ok(b, &["group", "rpo-history", "web"]);
+    assert!(!json["samples"].as_array().unwrap().is_empty(), "{json}");
+    let out = ferry_e2e::cli::run(b, &["group", "rpo-history", "web", "--tz", "UTC"]);
+    assert!(out.status.success(), "{}", ferry_e2e::cli::text(&out));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.starts_with("AT"), "{table}");
+    assert!(
+        table
+            .lines()
+            .skip(1)
+            .any(|l| l.contains("+00:00") && l.ends_with('s')),
+        "{table}"
+    );
     // By id too; an unknown group is 404.
     let by_id = ferry_e2e::cli::get(a, "/v1/groups/1/rpo-history");
     assert_eq!(by_id["group"], "web");
