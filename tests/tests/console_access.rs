@@ -391,6 +391,28 @@ fn sign_in_over_tls_sets_a_strict_secure_cookie_sign_out_ends_it_and_the_log_hol
 
     let ro = sign_in(&site, &site.read_only);
     assert_eq!(ro.answer.json()["access"], "read_only");
+    // Signing in again from the same browser ends the session it had.
+    let ro_cookie = ro.header();
+    let again = request(
+        &site.target,
+        "POST",
+        "/ui/session",
+        &[("Cookie", &ro_cookie)],
+        Some(&json!({ "token": site.read_only })),
+    );
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert_eq!(
+        request(
+            &site.target,
+            "GET",
+            "/ui/session",
+            &[("Cookie", &ro_cookie)],
+            None
+        )
+        .status,
+        401,
+        "the replaced session still works"
+    );
 
     // (e) No token, session id or CSRF token in the log.
     let log = site.agent.log_text();
