@@ -33,6 +33,7 @@ use ferry_engine::session::sender::{
 use ferry_engine::source::diffstream::DiffSource;
 use ferry_engine::source::file::{FileSource, FileSourceOptions};
 use ferry_engine::source::{ExtentSource, SourceError};
+use ferry_engine::sync_util::run_all;
 use ferry_protocol::{AgentId, Epoch, ImageName};
 use tokio::sync::watch;
 use tracing::info;
@@ -395,26 +396,19 @@ impl Replicator {
         }
         let results: Vec<(usize, &SourceUri, Result<RbdSource, SourceError>)> =
             tokio::task::block_in_place(|| {
-                std::thread::scope(|scope| {
-                    let cluster = &cluster;
-                    let handles: Vec<_> = rbd_opens
+                let cluster = &cluster;
+                run_all(
+                    rbd_opens
                         .into_iter()
                         .map(|(slot, source, spec, state_dir, tag, options)| {
-                            scope.spawn(move || {
+                            move || {
                                 let result =
                                     RbdSource::open(cluster, spec, &state_dir, &tag, options);
                                 (slot, source, result)
-                            })
+                            }
                         })
-                        .collect();
-                    handles
-                        .into_iter()
-                        .map(|handle| match handle.join() {
-                            Ok(outcome) => outcome,
-                            Err(panic) => std::panic::resume_unwind(panic),
-                        })
-                        .collect()
-                })
+                        .collect(),
+                )
             });
         for (slot, source, result) in results {
             let rbd = result.map_err(|error| ReplicateError::OpenSource {

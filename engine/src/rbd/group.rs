@@ -35,6 +35,7 @@ use super::membership::{foreign_group, leave_ferry_group, rbd};
 use super::source::RbdSource;
 use super::{unix_ms, RbdError};
 use crate::source::SourceError;
+use crate::sync_util::run_all;
 use crate::sys::librbd::{CephError, Image, Pool, FEATURE_EXCLUSIVE_LOCK, GROUP_SNAP_PREFIX};
 
 fn short_hash<'a>(parts: impl Iterator<Item = &'a str>) -> String {
@@ -182,22 +183,15 @@ pub fn capture_group(sources: &mut [&mut RbdSource]) -> Result<bool, SourceError
 /// one after the other they made the first capture of a 20-image group
 /// (after a failover or a reprotect) wait for 20 of them in a row.
 fn join_group(group_pool: &Pool, group: &str, joining: &[&RbdSource]) -> Result<(), SourceError> {
-    let results: Vec<Result<(), CephError>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = joining
+    let results = run_all(
+        joining
             .iter()
             .map(|source| {
                 let (pool, image) = (source.pool(), source.spec().image.as_str());
-                scope.spawn(move || group_pool.group_image_add(group, pool, image))
+                move || group_pool.group_image_add(group, pool, image)
             })
-            .collect();
-        handles
-            .into_iter()
-            .map(|handle| match handle.join() {
-                Ok(outcome) => outcome,
-                Err(panic) => std::panic::resume_unwind(panic),
-            })
-            .collect()
-    });
+            .collect(),
+    );
     for (source, result) in joining.iter().zip(results) {
         result.map_err(rbd)?;
         info!(image = %source.spec(), group = %group, "added the image to ferry's RBD group");
@@ -219,26 +213,19 @@ fn create_bases(
     instant: u64,
     bases: &mut Vec<(usize, String)>,
 ) -> Result<(), SourceError> {
-    let results: Vec<(usize, String, Result<(), CephError>)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = order
+    let results: Vec<(usize, String, Result<(), CephError>)> = run_all(
+        order
             .iter()
             .map(|&i| {
                 let image = sources[i].head();
                 let name = sources[i].capture_name(instant);
-                scope.spawn(move || {
+                move || {
                     let result = image.snap_create(&name);
                     (i, name, result)
-                })
+                }
             })
-            .collect();
-        handles
-            .into_iter()
-            .map(|handle| match handle.join() {
-                Ok(outcome) => outcome,
-                Err(panic) => std::panic::resume_unwind(panic),
-            })
-            .collect()
-    });
+            .collect(),
+    );
     let mut first_error = None;
     for (i, name, result) in results {
         match result {
