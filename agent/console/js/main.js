@@ -1,0 +1,121 @@
+// ferry console — the entry point: session check, the header (site, access,
+// navigation, time zone, sign out) and the hash router that mounts one page
+// at a time (#/services, #/groups, #/groups/NAME, #/policies, #/operations).
+
+import { h, replace, field } from "./dom.js";
+import { currentSession, resume, setUnauthorizedHandler, signOut } from "./api.js";
+import { setZone, zone, zones } from "./format.js";
+import { signInPage } from "./pages/signin.js";
+import { servicesPage } from "./pages/services.js";
+import { groupsPage } from "./pages/groups.js";
+import { groupPage } from "./pages/group.js";
+import { policiesPage } from "./pages/policies.js";
+import { operationsPage, operationPage } from "./pages/operations.js";
+
+const header = document.getElementById("site-header");
+const main = document.getElementById("main");
+let current = null;
+
+const NAV = [
+  ["#/services", "Sites & services"],
+  ["#/groups", "Protection groups"],
+  ["#/policies", "Policies"],
+  ["#/operations", "Operations"],
+];
+
+function renderHeader(route) {
+  const s = currentSession();
+  if (!s.access) {
+    replace(header, h("span", { class: "brand", text: "ferry" }));
+    return;
+  }
+  const select = h("select", { name: "tz" }, zones().map((z) => h("option", { value: z, selected: z === zone(), text: z })));
+  select.addEventListener("change", () => {
+    setZone(select.value);
+    mount();
+  });
+  replace(
+    header,
+    h("span", { class: "brand", text: "ferry" }),
+    h("span", { class: "site", text: s.agent || "" }),
+    h("span", { class: `access ${s.access}`, text: s.access === "operator" ? "operator" : "read-only" }),
+    h(
+      "nav",
+      { "aria-label": "Main" },
+      h(
+        "ul",
+        {},
+        NAV.map(([href, label]) =>
+          h("li", {}, h("a", { href, "aria-current": route.startsWith(href) ? "page" : null, text: label })),
+        ),
+      ),
+    ),
+    field("Time zone", select),
+    h("button", {
+      type: "button",
+      dataset: { action: "sign-out" },
+      text: "Sign out",
+      onclick: async () => {
+        await signOut();
+        location.hash = "#/signin";
+        mount();
+      },
+    }),
+  );
+}
+
+function route() {
+  return location.hash || "#/groups";
+}
+
+function pageFor(r) {
+  const parts = r.replace(/^#\//, "").split("/").map(decodeURIComponent);
+  switch (parts[0]) {
+    case "services":
+      return servicesPage();
+    case "groups":
+      return parts[1] ? groupPage(parts[1]) : groupsPage();
+    case "policies":
+      return policiesPage();
+    case "operations":
+      return parts[1] ? operationPage(parts[1]) : operationsPage();
+    default:
+      return groupsPage();
+  }
+}
+
+async function mount() {
+  if (current && current.stop) current.stop();
+  current = null;
+  const s = currentSession();
+  if (!s.access) {
+    const resumed = await resume();
+    if (!resumed) {
+      renderHeader("#/signin");
+      current = signInPage(() => {
+        if (route() === "#/signin") location.hash = "#/groups";
+        else mount();
+      });
+      replace(main, current.el);
+      document.title = "Sign in — ferry";
+      return;
+    }
+  }
+  let r = route();
+  if (r === "#/signin") {
+    r = "#/groups";
+    history.replaceState(null, "", r);
+  }
+  renderHeader(r);
+  current = pageFor(r);
+  replace(main, current.el);
+  document.title = `${current.title} — ferry`;
+  main.focus({ preventScroll: true });
+}
+
+setUnauthorizedHandler(() => {
+  if (current && current.stop) current.stop();
+  mount();
+});
+window.addEventListener("hashchange", mount);
+mount();
