@@ -116,6 +116,10 @@ function showError(alert, err) {
  */
 export async function runAction(area, label, request, after) {
   area.clear();
+  // The newest action's status is marked, so it is told apart from the
+  // finished ones still shown next to other actions.
+  document.querySelectorAll(".op-status[data-latest]").forEach((el) => el.removeAttribute("data-latest"));
+  area.status.dataset.latest = "";
   area.status.textContent = `${label}: sending…`;
   area.status.dataset.opState = "sending";
   let result;

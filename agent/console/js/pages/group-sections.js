@@ -223,7 +223,7 @@ export function policySection(ctx) {
     unbind.hidden = !canAct() || !group.policy;
   };
   return {
-    el: h("section", { "aria-labelledby": "pol-h" }, h("h2", { id: "pol-h", text: "Policy" }), box, form, unbind, area),
+    el: h("section", { "aria-labelledby": "pol-h" }, h("h2", { id: "pol-h", text: "Policy" }), box, canAct() ? [form, unbind, area] : null),
     update,
   };
 }

@@ -19,7 +19,7 @@ export function servicesPage() {
     "Actions",
   ]);
   const svcArea = feedback();
-  const qosBox = h("div");
+  const qosBox = h("div", { id: "qos" });
   const qosArea = feedback();
 
   const refresh = async () => {

@@ -1,0 +1,346 @@
+//! The web console in a real browser: Debian's headless chromium driven
+//! through WebDriver (`ferry_e2e::browser`), against two real agents with
+//! `[console] enabled = true`, one browser per site as two operators would
+//! have. Every step of the README's walk-through is done through the pages
+//! only: pairing (the standby issues its key, the primary pairs with it),
+//! creating a group, adding two file volumes, starting sync until both
+//! volumes show synced, a named recovery point seen on the standby's
+//! console, a restore on the standby, a policy bound and unbound, a refused
+//! start sync rendered with the state table's reason, a read-only session
+//! without actions, and a failover clicked on the standby's console with the
+//! primary agent killed. Every page is screenshotted (`FERRY_SCREENSHOT_DIR`;
+//! `docs/console/` holds one committed set) and checked for accessibility.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ferry_agent::imagegen;
+use ferry_e2e::browser::{self, Browser};
+use ferry_e2e::{hash_file, init_agent, prereq, Agent};
+
+const MIB: u64 = 1024 * 1024;
+const CONSOLE_CONFIG: &str = "[console]\nenabled = true\n";
+/// Long operations (sync, failover) on a busy CI machine.
+const SLOW: Duration = Duration::from_secs(120);
+
+/// One site's console in its own browser.
+struct Site {
+    browser: Browser,
+    /// `http://ADDR/ui/`.
+    base: String,
+    dir: PathBuf,
+}
+
+impl Site {
+    fn open(agent: &Agent) -> Site {
+        let addr = wait_for_file(&agent.dir.join("api.addr"));
+        Site {
+            browser: Browser::start(),
+            base: format!("{}/ui/", addr.trim()),
+            dir: agent.dir.clone(),
+        }
+    }
+
+    /// Opens `route` (`#/groups`…) and waits for `ready` (a CSS selector).
+    fn page(&self, route: &str, ready: &str) {
+        self.browser.goto(&format!("{}{route}", self.base));
+        self.browser.find(ready);
+    }
+
+    fn sign_in(&self, token_file: &str) {
+        let token = std::fs::read_to_string(self.dir.join(token_file)).expect("token file");
+        self.browser.goto(&self.base);
+        self.browser.fill("API token", token.trim());
+        self.browser.click("button[data-action=sign-in]");
+        self.browser.find("nav[aria-label=Main]");
+    }
+
+    /// Screenshot and accessibility check of the page as it is now.
+    fn record(&self, name: &str) {
+        self.browser.assert_accessible();
+        self.browser.screenshot(name);
+    }
+
+    /// Waits until `count(css) == n`.
+    fn wait_count(&self, css: &str, n: usize, patience: Duration) {
+        let deadline = Instant::now() + patience;
+        while self.browser.count(css) != n {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {n} × {css:?} (have {})",
+                self.browser.count(css)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Clicks the action button `action` of the group page and waits until
+    /// its operation (shown next to the actions) succeeded.
+    fn group_action_succeeds(&self, action: &str) {
+        self.browser.click(&format!("button[data-action={action}]"));
+        self.after_action_succeeds();
+    }
+
+    fn after_action_succeeds(&self) {
+        let status = [".op-status[data-latest][data-op-state=succeeded]",
+            ".op-status[data-latest][data-op-state=done]",
+            ".op-status[data-latest][data-op-state=failed]",
+            ".op-status[data-latest][data-op-state=refused]"].join(", ");
+        let el = self.browser.wait_for(&status, SLOW);
+        let state = el.attr("data-op-state").unwrap_or_default();
+        assert!(
+            state == "succeeded" || state == "done",
+            "the operation ended {state}: {} / alert: {}",
+            el.text(),
+            self.alert_text()
+        );
+    }
+
+    fn alert_text(&self) -> String {
+        if self.browser.count("[role=alert]:not([hidden])") == 0 {
+            return String::new();
+        }
+        self.browser.text_of("[role=alert]:not([hidden])")
+    }
+}
+
+fn wait_for_file(path: &Path) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if !text.trim().is_empty() {
+                return text;
+            }
+        }
+        assert!(Instant::now() < deadline, "no {}", path.display());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn start_agent(dir: &Path) -> Agent {
+    let fp = init_agent(dir);
+    std::fs::write(dir.join("config.toml"), CONSOLE_CONFIG).expect("config.toml");
+    Agent::start(dir, &fp, &[])
+}
+
+#[test]
+fn the_walkthrough_through_the_console_on_both_sites() {
+    if !prereq::require(browser::available(), browser::PREREQ) {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut agent_a = start_agent(&tmp.path().join("a"));
+    let agent_b = start_agent(&tmp.path().join("b"));
+    let (a, b) = (Site::open(&agent_a), Site::open(&agent_b));
+
+    // The sign-in page, then both operators sign in.
+    a.browser.goto(&a.base);
+    a.browser.find("input[type=password]");
+    a.record("01-sign-in");
+    a.sign_in("api.token");
+    b.sign_in("api.token");
+
+    pair(&a, &b);
+    let volumes = [tmp.path().join("vm1.raw"), tmp.path().join("vm2.raw")];
+    imagegen::make_image(&volumes[0], 8 * MIB, 1).expect("vm1");
+    imagegen::make_image(&volumes[1], 4 * MIB, 2).expect("vm2");
+    protect_and_sync(&a, &volumes);
+    refusal_is_rendered(&a);
+    named_point_on_both_sites(&a, &b);
+    restore_on_the_standby(&b, &volumes[0], &tmp.path().join("restored.raw"));
+    policies(&a);
+    operations(&a);
+    read_only_session(&a);
+
+    // The primary site is lost: fail over on the standby's console.
+    agent_a.kill9();
+    failover_on_the_standby(&b);
+    for site in [&a, &b] {
+        assert!(
+            site.browser.page_errors().is_empty(),
+            "script errors: {:?}",
+            site.browser.page_errors()
+        );
+    }
+}
+
+/// B issues its service key on its console; A pairs with it and verifies.
+fn pair(a: &Site, b: &Site) {
+    b.page("#/services", "button[data-action=issue-key]");
+    b.browser.click("button[data-action=issue-key]");
+    let key = b
+        .browser
+        .wait_for("textarea[name=service_key]", SLOW)
+        .prop("value")
+        .expect("the key");
+    assert!(key.len() > 40, "a service key: {key}");
+    b.record("02-services-key");
+
+    a.page("#/services", "button[data-action=pair]");
+    a.browser.fill("Remote site's service key", &key);
+    a.browser.click("button[data-action=pair]");
+    a.after_action_succeeds();
+    a.browser.wait_text("table tbody th", "dr", SLOW);
+    a.browser.click("button[data-action=verify]");
+    a.browser
+        .wait_text(".op-status[data-latest]", "reachable and paired", SLOW);
+    a.record("03-services-paired");
+    // The QoS dialog applies limits the page then shows.
+    a.browser.click("button[data-action=qos]");
+    a.browser.fill("Send limit (MiB/s): this agent's replication traffic", "200");
+    a.browser.screenshot("04-qos-dialog");
+    a.browser.confirm_dialog();
+    a.browser.wait_text("#qos", "200.0 MiB/s", SLOW);
+}
+
+/// Creates g1 on A's groups page, adds both volumes on its detail page,
+/// starts sync and waits until the page shows both volumes synced.
+fn protect_and_sync(a: &Site, volumes: &[PathBuf]) {
+    a.page("#/groups", "button[data-action=create-group]");
+    a.browser.fill("Group name", "g1");
+    a.browser.fill("RPO warning above (s)", "300");
+    a.browser.click("button[data-action=create-group]");
+    a.after_action_succeeds();
+    a.browser
+        .wait_for("#groups-table tr[data-group=g1][data-state=mapped]", SLOW);
+    a.browser.click("#groups-table a[href='#/groups/g1']");
+    a.browser.find("button[data-action=add-resources]");
+    let uris: Vec<String> = volumes
+        .iter()
+        .map(|p| format!("file:{}", p.display()))
+        .collect();
+    a.browser.fill(
+        "Source URIs, one per line (with a VM the first is the boot volume)",
+        &uris.join("\n"),
+    );
+    a.browser.click("button[data-action=add-resources]");
+    a.after_action_succeeds();
+    a.wait_count("#resources-table tr[data-uri]", 2, SLOW);
+    a.group_action_succeeds("start");
+    a.wait_count("#resources-table .sync[data-sync=synced]", 2, SLOW);
+    a.browser.find(".summary[data-state=syncing]");
+    a.record("06-group-primary-synced");
+    a.page("#/groups", "#groups-table tr[data-group=g1][data-state=syncing]");
+    a.record("05-groups");
+}
+
+/// Start sync on a syncing group: the API's refusal and its reason show.
+fn refusal_is_rendered(a: &Site) {
+    a.page("#/groups/g1", ".summary[data-state=syncing]");
+    a.browser.click("button[data-action=start]");
+    let alert = a
+        .browser
+        .wait_for("[role=alert][data-status='409']", SLOW)
+        .text();
+    assert!(alert.contains("Refused"), "{alert}");
+    assert!(alert.contains("group state: syncing"), "{alert}");
+    a.record("07-refusal");
+}
+
+/// A named recovery point made on A's console shows on B's.
+fn named_point_on_both_sites(a: &Site, b: &Site) {
+    a.browser.click("button[data-action=create-rp]");
+    a.browser.fill("Recovery point name", "before-upgrade");
+    let text = a.browser.confirm_dialog();
+    assert!(text.contains("next replication cycle"), "{text}");
+    a.after_action_succeeds();
+    a.browser.wait_for(
+        "#rp-table tr[data-rp=before-upgrade][data-state=complete]",
+        SLOW,
+    );
+    b.page(
+        "#/groups/g1",
+        "#rp-table tr[data-rp=before-upgrade][data-state=complete]",
+    );
+    let row = b.browser.text_of("#rp-table tr[data-rp=before-upgrade]");
+    assert!(row.contains("named"), "{row}");
+    b.record("08-group-standby");
+}
+
+/// Restores vm1 at before-upgrade into a new file on B's console.
+fn restore_on_the_standby(b: &Site, source: &Path, out: &Path) {
+    b.browser.click("button[data-action=restore]");
+    b.browser
+        .select("Resource", &format!("file:{}", source.display()));
+    b.browser.select("Recovery point", "before-upgrade");
+    b.browser.fill(
+        "New volume (absolute file path, or an image name with an RBD standby)",
+        &out.display().to_string(),
+    );
+    b.browser.screenshot("09-restore-dialog");
+    let text = b.browser.confirm_dialog();
+    assert!(text.contains("NEW volume"), "{text}");
+    b.after_action_succeeds();
+    assert_eq!(hash_file(out), hash_file(source), "the restored volume");
+}
+
+/// Creates a policy, binds it to g1 from the policies page, unbinds it on
+/// the group page.
+fn policies(a: &Site) {
+    a.page("#/policies", "button[data-action=create-policy]");
+    a.browser.fill("Policy name", "nightly");
+    a.browser.click("button[data-action=create-policy]");
+    a.after_action_succeeds();
+    a.browser.find("#policies-table tr[data-policy=nightly]");
+    a.browser
+        .click("#policies-table tr[data-policy=nightly] button[data-action=bind-group]");
+    a.browser.select("Group", "g1");
+    a.browser.confirm_dialog();
+    a.after_action_succeeds();
+    a.browser
+        .wait_text("#policies-table tr[data-policy=nightly]", "g1 (keep 3)", SLOW);
+    a.record("10-policies");
+    a.page("#/groups/g1", "[data-bound=nightly]");
+    a.browser.click("button[data-action=unbind]");
+    a.after_action_succeeds();
+    a.browser.wait_gone("[data-bound]", SLOW);
+}
+
+/// The journal and one operation.
+fn operations(a: &Site) {
+    a.page("#/operations", "#operations-table tr[data-state=succeeded]");
+    a.record("11-operations");
+    a.browser
+        .click("#operations-table tr[data-state=succeeded] a");
+    a.browser.find("[data-state=succeeded] dl.facts");
+    a.record("12-operation");
+}
+
+/// A read-only session sees the pages without a single action.
+fn read_only_session(a: &Site) {
+    a.browser.click("button[data-action=sign-out]");
+    a.browser.find("input[type=password]");
+    a.sign_in("api.readonly.token");
+    a.page("#/groups/g1", ".summary[data-state=syncing]");
+    a.browser.find("#rp-table tr[data-rp=before-upgrade]");
+    let actions = a
+        .browser
+        .count("button[data-action]:not([data-action=sign-out])");
+    assert_eq!(actions, 0, "a read-only session has no actions");
+    a.record("13-read-only");
+}
+
+/// With A killed, B fails g1 over to the latest point through its console.
+fn failover_on_the_standby(b: &Site) {
+    b.page("#/groups/g1", ".summary[data-role=standby]");
+    assert!(b.browser.tab_until("button[data-action=failover]") > 0);
+    b.browser.click("button[data-action=failover]");
+    b.browser.find("dialog[open] [data-confirm]");
+    b.browser.screenshot("14-failover-dialog");
+    let text = b.browser.confirm_dialog();
+    assert!(text.contains("g1-vm1"), "the dialog names the volumes: {text}");
+    b.after_action_succeeds();
+    b.browser
+        .wait_for(".summary[data-state=failed_over]", SLOW);
+    b.browser.wait_text("#resources-table", "volume", SLOW);
+    b.record("15-group-failed-over");
+    let out = b.dir.join("failover").join("g1");
+    assert!(out.join("g1-vm1.raw").exists() && out.join("g1-vm2.raw").exists());
+    // A new primary cannot start sync: refused with the state table's reason.
+    b.browser.click("button[data-action=start]");
+    let alert = b
+        .browser
+        .wait_for("[role=alert][data-status='409']", SLOW)
+        .text();
+    assert!(alert.contains("Refused"), "{alert}");
+}
