@@ -15,6 +15,7 @@ import { operationsPage, operationPage } from "./pages/operations.js";
 const header = document.getElementById("site-header");
 const main = document.getElementById("main");
 let current = null;
+let generation = 0;
 
 const NAV = [
   ["#/services", "Sites & services"],
@@ -87,9 +88,12 @@ function pageFor(r) {
 async function mount() {
   if (current && current.stop) current.stop();
   current = null;
+  // A newer mount (another hash change) wins over this one.
+  const mine = ++generation;
   const s = currentSession();
   if (!s.access) {
     const resumed = await resume();
+    if (mine !== generation) return;
     if (!resumed) {
       renderHeader("#/signin");
       current = signInPage(() => {

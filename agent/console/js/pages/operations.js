@@ -18,7 +18,12 @@ export function operationsPage() {
     patchRows(body, ops, (op) => op.id, (op) => JSON.stringify([op, zone()]), operationRow);
   };
   filter.addEventListener("change", () => refresh().catch(() => {}));
-  const el = h("section", { class: "page" }, h("h1", { text: "Operations" }), h("form", { class: "inline" }, field("Only this group", filter)), t);
+  const form = h("form", { class: "inline" }, field("Only this group", filter));
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    refresh().catch(() => {});
+  });
+  const el = h("section", { class: "page" }, h("h1", { text: "Operations" }), form, t);
   return { el, title: "Operations", stop: every(REFRESH_MS, refresh) };
 }
 
