@@ -44,7 +44,8 @@ export function rpoChart(history, rpo) {
   }
   for (let i = 0; i <= 4; i += 1) {
     const at = from + i * 15 * 60 * 1000;
-    chart.append(svg("text", { x: x(at), y: H - 8, class: "axis middle", text: clock(at) }));
+    const anchor = i === 0 ? "start" : i === 4 ? "end" : "middle";
+    chart.append(svg("text", { x: x(at), y: H - 8, class: `axis ${anchor}`, text: clock(at) }));
   }
   if (rpo && rpo.warn_secs) chart.append(svg("line", { x1: PAD.left, x2: W - PAD.right, y1: y(rpo.warn_secs), y2: y(rpo.warn_secs), class: "warn" }));
   if (rpo && rpo.crit_secs) chart.append(svg("line", { x1: PAD.left, x2: W - PAD.right, y1: y(rpo.crit_secs), y2: y(rpo.crit_secs), class: "crit" }));

@@ -96,12 +96,14 @@ export function patchRows(tbody, items, key, signature, render) {
     const k = String(key(item));
     const sig = signature(item);
     let row = existing.get(k);
-    if (!row || row.dataset.sig !== sig) {
-      row = render(item);
-      row.dataset.key = k;
-      row.dataset.sig = sig;
-    }
     existing.delete(k);
+    if (!row || row.dataset.sig !== sig) {
+      const fresh = render(item);
+      fresh.dataset.key = k;
+      fresh.dataset.sig = sig;
+      if (row) row.replaceWith(fresh);
+      row = fresh;
+    }
     wanted.push(row);
   }
   for (const stale of existing.values()) stale.remove();

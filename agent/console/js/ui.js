@@ -99,8 +99,8 @@ function showError(alert, err) {
       if (r.reason) details.push(`reason: ${words(r.reason)}`);
       if (r.state) details.push(`group state: ${words(r.state)}`);
       if (r.role) details.push(`role: ${r.role}`);
-      if (r.rule) details.push(`rule: ${r.rule}`);
-      if (r.context) details.push(r.context);
+      if (r.rule && !err.message.includes(r.rule)) details.push(`rule: ${r.rule}`);
+      if (r.context && !err.message.includes(r.context)) details.push(r.context);
       lines.push(h("br"), h("span", { class: "reason", text: details.join(" · ") }));
     }
     replace(alert, lines);

@@ -73,6 +73,7 @@ function syncOf(r, p) {
   const remaining = p ? p.bytes_remaining : r.state === "syncing" ? 0 : total;
   const done = Math.max(0, total - remaining);
   const pct = total ? Math.floor((done / total) * 100) : 0;
+  if (r.volume) return ["volume made (failed over)", total, total];
   if (r.state === "syncing" && remaining === 0) return ["synced", total, total];
   if (r.state === "syncing") return [`sending changes, ${bytes(remaining)} left`, done, total];
   if (r.state === "initial_sync") return [`initial sync ${pct}%, ${bytes(remaining)} left${p && p.phase ? ` (${p.phase})` : ""}`, done, total];
