@@ -160,7 +160,15 @@ export function standbyPointsSection() {
     replace(
       box,
       entries.length
-        ? h("ul", {}, entries.map(([image, ids]) => h("li", {}, h("span", { class: "mono", text: image }), `: ${ids.length} point(s) — ${ids.join(", ")}`)))
+        ? h(
+            "ul",
+            {},
+            entries.map(([image, ids]) => {
+              // Engine point ids are wall-clock milliseconds.
+              const span = ids.length ? `, oldest ${time(Math.min(...ids))}, newest ${time(Math.max(...ids))}` : "";
+              return h("li", {}, h("span", { class: "mono", text: image }), `: ${ids.length} point(s)${span}`);
+            }),
+          )
         : h("p", { text: "No standby image holds a point." }),
     );
   };
