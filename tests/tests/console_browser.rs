@@ -32,10 +32,11 @@ struct Site {
 }
 
 impl Site {
-    fn open(agent: &Agent) -> Site {
+    /// The console of `agent` in a browser whose zone is `zone`.
+    fn open(agent: &Agent, zone: &str) -> Site {
         let addr = wait_for_file(&agent.dir.join("api.addr"));
         Site {
-            browser: Browser::start(),
+            browser: Browser::start_in_zone(zone),
             base: format!("{}/ui/", addr.trim()),
             dir: agent.dir.clone(),
         }
@@ -131,7 +132,11 @@ fn the_walkthrough_through_the_console_on_both_sites() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut agent_a = start_agent(&tmp.path().join("a"));
     let agent_b = start_agent(&tmp.path().join("b"));
-    let (a, b) = (Site::open(&agent_a), Site::open(&agent_b));
+    // The standby's operator works in Shanghai: times show in that zone.
+    let (a, b) = (
+        Site::open(&agent_a, "UTC"),
+        Site::open(&agent_b, "Asia/Shanghai"),
+    );
 
     // The sign-in page, then both operators sign in.
     a.browser.goto(&a.base);
@@ -254,7 +259,13 @@ fn named_point_on_both_sites(a: &Site, b: &Site) {
     );
     let row = b.browser.text_of("#rp-table tr[data-rp=before-upgrade]");
     assert!(row.contains("named"), "{row}");
+    assert!(row.contains("GMT+8"), "the browser's zone by default: {row}");
     b.record("08-group-standby");
+    // The zone chosen in the header is kept (localStorage) across pages.
+    b.browser.select("Time zone", "UTC");
+    b.page("#/groups/g1", "#rp-table tr[data-rp=before-upgrade]");
+    b.browser
+        .wait_text("#rp-table tr[data-rp=before-upgrade]", "UTC", SLOW);
 }
 
 /// Restores vm1 at before-upgrade into a new file on B's console.
