@@ -193,7 +193,7 @@ fn pair(a: &Site, b: &Site) {
     // The QoS dialog applies limits the page then shows.
     a.browser.click("button[data-action=qos]");
     a.browser.fill("Send limit (MiB/s): this agent's replication traffic", "200");
-    a.browser.screenshot("04-qos-dialog");
+    a.record("04-qos-dialog");
     a.browser.confirm_dialog();
     a.browser.wait_text("#qos", "200.0 MiB/s", SLOW);
 }
@@ -278,7 +278,7 @@ fn restore_on_the_standby(b: &Site, source: &Path, out: &Path) {
         "New volume (absolute file path, or an image name with an RBD standby)",
         &out.display().to_string(),
     );
-    b.browser.screenshot("09-restore-dialog");
+    b.record("09-restore-dialog");
     let text = b.browser.confirm_dialog();
     assert!(text.contains("NEW volume"), "{text}");
     b.after_action_succeeds();
@@ -337,7 +337,7 @@ fn failover_on_the_standby(b: &Site) {
     assert!(b.browser.tab_until("button[data-action=failover]") > 0);
     b.browser.click("button[data-action=failover]");
     b.browser.find("dialog[open] [data-confirm]");
-    b.browser.screenshot("14-failover-dialog");
+    b.record("14-failover-dialog");
     let text = b.browser.confirm_dialog();
     assert!(text.contains("g1-vm1"), "the dialog names the volumes: {text}");
     b.after_action_succeeds();

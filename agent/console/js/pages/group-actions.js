@@ -120,12 +120,15 @@ export function groupActions(ctx) {
     "danger",
   );
 
+  // The page puts the set of the group's role first; every action stays
+  // available: the agent's state table decides, and its refusal is shown.
   return h(
     "div",
     { class: "toolbar", role: "group", "aria-label": "Group actions" },
-    h("div", { class: "tool-set" }, h("span", { class: "tool-label", text: "Replication" }), start, stop, rp, migrate),
-    h("div", { class: "tool-set" }, h("span", { class: "tool-label", text: "Recovery (standby site)" }), failover, restore, drill, endDrill, reprotect),
+    h("div", { class: "tool-set replication" }, h("span", { class: "tool-label", text: "Replication (primary site)" }), start, stop, rp, migrate),
+    h("div", { class: "tool-set recovery" }, h("span", { class: "tool-label", text: "Recovery (standby site)" }), failover, restore, drill, endDrill, reprotect),
     h("div", { class: "tool-set" }, h("span", { class: "tool-label", text: "Group" }), thresholds, del),
+    h("p", { class: "hint", text: "An action the group's role or state does not allow is refused by the agent, with the reason shown here." }),
   );
 }
 

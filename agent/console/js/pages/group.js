@@ -36,6 +36,7 @@ export function groupPage(name) {
   const policy = policySection(ctx);
   const ops = operationsSection();
   const body = h("div", { hidden: true });
+  const toolbar = canAct() ? groupActions(ctx) : null;
 
   const refresh = async () => {
     try {
@@ -54,6 +55,7 @@ export function groupPage(name) {
     const g = detail.group;
     if (tick % 15 === 0) policies = await get("/v1/policies");
     renderSummary(summary, detail);
+    if (toolbar) placeRoleFirst(toolbar, g.role === "standby" && !g.new_primary ? ".recovery" : ".replication");
     renderProgress(progress, detail.progress);
     resources.update(detail);
     points.update(detail);
@@ -72,7 +74,7 @@ export function groupPage(name) {
   replace(
     body,
     summary,
-    canAct() ? h("section", { "aria-labelledby": "act-h" }, h("h2", { id: "act-h", text: "Actions" }), groupActions(ctx), ctx.area) : null,
+    canAct() ? h("section", { "aria-labelledby": "act-h" }, h("h2", { id: "act-h", text: "Actions" }), toolbar, ctx.area) : null,
     h("section", { "aria-labelledby": "prog-h" }, h("h2", { id: "prog-h", text: "Replication progress" }), progress, chart),
     resources.el,
     points.el,
@@ -90,6 +92,12 @@ export function groupPage(name) {
     body,
   );
   return { el, title: `Group ${name}`, stop: every(REFRESH_MS, refresh) };
+}
+
+/** Puts the action set of the group's role first (in the DOM, so the tab order follows). */
+function placeRoleFirst(toolbar, css) {
+  const set = toolbar.querySelector(css);
+  if (set && toolbar.firstElementChild !== set) toolbar.prepend(set);
 }
 
 function renderSummary(el, detail) {
