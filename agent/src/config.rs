@@ -75,6 +75,14 @@ struct RawConfig {
     metrics: RawMetrics,
     #[serde(default)]
     source: RawSource,
+    #[serde(default)]
+    console: RawConsole,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConsole {
+    enabled: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -234,6 +242,9 @@ pub struct AgentConfig {
     /// `[source] accept_changes_at_rest`: replicate blocks of file sources
     /// that changed although nothing wrote them (default: refuse the cycle).
     pub accept_changes_at_rest: bool,
+    /// `[console] enabled`: serve the web console under `/ui/` on the
+    /// operator API listener (default off).
+    pub console_enabled: bool,
 }
 
 impl Default for AgentConfig {
@@ -255,6 +266,7 @@ impl Default for AgentConfig {
             api_read_only_token_file: None,
             metrics_listen: None,
             accept_changes_at_rest: false,
+            console_enabled: false,
         }
     }
 }
@@ -354,6 +366,7 @@ impl AgentConfig {
         apply_pipeline(&mut config.pipeline, raw.pipeline, &invalid)?;
         config.standby_backend = standby_backend(raw.standby, &invalid)?;
         config.accept_changes_at_rest = raw.source.accept_changes_at_rest.unwrap_or(false);
+        config.console_enabled = raw.console.enabled.unwrap_or(false);
         config.ceph = ferry_engine::rbd::ClusterSpec {
             cluster: raw.ceph.cluster,
             conf: raw.ceph.conf,
@@ -611,6 +624,12 @@ pub const DEFAULT_CONFIG: &str = r#"# ferry-agent configuration. Every key is op
 # Created mode 0600 when missing.
 # read_only_token_file = "/var/lib/ferry/api.readonly.token"
 
+[console]
+# The web console: pages for groups, recovery points, policies and every
+# operation, at http(s)://API-ADDRESS/ui/ on the operator API listener above
+# (same address, same TLS). Sign in with the operator or the read-only token.
+# enabled = false
+
 [metrics]
 # A Prometheus endpoint (GET /metrics; address also in DIR/metrics.addr).
 # Off unless set; keep it on loopback or a management network.
@@ -709,6 +728,24 @@ mod tests {
         assert_eq!(c.metrics_listen.as_deref(), Some("127.0.0.1:0"));
         assert_eq!(c.log_format, LogFormat::Journald);
         assert!(AgentConfig::parse("[log]\nformat = \"xml\"\n", Path::new("x")).is_err());
+    }
+
+    #[test]
+    fn console_is_off_unless_enabled() {
+        let parse = |t: &str| AgentConfig::parse(t, Path::new("x"));
+        assert!(!parse("").unwrap().console_enabled);
+        assert!(
+            !parse("[console]\nenabled = false\n")
+                .unwrap()
+                .console_enabled
+        );
+        assert!(
+            parse("[console]\nenabled = true\n")
+                .unwrap()
+                .console_enabled
+        );
+        assert!(parse("[console]\nenabled = \"yes\"\n").is_err());
+        assert!(parse("[console]\nport = 1\n").is_err());
     }
 
     #[test]

@@ -540,7 +540,19 @@ pub async fn start_control(
     api::write_addr(dir, api_addr, api_cert.as_ref().map(ApiCert::fingerprint))?;
     orch.set_api_addr(api_addr);
     standby.authorizer.set_orchestrator(&orch);
-    let app = api::operator_router(orch.clone(), tokens);
+    let console = config.console_enabled.then(|| {
+        Arc::new(crate::console::Console::new(
+            tokens.clone(),
+            api_cert.is_some(),
+            identity.fingerprint().to_hex(),
+        ))
+    });
+    if console.is_some() {
+        let scheme = if api_cert.is_some() { "https" } else { "http" };
+        info!(url = %format!("{scheme}://{api_addr}/ui/"), "web console on");
+    }
+    let app = api::operator_router(orch.clone(), tokens, console);
+    tokio::spawn(orch.clone().sample_rpo_history());
     match api_cert {
         None => {
             tokio::spawn(async move {

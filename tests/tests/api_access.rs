@@ -11,46 +11,9 @@ use ferry_agent::api::http::{self, Method, Reply, Target};
 use ferry_e2e::{init_agent, Agent};
 use serde_json::{json, Value};
 
-/// `(method, path)` of every operator route in `agent/openapi.yaml`, with
-/// path parameters filled in with names that exist nowhere.
-fn documented_operator_routes() -> Vec<(Method, String)> {
-    let doc = include_str!("../../agent/openapi.yaml");
-    let mut out = Vec::new();
-    let mut path: Option<String> = None;
-    for line in doc.lines() {
-        if line.starts_with("components:") {
-            break;
-        }
-        if let Some(p) = line
-            .strip_prefix("  /v1/")
-            .and_then(|l| l.strip_suffix(':'))
-        {
-            path = Some(format!("/v1/{p}"));
-            continue;
-        }
-        let Some(p) = &path else { continue };
-        if p.starts_with("/v1/peer/") {
-            continue;
-        }
-        let method = match line {
-            "    get:" => Method::GET,
-            "    post:" => Method::POST,
-            "    put:" => Method::PUT,
-            "    patch:" => Method::PATCH,
-            "    delete:" => Method::DELETE,
-            _ => continue,
-        };
-        let filled = p
-            .replace("{id}", "999999")
-            .replace("{group}", "no-such-group")
-            .replace("{service}", "no-such-service")
-            .replace("{policy}", "no-such-policy")
-            .replace("{rp}", "no-such-rp");
-        assert!(!filled.contains('{'), "unfilled parameter in {p}");
-        out.push((method, filled));
-    }
-    out
-}
+#[path = "common/openapi_routes.rs"]
+mod openapi_routes;
+use openapi_routes::documented_operator_routes;
 
 fn call(target: &Target, method: Method, path: &str, token: &str) -> Reply {
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -291,6 +291,7 @@ pub const OPERATOR_ROUTES: &[&str] = &[
     "/v1/groups/{group}/drill",
     "/v1/groups/{group}/reprotect",
     "/v1/health/groups",
+    "/v1/groups/{group}/rpo-history",
 ];
 
 /// The peer API's routes.
@@ -309,9 +310,18 @@ pub const PEER_ROUTES: &[&str] = &[
     "/v1/peer/groups/{id}/reprotect",
 ];
 
-/// The operator API router.
-pub fn operator_router(orch: Arc<Orchestrator>, tokens: auth::Tokens) -> Router {
+/// The operator API router; with `console` (`[console] enabled`) also the
+/// web console under `/ui/`, whose session cookie the gate then accepts.
+pub fn operator_router(
+    orch: Arc<Orchestrator>,
+    tokens: auth::Tokens,
+    console: Option<Arc<crate::console::Console>>,
+) -> Router {
     let state = AppState { orch };
+    let gate = auth::Gate {
+        tokens,
+        console: console.clone(),
+    };
     let r = OPERATOR_ROUTES;
     let protected = Router::new()
         .route(r[1], get(status))
@@ -349,11 +359,16 @@ pub fn operator_router(orch: Arc<Orchestrator>, tokens: auth::Tokens) -> Router 
         .route(r[25], post(drill).delete(end_drill))
         .route(r[26], post(reprotect))
         .route(r[27], get(group_health))
-        .route_layer(middleware::from_fn_with_state(tokens, auth::require_token));
-    Router::new()
+        .route(r[28], get(rpo_history))
+        .route_layer(middleware::from_fn_with_state(gate, auth::require_token));
+    let api = Router::new()
         .route(r[0], get(health))
         .merge(protected)
-        .with_state(state)
+        .with_state(state);
+    match console {
+        Some(console) => api.merge(crate::console::router(console)),
+        None => api,
+    }
 }
 
 async fn health() -> Json<Value> {
@@ -366,6 +381,10 @@ async fn group_health(
 ) -> ApiResult {
     s.orch.probe_standbys().await?;
     ok(s.orch.health(&q)?)
+}
+
+async fn rpo_history(State(s): State<AppState>, UrlPath(name): UrlPath<String>) -> ApiResult {
+    ok(s.orch.rpo_history(&name)?)
 }
 
 async fn status(State(s): State<AppState>) -> ApiResult {

@@ -55,6 +55,7 @@
 //! - `standby_copies.rs`: the standby store's copies;
 //! - `peer.rs`: the peer (standby) side of the peer API;
 //! - `progress.rs`: live progress and status;
+//! - `rpo_history.rs`: the last hour of each group's RPO lag;
 //! - `hold.rs`: the fault-test hold points.
 
 mod cycle;
@@ -72,6 +73,7 @@ mod qos;
 mod rbd_migration;
 mod recovery;
 mod reprotect;
+pub mod rpo_history;
 mod services;
 mod standby_copies;
 
@@ -331,6 +333,8 @@ pub struct Orchestrator {
     /// Re-protects whose old-primary side installs its copies in the
     /// background, by operation: running (`None`) or failed (the reason).
     reprotect_tasks: Mutex<HashMap<OperationId, Option<String>>>,
+    /// The last hour of every group's RPO lag (for the console's chart).
+    rpo_history: Mutex<rpo_history::RpoHistory>,
 }
 
 fn internal(what: impl Into<String>) -> impl FnOnce(anyhow::Error) -> CtlError {
@@ -372,6 +376,7 @@ impl Orchestrator {
             started_at: Timestamp::now(),
             metrics: cfg.metrics,
             unpin_lock: tokio::sync::Mutex::new(()),
+            rpo_history: Mutex::new(rpo_history::RpoHistory::default()),
         });
         let live: Arc<dyn LiveSource> = orch.clone();
         orch.metrics.attach(Arc::downgrade(&live));

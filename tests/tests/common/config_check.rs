@@ -199,5 +199,6 @@ pub fn to_toml(c: &AgentConfig) -> String {
         c.accept_changes_at_rest
     )
     .unwrap();
+    writeln!(out, "[console]\nenabled = {}", c.console_enabled).unwrap();
     out
 }
