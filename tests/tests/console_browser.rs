@@ -26,7 +26,7 @@ const SLOW: Duration = Duration::from_secs(120);
 /// One site's console in its own browser.
 struct Site {
     browser: Browser,
-    /// `http://ADDR/ui/`.
+    /// `http://ADDR/ui/` (`DIR/api.addr` holds ADDR, or a URL with TLS).
     base: String,
     dir: PathBuf,
 }
@@ -35,9 +35,15 @@ impl Site {
     /// The console of `agent` in a browser whose zone is `zone`.
     fn open(agent: &Agent, zone: &str) -> Site {
         let addr = wait_for_file(&agent.dir.join("api.addr"));
+        let addr = addr.trim();
+        let origin = if addr.starts_with("http") {
+            addr.to_owned()
+        } else {
+            format!("http://{addr}")
+        };
         Site {
             browser: Browser::start_in_zone(zone),
-            base: format!("{}/ui/", addr.trim()),
+            base: format!("{origin}/ui/"),
             dir: agent.dir.clone(),
         }
     }
