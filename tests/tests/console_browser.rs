@@ -62,9 +62,11 @@ impl Site {
         self.browser.find("nav[aria-label=Main]");
     }
 
-    /// Screenshot and accessibility check of the page as it is now.
+    /// Accessibility check and screenshot of the page as it is now, from
+    /// its top (a modal dialog stays in view).
     fn record(&self, name: &str) {
         self.browser.assert_accessible();
+        self.browser.eval("window.scrollTo(0, 0);", vec![]);
         self.browser.screenshot(name);
     }
 
@@ -231,6 +233,13 @@ fn protect_and_sync(a: &Site, volumes: &[PathBuf]) {
     a.wait_count("#resources-table .sync[data-sync=synced]", 2, SLOW);
     a.browser.find(".summary[data-state=syncing]");
     a.record("06-group-primary-synced");
+    // The RPO-lag chart draws the agent's samples (one every 10 s) as they come.
+    a.browser.wait_for("svg.rpo-chart path.lag", SLOW);
+    a.browser.eval(
+        "document.getElementById('prog-h').scrollIntoView();",
+        vec![],
+    );
+    a.browser.screenshot("06b-group-progress-chart");
     a.page("#/groups", "#groups-table tr[data-group=g1][data-state=syncing]");
     a.record("05-groups");
 }

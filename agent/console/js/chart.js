@@ -61,6 +61,8 @@ export function rpoChart(history, rpo) {
     pen = true;
   }
   if (path) chart.append(svg("path", { d: path.trim(), class: "lag" }));
+  const last = samples.filter((s) => s.lag_secs !== null && s.lag_secs !== undefined && s.at >= from).pop();
+  if (last) chart.append(svg("circle", { cx: x(last.at), cy: y(last.lag_secs), r: 3, class: "last" }));
   return h("figure", { class: "chart" }, chart, h("figcaption", { text: summary }));
 }
 

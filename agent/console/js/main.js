@@ -38,7 +38,8 @@ function renderHeader(route) {
   replace(
     header,
     h("span", { class: "brand", text: "ferry" }),
-    h("span", { class: "site", text: s.agent || "" }),
+    // The agent's fingerprint: its first 16 digits name the site, as `ferry status` does.
+    h("span", { class: "site", title: s.agent || "", text: s.agent ? `agent ${String(s.agent).slice(0, 16)}` : "" }),
     h("span", { class: `access ${s.access}`, text: s.access === "operator" ? "operator" : "read-only" }),
     h(
       "nav",
