@@ -4,7 +4,7 @@
 # (site-a primary, site-b RBD standby, both with an RBD standby backend, the two-site Ceph lab of
 # scripts/ceph-lab.sh), driven through the `ferry` CLI.
 #
-#   benches/failover-bench.sh [--runs N] [--copy] [--write-md FILE]
+#   [CASES="group20 single16"] benches/failover-bench.sh [--runs N] [--copy] [--write-md FILE]
 #
 # Cases (each a fresh group, each run a fresh pair of groups):
 #   group20   20 volumes × 1 GiB
@@ -34,6 +34,8 @@ FILL_MIB="${FILL_MIB:-64}"
 # The group that is re-protected holds more data, so the full resync it is compared with moves a
 # realistic amount (the lab's two 16 GiB OSD files bound it).
 REPROTECT_FILL_MIB="${REPROTECT_FILL_MIB:-192}"
+# Which cases run (CASES="group20" for the 20-volume group only).
+CASES="${CASES:-group20 single16}"
 while (($#)); do
   case "$1" in
     --runs) RUNS="$2"; shift 2 ;;
@@ -199,8 +201,13 @@ run_case() {
 }
 
 for ((run = 1; run <= RUNS; run++)); do
-  run_case group20 20 1024 "$run"
-  run_case single16 1 16384 "$run"
+  for c in $CASES; do
+    case "$c" in
+      group20) run_case group20 20 1024 "$run" ;;
+      single16) run_case single16 1 16384 "$run" ;;
+      *) echo "unknown case $c (group20, single16)" >&2; exit 2 ;;
+    esac
+  done
 done
 
 report() {

@@ -44,6 +44,11 @@ command -v blockdev >/dev/null 2>&1 || need+=(util-linux)
 [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || need+=(faketime)
 # mkfs.xfs: the files backend's reflink test runs on a loop-mounted XFS.
 command -v mkfs.xfs >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.xfs ] || need+=(xfsprogs)
+# Debian's chromium and chromedriver: the console's browser tests
+# (tests/src/browser.rs) drive a headless chromium, as root (--no-sandbox)
+# and without a display.
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 # promtool checks and unit-tests contrib/prometheus/ferry-alerts.yml; Debian
 # ships it only in the prometheus package, whose server is stopped again
 # below (only promtool is wanted).
@@ -136,14 +141,27 @@ random_u32() { od -An -N4 -tu4 /dev/urandom | tr -d ' \n'; }
 export FERRY_FAULT_SEED="${FERRY_FAULT_SEED:-$(random_u32)}"
 export FERRY_CTL_FAULT_SEED="${FERRY_CTL_FAULT_SEED:-$(random_u32)}"
 seeds_line="fault harness seeds: FERRY_FAULT_SEED=${FERRY_FAULT_SEED} FERRY_CTL_FAULT_SEED=${FERRY_CTL_FAULT_SEED} (replay: FERRY_FAULT_SEED=${FERRY_FAULT_SEED} FERRY_CTL_FAULT_SEED=${FERRY_CTL_FAULT_SEED} scripts/test.sh)"
+screenshot_dir=""
+print_screenshots() {
+  if [ -n "$screenshot_dir" ] && [ -d "$screenshot_dir" ]; then
+    echo "console screenshots: ${screenshot_dir} ($(find "$screenshot_dir" -name '*.png' | wc -l) PNG files)"
+  fi
+}
 on_exit() {
   local status=$?
   stop_lab
   stop_reflink
   # Repeat the seeds at the end of a failed run, where the failure is.
-  if [ "$status" -ne 0 ]; then echo "$seeds_line" >&2; fi
+  if [ "$status" -ne 0 ]; then echo "$seeds_line" >&2; print_screenshots; fi
 }
 trap on_exit EXIT
+
+# Screenshots of the console's pages (and of any browser-test failure) are
+# this run's artifacts: one fresh directory, printed at the end.
+screenshot_dir="$(realpath -m "${CARGO_TARGET_DIR:-target}")/console-screenshots"
+rm -rf "$screenshot_dir"
+mkdir -p "$screenshot_dir"
+export FERRY_SCREENSHOT_DIR="$screenshot_dir"
 
 # A missing prerequisite of an ignored test fails it here (tests/src/prereq.rs).
 export FERRY_REQUIRE_ALL=1
@@ -186,4 +204,5 @@ if [ "${FERRY_SKIP_FUZZ:-0}" != "1" ]; then
     rm -rf "${work_corpus}"
   done
 fi
+print_screenshots
 echo "all checks passed"

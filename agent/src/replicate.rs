@@ -266,6 +266,26 @@ impl Replicator {
         Ok(CycleOutcome::Committed(result?))
     }
 
+    /// Takes the group capture of the RBD sources of `request` now, for a
+    /// cycle that runs later (a reprotect captures while the old primary
+    /// installs its copies): that cycle finds every image holding the same
+    /// capture and reads it instead of taking another. Other sources are
+    /// left alone; they are read when the cycle runs.
+    pub async fn capture_ahead(&self, request: Cycle<'_>) -> Result<(), ReplicateError> {
+        let config = self.config();
+        let options = self.options();
+        let opened = self.open_sources(&request, &config, &options)?;
+        let mut rbd: Vec<RbdSource> = opened
+            .sources
+            .into_iter()
+            .filter_map(|o| match o {
+                Opened::Rbd(source) => Some(*source),
+                Opened::Other(_) => None,
+            })
+            .collect();
+        capture_rbd(&mut rbd.iter_mut().collect::<Vec<_>>())
+    }
+
     /// RBD sources that still hold the capture of a cycle the standby
     /// already committed (the sync died between the standby's commit and
     /// the source's record) record it now, before anything is captured:
@@ -453,15 +473,7 @@ impl OpenedSources {
                 Opened::Other(source) => others.push((index, source)),
             }
         }
-        // The RBD images of one cycle are captured at one instant.
-        if !rbd.is_empty() {
-            let mut refs: Vec<&mut RbdSource> = rbd.iter_mut().map(|(_, s)| s).collect();
-            let fresh = tokio::task::block_in_place(|| capture_group(&mut refs))
-                .map_err(ReplicateError::Capture)?;
-            if !fresh {
-                info!("resuming the RBD capture of an interrupted sync");
-            }
-        }
+        capture_rbd(&mut rbd.iter_mut().map(|(_, s)| s).collect::<Vec<_>>())?;
         let mut all: Vec<(usize, Box<dyn ExtentSource>)> = others;
         all.extend(
             rbd.into_iter()
@@ -478,6 +490,22 @@ impl OpenedSources {
             .collect();
         Ok((jobs, locks))
     }
+}
+
+/// Captures the RBD images of one cycle at one instant (or finds them all
+/// still holding one capture, taken ahead or by an interrupted cycle).
+fn capture_rbd(sources: &mut [&mut RbdSource]) -> Result<(), ReplicateError> {
+    if sources.is_empty() {
+        return Ok(());
+    }
+    let fresh =
+        tokio::task::block_in_place(|| capture_group(sources)).map_err(ReplicateError::Capture)?;
+    if !fresh {
+        info!(
+            "reading the RBD capture taken earlier (ahead of the cycle, or by an interrupted sync)"
+        );
+    }
+    Ok(())
 }
 
 /// One pair's source and its name on the standby.

@@ -6,6 +6,7 @@
 //! workspace (Ceph lab, loop devices, system tools) check it with
 //! [`prereq::require`], which fails them under CI or `FERRY_REQUIRE_ALL=1`.
 
+pub mod browser;
 pub mod cli;
 pub mod lab;
 pub mod landing;

@@ -13,10 +13,11 @@
 //! migration fails back home.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use ferry_e2e::cli::ok;
 use ferry_e2e::lab::{self, export_hash, pyrbd, rbd, Cleanup};
-use ferry_e2e::sites::{succeeded, udp_sent, Sites};
+use ferry_e2e::sites::{succeeded, udp_sent, wait_for, Sites};
 
 const MIB: u64 = 1024 * 1024;
 const BLOCK: u64 = 4096;
@@ -125,7 +126,27 @@ fn lab_rbd_reprotect_sends_only_the_differences_keeps_the_split_brain_writes_and
             &format!("rbd/{}", images[i]),
         ));
     }
+    let snaps_of = |image: &str| {
+        String::from_utf8_lossy(&rbd("site-a", &["snap", "ls", &format!("rbd/{image}")]).stdout)
+            .to_string()
+    };
+    let snaps_before: Vec<String> = images.iter().map(|i| snaps_of(i)).collect();
     s.a.restart(&[]);
+    // The returning old primary's loop asks the standby before it captures
+    // anything, hears that the group failed over there, and snapshots
+    // nothing (the state table already refuses its replication).
+    wait_for(
+        "the old primary's loop to hear of the failover",
+        Duration::from_secs(60),
+        || s.a.log_text().contains("takes no more replication"),
+    );
+    for (i, image) in images.iter().enumerate() {
+        assert_eq!(
+            snaps_of(image),
+            snaps_before[i],
+            "the returning old primary snapshotted {image}"
+        );
+    }
     let before = udp_sent(&b);
     succeeded(&ok(&b, &["group", "reprotect", "g1", "--wait"]));
     let udp = udp_sent(&b) - before;

@@ -733,7 +733,7 @@ async fn peer_newest_point(
 ) -> ApiResult {
     let confirm = q.as_of.zip(q.floor);
     match o.peer_newest_point(peer.fingerprint, id, confirm)? {
-        Some(newest) => ok(json!({ "newest": newest })),
+        Some(view) => ok(json!({ "newest": view.newest, "accepts": view.accepts })),
         None => ok(json!({ "newest": 0, "gone": true })),
     }
 }

@@ -17,6 +17,7 @@ use hyper::Method;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
+use super::peer::StandbyView;
 use super::{
     error_chain, hold, remote_id, CtlError, CtlResult, GroupProgress, Orchestrator,
     ResourceProgress, RpRequest, SyncLoop, CYCLE_ATTEMPTS, RETRY_PAUSE,
@@ -126,6 +127,9 @@ impl Orchestrator {
     async fn sync_loop(self: Arc<Self>, gid: GroupId, mut rx: mpsc::Receiver<RpRequest>) {
         // (request, failed cycles so far) of each recovery-point request.
         let mut waiting: Vec<(RpRequest, u32)> = Vec::new();
+        // Ask the standby before capturing: at the first cycle (this agent
+        // may return after a failover) and after a failed one.
+        let mut ask_first = true;
         loop {
             // Requests that arrived before this cycle starts are answered
             // by it: it captures every write acknowledged before them.
@@ -146,11 +150,12 @@ impl Orchestrator {
                 .unwrap_or_else(|_| gid.to_string());
             let span = tracing::info_span!("cycle", group = %name, peer = tracing::field::Empty);
             let result = tracing::Instrument::instrument(
-                self.run_loop_cycle(gid, waiting.is_empty(), started),
+                self.run_loop_cycle(gid, waiting.is_empty(), ask_first, started),
                 span,
             )
             .await;
             let seconds = clock.elapsed().as_secs_f64();
+            ask_first = result.is_err();
             let pause = match &result {
                 Ok(None) => {
                     self.set_progress(gid, |p| {
@@ -266,7 +271,7 @@ impl Orchestrator {
         &self,
         gid: GroupId,
         confirm: Option<(Timestamp, u64)>,
-    ) -> CtlResult<Option<u64>> {
+    ) -> CtlResult<Option<StandbyView>> {
         let g = self.db(|s| s.group(gid))?;
         let svc = self.db(|s| s.service(g.service_id))?;
         let remote = remote_id(&g)?;
@@ -284,7 +289,32 @@ impl Orchestrator {
         if reply["gone"] == true {
             return Ok(None);
         }
-        Ok(Some(reply["newest"].as_u64().unwrap_or(0)))
+        Ok(Some(StandbyView {
+            newest: reply["newest"].as_u64().unwrap_or(0),
+            // An agent from before the field accepted whatever it answered.
+            accepts: reply["accepts"].as_bool().unwrap_or(true),
+        }))
+    }
+
+    /// Refuses a cycle before it captures anything when the standby says
+    /// the group takes no more replication from this site (it failed over
+    /// while this agent was away): a returning old primary must not snapshot
+    /// its volumes every retry, and a reprotect's `Begin` must not wait for
+    /// such a capture to finish. Asked at a loop's first cycle and after a
+    /// failed one; an unreachable standby leaves the cycle to run (and to
+    /// fail with the real error).
+    async fn refuse_if_standby_failed_over(&self, gid: GroupId) -> CtlResult<()> {
+        if let Ok(Some(view)) = self.remote_newest_point(gid, None).await {
+            if !view.accepts {
+                let name = self.db(|s| s.group(gid))?.name;
+                return Err(CtlError::BadRequest(format!(
+                    "the standby site failed over group '{name}' and takes no more replication \
+                     from this site; nothing was captured. Reprotect on the new primary makes \
+                     this site its standby (ferry group reprotect), or delete the group here"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// One cycle of the replication loop: `None` when nothing changed since
@@ -297,16 +327,21 @@ impl Orchestrator {
         self: &Arc<Self>,
         gid: GroupId,
         may_skip: bool,
+        ask_first: bool,
         started: Timestamp,
     ) -> CtlResult<Option<CycleDone>> {
+        if ask_first {
+            self.refuse_if_standby_failed_over(gid).await?;
+        }
         if may_skip {
             if let Some(done) = self.run_cycle_may_skip(gid, true).await? {
                 return Ok(Some(done));
             }
             let floor = lock(&self.rp_floor).get(&gid).copied().unwrap_or(0);
             match self.remote_newest_point(gid, Some((started, floor))).await {
-                Ok(Some(newest)) if newest >= floor && newest > 0 => return Ok(None),
-                Ok(newest) => {
+                Ok(Some(view)) if view.newest >= floor && view.newest > 0 => return Ok(None),
+                Ok(view) => {
+                    let newest = view.map(|v| v.newest);
                     info!(group = %gid, standby_newest = ?newest, floor, "the standby does not hold the committed point; running a full cycle");
                 }
                 Err(e) => {
@@ -364,9 +399,9 @@ impl Orchestrator {
             // must still be able to stop and delete its group.
             Err(_) => {
                 let ended = match self.remote_newest_point(gid, None).await {
-                    Ok(Some(newest)) => {
-                        self.raise_rp_floor(gid, newest);
-                        newest > 0
+                    Ok(Some(view)) => {
+                        self.raise_rp_floor(gid, view.newest);
+                        view.newest > 0
                     }
                     Ok(None) => {
                         warn!(group = %gid, "the standby has no such group any more; the initial sync ends here");

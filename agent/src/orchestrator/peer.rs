@@ -30,21 +30,10 @@ impl Orchestrator {
             fingerprint: caller,
             reason,
         };
-        // A standby group failing over or failed over no longer takes the
-        // old primary's replication: its images hold the recovery points a
-        // new primary restores from ("mapping broken"), which new cycles
-        // would replace and prune.
-        let replicating = |g: &Group| {
-            !g.new_primary
-                && !matches!(
-                    g.state,
-                    GroupState::FailingOver | GroupState::FailedOver | GroupState::FailoverFailed
-                )
-        };
         for g in self
             .groups()?
             .into_iter()
-            .filter(|g| g.service_id == svc.id && g.role == Role::Standby && replicating(g))
+            .filter(|g| g.service_id == svc.id && accepts_replication(g))
         {
             if self
                 .db(|s| s.resources(g.id))?
@@ -343,7 +332,7 @@ impl Orchestrator {
         caller: AgentId,
         id: i64,
         confirm: Option<(i64, u64)>,
-    ) -> CtlResult<Option<u64>> {
+    ) -> CtlResult<Option<StandbyView>> {
         let g = match self.peer_group(caller, id) {
             Ok(g) => g,
             Err(CtlError::Store(StoreError::NotFound { .. })) => return Ok(None),
@@ -371,6 +360,33 @@ impl Orchestrator {
                 *at = (*at).max(as_of);
             }
         }
-        Ok(Some(newest))
+        Ok(Some(StandbyView {
+            newest,
+            accepts: accepts_replication(&g),
+        }))
     }
+}
+
+/// What the standby answers a primary's `newest-point` question with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StandbyView {
+    /// The newest engine recovery point any standby image of the group
+    /// holds (0: none).
+    pub newest: u64,
+    /// Whether the group still takes the primary's replication (see
+    /// [`accepts_replication`]).
+    pub accepts: bool,
+}
+
+/// Whether a group on this agent takes its primary's replication: a
+/// standby group that is not failing over or failed over. One that is no
+/// longer does: its images hold the recovery points a new primary restores
+/// from ("mapping broken"), which new cycles would replace and prune.
+pub fn accepts_replication(g: &Group) -> bool {
+    g.role == Role::Standby
+        && !g.new_primary
+        && !matches!(
+            g.state,
+            GroupState::FailingOver | GroupState::FailedOver | GroupState::FailoverFailed
+        )
 }

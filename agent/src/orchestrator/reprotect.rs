@@ -35,13 +35,14 @@ use crate::control::{
     Group, GroupState, OpKind, OpRequest, OpResult, OpState, Operation, Resource, Role, StoreError,
 };
 use crate::durable::write_durably;
-use crate::replicate::source_state_dir;
+use crate::replicate::{source_state_dir, Cycle};
 use crate::sync_util::lock;
 use crate::uri::SourceUri;
+use crate::uri::TargetUri;
 
 /// How often the new primary asks whether the old primary's copies are
 /// installed.
-const BEGIN_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+const BEGIN_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Where the new primary's first re-protect cycle starts: the common point
 /// and, per resource, its volume and epoch there.
@@ -166,13 +167,20 @@ impl Orchestrator {
             created_unix_ms: base.created_unix_ms,
             images: base.volumes.iter().map(|(_, _, i)| i.clone()).collect(),
         };
-        let plan = loop {
-            let plan = self.peer_reprotect(g, &begin).await?;
-            if !plan.pending {
-                break plan;
+        let begun = async {
+            loop {
+                let plan = self.peer_reprotect(g, &begin).await?;
+                if !plan.pending {
+                    return Ok::<_, CtlError>(plan);
+                }
+                tokio::time::sleep(BEGIN_POLL).await;
             }
-            tokio::time::sleep(BEGIN_POLL).await;
         };
+        // While the old primary installs its copies, this side seeds its
+        // RBD volumes and takes the first cycle's capture.
+        let (plan, ahead) = tokio::join!(begun, self.prepare_rbd_volumes(g, peer, &base));
+        let plan = plan?;
+        ahead?;
         hold::reach("reprotect::after-begin");
         for (r, volume, image) in &base.volumes {
             let copy = plan.images.iter().find(|i| i.image == image.image);
@@ -180,8 +188,16 @@ impl Orchestrator {
                 CtlError::BadRequest(format!("the old primary's plan lacks {}", image.image))
             })?;
             info!(group = %g.name, resource = %r.uri, kept = %copy.kept, "the old primary keeps its writes after the common point here");
-            self.seed_reprotected(peer, base.engine_rp, volume, image, copy)
-                .await?;
+            match volume {
+                SourceUri::File(path) => self.seed_file(peer, path, image, copy).await?,
+                // Seeded above, with the capture.
+                SourceUri::Rbd(_) => {}
+                other => {
+                    return Err(CtlError::BadRequest(format!(
+                        "reprotect handles file: and rbd: volumes, not {other}"
+                    )))
+                }
+            }
         }
         let renames: Vec<(String, String)> = base
             .volumes
@@ -220,14 +236,72 @@ impl Orchestrator {
         Ok(())
     }
 
-    /// Makes `volume` replicate to `peer` from what the old primary's copy
-    /// holds: RBD from the volume's snapshot of the common point
-    /// `engine_rp`, files from the copy's block hashes.
-    async fn seed_reprotected(
+    /// RBD volumes of the group: each replicates to `peer` from its
+    /// snapshot of the common point (what the old primary's copy holds),
+    /// and the first cycle's group capture is taken now (the cycle reads
+    /// it). Needs nothing from the old primary, so it runs while that side
+    /// installs its copies. A group without RBD volumes has nothing to do.
+    async fn prepare_rbd_volumes(
+        &self,
+        g: &Group,
+        peer: AgentId,
+        base: &ReprotectBase,
+    ) -> CtlResult<()> {
+        let mut pairs = Vec::new();
+        let mut addr = None;
+        for (_, volume, image) in &base.volumes {
+            let SourceUri::Rbd(spec) = volume else {
+                continue;
+            };
+            let name = ImageName::new(image.image.clone())
+                .map_err(|e| CtlError::BadRequest(e.to_string()))?;
+            let state_dir = source_state_dir(&self.dir, peer, &name);
+            let cluster = self.ceph_cluster()?;
+            let spec = spec.clone();
+            let snap = ferry_engine::rbd::standby::snap_name(base.engine_rp);
+            let epoch = Epoch(image.epoch);
+            tokio::task::spawn_blocking(move || {
+                RbdSource::seed_from_snapshot(&cluster, &spec, &state_dir, &snap, epoch)
+            })
+            .await
+            .map_err(|e| internal("the seeding task")(e.into()))?
+            .map_err(|e| internal(format!("seeding {volume}"))(e.into()))?;
+            let addr = match addr {
+                Some(addr) => addr,
+                None => {
+                    let svc = self.db(|s| s.service(g.service_id))?;
+                    *addr.insert(Self::resolve(&svc.remote_endpoint).await?)
+                }
+            };
+            pairs.push((volume.clone(), TargetUri { addr, image: name }));
+        }
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        self.replicator
+            .capture_ahead(Cycle {
+                pairs: &pairs,
+                peer,
+                cluster: None,
+                progress: None,
+                accept_changes_at_rest: false,
+                min_recovery_point: 0,
+                skip_unchanged: false,
+                tweak: None,
+            })
+            .await
+            .map_err(|source| CtlError::Replication {
+                group: g.name.clone(),
+                source: Box::new(source),
+            })
+    }
+
+    /// A file volume replicates to `peer` from what the old primary's copy
+    /// holds (its block hashes, in the plan).
+    async fn seed_file(
         &self,
         peer: AgentId,
-        engine_rp: u64,
-        volume: &SourceUri,
+        path: &std::path::Path,
         image: &ReprotectImage,
         copy: &ReprotectedImage,
     ) -> CtlResult<()> {
@@ -235,37 +309,20 @@ impl Orchestrator {
             ImageName::new(image.image.clone()).map_err(|e| CtlError::BadRequest(e.to_string()))?;
         let state_dir = source_state_dir(&self.dir, peer, &name);
         let epoch = Epoch(image.epoch);
-        match volume {
-            SourceUri::Rbd(spec) => {
-                let cluster = self.ceph_cluster()?;
-                let spec = spec.clone();
-                let snap = ferry_engine::rbd::standby::snap_name(engine_rp);
-                tokio::task::spawn_blocking(move || {
-                    RbdSource::seed_from_snapshot(&cluster, &spec, &state_dir, &snap, epoch)
-                })
-                .await
-                .map_err(|e| internal("the seeding task")(e.into()))?
-                .map_err(|e| internal(format!("seeding {volume}"))(e.into()))
-            }
-            SourceUri::File(path) => {
-                let hashes = decode_hashes(copy.block_hashes.as_deref().ok_or_else(|| {
-                    CtlError::BadRequest(format!(
-                        "the old primary sent no block hashes for {}",
-                        image.image
-                    ))
-                })?)?;
-                let path = path.clone();
-                tokio::task::spawn_blocking(move || {
-                    FileSource::seed_from_hashes(&path, &state_dir, epoch, &hashes)
-                })
-                .await
-                .map_err(|e| internal("the seeding task")(e.into()))?
-                .map_err(|e| internal(format!("seeding {volume}"))(e.into()))
-            }
-            other => Err(CtlError::BadRequest(format!(
-                "reprotect handles file: and rbd: volumes, not {other}"
-            ))),
-        }
+        let hashes = decode_hashes(copy.block_hashes.as_deref().ok_or_else(|| {
+            CtlError::BadRequest(format!(
+                "the old primary sent no block hashes for {}",
+                image.image
+            ))
+        })?)?;
+        let path = path.to_path_buf();
+        let shown = path.display().to_string();
+        tokio::task::spawn_blocking(move || {
+            FileSource::seed_from_hashes(&path, &state_dir, epoch, &hashes)
+        })
+        .await
+        .map_err(|e| internal("the seeding task")(e.into()))?
+        .map_err(|e| internal(format!("seeding {shown}"))(e.into()))
     }
 
     /// The old primary's side of a re-protect, one step at a time (see

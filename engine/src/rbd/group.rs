@@ -35,7 +35,7 @@ use super::membership::{foreign_group, leave_ferry_group, rbd};
 use super::source::RbdSource;
 use super::{unix_ms, RbdError};
 use crate::source::SourceError;
-use crate::sys::librbd::{CephError, Image, FEATURE_EXCLUSIVE_LOCK, GROUP_SNAP_PREFIX};
+use crate::sys::librbd::{CephError, Image, Pool, FEATURE_EXCLUSIVE_LOCK, GROUP_SNAP_PREFIX};
 
 fn short_hash<'a>(parts: impl Iterator<Item = &'a str>) -> String {
     let mut sorted: Vec<&str> = parts.collect();
@@ -117,6 +117,7 @@ pub fn capture_group(sources: &mut [&mut RbdSource]) -> Result<bool, SourceError
     }
     let group_pool = sources[order[0]].pool().clone();
     group_pool.group_create(&group).map_err(rbd)?;
+    let mut joining: Vec<&RbdSource> = Vec::new();
     for (source, membership) in sources.iter().zip(memberships) {
         let joined = leave_ferry_group(
             source.pool(),
@@ -125,12 +126,10 @@ pub fn capture_group(sources: &mut [&mut RbdSource]) -> Result<bool, SourceError
             Some(&group),
         )?;
         if !joined {
-            group_pool
-                .group_image_add(&group, source.pool(), &source.spec().image)
-                .map_err(rbd)?;
-            info!(image = %source.spec(), group = %group, "added the image to ferry's RBD group");
+            joining.push(source);
         }
     }
+    join_group(&group_pool, &group, &joining)?;
     remove_unreferenced_group_snaps(sources, Some((&group, &snap_prefix)))?;
 
     // Each image's next diff base first, then the instant itself.
@@ -176,6 +175,34 @@ pub fn capture_group(sources: &mut [&mut RbdSource]) -> Result<bool, SourceError
         instant, "captured a group recovery point"
     );
     Ok(true)
+}
+
+/// Adds `joining` to ferry's RBD group `group` all at once: each add is a
+/// few OSD round trips on the image's header and the group's object, and
+/// one after the other they made the first capture of a 20-image group
+/// (after a failover or a reprotect) wait for 20 of them in a row.
+fn join_group(group_pool: &Pool, group: &str, joining: &[&RbdSource]) -> Result<(), SourceError> {
+    let results: Vec<Result<(), CephError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = joining
+            .iter()
+            .map(|source| {
+                let (pool, image) = (source.pool(), source.spec().image.as_str());
+                scope.spawn(move || group_pool.group_image_add(group, pool, image))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| match handle.join() {
+                Ok(outcome) => outcome,
+                Err(panic) => std::panic::resume_unwind(panic),
+            })
+            .collect()
+    });
+    for (source, result) in joining.iter().zip(results) {
+        result.map_err(rbd)?;
+        info!(image = %source.spec(), group = %group, "added the image to ferry's RBD group");
+    }
+    Ok(())
 }
 
 /// Takes every image's next diff base (a user snapshot) at once: each
