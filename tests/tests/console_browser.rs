@@ -62,11 +62,17 @@ impl Site {
         self.browser.find("nav[aria-label=Main]");
     }
 
-    /// Accessibility check and screenshot of the page as it is now, from
-    /// its top (a modal dialog stays in view).
+    /// Accessibility check and screenshot of the whole page as it is now.
     fn record(&self, name: &str) {
         self.browser.assert_accessible();
-        self.browser.eval("window.scrollTo(0, 0);", vec![]);
+        self.browser.screenshot_full_page(name);
+    }
+
+    /// Accessibility check and screenshot of the viewport with the open
+    /// dialog.
+    fn record_dialog(&self, name: &str) {
+        self.browser.find("dialog[open] [data-confirm]");
+        self.browser.assert_accessible();
         self.browser.screenshot(name);
     }
 
@@ -91,10 +97,13 @@ impl Site {
     }
 
     fn after_action_succeeds(&self) {
-        let status = [".op-status[data-latest][data-op-state=succeeded]",
+        let status = [
+            ".op-status[data-latest][data-op-state=succeeded]",
             ".op-status[data-latest][data-op-state=done]",
             ".op-status[data-latest][data-op-state=failed]",
-            ".op-status[data-latest][data-op-state=refused]"].join(", ");
+            ".op-status[data-latest][data-op-state=refused]",
+        ]
+        .join(", ");
         let el = self.browser.wait_for(&status, SLOW);
         let state = el.attr("data-op-state").unwrap_or_default();
         assert!(
@@ -168,13 +177,8 @@ fn the_walkthrough_through_the_console_on_both_sites() {
     // The primary site is lost: fail over on the standby's console.
     agent_a.kill9();
     failover_on_the_standby(&b);
-    for site in [&a, &b] {
-        assert!(
-            site.browser.page_errors().is_empty(),
-            "script errors: {:?}",
-            site.browser.page_errors()
-        );
-    }
+    a.browser.assert_no_page_errors();
+    b.browser.assert_no_page_errors();
 }
 
 /// B issues its service key on its console; A pairs with it and verifies.
@@ -200,8 +204,11 @@ fn pair(a: &Site, b: &Site) {
     a.record("03-services-paired");
     // The QoS dialog applies limits the page then shows.
     a.browser.click("button[data-action=qos]");
-    a.browser.fill("Send limit (MiB/s): this agent's replication traffic", "200");
-    a.record("04-qos-dialog");
+    a.browser.fill(
+        "Send limit (MiB/s): this agent's replication traffic",
+        "200",
+    );
+    a.record_dialog("04-qos-dialog");
     a.browser.confirm_dialog();
     a.browser.wait_text("#qos", "200.0 MiB/s", SLOW);
 }
@@ -232,15 +239,13 @@ fn protect_and_sync(a: &Site, volumes: &[PathBuf]) {
     a.group_action_succeeds("start");
     a.wait_count("#resources-table .sync[data-sync=synced]", 2, SLOW);
     a.browser.find(".summary[data-state=syncing]");
-    a.record("06-group-primary-synced");
     // The RPO-lag chart draws the agent's samples (one every 10 s) as they come.
     a.browser.wait_for("svg.rpo-chart path.lag", SLOW);
-    a.browser.eval(
-        "document.getElementById('prog-h').scrollIntoView();",
-        vec![],
+    a.record("06-group-primary-synced");
+    a.page(
+        "#/groups",
+        "#groups-table tr[data-group=g1][data-state=syncing]",
     );
-    a.browser.screenshot("06b-group-progress-chart");
-    a.page("#/groups", "#groups-table tr[data-group=g1][data-state=syncing]");
     a.record("05-groups");
 }
 
@@ -274,7 +279,10 @@ fn named_point_on_both_sites(a: &Site, b: &Site) {
     );
     let row = b.browser.text_of("#rp-table tr[data-rp=before-upgrade]");
     assert!(row.contains("named"), "{row}");
-    assert!(row.contains("GMT+8"), "the browser's zone by default: {row}");
+    assert!(
+        row.contains("GMT+8"),
+        "the browser's zone by default: {row}"
+    );
     b.record("08-group-standby");
     // The zone chosen in the header is kept (localStorage) across pages.
     b.browser.select("Time zone", "UTC");
@@ -293,7 +301,7 @@ fn restore_on_the_standby(b: &Site, source: &Path, out: &Path) {
         "New volume (absolute file path, or an image name with an RBD standby)",
         &out.display().to_string(),
     );
-    b.record("09-restore-dialog");
+    b.record_dialog("09-restore-dialog");
     let text = b.browser.confirm_dialog();
     assert!(text.contains("NEW volume"), "{text}");
     b.after_action_succeeds();
@@ -313,8 +321,11 @@ fn policies(a: &Site) {
     a.browser.select("Group", "g1");
     a.browser.confirm_dialog();
     a.after_action_succeeds();
-    a.browser
-        .wait_text("#policies-table tr[data-policy=nightly]", "g1 (keep 3)", SLOW);
+    a.browser.wait_text(
+        "#policies-table tr[data-policy=nightly]",
+        "g1 (keep 3)",
+        SLOW,
+    );
     a.record("10-policies");
     a.page("#/groups/g1", "[data-bound=nightly]");
     a.browser.click("button[data-action=unbind]");
@@ -351,13 +362,14 @@ fn failover_on_the_standby(b: &Site) {
     b.page("#/groups/g1", ".summary[data-role=standby]");
     assert!(b.browser.tab_until("button[data-action=failover]") > 0);
     b.browser.click("button[data-action=failover]");
-    b.browser.find("dialog[open] [data-confirm]");
-    b.record("14-failover-dialog");
+    b.record_dialog("14-failover-dialog");
     let text = b.browser.confirm_dialog();
-    assert!(text.contains("g1-vm1"), "the dialog names the volumes: {text}");
+    assert!(
+        text.contains("g1-vm1"),
+        "the dialog names the volumes: {text}"
+    );
     b.after_action_succeeds();
-    b.browser
-        .wait_for(".summary[data-state=failed_over]", SLOW);
+    b.browser.wait_for(".summary[data-state=failed_over]", SLOW);
     b.browser.wait_text("#resources-table", "volume", SLOW);
     b.record("15-group-failed-over");
     let out = b.dir.join("failover").join("g1");
