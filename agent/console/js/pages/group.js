@@ -56,7 +56,7 @@ export function groupPage(name) {
     if (tick % 15 === 0) policies = await get("/v1/policies");
     renderSummary(summary, detail);
     if (toolbar) placeRoleFirst(toolbar, g.role === "standby" && !g.new_primary ? ".recovery" : ".replication");
-    renderProgress(progress, detail.progress);
+    renderProgress(progress, detail.progress, g);
     resources.update(detail);
     points.update(detail);
     drill.update(detail.drill);
@@ -117,10 +117,18 @@ function renderSummary(el, detail) {
   );
 }
 
-function renderProgress(el, p) {
+function renderProgress(el, p, g) {
   if (!p) {
     el.dataset.state = "none";
-    replace(el, h("p", { text: "Not replicating on this site." }));
+    const standby = g.role === "standby" && !g.new_primary;
+    replace(
+      el,
+      h("p", {
+        text: standby
+          ? "This site holds the standby copies; the primary site drives replication. The chart shows the RPO lag as this site sees it."
+          : "Not replicating on this site.",
+      }),
+    );
     return;
   }
   el.dataset.state = p.state;
