@@ -10,6 +10,10 @@
 //! without actions, and a failover clicked on the standby's console with the
 //! primary agent killed. Every page is screenshotted (`FERRY_SCREENSHOT_DIR`;
 //! `docs/console/` holds one committed set) and checked for accessibility.
+//!
+//! Needs Debian's `chromium` and `chromium-driver`: `#[ignore]`d for a plain
+//! `cargo test` like the harness's own tests; scripts/test.sh installs them
+//! and runs it (`--include-ignored`, `FERRY_REQUIRE_ALL=1`).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -142,6 +146,7 @@ fn start_agent(dir: &Path) -> Agent {
 }
 
 #[test]
+#[ignore = "needs chromium and chromedriver; scripts/test.sh runs it"]
 fn the_walkthrough_through_the_console_on_both_sites() {
     if !prereq::require(browser::available(), browser::PREREQ) {
         return;
