@@ -391,6 +391,28 @@ fn sign_in_over_tls_sets_a_strict_secure_cookie_sign_out_ends_it_and_the_log_hol
 
     let ro = sign_in(&site, &site.read_only);
     assert_eq!(ro.answer.json()["access"], "read_only");
+    // Signing in again from the same browser ends the session it had.
+    let ro_cookie = ro.header();
+    let again = request(
+        &site.target,
+        "POST",
+        "/ui/session",
+        &[("Cookie", &ro_cookie)],
+        Some(&json!({ "token": site.read_only })),
+    );
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert_eq!(
+        request(
+            &site.target,
+            "GET",
+            "/ui/session",
+            &[("Cookie", &ro_cookie)],
+            None
+        )
+        .status,
+        401,
+        "the replaced session still works"
+    );
 
     // (e) No token, session id or CSRF token in the log.
     let log = site.agent.log_text();
@@ -576,6 +598,20 @@ fn rpo_history_has_samples_on_both_sites_once_the_group_syncs() {
             assert!((0.0..3600.0).contains(&lag), "{last}");
         }
     }
+    // The CLI shows the same samples: a table with a lag, or the JSON.
+    let json = ok(b, &["group", "rpo-history", "web"]);
+    assert!(!json["samples"].as_array().unwrap().is_empty(), "{json}");
+    let out = ferry_e2e::cli::run(b, &["group", "rpo-history", "web", "--tz", "UTC"]);
+    assert!(out.status.success(), "{}", ferry_e2e::cli::text(&out));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.starts_with("AT"), "{table}");
+    assert!(
+        table
+            .lines()
+            .skip(1)
+            .any(|l| l.contains("+00:00") && l.ends_with('s')),
+        "{table}"
+    );
     // By id too; an unknown group is 404.
     let by_id = ferry_e2e::cli::get(a, "/v1/groups/1/rpo-history");
     assert_eq!(by_id["group"], "web");

@@ -297,6 +297,18 @@ pub enum GroupCmd {
         #[arg(long)]
         watch: bool,
     },
+    /// The group's RPO lag over the last hour, one sample every 10 s, as
+    /// this agent recorded it (on the primary or the standby).
+    RpoHistory {
+        /// How to reach the agent.
+        #[command(flatten)]
+        conn: Conn,
+        /// Time zone of the times shown.
+        #[command(flatten)]
+        show: ShowTz,
+        /// Group name or id.
+        name: String,
+    },
     /// Add resources (source URIs), or a VM's volumes with --vm.
     Add {
         /// How to reach the agent.

@@ -135,6 +135,11 @@ pub(super) async fn group(cmd: GroupCmd, outer: &Conn) -> Result<Outcome> {
                 .show("/v1/groups", View::Groups)
                 .await?
         }
+        GroupCmd::RpoHistory { conn, show, name } => {
+            Api::new(&conn.or(outer).with_tz(show))?
+                .show(&format!("/v1/groups/{name}/rpo-history"), View::RpoHistory)
+                .await?
+        }
         GroupCmd::Show {
             conn,
             show,

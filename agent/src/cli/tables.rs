@@ -1,5 +1,6 @@
 //! Human tables of the list commands (`service list`, `group list`,
-//! `group show`, `rp list`, `policy list`, `op list`, `qos show`), drawn
+//! `group show`, `group rpo-history`, `rp list`, `policy list`, `op list`,
+//! `qos show`), drawn
 //! with comfy-table, and times as RFC 3339 in the local zone or the one
 //! given with `--tz`. They read the same JSON `--json` prints (which stays
 //! as it is: times in ms since the epoch), so a field the agent adds
@@ -28,6 +29,8 @@ pub(super) enum View {
     Operations,
     /// `GET /v1/qos`.
     Qos,
+    /// `GET /v1/groups/{group}/rpo-history`.
+    RpoHistory,
 }
 
 /// The zone times are shown in: `--tz NAME`, else the system's.
@@ -62,6 +65,7 @@ pub(super) fn render(view: View, v: &Value, tz: &TimeZone) -> String {
         View::Policies => policies(v, tz),
         View::Operations => operations(v, tz),
         View::Qos => qos(v),
+        View::RpoHistory => rpo_history(v, tz),
     }
 }
 
@@ -241,6 +245,18 @@ fn operations(v: &Value, tz: &TimeZone) -> String {
     finish(t, "no operations")
 }
 
+fn rpo_history(v: &Value, tz: &TimeZone) -> String {
+    let mut t = table(&["AT", "RPO LAG"]);
+    for sample in v.get("samples").map(items).unwrap_or_default() {
+        let lag = sample
+            .get("lag_secs")
+            .and_then(Value::as_f64)
+            .map_or_else(|| "-".into(), |x| human_duration(x.round() as u64));
+        t.add_row([time(sample, "/at", tz), lag]);
+    }
+    finish(t, "no samples yet (one every 10 s while the agent runs)")
+}
+
 fn qos(v: &Value) -> String {
     let limit = |k: &str| human_rate(v.get(k).and_then(Value::as_u64));
     format!(
@@ -405,6 +421,24 @@ mod tests {
         assert!(text.contains("2 (keep 3)"), "{text}");
         assert!(text.contains("new primary"), "{text}");
         assert!(text.contains("-/-"), "{text}");
+    }
+
+    #[test]
+    fn rpo_history_prints_one_row_per_sample() {
+        let v = json!({ "group": "web", "interval_secs": 10, "samples": [
+            { "at": 0, "lag_secs": null },
+            { "at": 10_000, "lag_secs": 95.4 },
+        ]});
+        let text = render(View::RpoHistory, &v, &utc());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[1].starts_with("1970-01-01T00:00:00") && lines[1].ends_with('-'));
+        assert!(
+            lines[2].contains("00:00:10") && lines[2].ends_with("1m35s"),
+            "{text}"
+        );
+        let empty = render(View::RpoHistory, &json!({ "samples": [] }), &utc());
+        assert!(empty.starts_with("no samples yet"), "{empty}");
     }
 
     #[test]

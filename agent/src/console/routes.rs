@@ -4,7 +4,8 @@
 //! - `POST /ui/session` `{"token": "…"}`: the operator or read-only token
 //!   (compared in constant time by `auth::Tokens::access`) starts a session:
 //!   `Set-Cookie: ferry_session=…; HttpOnly; SameSite=Strict; Path=/`
-//!   (`; Secure` with TLS) and `{"csrf", "access", "agent", "expires_at"}`.
+//!   (`; Secure` with TLS) and `{"csrf", "access", "agent", "expires_at"}`;
+//!   a session cookie sent along is ended (a new id at every sign-in).
 //!   A wrong token is answered 401 after [`LOGIN_FAILURE_DELAY`], one wrong
 //!   token at a time for the whole agent: at most about one guess a second
 //!   (the tokens are 256 random bits; this only keeps a guessing client
@@ -89,6 +90,7 @@ fn session_json(console: &Console, view: &SessionView) -> Value {
 
 async fn sign_in(
     State(console): State<Arc<Console>>,
+    headers: HeaderMap,
     body: Result<Json<SignIn>, JsonRejection>,
 ) -> Response {
     let Ok(Json(body)) = body else {
@@ -99,6 +101,11 @@ async fn sign_in(
     };
     match console.sign_in(&body.token) {
         Some((id, view)) => {
+            // Signing in again replaces the browser's session: the old id
+            // is worth nothing from now on.
+            if let Some(old) = session_cookie(&headers) {
+                console.sign_out(old);
+            }
             tracing::info!(access = access_name(view.access), "console sign-in");
             let mut response = Json(session_json(&console, &view)).into_response();
             if let Ok(v) = console.cookie(&id).parse() {
