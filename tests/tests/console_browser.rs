@@ -181,6 +181,9 @@ fn the_walkthrough_through_the_console_on_both_sites() {
 
     // The primary site is lost: fail over on the standby's console.
     agent_a.kill9();
+    // The primary's console, still open, says its agent does not answer.
+    a.browser
+        .wait_text(".unreachable", "does not answer", SLOW);
     failover_on_the_standby(&b);
     a.browser.assert_no_page_errors();
     b.browser.assert_no_page_errors();

@@ -13,6 +13,24 @@ export class ApiError extends Error {
   }
 }
 
+/** Told whether the agent answers (false: a request failed at the network level). */
+let onReachable = () => {};
+export function setReachableHandler(fn) {
+  onReachable = fn;
+}
+
+/** fetch, telling `onReachable` whether the agent answered at all. */
+async function send(path, init) {
+  try {
+    const resp = await fetch(path, init);
+    onReachable(true);
+    return resp;
+  } catch (err) {
+    onReachable(false);
+    throw err;
+  }
+}
+
 /** Called when a request answers 401 (session gone): the app shows the sign-in page. */
 let onUnauthorized = () => {};
 export function setUnauthorizedHandler(fn) {
@@ -68,7 +86,7 @@ export async function signIn(token) {
 
 /** Restores the session of the cookie, or returns null. */
 export async function resume() {
-  const resp = await fetch("/ui/session", { credentials: "same-origin" });
+  const resp = await send("/ui/session", { credentials: "same-origin" });
   if (!resp.ok) {
     forget();
     return null;
@@ -92,7 +110,7 @@ export async function call(method, path, body) {
   const headers = {};
   if (method !== "GET") headers["X-CSRF-Token"] = session.csrf || "";
   if (body !== undefined) headers["Content-Type"] = "application/json";
-  const resp = await fetch(path, {
+  const resp = await send(path, {
     method,
     headers,
     body: body === undefined ? undefined : JSON.stringify(body),

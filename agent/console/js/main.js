@@ -3,7 +3,7 @@
 // at a time (#/services, #/groups, #/groups/NAME, #/policies, #/operations).
 
 import { h, replace, field } from "./dom.js";
-import { currentSession, resume, setUnauthorizedHandler, signOut } from "./api.js";
+import { currentSession, resume, setReachableHandler, setUnauthorizedHandler, signOut } from "./api.js";
 import { setZone, zone, zones } from "./format.js";
 import { signInPage } from "./pages/signin.js";
 import { servicesPage } from "./pages/services.js";
@@ -14,6 +14,18 @@ import { operationsPage, operationPage } from "./pages/operations.js";
 
 const header = document.getElementById("site-header");
 const main = document.getElementById("main");
+// Shown while this agent does not answer (its host down, the network cut):
+// the pages keep what they showed last and keep asking.
+const unreachable = h("p", {
+  class: "refusal unreachable",
+  role: "alert",
+  hidden: true,
+  text: "This agent does not answer: the page shows what it last knew and retries every 2 s.",
+});
+main.before(unreachable);
+setReachableHandler((ok) => {
+  if (unreachable.hidden !== ok) unreachable.hidden = ok;
+});
 let current = null;
 let generation = 0;
 
@@ -93,7 +105,7 @@ async function mount() {
   const mine = ++generation;
   const s = currentSession();
   if (!s.access) {
-    const resumed = await resume();
+    const resumed = await resume().catch(() => null);
     if (mine !== generation) return;
     if (!resumed) {
       renderHeader("#/signin");
