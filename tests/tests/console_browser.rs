@@ -281,10 +281,21 @@ fn named_point_on_both_sites(a: &Site, b: &Site) {
         "#rp-table tr[data-rp=before-upgrade][data-state=complete]",
         SLOW,
     );
+    // A name with markup is shown as text on both sites, never parsed.
+    const MARKUP: &str = "<img src=x alt=injected>";
+    a.browser.click("button[data-action=create-rp]");
+    a.browser.fill("Recovery point name", MARKUP);
+    a.browser.confirm_dialog();
+    a.after_action_succeeds();
+    a.browser.wait_text("#rp-table", MARKUP, SLOW);
     b.page(
         "#/groups/g1",
         "#rp-table tr[data-rp=before-upgrade][data-state=complete]",
     );
+    b.browser.wait_text("#rp-table", MARKUP, SLOW);
+    for site in [a, b] {
+        assert_eq!(site.browser.count("#rp-table img"), 0, "markup was parsed");
+    }
     let row = b.browser.text_of("#rp-table tr[data-rp=before-upgrade]");
     assert!(row.contains("named"), "{row}");
     assert!(
