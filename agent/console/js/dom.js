@@ -119,7 +119,7 @@ export function table(caption, headers, cls = "") {
     "table",
     { class: cls || null },
     h("caption", { text: caption }),
-    h("thead", {}, h("tr", {}, headers.map((text) => h("th", { scope: "col", text })))),
+    h("thead", {}, h("tr", {}, headers.map((text) => h("th", { scope: "col", class: text === "Actions" ? "actions" : null, text })))),
     tbody,
   );
   return [t, tbody];

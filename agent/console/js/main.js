@@ -38,6 +38,8 @@ const NAV = [
 
 function renderHeader(route) {
   const s = currentSession();
+  // A read-only session has no action column (app.css).
+  document.body.classList.toggle("read-only", s.access === "read_only");
   if (!s.access) {
     replace(header, h("span", { class: "brand", text: "ferry" }));
     return;
