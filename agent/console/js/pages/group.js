@@ -75,11 +75,11 @@ export function groupPage(name) {
     body,
     summary,
     canAct() ? h("section", { "aria-labelledby": "act-h" }, h("h2", { id: "act-h", text: "Actions" }), toolbar, ctx.area) : null,
+    drill.el,
     h("section", { "aria-labelledby": "prog-h" }, h("h2", { id: "prog-h", text: "Replication progress" }), progress, chart),
     resources.el,
     points.el,
     standby.el,
-    drill.el,
     policy.el,
     ops.el,
   );
