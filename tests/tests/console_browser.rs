@@ -75,6 +75,12 @@ fn refusal_is_rendered(a: &Site) {
         .text();
     assert!(alert.contains("Refused"), "{alert}");
     assert!(alert.contains("group state: syncing"), "{alert}");
+    // The operation history lists the refused request with its reason.
+    a.browser.wait_text(
+        "#group-ops tr[data-state=refused]",
+        "start sync is allowed only in mapped",
+        SLOW,
+    );
     a.record("07-refusal");
 }
 

@@ -87,8 +87,31 @@ export function feedback() {
   return area;
 }
 
+const REFUSALS_KEY = "ferry.refusals";
+
+/**
+ * Refusals this browser tab was answered (newest last, at most 50). A
+ * refused request changes nothing, so the agent's journal has no entry for
+ * it; the group page lists these next to the journal's operations.
+ */
+export function refusals() {
+  try {
+    return JSON.parse(sessionStorage.getItem(REFUSALS_KEY) || "[]");
+  } catch {
+    return [];
+  }
+}
+
+function remember(err) {
+  const r = err.refusal;
+  const list = refusals();
+  list.push({ at: Date.now(), op: r.op, subject: r.subject, reason: r.reason, message: err.message });
+  sessionStorage.setItem(REFUSALS_KEY, JSON.stringify(list.slice(-50)));
+}
+
 function showError(alert, err) {
   alert.hidden = false;
+  if (err instanceof ApiError && err.refusal) remember(err);
   if (err instanceof ApiError) {
     alert.dataset.status = String(err.status);
     const lines = [h("strong", { text: err.status === 409 && err.refusal ? "Refused: " : "Failed: " }), err.message];

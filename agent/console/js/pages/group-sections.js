@@ -5,7 +5,7 @@
 
 import { h, field, button, table, patchRows, replace } from "../dom.js";
 import { call, seg, canAct } from "../api.js";
-import { feedback, runAction, openDialog, facts } from "../ui.js";
+import { feedback, runAction, openDialog, facts, refusals } from "../ui.js";
 import { bytes, rate, time, words } from "../format.js";
 import { volumeLine } from "./group-actions.js";
 
@@ -237,18 +237,26 @@ export function policySection(ctx) {
   };
 }
 
-/** The group's newest operations, newest first. */
-export function operationsSection() {
-  const [t, body] = table("Operations of this group (newest first)", ["#", "Operation", "Result", "Reason", "Started", "Finished"]);
+/**
+ * The group's newest operations, newest first, with the requests refused
+ * in this browser session (the agent journals no refused request).
+ */
+export function operationsSection(name) {
+  const [t, body] = table("Operations of this group (newest first; refused: requests from this browser session)", [
+    "#",
+    "Operation",
+    "Result",
+    "Reason",
+    "Started",
+    "Finished",
+  ]);
   t.id = "group-ops";
   const update = (ops) => {
-    patchRows(
-      body,
-      (ops || []).slice().reverse(),
-      (op) => op.id,
-      (op) => JSON.stringify([op, localStorage.getItem("ferry.tz")]),
-      operationRow,
-    );
+    const refused = refusals()
+      .filter((r) => r.subject === name)
+      .map((r) => ({ refused: true, id: `r${r.at}`, kind: r.op, state: { state: "refused", reason: r.message }, started_at: r.at }));
+    const rows = (ops || []).concat(refused).sort((x, y) => y.started_at - x.started_at);
+    patchRows(body, rows, (op) => op.id, (op) => JSON.stringify([op, localStorage.getItem("ferry.tz")]), operationRow);
   };
   return { el: h("section", { "aria-labelledby": "ops-h" }, h("h2", { id: "ops-h", text: "Operation history" }), t), update };
 }
@@ -259,7 +267,7 @@ export function operationRow(op) {
   return h(
     "tr",
     { dataset: { op: op.id, state } },
-    h("th", { scope: "row" }, h("a", { href: `#/operations/${op.id}`, text: `#${op.id}` })),
+    h("th", { scope: "row" }, op.refused ? "—" : h("a", { href: `#/operations/${op.id}`, text: `#${op.id}` })),
     h("td", { text: words(op.kind) + (op.group_name ? ` (${op.group_name})` : "") }),
     h("td", { class: `result ${state}`, text: words(state) }),
     h("td", { text: (op.state && op.state.reason) || "" }),

@@ -34,7 +34,7 @@ export function groupPage(name) {
   const standby = standbyPointsSection();
   const drill = drillSection();
   const policy = policySection(ctx);
-  const ops = operationsSection();
+  const ops = operationsSection(name);
   const body = h("div", { hidden: true });
   const toolbar = canAct() ? groupActions(ctx) : null;
 
