@@ -253,7 +253,8 @@ export function operationsSection(name) {
   t.id = "group-ops";
   const update = (ops) => {
     const refused = refusals()
-      .filter((r) => r.subject === name)
+      // The refusal's subject reads "group 'NAME'".
+      .filter((r) => r.subject === `group '${name}'` || r.subject === name)
       .map((r) => ({ refused: true, id: `r${r.at}`, kind: r.op, state: { state: "refused", reason: r.message }, started_at: r.at }));
     const rows = (ops || []).concat(refused).sort((x, y) => y.started_at - x.started_at);
     patchRows(body, rows, (op) => op.id, (op) => JSON.stringify([op, localStorage.getItem("ferry.tz")]), operationRow);
