@@ -12,9 +12,10 @@
 # and for each: failover to the latest point (the standby images become the volumes in place) and to
 # an older point (format-2 clones `failover-IMAGE`). With --copy the same cases with `--copy` (full
 # copies, rbd_copy3), to compare. Volumes are thin, filled with FILL_MIB (default 64) MiB of seeded
-# random data per volume (the group re-protected later, failed over at its latest point: with
-# REPROTECT_FILL_MIB, default 192) before the first point and 4 MiB more before the second; a --copy
-# run copies only allocated data too.
+# random data per volume (the group re-protected later, failed over at its latest point: 3/16 of
+# each volume's size, 192 MiB of 1 GiB and 3 GiB of 16 GiB, or REPROTECT_FILL_MIB for every case)
+# before the first point and 4 MiB more before the second; a --copy run copies only allocated data
+# too.
 # Timed: the wall time of `ferry group failover … --wait` (API + journal + storage work; the
 # storage side alone is in the standby's log, "failover volume ready" lines); `group drill` and
 # `group drill --end` on the standby before the disaster (latest group point); and, after the
@@ -22,7 +23,7 @@
 # over the volumes), site-a restarted, `group reprotect` on site-b — against `group start` of the
 # same group at the beginning (ferry's full initial sync of the same volumes: what a full resync,
 # rbd-mirror's path after a forced promote, has to move). Medians of N runs (default 3). Needs the
-# binaries (cargo build --release --workspace --bins), python3-rbd, jq.
+# binaries (cargo build --release --workspace --bins), python3-rbd (Debian's /usr/bin/python3: pyenv shims lack it), jq.
 # Leaves no image behind (ferry-bench-fo-* on both sites are removed at the end).
 set -euo pipefail
 
@@ -32,8 +33,10 @@ COPY=0
 WRITE_MD=""
 FILL_MIB="${FILL_MIB:-64}"
 # The group that is re-protected holds more data, so the full resync it is compared with moves a
-# realistic amount (the lab's two 16 GiB OSD files bound it).
-REPROTECT_FILL_MIB="${REPROTECT_FILL_MIB:-192}"
+# realistic amount: the same share of every volume (the lab's two 16 GiB OSD files bound it: 20
+# full 1 GiB volumes do not fit twice). REPROTECT_FILL_MIB sets one fill for every case instead.
+REPROTECT_FILL_MIB="${REPROTECT_FILL_MIB:-}"
+reprotect_fill() { echo "${REPROTECT_FILL_MIB:-$(($1 * 3 / 16))}"; }
 # Which cases run (CASES="group20" for the 20-volume group only).
 CASES="${CASES:-group20 single16}"
 while (($#)); do
@@ -114,7 +117,7 @@ start_pair() {
 
 # fill SITE IMAGE MIB SEED: MIB MiB of seeded random data in 1 MiB pieces at random offsets.
 fill() {
-  python3 - "$1" "$2" "$3" "$4" <<'EOF'
+  /usr/bin/python3 - "$1" "$2" "$3" "$4" <<'EOF'
 import sys, random, rados, rbd
 site, image, mib, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 c = rados.Rados(clustername=site, conffile=f'/etc/ceph/{site}.conf'); c.connect()
@@ -160,7 +163,9 @@ run_case() {
   local name=$1 count=$2 size=$3 run=$4 extra=()
   ((COPY)) && extra=(--copy)
   start_pair "$name$run"
-  protect "${name}l" "$count" "$size" "$REPROTECT_FILL_MIB"
+  local rfill
+  rfill=$(reprotect_fill "$size")
+  protect "${name}l" "$count" "$size" "$rfill"
   local t_full=$T_FULL
   protect "${name}o" "$count" "$size" "$FILL_MIB"
   local t_drill t_drill_end
@@ -190,7 +195,7 @@ run_case() {
     local t_reprotect
     t_reprotect=$(timed "$B" group reprotect "${name}l")
     printf '%s\treprotect (64 MiB per side)\t%s\n' "$name" "$t_reprotect" >>"$RES"
-    printf '%s\tfull sync of the same volumes (%s MiB each)\t%s\n' "$name" "$REPROTECT_FILL_MIB" "$t_full" >>"$RES"
+    printf '%s\tfull sync of the same volumes (%s MiB each)\t%s\n' "$name" "$rfill" "$t_full" >>"$RES"
     echo "run $run $name: reprotect ${t_reprotect}s, full sync ${t_full}s" >&2
   fi
   # The agents go and their images with them (stopping the re-protected group would have the

@@ -347,6 +347,11 @@ impl Replicator {
         let coalesce_gap = config
             .coalesce_gap
             .unwrap_or_else(|| RbdSourceOptions::gap_for_link(options.limiter.rate()));
+        // RBD images are opened all at once below (each open waits for a
+        // few round trips to the cluster; a 20-image group paid them one
+        // after the other every cycle).
+        let mut slots: Vec<Option<Opened>> = Vec::with_capacity(request.pairs.len());
+        let mut rbd_opens = Vec::new();
         for (source, target) in request.pairs {
             let state_dir = source_state_dir(&self.dir, request.peer, &target.image);
             opened
@@ -381,15 +386,44 @@ impl Replicator {
                         background_sweep: request.skip_unchanged,
                         ..RbdSourceOptions::default()
                     };
-                    let rbd = tokio::task::block_in_place(|| {
-                        RbdSource::open(&cluster, spec, &state_dir, &tag, rbd_options)
-                    })
-                    .map_err(open_error)?;
-                    Opened::Rbd(Box::new(rbd))
+                    rbd_opens.push((slots.len(), source, spec, state_dir, tag, rbd_options));
+                    slots.push(None);
+                    continue;
                 }
             };
-            opened.sources.push(opened_source);
+            slots.push(Some(opened_source));
         }
+        let results: Vec<(usize, &SourceUri, Result<RbdSource, SourceError>)> =
+            tokio::task::block_in_place(|| {
+                std::thread::scope(|scope| {
+                    let cluster = &cluster;
+                    let handles: Vec<_> = rbd_opens
+                        .into_iter()
+                        .map(|(slot, source, spec, state_dir, tag, options)| {
+                            scope.spawn(move || {
+                                let result =
+                                    RbdSource::open(cluster, spec, &state_dir, &tag, options);
+                                (slot, source, result)
+                            })
+                        })
+                        .collect();
+                    handles
+                        .into_iter()
+                        .map(|handle| match handle.join() {
+                            Ok(outcome) => outcome,
+                            Err(panic) => std::panic::resume_unwind(panic),
+                        })
+                        .collect()
+                })
+            });
+        for (slot, source, result) in results {
+            let rbd = result.map_err(|error| ReplicateError::OpenSource {
+                uri: source.to_string(),
+                error,
+            })?;
+            slots[slot] = Some(Opened::Rbd(Box::new(rbd)));
+        }
+        opened.sources = slots.into_iter().flatten().collect();
         Ok(opened)
     }
 }

@@ -247,8 +247,7 @@ impl Orchestrator {
         peer: AgentId,
         base: &ReprotectBase,
     ) -> CtlResult<()> {
-        let mut pairs = Vec::new();
-        let mut addr = None;
+        let mut seeds = Vec::new();
         for (_, volume, image) in &base.volumes {
             let SourceUri::Rbd(spec) = volume else {
                 continue;
@@ -260,23 +259,28 @@ impl Orchestrator {
             let spec = spec.clone();
             let snap = ferry_engine::rbd::standby::snap_name(base.engine_rp);
             let epoch = Epoch(image.epoch);
-            tokio::task::spawn_blocking(move || {
-                RbdSource::seed_from_snapshot(&cluster, &spec, &state_dir, &snap, epoch)
-            })
-            .await
-            .map_err(|e| internal("the seeding task")(e.into()))?
-            .map_err(|e| internal(format!("seeding {volume}"))(e.into()))?;
-            let addr = match addr {
-                Some(addr) => addr,
-                None => {
-                    let svc = self.db(|s| s.service(g.service_id))?;
-                    *addr.insert(Self::resolve(&svc.remote_endpoint).await?)
-                }
-            };
-            pairs.push((volume.clone(), TargetUri { addr, image: name }));
+            seeds.push((volume, name, async move {
+                tokio::task::spawn_blocking(move || {
+                    RbdSource::seed_from_snapshot(&cluster, &spec, &state_dir, &snap, epoch)
+                })
+                .await
+            }));
         }
-        if pairs.is_empty() {
+        if seeds.is_empty() {
             return Ok(());
+        }
+        // All at once: each waits for a few round trips to the cluster.
+        let (targets, tasks): (Vec<_>, Vec<_>) =
+            seeds.into_iter().map(|(v, n, t)| ((v, n), t)).unzip();
+        let results = futures_util::future::join_all(tasks).await;
+        let svc = self.db(|s| s.service(g.service_id))?;
+        let addr = Self::resolve(&svc.remote_endpoint).await?;
+        let mut pairs = Vec::with_capacity(targets.len());
+        for ((volume, name), result) in targets.into_iter().zip(results) {
+            result
+                .map_err(|e| internal("the seeding task")(e.into()))?
+                .map_err(|e| internal(format!("seeding {volume}"))(e.into()))?;
+            pairs.push((volume.clone(), TargetUri { addr, image: name }));
         }
         self.replicator
             .capture_ahead(Cycle {
