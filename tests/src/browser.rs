@@ -125,13 +125,34 @@ impl Browser {
     /// Starts chromedriver and a headless chromium session; panics with the
     /// reason when it cannot.
     pub fn start() -> Browser {
-        Self::try_start(None).unwrap_or_else(|e| panic!("{e}"))
+        Self::start_retrying(None)
+    }
+
+    /// Starts the browser, trying again twice: on a loaded 2-core CI
+    /// machine chromium's first launch can miss chromedriver's deadline
+    /// (seen once while another test suite ran). Only the launch is
+    /// retried; nothing a test checks is.
+    fn start_retrying(time_zone: Option<&str>) -> Browser {
+        let mut last = None;
+        for attempt in 1..=3 {
+            match Self::try_start(time_zone) {
+                Ok(browser) => return browser,
+                Err(e) => {
+                    eprintln!("browser launch {attempt} of 3 failed: {e}");
+                    last = Some(e);
+                }
+            }
+        }
+        match last {
+            Some(e) => panic!("{e}"),
+            None => unreachable!("three attempts were made"),
+        }
     }
 
     /// [`Browser::start`] with the browser's time zone set (`TZ`, an IANA
     /// name such as `Asia/Shanghai`): pages show times in it.
     pub fn start_in_zone(time_zone: &str) -> Browser {
-        Self::try_start(Some(time_zone)).unwrap_or_else(|e| panic!("{e}"))
+        Self::start_retrying(Some(time_zone))
     }
 
     /// Starts a browser, or says why not.
