@@ -306,6 +306,10 @@ impl Orchestrator {
     async fn refuse_if_standby_failed_over(&self, gid: GroupId) -> CtlResult<()> {
         if let Ok(Some(view)) = self.remote_newest_point(gid, None).await {
             if !view.accepts {
+                // As after a cycle the standby refused: a point it holds
+                // ends the initial sync this side never recorded, so stop
+                // sync and delete stay possible here.
+                self.after_refused_cycle(gid, Some(view));
                 let name = self.db(|s| s.group(gid))?.name;
                 return Err(CtlError::BadRequest(format!(
                     "the standby site failed over group '{name}' and takes no more replication \
@@ -398,25 +402,32 @@ impl Orchestrator {
             // group): there is nothing left to sync into, and this side
             // must still be able to stop and delete its group.
             Err(_) => {
-                let ended = match self.remote_newest_point(gid, None).await {
-                    Ok(Some(view)) => {
-                        self.raise_rp_floor(gid, view.newest);
-                        view.newest > 0
-                    }
-                    Ok(None) => {
-                        warn!(group = %gid, "the standby has no such group any more; the initial sync ends here");
-                        true
-                    }
-                    Err(_) => false,
-                };
-                if ended {
-                    if let Err(e) = self.end_initial_sync(gid) {
-                        warn!(error = %e, "could not record the end of the initial sync");
-                    }
+                if let Ok(view) = self.remote_newest_point(gid, None).await {
+                    self.after_refused_cycle(gid, view);
                 }
             }
         }
         result
+    }
+
+    /// What a failed or refused cycle learns from the standby's answer
+    /// (`None`: it has no such group any more).
+    fn after_refused_cycle(&self, gid: GroupId, view: Option<StandbyView>) {
+        let ended = match view {
+            Some(view) => {
+                self.raise_rp_floor(gid, view.newest);
+                view.newest > 0
+            }
+            None => {
+                warn!(group = %gid, "the standby has no such group any more; the initial sync ends here");
+                true
+            }
+        };
+        if ended {
+            if let Err(e) = self.end_initial_sync(gid) {
+                warn!(error = %e, "could not record the end of the initial sync");
+            }
+        }
     }
 
     /// The standby holds a complete recovery point of the group: its
