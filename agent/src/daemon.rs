@@ -31,6 +31,7 @@ use crate::orchestrator::{Orchestrator, OrchestratorConfig};
 use crate::systemd::{check_health, Notifier};
 use crate::wire::api_tls::{self, ApiCert};
 use crate::wire::tls;
+use crate::wire::tokens;
 
 /// Holds the agent directory's lock: one agent (or offline command) per directory.
 #[derive(Debug)]
@@ -499,8 +500,8 @@ pub async fn start_control(
     metrics: Arc<Metrics>,
 ) -> Result<RunningControl> {
     let read_only_path =
-        api::auth::read_only_token_path(dir, config.api_read_only_token_file.as_deref());
-    let tokens = api::auth::Tokens {
+        tokens::read_only_token_path(dir, config.api_read_only_token_file.as_deref());
+    let tokens = tokens::Tokens {
         operator: Arc::new(api::ensure_token(dir)?),
         read_only: Some(Arc::new(api::ensure_token_file(&read_only_path)?)),
     };

@@ -314,7 +314,7 @@ pub const PEER_ROUTES: &[&str] = &[
 /// web console under `/ui/`, whose session cookie the gate then accepts.
 pub fn operator_router(
     orch: Arc<Orchestrator>,
-    tokens: auth::Tokens,
+    tokens: crate::wire::tokens::Tokens,
     console: Option<Arc<crate::console::Console>>,
 ) -> Router {
     let state = AppState { orch };

@@ -155,7 +155,7 @@ async fn main_inner(cli: Cli) -> Result<()> {
                     .with_context(|| format!("writing {}", config.display()))?;
             }
             ferry_agent::api::ensure_token(&dir)?;
-            let read_only = dir.join(ferry_agent::api::auth::READ_ONLY_TOKEN_FILE);
+            let read_only = dir.join(ferry_agent::wire::tokens::READ_ONLY_TOKEN_FILE);
             ferry_agent::api::ensure_token_file(&read_only)?;
             println!(
                 "created agent identity in {}",

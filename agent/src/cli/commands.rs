@@ -146,6 +146,14 @@ pub(super) async fn group(cmd: GroupCmd, outer: &Conn) -> Result<Outcome> {
             name,
             watch,
         } => group_show(&conn.or(outer).with_tz(show), &name, watch).await?,
+        operation => group_operation(operation, outer).await?,
+    })
+}
+
+/// One of a group's operations: a call on `/v1/groups/{name}[/…]` that
+/// starts an operation (`--wait` waits for its end).
+async fn group_operation(cmd: GroupCmd, outer: &Conn) -> Result<Outcome> {
+    let (conn, name, method, route, body, wait) = match cmd {
         GroupCmd::Add {
             conn,
             name,
@@ -153,14 +161,8 @@ pub(super) async fn group(cmd: GroupCmd, outer: &Conn) -> Result<Outcome> {
             vm,
             wait,
         } => {
-            Api::new(&conn.or(outer))?
-                .op(
-                    Method::POST,
-                    &format!("/v1/groups/{name}/resources"),
-                    json_body(&AddBody { uris, vm })?,
-                    wait,
-                )
-                .await?
+            let body = json_body(&AddBody { uris, vm })?;
+            (conn, name, Method::POST, "/resources", body, wait)
         }
         GroupCmd::Remove {
             conn,
@@ -168,39 +170,13 @@ pub(super) async fn group(cmd: GroupCmd, outer: &Conn) -> Result<Outcome> {
             uris,
             wait,
         } => {
-            Api::new(&conn.or(outer))?
-                .op(
-                    Method::POST,
-                    &format!("/v1/groups/{name}/resources/remove"),
-                    json_body(&UrisBody { uris })?,
-                    wait,
-                )
-                .await?
+            let body = json_body(&UrisBody { uris })?;
+            (conn, name, Method::POST, "/resources/remove", body, wait)
         }
-        GroupCmd::Start { conn, name, wait } => {
-            Api::new(&conn.or(outer))?
-                .op(
-                    Method::POST,
-                    &format!("/v1/groups/{name}/start"),
-                    None,
-                    wait,
-                )
-                .await?
-        }
-        GroupCmd::Stop { conn, name, wait } => {
-            Api::new(&conn.or(outer))?
-                .op(Method::POST, &format!("/v1/groups/{name}/stop"), None, wait)
-                .await?
-        }
+        GroupCmd::Start { conn, name, wait } => (conn, name, Method::POST, "/start", None, wait),
+        GroupCmd::Stop { conn, name, wait } => (conn, name, Method::POST, "/stop", None, wait),
         GroupCmd::Migrate { conn, name, wait } => {
-            Api::new(&conn.or(outer))?
-                .op(
-                    Method::POST,
-                    &format!("/v1/groups/{name}/migrate"),
-                    None,
-                    wait,
-                )
-                .await?
+            (conn, name, Method::POST, "/migrate", None, wait)
         }
         GroupCmd::Restore {
             conn,
@@ -211,20 +187,13 @@ pub(super) async fn group(cmd: GroupCmd, outer: &Conn) -> Result<Outcome> {
             copy,
             wait,
         } => {
-            let restore = RestoreBody {
+            let body = json_body(&RestoreBody {
                 resource,
                 recovery_point: rp,
                 out,
                 copy,
-            };
-            Api::new(&conn.or(outer))?
-                .op(
-                    Method::POST,
-                    &format!("/v1/groups/{name}/restore"),
-                    json_body(&restore)?,
-                    wait,
-                )
-                .await?
+            })?;
+            (conn, name, Method::POST, "/restore", body, wait)
         }
         GroupCmd::Failover {
             conn,
@@ -233,51 +202,44 @@ pub(super) async fn group(cmd: GroupCmd, outer: &Conn) -> Result<Outcome> {
             copy,
             wait,
         } => {
-            let body = FailoverBody {
+            let body = json_body(&FailoverBody {
                 recovery_point: rp,
                 copy,
-            };
-            Api::new(&conn.or(outer))?
-                .op(
-                    Method::POST,
-                    &format!("/v1/groups/{name}/failover"),
-                    json_body(&body)?,
-                    wait,
-                )
-                .await?
+            })?;
+            (conn, name, Method::POST, "/failover", body, wait)
         }
         GroupCmd::Drill {
             conn,
             name,
-            rp,
-            end,
+            end: true,
             wait,
+            ..
+        } => (conn, name, Method::DELETE, "/drill", None, wait),
+        GroupCmd::Drill {
+            conn,
+            name,
+            rp,
+            wait,
+            ..
         } => {
-            let api = Api::new(&conn.or(outer))?;
-            let path = format!("/v1/groups/{name}/drill");
-            if end {
-                api.op(Method::DELETE, &path, None, wait).await?
-            } else {
-                let body = json_body(&DrillBody { recovery_point: rp })?;
-                api.op(Method::POST, &path, body, wait).await?
-            }
+            let body = json_body(&DrillBody { recovery_point: rp })?;
+            (conn, name, Method::POST, "/drill", body, wait)
         }
         GroupCmd::Reprotect { conn, name, wait } => {
-            Api::new(&conn.or(outer))?
-                .op(
-                    Method::POST,
-                    &format!("/v1/groups/{name}/reprotect"),
-                    None,
-                    wait,
-                )
-                .await?
+            (conn, name, Method::POST, "/reprotect", None, wait)
         }
-        GroupCmd::Delete { conn, name, wait } => {
-            Api::new(&conn.or(outer))?
-                .op(Method::DELETE, &format!("/v1/groups/{name}"), None, wait)
-                .await?
+        GroupCmd::Delete { conn, name, wait } => (conn, name, Method::DELETE, "", None, wait),
+        GroupCmd::Create { .. }
+        | GroupCmd::Update { .. }
+        | GroupCmd::List { .. }
+        | GroupCmd::RpoHistory { .. }
+        | GroupCmd::Show { .. } => {
+            anyhow::bail!("internal: a group read or edit is not an operation")
         }
-    })
+    };
+    Api::new(&conn.or(outer))?
+        .op(method, &format!("/v1/groups/{name}{route}"), body, wait)
+        .await
 }
 
 /// `ferry rp …`

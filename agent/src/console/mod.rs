@@ -22,8 +22,8 @@ pub mod session;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use crate::api::auth::{Access, Tokens};
 use crate::sync_util::lock;
+use crate::wire::tokens::{Access, Tokens};
 use session::{SessionStore, SessionView};
 
 pub use routes::router;

@@ -31,7 +31,7 @@ use serde_json::{json, Value};
 
 use super::session::{csrf_matches, SessionView};
 use super::{assets, session_cookie, Console, CSRF_HEADER};
-use crate::api::auth::Access;
+use crate::wire::tokens::Access;
 
 /// How long a refused sign-in waits before its answer (holding the
 /// agent-wide sign-in failure lock).

@@ -16,7 +16,7 @@ use base64::Engine as _;
 use rand::RngCore;
 use subtle::ConstantTimeEq;
 
-use crate::api::auth::Access;
+use crate::wire::tokens::Access;
 
 /// A session unused for this long is gone.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
