@@ -1314,6 +1314,51 @@ fn removed_image_is_gone_and_adopted_image_continues_incrementally() {
     );
 }
 
+/// A failover fences an image; once the store has removed it and later
+/// adopts a volume under the same name (a fail-back makes this site the
+/// standby again), the new copy takes replication. The fence lived on in
+/// memory (only the state file was new), so the copy refused every epoch
+/// until the agent restarted (control harness seed 3303142260, scenario 7).
+#[test]
+fn an_image_removed_after_a_failover_fence_and_adopted_again_takes_replication() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out_dir = tempfile::tempdir().expect("tempdir");
+    let store = store_at(dir.path());
+    let img = name("failed-over");
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let size = 128u64 << 10;
+    let sealed = run_epoch(
+        &store,
+        &img,
+        1,
+        0,
+        size,
+        size,
+        &[vec![data(0, random_bytes(&mut rng, 4096))]],
+    );
+    store.commit(rp_meta(1), vec![sealed]).expect("commit");
+    store.fence(&img).expect("fence");
+    assert!(matches!(
+        store.open_epoch(&open_msg(&img, 2, 1, size)),
+        Err(StoreError::Fenced { .. })
+    ));
+    store.remove_image(&img).expect("remove");
+
+    let volume = out_dir.path().join("volume.raw");
+    let mut model = random_bytes(&mut rng, size as usize);
+    fs::write(&volume, &model).expect("volume");
+    store
+        .adopt(&img, &volume, Epoch(7), RecoveryPointId(20), 20_000)
+        .expect("adopt");
+    let batch = vec![data(8192, random_bytes(&mut rng, 4096))];
+    apply_model(&mut model, &batch);
+    let sealed = run_epoch(&store, &img, 8, 7, size, size, &[batch]);
+    store
+        .commit(rp_meta(21), vec![sealed])
+        .expect("commit on the adopted copy");
+    assert_eq!(raw_bytes(&store, &img), model);
+}
+
 #[test]
 fn placeholder_is_listed_empty_and_replaced_by_the_first_full_copy() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -2,6 +2,7 @@
 //! existing image as committed, placeholders, removal, and the pool-level
 //! volume checks the agent uses.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use ferry_protocol::types::{Epoch, ImageName, RecoveryPointId};
@@ -321,8 +322,12 @@ impl RbdStandby {
             // Clones the operator removed no longer hold the image back.
             self.prune_clones(r)?;
         }
+        // Forgotten or removed, the image leaves a failover's fence with its
+        // record (as a restarted agent would): a copy adopted or sent later
+        // under this name is a new one.
         if let Some(record) = record.filter(ImageRecord::in_use) {
             remove_file(&self.record_path(image))?;
+            slot.fenced.store(false, Ordering::Release);
             let clones: Vec<&str> = record.clones.iter().map(|c| c.name.as_str()).collect();
             warn!(
                 image = %format!("{}/{image}", self.pool_name()),
@@ -333,6 +338,7 @@ impl RbdStandby {
             return Ok(());
         }
         remove_file(&self.record_path(image))?;
+        slot.fenced.store(false, Ordering::Release);
         self.remove_pool_image(image.as_str())?;
         info!(image = %format!("{}/{image}", self.pool_name()), "standby image removed");
         Ok(())

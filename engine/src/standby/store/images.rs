@@ -65,7 +65,14 @@ impl StandbyStore {
         remove_if_exists(&self.inner.raw(image))?;
         sync_dir(&self.inner.images)
             .map_err(|e| StoreError::io("fsync directory", &self.inner.images, e))?;
-        lock(&slot.meta).pending = None;
+        {
+            // The image is gone, and with it a failover's fence (its state
+            // file held it; a restarted agent knows nothing of it either): a
+            // copy adopted or sent later under this name is a new one.
+            let mut meta = lock(&slot.meta);
+            meta.pending = None;
+            meta.fenced = false;
+        }
         tracing::info!(image = %image, "standby image removed");
         Ok(())
     }
