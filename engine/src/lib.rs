@@ -16,12 +16,16 @@
 //!   [`session::send_window`], and the receiver over the I/O-free
 //!   [`session::machine`]; framing; `ferry verify`.
 //! - [`standby_backend`]: `Standby` / `EpochSink`, the one interface the
-//!   receiver and the agent use, over both standby implementations:
+//!   receiver and the agent use (`standby_backend/failover.rs`: fence,
+//!   failover and restore volumes; `standby_backend/reprotect.rs`: the old
+//!   primary's volumes become the copies; [`standby_drill`]: where a DR
+//!   drill's volumes go), over both standby implementations:
 //!   - [`standby`]: the durable, crash-consistent file store
 //!     (`standby/store.rs` + `standby/store/`: layout, epoch, commit,
-//!     recovery, retention, restore, images; journals, undo logs, state
-//!     files, power-loss simulation);
-//!   - [`rbd::standby`]: images in an RBD pool, recovery points as snapshots.
+//!     recovery, retention, restore, images, handover; journals, undo
+//!     logs, state files, power-loss simulation);
+//!   - [`rbd::standby`]: images in an RBD pool, recovery points as snapshots
+//!     (failover in place, clones, re-protect clones).
 //! - [`rbd`]: Ceph RBD: the source (snapshots, `rbd_diff_iterate2`), group
 //!   captures, the standby, `rbd diff` import/export.
 //! - [`rbddiff`]: Ceph `rbd diff` v1/v2 and `rbd image v2` streams: parser, writer,

@@ -3,8 +3,8 @@
 //! of one standby copy — the file `DIR/drill/GROUP/IMAGE.raw` (files
 //! backend) or the image `drill-IMAGE` of the standby pool (RBD backend;
 //! standby image names already carry the group's name) — and the
-//! [`DrillVolume`] it returns is made with [`Standby::restore_into`] and
-//! looked up and removed here. A drill volume is never a standby copy: the
+//! [`DrillVolume`] it returns is made with [`Standby::restore_volume`] (a
+//! clone or a reflink where it can) and looked up and removed here. A drill volume is never a standby copy: the
 //! RBD backend refuses to remove one of the store's own images.
 
 use std::ffi::OsString;
@@ -86,7 +86,7 @@ impl DrillVolume {
         }
     }
 
-    /// What [`Standby::restore_into`] takes as its output.
+    /// What [`Standby::restore_volume`] takes as its output.
     pub fn output(&self) -> OsString {
         match self {
             Self::File(path) => path.as_os_str().to_owned(),
