@@ -145,9 +145,7 @@ type ResultItem = (u64, Result<(EncodedChunk, ChunkRecord), PipelineError>);
 fn lock(source: &SharedSource) -> MutexGuard<'_, Box<dyn ExtentSource>> {
     // A panic while a thread held the lock is reported through `Panicked`;
     // the source's on-disk state stays resumable, so keep using it.
-    source
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    crate::sync_util::lock(source)
 }
 
 /// Shared flags and counters.

@@ -167,7 +167,7 @@ pub fn open_pool(
     namespace: Option<&str>,
 ) -> Result<Arc<Pool>, RbdError> {
     let connection = {
-        let mut guard = CLUSTERS.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = crate::sync_util::lock(&CLUSTERS);
         let map = guard.get_or_insert_with(HashMap::new);
         match map.get(cluster).and_then(Weak::upgrade) {
             Some(c) => c,

@@ -39,7 +39,7 @@ use super::reader::{ReadError, Reader};
 use super::undo::{
     self, is_block_device, target_len, with_suffix, zero_fill, UndoError, UndoWriter,
 };
-use crate::durable::{write_durably, DurableStep};
+use crate::durable::{parent_dir, write_durably, DurableStep};
 use crate::sys::fs::{sync_dir, try_lock_exclusive};
 
 /// Zero detection granularity when applying write payloads to a file:
@@ -225,7 +225,7 @@ fn write_snap_state(target: &Path, snap: Option<&str>) -> Result<(), ImportError
     match snap {
         Some(name) => {
             let tmp = with_suffix(&path, ".tmp");
-            let dir = undo::parent_dir(&path);
+            let dir = parent_dir(&path);
             return write_durably(&tmp, &path, format!("{name}\n").as_bytes()).map_err(|e| match e
                 .step
             {
@@ -242,7 +242,7 @@ fn write_snap_state(target: &Path, snap: Option<&str>) -> Result<(), ImportError
             Err(e) => return Err(io_err("removing snapshot state", &path)(e)),
         },
     }
-    let dir = undo::parent_dir(&path);
+    let dir = parent_dir(&path);
     sync_dir(dir).map_err(io_err("fsyncing directory", dir))
 }
 
@@ -389,7 +389,7 @@ pub fn import_diff(
     if report.created {
         std::fs::rename(&new_path, target).map_err(io_err("renaming new target", target))?;
         new_guard.0 = None;
-        let dir = undo::parent_dir(target);
+        let dir = parent_dir(target);
         sync_dir(dir).map_err(io_err("fsyncing directory", dir))?;
     } else {
         undo::commit(target).map_err(|source| ImportError::Undo {

@@ -23,6 +23,7 @@ use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 
+use crate::durable::parent_dir;
 use crate::sys::fs::{seek_data, sync_dir, zero_range};
 
 const MAGIC: &[u8; 16] = b"ferry-rbd-undo1\n";
@@ -81,14 +82,6 @@ pub fn journal_path(target: &Path) -> PathBuf {
 /// The journal while it is written: `TARGET.ferry-undo.partial`.
 pub fn partial_path(target: &Path) -> PathBuf {
     with_suffix(target, ".ferry-undo.partial")
-}
-
-/// The directory holding `path` (`.` for a bare file name).
-pub(crate) fn parent_dir(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
 }
 
 /// Size of a regular file or block device.

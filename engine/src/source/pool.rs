@@ -51,9 +51,7 @@ impl PoolInner {
     fn lock(&self) -> MutexGuard<'_, PoolState> {
         // The state is a handful of counters and a free list that are always
         // consistent between statements; a panic elsewhere cannot corrupt it.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync_util::lock(&self.state)
     }
 }
 

@@ -45,9 +45,7 @@ pub(super) fn remove_if_exists(path: &Path) -> Result<(), SourceError> {
 }
 
 pub(super) fn sync_dir(dir: &Path) -> Result<(), SourceError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_error("sync directory", dir))
+    crate::sys::fs::sync_dir(dir).map_err(io_error("sync directory", dir))
 }
 
 /// A file's fingerprint counts as settled (usable for the at-rest check)
