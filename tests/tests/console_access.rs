@@ -253,6 +253,75 @@ fn every_state_changing_route_needs_a_session_with_its_csrf_token_and_operator_a
     assert_eq!(status.status, 200);
 }
 
+/// Sign-out (of the operator session `op`) needs the CSRF token too; once
+/// signed out, the cookie is cleared and the old cookie and CSRF token open
+/// nothing.
+fn sign_out_needs_the_csrf_token_and_ends_the_session(site: &Site, op: &Session) {
+    let cookie = op.header();
+    let refused = request(
+        &site.target,
+        "DELETE",
+        "/ui/session",
+        &[("Cookie", &cookie)],
+        None,
+    );
+    assert_eq!(refused.status, 403, "{}", refused.text());
+    assert_eq!(
+        request(
+            &site.target,
+            "GET",
+            "/ui/session",
+            &[("Cookie", &cookie)],
+            None
+        )
+        .status,
+        200,
+        "a refused sign-out ended the session"
+    );
+    let out = request(
+        &site.target,
+        "DELETE",
+        "/ui/session",
+        &[("Cookie", &cookie), ("X-CSRF-Token", &op.csrf)],
+        None,
+    );
+    assert_eq!(out.status, 200, "{}", out.text());
+    let cleared = out.header("set-cookie").expect("the cookie cleared");
+    assert!(cleared.starts_with("ferry_session=;"), "{cleared}");
+    assert!(cleared.contains("Max-Age=0"), "{cleared}");
+    // The old cookie and CSRF token are worth nothing now.
+    assert_eq!(
+        request(
+            &site.target,
+            "GET",
+            "/ui/session",
+            &[("Cookie", &cookie)],
+            None
+        )
+        .status,
+        401
+    );
+    assert_eq!(
+        request(
+            &site.target,
+            "GET",
+            "/v1/groups",
+            &[("Cookie", &cookie)],
+            None
+        )
+        .status,
+        401
+    );
+    let late = request(
+        &site.target,
+        "POST",
+        "/v1/groups",
+        &[("Cookie", &cookie), ("X-CSRF-Token", &op.csrf)],
+        Some(&json!({ "name": "g" })),
+    );
+    assert_eq!(late.status, 401, "{}", late.text());
+}
+
 /// (b), (c), (e): sign-in over TLS, the cookie, sign-out, and the log.
 #[test]
 fn sign_in_over_tls_sets_a_strict_secure_cookie_sign_out_ends_it_and_the_log_holds_no_secret() {
@@ -325,69 +394,7 @@ fn sign_in_over_tls_sets_a_strict_secure_cookie_sign_out_ends_it_and_the_log_hol
     );
     assert_eq!(groups.status, 200, "{}", groups.text());
 
-    // Sign-out needs the CSRF token too.
-    let refused = request(
-        &site.target,
-        "DELETE",
-        "/ui/session",
-        &[("Cookie", &cookie)],
-        None,
-    );
-    assert_eq!(refused.status, 403, "{}", refused.text());
-    assert_eq!(
-        request(
-            &site.target,
-            "GET",
-            "/ui/session",
-            &[("Cookie", &cookie)],
-            None
-        )
-        .status,
-        200,
-        "a refused sign-out ended the session"
-    );
-    let out = request(
-        &site.target,
-        "DELETE",
-        "/ui/session",
-        &[("Cookie", &cookie), ("X-CSRF-Token", &op.csrf)],
-        None,
-    );
-    assert_eq!(out.status, 200, "{}", out.text());
-    let cleared = out.header("set-cookie").expect("the cookie cleared");
-    assert!(cleared.starts_with("ferry_session=;"), "{cleared}");
-    assert!(cleared.contains("Max-Age=0"), "{cleared}");
-    // The old cookie and CSRF token are worth nothing now.
-    assert_eq!(
-        request(
-            &site.target,
-            "GET",
-            "/ui/session",
-            &[("Cookie", &cookie)],
-            None
-        )
-        .status,
-        401
-    );
-    assert_eq!(
-        request(
-            &site.target,
-            "GET",
-            "/v1/groups",
-            &[("Cookie", &cookie)],
-            None
-        )
-        .status,
-        401
-    );
-    let late = request(
-        &site.target,
-        "POST",
-        "/v1/groups",
-        &[("Cookie", &cookie), ("X-CSRF-Token", &op.csrf)],
-        Some(&json!({ "name": "g" })),
-    );
-    assert_eq!(late.status, 401, "{}", late.text());
+    sign_out_needs_the_csrf_token_and_ends_the_session(&site, &op);
 
     let ro = sign_in(&site, &site.read_only);
     assert_eq!(ro.answer.json()["access"], "read_only");

@@ -136,6 +136,44 @@ fn wait_for_within(what: &str, patience: Duration, mut f: impl FnMut() -> bool) 
     }
 }
 
+/// Continuous replication commits a point per cycle; the standby keeps 5.
+/// A named point (rp1, taken of `img1` as it is now, then written to) is
+/// pinned: it outlives many more cycles than that and still restores `u1`.
+fn pinned_point_outlives_the_retained_cycles(s: &Sites, img1: &Path, u1: &str) {
+    let (a, b) = (s.a_dir(), s.b_dir());
+    let rp1_vm1 = hash_file(img1);
+    imagegen::scattered_writes(img1, 40, 11).unwrap();
+    let cycles = |dir: &Path| {
+        ok(dir, &["status"])["groups"][0]["progress"]["cycles"]
+            .as_u64()
+            .unwrap()
+    };
+    let start = cycles(a);
+    wait_for("eight more cycles", || cycles(a) >= start + 8);
+    let pinned_copy = s.path("rp1-vm1.raw");
+    let out = pinned_copy.display().to_string();
+    ok(
+        b,
+        &[
+            "group",
+            "restore",
+            "g1",
+            "--resource",
+            u1,
+            "--rp",
+            "rp1",
+            "--out",
+            &out,
+            "--wait",
+        ],
+    );
+    assert_eq!(
+        hash_file(&pinned_copy),
+        rp1_vm1,
+        "rp1 restored after its engine point aged out"
+    );
+}
+
 #[test]
 fn pair_protect_replicate_stop_delete() {
     let s = paired();
@@ -203,39 +241,7 @@ fn pair_protect_replicate_stop_delete() {
     assert!(progress["cycles"].as_u64().unwrap() >= 1, "{status}");
     assert!(progress["rpo_lag_secs"].as_f64().is_some(), "{status}");
 
-    // Continuous replication commits a point per cycle; the standby keeps 5.
-    // A named point is pinned: it outlives many more cycles than that.
-    let rp1_vm1 = hash_file(&img1);
-    imagegen::scattered_writes(&img1, 40, 11).unwrap();
-    let cycles = |dir: &Path| {
-        ok(dir, &["status"])["groups"][0]["progress"]["cycles"]
-            .as_u64()
-            .unwrap()
-    };
-    let start = cycles(a);
-    wait_for("eight more cycles", || cycles(a) >= start + 8);
-    let pinned_copy = s.path("rp1-vm1.raw");
-    let out = pinned_copy.display().to_string();
-    ok(
-        b,
-        &[
-            "group",
-            "restore",
-            "g1",
-            "--resource",
-            &u1,
-            "--rp",
-            "rp1",
-            "--out",
-            &out,
-            "--wait",
-        ],
-    );
-    assert_eq!(
-        hash_file(&pinned_copy),
-        rp1_vm1,
-        "rp1 restored after its engine point aged out"
-    );
+    pinned_point_outlives_the_retained_cycles(&s, &img1, &u1);
 
     // A second recovery point, then deleting the first: gone on both sides.
     ok(a, &["rp", "create", "g1", "--name", "rp2", "--wait"]);
@@ -1108,6 +1114,44 @@ impl Drop for RbdCleanup {
     }
 }
 
+/// After an RBD group of `images` migrated (`ga`, `gb`: the group on the
+/// old and the new primary): (standby name, new primary image) per source,
+/// in the sources' order; each new image is a new name in `rbd/`, named by
+/// both sides.
+fn migrated_pairs(images: &[String], ga: &Value, gb: &Value) -> Vec<(String, String)> {
+    let resources = gb["resources"].as_array().unwrap();
+    assert_eq!(resources.len(), 2, "{gb}");
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for image in images {
+        let target = resources
+            .iter()
+            .find(|r| {
+                r["standby_target"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with(image.as_str())
+            })
+            .unwrap_or_else(|| panic!("no resource for {image}: {gb}"));
+        let uri = target["uri"].as_str().unwrap();
+        let new = uri
+            .strip_prefix("rbd:rbd/")
+            .unwrap_or_else(|| panic!("the new primary's volume {uri} is not in rbd/"));
+        assert_ne!(new, image.as_str(), "{gb}");
+        let uris_a: Vec<&str> = ga["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["uri"].as_str().unwrap())
+            .collect();
+        assert!(uris_a.contains(&uri), "both sides name {uri}: {ga}");
+        pairs.push((
+            target["standby_target"].as_str().unwrap().to_owned(),
+            new.to_owned(),
+        ));
+    }
+    pairs
+}
+
 /// A group of two RBD images (site-a) migrates to its RBD standby (site-b):
 /// the new primary's volumes are new images equal to the quiesced sources,
 /// the old sources become site-a's standby copies without a transfer, and
@@ -1166,37 +1210,7 @@ fn lab_rbd_group_migrates_and_replicates_back_incrementally() {
     let op = ok(&a, &["group", "migrate", "g1", "--wait"]);
     assert_eq!(op["state"]["state"], "succeeded", "{op}");
     let (ga, gb) = assert_roles_swapped(&a, &b);
-    // (standby name, new primary image) per source, in the sources' order.
-    let resources = gb["resources"].as_array().unwrap();
-    assert_eq!(resources.len(), 2, "{gb}");
-    let mut pairs: Vec<(String, String)> = Vec::new();
-    for image in &images {
-        let target = resources
-            .iter()
-            .find(|r| {
-                r["standby_target"]
-                    .as_str()
-                    .unwrap()
-                    .ends_with(image.as_str())
-            })
-            .unwrap_or_else(|| panic!("no resource for {image}: {gb}"));
-        let uri = target["uri"].as_str().unwrap();
-        let new = uri
-            .strip_prefix("rbd:rbd/")
-            .unwrap_or_else(|| panic!("the new primary's volume {uri} is not in rbd/"));
-        assert_ne!(new, image.as_str(), "{gb}");
-        let uris_a: Vec<&str> = ga["resources"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["uri"].as_str().unwrap())
-            .collect();
-        assert!(uris_a.contains(&uri), "both sides name {uri}: {ga}");
-        pairs.push((
-            target["standby_target"].as_str().unwrap().to_owned(),
-            new.to_owned(),
-        ));
-    }
+    let pairs = migrated_pairs(&images, &ga, &gb);
     for ((standby, new), want) in pairs.iter().zip(&quiesced) {
         assert_eq!(
             &export_hash("site-b", &format!("rbd/{new}")),

@@ -201,6 +201,71 @@ fn assert_connected_as(agent: &Agent, user: &CephUser) {
     );
 }
 
+/// `ferry export-diff` of a snapshot of `image` on site-a as `ua` (its
+/// flags) and `ferry import-diff` of it on site-b as `ub` (named by
+/// `CEPH_ARGS`): the imported image is the snapshot. `tag` prefixes the
+/// imported image's name; the diff file goes into `tmp`.
+fn diff_commands_run_as_the_users(
+    tmp: &Path,
+    scratch: &Path,
+    tag: &str,
+    image: &str,
+    ua: &CephUser,
+    ub: &CephUser,
+) {
+    let snap = format!("rbd/{image}@d1");
+    rbd("site-a", &["snap", "create", &snap]);
+    let diff = tmp.join("d1.diff").display().to_string();
+    let mut export = strings(&["export-diff"]);
+    export.extend(ua.flags());
+    export.extend([format!("rbd:{snap}"), diff.clone()]);
+    assert_ok(
+        &ferry_env(&export, &[]),
+        "ferry export-diff as the primary's user",
+    );
+    let imported = format!("rbd/{tag}imported");
+    let import = strings(&[
+        "import-diff",
+        "--cluster",
+        "site-b",
+        &diff,
+        &format!("rbd:{imported}"),
+    ]);
+    let ceph_args = format!("--id {} --keyring {}", ub.id, ub.keyring());
+    assert_ok(
+        &ferry_env(&import, &[("CEPH_ARGS", ceph_args.as_str())]),
+        "ferry import-diff as the standby's user, named by CEPH_ARGS",
+    );
+    assert_eq!(
+        export_hash(scratch, "site-b", &imported),
+        export_hash(scratch, "site-a", &snap),
+        "the imported image is the snapshot"
+    );
+}
+
+/// A client of site-b takes the exclusive lock of the standby image
+/// `standby` (in pool `rbd`) and dies holding it.
+fn a_client_dies_holding_the_lock(standby: &str) {
+    let script = format!(
+        "import os, time, rados, rbd\n\
+         c = rados.Rados(clustername='site-b', conffile='/etc/ceph/site-b.conf')\n\
+         c.connect()\n\
+         img = rbd.Image(c.open_ioctx('rbd'), '{standby}')\n\
+         for attempt in range(120):\n\
+         \x20   try:\n\
+         \x20       img.lock_acquire(rbd.RBD_LOCK_MODE_EXCLUSIVE)\n\
+         \x20       os._exit(0)\n\
+         \x20   except Exception:\n\
+         \x20       time.sleep(0.5)\n\
+         os._exit(3)\n"
+    );
+    let out = Command::new("/usr/bin/python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3");
+    assert_ok(&out, "a client that dies holding the standby image's lock");
+}
+
 #[test]
 #[ignore = "needs the Ceph lab (FERRY_CEPH_LAB=1); scripts/test.sh runs it"]
 fn lab_restricted_users_protect_capture_fail_over_and_diff_without_admin() {
@@ -267,35 +332,7 @@ fn lab_restricted_users_protect_capture_fail_over_and_diff_without_admin() {
         .map(|i| export_hash(&scratch, "site-a", &format!("rbd/{i}")))
         .collect();
 
-    // export-diff on site-a (flags) and import-diff on site-b (CEPH_ARGS).
-    let snap = format!("rbd/{}@d1", images[0]);
-    rbd("site-a", &["snap", "create", &snap]);
-    let diff = tmp.path().join("d1.diff").display().to_string();
-    let mut export = strings(&["export-diff"]);
-    export.extend(ua.flags());
-    export.extend([format!("rbd:{snap}"), diff.clone()]);
-    assert_ok(
-        &ferry_env(&export, &[]),
-        "ferry export-diff as the primary's user",
-    );
-    let imported = format!("rbd/{tag}imported");
-    let import = strings(&[
-        "import-diff",
-        "--cluster",
-        "site-b",
-        &diff,
-        &format!("rbd:{imported}"),
-    ]);
-    let ceph_args = format!("--id {} --keyring {}", ub.id, ub.keyring());
-    assert_ok(
-        &ferry_env(&import, &[("CEPH_ARGS", ceph_args.as_str())]),
-        "ferry import-diff as the standby's user, named by CEPH_ARGS",
-    );
-    assert_eq!(
-        export_hash(&scratch, "site-b", &imported),
-        export_hash(&scratch, "site-a", &snap),
-        "the imported image is the snapshot"
-    );
+    diff_commands_run_as_the_users(tmp.path(), &scratch, &tag, &images[0], &ua, &ub);
 
     // A client dies holding the exclusive lock of a standby image: the
     // standby breaks it (blocklisting the dead client) on its next cycle.
@@ -306,25 +343,7 @@ fn lab_restricted_users_protect_capture_fail_over_and_diff_without_admin() {
         .map(|r| r["standby_target"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(standby.len(), 2, "{standby:?}");
-    let script = format!(
-        "import os, time, rados, rbd\n\
-         c = rados.Rados(clustername='site-b', conffile='/etc/ceph/site-b.conf')\n\
-         c.connect()\n\
-         img = rbd.Image(c.open_ioctx('rbd'), '{}')\n\
-         for attempt in range(120):\n\
-         \x20   try:\n\
-         \x20       img.lock_acquire(rbd.RBD_LOCK_MODE_EXCLUSIVE)\n\
-         \x20       os._exit(0)\n\
-         \x20   except Exception:\n\
-         \x20       time.sleep(0.5)\n\
-         os._exit(3)\n",
-        standby[0]
-    );
-    let out = Command::new("/usr/bin/python3")
-        .args(["-c", &script])
-        .output()
-        .expect("python3");
-    assert_ok(&out, "a client that dies holding the standby image's lock");
+    a_client_dies_holding_the_lock(&standby[0]);
     for image in &images {
         pyrbd("site-a", image, "img.write(b'x' * (1 << 20), 0)");
     }
@@ -487,6 +506,82 @@ fn write_ns(ns: &str, image: &str, seed: u64) {
     assert_ok(&out, "python3-rbd write in a namespace");
 }
 
+/// The diff commands address namespaced images (in `pool`, `POOL/NAMESPACE`)
+/// too: `ferry export-diff` of a snapshot as `ua`, `ferry import-diff` of it
+/// into the standby's namespace as `ub`.
+fn diff_commands_address_namespaced_images(
+    pair: &Pair,
+    scratch: &Path,
+    pool: &str,
+    ua: &CephUser,
+    ub: &CephUser,
+) {
+    let snap = format!("{pool}/vol0@d1");
+    rbd("site-a", &["snap", "create", &snap]);
+    let diff = pair.path("d1.diff").display().to_string();
+    let mut export = strings(&["export-diff"]);
+    export.extend(ua.flags());
+    export.extend([format!("rbd:{snap}"), diff.clone()]);
+    assert_ok(
+        &ferry_env(&export, &[]),
+        "ferry export-diff from a namespace",
+    );
+    let imported = format!("{pool}/imported");
+    let mut import = strings(&["import-diff"]);
+    import.extend(ub.flags());
+    import.extend([diff, format!("rbd:{imported}")]);
+    assert_ok(
+        &ferry_env(&import, &[]),
+        "ferry import-diff into a namespace",
+    );
+    assert_eq!(
+        export_hash(scratch, "site-b", &imported),
+        export_hash(scratch, "site-a", &snap)
+    );
+}
+
+/// Restore (agent stopped) writes point `rp` of vol0 into the standby's
+/// namespace (`pool`, `POOL/NAMESPACE`), and refuses another one.
+fn restore_writes_into_the_standby_namespace_only(
+    pair: &mut Pair,
+    scratch: &Path,
+    pool: &str,
+    rp: u64,
+) {
+    pair.standby.stop();
+    let standby_dir = pair.standby.dir.display().to_string();
+    let restore = |out: &str| {
+        Command::new(bin("ferry-agent"))
+            .args([
+                "restore",
+                "--dir",
+                &standby_dir,
+                "vol0",
+                "--rp",
+                &rp.to_string(),
+            ])
+            .args(["--out", out])
+            .env_remove("CEPH_ARGS")
+            .output()
+            .expect("ferry-agent restore")
+    };
+    let refused = restore("rbd:rbd/restored");
+    assert!(!refused.status.success(), "restore into another namespace");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains(&format!("rbd:{pool}/NAME")),
+        "{refused:?}"
+    );
+    assert_ok(
+        &restore(&format!("rbd:{pool}/restored")),
+        "ferry-agent restore",
+    );
+    assert_eq!(
+        export_hash(scratch, "site-b", &format!("{pool}/restored")),
+        export_hash(scratch, "site-b", &format!("{pool}/vol0@ferry-rp-{rp}")),
+        "the restored image is the point"
+    );
+}
+
 #[test]
 #[ignore = "needs the Ceph lab (FERRY_CEPH_LAB=1); scripts/test.sh runs it"]
 fn lab_replicates_between_rbd_namespaces_as_namespace_limited_users() {
@@ -621,64 +716,9 @@ fn lab_replicates_between_rbd_namespaces_as_namespace_limited_users() {
         "ferry verify of a namespaced image",
     );
 
-    // The diff commands address namespaced images too.
-    let snap = format!("{pool}/vol0@d1");
-    rbd("site-a", &["snap", "create", &snap]);
-    let diff = pair.path("d1.diff").display().to_string();
-    let mut export = strings(&["export-diff"]);
-    export.extend(ua.flags());
-    export.extend([format!("rbd:{snap}"), diff.clone()]);
-    assert_ok(
-        &ferry_env(&export, &[]),
-        "ferry export-diff from a namespace",
-    );
-    let imported = format!("{pool}/imported");
-    let mut import = strings(&["import-diff"]);
-    import.extend(ub.flags());
-    import.extend([diff, format!("rbd:{imported}")]);
-    assert_ok(
-        &ferry_env(&import, &[]),
-        "ferry import-diff into a namespace",
-    );
-    assert_eq!(
-        export_hash(&scratch, "site-b", &imported),
-        export_hash(&scratch, "site-a", &snap)
-    );
+    diff_commands_address_namespaced_images(&pair, &scratch, &pool, &ua, &ub);
     assert_connected_as(&pair.standby, &ub);
 
-    // Restore (agent stopped) writes into the standby's namespace, and
-    // refuses another one.
     let mut pair = pair;
-    pair.standby.stop();
-    let standby_dir = pair.standby.dir.display().to_string();
-    let restore = |out: &str| {
-        Command::new(bin("ferry-agent"))
-            .args([
-                "restore",
-                "--dir",
-                &standby_dir,
-                "vol0",
-                "--rp",
-                &rp.to_string(),
-            ])
-            .args(["--out", out])
-            .env_remove("CEPH_ARGS")
-            .output()
-            .expect("ferry-agent restore")
-    };
-    let refused = restore("rbd:rbd/restored");
-    assert!(!refused.status.success(), "restore into another namespace");
-    assert!(
-        String::from_utf8_lossy(&refused.stderr).contains(&format!("rbd:{pool}/NAME")),
-        "{refused:?}"
-    );
-    assert_ok(
-        &restore(&format!("rbd:{pool}/restored")),
-        "ferry-agent restore",
-    );
-    assert_eq!(
-        export_hash(&scratch, "site-b", &format!("{pool}/restored")),
-        export_hash(&scratch, "site-b", &format!("{pool}/vol0@ferry-rp-{rp}")),
-        "the restored image is the point"
-    );
+    restore_writes_into_the_standby_namespace_only(&mut pair, &scratch, &pool, rp);
 }

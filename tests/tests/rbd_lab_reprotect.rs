@@ -13,6 +13,7 @@
 //! migration fails back home.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::time::Duration;
 
 use ferry_e2e::cli::ok;
@@ -61,6 +62,42 @@ fn scatter(site: &str, image: &str, size: u64, seed: u64, count: usize) -> BTree
     blocks
 }
 
+/// Split brain: 64 MiB written on the new primary (site-b's `targets`),
+/// 32 MiB on the old one (site-a's `images`). Returns the bytes of the
+/// blocks changed on either side, and the hash of each old image after.
+fn split_brain(
+    scratch: &Path,
+    images: &[String],
+    targets: &[String],
+    size: u64,
+) -> (u64, Vec<String>) {
+    let mut changed = 0u64;
+    let mut kept = Vec::new();
+    for i in 0..3 {
+        let mut hit = scatter(
+            "site-b",
+            &targets[i],
+            size,
+            10 + i as u64,
+            [342, 341, 341][i],
+        );
+        hit.extend(scatter(
+            "site-a",
+            &images[i],
+            size,
+            20 + i as u64,
+            [171, 171, 170][i],
+        ));
+        changed += hit.len() as u64 * BLOCK;
+        kept.push(export_hash(
+            scratch,
+            "site-a",
+            &format!("rbd/{}", images[i]),
+        ));
+    }
+    (changed, kept)
+}
+
 #[test]
 #[ignore = "needs the Ceph lab (FERRY_CEPH_LAB=1); scripts/test.sh runs it"]
 fn lab_rbd_reprotect_sends_only_the_differences_keeps_the_split_brain_writes_and_fails_back() {
@@ -101,31 +138,7 @@ fn lab_rbd_reprotect_sends_only_the_differences_keeps_the_split_brain_writes_and
         .collect();
     s.a.kill9();
     succeeded(&ok(&b, &["group", "failover", "g1", "--wait"]));
-    // Split brain: 64 MiB on the new primary, 32 MiB on the old one.
-    let mut changed = 0u64;
-    let mut kept = Vec::new();
-    for i in 0..3 {
-        let mut hit = scatter(
-            "site-b",
-            &targets[i],
-            size,
-            10 + i as u64,
-            [342, 341, 341][i],
-        );
-        hit.extend(scatter(
-            "site-a",
-            &images[i],
-            size,
-            20 + i as u64,
-            [171, 171, 170][i],
-        ));
-        changed += hit.len() as u64 * BLOCK;
-        kept.push(export_hash(
-            &scratch,
-            "site-a",
-            &format!("rbd/{}", images[i]),
-        ));
-    }
+    let (changed, kept) = split_brain(&scratch, &images, &targets, size);
     let snaps_of = |image: &str| {
         String::from_utf8_lossy(&rbd("site-a", &["snap", "ls", &format!("rbd/{image}")]).stdout)
             .to_string()

@@ -398,6 +398,32 @@ fn scrape(dir: &Path) -> (String, HashMap<String, f64>) {
     (body.to_owned(), series)
 }
 
+/// Every series the Grafana dashboard queries is one the agents export
+/// (`a_text`, `b_text`: both sites' scrapes); it queries at least 10.
+fn assert_the_dashboard_queries_only_exported_series(a_text: &str, b_text: &str) {
+    let dashboard =
+        std::fs::read_to_string(repo_root().join("contrib/grafana/ferry.json")).unwrap();
+    let dashboard: Value = serde_json::from_str(&dashboard).unwrap();
+    let mut queried = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if let Some(name) = word.strip_prefix("ferry_") {
+                    let family = format!("ferry_{}", name.strip_suffix("_total").unwrap_or(name));
+                    let declared = format!("# TYPE {family} ");
+                    assert!(
+                        a_text.contains(&declared) || b_text.contains(&declared),
+                        "the dashboard queries {word}, which no agent exports"
+                    );
+                    queried += 1;
+                }
+            }
+        }
+    }
+    assert!(queried >= 10, "{queried} series queried");
+}
+
 #[test]
 fn metrics_endpoint_reports_a_real_replication() {
     let s = replicating("[metrics]\nlisten = \"127.0.0.1:0\"\n");
@@ -528,28 +554,7 @@ fn metrics_endpoint_reports_a_real_replication() {
         a_text.contains("# TYPE ferry_read_bytes counter"),
         "{a_text}"
     );
-    // Every series the Grafana dashboard queries is one the agents export.
-    let dashboard =
-        std::fs::read_to_string(repo_root().join("contrib/grafana/ferry.json")).unwrap();
-    let dashboard: Value = serde_json::from_str(&dashboard).unwrap();
-    let mut queried = 0;
-    for panel in dashboard["panels"].as_array().unwrap() {
-        for target in panel["targets"].as_array().unwrap() {
-            let expr = target["expr"].as_str().unwrap();
-            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
-                if let Some(name) = word.strip_prefix("ferry_") {
-                    let family = format!("ferry_{}", name.strip_suffix("_total").unwrap_or(name));
-                    let declared = format!("# TYPE {family} ");
-                    assert!(
-                        a_text.contains(&declared) || b_text.contains(&declared),
-                        "the dashboard queries {word}, which no agent exports"
-                    );
-                    queried += 1;
-                }
-            }
-        }
-    }
-    assert!(queried >= 10, "{queried} series queried");
+    assert_the_dashboard_queries_only_exported_series(&a_text, &b_text);
 }
 
 #[test]

@@ -850,53 +850,7 @@ fn api_errors() {
     .expect("thread");
     assert!(matches!(busy, Err(StoreError::Busy { .. })), "{busy:?}");
 
-    let reject =
-        |writer: &mut EpochWriter, extents: Vec<DecodedExtent>, scan_end: u64| -> BatchRejection {
-            match writer.stage(StagedBatch {
-                seq: SeqNo(1),
-                scan_end,
-                extents,
-            }) {
-                Err(StoreError::InvalidBatch { reason, .. }) => reason,
-                other => panic!("expected InvalidBatch, got {other:?}"),
-            }
-        };
-    assert!(matches!(
-        reject(&mut writer, vec![data(8000, vec![0; 200])], 0),
-        BatchRejection::PastEnd { .. }
-    ));
-    assert!(matches!(
-        reject(&mut writer, vec![zero(10, 0)], 0),
-        BatchRejection::EmptyExtent { .. }
-    ));
-    assert!(matches!(
-        reject(
-            &mut writer,
-            vec![data(100, vec![0; 10]), data(105, vec![0; 10])],
-            0
-        ),
-        BatchRejection::Unsorted { .. }
-    ));
-    let short = DecodedExtent {
-        offset: 0,
-        length: 10,
-        kind: ExtentKind::Data,
-        data: Some(Bytes::from_static(b"abc")),
-    };
-    assert!(matches!(
-        reject(&mut writer, vec![short], 0),
-        BatchRejection::DataLength { got: 3, .. }
-    ));
-    let zero_with_data = DecodedExtent {
-        offset: 0,
-        length: 3,
-        kind: ExtentKind::Zero,
-        data: Some(Bytes::from_static(b"abc")),
-    };
-    assert!(matches!(
-        reject(&mut writer, vec![zero_with_data], 0),
-        BatchRejection::UnexpectedData { .. }
-    ));
+    assert_malformed_batches_are_rejected(&mut writer);
     // Rejected batches change nothing: batch 1 is still expected.
     assert!(writer
         .stage(StagedBatch {
@@ -959,6 +913,59 @@ fn api_errors() {
         Err(StoreError::UnknownImage { .. })
     ));
     assert_eq!(store.image_state(&name("nope")).expect("state"), None);
+}
+
+/// Batch 1 of `writer`'s epoch (an 8192-byte image) past the end, with an
+/// empty or unsorted extent, data of the wrong length, or data on a zero
+/// extent: each is rejected with its reason.
+fn assert_malformed_batches_are_rejected(writer: &mut EpochWriter) {
+    let reject =
+        |writer: &mut EpochWriter, extents: Vec<DecodedExtent>, scan_end: u64| -> BatchRejection {
+            match writer.stage(StagedBatch {
+                seq: SeqNo(1),
+                scan_end,
+                extents,
+            }) {
+                Err(StoreError::InvalidBatch { reason, .. }) => reason,
+                other => panic!("expected InvalidBatch, got {other:?}"),
+            }
+        };
+    assert!(matches!(
+        reject(writer, vec![data(8000, vec![0; 200])], 0),
+        BatchRejection::PastEnd { .. }
+    ));
+    assert!(matches!(
+        reject(writer, vec![zero(10, 0)], 0),
+        BatchRejection::EmptyExtent { .. }
+    ));
+    assert!(matches!(
+        reject(
+            writer,
+            vec![data(100, vec![0; 10]), data(105, vec![0; 10])],
+            0
+        ),
+        BatchRejection::Unsorted { .. }
+    ));
+    let short = DecodedExtent {
+        offset: 0,
+        length: 10,
+        kind: ExtentKind::Data,
+        data: Some(Bytes::from_static(b"abc")),
+    };
+    assert!(matches!(
+        reject(writer, vec![short], 0),
+        BatchRejection::DataLength { got: 3, .. }
+    ));
+    let zero_with_data = DecodedExtent {
+        offset: 0,
+        length: 3,
+        kind: ExtentKind::Zero,
+        data: Some(Bytes::from_static(b"abc")),
+    };
+    assert!(matches!(
+        reject(writer, vec![zero_with_data], 0),
+        BatchRejection::UnexpectedData { .. }
+    ));
 }
 
 fn reject_seq2_backwards(writer: &mut EpochWriter) -> BatchRejection {

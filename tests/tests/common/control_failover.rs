@@ -11,6 +11,7 @@
 use ferry_e2e::cli::{ok, run, text};
 use ferry_e2e::hash_file;
 use rand::Rng;
+use std::path::{Path, PathBuf};
 
 use super::control_faults::{Fault, On, Op};
 use super::{wait_for, wait_op_finished, World};
@@ -19,19 +20,7 @@ impl World {
     pub(crate) fn failover(&mut self, to_point: bool, fault: Option<Fault>, what: &str) {
         let g = self.group.clone();
         let s = self.s();
-        let standby_side = self.primary.other();
-        let complete: Vec<String> = self
-            .rps(&s)
-            .iter()
-            .filter(|rp| rp["state"] == "complete")
-            .filter_map(|rp| rp["name"].as_str().map(str::to_owned))
-            .filter(|name| self.committed.contains_key(name))
-            .collect();
-        let point = if to_point && !complete.is_empty() {
-            Some(complete[self.rng.gen_range(0..complete.len())].clone())
-        } else {
-            None
-        };
+        let point = self.failover_point(to_point);
         // Latest synced data: the check after the previous scenario saw the
         // standby equal to the (unchanged since) sources.
         let expected = match &point {
@@ -45,11 +34,55 @@ impl World {
             "  failover to {}",
             point.as_deref().unwrap_or("the latest data")
         );
-        // The volumes of an earlier failover of this group on this site (its
-        // sources after a reprotect, stale since a migration moved the
-        // group back) are in the way: ferry refuses to fail over onto them
-        // ("move it away first"), so the operator moves them away.
-        let out_dir = s.join("failover").join(&g);
+        let out_dir = self.move_earlier_failover_away();
+        self.fail_over_the_lost_primary(point.as_deref(), fault, what);
+        let got: Vec<String> = names
+            .iter()
+            .map(|n| hash_file(&out_dir.join(format!("{n}.raw"))))
+            .collect();
+        assert_eq!(
+            got,
+            expected,
+            "{}: failover copies differ from {}",
+            self.ctx(what),
+            point.as_deref().unwrap_or("the latest data")
+        );
+        self.bump("failovers");
+        if self.rng.gen_bool(0.5) {
+            let fault = Fault::draw(&mut self.rng, Op::Reprotect);
+            self.reprotect(&uris, fault, what);
+            return;
+        }
+        self.rebuild_after_failover(&uris, &out_dir, what);
+    }
+
+    /// The recovery point to fail over to (`None`: the latest data): with
+    /// `to_point`, one of the complete points whose content the world
+    /// recorded, drawn at random.
+    fn failover_point(&mut self, to_point: bool) -> Option<String> {
+        let complete: Vec<String> = self
+            .rps(&self.s())
+            .iter()
+            .filter(|rp| rp["state"] == "complete")
+            .filter_map(|rp| rp["name"].as_str().map(str::to_owned))
+            .filter(|name| self.committed.contains_key(name))
+            .collect();
+        if to_point && !complete.is_empty() {
+            Some(complete[self.rng.gen_range(0..complete.len())].clone())
+        } else {
+            None
+        }
+    }
+
+    /// The volumes of an earlier failover of this group on this site (its
+    /// sources after a reprotect, stale since a migration moved the group
+    /// back) are in the way: ferry refuses to fail over onto them ("move it
+    /// away first"), so the operator moves them away. Returns the directory
+    /// the failover writes its volumes to.
+    fn move_earlier_failover_away(&self) -> PathBuf {
+        let g = &self.group;
+        let s = self.s();
+        let out_dir = s.join("failover").join(g);
         if out_dir.exists() {
             let moved = self.stats.get("failovers").copied().unwrap_or(0);
             let aside = s.join("failover").join(format!("{g}.moved-{moved}"));
@@ -59,11 +92,26 @@ impl World {
                 aside.display()
             );
         }
-        // The primary site is lost.
+        out_dir
+    }
+
+    /// The primary site is lost: kill it and fail the group over on the
+    /// standby (to `point`, or the latest data), with `fault` armed; an
+    /// interrupted failover must show as failed and is retried (at most 3
+    /// times) until the standby is the new primary.
+    fn fail_over_the_lost_primary(
+        &mut self,
+        point: Option<&str>,
+        fault: Option<Fault>,
+        what: &str,
+    ) {
+        let g = self.group.clone();
+        let s = self.s();
+        let standby_side = self.primary.other();
         self.agents[self.primary.index()].kill9();
         let mut args = vec!["group", "failover", g.as_str()];
-        if let Some(name) = &point {
-            args.extend(["--rp", name.as_str()]);
+        if let Some(name) = point {
+            args.extend(["--rp", name]);
         }
         if let Some(f) = &fault {
             self.arm(f);
@@ -115,27 +163,14 @@ impl World {
             "{}: after failover: role {role}, state {state}, new primary {new_primary}",
             self.ctx(what)
         );
-        let got: Vec<String> = names
-            .iter()
-            .map(|n| hash_file(&out_dir.join(format!("{n}.raw"))))
-            .collect();
-        assert_eq!(
-            got,
-            expected,
-            "{}: failover copies differ from {}",
-            self.ctx(what),
-            point.as_deref().unwrap_or("the latest data")
-        );
-        self.bump("failovers");
-        if self.rng.gen_bool(0.5) {
-            let fault = Fault::draw(&mut self.rng, Op::Reprotect);
-            self.reprotect(&uris, fault, what);
-            return;
-        }
+    }
 
-        // Rebuild: the old primary comes back; the failed-over group goes,
-        // the primary stops and deletes its group, and protects its sources
-        // again as a new group.
+    /// Rebuild: the old primary comes back; the failed-over group goes, the
+    /// primary stops and deletes its group, and protects its sources (`uris`)
+    /// again as a new group.
+    fn rebuild_after_failover(&mut self, uris: &[String], out_dir: &Path, what: &str) {
+        let g = self.group.clone();
+        let s = self.s();
         self.restart(self.primary);
         let p = self.p();
         // Either order: the new primary's group may be gone or still there
@@ -171,14 +206,14 @@ impl World {
             );
             ok(&s, &["group", "delete", &g, "--wait"]);
         }
-        std::fs::remove_dir_all(&out_dir).expect("removing the failover copies");
+        std::fs::remove_dir_all(out_dir).expect("removing the failover copies");
         self.generation += 1;
         self.group = format!("g{}", self.generation);
         self.committed.clear();
         self.policy_bound = false;
         self.last_fired = None;
         self.policy_seen.clear();
-        self.protect(&uris);
+        self.protect(uris);
     }
 
     /// The old primary (down since the failover) had its sources written

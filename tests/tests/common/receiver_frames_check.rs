@@ -168,6 +168,90 @@ impl Run {
         Some(batch)
     }
 
+    /// The next batch with one byte flipped somewhere in its frame, through
+    /// the frame decoder and the machine.
+    fn feed_flipped(
+        &mut self,
+        m: &mut FrameMachine,
+        input: &mut Input,
+    ) -> Result<(), MachineError> {
+        let seq = m.expected().get();
+        match self.batch(input, seq) {
+            Some(batch) => {
+                let mut buf = BytesMut::new();
+                Message::ExtentBatch(batch.clone())
+                    .encode(&mut buf, DEFAULT_MAX_FRAME_LEN)
+                    .expect("a generated batch encodes");
+                let at = usize::from(input.u16()) % buf.len();
+                let flip = input.u8() | 1;
+                buf[at] ^= flip;
+                match FrameDecoder::new(DEFAULT_MAX_FRAME_LEN).decode(&mut buf) {
+                    Ok(Some(message)) => {
+                        match FrameMachine::accept_frame(&self.image, Epoch(self.epoch), message) {
+                            Ok(damaged) => {
+                                let intact = damaged == batch;
+                                self.feed(m, &damaged, intact)
+                            }
+                            Err(e) => Err(e),
+                        }
+                    }
+                    // Undecodable or cut short: the frame layer ends the stream.
+                    Ok(None) | Err(_) => Err(MachineError::Refuse {
+                        code: ferry_protocol::ErrorCode::Malformed,
+                        message: "undecodable frame".into(),
+                    }),
+                }
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Commits the stream's epoch (after the end of the stream; with an
+    /// impossible size when `absurd`, which must be refused): the committed
+    /// image must equal the model and the store must reopen either way.
+    /// Returns the reopened store.
+    fn commit(&mut self, m: FrameMachine, mut store: Standby, absurd: bool) -> Standby {
+        let mut writer = m.into_writer();
+        let durable = writer.sync().expect("fsync before the commit");
+        self.durable = durable.get();
+        let commit_size = if absurd { u64::MAX } else { self.size };
+        match writer.seal(durable, commit_size) {
+            Ok(sealed) => {
+                assert!(!absurd, "an impossible size was sealed");
+                let meta = RecoveryPointMeta {
+                    id: RecoveryPointId(self.next_rp),
+                    created_unix_ms: self.next_rp,
+                    fuzzy: false,
+                };
+                store
+                    .commit(meta, vec![sealed])
+                    .expect("a sealed epoch commits");
+                self.next_rp += 1;
+                self.committed = self.model(self.staged.len());
+                self.committed_epoch = self.epoch;
+                self.epoch += 1;
+                self.staged.clear();
+                self.durable = 0;
+                self.cursor = 0;
+                drop(store);
+                store = self.store();
+                let bytes = std::fs::read(self.path.join("images").join("fuzz.raw"))
+                    .expect("the committed image exists");
+                assert!(
+                    bytes == self.committed,
+                    "the committed image differs from the staged extents"
+                );
+            }
+            Err(StoreError::InvalidRequest { .. }) if absurd => {
+                // Refused; the store must still reopen.
+                drop(store);
+                store = self.store();
+            }
+            Err(e) => panic!("sealing a durable epoch failed: {e}"),
+        }
+        store
+    }
+
     /// Applies one step's outcome to the model; `Err` ends the stream.
     /// `intact`: the batch is exactly as generated (it must verify).
     fn feed(
@@ -240,41 +324,7 @@ pub fn check(data: &[u8]) {
                 }
             }
             // The next batch with one byte flipped somewhere in its frame.
-            3 => {
-                let seq = m.expected().get();
-                match run.batch(&mut input, seq) {
-                    Some(batch) => {
-                        let mut buf = BytesMut::new();
-                        Message::ExtentBatch(batch.clone())
-                            .encode(&mut buf, DEFAULT_MAX_FRAME_LEN)
-                            .expect("a generated batch encodes");
-                        let at = usize::from(input.u16()) % buf.len();
-                        let flip = input.u8() | 1;
-                        buf[at] ^= flip;
-                        match FrameDecoder::new(DEFAULT_MAX_FRAME_LEN).decode(&mut buf) {
-                            Ok(Some(message)) => {
-                                match FrameMachine::accept_frame(
-                                    &run.image,
-                                    Epoch(run.epoch),
-                                    message,
-                                ) {
-                                    Ok(damaged) => {
-                                        let intact = damaged == batch;
-                                        run.feed(m, &damaged, intact)
-                                    }
-                                    Err(e) => Err(e),
-                                }
-                            }
-                            // Undecodable or cut short: the frame layer ends the stream.
-                            Ok(None) | Err(_) => Err(MachineError::Refuse {
-                                code: ferry_protocol::ErrorCode::Malformed,
-                                message: "undecodable frame".into(),
-                            }),
-                        }
-                    }
-                    None => Ok(()),
-                }
-            }
+            3 => run.feed_flipped(m, &mut input),
             // A resend of an older batch, or a batch past a gap.
             4 => {
                 let delta = u64::from(input.u8() % 4);
@@ -316,44 +366,7 @@ pub fn check(data: &[u8]) {
             _ => {
                 let absurd = input.u8().is_multiple_of(4);
                 let m = machine.take().expect("checked above");
-                let mut writer = m.into_writer();
-                let durable = writer.sync().expect("fsync before the commit");
-                run.durable = durable.get();
-                let commit_size = if absurd { u64::MAX } else { run.size };
-                match writer.seal(durable, commit_size) {
-                    Ok(sealed) => {
-                        assert!(!absurd, "an impossible size was sealed");
-                        let meta = RecoveryPointMeta {
-                            id: RecoveryPointId(run.next_rp),
-                            created_unix_ms: run.next_rp,
-                            fuzzy: false,
-                        };
-                        store
-                            .commit(meta, vec![sealed])
-                            .expect("a sealed epoch commits");
-                        run.next_rp += 1;
-                        run.committed = run.model(run.staged.len());
-                        run.committed_epoch = run.epoch;
-                        run.epoch += 1;
-                        run.staged.clear();
-                        run.durable = 0;
-                        run.cursor = 0;
-                        drop(store);
-                        store = run.store();
-                        let bytes = std::fs::read(run.path.join("images").join("fuzz.raw"))
-                            .expect("the committed image exists");
-                        assert!(
-                            bytes == run.committed,
-                            "the committed image differs from the staged extents"
-                        );
-                    }
-                    Err(StoreError::InvalidRequest { .. }) if absurd => {
-                        // Refused; the store must still reopen.
-                        drop(store);
-                        store = run.store();
-                    }
-                    Err(e) => panic!("sealing a durable epoch failed: {e}"),
-                }
+                store = run.commit(m, store, absurd);
                 // An uncommitted epoch resumes from its durable prefix.
                 run.staged.truncate(run.durable as usize);
                 run.cursor = resume_cursor(&run);
