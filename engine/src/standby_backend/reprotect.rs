@@ -98,17 +98,30 @@ impl Standby {
                     keep_snap,
                 },
             ) => {
-                keep_split_brain(cluster, spec, keep_snap)?;
-                s.adopt_clone(
-                    image,
-                    cluster,
-                    spec,
-                    snap,
-                    clone_from,
-                    epoch,
-                    rp,
-                    created_unix_ms,
-                )?;
+                // The clone is made of the common point, the kept snapshot
+                // of the head: neither waits for the other, and each waits
+                // for a monitor commit (a snapshot id), so they run at once.
+                let (kept, adopted) = std::thread::scope(|scope| {
+                    let kept = scope.spawn(|| keep_split_brain(cluster, spec, keep_snap));
+                    let adopted = s.adopt_clone(
+                        image,
+                        cluster,
+                        spec,
+                        snap,
+                        clone_from,
+                        epoch,
+                        rp,
+                        created_unix_ms,
+                    );
+                    let kept = kept.join().unwrap_or_else(|_| {
+                        Err(StoreError::InvalidRequest {
+                            reason: format!("snapshotting {spec}@{keep_snap} panicked"),
+                        })
+                    });
+                    (kept, adopted)
+                });
+                kept?;
+                adopted?;
                 Ok(ReprotectCopy {
                     kept: format!("rbd:{spec}@{keep_snap}"),
                     block_hashes: None,
