@@ -519,8 +519,16 @@ impl Orchestrator {
         // One task per image, all at once: each costs a few cluster round
         // trips (two snapshots take a monitor round each, ~1 s on the lab),
         // which add up to minutes for a large group when run one by one.
+        let resources = self.db(|s| s.resources(g.id))?;
+        // The RBD images meet before their snapshots, so the monitor commits
+        // the whole group's in one round (see ferry_engine::rendezvous).
+        let rbd_count = resources
+            .iter()
+            .filter(|r| matches!(SourceUri::parse(&r.uri), Ok(SourceUri::Rbd(_))))
+            .count();
+        let mut tickets = ferry_engine::rendezvous::tickets(rbd_count).into_iter();
         let mut jobs = Vec::new();
-        for r in self.db(|s| s.resources(g.id))? {
+        for r in resources {
             let image = images
                 .iter()
                 .find(|i| i.image == r.standby_target)
@@ -546,6 +554,7 @@ impl Orchestrator {
                         epoch,
                         rp,
                         created_unix_ms,
+                        None,
                     )?)
                 }),
                 SourceUri::Rbd(spec) => {
@@ -561,6 +570,7 @@ impl Orchestrator {
                         )));
                     };
                     let keep = keep_snap.clone();
+                    let ticket = tickets.next();
                     Box::new(move || {
                         let copy = receiver.store.adopt_for_reprotect(
                             &name,
@@ -574,6 +584,7 @@ impl Orchestrator {
                             epoch,
                             rp,
                             created_unix_ms,
+                            ticket,
                         )?;
                         // This side never replicates from the old volume
                         // again (its snapshots stay: the copy is a clone of
