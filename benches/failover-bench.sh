@@ -24,6 +24,7 @@
 # same group at the beginning (ferry's full initial sync of the same volumes: what a full resync,
 # rbd-mirror's path after a forced promote, has to move). Medians of N runs (default 3). Needs the
 # binaries (cargo build --release --workspace --bins), python3-rbd (Debian's /usr/bin/python3: pyenv shims lack it), jq.
+# KEEP_WORK=1 keeps the agents' directories and logs (for a breakdown from their log lines).
 # Leaves no image behind (ferry-bench-fo-* on both sites are removed at the end).
 set -euo pipefail
 
@@ -95,7 +96,7 @@ cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   purge_images
-  rm -rf "$WORK"
+  if [[ -n "${KEEP_WORK:-}" ]]; then echo "agents' directories and logs kept in $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 
@@ -106,6 +107,8 @@ start_pair() {
   ferry-agent init --dir "$b" >/dev/null
   printf '[standby]\nbackend = "rbd"\nrbd_pool = "rbd"\n[ceph]\ncluster = "site-a"\n' >"$a/config.toml"
   printf '[standby]\nbackend = "rbd"\nrbd_pool = "rbd"\n[ceph]\ncluster = "site-b"\n' >"$b/config.toml"
+  # AGENT_CONFIG: more TOML for both agents (e.g. a [transport] section), to compare settings.
+  [[ -n "${AGENT_CONFIG:-}" ]] && printf '%b\n' "$AGENT_CONFIG" | tee -a "$a/config.toml" >>"$b/config.toml"
   # A fixed QUIC port for A: the service on B names it, and A comes back on it after the SIGKILL.
   A_LISTEN="127.0.0.1:$((20000 + RANDOM % 20000))"
   ferry-agent run --dir "$a" --listen "$A_LISTEN" --api-listen 127.0.0.1:0 >"$a.log" 2>&1 & PIDS+=($!); A_PID=$!

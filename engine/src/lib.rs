@@ -31,7 +31,8 @@
 //! - [`qos`]: run-time adjustable bandwidth limits.
 //! - [`netsim`]: a seeded UDP impairment proxy (link cuts, loss, delay) for demos and tests.
 //! - [`testpoint`]: named hold points end-to-end fault tests hold a process at.
-//! - [`sync_util`] (poison-tolerant `lock`) and [`durable`] (write temp,
+//! - [`rendezvous`] (a batch of blocking jobs meeting before a monitor round),
+//!   [`sync_util`] (poison-tolerant `lock`) and [`durable`] (write temp,
 //!   fsync, rename, fsync directory): small helpers, `pub` for the agent.
 //! - [`sys`]: the only place with `unsafe` (io_uring, fallocate, librbd).
 #![deny(unsafe_code)]
@@ -46,6 +47,7 @@ pub mod pipeline;
 pub mod qos;
 pub mod rbd;
 pub mod rbddiff;
+pub mod rendezvous;
 pub mod session;
 pub mod source;
 pub mod standby;

@@ -32,7 +32,8 @@ use super::{
     ReprotectPlan, ReprotectStep, ReprotectedImage, CYCLE_ATTEMPTS, RETRY_PAUSE,
 };
 use crate::control::{
-    Group, GroupState, OpKind, OpRequest, OpResult, OpState, Operation, Resource, Role, StoreError,
+    Group, GroupState, OpKind, OpRequest, OpResult, OpState, Operation, OperationId, Resource,
+    Role, StoreError,
 };
 use crate::durable::write_durably;
 use crate::replicate::{source_state_dir, Cycle};
@@ -43,6 +44,14 @@ use crate::uri::TargetUri;
 /// How often the new primary asks whether the old primary's copies are
 /// installed.
 const BEGIN_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// How long the old primary holds a `Begin` whose copies are still being
+/// installed before it answers `pending` (well inside the peer request
+/// timeout).
+const BEGIN_LONG_POLL: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// How often a held `Begin` looks whether the install has ended.
+const INSTALL_CHECK: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Where the new primary's first re-protect cycle starts: the common point
 /// and, per resource, its volume and epoch there.
@@ -395,7 +404,9 @@ impl Orchestrator {
                 };
                 let running = lock(&self.reprotect_tasks).get(&op.id).cloned();
                 match running {
-                    Some(None) => return Ok(pending),
+                    Some(None) => {
+                        return self.answer_when_installed(op.id, &load_plan, pending).await
+                    }
                     Some(Some(reason)) => {
                         lock(&self.reprotect_tasks).remove(&op.id);
                         return Err(CtlError::BadRequest(reason));
@@ -441,7 +452,7 @@ impl Orchestrator {
                         }
                     }
                 });
-                Ok(pending)
+                self.answer_when_installed(op.id, &load_plan, pending).await
             }
             ReprotectStep::Commit { renames } => {
                 let op = running.ok_or_else(|| {
@@ -464,6 +475,34 @@ impl Orchestrator {
         }
     }
 
+    /// The answer to a `Begin` whose copies are being installed: the plan
+    /// as soon as the install task is done, its error if it failed, or
+    /// `pending` after [`BEGIN_LONG_POLL`] (the new primary asks again). A
+    /// long poll, so the new primary learns of the end at once instead of
+    /// at its next poll.
+    async fn answer_when_installed(
+        &self,
+        op: OperationId,
+        load_plan: &impl Fn() -> CtlResult<ReprotectPlan>,
+        pending: ReprotectPlan,
+    ) -> CtlResult<ReprotectPlan> {
+        let deadline = tokio::time::Instant::now() + BEGIN_LONG_POLL;
+        loop {
+            let state = lock(&self.reprotect_tasks).get(&op).cloned();
+            match state {
+                Some(None) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(INSTALL_CHECK).await;
+                }
+                Some(None) => return Ok(pending),
+                Some(Some(reason)) => {
+                    lock(&self.reprotect_tasks).remove(&op);
+                    return Err(CtlError::BadRequest(reason));
+                }
+                None => return load_plan(),
+            }
+        }
+    }
+
     /// Installs each of `g`'s volumes here as the standby copy at the
     /// common point (see `Standby::adopt_for_reprotect`).
     async fn adopt_old_volumes(
@@ -480,8 +519,16 @@ impl Orchestrator {
         // One task per image, all at once: each costs a few cluster round
         // trips (two snapshots take a monitor round each, ~1 s on the lab),
         // which add up to minutes for a large group when run one by one.
+        let resources = self.db(|s| s.resources(g.id))?;
+        // The RBD images meet before their snapshots, so the monitor commits
+        // the whole group's in one round (see ferry_engine::rendezvous).
+        let rbd_count = resources
+            .iter()
+            .filter(|r| matches!(SourceUri::parse(&r.uri), Ok(SourceUri::Rbd(_))))
+            .count();
+        let mut tickets = ferry_engine::rendezvous::tickets(rbd_count).into_iter();
         let mut jobs = Vec::new();
-        for r in self.db(|s| s.resources(g.id))? {
+        for r in resources {
             let image = images
                 .iter()
                 .find(|i| i.image == r.standby_target)
@@ -507,6 +554,7 @@ impl Orchestrator {
                         epoch,
                         rp,
                         created_unix_ms,
+                        None,
                     )?)
                 }),
                 SourceUri::Rbd(spec) => {
@@ -522,6 +570,7 @@ impl Orchestrator {
                         )));
                     };
                     let keep = keep_snap.clone();
+                    let ticket = tickets.next();
                     Box::new(move || {
                         let copy = receiver.store.adopt_for_reprotect(
                             &name,
@@ -535,6 +584,7 @@ impl Orchestrator {
                             epoch,
                             rp,
                             created_unix_ms,
+                            ticket,
                         )?;
                         // This side never replicates from the old volume
                         // again (its snapshots stay: the copy is a clone of

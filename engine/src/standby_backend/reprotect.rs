@@ -16,6 +16,7 @@ use ferry_protocol::types::{Epoch, ImageName, RecoveryPointId};
 
 use super::Standby;
 use crate::rbd::RbdSpec;
+use crate::rendezvous::Ticket;
 use crate::source::BlockHash;
 use crate::standby::StoreError;
 use crate::sys::librbd::ClusterSpec;
@@ -61,6 +62,10 @@ impl Standby {
     /// hold, for a re-protect (see the module doc for what each backend
     /// makes). Repeatable: a copy already adopted at (`rp`, `epoch`) is
     /// kept. A source of the other backend's kind is refused.
+    ///
+    /// `together`: this image's place in a batch of images adopted at once
+    /// (see [`crate::rendezvous`]); an RBD adoption meets the batch before
+    /// its snapshots, a files adoption leaves it at once.
     pub fn adopt_for_reprotect(
         &self,
         image: &ImageName,
@@ -68,9 +73,11 @@ impl Standby {
         epoch: Epoch,
         rp: RecoveryPointId,
         created_unix_ms: u64,
+        together: Option<Ticket>,
     ) -> Result<ReprotectCopy, StoreError> {
         match (self, source) {
             (Self::Files(s), ReprotectSource::File(path)) => {
+                drop(together);
                 let adopted = s.image_state(image)?.is_some_and(|st| {
                     st.pending.is_none() && st.recovery_point == rp && st.committed_epoch == epoch
                 });
@@ -98,17 +105,46 @@ impl Standby {
                     keep_snap,
                 },
             ) => {
-                keep_split_brain(cluster, spec, keep_snap)?;
-                s.adopt_clone(
-                    image,
-                    cluster,
-                    spec,
-                    snap,
-                    clone_from,
-                    epoch,
-                    rp,
-                    created_unix_ms,
-                )?;
+                // The snapshot that keeps the head and the clone's
+                // recovery-point snapshot each wait for a monitor round; they
+                // are asked for together, once this image's clone holds the
+                // point and every other image of `together` got as far, so
+                // the whole group's snapshots land in one round.
+                let mut together = together;
+                let (kept, adopted) = std::thread::scope(|scope| {
+                    let mut keeping = None;
+                    let adopted = s.adopt_clone(
+                        image,
+                        cluster,
+                        spec,
+                        snap,
+                        clone_from,
+                        epoch,
+                        rp,
+                        created_unix_ms,
+                        &mut || {
+                            if let Some(ticket) = together.as_mut() {
+                                ticket.arrive_and_wait();
+                            }
+                            keeping =
+                                Some(scope.spawn(|| keep_split_brain(cluster, spec, keep_snap)));
+                        },
+                    );
+                    // Adopted earlier (or failed): the kept snapshot on its own.
+                    drop(together);
+                    let kept = match keeping {
+                        Some(handle) => handle.join().unwrap_or_else(|_| {
+                            Err(StoreError::InvalidRequest {
+                                reason: format!("snapshotting {spec}@{keep_snap} panicked"),
+                            })
+                        }),
+                        None if adopted.is_ok() => keep_split_brain(cluster, spec, keep_snap),
+                        None => Ok(()),
+                    };
+                    (kept, adopted)
+                });
+                adopted?;
+                kept?;
                 Ok(ReprotectCopy {
                     kept: format!("rbd:{spec}@{keep_snap}"),
                     block_hashes: None,

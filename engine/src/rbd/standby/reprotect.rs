@@ -33,7 +33,10 @@ impl RbdStandby {
     /// few extents written between the two are copied from `snap` into the
     /// clone, so it holds exactly `snap`. Restartable like
     /// [`RbdStandby::adopt`]; an image already adopted at (`rp`, `epoch`)
-    /// is kept.
+    /// is kept. `before_snapshot` runs once the clone holds the point, just
+    /// before its recovery-point snapshot is asked for (a batch of images
+    /// meets there, so the monitor commits their snapshots in one round);
+    /// it does not run for an image adopted already.
     #[allow(clippy::too_many_arguments)]
     pub fn adopt_clone(
         &self,
@@ -45,6 +48,7 @@ impl RbdStandby {
         epoch: Epoch,
         rp: RecoveryPointId,
         created_unix_ms: u64,
+        before_snapshot: &mut dyn FnMut(),
     ) -> Result<(), StoreError> {
         let slot = self.slot(image);
         let _op = lock(&slot.op);
@@ -91,6 +95,7 @@ impl RbdStandby {
             target.flush().map_err(ceph(format!("flushing {ctx}")))?;
             info!(image = %ctx, from = %format!("{source}@{snap}"), bytes = patched, "clone patched up to the group snapshot");
         }
+        before_snapshot();
         let size = self.finish_adopt(image, epoch, rp, created_unix_ms)?;
         info!(image = %ctx, from = %format!("{source}@{snap}"), %epoch, rp = rp.get(), size, "image adopted as a clone (no copy)");
         Ok(())
