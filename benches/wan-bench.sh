@@ -3,7 +3,8 @@
 # (delay only, from benches' order-preserving UDP delay line, ferry-udp-proxy) and a 1 Gbit/s
 # `tc tbf` limit in a network namespace, for a file source and an RBD source. Prints goodput
 # (image bytes per wall second, so the compression gain counts), the QUIC wire bytes, wire bytes
-# per changed byte, which compression mode `[transport] compression = auto` ended in, and
+# per changed byte, which compression mode `[transport] compression = auto` ended in (and whether
+# the link was the bottleneck then: RBD sources send no bridged gap bytes while it is), and
 # PASS/MISS for: full sync ≥ 90 % of the link rate in goodput; incremental wire bytes ≤ 1.1 ×
 # changed bytes. See benches/BENCHMARKING.md.
 #
@@ -37,7 +38,7 @@ while (($#)); do
     --sources) SOURCES="$2"; shift 2 ;;
     --rtt-ms) RTT_MS="$2"; shift 2 ;;
     --rate) RATE="$2"; shift 2 ;;
-    *) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+    *) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
   esac
 done
 IMG_SIZE=$(to_bytes "${FERRY_WAN_SIZE:-2G}")
@@ -251,7 +252,7 @@ EOF
     read -r tb1 td1 < <(tbf_stats)
     check "$SRC" "$NAME"
     j="$WORK/$src-$phase.json"
-    log "$src $phase: ${wall}s $(jq -c '{bytes_changed, bytes_plain_data, bytes_sent, udp_bytes, compression, compressing_at_end, compression_switches, seconds}' "$j")"
+    log "$src $phase: ${wall}s $(jq -c '{bytes_changed, bytes_plain_data, bytes_sent, udp_bytes, compression, compressing_at_end, compression_switches, link_bound_at_end, seconds}' "$j")"
     if [[ $phase == full ]]; then base=$IMG_SIZE; else base=$UNIQUE; fi
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$src" "$phase" "$wall" "$base" "$((tb1 - tb0))" "$((td1 - td0))" "$(jq -c . "$j")" >>"$RESULTS"
   done
@@ -281,7 +282,7 @@ import json, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 rate = int(sys.argv[2]) / 8  # bytes/s
 print("| source | sync | wall s | image bytes | goodput MB/s | of link | wire (udp) bytes | wire / changed | "
-      "plain data → sent (zstd) | compression: mode, at end, switches | tbf bytes, drops |")
+      "plain data → sent (zstd) | compression: mode, at end, switches; link at end | tbf bytes, drops |")
 print("|---|---|---|---|---|---|---|---|---|---|---|")
 verdicts = []
 local = {}
@@ -291,7 +292,8 @@ for src, phase, wall, base, tbf_b, tbf_d, js in rows:
     udp = r.get("udp_bytes", 0)
     per = udp / base if base else float("nan")
     ratio = r["bytes_sent"] / r["bytes_plain_data"] if r.get("bytes_plain_data") else float("nan")
-    comp = f'{r.get("compression", "?")}, {"zstd" if r.get("compressing_at_end") else "off"}, {r.get("compression_switches", "?")}'
+    link = {True: "bound", False: "free"}.get(r.get("link_bound_at_end"), "?")
+    comp = f'{r.get("compression", "?")}, {"zstd" if r.get("compressing_at_end") else "off"}, {r.get("compression_switches", "?")}; link {link}'
     print(f"| {src} | {phase} | {wall:.2f} | {base} | {good / 1e6:.1f} | {good / rate:.0%} | {udp} | "
           f"{per:.3f} | {r.get('bytes_plain_data', 0)} → {r['bytes_sent']} ({ratio:.2f}) | {comp} | {tbf_b}, {tbf_d} |")
     if phase == "full, no link":

@@ -594,9 +594,11 @@ pub const DEFAULT_CONFIG: &str = r#"# ferry-agent configuration. Every key is op
 # client_id = "admin"
 # Default: librados' search, /etc/ceph/$cluster.$name.keyring first.
 # keyring = "/etc/ceph/ceph.client.ferry.keyring"
-# RBD sources read (and send) changed extents of one object closer than this
-# as one request: fewer OSD operations on both sites, a few more bytes on the
-# wire. Default: 16 KiB, or (send limit x 0.2 ms) when a send limit is set.
+# RBD sources read changed extents of one object closer than this as one
+# request: fewer OSD operations on both sites. While the link is not the
+# bottleneck the unchanged bytes between them are sent too (the standby writes
+# the run in one operation); while it is, only the changed extents are sent.
+# Default: 16 KiB, or (send limit x 0.2 ms) when a send limit is set.
 # coalesce_gap = "32KiB"
 
 [source]

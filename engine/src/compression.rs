@@ -1,6 +1,7 @@
 //! When to compress: the `[transport] compression` mode, the live switch
-//! `auto` flips from measured send backpressure, and the split of a data
-//! extent into runs of zero, incompressible and compressible pieces.
+//! `auto` flips from measured send backpressure (and the link-bound signal
+//! the same measurement sets for every mode), and the split of a data extent
+//! into runs of zero, incompressible and compressible pieces.
 //!
 //! A listed extent can be a whole 4 MiB object mixing random data, text and
 //! zeroes. The encoder looks at it in [`PIECE`]-sized pieces: zero pieces
@@ -21,6 +22,11 @@
 //! (its disk, its OSDs) also blocks the sender, through flow control, but
 //! leaves the congestion estimate high: compressing would not help it, and
 //! it stays off. On a rate-limited link `auto` starts on.
+//!
+//! The same decision, made whatever the mode, is published as
+//! [`LinkBound`]: while it is set, sources stop sending bytes whose only
+//! purpose is to save storage operations (the RBD source's bridged gaps
+//! between listed extents, [`crate::rbd::RbdSourceOptions::coalesce_gap`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -79,17 +85,43 @@ impl std::fmt::Display for CompressionMode {
     }
 }
 
+/// Whether the sender's last measurement window found the link the
+/// bottleneck (blocked on it above [`AUTO_ON_BLOCKED_SHARE`] on a path
+/// slower than [`AUTO_FAST_LINK`]; cleared below [`AUTO_OFF_BLOCKED_SHARE`]
+/// or on a faster path): wire bytes then cost time, storage operations do
+/// not. Shared handle; set by [`Backpressure`] in every compression mode.
+#[derive(Clone, Debug, Default)]
+pub struct LinkBound(Arc<AtomicBool>);
+
+impl LinkBound {
+    /// A signal starting at `on`.
+    pub fn new(on: bool) -> Self {
+        Self(Arc::new(AtomicBool::new(on)))
+    }
+
+    /// Whether the link is the bottleneck now.
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn set(&self, on: bool) {
+        self.0.store(on, Ordering::Relaxed);
+    }
+}
+
 /// Whether encoders compress now; shared by a pipeline's workers and
-/// flipped by the sender in `auto` mode.
+/// flipped by the sender in `auto` mode. Carries the [`LinkBound`] signal
+/// the same sender measures.
 #[derive(Clone, Debug)]
 pub struct CompressionSwitch {
     mode: CompressionMode,
     on: Arc<AtomicBool>,
+    link: LinkBound,
 }
 
 impl CompressionSwitch {
     /// A switch for `mode`; `link_limited` (a send rate limit is set) starts
-    /// `auto` on.
+    /// `auto` and the [`LinkBound`] signal on.
     pub fn new(mode: CompressionMode, link_limited: bool) -> Self {
         let on = match mode {
             CompressionMode::Zstd => true,
@@ -99,12 +131,14 @@ impl CompressionSwitch {
         Self {
             mode,
             on: Arc::new(AtomicBool::new(on)),
+            link: LinkBound::new(link_limited),
         }
     }
 
-    /// Always on (`zstd`): what an encoder made on its own uses.
+    /// Always on (`zstd`), with no link measured (never link-bound): what
+    /// an encoder or a pipeline made on its own uses.
     pub fn always() -> Self {
-        Self::new(CompressionMode::Zstd, true)
+        Self::new(CompressionMode::Zstd, false)
     }
 
     /// The configured mode.
@@ -115,6 +149,11 @@ impl CompressionSwitch {
     /// Whether to try zstd now.
     pub fn is_on(&self) -> bool {
         self.on.load(Ordering::Relaxed)
+    }
+
+    /// The link-bound signal this switch's sender sets (a shared handle).
+    pub fn link_bound(&self) -> LinkBound {
+        self.link.clone()
     }
 
     /// `auto` only: sets the switch; other modes ignore it.
@@ -168,8 +207,10 @@ impl Backpressure {
         let slow_link = self.wire_rate < AUTO_FAST_LINK;
         if share > AUTO_ON_BLOCKED_SHARE && slow_link {
             self.switch.set_auto(true);
+            self.switch.link.set(true);
         } else if share < AUTO_OFF_BLOCKED_SHARE || !slow_link {
             self.switch.set_auto(false);
+            self.switch.link.set(false);
         }
         if self.switch.mode() == CompressionMode::Auto && was != self.switch.is_on() {
             self.decisions += 1;
@@ -192,6 +233,11 @@ impl Backpressure {
     /// Whether zstd is on now.
     pub fn compressing(&self) -> bool {
         self.switch.is_on()
+    }
+
+    /// Whether the link is the bottleneck now ([`LinkBound`]).
+    pub fn link_bound(&self) -> bool {
+        self.switch.link.get()
     }
 }
 
@@ -445,5 +491,40 @@ mod tests {
         fixed.record_blocked(Duration::from_secs(1), t0 + Duration::from_secs(1), slow);
         assert!(!off.is_on());
         assert!(CompressionSwitch::new(CompressionMode::Auto, true).is_on());
+    }
+
+    #[test]
+    fn the_link_bound_signal_follows_the_meter_in_every_mode() {
+        let t0 = Instant::now();
+        let slow = 100_000_000;
+        for mode in [
+            CompressionMode::Auto,
+            CompressionMode::Zstd,
+            CompressionMode::Off,
+        ] {
+            let switch = CompressionSwitch::new(mode, false);
+            let link = switch.link_bound();
+            let mut meter = Backpressure::new(switch);
+            assert!(!link.get(), "{mode}: no limit, not measured yet");
+            meter.record_blocked(
+                Duration::from_millis(400),
+                t0 + Duration::from_millis(600),
+                slow,
+            );
+            assert!(link.get(), "{mode}: blocked 2/3 of a window on a slow path");
+            // Blocked, but on a path faster than AUTO_FAST_LINK: the
+            // standby (flow control) holds the sender, not the link.
+            meter.record_blocked(
+                Duration::from_millis(600),
+                t0 + Duration::from_millis(1200),
+                2 * AUTO_FAST_LINK,
+            );
+            assert!(!link.get(), "{mode}: fast path");
+        }
+        // A rate limit starts it on; an encoder's own switch never is.
+        assert!(CompressionSwitch::new(CompressionMode::Off, true)
+            .link_bound()
+            .get());
+        assert!(!CompressionSwitch::always().link_bound().get());
     }
 }

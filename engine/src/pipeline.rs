@@ -208,7 +208,8 @@ impl Pipeline {
     }
 
     /// [`Pipeline::start`] whose workers compress only while `compression`
-    /// is on (the sender flips it in `auto` mode).
+    /// is on (the sender flips it in `auto` mode); the source follows the
+    /// switch's [`crate::compression::LinkBound`] signal.
     pub fn start_compressing(
         mut source: Box<dyn ExtentSource>,
         plan: CyclePlan,
@@ -216,6 +217,7 @@ impl Pipeline {
         compression: CompressionSwitch,
     ) -> Result<Pipeline, SourceError> {
         config.check()?;
+        source.follow_link(compression.link_bound());
         let info = source.begin_cycle(&plan, config.chunk_size)?;
         let analyzer = source.analyzer();
         let n = config.max_chunks_in_flight;

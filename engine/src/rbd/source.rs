@@ -16,23 +16,22 @@
 //! State (`rbd-source.json` in the state directory, checksummed and replaced
 //! atomically): committed epoch and snapshot, the capture, the cycle.
 
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bytes::Bytes;
-use ferry_protocol::{Epoch, ExtentKind};
+use ferry_protocol::Epoch;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
+use self::reads::ActiveCycle;
 use super::{unix_ms, ClusterSpec, RbdError, RbdSpec};
-use crate::payload_codec::PlainExtent;
+use crate::compression::LinkBound;
 use crate::source::{
-    BufferPool, ChunkAnalyzer, ChunkBody, ChunkRecord, CyclePlan, ExtentSource, ImageInfo,
+    BufferPool, ChunkAnalyzer, ChunkRecord, CyclePlan, ExtentSource, ImageInfo,
     ListedExtentsAnalyzer, RawChunk, ScanOutcome, SourceError,
 };
 use crate::standby::{read_checksummed, write_checksummed};
-use crate::sys::librbd::{Aio, Image, Pool, GROUP_SNAP_PREFIX};
+use crate::sys::librbd::{Image, Pool, GROUP_SNAP_PREFIX};
 
 /// Change-detection granularity reported to the pipeline.
 const BLOCK_SIZE: u32 = 4096;
@@ -44,14 +43,17 @@ const STATE_FORMAT: u32 = 1;
 /// Tuning of an [`RbdSource`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RbdSourceOptions {
-    /// Changed extents of one object closer than this are read and sent as
-    /// one extent (the unchanged bytes between them travel too). Each
-    /// request costs the OSDs an operation on both sites (~0.2 ms here);
-    /// each gap byte costs wire time, so on a slow link use a small value
-    /// (`gap ≈ op cost × link rate`: 2.5 KiB at 100 Mbit/s), and at most 16
-    /// KiB: on the lab's 2 GiB benchmark 16 KiB used the least CPU overall
-    /// (1.35 wire bytes per changed byte) while 64 KiB sent 3.7 per changed
-    /// byte for no gain in time (benches/RESULTS.md).
+    /// Changed extents of one object closer than this are read as one
+    /// extent, and sent as one while the link is not the bottleneck (the
+    /// unchanged bytes between them travel too, and the standby writes the
+    /// run in one operation); while it is ([`LinkBound`]), only the listed
+    /// spans of such a read are sent. Each request costs the OSDs an
+    /// operation on both sites (~0.2 ms here); each gap byte costs wire
+    /// time, so on a slow link use a small value (`gap ≈ op cost × link
+    /// rate`: 2.5 KiB at 100 Mbit/s), and at most 16 KiB: on the lab's 2 GiB
+    /// benchmark 16 KiB used the least CPU overall (1.35 wire bytes per
+    /// changed byte) while 64 KiB sent 3.7 per changed byte for no gain in
+    /// time (benches/RESULTS.md).
     pub coalesce_gap: u32,
     /// Chunks whose reads are in flight at once (each at most one chunk).
     pub chunks_in_flight: usize,
@@ -132,31 +134,6 @@ struct SourceState {
     cycle: Option<CycleRef>,
 }
 
-enum PendingOp {
-    Data { offset: u64, len: u32, aio: Aio },
-    Zero { offset: u64, len: u32 },
-}
-
-struct PendingChunk {
-    scan_start: u64,
-    scan_end: u64,
-    ops: Vec<PendingOp>,
-}
-
-struct ActiveCycle {
-    snap_image: Arc<Image>,
-    base_snap: Option<String>,
-    size: u64,
-    chunk_size: u64,
-    /// Start of the next chunk to plan.
-    cursor: u64,
-    /// Listed extents not yet planned: (offset, len, exists).
-    listed: VecDeque<(u64, u64, bool)>,
-    /// Everything below this has been listed.
-    listed_until: u64,
-    in_flight: VecDeque<PendingChunk>,
-}
-
 /// An RBD image as a replication source.
 pub struct RbdSource {
     spec: RbdSpec,
@@ -167,6 +144,9 @@ pub struct RbdSource {
     state: SourceState,
     options: RbdSourceOptions,
     cycle: Option<ActiveCycle>,
+    /// The sender's link-bound signal ([`ExtentSource::follow_link`]):
+    /// while set, bridged gaps are not sent.
+    link: LinkBound,
 }
 
 fn state_error(e: RbdError) -> SourceError {
@@ -239,6 +219,7 @@ impl RbdSource {
             state,
             options,
             cycle: None,
+            link: LinkBound::default(),
         };
         source.reconcile()?;
         Ok(source)
@@ -513,99 +494,6 @@ impl RbdSource {
             .map(|s| s.name)
             .collect()
     }
-
-    /// Plans the next chunk and starts its reads.
-    fn plan_chunk(&self, cycle: &mut ActiveCycle) -> Result<Option<PendingChunk>, SourceError> {
-        if cycle.cursor >= cycle.size {
-            return Ok(None);
-        }
-        let scan_start = cycle.cursor;
-        let scan_end = ((scan_start / cycle.chunk_size + 1) * cycle.chunk_size).min(cycle.size);
-        while cycle.listed_until < scan_end {
-            let from = cycle.listed_until;
-            let len = LIST_WINDOW.min(cycle.size - from);
-            let listed = &mut cycle.listed;
-            cycle
-                .snap_image
-                .diff_iterate(
-                    cycle.base_snap.as_deref(),
-                    from,
-                    len,
-                    cycle.base_snap.is_none(),
-                    &mut |offset, len, exists| {
-                        listed.push_back((offset, len, exists));
-                        true
-                    },
-                )
-                .map_err(|e| state_error(e.into()))?;
-            cycle.listed_until = from + len;
-        }
-        // Take the listed extents of [scan_start, scan_end), splitting at the end.
-        let mut pieces: Vec<(u64, u64, bool)> = Vec::new();
-        while let Some(&(offset, len, exists)) = cycle.listed.front() {
-            let end = offset + len;
-            if end <= scan_start {
-                cycle.listed.pop_front();
-                continue;
-            }
-            if offset >= scan_end {
-                break;
-            }
-            let start = offset.max(scan_start);
-            let stop = end.min(scan_end);
-            pieces.push((start, stop - start, exists));
-            if end <= scan_end {
-                cycle.listed.pop_front();
-            } else {
-                break;
-            }
-        }
-        let mut ops = Vec::new();
-        for (offset, len, exists) in coalesce(&pieces, u64::from(self.options.coalesce_gap)) {
-            let len32 = u32::try_from(len).map_err(|_| SourceError::Misuse {
-                reason: "an extent longer than a chunk",
-            })?;
-            if exists {
-                let aio = cycle
-                    .snap_image
-                    .aio_read(offset, len32 as usize)
-                    .map_err(|e| state_error(e.into()))?;
-                ops.push(PendingOp::Data {
-                    offset,
-                    len: len32,
-                    aio,
-                });
-            } else {
-                ops.push(PendingOp::Zero { offset, len: len32 });
-            }
-        }
-        cycle.cursor = scan_end;
-        Ok(Some(PendingChunk {
-            scan_start,
-            scan_end,
-            ops,
-        }))
-    }
-}
-
-/// Merges data extents whose gap is at most `gap` (within one list, which
-/// never crosses a chunk). Zero extents are kept apart; a zero extent between
-/// two data extents stops the merge (its bytes must become zero).
-fn coalesce(pieces: &[(u64, u64, bool)], gap: u64) -> Vec<(u64, u64, bool)> {
-    let mut out: Vec<(u64, u64, bool)> = Vec::with_capacity(pieces.len());
-    for &(offset, len, exists) in pieces {
-        if let Some(last) = out.last_mut() {
-            let last_end = last.0 + last.1;
-            let adjacent_same = last_end == offset && last.2 == exists;
-            let bridgeable = exists && last.2 && offset >= last_end && offset - last_end <= gap;
-            if adjacent_same || bridgeable {
-                last.1 = offset + len - last.0;
-                continue;
-            }
-        }
-        out.push((offset, len, exists));
-    }
-    out
 }
 
 impl ExtentSource for RbdSource {
@@ -697,16 +585,13 @@ impl ExtentSource for RbdSource {
         let chunk_size = u64::from(chunk_size.max(BLOCK_SIZE));
         let resume = plan.resume_offset.min(capture.size);
         info!(image = %self.spec, epoch = %plan.epoch, base = ?base_snap, capture = %capture.snap, resume, "reading RBD capture");
-        self.cycle = Some(ActiveCycle {
+        self.cycle = Some(ActiveCycle::new(
             snap_image,
             base_snap,
-            size: capture.size,
+            capture.size,
             chunk_size,
-            cursor: resume,
-            listed: VecDeque::new(),
-            listed_until: resume,
-            in_flight: VecDeque::new(),
-        });
+            resume,
+        ));
         Ok(ImageInfo {
             size: capture.size,
             block_size: BLOCK_SIZE,
@@ -714,53 +599,16 @@ impl ExtentSource for RbdSource {
     }
 
     fn read_next(&mut self, _pool: &BufferPool) -> Result<Option<RawChunk>, SourceError> {
-        let Some(mut cycle) = self.cycle.take() else {
+        let Some(cycle) = self.cycle.as_mut() else {
             return Err(SourceError::Misuse {
                 reason: "read_next without begin_cycle",
             });
         };
-        let result = (|| {
-            while cycle.in_flight.len() < self.options.chunks_in_flight.max(1) {
-                match self.plan_chunk(&mut cycle)? {
-                    Some(chunk) => cycle.in_flight.push_back(chunk),
-                    None => break,
-                }
-            }
-            let Some(chunk) = cycle.in_flight.pop_front() else {
-                return Ok(None);
-            };
-            let mut extents = Vec::with_capacity(chunk.ops.len());
-            for op in chunk.ops {
-                match op {
-                    PendingOp::Data { offset, len, aio } => {
-                        let data: Bytes = aio
-                            .wait()
-                            .map_err(|e| state_error(e.into()))?
-                            .unwrap_or_default();
-                        extents.push(PlainExtent {
-                            offset,
-                            length: len,
-                            kind: ExtentKind::Data,
-                            data: Some(data),
-                        });
-                    }
-                    PendingOp::Zero { offset, len } => extents.push(PlainExtent {
-                        offset,
-                        length: len,
-                        kind: ExtentKind::Zero,
-                        data: None,
-                    }),
-                }
-            }
-            Ok(Some(RawChunk {
-                scan_start: chunk.scan_start,
-                scan_end: chunk.scan_end,
-                body: ChunkBody::Extents(extents),
-                base_hashes: Vec::new(),
-            }))
-        })();
-        self.cycle = Some(cycle);
-        result
+        cycle.next_chunk(
+            u64::from(self.options.coalesce_gap),
+            self.options.chunks_in_flight,
+            self.link.get(),
+        )
     }
 
     fn analyzer(&self) -> Arc<dyn ChunkAnalyzer> {
@@ -771,8 +619,20 @@ impl ExtentSource for RbdSource {
         Ok(())
     }
 
+    fn follow_link(&mut self, link: LinkBound) {
+        self.link = link;
+    }
+
     fn end_scan(&mut self) -> Result<ScanOutcome, SourceError> {
-        self.cycle = None;
+        if let Some(cycle) = self.cycle.take() {
+            let (bridged_read, bridged_cut) = cycle.bridged();
+            debug!(
+                image = %self.spec,
+                bridged_read,
+                bridged_cut,
+                "bytes read only to bridge gaps between listed extents, and those not sent (link-bound)"
+            );
+        }
         Ok(ScanOutcome { fuzzy: false })
     }
 
@@ -820,5 +680,7 @@ impl ExtentSource for RbdSource {
 }
 
 mod base;
+mod coalesce;
+mod reads;
 #[cfg(test)]
 mod tests;

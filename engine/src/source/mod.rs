@@ -35,6 +35,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use ferry_protocol::{Epoch, ExtentKind};
 
+use crate::compression::LinkBound;
 use crate::payload_codec::PlainExtent;
 pub use file::{block_hashes, FileSource};
 pub use manifest::{BlockHash, ManifestError, BLOCK_SIZE};
@@ -158,6 +159,13 @@ pub trait ExtentSource: Send {
     /// cycle, which a resumed cycle keeps from its first start: the sender
     /// uses this size in `OpenImage` and `CommitImage`.
     fn begin_cycle(&mut self, plan: &CyclePlan, chunk_size: u32) -> Result<ImageInfo, SourceError>;
+
+    /// Hands the source the sender's [`LinkBound`] signal; the pipeline
+    /// calls it before [`ExtentSource::begin_cycle`]. A source that sends
+    /// bytes only to save storage operations (the RBD source's bridged
+    /// gaps between listed extents) stops sending them while the signal is
+    /// set. The default ignores it.
+    fn follow_link(&mut self, _link: LinkBound) {}
 
     /// The next chunk in scan order, `None` at the end of the scan. Buffers
     /// come from `pool` (whose buffers hold at least `chunk_size` bytes).

@@ -508,6 +508,7 @@ impl ImageRun<'_> {
         transfer.report.compression = self.links.options.transport.compression.to_string();
         transfer.report.compressing_at_end = self.backpressure.compressing();
         transfer.report.compression_switches = self.backpressure.decisions();
+        transfer.report.link_bound_at_end = self.backpressure.link_bound();
         let last_seq = transfer.window.last_seq();
         // End the stream; the standby parks the writer for the commit.
         transfer.progress.phase = "committing";

@@ -185,6 +185,10 @@ pub struct SyncReport {
     pub compressing_at_end: bool,
     /// Times `auto` turned zstd on or off during this image's transfer.
     pub compression_switches: u32,
+    /// Whether the link was the bottleneck at the end of the image's
+    /// transfer (the last backpressure measurement, in every compression
+    /// mode); while it is, RBD sources send no bridged gap bytes.
+    pub link_bound_at_end: bool,
 }
 
 /// Why a sync failed.
