@@ -18,8 +18,6 @@ use super::{wait_for, wait_op_finished, World};
 
 impl World {
     pub(crate) fn failover(&mut self, to_point: bool, fault: Option<Fault>, what: &str) {
-        let g = self.group.clone();
-        let s = self.s();
         let point = self.failover_point(to_point);
         // Latest synced data: the check after the previous scenario saw the
         // standby equal to the (unchanged since) sources.
