@@ -78,6 +78,10 @@ cargo fmt --all -- --check
 log "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --features ferry-e2e/failpoints -- -D warnings
 
+log "structure rules and the design documents' file paths (issue 14)"
+python3 scripts/check-structure.py
+python3 scripts/check-doc-paths.py
+
 log "building binaries (with fail points for the crash tests)"
 cargo build --workspace --bins --features ferry-e2e/failpoints
 
