@@ -126,9 +126,11 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", true)
             .map_err(open_err("enable foreign keys"))?;
         migrate(&mut conn, &path, SCHEMA_VERSION)?;
-        let shared = Shared::attach(&conn, backend).map_err(|source| StoreError::Shared {
-            context: "load the shared control state".into(),
-            source,
+        let shared = Shared::attach(&conn, backend, SCHEMA_VERSION).map_err(|source| {
+            StoreError::Shared {
+                context: "load the shared control state".into(),
+                source,
+            }
         })?;
         Ok(Store {
             conn,
@@ -165,15 +167,14 @@ impl Store {
     /// the site's write lock and brings the local copy up to date; the
     /// commit publishes the transaction's rows (see [`WriteTx`]).
     fn write(&mut self, what: impl FnOnce() -> String) -> StoreResult<WriteTx<'_>> {
-        let what = what();
         let Store { conn, shared, .. } = self;
         if let Some(shared) = shared.as_ref() {
-            shared
-                .begin_write(conn)
-                .map_err(|source| StoreError::Shared {
-                    context: format!("begin a shared write to {what}"),
+            if let Err(source) = shared.begin_write(conn) {
+                return Err(StoreError::Shared {
+                    context: format!("begin a shared write to {}", what()),
                     source,
-                })?;
+                });
+            }
         }
         match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
             Ok(tx) => Ok(WriteTx::new(tx, shared.as_ref())),
@@ -182,7 +183,7 @@ impl Store {
                     shared.release();
                 }
                 Err(StoreError::Sqlite {
-                    context: format!("begin transaction to {what}"),
+                    context: format!("begin transaction to {}", what()),
                     source,
                 })
             }

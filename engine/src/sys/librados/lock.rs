@@ -76,7 +76,7 @@ impl Pool {
         let c_desc = cstring("lock description", description)?;
         let mut tv = duration.map(|d| libc::timeval {
             tv_sec: libc::time_t::try_from(d.as_secs()).unwrap_or(libc::time_t::MAX),
-            tv_usec: libc::suseconds_t::try_from(d.subsec_micros()).unwrap_or(0),
+            tv_usec: libc::suseconds_t::from(d.subsec_micros()),
         });
         let flags = match mode {
             LockMode::Acquire => 0,

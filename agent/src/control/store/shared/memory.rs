@@ -87,7 +87,7 @@ impl SharedBackend for MemoryBackend {
         Ok(self.site.snapshot())
     }
 
-    fn publish(&self, expected: u64, changes: &RowChanges) -> Result<(), SharedError> {
+    fn publish(&self, expected: u64, schema: u64, changes: &RowChanges) -> Result<(), SharedError> {
         let mut s = self.site.state.0.lock().expect("state");
         if s.snapshot.version != expected {
             return Err(SharedError::Conflict { expected });
@@ -99,7 +99,7 @@ impl SharedBackend for MemoryBackend {
             };
         }
         s.snapshot.version = expected + 1;
-        s.snapshot.schema = crate::control::store::SCHEMA_VERSION as u64;
+        s.snapshot.schema = schema;
         Ok(())
     }
 

@@ -75,7 +75,7 @@ pub enum SharedError {
         /// Version found.
         found: u64,
         /// Newest version this build knows.
-        supported: usize,
+        supported: u64,
     },
     /// The local copy could not be loaded or read.
     #[error("local copy of the shared control state: {0}")]
@@ -106,10 +106,10 @@ pub trait SharedBackend: Send {
     fn version(&self) -> Result<u64, SharedError>;
     /// Every row, consistent at one version.
     fn load(&self) -> Result<Snapshot, SharedError>;
-    /// Applies `changes` and sets the version to `expected + 1`, only if
-    /// the version is still `expected` ([`SharedError::Conflict`]
-    /// otherwise, and nothing changes).
-    fn publish(&self, expected: u64, changes: &RowChanges) -> Result<(), SharedError>;
+    /// Applies `changes`, sets the version to `expected + 1` and the
+    /// schema version to `schema`, only if the version is still `expected`
+    /// ([`SharedError::Conflict`] otherwise, and nothing changes).
+    fn publish(&self, expected: u64, schema: u64, changes: &RowChanges) -> Result<(), SharedError>;
     /// Tells the other agents that the version is now `version`.
     fn notify(&self, version: u64);
     /// Whether another agent said it changed something since the last
@@ -197,11 +197,13 @@ fn has_rowid_alias(conn: &Connection, table: &str) -> rusqlite::Result<bool> {
     Ok(pks.len() == 1 && pks[0].0.eq_ignore_ascii_case("INTEGER"))
 }
 
+/// A row as stored: column name → value.
+type JsonRow = serde_json::Map<String, serde_json::Value>;
+
 /// Replaces every row of the local copy by `snapshot`'s, in one
 /// transaction (foreign keys checked at its end).
 pub fn reload(conn: &Connection, snapshot: &Snapshot) -> Result<(), SharedError> {
-    let mut by_table: BTreeMap<&str, Vec<(&str, serde_json::Map<String, serde_json::Value>)>> =
-        BTreeMap::new();
+    let mut by_table: BTreeMap<&str, Vec<(&str, JsonRow)>> = BTreeMap::new();
     for (key, bytes) in &snapshot.rows {
         let table = key_table(key)
             .filter(|t| TABLES.contains(t))
@@ -264,6 +266,8 @@ pub struct Shared {
     last_check: Cell<Instant>,
     touched: Arc<Mutex<BTreeSet<(String, i64)>>>,
     locked: Cell<bool>,
+    /// The schema version of the local copy (this build's).
+    schema: u64,
 }
 
 impl std::fmt::Debug for Shared {
@@ -276,9 +280,14 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
-    /// Attaches `backend` to the local copy `conn`: notes touched rows
-    /// from now on and loads every shared row.
-    pub fn attach(conn: &Connection, backend: Box<dyn SharedBackend>) -> Result<Self, SharedError> {
+    /// Attaches `backend` to the local copy `conn` (at schema version
+    /// `schema`): notes touched rows from now on and loads every shared
+    /// row.
+    pub fn attach(
+        conn: &Connection,
+        backend: Box<dyn SharedBackend>,
+        schema: usize,
+    ) -> Result<Self, SharedError> {
         let touched: Arc<Mutex<BTreeSet<(String, i64)>>> = Arc::default();
         let sink = touched.clone();
         conn.update_hook(Some(move |_action, db: &str, table: &str, rowid: i64| {
@@ -294,6 +303,7 @@ impl Shared {
             last_check: Cell::new(Instant::now()),
             touched,
             locked: Cell::new(false),
+            schema: schema as u64,
         };
         shared.sync(conn, None)?;
         Ok(shared)
@@ -316,10 +326,10 @@ impl Shared {
             return Ok(());
         }
         let snapshot = self.backend.load()?;
-        if snapshot.schema > super::SCHEMA_VERSION as u64 {
+        if snapshot.schema > self.schema {
             return Err(SharedError::TooNew {
                 found: snapshot.schema,
-                supported: super::SCHEMA_VERSION,
+                supported: self.schema,
             });
         }
         if snapshot.version != self.version.get() || known.is_none() {
@@ -389,7 +399,7 @@ impl Shared {
             changes.insert(row_key(&table, rowid), read_row(tx, &table, rowid)?);
         }
         let expected = self.version.get();
-        self.backend.publish(expected, &changes)?;
+        self.backend.publish(expected, self.schema, &changes)?;
         Ok(Some(expected + 1))
     }
 

@@ -26,8 +26,14 @@ const LOCK_DURATION: Duration = Duration::from_secs(30);
 /// How long a writer waits for the lock before giving up.
 const LOCK_WAIT: Duration = Duration::from_secs(60);
 /// How long a writer waits for the other agents to acknowledge its
-/// notification.
-const NOTIFY_TIMEOUT: Duration = Duration::from_secs(5);
+/// notification (a live agent acks at once: its handler only sets a flag).
+/// Until the OSDs drop a dead agent's watch ([`WATCH_TIMEOUT`]) each
+/// write waits this long for it; a reader that missed a notification
+/// still catches up by its periodic version check.
+const NOTIFY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the OSDs keep the watch of an agent they lost (librados pings
+/// a watch every 5 s; the OSD default is 30 s).
+const WATCH_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Where a site's shared control state lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,7 +86,7 @@ impl RadosBackend {
         pool.write(OBJECT, &WriteOp::new().create(Create::IfMissing))?;
         let changed = Arc::new(AtomicBool::new(false));
         let flag = changed.clone();
-        let watch = Watch::new(&pool, OBJECT, None, move |_event| {
+        let watch = Watch::new(&pool, OBJECT, Some(WATCH_TIMEOUT), move |_event| {
             // A notification or a re-armed watch: either way, re-read.
             flag.store(true, Ordering::SeqCst);
         })?;
@@ -165,15 +171,12 @@ impl SharedBackend for RadosBackend {
         }
     }
 
-    fn publish(&self, expected: u64, changes: &RowChanges) -> Result<(), SharedError> {
+    fn publish(&self, expected: u64, schema: u64, changes: &RowChanges) -> Result<(), SharedError> {
         let mut op = WriteOp::new()
             .create(Create::IfMissing)
             .guard_eq("version", &version_bytes(expected));
         op.set("version", &version_bytes(expected + 1));
-        op.set(
-            "schema",
-            crate::control::store::SCHEMA_VERSION.to_string().as_bytes(),
-        );
+        op.set("schema", schema.to_string().as_bytes());
         for (key, row) in changes {
             match row {
                 Some(row) => op.set(key, row),

@@ -194,7 +194,7 @@ impl SharedBackend for Refusing {
     fn load(&self) -> Result<Snapshot, SharedError> {
         self.0.load()
     }
-    fn publish(&self, expected: u64, _: &RowChanges) -> Result<(), SharedError> {
+    fn publish(&self, expected: u64, _: u64, _: &RowChanges) -> Result<(), SharedError> {
         Err(SharedError::Conflict { expected })
     }
     fn notify(&self, v: u64) {
@@ -234,4 +234,23 @@ fn a_refused_publish_commits_nothing_locally_and_frees_the_lock() {
     // The lock was released: the other agent writes on.
     a.create_policy("q", &json!({})).unwrap();
     assert_in_step(&site, &[&a]);
+}
+
+#[test]
+fn shared_state_of_a_newer_schema_is_refused() {
+    let site = MemorySite::default();
+    site.handle()
+        .publish(0, SCHEMA_VERSION as u64 + 1, &RowChanges::new())
+        .unwrap();
+    let err = Store::open_shared(site.handle()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Shared {
+                source: SharedError::TooNew { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
