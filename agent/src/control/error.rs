@@ -60,6 +60,16 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    /// The shared control state of a multi-agent site (RADOS) failed;
+    /// nothing of the call was committed.
+    #[error("shared control store: {context}")]
+    Shared {
+        /// What the store was doing.
+        context: String,
+        /// Why it failed.
+        #[source]
+        source: crate::control::store::shared::SharedError,
+    },
     /// No such object.
     #[error("no {what} {key}")]
     NotFound {

@@ -94,7 +94,9 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, ControlStore};
+use crate::control::store::shared::rados::RadosLocation;
+use crate::control::store::StoreKind;
 use crate::control::{
     Group, GroupId, OpResult, OpState, Operation, OperationId, RecoveryPoint, Resource, RpKind,
     Service, Store, StoreError, Timestamp,
@@ -346,7 +348,15 @@ impl Orchestrator {
     /// Opens the control store, loads the identity, trusts every paired
     /// peer, and applies persisted QoS.
     pub fn open(cfg: OrchestratorConfig) -> CtlResult<Arc<Self>> {
-        let store = Store::open(&cfg.dir)?;
+        let kind = match &cfg.config.control_store {
+            ControlStore::Sqlite => StoreKind::Sqlite,
+            ControlStore::Rados { pool, namespace } => StoreKind::Rados(RadosLocation {
+                cluster: cfg.config.ceph.clone(),
+                pool: pool.clone(),
+                namespace: namespace.clone(),
+            }),
+        };
+        let store = Store::open_kind(&cfg.dir, &kind)?;
         let identity = Identity::load(&cfg.dir)
             .map_err(|e| internal("loading the agent identity")(e.into()))?;
         for svc in store.services()? {

@@ -155,13 +155,29 @@ impl CephError {
     }
 
     /// Whether the call failed with `EBUSY` (for `rbd_remove`: the image
-    /// still has watchers).
+    /// still has watchers; for a RADOS lock: another client holds it).
     pub fn is_busy(&self) -> bool {
         self.errno() == Some(libc::EBUSY)
     }
+
+    /// Whether a guarded RADOS write op was refused because its compare
+    /// failed (`ECANCELED`): nothing of the op was applied.
+    pub fn is_canceled(&self) -> bool {
+        self.errno() == Some(libc::ECANCELED)
+    }
+
+    /// Whether the OSDs refused the call because this client is
+    /// blocklisted (`EBLOCKLISTED`, which is `ESHUTDOWN`).
+    pub fn is_blocklisted(&self) -> bool {
+        self.errno() == Some(libc::ESHUTDOWN)
+    }
 }
 
-fn check(rc: c_int, op: &'static str, target: impl FnOnce() -> String) -> Result<(), CephError> {
+pub(in crate::sys) fn check(
+    rc: c_int,
+    op: &'static str,
+    target: impl FnOnce() -> String,
+) -> Result<(), CephError> {
     if rc < 0 {
         Err(call_error(rc, op, target()))
     } else {
@@ -169,7 +185,7 @@ fn check(rc: c_int, op: &'static str, target: impl FnOnce() -> String) -> Result
     }
 }
 
-fn call_error(rc: c_int, op: &'static str, target: String) -> CephError {
+pub(in crate::sys) fn call_error(rc: c_int, op: &'static str, target: String) -> CephError {
     CephError::Call {
         op,
         target,
@@ -504,6 +520,16 @@ impl Cluster {
 }
 
 impl Cluster {
+    /// The raw `rados_t`, for the object layer in [`super::librados`].
+    pub(in crate::sys) fn raw(&self) -> RadosT {
+        self.handle
+    }
+
+    /// "cluster NAME as client.ID", for messages.
+    pub fn describe(&self) -> &str {
+        &self.name
+    }
+
     /// `target` of a call that failed with `rc`, naming the cephx user
     /// when the cluster refused the call (EPERM/EACCES): the user's caps
     /// are what is missing.

@@ -3,5 +3,6 @@
 #![allow(unsafe_code)]
 
 pub mod fs;
+pub mod librados;
 pub mod librbd;
 pub mod uring;

@@ -78,7 +78,7 @@ fn set_phase(tx: &Transaction<'_>, id: GroupId, phase: DrillPhase) -> StoreResul
 impl Store {
     /// The drill of group `id`, if one runs.
     pub fn drill(&self, id: GroupId) -> StoreResult<Option<Drill>> {
-        get_drill(&self.conn, id)
+        get_drill(self.conn(), id)
     }
 
     /// Starts a drill: checks `req` (an [`OpRequest::Drill`]) against the

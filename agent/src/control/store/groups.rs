@@ -83,12 +83,12 @@ impl Store {
 
     /// The group with this id.
     pub fn group(&self, id: GroupId) -> StoreResult<Group> {
-        get_group(&self.conn, id)
+        get_group(self.conn(), id)
     }
 
     /// The group with this name.
     pub fn group_by_name(&self, name: &str) -> StoreResult<Group> {
-        self.conn
+        self.conn()
             .query_row(
                 &format!("SELECT {GROUP_COLS} FROM protection_groups WHERE name = ?1"),
                 [name],
@@ -105,7 +105,7 @@ impl Store {
     /// All groups, by id.
     pub fn groups(&self) -> StoreResult<Vec<Group>> {
         query_all(
-            &self.conn,
+            self.conn(),
             &format!("SELECT {GROUP_COLS} FROM protection_groups ORDER BY id"),
             [],
             group_row,
@@ -116,7 +116,7 @@ impl Store {
     /// Groups currently in `state` (e.g. the one being deleted).
     pub fn groups_in_state(&self, state: GroupState) -> StoreResult<Vec<Group>> {
         query_all(
-            &self.conn,
+            self.conn(),
             &format!("SELECT {GROUP_COLS} FROM protection_groups WHERE state = ?1 ORDER BY id"),
             [state],
             group_row,

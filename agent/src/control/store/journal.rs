@@ -241,7 +241,7 @@ impl Store {
     /// finishes or rolls back each one (oldest first).
     pub fn unfinished_operations(&self) -> StoreResult<Vec<Operation>> {
         query_all(
-            &self.conn,
+            self.conn(),
             &format!("SELECT {OP_COLS} FROM operations WHERE state = 'running' ORDER BY id"),
             [],
             op_row,
@@ -251,13 +251,13 @@ impl Store {
 
     /// One journal entry.
     pub fn operation(&self, id: OperationId) -> StoreResult<Operation> {
-        get_operation(&self.conn, id)
+        get_operation(self.conn(), id)
     }
 
     /// A group's journal, oldest first.
     pub fn operations_of_group(&self, id: GroupId) -> StoreResult<Vec<Operation>> {
         query_all(
-            &self.conn,
+            self.conn(),
             &format!("SELECT {OP_COLS} FROM operations WHERE group_id = ?1 ORDER BY id"),
             [id],
             op_row,
@@ -269,7 +269,7 @@ impl Store {
     pub fn recent_operations(&self, limit: usize) -> StoreResult<Vec<Operation>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         query_all(
-            &self.conn,
+            self.conn(),
             &format!("SELECT {OP_COLS} FROM operations ORDER BY id DESC LIMIT ?1"),
             [limit],
             op_row,

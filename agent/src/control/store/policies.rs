@@ -44,12 +44,12 @@ impl Store {
 
     /// The policy with this id.
     pub fn policy(&self, id: PolicyId) -> StoreResult<Policy> {
-        get_policy(&self.conn, id)
+        get_policy(self.conn(), id)
     }
 
     /// The policy with this name.
     pub fn policy_by_name(&self, name: &str) -> StoreResult<Policy> {
-        self.conn
+        self.conn()
             .query_row(
                 &format!("SELECT {POLICY_COLS} FROM policies WHERE name = ?1"),
                 [name],
@@ -66,7 +66,7 @@ impl Store {
     /// All policies, by id.
     pub fn policies(&self) -> StoreResult<Vec<Policy>> {
         query_all(
-            &self.conn,
+            self.conn(),
             &format!("SELECT {POLICY_COLS} FROM policies ORDER BY id"),
             [],
             policy_row,
@@ -125,7 +125,7 @@ impl Store {
     /// Groups bound to a policy (what the scheduler fires for).
     pub fn groups_bound_to(&self, policy: PolicyId) -> StoreResult<Vec<Group>> {
         query_all(
-            &self.conn,
+            self.conn(),
             &format!("SELECT {GROUP_COLS} FROM protection_groups WHERE policy_id = ?1 ORDER BY id"),
             [policy],
             group_row,

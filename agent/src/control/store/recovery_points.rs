@@ -74,12 +74,12 @@ impl Store {
 
     /// The recovery point with this id.
     pub fn recovery_point(&self, id: RpId) -> StoreResult<RecoveryPoint> {
-        get_rp(&self.conn, id)
+        get_rp(self.conn(), id)
     }
 
     /// The recovery point of a group with this name.
     pub fn recovery_point_by_name(&self, group: GroupId, name: &str) -> StoreResult<RecoveryPoint> {
-        self.conn
+        self.conn()
             .query_row(
                 &format!("SELECT {RP_COLS} FROM recovery_points WHERE group_id = ?1 AND name = ?2"),
                 params![group, name],
@@ -96,7 +96,7 @@ impl Store {
     /// A group's recovery points, oldest first.
     pub fn recovery_points(&self, group: GroupId) -> StoreResult<Vec<RecoveryPoint>> {
         query_all(
-            &self.conn,
+            self.conn(),
             &format!(
                 "SELECT {RP_COLS} FROM recovery_points WHERE group_id = ?1 ORDER BY created_at, id"
             ),
@@ -193,7 +193,7 @@ impl Store {
     /// heard of yet (all groups, oldest first).
     pub fn pending_remote_deletes(&self) -> StoreResult<Vec<RecoveryPoint>> {
         query_all(
-            &self.conn,
+            self.conn(),
             &format!("SELECT {RP_COLS} FROM recovery_points WHERE pending_remote_delete = 1 ORDER BY created_at, id"),
             [],
             rp_row,
@@ -208,7 +208,7 @@ impl Store {
         &self,
         group: GroupId,
     ) -> StoreResult<Vec<RecoveryPoint>> {
-        let g = get_group(&self.conn, group)?;
+        let g = get_group(self.conn(), group)?;
         let Some(binding) = g.policy else {
             return Ok(Vec::new());
         };

@@ -101,13 +101,13 @@ impl Store {
 
     /// The resource with this URI.
     pub fn resource(&self, uri: &str) -> StoreResult<Resource> {
-        get_resource(&self.conn, uri)
+        get_resource(self.conn(), uri)
     }
 
     /// A group's resources, by URI.
     pub fn resources(&self, id: GroupId) -> StoreResult<Vec<Resource>> {
         query_all(
-            &self.conn,
+            self.conn(),
             &format!("SELECT {RESOURCE_COLS} FROM resources WHERE group_id = ?1 ORDER BY uri"),
             [id],
             resource_row,
@@ -120,7 +120,7 @@ impl Store {
     pub fn resource_owners(&self, uris: &[&str]) -> StoreResult<Vec<(String, String)>> {
         let mut out = Vec::new();
         for uri in uris {
-            if let Some(group) = owner_of(&self.conn, uri)? {
+            if let Some(group) = owner_of(self.conn(), uri)? {
                 out.push(((*uri).to_owned(), group));
             }
         }

@@ -36,12 +36,12 @@ impl Store {
 
     /// The service with this id.
     pub fn service(&self, id: ServiceId) -> StoreResult<Service> {
-        get_service(&self.conn, id)
+        get_service(self.conn(), id)
     }
 
     /// The service with this name.
     pub fn service_by_name(&self, name: &str) -> StoreResult<Service> {
-        self.conn
+        self.conn()
             .query_row(
                 &format!("SELECT {SERVICE_COLS} FROM services WHERE name = ?1"),
                 [name],
@@ -58,7 +58,7 @@ impl Store {
     /// All services, by id.
     pub fn services(&self) -> StoreResult<Vec<Service>> {
         query_all(
-            &self.conn,
+            self.conn(),
             &format!("SELECT {SERVICE_COLS} FROM services ORDER BY id"),
             [],
             service_row,

@@ -13,6 +13,7 @@ use crate::control::rules::{check, FailoverTarget, GroupView, OpRequest};
 use crate::control::RpoThresholds;
 
 mod durability;
+mod shared_store;
 
 fn service(name: &str) -> NewService {
     NewService {

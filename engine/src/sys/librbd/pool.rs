@@ -23,9 +23,20 @@ impl Pool {
         self.namespace.as_deref()
     }
 
+    /// The cluster this I/O context belongs to.
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
+    }
+
+    /// The raw `rados_ioctx_t`, for the object layer in
+    /// [`crate::sys::librados`].
+    pub(in crate::sys) fn raw_ioctx(&self) -> IoctxT {
+        self.ioctx
+    }
+
     /// `Err` for a failed call (`rc < 0`) on `target`; a refusal names the
     /// cephx user.
-    pub(super) fn check(
+    pub(in crate::sys) fn check(
         &self,
         rc: c_int,
         op: &'static str,
