@@ -19,6 +19,7 @@ pub mod imagegen;
 pub mod logging;
 pub mod metrics;
 pub mod orchestrator;
+pub mod placement;
 pub mod replicate;
 pub mod schedule;
 pub mod service_key;

@@ -181,6 +181,20 @@ pub fn open_pool(
     Ok(connection.pool(pool, namespace)?)
 }
 
+/// Drops `connection` from the cache of live connections, so that the
+/// next [`open_pool`] of `cluster` connects as a new client: what a client
+/// the cluster has blocklisted (fenced) needs, as its handle stays refused
+/// for as long as it lives.
+pub fn forget_connection(cluster: &ClusterSpec, connection: &Arc<Cluster>) {
+    let mut guard = crate::sync_util::lock(&CLUSTERS);
+    if let Some(map) = guard.as_mut() {
+        let cached = map.get(cluster).and_then(Weak::upgrade);
+        if cached.is_some_and(|c| Arc::ptr_eq(&c, connection)) {
+            map.remove(cluster);
+        }
+    }
+}
+
 /// BLAKE3 (hex) of every byte of image `spec` (at its snapshot if it names
 /// one, else its head), as `rbd export SPEC - | b3sum` would print it, and
 /// the image size. Reads 4 MiB pieces, several in flight.
