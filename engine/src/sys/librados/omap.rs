@@ -117,6 +117,18 @@ struct RawWriteOp {
     api: &'static RadosApi,
 }
 
+impl RawWriteOp {
+    /// A new write op for object `oid` of `pool` (for the error message).
+    fn new(pool: &Pool, api: &'static RadosApi, oid: &str) -> Result<Self, CephError> {
+        // SAFETY: no preconditions; NULL means allocation failure.
+        let op = unsafe { (api.rados_create_write_op)() };
+        if op.is_null() {
+            check(pool, -libc::ENOMEM, "rados_create_write_op", oid)?;
+        }
+        Ok(Self { op, api })
+    }
+}
+
 impl Drop for RawWriteOp {
     fn drop(&mut self) {
         // SAFETY: created by rados_create_write_op, released once.
@@ -219,12 +231,7 @@ impl Pool {
     pub fn write(&self, oid: &str, op: &WriteOp) -> Result<(), CephError> {
         let api = api()?;
         let c_oid = cstring("object", oid)?;
-        // SAFETY: no preconditions; NULL means allocation failure.
-        let raw = unsafe { (api.rados_create_write_op)() };
-        if raw.is_null() {
-            return check(self, -libc::ENOMEM, "rados_create_write_op", oid);
-        }
-        let raw = RawWriteOp { op: raw, api };
+        let raw = RawWriteOp::new(self, api, oid)?;
         let exclusive = match op.create {
             Some(Create::IfMissing) => Some(CREATE_IDEMPOTENT),
             Some(Create::Exclusive) => Some(CREATE_EXCLUSIVE),
@@ -305,12 +312,7 @@ impl Pool {
     pub fn remove_guarded(&self, oid: &str, key: &str, value: &[u8]) -> Result<(), CephError> {
         let api = api()?;
         let c_oid = cstring("object", oid)?;
-        // SAFETY: no preconditions; NULL means allocation failure.
-        let raw = unsafe { (api.rados_create_write_op)() };
-        if raw.is_null() {
-            return check(self, -libc::ENOMEM, "rados_create_write_op", oid);
-        }
-        let raw = RawWriteOp { op: raw, api };
+        let raw = RawWriteOp::new(self, api, oid)?;
         let mut rc_guard: c_int = 0;
         // SAFETY: live write op; (pointer, length) pairs copied by librados;
         // `rc_guard` outlives operate.
