@@ -28,6 +28,16 @@ fn ms(t0: Instant, m: u64) -> Instant {
     t0 + Duration::from_millis(m)
 }
 
+/// A machine for `a` that claimed at `t0` and was granted the lock at
+/// once, `previous` listed as earlier holders (the actions it asked for
+/// are not checked here).
+fn granted(t0: Instant, previous: Vec<Holder>) -> LeaseMachine {
+    let mut m = LeaseMachine::new(TIMES, holder("a"), t0).unwrap();
+    m.poll(t0);
+    m.handle(Input::Granted { sent: t0, previous }, t0).unwrap();
+    m
+}
+
 /// A machine for `a` that claimed at `t0` and now drives the group (no
 /// previous holders).
 fn holding(t0: Instant) -> LeaseMachine {
@@ -331,32 +341,14 @@ fn a_grant_that_arrives_after_the_stop_time_is_not_used() {
 #[test]
 fn a_fence_that_ends_after_the_stop_time_does_not_start_the_group() {
     let t0 = Instant::now();
-    let mut m = LeaseMachine::new(TIMES, holder("a"), t0).unwrap();
-    m.poll(t0);
-    m.handle(
-        Input::Granted {
-            sent: t0,
-            previous: vec![holder("b")],
-        },
-        t0,
-    )
-    .unwrap();
+    let mut m = granted(t0, vec![holder("b")]);
     assert_eq!(m.next_wake(), Some(secs(t0, 25)));
     // The answer comes late, with no poll in between (the agent was stopped).
     assert_eq!(m.handle(Input::Fenced, secs(t0, 26)).unwrap(), Vec::new());
     assert!(!m.driving());
 
     // The same with a poll at the stop time before the answer.
-    let mut m = LeaseMachine::new(TIMES, holder("a"), t0).unwrap();
-    m.poll(t0);
-    m.handle(
-        Input::Granted {
-            sent: t0,
-            previous: Vec::new(),
-        },
-        t0,
-    )
-    .unwrap();
+    let mut m = granted(t0, Vec::new());
     assert_eq!(m.poll(secs(t0, 25)), Vec::new());
     assert!(matches!(m.state(), LeaseState::Lost { .. }));
     assert_eq!(m.handle(Input::Fenced, secs(t0, 26)).unwrap(), Vec::new());
@@ -366,16 +358,7 @@ fn a_fence_that_ends_after_the_stop_time_does_not_start_the_group() {
 #[test]
 fn a_failed_fence_never_starts_and_gives_the_lock_back() {
     let t0 = Instant::now();
-    let mut m = LeaseMachine::new(TIMES, holder("a"), t0).unwrap();
-    m.poll(t0);
-    m.handle(
-        Input::Granted {
-            sent: t0,
-            previous: vec![holder("b")],
-        },
-        t0,
-    )
-    .unwrap();
+    let mut m = granted(t0, vec![holder("b")]);
     let actions = m
         .handle(Input::Failed(Failure::Transient), secs(t0, 1))
         .unwrap();

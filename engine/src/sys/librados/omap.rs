@@ -127,6 +127,26 @@ impl RawWriteOp {
         }
         Ok(Self { op, api })
     }
+
+    /// Adds a guard: the op applies only while omap key `key` holds
+    /// `value`; librados writes the comparison's result into `rc`, which
+    /// must stay alive (and in place) until the op is operated.
+    fn guard_eq(&self, key: &[u8], value: &[u8], rc: &mut c_int) {
+        // SAFETY: live write op; key and value are (pointer, length) pairs
+        // that librados copies; `rc` outlives the operate call (the
+        // caller's contract above).
+        unsafe {
+            (self.api.rados_write_op_omap_cmp2)(
+                self.op,
+                key.as_ptr().cast(),
+                CMP_EQ,
+                value.as_ptr().cast(),
+                key.len(),
+                value.len(),
+                rc,
+            )
+        };
+    }
 }
 
 impl Drop for RawWriteOp {
@@ -249,19 +269,7 @@ impl Pool {
         // The guards' result slots must outlive the operate call.
         let mut guard_rc: Vec<c_int> = vec![0; op.guards.len()];
         for ((key, value), rc) in op.guards.iter().zip(guard_rc.iter_mut()) {
-            // SAFETY: live write op; key and value are (pointer, length)
-            // pairs that librados copies; `rc` lives until after operate.
-            unsafe {
-                (api.rados_write_op_omap_cmp2)(
-                    raw.op,
-                    key.as_ptr().cast(),
-                    CMP_EQ,
-                    value.as_ptr().cast(),
-                    key.len(),
-                    value.len(),
-                    rc,
-                )
-            };
+            raw.guard_eq(key.as_bytes(), value, rc);
         }
         if !op.removes.is_empty() {
             let keys = KeyArrays::new(op.removes.iter().map(|k| k.as_bytes()));
@@ -314,20 +322,9 @@ impl Pool {
         let c_oid = cstring("object", oid)?;
         let raw = RawWriteOp::new(self, api, oid)?;
         let mut rc_guard: c_int = 0;
-        // SAFETY: live write op; (pointer, length) pairs copied by librados;
-        // `rc_guard` outlives operate.
-        unsafe {
-            (api.rados_write_op_omap_cmp2)(
-                raw.op,
-                key.as_ptr().cast(),
-                CMP_EQ,
-                value.as_ptr().cast(),
-                key.len(),
-                value.len(),
-                &mut rc_guard,
-            );
-            (api.rados_write_op_remove)(raw.op);
-        }
+        raw.guard_eq(key.as_bytes(), value, &mut rc_guard);
+        // SAFETY: live write op.
+        unsafe { (api.rados_write_op_remove)(raw.op) };
         // SAFETY: as in `write`.
         let rc = unsafe {
             (api.rados_write_op_operate2)(
