@@ -231,7 +231,12 @@ impl World {
             Path::new(LIBFAKETIME).exists(),
             "{LIBFAKETIME} is missing: install the Debian package faketime (scripts/test.sh does)"
         );
-        let tmp = tempfile::tempdir().expect("temp dir");
+        let mut tmp = tempfile::tempdir().expect("temp dir");
+        if std::env::var_os("FERRY_CTL_KEEP").is_some() {
+            // Debugging a failed seed: the agents' directories survive.
+            tmp.disable_cleanup(true);
+            println!("control fault harness: keeping {}", tmp.path().display());
+        }
         let clock = tmp.path().join("clock");
         std::fs::write(&clock, "+0\n").expect("clock file");
         let mut world = World {

@@ -159,12 +159,32 @@ impl FileSource {
     ) -> Result<(), SourceError> {
         if let Ok(source) = Self::open(image, state_dir) {
             if source.state.committed_epoch == epoch.get()
-                && source.manifest_path(epoch.get()).exists()
+                && source.manifest_holds(epoch.get(), hashes)
             {
                 return Ok(());
             }
         }
         Self::seed_with(image, state_dir, epoch, Some(hashes))
+    }
+
+    /// Whether the manifest of committed `epoch` holds exactly `hashes`: a
+    /// base seeded with them before. A state at the same epoch number with
+    /// other hashes is an earlier replication's (epochs count on across
+    /// role swaps, so a site that was the primary before may have committed
+    /// the same number from other content): keeping it would skip blocks
+    /// that differ from the standby's copy (control fault harness, seed
+    /// 2673571956, scenario 15).
+    fn manifest_holds(&self, epoch: u64, hashes: &[BlockHash]) -> bool {
+        let Ok(manifest) = Manifest::open(&self.manifest_path(epoch), false) else {
+            return false;
+        };
+        if manifest.header().block_count() != hashes.len() as u64 {
+            return false;
+        }
+        let mut held = Vec::with_capacity(hashes.len());
+        manifest
+            .read_entries(0, hashes.len() as u64, &mut held)
+            .is_ok_and(|()| held == hashes)
     }
 
     fn seed_with(

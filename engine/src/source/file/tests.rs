@@ -179,6 +179,27 @@ fn base_seeded_from_the_standbys_hashes_sends_every_block_that_differs_from_it()
 }
 
 #[test]
+fn seeding_over_an_earlier_replications_state_at_the_same_epoch_replaces_it() {
+    // This site replicated the image before (it was the primary) and
+    // committed epoch 4 of its own content; a reprotect now seeds epoch 4
+    // from a standby copy that holds other (split-brain) blocks. Keeping
+    // the old state would send nothing (control fault harness, seed
+    // 2673571956, scenario 15).
+    let content = random(64 * 1024, 12);
+    let fx = Fixture::new(&content);
+    FileSource::seed(&fx.image, &fx.state, Epoch(4)).unwrap();
+    let standby = fx.dir.path().join("standby.raw");
+    let mut theirs = content.clone();
+    theirs[20 * 1024..20 * 1024 + 10].fill(9);
+    fs::write(&standby, &theirs).unwrap();
+    let hashes = block_hashes(&standby).unwrap();
+    FileSource::seed_from_hashes(&fx.image, &fx.state, Epoch(4), &hashes).unwrap();
+    let mut source = fx.open();
+    let (extents, _, _) = run_cycle(&mut source, 5, 4);
+    assert_eq!(simple(&extents), vec![(20 * 1024, 4096, ExtentKind::Data)]);
+}
+
+#[test]
 fn incremental_detects_single_write_zeroing_growth_and_shrink() {
     let content = random(256 * 1024 + 100, 2);
     let fx = Fixture::new(&content);
