@@ -26,7 +26,18 @@
 //! The same decision, made whatever the mode, is published as
 //! [`LinkBound`]: while it is set, sources stop sending bytes whose only
 //! purpose is to save storage operations (the RBD source's bridged gaps
-//! between listed extents, [`crate::rbd::RbdSourceOptions::coalesce_gap`]).
+//! between listed extents, [`crate::rbd::RbdSourceOptions::coalesce_gap`]),
+//! and the encoder sends the zero blocks inside a data piece as zero
+//! extents instead of data. It is also set, from the first batch on, on a
+//! *long* path (a base round trip of [`LONG_PATH_RTT`] or more: another
+//! site across a WAN): there every wire byte costs, whether or not the
+//! sender is held up by the link right now (a sync bound by the storage's
+//! IOPS leaves the link idle, but the bytes still cross a metered or shared
+//! WAN). The congestion estimate cannot tell a fast WAN from a slow one: on
+//! the WAN bench (1 Gbit/s, 20 ms) it read 0.8–1.1 GB/s, the congestion
+//! window grown into the shaper's queue while flow control held the sender.
+//! A LAN or loopback keeps the bytes that save storage operations unless
+//! the link holds the sender.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -46,6 +57,9 @@ pub const AUTO_WINDOW: Duration = Duration::from_millis(500);
 /// A link carrying this many wire bytes per second or more is not worth
 /// compressing for (zstd level 1 does ~0.6–1.6 GB/s per core on mixed data).
 pub const AUTO_FAST_LINK: u64 = 400_000_000;
+/// A path whose base round trip is at least this is a long one (beyond a
+/// metro area): see the module doc.
+pub const LONG_PATH_RTT: Duration = Duration::from_millis(5);
 
 /// `[transport] compression`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -151,6 +165,11 @@ impl CompressionSwitch {
         self.on.load(Ordering::Relaxed)
     }
 
+    /// Whether the link-bound signal is set now.
+    pub fn is_link_bound(&self) -> bool {
+        self.link.get()
+    }
+
     /// The link-bound signal this switch's sender sets (a shared handle).
     pub fn link_bound(&self) -> LinkBound {
         self.link.clone()
@@ -172,6 +191,8 @@ pub struct Backpressure {
     window_start: Instant,
     blocked: Duration,
     wire_rate: u64,
+    /// The path's base round trip is at least [`LONG_PATH_RTT`].
+    long_path: bool,
     decisions: u32,
 }
 
@@ -183,7 +204,19 @@ impl Backpressure {
             window_start: Instant::now(),
             blocked: Duration::ZERO,
             wire_rate: 0,
+            long_path: false,
             decisions: 0,
+        }
+    }
+
+    /// Records the path's base (smallest seen) round trip; on a long path
+    /// the [`LinkBound`] signal goes on at once and stays on. Called before
+    /// the first batch (with the handshake's round trip) and with every
+    /// measurement.
+    pub fn set_base_rtt(&mut self, base_rtt: Duration) {
+        self.long_path = base_rtt >= LONG_PATH_RTT;
+        if self.long_path {
+            self.switch.link.set(true);
         }
     }
 
@@ -210,7 +243,7 @@ impl Backpressure {
             self.switch.link.set(true);
         } else if share < AUTO_OFF_BLOCKED_SHARE || !slow_link {
             self.switch.set_auto(false);
-            self.switch.link.set(false);
+            self.switch.link.set(self.long_path);
         }
         if self.switch.mode() == CompressionMode::Auto && was != self.switch.is_on() {
             self.decisions += 1;
@@ -221,6 +254,13 @@ impl Backpressure {
                 "compression switched"
             );
         }
+        tracing::trace!(
+            blocked_share = share,
+            wire_rate = self.wire_rate,
+            long_path = self.long_path,
+            link_bound = self.switch.link.get(),
+            "backpressure window"
+        );
         self.window_start = now;
         self.blocked = Duration::ZERO;
     }
@@ -265,6 +305,9 @@ pub struct Run {
 
 /// Splits `data` into runs of zero / raw / compressible [`PIECE`]s
 /// (`compress`: whether zstd is on; when off, non-zero pieces are raw).
+/// With `cut_interior_zeros` (the link is what costs, see [`LinkBound`]),
+/// the whole zero 4 KiB blocks *between* data blocks of a piece become
+/// zero runs too: no bytes on the wire, one more standby write each.
 /// Zero pieces are whole multiples of 4 KiB within the extent, so a zero run
 /// keeps the extent's block alignment.
 ///
@@ -274,9 +317,9 @@ pub struct Run {
 /// object arrives as a 4 MiB extent of zeroes around it; classified in
 /// whole pieces it cost a 64 KiB write and 64 KiB on the wire, trimmed it
 /// costs its 4 KiB, and the run count stays the same (zero, data, zero).
-/// Zeroes *between* two data blocks of a piece stay in the data run: cutting
-/// there would turn one write into three on the standby.
-pub fn classify(data: &[u8], compress: bool) -> Vec<Run> {
+/// Otherwise zeroes *between* two data blocks of a piece stay in the data
+/// run: cutting there would turn one write into three on the standby.
+pub fn classify(data: &[u8], compress: bool, cut_interior_zeros: bool) -> Vec<Run> {
     let mut runs: Vec<Run> = Vec::new();
     let mut start = 0;
     while start < data.len() {
@@ -298,11 +341,30 @@ pub fn classify(data: &[u8], compress: bool) -> Vec<Run> {
             PieceClass::Compressible
         };
         push_run(&mut runs, start, body_start, PieceClass::Zero);
-        push_run(&mut runs, body_start, body_end, class);
+        if cut_interior_zeros {
+            push_blocks(&mut runs, data, body_start, body_end, class);
+        } else {
+            push_run(&mut runs, body_start, body_end, class);
+        }
         push_run(&mut runs, body_end, end, PieceClass::Zero);
         start = end;
     }
     runs
+}
+
+/// Appends `[start, end)` (a piece's body: it starts and ends with a data
+/// block) block by block: whole zero [`ZERO_EDGE_BLOCK`]s as zero runs, the
+/// rest as `class`. Blocks are counted from `start`, which is the piece's
+/// start plus whole blocks.
+fn push_blocks(runs: &mut Vec<Run>, data: &[u8], start: usize, end: usize, class: PieceClass) {
+    let mut at = start;
+    while at < end {
+        let stop = (at + ZERO_EDGE_BLOCK).min(end);
+        let block = &data[at..stop];
+        let zero = block.len() == ZERO_EDGE_BLOCK && crate::rbddiff::is_zero(block);
+        push_run(runs, at, stop, if zero { PieceClass::Zero } else { class });
+        at = stop;
+    }
 }
 
 /// Size of the blocks a non-zero piece's zero edges are trimmed in.
@@ -396,7 +458,7 @@ mod tests {
         let mut data = random(2 * PIECE, 1);
         data.extend(vec![0u8; 3 * PIECE]);
         data.extend(text(PIECE + 4096));
-        let runs = classify(&data, true);
+        let runs = classify(&data, true, false);
         let classes: Vec<_> = runs.iter().map(|r| (r.class, r.end - r.start)).collect();
         assert_eq!(
             classes,
@@ -407,7 +469,10 @@ mod tests {
             ]
         );
         // Off: zeroes are still found, the rest is raw.
-        let off: Vec<_> = classify(&data, false).iter().map(|r| r.class).collect();
+        let off: Vec<_> = classify(&data, false, false)
+            .iter()
+            .map(|r| r.class)
+            .collect();
         assert_eq!(
             off,
             vec![PieceClass::Raw, PieceClass::Zero, PieceClass::Raw]
@@ -424,7 +489,7 @@ mod tests {
         let mut data = vec![0u8; 4 << 20];
         let at = PIECE + 5 * 4096;
         data[at..at + 4096].copy_from_slice(&random(4096, 9));
-        let runs: Vec<_> = classify(&data, false)
+        let runs: Vec<_> = classify(&data, false, false)
             .iter()
             .map(|r| (r.class, r.start, r.end))
             .collect();
@@ -439,17 +504,32 @@ mod tests {
         // Zeroes between two written blocks of one piece stay in the run.
         let second = at + 3 * 4096;
         data[second..second + 4096].copy_from_slice(&random(4096, 10));
-        let runs: Vec<_> = classify(&data, false)
+        let runs: Vec<_> = classify(&data, false, false)
             .iter()
             .map(|r| (r.class, r.start, r.end))
             .collect();
         assert_eq!(runs[1], (PieceClass::Raw, at, second + 4096));
         assert_eq!(runs.len(), 3);
+        // Cut when the link is what costs: each written block is a run.
+        let runs: Vec<_> = classify(&data, false, true)
+            .iter()
+            .map(|r| (r.class, r.start, r.end))
+            .collect();
+        assert_eq!(
+            runs,
+            vec![
+                (PieceClass::Zero, 0, at),
+                (PieceClass::Raw, at, at + 4096),
+                (PieceClass::Zero, at + 4096, second),
+                (PieceClass::Raw, second, second + 4096),
+                (PieceClass::Zero, second + 4096, 4 << 20),
+            ]
+        );
         // A short last block is not trimmed, and a block not all zero
         // (one byte) is data.
         let mut odd = vec![0u8; 4096 + 100];
         odd[4096 + 99] = 1;
-        let runs: Vec<_> = classify(&odd, false)
+        let runs: Vec<_> = classify(&odd, false, false)
             .iter()
             .map(|r| (r.class, r.start, r.end))
             .collect();
@@ -526,5 +606,38 @@ mod tests {
             .link_bound()
             .get());
         assert!(!CompressionSwitch::always().link_bound().get());
+    }
+
+    #[test]
+    fn a_long_path_is_link_bound_and_a_short_one_when_the_meter_says_so() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let slow = 100_000_000;
+        // A LAN: the signal waits for the meter.
+        let switch = CompressionSwitch::new(CompressionMode::Auto, false);
+        let link = switch.link_bound();
+        let mut meter = Backpressure::new(switch);
+        meter.set_base_rtt(Duration::from_micros(200));
+        assert!(!link.get());
+        meter.tick(at(600), slow);
+        assert!(!link.get(), "idle LAN");
+        // A WAN: on from the handshake, before any estimate, and while the
+        // sender is not held up at all (storage-bound).
+        let switch = CompressionSwitch::new(CompressionMode::Auto, false);
+        let link = switch.link_bound();
+        let compressing = switch.clone();
+        let mut meter = Backpressure::new(switch);
+        meter.set_base_rtt(Duration::from_millis(20));
+        assert!(link.get(), "long path, no estimate yet");
+        meter.tick(at(600), slow);
+        assert!(link.get(), "long, idle");
+        assert!(
+            !compressing.is_on(),
+            "auto compression still follows the meter"
+        );
+        // Whatever the congestion estimate says (it overshoots on a WAN).
+        meter.tick(at(1200), 2 * AUTO_FAST_LINK);
+        assert!(link.get(), "long, estimated fast");
+        assert!(!compressing.is_on());
     }
 }

@@ -242,6 +242,9 @@ impl Encoder {
         let mut used = 0usize;
         let mut plain_emitted = 0u64;
         let compress = self.compression.is_on();
+        // While zstd is on, interior zero blocks cost a few bytes inside one
+        // compressed run (one standby write): cut them only when it is off.
+        let cut_interior_zeros = !compress && self.compression.is_link_bound();
         for extent in extents {
             let (ExtentKind::Data, Some(data)) = (&extent.kind, &extent.data) else {
                 headers.push(ExtentHeader {
@@ -253,7 +256,7 @@ impl Encoder {
                 });
                 continue;
             };
-            for run in classify(data, compress) {
+            for run in classify(data, compress, cut_interior_zeros) {
                 let piece = &data[run.start..run.end];
                 let len = piece.len();
                 // A run is a part of an extent: its length fits in a u32.

@@ -147,6 +147,53 @@ fn a_mixed_extent_travels_as_runs_and_decodes_to_the_same_bytes() {
 }
 
 #[test]
+fn on_a_link_bound_sync_interior_zero_blocks_travel_as_zero_extents() {
+    // A fresh object's 64 KiB piece with two written 4 KiB blocks and three
+    // zero blocks between them; a send limit makes the switch link-bound.
+    let mut piece = vec![0u8; 64 * 1024];
+    piece[..4096].copy_from_slice(&random(4096, 21));
+    piece[4 * 4096..5 * 4096].copy_from_slice(&random(4096, 22));
+    let extents = vec![data(0, Bytes::from(piece.clone()))];
+    let bound =
+        crate::compression::CompressionSwitch::new(crate::compression::CompressionMode::Off, true);
+    let chunk = Encoder::new(1)
+        .with_compression(bound)
+        .encode(0, 1 << 20, &extents)
+        .unwrap();
+    let shape: Vec<_> = chunk.extents.iter().map(|e| (e.kind, e.length)).collect();
+    assert_eq!(
+        shape,
+        vec![
+            (ExtentKind::Data, 4096),
+            (ExtentKind::Zero, 3 * 4096),
+            (ExtentKind::Data, 4096),
+            (ExtentKind::Zero, 11 * 4096),
+        ]
+    );
+    assert_eq!(chunk.payload.len(), 2 * 4096);
+    let mut rebuilt = Vec::new();
+    for extent in Decoder::new().decode(&batch(&chunk)).unwrap() {
+        match extent.data {
+            Some(bytes) => rebuilt.extend_from_slice(&bytes),
+            None => rebuilt.extend(std::iter::repeat_n(0u8, extent.length as usize)),
+        }
+    }
+    assert_eq!(rebuilt, piece);
+    // With zstd on they cost a few bytes inside one compressed run.
+    let zstd =
+        crate::compression::CompressionSwitch::new(crate::compression::CompressionMode::Zstd, true);
+    let chunk = Encoder::new(1)
+        .with_compression(zstd)
+        .encode(0, 1 << 20, &extents)
+        .unwrap();
+    let shape: Vec<_> = chunk.extents.iter().map(|e| (e.kind, e.length)).collect();
+    assert_eq!(
+        shape,
+        vec![(ExtentKind::Data, 5 * 4096), (ExtentKind::Zero, 11 * 4096)]
+    );
+}
+
+#[test]
 fn empty_chunk_round_trips() {
     let chunk = Encoder::new(1).encode(4096, 8192, &[]).unwrap();
     assert!(chunk.payload.is_empty());

@@ -215,7 +215,14 @@ pub(super) async fn transfer_image(links: &Links, plan: Planned) -> Result<Trans
         options.transport.compression,
         options.limiter.rate().is_some(),
     );
-    let backpressure = Backpressure::new(compression.clone());
+    let mut backpressure = Backpressure::new(compression.clone());
+    // The handshake's round trip: a long path is link-bound from the first
+    // batch (see ferry_engine::compression).
+    let mut base_rtt = Duration::MAX;
+    let _ = link_rate(&connection, &options.limiter, &mut base_rtt);
+    if base_rtt != Duration::MAX {
+        backpressure.set_base_rtt(base_rtt);
+    }
     let pipeline = Pipeline::start_compressing(source, plan, options.pipeline, compression)?;
     let (chunk_tx, chunks) = mpsc::channel::<Result<EncodedChunk, PipelineError>>(2);
     let forwarder = tokio::task::spawn_blocking(move || {
@@ -238,7 +245,7 @@ pub(super) async fn transfer_image(links: &Links, plan: Planned) -> Result<Trans
         transfer,
         chunks,
         backpressure,
-        base_rtt: Duration::MAX,
+        base_rtt,
         pipeline_done: false,
         pending_empty_since: resume_offset,
     };
@@ -389,6 +396,7 @@ impl ImageRun<'_> {
             .await?;
         let now = Instant::now();
         let link_rate = link_rate(&self.connection, &options.limiter, &mut self.base_rtt);
+        self.backpressure.set_base_rtt(self.base_rtt);
         self.backpressure
             .record_blocked(now - sending, now, link_rate);
         Ok(true)
@@ -406,6 +414,7 @@ impl ImageRun<'_> {
             Some(Message::Ack(ack)) => {
                 let now = Instant::now();
                 let link_rate = link_rate(&self.connection, limiter, &mut self.base_rtt);
+                self.backpressure.set_base_rtt(self.base_rtt);
                 if link_bound_wait {
                     self.backpressure
                         .record_blocked(now - waiting_since, now, link_rate);
