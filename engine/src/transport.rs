@@ -176,6 +176,12 @@ impl Default for TransportSettings {
     }
 }
 
+/// Image streams a peer may open at once on one connection, at least: a
+/// protection group's most volumes (the control shim's limit), so a group
+/// of small deltas goes at once (`session/sender/admission.rs`);
+/// `max_concurrent_images` raises it.
+pub const MAX_IMAGE_STREAMS: u32 = 20;
+
 impl TransportSettings {
     fn quinn_transport(&self) -> quinn::TransportConfig {
         let mut config = quinn::TransportConfig::default();
@@ -183,7 +189,12 @@ impl TransportSettings {
             .stream_receive_window(quinn::VarInt::from_u32(self.stream_window))
             .receive_window(quinn::VarInt::from_u32(self.connection_window))
             .send_window(self.send_window)
-            .max_concurrent_bidi_streams(quinn::VarInt::from_u32(self.max_concurrent_images + 1))
+            // One control stream, and image streams for a whole group of
+            // small deltas (the sender's admission, see
+            // session/sender/admission.rs).
+            .max_concurrent_bidi_streams(quinn::VarInt::from_u32(
+                self.max_concurrent_images.max(MAX_IMAGE_STREAMS) + 1,
+            ))
             .max_concurrent_uni_streams(quinn::VarInt::from_u32(0))
             .keep_alive_interval(Some(self.keep_alive));
         // An idle timeout above quinn's varint limit cannot happen with sane

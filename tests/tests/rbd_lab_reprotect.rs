@@ -170,6 +170,13 @@ fn lab_rbd_reprotect_sends_only_the_differences_keeps_the_split_brain_writes_and
         udp / changed as f64
     );
     assert!(udp > 0.0, "the new primary sent nothing");
+    // The first cycle's capture was taken ahead (with the old primary's
+    // install): the sender looked at each image's listing before the
+    // transfer, and the cycle started from that listing.
+    assert!(
+        s.b.log_text().contains("listed_ahead=true"),
+        "no RBD cycle started from a listing made ahead"
+    );
     assert!(
         udp <= 1.2 * changed as f64,
         "reprotect sent {udp} bytes for {changed} bytes changed on either side"

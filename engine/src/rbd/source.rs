@@ -23,7 +23,7 @@ use ferry_protocol::Epoch;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
-use self::reads::ActiveCycle;
+use self::reads::{ActiveCycle, ListedAhead};
 use super::{unix_ms, ClusterSpec, RbdError, RbdSpec};
 use crate::compression::LinkBound;
 use crate::source::{
@@ -144,6 +144,9 @@ pub struct RbdSource {
     state: SourceState,
     options: RbdSourceOptions,
     cycle: Option<ActiveCycle>,
+    /// The start of the next cycle's listing, made by
+    /// [`ExtentSource::data_bytes_ahead`].
+    ahead: Option<ListedAhead>,
     /// The sender's link-bound signal ([`ExtentSource::follow_link`]):
     /// while set, bridged gaps are not sent.
     link: LinkBound,
@@ -154,6 +157,28 @@ fn state_error(e: RbdError) -> SourceError {
 }
 
 impl RbdSource {
+    /// The snapshot a cycle of `plan` lists its changes since (`None`: a
+    /// full copy), or why the plan does not fit this source's state.
+    fn base_snap_of(&self, plan: &CyclePlan) -> Result<Option<String>, SourceError> {
+        let committed = self.committed_epoch();
+        let bad = |reason| SourceError::BadPlan {
+            epoch: plan.epoch,
+            base_epoch: plan.base_epoch,
+            committed,
+            reason,
+        };
+        if plan.epoch <= committed {
+            return Err(bad("epoch is not newer than the committed one"));
+        }
+        if plan.base_epoch == Epoch(0) {
+            return Ok(None);
+        }
+        match &self.state.committed {
+            Some(c) if c.epoch == plan.base_epoch.get() => Ok(Some(c.diff_base().to_owned())),
+            _ => Err(bad("no snapshot of that base epoch")),
+        }
+    }
+
     /// Opens `spec` (no snapshot part) on `cluster`, with its bookkeeping in
     /// `state_dir`. `tag` names this replication (peer and target) in the
     /// snapshot names, so two replications of one image never touch each
@@ -219,6 +244,7 @@ impl RbdSource {
             state,
             options,
             cycle: None,
+            ahead: None,
             link: LinkBound::default(),
         };
         source.reconcile()?;
@@ -520,31 +546,43 @@ impl ExtentSource for RbdSource {
         }
     }
 
-    fn begin_cycle(&mut self, plan: &CyclePlan, chunk_size: u32) -> Result<ImageInfo, SourceError> {
-        let committed = self.committed_epoch();
-        let base_snap = if plan.base_epoch == Epoch(0) {
-            None
-        } else {
-            match &self.state.committed {
-                Some(c) if c.epoch == plan.base_epoch.get() => Some(c.diff_base().to_owned()),
-                _ => {
-                    return Err(SourceError::BadPlan {
-                        epoch: plan.epoch,
-                        base_epoch: plan.base_epoch,
-                        committed,
-                        reason: "no snapshot of that base epoch",
-                    })
-                }
-            }
+    fn data_bytes_ahead(&mut self, plan: &CyclePlan) -> Result<Option<u64>, SourceError> {
+        self.ahead = None;
+        // Only a capture taken ahead (a group capture) and not yet started
+        // for another epoch: otherwise `begin_cycle` takes a new one.
+        let Some(capture) = self.state.capture.clone() else {
+            return Ok(None);
         };
-        if plan.epoch <= committed {
-            return Err(SourceError::BadPlan {
-                epoch: plan.epoch,
-                base_epoch: plan.base_epoch,
-                committed,
-                reason: "epoch is not newer than the committed one",
-            });
+        let other_cycle = self
+            .state
+            .cycle
+            .is_some_and(|c| c.epoch != plan.epoch.get() || c.base_epoch != plan.base_epoch.get());
+        if other_cycle {
+            return Ok(None);
         }
+        let Ok(base_snap) = self.base_snap_of(plan) else {
+            return Ok(None);
+        };
+        let snap_image = Arc::new(
+            self.pool
+                .open_read_only(&self.spec.image, Some(&capture.snap))
+                .map_err(|e| state_error(e.into()))?,
+        );
+        let ahead = ListedAhead::list(
+            snap_image,
+            capture.snap,
+            base_snap,
+            capture.size,
+            plan.resume_offset,
+        )?;
+        let bytes = ahead.data_bytes();
+        self.ahead = Some(ahead);
+        Ok(bytes)
+    }
+
+    fn begin_cycle(&mut self, plan: &CyclePlan, chunk_size: u32) -> Result<ImageInfo, SourceError> {
+        let base_snap = self.base_snap_of(plan)?;
+        let ahead = self.ahead.take();
         // A capture started for another epoch is stale: take a fresh one.
         if let Some(c) = self.state.cycle {
             if c.epoch != plan.epoch.get() || c.base_epoch != plan.base_epoch.get() {
@@ -577,21 +615,22 @@ impl ExtentSource for RbdSource {
             base_epoch: plan.base_epoch.get(),
         });
         self.save(state)?;
-        let snap_image = Arc::new(
-            self.pool
-                .open_read_only(&self.spec.image, Some(&capture.snap))
-                .map_err(|e| state_error(e.into()))?,
-        );
         let chunk_size = u64::from(chunk_size.max(BLOCK_SIZE));
         let resume = plan.resume_offset.min(capture.size);
-        info!(image = %self.spec, epoch = %plan.epoch, base = ?base_snap, capture = %capture.snap, resume, "reading RBD capture");
-        self.cycle = Some(ActiveCycle::new(
-            snap_image,
-            base_snap,
-            capture.size,
-            chunk_size,
-            resume,
-        ));
+        let ahead = ahead.filter(|a| a.is_for(&capture.snap, base_snap.as_deref(), resume));
+        info!(image = %self.spec, epoch = %plan.epoch, base = ?base_snap, capture = %capture.snap, resume, listed_ahead = ahead.is_some(), "reading RBD capture");
+        let cycle = match ahead {
+            Some(listed) => ActiveCycle::from_listed(listed, chunk_size),
+            _ => {
+                let snap_image = Arc::new(
+                    self.pool
+                        .open_read_only(&self.spec.image, Some(&capture.snap))
+                        .map_err(|e| state_error(e.into()))?,
+                );
+                ActiveCycle::new(snap_image, base_snap, capture.size, chunk_size, resume)
+            }
+        };
+        self.cycle = Some(cycle);
         Ok(ImageInfo {
             size: capture.size,
             block_size: BLOCK_SIZE,
@@ -675,6 +714,7 @@ impl ExtentSource for RbdSource {
 
     fn discard_cycle(&mut self) -> Result<(), SourceError> {
         self.cycle = None;
+        self.ahead = None;
         self.drop_capture()
     }
 }

@@ -32,6 +32,7 @@
 //! (pipeline, batches, acks, resends) in `sender/image.rs`, over the I/O-free
 //! window of unacknowledged batches in [`super::send_window`].
 
+mod admission;
 mod image;
 mod links;
 mod types;
@@ -333,21 +334,26 @@ async fn plan_images(links: &Links, jobs: Vec<ImageJob>) -> Result<Vec<Planned>,
     Ok(planned)
 }
 
-/// Transfers every planned image, at most `max_concurrent_images` at once;
-/// the first failure aborts the others. Returns them in plan order.
+/// Transfers every planned image, at most `max_concurrent_images` with
+/// much to send at once and small ones beside them (see
+/// `sender/admission.rs`); the first failure aborts the others. Returns
+/// them in plan order.
 async fn transfer_all(
     links: &std::sync::Arc<Links>,
     planned: Vec<Planned>,
     max_concurrent_images: usize,
 ) -> Result<Vec<Transferred>, SyncError> {
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(max_concurrent_images));
+    let admission = std::sync::Arc::new(admission::Admission::new(max_concurrent_images));
     let mut tasks = tokio::task::JoinSet::new();
     for (index, plan) in planned.into_iter().enumerate() {
         let links = links.clone();
-        let slots = slots.clone();
+        let admission = admission.clone();
         tasks.spawn(async move {
-            let _slot = slots.acquire_owned().await;
-            (index, transfer_image(&links, plan).await)
+            let result = match admission.admit(plan).await {
+                Ok((plan, _slot)) => transfer_image(&links, plan).await,
+                Err(e) => Err(e),
+            };
+            (index, result)
         });
     }
     let mut done: Vec<Option<Transferred>> = Vec::new();

@@ -154,6 +154,16 @@ pub trait ExtentSource: Send {
     /// 0 when `epoch` is not in progress.
     fn resumable_offset(&self, epoch: Epoch) -> u64;
 
+    /// How many bytes of data the cycle of `plan` will read, when the
+    /// source can tell before the cycle starts at the cost of work the
+    /// cycle does anyway (the RBD source lists the first window of a
+    /// capture taken ahead, and its cycle starts from that listing); `None`
+    /// when it cannot. The sender lets images with few bytes to send run
+    /// beside the large ones. The default cannot tell.
+    fn data_bytes_ahead(&mut self, _plan: &CyclePlan) -> Result<Option<u64>, SourceError> {
+        Ok(None)
+    }
+
     /// Starts or resumes a cycle; `chunk_size` (a multiple of the block
     /// size) bounds each [`RawChunk`]. Returns the image geometry of the
     /// cycle, which a resumed cycle keeps from its first start: the sender

@@ -1,6 +1,9 @@
 //! Reading one cycle's capture: listing the changed extents window by
 //! window, planning each chunk's reads ([`super::coalesce`]) with several
 //! chunks in flight, and turning completed reads into the chunk's extents.
+//! The first window can be listed before the cycle starts
+//! ([`ListedAhead`]): the sender learns how many bytes a small cycle will
+//! read, and the cycle then starts from that listing.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -34,6 +37,90 @@ struct PendingChunk {
     scan_start: u64,
     scan_end: u64,
     ops: Vec<PendingOp>,
+}
+
+/// Lists the changes of `[from, from + LIST_WINDOW)` (clamped to `size`) of
+/// `snap_image` since `base_snap` (`None`: everything allocated) into
+/// `listed`; returns where the listing ends.
+fn list_window(
+    snap_image: &Image,
+    base_snap: Option<&str>,
+    from: u64,
+    size: u64,
+    listed: &mut VecDeque<(u64, u64, bool)>,
+) -> Result<u64, SourceError> {
+    let len = LIST_WINDOW.min(size - from);
+    snap_image
+        .diff_iterate(
+            base_snap,
+            from,
+            len,
+            base_snap.is_none(),
+            &mut |offset, len, exists| {
+                listed.push_back((offset, len, exists));
+                true
+            },
+        )
+        .map_err(|e| state_error(e.into()))?;
+    Ok(from + len)
+}
+
+/// The first window of a cycle's listing, made before the cycle starts.
+pub(super) struct ListedAhead {
+    snap_image: Arc<Image>,
+    capture: String,
+    base_snap: Option<String>,
+    from: u64,
+    size: u64,
+    listed: VecDeque<(u64, u64, bool)>,
+    until: u64,
+}
+
+impl ListedAhead {
+    /// Lists the first window of the cycle reading `snap_image` (capture
+    /// `capture`, `size` bytes) from `from`, changes since `base_snap`.
+    pub(super) fn list(
+        snap_image: Arc<Image>,
+        capture: String,
+        base_snap: Option<String>,
+        size: u64,
+        from: u64,
+    ) -> Result<Self, SourceError> {
+        let from = from.min(size);
+        let mut listed = VecDeque::new();
+        let until = if from < size {
+            list_window(&snap_image, base_snap.as_deref(), from, size, &mut listed)?
+        } else {
+            size
+        };
+        Ok(Self {
+            snap_image,
+            capture,
+            base_snap,
+            from,
+            size,
+            listed,
+            until,
+        })
+    }
+
+    /// Bytes of data (not zero ranges) the cycle reads, when the listing
+    /// covers the whole rest of the capture; `None` when it does not.
+    pub(super) fn data_bytes(&self) -> Option<u64> {
+        (self.until >= self.size).then(|| {
+            self.listed
+                .iter()
+                .filter(|(_, _, exists)| *exists)
+                .map(|(_, len, _)| len)
+                .sum()
+        })
+    }
+
+    /// Whether this listing is the start of the cycle reading `capture`
+    /// since `base_snap` from `from`.
+    pub(super) fn is_for(&self, capture: &str, base_snap: Option<&str>, from: u64) -> bool {
+        self.capture == capture && self.base_snap.as_deref() == base_snap && self.from == from
+    }
 }
 
 /// The cycle being read: what is listed, planned and in flight.
@@ -80,6 +167,23 @@ impl ActiveCycle {
         }
     }
 
+    /// The cycle [`ListedAhead`] listed the start of, in chunks of
+    /// `chunk_size`.
+    pub(super) fn from_listed(ahead: ListedAhead, chunk_size: u64) -> Self {
+        Self {
+            snap_image: ahead.snap_image,
+            base_snap: ahead.base_snap,
+            size: ahead.size,
+            chunk_size,
+            cursor: ahead.from,
+            listed: ahead.listed,
+            listed_until: ahead.until,
+            in_flight: VecDeque::new(),
+            bridged_read: 0,
+            bridged_cut: 0,
+        }
+    }
+
     /// The next chunk in scan order (`None` at the end), keeping up to
     /// `in_flight` chunks' reads going, data extents closer than `gap`
     /// read as one. With `link_bound`, a bridged read yields only its
@@ -116,22 +220,13 @@ impl ActiveCycle {
         let scan_start = self.cursor;
         let scan_end = ((scan_start / self.chunk_size + 1) * self.chunk_size).min(self.size);
         while self.listed_until < scan_end {
-            let from = self.listed_until;
-            let len = LIST_WINDOW.min(self.size - from);
-            let listed = &mut self.listed;
-            self.snap_image
-                .diff_iterate(
-                    self.base_snap.as_deref(),
-                    from,
-                    len,
-                    self.base_snap.is_none(),
-                    &mut |offset, len, exists| {
-                        listed.push_back((offset, len, exists));
-                        true
-                    },
-                )
-                .map_err(|e| state_error(e.into()))?;
-            self.listed_until = from + len;
+            self.listed_until = list_window(
+                &self.snap_image,
+                self.base_snap.as_deref(),
+                self.listed_until,
+                self.size,
+                &mut self.listed,
+            )?;
         }
         // Take the listed extents of [scan_start, scan_end), splitting at the end.
         let mut pieces: Vec<(u64, u64, bool)> = Vec::new();
