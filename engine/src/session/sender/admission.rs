@@ -25,10 +25,13 @@ use super::image::Planned;
 use super::SyncError;
 use crate::source::CyclePlan;
 
-/// An image whose cycle reads at most this many bytes is small.
-pub const SMALL_IMAGE_BYTES: u64 = 16 << 20;
-/// Bytes all small images in flight may read together.
-pub const SMALL_IMAGES_BUDGET: u64 = 128 << 20;
+/// An image whose cycle reads at most this many bytes is small (an RBD
+/// diff lists an object created since the base whole, so a few scattered
+/// 1 MiB writes already list 16 MiB).
+pub const SMALL_IMAGE_BYTES: u64 = 32 << 20;
+/// Bytes all small images in flight may read together: twenty of 16 MiB,
+/// a little more than two large images' buffers.
+pub const SMALL_IMAGES_BUDGET: u64 = 320 << 20;
 /// Unit of the small images' budget (permits count these).
 const UNIT: u64 = 64 << 10;
 
@@ -149,7 +152,7 @@ mod tests {
         }
         // An empty cycle takes one unit, never none.
         assert!(granted(&admission, Some(0)).await.is_some());
-        // The small budget is bytes: 8 more of 16 MiB would pass it.
+        // The small budget counts bytes: it fills up with the largest small ones.
         let room = SMALL_IMAGES_BUDGET - 20 * (3 << 20);
         let fits = room / SMALL_IMAGE_BYTES;
         for _ in 0..fits {
