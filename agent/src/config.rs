@@ -718,7 +718,8 @@ pub const DEFAULT_CONFIG: &str = r#"# ferry-agent configuration. Every key is op
 # listen = "127.0.0.1:9477"
 
 [transport]
-# Images replicated at once over one connection.
+# Images with much to send replicated at once over one connection (images
+# whose cycle reads at most 32 MiB run beside them, 320 MiB of them at most).
 # max_concurrent_images = 5
 # idle_timeout_secs = 10
 # Flow-control windows: size them to bandwidth x round-trip time.

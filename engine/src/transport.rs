@@ -138,8 +138,10 @@ pub struct TransportSettings {
     pub idle_timeout: Duration,
     /// Keep-alive interval (default 1 s), so a cut link is noticed quickly.
     pub keep_alive: Duration,
-    /// Image streams a peer may have open at once (default 5, as the DR
-    /// manual's concurrent snapshot limit); one more stream is for control.
+    /// Images with much to send a sender runs at once (default 5, as the
+    /// DR manual's concurrent snapshot limit; small deltas run beside them,
+    /// see `session/sender/admission.rs`). A peer may open this many image
+    /// streams, at least [`MAX_IMAGE_STREAMS`], plus one for control.
     pub max_concurrent_images: u32,
     /// Whether extents are compressed before sending (`[transport]
     /// compression`, default `auto`: while the link is the bottleneck).
