@@ -483,16 +483,21 @@ mod tests {
         assert!(runs.windows(2).all(|w| w[0].end == w[1].start));
     }
 
+    /// `classify`'s runs as (class, start, end).
+    fn runs_of(data: &[u8], compress: bool, cut: bool) -> Vec<(PieceClass, usize, usize)> {
+        classify(data, compress, cut)
+            .iter()
+            .map(|r| (r.class, r.start, r.end))
+            .collect()
+    }
+
     #[test]
     fn zero_edges_of_a_piece_join_the_zero_runs() {
         // A fresh 4 MiB object with one 4 KiB write in its second piece.
         let mut data = vec![0u8; 4 << 20];
         let at = PIECE + 5 * 4096;
         data[at..at + 4096].copy_from_slice(&random(4096, 9));
-        let runs: Vec<_> = classify(&data, false, false)
-            .iter()
-            .map(|r| (r.class, r.start, r.end))
-            .collect();
+        let runs: Vec<_> = runs_of(&data, false, false);
         assert_eq!(
             runs,
             vec![
@@ -504,17 +509,11 @@ mod tests {
         // Zeroes between two written blocks of one piece stay in the run.
         let second = at + 3 * 4096;
         data[second..second + 4096].copy_from_slice(&random(4096, 10));
-        let runs: Vec<_> = classify(&data, false, false)
-            .iter()
-            .map(|r| (r.class, r.start, r.end))
-            .collect();
+        let runs: Vec<_> = runs_of(&data, false, false);
         assert_eq!(runs[1], (PieceClass::Raw, at, second + 4096));
         assert_eq!(runs.len(), 3);
         // Cut when the link is what costs: each written block is a run.
-        let runs: Vec<_> = classify(&data, false, true)
-            .iter()
-            .map(|r| (r.class, r.start, r.end))
-            .collect();
+        let runs: Vec<_> = runs_of(&data, false, true);
         assert_eq!(
             runs,
             vec![
@@ -529,10 +528,7 @@ mod tests {
         // (one byte) is data.
         let mut odd = vec![0u8; 4096 + 100];
         odd[4096 + 99] = 1;
-        let runs: Vec<_> = classify(&odd, false, false)
-            .iter()
-            .map(|r| (r.class, r.start, r.end))
-            .collect();
+        let runs: Vec<_> = runs_of(&odd, false, false);
         assert_eq!(
             runs,
             vec![(PieceClass::Zero, 0, 4096), (PieceClass::Raw, 4096, 4196)]

@@ -48,6 +48,18 @@ fn batch(chunk: &EncodedChunk) -> ExtentBatch {
     }
 }
 
+/// The plain bytes `chunk` decodes to, zero extents filled in.
+fn rebuilt(chunk: &EncodedChunk) -> Vec<u8> {
+    let mut plain = Vec::new();
+    for extent in Decoder::new().decode(&batch(chunk)).unwrap() {
+        match extent.data {
+            Some(bytes) => plain.extend_from_slice(&bytes),
+            None => plain.extend(std::iter::repeat_n(0u8, extent.length as usize)),
+        }
+    }
+    plain
+}
+
 fn sample_extents() -> Vec<PlainExtent> {
     vec![
         data(0, random(64 * 1024, 1)),
@@ -126,15 +138,7 @@ fn a_mixed_extent_travels_as_runs_and_decodes_to_the_same_bytes() {
             (ExtentKind::Data, Codec::Zstd, 192 * 1024),
         ]
     );
-    let decoded = Decoder::new().decode(&batch(&chunk)).unwrap();
-    let mut rebuilt = Vec::new();
-    for extent in decoded {
-        match extent.data {
-            Some(bytes) => rebuilt.extend_from_slice(&bytes),
-            None => rebuilt.extend(std::iter::repeat_n(0u8, extent.length as usize)),
-        }
-    }
-    assert_eq!(rebuilt, mixed);
+    assert_eq!(rebuilt(&chunk), mixed);
     // Compression off: the same runs, none compressed.
     let off =
         crate::compression::CompressionSwitch::new(crate::compression::CompressionMode::Off, false);
@@ -171,14 +175,7 @@ fn on_a_link_bound_sync_interior_zero_blocks_travel_as_zero_extents() {
         ]
     );
     assert_eq!(chunk.payload.len(), 2 * 4096);
-    let mut rebuilt = Vec::new();
-    for extent in Decoder::new().decode(&batch(&chunk)).unwrap() {
-        match extent.data {
-            Some(bytes) => rebuilt.extend_from_slice(&bytes),
-            None => rebuilt.extend(std::iter::repeat_n(0u8, extent.length as usize)),
-        }
-    }
-    assert_eq!(rebuilt, piece);
+    assert_eq!(rebuilt(&chunk), piece);
     // With zstd on they cost a few bytes inside one compressed run.
     let zstd =
         crate::compression::CompressionSwitch::new(crate::compression::CompressionMode::Zstd, true);

@@ -161,12 +161,7 @@ impl RbdSource {
     /// full copy), or why the plan does not fit this source's state.
     fn base_snap_of(&self, plan: &CyclePlan) -> Result<Option<String>, SourceError> {
         let committed = self.committed_epoch();
-        let bad = |reason| SourceError::BadPlan {
-            epoch: plan.epoch,
-            base_epoch: plan.base_epoch,
-            committed,
-            reason,
-        };
+        let bad = |reason| SourceError::bad_plan(plan, committed, reason);
         if plan.epoch <= committed {
             return Err(bad("epoch is not newer than the committed one"));
         }

@@ -209,12 +209,7 @@ impl ExtentSource for DiffSource {
 
     fn begin_cycle(&mut self, plan: &CyclePlan, chunk_size: u32) -> Result<ImageInfo, SourceError> {
         let committed = self.committed_epoch();
-        let bad = |reason| SourceError::BadPlan {
-            epoch: plan.epoch,
-            base_epoch: plan.base_epoch,
-            committed,
-            reason,
-        };
+        let bad = |reason| SourceError::bad_plan(plan, committed, reason);
         if plan.base_epoch != Epoch(0) && plan.base_epoch != committed {
             return Err(bad("the base is not the last applied diff"));
         }

@@ -297,12 +297,7 @@ impl ExtentSource for FileSource {
             });
         }
         let committed = self.committed_epoch();
-        let bad = |reason| SourceError::BadPlan {
-            epoch: plan.epoch,
-            base_epoch: plan.base_epoch,
-            committed,
-            reason,
-        };
+        let bad = |reason| SourceError::bad_plan(plan, committed, reason);
         if plan.epoch <= committed || plan.epoch.get() <= self.state.committed_epoch {
             return Err(bad("the epoch must be newer than the committed one"));
         }

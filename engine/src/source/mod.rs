@@ -396,3 +396,15 @@ pub enum SourceError {
     #[error(transparent)]
     Backend(Box<dyn std::error::Error + Send + Sync>),
 }
+
+impl SourceError {
+    /// `plan` does not fit a source whose committed epoch is `committed`.
+    pub fn bad_plan(plan: &CyclePlan, committed: Epoch, reason: &'static str) -> Self {
+        Self::BadPlan {
+            epoch: plan.epoch,
+            base_epoch: plan.base_epoch,
+            committed,
+            reason,
+        }
+    }
+}
