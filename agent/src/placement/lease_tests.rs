@@ -28,12 +28,18 @@ fn ms(t0: Instant, m: u64) -> Instant {
     t0 + Duration::from_millis(m)
 }
 
+/// A machine for `a` that asked for the lease at `t0` (its claim in flight).
+fn claiming(t0: Instant) -> LeaseMachine {
+    let mut m = LeaseMachine::new(TIMES, holder("a"), t0).unwrap();
+    m.poll(t0);
+    m
+}
+
 /// A machine for `a` that claimed at `t0` and was granted the lock at
 /// once, `previous` listed as earlier holders (the actions it asked for
 /// are not checked here).
 fn granted(t0: Instant, previous: Vec<Holder>) -> LeaseMachine {
-    let mut m = LeaseMachine::new(TIMES, holder("a"), t0).unwrap();
-    m.poll(t0);
+    let mut m = claiming(t0);
     m.handle(Input::Granted { sent: t0, previous }, t0).unwrap();
     m
 }
@@ -133,8 +139,7 @@ fn a_contender_claims_at_once_and_starts_only_after_fencing() {
 #[test]
 fn a_contender_never_fences_itself() {
     let t0 = Instant::now();
-    let mut m = LeaseMachine::new(TIMES, holder("a"), t0).unwrap();
-    m.poll(t0);
+    let mut m = claiming(t0);
     let actions = m
         .handle(
             Input::Granted {
@@ -150,8 +155,7 @@ fn a_contender_never_fences_itself() {
 #[test]
 fn a_refused_claim_is_retried_and_the_listed_holder_is_fenced_on_takeover() {
     let t0 = Instant::now();
-    let mut m = LeaseMachine::new(TIMES, holder("a"), t0).unwrap();
-    m.poll(t0);
+    let mut m = claiming(t0);
     let refused = Input::Refused {
         sent: t0,
         holder: Some(holder("b")),
@@ -178,8 +182,7 @@ fn a_refused_claim_is_retried_and_the_listed_holder_is_fenced_on_takeover() {
 #[test]
 fn a_failed_claim_is_retried_after_the_retry_interval() {
     let t0 = Instant::now();
-    let mut m = LeaseMachine::new(TIMES, holder("a"), t0).unwrap();
-    m.poll(t0);
+    let mut m = claiming(t0);
     let actions = m
         .handle(Input::Failed(Failure::Transient), secs(t0, 1))
         .unwrap();
@@ -322,8 +325,7 @@ fn a_fenced_client_stops_at_once_whatever_it_asked() {
 #[test]
 fn a_grant_that_arrives_after_the_stop_time_is_not_used() {
     let t0 = Instant::now();
-    let mut m = LeaseMachine::new(TIMES, holder("a"), t0).unwrap();
-    m.poll(t0);
+    let mut m = claiming(t0);
     let actions = m
         .handle(
             Input::Granted {
@@ -383,8 +385,7 @@ fn releasing_a_held_lease_stops_the_group_before_the_lock_goes() {
 #[test]
 fn releasing_during_a_claim_releases_the_lock_the_claim_won() {
     let t0 = Instant::now();
-    let mut m = LeaseMachine::new(TIMES, holder("a"), t0).unwrap();
-    m.poll(t0);
+    let mut m = claiming(t0);
     assert_eq!(m.release(), Vec::new());
     let granted = Input::Granted {
         sent: t0,
@@ -395,8 +396,7 @@ fn releasing_during_a_claim_releases_the_lock_the_claim_won() {
     m.handle(Input::Released, t0).unwrap();
 
     // A refused claim leaves nothing to release.
-    let mut m = LeaseMachine::new(TIMES, holder("a"), t0).unwrap();
-    m.poll(t0);
+    let mut m = claiming(t0);
     m.release();
     let refused = Input::Refused {
         sent: t0,
