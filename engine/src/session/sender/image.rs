@@ -218,11 +218,13 @@ pub(super) async fn transfer_image(links: &Links, plan: Planned) -> Result<Trans
     let mut backpressure = Backpressure::new(compression.clone());
     // The handshake's round trip: a long path is link-bound from the first
     // batch (see ferry_engine::compression).
-    let mut base_rtt = Duration::MAX;
-    let _ = link_rate(&connection, &options.limiter, &mut base_rtt);
-    if base_rtt != Duration::MAX {
-        backpressure.set_base_rtt(base_rtt);
-    }
+    let base_rtt = match PathSnapshot::of(&connection).rtt {
+        Duration::ZERO => Duration::MAX,
+        rtt => {
+            backpressure.set_base_rtt(rtt);
+            rtt
+        }
+    };
     let pipeline = Pipeline::start_compressing(source, plan, options.pipeline, compression)?;
     let (chunk_tx, chunks) = mpsc::channel::<Result<EncodedChunk, PipelineError>>(2);
     let forwarder = tokio::task::spawn_blocking(move || {
