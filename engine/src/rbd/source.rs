@@ -14,7 +14,10 @@
 //! Everything else carrying this source's tag is removed after a commit.
 //!
 //! State (`rbd-source.json` in the state directory, checksummed and replaced
-//! atomically): committed epoch and snapshot, the capture, the cycle.
+//! atomically): committed epoch and snapshot, the capture, the cycle. A
+//! source given a [`StateMirror`] also hands each saved state to it before
+//! the save counts (a multi-agent site keeps it where another agent taking
+//! the replication over reads it).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -134,6 +137,14 @@ struct SourceState {
     cycle: Option<CycleRef>,
 }
 
+/// Receives a copy of an [`RbdSource`]'s state each time it is saved: the
+/// bytes of its state file, before the save counts (the sweep of the
+/// snapshots it made stale comes after). An error fails the save.
+pub trait StateMirror: Send + Sync {
+    /// Keeps `state` (the state file's new content).
+    fn store(&self, state: &[u8]) -> Result<(), String>;
+}
+
 /// An RBD image as a replication source.
 pub struct RbdSource {
     spec: RbdSpec,
@@ -150,6 +161,8 @@ pub struct RbdSource {
     /// The sender's link-bound signal ([`ExtentSource::follow_link`]):
     /// while set, bridged gaps are not sent.
     link: LinkBound,
+    /// Where each saved state is copied, if anywhere.
+    mirror: Option<Arc<dyn StateMirror>>,
 }
 
 fn state_error(e: RbdError) -> SourceError {
@@ -241,6 +254,7 @@ impl RbdSource {
             cycle: None,
             ahead: None,
             link: LinkBound::default(),
+            mirror: None,
         };
         source.reconcile()?;
         Ok(source)
@@ -316,9 +330,32 @@ impl RbdSource {
         self.state.capture.as_ref().map(|c| c.snap.as_str())
     }
 
+    /// The state file of the replication whose state is in `state_dir`
+    /// (where a [`StateMirror`]'s copy goes back to before an open).
+    pub fn state_file(state_dir: &Path) -> PathBuf {
+        state_dir.join(STATE_FILE)
+    }
+
+    /// Hands every state saved from now on to `mirror` too.
+    pub fn with_mirror(mut self, mirror: Arc<dyn StateMirror>) -> Self {
+        self.mirror = Some(mirror);
+        self
+    }
+
     fn save(&mut self, state: SourceState) -> Result<(), SourceError> {
-        write_checksummed(&self.state_dir.join(STATE_FILE), &state)
-            .map_err(|e| state_error(e.into()))?;
+        let path = self.state_dir.join(STATE_FILE);
+        write_checksummed(&path, &state).map_err(|e| state_error(e.into()))?;
+        if let Some(mirror) = &self.mirror {
+            let io = |source| SourceError::Io {
+                op: "mirror the state file",
+                path: path.clone(),
+                source,
+            };
+            let bytes = std::fs::read(&path).map_err(io)?;
+            mirror
+                .store(&bytes)
+                .map_err(|reason| io(std::io::Error::other(reason)))?;
+        }
         self.state = state;
         Ok(())
     }
