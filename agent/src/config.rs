@@ -15,6 +15,10 @@ use serde::Deserialize;
 
 use crate::units::{parse_bytes, parse_rate, UnitError};
 
+mod control;
+pub use control::ControlStore;
+use control::RawControl;
+
 /// Why the configuration is unusable.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -79,30 +83,6 @@ struct RawConfig {
     console: RawConsole,
     #[serde(default)]
     control: RawControl,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawControl {
-    store: Option<String>,
-    pool: Option<String>,
-    namespace: Option<String>,
-}
-
-/// Where the agent keeps its control state (`[control]`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub enum ControlStore {
-    /// `DIR/control.db`, this agent's own (one agent per site).
-    #[default]
-    Sqlite,
-    /// Shared by the site's agents in RADOS object `ferry.control` of
-    /// `pool` (in the cluster of `[ceph]`).
-    Rados {
-        /// The pool.
-        pool: String,
-        /// The RADOS namespace (`None`: the pool's default).
-        namespace: Option<String>,
-    },
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -396,7 +376,7 @@ impl AgentConfig {
         config.standby_backend = standby_backend(raw.standby, &invalid)?;
         config.accept_changes_at_rest = raw.source.accept_changes_at_rest.unwrap_or(false);
         config.console_enabled = raw.console.enabled.unwrap_or(false);
-        config.control_store = control_store(raw.control, &invalid)?;
+        config.control_store = control::control_store(raw.control, &invalid)?;
         config.ceph = ferry_engine::rbd::ClusterSpec {
             cluster: raw.ceph.cluster,
             conf: raw.ceph.conf,
@@ -419,7 +399,7 @@ impl AgentConfig {
 }
 
 /// Builds the error for an invalid key of the file being parsed.
-type Invalid<'a> = dyn Fn(&'static str, String) -> ConfigError + 'a;
+pub(crate) type Invalid<'a> = dyn Fn(&'static str, String) -> ConfigError + 'a;
 
 /// The `[api]` TLS keys: `tls = true` alone serves the agent's own
 /// certificate; `tls_cert` and `tls_key` (both) an operator-given one.
@@ -573,47 +553,6 @@ fn standby_backend(raw: RawStandby, invalid: &Invalid) -> Result<StandbyBackend,
     Ok(backend)
 }
 
-/// The `[control]` section: `store = "sqlite"` (default) or `"rados"`
-/// with a `pool` (required) and an optional `namespace`.
-fn control_store(raw: RawControl, invalid: &Invalid) -> Result<ControlStore, ConfigError> {
-    match (raw.store.as_deref(), raw.pool, raw.namespace) {
-        (None | Some("sqlite"), None, None) => Ok(ControlStore::Sqlite),
-        (None | Some("sqlite"), pool, _) => Err(invalid(
-            if pool.is_some() {
-                "control.pool"
-            } else {
-                "control.namespace"
-            },
-            "set only with store = \"rados\"".into(),
-        )),
-        (Some("rados"), None, _) => Err(invalid(
-            "control.pool",
-            "store = \"rados\" needs the pool of the site's control object".into(),
-        )),
-        (Some("rados"), Some(pool), namespace) => {
-            if pool.is_empty() || pool.contains('\0') {
-                return Err(invalid(
-                    "control.pool",
-                    format!("{pool:?} is not a pool name"),
-                ));
-            }
-            if let Some(ns) = &namespace {
-                if ns.is_empty() || ns.contains('\0') {
-                    return Err(invalid(
-                        "control.namespace",
-                        format!("{ns:?} is not a namespace name"),
-                    ));
-                }
-            }
-            Ok(ControlStore::Rados { pool, namespace })
-        }
-        (Some(other), _, _) => Err(invalid(
-            "control.store",
-            format!("{other:?} is not sqlite or rados"),
-        )),
-    }
-}
-
 /// The log format of the `[log]` section.
 fn log_format(raw: RawLog, invalid: &Invalid) -> Result<LogFormat, ConfigError> {
     let format = match raw.format.as_deref() {
@@ -659,10 +598,16 @@ pub const DEFAULT_CONFIG: &str = r#"# ferry-agent configuration. Every key is op
 # Where the control state (services, groups, policies, recovery points, the
 # operation journal) lives: "sqlite" (DIR/control.db, one agent per site) or
 # "rados" (object ferry.control of `pool`, in the cluster of [ceph], shared by
-# every agent of the site; each keeps a copy in memory).
+# every agent of the site; each keeps a copy in memory). With "rados" each
+# primary group is driven by one agent of the site at a time under a lease (a
+# RADOS lock with a duration on ferry.lease.GROUP, renewed by its holder; an
+# agent taking over blocklists the previous holder). The [ceph] user then needs
+# mon 'profile rbd' (blocklisting) and osd 'profile rbd pool=POOL'.
 # store = "sqlite"
 # pool = "ferry"
 # namespace = "site-a"
+# agent_name = "node-1"   # unique in the site (default: the host name)
+# lease = "30s"           # 5s..10m
 
 [ceph]
 # The cluster of rbd: sources and of an RBD standby (librbd is loaded at run
@@ -858,40 +803,6 @@ mod tests {
         ] {
             let err = parse(bad).unwrap_err().to_string();
             assert!(err.contains("api.tls"), "{bad}: {err}");
-        }
-    }
-
-    #[test]
-    fn the_control_store_is_sqlite_unless_rados_with_a_pool() {
-        let parse = |t: &str| AgentConfig::parse(t, Path::new("x"));
-        assert_eq!(parse("").unwrap().control_store, ControlStore::Sqlite);
-        assert_eq!(
-            parse("[control]\nstore = \"sqlite\"\n")
-                .unwrap()
-                .control_store,
-            ControlStore::Sqlite
-        );
-        assert_eq!(
-            parse("[control]\nstore = \"rados\"\npool = \"ferry\"\nnamespace = \"a\"\n")
-                .unwrap()
-                .control_store,
-            ControlStore::Rados {
-                pool: "ferry".into(),
-                namespace: Some("a".into())
-            }
-        );
-        for (bad, key) in [
-            ("[control]\nstore = \"rados\"\n", "control.pool"),
-            ("[control]\npool = \"ferry\"\n", "control.pool"),
-            ("[control]\nnamespace = \"a\"\n", "control.namespace"),
-            ("[control]\nstore = \"etcd\"\n", "control.store"),
-            (
-                "[control]\nstore = \"rados\"\npool = \"\"\n",
-                "control.pool",
-            ),
-        ] {
-            let err = parse(bad).unwrap_err().to_string();
-            assert!(err.contains(key), "{bad}: {err}");
         }
     }
 }

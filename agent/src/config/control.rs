@@ -1,0 +1,206 @@
+//! The `[control]` section: where the site's control state lives (this
+//! agent's SQLite file, or RADOS shared by the site's agents) and, for a
+//! RADOS site, this agent's name in it and the groups' lease duration.
+
+use serde::Deserialize;
+
+use super::{ConfigError, Invalid};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawControl {
+    store: Option<String>,
+    pool: Option<String>,
+    namespace: Option<String>,
+    agent_name: Option<String>,
+    lease: Option<String>,
+}
+
+/// Where the agent keeps its control state (`[control]`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ControlStore {
+    /// `DIR/control.db`, this agent's own (one agent per site): it drives
+    /// every one of its groups, without leases.
+    #[default]
+    Sqlite,
+    /// Shared by the site's agents in RADOS object `ferry.control` of
+    /// `pool` (in the cluster of `[ceph]`); each primary group is driven by
+    /// one agent at a time, under a lease in the same pool and namespace.
+    Rados {
+        /// The pool.
+        pool: String,
+        /// The RADOS namespace (`None`: the pool's default).
+        namespace: Option<String>,
+        /// This agent's name in the site (unique; shown as a group's
+        /// driver). `None`: the host name.
+        agent_name: Option<String>,
+        /// The lease duration, seconds (5..=600).
+        lease_secs: u64,
+    },
+}
+
+/// The lease duration when `[control] lease` is not set.
+const DEFAULT_LEASE_SECS: u64 = 30;
+
+/// The `[control]` section: `store = "sqlite"` (default) or `"rados"`
+/// with a `pool` (required), an optional `namespace`, `agent_name` and
+/// `lease`.
+pub(super) fn control_store(
+    raw: RawControl,
+    invalid: &Invalid,
+) -> Result<ControlStore, ConfigError> {
+    match raw.store.as_deref() {
+        None | Some("sqlite") => {
+            let only_rados = [
+                (raw.pool.is_some(), "control.pool"),
+                (raw.namespace.is_some(), "control.namespace"),
+                (raw.agent_name.is_some(), "control.agent_name"),
+                (raw.lease.is_some(), "control.lease"),
+            ];
+            match only_rados.iter().find(|(set, _)| *set) {
+                Some((_, key)) => Err(invalid(key, "set only with store = \"rados\"".into())),
+                None => Ok(ControlStore::Sqlite),
+            }
+        }
+        Some("rados") => rados(raw, invalid),
+        Some(other) => Err(invalid(
+            "control.store",
+            format!("{other:?} is not sqlite or rados"),
+        )),
+    }
+}
+
+fn rados(raw: RawControl, invalid: &Invalid) -> Result<ControlStore, ConfigError> {
+    let Some(pool) = raw.pool else {
+        return Err(invalid(
+            "control.pool",
+            "store = \"rados\" needs the pool of the site's control object".into(),
+        ));
+    };
+    if pool.is_empty() || pool.contains('\0') {
+        return Err(invalid(
+            "control.pool",
+            format!("{pool:?} is not a pool name"),
+        ));
+    }
+    if let Some(ns) = &raw.namespace {
+        if ns.is_empty() || ns.contains('\0') {
+            return Err(invalid(
+                "control.namespace",
+                format!("{ns:?} is not a namespace name"),
+            ));
+        }
+    }
+    if let Some(name) = &raw.agent_name {
+        if !valid_agent_name(name) {
+            return Err(invalid(
+                "control.agent_name",
+                format!("{name:?}: 1 to 64 of A-Z a-z 0-9 - _ . (unique in the site)"),
+            ));
+        }
+    }
+    let lease_secs = match raw.lease {
+        None => DEFAULT_LEASE_SECS,
+        Some(text) => crate::units::parse_duration_secs(&text)
+            .map_err(|e| invalid("control.lease", e.to_string()))?,
+    };
+    if !(5..=600).contains(&lease_secs) {
+        return Err(invalid(
+            "control.lease",
+            format!("{lease_secs} s is not in 5 s..=10 min"),
+        ));
+    }
+    Ok(ControlStore::Rados {
+        pool,
+        namespace: raw.namespace,
+        agent_name: raw.agent_name,
+        lease_secs,
+    })
+}
+
+/// Whether `name` can name an agent of a site (a lock cookie, an omap key).
+pub fn valid_agent_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::AgentConfig;
+    use super::*;
+
+    fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
+        AgentConfig::parse(text, Path::new("x"))
+    }
+
+    #[test]
+    fn the_control_store_is_sqlite_unless_rados_with_a_pool() {
+        assert_eq!(parse("").unwrap().control_store, ControlStore::Sqlite);
+        assert_eq!(
+            parse("[control]\nstore = \"sqlite\"\n")
+                .unwrap()
+                .control_store,
+            ControlStore::Sqlite
+        );
+        assert_eq!(
+            parse("[control]\nstore = \"rados\"\npool = \"ferry\"\nnamespace = \"a\"\n")
+                .unwrap()
+                .control_store,
+            ControlStore::Rados {
+                pool: "ferry".into(),
+                namespace: Some("a".into()),
+                agent_name: None,
+                lease_secs: 30,
+            }
+        );
+        for (bad, key) in [
+            ("[control]\nstore = \"rados\"\n", "control.pool"),
+            ("[control]\npool = \"ferry\"\n", "control.pool"),
+            ("[control]\nnamespace = \"a\"\n", "control.namespace"),
+            ("[control]\nagent_name = \"a\"\n", "control.agent_name"),
+            ("[control]\nlease = \"10s\"\n", "control.lease"),
+            ("[control]\nstore = \"etcd\"\n", "control.store"),
+            (
+                "[control]\nstore = \"rados\"\npool = \"\"\n",
+                "control.pool",
+            ),
+        ] {
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(err.contains(key), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_rados_site_names_its_agent_and_its_lease() {
+        let c = parse(
+            "[control]\nstore = \"rados\"\npool = \"p\"\nagent_name = \"node-1\"\nlease = \"1m\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.control_store,
+            ControlStore::Rados {
+                pool: "p".into(),
+                namespace: None,
+                agent_name: Some("node-1".into()),
+                lease_secs: 60,
+            }
+        );
+        for bad in [
+            "agent_name = \"\"",
+            "agent_name = \"a b\"",
+            "agent_name = \"a/b\"",
+            "lease = \"2s\"",
+            "lease = \"11m\"",
+            "lease = \"soon\"",
+        ] {
+            let text = format!("[control]\nstore = \"rados\"\npool = \"p\"\n{bad}\n");
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains("control."), "{bad}: {err}");
+        }
+    }
+}
