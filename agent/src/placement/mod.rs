@@ -3,14 +3,15 @@
 //! ([`lease`]), and the plan of which agent claims which free group
 //! ([`plan`]); the async task that runs a lease against a store
 //! ([`driver`]) and the lease store on RADOS ([`rados`]: a lock with a
-//! duration on `ferry.lease.GROUP`, holder records, blocklisting).
+//! duration on `ferry.lease.GROUP`, holder records, blocklisting), and the
+//! site's other shared records ([`site`]: live agents, who holds what, the
+//! sources' replication state a new holder resumes from).
 //!
-//! Not wired into the daemon yet: the orchestrator still drives every group
-//! of its own store. Wiring it to the shared RADOS control store (one
-//! service and one group for all the site's agents) is the next step of
-//! issue 18; the branch `h19-lease` had it against per-agent stores.
+//! The daemon runs them for a site with `[control] store = "rados"`
+//! (`orchestrator/leases.rs`); a SQLite site has no leases.
 
 pub mod driver;
 pub mod lease;
 pub mod plan;
 pub mod rados;
+pub mod site;

@@ -301,6 +301,13 @@ impl LeaseBackend for RadosLeases {
 
     fn release(&self, group: &str) -> Result<(), Failure> {
         let c = self.current()?;
+        // The group is stopped: the next holder need not fence this client
+        // (which may go on driving other groups), so its record goes first.
+        let mut op = WriteOp::new();
+        op.remove(&format!("{RECORD}{}", c.me.addr));
+        c.pool
+            .write(&lease_object(group), &op)
+            .map_err(|e| self.failure(e))?;
         match c
             .pool
             .unlock(&lease_object(group), LOCK_NAME, &self.config.agent)

@@ -1,0 +1,200 @@
+//! The records of a multi-agent site in RADOS, beside its leases
+//! ([`super::rados`]), in the control pool and namespace:
+//! - who is alive: object `ferry.agents`, omap `agent.NAME` → the agent's
+//!   operator API address and the wall-clock time it last announced itself
+//!   ([`Presence`]); an agent that stops announcing counts as gone once a
+//!   lease duration has passed ([`live_agents`]). The placement plan only
+//!   needs this to be roughly right: the lease decides who drives;
+//! - who drives each group: the cookie (agent name) of the lock on its
+//!   lease object `ferry.lease.GROUP` ([`SiteRecords::holder`]);
+//! - the replication state of each group's sources, saved by the holder
+//!   each time a source saves it (`source.IMAGE` on the lease object), which
+//!   an agent taking the group over restores before it replicates, so it
+//!   resumes where the previous holder was instead of copying everything.
+//!
+//! Every call is one blocking RADOS request through the agent's cluster
+//! connection (the one its leases and images use): once another agent has
+//! blocklisted it, its writes here are refused too.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use ferry_engine::rbd::{CephError, ClusterSpec, RbdError};
+use ferry_engine::sys::librados::omap::WriteOp;
+use ferry_engine::sys::librados::Pool;
+use serde::{Deserialize, Serialize};
+
+use super::rados::{lease_object, LOCK_NAME};
+
+/// The object listing the site's agents.
+pub const AGENTS_OBJECT: &str = "ferry.agents";
+const AGENT_KEY: &str = "agent.";
+const SOURCE_KEY: &str = "source.";
+
+/// Why a site record could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum SiteError {
+    /// The control pool could not be opened.
+    #[error("opening the control pool")]
+    Open(#[source] RbdError),
+    /// A RADOS call failed.
+    #[error(transparent)]
+    Ceph(#[from] CephError),
+    /// A presence record is not what this agent writes.
+    #[error("presence record of agent {agent}: {reason}")]
+    Decode {
+        /// The agent.
+        agent: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// What an agent says of itself in `ferry.agents`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Presence {
+    /// Its operator API address (`None` before it listens).
+    pub api: Option<String>,
+    /// When it last announced itself, Unix milliseconds (its clock).
+    pub seen_ms: i64,
+}
+
+/// The agents whose last announcement is younger than `ttl_ms` at `now_ms`.
+pub fn live_agents(
+    agents: &BTreeMap<String, Presence>,
+    now_ms: i64,
+    ttl_ms: i64,
+) -> BTreeSet<String> {
+    agents
+        .iter()
+        .filter(|(_, p)| now_ms.saturating_sub(p.seen_ms) < ttl_ms)
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+/// Where a site's records live, and who this agent is.
+#[derive(Debug, Clone)]
+pub struct SiteRecords {
+    /// The cluster (the agent's `[ceph]`).
+    pub cluster: ClusterSpec,
+    /// The control pool.
+    pub pool: String,
+    /// The control namespace.
+    pub namespace: Option<String>,
+    /// This agent's name in the site.
+    pub agent: String,
+}
+
+impl SiteRecords {
+    fn pool(&self) -> Result<Arc<Pool>, SiteError> {
+        ferry_engine::rbd::open_pool(&self.cluster, &self.pool, self.namespace.as_deref())
+            .map_err(SiteError::Open)
+    }
+
+    /// Records that this agent is alive now, answering on `api`.
+    pub fn announce(&self, api: Option<String>, now_ms: i64) -> Result<(), SiteError> {
+        let record = Presence {
+            api,
+            seen_ms: now_ms,
+        };
+        let value = serde_json::to_vec(&record).map_err(|e| SiteError::Decode {
+            agent: self.agent.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut op = WriteOp::new();
+        op.set(&format!("{AGENT_KEY}{}", self.agent), &value);
+        self.pool()?.write(AGENTS_OBJECT, &op)?;
+        Ok(())
+    }
+
+    /// Removes this agent's record (a clean shutdown).
+    pub fn withdraw(&self) -> Result<(), SiteError> {
+        let mut op = WriteOp::new();
+        op.remove(&format!("{AGENT_KEY}{}", self.agent));
+        self.pool()?.write(AGENTS_OBJECT, &op)?;
+        Ok(())
+    }
+
+    /// Every agent's last announcement.
+    pub fn agents(&self) -> Result<BTreeMap<String, Presence>, SiteError> {
+        let entries = match self.pool()?.omap_list(AGENTS_OBJECT, AGENT_KEY) {
+            Ok(entries) => entries,
+            Err(e) if e.is_not_found() => return Ok(BTreeMap::new()),
+            Err(e) => return Err(e.into()),
+        };
+        entries
+            .into_iter()
+            .filter_map(|(key, value)| {
+                let agent = key.strip_prefix(AGENT_KEY)?.to_owned();
+                Some(
+                    serde_json::from_slice::<Presence>(&value)
+                        .map(|p| (agent.clone(), p))
+                        .map_err(|e| SiteError::Decode {
+                            agent,
+                            reason: e.to_string(),
+                        }),
+                )
+            })
+            .collect()
+    }
+
+    /// The agent holding `group`'s lease now (the lock's cookie), if any.
+    pub fn holder(&self, group: &str) -> Result<Option<String>, SiteError> {
+        match self.pool()?.lockers(&lease_object(group), LOCK_NAME) {
+            Ok(info) => Ok(info.lockers.into_iter().next().map(|l| l.cookie)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Keeps `state` as the replication state of `group`'s source `key`.
+    pub fn save_state(&self, group: &str, key: &str, state: &[u8]) -> Result<(), SiteError> {
+        let mut op = WriteOp::new();
+        op.set(&format!("{SOURCE_KEY}{key}"), state);
+        self.pool()?.write(&lease_object(group), &op)?;
+        Ok(())
+    }
+
+    /// Every source state of `group` kept, by key.
+    pub fn states(&self, group: &str) -> Result<Vec<(String, Vec<u8>)>, SiteError> {
+        match self.pool()?.omap_list(&lease_object(group), SOURCE_KEY) {
+            Ok(entries) => Ok(entries
+                .into_iter()
+                .filter_map(|(k, v)| Some((k.strip_prefix(SOURCE_KEY)?.to_owned(), v)))
+                .collect()),
+            Err(e) if e.is_not_found() => Ok(Vec::new()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seen_ms: i64) -> Presence {
+        Presence {
+            api: Some("127.0.0.1:1".into()),
+            seen_ms,
+        }
+    }
+
+    #[test]
+    fn an_agent_is_live_until_its_announcement_is_older_than_the_ttl() {
+        let agents: BTreeMap<String, Presence> = [
+            ("fresh".to_owned(), at(9_500)),
+            ("edge".to_owned(), at(5_001)),
+            ("stale".to_owned(), at(5_000)),
+            ("ahead".to_owned(), at(12_000)),
+        ]
+        .into_iter()
+        .collect();
+        let live = live_agents(&agents, 10_000, 5_000);
+        let want: BTreeSet<String> = ["fresh", "edge", "ahead"]
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(live, want);
+        assert!(live_agents(&agents, 100_000, 5_000).is_empty());
+    }
+}
