@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use ferry_engine::identity::{Identity, IdentityError};
 use ferry_engine::qos::RateLimiter;
 use ferry_engine::rbd::group::capture_group;
-use ferry_engine::rbd::source::{RbdSource, RbdSourceOptions};
+use ferry_engine::rbd::source::{RbdSource, RbdSourceOptions, StateMirror};
 use ferry_engine::rbd::ClusterSpec;
 use ferry_engine::session::sender::{
     standby_committed_epochs, sync_group, GroupReport, ImageJob, SyncError, SyncOptions,
@@ -136,7 +136,13 @@ pub struct Cycle<'a> {
     pub skip_unchanged: bool,
     /// Adjust options before the run (tests and the demo shorten timeouts).
     pub tweak: Option<&'a (dyn Fn(&mut SyncOptions) + Sync)>,
+    /// Where each `rbd:` source's state goes too each time it is saved, by
+    /// standby image (a multi-agent site: see `orchestrator/handover.rs`).
+    pub state_mirror: Option<&'a MirrorFor>,
 }
+
+/// The [`StateMirror`] of the source replicated to a standby image.
+pub type MirrorFor = dyn Fn(&ImageName) -> Arc<dyn StateMirror> + Send + Sync;
 
 /// What a cycle did.
 #[derive(Debug)]
@@ -387,7 +393,16 @@ impl Replicator {
                         background_sweep: request.skip_unchanged,
                         ..RbdSourceOptions::default()
                     };
-                    rbd_opens.push((slots.len(), source, spec, state_dir, tag, rbd_options));
+                    let mirror = request.state_mirror.map(|m| m(&target.image));
+                    rbd_opens.push((
+                        slots.len(),
+                        source,
+                        spec,
+                        state_dir,
+                        tag,
+                        rbd_options,
+                        mirror,
+                    ));
                     slots.push(None);
                     continue;
                 }
@@ -400,10 +415,15 @@ impl Replicator {
                 run_all(
                     rbd_opens
                         .into_iter()
-                        .map(|(slot, source, spec, state_dir, tag, options)| {
+                        .map(|(slot, source, spec, state_dir, tag, options, mirror)| {
                             move || {
-                                let result =
-                                    RbdSource::open(cluster, spec, &state_dir, &tag, options);
+                                let result = RbdSource::open(
+                                    cluster, spec, &state_dir, &tag, options,
+                                )
+                                .map(|s| match mirror {
+                                    Some(m) => s.with_mirror(m),
+                                    None => s,
+                                });
                                 (slot, source, result)
                             }
                         })

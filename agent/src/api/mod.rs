@@ -237,8 +237,12 @@ impl IntoResponse for ApiError {
             CtlError::BadRequest(_) => (StatusCode::BAD_REQUEST, None),
             CtlError::Peer { .. } => (StatusCode::BAD_GATEWAY, None),
             CtlError::Forbidden { .. } => (StatusCode::FORBIDDEN, None),
+            CtlError::NotDriver { .. } => (StatusCode::CONFLICT, None),
         };
         let mut body = json!({ "error": text });
+        if let CtlError::NotDriver { holder, api, .. } = &self.0 {
+            body["driven_by"] = json!({ "agent": holder, "api": api });
+        }
         if let Some(r) = refusal {
             body["refusal"] = serde_json::to_value(r).unwrap_or(Value::Null);
         }

@@ -87,6 +87,9 @@ pub(super) fn print_status(v: &Value) {
             gs("/resources"),
             gs("/recovery_points")
         );
+        if let Some(line) = driven_line(&g) {
+            println!("  {line}");
+        }
         let Some(p) = g.get("progress").filter(|p| !p.is_null()) else {
             continue;
         };
@@ -127,4 +130,20 @@ pub(super) fn print_status(v: &Value) {
             );
         }
     }
+}
+
+/// "driven by AGENT (api ADDR, lease STATE)" for a group of a multi-agent
+/// site (`None` for a single-agent site's groups: this agent drives them).
+pub(super) fn driven_line(group_or_detail: &Value) -> Option<String> {
+    let d = group_or_detail.get("driven_by").filter(|d| !d.is_null())?;
+    let text = |k: &str| d.get(k).and_then(Value::as_str);
+    let lease = text("lease")?;
+    if lease == "none" {
+        return None;
+    }
+    Some(format!(
+        "driven by {} (api {}, lease {lease})",
+        text("agent").unwrap_or("no agent yet"),
+        text("api").unwrap_or("-"),
+    ))
 }

@@ -108,6 +108,7 @@ pub async fn sync(request: SyncRequest<'_>) -> Result<GroupReport> {
             min_recovery_point: 0,
             skip_unchanged: false,
             tweak: request.tweak,
+            state_mirror: None,
         })
         .await;
     if let Some(reload) = reload {

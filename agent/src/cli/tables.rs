@@ -277,6 +277,10 @@ fn group_detail(v: &Value, tz: &TimeZone) -> String {
         time(g, "/created_at", tz),
         thresholds(g)
     );
+    if let Some(line) = super::render::driven_line(v) {
+        out.push_str(&line);
+        out.push('\n');
+    }
     if let Some(p) = v.get("progress").filter(|p| !p.is_null()) {
         out.push_str(&format!(
             "replication: {}, {} cycles, standby holds writes before {}, RPO lag {}, rate {}{}\n",

@@ -51,7 +51,8 @@ impl CycleDone {
 }
 
 impl Orchestrator {
-    pub(super) fn start_loop(self: &Arc<Self>, gid: GroupId) {
+    /// Runs group `gid`'s replication loop now (`leases.rs` decides when).
+    pub(super) fn run_loop(self: &Arc<Self>, gid: GroupId) {
         let mut syncs = lock(&self.syncs);
         if let Some(existing) = syncs.get(&gid) {
             if !existing.task.is_finished() {
@@ -77,7 +78,8 @@ impl Orchestrator {
         );
     }
 
-    pub(super) async fn stop_loop(&self, gid: GroupId) {
+    /// Stops group `gid`'s replication loop and waits until it has ended.
+    pub(super) async fn halt_loop(&self, gid: GroupId) {
         let lp = lock(&self.syncs).remove(&gid);
         if let Some(lp) = lp {
             lp.task.abort();
@@ -89,11 +91,13 @@ impl Orchestrator {
         }
     }
 
-    /// Stops every replication loop (agent shutdown).
+    /// Stops every replication loop and gives every lease up (agent
+    /// shutdown).
     pub async fn shutdown(&self) {
+        self.release_leases().await;
         let ids: Vec<GroupId> = lock(&self.syncs).keys().copied().collect();
         for id in ids {
-            self.stop_loop(id).await;
+            self.halt_loop(id).await;
         }
     }
 
@@ -506,6 +510,7 @@ impl Orchestrator {
             }
         });
         let floor = lock(&self.rp_floor).get(&gid).copied().unwrap_or(0);
+        let mirror = self.state_mirror(&g.name);
         let outcome = self
             .replicator
             .cycle(Cycle {
@@ -517,6 +522,7 @@ impl Orchestrator {
                 min_recovery_point: floor,
                 skip_unchanged,
                 tweak: None,
+                state_mirror: mirror.as_deref(),
             })
             .await
             .map_err(|source| CtlError::Replication {
@@ -545,6 +551,7 @@ fn error_kind(e: &CtlError) -> ErrorKind {
         CtlError::Store(_) => ErrorKind::Store,
         CtlError::BadRequest(_) => ErrorKind::Config,
         CtlError::Peer { .. } | CtlError::Forbidden { .. } => ErrorKind::Peer,
+        CtlError::NotDriver { .. } => ErrorKind::Other,
         CtlError::Internal { .. } => ErrorKind::Other,
         CtlError::Replication { source, .. } => match source.as_ref() {
             ReplicateError::Sync(sync) => match sync {

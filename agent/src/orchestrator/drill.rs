@@ -31,6 +31,7 @@ impl Orchestrator {
     /// Journaled; the volumes are made in the background.
     pub fn drill(self: &Arc<Self>, key: &str, rp: Option<&str>) -> CtlResult<Operation> {
         let g = self.group(key)?;
+        self.require_driver(&g)?;
         let point = rp
             .map(|name| self.db(|s| s.recovery_point_by_name(g.id, name)))
             .transpose()?;
@@ -157,6 +158,7 @@ impl Orchestrator {
     /// an interruption removes what is left.
     pub fn end_drill(self: &Arc<Self>, key: &str) -> CtlResult<Operation> {
         let g = self.group(key)?;
+        self.require_driver(&g)?;
         let (op, drill) = self.db(|s| s.begin_end_drill(g.id, &json!({})))?;
         let me = self.clone();
         self.run_op(op.id, async move {

@@ -109,6 +109,7 @@ impl Orchestrator {
         copy: bool,
     ) -> CtlResult<Operation> {
         let g = self.group(key)?;
+        self.require_driver(&g)?;
         let point = rp
             .map(|name| self.db(|s| s.recovery_point_by_name(g.id, name)))
             .transpose()?;

@@ -33,6 +33,7 @@ impl Orchestrator {
             "resources": resources,
             "recovery_points": rps,
             "progress": self.progress_of(g.id),
+            "driven_by": self.driven_by(&g),
             "drill": self.db(|s| s.drill(g.id))?,
             "operations": recent,
         }))
@@ -132,6 +133,7 @@ impl Orchestrator {
         vm: Option<&str>,
     ) -> CtlResult<Operation> {
         let g = self.group(key)?;
+        self.require_driver(&g)?;
         let existing = self.db(|s| s.resources(g.id))?;
         let mut taken: Vec<String> = existing.iter().map(|r| r.standby_target.clone()).collect();
         let mut new = Vec::with_capacity(uris.len());
@@ -197,6 +199,7 @@ impl Orchestrator {
     /// Removes resources from a primary group (and the standby's records).
     pub fn remove_resources(self: &Arc<Self>, key: &str, uris: &[String]) -> CtlResult<Operation> {
         let g = self.group(key)?;
+        self.require_driver(&g)?;
         let have = self.db(|s| s.resources(g.id))?;
         let mut canonical = Vec::new();
         for uri in uris {
@@ -238,6 +241,7 @@ impl Orchestrator {
     /// Starts replicating a primary group.
     pub fn start_sync(self: &Arc<Self>, key: &str) -> CtlResult<Operation> {
         let g = self.group(key)?;
+        self.require_driver(&g)?;
         let missing: Vec<String> = self
             .db(|s| s.resources(g.id))?
             .into_iter()
@@ -286,6 +290,7 @@ impl Orchestrator {
     /// points and returns to `mapped`.
     pub fn stop_sync(self: &Arc<Self>, key: &str) -> CtlResult<Operation> {
         let g = self.group(key)?;
+        self.require_driver(&g)?;
         let op = self.db(|s| s.begin_checked(g.id, &OpRequest::StopSync, &json!({})))?;
         let me = self.clone();
         self.run_op(op.id, async move { me.stop_sync_steps(&g).await });
@@ -319,6 +324,9 @@ impl Orchestrator {
     pub(super) async fn propagate_stops(self: &Arc<Self>) -> CtlResult<()> {
         for gid in self.db(|s| s.groups_pending_remote_stop())? {
             let g = self.db(|s| s.group(gid))?;
+            if !self.drives(&g) {
+                continue;
+            }
             if g.role != Role::Primary || g.state != GroupState::Mapped {
                 // Started again (or changed role) since: nothing to deliver.
                 self.db(|s| s.set_pending_remote_stop(gid, false))?;
@@ -338,6 +346,7 @@ impl Orchestrator {
     /// Deletes a group (primary: its standby group too).
     pub fn delete_group(self: &Arc<Self>, key: &str) -> CtlResult<Operation> {
         let g = self.group(key)?;
+        self.require_driver(&g)?;
         let op = self.db(|s| {
             s.begin_checked(
                 g.id,

@@ -44,6 +44,7 @@ impl Orchestrator {
     /// is, including a standby that already completed its side.
     pub fn migrate(self: &Arc<Self>, key: &str) -> CtlResult<Operation> {
         let g = self.group(key)?;
+        self.require_driver(&g)?;
         let resources = self.db(|s| s.resources(g.id))?;
         let split_vms = self.split_vms(&g, &resources)?;
         migration_kind(&self.receiver.store, &resources, "primary")

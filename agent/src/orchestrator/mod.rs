@@ -56,16 +56,22 @@
 //! - `peer.rs`: the peer (standby) side of the peer API;
 //! - `progress.rs`: live progress and status;
 //! - `rpo_history.rs`: the last hour of each group's RPO lag;
+//! - `leases.rs`: which agent drives a group (leases in a multi-agent
+//!   site), `placement_round.rs`: which groups this agent contends for,
+//!   `handover.rs`: the sources' state a new holder resumes from;
 //! - `hold.rs`: the fault-test hold points.
 
 mod cycle;
 mod drill;
 mod failover;
 mod groups;
+mod handover;
 pub mod health;
 mod hold;
+mod leases;
 mod migration;
 mod peer;
+mod placement_round;
 mod points;
 mod policies;
 mod progress;
@@ -156,6 +162,17 @@ pub enum CtlError {
         /// What failed.
         #[source]
         source: Box<ReplicateError>,
+    },
+    /// Another agent of the site holds the group's lease: the operation
+    /// must be sent to it.
+    #[error("group '{group}' is driven by agent {} (operator API {}) of this site, not by this one: send the request there", holder.as_deref().unwrap_or("(none known yet)"), api.as_deref().unwrap_or("unknown"))]
+    NotDriver {
+        /// The group.
+        group: String,
+        /// The agent holding its lease, as last seen.
+        holder: Option<String>,
+        /// That agent's operator API address.
+        api: Option<String>,
     },
     /// Anything else (I/O, engine).
     #[error("{what}")]
@@ -337,6 +354,9 @@ pub struct Orchestrator {
     reprotect_tasks: Mutex<HashMap<OperationId, Option<String>>>,
     /// The last hour of every group's RPO lag (for the console's chart).
     rpo_history: Mutex<rpo_history::RpoHistory>,
+    /// The groups' leases in a multi-agent site (`None`: this agent drives
+    /// all its groups).
+    leases: Option<leases::Leases>,
 }
 
 fn internal(what: impl Into<String>) -> impl FnOnce(anyhow::Error) -> CtlError {
@@ -350,13 +370,16 @@ impl Orchestrator {
     pub fn open(cfg: OrchestratorConfig) -> CtlResult<Arc<Self>> {
         let kind = match &cfg.config.control_store {
             ControlStore::Sqlite => StoreKind::Sqlite,
-            ControlStore::Rados { pool, namespace } => StoreKind::Rados(RadosLocation {
+            ControlStore::Rados {
+                pool, namespace, ..
+            } => StoreKind::Rados(RadosLocation {
                 cluster: cfg.config.ceph.clone(),
                 pool: pool.clone(),
                 namespace: namespace.clone(),
             }),
         };
         let store = Store::open_kind(&cfg.dir, &kind)?;
+        let leases = leases::Leases::from_config(&cfg.config.control_store, &cfg.config.ceph);
         let identity = Identity::load(&cfg.dir)
             .map_err(|e| internal("loading the agent identity")(e.into()))?;
         for svc in store.services()? {
@@ -387,6 +410,7 @@ impl Orchestrator {
             metrics: cfg.metrics,
             unpin_lock: tokio::sync::Mutex::new(()),
             rpo_history: Mutex::new(rpo_history::RpoHistory::default()),
+            leases,
         });
         let live: Arc<dyn LiveSource> = orch.clone();
         orch.metrics.attach(Arc::downgrade(&live));
@@ -585,6 +609,7 @@ impl Orchestrator {
         F: std::future::Future<Output = CtlResult<Vec<(String, String)>>> + Send + 'static,
     {
         let me = self.clone();
+        self.note_running(op, true);
         tokio::spawn(async move {
             let (result, renames) = match work.await {
                 Ok(renames) => (OpResult::Succeeded, renames),
@@ -596,6 +621,7 @@ impl Orchestrator {
             if let Err(error) = me.db(|s| s.finish_operation_renaming(op, result, &renames)) {
                 warn!(%op, %error, "cannot finish operation");
             }
+            me.note_running(op, false);
         });
     }
 

@@ -32,6 +32,7 @@ impl Orchestrator {
         name: Option<String>,
     ) -> CtlResult<Operation> {
         let g = self.group(key)?;
+        self.require_driver(&g)?;
         let name = name.unwrap_or_else(|| format!("manual-{}", Timestamp::now().0));
         if self.db(|s| s.recovery_point_by_name(g.id, &name)).is_ok() {
             return Err(CtlError::BadRequest(format!(
@@ -131,6 +132,7 @@ impl Orchestrator {
     /// standby is unreachable).
     pub fn delete_recovery_point(self: &Arc<Self>, key: &str, rp: &str) -> CtlResult<Operation> {
         let g = self.group(key)?;
+        self.require_driver(&g)?;
         let rp = self.db(|s| s.recovery_point_by_name(g.id, rp))?;
         let op = self.db(|s| {
             s.begin_checked(
@@ -172,6 +174,9 @@ impl Orchestrator {
     pub(super) async fn propagate_deletions(&self) -> CtlResult<()> {
         for rp in self.db(|s| s.pending_remote_deletes())? {
             let g = self.db(|s| s.group(rp.group_id))?;
+            if !self.drives(&g) {
+                continue;
+            }
             if let Err(e) = self.propagate_one(&g, &rp).await {
                 tracing::debug!(rp = %rp.name, error = %e, "deletion still deferred");
             }

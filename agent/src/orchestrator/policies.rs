@@ -79,7 +79,7 @@ impl Orchestrator {
         let now = jiff::Timestamp::now();
         for g in self.db(|s| s.groups_in_state(GroupState::Syncing))? {
             let Some(binding) = g.policy else { continue };
-            if g.role != Role::Primary {
+            if g.role != Role::Primary || !self.drives(&g) {
                 continue;
             }
             let policy = self.db(|s| s.policy(binding.policy_id))?;

@@ -44,6 +44,7 @@ impl Orchestrator {
                 "resources": resources.len(),
                 "recovery_points": rps.len(),
                 "progress": self.progress_of(g.id),
+                "driven_by": self.driven_by(&g),
             }));
         }
         Ok(json!({
@@ -51,6 +52,7 @@ impl Orchestrator {
                 "fingerprint": self.fingerprint.to_hex(),
                 "endpoint": self.quic_addr.to_string(),
                 "api": lock(&self.api_addr).map(|a| a.to_string()),
+                "name": self.site_agent_name(),
             },
             "services": self.services()?,
             "groups": list,

@@ -3,7 +3,10 @@
 //! stop sync, delete group: on a standby, removing its copies) or rolled back / failed with "interrupted
 //! by an agent restart"; syncing primary groups resume replicating; then
 //! the background tick starts (policy scheduler, deferred recovery point
-//! deletions, deferred stop syncs).
+//! deletions, deferred stop syncs). In a multi-agent site a primary group's
+//! operations are finished, and its replication resumed, by the agent that
+//! takes its lease (`leases.rs`), and the tick skips the groups this agent
+//! does not drive.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +16,7 @@ use tracing::{info, warn};
 
 use super::{CtlResult, Orchestrator};
 use crate::control::{
-    DrillPhase, GroupState, OpKind, OpResult, Operation, ResourceState, Role, RpState,
+    DrillPhase, GroupId, GroupState, OpKind, OpResult, Operation, ResourceState, Role, RpState,
 };
 
 /// How often the policy scheduler and deferred deletions run.
@@ -23,30 +26,21 @@ impl Orchestrator {
     /// Finishes or rolls back what a previous run left in flight, then
     /// resumes every syncing primary group and starts the scheduler tick.
     pub async fn recover_and_resume(self: &Arc<Self>) -> CtlResult<()> {
-        let unfinished = self.db(|s| s.unfinished_operations())?;
-        for op in unfinished {
-            info!(op = %op.id, kind = %op.kind, group = ?op.group_name, "finishing an operation interrupted by a restart");
-            let result = self.recover_operation(&op).await;
-            let (result, label) = match result {
-                Ok(r) => (r, "finished"),
-                Err(e) => (
-                    OpResult::Failed(format!("interrupted by an agent restart; {e}")),
-                    "failed",
-                ),
-            };
-            match self.db(|s| s.finish_operation(op.id, result)) {
-                Ok(done) => {
-                    info!(op = %op.id, state = done.state.as_str(), "{label} after restart")
-                }
-                Err(error) => warn!(op = %op.id, %error, "cannot finish an interrupted operation"),
+        for op in self.db(|s| s.unfinished_operations())? {
+            // A leased group's operations are finished by the agent that
+            // takes its lease (`take_over`), never by every agent that starts.
+            if self.leases.is_some() && self.leased(op.group_id) {
+                continue;
             }
+            self.finish_interrupted(&op).await;
         }
         for g in self.db(|s| s.groups_in_state(GroupState::Syncing))? {
-            if g.role == Role::Primary {
+            if g.role == Role::Primary && self.drives(&g) {
                 info!(group = %g.name, "resuming replication");
                 self.start_loop(g.id);
             }
         }
+        self.spawn_placement();
         let me = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(TICK);
@@ -56,6 +50,50 @@ impl Orchestrator {
             }
         });
         Ok(())
+    }
+
+    /// Whether group `gid` (of an operation) is a primary group, driven
+    /// under a lease in a multi-agent site.
+    fn leased(&self, gid: Option<GroupId>) -> bool {
+        gid.and_then(|gid| self.db(|s| s.group(gid)).ok())
+            .is_some_and(|g| g.role == Role::Primary)
+    }
+
+    /// Finishes the operations of group `gid` a previous holder of its
+    /// lease left running (it is dead or fenced: none of them runs any
+    /// more). A group creation is left to the agent that made it.
+    pub(super) async fn recover_group_operations(self: &Arc<Self>, gid: GroupId) {
+        let unfinished = match self.db(|s| s.unfinished_operations()) {
+            Ok(ops) => ops,
+            Err(error) => {
+                warn!(group = %gid, %error, "cannot list the operations left running");
+                return;
+            }
+        };
+        for op in unfinished {
+            if op.group_id == Some(gid) && op.kind != OpKind::CreateGroup && !self.runs_here(op.id)
+            {
+                self.finish_interrupted(&op).await;
+            }
+        }
+    }
+
+    /// Finishes or rolls back one operation a killed agent left running.
+    async fn finish_interrupted(self: &Arc<Self>, op: &Operation) {
+        info!(op = %op.id, kind = %op.kind, group = ?op.group_name, "finishing an operation interrupted by a restart");
+        let (result, label) = match self.recover_operation(op).await {
+            Ok(r) => (r, "finished"),
+            Err(e) => (
+                OpResult::Failed(format!("interrupted by an agent restart; {e}")),
+                "failed",
+            ),
+        };
+        match self.db(|s| s.finish_operation(op.id, result)) {
+            Ok(done) => {
+                info!(op = %op.id, state = done.state.as_str(), "{label} after restart")
+            }
+            Err(error) => warn!(op = %op.id, %error, "cannot finish an interrupted operation"),
+        }
     }
 
     async fn recover_operation(self: &Arc<Self>, op: &Operation) -> CtlResult<OpResult> {

@@ -72,6 +72,7 @@ impl Orchestrator {
     /// latest point): their snapshot of the point is the base.
     pub fn reprotect(self: &Arc<Self>, key: &str) -> CtlResult<Operation> {
         let g = self.group(key)?;
+        self.require_driver(&g)?;
         crate::control::check(&OpRequest::Reprotect, &self.db(|s| s.group_view(g.id))?)
             .map_err(StoreError::Refused)?;
         let base = self.reprotect_base(&g)?;
@@ -301,6 +302,7 @@ impl Orchestrator {
                 min_recovery_point: 0,
                 skip_unchanged: false,
                 tweak: None,
+                state_mirror: None,
             })
             .await
             .map_err(|source| CtlError::Replication {
