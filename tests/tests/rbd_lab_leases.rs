@@ -1,0 +1,416 @@
+//! Groups spread over the agents of a multi-agent site and taken over
+//! without a resync, against the two-site Ceph lab (`#[ignore]`d;
+//! `FERRY_CEPH_LAB=1`): two primary agents of site-a share their control
+//! state in RADOS (`[control] store = "rados"`, one identity for the site,
+//! a 10 s lease) and one standby agent keeps RBD images on site-b.
+//!
+//! - The site's groups get spread over both primary agents; `ferry status`
+//!   and `ferry group show` on either name the agent driving each; a
+//!   mutating operation sent to the agent that does not drive the group is
+//!   refused with the holder's name and operator API address.
+//! - SIGKILL one primary agent while a writer writes into every image: each
+//!   of its groups is driven by the other within the lease + 10 s and
+//!   resumes incrementally (the first cycle the new holder commits sends a
+//!   fraction of what a full copy of the group sends; its recovery point is
+//!   above the dead holder's last), and once the writer stops every standby
+//!   image equals its source at the group's committed recovery point.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ferry_e2e::cli::{ok, run, text};
+use ferry_e2e::lab::{self, export_hash, pyrbd, rbd, Cleanup};
+use ferry_e2e::{init_agent, Agent};
+use serde_json::Value;
+
+const LEASE_SECS: u64 = 10;
+/// Random data written into each image before it is protected.
+const FILL_MIB: u64 = 24;
+
+/// Removes every object of the test's RADOS namespace (the control state,
+/// the agents' records, the leases) on drop.
+struct Namespace(String);
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let rados = |args: &[&str]| {
+            Command::new("rados")
+                .args(["--cluster", "site-a", "-p", "rbd", "-N", &self.0])
+                .args(args)
+                .output()
+        };
+        let Ok(listed) = rados(&["ls"]) else {
+            return;
+        };
+        for oid in String::from_utf8_lossy(&listed.stdout).lines() {
+            let _ = rados(&["rm", oid]);
+        }
+    }
+}
+
+/// A writer into the first MiB of every image until dropped.
+struct Writer(Child);
+
+impl Writer {
+    fn start(images: &[String]) -> Writer {
+        let script = format!(
+            "import rados, rbd, random, time\n\
+             c = rados.Rados(clustername='site-a', conffile='/etc/ceph/site-a.conf')\n\
+             c.connect()\n\
+             io = c.open_ioctx('rbd')\n\
+             imgs = [rbd.Image(io, n) for n in {images:?}]\n\
+             r = random.Random(7)\n\
+             while True:\n\
+             \x20   for img in imgs:\n\
+             \x20       img.write(r.randbytes(4096), r.randrange(0, 256) * 4096)\n\
+             \x20   time.sleep(0.02)\n"
+        );
+        let child = Command::new("/usr/bin/python3")
+            .args(["-c", &script])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting the writer");
+        Writer(child)
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `probe` every 200 ms until it returns `Some`, at most `limit`.
+fn wait_for<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `ferry status --json`'s group `name`.
+fn status_group(dir: &Path, name: &str) -> Value {
+    let status = ok(dir, &["status"]);
+    status["groups"]
+        .as_array()
+        .and_then(|gs| gs.iter().find(|g| g["name"] == name).cloned())
+        .unwrap_or_else(|| panic!("group {name} in {status}"))
+}
+
+fn progress_u64(group: &Value, key: &str) -> u64 {
+    group["progress"][key].as_u64().unwrap_or(0)
+}
+
+/// The `replication cycle committed` line's `bytes_sent` and
+/// `recovery_point` of the first cycle group `name` committed after this
+/// agent took its lease (from the agent's log).
+fn first_cycle_after_takeover(log: &str, name: &str) -> Option<(u64, u64)> {
+    let field = |line: &str, key: &str| -> Option<u64> {
+        let at = line.find(&format!("{key}="))? + key.len() + 1;
+        let digits: String = line[at..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().ok()
+    };
+    let ours = |line: &&str| line.contains(&format!("group={name}"));
+    let mut lines = log
+        .lines()
+        .filter(ours)
+        .skip_while(|l| !l.contains("driving the group (lease held)"));
+    lines.next()?;
+    let line = lines.find(|l| l.contains("replication cycle committed"))?;
+    Some((field(line, "bytes_sent")?, field(line, "recovery_point")?))
+}
+
+struct Site {
+    tmp: tempfile::TempDir,
+    primaries: BTreeMap<String, Agent>,
+    standby: Agent,
+}
+
+impl Site {
+    fn dir(&self, agent: &str) -> PathBuf {
+        self.primaries[agent].dir.clone()
+    }
+}
+
+/// Two primary agents (`p1`, `p2`) of site-a sharing their control state
+/// in namespace `ns` and one identity, and a standby on site-b, paired.
+fn multi_agent_site(ns: &str) -> Site {
+    let tmp = tempfile::tempdir().unwrap();
+    let (p1_dir, p2_dir, b_dir) = (
+        tmp.path().join("p1"),
+        tmp.path().join("p2"),
+        tmp.path().join("b"),
+    );
+    let a_fp = init_agent(&p1_dir);
+    init_agent(&p2_dir);
+    // One identity for the site: the standby knows the site by it.
+    for file in ["cert.pem", "key.pem"] {
+        std::fs::copy(
+            p1_dir.join("identity").join(file),
+            p2_dir.join("identity").join(file),
+        )
+        .unwrap();
+    }
+    let b_fp = init_agent(&b_dir);
+    for (dir, name) in [(&p1_dir, "p1"), (&p2_dir, "p2")] {
+        std::fs::write(
+            dir.join("config.toml"),
+            format!(
+                "[control]\nstore = \"rados\"\npool = \"rbd\"\nnamespace = \"{ns}\"\n\
+                 agent_name = \"{name}\"\nlease = \"{LEASE_SECS}s\"\n\
+                 [ceph]\ncluster = \"site-a\"\n"
+            ),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        b_dir.join("config.toml"),
+        "[standby]\nbackend = \"rbd\"\nrbd_pool = \"rbd\"\n[ceph]\ncluster = \"site-b\"\n",
+    )
+    .unwrap();
+    let mut primaries = BTreeMap::new();
+    primaries.insert("p1".to_owned(), Agent::start(&p1_dir, &a_fp, &[]));
+    primaries.insert("p2".to_owned(), Agent::start(&p2_dir, &a_fp, &[]));
+    let standby = Agent::start(&b_dir, &b_fp, &[]);
+    let out = run(&b_dir, &["service", "key"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let key = String::from_utf8(out.stdout).unwrap();
+    ok(&p1_dir, &["service", "create", "--key", key.trim()]);
+    // Both agents announced themselves before any group exists.
+    wait_for(
+        "both agents in ferry.agents",
+        Duration::from_secs(30),
+        || {
+            let out = Command::new("rados")
+                .args(["--cluster", "site-a", "-p", "rbd", "-N", ns])
+                .args(["listomapkeys", "ferry.agents"])
+                .output()
+                .ok()?;
+            let keys = String::from_utf8_lossy(&out.stdout).to_string();
+            (keys.contains("agent.p1") && keys.contains("agent.p2")).then_some(())
+        },
+    );
+    Site {
+        tmp,
+        primaries,
+        standby,
+    }
+}
+
+/// Makes group `name`'s images (random data in `FILL_MIB` of each) and the
+/// group on p1; returns the images and the agent that drives the group.
+fn make_group(site: &Site, mark: &str, name: &str, count: usize) -> (Vec<String>, String) {
+    let images: Vec<String> = (0..count).map(|i| format!("{mark}-{name}-{i}")).collect();
+    for (i, image) in images.iter().enumerate() {
+        rbd(
+            "site-a",
+            &["create", "--size", "64", &format!("rbd/{image}")],
+        );
+        pyrbd(
+            "site-a",
+            image,
+            &format!(
+                "r = random.Random({i})\n\
+                 for k in range({FILL_MIB}):\n\
+                 \x20   img.write(r.randbytes(1 << 20), (k + 8) << 20)"
+            ),
+        );
+    }
+    ok(&site.dir("p1"), &["group", "create", name, "--wait"]);
+    let holder = wait_for(
+        &format!("a driver for {name}"),
+        Duration::from_secs(60),
+        || {
+            let shown = ok(&site.dir("p1"), &["group", "show", name]);
+            shown["driven_by"]["agent"].as_str().map(str::to_owned)
+        },
+    );
+    (images, holder)
+}
+
+#[test]
+#[ignore = "needs the Ceph lab (FERRY_CEPH_LAB=1); scripts/test.sh runs it"]
+fn lab_groups_spread_over_a_sites_agents_and_move_on_without_a_resync() {
+    if !lab::enabled() {
+        return;
+    }
+    let mark = format!("ferry-h20-wire-{}", std::process::id());
+    let _images = Cleanup {
+        mark: mark.clone(),
+        parents: mark.clone(),
+    };
+    let _namespace = Namespace(format!("{mark}-ctl"));
+    let mut site = multi_agent_site(&format!("{mark}-ctl"));
+
+    // Four groups of one or two images, each started on its driver.
+    let mut groups: BTreeMap<String, (Vec<String>, String)> = BTreeMap::new();
+    let mut refused = false;
+    for g in 0..4 {
+        let name = format!("lg-{g}");
+        let (images, holder) = make_group(&site, &mark, &name, 1 + g % 2);
+        let other = if holder == "p1" { "p2" } else { "p1" };
+        let uris: Vec<String> = images.iter().map(|i| format!("rbd:rbd/{i}")).collect();
+        let mut add = vec!["group", "add", name.as_str()];
+        add.extend(uris.iter().map(String::as_str));
+        if !refused {
+            // Sent to the agent that does not drive the group: refused,
+            // naming the one that does and where its API answers.
+            wait_for(
+                &format!("{other} sees {holder} drive {name}"),
+                Duration::from_secs(30),
+                || {
+                    let shown = ok(&site.dir(other), &["group", "show", &name]);
+                    (shown["driven_by"]["agent"] == holder.as_str()).then_some(())
+                },
+            );
+            let out = run(&site.dir(other), &add);
+            let said = text(&out);
+            let api = ok(&site.dir(&holder), &["status"])["agent"]["api"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            assert!(!out.status.success(), "{said}");
+            assert!(
+                said.contains(&format!("driven by agent {holder}")),
+                "{said}"
+            );
+            assert!(said.contains(&api), "{api}: {said}");
+            refused = true;
+        }
+        add.push("--wait");
+        ok(&site.dir(&holder), &add);
+        ok(&site.dir(&holder), &["group", "start", &name, "--wait"]);
+        groups.insert(name, (images, holder));
+    }
+    eprintln!(
+        "drivers: {:?}",
+        groups.iter().map(|(n, (_, h))| (n, h)).collect::<Vec<_>>()
+    );
+    let drivers: BTreeSet<&String> = groups.values().map(|(_, h)| h).collect();
+    assert_eq!(drivers.len(), 2, "spread over both agents: {groups:?}");
+    for (name, (_, holder)) in &groups {
+        for agent in ["p1", "p2"] {
+            let g = status_group(&site.dir(agent), name);
+            assert_eq!(g["driven_by"]["agent"], holder.as_str(), "{agent}: {g}");
+        }
+    }
+
+    // Continuous replication with a writer; every group commits twice.
+    let all_images: Vec<String> = groups.values().flat_map(|(i, _)| i.clone()).collect();
+    let writer = Writer::start(&all_images);
+    for (name, (_, holder)) in &groups {
+        wait_for(
+            &format!("two cycles of {name}"),
+            Duration::from_secs(180),
+            || (progress_u64(&status_group(&site.dir(holder), name), "cycles") >= 2).then_some(()),
+        );
+    }
+
+    // SIGKILL p1; the groups it drove move to p2.
+    let victims: Vec<String> = groups
+        .iter()
+        .filter(|(_, (_, h))| h == "p1")
+        .map(|(n, _)| n.clone())
+        .collect();
+    let last_rp: BTreeMap<String, u64> = victims
+        .iter()
+        .map(|n| {
+            let g = status_group(&site.dir("p1"), n);
+            (n.clone(), progress_u64(&g, "last_recovery_point"))
+        })
+        .collect();
+    let killed = site.primaries.get_mut("p1").unwrap().kill9();
+    assert!(killed, "p1 was running");
+    let killed_at = Instant::now();
+    let p2 = site.dir("p2");
+    wait_for(
+        "p2 drives p1's groups",
+        Duration::from_secs(LEASE_SECS + 10),
+        || {
+            victims
+                .iter()
+                .all(|n| status_group(&p2, n)["driven_by"]["lease"] == "holding")
+                .then_some(())
+        },
+    );
+    eprintln!(
+        "p1's groups driven by p2 {:?} after the SIGKILL",
+        killed_at.elapsed()
+    );
+    let log = |site: &Site| site.primaries["p2"].log_text();
+    for name in &victims {
+        let (sent, rp) = wait_for(
+            &format!("a cycle of {name} on p2"),
+            Duration::from_secs(180),
+            || first_cycle_after_takeover(&log(&site), name),
+        );
+        let count = groups[name].0.len() as u64;
+        eprintln!(
+            "{name}: first cycle on p2 sent {sent} bytes (a full copy: {} bytes), point {rp} after p1's {}",
+            count * (FILL_MIB << 20),
+            last_rp[name]
+        );
+        assert!(
+            sent < count * (FILL_MIB << 20) / 3,
+            "{name} resumed with a full copy ({sent} bytes sent):\n{}",
+            log(&site)
+        );
+        assert!(
+            rp > last_rp[name],
+            "{name}: point {rp} after {}",
+            last_rp[name]
+        );
+    }
+
+    // Writer stopped: once an idle check finds nothing new, every standby
+    // image equals its source at the group's committed point.
+    drop(writer);
+    for (name, (images, _)) in &groups {
+        let idle = progress_u64(&status_group(&p2, name), "idle_checks");
+        let g = wait_for(
+            &format!("an idle check of {name}"),
+            Duration::from_secs(120),
+            || {
+                let g = status_group(&p2, name);
+                (progress_u64(&g, "idle_checks") > idle).then_some(g)
+            },
+        );
+        let rp = progress_u64(&g, "last_recovery_point");
+        let shown = ok(&p2, &["group", "show", name]);
+        for image in images {
+            let target = shown["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["uri"] == format!("rbd:rbd/{image}"))
+                .and_then(|r| r["standby_target"].as_str())
+                .unwrap()
+                .to_owned();
+            assert_eq!(
+                export_hash(
+                    site.tmp.path(),
+                    "site-b",
+                    &format!("rbd/{target}@ferry-rp-{rp}")
+                ),
+                export_hash(site.tmp.path(), "site-a", &format!("rbd/{image}")),
+                "{name}: {image} at point {rp}"
+            );
+        }
+    }
+    for name in groups.keys() {
+        ok(&p2, &["group", "stop", name, "--wait"]);
+        ok(&p2, &["group", "delete", name, "--wait"]);
+    }
+    drop(site.standby);
+}
