@@ -50,6 +50,30 @@ impl Drop for Namespace {
     }
 }
 
+/// Removes site-a's RBD groups holding any image whose name contains the
+/// mark on drop (ferry's groups of multi-image captures; an image in a
+/// group cannot be removed), before [`Cleanup`] removes the images.
+struct RbdGroups(String);
+
+impl Drop for RbdGroups {
+    fn drop(&mut self) {
+        let rbd = |args: &[&str]| {
+            Command::new("rbd")
+                .args(["--cluster", "site-a"])
+                .args(args)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+                .unwrap_or_default()
+        };
+        for group in rbd(&["group", "ls", "rbd"]).lines() {
+            let spec = format!("rbd/{group}");
+            if rbd(&["group", "image", "ls", &spec]).contains(&self.0) {
+                rbd(&["group", "rm", &spec]);
+            }
+        }
+    }
+}
+
 /// A writer into the first MiB of every image until dropped.
 struct Writer(Child);
 
@@ -250,6 +274,7 @@ fn lab_groups_spread_over_a_sites_agents_and_move_on_without_a_resync() {
         mark: mark.clone(),
         parents: mark.clone(),
     };
+    let _groups = RbdGroups(mark.clone());
     let _namespace = Namespace(format!("{mark}-ctl"));
     let mut site = multi_agent_site(&format!("{mark}-ctl"));
 
