@@ -26,6 +26,9 @@ use ferry_e2e::{init_agent, Agent};
 use serde_json::Value;
 
 const LEASE_SECS: u64 = 10;
+
+/// Each group's images and the agent driving it, by group name.
+type Groups = BTreeMap<String, (Vec<String>, String)>;
 /// Random data written into each image before it is protected.
 const FILL_MIB: u64 = 24;
 
@@ -263,27 +266,16 @@ fn make_group(site: &Site, mark: &str, name: &str, count: usize) -> (Vec<String>
     (images, holder)
 }
 
-#[test]
-#[ignore = "needs the Ceph lab (FERRY_CEPH_LAB=1); scripts/test.sh runs it"]
-fn lab_groups_spread_over_a_sites_agents_and_move_on_without_a_resync() {
-    if !lab::enabled() {
-        return;
-    }
-    let mark = format!("ferry-h20-wire-{}", std::process::id());
-    let _images = Cleanup {
-        mark: mark.clone(),
-        parents: mark.clone(),
-    };
-    let _groups = RbdGroups(mark.clone());
-    let _namespace = Namespace(format!("{mark}-ctl"));
-    let mut site = multi_agent_site(&format!("{mark}-ctl"));
-
-    // Four groups of one or two images, each started on its driver.
-    let mut groups: BTreeMap<String, (Vec<String>, String)> = BTreeMap::new();
+/// Four groups of one or two images, each made on p1 and started on the
+/// agent that drives it; the first mutating call sent to the other agent
+/// must be refused, naming the driver and its API address. Returns each
+/// group's images and driver.
+fn start_groups(site: &Site, mark: &str) -> Groups {
+    let mut groups = Groups::new();
     let mut refused = false;
     for g in 0..4 {
         let name = format!("lg-{g}");
-        let (images, holder) = make_group(&site, &mark, &name, 1 + g % 2);
+        let (images, holder) = make_group(site, mark, &name, 1 + g % 2);
         let other = if holder == "p1" { "p2" } else { "p1" };
         let uris: Vec<String> = images.iter().map(|i| format!("rbd:rbd/{i}")).collect();
         let mut add = vec!["group", "add", name.as_str()];
@@ -322,6 +314,63 @@ fn lab_groups_spread_over_a_sites_agents_and_move_on_without_a_resync() {
         "drivers: {:?}",
         groups.iter().map(|(n, (_, h))| (n, h)).collect::<Vec<_>>()
     );
+    groups
+}
+
+/// Once an idle check of each group finds nothing new (the writer has
+/// stopped), every standby image equals its source at the committed point.
+fn check_standby_points(site: &Site, groups: &Groups) {
+    let p2 = site.dir("p2");
+    for (name, (images, _)) in groups {
+        let idle = progress_u64(&status_group(&p2, name), "idle_checks");
+        let g = wait_for(
+            &format!("an idle check of {name}"),
+            Duration::from_secs(120),
+            || {
+                let g = status_group(&p2, name);
+                (progress_u64(&g, "idle_checks") > idle).then_some(g)
+            },
+        );
+        let rp = progress_u64(&g, "last_recovery_point");
+        let shown = ok(&p2, &["group", "show", name]);
+        for image in images {
+            let target = shown["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["uri"] == format!("rbd:rbd/{image}"))
+                .and_then(|r| r["standby_target"].as_str())
+                .unwrap()
+                .to_owned();
+            assert_eq!(
+                export_hash(
+                    site.tmp.path(),
+                    "site-b",
+                    &format!("rbd/{target}@ferry-rp-{rp}")
+                ),
+                export_hash(site.tmp.path(), "site-a", &format!("rbd/{image}")),
+                "{name}: {image} at point {rp}"
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs the Ceph lab (FERRY_CEPH_LAB=1); scripts/test.sh runs it"]
+fn lab_groups_spread_over_a_sites_agents_and_move_on_without_a_resync() {
+    if !lab::enabled() {
+        return;
+    }
+    let mark = format!("ferry-h20-wire-{}", std::process::id());
+    let _images = Cleanup {
+        mark: mark.clone(),
+        parents: mark.clone(),
+    };
+    let _groups = RbdGroups(mark.clone());
+    let _namespace = Namespace(format!("{mark}-ctl"));
+    let mut site = multi_agent_site(&format!("{mark}-ctl"));
+
+    let groups = start_groups(&site, &mark);
     let drivers: BTreeSet<&String> = groups.values().map(|(_, h)| h).collect();
     assert_eq!(drivers.len(), 2, "spread over both agents: {groups:?}");
     for (name, (_, holder)) in &groups {
@@ -398,41 +447,8 @@ fn lab_groups_spread_over_a_sites_agents_and_move_on_without_a_resync() {
         );
     }
 
-    // Writer stopped: once an idle check finds nothing new, every standby
-    // image equals its source at the group's committed point.
     drop(writer);
-    for (name, (images, _)) in &groups {
-        let idle = progress_u64(&status_group(&p2, name), "idle_checks");
-        let g = wait_for(
-            &format!("an idle check of {name}"),
-            Duration::from_secs(120),
-            || {
-                let g = status_group(&p2, name);
-                (progress_u64(&g, "idle_checks") > idle).then_some(g)
-            },
-        );
-        let rp = progress_u64(&g, "last_recovery_point");
-        let shown = ok(&p2, &["group", "show", name]);
-        for image in images {
-            let target = shown["resources"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|r| r["uri"] == format!("rbd:rbd/{image}"))
-                .and_then(|r| r["standby_target"].as_str())
-                .unwrap()
-                .to_owned();
-            assert_eq!(
-                export_hash(
-                    site.tmp.path(),
-                    "site-b",
-                    &format!("rbd/{target}@ferry-rp-{rp}")
-                ),
-                export_hash(site.tmp.path(), "site-a", &format!("rbd/{image}")),
-                "{name}: {image} at point {rp}"
-            );
-        }
-    }
+    check_standby_points(&site, &groups);
     for name in groups.keys() {
         ok(&p2, &["group", "stop", name, "--wait"]);
         ok(&p2, &["group", "delete", name, "--wait"]);
