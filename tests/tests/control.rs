@@ -240,6 +240,16 @@ fn pair_protect_replicate_stop_delete() {
     let progress = &status["groups"][0]["progress"];
     assert!(progress["cycles"].as_u64().unwrap() >= 1, "{status}");
     assert!(progress["rpo_lag_secs"].as_f64().is_some(), "{status}");
+    // A single-agent (SQLite) site: this agent drives its group, no lease.
+    let driven = &status["groups"][0]["driven_by"];
+    assert_eq!(driven["lease"], "none", "{status}");
+    assert_eq!(driven["this_agent"], true, "{status}");
+    assert_eq!(driven["api"], status["agent"]["api"], "{status}");
+    assert_eq!(
+        ok(a, &["group", "show", "g1"])["driven_by"],
+        *driven,
+        "group show names the same driver"
+    );
 
     pinned_point_outlives_the_retained_cycles(&s, &img1, &u1);
 
