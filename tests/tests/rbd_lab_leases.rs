@@ -14,6 +14,9 @@
 //!   fraction of what a full copy of the group sends; its recovery point is
 //!   above the dead holder's last), and once the writer stops every standby
 //!   image equals its source at the group's committed recovery point.
+//! - The killed agent back and the other stopped (SIGTERM): it gives its
+//!   leases back, and the first takes every group and resumes each
+//!   incrementally from the state the other kept (over its own stale one).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -317,10 +320,11 @@ fn start_groups(site: &Site, mark: &str) -> Groups {
     groups
 }
 
-/// Once an idle check of each group finds nothing new (the writer has
-/// stopped), every standby image equals its source at the committed point.
-fn check_standby_points(site: &Site, groups: &Groups) {
-    let p2 = site.dir("p2");
+/// Once an idle check of each group on `agent` finds nothing new (the
+/// writer has stopped), every standby image equals its source at the
+/// committed point.
+fn check_standby_points(site: &Site, agent: &str, groups: &Groups) {
+    let p2 = site.dir(agent);
     for (name, (images, _)) in groups {
         let idle = progress_u64(&status_group(&p2, name), "idle_checks");
         let g = wait_for(
@@ -352,6 +356,41 @@ fn check_standby_points(site: &Site, groups: &Groups) {
                 "{name}: {image} at point {rp}"
             );
         }
+    }
+}
+
+/// For each of `names`, the first cycle `agent` committed after taking the
+/// group's lease sent less than a third of a full copy of the group, and
+/// its recovery point is above `last_rp` (the previous holder's last).
+fn resumed_incrementally(
+    site: &Site,
+    agent: &str,
+    groups: &Groups,
+    names: &[String],
+    last_rp: &BTreeMap<String, u64>,
+) {
+    let log = || site.primaries[agent].log_text();
+    for name in names {
+        let (sent, rp) = wait_for(
+            &format!("a cycle of {name} on {agent}"),
+            Duration::from_secs(180),
+            || first_cycle_after_takeover(&log(), name),
+        );
+        let full = groups[name].0.len() as u64 * (FILL_MIB << 20);
+        eprintln!(
+            "{name}: first cycle on {agent} sent {sent} bytes (a full copy: {full} bytes), point {rp} after {}",
+            last_rp[name]
+        );
+        assert!(
+            sent < full / 3,
+            "{name} resumed with a full copy ({sent} bytes sent):\n{}",
+            log()
+        );
+        assert!(
+            rp > last_rp[name],
+            "{name}: point {rp} after {}",
+            last_rp[name]
+        );
     }
 }
 
@@ -422,36 +461,46 @@ fn lab_groups_spread_over_a_sites_agents_and_move_on_without_a_resync() {
         "p1's groups driven by p2 {:?} after the SIGKILL",
         killed_at.elapsed()
     );
-    let log = |site: &Site| site.primaries["p2"].log_text();
-    for name in &victims {
-        let (sent, rp) = wait_for(
-            &format!("a cycle of {name} on p2"),
-            Duration::from_secs(180),
-            || first_cycle_after_takeover(&log(&site), name),
-        );
-        let count = groups[name].0.len() as u64;
-        eprintln!(
-            "{name}: first cycle on p2 sent {sent} bytes (a full copy: {} bytes), point {rp} after p1's {}",
-            count * (FILL_MIB << 20),
-            last_rp[name]
-        );
-        assert!(
-            sent < count * (FILL_MIB << 20) / 3,
-            "{name} resumed with a full copy ({sent} bytes sent):\n{}",
-            log(&site)
-        );
-        assert!(
-            rp > last_rp[name],
-            "{name}: point {rp} after {}",
-            last_rp[name]
-        );
-    }
-
+    resumed_incrementally(&site, "p2", &groups, &victims, &last_rp);
     drop(writer);
-    check_standby_points(&site, &groups);
+    check_standby_points(&site, "p2", &groups);
+
+    // p1 back, p2 stopped (SIGTERM): p2 gives its leases back at once, p1
+    // takes every group (restoring the state p2 kept over its own stale
+    // files) and resumes each incrementally.
+    site.primaries.get_mut("p1").unwrap().restart(&[]);
+    let writer = Writer::start(&all_images);
+    let last_rp: BTreeMap<String, u64> = groups
+        .keys()
+        .map(|n| {
+            let g = status_group(&p2, n);
+            (n.clone(), progress_u64(&g, "last_recovery_point"))
+        })
+        .collect();
+    let p1 = site.dir("p1");
+    wait_for("p1 sees p2 drive lg-0", Duration::from_secs(30), || {
+        let shown = ok(&p1, &["group", "show", "lg-0"]);
+        (shown["driven_by"]["agent"] == "p2").then_some(())
+    });
+    let stopped = site.primaries.get_mut("p2").unwrap().terminate();
+    assert!(
+        stopped.is_some_and(|s| s.success()),
+        "p2 stops cleanly: {stopped:?}"
+    );
+    let p1 = site.dir("p1");
+    wait_for("p1 drives every group", Duration::from_secs(60), || {
+        groups
+            .keys()
+            .all(|n| status_group(&p1, n)["driven_by"]["lease"] == "holding")
+            .then_some(())
+    });
+    let names: Vec<String> = groups.keys().cloned().collect();
+    resumed_incrementally(&site, "p1", &groups, &names, &last_rp);
+    drop(writer);
+    check_standby_points(&site, "p1", &groups);
     for name in groups.keys() {
-        ok(&p2, &["group", "stop", name, "--wait"]);
-        ok(&p2, &["group", "delete", name, "--wait"]);
+        ok(&p1, &["group", "stop", name, "--wait"]);
+        ok(&p1, &["group", "delete", name, "--wait"]);
     }
     drop(site.standby);
 }
