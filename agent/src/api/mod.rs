@@ -20,6 +20,7 @@
 pub use crate::wire::{api_tls, bodies, http, tls};
 
 pub mod auth;
+pub mod forward;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -240,13 +241,21 @@ impl IntoResponse for ApiError {
             CtlError::NotDriver { .. } => (StatusCode::CONFLICT, None),
         };
         let mut body = json!({ "error": text });
+        let mut elsewhere = None;
         if let CtlError::NotDriver { holder, api, .. } = &self.0 {
             body["driven_by"] = json!({ "agent": holder, "api": api });
+            elsewhere = api.as_deref().and_then(|a| a.parse::<SocketAddr>().ok());
         }
         if let Some(r) = refusal {
             body["refusal"] = serde_json::to_value(r).unwrap_or(Value::Null);
         }
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let Some(api) = elsewhere {
+            response
+                .extensions_mut()
+                .insert(forward::DrivenElsewhere { api });
+        }
+        response
     }
 }
 
@@ -321,6 +330,7 @@ pub fn operator_router(
     tokens: crate::wire::tokens::Tokens,
     console: Option<Arc<crate::console::Console>>,
 ) -> Router {
+    let orch_name = orch.site_agent_name();
     let state = AppState { orch };
     let gate = auth::Gate {
         tokens,
@@ -364,6 +374,11 @@ pub fn operator_router(
         .route(r[26], post(reprotect))
         .route(r[27], get(group_health))
         .route(r[28], get(rpo_history))
+        // Inside the token check: only an authorised request is forwarded.
+        .route_layer(middleware::from_fn_with_state(
+            orch_name,
+            forward::forward_to_driver,
+        ))
         .route_layer(middleware::from_fn_with_state(gate, auth::require_token));
     let api = Router::new()
         .route(r[0], get(health))

@@ -8,7 +8,8 @@
 //! them; which groups this agent contends for is decided by the placement
 //! round (`placement_round.rs`); a mutating operation sent to another
 //! agent is refused with the holder's name and API address
-//! ([`Orchestrator::require_driver`]).
+//! ([`Orchestrator::require_driver`]), which the operator API then
+//! forwards the request to (`api/forward.rs`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -287,7 +288,7 @@ impl Orchestrator {
     }
 
     /// This agent's name in a multi-agent site (None without leases).
-    pub(super) fn site_agent_name(&self) -> Option<String> {
+    pub fn site_agent_name(&self) -> Option<String> {
         self.leases.as_ref().map(|l| l.agent.clone())
     }
 

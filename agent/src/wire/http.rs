@@ -148,6 +148,7 @@ pub async fn call(
         token,
         body,
         limit: MAX_RESPONSE_BYTES,
+        forwarded_by: None,
     };
     call_limited(target, request, timeout).await
 }
@@ -164,7 +165,13 @@ pub struct Call<'a> {
     pub body: Option<&'a serde_json::Value>,
     /// The largest answer body read.
     pub limit: usize,
+    /// The agent forwarding this request to the one that carries it out
+    /// (header [`FORWARDED_BY`]): never forwarded again.
+    pub forwarded_by: Option<&'a str>,
 }
+
+/// The header naming the agent of the site that forwarded a request.
+pub const FORWARDED_BY: &str = "x-ferry-forwarded-by";
 
 /// Sends `request` and reads the JSON answer.
 pub async fn call_limited(
@@ -220,6 +227,7 @@ where
         token,
         body,
         limit,
+        forwarded_by,
     } = request;
     let mut builder = hyper::Request::builder()
         .method(method)
@@ -227,6 +235,9 @@ where
         .header("host", addr.to_string());
     if let Some(token) = token {
         builder = builder.header("authorization", format!("Bearer {token}"));
+    }
+    if let Some(agent) = forwarded_by {
+        builder = builder.header(FORWARDED_BY, agent);
     }
     let payload = match body {
         Some(v) => {
@@ -330,6 +341,7 @@ mod tests {
             token: None,
             body: None,
             limit,
+            forwarded_by: None,
         };
         call_limited(&Target::Plain(addr), call, Duration::from_secs(10)).await
     }
