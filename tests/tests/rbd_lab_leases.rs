@@ -5,9 +5,10 @@
 //! a 10 s lease) and one standby agent keeps RBD images on site-b.
 //!
 //! - The site's groups get spread over both primary agents; `ferry status`
-//!   and `ferry group show` on either name the agent driving each; a
-//!   mutating operation sent to the agent that does not drive the group is
-//!   refused with the holder's name and operator API address.
+//!   and `ferry group show` on either name the agent driving each;
+//!   mutating operations sent to the agent that does not drive the group
+//!   are forwarded to the driver and carried out, and one that was already
+//!   forwarded is refused with the driver's name and operator API address.
 //! - SIGKILL one primary agent while a writer writes into every image: each
 //!   of its groups is driven by the other within the lease + 10 s and
 //!   resumes incrementally (the first cycle the new holder commits sends a
@@ -184,13 +185,10 @@ fn multi_agent_site(ns: &str) -> Site {
     );
     let a_fp = init_agent(&p1_dir);
     init_agent(&p2_dir);
-    // One identity for the site: the standby knows the site by it.
-    for file in ["cert.pem", "key.pem"] {
-        std::fs::copy(
-            p1_dir.join("identity").join(file),
-            p2_dir.join("identity").join(file),
-        )
-        .unwrap();
+    // One identity for the site (the standby knows the site by it) and one
+    // operator token (an agent forwards the operator's request with it).
+    for file in ["identity/cert.pem", "identity/key.pem", "api.token"] {
+        std::fs::copy(p1_dir.join(file), p2_dir.join(file)).unwrap();
     }
     let b_fp = init_agent(&b_dir);
     for (dir, name) in [(&p1_dir, "p1"), (&p2_dir, "p2")] {
@@ -269,13 +267,41 @@ fn make_group(site: &Site, mark: &str, name: &str, count: usize) -> (Vec<String>
     (images, holder)
 }
 
-/// Four groups of one or two images, each made on p1 and started on the
-/// agent that drives it; the first mutating call sent to the other agent
-/// must be refused, naming the driver and its API address. Returns each
-/// group's images and driver.
+/// A POST to `dir`'s agent marked as already forwarded by another agent
+/// of the site: the agent carries it out or refuses it, never forwards it.
+fn post_forwarded(dir: &Path, path: &str) -> ferry_agent::api::http::Reply {
+    let conn = ferry_agent::cli::Conn {
+        dir: Some(dir.to_path_buf()),
+        ..Default::default()
+    };
+    let (target, token) = ferry_agent::cli::resolve_target(&conn).expect("agent API and token");
+    let call = ferry_agent::api::http::Call {
+        method: ferry_agent::api::http::Method::POST,
+        path,
+        token: Some(&token),
+        body: None,
+        limit: 1 << 20,
+        forwarded_by: Some("a-test"),
+    };
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+        .block_on(ferry_agent::api::http::call_limited(
+            &target,
+            call,
+            Duration::from_secs(10),
+        ))
+        .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+}
+
+/// Four groups of one or two images, each made on p1. The first is filled
+/// and started through the agent that does not drive it (each request
+/// forwarded to the driver), after that agent refused a request another
+/// agent had already forwarded, naming the driver and its API address; the
+/// others through their driver. Returns each group's images and driver.
 fn start_groups(site: &Site, mark: &str) -> Groups {
     let mut groups = Groups::new();
-    let mut refused = false;
     for g in 0..4 {
         let name = format!("lg-{g}");
         let (images, holder) = make_group(site, mark, &name, 1 + g % 2);
@@ -283,9 +309,9 @@ fn start_groups(site: &Site, mark: &str) -> Groups {
         let uris: Vec<String> = images.iter().map(|i| format!("rbd:rbd/{i}")).collect();
         let mut add = vec!["group", "add", name.as_str()];
         add.extend(uris.iter().map(String::as_str));
-        if !refused {
-            // Sent to the agent that does not drive the group: refused,
-            // naming the one that does and where its API answers.
+        add.push("--wait");
+        let mut via = holder.as_str();
+        if g == 0 {
             wait_for(
                 &format!("{other} sees {holder} drive {name}"),
                 Duration::from_secs(30),
@@ -294,25 +320,36 @@ fn start_groups(site: &Site, mark: &str) -> Groups {
                     (shown["driven_by"]["agent"] == holder.as_str()).then_some(())
                 },
             );
-            let out = run(&site.dir(other), &add);
-            let said = text(&out);
             let api = ok(&site.dir(&holder), &["status"])["agent"]["api"]
                 .as_str()
                 .unwrap()
                 .to_owned();
-            assert!(!out.status.success(), "{said}");
+            let refused = post_forwarded(&site.dir(other), &format!("/v1/groups/{name}/start"));
+            assert_eq!(refused.status, 409, "{}", refused.body);
+            let said = refused.body["error"].as_str().unwrap_or_default();
             assert!(
                 said.contains(&format!("driven by agent {holder}")),
                 "{said}"
             );
             assert!(said.contains(&api), "{api}: {said}");
-            refused = true;
+            assert_eq!(refused.body["driven_by"]["api"], api.as_str());
+            via = other;
         }
-        add.push("--wait");
-        ok(&site.dir(&holder), &add);
-        ok(&site.dir(&holder), &["group", "start", &name, "--wait"]);
+        ok(&site.dir(via), &add);
+        ok(&site.dir(via), &["group", "start", &name, "--wait"]);
         groups.insert(name, (images, holder));
     }
+    let forwarded = |agent: &str| {
+        site.primaries[agent]
+            .log_text()
+            .matches("forwarded an operation to the agent driving its group")
+            .count()
+    };
+    assert_eq!(
+        forwarded("p1") + forwarded("p2"),
+        2,
+        "lg-0's add and start were forwarded, nothing else"
+    );
     eprintln!(
         "drivers: {:?}",
         groups.iter().map(|(n, (_, h))| (n, h)).collect::<Vec<_>>()
