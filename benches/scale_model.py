@@ -32,6 +32,7 @@ ROW_BYTES = {  # value bytes per row, by table (recovery points and policies: as
     "policies": 200,
 }
 OMAP_PAGE = 1024  # rows per omap read (engine/src/sys/librados/omap.rs PAGE)
+ROWS_PER_WRITE = 3  # rows one control write changes (2-3 seen in the lab's change logs)
 
 # The lease (agent/src/placement/lease.rs LeaseTimes::DEFAULT).
 LEASE_S = 30.0
@@ -70,9 +71,14 @@ def control_load(agents, groups, images, rp_per_group_per_h, rps_per_group, ops_
     # One write: lock, version read, guarded write, unlock (4 round trips), then the notify.
     lock_hold_ms = 4 * RTT_MS + NOTIFY_MS
     lock_busy = writes_s * lock_hold_ms / 1000.0
-    # Every other agent reloads the whole state once per notified write.
-    reload_ops_s = writes_s * (agents - 1) * (1 + math.ceil(state_rows / OMAP_PAGE))
-    reload_mb_s = writes_s * (agents - 1) * state_bytes / 1e6
+    # Every other agent catches up once per notified write: before bf2ed85 by
+    # reloading the whole state; since, from the change log (a version read,
+    # the change list, the changed rows: three reads of a few rows).
+    full_ops_s = writes_s * (agents - 1) * (1 + math.ceil(state_rows / OMAP_PAGE))
+    full_mb_s = writes_s * (agents - 1) * state_bytes / 1e6
+    row = max(ROW_BYTES.values())
+    reload_ops_s = writes_s * (agents - 1) * 3
+    reload_mb_s = writes_s * (agents - 1) * ROWS_PER_WRITE * (row + 40) / 1e6
     idle_ops_s = agents * IDLE_OPS_PER_AGENT_S
     return {
         "state_rows": state_rows,
@@ -82,6 +88,8 @@ def control_load(agents, groups, images, rp_per_group_per_h, rps_per_group, ops_
         "lock_busy": lock_busy,
         "control_ops_s": writes_s + reads_s + reload_ops_s + idle_ops_s,
         "reload_mb_s": reload_mb_s,
+        "full_ops_s": writes_s + reads_s + full_ops_s + idle_ops_s,
+        "full_mb_s": full_mb_s,
     }
 
 
@@ -162,10 +170,11 @@ def main():
     print(f"  state: {c['state_rows']} rows, {c['state_mb']:.1f} MB")
     print(f"  operations {c['operations_s']:.2f}/s -> writes {c['writes_s']:.2f}/s; "
           f"write lock busy {100 * c['lock_busy']:.1f} % (assumed RTT {RTT_MS} ms, notify {NOTIFY_MS} ms)")
-    print(f"  RADOS ops {c['control_ops_s']:.0f}/s, of which reloads after notifies; "
-          f"reload traffic {c['reload_mb_s']:.0f} MB/s off one OSD "
-          f"(assumed budget {OSD_OMAP_READ_MB_S:.0f} MB/s: "
-          f"{'OVER' if c['reload_mb_s'] > OSD_OMAP_READ_MB_S else 'within'})")
+    for label, ops, mb in (("catch-up from the change log", c["control_ops_s"], c["reload_mb_s"]),
+                           ("full reloads (before bf2ed85)", c["full_ops_s"], c["full_mb_s"])):
+        print(f"  {label}: RADOS ops {ops:.0f}/s, catch-up traffic {mb:.1f} MB/s off one OSD "
+              f"(assumed budget {OSD_OMAP_READ_MB_S:.0f} MB/s: "
+              f"{'OVER' if mb > OSD_OMAP_READ_MB_S else 'within'})")
     print(f"leases: {lease['renewals_s']:.0f} renewals/s site-wide (one cls_lock op each, spread "
           f"over {args.groups} objects), {lease['per_agent_s']:.1f}/s per agent\n")
 
@@ -199,18 +208,23 @@ def main():
               f"groups per agent {amin}-{amax}; other groups moved: {'none' if kept else 'SOME'}")
     print()
 
-    print("where the single control object breaks: reload MB/s off its OSD (assumed budget "
-          f"{OSD_OMAP_READ_MB_S:.0f} MB/s), by agents and groups (5 images per group):")
-    sizes = (12, 100, 500, 2000)
-    print("  agents \\ groups " + "".join(f"{g:>10}" for g in sizes))
-    for n in (5, 25, 100):
+    print("where the single control object breaks: catch-up MB/s off its OSD (assumed budget "
+          f"{OSD_OMAP_READ_MB_S:.0f} MB/s), by agents and groups (5 images per group), "
+          "change log / full reloads:")
+    sizes = (12, 100, 500, 2000, 10000)
+    print("  agents \\ groups " + "".join(f"{g:>18}" for g in sizes))
+    for n in (5, 25, 100, 400):
         cells = []
         for g in sizes:
             cc = control_load(n, g, 5 * g, args.rp_per_hour, args.rps_kept, min(args.ops_kept, 10 * g))
-            mark = "!" if cc["reload_mb_s"] > OSD_OMAP_READ_MB_S else " "
-            cells.append(f"{cc['reload_mb_s']:9.1f}{mark}")
+            marks = ["!" if v > OSD_OMAP_READ_MB_S else " " for v in (cc["reload_mb_s"], cc["full_mb_s"])]
+            cells.append(f"{cc['reload_mb_s']:7.1f}{marks[0]}/{cc['full_mb_s']:8.1f}{marks[1]}")
         print(f"  {n:16d} " + "".join(cells))
     print("  (! = over the budget)")
+    for n in (100, 400):
+        cc = control_load(n, 2000, 10000, args.rp_per_hour, args.rps_kept, args.ops_kept)
+        print(f"  write lock at {n} agents, 2,000 groups: {100 * cc['lock_busy']:.1f} % busy; "
+              f"notify fan-out {cc['writes_s'] * (n - 1):.0f} deliveries/s")
 
 if __name__ == "__main__":
     main()
