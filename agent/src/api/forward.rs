@@ -103,3 +103,7 @@ pub async fn forward_to_driver(
         }
     }
 }
+
+#[cfg(test)]
+#[path = "forward_tests.rs"]
+mod tests;
