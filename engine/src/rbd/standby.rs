@@ -40,6 +40,8 @@ mod points;
 mod reprotect;
 mod retire;
 mod state;
+#[cfg(test)]
+mod takeover_tests;
 mod volumes;
 
 pub use epoch::RbdEpochWriter;
