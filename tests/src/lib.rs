@@ -190,10 +190,11 @@ impl Agent {
         for t in trust {
             cmd.args(["--trust", t]);
         }
+        // Info unless the test asks for more.
+        cmd.env("RUST_LOG", "info");
         for (k, v) in env {
             cmd.env(k, v);
         }
-        cmd.env("RUST_LOG", "info");
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -621,8 +621,24 @@ async fn list_operations(State(s): State<AppState>, Query(q): Query<OpsQuery>) -
     }
 }
 
-async fn show_operation(State(s): State<AppState>, UrlPath(id): UrlPath<i64>) -> ApiResult {
-    ok(s.orch.operation(OperationId(id))?)
+/// `GET /v1/operations/{id}`'s query.
+#[derive(Deserialize)]
+struct OpWaitQuery {
+    /// Answer once the operation is no longer running, or after this many
+    /// milliseconds (at most [`MAX_OP_WAIT_MS`]); absent: at once.
+    wait_ms: Option<u64>,
+}
+
+/// The longest `wait_ms` one request may hold the connection.
+const MAX_OP_WAIT_MS: u64 = 30_000;
+
+async fn show_operation(
+    State(s): State<AppState>,
+    UrlPath(id): UrlPath<i64>,
+    Query(q): Query<OpWaitQuery>,
+) -> ApiResult {
+    let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(MAX_OP_WAIT_MS));
+    ok(s.orch.operation_when_done(OperationId(id), wait).await?)
 }
 
 async fn get_qos(State(s): State<AppState>) -> ApiResult {

@@ -265,8 +265,15 @@ impl Api {
 
     pub(super) async fn wait(&self, id: i64) -> Result<Outcome> {
         loop {
+            // A long poll: the agent answers when the operation ends (or
+            // after OP_WAIT_MS), so `--wait` returns at once.
+            let asked = std::time::Instant::now();
             let reply = self
-                .call(Method::GET, &format!("/v1/operations/{id}"), None)
+                .call(
+                    Method::GET,
+                    &format!("/v1/operations/{id}?wait_ms={OP_WAIT_MS}"),
+                    None,
+                )
                 .await?;
             if !reply.ok() {
                 return self.report(&reply);
@@ -294,10 +301,17 @@ impl Api {
                 eprintln!("ferry: operation {id} {state}: {reason}");
                 return Ok(Outcome::Refused);
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // An agent that ignores `wait_ms` (older than this CLI)
+            // answers at once: poll it as before.
+            if asked.elapsed() < Duration::from_millis(OP_WAIT_MS / 2) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         }
     }
 }
+
+/// How long one `--wait` request lets the agent hold it.
+const OP_WAIT_MS: u64 = 10_000;
 
 #[cfg(test)]
 mod tests {

@@ -337,6 +337,9 @@ pub struct Orchestrator {
     reprotect_tasks: Mutex<HashMap<OperationId, Option<String>>>,
     /// The last hour of every group's RPO lag (for the console's chart).
     rpo_history: Mutex<rpo_history::RpoHistory>,
+    /// Bumped each time an operation of this agent finishes: what a
+    /// waiting `GET /v1/operations/{id}?wait_ms=` wakes on.
+    op_finished: tokio::sync::watch::Sender<u64>,
 }
 
 fn internal(what: impl Into<String>) -> impl FnOnce(anyhow::Error) -> CtlError {
@@ -382,6 +385,7 @@ impl Orchestrator {
             confirmed_current: Mutex::new(HashMap::new()),
             api_addr: Mutex::new(None),
             peer_contact: Mutex::new(HashMap::new()),
+            op_finished: tokio::sync::watch::Sender::new(0),
             peer_reach: Mutex::new(HashMap::new()),
             started_at: Timestamp::now(),
             metrics: cfg.metrics,
@@ -596,6 +600,7 @@ impl Orchestrator {
             if let Err(error) = me.db(|s| s.finish_operation_renaming(op, result, &renames)) {
                 warn!(%op, %error, "cannot finish operation");
             }
+            me.op_finished.send_modify(|finished| *finished += 1);
         });
     }
 
@@ -608,6 +613,31 @@ impl Orchestrator {
     /// One journal entry.
     pub fn operation(&self, id: OperationId) -> CtlResult<Operation> {
         self.db(|s| s.operation(id))
+    }
+
+    /// Journal entry `id` once it is no longer running, or as it stands
+    /// after `wait` (a long poll: `--wait` learns of the end at once
+    /// instead of at its next poll). Woken by this agent's operations
+    /// ending, and re-read every second for one another agent of the site
+    /// carries out (a shared store).
+    pub async fn operation_when_done(
+        &self,
+        id: OperationId,
+        wait: Duration,
+    ) -> CtlResult<Operation> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut finished = self.op_finished.subscribe();
+        loop {
+            finished.mark_unchanged();
+            let op = self.operation(id)?;
+            let now = tokio::time::Instant::now();
+            if op.state != OpState::Running || now >= deadline {
+                return Ok(op);
+            }
+            let slice = (deadline - now).min(Duration::from_secs(1));
+            // A timeout or a change: either way the journal is read again.
+            let _ = tokio::time::timeout(slice, finished.changed()).await;
+        }
     }
 
     /// The newest journal entries.

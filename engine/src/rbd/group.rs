@@ -116,6 +116,7 @@ pub fn capture_group(sources: &mut [&mut RbdSource]) -> Result<bool, SourceError
             }
         }
     }
+    let started = std::time::Instant::now();
     let group_pool = sources[order[0]].pool().clone();
     group_pool.group_create(&group).map_err(rbd)?;
     let mut joining: Vec<&RbdSource> = Vec::new();
@@ -132,12 +133,15 @@ pub fn capture_group(sources: &mut [&mut RbdSource]) -> Result<bool, SourceError
     }
     join_group(&group_pool, &group, &joining)?;
     remove_unreferenced_group_snaps(sources, Some((&group, &snap_prefix)))?;
+    let prepared = started.elapsed();
 
     // Each image's next diff base first, then the instant itself.
     let mut bases: Vec<(usize, String)> = Vec::with_capacity(sources.len());
     let group_snap = format!("{snap_prefix}{instant}");
+    let mut based = prepared;
     let result = (|| {
         create_bases(sources, &order, instant, &mut bases)?;
+        based = started.elapsed();
         group_pool
             .group_snap_create(&group, &group_snap)
             .map_err(rbd)?;
@@ -169,11 +173,17 @@ pub fn capture_group(sources: &mut [&mut RbdSource]) -> Result<bool, SourceError
             .map(|(_, name)| name.clone());
         sources[i].adopt_capture(view, base)?;
     }
+    // Each snapshot step waits for a monitor commit of snapshot ids; the
+    // split says which one a slow capture waited on.
     info!(
         images = sources.len(),
         group = %group,
         snap = %group_snap,
-        instant, "captured a group recovery point"
+        instant,
+        prepare_ms = prepared.as_millis() as u64,
+        bases_ms = (based - prepared).as_millis() as u64,
+        group_snap_ms = (started.elapsed() - based).as_millis() as u64,
+        "captured a group recovery point"
     );
     Ok(true)
 }
@@ -310,6 +320,7 @@ fn remove_unreferenced_group_snaps(
                 continue;
             }
             group_pool.group_snap_remove(group, snap).map_err(rbd)?;
+            info!(%group, %snap, "removed an unreferenced group snapshot");
         }
         let old = current.is_none_or(|(g, _)| g != group);
         if old && named.is_none() && group_pool.group_image_count(group).map_err(rbd)? == 0 {

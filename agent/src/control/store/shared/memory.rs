@@ -3,15 +3,22 @@
 //! contract as RADOS — a write lock, a version guard that refuses a stale
 //! write whole, notifications to the other handles.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use super::delta::{Delta, LOG_KEEP};
 use super::{RowChanges, SharedBackend, SharedError, Snapshot};
 
 #[derive(Default)]
 struct State {
     snapshot: Snapshot,
+    /// Each version's changed row keys (the RADOS `log/VERSION` keys),
+    /// the newest [`LOG_KEEP`].
+    log: BTreeMap<u64, Vec<String>>,
+    /// How many full loads the handles made.
+    loads: usize,
     locked_by: Option<usize>,
     /// The "changed" flags of every handle, by handle id.
     flags: Vec<Arc<AtomicBool>>,
@@ -43,6 +50,11 @@ impl MemorySite {
     /// Every shared row now.
     pub fn snapshot(&self) -> Snapshot {
         self.state.0.lock().expect("state").snapshot.clone()
+    }
+
+    /// How many times a handle loaded every row.
+    pub fn full_loads(&self) -> usize {
+        self.state.0.lock().expect("state").loads
     }
 }
 
@@ -84,7 +96,28 @@ impl SharedBackend for MemoryBackend {
     }
 
     fn load(&self) -> Result<Snapshot, SharedError> {
-        Ok(self.site.snapshot())
+        let mut s = self.site.state.0.lock().expect("state");
+        s.loads += 1;
+        Ok(s.snapshot.clone())
+    }
+
+    fn changes_since(&self, from: u64) -> Result<Option<Delta>, SharedError> {
+        let s = self.site.state.0.lock().expect("state");
+        let version = s.snapshot.version;
+        if version < from || (from + 1..=version).any(|v| !s.log.contains_key(&v)) {
+            return Ok(None);
+        }
+        let rows = s
+            .log
+            .range(from + 1..=version)
+            .flat_map(|(_, keys)| keys)
+            .map(|key| (key.clone(), s.snapshot.rows.get(key).cloned()))
+            .collect();
+        Ok(Some(Delta {
+            version,
+            schema: s.snapshot.schema,
+            rows,
+        }))
     }
 
     fn publish(&self, expected: u64, schema: u64, changes: &RowChanges) -> Result<(), SharedError> {
@@ -100,6 +133,11 @@ impl SharedBackend for MemoryBackend {
         }
         s.snapshot.version = expected + 1;
         s.snapshot.schema = schema;
+        s.log
+            .insert(expected + 1, changes.keys().cloned().collect());
+        if let Some(old) = (expected + 1).checked_sub(LOG_KEEP) {
+            s.log.remove(&old);
+        }
         Ok(())
     }
 

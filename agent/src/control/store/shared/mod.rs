@@ -21,9 +21,12 @@ use std::time::{Duration, Instant};
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::Connection;
 
+pub mod delta;
 #[cfg(test)]
 pub mod memory;
 pub mod rados;
+
+use delta::{apply_delta, Delta};
 
 /// The tables of the schema, parents before children (the order rows are
 /// inserted on a reload; removed in reverse).
@@ -106,6 +109,13 @@ pub trait SharedBackend: Send {
     fn version(&self) -> Result<u64, SharedError>;
     /// Every row, consistent at one version.
     fn load(&self) -> Result<Snapshot, SharedError>;
+    /// The rows changed since version `from`, consistent at the current
+    /// version, when the backend still knows them ([`delta`]); `None`
+    /// sends the caller to [`SharedBackend::load`].
+    fn changes_since(&self, from: u64) -> Result<Option<Delta>, SharedError> {
+        let _ = from;
+        Ok(None)
+    }
     /// Applies `changes`, sets the version to `expected + 1` and the
     /// schema version to `schema`, only if the version is still `expected`
     /// ([`SharedError::Conflict`] otherwise, and nothing changes).
@@ -325,6 +335,9 @@ impl Shared {
         if known == Some(self.version.get()) {
             return Ok(());
         }
+        if self.catch_up(conn)? {
+            return Ok(());
+        }
         let snapshot = self.backend.load()?;
         if snapshot.schema > self.schema {
             return Err(SharedError::TooNew {
@@ -342,6 +355,37 @@ impl Shared {
             self.version.set(snapshot.version);
         }
         Ok(())
+    }
+
+    /// Brings a loaded copy to the current version by the rows changed
+    /// since its own ([`delta`]); false when that cannot be done (nothing
+    /// loaded yet, the backend's log does not reach back, a newer schema,
+    /// a delta that does not apply) and the caller reloads every row.
+    fn catch_up(&self, conn: &Connection) -> Result<bool, SharedError> {
+        let from = self.version.get();
+        if from == 0 {
+            return Ok(false);
+        }
+        let Some(delta) = self.backend.changes_since(from)? else {
+            return Ok(false);
+        };
+        if delta.schema > self.schema || delta.version < from {
+            return Ok(false);
+        }
+        if delta.version > from {
+            if let Err(error) = apply_delta(conn, &delta) {
+                tracing::warn!(%error, from, to = delta.version, "the shared control changes did not apply; reloading every row");
+                return Ok(false);
+            }
+            tracing::debug!(
+                from,
+                version = delta.version,
+                rows = delta.rows.len(),
+                "caught up with the shared control state"
+            );
+        }
+        self.version.set(delta.version);
+        Ok(true)
     }
 
     /// Before a read: reloads if another agent said it wrote, or if the

@@ -5,6 +5,7 @@
 //! lock with a duration on the same object (a dead writer's lock expires);
 //! a watch on the object tells this agent at once when another wrote.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +15,7 @@ use ferry_engine::sys::librados::omap::{Create, WriteOp};
 use ferry_engine::sys::librados::watch::Watch;
 use ferry_engine::sys::librados::{Cluster, ClusterSpec, Pool};
 
+use super::delta::{decode_log, encode_log, log_key, trimmed_log_key, Delta, LOG_KEEP};
 use super::{RowChanges, SharedBackend, SharedError, Snapshot};
 
 /// The control object of a site.
@@ -171,12 +173,62 @@ impl SharedBackend for RadosBackend {
         }
     }
 
+    fn changes_since(&self, from: u64) -> Result<Option<Delta>, SharedError> {
+        // Two reads: the change lists up to the version, then the rows
+        // with the version in the same read (so they are at that version;
+        // a write between the two sends us round again).
+        for _ in 0..3 {
+            let version = self.version()?;
+            if version < from || version - from > LOG_KEEP {
+                return Ok(None);
+            }
+            let logs: Vec<String> = (from + 1..=version).map(log_key).collect();
+            let found = if logs.is_empty() {
+                Default::default()
+            } else {
+                let refs: Vec<&str> = logs.iter().map(String::as_str).collect();
+                self.pool.omap_get(OBJECT, &refs)?
+            };
+            if found.len() != logs.len() {
+                return Ok(None); // written before the log existed, or trimmed
+            }
+            let mut keys = BTreeSet::new();
+            for (key, bytes) in &found {
+                decode_log(key, bytes, &mut keys)?;
+            }
+            let mut wanted: Vec<&str> = keys.iter().map(String::as_str).collect();
+            wanted.extend(["version", "schema"]);
+            let mut values = self.pool.omap_get(OBJECT, &wanted)?;
+            if parse_u64("version", values.get("version"))? != version {
+                continue;
+            }
+            let schema = parse_u64("schema", values.get("schema"))?;
+            let rows = keys
+                .into_iter()
+                .map(|key| {
+                    let row = values.remove(&key);
+                    (key, row)
+                })
+                .collect();
+            return Ok(Some(Delta {
+                version,
+                schema,
+                rows,
+            }));
+        }
+        Ok(None)
+    }
+
     fn publish(&self, expected: u64, schema: u64, changes: &RowChanges) -> Result<(), SharedError> {
         let mut op = WriteOp::new()
             .create(Create::IfMissing)
             .guard_eq("version", &version_bytes(expected));
         op.set("version", &version_bytes(expected + 1));
         op.set("schema", schema.to_string().as_bytes());
+        op.set(&log_key(expected + 1), &encode_log(changes));
+        if let Some(old) = trimmed_log_key(expected + 1) {
+            op.remove(&old);
+        }
         for (key, row) in changes {
             match row {
                 Some(row) => op.set(key, row),

@@ -254,3 +254,70 @@ fn shared_state_of_a_newer_schema_is_refused() {
         "{err}"
     );
 }
+
+/// Told of another agent's writes, a copy catches up from the changed
+/// rows alone (no full load), cascades and `SET NULL` included, and ends
+/// row for row equal to the shared state.
+#[test]
+fn an_agent_catches_up_from_the_changed_rows_alone() {
+    let site = MemorySite::default();
+    let mut a = Store::open_shared(site.handle()).unwrap();
+    let b = Store::open_shared(site.handle()).unwrap();
+    let g = mapped_group(&mut a, "g1");
+    assert_in_step(&site, &[&a, &b]);
+    let loads = site.full_loads();
+    a.add_resources(g.id, &[volume("file:/a"), volume("file:/b")])
+        .unwrap();
+    a.create_recovery_point(
+        g.id,
+        &NewRecoveryPoint {
+            name: "rp1".into(),
+            engine_rp: 1,
+            kind: RpKind::Manual,
+        },
+    )
+    .unwrap();
+    a.create_policy("nightly", &json!({"daily": "02:00"}))
+        .unwrap();
+    assert_in_step(&site, &[&a, &b]);
+    let t = check(
+        &OpRequest::DeleteGroup {
+            other_deleting: None,
+        },
+        &a.group_view(g.id).unwrap(),
+    )
+    .unwrap();
+    let op = a.begin_operation(g.id, &t, &json!({})).unwrap();
+    a.finish_operation(op.id, OpResult::Succeeded).unwrap();
+    assert_in_step(&site, &[&a, &b]);
+    assert_eq!(b.operation(op.id).unwrap().group_id, None);
+    assert_eq!(
+        site.full_loads(),
+        loads,
+        "every catch-up was incremental (no agent reloaded every row)"
+    );
+}
+
+/// A copy further behind than the change log reaches reloads every row,
+/// and ends equal all the same.
+#[test]
+fn a_copy_behind_the_change_log_reloads_every_row() {
+    use crate::control::store::shared::delta::LOG_KEEP;
+    let site = MemorySite::default();
+    let mut a = Store::open_shared(site.handle()).unwrap();
+    // b loads version 1, then sleeps through more writes than the log keeps.
+    a.create_policy("p0", &json!({ "i": 0 })).unwrap();
+    let b = Store::open_shared(site.handle()).unwrap();
+    for i in 1..=LOG_KEEP + 1 {
+        a.create_policy(&format!("p{i}"), &json!({ "i": i }))
+            .unwrap();
+    }
+    let loads = site.full_loads();
+    assert_in_step(&site, &[&a, &b]);
+    assert_eq!(
+        site.full_loads(),
+        loads + 1,
+        "b reloaded once, a not at all"
+    );
+    assert_eq!(b.policies().unwrap().len() as u64, LOG_KEEP + 2);
+}
