@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use ferry_engine::identity::Identity;
 use ferry_engine::qos::RateLimiter;
-use ferry_engine::rbd::standby::{RbdStandby, RbdStandbyConfig};
+use ferry_engine::rbd::standby::{RbdStandby, RbdStandbyConfig, StateLocation};
 use ferry_engine::session::receiver::{serve, ImageAuthorizer, ReceiverContext};
 use ferry_engine::standby::{StandbyStore, StoreConfig, StoreError};
 use ferry_engine::standby_backend::Standby;
@@ -25,7 +25,7 @@ use ferry_protocol::{AgentId, ImageName, DEFAULT_MAX_FRAME_LEN};
 use tracing::{info, warn};
 
 use crate::api;
-use crate::config::{config_path, AgentConfig, ApiTls, StandbyBackend};
+use crate::config::{config_path, AgentConfig, ApiTls, ControlStore, StandbyBackend};
 use crate::metrics::Metrics;
 use crate::orchestrator::{Orchestrator, OrchestratorConfig};
 use crate::systemd::{check_health, Notifier};
@@ -169,6 +169,16 @@ pub async fn open_standby(dir: &Path, config: &AgentConfig) -> Result<Standby> {
     let retention = config.retention;
     let backend = config.standby_backend.clone();
     let cluster = config.ceph.clone();
+    // A site whose control state is in RADOS keeps the standby's per-image
+    // state there too (same pool and namespace), so another standby agent
+    // of the site resumes what this one leaves.
+    let state = match &config.control_store {
+        ControlStore::Sqlite => StateLocation::Files,
+        ControlStore::Rados { pool, namespace } => StateLocation::Rados {
+            pool: pool.clone(),
+            namespace: namespace.clone(),
+        },
+    };
     let store = tokio::task::spawn_blocking(move || -> Result<Standby, StoreError> {
         Ok(match backend {
             StandbyBackend::Files => {
@@ -179,6 +189,7 @@ pub async fn open_standby(dir: &Path, config: &AgentConfig) -> Result<Standby> {
                 pool,
                 namespace,
                 dir: store_dir.join("rbd-standby"),
+                state,
                 retention,
             })?
             .into(),

@@ -755,6 +755,7 @@ fn lab_removing_images_a_killed_client_left_half_made() {
         pool: "rbd".into(),
         namespace: None,
         dir: scratch.path().join("rbd-standby"),
+        state: Default::default(),
         retention: 2,
     })
     .expect("open the RBD standby");

@@ -13,9 +13,14 @@
 //! commit is rolled forward when the store opens (all data was durable before
 //! the intent was written), so every image reaches the point or none does.
 //!
-//! Local bookkeeping, under the store directory: `images/NAME.json`
-//! (checksummed: retained recovery points, pending epoch and its durable
-//! progress), `commits/rp-ID-NONCE.json` (intents), `store.lock`.
+//! Bookkeeping ([`RbdStandbyConfig::state`], `standby/state.rs`): per
+//! image its record (retained recovery points, pending epoch and its
+//! durable progress), and the commit intents — by default checksummed
+//! files under the store directory (`images/NAME.json`,
+//! `commits/rp-ID-NONCE.json`), or, for a site of several agents, the
+//! omap of a RADOS object in the site's control pool, so another standby
+//! agent resumes an epoch where a dead one left it. The store directory
+//! always holds `store.lock`.
 //!
 //! Here: opening the store and what it holds. By concern: `standby/handle.rs`
 //! (the store's data, records and look-ups, below all the others),
@@ -24,7 +29,8 @@
 //! `standby/points.rs` (recovery points, restore, pins, hashing),
 //! `standby/volumes.rs` (adopt, placeholders, removal), `standby/retire.rs`
 //! (expired snapshots removed off the commit path), `standby/failover.rs`
-//! (fencing, the image as the volume in place, clones of a point).
+//! (fencing, the image as the volume in place, clones of a point),
+//! `standby/state.rs` (where records and intents are kept).
 
 mod commit;
 mod epoch;
@@ -33,11 +39,15 @@ mod handle;
 mod points;
 mod reprotect;
 mod retire;
+mod state;
+#[cfg(test)]
+mod takeover_tests;
 mod volumes;
 
 pub use epoch::RbdEpochWriter;
 use handle::Inner;
 pub use handle::{snap_name, RbdStandby};
+pub use state::StateLocation;
 
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
@@ -48,6 +58,9 @@ use ferry_protocol::types::{Epoch, ImageName, RecoveryPointId, SeqNo};
 
 use super::{open_pool, ClusterSpec};
 use crate::standby::{ImageState, PendingEpoch, StoreError};
+use state::files::FileState;
+use state::rados::RadosState;
+use state::StateStore;
 
 /// Where an [`RbdStandby`] keeps images and bookkeeping.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,8 +71,11 @@ pub struct RbdStandbyConfig {
     pub pool: String,
     /// RBD namespace of the pool the images live in (`None`: the default).
     pub namespace: Option<String>,
-    /// Local directory for bookkeeping.
+    /// Local directory: its lock, and the bookkeeping when `state` is
+    /// [`StateLocation::Files`].
     pub dir: PathBuf,
+    /// Where the per-image records and commit intents live.
+    pub state: StateLocation,
     /// Recovery points (snapshots) kept per image, 1..=64.
     pub retention: usize,
 }
@@ -73,10 +89,8 @@ impl RbdStandby {
                 reason: format!("retention {} is outside 1..=64", config.retention),
             });
         }
-        for sub in ["images", "commits"] {
-            let d = config.dir.join(sub);
-            fs::create_dir_all(&d).map_err(|e| StoreError::io("create directory", &d, e))?;
-        }
+        fs::create_dir_all(&config.dir)
+            .map_err(|e| StoreError::io("create directory", &config.dir, e))?;
         let lock_path = config.dir.join("store.lock");
         let file = OpenOptions::new()
             .create(true)
@@ -100,16 +114,24 @@ impl RbdStandby {
                 reason: other.to_string(),
             },
         })?;
+        let state: Box<dyn StateStore> = match &config.state {
+            StateLocation::Files => Box::new(FileState::open(&config.dir)?),
+            StateLocation::Rados {
+                pool: at,
+                namespace,
+            } => Box::new(RadosState::open(&pool, at, namespace.as_deref())?),
+        };
         let store = Self {
             inner: Arc::new(Inner {
                 pool,
                 dir: config.dir.clone(),
+                state,
                 retention: config.retention,
                 slots: Mutex::new(HashMap::new()),
                 _lock: file,
             }),
         };
-        store.finish_intents()?;
+        store.finish_intents(None)?;
         Ok(store)
     }
 
@@ -130,23 +152,17 @@ impl RbdStandby {
     }
     /// The images the store holds.
     pub fn images(&self) -> Result<Vec<ImageName>, StoreError> {
-        let dir = self.inner.dir.join("images");
-        let mut out = Vec::new();
-        for entry in fs::read_dir(&dir).map_err(|e| StoreError::io("list", &dir, e))? {
-            let entry = entry.map_err(|e| StoreError::io("list", &dir, e))?;
-            let name = entry.file_name();
-            if let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".json")) {
-                if let Ok(image) = ImageName::new(stem) {
-                    out.push(image);
-                }
-            }
-        }
-        out.sort();
-        Ok(out)
+        self.inner.state.images()
     }
 
     /// What the store holds for `image`.
+    /// With a state shared by the site's agents, a commit of the image
+    /// another agent left half-done is finished first (as opening the store
+    /// does with files), so the primary sees the point committed.
     pub fn image_state(&self, image: &ImageName) -> Result<Option<ImageState>, StoreError> {
+        if self.inner.state.shared() {
+            self.finish_intents(Some(image))?;
+        }
         Ok(self.load(image)?.map(|r| ImageState {
             committed_epoch: r.committed(),
             recovery_point: RecoveryPointId(r.history.last().map_or(0, |p| p.rp)),

@@ -232,7 +232,9 @@ fn with_causes(e: &StoreError) -> String {
 
 fn store_error_code(e: &StoreError) -> ErrorCode {
     match e {
-        StoreError::Busy { .. } => ErrorCode::Busy,
+        // Another agent of the site wrote the image's shared state: as
+        // busy, the primary tries again (and reads the state anew).
+        StoreError::Busy { .. } | StoreError::StateConflict { .. } => ErrorCode::Busy,
         StoreError::Fenced { .. } => ErrorCode::NotPermitted,
         StoreError::EpochMismatch { .. } => ErrorCode::EpochMismatch,
         StoreError::OutOfOrder { .. } => ErrorCode::OutOfOrder,

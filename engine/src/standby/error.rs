@@ -175,6 +175,20 @@ pub enum StoreError {
         /// The image.
         image: ImageName,
     },
+    /// Another agent of the site changed an image's shared state since this
+    /// one read it (a compare-and-set on its version failed): nothing was
+    /// written; read the state again.
+    #[error("image {image}: its state in {store} is at version {found}, not {expected}: another agent wrote it; nothing was written")]
+    StateConflict {
+        /// The image.
+        image: ImageName,
+        /// Where its state lives.
+        store: String,
+        /// The version this agent read.
+        expected: u64,
+        /// The version found (`u64::MAX`: could not be read).
+        found: u64,
+    },
     /// A test failpoint simulated a crash at this step.
     #[cfg(test)]
     #[error("injected crash at {point:?}")]

@@ -2,18 +2,15 @@
 //! intent file, each image's snapshot and record, and rolling forward an
 //! interrupted commit when the store opens.
 
-use std::fs::{self};
 use std::sync::Arc;
 
 use ferry_protocol::types::ImageName;
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
-use super::handle::{ceph, remove_file, snap_name, PointRecord, RbdStandby, Slot, FORMAT};
+use super::handle::{ceph, snap_name, PointRecord, RbdStandby, Slot, FORMAT};
 use crate::standby::failpoint::{self, CrashPoint};
-use crate::standby::{
-    read_checksummed, write_checksummed, RecoveryPointMeta, SealedEpoch, StoreError,
-};
+use crate::standby::{RecoveryPointMeta, SealedEpoch, StoreError};
 use crate::sync_util::lock;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -120,11 +117,10 @@ impl RbdStandby {
             fuzzy: rp.fuzzy,
             images: todo,
         };
-        let path = self.intent_path(intent.rp);
-        write_checksummed(&path, &intent)?;
+        let key = self.inner.state.put_intent(&intent)?;
         failpoint::hit(CrashPoint::AfterIntent)?;
         self.apply_intent(&intent)?;
-        remove_file(&path)
+        self.inner.state.remove_intent(&key)
     }
 
     /// Snapshots and records every image of `intent` (idempotent). The
@@ -210,7 +206,7 @@ impl RbdStandby {
                 .drain(..excess)
                 .filter(|old| !record.pinned.iter().any(|p| p.rp == old.rp))
                 .count();
-            self.save(&record)?;
+            self.save(&mut record)?;
             info!(image = %ctx, rp = intent.rp, epoch = entry.epoch, "committed recovery point");
             if dropped > 0 {
                 // After this commit answers: see standby/retire.rs.
@@ -220,26 +216,32 @@ impl RbdStandby {
         Ok(())
     }
 
-    /// Rolls forward every commit whose intent is on disk. A commit running
-    /// on another thread holds its images' slots until its intent is gone:
-    /// the slots are taken here too (sorted, as `commit` takes them) and the
-    /// intent read again under them, so a live commit is waited for, never
-    /// applied twice at once (two writers of one image, the second breaking
-    /// the first's exclusive lock).
-    pub(super) fn finish_intents(&self) -> Result<(), StoreError> {
-        let dir = self.inner.dir.join("commits");
-        let mut paths = Vec::new();
-        for entry in fs::read_dir(&dir).map_err(|e| StoreError::io("list", &dir, e))? {
-            let path = entry.map_err(|e| StoreError::io("list", &dir, e))?.path();
-            if path.extension().is_some_and(|e| e == "json") {
-                paths.push(path);
-            }
-        }
-        paths.sort();
-        for path in paths {
-            let Some(intent) = read_checksummed::<Intent>(&path)? else {
+    /// Rolls forward every commit whose intent is stored; with a state
+    /// shared by the site's agents, only those naming `image` (none when
+    /// `None`): another live agent may be carrying out the others, and
+    /// applying an intent takes its images' exclusive locks. An intent a
+    /// dead agent left is thus finished by whichever agent next works on
+    /// one of its images.
+    ///
+    /// A commit running on another thread holds its images' slots until its
+    /// intent is gone: the slots are taken here too (sorted, as `commit`
+    /// takes them) and the intent read again under them, so a live commit
+    /// is waited for, never applied twice at once (two writers of one
+    /// image, the second breaking the first's exclusive lock).
+    pub(super) fn finish_intents(&self, image: Option<&ImageName>) -> Result<(), StoreError> {
+        let state = &self.inner.state;
+        let only = match (state.shared(), image) {
+            (false, _) => None,
+            (true, Some(image)) => Some(image),
+            (true, None) => return Ok(()),
+        };
+        for key in state.intents()? {
+            let Some(intent) = state.load_intent(&key)? else {
                 continue;
             };
+            if only.is_some_and(|image| !intent.images.iter().any(|e| e.image == image.as_str())) {
+                continue;
+            }
             let mut names = Vec::with_capacity(intent.images.len());
             for entry in &intent.images {
                 names.push(ImageName::new(&entry.image).map_err(|e| {
@@ -253,16 +255,17 @@ impl RbdStandby {
             let slots: Vec<Arc<Slot>> = names.iter().map(|n| self.slot(n)).collect();
             let _guards: Vec<_> = slots.iter().map(|s| lock(&s.op)).collect();
             // The commit that wrote it may have finished while we waited.
-            let Some(intent) = read_checksummed::<Intent>(&path)? else {
+            let Some(intent) = state.load_intent(&key)? else {
                 continue;
             };
             info!(
                 rp = intent.rp,
                 images = intent.images.len(),
+                state = %state.describe(),
                 "finishing an interrupted commit"
             );
             self.apply_intent(&intent)?;
-            remove_file(&path)?;
+            state.remove_intent(&key)?;
         }
         Ok(())
     }

@@ -23,7 +23,7 @@ impl RbdStandby {
     /// Starts or resumes receiving `open.epoch` of an image.
     pub fn open_epoch(&self, open: &OpenImage) -> Result<RbdEpochWriter, StoreError> {
         let image = &open.image;
-        self.finish_intents()?;
+        self.finish_intents(Some(image))?;
         let slot = self.slot(image);
         let _op = lock(&slot.op);
         slot.check_no_writer(image)?;
@@ -48,8 +48,10 @@ impl RbdStandby {
             Err(StoreError::Ceph { source, .. }) if source.is_not_found() => {
                 if committed != Epoch(0) {
                     return Err(StoreError::Corrupt {
-                        path: self.record_path(image),
-                        reason: format!("records recovery points but RBD image {ctx} is gone"),
+                        path: self.inner.state.describe().into(),
+                        reason: format!(
+                            "the record of {image} names recovery points but RBD image {ctx} is gone"
+                        ),
                     });
                 }
                 let existed = self.create_pool_image(image.as_str(), open.size)?;
@@ -70,7 +72,7 @@ impl RbdStandby {
                 info!(image = %ctx, old_epoch = p.epoch, epoch = %open.epoch, "abandoning a pending epoch: rolling the image back");
                 self.rollback_head(&handle, &record)?;
                 record.pending = None;
-                self.save(&record)?;
+                self.save(&mut record)?;
                 None
             }
             None => None,
@@ -93,7 +95,7 @@ impl RbdStandby {
                     size: open.size,
                 };
                 record.pending = Some(p);
-                self.save(&record)?;
+                self.save(&mut record)?;
                 p
             }
         };
@@ -162,7 +164,7 @@ impl RbdStandby {
         let handle = self.open_image(image)?;
         self.rollback_head(&handle, &record)?;
         record.pending = None;
-        self.save(&record)?;
+        self.save(&mut record)?;
         info!(image = %image, "rolled back to the last recovery point");
         Ok(true)
     }
@@ -363,7 +365,7 @@ impl RbdEpochWriter {
         pending.durable_seq = self.staged_seq.get();
         pending.resume_offset = self.staged_scan_end;
         record.pending = Some(pending);
-        if let Err(e) = self.store.save(&record) {
+        if let Err(e) = self.store.save(&mut record) {
             self.poisoned = true;
             return Err(e);
         }

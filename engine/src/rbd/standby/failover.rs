@@ -29,13 +29,13 @@ impl RbdStandby {
     pub fn fence(&self, image: &ImageName) -> Result<(), StoreError> {
         let slot = self.slot(image);
         slot.fenced.store(true, Ordering::Release);
-        self.finish_intents()?;
+        self.finish_intents(Some(image))?;
         let _op = lock(&slot.op);
         slot.check_no_writer(image)?;
         if let Some(mut record) = self.load(image)? {
             if !record.fenced {
                 record.fenced = true;
-                self.save(&record)?;
+                self.save(&mut record)?;
                 info!(image = %image, "image fenced: it takes no more replication");
             }
         }
@@ -71,7 +71,7 @@ impl RbdStandby {
             return Ok(false);
         }
         record.volume_at = Some(rp.get());
-        self.save(&record)?;
+        self.save(&mut record)?;
         info!(image = %format!("{}/{image}", self.pool_name()), rp = rp.get(), "the standby image is now the failover's volume (in place, no copy)");
         Ok(true)
     }
@@ -109,7 +109,7 @@ impl RbdStandby {
                 rp: rp.get(),
             });
         }
-        self.save(&record)?;
+        self.save(&mut record)?;
         let snap = snap_name(rp.get());
         let ctx = format!("{}/{image}@{snap}", self.pool_name());
         self.inner

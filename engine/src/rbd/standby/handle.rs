@@ -4,8 +4,8 @@
 //! look-ups and helpers every concern uses.
 
 use std::collections::HashMap;
-use std::fs::{self, File};
-use std::path::{Path, PathBuf};
+use std::fs::File;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,9 +13,9 @@ use ferry_protocol::types::{Epoch, ImageName};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use crate::standby::{read_checksummed, write_checksummed, StoreError};
+use super::state::StateStore;
+use crate::standby::StoreError;
 use crate::sync_util::lock;
-use crate::sys::fs::sync_dir;
 use crate::sys::librbd::{CephError, Image, Pool, FEATURE_EXCLUSIVE_LOCK};
 
 pub(super) const FORMAT: u32 = 1;
@@ -66,6 +66,11 @@ pub(super) struct ImageRecord {
     /// stay pinned, and the image is never removed under them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(super) clones: Vec<CloneRecord>,
+    /// The version of the stored record this was read at (0: none stored),
+    /// for the compare-and-set of [`StateStore::save`]; never stored in
+    /// the record itself.
+    #[serde(skip)]
+    pub(super) version: u64,
 }
 
 /// A clone of one of an image's recovery point snapshots.
@@ -89,6 +94,7 @@ impl ImageRecord {
             fenced: false,
             volume_at: None,
             clones: Vec::new(),
+            version: 0,
         }
     }
 
@@ -144,6 +150,8 @@ impl Slot {
 pub(super) struct Inner {
     pub(super) pool: Arc<Pool>,
     pub(super) dir: PathBuf,
+    /// The per-image records and commit intents (files or RADOS).
+    pub(super) state: Box<dyn StateStore>,
     pub(super) retention: usize,
     pub(super) slots: Mutex<HashMap<ImageName, Arc<Slot>>>,
     pub(super) _lock: File,
@@ -160,6 +168,7 @@ impl std::fmt::Debug for RbdStandby {
         f.debug_struct("RbdStandby")
             .field("pool", &self.inner.pool.name())
             .field("dir", &self.inner.dir)
+            .field("state", &self.inner.state.describe())
             .finish()
     }
 }
@@ -178,21 +187,6 @@ pub fn snap_name(rp: u64) -> String {
 }
 
 impl RbdStandby {
-    pub(super) fn record_path(&self, image: &ImageName) -> PathBuf {
-        self.inner.dir.join("images").join(format!("{image}.json"))
-    }
-
-    /// Unique per commit: two groups may commit the same recovery point id
-    /// (ids are the primary's milliseconds) at once, and one intent must not
-    /// replace the other's.
-    pub(super) fn intent_path(&self, rp: u64) -> PathBuf {
-        let nonce: u64 = rand::random();
-        self.inner
-            .dir
-            .join("commits")
-            .join(format!("rp-{rp}-{nonce:016x}.json"))
-    }
-
     pub(super) fn slot(&self, image: &ImageName) -> Arc<Slot> {
         lock(&self.inner.slots)
             .entry(image.clone())
@@ -200,25 +194,15 @@ impl RbdStandby {
             .clone()
     }
 
+    /// The record of `image` (with the version it was read at).
     pub(super) fn load(&self, image: &ImageName) -> Result<Option<ImageRecord>, StoreError> {
-        let path = self.record_path(image);
-        let Some(record) = read_checksummed::<ImageRecord>(&path)? else {
-            return Ok(None);
-        };
-        if record.format != FORMAT || record.image != image.as_str() {
-            return Err(StoreError::corrupt(
-                &path,
-                format!("names image {:?} (format {})", record.image, record.format),
-            ));
-        }
-        Ok(Some(record))
+        self.inner.state.load(image)
     }
 
-    pub(super) fn save(&self, record: &ImageRecord) -> Result<(), StoreError> {
-        let image = ImageName::new(&record.image).map_err(|e| StoreError::InvalidRequest {
-            reason: e.to_string(),
-        })?;
-        write_checksummed(&self.record_path(&image), record)
+    /// Stores `record` if nobody changed it since it was read (see
+    /// [`StateStore::save`]); durable when it returns.
+    pub(super) fn save(&self, record: &mut ImageRecord) -> Result<(), StoreError> {
+        self.inner.state.save(record)
     }
 
     /// Opens a standby image for writing and takes its exclusive lock. The
@@ -251,16 +235,6 @@ impl RbdStandby {
         }
         Ok(handle)
     }
-}
-
-pub(super) fn remove_file(path: &Path) -> Result<(), StoreError> {
-    match fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(StoreError::io("remove", path, e)),
-    }
-    let dir = path.parent().unwrap_or(Path::new("."));
-    sync_dir(dir).map_err(|e| StoreError::io("fsync directory", dir, e))
 }
 
 /// Makes the whole image read as zeroes (deallocating its objects).

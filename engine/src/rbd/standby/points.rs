@@ -90,7 +90,7 @@ impl RbdStandby {
                 recovery_point: rp,
             })?;
         record.pinned.push(point);
-        self.save(&record)?;
+        self.save(&mut record)?;
         info!(image = %image, rp = rp.get(), "recovery point pinned");
         Ok(())
     }
@@ -111,7 +111,7 @@ impl RbdStandby {
             return Ok(());
         }
         if self.prune_clones(&mut record)? {
-            self.save(&record)?;
+            self.save(&mut record)?;
         }
         if record.clones.iter().any(|c| c.rp == rp.get()) {
             // A clone's parent snapshot stays while ferry knows the clone.
@@ -123,7 +123,7 @@ impl RbdStandby {
         if record.pinned.len() == before {
             return Ok(());
         }
-        self.save(&record)?;
+        self.save(&mut record)?;
         if !record.history.iter().any(|p| p.rp == rp.get()) {
             let snap = snap_name(rp.get());
             let handle = self.open_image(image)?;

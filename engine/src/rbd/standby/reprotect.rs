@@ -160,8 +160,11 @@ impl RbdStandby {
         drop(handle);
         // Pins and clones of the image's older points stay known, so their
         // snapshots are never swept while something depends on them.
-        let (pinned, clones) = old.map(|r| (r.pinned, r.clones)).unwrap_or_default();
-        self.save(&ImageRecord {
+        let (pinned, clones, version) = old
+            .map(|r| (r.pinned, r.clones, r.version))
+            .unwrap_or_default();
+        self.save(&mut ImageRecord {
+            version,
             history: vec![PointRecord {
                 rp: rp.get(),
                 epoch: epoch.get(),

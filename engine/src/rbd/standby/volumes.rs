@@ -9,8 +9,7 @@ use ferry_protocol::types::{Epoch, ImageName, RecoveryPointId};
 use tracing::{info, warn};
 
 use super::handle::{
-    ceph, remove_file, snap_name, ImageRecord, PointRecord, RbdStandby, SNAP_PREFIX,
-    STALE_WATCH_WAIT,
+    ceph, snap_name, ImageRecord, PointRecord, RbdStandby, SNAP_PREFIX, STALE_WATCH_WAIT,
 };
 use crate::standby::StoreError;
 use crate::sync_util::lock;
@@ -78,6 +77,7 @@ impl RbdStandby {
         }
         self.slot(image).check_no_writer(image)?;
         let ctx = format!("{}/{image}", self.pool_name());
+        let mut version = 0;
         match self.load(image)? {
             Some(r)
                 if r.pending.is_none()
@@ -89,6 +89,7 @@ impl RbdStandby {
             }
             Some(r) if r.history.is_empty() && r.pending.is_none() => {
                 // An interrupted adoption (or a placeholder): start over.
+                version = r.version;
                 self.remove_pool_image(image.as_str())?;
             }
             Some(_) => {
@@ -107,7 +108,10 @@ impl RbdStandby {
                 }
             }
         }
-        self.save(&ImageRecord::empty(image))?;
+        self.save(&mut ImageRecord {
+            version,
+            ..ImageRecord::empty(image)
+        })?;
         Ok(false)
     }
 
@@ -129,7 +133,10 @@ impl RbdStandby {
             .snap_create(&rp_snap)
             .map_err(ceph(format!("snapshotting {ctx}@{rp_snap}")))?;
         drop(handle);
-        self.save(&ImageRecord {
+        // Replaces the empty record `begin_adopt` stored.
+        let version = self.load(image)?.map_or(0, |r| r.version);
+        self.save(&mut ImageRecord {
+            version,
             history: vec![PointRecord {
                 rp: rp.get(),
                 epoch: epoch.get(),
@@ -299,7 +306,7 @@ impl RbdStandby {
         let ctx = format!("{}/{image}", self.pool_name());
         // Already there: made by an attempt killed before its record below.
         self.create_pool_image(image.as_str(), size)?;
-        self.save(&ImageRecord::empty(image))?;
+        self.save(&mut ImageRecord::empty(image))?;
         info!(image = %ctx, size, "created placeholder standby image");
         Ok(())
     }
@@ -326,7 +333,7 @@ impl RbdStandby {
         // record (as a restarted agent would): a copy adopted or sent later
         // under this name is a new one.
         if let Some(record) = record.filter(ImageRecord::in_use) {
-            remove_file(&self.record_path(image))?;
+            self.inner.state.remove(image)?;
             slot.fenced.store(false, Ordering::Release);
             let clones: Vec<&str> = record.clones.iter().map(|c| c.name.as_str()).collect();
             warn!(
@@ -337,7 +344,7 @@ impl RbdStandby {
             );
             return Ok(());
         }
-        remove_file(&self.record_path(image))?;
+        self.inner.state.remove(image)?;
         slot.fenced.store(false, Ordering::Release);
         self.remove_pool_image(image.as_str())?;
         info!(image = %format!("{}/{image}", self.pool_name()), "standby image removed");
