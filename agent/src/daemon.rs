@@ -174,7 +174,9 @@ pub async fn open_standby(dir: &Path, config: &AgentConfig) -> Result<Standby> {
     // of the site resumes what this one leaves.
     let state = match &config.control_store {
         ControlStore::Sqlite => StateLocation::Files,
-        ControlStore::Rados { pool, namespace } => StateLocation::Rados {
+        ControlStore::Rados {
+            pool, namespace, ..
+        } => StateLocation::Rados {
             pool: pool.clone(),
             namespace: namespace.clone(),
         },
