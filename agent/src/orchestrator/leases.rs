@@ -43,7 +43,7 @@ pub(super) struct Leases {
     pub(super) tasks: Mutex<HashMap<GroupId, LeaseTask>>,
     /// The groups this agent drives now (between the lease's start and
     /// stop): what every "may I touch this group" check reads.
-    held: Mutex<HashSet<GroupId>>,
+    pub(super) held: Mutex<HashSet<GroupId>>,
     /// What the last placement round saw: each group's holder by name, and
     /// every agent's presence record.
     pub(super) seen: Mutex<SiteSeen>,

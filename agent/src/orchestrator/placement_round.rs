@@ -1,6 +1,7 @@
 //! The placement round of a multi-agent site, every retry interval of the
-//! lease (at least a second): this agent announces itself, reads who is
-//! alive and who holds each group's lease, computes the site's placement
+//! lease (at least a second): this agent announces itself and the leases
+//! it holds, reads who is alive and who holds each group's lease (from the
+//! same records: one read), computes the site's placement
 //! plan (`crate::placement::plan`: free groups to the least-loaded live
 //! agent; every agent computes the same plan from the same records) and
 //! contends for the groups the plan gives it. A group whose holder died is
@@ -20,7 +21,7 @@ use super::Orchestrator;
 use crate::control::{GroupId, Role, Timestamp};
 use crate::placement::driver::LeaseTask;
 use crate::placement::plan::{claims_for, SiteView};
-use crate::placement::site::{live_agents, Presence, SiteError};
+use crate::placement::site::{holders_announced, live_agents, Presence, SiteError};
 use crate::sync_util::lock;
 
 /// What one round read from the site's records.
@@ -68,8 +69,15 @@ impl Orchestrator {
         };
         let site = leases.site.clone();
         let api = lock(&self.api_addr).map(|a| a.to_string());
-        let names: Vec<String> = groups.iter().map(|(_, n)| n.clone()).collect();
-        let read = tokio::task::spawn_blocking(move || read_site(&site, api, &names)).await;
+        let held: Vec<String> = {
+            let held = lock(&leases.held);
+            groups
+                .iter()
+                .filter(|(gid, _)| held.contains(gid))
+                .map(|(_, name)| name.clone())
+                .collect()
+        };
+        let read = tokio::task::spawn_blocking(move || read_site(&site, api, held)).await;
         let read = match read {
             Ok(Ok(read)) => read,
             Ok(Err(error)) => {
@@ -162,20 +170,16 @@ impl Orchestrator {
     }
 }
 
-/// Announces this agent, then reads every agent's record and the holder of
-/// each of `groups`.
+/// Announces this agent (holding `held`), then reads every agent's record:
+/// who is alive and who holds which group, in one read whatever the
+/// number of groups.
 fn read_site(
     site: &crate::placement::site::SiteRecords,
     api: Option<String>,
-    groups: &[String],
+    held: Vec<String>,
 ) -> Result<SiteRead, SiteError> {
-    site.announce(api, Timestamp::now().0)?;
+    site.announce(api, held, Timestamp::now().0)?;
     let agents = site.agents()?;
-    let mut holders = BTreeMap::new();
-    for name in groups {
-        if let Some(holder) = site.holder(name)? {
-            holders.insert(name.clone(), holder);
-        }
-    }
+    let holders = holders_announced(&agents);
     Ok(SiteRead { agents, holders })
 }
