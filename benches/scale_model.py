@@ -93,9 +93,32 @@ def control_load(agents, groups, images, rp_per_group_per_h, rps_per_group, ops_
     }
 
 
+ROUND_S = max(LEASE_S / 10, 1.0)  # agent/src/orchestrator/placement_round.rs: every lease retry
+
+
 def lease_load(groups, agents):
     renew_s = groups / RENEW_EVERY_S
-    return {"renewals_s": renew_s, "per_agent_s": renew_s / agents}
+    # Each agent's placement round: its presence write (with the groups it
+    # drives) and one read of every agent's record (83a2b86; before it, one
+    # lock-holder read per group of the site as well).
+    round_ops_s = agents * 2 / ROUND_S
+    round_ops_before_s = agents * (2 + groups) / ROUND_S
+    return {"renewals_s": renew_s, "per_agent_s": renew_s / agents, "round_ops_s": round_ops_s,
+            "round_ops_before_s": round_ops_before_s}
+
+
+CYCLE_EVERY_S = 5.0  # a busy group's continuous cycle cadence (assumed)
+SOURCE_SAVES_PER_CYCLE = 3  # capture, cycle start, commit: each mirrored to the lease object
+STANDBY_WRITES_PER_CYCLE = 3  # a durable sync's record, the commit's intent and record
+
+
+def state_load(images):
+    """Writes/s of the per-image replication state a shared-store site keeps in RADOS."""
+    cycles_s = images / CYCLE_EVERY_S
+    return {
+        "source_writes_s": cycles_s * SOURCE_SAVES_PER_CYCLE,  # spread over the groups' lease objects
+        "standby_writes_s": cycles_s * STANDBY_WRITES_PER_CYCLE,  # ONE object per standby pool
+    }
 
 
 def takeover_times(samples, rng):
@@ -176,7 +199,14 @@ def main():
               f"(assumed budget {OSD_OMAP_READ_MB_S:.0f} MB/s: "
               f"{'OVER' if mb > OSD_OMAP_READ_MB_S else 'within'})")
     print(f"leases: {lease['renewals_s']:.0f} renewals/s site-wide (one cls_lock op each, spread "
-          f"over {args.groups} objects), {lease['per_agent_s']:.1f}/s per agent\n")
+          f"over {args.groups} objects), {lease['per_agent_s']:.1f}/s per agent")
+    print(f"placement rounds: {lease['round_ops_s']:.0f} ops/s site-wide, every {ROUND_S:.0f} s a "
+          f"presence write and one read per agent ({lease['round_ops_before_s']:.0f} ops/s when every "
+          f"round read every group's lock, before 83a2b86)")
+    st = state_load(args.images)
+    print(f"replication state in RADOS (cycles every {CYCLE_EVERY_S:.0f} s, assumed): primaries' source "
+          f"states {st['source_writes_s']:.0f} writes/s over {args.groups} lease objects; the standby's "
+          f"records {st['standby_writes_s']:.0f} writes/s on ONE object per standby pool\n")
 
     t = takeover_times(20000, rng)
     print(f"takeover after an agent's death (lease {LEASE_S:.0f} s renewed every {RENEW_EVERY_S:.0f} s, "
