@@ -33,6 +33,8 @@ fn lab() -> bool {
 }
 
 /// The state object of the standby images of pool `rbd`.
+/// The standby state's site object; each image's record is in
+/// `STATE_OBJECT:IMAGE`, key `image`.
 const STATE_OBJECT: &str = "ferry.rbd-standby:rbd";
 
 /// A standby agent's config: images in site-b's `rbd`, control state (and
@@ -52,19 +54,19 @@ struct SiteObjects {
 
 impl Drop for SiteObjects {
     fn drop(&mut self) {
-        for oid in ["ferry.control", STATE_OBJECT] {
-            let _ = Command::new("rados")
-                .args([
-                    "--cluster",
-                    "site-b",
-                    "-p",
-                    "rbd",
-                    "-N",
-                    &self.ns,
-                    "rm",
-                    oid,
-                ])
-                .output();
+        // Every object of the test's namespace: the control object, the
+        // standby state's site object and its per-image records.
+        let rados = |args: &[&str]| {
+            Command::new("rados")
+                .args(["--cluster", "site-b", "-p", "rbd", "-N", &self.ns])
+                .args(args)
+                .output()
+        };
+        let Ok(listed) = rados(&["ls"]) else {
+            return;
+        };
+        for oid in String::from_utf8_lossy(&listed.stdout).lines() {
+            let _ = rados(&["rm", oid]);
         }
     }
 }
@@ -75,7 +77,7 @@ fn shared_record(ns: &str, image: &str, scratch: &Path) -> Option<Value> {
     let _ = std::fs::remove_file(&file);
     let out = Command::new("rados")
         .args(["--cluster", "site-b", "-p", "rbd", "-N", ns])
-        .args(["getomapval", STATE_OBJECT, &format!("image/{image}")])
+        .args(["getomapval", &format!("{STATE_OBJECT}:{image}"), "image"])
         .arg(&file)
         .output()
         .expect("running rados");

@@ -2,17 +2,25 @@
 //! RADOS object of the site's control pool and namespace, shared by every
 //! standby agent of the site (`[control] store = "rados"`).
 //!
-//! The object is `ferry.rbd-standby:POOL[/NAMESPACE]` (the pool the
-//! standby images live in), with keys
-//! - `image/NAME`: the image's record (JSON, the files' format without
-//!   their checksum line: RADOS checks its own data);
-//! - `version/NAME`: the record's version, a decimal number;
+//! The site object is `ferry.rbd-standby:POOL` (the pool the standby
+//! images live in), with keys
+//! - `image/NAME`: an index entry (empty) for each image with a record;
 //! - `intent/rp-ID-NONCE`: a commit intent (JSON).
 //!
-//! A save is ONE write op guarded by `version/NAME == v` that sets the
-//! record and `v + 1`: the OSD applies all of it or, when another agent
-//! wrote in between, none (`ECANCELED`, reported as
-//! [`StoreError::StateConflict`]). A write op is durable on the OSDs when
+//! Each image's record is in an object of its own,
+//! `ferry.rbd-standby:POOL:NAME`, keys `image` (JSON, the files' format
+//! without their checksum line: RADOS checks its own data) and `version` (a
+//! decimal number). Records are written at every durable sync of every
+//! image: in one object they would all queue on one PG
+//! (docs/scale.md: ~6,000 writes/s at 10,000 images); one object per image
+//! spreads them over the pool.
+//!
+//! A save is ONE write op on the image's object guarded by `version == v`
+//! that sets the record and `v + 1`: the OSD applies all of it or, when
+//! another agent wrote in between, none (`ECANCELED`, reported as
+//! [`StoreError::StateConflict`]). The first save of an image writes its
+//! index entry first, so a listed image may lack a record (read as none),
+//! never the other way round. A write op is durable on the OSDs when
 //! it completes. The state pool is opened on the standby images' own
 //! cluster connection, so an agent whose image lock another agent broke
 //! (which blocklists its client) can no longer write the state either.
@@ -30,8 +38,10 @@ use crate::sys::librados::omap::{Create, WriteOp};
 use crate::sys::librados::{CephError, Pool};
 
 const IMAGE: &str = "image/";
-const VERSION: &str = "version/";
 const INTENT: &str = "intent/";
+/// The keys of an image's own object.
+const RECORD: &str = "image";
+const VERSION: &str = "version";
 
 /// Per-image state in the omap of one RADOS object.
 pub(in crate::rbd::standby) struct RadosState {
@@ -85,29 +95,46 @@ impl RadosState {
         move |source| StoreError::Ceph { context, source }
     }
 
-    /// Where a key lives, for corruption reports.
-    fn whence(&self, key: &str) -> std::path::PathBuf {
-        std::path::PathBuf::from(format!("rados:{}/{}#{key}", self.pool.name(), self.oid))
+    /// Where a key of object `oid` lives, for corruption reports.
+    fn whence(&self, oid: &str, key: &str) -> std::path::PathBuf {
+        std::path::PathBuf::from(format!("rados:{}/{oid}#{key}", self.pool.name()))
     }
 
-    /// The values of `keys` (missing ones left out); no object: none.
+    /// The object of `image`'s record.
+    fn image_oid(&self, image: &ImageName) -> String {
+        format!("{}:{image}", self.oid)
+    }
+
+    /// The values of `keys` of object `oid` (missing ones left out); no
+    /// object: none.
     fn get(
         &self,
+        oid: &str,
         keys: &[&str],
     ) -> Result<std::collections::BTreeMap<String, Vec<u8>>, StoreError> {
-        match self.pool.omap_get(&self.oid, keys) {
+        match self.pool.omap_get(oid, keys) {
             Ok(values) => Ok(values),
             Err(e) if e.is_not_found() => Ok(Default::default()),
             Err(e) => Err(self.ceph(&format!("reading {keys:?} of"))(e)),
         }
     }
 
-    fn decode<T: DeserializeOwned>(&self, key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    fn decode<T: DeserializeOwned>(
+        &self,
+        oid: &str,
+        key: &str,
+        bytes: &[u8],
+    ) -> Result<T, StoreError> {
         serde_json::from_slice(bytes)
-            .map_err(|e| StoreError::corrupt(&self.whence(key), format!("invalid JSON: {e}")))
+            .map_err(|e| StoreError::corrupt(&self.whence(oid, key), format!("invalid JSON: {e}")))
     }
 
-    fn parse_version(&self, key: &str, bytes: Option<&Vec<u8>>) -> Result<u64, StoreError> {
+    fn parse_version(
+        &self,
+        oid: &str,
+        key: &str,
+        bytes: Option<&Vec<u8>>,
+    ) -> Result<u64, StoreError> {
         match bytes {
             None => Ok(0),
             Some(b) if b.is_empty() => Ok(0),
@@ -116,7 +143,7 @@ impl RadosState {
                 .and_then(|s| s.parse().ok())
                 .ok_or_else(|| {
                     StoreError::corrupt(
-                        &self.whence(key),
+                        &self.whence(oid, key),
                         format!("not a version: {:?}", String::from_utf8_lossy(b)),
                     )
                 }),
@@ -152,15 +179,14 @@ impl StateStore for RadosState {
     }
 
     fn load(&self, image: &ImageName) -> Result<Option<ImageRecord>, StoreError> {
-        let ikey = format!("{IMAGE}{image}");
-        let vkey = format!("{VERSION}{image}");
-        let values = self.get(&[&ikey, &vkey])?;
-        let Some(bytes) = values.get(&ikey) else {
+        let oid = self.image_oid(image);
+        let values = self.get(&oid, &[RECORD, VERSION])?;
+        let Some(bytes) = values.get(RECORD) else {
             return Ok(None);
         };
-        let mut record: ImageRecord = self.decode(&ikey, bytes)?;
-        check_record(&record, image, &self.whence(&ikey))?;
-        record.version = self.parse_version(&vkey, values.get(&vkey))?;
+        let mut record: ImageRecord = self.decode(&oid, RECORD, bytes)?;
+        check_record(&record, image, &self.whence(&oid, RECORD))?;
+        record.version = self.parse_version(&oid, VERSION, values.get(VERSION))?;
         Ok(Some(record))
     }
 
@@ -168,25 +194,32 @@ impl StateStore for RadosState {
         let image = ImageName::new(&record.image).map_err(|e| StoreError::InvalidRequest {
             reason: e.to_string(),
         })?;
-        let ikey = format!("{IMAGE}{image}");
-        let vkey = format!("{VERSION}{image}");
+        let oid = self.image_oid(&image);
         let json = serde_json::to_vec(record).map_err(|e| StoreError::InvalidRequest {
             reason: format!("encoding the record of {image}: {e}"),
         })?;
+        if record.version == 0 {
+            // Listed before it exists: never a record the index misses.
+            let mut index = WriteOp::new().create(Create::MustExist);
+            index.set(&format!("{IMAGE}{image}"), b"");
+            self.pool
+                .write(&self.oid, &index)
+                .map_err(self.ceph(&format!("indexing the record of {image} in")))?;
+        }
         let next = record.version + 1;
         let mut op = WriteOp::new()
-            .create(Create::MustExist)
-            .guard_eq(&vkey, &version_bytes(record.version));
-        op.set(&ikey, &json).set(&vkey, &version_bytes(next));
-        match self.pool.write(&self.oid, &op) {
+            .create(Create::IfMissing)
+            .guard_eq(VERSION, &version_bytes(record.version));
+        op.set(RECORD, &json).set(VERSION, &version_bytes(next));
+        match self.pool.write(&oid, &op) {
             Ok(()) => {
                 record.version = next;
                 Ok(())
             }
             Err(e) if e.is_canceled() => {
                 let found = self
-                    .get(&[&vkey])
-                    .and_then(|v| self.parse_version(&vkey, v.get(&vkey)))
+                    .get(&oid, &[VERSION])
+                    .and_then(|v| self.parse_version(&oid, VERSION, v.get(VERSION)))
                     .unwrap_or(u64::MAX);
                 Err(StoreError::StateConflict {
                     image,
@@ -200,12 +233,20 @@ impl StateStore for RadosState {
     }
 
     fn remove(&self, image: &ImageName) -> Result<(), StoreError> {
+        match self.pool.remove_object(&self.image_oid(image)) {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => {
+                return Err(self.ceph(&format!("removing the record of {image} from"))(
+                    e,
+                ));
+            }
+        }
         let mut op = WriteOp::new();
-        op.remove(&format!("{IMAGE}{image}"))
-            .remove(&format!("{VERSION}{image}"));
+        op.remove(&format!("{IMAGE}{image}"));
         self.pool
             .write(&self.oid, &op)
-            .map_err(self.ceph(&format!("removing the record of {image} from")))
+            .map_err(self.ceph(&format!("removing the index entry of {image} from")))
     }
 
     fn images(&self) -> Result<Vec<ImageName>, StoreError> {
@@ -235,9 +276,9 @@ impl StateStore for RadosState {
 
     fn load_intent(&self, key: &IntentKey) -> Result<Option<Intent>, StoreError> {
         let full = format!("{INTENT}{key}");
-        self.get(&[&full])?
+        self.get(&self.oid, &[&full])?
             .get(&full)
-            .map(|bytes| self.decode(&full, bytes))
+            .map(|bytes| self.decode(&self.oid, &full, bytes))
             .transpose()
     }
 

@@ -238,6 +238,11 @@ impl LabState {
 
 impl Drop for LabState {
     fn drop(&mut self) {
+        for image in self.state.images().unwrap_or_default() {
+            if let Err(e) = self.state.remove(&image) {
+                eprintln!("cleanup: {e}");
+            }
+        }
         if let Err(e) = self.cleanup.remove_object("ferry.rbd-standby:rbd") {
             if !e.is_not_found() {
                 eprintln!("cleanup: {e}");
