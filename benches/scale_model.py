@@ -117,7 +117,7 @@ def state_load(images):
     cycles_s = images / CYCLE_EVERY_S
     return {
         "source_writes_s": cycles_s * SOURCE_SAVES_PER_CYCLE,  # spread over the groups' lease objects
-        "standby_writes_s": cycles_s * STANDBY_WRITES_PER_CYCLE,  # ONE object per standby pool
+        "standby_writes_s": cycles_s * STANDBY_WRITES_PER_CYCLE,  # one object per image
     }
 
 
@@ -206,7 +206,7 @@ def main():
     st = state_load(args.images)
     print(f"replication state in RADOS (cycles every {CYCLE_EVERY_S:.0f} s, assumed): primaries' source "
           f"states {st['source_writes_s']:.0f} writes/s over {args.groups} lease objects; the standby's "
-          f"records {st['standby_writes_s']:.0f} writes/s on ONE object per standby pool\n")
+          f"records {st['standby_writes_s']:.0f} writes/s over {args.images} per-image objects\n")
 
     t = takeover_times(20000, rng)
     print(f"takeover after an agent's death (lease {LEASE_S:.0f} s renewed every {RENEW_EVERY_S:.0f} s, "
