@@ -9,8 +9,14 @@
 #[path = "../../agent/src/units.rs"]
 mod units;
 
-#[path = "../../agent/src/config.rs"]
-mod config;
+// The directory, not the file: `config.rs` then loads as an ordinary file
+// module and finds its submodule at `config/control.rs` (a `#[path]` file
+// would look for `control` beside itself, the agent's control store).
+#[path = "../../agent/src"]
+mod agent_src {
+    pub mod config;
+}
+use agent_src::config;
 
 #[path = "../../tests/tests/common/config_check.rs"]
 mod config_check;
