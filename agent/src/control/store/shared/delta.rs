@@ -15,7 +15,9 @@ use std::collections::BTreeSet;
 
 use rusqlite::Connection;
 
-use super::{decode_value, has_rowid_alias, key_table, RowChanges, SharedError, TABLES};
+use super::{
+    decode_value, has_rowid_alias, insert_row, key_table, RowChanges, SharedError, TABLES,
+};
 
 /// How many versions' change lists the shared state keeps.
 pub const LOG_KEEP: u64 = 512;
@@ -172,14 +174,7 @@ fn upsert_row(
             cols.push("rowid".to_owned());
             vals.push(rusqlite::types::Value::Integer(rowid));
         }
-        let marks = vec!["?"; cols.len()].join(", ");
-        tx.execute(
-            &format!(
-                "INSERT INTO \"{table}\" ({}) VALUES ({marks})",
-                cols.join(", ")
-            ),
-            rusqlite::params_from_iter(vals),
-        )?;
+        insert_row(tx, table, &cols, vals)?;
     }
     Ok(())
 }

@@ -254,17 +254,28 @@ pub fn reload(conn: &Connection, snapshot: &Snapshot) -> Result<(), SharedError>
                 }
                 vals.push(decode_value(key, v)?);
             }
-            let marks = vec!["?"; cols.len()].join(", ");
-            tx.execute(
-                &format!(
-                    "INSERT INTO \"{table}\" ({}) VALUES ({marks})",
-                    cols.join(", ")
-                ),
-                rusqlite::params_from_iter(vals),
-            )?;
+            insert_row(&tx, table, &cols, vals)?;
         }
     }
     tx.commit()?;
+    Ok(())
+}
+
+/// Inserts one row of `table`: quoted column names and their values.
+fn insert_row(
+    tx: &Connection,
+    table: &str,
+    cols: &[String],
+    vals: Vec<Value>,
+) -> rusqlite::Result<()> {
+    let marks = vec!["?"; cols.len()].join(", ");
+    tx.execute(
+        &format!(
+            "INSERT INTO \"{table}\" ({}) VALUES ({marks})",
+            cols.join(", ")
+        ),
+        rusqlite::params_from_iter(vals),
+    )?;
     Ok(())
 }
 
