@@ -91,6 +91,32 @@ fn a_write_on_one_agent_is_read_on_the_other_at_once() {
     assert_in_step(&site, &[&a, &b, &c]);
 }
 
+/// Records manual recovery point `rp1` of group `gid`.
+fn add_manual_point(store: &mut Store, gid: GroupId) {
+    store
+        .create_recovery_point(
+            gid,
+            &NewRecoveryPoint {
+                name: "rp1".into(),
+                engine_rp: 1,
+                kind: RpKind::Manual,
+            },
+        )
+        .unwrap();
+}
+
+/// Journals the deletion of group `gid` (the rules allowing it).
+fn begin_group_delete(store: &mut Store, gid: GroupId) -> Operation {
+    let t = check(
+        &OpRequest::DeleteGroup {
+            other_deleting: None,
+        },
+        &store.group_view(gid).unwrap(),
+    )
+    .unwrap();
+    store.begin_operation(gid, &t, &json!({})).unwrap()
+}
+
 #[test]
 fn cascades_and_set_null_reach_the_shared_rows() {
     let site = MemorySite::default();
@@ -98,24 +124,9 @@ fn cascades_and_set_null_reach_the_shared_rows() {
     let b = Store::open_shared(site.handle()).unwrap();
     let g = mapped_group(&mut a, "g1");
     a.add_resources(g.id, &[volume("file:/a")]).unwrap();
-    a.create_recovery_point(
-        g.id,
-        &NewRecoveryPoint {
-            name: "rp1".into(),
-            engine_rp: 1,
-            kind: RpKind::Manual,
-        },
-    )
-    .unwrap();
+    add_manual_point(&mut a, g.id);
     assert_in_step(&site, &[&a, &b]);
-    let t = check(
-        &OpRequest::DeleteGroup {
-            other_deleting: None,
-        },
-        &a.group_view(g.id).unwrap(),
-    )
-    .unwrap();
-    let op = a.begin_operation(g.id, &t, &json!({})).unwrap();
+    let op = begin_group_delete(&mut a, g.id);
     let done = a.finish_operation(op.id, OpResult::Succeeded).unwrap();
     assert_eq!(done.group_id, None, "the journal keeps the op, SET NULL");
     // The group's resources and recovery point went with it (CASCADE),
@@ -268,26 +279,11 @@ fn an_agent_catches_up_from_the_changed_rows_alone() {
     let loads = site.full_loads();
     a.add_resources(g.id, &[volume("file:/a"), volume("file:/b")])
         .unwrap();
-    a.create_recovery_point(
-        g.id,
-        &NewRecoveryPoint {
-            name: "rp1".into(),
-            engine_rp: 1,
-            kind: RpKind::Manual,
-        },
-    )
-    .unwrap();
+    add_manual_point(&mut a, g.id);
     a.create_policy("nightly", &json!({"daily": "02:00"}))
         .unwrap();
     assert_in_step(&site, &[&a, &b]);
-    let t = check(
-        &OpRequest::DeleteGroup {
-            other_deleting: None,
-        },
-        &a.group_view(g.id).unwrap(),
-    )
-    .unwrap();
-    let op = a.begin_operation(g.id, &t, &json!({})).unwrap();
+    let op = begin_group_delete(&mut a, g.id);
     a.finish_operation(op.id, OpResult::Succeeded).unwrap();
     assert_in_step(&site, &[&a, &b]);
     assert_eq!(b.operation(op.id).unwrap().group_id, None);
