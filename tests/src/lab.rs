@@ -126,3 +126,21 @@ impl Drop for Cleanup {
         }
     }
 }
+
+/// Removes every object of RADOS namespace `namespace` of pool `rbd` on
+/// `site` (a test's shared control and standby state), ignoring failures:
+/// for cleanups on drop.
+pub fn remove_namespace_objects(site: &str, namespace: &str) {
+    let rados = |args: &[&str]| {
+        Command::new("rados")
+            .args(["--cluster", site, "-p", "rbd", "-N", namespace])
+            .args(args)
+            .output()
+    };
+    let Ok(listed) = rados(&["ls"]) else {
+        return;
+    };
+    for oid in String::from_utf8_lossy(&listed.stdout).lines() {
+        let _ = rados(&["rm", oid]);
+    }
+}

@@ -42,18 +42,7 @@ struct Namespace(String);
 
 impl Drop for Namespace {
     fn drop(&mut self) {
-        let rados = |args: &[&str]| {
-            Command::new("rados")
-                .args(["--cluster", "site-a", "-p", "rbd", "-N", &self.0])
-                .args(args)
-                .output()
-        };
-        let Ok(listed) = rados(&["ls"]) else {
-            return;
-        };
-        for oid in String::from_utf8_lossy(&listed.stdout).lines() {
-            let _ = rados(&["rm", oid]);
-        }
+        ferry_e2e::lab::remove_namespace_objects("site-a", &self.0);
     }
 }
 

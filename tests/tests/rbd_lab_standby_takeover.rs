@@ -56,18 +56,7 @@ impl Drop for SiteObjects {
     fn drop(&mut self) {
         // Every object of the test's namespace: the control object, the
         // standby state's site object and its per-image records.
-        let rados = |args: &[&str]| {
-            Command::new("rados")
-                .args(["--cluster", "site-b", "-p", "rbd", "-N", &self.ns])
-                .args(args)
-                .output()
-        };
-        let Ok(listed) = rados(&["ls"]) else {
-            return;
-        };
-        for oid in String::from_utf8_lossy(&listed.stdout).lines() {
-            let _ = rados(&["rm", oid]);
-        }
+        ferry_e2e::lab::remove_namespace_objects("site-b", &self.ns);
     }
 }
 

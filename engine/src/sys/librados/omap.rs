@@ -438,6 +438,26 @@ impl Pool {
     }
 }
 
+/// A version key's value as ferry's guarded writes compare it: empty for 0
+/// (a missing key compares as empty), else the decimal number.
+pub fn version_bytes(v: u64) -> Vec<u8> {
+    if v == 0 {
+        Vec::new()
+    } else {
+        v.to_string().into_bytes()
+    }
+}
+
+/// Reads a version key's value: missing or empty is 0; `None` when it is
+/// not a decimal number.
+pub fn parse_version(bytes: Option<&Vec<u8>>) -> Option<u64> {
+    match bytes {
+        None => Some(0),
+        Some(b) if b.is_empty() => Some(0),
+        Some(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

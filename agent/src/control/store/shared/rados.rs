@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_engine::sys::librados::lock::LockMode;
-use ferry_engine::sys::librados::omap::{Create, WriteOp};
+use ferry_engine::sys::librados::omap::{parse_version, version_bytes, Create, WriteOp};
 use ferry_engine::sys::librados::watch::Watch;
 use ferry_engine::sys::librados::{Cluster, ClusterSpec, Pool};
 
@@ -58,26 +58,14 @@ pub struct RadosBackend {
     describe: String,
 }
 
-fn version_bytes(v: u64) -> Vec<u8> {
-    if v == 0 {
-        Vec::new()
-    } else {
-        v.to_string().into_bytes()
-    }
-}
-
 fn parse_u64(key: &str, bytes: Option<&Vec<u8>>) -> Result<u64, SharedError> {
-    match bytes {
-        None => Ok(0),
-        Some(b) if b.is_empty() => Ok(0),
-        Some(b) => std::str::from_utf8(b)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| SharedError::Decode {
-                key: key.to_owned(),
-                reason: format!("not a number: {:?}", String::from_utf8_lossy(b)),
-            }),
-    }
+    parse_version(bytes).ok_or_else(|| SharedError::Decode {
+        key: key.to_owned(),
+        reason: format!(
+            "not a number: {:?}",
+            String::from_utf8_lossy(bytes.map(Vec::as_slice).unwrap_or_default())
+        ),
+    })
 }
 
 impl RadosBackend {

@@ -34,7 +34,7 @@ use super::{check_record, new_intent_key, IntentKey, StateStore};
 use crate::rbd::standby::commit::Intent;
 use crate::rbd::standby::handle::ImageRecord;
 use crate::standby::StoreError;
-use crate::sys::librados::omap::{Create, WriteOp};
+use crate::sys::librados::omap::{parse_version, version_bytes, Create, WriteOp};
 use crate::sys::librados::{CephError, Pool};
 
 const IMAGE: &str = "image/";
@@ -47,14 +47,6 @@ const VERSION: &str = "version";
 pub(in crate::rbd::standby) struct RadosState {
     pool: Arc<Pool>,
     oid: String,
-}
-
-fn version_bytes(v: u64) -> Vec<u8> {
-    if v == 0 {
-        Vec::new() // a missing key compares as empty
-    } else {
-        v.to_string().into_bytes()
-    }
 }
 
 impl RadosState {
@@ -135,19 +127,15 @@ impl RadosState {
         key: &str,
         bytes: Option<&Vec<u8>>,
     ) -> Result<u64, StoreError> {
-        match bytes {
-            None => Ok(0),
-            Some(b) if b.is_empty() => Ok(0),
-            Some(b) => std::str::from_utf8(b)
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| {
-                    StoreError::corrupt(
-                        &self.whence(oid, key),
-                        format!("not a version: {:?}", String::from_utf8_lossy(b)),
-                    )
-                }),
-        }
+        parse_version(bytes).ok_or_else(|| {
+            StoreError::corrupt(
+                &self.whence(oid, key),
+                format!(
+                    "not a version: {:?}",
+                    String::from_utf8_lossy(bytes.map(Vec::as_slice).unwrap_or_default())
+                ),
+            )
+        })
     }
 
     /// Every key with `prefix`, without it, sorted.
