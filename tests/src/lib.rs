@@ -384,7 +384,38 @@ pub fn ready_line_listen(line: &str) -> SocketAddr {
 
 impl Drop for Agent {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print_for_a_failed_test();
+        }
         self.kill9();
+    }
+}
+
+/// How many of an agent's last log lines a failed test prints.
+const FAILED_TEST_LOG_LINES: usize = 120;
+
+impl Agent {
+    /// Prints whether the agent was still running (or how it exited) and
+    /// the tail of its log: the agent's directory, and so its log, goes
+    /// with the test's temporary directory.
+    fn print_for_a_failed_test(&mut self) {
+        let state = match self.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(None)) => "still running".to_owned(),
+            Some(Ok(Some(status))) => format!("exited: {status}"),
+            Some(Err(e)) => format!("state unknown: {e}"),
+            None => "not running (stopped by the test)".to_owned(),
+        };
+        let text = self.log_text();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(FAILED_TEST_LOG_LINES)..];
+        eprintln!(
+            "---- ferry-agent in {} ({state}); last {} of {} log lines ----\n{}\n---- end of {} ----",
+            self.dir.display(),
+            tail.len(),
+            lines.len(),
+            tail.join("\n"),
+            self.dir.display()
+        );
     }
 }
 
