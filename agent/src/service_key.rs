@@ -53,7 +53,12 @@ pub enum ServiceKeyError {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceKey {
-    /// The issuing (standby) agent's endpoint: QUIC on UDP, peer API on TCP.
+    /// The issuing (standby) site's endpoint, QUIC on UDP and peer API on
+    /// TCP: one `HOST:PORT`, or (a site of several standby agents) each
+    /// agent's, separated by commas. One field for both, not a new one: an
+    /// agent of an earlier version refuses unknown fields
+    /// (`deny_unknown_fields`), and a one-endpoint key stays byte for byte
+    /// what it was.
     pub endpoint: String,
     /// Its certificate fingerprint (hex).
     pub fingerprint: String,
@@ -126,6 +131,32 @@ mod tests {
             secret: "cd".repeat(32),
             expires_at: Timestamp(1_700_000_000_000),
         }
+    }
+
+    #[test]
+    fn a_key_of_several_standby_agents_keeps_the_one_field() {
+        let several = ServiceKey {
+            endpoint: "10.0.0.1:7400,10.0.0.2:7400".into(),
+            ..key()
+        };
+        let text = several.encode();
+        assert_eq!(ServiceKey::decode(&text), Ok(several));
+        // What an earlier version issued decodes as before, and an extra
+        // `endpoints` field (which an earlier version would refuse) is not
+        // how the list travels.
+        let json = format!(
+            r#"{{"endpoint":"a:1","endpoints":["a:1"],"fingerprint":"{}","secret":"{}","expires_at":1}}"#,
+            "ab".repeat(32),
+            "cd".repeat(32)
+        );
+        let extra = format!(
+            "{KEY_PREFIX}{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+        );
+        assert!(matches!(
+            ServiceKey::decode(&extra),
+            Err(ServiceKeyError::Contents { .. })
+        ));
     }
 
     #[test]

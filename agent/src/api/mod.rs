@@ -417,12 +417,29 @@ async fn service_key(State(s): State<AppState>, Json(b): Json<KeyBody>) -> ApiRe
         .unwrap_or(DEFAULT_KEY_TTL);
     let key = s.orch.issue_service_key(b.endpoint, ttl)?;
     ok(
-        json!({ "key": key.encode(), "endpoint": key.endpoint, "fingerprint": key.fingerprint, "expires_at": key.expires_at }),
+        json!({ "key": key.encode(), "endpoint": key.endpoint, "endpoints": crate::orchestrator::standby_endpoint_list(&key.endpoint), "fingerprint": key.fingerprint, "expires_at": key.expires_at }),
     )
 }
 
 async fn list_services(State(s): State<AppState>) -> ApiResult {
-    ok(s.orch.services()?)
+    let services: Vec<Value> = s.orch.services()?.iter().map(service_json).collect();
+    ok(services)
+}
+
+/// A service as the API shows it: its fields, and `remote_endpoints`, the
+/// standby site's agents `remote_endpoint` lists (one, or several separated
+/// by commas).
+fn service_json(svc: &crate::control::Service) -> Value {
+    let mut v = serde_json::to_value(svc).unwrap_or(Value::Null);
+    if let Some(map) = v.as_object_mut() {
+        map.insert(
+            "remote_endpoints".into(),
+            json!(crate::orchestrator::standby_endpoint_list(
+                &svc.remote_endpoint
+            )),
+        );
+    }
+    v
 }
 
 async fn create_service(State(s): State<AppState>, Json(b): Json<CreateServiceBody>) -> ApiResult {
@@ -430,11 +447,11 @@ async fn create_service(State(s): State<AppState>, Json(b): Json<CreateServiceBo
         .orch
         .create_service(&b.name, &b.key, b.local_endpoint)
         .await?;
-    Ok((StatusCode::CREATED, Json(svc)).into_response())
+    Ok((StatusCode::CREATED, Json(service_json(&svc))).into_response())
 }
 
 async fn show_service(State(s): State<AppState>, UrlPath(name): UrlPath<String>) -> ApiResult {
-    ok(s.orch.service(&name)?)
+    ok(service_json(&s.orch.service(&name)?))
 }
 
 async fn update_service(
@@ -442,8 +459,11 @@ async fn update_service(
     UrlPath(name): UrlPath<String>,
     Json(b): Json<UpdateServiceBody>,
 ) -> ApiResult {
-    ok(s.orch
-        .update_service(&name, b.local_endpoint, b.remote_endpoint)?)
+    ok(service_json(&s.orch.update_service(
+        &name,
+        b.local_endpoint,
+        b.remote_endpoint,
+    )?))
 }
 
 async fn delete_service(State(s): State<AppState>, UrlPath(name): UrlPath<String>) -> ApiResult {
@@ -708,7 +728,18 @@ async fn peer_pair(
 
 async fn peer_ping(State(o): State<Arc<Orchestrator>>, ConnectInfo(peer): Peer) -> ApiResult {
     let svc = o.service_of_peer(peer.fingerprint)?;
-    ok(json!({ "fingerprint": o.fingerprint().to_hex(), "service": svc.name }))
+    let mut reply = json!({ "fingerprint": o.fingerprint().to_hex(), "service": svc.name });
+    with_site_endpoints(&o, &mut reply);
+    ok(reply)
+}
+
+/// A standby site of several agents (its control state in RADOS) tells the
+/// primary every live agent's peer endpoint (`endpoints`), which the
+/// primary's service follows.
+fn with_site_endpoints(o: &Orchestrator, reply: &mut Value) {
+    if let Some(list) = o.site_peer_endpoints().filter(|l| !l.is_empty()) {
+        reply["endpoints"] = json!(list);
+    }
 }
 
 async fn peer_create_group(
@@ -767,10 +798,12 @@ async fn peer_newest_point(
     Query(q): Query<NewestQuery>,
 ) -> ApiResult {
     let confirm = q.as_of.zip(q.floor);
-    match o.peer_newest_point(peer.fingerprint, id, confirm)? {
-        Some(view) => ok(json!({ "newest": view.newest, "accepts": view.accepts })),
-        None => ok(json!({ "newest": 0, "gone": true })),
-    }
+    let mut reply = match o.peer_newest_point(peer.fingerprint, id, confirm)? {
+        Some(view) => json!({ "newest": view.newest, "accepts": view.accepts }),
+        None => json!({ "newest": 0, "gone": true }),
+    };
+    with_site_endpoints(&o, &mut reply);
+    ok(reply)
 }
 
 async fn peer_sync(

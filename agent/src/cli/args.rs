@@ -168,7 +168,9 @@ pub enum ServiceCmd {
         /// How to reach the agent.
         #[command(flatten)]
         conn: Conn,
-        /// Endpoint the primary should use (default: the agent's listen address).
+        /// Endpoint(s) the primary should use, `HOST:PORT[,HOST:PORT…]`
+        /// (default: the agent's listen address; on a site with its control
+        /// state in RADOS, every live agent's).
         #[arg(long)]
         endpoint: Option<String>,
         /// Validity in seconds.
@@ -217,7 +219,8 @@ pub enum ServiceCmd {
         /// New local endpoint.
         #[arg(long)]
         local_endpoint: Option<String>,
-        /// New remote endpoint.
+        /// New remote endpoint(s): `HOST:PORT`, or the standby site's
+        /// agents as `HOST:PORT,HOST:PORT…` (tried in turn).
         #[arg(long)]
         remote_endpoint: Option<String>,
     },

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_engine::session::sender::{SyncError, SyncProgress};
+use ferry_engine::session::sender::{SyncError, SyncOptions, SyncProgress};
 use ferry_protocol::ImageName;
 use hyper::Method;
 use tokio::sync::{mpsc, oneshot};
@@ -35,6 +35,10 @@ const SYNC_PAUSE: Duration = Duration::from_millis(500);
 /// Pause after a cycle that sent changes: the next one starts almost at
 /// once, so a busy group's recovery points follow each other closely.
 const BUSY_PAUSE: Duration = Duration::from_millis(50);
+
+/// How long a cycle tries to reconnect to a standby agent it lost when the
+/// service lists others: then it fails, and the retry goes to the next one.
+const STANDBY_SWITCH_AFTER: Duration = Duration::from_secs(10);
 
 /// A cycle that committed a group recovery point on the standby.
 pub(super) struct CycleDone {
@@ -457,7 +461,19 @@ impl Orchestrator {
             return Err(CtlError::BadRequest("the group has no resources".into()));
         }
         tracing::Span::current().record("peer", tracing::field::display(svc.remote_fingerprint));
-        let addr = Self::resolve(&svc.remote_endpoint).await?;
+        // One of the standby site's agents (the one that last worked); a
+        // cycle that cannot reach it, or loses it, moves the service on to
+        // the next, which the retry uses (the standby's state of a pending
+        // epoch is the site's, in RADOS: the retry resumes it).
+        let endpoint = self.standby_endpoint(&svc);
+        let several = self.standby_endpoints(&svc).len() > 1;
+        let addr = match Self::resolve(&endpoint).await {
+            Ok(addr) => addr,
+            Err(e) => {
+                self.standby_endpoint_failed(&svc, &endpoint);
+                return Err(e);
+            }
+        };
         let mut pairs = Vec::with_capacity(resources.len());
         for r in &resources {
             let source =
@@ -511,7 +527,10 @@ impl Orchestrator {
         });
         let floor = lock(&self.rp_floor).get(&gid).copied().unwrap_or(0);
         let mirror = self.state_mirror(&g.name);
-        let outcome = self
+        // With another standby agent to go to, a lost one is given up
+        // after a short reconnect window instead of the engine's default.
+        let switch_sooner = |o: &mut SyncOptions| o.reconnect_for = STANDBY_SWITCH_AFTER;
+        let result = self
             .replicator
             .cycle(Cycle {
                 pairs: &pairs,
@@ -521,14 +540,26 @@ impl Orchestrator {
                 accept_changes_at_rest: false,
                 min_recovery_point: floor,
                 skip_unchanged,
-                tweak: None,
+                tweak: several.then_some(&switch_sooner as &(dyn Fn(&mut SyncOptions) + Sync)),
                 state_mirror: mirror.as_deref(),
             })
-            .await
-            .map_err(|source| CtlError::Replication {
-                group: g.name.clone(),
-                source: Box::new(source),
-            })?;
+            .await;
+        let outcome = match result {
+            Ok(outcome) => {
+                self.standby_endpoint_worked(&svc, &endpoint);
+                outcome
+            }
+            Err(source) => {
+                let e = CtlError::Replication {
+                    group: g.name.clone(),
+                    source: Box::new(source),
+                };
+                if lost_the_standby(&e) {
+                    self.standby_endpoint_failed(&svc, &endpoint);
+                }
+                return Err(e);
+            }
+        };
         let report = match outcome {
             CycleOutcome::Committed(report) => report,
             CycleOutcome::Unchanged => return Ok(None),
@@ -542,6 +573,25 @@ impl Orchestrator {
             engine_rp: report.recovery_point,
             report,
         }))
+    }
+}
+
+/// Whether a cycle failed because its standby agent could not be reached or
+/// its connection was lost (not because it refused something).
+fn lost_the_standby(e: &CtlError) -> bool {
+    match e {
+        CtlError::Replication { source, .. } => {
+            matches!(
+                source.as_ref(),
+                ReplicateError::Sync(
+                    SyncError::Transport(_) | SyncError::LinkLost { .. } | SyncError::Framing(_)
+                )
+            ) || matches!(
+                source.as_ref(),
+                ReplicateError::Sync(SyncError::Protocol(m)) if m.contains("connection lost")
+            )
+        }
+        _ => false,
     }
 }
 

@@ -22,11 +22,11 @@ use tracing::{info, warn};
 
 use super::{CtlError, CtlResult, Orchestrator};
 use crate::config::ControlStore;
-use crate::control::{Group, GroupId, OperationId, Role};
+use crate::control::{Group, GroupId, OperationId, Role, Timestamp};
 use crate::placement::driver::{Driven, LeaseBackend, LeaseTask};
 use crate::placement::lease::LeaseTimes;
 use crate::placement::rados::{RadosLeaseConfig, RadosLeases};
-use crate::placement::site::{Presence, SiteRecords};
+use crate::placement::site::{live_agents, peer_endpoints, Presence, SiteRecords};
 use crate::sync_util::lock;
 
 /// How long a fenced client stays blocklisted.
@@ -285,6 +285,37 @@ impl Orchestrator {
                 ops.remove(&op);
             }
         }
+    }
+
+    /// The peer endpoints of the site's live agents as the last placement
+    /// round saw them, this agent's first (`None` without leases, and
+    /// before this agent's first round read the site's records).
+    pub fn site_peer_endpoints(&self) -> Option<Vec<String>> {
+        let leases = self.leases.as_ref()?;
+        let ttl_ms = i64::try_from(leases.times.duration.as_millis()).unwrap_or(i64::MAX);
+        let mut seen = lock(&leases.seen).agents.clone();
+        if seen.is_empty() {
+            return None;
+        }
+        // This agent as it announces itself now (the round may not have
+        // run yet).
+        seen.insert(
+            leases.agent.clone(),
+            Presence {
+                api: None,
+                peer: self.own_peer_endpoint(),
+                seen_ms: Timestamp::now().0,
+                held: Vec::new(),
+            },
+        );
+        let live = live_agents(&seen, Timestamp::now().0, ttl_ms);
+        Some(peer_endpoints(&seen, &live, &leases.agent))
+    }
+
+    /// This agent's peer endpoint, as a primary dials it (`None` when it
+    /// listens on an unspecified address).
+    pub(super) fn own_peer_endpoint(&self) -> Option<String> {
+        (!self.quic_addr.ip().is_unspecified()).then(|| self.quic_addr.to_string())
     }
 
     /// This agent's name in a multi-agent site (None without leases).

@@ -63,6 +63,7 @@
 
 mod cycle;
 mod drill;
+mod endpoints;
 mod failover;
 mod groups;
 mod handover;
@@ -193,6 +194,7 @@ pub use crate::wire::bodies::{
     MigrateStep, PairRequest, PeerGroupRequest, Qos, ReprotectImage, ReprotectPlan, ReprotectStep,
     ReprotectedImage,
 };
+pub use endpoints::parse as standby_endpoint_list;
 
 /// Live replication progress of one resource.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -360,7 +362,25 @@ pub struct Orchestrator {
     /// Bumped each time an operation of this agent finishes: what a
     /// waiting `GET /v1/operations/{id}?wait_ms=` wakes on.
     op_finished: tokio::sync::watch::Sender<u64>,
+    /// Primary side, per service: which of the standby site's agents to
+    /// dial first (`endpoints.rs`).
+    endpoints: Mutex<endpoints::EndpointPicker>,
 }
+
+/// Whether a peer call found nobody at its endpoint (no connection, or a
+/// name that does not resolve), as opposed to an answer.
+fn unreachable<T>(result: &CtlResult<T>) -> bool {
+    matches!(
+        result,
+        Err(CtlError::Peer {
+            source: Some(_),
+            ..
+        })
+    ) || matches!(result, Err(CtlError::Peer { reason, .. }) if reason == UNRESOLVED)
+}
+
+/// The reason of a peer error for an endpoint that does not resolve.
+const UNRESOLVED: &str = "the endpoint does not resolve";
 
 fn internal(what: impl Into<String>) -> impl FnOnce(anyhow::Error) -> CtlError {
     let what = what.into();
@@ -415,6 +435,7 @@ impl Orchestrator {
             unpin_lock: tokio::sync::Mutex::new(()),
             rpo_history: Mutex::new(rpo_history::RpoHistory::default()),
             leases,
+            endpoints: Mutex::new(endpoints::EndpointPicker::default()),
         });
         let live: Arc<dyn LiveSource> = orch.clone();
         orch.metrics.attach(Arc::downgrade(&live));
@@ -453,7 +474,7 @@ impl Orchestrator {
             .and_then(|mut a| a.next())
             .ok_or_else(|| CtlError::Peer {
                 addr: endpoint.to_owned(),
-                reason: "the endpoint does not resolve".into(),
+                reason: UNRESOLVED.into(),
                 source: None,
             })
     }
@@ -510,7 +531,10 @@ impl Orchestrator {
             .await
     }
 
-    /// [`Orchestrator::peer`] with its own timeout.
+    /// [`Orchestrator::peer`] with its own timeout. Tries the standby
+    /// site's endpoints in the picker's order: one that cannot be reached
+    /// moves the service on to the next, an answer (a refusal too) ends
+    /// the call.
     async fn peer_within(
         &self,
         svc: &Service,
@@ -519,16 +543,32 @@ impl Orchestrator {
         body: Option<&Value>,
         timeout: Duration,
     ) -> CtlResult<Value> {
-        let result = self
-            .peer_raw(
-                &svc.remote_endpoint,
-                svc.remote_fingerprint,
-                method,
-                path,
-                body,
-                timeout,
-            )
-            .await;
+        let mut result = Err(CtlError::Peer {
+            addr: svc.remote_endpoint.clone(),
+            reason: "the service lists no standby endpoint".into(),
+            source: None,
+        });
+        for endpoint in self.standby_endpoints(svc) {
+            result = self
+                .peer_raw(
+                    &endpoint,
+                    svc.remote_fingerprint,
+                    method.clone(),
+                    path,
+                    body,
+                    timeout,
+                )
+                .await;
+            if unreachable(&result) {
+                self.standby_endpoint_failed(svc, &endpoint);
+                continue;
+            }
+            self.standby_endpoint_worked(svc, &endpoint);
+            if let Ok(reply) = &result {
+                self.learn_standby_endpoints(svc, &endpoint, reply);
+            }
+            break;
+        }
         // Whether the peer answered at all (a refusal is an answer), for
         // `ferry health`'s "standby unreachable for longer than N".
         let unreachable = match &result {

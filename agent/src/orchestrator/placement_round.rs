@@ -69,6 +69,7 @@ impl Orchestrator {
         };
         let site = leases.site.clone();
         let api = lock(&self.api_addr).map(|a| a.to_string());
+        let peer = self.own_peer_endpoint();
         let held: Vec<String> = {
             let held = lock(&leases.held);
             groups
@@ -77,7 +78,7 @@ impl Orchestrator {
                 .map(|(_, name)| name.clone())
                 .collect()
         };
-        let read = tokio::task::spawn_blocking(move || read_site(&site, api, held)).await;
+        let read = tokio::task::spawn_blocking(move || read_site(&site, api, peer, held)).await;
         let read = match read {
             Ok(Ok(read)) => read,
             Ok(Err(error)) => {
@@ -102,6 +103,12 @@ impl Orchestrator {
             let mut seen = lock(&leases.seen);
             seen.holders = read.holders.clone();
             seen.agents = read.agents;
+        }
+        // A service paired through another agent of the site: its peer is
+        // trusted here too (a standby agent serves any primary the site
+        // is paired with).
+        for peer in self.paired_peers() {
+            self.trust.insert(peer);
         }
         self.contend(&groups, &claims);
         self.give_up(&groups, &read.holders, &live).await;
@@ -176,9 +183,10 @@ impl Orchestrator {
 fn read_site(
     site: &crate::placement::site::SiteRecords,
     api: Option<String>,
+    peer: Option<String>,
     held: Vec<String>,
 ) -> Result<SiteRead, SiteError> {
-    site.announce(api, held, Timestamp::now().0)?;
+    site.announce(api, peer, held, Timestamp::now().0)?;
     let agents = site.agents()?;
     let holders = holders_announced(&agents);
     Ok(SiteRead { agents, holders })

@@ -284,7 +284,7 @@ impl Orchestrator {
             seeds.into_iter().map(|(v, n, t)| ((v, n), t)).unzip();
         let results = futures_util::future::join_all(tasks).await;
         let svc = self.db(|s| s.service(g.service_id))?;
-        let addr = Self::resolve(&svc.remote_endpoint).await?;
+        let addr = Self::resolve(&self.standby_endpoint(&svc)).await?;
         let mut pairs = Vec::with_capacity(targets.len());
         for ((volume, name), result) in targets.into_iter().zip(results) {
             result

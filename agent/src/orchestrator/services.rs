@@ -14,8 +14,17 @@ use rand::RngCore;
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
-use super::{CtlError, CtlResult, Orchestrator, PairRequest, ServiceKey, PEER_TIMEOUT};
+use super::endpoints;
+use super::{
+    unreachable, CtlError, CtlResult, Orchestrator, PairRequest, ServiceKey, PEER_TIMEOUT,
+};
 use crate::control::{NewService, Service, StoreError, Timestamp};
+use crate::sync_util::lock;
+
+/// The endpoints of a list an operator or a key gave, or why not.
+fn checked_endpoints(list: &str) -> CtlResult<Vec<String>> {
+    endpoints::validate(list).map_err(|e| CtlError::BadRequest(e.to_string()))
+}
 
 fn hash_secret(secret: &str) -> String {
     blake3::hash(secret.as_bytes()).to_hex().to_string()
@@ -39,8 +48,12 @@ impl Orchestrator {
         ttl: Duration,
     ) -> CtlResult<ServiceKey> {
         let endpoint = match endpoint {
-            Some(e) => e,
-            None => self.advertised_endpoint()?,
+            Some(e) => endpoints::join(&checked_endpoints(&e)?),
+            None => match self.site_peer_endpoints().filter(|l| !l.is_empty()) {
+                // A multi-agent site: every live agent's peer endpoint.
+                Some(list) => endpoints::join(&list),
+                None => self.advertised_endpoint()?,
+            },
         };
         let mut secret = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut secret);
@@ -93,26 +106,37 @@ impl Orchestrator {
                 s.name
             )));
         }
+        let standbys = checked_endpoints(&key.endpoint)?;
         let body = json!({
             "secret": key.secret,
             "name": name,
             "endpoint": local_endpoint,
             "your_endpoint": key.endpoint,
         });
-        self.peer_raw(
-            &key.endpoint,
-            remote,
-            Method::POST,
-            "/v1/peer/pair",
-            Some(&body),
-            PEER_TIMEOUT,
-        )
-        .await?;
+        // Any agent of the standby site pairs the site (they share its
+        // control state): the first that answers.
+        for (i, endpoint) in standbys.iter().enumerate() {
+            let paired = self
+                .peer_raw(
+                    endpoint,
+                    remote,
+                    Method::POST,
+                    "/v1/peer/pair",
+                    Some(&body),
+                    PEER_TIMEOUT,
+                )
+                .await;
+            if unreachable(&paired) && i + 1 < standbys.len() {
+                continue;
+            }
+            paired?;
+            break;
+        }
         let svc = self.db(|s| {
             s.create_service(&NewService {
                 name: name.to_owned(),
                 local_endpoint,
-                remote_endpoint: key.endpoint.clone(),
+                remote_endpoint: endpoints::join(&standbys),
                 remote_fingerprint: remote,
             })
         })?;
@@ -172,7 +196,10 @@ impl Orchestrator {
     ) -> CtlResult<Service> {
         let svc = self.service(key)?;
         let local = local.unwrap_or(svc.local_endpoint);
-        let remote = remote.unwrap_or(svc.remote_endpoint);
+        let remote = match remote {
+            Some(list) => endpoints::join(&checked_endpoints(&list)?),
+            None => svc.remote_endpoint,
+        };
         self.db(|s| s.update_service(svc.id, &local, &remote, svc.remote_fingerprint))
     }
 
@@ -183,5 +210,83 @@ impl Orchestrator {
         self.db(|s| s.delete_service(svc.id))?;
         self.trust.remove(&svc.remote_fingerprint);
         Ok(())
+    }
+
+    /// The standby site's endpoints of `svc` in the order to try them
+    /// (`endpoints.rs`).
+    pub(super) fn standby_endpoints(&self, svc: &Service) -> Vec<String> {
+        let list = endpoints::parse(&svc.remote_endpoint);
+        lock(&self.endpoints).order(svc.id, &list)
+    }
+
+    /// The standby endpoint of `svc` to dial first (the stored text when
+    /// it lists none, so the error names it).
+    pub(super) fn standby_endpoint(&self, svc: &Service) -> String {
+        self.standby_endpoints(svc)
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| svc.remote_endpoint.clone())
+    }
+
+    /// A standby site of several agents lists its live agents' endpoints
+    /// in its peer API answers (`endpoints`): when that list differs from
+    /// the service's, the service takes it, so an agent started or stopped
+    /// on the standby site needs no step on this one. Only when the agent
+    /// that answered (at `answered`) is in the list: addresses it announces
+    /// that this site does not dial (a NAT, a proxy) leave the operator's
+    /// list alone.
+    pub(super) fn learn_standby_endpoints(&self, svc: &Service, answered: &str, reply: &Value) {
+        let Some(listed) = reply.get("endpoints").and_then(Value::as_array) else {
+            return;
+        };
+        let listed: Vec<&str> = listed.iter().filter_map(Value::as_str).collect();
+        let Ok(listed) = endpoints::validate(&listed.join(",")) else {
+            return;
+        };
+        let current = endpoints::parse(&svc.remote_endpoint);
+        if !listed.iter().any(|e| e == answered) || endpoints::same_set(&current, &listed) {
+            return;
+        }
+        // The service as stored now (another call may have updated it).
+        let Ok(stored) = self.db(|s| s.service(svc.id)) else {
+            return;
+        };
+        if endpoints::same_set(&endpoints::parse(&stored.remote_endpoint), &listed) {
+            return;
+        }
+        let to = endpoints::join(&listed);
+        match self.db(|s| {
+            s.update_service(
+                stored.id,
+                &stored.local_endpoint,
+                &to,
+                stored.remote_fingerprint,
+            )
+        }) {
+            Ok(_) => {
+                info!(service = %svc.name, from = %stored.remote_endpoint, to = %to, "the standby site's agents changed; the service's standby endpoints follow")
+            }
+            Err(error) => {
+                warn!(service = %svc.name, %error, "could not record the standby site's endpoints")
+            }
+        }
+    }
+
+    /// `endpoint` of `svc` answered: the next call starts from it.
+    pub(super) fn standby_endpoint_worked(&self, svc: &Service, endpoint: &str) {
+        lock(&self.endpoints).worked(svc.id, endpoint);
+    }
+
+    /// `endpoint` of `svc` could not be reached or its connection was
+    /// lost: the next call starts from the next endpoint of the service.
+    pub(super) fn standby_endpoint_failed(&self, svc: &Service, endpoint: &str) {
+        let list = endpoints::parse(&svc.remote_endpoint);
+        if list.len() < 2 {
+            return;
+        }
+        let next = lock(&self.endpoints).failed(svc.id, endpoint, &list);
+        if let Some(next) = next.filter(|n| n != endpoint) {
+            info!(service = %svc.name, from = %endpoint, to = %next, "standby agent unreachable; moving to the next standby endpoint");
+        }
     }
 }

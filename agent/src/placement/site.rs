@@ -1,8 +1,9 @@
 //! The records of a multi-agent site in RADOS, beside its leases
 //! ([`super::rados`]), in the control pool and namespace:
 //! - who is alive: object `ferry.agents`, omap `agent.NAME` → the agent's
-//!   operator API address and the wall-clock time it last announced itself
-//!   ([`Presence`]); an agent that stops announcing counts as gone once a
+//!   operator API address, its peer endpoint (QUIC and peer API: what a
+//!   primary dials, listed in the site's service key) and the wall-clock
+//!   time it last announced itself ([`Presence`]); an agent that stops announcing counts as gone once a
 //!   lease duration has passed ([`live_agents`]). The placement plan only
 //!   needs this to be roughly right: the lease decides who drives;
 //! - who drives each group: each agent lists the groups whose lease it
@@ -60,6 +61,11 @@ pub enum SiteError {
 pub struct Presence {
     /// Its operator API address (`None` before it listens).
     pub api: Option<String>,
+    /// Its peer endpoint (`HOST:PORT`), what a primary site dials; `None`
+    /// when it listens on an unspecified address, or from an agent of a
+    /// version before the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
     /// When it last announced itself, Unix milliseconds (its clock).
     pub seen_ms: i64,
     /// The groups whose lease it held then.
@@ -100,6 +106,29 @@ pub fn live_agents(
         .collect()
 }
 
+/// The peer endpoints the `live` agents announced: `own`'s first, then the
+/// others by agent name, each once. What a primary site is given to reach
+/// this site (its service key, the peer API's answers).
+pub fn peer_endpoints(
+    agents: &BTreeMap<String, Presence>,
+    live: &BTreeSet<String>,
+    own: &str,
+) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let own_first = agents
+        .get_key_value(own)
+        .into_iter()
+        .chain(agents.iter().filter(|(name, _)| name.as_str() != own));
+    for (name, presence) in own_first {
+        if let Some(peer) = presence.peer.as_ref().filter(|_| live.contains(name)) {
+            if !out.contains(peer) {
+                out.push(peer.clone());
+            }
+        }
+    }
+    out
+}
+
 /// Where a site's records live, and who this agent is.
 #[derive(Debug, Clone)]
 pub struct SiteRecords {
@@ -119,16 +148,18 @@ impl SiteRecords {
             .map_err(SiteError::Open)
     }
 
-    /// Records that this agent is alive now, answering on `api` and
-    /// holding the leases of `held`.
+    /// Records that this agent is alive now, answering on `api` (operator)
+    /// and `peer` (peer endpoint) and holding the leases of `held`.
     pub fn announce(
         &self,
         api: Option<String>,
+        peer: Option<String>,
         held: Vec<String>,
         now_ms: i64,
     ) -> Result<(), SiteError> {
         let record = Presence {
             api,
+            peer,
             seen_ms: now_ms,
             held,
         };
@@ -210,6 +241,7 @@ mod tests {
     fn at(seen_ms: i64) -> Presence {
         Presence {
             api: Some("127.0.0.1:1".into()),
+            peer: None,
             seen_ms,
             held: Vec::new(),
         }
@@ -245,6 +277,33 @@ mod tests {
         let old = br#"{"api":"127.0.0.1:9","seen_ms":5}"#;
         let presence: Presence = serde_json::from_slice(old).expect("an older record");
         assert!(presence.held.is_empty());
+        assert_eq!(presence.peer, None);
+    }
+
+    #[test]
+    fn the_sites_peer_endpoints_are_the_live_agents_own_first() {
+        let with_peer = |seen_ms: i64, peer: Option<&str>| Presence {
+            peer: peer.map(str::to_owned),
+            ..at(seen_ms)
+        };
+        let agents: BTreeMap<String, Presence> = [
+            ("b1".to_owned(), with_peer(9_000, Some("10.0.0.1:7443"))),
+            ("b2".to_owned(), with_peer(9_000, Some("10.0.0.2:7443"))),
+            ("b3".to_owned(), with_peer(9_000, None)),
+            ("gone".to_owned(), with_peer(1_000, Some("10.0.0.9:7443"))),
+            ("twin".to_owned(), with_peer(9_000, Some("10.0.0.1:7443"))),
+        ]
+        .into_iter()
+        .collect();
+        let live = live_agents(&agents, 10_000, 5_000);
+        assert_eq!(
+            peer_endpoints(&agents, &live, "b2"),
+            vec!["10.0.0.2:7443".to_owned(), "10.0.0.1:7443".to_owned()]
+        );
+        assert_eq!(
+            peer_endpoints(&agents, &live, "b3"),
+            vec!["10.0.0.1:7443".to_owned(), "10.0.0.2:7443".to_owned()]
+        );
     }
 
     #[test]

@@ -44,7 +44,8 @@ pub struct CreateServiceBody {
 pub struct UpdateServiceBody {
     /// New local endpoint.
     pub local_endpoint: Option<String>,
-    /// New remote endpoint.
+    /// New remote endpoint(s): `HOST:PORT`, or the standby site's agents
+    /// separated by commas.
     pub remote_endpoint: Option<String>,
 }
 
