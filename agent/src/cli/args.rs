@@ -201,6 +201,14 @@ pub enum ServiceCmd {
         #[command(flatten)]
         show: ShowTz,
     },
+    /// Show one service (its standby endpoints: `remote_endpoints`).
+    Show {
+        /// How to reach the agent.
+        #[command(flatten)]
+        conn: Conn,
+        /// Service name or id.
+        name: String,
+    },
     /// Test the connection to the peer.
     Verify {
         /// How to reach the agent.

@@ -55,6 +55,11 @@ pub(super) async fn service(cmd: ServiceCmd, outer: &Conn) -> Result<Outcome> {
                 .show("/v1/services", View::Services)
                 .await?
         }
+        ServiceCmd::Show { conn, name } => {
+            Api::new(&conn.or(outer))?
+                .run(Method::GET, &format!("/v1/services/{name}"), None)
+                .await?
+        }
         ServiceCmd::Verify { conn, name } => {
             Api::new(&conn.or(outer))?
                 .run(Method::POST, &format!("/v1/services/{name}/verify"), None)

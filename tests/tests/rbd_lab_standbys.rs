@@ -1,0 +1,418 @@
+//! Several standby agents serve one site (issue 18), against the two-site
+//! Ceph lab (`#[ignore]`d; `FERRY_CEPH_LAB=1`).
+//!
+//! One primary agent on site-a replicates a group of two RBD images
+//! continuously (a daemon, `ferry group start`) to site-b, where two
+//! standby agents (`b1`, `b2`) share the site's identity and its control
+//! state in RADOS (`[control] store = "rados"`, this test's own namespace):
+//! with it the RBD standby's per-image state (pending epoch, durable batch,
+//! resume offset, intents) is the site's, not an agent's.
+//!
+//! - `ferry service key` on b1 lists both agents' peer endpoints; the
+//!   primary's service keeps both (`service show`).
+//! - With a writer running, b1 (the agent the primary uses) is SIGKILLed
+//!   while it applies an epoch: the site's state in RADOS still holds that
+//!   epoch pending, part-way, after the kill.
+//! - The primary's daemon moves to b2 on its own; b2 resumes the epoch from
+//!   b1's durable progress (its `receiving epoch` line names a durable
+//!   batch > 0) and commits it; the primary's next committed cycle sends a
+//!   fraction of a full copy (bytes, not time).
+//! - The service follows the site: once b1's presence expires, the
+//!   primary's service lists b2 alone, with no operator step.
+//! - Once the writer stops, every standby image equals its source at the
+//!   group's committed recovery point.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ferry_agent::service_key::ServiceKey;
+use ferry_e2e::cli::{ok, run, text};
+use ferry_e2e::lab::{self, export_hash, pyrbd, rbd, Cleanup};
+use ferry_e2e::{init_agent, Agent};
+use serde_json::{json, Value};
+
+/// Random data written into each image before it is protected.
+const FILL_MIB: u64 = 24;
+/// Fresh data written into each image for the epoch the kill lands in.
+const REWRITE_MIB: u64 = 4;
+/// The images' size.
+const SIZE_MIB: u64 = 64;
+/// The standby site's lease (and so how long a dead agent stays listed).
+const LEASE_SECS: u64 = 10;
+/// Where the standby state of pool `rbd` lives; one object per image,
+/// `STATE_OBJECT:IMAGE`, key `image`.
+const STATE_OBJECT: &str = "ferry.rbd-standby:rbd";
+const MOVED: &str = "moving to the next standby endpoint";
+
+/// Removes every object of the test's RADOS namespace on site-b (the
+/// standby site's control state, presence records, standby state) on drop.
+struct Namespace(String);
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        lab::remove_namespace_objects("site-b", &self.0);
+    }
+}
+
+/// Removes site-a's RBD groups holding an image whose name contains the
+/// mark on drop (ferry's multi-image captures), before [`Cleanup`] runs.
+struct RbdGroups(String);
+
+impl Drop for RbdGroups {
+    fn drop(&mut self) {
+        let rbd = |args: &[&str]| {
+            Command::new("rbd")
+                .args(["--cluster", "site-a"])
+                .args(args)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+                .unwrap_or_default()
+        };
+        for group in rbd(&["group", "ls", "rbd"]).lines() {
+            let spec = format!("rbd/{group}");
+            if rbd(&["group", "image", "ls", &spec]).contains(&self.0) {
+                rbd(&["group", "rm", &spec]);
+            }
+        }
+    }
+}
+
+/// A writer of 4 KiB blocks into the first MiB of every image until dropped.
+struct Writer(Child);
+
+impl Writer {
+    fn start(images: &[String]) -> Writer {
+        let script = format!(
+            "import rados, rbd, random, time\n\
+             c = rados.Rados(clustername='site-a', conffile='/etc/ceph/site-a.conf')\n\
+             c.connect()\n\
+             io = c.open_ioctx('rbd')\n\
+             imgs = [rbd.Image(io, n) for n in {images:?}]\n\
+             r = random.Random(7)\n\
+             while True:\n\
+             \x20   for img in imgs:\n\
+             \x20       img.write(r.randbytes(4096), r.randrange(0, 256) * 4096)\n\
+             \x20   time.sleep(0.02)\n"
+        );
+        let child = Command::new("/usr/bin/python3")
+            .args(["-c", &script])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting the writer");
+        Writer(child)
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `probe` every 100 ms until it returns `Some`, at most `limit`.
+fn wait_for<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A standby agent's config: images in site-b's `rbd`, the site's control
+/// state (and so its standby state) in namespace `ns` of the same pool.
+fn standby_config(ns: &str, name: &str) -> String {
+    format!(
+        "[standby]\nbackend = \"rbd\"\nrbd_pool = \"rbd\"\n\
+         [ceph]\ncluster = \"site-b\"\n\
+         [control]\nstore = \"rados\"\npool = \"rbd\"\nnamespace = \"{ns}\"\n\
+         agent_name = \"{name}\"\nlease = \"{LEASE_SECS}s\"\n"
+    )
+}
+
+/// The record of standby image `image` in the site's standby state.
+fn shared_record(ns: &str, image: &str, scratch: &Path) -> Option<Value> {
+    let file = scratch.join(format!("omapval-{image}"));
+    let _ = std::fs::remove_file(&file);
+    let out = Command::new("rados")
+        .args(["--cluster", "site-b", "-p", "rbd", "-N", ns])
+        .args(["getomapval", &format!("{STATE_OBJECT}:{image}"), "image"])
+        .arg(&file)
+        .output()
+        .expect("running rados");
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&std::fs::read(&file).ok()?).ok()
+}
+
+/// The number after `key=` in `line`.
+fn field(line: &str, key: &str) -> Option<u64> {
+    let at = line.find(&format!(" {key}="))? + key.len() + 2;
+    let digits: String = line[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// `ferry status --json`'s only group's progress.
+fn progress(dir: &Path) -> Value {
+    ok(dir, &["status"])["groups"][0]["progress"].clone()
+}
+
+fn progress_u64(dir: &Path, key: &str) -> u64 {
+    progress(dir)[key].as_u64().unwrap_or(0)
+}
+
+/// The standby images of group `g` on the primary `p`, by source image.
+fn standby_targets(p: &Path, images: &[String]) -> Vec<String> {
+    let shown = ok(p, &["group", "show", "g"]);
+    images
+        .iter()
+        .map(|image| {
+            shown["resources"]
+                .as_array()
+                .and_then(|rs| {
+                    rs.iter()
+                        .find(|r| r["uri"] == format!("rbd:rbd/{image}"))
+                        .and_then(|r| r["standby_target"].as_str())
+                })
+                .unwrap_or_else(|| panic!("{image} in {shown}"))
+                .to_owned()
+        })
+        .collect()
+}
+
+/// Two images of `SIZE_MIB` with `FILL_MIB` of random data each.
+fn make_images(mark: &str) -> Vec<String> {
+    let images: Vec<String> = (0..2).map(|i| format!("{mark}-{i}")).collect();
+    for (i, image) in images.iter().enumerate() {
+        rbd(
+            "site-a",
+            &[
+                "create",
+                "--size",
+                &SIZE_MIB.to_string(),
+                &format!("rbd/{image}"),
+            ],
+        );
+        pyrbd(
+            "site-a",
+            image,
+            &format!(
+                "r = random.Random({i})\n\
+                 for k in range({FILL_MIB}):\n\
+                 \x20   img.write(r.randbytes(1 << 20), (k + 8) << 20)"
+            ),
+        );
+    }
+    images
+}
+
+/// The two standby agents, started before the pairing (b2 learns the
+/// primary from the shared control state); b2 has b1's identity.
+fn standby_agents(b1_dir: &Path, b2_dir: &Path, ns: &str) -> (Agent, Agent) {
+    let b_fp = init_agent(b1_dir);
+    init_agent(b2_dir);
+    for file in ["identity/cert.pem", "identity/key.pem"] {
+        std::fs::copy(b1_dir.join(file), b2_dir.join(file)).expect("copy the site's identity");
+    }
+    for (dir, name) in [(b1_dir, "b1"), (b2_dir, "b2")] {
+        std::fs::write(dir.join("config.toml"), standby_config(ns, name)).expect("config");
+    }
+    let b1 = Agent::start(b1_dir, &b_fp, &[]);
+    let b2 = Agent::start(b2_dir, &b_fp, &[]);
+    (b1, b2)
+}
+
+#[test]
+#[ignore = "needs the Ceph lab (FERRY_CEPH_LAB=1); scripts/test.sh runs it"]
+fn lab_a_standby_agent_killed_mid_epoch_is_replaced_by_another_without_a_full_copy() {
+    if !lab::enabled() {
+        return;
+    }
+    let started = Instant::now();
+    let mark = format!("ferry-h21-standbys-{}", std::process::id());
+    let _images = Cleanup {
+        mark: mark.clone(),
+        parents: mark.clone(),
+    };
+    let _groups = RbdGroups(mark.clone());
+    let ns = format!("{mark}-ctl");
+    let _namespace = Namespace(ns.clone());
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let p_dir = tmp.path().join("p");
+    let p_fp = init_agent(&p_dir);
+    std::fs::write(p_dir.join("config.toml"), "[ceph]\ncluster = \"site-a\"\n").expect("config");
+    let p = Agent::start(&p_dir, &p_fp, &[]);
+    let (mut b1, b2) = standby_agents(&tmp.path().join("b1"), &tmp.path().join("b2"), &ns);
+    let (a1, a2) = (b1.addr.to_string(), b2.addr.to_string());
+
+    // The key lists every live standby agent, the issuer's first.
+    let issued = wait_for("both standby agents in b1's key", Duration::from_secs(30), || {
+        let issued = ok(&b1.dir, &["service", "key"]);
+        (issued["endpoints"] == json!([a1, a2])).then_some(issued)
+    });
+    let key = issued["key"].as_str().expect("key").to_owned();
+    assert_eq!(
+        ServiceKey::decode(&key).expect("a key").endpoint,
+        format!("{a1},{a2}")
+    );
+    ok(&p_dir, &["service", "create", "--key", &key]);
+    let shown = ok(&p_dir, &["service", "show", "dr"]);
+    assert_eq!(shown["remote_endpoints"], json!([a1, a2]), "{shown}");
+
+    let images = make_images(&mark);
+    ok(&p_dir, &["group", "create", "g", "--wait"]);
+    let uris: Vec<String> = images.iter().map(|i| format!("rbd:rbd/{i}")).collect();
+    let mut add = vec!["group", "add", "g"];
+    add.extend(uris.iter().map(String::as_str));
+    add.push("--wait");
+    ok(&p_dir, &add);
+    ok(&p_dir, &["group", "start", "g", "--wait"]);
+    let targets = standby_targets(&p_dir, &images);
+    let writer = Writer::start(&images);
+    wait_for("two committed cycles", Duration::from_secs(120), || {
+        (progress_u64(&p_dir, "cycles") >= 2).then_some(())
+    });
+    assert!(b1.log_text().contains("receiving epoch"), "b1 is the one in use");
+    assert!(
+        !b2.log_text().contains("receiving epoch"),
+        "b2 has received nothing yet:\n{}",
+        b2.log_text()
+    );
+
+    // A slow epoch of fresh data; b1 is killed once part of it is durable.
+    ok(&p_dir, &["qos", "set", "--send", "1MB/s"]);
+    for (i, image) in images.iter().enumerate() {
+        pyrbd(
+            "site-a",
+            image,
+            &format!(
+                "r = random.Random({})\n\
+                 for k in range({REWRITE_MIB}):\n\
+                 \x20   img.write(r.randbytes(1 << 20), (k + 8) << 20)",
+                100 + i
+            ),
+        );
+    }
+    let (victim, epoch) = wait_for(
+        "durable progress of the fresh epoch in RADOS",
+        Duration::from_secs(60),
+        || {
+            targets.iter().find_map(|t| {
+                let pending = shared_record(&ns, t, tmp.path())?["pending"].clone();
+                let offset = pending["resume_offset"].as_u64()?;
+                // Inside the rewritten stretch: only the fresh epoch has a
+                // durable batch there (the writer's are in the first MiB).
+                (offset > 9 << 20).then(|| (t.clone(), pending["epoch"].as_u64()))
+            })
+        },
+    );
+    let epoch = epoch.expect("the pending epoch's number");
+    assert!(b1.kill9(), "b1 was running");
+    let killed_at = Instant::now();
+    let at_kill = shared_record(&ns, &victim, tmp.path()).expect("the record")["pending"].clone();
+    let resume = at_kill["resume_offset"].as_u64().unwrap_or(0);
+    assert_eq!(at_kill["epoch"].as_u64(), Some(epoch), "{at_kill}");
+    assert!(
+        resume > 0 && resume < SIZE_MIB << 20,
+        "killed mid-epoch: {at_kill}"
+    );
+    let committed_by = |agent: &Agent| {
+        agent.log_text().lines().any(|l| {
+            l.contains("committed recovery point")
+                && l.contains(&victim)
+                && field(l, "epoch") == Some(epoch)
+        })
+    };
+    assert!(!committed_by(&b1), "b1 died before committing epoch {epoch}");
+
+    // The primary moves to b2 by itself; b2 resumes the epoch where b1's
+    // durable progress left it, and commits it.
+    let moved_to = format!("to={a2}");
+    wait_for("the primary moves to b2", Duration::from_secs(60), || {
+        let log = p.log_text();
+        log.lines()
+            .any(|l| l.contains(MOVED) && l.contains(&moved_to))
+            .then_some(())
+    });
+    let resumed = wait_for("b2 receives the epoch", Duration::from_secs(60), || {
+        b2.log_text()
+            .lines()
+            .find(|l| {
+                l.contains("receiving epoch")
+                    && l.contains(&victim)
+                    && field(l, "epoch") == Some(epoch)
+            })
+            .map(str::to_owned)
+    });
+    let durable = field(&resumed, "durable_seq").unwrap_or(0);
+    assert!(durable > 0, "b2 resumes from b1's durable batches: {resumed}");
+    wait_for("b2 commits the epoch", Duration::from_secs(60), || {
+        committed_by(&b2).then_some(())
+    });
+    let (sent, rp) = wait_for(
+        "the primary's next committed cycle",
+        Duration::from_secs(60),
+        || {
+            let log = p.log_text();
+            let line = log
+                .lines()
+                .skip_while(|l| !(l.contains(MOVED) && l.contains(&moved_to)))
+                .find(|l| l.contains("replication cycle committed"))?;
+            Some((field(line, "bytes_sent")?, field(line, "recovery_point")?))
+        },
+    );
+    let full = images.len() as u64 * (FILL_MIB << 20);
+    eprintln!(
+        "b1 killed at resume offset {resume} of epoch {epoch} ({victim}); b2 resumed at \
+         durable batch {durable}; the primary's next committed cycle sent {sent} bytes \
+         (a full copy: {full}), point {rp}, {:?} after the kill",
+        killed_at.elapsed()
+    );
+    assert!(
+        sent < full / 3,
+        "no full copy after the move ({sent} bytes sent):\n{}",
+        p.log_text()
+    );
+    ok(&p_dir, &["qos", "set", "--send", "unlimited"]);
+
+    // The service follows the site: b1's presence expires, b2 is left.
+    wait_for(
+        "the service lists b2 alone",
+        Duration::from_secs(LEASE_SECS * 4),
+        || {
+            let shown = ok(&p_dir, &["service", "show", "dr"]);
+            (shown["remote_endpoints"] == json!([a2])).then_some(())
+        },
+    );
+
+    // Writer stopped: after an idle check, every standby image equals its
+    // source at the committed point.
+    drop(writer);
+    let idle = progress_u64(&p_dir, "idle_checks");
+    wait_for("an idle check", Duration::from_secs(120), || {
+        (progress_u64(&p_dir, "idle_checks") > idle).then_some(())
+    });
+    let rp = progress_u64(&p_dir, "last_recovery_point");
+    for (image, target) in images.iter().zip(&targets) {
+        assert_eq!(
+            export_hash(tmp.path(), "site-b", &format!("rbd/{target}@ferry-rp-{rp}")),
+            export_hash(tmp.path(), "site-a", &format!("rbd/{image}")),
+            "{image} at point {rp}"
+        );
+    }
+    ok(&p_dir, &["group", "stop", "g", "--wait"]);
+    let out = run(&p_dir, &["group", "delete", "g", "--wait"]);
+    assert!(out.status.success(), "{}", text(&out));
+    eprintln!("the test took {:?}", started.elapsed());
+    drop(b2);
+    drop(p);
+}
