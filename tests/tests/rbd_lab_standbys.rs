@@ -34,8 +34,10 @@ use serde_json::{json, Value};
 
 /// Random data written into each image before it is protected.
 const FILL_MIB: u64 = 24;
-/// Fresh data written into each image for the epoch the kill lands in.
-const REWRITE_MIB: u64 = 4;
+/// Fresh data written into each image for the epoch the kill lands in: 1
+/// MiB at the start of each of this many 4 MiB chunks (the engine's chunk
+/// size, the step a durable resume offset moves by) from 8 MiB on.
+const REWRITE_CHUNKS: u64 = 6;
 /// The images' size.
 const SIZE_MIB: u64 = 64;
 /// The standby site's lease (and so how long a dead agent stays listed).
@@ -296,8 +298,8 @@ fn lab_a_standby_agent_killed_mid_epoch_is_replaced_by_another_without_a_full_co
             image,
             &format!(
                 "r = random.Random({})\n\
-                 for k in range({REWRITE_MIB}):\n\
-                 \x20   img.write(r.randbytes(1 << 20), (k + 8) << 20)",
+                 for k in range({REWRITE_CHUNKS}):\n\
+                 \x20   img.write(r.randbytes(1 << 20), (8 + 4 * k) << 20)",
                 100 + i
             ),
         );
@@ -309,9 +311,13 @@ fn lab_a_standby_agent_killed_mid_epoch_is_replaced_by_another_without_a_full_co
             targets.iter().find_map(|t| {
                 let pending = shared_record(&ns, t, tmp.path())?["pending"].clone();
                 let offset = pending["resume_offset"].as_u64()?;
-                // Inside the rewritten stretch: only the fresh epoch has a
-                // durable batch there (the writer's are in the first MiB).
-                (offset > 9 << 20).then(|| (t.clone(), pending["epoch"].as_u64()))
+                // Part-way through the rewritten chunks: only the fresh
+                // epoch has a durable batch ending there (the writer's end
+                // at 4 MiB, and an image whose epoch is all durable while
+                // the other's is not shows the image's size).
+                let rewritten_end = (8 + 4 * REWRITE_CHUNKS) << 20;
+                (offset > 8 << 20 && offset < rewritten_end)
+                    .then(|| (t.clone(), pending["epoch"].as_u64()))
             })
         },
     );
