@@ -80,22 +80,33 @@ impl Drop for RbdGroups {
     }
 }
 
-/// A writer of 4 KiB blocks into the first MiB of every image until dropped.
-struct Writer(Child);
+/// A writer of 4 KiB blocks into the first MiB of every image until
+/// dropped. It stops cleanly (closing the images: a killed client's
+/// exclusive lock would hold the next capture for a watch timeout) when
+/// its stop file appears.
+struct Writer {
+    child: Child,
+    stop: std::path::PathBuf,
+}
 
 impl Writer {
-    fn start(images: &[String]) -> Writer {
+    fn start(images: &[String], scratch: &Path) -> Writer {
+        let stop = scratch.join("writer.stop");
         let script = format!(
-            "import rados, rbd, random, time\n\
+            "import os, rados, rbd, random, time\n\
              c = rados.Rados(clustername='site-a', conffile='/etc/ceph/site-a.conf')\n\
              c.connect()\n\
              io = c.open_ioctx('rbd')\n\
              imgs = [rbd.Image(io, n) for n in {images:?}]\n\
              r = random.Random(7)\n\
-             while True:\n\
+             while not os.path.exists({stop:?}):\n\
              \x20   for img in imgs:\n\
              \x20       img.write(r.randbytes(4096), r.randrange(0, 256) * 4096)\n\
-             \x20   time.sleep(0.02)\n"
+             \x20   time.sleep(0.02)\n\
+             for img in imgs:\n\
+             \x20   img.close()\n\
+             io.close(); c.shutdown()\n",
+            stop = stop.display().to_string(),
         );
         let child = Command::new("/usr/bin/python3")
             .args(["-c", &script])
@@ -103,14 +114,22 @@ impl Writer {
             .stderr(Stdio::null())
             .spawn()
             .expect("starting the writer");
-        Writer(child)
+        Writer { child, stop }
     }
 }
 
 impl Drop for Writer {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = std::fs::write(&self.stop, b"");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -257,10 +276,14 @@ fn lab_a_standby_agent_killed_mid_epoch_is_replaced_by_another_without_a_full_co
     let (a1, a2) = (b1.addr.to_string(), b2.addr.to_string());
 
     // The key lists every live standby agent, the issuer's first.
-    let issued = wait_for("both standby agents in b1's key", Duration::from_secs(30), || {
-        let issued = ok(&b1.dir, &["service", "key"]);
-        (issued["endpoints"] == json!([a1, a2])).then_some(issued)
-    });
+    let issued = wait_for(
+        "both standby agents in b1's key",
+        Duration::from_secs(30),
+        || {
+            let issued = ok(&b1.dir, &["service", "key"]);
+            (issued["endpoints"] == json!([a1, a2])).then_some(issued)
+        },
+    );
     let key = issued["key"].as_str().expect("key").to_owned();
     assert_eq!(
         ServiceKey::decode(&key).expect("a key").endpoint,
@@ -279,11 +302,14 @@ fn lab_a_standby_agent_killed_mid_epoch_is_replaced_by_another_without_a_full_co
     ok(&p_dir, &add);
     ok(&p_dir, &["group", "start", "g", "--wait"]);
     let targets = standby_targets(&p_dir, &images);
-    let writer = Writer::start(&images);
+    let writer = Writer::start(&images, tmp.path());
     wait_for("two committed cycles", Duration::from_secs(120), || {
         (progress_u64(&p_dir, "cycles") >= 2).then_some(())
     });
-    assert!(b1.log_text().contains("receiving epoch"), "b1 is the one in use");
+    assert!(
+        b1.log_text().contains("receiving epoch"),
+        "b1 is the one in use"
+    );
     assert!(
         !b2.log_text().contains("receiving epoch"),
         "b2 has received nothing yet:\n{}",
@@ -291,6 +317,7 @@ fn lab_a_standby_agent_killed_mid_epoch_is_replaced_by_another_without_a_full_co
     );
 
     // A slow epoch of fresh data; b1 is killed once part of it is durable.
+    eprintln!("{:?}: two cycles committed on b1", started.elapsed());
     ok(&p_dir, &["qos", "set", "--send", "1MB/s"]);
     for (i, image) in images.iter().enumerate() {
         pyrbd(
@@ -322,8 +349,11 @@ fn lab_a_standby_agent_killed_mid_epoch_is_replaced_by_another_without_a_full_co
         },
     );
     let epoch = epoch.expect("the pending epoch's number");
+    eprintln!("{:?}: killing b1", started.elapsed());
     assert!(b1.kill9(), "b1 was running");
     let killed_at = Instant::now();
+    // The kill has landed: the rest of the epoch goes at full speed.
+    ok(&p_dir, &["qos", "set", "--send", "unlimited"]);
     let at_kill = shared_record(&ns, &victim, tmp.path()).expect("the record")["pending"].clone();
     let resume = at_kill["resume_offset"].as_u64().unwrap_or(0);
     assert_eq!(at_kill["epoch"].as_u64(), Some(epoch), "{at_kill}");
@@ -338,7 +368,10 @@ fn lab_a_standby_agent_killed_mid_epoch_is_replaced_by_another_without_a_full_co
                 && field(l, "epoch") == Some(epoch)
         })
     };
-    assert!(!committed_by(&b1), "b1 died before committing epoch {epoch}");
+    assert!(
+        !committed_by(&b1),
+        "b1 died before committing epoch {epoch}"
+    );
 
     // The primary moves to b2 by itself; b2 resumes the epoch where b1's
     // durable progress left it, and commits it.
@@ -349,6 +382,7 @@ fn lab_a_standby_agent_killed_mid_epoch_is_replaced_by_another_without_a_full_co
             .any(|l| l.contains(MOVED) && l.contains(&moved_to))
             .then_some(())
     });
+    eprintln!("{:?}: the primary moved to b2", started.elapsed());
     let resumed = wait_for("b2 receives the epoch", Duration::from_secs(60), || {
         b2.log_text()
             .lines()
@@ -360,7 +394,10 @@ fn lab_a_standby_agent_killed_mid_epoch_is_replaced_by_another_without_a_full_co
             .map(str::to_owned)
     });
     let durable = field(&resumed, "durable_seq").unwrap_or(0);
-    assert!(durable > 0, "b2 resumes from b1's durable batches: {resumed}");
+    assert!(
+        durable > 0,
+        "b2 resumes from b1's durable batches: {resumed}"
+    );
     wait_for("b2 commits the epoch", Duration::from_secs(60), || {
         committed_by(&b2).then_some(())
     });
@@ -388,7 +425,7 @@ fn lab_a_standby_agent_killed_mid_epoch_is_replaced_by_another_without_a_full_co
         "no full copy after the move ({sent} bytes sent):\n{}",
         p.log_text()
     );
-    ok(&p_dir, &["qos", "set", "--send", "unlimited"]);
+    eprintln!("{:?}: b2 committed the epoch", started.elapsed());
 
     // The service follows the site: b1's presence expires, b2 is left.
     wait_for(
@@ -400,6 +437,7 @@ fn lab_a_standby_agent_killed_mid_epoch_is_replaced_by_another_without_a_full_co
         },
     );
 
+    eprintln!("{:?}: the service lists b2 alone", started.elapsed());
     // Writer stopped: after an idle check, every standby image equals its
     // source at the committed point.
     drop(writer);
@@ -408,6 +446,7 @@ fn lab_a_standby_agent_killed_mid_epoch_is_replaced_by_another_without_a_full_co
         (progress_u64(&p_dir, "idle_checks") > idle).then_some(())
     });
     let rp = progress_u64(&p_dir, "last_recovery_point");
+    eprintln!("{:?}: an idle check at point {rp}", started.elapsed());
     for (image, target) in images.iter().zip(&targets) {
         assert_eq!(
             export_hash(tmp.path(), "site-b", &format!("rbd/{target}@ferry-rp-{rp}")),
@@ -415,6 +454,10 @@ fn lab_a_standby_agent_killed_mid_epoch_is_replaced_by_another_without_a_full_co
             "{image} at point {rp}"
         );
     }
+    eprintln!(
+        "{:?}: the standby images equal their sources",
+        started.elapsed()
+    );
     ok(&p_dir, &["group", "stop", "g", "--wait"]);
     let out = run(&p_dir, &["group", "delete", "g", "--wait"]);
     assert!(out.status.success(), "{}", text(&out));
