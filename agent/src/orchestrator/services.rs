@@ -41,6 +41,16 @@ impl Orchestrator {
         Ok(self.quic_addr.to_string())
     }
 
+    /// How the peer site reaches this one by default: on a multi-agent
+    /// site every live agent's announced peer endpoint (this agent's
+    /// first), else this agent's listen address.
+    fn site_endpoints(&self) -> CtlResult<String> {
+        match self.site_peer_endpoints().filter(|l| !l.is_empty()) {
+            Some(list) => Ok(endpoints::join(&list)),
+            None => self.advertised_endpoint(),
+        }
+    }
+
     /// Issues a one-time service key (standby side).
     pub fn issue_service_key(
         &self,
@@ -49,11 +59,7 @@ impl Orchestrator {
     ) -> CtlResult<ServiceKey> {
         let endpoint = match endpoint {
             Some(e) => endpoints::join(&checked_endpoints(&e)?),
-            None => match self.site_peer_endpoints().filter(|l| !l.is_empty()) {
-                // A multi-agent site: every live agent's peer endpoint.
-                Some(list) => endpoints::join(&list),
-                None => self.advertised_endpoint()?,
-            },
+            None => self.site_endpoints()?,
         };
         let mut secret = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut secret);
@@ -90,7 +96,7 @@ impl Orchestrator {
         }
         let local_endpoint = match local_endpoint {
             Some(e) => e,
-            None => self.advertised_endpoint()?,
+            None => self.site_endpoints()?,
         };
         let existing = self.db(|s| s.services())?;
         if let Some(s) = existing.iter().find(|s| s.name == name) {
