@@ -151,10 +151,12 @@ fn first_cycle_after_takeover(log: &str, name: &str) -> Option<(u64, u64)> {
     Some((field(line, "bytes_sent")?, field(line, "recovery_point")?))
 }
 
+/// Fields drop in declaration order: the agents first (a failed test
+/// prints their logs as they drop), their directories' tempdir last.
 struct Site {
-    tmp: tempfile::TempDir,
     primaries: BTreeMap<String, Agent>,
     standby: Agent,
+    tmp: tempfile::TempDir,
 }
 
 impl Site {
