@@ -18,7 +18,8 @@
 //!   batch > 0) and commits it; the primary's next committed cycle sends a
 //!   fraction of a full copy (bytes, not time).
 //! - The service follows the site: once b1's presence expires, the
-//!   primary's service lists b2 alone, with no operator step.
+//!   primary's service lists b2 alone; once b1 runs again, both (b2, whose
+//!   answer carried the list, first), with no operator step.
 //! - Once the writer stops, every standby image equals its source at the
 //!   group's committed recovery point.
 
@@ -458,10 +459,23 @@ fn lab_a_standby_agent_killed_mid_epoch_is_replaced_by_another_without_a_full_co
         "{:?}: the standby images equal their sources",
         started.elapsed()
     );
+    // A standby agent (b1 again, a new process) joins the site: the
+    // service lists it again, with no operator step.
+    b1.restart(&[]);
+    wait_for(
+        "the service lists b1 again",
+        Duration::from_secs(LEASE_SECS * 3),
+        || {
+            let shown = ok(&p_dir, &["service", "show", "dr"]);
+            (shown["remote_endpoints"] == json!([a2, a1])).then_some(())
+        },
+    );
+    eprintln!("{:?}: the service lists b2 and b1", started.elapsed());
     ok(&p_dir, &["group", "stop", "g", "--wait"]);
     let out = run(&p_dir, &["group", "delete", "g", "--wait"]);
     assert!(out.status.success(), "{}", text(&out));
     eprintln!("the test took {:?}", started.elapsed());
+    drop(b1);
     drop(b2);
     drop(p);
 }
