@@ -528,6 +528,9 @@ pub const DEFAULT_CONFIG: &str = r#"# ferry-agent configuration. Every key is op
 # namespace = "site-a"
 # agent_name = "node-1"   # unique in the site (default: the host name)
 # lease = "30s"           # 5s..10m
+# peer_endpoint = "b1.example:7400" # what a peer site dials to reach this agent,
+#                         # announced to the site (listed in `ferry service key`);
+#                         # default the listen address unless it is 0.0.0.0 / [::]
 
 [ceph]
 # The cluster of rbd: sources and of an RBD standby (librbd is loaded at run

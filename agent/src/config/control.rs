@@ -1,6 +1,7 @@
 //! The `[control]` section: where the site's control state lives (this
 //! agent's SQLite file, or RADOS shared by the site's agents) and, for a
-//! RADOS site, this agent's name in it and the groups' lease duration.
+//! RADOS site, this agent's name in it, the groups' lease duration and the
+//! peer endpoint it announces to the site's peers.
 
 use serde::Deserialize;
 
@@ -14,6 +15,7 @@ pub(super) struct RawControl {
     namespace: Option<String>,
     agent_name: Option<String>,
     lease: Option<String>,
+    peer_endpoint: Option<String>,
 }
 
 /// Where the agent keeps its control state (`[control]`).
@@ -36,6 +38,10 @@ pub enum ControlStore {
         agent_name: Option<String>,
         /// The lease duration, seconds (5..=600).
         lease_secs: u64,
+        /// The `HOST:PORT` a peer site dials to reach this agent (QUIC and
+        /// peer API), announced to the site's records and so listed in its
+        /// service keys. `None`: the listen address, unless unspecified.
+        peer_endpoint: Option<String>,
     },
 }
 
@@ -56,6 +62,7 @@ pub(super) fn control_store(
                 (raw.namespace.is_some(), "control.namespace"),
                 (raw.agent_name.is_some(), "control.agent_name"),
                 (raw.lease.is_some(), "control.lease"),
+                (raw.peer_endpoint.is_some(), "control.peer_endpoint"),
             ];
             match only_rados.iter().find(|(set, _)| *set) {
                 Some((_, key)) => Err(invalid(key, "set only with store = \"rados\"".into())),
@@ -110,11 +117,26 @@ fn rados(raw: RawControl, invalid: &Invalid) -> Result<ControlStore, ConfigError
             format!("{lease_secs} s is not in 5 s..=10 min"),
         ));
     }
+    if let Some(endpoint) = &raw.peer_endpoint {
+        let one = crate::orchestrator::standby_endpoint_list(endpoint);
+        let ok = one.len() == 1
+            && one[0] == *endpoint
+            && one[0]
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !ok {
+            return Err(invalid(
+                "control.peer_endpoint",
+                format!("{endpoint:?} is not one HOST:PORT"),
+            ));
+        }
+    }
     Ok(ControlStore::Rados {
         pool,
         namespace: raw.namespace,
         agent_name: raw.agent_name,
         lease_secs,
+        peer_endpoint: raw.peer_endpoint,
     })
 }
 
@@ -156,6 +178,7 @@ mod tests {
                 namespace: Some("a".into()),
                 agent_name: None,
                 lease_secs: 30,
+                peer_endpoint: None,
             }
         );
         for (bad, key) in [
@@ -164,6 +187,10 @@ mod tests {
             ("[control]\nnamespace = \"a\"\n", "control.namespace"),
             ("[control]\nagent_name = \"a\"\n", "control.agent_name"),
             ("[control]\nlease = \"10s\"\n", "control.lease"),
+            (
+                "[control]\npeer_endpoint = \"a:1\"\n",
+                "control.peer_endpoint",
+            ),
             ("[control]\nstore = \"etcd\"\n", "control.store"),
             (
                 "[control]\nstore = \"rados\"\npool = \"\"\n",
@@ -178,7 +205,8 @@ mod tests {
     #[test]
     fn a_rados_site_names_its_agent_and_its_lease() {
         let c = parse(
-            "[control]\nstore = \"rados\"\npool = \"p\"\nagent_name = \"node-1\"\nlease = \"1m\"\n",
+            "[control]\nstore = \"rados\"\npool = \"p\"\nagent_name = \"node-1\"\nlease = \"1m\"\n\
+             peer_endpoint = \"b1.example:7400\"\n",
         )
         .unwrap();
         assert_eq!(
@@ -188,6 +216,7 @@ mod tests {
                 namespace: None,
                 agent_name: Some("node-1".into()),
                 lease_secs: 60,
+                peer_endpoint: Some("b1.example:7400".into()),
             }
         );
         for bad in [
@@ -197,6 +226,9 @@ mod tests {
             "lease = \"2s\"",
             "lease = \"11m\"",
             "lease = \"soon\"",
+            "peer_endpoint = \"b1.example\"",
+            "peer_endpoint = \"a:1,b:2\"",
+            "peer_endpoint = \" a:1\"",
         ] {
             let text = format!("[control]\nstore = \"rados\"\npool = \"p\"\n{bad}\n");
             let err = parse(&text).unwrap_err().to_string();

@@ -36,6 +36,8 @@ const BLOCKLIST_FOR: Duration = Duration::from_secs(3600);
 pub(super) struct Leases {
     /// This agent's name in the site.
     pub(super) agent: String,
+    /// `[control] peer_endpoint`: what it announces for peer sites to dial.
+    pub(super) peer_endpoint: Option<String>,
     pub(super) times: LeaseTimes,
     pub(super) backend: Arc<dyn LeaseBackend>,
     pub(super) site: Arc<SiteRecords>,
@@ -101,6 +103,7 @@ impl Leases {
             namespace,
             agent_name,
             lease_secs,
+            peer_endpoint,
         } = control
         else {
             return None;
@@ -122,6 +125,7 @@ impl Leases {
         };
         Some(Self {
             agent,
+            peer_endpoint: peer_endpoint.clone(),
             times: lease_times(*lease_secs),
             backend: Arc::new(backend),
             site: Arc::new(site),
@@ -312,10 +316,13 @@ impl Orchestrator {
         Some(peer_endpoints(&seen, &live, &leases.agent))
     }
 
-    /// This agent's peer endpoint, as a primary dials it (`None` when it
-    /// listens on an unspecified address).
+    /// This agent's peer endpoint, as a peer site dials it: `[control]
+    /// peer_endpoint`, else its listen address (`None` when that is
+    /// unspecified).
     pub(super) fn own_peer_endpoint(&self) -> Option<String> {
-        (!self.quic_addr.ip().is_unspecified()).then(|| self.quic_addr.to_string())
+        let configured = self.leases.as_ref().and_then(|l| l.peer_endpoint.clone());
+        configured
+            .or_else(|| (!self.quic_addr.ip().is_unspecified()).then(|| self.quic_addr.to_string()))
     }
 
     /// This agent's name in a multi-agent site (None without leases).
