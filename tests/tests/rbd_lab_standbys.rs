@@ -38,7 +38,7 @@ const FILL_MIB: u64 = 24;
 /// Fresh data written into each image for the epoch the kill lands in: 1
 /// MiB at the start of each of this many 4 MiB chunks (the engine's chunk
 /// size, the step a durable resume offset moves by) from 8 MiB on.
-const REWRITE_CHUNKS: u64 = 6;
+const REWRITE_CHUNKS: u64 = 4;
 /// The images' size.
 const SIZE_MIB: u64 = 64;
 /// The standby site's lease (and so how long a dead agent stays listed).
@@ -82,32 +82,43 @@ impl Drop for RbdGroups {
 }
 
 /// A writer of 4 KiB blocks into the first MiB of every image until
-/// dropped. It stops cleanly (closing the images: a killed client's
-/// exclusive lock would hold the next capture for a watch timeout) when
-/// its stop file appears.
+/// dropped; asked to ([`Writer::rewrite`]), it also writes 1 MiB of fresh
+/// data at the start of each of `REWRITE_CHUNKS` 4 MiB chunks from 8 MiB
+/// on, through its own client (a second writing client would contend with
+/// it, and with the primary's captures, for the images' exclusive locks).
+/// It stops cleanly (closing the images: a killed client's exclusive lock
+/// would hold the next capture for a watch timeout) when its stop file
+/// appears.
 struct Writer {
     child: Child,
-    stop: std::path::PathBuf,
+    dir: std::path::PathBuf,
 }
 
 impl Writer {
     fn start(images: &[String], scratch: &Path) -> Writer {
-        let stop = scratch.join("writer.stop");
+        let dir = scratch.join("writer");
+        std::fs::create_dir_all(&dir).expect("the writer's directory");
         let script = format!(
             "import os, rados, rbd, random, time\n\
+             d = {dir:?}\n\
              c = rados.Rados(clustername='site-a', conffile='/etc/ceph/site-a.conf')\n\
              c.connect()\n\
              io = c.open_ioctx('rbd')\n\
              imgs = [rbd.Image(io, n) for n in {images:?}]\n\
              r = random.Random(7)\n\
-             while not os.path.exists({stop:?}):\n\
+             while not os.path.exists(d + '/stop'):\n\
              \x20   for img in imgs:\n\
              \x20       img.write(r.randbytes(4096), r.randrange(0, 256) * 4096)\n\
+             \x20   if os.path.exists(d + '/rewrite') and not os.path.exists(d + '/rewritten'):\n\
+             \x20       for img in imgs:\n\
+             \x20           for k in range({REWRITE_CHUNKS}):\n\
+             \x20               img.write(r.randbytes(1 << 20), (8 + 4 * k) << 20)\n\
+             \x20       open(d + '/rewritten', 'w').close()\n\
              \x20   time.sleep(0.02)\n\
              for img in imgs:\n\
              \x20   img.close()\n\
              io.close(); c.shutdown()\n",
-            stop = stop.display().to_string(),
+            dir = dir.display().to_string(),
         );
         let child = Command::new("/usr/bin/python3")
             .args(["-c", &script])
@@ -115,13 +126,27 @@ impl Writer {
             .stderr(Stdio::null())
             .spawn()
             .expect("starting the writer");
-        Writer { child, stop }
+        Writer { child, dir }
+    }
+
+    /// Has the fresh data written; returns once it is.
+    fn rewrite(&mut self) {
+        std::fs::write(self.dir.join("rewrite"), b"").expect("asking for the rewrite");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.dir.join("rewritten").exists() {
+            assert!(
+                matches!(self.child.try_wait(), Ok(None)),
+                "the writer exited"
+            );
+            assert!(Instant::now() < deadline, "the writer did not rewrite");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
 impl Drop for Writer {
     fn drop(&mut self) {
-        let _ = std::fs::write(&self.stop, b"");
+        let _ = std::fs::write(self.dir.join("stop"), b"");
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -303,7 +328,7 @@ fn lab_a_standby_agent_killed_mid_epoch_is_replaced_by_another_without_a_full_co
     ok(&p_dir, &add);
     ok(&p_dir, &["group", "start", "g", "--wait"]);
     let targets = standby_targets(&p_dir, &images);
-    let writer = Writer::start(&images, tmp.path());
+    let mut writer = Writer::start(&images, tmp.path());
     wait_for("two committed cycles", Duration::from_secs(120), || {
         (progress_u64(&p_dir, "cycles") >= 2).then_some(())
     });
@@ -320,18 +345,7 @@ fn lab_a_standby_agent_killed_mid_epoch_is_replaced_by_another_without_a_full_co
     // A slow epoch of fresh data; b1 is killed once part of it is durable.
     eprintln!("{:?}: two cycles committed on b1", started.elapsed());
     ok(&p_dir, &["qos", "set", "--send", "1MB/s"]);
-    for (i, image) in images.iter().enumerate() {
-        pyrbd(
-            "site-a",
-            image,
-            &format!(
-                "r = random.Random({})\n\
-                 for k in range({REWRITE_CHUNKS}):\n\
-                 \x20   img.write(r.randbytes(1 << 20), (8 + 4 * k) << 20)",
-                100 + i
-            ),
-        );
-    }
+    writer.rewrite();
     let (victim, epoch) = wait_for(
         "durable progress of the fresh epoch in RADOS",
         Duration::from_secs(60),
@@ -414,6 +428,19 @@ fn lab_a_standby_agent_killed_mid_epoch_is_replaced_by_another_without_a_full_co
             Some((field(line, "bytes_sent")?, field(line, "recovery_point")?))
         },
     );
+    // The resumed epoch's point is in the site's history of every image
+    // once, after the points b1 committed (none lost, none twice).
+    for target in &targets {
+        let record = shared_record(&ns, target, tmp.path()).expect("the record");
+        let points: Vec<u64> = record["history"]
+            .as_array()
+            .map(|h| h.iter().filter_map(|p| p["rp"].as_u64()).collect())
+            .unwrap_or_default();
+        assert!(
+            points.windows(2).all(|w| w[0] < w[1]) && points.contains(&rp),
+            "{target}: point {rp} once, in order: {points:?}"
+        );
+    }
     let full = images.len() as u64 * (FILL_MIB << 20);
     eprintln!(
         "b1 killed at resume offset {resume} of epoch {epoch} ({victim}); b2 resumed at \
