@@ -182,13 +182,14 @@ fn standby_config(ns: &str, name: &str) -> String {
     )
 }
 
-/// The record of standby image `image` in the site's standby state.
-fn shared_record(ns: &str, image: &str, scratch: &Path) -> Option<Value> {
-    let file = scratch.join(format!("omapval-{image}"));
+/// The JSON value of omap key `key` of object `oid` in the site's
+/// namespace `ns`, if any.
+fn omap_json(ns: &str, oid: &str, key: &str, scratch: &Path) -> Option<Value> {
+    let file = scratch.join("omapval");
     let _ = std::fs::remove_file(&file);
     let out = Command::new("rados")
         .args(["--cluster", "site-b", "-p", "rbd", "-N", ns])
-        .args(["getomapval", &format!("{STATE_OBJECT}:{image}"), "image"])
+        .args(["getomapval", oid, key])
         .arg(&file)
         .output()
         .expect("running rados");
@@ -196,6 +197,11 @@ fn shared_record(ns: &str, image: &str, scratch: &Path) -> Option<Value> {
         return None;
     }
     serde_json::from_slice(&std::fs::read(&file).ok()?).ok()
+}
+
+/// The record of standby image `image` in the site's standby state.
+fn shared_record(ns: &str, image: &str, scratch: &Path) -> Option<Value> {
+    omap_json(ns, &format!("{STATE_OBJECT}:{image}"), "image", scratch)
 }
 
 /// The number after `key=` in `line`.
@@ -301,15 +307,24 @@ fn lab_a_standby_agent_killed_mid_epoch_is_replaced_by_another_without_a_full_co
     let (mut b1, b2) = standby_agents(&tmp.path().join("b1"), &tmp.path().join("b2"), &ns);
     let (a1, a2) = (b1.addr.to_string(), b2.addr.to_string());
 
-    // The key lists every live standby agent, the issuer's first.
-    let issued = wait_for(
-        "both standby agents in b1's key",
+    // Once both announced their peer endpoints (and b1 read them), the
+    // key lists every live standby agent, the issuer's first.
+    wait_for(
+        "both standby agents' peer endpoints in ferry.agents",
         Duration::from_secs(30),
         || {
-            let issued = ok(&b1.dir, &["service", "key"]);
-            (issued["endpoints"] == json!([a1, a2])).then_some(issued)
+            let peer =
+                |agent: &str| omap_json(&ns, "ferry.agents", &format!("agent.{agent}"), tmp.path());
+            (peer("b1")?["peer"] == a1.as_str() && peer("b2")?["peer"] == a2.as_str()).then_some(())
         },
     );
+    // b1 reads b2's record at its next placement round (each key issued
+    // before that, listing b1 alone, expires unused within a minute).
+    let issued = wait_for("b1's key lists b2", Duration::from_secs(10), || {
+        let issued = ok(&b1.dir, &["service", "key", "--ttl", "60"]);
+        (issued["endpoints"] != json!([a1])).then_some(issued)
+    });
+    assert_eq!(issued["endpoints"], json!([a1, a2]), "{issued}");
     let key = issued["key"].as_str().expect("key").to_owned();
     assert_eq!(
         ServiceKey::decode(&key).expect("a key").endpoint,
