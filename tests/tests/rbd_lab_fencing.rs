@@ -459,7 +459,7 @@ fn lab_every_agent_restarted_at_once_loses_nothing_and_every_group_resumes() {
         killed.elapsed()
     );
     for (name, (_, driver)) in &now_driven {
-        resumed_incrementally(&site, driver, &groups, &[name.clone()], &last_rp);
+        resumed_incrementally(&site, driver, &groups, std::slice::from_ref(name), &last_rp);
     }
     drop(writer);
     for (name, entry) in &now_driven {
