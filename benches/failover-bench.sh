@@ -4,7 +4,7 @@
 # (site-a primary, site-b RBD standby, both with an RBD standby backend, the two-site Ceph lab of
 # scripts/ceph-lab.sh), driven through the `ferry` CLI.
 #
-#   [CASES="group20 single16"] benches/failover-bench.sh [--runs N] [--copy] [--write-md FILE]
+#   [CASES="group20 single16"] benches/failover-bench.sh [--runs N] [--copy] [--full-only] [--write-md FILE]
 #
 # Cases (each a fresh group, each run a fresh pair of groups):
 #   group20   20 volumes × 1 GiB
@@ -24,6 +24,9 @@
 # same group at the beginning (ferry's full initial sync of the same volumes: what a full resync,
 # rbd-mirror's path after a forced promote, has to move). Medians of N runs (default 3). Needs the
 # binaries (cargo build --release --workspace --bins), python3-rbd (Debian's /usr/bin/python3: pyenv shims lack it), jq.
+# Also recorded: each agent's peak RSS (VmHWM) right after the first group's full initial sync,
+# the most memory a sync takes (the single16 case is one image's sync: the baseline for the
+# group's). --full-only stops each case there (memory runs: no failover, drill or reprotect).
 # KEEP_WORK=1 keeps the agents' directories and logs (for a breakdown from their log lines).
 # Leaves no image behind (ferry-bench-fo-* on both sites are removed at the end).
 set -euo pipefail
@@ -31,6 +34,7 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RUNS=3
 COPY=0
+FULL_ONLY=0
 WRITE_MD=""
 FILL_MIB="${FILL_MIB:-64}"
 # The group that is re-protected holds more data, so the full resync it is compared with moves a
@@ -44,6 +48,7 @@ while (($#)); do
   case "$1" in
     --runs) RUNS="$2"; shift 2 ;;
     --copy) COPY=1; shift ;;
+    --full-only) FULL_ONLY=1; shift ;;
     --write-md) WRITE_MD="$2"; shift 2 ;;
     *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
   esac
@@ -152,6 +157,11 @@ protect() {
   ferry --dir "$A" rp create "$group" --name latest --wait >/dev/null
 }
 
+# peak_rss_mib PID: the process's peak resident set (VmHWM) so far, MiB.
+peak_rss_mib() {
+  awk '/^VmHWM:/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"
+}
+
 # timed DIR ARGS…: wall seconds of the failover command.
 timed() {
   local dir=$1; shift
@@ -170,6 +180,16 @@ run_case() {
   rfill=$(reprotect_fill "$size")
   protect "${name}l" "$count" "$size" "$rfill"
   local t_full=$T_FULL
+  printf '%s\tprimary peak RSS after the full sync (MiB)\t%s\n' "$name" "$(peak_rss_mib "$A_PID")" >>"$RES"
+  printf '%s\tstandby peak RSS after the full sync (MiB)\t%s\n' "$name" "$(peak_rss_mib "$B_PID")" >>"$RES"
+  if ((FULL_ONLY)); then
+    printf '%s\tfull sync (%s MiB each)\t%s\n' "$name" "$rfill" "$t_full" >>"$RES"
+    echo "run $run $name: full sync ${t_full}s" >&2
+    kill -9 "$A_PID" "$B_PID" 2>/dev/null || true
+    wait "$A_PID" "$B_PID" 2>/dev/null || true
+    purge_images
+    return 0
+  fi
   protect "${name}o" "$count" "$size" "$FILL_MIB"
   local t_drill t_drill_end
   t_drill=$(timed "$B" group drill "${name}l")
@@ -219,7 +239,7 @@ for ((run = 1; run <= RUNS; run++)); do
 done
 
 report() {
-  echo "| case | failover | median s (of $RUNS) | runs |"
+  echo "| case | what | median (s, or MiB) of $RUNS | runs |"
   echo "|---|---|---|---|"
   cut -f1,2 "$RES" | sort -u | while IFS=$'\t' read -r c k; do
     local vals

@@ -6,7 +6,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use ferry_engine::pipeline::PipelineConfig;
 use ferry_engine::transport::TransportSettings;
@@ -16,8 +15,10 @@ use serde::Deserialize;
 use crate::units::{parse_bytes, parse_rate, UnitError};
 
 mod control;
+mod transport;
 pub use control::ControlStore;
 use control::RawControl;
+use transport::{apply_transport, RawTransport};
 
 /// Why the configuration is unusable.
 #[derive(Debug, thiserror::Error)]
@@ -155,18 +156,6 @@ struct RawStandby {
     backend: Option<String>,
     rbd_pool: Option<String>,
     rbd_namespace: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTransport {
-    max_concurrent_images: Option<u32>,
-    idle_timeout_secs: Option<u64>,
-    stream_window: Option<String>,
-    connection_window: Option<String>,
-    udp_buffer: Option<String>,
-    compression: Option<String>,
-    max_udp_payload: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -419,75 +408,6 @@ fn api_tls(raw: RawApi, invalid: &Invalid) -> Result<Option<ApiTls>, ConfigError
     }
 }
 
-/// Applies the `[transport]` section onto the defaults in `t`.
-fn apply_transport(
-    t: &mut TransportSettings,
-    raw: RawTransport,
-    invalid: &Invalid,
-) -> Result<(), ConfigError> {
-    if let Some(n) = raw.max_concurrent_images {
-        if !(1..=256).contains(&n) {
-            return Err(invalid(
-                "transport.max_concurrent_images",
-                format!("{n} is not in 1..=256"),
-            ));
-        }
-        t.max_concurrent_images = n;
-    }
-    if let Some(s) = raw.idle_timeout_secs {
-        if !(1..=3600).contains(&s) {
-            return Err(invalid(
-                "transport.idle_timeout_secs",
-                format!("{s} is not in 1..=3600"),
-            ));
-        }
-        t.idle_timeout = Duration::from_secs(s);
-    }
-    let window = |key: &'static str, v: Option<String>| -> Result<Option<u32>, ConfigError> {
-        match v {
-            None => Ok(None),
-            Some(v) => {
-                let n = parse_bytes(&v).map_err(|e| invalid(key, e.to_string()))?;
-                if !(64 * 1024..=1 << 30).contains(&n) {
-                    return Err(invalid(
-                        key,
-                        format!("{n} bytes is not within 64 KiB..=1 GiB"),
-                    ));
-                }
-                Ok(Some(n as u32))
-            }
-        }
-    };
-    if let Some(w) = window("transport.stream_window", raw.stream_window)? {
-        t.stream_window = w;
-    }
-    if let Some(w) = window("transport.connection_window", raw.connection_window)? {
-        t.connection_window = w;
-        t.send_window = u64::from(w);
-    }
-    if let Some(w) = window("transport.udp_buffer", raw.udp_buffer)? {
-        t.udp_buffer = w as usize;
-    }
-    if let Some(mode) = &raw.compression {
-        t.compression = mode
-            .parse()
-            .map_err(|reason| invalid("transport.compression", reason))?;
-    }
-    if let Some(n) = raw.max_udp_payload {
-        let min = u32::from(ferry_engine::transport::MIN_UDP_PAYLOAD);
-        t.max_udp_payload = u16::try_from(n)
-            .ok()
-            .filter(|&v| (min..=65_527).contains(&u32::from(v)))
-            .ok_or_else(|| {
-                invalid(
-                    "transport.max_udp_payload",
-                    format!("{n} is not in {min}..=65527"),
-                )
-            })?;
-    }
-    Ok(())
-}
-
 /// Applies the `[pipeline]` section onto the defaults in `p`.
 fn apply_pipeline(
     p: &mut PipelineConfig,
@@ -671,6 +591,10 @@ pub const DEFAULT_CONFIG: &str = r#"# ferry-agent configuration. Every key is op
 # stream_window = "16MiB"
 # connection_window = "48MiB"
 # udp_buffer = "4MiB"
+# Bytes a group sync's images together keep sent but not yet durable on the
+# standby (each image may always have one batch out): the sync's memory;
+# raise it on links whose bandwidth x round-trip time is larger.
+# group_unacked_bytes = "64MiB"
 # Compress extents before sending: "auto" (while the link, not the CPU, is
 # the bottleneck: decided from measured send backpressure), "zstd", "off".
 # compression = "auto"

@@ -151,6 +151,13 @@ pub struct TransportSettings {
     /// default [`DEFAULT_MAX_UDP_PAYLOAD`]). Discovery starts at 1200 and
     /// stops below this where the path drops larger datagrams.
     pub max_udp_payload: u16,
+    /// Unacknowledged batch bytes of all the images of one group sync
+    /// together (`[transport] group_unacked_bytes`, default 64 MiB; each
+    /// image may always have one batch out, see
+    /// `session/sender/group_window.rs`): what the link needs in flight
+    /// does not grow with the number of images, so neither does the sync's
+    /// memory.
+    pub group_unacked_bytes: u64,
 }
 
 /// Default upper bound of path-MTU discovery: a 9000-byte jumbo frame less
@@ -174,6 +181,7 @@ impl Default for TransportSettings {
             max_concurrent_images: 5,
             compression: crate::compression::CompressionMode::Auto,
             max_udp_payload: DEFAULT_MAX_UDP_PAYLOAD,
+            group_unacked_bytes: 64 * 1024 * 1024,
         }
     }
 }

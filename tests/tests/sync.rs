@@ -305,10 +305,13 @@ fn untrusted_primary_and_wrong_standby_fingerprint_are_refused() {
 #[test]
 fn several_images_over_one_connection_commit_one_recovery_point() {
     let mut pair = Pair::new(None);
-    // Two image streams at a time: the third waits for a slot.
+    // Two image streams at a time: the third waits for a slot. The group's
+    // budget of unacknowledged bytes is its smallest, below one 4 MiB
+    // batch: the images take turns sending beyond their first batch, and
+    // none waits on itself (session/sender/group_window.rs).
     std::fs::write(
         pair.primary_dir.join("config.toml"),
-        "[transport]\nmax_concurrent_images = 2\n",
+        "[transport]\nmax_concurrent_images = 2\ngroup_unacked_bytes = \"1MiB\"\n",
     )
     .unwrap();
     let names = ["disk0", "disk1", "disk2"];

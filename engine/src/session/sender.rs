@@ -33,6 +33,7 @@
 //! window of unacknowledged batches in [`super::send_window`].
 
 mod admission;
+mod group_window;
 mod image;
 mod links;
 mod types;
@@ -212,6 +213,7 @@ async fn sync_group_inner(
         peer,
         identity,
         options: options.clone(),
+        group_window: group_window::GroupWindow::new(options.transport.group_unacked_bytes),
         state: tokio::sync::Mutex::new(LinkState {
             generation: 0,
             link,

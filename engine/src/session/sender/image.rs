@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use super::group_window::WindowShare;
 use super::links::{is_retryable, open_image_stream_on, open_stream, ImageStream, Links};
 use super::types::{ImageJob, PathSnapshot, SyncError, SyncProgress, SyncReport, SyncTarget};
 use crate::compression::{Backpressure, CompressionSwitch};
@@ -41,19 +42,28 @@ pub(super) struct Planned {
 }
 
 /// Sends batches through the send window and counts what went out.
-struct Transfer {
+struct Transfer<'a> {
     window: SendWindow,
+    /// The window's part of the group sync's budget of unacknowledged bytes.
+    share: WindowShare<'a>,
     report: SyncReport,
     meter: RateMeter,
     progress: SyncProgress,
 }
 
-impl Transfer {
+impl<'a> Transfer<'a> {
     /// Counters for the epoch `open`, resumed at `resume_offset` on a
     /// stream where the standby holds every batch up to `durable`.
-    fn new(open: &OpenImage, resume_offset: u64, durable: SeqNo, max_unacked_bytes: u64) -> Self {
+    fn new(
+        open: &OpenImage,
+        resume_offset: u64,
+        durable: SeqNo,
+        max_unacked_bytes: u64,
+        share: WindowShare<'a>,
+    ) -> Self {
         Self {
             window: SendWindow::new(durable, max_unacked_bytes),
+            share,
             report: SyncReport {
                 image: open.image.to_string(),
                 epoch: open.epoch.get(),
@@ -78,10 +88,18 @@ impl Transfer {
         self.show_window();
     }
 
-    /// Copies the window's state into the live progress.
+    /// Copies the window's state into the live progress and the group's
+    /// budget.
     fn show_window(&mut self) {
         self.progress.durable_seq = self.window.durable_seq();
         self.progress.bytes_unacked = self.window.unacked_bytes();
+        self.share.follow(self.window.unacked_bytes());
+    }
+
+    /// Whether a new batch may go out now: room in the image's window and
+    /// in the group's budget.
+    fn can_send(&self) -> bool {
+        self.window.has_room() && self.share.group().admits(self.window.unacked_bytes())
     }
 
     /// Queues the batch `build` makes from the next sequence number as
@@ -95,7 +113,7 @@ impl Transfer {
         build: impl FnOnce(SeqNo) -> ExtentBatch,
     ) -> Result<(), SyncError> {
         let index = self.window.push(build);
-        self.progress.bytes_unacked = self.window.unacked_bytes();
+        self.show_window();
         self.report.batches += 1;
         self.send_queued(writer, index, limiter, false).await?;
         // Fault tests: hold or pause the primary with data on the wire.
@@ -210,6 +228,7 @@ pub(super) async fn transfer_image(links: &Links, plan: Planned) -> Result<Trans
         resume_offset,
         durable_at_start,
         options.max_unacked_bytes,
+        WindowShare::new(&links.group_window),
     );
     let compression = CompressionSwitch::new(
         options.transport.compression,
@@ -296,7 +315,7 @@ struct ImageRun<'a> {
     generation: u64,
     connection: quinn::Connection,
     stream: ImageStream,
-    transfer: Transfer,
+    transfer: Transfer<'a>,
     chunks: mpsc::Receiver<Result<EncodedChunk, PipelineError>>,
     backpressure: Backpressure,
     /// Smallest round trip seen.
@@ -326,12 +345,18 @@ impl ImageRun<'_> {
             if self.pipeline_done && self.transfer.window.is_empty() {
                 return Ok(());
             }
-            let can_send = !self.pipeline_done && self.transfer.window.has_room();
+            // Before the check: another image's release after it wakes us.
+            let links = self.links;
+            let group_freed = links.group_window.freed();
+            let can_send = !self.pipeline_done && self.transfer.can_send();
+            // Waiting on the group's budget only: the others' acks free it.
+            let group_bound = !self.pipeline_done && !can_send && self.transfer.window.has_room();
             // Time spent here while the pipeline could go on but the
             // link holds us (unacknowledged cap) counts as backpressure.
             let waiting_since = Instant::now();
             let link_bound_wait = !self.pipeline_done && !can_send;
             tokio::select! {
+                _ = group_freed, if group_bound => continue,
                 chunk = self.chunks.recv(), if can_send => match chunk {
                     Some(Ok(chunk)) => {
                         if !self.on_chunk(chunk).await? {

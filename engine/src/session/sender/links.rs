@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use ferry_protocol::{negotiate, AgentId, ImageName, Message, OpenImage, ResumeAnswer};
 use tracing::{info, warn};
 
+use super::group_window::GroupWindow;
 use super::types::{SyncError, SyncOptions, SyncTarget};
 use crate::identity::Identity;
 use crate::session::framing::{FrameReader, FrameWriter, FramingError};
@@ -172,6 +173,8 @@ pub(super) struct Links {
     pub(super) peer: AgentId,
     pub(super) identity: Identity,
     pub(super) options: SyncOptions,
+    /// The group sync's budget of unacknowledged bytes, shared by its images.
+    pub(super) group_window: GroupWindow,
     pub(super) state: tokio::sync::Mutex<LinkState>,
     pub(super) reconnects: std::sync::atomic::AtomicU32,
 }
