@@ -17,10 +17,12 @@
 //! - Every agent of both sites SIGKILLed at once while a writer writes and
 //!   each group's cycle is in flight (its data sent, held before the
 //!   commit), then all started again: each group is driven by exactly one
-//!   agent (one locker of its lease object), resumes incrementally, keeps
-//!   every recovery point committed before the kill with the points on the
-//!   standby strictly increasing, and once the writer stops every standby
-//!   image equals its source at the committed point.
+//!   agent (one locker of its lease object), resumes incrementally, loses
+//!   no recovery point and makes none twice (the standby holds the last one
+//!   committed before the kill once every agent is dead; its points rise
+//!   strictly, those it held at the kill stay but for the oldest its
+//!   retention prunes, every new one is above them), and once the writer
+//!   stops every standby image equals its source at the committed point.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
@@ -168,6 +170,11 @@ fn standby_points(target: &str) -> Vec<u64> {
         .iter()
         .filter_map(|n| n.strip_prefix("ferry-rp-")?.parse().ok())
         .collect()
+}
+
+/// Whether `points` rise strictly (none made twice or out of order).
+fn rising(points: &[u64]) -> bool {
+    points.windows(2).all(|w| w[0] < w[1])
 }
 
 /// The part of `log` after its first line containing `marker`.
@@ -434,6 +441,21 @@ fn lab_every_agent_restarted_at_once_loses_nothing_and_every_group_resumes() {
         agent.kill9();
     }
     site.standby.kill9();
+    // Nothing runs: the standby's points as the kill left them hold the
+    // last one each group committed, in order.
+    let at_kill: BTreeMap<String, Vec<u64>> = targets
+        .iter()
+        .map(|(name, target)| (name.clone(), standby_points(target)))
+        .collect();
+    for (name, points) in &at_kill {
+        eprintln!("{name}: points on the standby after the kill {points:?}");
+        assert!(
+            points.contains(&last_rp[name]),
+            "{name}: point {} committed before the kill is gone: {points:?}",
+            last_rp[name]
+        );
+        assert!(rising(points), "{name}: {points:?}");
+    }
     site.standby.restart(&[]);
     for agent in site.primaries.values_mut() {
         agent.restart(&[]);
@@ -468,18 +490,27 @@ fn lab_every_agent_restarted_at_once_loses_nothing_and_every_group_resumes() {
     }
 
     // No recovery point lost or made twice: the standby's, in the order
-    // they were made, rise strictly and keep the last one before the kill.
+    // they were made, rise strictly; those it held at the kill are still
+    // there but for the oldest its retention pruned since, and every new
+    // one is above them.
     for (name, target) in &targets {
         let points = standby_points(target);
-        eprintln!("{name}: points on the standby {points:?}");
+        let before = &at_kill[name];
+        eprintln!("{name}: points on the standby at the end {points:?}");
+        assert!(rising(&points), "{name}: {points:?}");
+        let kept: Vec<u64> = points
+            .iter()
+            .copied()
+            .filter(|p| before.contains(p))
+            .collect();
         assert!(
-            points.windows(2).all(|w| w[0] < w[1]),
-            "{name}: points not strictly increasing: {points:?}"
+            before.ends_with(&kept),
+            "{name}: a point held at the kill is gone ({before:?} then {points:?})"
         );
+        let newest = before.last().copied().unwrap_or(0);
         assert!(
-            points.contains(&last_rp[name]),
-            "{name}: point {} committed before the kill is gone: {points:?}",
-            last_rp[name]
+            points.iter().all(|p| before.contains(p) || *p > newest),
+            "{name}: a new point at or below {newest}: {points:?}"
         );
     }
     for (name, (_, driver)) in &now_driven {
