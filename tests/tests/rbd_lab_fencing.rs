@@ -37,6 +37,7 @@ use ferry_e2e::multi_agent::{
     progress_u64, resumed_incrementally, standby_target, status_group, wait_for, Groups, Namespace,
     RbdGroups, Site, Writer, LEASE_SECS,
 };
+use ferry_e2e::Agent;
 use serde_json::Value;
 
 /// The two tests share the lab's two small clusters and this machine's
@@ -182,6 +183,64 @@ fn after<'a>(log: &'a str, marker: &str) -> &'a str {
     log.find(marker).map_or("", |at| &log[at..])
 }
 
+/// The agent resumed after its lease was taken (with its held writes
+/// released) had its capture and its driver stamp refused by RADOS as a
+/// blocklisted client's, and committed no cycle.
+fn late_writes_refused(agent: &Agent) {
+    agent.wait_for_log(
+        "late write refused: this agent's client is blocklisted (another agent fenced it)",
+    );
+    agent.wait_for_log("capturing the sources failed");
+    let log = agent.log_text();
+    let resumed = after(&log, "fail point released");
+    let refusal = resumed
+        .lines()
+        .find(|l| l.contains("capturing the sources failed"))
+        .unwrap_or_default();
+    eprintln!("p1's late capture: {refusal}");
+    assert!(
+        refusal.contains("os error 108"),
+        "the capture refused as from a blocklisted client (EBLOCKLISTED): {refusal}"
+    );
+    eprintln!(
+        "p1's late stamp: {}",
+        resumed
+            .lines()
+            .find(|l| l.contains("late write refused"))
+            .unwrap_or_default()
+    );
+    assert!(
+        !resumed.contains("replication cycle committed"),
+        "p1 committed a cycle after it resumed:\n{resumed}"
+    );
+}
+
+/// The fenced agent (its old client `fenced`) connected as a new client,
+/// not blocklisted, and shows group `fg` driven by p2.
+fn rejoins_as_a_new_client(agent: &Agent, fenced: &str) {
+    agent.wait_for_log("contending again as a new client after this agent was fenced");
+    let rejoined = agent
+        .log_text()
+        .lines()
+        .find(|l| l.contains("contending again as a new client"))
+        .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("addr=")))
+        .map(str::to_owned)
+        .expect("p1's new client's address");
+    assert_ne!(rejoined, fenced, "a new client");
+    wait_for("p1 shows p2 driving fg", Duration::from_secs(30), || {
+        let g = status_group(&agent.dir, "fg");
+        (g["driven_by"]["agent"] == "p2" && g["driven_by"]["this_agent"] == false).then_some(())
+    });
+    eprintln!(
+        "p1 rejoined as client {rejoined}: {}",
+        status_group(&agent.dir, "fg")["driven_by"]
+    );
+    assert!(
+        !blocklist().contains(&rejoined),
+        "p1's new client is not fenced"
+    );
+}
+
 #[test]
 #[ignore = "needs the Ceph lab (FERRY_CEPH_LAB=1); scripts/test.sh runs it"]
 fn lab_a_holder_stopped_past_its_lease_is_fenced_and_its_late_writes_refused() {
@@ -276,56 +335,10 @@ fn lab_a_holder_stopped_past_its_lease_is_fenced_and_its_late_writes_refused() {
     // p1 resumes with both writes released: RADOS refuses them.
     std::fs::write(&gate, b"go").unwrap();
     site.primaries["p1"].signal(libc::SIGCONT);
-    let p1_log = || site.primaries["p1"].log_text();
-    site.primaries["p1"].wait_for_log(
-        "late write refused: this agent's client is blocklisted (another agent fenced it)",
-    );
-    site.primaries["p1"].wait_for_log("capturing the sources failed");
-    let log = p1_log();
-    let resumed = after(&log, "fail point released");
-    let refusal = resumed
-        .lines()
-        .find(|l| l.contains("capturing the sources failed"))
-        .unwrap_or_default();
-    eprintln!("p1's late capture: {refusal}");
-    assert!(
-        refusal.contains("os error 108"),
-        "the capture refused as from a blocklisted client (EBLOCKLISTED): {refusal}"
-    );
-    eprintln!(
-        "p1's late stamp: {}",
-        resumed
-            .lines()
-            .find(|l| l.contains("late write refused"))
-            .unwrap_or_default()
-    );
-    assert!(
-        !resumed.contains("replication cycle committed"),
-        "p1 committed a cycle after it resumed:\n{resumed}"
-    );
+    late_writes_refused(&site.primaries["p1"]);
 
     // p1 stops driving the group and rejoins as a new client, not a holder.
-    site.primaries["p1"]
-        .wait_for_log("contending again as a new client after this agent was fenced");
-    let rejoined = p1_log()
-        .lines()
-        .find(|l| l.contains("contending again as a new client"))
-        .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("addr=")))
-        .map(str::to_owned)
-        .expect("p1's new client's address");
-    assert_ne!(rejoined, p1_client, "a new client");
-    wait_for("p1 shows p2 driving fg", Duration::from_secs(30), || {
-        let g = status_group(&p1, "fg");
-        (g["driven_by"]["agent"] == "p2" && g["driven_by"]["this_agent"] == false).then_some(())
-    });
-    eprintln!(
-        "p1 rejoined as client {rejoined}: {}",
-        status_group(&p1, "fg")["driven_by"]
-    );
-    assert!(
-        !blocklist().contains(&rejoined),
-        "p1's new client is not fenced"
-    );
+    rejoins_as_a_new_client(&site.primaries["p1"], &p1_client);
 
     // Nothing p1 would have written exists.
     let now_snaps = snapshots("site-a", &source);
