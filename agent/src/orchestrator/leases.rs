@@ -6,8 +6,9 @@
 //! run only on the agent holding the group's lease (`crate::placement`):
 //! the lease task's [`Driven`] start and stop (this file) start and stop
 //! them (a lease lost ends the group's running operations and take-over
-//! too, before another agent may start: `placement/work.rs`); which groups this agent contends for is decided by the placement
-//! round (`placement_round.rs`); a mutating operation sent to another
+//! too, before another agent may start: `placement/work.rs`); which groups
+//! this agent contends for is decided by the placement round
+//! (`placement_round.rs`); a mutating operation sent to another
 //! agent is refused with the holder's name and API address
 //! ([`Orchestrator::require_driver`]), which the operator API then
 //! forwards the request to (`api/forward.rs`).
