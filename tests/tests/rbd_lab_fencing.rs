@@ -44,6 +44,40 @@ use serde_json::Value;
 /// cores: one at a time.
 static ONE_SITE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
+/// What one test of this file holds while it runs: its turn on the lab,
+/// and the cleanup of its images, RBD groups and RADOS namespace (dropped
+/// in reverse order: namespace, groups, images, then the turn).
+struct LabTurn {
+    mark: String,
+    ns: String,
+    _namespace: Namespace,
+    _groups: RbdGroups,
+    _images: Cleanup,
+    _one: std::sync::MutexGuard<'static, ()>,
+}
+
+impl LabTurn {
+    /// Waits for the lab, then names this test's objects `PREFIXPID…`.
+    fn take(prefix: &str) -> LabTurn {
+        let one = ONE_SITE_AT_A_TIME
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mark = format!("{prefix}{}", std::process::id());
+        let ns = format!("{mark}-ctl");
+        LabTurn {
+            _images: Cleanup {
+                mark: mark.clone(),
+                parents: mark.clone(),
+            },
+            _groups: RbdGroups(mark.clone()),
+            _namespace: Namespace(ns.clone()),
+            _one: one,
+            mark,
+            ns,
+        }
+    }
+}
+
 /// `rados --cluster site-a -p rbd -N NS ARGS`'s standard output.
 fn rados(ns: &str, args: &[&str]) -> String {
     let out = Command::new("rados")
@@ -247,18 +281,9 @@ fn lab_a_holder_stopped_past_its_lease_is_fenced_and_its_late_writes_refused() {
     if !lab::enabled() {
         return;
     }
-    let _one = ONE_SITE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let turn = LabTurn::take("ferry-h21-fence-");
     let started = Instant::now();
-    let mark = format!("ferry-h21-fence-{}", std::process::id());
-    let ns = format!("{mark}-ctl");
-    let _images = Cleanup {
-        mark: mark.clone(),
-        parents: mark.clone(),
-    };
-    let _groups = RbdGroups(mark.clone());
-    let _namespace = Namespace(ns.clone());
+    let (mark, ns) = (turn.mark.clone(), turn.ns.clone());
     // p1's late writes, held until this file exists: its driver stamp
     // (from the moment it holds a lease) and its third capture.
     let gate_dir = tempfile::tempdir().unwrap();
@@ -404,18 +429,9 @@ fn lab_every_agent_restarted_at_once_loses_nothing_and_every_group_resumes() {
     if !lab::enabled() {
         return;
     }
-    let _one = ONE_SITE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let turn = LabTurn::take("ferry-h21-fence-r");
     let started = Instant::now();
-    let mark = format!("ferry-h21-fence-r{}", std::process::id());
-    let ns = format!("{mark}-ctl");
-    let _images = Cleanup {
-        mark: mark.clone(),
-        parents: mark.clone(),
-    };
-    let _groups = RbdGroups(mark.clone());
-    let _namespace = Namespace(ns.clone());
+    let (mark, ns) = (turn.mark.clone(), turn.ns.clone());
     // Each agent's third cycle holds with its data sent, before the commit.
     let failpoints = [("FAILPOINTS", "sender::before-commit=2*off->1*return(hold)")];
     let mut site = multi_agent_site(&ns, &failpoints, &failpoints);
