@@ -24,9 +24,9 @@
 # same group at the beginning (ferry's full initial sync of the same volumes: what a full resync,
 # rbd-mirror's path after a forced promote, has to move). Medians of N runs (default 3). Needs the
 # binaries (cargo build --release --workspace --bins), python3-rbd (Debian's /usr/bin/python3: pyenv shims lack it), jq.
-# Also recorded: each agent's peak RSS (VmHWM) right after the first group's full initial sync,
-# the most memory a sync takes (the single16 case is one image's sync: the baseline for the
-# group's). --full-only stops each case there (memory runs: no failover, drill or reprotect).
+# Also recorded: each agent's peak RSS (VmHWM) and CPU seconds right after the first group's full
+# initial sync: the most memory a sync takes (the single16 case is one image's sync: the baseline
+# for the group's); the CPU includes the agents' start and the group's setup. --full-only stops each case there (memory runs: no failover, drill or reprotect).
 # KEEP_WORK=1 keeps the agents' directories and logs (for a breakdown from their log lines).
 # Leaves no image behind (ferry-bench-fo-* on both sites are removed at the end).
 set -euo pipefail
@@ -162,6 +162,11 @@ peak_rss_mib() {
   awk '/^VmHWM:/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"
 }
 
+# cpu_secs PID: the process's user + system CPU seconds so far.
+cpu_secs() {
+  awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat"
+}
+
 # timed DIR ARGS…: wall seconds of the failover command.
 timed() {
   local dir=$1; shift
@@ -182,6 +187,8 @@ run_case() {
   local t_full=$T_FULL
   printf '%s\tprimary peak RSS after the full sync (MiB)\t%s\n' "$name" "$(peak_rss_mib "$A_PID")" >>"$RES"
   printf '%s\tstandby peak RSS after the full sync (MiB)\t%s\n' "$name" "$(peak_rss_mib "$B_PID")" >>"$RES"
+  printf '%s\tprimary CPU-s after the full sync\t%s\n' "$name" "$(cpu_secs "$A_PID")" >>"$RES"
+  printf '%s\tstandby CPU-s after the full sync\t%s\n' "$name" "$(cpu_secs "$B_PID")" >>"$RES"
   if ((FULL_ONLY)); then
     printf '%s\tfull sync (%s MiB each)\t%s\n' "$name" "$rfill" "$t_full" >>"$RES"
     echo "run $run $name: full sync ${t_full}s" >&2

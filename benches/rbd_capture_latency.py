@@ -10,7 +10,13 @@ per-write latency over the whole window (p50/p99/max, ms):
 
   none     no capture: the writers' own latency (the reference).
   user     a user snapshot of each image in turn (no cross-image order).
-  group    one RBD group snapshot only.
+  group    one RBD group snapshot only (quiesce notifications sent, their
+           errors ignored: what ferry's capture passes).
+  group-noquiesce
+           the same with RBD_SNAP_CREATE_SKIP_QUIESCE: no quiesce round
+           trip to the writers (only application hooks, e.g. rbd-nbd's
+           fsfreeze, act on it; the exclusive locks still make the point
+           crash-consistent).
   serial   ferry before 66490c7: each image's diff-base user snapshot in
            turn, then the group snapshot.
   parallel ferry since 66490c7: the diff-base snapshots at once (one
@@ -96,7 +102,9 @@ def capture(method, ioctx, group, snap):
     if method == "user":
         snap_each(ioctx, "u" + snap, parallel=False)
     elif method == "group":
-        group.create_snap(snap)
+        group.create_snap(snap, rbd.RBD_SNAP_CREATE_IGNORE_QUIESCE_ERROR)
+    elif method == "group-noquiesce":
+        group.create_snap(snap, rbd.RBD_SNAP_CREATE_SKIP_QUIESCE)
     elif method in ("serial", "parallel"):
         snap_each(ioctx, "u" + snap, parallel=(method == "parallel"))
         group.create_snap(snap)

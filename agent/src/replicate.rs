@@ -36,7 +36,7 @@ use ferry_engine::source::{ExtentSource, SourceError};
 use ferry_engine::sync_util::run_all;
 use ferry_protocol::{AgentId, Epoch, ImageName};
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::{AgentConfig, ConfigError};
 use crate::sync_util::lock;
@@ -546,8 +546,19 @@ fn capture_rbd(sources: &mut [&mut RbdSource]) -> Result<(), ReplicateError> {
     if sources.is_empty() {
         return Ok(());
     }
-    let fresh =
-        tokio::task::block_in_place(|| capture_group(sources)).map_err(ReplicateError::Capture)?;
+    let fresh = tokio::task::block_in_place(|| {
+        // Fault tests: a cycle about to write its capture (snapshots) on
+        // the sources, e.g. held there while its agent loses the lease.
+        ferry_engine::testpoint::reach("cycle::before-capture");
+        capture_group(sources)
+    })
+    .map_err(|error| {
+        // Said here: a cycle cancelled meanwhile (its lease lost) logs no
+        // failure of its own.
+        let chain = crate::orchestrator::error_chain(&error);
+        warn!(error = %chain, "capturing the sources failed");
+        ReplicateError::Capture(error)
+    })?;
     if !fresh {
         info!(
             "reading the RBD capture taken earlier (ahead of the cycle, or by an interrupted sync)"

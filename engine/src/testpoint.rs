@@ -9,7 +9,10 @@
 //! point *land*: the process logs `fail point reached` (info, with the
 //! point's name), then
 //! - `return(hold)` stops the calling thread until the process is killed;
-//! - `return(MS)` pauses it for MS milliseconds and goes on.
+//! - `return(MS)` pauses it for MS milliseconds and goes on;
+//! - `return(wait:PATH)` holds it until the file PATH exists, then goes on
+//!   (a test decides when the held step runs: e.g. after it stopped and
+//!   resumed the process, to make the step a late one).
 //!
 //! Counts select the moment: `sender::after-batch=3*off->1*return(hold)`
 //! lets three batches pass and holds the sender after the fourth. Other
@@ -22,16 +25,23 @@ pub fn reach(name: &'static str) {
     #[cfg(feature = "failpoints")]
     fail::fail_point!(name, |arg: Option<String>| {
         tracing::info!(point = name, "fail point reached");
-        hold(arg.as_deref());
+        hold(name, arg.as_deref());
     });
     let _ = name;
 }
 
 /// Holds the calling thread as a landed point's argument says: `hold` (or
 /// no argument) until the process is killed, a number of milliseconds for
-/// that long.
+/// that long, `wait:PATH` until the file PATH exists.
 #[cfg(feature = "failpoints")]
-fn hold(arg: Option<&str>) {
+fn hold(name: &'static str, arg: Option<&str>) {
+    if let Some(path) = arg.and_then(|a| a.trim().strip_prefix("wait:")) {
+        while !std::path::Path::new(path).exists() {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        tracing::info!(point = name, path, "fail point released");
+        return;
+    }
     match arg.and_then(|a| a.trim().parse::<u64>().ok()) {
         Some(ms) => std::thread::sleep(std::time::Duration::from_millis(ms)),
         None => loop {

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod lab;
 pub mod landing;
 pub mod loopdev;
+pub mod multi_agent;
 #[cfg(feature = "failpoints")]
 pub mod power_loss;
 pub mod prereq;

@@ -20,243 +20,16 @@
 //!   incrementally from the state the other kept (over its own stale one).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ferry_e2e::cli::{ok, run, text};
-use ferry_e2e::lab::{self, export_hash, pyrbd, rbd, Cleanup};
-use ferry_e2e::{init_agent, Agent};
-use serde_json::Value;
-
-const LEASE_SECS: u64 = 10;
-
-/// Each group's images and the agent driving it, by group name.
-type Groups = BTreeMap<String, (Vec<String>, String)>;
-/// Random data written into each image before it is protected.
-const FILL_MIB: u64 = 24;
-
-/// Removes every object of the test's RADOS namespace (the control state,
-/// the agents' records, the leases) on drop.
-struct Namespace(String);
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        ferry_e2e::lab::remove_namespace_objects("site-a", &self.0);
-    }
-}
-
-/// Removes site-a's RBD groups holding any image whose name contains the
-/// mark on drop (ferry's groups of multi-image captures; an image in a
-/// group cannot be removed), before [`Cleanup`] removes the images.
-struct RbdGroups(String);
-
-impl Drop for RbdGroups {
-    fn drop(&mut self) {
-        let rbd = |args: &[&str]| {
-            Command::new("rbd")
-                .args(["--cluster", "site-a"])
-                .args(args)
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
-                .unwrap_or_default()
-        };
-        for group in rbd(&["group", "ls", "rbd"]).lines() {
-            let spec = format!("rbd/{group}");
-            if rbd(&["group", "image", "ls", &spec]).contains(&self.0) {
-                rbd(&["group", "rm", &spec]);
-            }
-        }
-    }
-}
-
-/// A writer into the first MiB of every image until dropped.
-struct Writer(Child);
-
-impl Writer {
-    fn start(images: &[String]) -> Writer {
-        let script = format!(
-            "import rados, rbd, random, time\n\
-             c = rados.Rados(clustername='site-a', conffile='/etc/ceph/site-a.conf')\n\
-             c.connect()\n\
-             io = c.open_ioctx('rbd')\n\
-             imgs = [rbd.Image(io, n) for n in {images:?}]\n\
-             r = random.Random(7)\n\
-             while True:\n\
-             \x20   for img in imgs:\n\
-             \x20       img.write(r.randbytes(4096), r.randrange(0, 256) * 4096)\n\
-             \x20   time.sleep(0.02)\n"
-        );
-        let child = Command::new("/usr/bin/python3")
-            .args(["-c", &script])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting the writer");
-        Writer(child)
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Polls `probe` every 200 ms until it returns `Some`, at most `limit`.
-fn wait_for<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// `ferry status --json`'s group `name`.
-fn status_group(dir: &Path, name: &str) -> Value {
-    let status = ok(dir, &["status"]);
-    status["groups"]
-        .as_array()
-        .and_then(|gs| gs.iter().find(|g| g["name"] == name).cloned())
-        .unwrap_or_else(|| panic!("group {name} in {status}"))
-}
-
-fn progress_u64(group: &Value, key: &str) -> u64 {
-    group["progress"][key].as_u64().unwrap_or(0)
-}
-
-/// The `replication cycle committed` line's `bytes_sent` and
-/// `recovery_point` of the first cycle group `name` committed after this
-/// agent took its lease (from the agent's log).
-fn first_cycle_after_takeover(log: &str, name: &str) -> Option<(u64, u64)> {
-    let field = |line: &str, key: &str| -> Option<u64> {
-        let at = line.find(&format!("{key}="))? + key.len() + 1;
-        let digits: String = line[at..]
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        digits.parse().ok()
-    };
-    let ours = |line: &&str| line.contains(&format!("group={name}"));
-    let mut lines = log
-        .lines()
-        .filter(ours)
-        .skip_while(|l| !l.contains("driving the group (lease held)"));
-    lines.next()?;
-    let line = lines.find(|l| l.contains("replication cycle committed"))?;
-    Some((field(line, "bytes_sent")?, field(line, "recovery_point")?))
-}
-
-/// Fields drop in declaration order: the agents first (a failed test
-/// prints their logs as they drop), their directories' tempdir last.
-struct Site {
-    primaries: BTreeMap<String, Agent>,
-    standby: Agent,
-    tmp: tempfile::TempDir,
-}
-
-impl Site {
-    fn dir(&self, agent: &str) -> PathBuf {
-        self.primaries[agent].dir.clone()
-    }
-}
-
-/// Two primary agents (`p1`, `p2`) of site-a sharing their control state
-/// in namespace `ns` and one identity, and a standby on site-b, paired.
-fn multi_agent_site(ns: &str) -> Site {
-    let tmp = tempfile::tempdir().unwrap();
-    let (p1_dir, p2_dir, b_dir) = (
-        tmp.path().join("p1"),
-        tmp.path().join("p2"),
-        tmp.path().join("b"),
-    );
-    let a_fp = init_agent(&p1_dir);
-    init_agent(&p2_dir);
-    // One identity for the site (the standby knows the site by it) and one
-    // operator token (an agent forwards the operator's request with it).
-    for file in ["identity/cert.pem", "identity/key.pem", "api.token"] {
-        std::fs::copy(p1_dir.join(file), p2_dir.join(file)).unwrap();
-    }
-    let b_fp = init_agent(&b_dir);
-    for (dir, name) in [(&p1_dir, "p1"), (&p2_dir, "p2")] {
-        std::fs::write(
-            dir.join("config.toml"),
-            format!(
-                "[control]\nstore = \"rados\"\npool = \"rbd\"\nnamespace = \"{ns}\"\n\
-                 agent_name = \"{name}\"\nlease = \"{LEASE_SECS}s\"\n\
-                 [ceph]\ncluster = \"site-a\"\n"
-            ),
-        )
-        .unwrap();
-    }
-    std::fs::write(
-        b_dir.join("config.toml"),
-        "[standby]\nbackend = \"rbd\"\nrbd_pool = \"rbd\"\n[ceph]\ncluster = \"site-b\"\n",
-    )
-    .unwrap();
-    let mut primaries = BTreeMap::new();
-    primaries.insert("p1".to_owned(), Agent::start(&p1_dir, &a_fp, &[]));
-    primaries.insert("p2".to_owned(), Agent::start(&p2_dir, &a_fp, &[]));
-    let standby = Agent::start(&b_dir, &b_fp, &[]);
-    let out = run(&b_dir, &["service", "key"]);
-    assert!(out.status.success(), "{}", text(&out));
-    let key = String::from_utf8(out.stdout).unwrap();
-    ok(&p1_dir, &["service", "create", "--key", key.trim()]);
-    // Both agents announced themselves before any group exists.
-    wait_for(
-        "both agents in ferry.agents",
-        Duration::from_secs(30),
-        || {
-            let out = Command::new("rados")
-                .args(["--cluster", "site-a", "-p", "rbd", "-N", ns])
-                .args(["listomapkeys", "ferry.agents"])
-                .output()
-                .ok()?;
-            let keys = String::from_utf8_lossy(&out.stdout).to_string();
-            (keys.contains("agent.p1") && keys.contains("agent.p2")).then_some(())
-        },
-    );
-    Site {
-        tmp,
-        primaries,
-        standby,
-    }
-}
-
-/// Makes group `name`'s images (random data in `FILL_MIB` of each) and the
-/// group on p1; returns the images and the agent that drives the group.
-fn make_group(site: &Site, mark: &str, name: &str, count: usize) -> (Vec<String>, String) {
-    let images: Vec<String> = (0..count).map(|i| format!("{mark}-{name}-{i}")).collect();
-    for (i, image) in images.iter().enumerate() {
-        rbd(
-            "site-a",
-            &["create", "--size", "64", &format!("rbd/{image}")],
-        );
-        pyrbd(
-            "site-a",
-            image,
-            &format!(
-                "r = random.Random({i})\n\
-                 for k in range({FILL_MIB}):\n\
-                 \x20   img.write(r.randbytes(1 << 20), (k + 8) << 20)"
-            ),
-        );
-    }
-    ok(&site.dir("p1"), &["group", "create", name, "--wait"]);
-    let holder = wait_for(
-        &format!("a driver for {name}"),
-        Duration::from_secs(60),
-        || {
-            let shown = ok(&site.dir("p1"), &["group", "show", name]);
-            shown["driven_by"]["agent"].as_str().map(str::to_owned)
-        },
-    );
-    (images, holder)
-}
+use ferry_e2e::cli::ok;
+use ferry_e2e::lab::{self, Cleanup};
+use ferry_e2e::multi_agent::{
+    add_and_start, check_standby_points, make_group, multi_agent_site, progress_u64,
+    resumed_incrementally, status_group, wait_for, Groups, Namespace, RbdGroups, Site, Writer,
+    LEASE_SECS,
+};
 
 /// A POST to `dir`'s agent marked as already forwarded by another agent
 /// of the site: the agent carries it out or refuses it, never forwards it.
@@ -297,10 +70,6 @@ fn start_groups(site: &Site, mark: &str) -> Groups {
         let name = format!("lg-{g}");
         let (images, holder) = make_group(site, mark, &name, 1 + g % 2);
         let other = if holder == "p1" { "p2" } else { "p1" };
-        let uris: Vec<String> = images.iter().map(|i| format!("rbd:rbd/{i}")).collect();
-        let mut add = vec!["group", "add", name.as_str()];
-        add.extend(uris.iter().map(String::as_str));
-        add.push("--wait");
         let mut via = holder.as_str();
         if g == 0 {
             wait_for(
@@ -326,8 +95,7 @@ fn start_groups(site: &Site, mark: &str) -> Groups {
             assert_eq!(refused.body["driven_by"]["api"], api.as_str());
             via = other;
         }
-        ok(&site.dir(via), &add);
-        ok(&site.dir(via), &["group", "start", &name, "--wait"]);
+        add_and_start(site, via, &name, &images);
         groups.insert(name, (images, holder));
     }
     let forwarded = |agent: &str| {
@@ -348,80 +116,6 @@ fn start_groups(site: &Site, mark: &str) -> Groups {
     groups
 }
 
-/// Once an idle check of each group on `agent` finds nothing new (the
-/// writer has stopped), every standby image equals its source at the
-/// committed point.
-fn check_standby_points(site: &Site, agent: &str, groups: &Groups) {
-    let p2 = site.dir(agent);
-    for (name, (images, _)) in groups {
-        let idle = progress_u64(&status_group(&p2, name), "idle_checks");
-        let g = wait_for(
-            &format!("an idle check of {name}"),
-            Duration::from_secs(120),
-            || {
-                let g = status_group(&p2, name);
-                (progress_u64(&g, "idle_checks") > idle).then_some(g)
-            },
-        );
-        let rp = progress_u64(&g, "last_recovery_point");
-        let shown = ok(&p2, &["group", "show", name]);
-        for image in images {
-            let target = shown["resources"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|r| r["uri"] == format!("rbd:rbd/{image}"))
-                .and_then(|r| r["standby_target"].as_str())
-                .unwrap()
-                .to_owned();
-            assert_eq!(
-                export_hash(
-                    site.tmp.path(),
-                    "site-b",
-                    &format!("rbd/{target}@ferry-rp-{rp}")
-                ),
-                export_hash(site.tmp.path(), "site-a", &format!("rbd/{image}")),
-                "{name}: {image} at point {rp}"
-            );
-        }
-    }
-}
-
-/// For each of `names`, the first cycle `agent` committed after taking the
-/// group's lease sent less than a third of a full copy of the group, and
-/// its recovery point is above `last_rp` (the previous holder's last).
-fn resumed_incrementally(
-    site: &Site,
-    agent: &str,
-    groups: &Groups,
-    names: &[String],
-    last_rp: &BTreeMap<String, u64>,
-) {
-    let log = || site.primaries[agent].log_text();
-    for name in names {
-        let (sent, rp) = wait_for(
-            &format!("a cycle of {name} on {agent}"),
-            Duration::from_secs(180),
-            || first_cycle_after_takeover(&log(), name),
-        );
-        let full = groups[name].0.len() as u64 * (FILL_MIB << 20);
-        eprintln!(
-            "{name}: first cycle on {agent} sent {sent} bytes (a full copy: {full} bytes), point {rp} after {}",
-            last_rp[name]
-        );
-        assert!(
-            sent < full / 3,
-            "{name} resumed with a full copy ({sent} bytes sent):\n{}",
-            log()
-        );
-        assert!(
-            rp > last_rp[name],
-            "{name}: point {rp} after {}",
-            last_rp[name]
-        );
-    }
-}
-
 #[test]
 #[ignore = "needs the Ceph lab (FERRY_CEPH_LAB=1); scripts/test.sh runs it"]
 fn lab_groups_spread_over_a_sites_agents_and_move_on_without_a_resync() {
@@ -435,7 +129,7 @@ fn lab_groups_spread_over_a_sites_agents_and_move_on_without_a_resync() {
     };
     let _groups = RbdGroups(mark.clone());
     let _namespace = Namespace(format!("{mark}-ctl"));
-    let mut site = multi_agent_site(&format!("{mark}-ctl"));
+    let mut site = multi_agent_site(&format!("{mark}-ctl"), &[], &[]);
 
     let groups = start_groups(&site, &mark);
     let drivers: BTreeSet<&String> = groups.values().map(|(_, h)| h).collect();

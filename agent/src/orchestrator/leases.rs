@@ -5,8 +5,10 @@
 //! scheduled recovery points, its deferred peer calls and its operations
 //! run only on the agent holding the group's lease (`crate::placement`):
 //! the lease task's [`Driven`] start and stop (this file) start and stop
-//! them; which groups this agent contends for is decided by the placement
-//! round (`placement_round.rs`); a mutating operation sent to another
+//! them (a lease lost ends the group's running operations and take-over
+//! too, before another agent may start: `placement/work.rs`); which groups
+//! this agent contends for is decided by the placement round
+//! (`placement_round.rs`); a mutating operation sent to another
 //! agent is refused with the holder's name and API address
 //! ([`Orchestrator::require_driver`]), which the operator API then
 //! forwards the request to (`api/forward.rs`).
@@ -23,10 +25,11 @@ use tracing::{info, warn};
 use super::{CtlError, CtlResult, Orchestrator};
 use crate::config::ControlStore;
 use crate::control::{Group, GroupId, OperationId, Role, Timestamp};
-use crate::placement::driver::{Driven, LeaseBackend, LeaseTask};
+use crate::placement::driver::{Driven, LeaseBackend, LeaseTask, StopCause};
 use crate::placement::lease::LeaseTimes;
 use crate::placement::rados::{RadosLeaseConfig, RadosLeases};
 use crate::placement::site::{live_agents, peer_endpoints, Presence, SiteRecords};
+use crate::placement::work::GroupWork;
 use crate::sync_util::lock;
 
 /// How long a fenced client stays blocklisted.
@@ -52,6 +55,10 @@ pub(super) struct Leases {
     /// The operations this process runs now (a lease taken again must not
     /// finish them as left over by a dead holder).
     pub(super) running_ops: Mutex<HashSet<OperationId>>,
+    /// What runs on each group besides its replication loop (its
+    /// operations, tagged with their ids, and the take-over): ended with
+    /// the loop when the group's lease stops it.
+    pub(super) work: Arc<GroupWork<GroupId, Option<OperationId>>>,
 }
 
 /// The site as the last placement round read it.
@@ -133,6 +140,7 @@ impl Leases {
             held: Mutex::new(HashSet::new()),
             seen: Mutex::new(SiteSeen::default()),
             running_ops: Mutex::new(HashSet::new()),
+            work: Arc::default(),
         })
     }
 }
@@ -148,20 +156,32 @@ impl Driven for GroupDriver {
         let Some(orch) = self.orch.upgrade() else {
             return;
         };
-        if let Some(leases) = &orch.leases {
-            lock(&leases.held).insert(self.gid);
-        }
+        let Some(leases) = &orch.leases else {
+            return;
+        };
+        lock(&leases.held).insert(self.gid);
         let (gid, group) = (self.gid, group.to_owned());
-        tokio::spawn(async move { orch.take_over(gid, &group).await });
+        let work = leases.work.clone();
+        work.spawn(gid, None, async move { orch.take_over(gid, &group).await });
     }
 
-    fn stop<'a>(&'a self, _group: &'a str) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+    fn stop<'a>(
+        &'a self,
+        group: &'a str,
+        cause: StopCause,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
         Box::pin(async move {
             let Some(orch) = self.orch.upgrade() else {
                 return;
             };
             if let Some(leases) = &orch.leases {
                 lock(&leases.held).remove(&self.gid);
+                if cause == StopCause::Lost {
+                    for op in leases.work.end(self.gid).await.into_iter().flatten() {
+                        warn!(%group, %op, "the group's lease ended: its operation stops here; the group's next holder finishes it");
+                        orch.note_running(op, false);
+                    }
+                }
             }
             orch.halt_loop(self.gid).await;
         })

@@ -654,7 +654,13 @@ impl Orchestrator {
     {
         let me = self.clone();
         self.note_running(op, true);
-        tokio::spawn(async move {
+        // With leases, the operation is part of its group's work: it ends
+        // when the group's lease stops the group (see `leases.rs`).
+        let group = self.leases.as_ref().and_then(|leases| {
+            let gid = self.db(|s| s.operation(op)).ok()?.group_id?;
+            Some((leases.work.clone(), gid))
+        });
+        let run = async move {
             let (result, renames) = match work.await {
                 Ok(renames) => (OpResult::Succeeded, renames),
                 Err(e) => {
@@ -667,7 +673,13 @@ impl Orchestrator {
             }
             me.note_running(op, false);
             me.op_finished.send_modify(|finished| *finished += 1);
-        });
+        };
+        match group {
+            Some((work, gid)) => work.spawn(gid, Some(op), run),
+            None => {
+                tokio::spawn(run);
+            }
+        }
     }
 
     /// Takes the control store's lock and reads from it (the watchdog's

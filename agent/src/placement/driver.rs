@@ -60,12 +60,31 @@ pub trait LeaseBackend: Send + Sync + 'static {
     fn prepare_stamp(&self, group: &str) -> Result<PreparedWrite, Failure>;
 }
 
+/// Why the lease task stops driving a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopCause {
+    /// The lease is lost, or must be assumed lost before it can end: once
+    /// it ends another agent may take the group, so everything this agent
+    /// runs on the group stops now, its operations too (the next holder
+    /// finishes them, as it finishes a dead holder's).
+    Lost,
+    /// Given up on purpose (the group is gone or no longer a primary one,
+    /// or the agent shuts down): an operation of the group that is ending
+    /// runs to its end.
+    Released,
+}
+
 /// What the lease starts and stops.
 pub trait Driven: Send + Sync + 'static {
     /// Start driving `group` (its cycles and operations).
     fn start(&self, group: &str);
-    /// Stop touching `group`; resolves once nothing of it runs.
-    fn stop<'a>(&'a self, group: &'a str) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+    /// Stop touching `group` (see [`StopCause`]); resolves once nothing of
+    /// it that must stop runs.
+    fn stop<'a>(
+        &'a self,
+        group: &'a str,
+        cause: StopCause,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 }
 
 /// What `ferry status` shows of a lease.
@@ -337,8 +356,12 @@ impl Runner {
                     }
                 }
                 Action::Stop => {
-                    tracing::warn!(group = %self.group, "lease not held: stopping the group");
-                    self.driven.stop(&self.group).await;
+                    let cause = match self.machine.as_ref().map(LeaseMachine::state) {
+                        Some(LeaseState::Released) => StopCause::Released,
+                        _ => StopCause::Lost,
+                    };
+                    tracing::warn!(group = %self.group, ?cause, "lease not held: stopping the group");
+                    self.driven.stop(&self.group, cause).await;
                     backend.driving(&group, false);
                 }
             }

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::placement::work::GroupWork;
 
 const TIMES: LeaseTimes = LeaseTimes {
     duration: Duration::from_millis(1200),
@@ -118,6 +119,7 @@ impl LeaseBackend for MemoryBackend {
 struct Events {
     log: Mutex<Vec<(&'static str, String)>>,
     held_at_stop: Mutex<Vec<bool>>,
+    causes: Mutex<Vec<StopCause>>,
 }
 
 struct Recorder {
@@ -131,7 +133,12 @@ impl Driven for Recorder {
         lock(&self.events.log).push(("start", self.name.clone()));
     }
 
-    fn stop<'a>(&'a self, _group: &'a str) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+    fn stop<'a>(
+        &'a self,
+        _group: &'a str,
+        cause: StopCause,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        lock(&self.events.causes).push(cause);
         // Whether the store still had the lock as this agent's, unexpired,
         // when the task stopped the group.
         let addr = format!("addr-{}", self.name);
@@ -221,6 +228,10 @@ async fn one_of_two_agents_drives_and_the_other_takes_over_after_a_release() {
         .blocklist
         .contains(&format!("addr-{}", first[0])));
     other.release().await;
+    assert_eq!(
+        *lock(&events.causes),
+        vec![StopCause::Released, StopCause::Released]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -236,6 +247,7 @@ async fn a_hanging_renewal_stops_the_group_before_the_lease_can_end() {
         vec![true],
         "the group stopped only after its lease could end"
     );
+    assert_eq!(*lock(&events.causes), vec![StopCause::Lost]);
     wait_until("a's lease to be lost", || a.view().lease == "lost").await;
     hang.store(false, Ordering::SeqCst);
     // The late renewal does not restart it; a fresh claim does (fencing
@@ -243,4 +255,115 @@ async fn a_hanging_renewal_stops_the_group_before_the_lease_can_end() {
     wait_until("a to drive again", || started(&events).len() == 2).await;
     assert!(lock(&store).blocklist.is_empty());
     a.release().await;
+}
+
+/// A group's work as the daemon runs it ([`GroupWork`]): started with the
+/// lease, a task that writes into the store as long as it runs and checks
+/// nothing of the lease itself (a cycle or an operation in flight); ended
+/// by the lease's stop.
+struct Worker {
+    name: String,
+    store: Arc<Mutex<Store>>,
+    work: Arc<GroupWork<u8, ()>>,
+    /// Each write: (writer, whether its lock was its own and unexpired).
+    writes: Arc<Mutex<Vec<(String, bool)>>>,
+}
+
+impl Driven for Worker {
+    fn start(&self, _group: &str) {
+        let (name, store, writes) = (self.name.clone(), self.store.clone(), self.writes.clone());
+        self.work.spawn(0, (), async move {
+            loop {
+                let held = lock(&store).lock.as_ref().is_some_and(|(a, expiry)| {
+                    *a == format!("addr-{name}") && *expiry > Instant::now()
+                });
+                lock(&writes).push((name.clone(), held));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+    }
+
+    fn stop<'a>(
+        &'a self,
+        _group: &'a str,
+        cause: StopCause,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            if cause == StopCause::Lost {
+                self.work.end(0).await;
+            }
+        })
+    }
+}
+
+/// Lets hanging renewals go on drop: a failed assertion must not leave a
+/// blocking thread the runtime waits for at its end.
+struct Unhang(Vec<Arc<AtomicBool>>);
+
+impl Drop for Unhang {
+    fn drop(&mut self) {
+        for hang in &self.0 {
+            hang.store(false, Ordering::SeqCst);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_lease_ends_the_groups_work_before_another_agent_can_start() {
+    let store = Arc::new(Mutex::new(Store::default()));
+    let writes = Arc::new(Mutex::new(Vec::new()));
+    let mut hangs = Unhang(Vec::new());
+    let mut tasks = Vec::new();
+    for name in ["a", "b"] {
+        let hang = Arc::new(AtomicBool::new(false));
+        let backend = Arc::new(MemoryBackend {
+            me: Holder {
+                agent: name.to_owned(),
+                addr: format!("addr-{name}"),
+            },
+            store: store.clone(),
+            hang_renewals: hang.clone(),
+        });
+        let driven = Arc::new(Worker {
+            name: name.to_owned(),
+            store: store.clone(),
+            work: Arc::default(),
+            writes: writes.clone(),
+        });
+        tasks.push(LeaseTask::spawn("g1".into(), TIMES, backend, driven).unwrap());
+        hangs.0.push(hang);
+    }
+    wait_until("a first writer", || !lock(&writes).is_empty()).await;
+    let first = lock(&writes)[0].0.clone();
+    let (i, other) = if first == "a" { (0, "b") } else { (1, "a") };
+    // The holder's renewals hang: it must assume the lease lost and end its
+    // work; the other agent takes the group once the lease has ended.
+    hangs.0[i].store(true, Ordering::SeqCst);
+    wait_until("the other agent's writes", || {
+        lock(&writes).iter().any(|(w, _)| w == other)
+    })
+    .await;
+    tokio::time::sleep(TIMES.duration).await;
+    let log = lock(&writes).clone();
+    let unleased: Vec<&(String, bool)> = log.iter().filter(|(_, held)| !*held).collect();
+    assert!(
+        unleased.is_empty(),
+        "{} of {} writes made without their lease, first {:?}",
+        unleased.len(),
+        log.len(),
+        unleased.first()
+    );
+    let taken = log
+        .iter()
+        .position(|(w, _)| w == other)
+        .unwrap_or(log.len());
+    let late = log[taken..].iter().filter(|(w, _)| w != other).count();
+    assert_eq!(
+        late, 0,
+        "writes of the first holder after the other started"
+    );
+    drop(hangs);
+    for task in tasks {
+        task.release().await;
+    }
 }

@@ -5,7 +5,9 @@
 //! ([`driver`]) and the lease store on RADOS ([`rados`]: a lock with a
 //! duration on `ferry.lease.GROUP`, holder records, blocklisting), and the
 //! site's other shared records ([`site`]: live agents, who holds what, the
-//! sources' replication state a new holder resumes from).
+//! sources' replication state a new holder resumes from), and the tasks
+//! that touch a group while this agent drives it ([`work`]: ended together
+//! when the lease stops the group).
 //!
 //! The daemon runs them for a site with `[control] store = "rados"`
 //! (`orchestrator/leases.rs`); a SQLite site has no leases.
@@ -15,3 +17,4 @@ pub mod lease;
 pub mod plan;
 pub mod rados;
 pub mod site;
+pub mod work;
