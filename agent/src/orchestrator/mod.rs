@@ -248,6 +248,7 @@ pub struct GroupProgress {
     /// minutes of completed cycles (idle checks count as nothing sent):
     /// what a multi-agent site places groups by.
     pub replication_rate: u64,
+    /// The running average behind `replication_rate`.
     #[serde(skip)]
     pub replication_average: replication_rate::ReplicationRate,
     /// Why the last cycle failed, if it did.
