@@ -177,7 +177,7 @@ impl Orchestrator {
                         p.idle_checks += 1;
                         p.standby_holds_writes_before = Some(started);
                         p.last_cycle_seconds = Some(seconds);
-                        p.cycle_completed(0);
+                        p.cycle_completed(0, 0, seconds);
                         p.rate = 0;
                     });
                     SYNC_PAUSE
@@ -196,7 +196,7 @@ impl Orchestrator {
                         p.last_recovery_point = Some(done.engine_rp);
                         p.last_cycle_seconds = Some(seconds);
                         p.standby_holds_writes_before = Some(started);
-                        p.cycle_completed(done.report.reconnects.into());
+                        p.cycle_completed(done.report.reconnects.into(), sent, seconds);
                         p.rate = 0;
                         p.bytes_remaining = 0;
                         for r in &mut p.resources {

@@ -79,6 +79,7 @@ mod progress;
 mod qos;
 mod rbd_migration;
 mod recovery;
+pub mod replication_rate;
 mod reprotect;
 pub mod rpo_history;
 mod services;
@@ -245,6 +246,13 @@ pub struct GroupProgress {
     pub bytes_remaining: u64,
     /// Current rate, bytes/s (all resources).
     pub rate: u64,
+    /// Bytes sent per second of wall time, averaged over about five
+    /// minutes of completed cycles (idle checks count as nothing sent):
+    /// what a multi-agent site places groups by.
+    pub replication_rate: u64,
+    /// The running average behind `replication_rate`.
+    #[serde(skip)]
+    pub replication_average: replication_rate::ReplicationRate,
     /// Why the last cycle failed, if it did.
     pub last_error: Option<String>,
     /// What kind of error that was (the metrics' `kind` label: transport,
@@ -264,8 +272,12 @@ pub struct GroupProgress {
 }
 
 impl GroupProgress {
-    /// Records a completed cycle (committed or idle): the failing run ends.
-    fn cycle_completed(&mut self, reconnects: u64) {
+    /// Records a completed cycle (committed or idle) that sent `sent`
+    /// bytes in `seconds`: the failing run ends.
+    fn cycle_completed(&mut self, reconnects: u64, sent: u64, seconds: f64) {
+        self.replication_average
+            .record(sent, std::time::Instant::now(), seconds);
+        self.replication_rate = self.replication_average.bytes_per_sec();
         self.last_error = None;
         self.last_error_kind = None;
         self.consecutive_failures = 0;
