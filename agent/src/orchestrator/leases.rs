@@ -330,6 +330,7 @@ impl Orchestrator {
                 peer: self.own_peer_endpoint(),
                 seen_ms: Timestamp::now().0,
                 held: Vec::new(),
+                rates: std::collections::BTreeMap::new(),
             },
         );
         let live = live_agents(&seen, Timestamp::now().0, ttl_ms);

@@ -21,13 +21,17 @@ use super::Orchestrator;
 use crate::control::{GroupId, Role, Timestamp};
 use crate::placement::driver::LeaseTask;
 use crate::placement::plan::{claims_for, SiteView};
-use crate::placement::site::{holders_announced, live_agents, Presence, SiteError};
+use crate::placement::site::{
+    holders_announced, live_agents, rates_announced, Presence, SiteError,
+};
 use crate::sync_util::lock;
 
 /// What one round read from the site's records.
 struct SiteRead {
     agents: BTreeMap<String, Presence>,
     holders: BTreeMap<String, String>,
+    /// Each group's replication rate, bytes/s, as its newest record says.
+    rates: BTreeMap<String, u64>,
 }
 
 impl Orchestrator {
@@ -70,12 +74,16 @@ impl Orchestrator {
         let site = leases.site.clone();
         let api = lock(&self.api_addr).map(|a| a.to_string());
         let peer = self.own_peer_endpoint();
-        let held: Vec<String> = {
+        // The groups this agent drives, each with its replication rate.
+        let held: BTreeMap<String, u64> = {
             let held = lock(&leases.held);
             groups
                 .iter()
                 .filter(|(gid, _)| held.contains(gid))
-                .map(|(_, name)| name.clone())
+                .map(|(gid, name)| {
+                    let rate = self.progress_of(*gid).map_or(0, |p| p.replication_rate);
+                    (name.clone(), rate)
+                })
                 .collect()
         };
         let read = tokio::task::spawn_blocking(move || read_site(&site, api, peer, held)).await;
@@ -95,7 +103,10 @@ impl Orchestrator {
         live.insert(leases.agent.clone());
         let view = SiteView {
             agents: live.clone(),
-            groups: groups.iter().map(|(_, n)| (n.clone(), 0)).collect(),
+            groups: groups
+                .iter()
+                .map(|(_, n)| (n.clone(), read.rates.get(n).copied().unwrap_or(0)))
+                .collect(),
             holders: read.holders.clone(),
         };
         let claims: BTreeSet<String> = claims_for(&view, &leases.agent).into_iter().collect();
@@ -184,10 +195,15 @@ fn read_site(
     site: &crate::placement::site::SiteRecords,
     api: Option<String>,
     peer: Option<String>,
-    held: Vec<String>,
+    held: BTreeMap<String, u64>,
 ) -> Result<SiteRead, SiteError> {
     site.announce(api, peer, held, Timestamp::now().0)?;
     let agents = site.agents()?;
     let holders = holders_announced(&agents);
-    Ok(SiteRead { agents, holders })
+    let rates = rates_announced(&agents);
+    Ok(SiteRead {
+        agents,
+        holders,
+        rates,
+    })
 }

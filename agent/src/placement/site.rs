@@ -7,7 +7,9 @@
 //!   lease duration has passed ([`live_agents`]). The placement plan only
 //!   needs this to be roughly right: the lease decides who drives;
 //! - who drives each group: each agent lists the groups whose lease it
-//!   holds in its presence record ([`holders_announced`]), so a placement
+//!   holds, each with its replication rate ([`rates_announced`], what the
+//!   plan weighs free groups by), in its presence record
+//!   ([`holders_announced`]), so a placement
 //!   round reads one object, not one lease object per group (at 100 agents
 //!   and 2,000 groups that was ~67,000 reads/s, docs/scale.md). It lags the
 //!   leases by a round at most; the lease decides who drives, and the
@@ -71,6 +73,11 @@ pub struct Presence {
     /// The groups whose lease it held then.
     #[serde(default)]
     pub held: Vec<String>,
+    /// The replication rate of each of them then, bytes/s (what the
+    /// placement weighs groups by; absent from an agent of a version
+    /// before the field).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rates: BTreeMap<String, u64>,
 }
 
 /// Who holds each group as the agents' announcements say: a group two
@@ -90,6 +97,25 @@ pub fn holders_announced(agents: &BTreeMap<String, Presence>) -> BTreeMap<String
     }
     best.into_iter()
         .map(|(group, (_, agent))| (group, agent.to_owned()))
+        .collect()
+}
+
+/// Each group's replication rate as its newest announcement says (a group
+/// no record rates is absent: weighed as 0).
+pub fn rates_announced(agents: &BTreeMap<String, Presence>) -> BTreeMap<String, u64> {
+    let mut best: BTreeMap<&str, (i64, u64)> = BTreeMap::new();
+    for presence in agents.values() {
+        for (group, rate) in &presence.rates {
+            let newer = best
+                .get(group.as_str())
+                .is_none_or(|(seen, _)| presence.seen_ms > *seen);
+            if newer {
+                best.insert(group, (presence.seen_ms, *rate));
+            }
+        }
+    }
+    best.into_iter()
+        .map(|(group, (_, rate))| (group.to_owned(), rate))
         .collect()
 }
 
@@ -149,19 +175,21 @@ impl SiteRecords {
     }
 
     /// Records that this agent is alive now, answering on `api` (operator)
-    /// and `peer` (peer endpoint) and holding the leases of `held`.
+    /// and `peer` (peer endpoint) and holding the leases of `held` (each
+    /// group with its replication rate, bytes/s).
     pub fn announce(
         &self,
         api: Option<String>,
         peer: Option<String>,
-        held: Vec<String>,
+        held: BTreeMap<String, u64>,
         now_ms: i64,
     ) -> Result<(), SiteError> {
         let record = Presence {
             api,
             peer,
             seen_ms: now_ms,
-            held,
+            held: held.keys().cloned().collect(),
+            rates: held,
         };
         let value = serde_json::to_vec(&record).map_err(|e| SiteError::Decode {
             agent: self.agent.clone(),
@@ -244,6 +272,7 @@ mod tests {
             peer: None,
             seen_ms,
             held: Vec::new(),
+            rates: BTreeMap::new(),
         }
     }
 
@@ -273,10 +302,33 @@ mod tests {
     }
 
     #[test]
+    fn a_groups_rate_is_its_newest_announcements() {
+        let rated = |seen_ms: i64, rates: &[(&str, u64)]| Presence {
+            held: rates.iter().map(|(g, _)| (*g).to_owned()).collect(),
+            rates: rates.iter().map(|(g, r)| ((*g).to_owned(), *r)).collect(),
+            ..at(seen_ms)
+        };
+        let agents: BTreeMap<String, Presence> = [
+            // p1 announced g1 and g2 and died; p2 drives g2 now, at another rate.
+            ("p1".to_owned(), rated(1_000, &[("g1", 500), ("g2", 900)])),
+            ("p2".to_owned(), rated(4_000, &[("g2", 700)])),
+            ("p3".to_owned(), holding(5_000, &["g3"])),
+        ]
+        .into_iter()
+        .collect();
+        let want: BTreeMap<String, u64> = [("g1", 500), ("g2", 700)]
+            .into_iter()
+            .map(|(g, r)| (g.to_owned(), r))
+            .collect();
+        assert_eq!(rates_announced(&agents), want);
+    }
+
+    #[test]
     fn a_record_of_an_older_agent_without_held_groups_still_reads() {
         let old = br#"{"api":"127.0.0.1:9","seen_ms":5}"#;
         let presence: Presence = serde_json::from_slice(old).expect("an older record");
         assert!(presence.held.is_empty());
+        assert!(presence.rates.is_empty());
         assert_eq!(presence.peer, None);
     }
 
