@@ -2,7 +2,8 @@
 //! event, or the systemd journal (`[log] format`), filtered by `RUST_LOG`.
 //!
 //! Events carry structured fields (`group`, `image`, `epoch`, `peer`, and in
-//! JSON the fields of the enclosing spans). Secrets — API tokens, service-key
+//! JSON the fields of the enclosing spans), and an error with its causes
+//! on one line ([`error_chain`]). Secrets — API tokens, service-key
 //! secrets, private keys — are never passed to `tracing`.
 
 use tracing_subscriber::layer::SubscriberExt;
@@ -46,4 +47,19 @@ pub fn init_logging(default_level: &str, format: LogFormat) {
             }
         },
     };
+}
+
+/// The error and its causes on one line.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        cur = s.source();
+    }
+    text
 }

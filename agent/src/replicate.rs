@@ -555,7 +555,7 @@ fn capture_rbd(sources: &mut [&mut RbdSource]) -> Result<(), ReplicateError> {
     .map_err(|error| {
         // Said here: a cycle cancelled meanwhile (its lease lost) logs no
         // failure of its own.
-        let chain = crate::orchestrator::error_chain(&error);
+        let chain = crate::logging::error_chain(&error);
         warn!(error = %chain, "capturing the sources failed");
         ReplicateError::Capture(error)
     })?;

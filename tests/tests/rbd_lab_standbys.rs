@@ -284,6 +284,186 @@ fn standby_agents(b1_dir: &Path, b2_dir: &Path, ns: &str) -> (Agent, Agent) {
     (b1, b2)
 }
 
+/// Pairs the primary with the standby site through a key b1 issues once
+/// both standby agents announced their peer endpoints: the key lists every
+/// live standby agent, the issuer's first, and so does the service.
+fn pair_through_a_key_listing_both(
+    p_dir: &Path,
+    b1: &Agent,
+    (a1, a2): (&str, &str),
+    ns: &str,
+    tmp: &Path,
+) {
+    // Once both announced their peer endpoints (and b1 read them), the
+    // key lists every live standby agent, the issuer's first.
+    wait_for(
+        "both standby agents' peer endpoints in ferry.agents",
+        Duration::from_secs(30),
+        || {
+            let peer = |agent: &str| omap_json(ns, "ferry.agents", &format!("agent.{agent}"), tmp);
+            (peer("b1")?["peer"] == a1 && peer("b2")?["peer"] == a2).then_some(())
+        },
+    );
+    // b1 reads b2's record at its next placement round (each key issued
+    // before that, listing b1 alone, expires unused within a minute).
+    let issued = wait_for("b1's key lists b2", Duration::from_secs(10), || {
+        let issued = ok(&b1.dir, &["service", "key", "--ttl", "60"]);
+        (issued["endpoints"] != json!([a1])).then_some(issued)
+    });
+    assert_eq!(issued["endpoints"], json!([a1, a2]), "{issued}");
+    let key = issued["key"].as_str().expect("key").to_owned();
+    assert_eq!(
+        ServiceKey::decode(&key).expect("a key").endpoint,
+        format!("{a1},{a2}")
+    );
+    ok(p_dir, &["service", "create", "--key", &key]);
+    let shown = ok(p_dir, &["service", "show", "dr"]);
+    assert_eq!(shown["remote_endpoints"], json!([a1, a2]), "{shown}");
+}
+
+/// Slows the link, has the writer rewrite its chunks and SIGKILLs b1 once
+/// part of that fresh epoch is durable in RADOS (proven from the image's
+/// record there); returns the image, the epoch and its resume offset at the
+/// kill. The link goes back to full speed.
+fn kill_b1_mid_epoch(
+    p_dir: &Path,
+    b1: &mut Agent,
+    writer: &mut Writer,
+    targets: &[String],
+    ns: &str,
+    tmp: &Path,
+) -> (String, u64, u64) {
+    // A slow epoch of fresh data; b1 is killed once part of it is durable.
+    ok(p_dir, &["qos", "set", "--send", "1MB/s"]);
+    writer.rewrite();
+    let (victim, epoch) = wait_for(
+        "durable progress of the fresh epoch in RADOS",
+        Duration::from_secs(60),
+        || {
+            targets.iter().find_map(|t| {
+                let pending = shared_record(ns, t, tmp)?["pending"].clone();
+                let offset = pending["resume_offset"].as_u64()?;
+                // Part-way through the rewritten chunks: only the fresh
+                // epoch has a durable batch ending there (the writer's end
+                // at 4 MiB, and an image whose epoch is all durable while
+                // the other's is not shows the image's size).
+                let rewritten_end = (8 + 4 * REWRITE_CHUNKS) << 20;
+                (offset > 8 << 20 && offset < rewritten_end)
+                    .then(|| (t.clone(), pending["epoch"].as_u64()))
+            })
+        },
+    );
+    let epoch = epoch.expect("the pending epoch's number");
+    assert!(b1.kill9(), "b1 was running");
+    // The kill has landed: the rest of the epoch goes at full speed.
+    ok(p_dir, &["qos", "set", "--send", "unlimited"]);
+    let at_kill = shared_record(ns, &victim, tmp).expect("the record")["pending"].clone();
+    let resume = at_kill["resume_offset"].as_u64().unwrap_or(0);
+    assert_eq!(at_kill["epoch"].as_u64(), Some(epoch), "{at_kill}");
+    assert!(
+        resume > 0 && resume < SIZE_MIB << 20,
+        "killed mid-epoch: {at_kill}"
+    );
+    (victim, epoch, resume)
+}
+
+/// Whether `agent` logged the commit of `epoch` of standby image `image`.
+fn committed_epoch(agent: &Agent, image: &str, epoch: u64) -> bool {
+    agent.log_text().lines().any(|l| {
+        l.contains("committed recovery point")
+            && l.contains(image)
+            && field(l, "epoch") == Some(epoch)
+    })
+}
+
+/// Once the writer stopped: after an idle check, every standby image
+/// equals its source at the committed point.
+fn standby_equals_sources_after_an_idle_check(
+    p_dir: &Path,
+    images: &[String],
+    targets: &[String],
+    tmp: &Path,
+) {
+    let idle = progress_u64(p_dir, "idle_checks");
+    wait_for("an idle check", Duration::from_secs(120), || {
+        (progress_u64(p_dir, "idle_checks") > idle).then_some(())
+    });
+    let rp = progress_u64(p_dir, "last_recovery_point");
+    for (image, target) in images.iter().zip(targets) {
+        assert_eq!(
+            export_hash(tmp, "site-b", &format!("rbd/{target}@ferry-rp-{rp}")),
+            export_hash(tmp, "site-a", &format!("rbd/{image}")),
+            "{image} at point {rp}"
+        );
+    }
+}
+
+/// The primary moves to b2 by itself; b2 resumes the epoch where b1's
+/// durable progress left it, and commits it. Returns the durable batch b2
+/// resumed at, and the bytes and point of the primary's next committed
+/// cycle, whose point is in every image's history once, in order.
+fn b2_resumes_the_epoch(
+    p: &Agent,
+    b2: &Agent,
+    a2: &str,
+    (victim, epoch): (&str, u64),
+    targets: &[String],
+    ns: &str,
+    tmp: &Path,
+) -> (u64, u64, u64) {
+    let moved_to = format!("to={a2}");
+    wait_for("the primary moves to b2", Duration::from_secs(60), || {
+        let log = p.log_text();
+        log.lines()
+            .any(|l| l.contains(MOVED) && l.contains(&moved_to))
+            .then_some(())
+    });
+    let resumed = wait_for("b2 receives the epoch", Duration::from_secs(60), || {
+        b2.log_text()
+            .lines()
+            .find(|l| {
+                l.contains("receiving epoch")
+                    && l.contains(victim)
+                    && field(l, "epoch") == Some(epoch)
+            })
+            .map(str::to_owned)
+    });
+    let durable = field(&resumed, "durable_seq").unwrap_or(0);
+    assert!(
+        durable > 0,
+        "b2 resumes from b1's durable batches: {resumed}"
+    );
+    wait_for("b2 commits the epoch", Duration::from_secs(60), || {
+        committed_epoch(b2, victim, epoch).then_some(())
+    });
+    let (sent, rp) = wait_for(
+        "the primary's next committed cycle",
+        Duration::from_secs(60),
+        || {
+            let log = p.log_text();
+            let line = log
+                .lines()
+                .skip_while(|l| !(l.contains(MOVED) && l.contains(&moved_to)))
+                .find(|l| l.contains("replication cycle committed"))?;
+            Some((field(line, "bytes_sent")?, field(line, "recovery_point")?))
+        },
+    );
+    // The resumed epoch's point is in the site's history of every image
+    // once, after the points b1 committed (none lost, none twice).
+    for target in targets {
+        let record = shared_record(ns, target, tmp).expect("the record");
+        let points: Vec<u64> = record["history"]
+            .as_array()
+            .map(|h| h.iter().filter_map(|p| p["rp"].as_u64()).collect())
+            .unwrap_or_default();
+        assert!(
+            points.windows(2).all(|w| w[0] < w[1]) && points.contains(&rp),
+            "{target}: point {rp} once, in order: {points:?}"
+        );
+    }
+    (durable, sent, rp)
+}
+
 #[test]
 #[ignore = "needs the Ceph lab (FERRY_CEPH_LAB=1); scripts/test.sh runs it"]
 fn lab_a_standby_agent_killed_mid_epoch_is_replaced_by_another_without_a_full_copy() {
@@ -307,32 +487,7 @@ fn lab_a_standby_agent_killed_mid_epoch_is_replaced_by_another_without_a_full_co
     let (mut b1, b2) = standby_agents(&tmp.path().join("b1"), &tmp.path().join("b2"), &ns);
     let (a1, a2) = (b1.addr.to_string(), b2.addr.to_string());
 
-    // Once both announced their peer endpoints (and b1 read them), the
-    // key lists every live standby agent, the issuer's first.
-    wait_for(
-        "both standby agents' peer endpoints in ferry.agents",
-        Duration::from_secs(30),
-        || {
-            let peer =
-                |agent: &str| omap_json(&ns, "ferry.agents", &format!("agent.{agent}"), tmp.path());
-            (peer("b1")?["peer"] == a1.as_str() && peer("b2")?["peer"] == a2.as_str()).then_some(())
-        },
-    );
-    // b1 reads b2's record at its next placement round (each key issued
-    // before that, listing b1 alone, expires unused within a minute).
-    let issued = wait_for("b1's key lists b2", Duration::from_secs(10), || {
-        let issued = ok(&b1.dir, &["service", "key", "--ttl", "60"]);
-        (issued["endpoints"] != json!([a1])).then_some(issued)
-    });
-    assert_eq!(issued["endpoints"], json!([a1, a2]), "{issued}");
-    let key = issued["key"].as_str().expect("key").to_owned();
-    assert_eq!(
-        ServiceKey::decode(&key).expect("a key").endpoint,
-        format!("{a1},{a2}")
-    );
-    ok(&p_dir, &["service", "create", "--key", &key]);
-    let shown = ok(&p_dir, &["service", "show", "dr"]);
-    assert_eq!(shown["remote_endpoints"], json!([a1, a2]), "{shown}");
+    pair_through_a_key_listing_both(&p_dir, &b1, (&a1, &a2), &ns, tmp.path());
 
     let images = make_images(&mark);
     ok(&p_dir, &["group", "create", "g", "--wait"]);
@@ -357,105 +512,17 @@ fn lab_a_standby_agent_killed_mid_epoch_is_replaced_by_another_without_a_full_co
         b2.log_text()
     );
 
-    // A slow epoch of fresh data; b1 is killed once part of it is durable.
-    eprintln!("{:?}: two cycles committed on b1", started.elapsed());
-    ok(&p_dir, &["qos", "set", "--send", "1MB/s"]);
-    writer.rewrite();
-    let (victim, epoch) = wait_for(
-        "durable progress of the fresh epoch in RADOS",
-        Duration::from_secs(60),
-        || {
-            targets.iter().find_map(|t| {
-                let pending = shared_record(&ns, t, tmp.path())?["pending"].clone();
-                let offset = pending["resume_offset"].as_u64()?;
-                // Part-way through the rewritten chunks: only the fresh
-                // epoch has a durable batch ending there (the writer's end
-                // at 4 MiB, and an image whose epoch is all durable while
-                // the other's is not shows the image's size).
-                let rewritten_end = (8 + 4 * REWRITE_CHUNKS) << 20;
-                (offset > 8 << 20 && offset < rewritten_end)
-                    .then(|| (t.clone(), pending["epoch"].as_u64()))
-            })
-        },
-    );
-    let epoch = epoch.expect("the pending epoch's number");
-    eprintln!("{:?}: killing b1", started.elapsed());
-    assert!(b1.kill9(), "b1 was running");
+    let (victim, epoch, resume) =
+        kill_b1_mid_epoch(&p_dir, &mut b1, &mut writer, &targets, &ns, tmp.path());
     let killed_at = Instant::now();
-    // The kill has landed: the rest of the epoch goes at full speed.
-    ok(&p_dir, &["qos", "set", "--send", "unlimited"]);
-    let at_kill = shared_record(&ns, &victim, tmp.path()).expect("the record")["pending"].clone();
-    let resume = at_kill["resume_offset"].as_u64().unwrap_or(0);
-    assert_eq!(at_kill["epoch"].as_u64(), Some(epoch), "{at_kill}");
-    assert!(
-        resume > 0 && resume < SIZE_MIB << 20,
-        "killed mid-epoch: {at_kill}"
-    );
-    let committed_by = |agent: &Agent| {
-        agent.log_text().lines().any(|l| {
-            l.contains("committed recovery point")
-                && l.contains(&victim)
-                && field(l, "epoch") == Some(epoch)
-        })
-    };
+    let committed_by = |agent: &Agent| committed_epoch(agent, &victim, epoch);
     assert!(
         !committed_by(&b1),
         "b1 died before committing epoch {epoch}"
     );
 
-    // The primary moves to b2 by itself; b2 resumes the epoch where b1's
-    // durable progress left it, and commits it.
-    let moved_to = format!("to={a2}");
-    wait_for("the primary moves to b2", Duration::from_secs(60), || {
-        let log = p.log_text();
-        log.lines()
-            .any(|l| l.contains(MOVED) && l.contains(&moved_to))
-            .then_some(())
-    });
-    eprintln!("{:?}: the primary moved to b2", started.elapsed());
-    let resumed = wait_for("b2 receives the epoch", Duration::from_secs(60), || {
-        b2.log_text()
-            .lines()
-            .find(|l| {
-                l.contains("receiving epoch")
-                    && l.contains(&victim)
-                    && field(l, "epoch") == Some(epoch)
-            })
-            .map(str::to_owned)
-    });
-    let durable = field(&resumed, "durable_seq").unwrap_or(0);
-    assert!(
-        durable > 0,
-        "b2 resumes from b1's durable batches: {resumed}"
-    );
-    wait_for("b2 commits the epoch", Duration::from_secs(60), || {
-        committed_by(&b2).then_some(())
-    });
-    let (sent, rp) = wait_for(
-        "the primary's next committed cycle",
-        Duration::from_secs(60),
-        || {
-            let log = p.log_text();
-            let line = log
-                .lines()
-                .skip_while(|l| !(l.contains(MOVED) && l.contains(&moved_to)))
-                .find(|l| l.contains("replication cycle committed"))?;
-            Some((field(line, "bytes_sent")?, field(line, "recovery_point")?))
-        },
-    );
-    // The resumed epoch's point is in the site's history of every image
-    // once, after the points b1 committed (none lost, none twice).
-    for target in &targets {
-        let record = shared_record(&ns, target, tmp.path()).expect("the record");
-        let points: Vec<u64> = record["history"]
-            .as_array()
-            .map(|h| h.iter().filter_map(|p| p["rp"].as_u64()).collect())
-            .unwrap_or_default();
-        assert!(
-            points.windows(2).all(|w| w[0] < w[1]) && points.contains(&rp),
-            "{target}: point {rp} once, in order: {points:?}"
-        );
-    }
+    let (durable, sent, rp) =
+        b2_resumes_the_epoch(&p, &b2, &a2, (&victim, epoch), &targets, &ns, tmp.path());
     let full = images.len() as u64 * (FILL_MIB << 20);
     eprintln!(
         "b1 killed at resume offset {resume} of epoch {epoch} ({victim}); b2 resumed at \
@@ -481,22 +548,8 @@ fn lab_a_standby_agent_killed_mid_epoch_is_replaced_by_another_without_a_full_co
     );
 
     eprintln!("{:?}: the service lists b2 alone", started.elapsed());
-    // Writer stopped: after an idle check, every standby image equals its
-    // source at the committed point.
     drop(writer);
-    let idle = progress_u64(&p_dir, "idle_checks");
-    wait_for("an idle check", Duration::from_secs(120), || {
-        (progress_u64(&p_dir, "idle_checks") > idle).then_some(())
-    });
-    let rp = progress_u64(&p_dir, "last_recovery_point");
-    eprintln!("{:?}: an idle check at point {rp}", started.elapsed());
-    for (image, target) in images.iter().zip(&targets) {
-        assert_eq!(
-            export_hash(tmp.path(), "site-b", &format!("rbd/{target}@ferry-rp-{rp}")),
-            export_hash(tmp.path(), "site-a", &format!("rbd/{image}")),
-            "{image} at point {rp}"
-        );
-    }
+    standby_equals_sources_after_an_idle_check(&p_dir, &images, &targets, tmp.path());
     eprintln!(
         "{:?}: the standby images equal their sources",
         started.elapsed()

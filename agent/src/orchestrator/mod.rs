@@ -767,20 +767,9 @@ fn remote_id(g: &Group) -> CtlResult<i64> {
     })
 }
 
-/// The error and its causes on one line.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        cur = s.source();
-    }
-    text
-}
+/// The error and its causes on one line (kept here for the orchestrator's
+/// callers; it lives with the logging).
+pub use crate::logging::error_chain;
 
 /// Whether an operation has ended.
 pub fn is_finished(op: &Operation) -> bool {
