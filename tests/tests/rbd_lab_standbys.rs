@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use ferry_agent::service_key::ServiceKey;
 use ferry_e2e::cli::{ok, run, text};
 use ferry_e2e::lab::{self, export_hash, pyrbd, rbd, Cleanup};
+use ferry_e2e::multi_agent::RbdGroups;
 use ferry_e2e::{init_agent, Agent};
 use serde_json::{json, Value};
 
@@ -55,29 +56,6 @@ struct Namespace(String);
 impl Drop for Namespace {
     fn drop(&mut self) {
         lab::remove_namespace_objects("site-b", &self.0);
-    }
-}
-
-/// Removes site-a's RBD groups holding an image whose name contains the
-/// mark on drop (ferry's multi-image captures), before [`Cleanup`] runs.
-struct RbdGroups(String);
-
-impl Drop for RbdGroups {
-    fn drop(&mut self) {
-        let rbd = |args: &[&str]| {
-            Command::new("rbd")
-                .args(["--cluster", "site-a"])
-                .args(args)
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
-                .unwrap_or_default()
-        };
-        for group in rbd(&["group", "ls", "rbd"]).lines() {
-            let spec = format!("rbd/{group}");
-            if rbd(&["group", "image", "ls", &spec]).contains(&self.0) {
-                rbd(&["group", "rm", &spec]);
-            }
-        }
     }
 }
 
