@@ -118,10 +118,15 @@ fn rados(raw: RawControl, invalid: &Invalid) -> Result<ControlStore, ConfigError
         ));
     }
     if let Some(endpoint) = &raw.peer_endpoint {
-        let one = crate::orchestrator::standby_endpoint_list(endpoint);
-        let ok = one.len() == 1
-            && one[0] == *endpoint
-            && one[0]
+        // One HOST:PORT, not a list, with nothing around it. (Checked here,
+        // not with the orchestrator's list parser: the config is the lower
+        // layer, and the config fuzz target compiles it alone.)
+        let ok = !endpoint.contains(',')
+            && endpoint.trim() == endpoint
+            && !endpoint
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+            && endpoint
                 .rsplit_once(':')
                 .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
         if !ok {
