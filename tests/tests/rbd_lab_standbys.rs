@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use ferry_agent::service_key::ServiceKey;
 use ferry_e2e::cli::{ok, run, text};
 use ferry_e2e::lab::{self, export_hash, pyrbd, rbd, Cleanup};
-use ferry_e2e::multi_agent::RbdGroups;
+use ferry_e2e::multi_agent::{wait_for, RbdGroups};
 use ferry_e2e::{init_agent, Agent};
 use serde_json::{json, Value};
 
@@ -134,18 +134,6 @@ impl Drop for Writer {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// Polls `probe` every 100 ms until it returns `Some`, at most `limit`.
-fn wait_for<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

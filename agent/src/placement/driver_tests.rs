@@ -153,11 +153,9 @@ impl Driven for Recorder {
     }
 }
 
-fn agent(
-    name: &str,
-    store: &Arc<Mutex<Store>>,
-    events: &Arc<Events>,
-) -> (LeaseTask, Arc<AtomicBool>) {
+/// Agent `name`'s backend on the shared in-memory store, and the switch
+/// that makes its renewals hang.
+fn memory_backend(name: &str, store: &Arc<Mutex<Store>>) -> (Arc<MemoryBackend>, Arc<AtomicBool>) {
     let hang = Arc::new(AtomicBool::new(false));
     let backend = Arc::new(MemoryBackend {
         me: Holder {
@@ -167,6 +165,15 @@ fn agent(
         store: store.clone(),
         hang_renewals: hang.clone(),
     });
+    (backend, hang)
+}
+
+fn agent(
+    name: &str,
+    store: &Arc<Mutex<Store>>,
+    events: &Arc<Events>,
+) -> (LeaseTask, Arc<AtomicBool>) {
+    let (backend, hang) = memory_backend(name, store);
     let driven = Arc::new(Recorder {
         name: name.to_owned(),
         events: events.clone(),
@@ -315,15 +322,7 @@ async fn a_lost_lease_ends_the_groups_work_before_another_agent_can_start() {
     let mut hangs = Unhang(Vec::new());
     let mut tasks = Vec::new();
     for name in ["a", "b"] {
-        let hang = Arc::new(AtomicBool::new(false));
-        let backend = Arc::new(MemoryBackend {
-            me: Holder {
-                agent: name.to_owned(),
-                addr: format!("addr-{name}"),
-            },
-            store: store.clone(),
-            hang_renewals: hang.clone(),
-        });
+        let (backend, hang) = memory_backend(name, &store);
         let driven = Arc::new(Worker {
             name: name.to_owned(),
             store: store.clone(),
