@@ -74,18 +74,23 @@ impl Orchestrator {
         let site = leases.site.clone();
         let api = lock(&self.api_addr).map(|a| a.to_string());
         let peer = self.own_peer_endpoint();
-        // The groups this agent drives, each with its replication rate.
-        let held: BTreeMap<String, u64> = {
+        // The groups this agent drives, each with its replication rate (read
+        // once the held set's lock is released: no lock inside another).
+        let driving: Vec<(GroupId, String)> = {
             let held = lock(&leases.held);
             groups
                 .iter()
                 .filter(|(gid, _)| held.contains(gid))
-                .map(|(gid, name)| {
-                    let rate = self.progress_of(*gid).map_or(0, |p| p.replication_rate);
-                    (name.clone(), rate)
-                })
+                .cloned()
                 .collect()
         };
+        let held: BTreeMap<String, u64> = driving
+            .into_iter()
+            .map(|(gid, name)| {
+                let rate = self.progress_of(gid).map_or(0, |p| p.replication_rate);
+                (name, rate)
+            })
+            .collect();
         let read = tokio::task::spawn_blocking(move || read_site(&site, api, peer, held)).await;
         let read = match read {
             Ok(Ok(read)) => read,
