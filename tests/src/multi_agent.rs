@@ -236,24 +236,35 @@ pub fn multi_agent_site(ns: &str, p1_env: &[(&str, &str)], p2_env: &[(&str, &str
     }
 }
 
+/// Creates site-a's image `rbd/IMAGE` of `size_mib` MiB and writes
+/// `FILL_MIB` MiB of random data (seeded by `seed`) into it from 8 MiB on.
+pub fn make_filled_image(image: &str, size_mib: u64, seed: usize) {
+    rbd(
+        "site-a",
+        &[
+            "create",
+            "--size",
+            &size_mib.to_string(),
+            &format!("rbd/{image}"),
+        ],
+    );
+    pyrbd(
+        "site-a",
+        image,
+        &format!(
+            "r = random.Random({seed})\n\
+             for k in range({FILL_MIB}):\n\
+             \x20   img.write(r.randbytes(1 << 20), (k + 8) << 20)"
+        ),
+    );
+}
+
 /// Makes group `name`'s images (random data in `FILL_MIB` of each) and the
 /// group on p1; returns the images and the agent that drives the group.
 pub fn make_group(site: &Site, mark: &str, name: &str, count: usize) -> (Vec<String>, String) {
     let images: Vec<String> = (0..count).map(|i| format!("{mark}-{name}-{i}")).collect();
     for (i, image) in images.iter().enumerate() {
-        rbd(
-            "site-a",
-            &["create", "--size", "64", &format!("rbd/{image}")],
-        );
-        pyrbd(
-            "site-a",
-            image,
-            &format!(
-                "r = random.Random({i})\n\
-                 for k in range({FILL_MIB}):\n\
-                 \x20   img.write(r.randbytes(1 << 20), (k + 8) << 20)"
-            ),
-        );
+        make_filled_image(image, 64, i);
     }
     ok(&site.dir("p1"), &["group", "create", name, "--wait"]);
     let holder = wait_for(

@@ -29,13 +29,11 @@ use std::time::{Duration, Instant};
 
 use ferry_agent::service_key::ServiceKey;
 use ferry_e2e::cli::{ok, run, text};
-use ferry_e2e::lab::{self, export_hash, pyrbd, rbd, Cleanup};
-use ferry_e2e::multi_agent::{wait_for, RbdGroups};
+use ferry_e2e::lab::{self, export_hash, Cleanup};
+use ferry_e2e::multi_agent::{make_filled_image, wait_for, RbdGroups, FILL_MIB};
 use ferry_e2e::{init_agent, Agent};
 use serde_json::{json, Value};
 
-/// Random data written into each image before it is protected.
-const FILL_MIB: u64 = 24;
 /// Fresh data written into each image for the epoch the kill lands in: 1
 /// MiB at the start of each of this many 4 MiB chunks (the engine's chunk
 /// size, the step a durable resume offset moves by) from 8 MiB on.
@@ -212,24 +210,7 @@ fn standby_targets(p: &Path, images: &[String]) -> Vec<String> {
 fn make_images(mark: &str) -> Vec<String> {
     let images: Vec<String> = (0..2).map(|i| format!("{mark}-{i}")).collect();
     for (i, image) in images.iter().enumerate() {
-        rbd(
-            "site-a",
-            &[
-                "create",
-                "--size",
-                &SIZE_MIB.to_string(),
-                &format!("rbd/{image}"),
-            ],
-        );
-        pyrbd(
-            "site-a",
-            image,
-            &format!(
-                "r = random.Random({i})\n\
-                 for k in range({FILL_MIB}):\n\
-                 \x20   img.write(r.randbytes(1 << 20), (k + 8) << 20)"
-            ),
-        );
+        make_filled_image(image, SIZE_MIB, i);
     }
     images
 }
